@@ -1,1 +1,30 @@
-//! placeholder
+//! Zero-copy packet views, Internet checksums and reply-packet builders for tundns.
+//!
+//! This crate owns everything tundns knows about the bytes of an IP packet:
+//! - [`IpView`] and [`Transport`]: read-only views of one IPv4 or IPv6 packet and its
+//!   UDP, TCP or ICMP header, validated once at parse time;
+//! - [`checksum`] and [`Checksum`]: the Internet checksum (RFC 1071) with pseudo-headers;
+//! - builders that write reply packets (UDP datagrams, ICMP echo replies, ICMP port
+//!   unreachable, TCP RST) into a caller-provided buffer and return their length.
+//!
+//! It must never do I/O, never allocate, and never panic, whatever the input: every
+//! length is checked before it is used, and malformed or truncated packets become
+//! `None` or an error. Fragments are never reassembled and never yield ports.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod build;
+mod checksum;
+mod error;
+mod view;
+
+pub use build::{
+    ICMP_HEADER_LEN, ICMPV4_ERROR_MAX_LEN, ICMPV6_ERROR_MAX_LEN, IPV4_HEADER_LEN, IPV4_UDP_HEADERS,
+    IPV6_HEADER_LEN, IPV6_UDP_HEADERS, TCP_HEADER_LEN, UDP_HEADER_LEN, build_echo_reply,
+    build_port_unreachable, build_tcp_rst, build_udp, udp_headers_len, write_udp_headers,
+};
+pub use checksum::{Checksum, checksum};
+pub use error::{BuildError, PacketError, Refusal};
+pub use view::{
+    IcmpView, IpView, TcpFlags, TcpView, Transport, UdpView, destination_port, protocol,
+};
