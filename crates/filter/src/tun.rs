@@ -1,0 +1,192 @@
+//! The TUN side of the filter: gotatun's `IpRecv`/`IpSend` wrappers and the reply writer.
+
+use std::io;
+use std::iter;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gotatun::packet::{Ip, Packet, PacketBufPool};
+use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
+use tun_rs::AsyncDevice;
+
+use crate::rules::{Rules, RulesReader};
+
+/// Packets up to this size are built on the stack; larger ones allocate.
+const SMALL_PACKET: usize = 1536;
+
+/// Counters kept by the filter. Relaxed atomics: they are statistics, not synchronisation.
+#[derive(Debug, Default)]
+pub struct FilterStats {
+    /// Outbound packets handed to a virtual service.
+    pub diverted: AtomicU64,
+    /// Outbound packets handed to WireGuard.
+    pub passed: AtomicU64,
+    /// Outbound packets that are not IP and were dropped before WireGuard.
+    pub dropped_malformed: AtomicU64,
+    /// Inbound packets from the tunnel whose source or destination is a virtual IP.
+    pub dropped_inbound_virtual: AtomicU64,
+    /// Replies that could not be written into the TUN.
+    pub reply_errors: AtomicU64,
+}
+
+impl FilterStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes IP packets straight into the TUN, towards the host's own stack.
+///
+/// Services use it to answer; it is cheap to clone into tasks.
+#[derive(Clone)]
+pub struct TunWriter {
+    device: Arc<AsyncDevice>,
+    stats: Arc<FilterStats>,
+}
+
+impl TunWriter {
+    /// A writer for `device` that counts failures in `stats`.
+    pub fn new(device: Arc<AsyncDevice>, stats: Arc<FilterStats>) -> Self {
+        Self { device, stats }
+    }
+
+    /// Writes one packet without waiting. Safe to call inline on the TUN reader.
+    ///
+    /// A TUN write practically never blocks; in the rare case the reactor has not yet
+    /// seen the device writable, the packet is copied to a task that waits for it.
+    pub fn send(&self, packet: &[u8]) {
+        match self.device.try_send(packet) {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let writer = self.clone();
+                let packet = packet.to_vec();
+                tokio::spawn(async move { writer.send_async(&packet).await });
+            }
+            Err(error) => self.count_error(&error),
+        }
+    }
+
+    /// Builds an IP/UDP packet around `payload` and writes it without waiting.
+    pub fn send_udp(&self, source: SocketAddr, destination: SocketAddr, payload: &[u8]) {
+        let needed = tundns_packet::udp_headers_len(&destination) + payload.len();
+        let mut small = [0u8; SMALL_PACKET];
+        let mut large = Vec::new();
+        let buf = if needed <= SMALL_PACKET {
+            &mut small[..]
+        } else {
+            large.resize(needed, 0);
+            &mut large[..]
+        };
+        match tundns_packet::build_udp(buf, source, destination, payload) {
+            Ok(len) => self.send(&buf[..len]),
+            Err(error) => {
+                FilterStats::bump(&self.stats.reply_errors);
+                tracing::debug!(?error, "could not build a UDP reply");
+            }
+        }
+    }
+
+    /// Writes one packet, waiting for the device if it must.
+    pub async fn send_async(&self, packet: &[u8]) {
+        if let Err(error) = self.device.send(packet).await {
+            self.count_error(&error);
+        }
+    }
+
+    /// The filter's counters.
+    pub fn stats(&self) -> &Arc<FilterStats> {
+        &self.stats
+    }
+
+    fn count_error(&self, error: &io::Error) {
+        FilterStats::bump(&self.stats.reply_errors);
+        tracing::debug!(%error, "could not write a reply into the TUN");
+    }
+}
+
+/// gotatun's TUN reader: every outbound packet is classified; packets for a virtual IP go
+/// to their service inline, everything else goes on to WireGuard.
+pub struct FilteredTun {
+    device: Arc<AsyncDevice>,
+    rules: RulesReader,
+    writer: TunWriter,
+    mtu: MtuWatcher,
+    stats: Arc<FilterStats>,
+}
+
+impl FilteredTun {
+    /// Wraps `device`, whose MTU is `mtu`, diverting by `rules`.
+    pub fn new(device: Arc<AsyncDevice>, rules: &Rules, mtu: u16, stats: Arc<FilterStats>) -> Self {
+        Self {
+            writer: TunWriter::new(device.clone(), stats.clone()),
+            device,
+            rules: rules.reader(),
+            mtu: MtuWatcher::new(mtu),
+            stats,
+        }
+    }
+}
+
+impl IpRecv for FilteredTun {
+    async fn recv<'a>(
+        &'a mut self,
+        pool: &mut PacketBufPool,
+    ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        loop {
+            let mut packet = pool.get();
+            let len = self.device.recv(&mut packet).await?;
+            packet.truncate(len);
+
+            if let Some(service) = self.rules.load().classify(&packet) {
+                FilterStats::bump(&self.stats.diverted);
+                service.handle(&packet, &self.writer);
+                continue;
+            }
+            // A malformed packet must not end gotatun's reader task, so it is dropped here
+            // rather than reported as an error.
+            match packet.try_into_ip() {
+                Ok(ip) => {
+                    FilterStats::bump(&self.stats.passed);
+                    return Ok(iter::once(ip));
+                }
+                Err(_) => FilterStats::bump(&self.stats.dropped_malformed),
+            }
+        }
+    }
+
+    fn mtu(&self) -> MtuWatcher {
+        self.mtu.clone()
+    }
+}
+
+/// gotatun's TUN writer: decrypted packets from the tunnel go to the host, except those
+/// that name a virtual IP.
+pub struct FilteredTunSender {
+    device: Arc<AsyncDevice>,
+    rules: RulesReader,
+    stats: Arc<FilterStats>,
+}
+
+impl FilteredTunSender {
+    /// Wraps `device`, dropping by `rules`.
+    pub fn new(device: Arc<AsyncDevice>, rules: &Rules, stats: Arc<FilterStats>) -> Self {
+        Self {
+            device,
+            rules: rules.reader(),
+            stats,
+        }
+    }
+}
+
+impl IpSend for FilteredTunSender {
+    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        let packet = packet.into_bytes();
+        if self.rules.load().touches_virtual_ip(packet.as_ref()) {
+            FilterStats::bump(&self.stats.dropped_inbound_virtual);
+            return Ok(());
+        }
+        self.device.send(packet.as_ref()).await?;
+        Ok(())
+    }
+}
