@@ -1,1 +1,37 @@
-//! placeholder
+//! The sans-IO DNS core of tundns.
+//!
+//! Owns everything the proxy decides about a DNS message by looking at its
+//! bytes: validating a client query ([`parse_query`]), the responses the proxy
+//! writes itself ([`write_error_response`], [`write_truncated`]), matching an
+//! upstream answer to its question ([`response_matches`]), in-place ID
+//! rewriting, the client's UDP size limit, and RFC 7766 TCP framing
+//! ([`tcp::FrameDecoder`]).
+//!
+//! It must never do I/O: no sockets, no clocks, no async, no threads. Functions
+//! on the per-packet path do not allocate, and no input, however malformed,
+//! makes them panic. Later parts (cache, local records, routes) build on the
+//! same [`Query`] and [`Question`] values: a `Question` is case-insensitive in
+//! `Eq`/`Hash`, so it can key a cache, while [`Query::question_wire`] keeps the
+//! client's own spelling for the answer.
+//!
+//! Parsing is a hand-written, bounds-checked walk of the wire format: it
+//! validates a whole query (every record, no trailing bytes) in one pass with
+//! no allocation, which measures several times faster than going through
+//! `domain`'s `Message` (see `benches/dns.rs`). `domain` serves as the
+//! independent oracle in the tests, and provides the [`Rcode`] type.
+
+mod query;
+mod response;
+pub mod tcp;
+mod wire;
+
+pub use domain::base::iana::Rcode;
+pub use query::{
+    Edns, MAX_UDP_RESPONSE, MIN_UDP_RESPONSE, Query, QueryError, Question, max_udp_response,
+    parse_query,
+};
+pub use response::{
+    ADVERTISED_UDP_PAYLOAD, MAX_SYNTHESIZED_LEN, is_truncated, message_id, response_matches,
+    set_message_id, write_error_response, write_truncated,
+};
+pub use wire::HEADER_LEN;

@@ -1,0 +1,102 @@
+//! Hot-path costs of the DNS core: validating a query, rewriting its ID, and
+//! matching an upstream answer. `parse_query_via_domain` is the baseline that
+//! justifies the hand-written walk: the same checks through `domain`'s `Message`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use domain::base::iana::Rtype;
+use domain::base::{Message, MessageBuilder, Name, Ttl};
+use domain::dep::octseq::OctetsBuilder;
+use domain::rdata::A;
+use tundns_dns::{Rcode, parse_query, response_matches, set_message_id};
+
+/// A query as dig sends it: `www.example.com A`, RD, EDNS 1232 with a cookie.
+fn typical_query() -> Vec<u8> {
+    let mut builder = MessageBuilder::new_vec();
+    builder.header_mut().set_id(0x1234);
+    builder.header_mut().set_rd(true);
+    let mut question = builder.question();
+    question
+        .push((
+            Name::<Vec<u8>>::vec_from_str("www.example.com").unwrap(),
+            Rtype::A,
+        ))
+        .unwrap();
+    let mut additional = question.additional();
+    additional
+        .opt(|opt| {
+            opt.set_udp_payload_size(1232);
+            opt.push_raw_option(domain::base::iana::OptionCode::COOKIE, 8, |target| {
+                target.append_slice(&[1, 2, 3, 4, 5, 6, 7, 8])
+            })
+        })
+        .unwrap();
+    additional.finish()
+}
+
+fn typical_answer(query: &[u8]) -> Vec<u8> {
+    let request = Message::from_octets(query).unwrap();
+    let mut answer = MessageBuilder::new_vec()
+        .start_answer(&request, Rcode::NOERROR)
+        .unwrap();
+    let owner = request.sole_question().unwrap().into_qname();
+    answer
+        .push((&owner, Ttl::from_secs(300), A::from_octets(192, 0, 2, 1)))
+        .unwrap();
+    answer.finish()
+}
+
+/// What `parse_query` checks, done through `domain`.
+fn parse_via_domain(msg: &[u8]) -> Option<(u16, u16)> {
+    let message = Message::from_octets(msg).ok()?;
+    if message.header().qr() {
+        return None;
+    }
+    let question = message.sole_question().ok()?;
+    let mut size = 512;
+    let sections = message
+        .answer()
+        .ok()?
+        .next_section()
+        .ok()??
+        .next_section()
+        .ok()??;
+    for record in sections {
+        let record = record.ok()?;
+        if record.rtype() == Rtype::OPT {
+            size = record.class().to_int();
+        }
+    }
+    message.opt();
+    Some((question.qtype().to_int(), size))
+}
+
+fn benches(c: &mut Criterion) {
+    let query = typical_query();
+    assert!(parse_query(&query).unwrap().edns().is_some());
+    assert_eq!(parse_via_domain(&query), Some((1, 1232)));
+
+    c.bench_function("parse_query/typical_a", |b| {
+        b.iter(|| parse_query(black_box(&query)).is_ok())
+    });
+    c.bench_function("parse_query_via_domain/typical_a", |b| {
+        b.iter(|| parse_via_domain(black_box(&query)))
+    });
+
+    let mut rewritten = query.clone();
+    c.bench_function("set_message_id", |b| {
+        b.iter(|| set_message_id(black_box(&mut rewritten), black_box(0xbeef)))
+    });
+
+    let answer = typical_answer(&query);
+    let parsed = parse_query(&query).unwrap();
+    let question = parsed.question().clone();
+    assert!(response_matches(0x1234, &question, &answer));
+    c.bench_function("response_matches/typical_a", |b| {
+        b.iter(|| response_matches(black_box(0x1234), black_box(&question), black_box(&answer)))
+    });
+}
+
+criterion_group!(dns, benches);
+criterion_main!(dns);

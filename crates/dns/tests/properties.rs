@@ -1,0 +1,210 @@
+//! Property tests: no input panics, and what we accept or write agrees with
+//! `domain`'s independent parser.
+
+use domain::base::iana::{Class, Rtype};
+use domain::base::name::ToLabelIter;
+use domain::base::{Message, MessageBuilder, Name};
+use proptest::prelude::*;
+use tundns_dns::tcp::FrameDecoder;
+use tundns_dns::{
+    MAX_SYNTHESIZED_LEN, QueryError, Rcode, parse_query, response_matches, write_error_response,
+    write_truncated,
+};
+
+fn arb_label() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9-]{1,20}"
+}
+
+fn arb_query() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<u16>(),
+        prop::collection::vec(arb_label(), 0..6),
+        prop::sample::select(vec![
+            Rtype::A,
+            Rtype::AAAA,
+            Rtype::MX,
+            Rtype::TXT,
+            Rtype::ANY,
+        ]),
+        any::<bool>(),
+        prop::option::of((any::<u16>(), any::<bool>())),
+    )
+        .prop_map(|(id, labels, qtype, rd, edns)| {
+            let text = if labels.is_empty() {
+                ".".to_owned()
+            } else {
+                labels.join(".")
+            };
+            let mut builder = MessageBuilder::new_vec();
+            builder.header_mut().set_id(id);
+            builder.header_mut().set_rd(rd);
+            let mut question = builder.question();
+            question
+                .push((Name::<Vec<u8>>::vec_from_str(&text).unwrap(), qtype))
+                .unwrap();
+            let mut additional = question.additional();
+            if let Some((size, dnssec_ok)) = edns {
+                additional
+                    .opt(|opt| {
+                        opt.set_udp_payload_size(size);
+                        opt.set_dnssec_ok(dnssec_ok);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            additional.finish()
+        })
+}
+
+/// A valid query with some bytes overwritten: exercises the paths just past validity.
+fn arb_mutated_query() -> impl Strategy<Value = Vec<u8>> {
+    (
+        arb_query(),
+        prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+    )
+        .prop_map(|(mut msg, edits)| {
+            for (at, byte) in edits {
+                let len = msg.len();
+                msg[at % len] = byte;
+            }
+            msg
+        })
+}
+
+const RCODES: [Rcode; 4] = [
+    Rcode::FORMERR,
+    Rcode::SERVFAIL,
+    Rcode::NOTIMP,
+    Rcode::REFUSED,
+];
+
+fn exercise_everything(bytes: &[u8]) {
+    let _ = parse_query(bytes);
+    let mut buf = [0u8; MAX_SYNTHESIZED_LEN];
+    for rcode in RCODES {
+        let len = write_error_response(bytes, rcode, &mut buf);
+        assert!(len <= buf.len());
+    }
+    let mut small = [0u8; 40];
+    let _ = write_truncated(bytes, &mut buf);
+    let _ = write_truncated(bytes, &mut small);
+    let valid = parse_query(b"\0\x01\x01\0\0\x01\0\0\0\0\0\0\x01a\0\0\x01\0\x01").unwrap();
+    let _ = response_matches(1, valid.question(), bytes);
+    let mut decoder = FrameDecoder::new(512);
+    decoder.push(bytes);
+    for _ in 0..bytes.len() {
+        match decoder.next_message() {
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+}
+
+/// What `domain` reads in an error response must be what the query asked.
+fn check_error_response(query: &[u8], rcode: Rcode) {
+    let parsed = parse_query(query).unwrap();
+    let mut buf = [0u8; MAX_SYNTHESIZED_LEN];
+    let len = write_error_response(query, rcode, &mut buf);
+    let response = Message::from_octets(&buf[..len]).expect("header");
+    assert_eq!(response.header().id(), parsed.id());
+    assert_eq!(response.header().rcode(), rcode);
+    assert!(response.header().qr());
+    assert_eq!(response.header().rd(), parsed.recursion_desired());
+    let question = response.sole_question().expect("question");
+    assert_eq!(question.qtype(), Rtype::from_int(parsed.question().qtype()));
+    assert_eq!(
+        question.qclass(),
+        Class::from_int(parsed.question().qclass())
+    );
+    let mut name = Vec::new();
+    for label in question.qname().iter_labels() {
+        name.push(label.len() as u8);
+        name.extend(label.as_slice().iter().map(u8::to_ascii_lowercase));
+    }
+    assert_eq!(name, parsed.question().name_wire());
+    assert_eq!(response.header_counts().ancount(), 0);
+    assert_eq!(response.header_counts().nscount(), 0);
+    assert_eq!(
+        response.opt().is_some(),
+        parsed.edns().is_some() && rcode != Rcode::FORMERR
+    );
+    // The response is well-formed to the end: every record parses.
+    for section in [response.answer(), response.authority()] {
+        for record in section.unwrap() {
+            record.unwrap();
+        }
+    }
+    assert!(response_matches(
+        parsed.id(),
+        parsed.question(),
+        &buf[..len]
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        exercise_everything(&bytes);
+    }
+
+    #[test]
+    fn mutated_queries_never_panic(bytes in arb_mutated_query()) {
+        exercise_everything(&bytes);
+    }
+
+    #[test]
+    fn built_queries_parse(query in arb_query()) {
+        let parsed = parse_query(&query).unwrap();
+        let message = Message::from_octets(&query[..]).unwrap();
+        prop_assert_eq!(parsed.id(), message.header().id());
+        prop_assert_eq!(parsed.edns().is_some(), message.opt().is_some());
+    }
+
+    #[test]
+    fn error_responses_round_trip(query in arb_query(), rcode in prop::sample::select(RCODES.to_vec())) {
+        check_error_response(&query, rcode);
+    }
+
+    /// Whatever `parse_query` accepts, `domain` reads with the same question,
+    /// and the error response to it round-trips.
+    #[test]
+    fn accepted_mutations_agree_with_domain(bytes in arb_mutated_query()) {
+        if let Ok(parsed) = parse_query(&bytes) {
+            let message = Message::from_octets(&bytes[..]).unwrap();
+            let question = message.sole_question().unwrap();
+            prop_assert_eq!(question.qtype().to_int(), parsed.question().qtype());
+            check_error_response(&bytes, Rcode::SERVFAIL);
+            check_error_response(&bytes, Rcode::FORMERR);
+        } else if let Err(QueryError::Answer(rcode)) = parse_query(&bytes) {
+            let mut buf = [0u8; MAX_SYNTHESIZED_LEN];
+            let len = write_error_response(&bytes, rcode, &mut buf);
+            let response = Message::from_octets(&buf[..len]).unwrap();
+            prop_assert_eq!(response.header().id(), u16::from_be_bytes([bytes[0], bytes[1]]));
+            prop_assert!(response.header_counts().qdcount() <= 1);
+            if response.header_counts().qdcount() == 1 {
+                response.sole_question().unwrap();
+            }
+        }
+    }
+
+    /// A truncated response always reads as header + question (+ OPT) with TC.
+    #[test]
+    fn truncated_responses_are_well_formed(bytes in arb_mutated_query()) {
+        let mut response = bytes.clone();
+        response[2] |= 0x80;
+        let mut buf = [0u8; 512];
+        let len = write_truncated(&response, &mut buf);
+        let message = Message::from_octets(&buf[..len]).unwrap();
+        prop_assert!(message.header().tc());
+        let counts = message.header_counts();
+        prop_assert_eq!((counts.ancount(), counts.nscount()), (0, 0));
+        if counts.qdcount() == 1 {
+            message.sole_question().unwrap();
+        }
+        if counts.arcount() == 1 {
+            prop_assert!(message.opt().is_some());
+        }
+    }
+}
