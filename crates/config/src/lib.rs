@@ -1,1 +1,336 @@
-//! placeholder
+//! Parsing and validation of the tundns config file: a wg-quick file, as is, plus an
+//! optional `[DNSProxy]` section.
+//!
+//! This crate owns the file format: sections, keys, values, defaults, and every check
+//! that can be made from the text alone. It turns a file into a typed [`Config`], or a
+//! [`ConfigError`] whose `Display` is `path:line: message`.
+//!
+//! It must never change the system, resolve names, open sockets, or print or log
+//! anything: it is pure. Key material never appears in `Debug` output or in error
+//! messages ([`SecretKey`] prints `<redacted>`, and a bad key is described without
+//! being echoed).
+//!
+//! # Format
+//!
+//! INI-like, as wg-quick reads it. `#` starts a comment anywhere on a line (wg-quick
+//! strips it even from `PostUp`). Blank lines are ignored. Section names and keys are
+//! matched case-insensitively. List keys take comma-separated values and may repeat;
+//! any other key may appear once per section.
+//!
+//! ```text
+//! [Interface]                    # exactly once
+//! PrivateKey = <base64>          # required
+//! ListenPort = 51820             # 0..=65535
+//! FwMark = 0xca6c                # decimal, 0x-hex, or off (0 also means off)
+//! Address = 10.0.0.2/24, fd00::2/64   # list; a bare IP means /32 or /128
+//! MTU = 1420                     # default 1420; >= 576, >= 1280 with an IPv6 Address
+//! DNS = 192.0.2.53, corp.example # list: IPs are servers, names are search domains
+//! Table = auto                   # off, auto, main, local, default or a number
+//! PreUp / PostUp / PreDown / PostDown = <command>   # may repeat, order kept
+//! SaveConfig = false             # true is rejected: tundns never writes the file back
+//!
+//! [Peer]                         # zero or more
+//! PublicKey = <base64>           # required, unique across peers
+//! PresharedKey = <base64>
+//! AllowedIPs = 0.0.0.0/0, ::/0   # list; host bits are masked with a warning, like wg
+//! Endpoint = vpn.example.com:51820    # ip:port, [v6]:port or host:port (not resolved)
+//! PersistentKeepalive = 25       # off (or 0) or 1..=65535 seconds
+//!
+//! [DNSProxy]                     # at most once; tundns's own
+//! Enabled = true                 # default true
+//! Address = 10.30.30.30, fd30:30:30::30   # list of virtual IPs (these are the defaults)
+//! Upstream = 192.0.2.53, [2001:db8::53]:5353  # ordered list; a bare IP means port 53
+//! Timeout = 2s                   # per upstream attempt; ms, s or m; default 2s
+//! MaxInFlight = 1024             # default 1024
+//! TcpIdleTimeout = 10s           # default 10s
+//! MaxTcpConnections = 256        # default 256
+//! ```
+//!
+//! Booleans accept `true/false`, `yes/no`, `on/off` and `1/0`, in any case. The
+//! interface is named after the file stem (`/etc/wireguard/wg0.conf` → `wg0`), which
+//! must be a valid Linux interface name. Hook commands are kept verbatim: substituting
+//! `%i` is the job of whoever runs them.
+//!
+//! The default upstreams (8.8.8.8 and 8.8.4.4) are the design's; tests must always set
+//! their own `Upstream` so that no query ever leaves the test's namespaces.
+//!
+//! # Example
+//!
+//! ```
+//! use tundns_config::Config;
+//!
+//! let text = "\
+//! [Interface]
+//! PrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=
+//! Address = 10.0.0.2/24
+//!
+//! [DNSProxy]
+//! Upstream = 192.0.2.53
+//! ";
+//! let config = Config::parse(text, "/etc/wireguard/wg0.conf")?;
+//! assert_eq!(config.interface_name, "wg0");
+//! assert_eq!(config.interface.mtu, 1420);
+//! assert_eq!(config.dns_proxy.upstreams, ["192.0.2.53:53".parse()?]);
+//!
+//! let error = Config::parse("[Interface]\nAdress = 10.0.0.2/24\n", "wg0.conf").unwrap_err();
+//! assert_eq!(
+//!     error.to_string(),
+//!     r#"wg0.conf:2: unknown key "Adress" in [Interface] (did you mean "Address"?)"#
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod key;
+mod parse;
+mod values;
+
+use std::io::Read as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use zeroize::Zeroizing;
+
+pub use error::{ConfigError, ConfigWarning};
+pub use key::{KEY_LEN, PublicKey, SecretKey};
+
+/// MTU used when `[Interface]` has no `MTU`, as wg-quick's usual value.
+pub const DEFAULT_MTU: u16 = 1420;
+/// Smallest MTU accepted without IPv6 addresses (the IPv4 minimum datagram size).
+pub const MIN_MTU_IPV4: u16 = 576;
+/// Smallest MTU accepted when the interface has an IPv6 address (RFC 8200).
+pub const MIN_MTU_IPV6: u16 = 1280;
+/// Default virtual IPv4 address of the DNS proxy.
+pub const DEFAULT_VIRTUAL_IPV4: Ipv4Addr = Ipv4Addr::new(10, 30, 30, 30);
+/// Default virtual IPv6 address of the DNS proxy (a ULA mirroring the IPv4 one).
+pub const DEFAULT_VIRTUAL_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, 0x30);
+/// Default upstream resolvers, in order. Tests must always configure their own.
+pub const DEFAULT_UPSTREAMS: [SocketAddr; 2] = [
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), 53),
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(8, 8, 4, 4)), 53),
+];
+/// Default per-attempt upstream timeout.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default bound on DNS queries being worked on at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default idle timeout of a DNS-over-TCP client connection.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on concurrent DNS-over-TCP client connections.
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
+/// Upper bound accepted for `MaxInFlight`.
+pub const MAX_IN_FLIGHT_LIMIT: usize = 1 << 20;
+/// Upper bound accepted for `MaxTcpConnections`.
+pub const MAX_TCP_CONNECTIONS_LIMIT: usize = 65_535;
+/// Larger files are rejected unread: a config file is a few kilobytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Longest Linux interface name, in bytes (`IFNAMSIZ` - 1).
+pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+
+/// A whole, validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The interface name, from the file stem.
+    pub interface_name: String,
+    /// The `[Interface]` section.
+    pub interface: InterfaceConfig,
+    /// The `[Peer]` sections, in file order.
+    pub peers: Vec<PeerConfig>,
+    /// The `[DNSProxy]` section, or its defaults when the file has none.
+    pub dns_proxy: DnsProxyConfig,
+    /// Things accepted but worth logging, in file order.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// The `[Interface]` section.
+#[derive(Debug, Clone)]
+pub struct InterfaceConfig {
+    /// `PrivateKey`.
+    pub private_key: SecretKey,
+    /// `ListenPort`; `None` lets WireGuard pick one.
+    pub listen_port: Option<u16>,
+    /// `FwMark`; `None` when absent, `off` or 0.
+    pub fwmark: Option<NonZeroU32>,
+    /// `Address`, in file order, host bits kept (`10.0.0.2/24` is address 10.0.0.2 on
+    /// 10.0.0.0/24).
+    pub addresses: Vec<IpNet>,
+    /// `MTU`, or [`DEFAULT_MTU`].
+    pub mtu: u16,
+    /// The IPs listed in `DNS`, in order.
+    pub dns_servers: Vec<IpAddr>,
+    /// The names listed in `DNS` (search domains), in order.
+    pub dns_search: Vec<String>,
+    /// `Table`, [`RouteTable::Auto`] when absent.
+    pub table: RouteTable,
+    /// `PreUp` commands, in order, verbatim.
+    pub pre_up: Vec<String>,
+    /// `PostUp` commands, in order, verbatim.
+    pub post_up: Vec<String>,
+    /// `PreDown` commands, in order, verbatim.
+    pub pre_down: Vec<String>,
+    /// `PostDown` commands, in order, verbatim.
+    pub post_down: Vec<String>,
+}
+
+/// The routing table wg-quick's `Table` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTable {
+    /// Add no routes.
+    Off,
+    /// wg-quick's default: the main table, or a policy-routing table for default routes.
+    Auto,
+    /// A table number (`main` is 254, `local` 255, `default` 253).
+    Id(u32),
+}
+
+/// A `[Peer]` section.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// `PublicKey`.
+    pub public_key: PublicKey,
+    /// `PresharedKey`.
+    pub preshared_key: Option<SecretKey>,
+    /// `AllowedIPs`, in file order, host bits masked.
+    pub allowed_ips: Vec<IpNet>,
+    /// `Endpoint`.
+    pub endpoint: Option<Endpoint>,
+    /// `PersistentKeepalive`; `None` when absent, `off` or 0.
+    pub persistent_keepalive: Option<NonZeroU16>,
+}
+
+/// A peer's `Endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `ip:port` or `[v6]:port`.
+    Addr(SocketAddr),
+    /// `host:port`, left for the caller to resolve.
+    Host {
+        /// A syntactically valid DNS name (not an IP address).
+        host: String,
+        /// 1..=65535.
+        port: u16,
+    },
+}
+
+/// The `[DNSProxy]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsProxyConfig {
+    /// `Enabled`, default true.
+    pub enabled: bool,
+    /// `Address`: the virtual IPs, in order, without duplicates. Default
+    /// [`DEFAULT_VIRTUAL_IPV4`] and [`DEFAULT_VIRTUAL_IPV6`].
+    pub addresses: Vec<IpAddr>,
+    /// `Upstream`: resolvers to try in order. Default [`DEFAULT_UPSTREAMS`].
+    pub upstreams: Vec<SocketAddr>,
+    /// `Timeout`: per upstream attempt.
+    pub upstream_timeout: Duration,
+    /// `MaxInFlight`: queries worked on at once, at least 1.
+    pub max_in_flight: usize,
+    /// `TcpIdleTimeout`: idle time after which a client TCP connection is closed.
+    pub tcp_idle_timeout: Duration,
+    /// `MaxTcpConnections`: concurrent client TCP connections, at least 1.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for DnsProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addresses: vec![
+                IpAddr::V4(DEFAULT_VIRTUAL_IPV4),
+                IpAddr::V6(DEFAULT_VIRTUAL_IPV6),
+            ],
+            upstreams: DEFAULT_UPSTREAMS.to_vec(),
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file. The interface is named after the file stem.
+    ///
+    /// A missing, unreadable, non-UTF-8 or larger than [`MAX_FILE_BYTES`] file is an
+    /// error. The bytes read are zeroed once parsed.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let cannot_read = |error: std::io::Error| {
+            ConfigError::for_file(path, format!("cannot read config file: {error}"))
+        };
+        let file = std::fs::File::open(path).map_err(cannot_read)?;
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot_read)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::for_file(
+                path,
+                format!("config file is larger than {MAX_FILE_BYTES} bytes"),
+            ));
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|error| {
+            let line = 1 + bytes[..error.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            ConfigError::at_line(path, line, "not valid UTF-8")
+        })?;
+        Self::parse(text, path)
+    }
+
+    /// Parses config text. `path` names the interface (its stem) and prefixes every
+    /// message; it is not read.
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        parse::parse(text, path.as_ref())
+    }
+}
+
+/// The interface name a config path gives: its file stem, checked as Linux checks
+/// interface names (1..=15 bytes; not `.` or `..`; no `/`, `:`, whitespace or control
+/// characters).
+pub fn interface_name_from_path(path: impl AsRef<Path>) -> Result<String, ConfigError> {
+    let path = path.as_ref();
+    let stem = path.file_stem().ok_or_else(|| {
+        ConfigError::for_file(
+            path,
+            "the path has no file name to name the interface after",
+        )
+    })?;
+    let name = stem.to_str().ok_or_else(|| {
+        ConfigError::for_file(
+            path,
+            "the file name is not valid UTF-8, so it cannot name the interface",
+        )
+    })?;
+    let problem = if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name.len() > MAX_INTERFACE_NAME_LEN {
+        Some(format!(
+            "it is {} bytes long, the limit is {MAX_INTERFACE_NAME_LEN}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("it cannot be . or ..".to_string())
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Some("it contains '/', ':', whitespace or a control character".to_string())
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ConfigError::for_file(
+            path,
+            format!(
+                "invalid interface name {} (taken from the file name): {problem}",
+                values::shown(name)
+            ),
+        )),
+        None => Ok(name.to_string()),
+    }
+}

@@ -1,0 +1,845 @@
+//! Parsing of whole files: a realistic wg-quick file, defaults, every error with its
+//! exact line, secrets kept out of output, and the file-level entry point.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tundns_config::{
+    Config, DEFAULT_UPSTREAMS, DEFAULT_VIRTUAL_IPV4, DEFAULT_VIRTUAL_IPV6, DnsProxyConfig,
+    Endpoint, PublicKey, RouteTable, interface_name_from_path,
+};
+
+const PRIVATE_KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+/// The first bytes of PRIVATE_KEY as `{:?}` of a byte array would print them.
+const PRIVATE_KEY_DEBUG_BYTES: &str = "200, 9, 243, 229";
+const PEER_A: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+const PEER_B: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+const PRESHARED_KEY: &str = "gN65BkIKy1eCE9pP1wdc8ROUtkHLF2PfAqYdyYBz6EA=";
+const PRESHARED_KEY_DEBUG_BYTES: &str = "128, 222, 185, 6";
+
+fn realistic() -> String {
+    format!(
+        "\
+# wg0: office tunnel
+[Interface]
+PrivateKey = {PRIVATE_KEY}
+ListenPort = 51820
+FwMark = 0xca6c
+Address = 10.0.0.2/24, fd00::2/64
+Address = 10.0.1.2
+MTU = 1380
+DNS = 192.0.2.53, 2001:db8::53, corp.example
+DNS = lab.example.
+Table = 1234
+PreUp = echo pre-up %i
+PostUp = iptables -A FORWARD -i %i -j ACCEPT # trailing comments go, as in wg-quick
+PostUp = echo second
+PreDown = echo pre-down
+PostDown = echo post-down
+SaveConfig = false
+
+[Peer]
+PublicKey = {PEER_A}
+PresharedKey = {PRESHARED_KEY}
+AllowedIPs = 0.0.0.0/0, ::/0
+Endpoint = vpn.example.com:51820
+PersistentKeepalive = 25
+
+[Peer]
+PublicKey = {PEER_B}
+AllowedIPs = 198.51.100.0/24
+AllowedIPs = 2001:db8:1::/48
+Endpoint = [2001:db8::1]:51820
+PersistentKeepalive = off
+
+[DNSProxy]
+Enabled = true
+Address = 10.30.30.30, fd30:30:30::30
+Address = 10.30.30.31
+Upstream = 192.0.2.53, 198.51.100.53:5353
+Upstream = [2001:db8::53]:53, 2001:db8::54
+Timeout = 500ms
+MaxInFlight = 64
+TcpIdleTimeout = 30s
+MaxTcpConnections = 16
+"
+    )
+}
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, "wg0.conf").map_err(|e| e.to_string())
+}
+
+fn parse_err(text: &str) -> String {
+    match parse(text) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(message) => message,
+    }
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn sock(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn minimal() -> String {
+    format!("[Interface]\nPrivateKey = {PRIVATE_KEY}\n")
+}
+
+#[test]
+fn realistic_file_with_every_key() {
+    let config = parse(&realistic()).unwrap();
+    assert_eq!(config.interface_name, "wg0");
+
+    let interface = &config.interface;
+    assert_eq!(
+        interface.private_key.expose_bytes(),
+        &[
+            200, 9, 243, 229, 49, 126, 149, 117, 201, 181, 237, 120, 182, 56, 183, 206, 83, 13,
+            171, 232, 93, 218, 182, 20, 34, 2, 65, 128, 29, 223, 6, 105
+        ]
+    );
+    assert_eq!(interface.listen_port, Some(51820));
+    assert_eq!(interface.fwmark, NonZeroU32::new(0xca6c));
+    assert_eq!(
+        interface.addresses,
+        vec![net("10.0.0.2/24"), net("fd00::2/64"), net("10.0.1.2/32")]
+    );
+    assert_eq!(interface.mtu, 1380);
+    assert_eq!(
+        interface.dns_servers,
+        vec![ip("192.0.2.53"), ip("2001:db8::53")]
+    );
+    assert_eq!(interface.dns_search, vec!["corp.example", "lab.example."]);
+    assert_eq!(interface.table, RouteTable::Id(1234));
+    assert_eq!(interface.pre_up, vec!["echo pre-up %i"]);
+    assert_eq!(
+        interface.post_up,
+        vec!["iptables -A FORWARD -i %i -j ACCEPT", "echo second"]
+    );
+    assert_eq!(interface.pre_down, vec!["echo pre-down"]);
+    assert_eq!(interface.post_down, vec!["echo post-down"]);
+
+    assert_eq!(config.peers.len(), 2);
+    let a = &config.peers[0];
+    assert_eq!(a.public_key, PublicKey::from_base64(PEER_A).unwrap());
+    assert_eq!(a.public_key.to_string(), PEER_A);
+    assert_eq!(
+        a.preshared_key.as_ref().unwrap().expose_bytes()[..4],
+        [128, 222, 185, 6]
+    );
+    assert_eq!(a.allowed_ips, vec![net("0.0.0.0/0"), net("::/0")]);
+    assert_eq!(
+        a.endpoint,
+        Some(Endpoint::Host {
+            host: "vpn.example.com".into(),
+            port: 51820
+        })
+    );
+    assert_eq!(a.persistent_keepalive, NonZeroU16::new(25));
+    let b = &config.peers[1];
+    assert_eq!(b.public_key.to_string(), PEER_B);
+    assert!(b.preshared_key.is_none());
+    assert_eq!(
+        b.allowed_ips,
+        vec![net("198.51.100.0/24"), net("2001:db8:1::/48")]
+    );
+    assert_eq!(
+        b.endpoint,
+        Some(Endpoint::Addr(sock("[2001:db8::1]:51820")))
+    );
+    assert_eq!(b.persistent_keepalive, None);
+
+    assert_eq!(
+        config.dns_proxy,
+        DnsProxyConfig {
+            enabled: true,
+            addresses: vec![ip("10.30.30.30"), ip("fd30:30:30::30"), ip("10.30.30.31")],
+            upstreams: vec![
+                sock("192.0.2.53:53"),
+                sock("198.51.100.53:5353"),
+                sock("[2001:db8::53]:53"),
+                sock("[2001:db8::54]:53"),
+            ],
+            upstream_timeout: Duration::from_millis(500),
+            max_in_flight: 64,
+            tcp_idle_timeout: Duration::from_secs(30),
+            max_tcp_connections: 16,
+        }
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn defaults_when_keys_and_dns_proxy_section_are_absent() {
+    let config = parse(&minimal()).unwrap();
+    let interface = &config.interface;
+    assert_eq!(interface.listen_port, None);
+    assert_eq!(interface.fwmark, None);
+    assert!(interface.addresses.is_empty());
+    assert_eq!(interface.mtu, 1420);
+    assert_eq!(interface.table, RouteTable::Auto);
+    assert!(interface.dns_servers.is_empty() && interface.dns_search.is_empty());
+    assert!(interface.pre_up.is_empty() && interface.post_down.is_empty());
+    assert!(config.peers.is_empty());
+    assert_eq!(config.dns_proxy, DnsProxyConfig::default());
+    assert_eq!(
+        config.dns_proxy.addresses,
+        vec![
+            IpAddr::V4(DEFAULT_VIRTUAL_IPV4),
+            IpAddr::V6(DEFAULT_VIRTUAL_IPV6)
+        ]
+    );
+    assert_eq!(config.dns_proxy.addresses[1], ip("fd30:30:30::30"));
+    assert_eq!(
+        config.dns_proxy.upstreams,
+        vec![sock("8.8.8.8:53"), sock("8.8.4.4:53")]
+    );
+    assert_eq!(config.dns_proxy.upstreams, DEFAULT_UPSTREAMS.to_vec());
+    assert!(config.dns_proxy.enabled);
+    assert_eq!(config.dns_proxy.upstream_timeout, Duration::from_secs(2));
+    assert_eq!(config.dns_proxy.max_in_flight, 1024);
+    assert_eq!(config.dns_proxy.tcp_idle_timeout, Duration::from_secs(10));
+    assert_eq!(config.dns_proxy.max_tcp_connections, 256);
+
+    let empty_section = parse(&format!("{}[DNSProxy]\n", minimal())).unwrap();
+    assert_eq!(empty_section.dns_proxy, DnsProxyConfig::default());
+}
+
+#[test]
+fn value_variants() {
+    let config = parse(&format!(
+        "{}FwMark = off\nTable = off\nListenPort = 0\n[Peer]\nPublicKey = {PEER_A}\nPersistentKeepalive = 0\nEndpoint = 192.0.2.1:51820\nAllowedIPs =\n[DNSProxy]\nEnabled = no\nAddress =\n",
+        minimal()
+    ))
+    .unwrap();
+    assert_eq!(config.interface.fwmark, None);
+    assert_eq!(config.interface.table, RouteTable::Off);
+    assert_eq!(config.interface.listen_port, Some(0));
+    assert_eq!(config.peers[0].persistent_keepalive, None);
+    assert_eq!(
+        config.peers[0].endpoint,
+        Some(Endpoint::Addr(sock("192.0.2.1:51820")))
+    );
+    assert!(config.peers[0].allowed_ips.is_empty());
+    assert!(!config.dns_proxy.enabled);
+    assert!(config.dns_proxy.addresses.is_empty());
+
+    for (table, expected) in [
+        ("auto", RouteTable::Auto),
+        ("main", RouteTable::Id(254)),
+        ("local", RouteTable::Id(255)),
+        ("default", RouteTable::Id(253)),
+        ("51820", RouteTable::Id(51820)),
+    ] {
+        let config = parse(&format!("{}Table = {table}\n", minimal())).unwrap();
+        assert_eq!(config.interface.table, expected, "{table}");
+    }
+    let fwmark = parse(&format!("{}FwMark = 51820\n", minimal())).unwrap();
+    assert_eq!(fwmark.interface.fwmark, NonZeroU32::new(51820));
+    let low_mtu = parse(&format!("{}Address = 10.0.0.2/24\nMTU = 576\n", minimal())).unwrap();
+    assert_eq!(low_mtu.interface.mtu, 576);
+    let v6_mtu = parse(&format!("{}Address = fd00::2/64\nMTU = 1280\n", minimal())).unwrap();
+    assert_eq!(v6_mtu.interface.mtu, 1280);
+    let max_mtu = parse(&format!("{}MTU = 65535\n", minimal())).unwrap();
+    assert_eq!(max_mtu.interface.mtu, 65535);
+}
+
+#[test]
+fn keys_and_sections_are_case_insensitive() {
+    let text = format!(
+        "[interface]\nprivatekey = {PRIVATE_KEY}\nLISTENPORT = 1\nmtu = 1400\naddress = 10.0.0.2/24\n\
+         [PEER]\npublickey = {PEER_A}\nallowedips = 10.0.0.0/24\nENDPOINT = 192.0.2.1:1\n\
+         [dnsproxy]\nupstream = 192.0.2.53\nTIMEOUT = 1S\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.interface.listen_port, Some(1));
+    assert_eq!(config.interface.mtu, 1400);
+    assert_eq!(config.peers[0].allowed_ips, vec![net("10.0.0.0/24")]);
+    assert_eq!(config.dns_proxy.upstreams, vec![sock("192.0.2.53:53")]);
+    assert_eq!(config.dns_proxy.upstream_timeout, Duration::from_secs(1));
+    // A differently-cased repeat is still a duplicate.
+    assert_eq!(
+        parse_err(&format!("{}mtu = 1400\nMtu = 1300\n", minimal())),
+        "wg0.conf:4: duplicate key \"MTU\" in [Interface] (first set on line 3)"
+    );
+}
+
+#[test]
+fn comments_blank_lines_and_whitespace() {
+    let text = format!(
+        "\u{feff}# leading comment\n\n   # indented comment\n  [ Interface ]   # header comment\n\
+         \tPrivateKey={PRIVATE_KEY}#no space before the comment\r\n\
+         ListenPort    =    51820   \r\n\
+         # Address = 10.9.9.9/24\n\
+         PostUp = echo a # b\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.interface.listen_port, Some(51820));
+    assert!(config.interface.addresses.is_empty());
+    assert_eq!(config.interface.post_up, vec!["echo a"]);
+}
+
+#[test]
+fn allowed_ips_with_host_bits_are_masked_with_a_warning() {
+    let config = parse(&format!(
+        "{}[Peer]\nPublicKey = {PEER_A}\nAllowedIPs = 10.0.0.1/24, 2001:db8::1/64, 192.0.2.7\n",
+        minimal()
+    ))
+    .unwrap();
+    assert_eq!(
+        config.peers[0].allowed_ips,
+        vec![
+            net("10.0.0.0/24"),
+            net("2001:db8::/64"),
+            net("192.0.2.7/32")
+        ]
+    );
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "wg0.conf:5: AllowedIPs 10.0.0.1/24 has host bits set; using 10.0.0.0/24, as wg does",
+            "wg0.conf:5: AllowedIPs 2001:db8::1/64 has host bits set; using 2001:db8::/64, as wg does",
+        ]
+    );
+}
+
+#[test]
+fn allowed_ips_shared_between_peers_warns() {
+    let config = parse(&format!(
+        "{}[Peer]\nPublicKey = {PEER_A}\nAllowedIPs = 0.0.0.0/0\n[Peer]\nPublicKey = {PEER_B}\nAllowedIPs = 0.0.0.0/0\n",
+        minimal()
+    ))
+    .unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "wg0.conf:8: AllowedIPs 0.0.0.0/0 is also claimed by the [Peer] on line 3; WireGuard gives it to the last one"
+        ]
+    );
+}
+
+/// Each case: the text and the exact `Display` of the error.
+fn error_cases() -> Vec<(String, String)> {
+    let m = minimal(); // lines 1-2
+    let peer = format!("[Peer]\nPublicKey = {PEER_A}\n");
+    let cases: Vec<(String, &str)> = vec![
+        // Structure.
+        (
+            format!("# hi\nPrivateKey = {PRIVATE_KEY}\n"),
+            "wg0.conf:2: key \"PrivateKey\" before any section header",
+        ),
+        (
+            format!("{m}\nAdress = 10.0.0.2/24\n"),
+            "wg0.conf:4: unknown key \"Adress\" in [Interface] (did you mean \"Address\"?)",
+        ),
+        (
+            format!("{m}Foo = bar\n"),
+            "wg0.conf:3: unknown key \"Foo\" in [Interface]",
+        ),
+        (
+            format!("{m}PublicKey = {PEER_A}\n"),
+            "wg0.conf:3: unknown key \"PublicKey\" in [Interface] (it belongs in [Peer])",
+        ),
+        (
+            format!("{m}Upstream = 192.0.2.53\n"),
+            "wg0.conf:3: unknown key \"Upstream\" in [Interface] (it belongs in [DNSProxy])",
+        ),
+        (
+            format!("{m}[Peers]\n"),
+            "wg0.conf:3: unknown section [Peers]: expected [Interface], [Peer] or [DNSProxy]",
+        ),
+        (
+            format!("{m}[Peer\n"),
+            "wg0.conf:3: malformed section header: expected [Interface], [Peer] or [DNSProxy]",
+        ),
+        (
+            format!("{m}ListenPort 51820\n"),
+            "wg0.conf:3: expected \"Key = Value\" or a [Section] header (missing \"=\")",
+        ),
+        (
+            format!("{m} = 5\n"),
+            "wg0.conf:3: missing key name before \"=\"",
+        ),
+        (
+            format!("{m}ListenPort = 1\n\nListenPort = 2\n"),
+            "wg0.conf:5: duplicate key \"ListenPort\" in [Interface] (first set on line 3)",
+        ),
+        (
+            format!("{m}[Interface]\n"),
+            "wg0.conf:3: duplicate [Interface] section (first on line 1)",
+        ),
+        (
+            format!("{m}[DNSProxy]\n[DNSProxy]\n"),
+            "wg0.conf:4: duplicate [DNSProxy] section (first on line 3)",
+        ),
+        ("".to_string(), "wg0.conf: missing [Interface] section"),
+        (
+            format!("# nothing\n{peer}"),
+            "wg0.conf: missing [Interface] section",
+        ),
+        (
+            "\n[Interface]\nListenPort = 1\n[Peer]\n".to_string(),
+            "wg0.conf:2: [Interface] has no PrivateKey",
+        ),
+        (
+            format!("{m}[Peer]\nAllowedIPs = 10.0.0.0/24\n[DNSProxy]\n"),
+            "wg0.conf:3: [Peer] has no PublicKey",
+        ),
+        (
+            format!("{m}{peer}[Peer]\nPublicKey = {PEER_A}\n"),
+            "wg0.conf:6: duplicate PublicKey: the [Peer] on line 4 has the same key",
+        ),
+        // [Interface] values.
+        (
+            format!("[Interface]\nPrivateKey = {}\n", &PRIVATE_KEY[..43]),
+            "wg0.conf:2: invalid PrivateKey: must be 44 characters of base64 (32 bytes)",
+        ),
+        (
+            "[Interface]\nPrivateKey = ****************************************====\n".to_string(),
+            "wg0.conf:2: invalid PrivateKey: is not valid base64 (expected 32 bytes, as `wg genkey` prints)",
+        ),
+        (
+            format!("{m}ListenPort = 65536\n"),
+            "wg0.conf:3: expected a port number 0..=65535, found \"65536\"",
+        ),
+        (
+            format!("{m}FwMark = 0xZZ\n"),
+            "wg0.conf:3: expected off, a decimal or a 0x-hexadecimal 32-bit number, found \"0xZZ\"",
+        ),
+        (
+            format!("{m}Address = 10.0.0.300/24\n"),
+            "wg0.conf:3: expected an IP address with optional /prefix, found \"10.0.0.300/24\"",
+        ),
+        (
+            format!("{m}Address = 10.0.0.2/33\n"),
+            "wg0.conf:3: expected an IP address with optional /prefix, found \"10.0.0.2/33\"",
+        ),
+        (
+            format!("{m}Address = 10.0.0.2/24,\n"),
+            "wg0.conf:3: empty item in comma-separated list",
+        ),
+        (
+            format!("{m}Address = 0.0.0.0/0\n"),
+            "wg0.conf:3: Address 0.0.0.0/0 is unspecified",
+        ),
+        (
+            format!("{m}Address = 10.0.0.2/24\nAddress = 10.0.0.2/32\n"),
+            "wg0.conf:4: Address 10.0.0.2 is listed twice (first on line 3)",
+        ),
+        (
+            format!("{m}MTU = 575\n"),
+            "wg0.conf:3: MTU must be a number in 576..=65535, found \"575\"",
+        ),
+        (
+            format!("{m}MTU = 65536\n"),
+            "wg0.conf:3: MTU must be a number in 576..=65535, found \"65536\"",
+        ),
+        (
+            format!("{m}MTU = 1279\nAddress = 10.0.0.2/24\nAddress = fd00::2/64\n"),
+            "wg0.conf:3: MTU 1279 is below 1280, the IPv6 minimum, and Address fd00::2/64 on line 5 is IPv6",
+        ),
+        (
+            format!("{m}DNS = 192.0.2.300\n"),
+            "wg0.conf:3: DNS: invalid IP address \"192.0.2.300\"",
+        ),
+        (
+            format!("{m}DNS = 192.0.2.53, bad domain\n"),
+            "wg0.conf:3: DNS: \"bad domain\" is neither an IP address nor a search domain",
+        ),
+        (
+            format!("{m}Table = 0\n"),
+            "wg0.conf:3: Table must be off, auto, main, local, default or a number 1..=4294967295, found \"0\"",
+        ),
+        (
+            format!("{m}PostUp =\n"),
+            "wg0.conf:3: PostUp needs a command",
+        ),
+        (
+            format!("{m}SaveConfig = true\n"),
+            "wg0.conf:3: SaveConfig = true is not supported: tundns never writes the config file back",
+        ),
+        (
+            format!("{m}SaveConfig = maybe\n"),
+            "wg0.conf:3: expected true or false, found \"maybe\"",
+        ),
+        // [Peer] values.
+        (
+            format!("{m}[Peer]\nPublicKey = not-a-key\n"),
+            "wg0.conf:4: invalid PublicKey: must be 44 characters of base64 (32 bytes)",
+        ),
+        (
+            format!("{m}{peer}PresharedKey = {}\n", &PRESHARED_KEY[1..]),
+            "wg0.conf:5: invalid PresharedKey: must be 44 characters of base64 (32 bytes)",
+        ),
+        (
+            format!("{m}{peer}AllowedIPs = 10.0.0.0/24, nonsense\n"),
+            "wg0.conf:5: expected an IP address with optional /prefix, found \"nonsense\"",
+        ),
+        (
+            format!("{m}{peer}Endpoint = 2001:db8::1:51820\n"),
+            "wg0.conf:5: an IPv6 endpoint must be written [address]:port, found \"2001:db8::1:51820\"",
+        ),
+        (
+            format!("{m}{peer}Endpoint = 192.0.2.1\n"),
+            "wg0.conf:5: expected host:port, ipv4:port or [ipv6]:port, found \"192.0.2.1\"",
+        ),
+        (
+            format!("{m}{peer}Endpoint = vpn.example.com:0\n"),
+            "wg0.conf:5: Endpoint port must be 1..=65535, found \"vpn.example.com:0\"",
+        ),
+        (
+            format!("{m}{peer}Endpoint = 192.0.2.1:1\nEndpoint = 192.0.2.1:2\n"),
+            "wg0.conf:6: duplicate key \"Endpoint\" in [Peer] (first set on line 5)",
+        ),
+        (
+            format!("{m}{peer}PersistentKeepalive = 65536\n"),
+            "wg0.conf:5: PersistentKeepalive must be off or 1..=65535 seconds, found \"65536\"",
+        ),
+        // [DNSProxy] values.
+        (
+            format!("{m}[DNSProxy]\nEnabled = sometimes\n"),
+            "wg0.conf:4: expected true or false, found \"sometimes\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = 10.30.30.30/32\n"),
+            "wg0.conf:4: expected a virtual IP address (no /prefix), found \"10.30.30.30/32\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = 0.0.0.0\n"),
+            "wg0.conf:4: virtual address 0.0.0.0 is unspecified",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = ::\n"),
+            "wg0.conf:4: virtual address :: is unspecified",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = 10.30.30.30, 224.0.0.251\n"),
+            "wg0.conf:4: virtual address 224.0.0.251 is multicast",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = ff02::fb\n"),
+            "wg0.conf:4: virtual address ff02::fb is multicast",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = 127.0.0.53\n"),
+            "wg0.conf:4: virtual address 127.0.0.53 is loopback: the kernel answers it itself, it never reaches the TUN",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = 10.30.30.30\nAddress = 10.30.30.30\n"),
+            "wg0.conf:5: virtual address 10.30.30.30 is listed twice (first on line 4)",
+        ),
+        (
+            format!(
+                "{m}Address = 10.0.0.2/24\n[DNSProxy]\nUpstream = 192.0.2.53\n\nAddress = 10.30.30.30, 10.0.0.2\n"
+            ),
+            "wg0.conf:7: virtual address 10.0.0.2 is also an interface Address (line 3)",
+        ),
+        (
+            // The interface address comes after the [DNSProxy] section: still caught.
+            format!(
+                "[DNSProxy]\nAddress = fd00::2\n[Interface]\nPrivateKey = {PRIVATE_KEY}\nAddress = fd00::2/64\n"
+            ),
+            "wg0.conf:2: virtual address fd00::2 is also an interface Address (line 5)",
+        ),
+        (
+            format!("{m}Address = 10.30.30.30/24\n"),
+            "wg0.conf:3: Address 10.30.30.30/24 uses 10.30.30.30, the DNS proxy's default virtual address; set another [DNSProxy] Address or use another interface address",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress = 192.0.2.53\nUpstream = 192.0.2.53\n"),
+            "wg0.conf:4: virtual address 192.0.2.53 is also the upstream 192.0.2.53:53: queries would loop",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAddress =\n"),
+            "wg0.conf:4: [DNSProxy] Address lists no virtual IP (set Enabled = false to turn the proxy off)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream =\n[Peer]\nPublicKey = {PEER_A}\n"),
+            "wg0.conf:4: [DNSProxy] Upstream lists no resolver (set Enabled = false to turn the proxy off)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = dns.google\n"),
+            "wg0.conf:4: expected an IP, ip:port or [ipv6]:port (host names are not resolved), found \"dns.google\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = 192.0.2.53:0\n"),
+            "wg0.conf:4: upstream port must be 1..=65535, found \"192.0.2.53:0\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = 192.0.2.53, 224.0.0.1\n"),
+            "wg0.conf:4: upstream 224.0.0.1 is multicast",
+        ),
+        (
+            format!("{m}[DNSProxy]\nTimeout = 2\n"),
+            "wg0.conf:4: expected a duration such as 500ms, 2s or 1m (at most 1 hour, more than 0), found \"2\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nTcpIdleTimeout = 0s\n"),
+            "wg0.conf:4: expected a duration such as 500ms, 2s or 1m (at most 1 hour, more than 0), found \"0s\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nMaxInFlight = 0\n"),
+            "wg0.conf:4: expected a number in 1..=1048576, found \"0\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nMaxTcpConnections = 65536\n"),
+            "wg0.conf:4: expected a number in 1..=65535, found \"65536\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nEnabled = true\nEnabled = false\n"),
+            "wg0.conf:5: duplicate key \"Enabled\" in [DNSProxy] (first set on line 4)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nAdress = 10.30.30.30\n"),
+            "wg0.conf:4: unknown key \"Adress\" in [DNSProxy] (did you mean \"Address\"?)",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(text, expected)| (text, expected.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_error_names_file_line_and_problem() {
+    let mut failures = Vec::new();
+    for (text, expected) in error_cases() {
+        let got = match Config::parse(&text, "wg0.conf") {
+            Ok(_) => "<parsed>".to_string(),
+            Err(error) => {
+                // The accessors agree with Display.
+                let prefix = match error.line() {
+                    Some(line) => format!("wg0.conf:{line}: "),
+                    None => "wg0.conf: ".to_string(),
+                };
+                assert_eq!(error.to_string(), format!("{prefix}{}", error.message()));
+                assert_eq!(error.path(), std::path::Path::new("wg0.conf"));
+                error.to_string()
+            }
+        };
+        if got != expected {
+            failures.push(format!(
+                "text:\n{text}\nexpected: {expected}\ngot:      {got}\n"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn first_error_in_the_file_wins() {
+    let text = format!("{}MTU = 1\n[Nope]\nFoo = 1\n", minimal());
+    assert_eq!(
+        parse_err(&text),
+        "wg0.conf:3: MTU must be a number in 576..=65535, found \"1\""
+    );
+}
+
+#[test]
+fn disabled_proxy_skips_address_conflict_checks() {
+    let config = parse(&format!(
+        "{}Address = 10.30.30.30/24\n[DNSProxy]\nEnabled = false\n",
+        minimal()
+    ))
+    .unwrap();
+    assert!(!config.dns_proxy.enabled);
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let config = parse(&realistic()).unwrap();
+    let debug = format!("{config:?}");
+    let pretty = format!("{config:#?}");
+    for output in [&debug, &pretty] {
+        assert!(!output.contains(PRIVATE_KEY));
+        assert!(!output.contains(PRESHARED_KEY));
+        assert!(!output.contains(PRIVATE_KEY_DEBUG_BYTES));
+        assert!(!output.contains(PRESHARED_KEY_DEBUG_BYTES));
+        assert!(output.contains("<redacted>"));
+        // Public keys are not secret and help when reading a dump.
+        assert!(output.contains(PEER_A));
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_error_output() {
+    let almost = &PRIVATE_KEY[..43];
+    let with_junk = format!("{PRIVATE_KEY}x");
+    let texts = vec![
+        format!("[Interface]\nPrivateKey = {almost}\n"),
+        format!("[Interface]\nPrivateKey = {with_junk}\n"),
+        format!("[Interface]\nPrivateKey = {PRIVATE_KEY} {PRIVATE_KEY}\n"),
+        format!("{}[Peer]\nPublicKey = {almost}\n", minimal()),
+        format!(
+            "{}[Peer]\nPublicKey = {PEER_A}\nPresharedKey = {almost}\n",
+            minimal()
+        ),
+        // A key pasted on a line of its own parses as an unknown key named by the key.
+        format!("[Interface]\n{PRIVATE_KEY}\n"),
+        format!("[Interface]\n{almost}\n"),
+        format!("[Interface]\n{almost} = 1\n"),
+        format!("[{almost}]\n"),
+        format!("{almost} = 1\n"),
+        format!("[Interface]\nPrivateKey = {PRIVATE_KEY}\nPrivateKey = {PRIVATE_KEY}\n"),
+        // A private key pasted under a key whose bad values are otherwise echoed.
+        format!("{}Address = {PRIVATE_KEY}\n", minimal()),
+        format!("{}DNS = 192.0.2.53, {almost}\n", minimal()),
+        format!(
+            "{}[Peer]\nPublicKey = {PEER_A}\nEndpoint = {PRIVATE_KEY}:51820\n",
+            minimal()
+        ),
+        format!("{}[DNSProxy]\nUpstream = {PRIVATE_KEY}\n", minimal()),
+    ];
+    for text in texts {
+        let error = Config::parse(&text, "wg0.conf").unwrap_err();
+        for output in [error.to_string(), format!("{error:?}")] {
+            assert!(!output.contains(almost), "{output}");
+            assert!(!output.contains(&PRIVATE_KEY[..20]), "{output}");
+        }
+    }
+    assert_eq!(
+        parse_err(&format!("[Interface]\n{PRIVATE_KEY}\n")),
+        "wg0.conf:2: unknown key in [Interface] (not shown: it does not look like a key name)"
+    );
+}
+
+#[test]
+fn interface_name_comes_from_the_file_stem() {
+    let config = Config::parse(&minimal(), "/etc/wireguard/office-1.conf").unwrap();
+    assert_eq!(config.interface_name, "office-1");
+    assert_eq!(interface_name_from_path("wg0.conf").unwrap(), "wg0");
+    assert_eq!(interface_name_from_path("a.b.conf").unwrap(), "a.b");
+    assert_eq!(interface_name_from_path("wg0").unwrap(), "wg0");
+    assert_eq!(
+        interface_name_from_path("x234567890abcde.conf").unwrap(),
+        "x234567890abcde"
+    );
+
+    for (path, expected) in [
+        (
+            "x234567890abcdef.conf",
+            "x234567890abcdef.conf: invalid interface name \"x234567890abcdef\" (taken from the file name): it is 16 bytes long, the limit is 15",
+        ),
+        (
+            "wg 0.conf",
+            "wg 0.conf: invalid interface name \"wg 0\" (taken from the file name): it contains '/', ':', whitespace or a control character",
+        ),
+        (
+            "wg:0.conf",
+            "wg:0.conf: invalid interface name \"wg:0\" (taken from the file name): it contains '/', ':', whitespace or a control character",
+        ),
+        (
+            "...conf",
+            "...conf: invalid interface name \"..\" (taken from the file name): it cannot be . or ..",
+        ),
+        (
+            "/",
+            "/: the path has no file name to name the interface after",
+        ),
+    ] {
+        assert_eq!(
+            Config::parse(&minimal(), path).unwrap_err().to_string(),
+            expected,
+            "{path}"
+        );
+    }
+}
+
+/// A file in a fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tundns-config-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn from_file_reads_parses_and_names() {
+    let dir = TempDir::new("read");
+    let path = dir.0.join("wg7.conf");
+    std::fs::write(&path, realistic()).unwrap();
+    let config = Config::from_file(&path).unwrap();
+    assert_eq!(config.interface_name, "wg7");
+    assert_eq!(config.peers.len(), 2);
+
+    std::fs::write(&path, format!("{}Adress = 1\n", minimal())).unwrap();
+    let error = Config::from_file(&path).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}:3: unknown key \"Adress\" in [Interface] (did you mean \"Address\"?)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn from_file_errors() {
+    let dir = TempDir::new("errors");
+
+    let missing = dir.0.join("missing.conf");
+    let error = Config::from_file(&missing).unwrap_err();
+    assert_eq!(error.line(), None);
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}: cannot read config file: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+
+    let directory = dir.0.join("adir.conf");
+    std::fs::create_dir(&directory).unwrap();
+    let error = Config::from_file(&directory).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!(
+            "{}: cannot read config file: ",
+            directory.display()
+        )),
+        "{error}"
+    );
+
+    let latin1 = dir.0.join("latin1.conf");
+    let mut bytes = minimal().into_bytes();
+    bytes.extend_from_slice(b"# ok\nPostUp = echo caf\xe9\n");
+    std::fs::write(&latin1, bytes).unwrap();
+    assert_eq!(
+        Config::from_file(&latin1).unwrap_err().to_string(),
+        format!("{}:4: not valid UTF-8", latin1.display())
+    );
+
+    let huge = dir.0.join("huge.conf");
+    let mut text = minimal();
+    text.push_str(&"#".repeat(1 << 20));
+    std::fs::write(&huge, text).unwrap();
+    assert_eq!(
+        Config::from_file(&huge).unwrap_err().to_string(),
+        format!(
+            "{}: config file is larger than 1048576 bytes",
+            huge.display()
+        )
+    );
+}
