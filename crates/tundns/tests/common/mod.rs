@@ -1,0 +1,791 @@
+//! The end-to-end lab: throwaway network namespaces holding a real wireguard-go peer and an
+//! unbound upstream, with tundns (or, for baselines, wireguard-go) as the client.
+//!
+//! It must never send a packet outside the namespaces it created: the client namespace C and
+//! the network namespace N are joined only to each other by a veth pair, and every upstream
+//! lives on a documentation address inside N. It always tears down what it built (the `Drop`
+//! of [`Lab`] and [`Daemon`]), including when a test panics. Every wait is bounded.
+//!
+//! ```text
+//!  C (client)  192.0.2.2/24 2001:db8::2/64 ── veth ── N (network)  192.0.2.1/24 2001:db8::1/64
+//!    tundns: 10.99.0.2/24 fd99::2/64                    wireguard-go :51820, 10.99.0.1 fd99::1
+//!    proxy:  10.30.30.30 fd30:30:30::30                 unbound 192.0.2.53 2001:db8::53
+//!    198.51.100.0/24 via N                              192.0.2.54: nothing listens (refuses)
+//!                                                       198.51.100.53: blackholed (silent)
+//! ```
+//!
+//! Set `TUNDNS_E2E=1` to make missing prerequisites (root, tools) a failure instead of a skip.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const PROXY_V4: &str = "10.30.30.30";
+pub const PROXY_V6: &str = "fd30:30:30::30";
+pub const UNBOUND_V4: &str = "192.0.2.53";
+pub const UNBOUND_V6: &str = "2001:db8::53";
+/// An upstream address in N where nothing listens: queries get ICMP port unreachable.
+pub const DEAD_REFUSING: &str = "192.0.2.54";
+/// An upstream address blackholed in N: queries vanish without an answer.
+pub const DEAD_SILENT: &str = "198.51.100.53";
+pub const PEER_ENDPOINT: &str = "192.0.2.1:51820";
+pub const PEER_TUNNEL_V4: &str = "10.99.0.1";
+pub const PEER_TUNNEL_V6: &str = "fd99::1";
+pub const CLIENT_TUNNEL_V4: &str = "10.99.0.2";
+pub const CLIENT_TUNNEL_V6: &str = "fd99::2";
+
+/// Answers fixed by `lab/unbound-zone.conf`.
+pub const WWW_NAME: &str = "www.lab.test";
+pub const WWW_A: &str = "203.0.113.10";
+pub const WWW_AAAA: &str = "2001:db8::10";
+pub const BIG_TXT_NAME: &str = "big.lab.test";
+pub const BIG_TXT_RECORDS: usize = 24;
+
+const UNBOUND_ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lab/unbound-zone.conf");
+const REQUIRED_TOOLS: &[&str] = &[
+    "ip",
+    "wg",
+    "wireguard-go",
+    "unbound",
+    "dig",
+    "ping",
+    "iperf3",
+    "getent",
+    "bash",
+    "dd",
+    "kill",
+];
+/// Upper bound for any single command the lab runs, unless a test asks for another.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Builds the lab for `test`, or returns `None` (after printing why) when the machine lacks the
+/// prerequisites and `TUNDNS_E2E` is not `1`.
+pub fn lab_or_skip(test: &str) -> Option<Lab> {
+    match missing_prerequisites() {
+        None => Some(Lab::new()),
+        Some(reason) if e2e_required() => {
+            panic!("TUNDNS_E2E=1 but the e2e lab cannot run: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipped: {test}: {reason} (set TUNDNS_E2E=1 to make this a failure)");
+            None
+        }
+    }
+}
+
+fn e2e_required() -> bool {
+    std::env::var("TUNDNS_E2E").is_ok_and(|value| value == "1")
+}
+
+fn missing_prerequisites() -> Option<String> {
+    let is_root = fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    });
+    if !is_root {
+        return Some("not running as root (needs network namespaces and TUN)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun is missing".into());
+    }
+    let missing: Vec<&str> = REQUIRED_TOOLS
+        .iter()
+        .copied()
+        .filter(|tool| !on_path(tool))
+        .collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!("missing tools: {}", missing.join(" ")))
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Retries `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// What a finished (or timed-out) command left behind.
+pub struct Run {
+    pub command: String,
+    /// `None` when the command was killed at its timeout.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.status.is_none()
+    }
+
+    /// Panics with the whole run unless the command exited 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.succeeded(), "command failed:\n{self}");
+        self
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Some(status) => status.to_string(),
+            None => "timed out".into(),
+        };
+        write!(
+            f,
+            "$ {}\n[{status} after {:?}]\n--- stdout\n{}--- stderr\n{}",
+            self.command, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A long-running process (unbound, wireguard-go, tundns). Dropping it stops it: SIGTERM,
+/// then SIGKILL after two seconds.
+pub struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.exit_status().is_none()
+    }
+
+    /// Sends SIGTERM (through `kill`, to keep the tests free of unsafe code).
+    pub fn send_sigterm(&self) {
+        // A process that has already gone makes `kill` fail; the callers check the exit status.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.exit_status();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.send_sigterm();
+            if self.wait_for_exit(Duration::from_secs(2)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if thread::panicking() {
+            eprintln!("----- {} output -----\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// Per-peer byte counters as `wg show <iface> transfer` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    pub received: u64,
+    pub sent: u64,
+}
+
+impl Transfer {
+    /// Bytes moved in both directions since `earlier`.
+    pub fn since(self, earlier: Transfer) -> u64 {
+        (self.received - earlier.received) + (self.sent - earlier.sent)
+    }
+}
+
+/// Options for the client's wg-quick config.
+pub struct ClientConfig {
+    pub upstreams: Vec<String>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            upstreams: vec![UNBOUND_V4.into()],
+            persistent_keepalive: None,
+        }
+    }
+}
+
+struct KeyPair {
+    private: String,
+    public: String,
+}
+
+/// The two namespaces, unbound and the wireguard-go peer in N. See the module docs.
+pub struct Lab {
+    pub client_ns: String,
+    pub network_ns: String,
+    /// The interface name tundns gets (the config's file stem).
+    pub tundns_iface: String,
+    /// wireguard-go's interface in N.
+    pub peer_iface: String,
+    id: String,
+    dir: PathBuf,
+    client_key: KeyPair,
+    peer_key: KeyPair,
+    /// Interfaces whose UAPI sockets in /var/run/wireguard this lab owns.
+    uapi_ifaces: RefCell<Vec<String>>,
+    daemons: RefCell<Vec<Daemon>>,
+    /// Numbers the output files of [`Lab::run`].
+    runs: AtomicU32,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        // "td<pid>x<n>" plus a one-letter suffix stays within the 15 bytes of an interface name.
+        let id = format!(
+            "td{}x{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the lab directory");
+        let mut lab = Lab {
+            client_ns: format!("{id}-c"),
+            network_ns: format!("{id}-n"),
+            tundns_iface: format!("{id}t"),
+            peer_iface: format!("{id}w"),
+            id,
+            dir,
+            client_key: KeyPair::empty(),
+            peer_key: KeyPair::empty(),
+            uapi_ifaces: RefCell::new(Vec::new()),
+            daemons: RefCell::new(Vec::new()),
+            runs: AtomicU32::new(0),
+        };
+        // From here on, a panic drops `lab`, which tears down whatever was built.
+        lab.build_network();
+        lab.client_key = lab.generate_keys();
+        lab.peer_key = lab.generate_keys();
+        lab.start_unbound();
+        lab.start_peer();
+        lab
+    }
+
+    fn build_network(&self) {
+        let (c, n) = (&self.client_ns, &self.network_ns);
+        let (veth_c, veth_n) = (format!("{}v", self.id), format!("{}p", self.id));
+        for ns in [c, n] {
+            self.host(&["ip", "netns", "add", ns]).assert_success();
+            fs::create_dir_all(self.etc_netns(ns)).expect("create /etc/netns/<ns>");
+            fs::write(
+                self.etc_netns(ns).join("nsswitch.conf"),
+                "hosts: files dns\n",
+            )
+            .expect("write the namespace's nsswitch.conf");
+            self.exec_in(ns, &["ip", "link", "set", "lo", "up"])
+                .assert_success();
+            // No duplicate address detection: IPv6 addresses are usable the moment they are set.
+            self.exec_in(
+                ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )
+            .assert_success();
+        }
+        // glibc in C asks the proxy; anything in N asks unbound; nothing asks the host's resolver.
+        self.set_resolver(c, PROXY_V4);
+        self.set_resolver(n, UNBOUND_V4);
+
+        self.host(&[
+            "ip", "link", "add", &veth_c, "netns", c, "type", "veth", "peer", "name", &veth_n,
+            "netns", n,
+        ])
+        .assert_success();
+        for (ns, dev, addrs) in [
+            (c, &veth_c, &["192.0.2.2/24", "2001:db8::2/64"][..]),
+            (
+                n,
+                &veth_n,
+                &[
+                    "192.0.2.1/24",
+                    "2001:db8::1/64",
+                    "192.0.2.53/24",
+                    "2001:db8::53/64",
+                    "192.0.2.54/24",
+                ][..],
+            ),
+        ] {
+            for addr in addrs {
+                self.exec_in(ns, &["ip", "addr", "add", addr, "dev", dev, "nodad"])
+                    .assert_success();
+            }
+            self.exec_in(ns, &["ip", "link", "set", dev, "up"])
+                .assert_success();
+        }
+        self.exec_in(
+            c,
+            &["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1"],
+        )
+        .assert_success();
+        self.exec_in(n, &["ip", "route", "add", "blackhole", DEAD_SILENT])
+            .assert_success();
+    }
+
+    fn generate_keys(&self) -> KeyPair {
+        let ns = &self.network_ns;
+        let private = self
+            .exec_in(ns, &["wg", "genkey"])
+            .assert_success()
+            .stdout
+            .trim()
+            .to_owned();
+        let key_file = self.write_file("key.tmp", &private);
+        let public = self
+            .exec_in(
+                ns,
+                &["bash", "-c", "wg pubkey < \"$1\"", "-", path_str(&key_file)],
+            )
+            .assert_success()
+            .stdout
+            .trim()
+            .to_owned();
+        KeyPair { private, public }
+    }
+
+    fn start_unbound(&self) {
+        let config = format!(
+            "server:\n    do-daemonize: no\n    chroot: \"\"\n    username: \"\"\n    pidfile: \"\"\n    \
+             directory: \"{dir}\"\n    use-syslog: no\n    logfile: \"\"\n    verbosity: 0\n    \
+             num-threads: 1\n    port: 53\n    interface: {UNBOUND_V4}\n    interface: {UNBOUND_V6}\n    \
+             do-ip6: yes\n    access-control: 0.0.0.0/0 allow\n    access-control: ::/0 allow\n    \
+             do-not-query-localhost: yes\n    module-config: \"iterator\"\n\
+             include: \"{UNBOUND_ZONE}\"\n\
+             remote-control:\n    control-enable: no\n",
+            dir = self.dir.display(),
+        );
+        let config_path = self.write_file("unbound.conf", &config);
+        let ns = &self.network_ns;
+        self.spawn_daemon_in(
+            ns,
+            "unbound",
+            &["unbound", "-d", "-c", path_str(&config_path)],
+        );
+        let answered = wait_until(DAEMON_START_TIMEOUT, || {
+            self.dig(ns, UNBOUND_V4, &[WWW_NAME, "A", "+short"])
+                .stdout
+                .trim()
+                == WWW_A
+        });
+        assert!(
+            answered,
+            "unbound did not start answering:\n{}",
+            self.daemon_output("unbound")
+        );
+    }
+
+    /// wireguard-go in N: the peer every client in C talks to.
+    fn start_peer(&self) {
+        let (ns, iface) = (&self.network_ns, &self.peer_iface);
+        self.start_wireguard_go(
+            ns,
+            iface,
+            &self.peer_key.private,
+            Some(51820),
+            "10.99.0.1/24",
+            "fd99::1/64",
+        );
+        self.exec_in(
+            ns,
+            &[
+                "wg",
+                "set",
+                iface,
+                "peer",
+                &self.client_key.public,
+                "allowed-ips",
+                "10.99.0.2/32,fd99::2/128",
+            ],
+        )
+        .assert_success();
+    }
+
+    fn start_wireguard_go(
+        &self,
+        ns: &str,
+        iface: &str,
+        private_key: &str,
+        listen_port: Option<u16>,
+        addr_v4: &str,
+        addr_v6: &str,
+    ) {
+        self.uapi_ifaces.borrow_mut().push(iface.to_owned());
+        self.spawn_daemon_in(
+            ns,
+            &format!("wireguard-go {iface}"),
+            &[
+                "env",
+                "WG_PROCESS_FOREGROUND=1",
+                "wireguard-go",
+                "-f",
+                iface,
+            ],
+        );
+        let socket = uapi_socket(iface);
+        assert!(
+            wait_until(DAEMON_START_TIMEOUT, || socket.exists()),
+            "wireguard-go {iface} did not create {}:\n{}",
+            socket.display(),
+            self.daemon_output(&format!("wireguard-go {iface}"))
+        );
+        let key_file = self.write_file(&format!("{iface}.key"), private_key);
+        let mut set = vec!["wg", "set", iface, "private-key", path_str(&key_file)];
+        let port = listen_port.map(|port| port.to_string());
+        if let Some(port) = &port {
+            set.extend(["listen-port", port]);
+        }
+        self.exec_in(ns, &set).assert_success();
+        self.exec_in(ns, &["ip", "addr", "add", addr_v4, "dev", iface])
+            .assert_success();
+        self.exec_in(ns, &["ip", "addr", "add", addr_v6, "dev", iface, "nodad"])
+            .assert_success();
+        self.exec_in(ns, &["ip", "link", "set", iface, "up"])
+            .assert_success();
+    }
+
+    /// The baseline client: wireguard-go in C with tundns's keys and addresses.
+    pub fn start_wireguard_go_client(&self) {
+        let (ns, iface) = (&self.client_ns, format!("{}g", self.id));
+        self.start_wireguard_go(
+            ns,
+            &iface,
+            &self.client_key.private,
+            None,
+            "10.99.0.2/24",
+            "fd99::2/64",
+        );
+        self.exec_in(
+            ns,
+            &[
+                "wg",
+                "set",
+                &iface,
+                "peer",
+                &self.peer_key.public,
+                "endpoint",
+                PEER_ENDPOINT,
+                "allowed-ips",
+                "10.99.0.0/24,fd99::/64",
+            ],
+        )
+        .assert_success();
+    }
+
+    /// A wg-quick config for tundns in C, talking to the lab's peer.
+    pub fn client_config(&self, options: &ClientConfig) -> String {
+        let keepalive = options
+            .persistent_keepalive
+            .map(|seconds| format!("PersistentKeepalive = {seconds}\n"))
+            .unwrap_or_default();
+        format!(
+            "[Interface]\nPrivateKey = {private}\nAddress = 10.99.0.2/24, fd99::2/64\nMTU = 1420\n\n\
+             [Peer]\nPublicKey = {public}\nEndpoint = {PEER_ENDPOINT}\n\
+             AllowedIPs = 10.99.0.0/24, fd99::/64\n{keepalive}\n\
+             [DNSProxy]\nAddress = {PROXY_V4}, {PROXY_V6}\nUpstream = {upstreams}\nTimeout = 500ms\n",
+            private = self.client_key.private,
+            public = self.peer_key.public,
+            upstreams = options.upstreams.join(", "),
+        )
+    }
+
+    /// Writes `config` as `<tundns_iface>.conf` and returns its path.
+    pub fn write_client_config(&self, config: &str) -> PathBuf {
+        self.write_file(&format!("{}.conf", self.tundns_iface), config)
+    }
+
+    /// Runs `tundns up` with `config` in C and waits (at most 10 s) until `wg show` answers.
+    pub fn start_tundns(&self, config: &str) -> Daemon {
+        let path = self.write_client_config(config);
+        self.uapi_ifaces
+            .borrow_mut()
+            .push(self.tundns_iface.clone());
+        let (ns, iface) = (&self.client_ns, &self.tundns_iface);
+        let mut tundns = self.spawn_in(ns, "tundns", &[tundns_bin(), "up", path_str(&path)]);
+        let up = wait_until(DAEMON_START_TIMEOUT, || {
+            !tundns.is_running() || self.exec_in(ns, &["wg", "show", iface]).succeeded()
+        });
+        if let Some(status) = tundns.exit_status() {
+            panic!("tundns exited at start-up ({status}):\n{}", tundns.output());
+        }
+        assert!(
+            up,
+            "`wg show {iface}` did not answer within {DAEMON_START_TIMEOUT:?}:\n{}",
+            tundns.output()
+        );
+        tundns
+    }
+
+    /// Runs tundns with the default client config.
+    pub fn start_default_tundns(&self) -> Daemon {
+        let config = self.client_config(&ClientConfig::default());
+        self.start_tundns(&config)
+    }
+
+    /// Pings `target` from `ns` until one echo comes back (at most 10 s: the first packet may
+    /// wait for the handshake).
+    #[track_caller]
+    pub fn assert_ping(&self, ns: &str, target: &str) {
+        let mut last = None;
+        let answered = wait_until(Duration::from_secs(10), || {
+            let run = self.exec_in(ns, &["ping", "-n", "-c", "1", "-W", "1", target]);
+            let ok = run.succeeded();
+            last = Some(run);
+            ok
+        });
+        assert!(
+            answered,
+            "no echo reply from {target} in {ns}:\n{}",
+            last.expect("ran once")
+        );
+    }
+
+    /// The client's counters as seen by the wireguard-go peer in N.
+    pub fn peer_transfer_counters(&self) -> Transfer {
+        let (ns, iface) = (&self.network_ns, &self.peer_iface);
+        let run = self.exec_in(ns, &["wg", "show", iface, "transfer"]);
+        run.assert_success();
+        let line = run
+            .stdout
+            .lines()
+            .find(|line| line.starts_with(&self.client_key.public))
+            .unwrap_or_else(|| panic!("the client is not a peer of {iface}:\n{run}"));
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|field| field.parse().expect("a byte counter"))
+            .collect();
+        Transfer {
+            received: fields[0],
+            sent: fields[1],
+        }
+    }
+
+    pub fn client_public_key(&self) -> &str {
+        &self.client_key.public
+    }
+
+    pub fn peer_public_key(&self) -> &str {
+        &self.peer_key.public
+    }
+
+    /// Points glibc in `ns` at `nameserver` (a bind-mounted /etc/netns/<ns>/resolv.conf).
+    pub fn set_resolver(&self, ns: &str, nameserver: &str) {
+        fs::write(
+            self.etc_netns(ns).join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n"),
+        )
+        .expect("write the namespace's resolv.conf");
+    }
+
+    /// `dig @server args...` in `ns`: one try, two seconds, so a lost answer is a fast failure.
+    pub fn dig(&self, ns: &str, server: &str, args: &[&str]) -> Run {
+        let at_server = format!("@{server}");
+        let mut command = vec!["dig", &at_server, "+tries=1", "+time=2"];
+        command.extend_from_slice(args);
+        self.exec_in(ns, &command)
+    }
+
+    /// Runs a command inside `ns` (bounded by 20 s).
+    pub fn exec_in(&self, ns: &str, command: &[&str]) -> Run {
+        self.exec_in_with_timeout(ns, command, COMMAND_TIMEOUT)
+    }
+
+    pub fn exec_in_with_timeout(&self, ns: &str, command: &[&str], timeout: Duration) -> Run {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(command);
+        self.run(&full, timeout)
+    }
+
+    /// Starts a long-running command inside `ns`; its output goes to a log in the lab directory.
+    pub fn spawn_in(&self, ns: &str, name: &str, command: &[&str]) -> Daemon {
+        let log = self.dir.join(format!("{}.log", name.replace(' ', "-")));
+        let out = File::create(&log).expect("create a daemon log");
+        let err = out.try_clone().expect("clone a log handle");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {command:?} in {ns}: {error}"));
+        Daemon {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// Starts a daemon whose lifetime the lab manages (stopped at teardown).
+    pub fn spawn_daemon_in(&self, ns: &str, name: &str, command: &[&str]) {
+        let daemon = self.spawn_in(ns, name, command);
+        self.daemons.borrow_mut().push(daemon);
+    }
+
+    /// Writes a file in the lab directory and returns its path.
+    pub fn write_file(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(&path, contents).expect("write a lab file");
+        path
+    }
+
+    /// Runs a host command (namespace management only: it sends no packets).
+    fn host(&self, command: &[&str]) -> Run {
+        self.run(command, COMMAND_TIMEOUT)
+    }
+
+    fn run(&self, command: &[&str], timeout: Duration) -> Run {
+        let number = self.runs.fetch_add(1, Ordering::Relaxed);
+        let stdout_path = self.dir.join(format!("run{number}.out"));
+        let stderr_path = self.dir.join(format!("run{number}.err"));
+        let started = Instant::now();
+        let mut child = Command::new(command[0])
+            .args(&command[1..])
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("create a stdout file"))
+            .stderr(File::create(&stderr_path).expect("create a stderr file"))
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {command:?}: {error}"));
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().expect("poll a child");
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let run = Run {
+            command: command.join(" "),
+            status,
+            stdout: fs::read_to_string(&stdout_path).unwrap_or_default(),
+            stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
+            elapsed: started.elapsed(),
+        };
+        let _ = fs::remove_file(stdout_path);
+        let _ = fs::remove_file(stderr_path);
+        run
+    }
+
+    fn daemon_output(&self, name: &str) -> String {
+        self.daemons
+            .borrow()
+            .iter()
+            .filter(|daemon| daemon.name == name)
+            .map(Daemon::output)
+            .collect()
+    }
+
+    fn etc_netns(&self, ns: &str) -> PathBuf {
+        Path::new("/etc/netns").join(ns)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Stop the daemons first, so wireguard-go removes its own interface and socket.
+        self.daemons.borrow_mut().clear();
+        for ns in [self.client_ns.clone(), self.network_ns.clone()] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
+            let _ = fs::remove_dir_all(self.etc_netns(&ns));
+        }
+        for iface in self.uapi_ifaces.borrow().iter() {
+            let _ = fs::remove_file(uapi_socket(iface));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl KeyPair {
+    fn empty() -> KeyPair {
+        KeyPair {
+            private: String::new(),
+            public: String::new(),
+        }
+    }
+}
+
+/// The UAPI socket `wg` uses for a userspace interface. Not per namespace: names must be unique.
+pub fn uapi_socket(iface: &str) -> PathBuf {
+    Path::new("/var/run/wireguard").join(format!("{iface}.sock"))
+}
+
+pub fn tundns_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tundns")
+}
+
+pub fn unix_time_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("lab paths are UTF-8")
+}

@@ -1,0 +1,852 @@
+//! End-to-end tests: tundns in a client namespace against a real wireguard-go peer and a real
+//! unbound upstream in a network namespace (see `common`). Each test builds its own lab.
+//!
+//! The `lab_baseline_*` tests need no tundns: they prove the lab itself (wireguard-go on both
+//! sides, unbound's fixtures, the refusal detectors), so a failure elsewhere points at tundns.
+//!
+//! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test e2e`. Without root or the lab tools
+//! the tests print "skipped: ..." and pass, unless `TUNDNS_E2E=1`.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const BURST_QUERIES: usize = 200;
+/// Slack for WireGuard keepalives (32 bytes each) when comparing counters; one leaked DNS query
+/// costs more than this on its own (transport header, tag, IP, UDP and DNS).
+const KEEPALIVE_SLACK_BYTES: u64 = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Baselines: the lab without tundns.
+
+#[test]
+fn lab_baseline_wireguard_go_pair() {
+    let Some(lab) = lab_or_skip("lab_baseline_wireguard_go_pair") else {
+        return;
+    };
+    lab.start_wireguard_go_client();
+    let before = lab.peer_transfer_counters();
+
+    assert_tunnel_carries_traffic_both_ways(&lab);
+
+    let after = lab.peer_transfer_counters();
+    assert!(
+        after.received > before.received && after.sent > before.sent,
+        "the peer's counters must show the tunnel traffic: {before:?} -> {after:?}"
+    );
+    let answer = lab.dig(&lab.client_ns, UNBOUND_V4, &[WWW_NAME, "A", "+short"]);
+    assert_eq!(answer.assert_success().stdout.trim(), WWW_A, "{answer}");
+}
+
+#[test]
+fn lab_baseline_unbound_fixtures() {
+    let Some(lab) = lab_or_skip("lab_baseline_unbound_fixtures") else {
+        return;
+    };
+    let c = &lab.client_ns;
+    let aaaa = lab.dig(c, UNBOUND_V6, &[WWW_NAME, "AAAA", "+short"]);
+    assert_eq!(aaaa.assert_success().stdout.trim(), WWW_AAAA, "{aaaa}");
+
+    // The big answer must really need TCP, or the truncation test proves nothing.
+    let udp = lab.dig(c, UNBOUND_V4, &[BIG_TXT_NAME, "TXT", "+ignore"]);
+    assert!(header_flags(&udp).contains(&"tc".to_owned()), "{udp}");
+    let tcp = lab.dig(c, UNBOUND_V4, &[BIG_TXT_NAME, "TXT", "+tcp", "+short"]);
+    assert_eq!(
+        tcp.assert_success().stdout.lines().count(),
+        BIG_TXT_RECORDS,
+        "{tcp}"
+    );
+
+    // Names outside the zone are answered by unbound itself, at once.
+    let outside = lab.dig(c, UNBOUND_V4, &["example.com", "A"]);
+    assert_eq!(status(&outside).as_deref(), Some("NXDOMAIN"), "{outside}");
+
+    lab.set_resolver(c, UNBOUND_V4);
+    let getent = lab.exec_in(c, &["getent", "ahosts", WWW_NAME]);
+    assert_getent_has_both_families(&getent);
+}
+
+#[test]
+fn lab_baseline_dead_upstreams_and_refusal_detectors() {
+    let Some(lab) = lab_or_skip("lab_baseline_dead_upstreams_and_refusal_detectors") else {
+        return;
+    };
+    let c = &lab.client_ns;
+    let refusing = lab.dig(c, DEAD_REFUSING, &[WWW_NAME]);
+    assert!(refusing.stdout.contains("connection refused"), "{refusing}");
+    let silent = lab.dig(c, DEAD_SILENT, &[WWW_NAME]);
+    assert!(silent.stdout.contains("timed out"), "{silent}");
+
+    // The detectors the port-unreachable and RST tests use, against a real kernel in N.
+    assert_udp_port_unreachable(&lab, "192.0.2.1");
+    assert_udp_port_unreachable(&lab, "2001:db8::1");
+    assert_tcp_refused(&lab, "192.0.2.1");
+    assert_tcp_refused(&lab, "2001:db8::1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tunnel.
+
+#[test]
+fn tunnel_carries_traffic_both_ways() {
+    let Some(lab) = lab_or_skip("tunnel_carries_traffic_both_ways") else {
+        return;
+    };
+    let mut tundns = lab.start_default_tundns();
+    assert_tunnel_carries_traffic_both_ways(&lab);
+    assert!(tundns.is_running(), "tundns exited:\n{}", tundns.output());
+}
+
+#[test]
+fn wg_show_lists_peer_with_recent_handshake() {
+    let Some(lab) = lab_or_skip("wg_show_lists_peer_with_recent_handshake") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
+
+    let iface = &lab.tundns_iface;
+    let show = lab.exec_in(&lab.client_ns, &["wg", "show", iface]);
+    show.assert_success();
+    assert!(
+        show.stdout
+            .contains(&format!("peer: {}", lab.peer_public_key())),
+        "{show}"
+    );
+    assert!(
+        show.stdout.contains(&format!("endpoint: {PEER_ENDPOINT}")),
+        "{show}"
+    );
+
+    let handshakes = lab.exec_in(&lab.client_ns, &["wg", "show", iface, "latest-handshakes"]);
+    let handshake: u64 = handshakes
+        .assert_success()
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(lab.peer_public_key()))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no handshake time for the peer:\n{handshakes}"));
+    let age = unix_time_now().saturating_sub(handshake);
+    assert!(
+        handshake > 0 && age < 30,
+        "handshake {age} s ago:\n{handshakes}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS through the virtual IPs.
+
+#[test]
+fn dns_over_udp_on_virtual_ipv4() {
+    assert_proxy_answers("dns_over_udp_on_virtual_ipv4", PROXY_V4, &[]);
+}
+
+#[test]
+fn dns_over_udp_on_virtual_ipv6() {
+    assert_proxy_answers("dns_over_udp_on_virtual_ipv6", PROXY_V6, &[]);
+}
+
+#[test]
+fn dns_over_tcp_on_virtual_ipv4() {
+    assert_proxy_answers("dns_over_tcp_on_virtual_ipv4", PROXY_V4, &["+tcp"]);
+}
+
+#[test]
+fn dns_over_tcp_on_virtual_ipv6() {
+    assert_proxy_answers("dns_over_tcp_on_virtual_ipv6", PROXY_V6, &["+tcp"]);
+}
+
+#[test]
+fn dns_over_tcp_serves_several_queries_on_one_connection() {
+    let Some(lab) = lab_or_skip("dns_over_tcp_serves_several_queries_on_one_connection") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    let queries = [
+        WWW_NAME,
+        "A",
+        WWW_NAME,
+        "AAAA",
+        WWW_NAME,
+        "A",
+        "+tcp",
+        "+keepopen",
+        "+short",
+    ];
+    let run = lab.dig(&lab.client_ns, PROXY_V4, &queries);
+    let answers: Vec<&str> = run.assert_success().stdout.lines().collect();
+    assert_eq!(answers, [WWW_A, WWW_AAAA, WWW_A], "{run}");
+}
+
+#[test]
+fn big_answer_is_truncated_over_udp() {
+    let Some(lab) = lab_or_skip("big_answer_is_truncated_over_udp") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let udp = lab.dig(&lab.client_ns, proxy, &[BIG_TXT_NAME, "TXT", "+ignore"]);
+        udp.assert_success();
+        assert!(
+            header_flags(&udp).contains(&"tc".to_owned()),
+            "TC expected:\n{udp}"
+        );
+    }
+}
+
+#[test]
+fn big_answer_is_complete_over_tcp() {
+    let Some(lab) = lab_or_skip("big_answer_is_complete_over_tcp") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let tcp = lab.dig(&lab.client_ns, proxy, &[BIG_TXT_NAME, "TXT", "+tcp"]);
+        assert_eq!(answer_count(&tcp), Some(BIG_TXT_RECORDS), "{tcp}");
+
+        // Plain dig sees TC over UDP and retries over TCP by itself.
+        let plain = lab.dig(&lab.client_ns, proxy, &[BIG_TXT_NAME, "TXT"]);
+        assert!(
+            plain.stdout.contains("Truncated, retrying in TCP mode"),
+            "{plain}"
+        );
+        assert_eq!(answer_count(&plain), Some(BIG_TXT_RECORDS), "{plain}");
+    }
+}
+
+#[test]
+fn getent_resolves_through_proxy() {
+    let Some(lab) = lab_or_skip("getent_resolves_through_proxy") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    // The lab points C's resolv.conf at 10.30.30.30; glibc sends A and AAAA together.
+    let getent = lab.exec_in(&lab.client_ns, &["getent", "ahosts", WWW_NAME]);
+    assert_getent_has_both_families(&getent);
+}
+
+#[test]
+fn dns_never_crosses_the_tunnel() {
+    let Some(lab) = lab_or_skip("dns_never_crosses_the_tunnel") else {
+        return;
+    };
+    // No PersistentKeepalive: the only tunnel traffic left is passive keepalives, which the
+    // same-length idle window measures.
+    let _tundns = lab.start_default_tundns();
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
+
+    let batch: String = (0..BURST_QUERIES)
+        .map(|i| match i % 4 {
+            0 => format!("@{PROXY_V4} {WWW_NAME} A\n"),
+            1 => format!("@{PROXY_V6} {WWW_NAME} AAAA\n"),
+            2 => format!("@{PROXY_V4} {WWW_NAME} AAAA +tcp\n"),
+            _ => format!("@{PROXY_V6} {WWW_NAME} A +tcp\n"),
+        })
+        .collect();
+    let batch_file = lab.write_file("burst.batch", batch);
+
+    let before_burst = lab.peer_transfer_counters();
+    let started = Instant::now();
+    let burst = lab.exec_in(
+        &lab.client_ns,
+        &[
+            "dig",
+            "+tries=1",
+            "+time=2",
+            "+short",
+            "-f",
+            path_str(&batch_file),
+        ],
+    );
+    let burst_length = started.elapsed();
+    let after_burst = lab.peer_transfer_counters();
+    let answered = burst
+        .stdout
+        .lines()
+        .filter(|line| *line == WWW_A || *line == WWW_AAAA)
+        .count();
+    assert_eq!(
+        answered, BURST_QUERIES,
+        "every query in the burst must be answered:\n{burst}"
+    );
+
+    std::thread::sleep(burst_length.max(Duration::from_secs(1)));
+    let after_idle = lab.peer_transfer_counters();
+
+    let burst_bytes = after_burst.since(before_burst);
+    let idle_bytes = after_idle.since(after_burst);
+    assert!(
+        burst_bytes <= idle_bytes + KEEPALIVE_SLACK_BYTES,
+        "DNS crossed the tunnel: {burst_bytes} bytes during the burst of {BURST_QUERIES} \
+         queries ({burst_length:?}), {idle_bytes} bytes in the same idle time"
+    );
+
+    // The counters are live: one ping through the tunnel moves them.
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
+    let after_ping = lab.peer_transfer_counters();
+    assert!(
+        after_ping.received > after_idle.received,
+        "{after_idle:?} -> {after_ping:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream failure.
+
+#[test]
+fn failover_past_silent_first_upstream() {
+    assert_failover("failover_past_silent_first_upstream", DEAD_SILENT);
+}
+
+#[test]
+fn failover_past_refusing_first_upstream() {
+    assert_failover("failover_past_refusing_first_upstream", DEAD_REFUSING);
+}
+
+#[test]
+fn all_upstreams_dead_gives_servfail_quickly() {
+    let Some(lab) = lab_or_skip("all_upstreams_dead_gives_servfail_quickly") else {
+        return;
+    };
+    let config = lab.client_config(&ClientConfig {
+        upstreams: vec![DEAD_SILENT.into(), DEAD_REFUSING.into()],
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let run = lab.dig(&lab.client_ns, proxy, &[WWW_NAME, "A", "+time=4"]);
+        assert_eq!(status(&run).as_deref(), Some("SERVFAIL"), "{run}");
+        // Two attempts with Timeout = 500ms, well inside dig's own 4 s.
+        assert!(
+            run.elapsed < Duration::from_millis(2500),
+            "too slow:\n{run}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input.
+
+#[test]
+fn garbage_over_udp_leaves_proxy_serving() {
+    let Some(lab) = lab_or_skip("garbage_over_udp_leaves_proxy_serving") else {
+        return;
+    };
+    let mut tundns = lab.start_default_tundns();
+    let files = write_payloads(&lab, "udp", &udp_garbage());
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let mut command = vec![
+            "bash",
+            "-c",
+            // One write per file, so one datagram per file.
+            r#"exec 3<>"/dev/udp/$1/53" || exit 1; shift
+               for f; do dd if="$f" bs=70000 count=1 status=none >&3 2>/dev/null; done; exit 0"#,
+            "send-garbage",
+            proxy,
+        ];
+        command.extend(files.iter().map(|file| path_str(file)));
+        lab.exec_in(&lab.client_ns, &command).assert_success();
+    }
+    assert_still_serving(&lab, &mut tundns);
+}
+
+#[test]
+fn garbage_over_tcp_leaves_proxy_serving() {
+    let Some(lab) = lab_or_skip("garbage_over_tcp_leaves_proxy_serving") else {
+        return;
+    };
+    let mut tundns = lab.start_default_tundns();
+    let files = write_payloads(&lab, "tcp", &tcp_garbage());
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let mut command = vec![
+            "bash",
+            "-c",
+            // One connection per file: connect, write the file, close without reading.
+            r#"proxy=$1; shift; connected=0
+               for f; do
+                 if exec 3<>"/dev/tcp/$proxy/53"; then
+                   connected=$((connected + 1))
+                   dd if="$f" bs=70000 count=1 status=none >&3 2>/dev/null
+                   exec 3>&-
+                 fi
+               done
+               echo "connected $connected""#,
+            "send-garbage",
+            proxy,
+        ];
+        command.extend(files.iter().map(|file| path_str(file)));
+        let run = lab.exec_in(&lab.client_ns, &command);
+        let expected = format!("connected {}", files.len());
+        assert_eq!(run.assert_success().stdout.trim(), expected, "{run}");
+    }
+    assert_still_serving(&lab, &mut tundns);
+}
+
+#[test]
+fn proxy_does_not_serve_the_tunnel() {
+    let Some(lab) = lab_or_skip("proxy_does_not_serve_the_tunnel") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    lab.assert_ping(&lab.network_ns, CLIENT_TUNNEL_V4);
+    // Let the peer route the virtual IP into the tunnel: tundns must drop what arrives.
+    let n = &lab.network_ns;
+    let allowed = format!("{CLIENT_TUNNEL_V4}/32,{CLIENT_TUNNEL_V6}/128,{PROXY_V4}/32");
+    lab.exec_in(
+        n,
+        &[
+            "wg",
+            "set",
+            &lab.peer_iface,
+            "peer",
+            lab.client_public_key(),
+            "allowed-ips",
+            &allowed,
+        ],
+    )
+    .assert_success();
+    lab.exec_in(n, &["ip", "route", "add", PROXY_V4, "dev", &lab.peer_iface])
+        .assert_success();
+
+    let run = lab.dig(n, PROXY_V4, &[WWW_NAME, "A"]);
+    assert!(
+        run.stdout.contains("timed out"),
+        "the proxy answered a peer:\n{run}"
+    );
+    let ping = lab.exec_in(n, &["ping", "-n", "-c", "1", "-W", "1", PROXY_V4]);
+    assert!(
+        !ping.succeeded(),
+        "the virtual IP answered a peer's ping:\n{ping}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other packets to the virtual IPs.
+
+#[test]
+fn icmp_echo_answered_on_both_virtual_ips() {
+    let Some(lab) = lab_or_skip("icmp_echo_answered_on_both_virtual_ips") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let ping = lab.exec_in(
+            &lab.client_ns,
+            &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", proxy],
+        );
+        ping.assert_success();
+        assert!(ping.stdout.contains("3 received"), "{ping}");
+    }
+}
+
+#[test]
+fn udp_to_other_port_gets_port_unreachable() {
+    let Some(lab) = lab_or_skip("udp_to_other_port_gets_port_unreachable") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    assert_udp_port_unreachable(&lab, PROXY_V4);
+    assert_udp_port_unreachable(&lab, PROXY_V6);
+}
+
+#[test]
+fn tcp_to_other_port_gets_reset() {
+    let Some(lab) = lab_or_skip("tcp_to_other_port_gets_reset") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    assert_tcp_refused(&lab, PROXY_V4);
+    assert_tcp_refused(&lab, PROXY_V6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle and configuration.
+
+#[test]
+fn sigterm_exits_cleanly_within_a_second() {
+    let Some(lab) = lab_or_skip("sigterm_exits_cleanly_within_a_second") else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let rules_before = routing_rules(&lab, &c);
+    let mut tundns = lab.start_default_tundns();
+    lab.assert_ping(&c, PEER_TUNNEL_V4);
+
+    tundns.send_sigterm();
+    let status = tundns.wait_for_exit(Duration::from_secs(1));
+    let status = status.unwrap_or_else(|| panic!("still running 1 s after SIGTERM"));
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        tundns.output()
+    );
+
+    let iface = &lab.tundns_iface;
+    let link = lab.exec_in(&c, &["ip", "link", "show", iface]);
+    assert!(!link.succeeded(), "the interface is still there:\n{link}");
+    for family in ["-4", "-6"] {
+        let routes = lab.exec_in(&c, &["ip", family, "route", "show", "table", "all"]);
+        let left: Vec<&str> = routes
+            .assert_success()
+            .stdout
+            .lines()
+            .filter(|line| {
+                [iface.as_str(), "10.99.0.", PROXY_V4, "fd99:", PROXY_V6]
+                    .iter()
+                    .any(|needle| line.contains(needle))
+            })
+            .collect();
+        assert!(left.is_empty(), "routes left behind: {left:?}");
+    }
+    assert_eq!(
+        routing_rules(&lab, &c),
+        rules_before,
+        "routing rules changed"
+    );
+    assert!(
+        !uapi_socket(iface).exists(),
+        "the UAPI socket is still there"
+    );
+}
+
+#[test]
+fn config_error_unknown_key_names_the_line() {
+    let Some(lab) = lab_or_skip("config_error_unknown_key_names_the_line") else {
+        return;
+    };
+    let mut lines: Vec<String> = lab
+        .client_config(&ClientConfig::default())
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.insert(3, "ListenPrt = 51820".into());
+    assert_config_error_names_line(&lab, &lines.join("\n"), 4);
+}
+
+#[test]
+fn config_error_unknown_section_names_the_line() {
+    let Some(lab) = lab_or_skip("config_error_unknown_section_names_the_line") else {
+        return;
+    };
+    let config = lab.client_config(&ClientConfig::default());
+    let line = config.lines().count() + 2;
+    assert_config_error_names_line(&lab, &format!("{config}\n[Bogus]\nKey = 1\n"), line);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared checks.
+
+/// Ping both ways on IPv4 and IPv6, and a TCP transfer each way (iperf3, one second).
+fn assert_tunnel_carries_traffic_both_ways(lab: &Lab) {
+    let (c, n) = (&lab.client_ns, &lab.network_ns);
+    lab.assert_ping(c, PEER_TUNNEL_V4);
+    lab.assert_ping(c, PEER_TUNNEL_V6);
+    lab.assert_ping(n, CLIENT_TUNNEL_V4);
+    lab.assert_ping(n, CLIENT_TUNNEL_V6);
+
+    lab.spawn_daemon_in(n, "iperf3 server", &["iperf3", "-s", "-B", PEER_TUNNEL_V4]);
+    for direction in [None, Some("-R")] {
+        let mut command = vec!["iperf3", "-c", PEER_TUNNEL_V4, "-t", "1", "-f", "m"];
+        command.extend(direction);
+        let mut last = None;
+        // The server may still be starting; each attempt is bounded by iperf3's own timeouts.
+        let ran = wait_until(Duration::from_secs(10), || {
+            let run = lab.exec_in(c, &command);
+            let ok = run.succeeded() && run.stdout.contains("receiver");
+            last = Some(run);
+            ok
+        });
+        assert!(
+            ran,
+            "no TCP transfer through the tunnel:\n{}",
+            last.expect("ran once")
+        );
+    }
+}
+
+fn assert_proxy_answers(test: &str, proxy: &str, transport: &[&str]) {
+    let Some(lab) = lab_or_skip(test) else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    for (record, expected) in [("A", WWW_A), ("AAAA", WWW_AAAA)] {
+        let mut args = vec![WWW_NAME, record, "+short"];
+        args.extend_from_slice(transport);
+        let run = lab.dig(&lab.client_ns, proxy, &args);
+        assert_eq!(run.assert_success().stdout.trim(), expected, "{run}");
+    }
+    let outside = lab.dig(
+        &lab.client_ns,
+        proxy,
+        &[&["example.com", "A"][..], transport].concat(),
+    );
+    assert_eq!(status(&outside).as_deref(), Some("NXDOMAIN"), "{outside}");
+}
+
+fn assert_failover(test: &str, dead_first: &str) {
+    let Some(lab) = lab_or_skip(test) else {
+        return;
+    };
+    let config = lab.client_config(&ClientConfig {
+        upstreams: vec![dead_first.into(), UNBOUND_V4.into()],
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let run = lab.dig(&lab.client_ns, proxy, &[WWW_NAME, "A", "+short", "+time=3"]);
+        assert_eq!(run.assert_success().stdout.trim(), WWW_A, "{run}");
+    }
+}
+
+fn assert_still_serving(lab: &Lab, tundns: &mut Daemon) {
+    for proxy in [PROXY_V4, PROXY_V6] {
+        for transport in ["+notcp", "+tcp"] {
+            let run = lab.dig(&lab.client_ns, proxy, &[WWW_NAME, "A", "+short", transport]);
+            assert_eq!(run.assert_success().stdout.trim(), WWW_A, "{run}");
+        }
+    }
+    assert!(tundns.is_running(), "tundns died:\n{}", tundns.output());
+}
+
+/// dig sees the ICMP port unreachable as "connection refused" on its connected UDP socket.
+fn assert_udp_port_unreachable(lab: &Lab, target: &str) {
+    let run = lab.dig(&lab.client_ns, target, &["-p", "9999", WWW_NAME]);
+    assert!(
+        run.stdout.contains("connection refused"),
+        "expected port unreachable:\n{run}"
+    );
+}
+
+/// A RST makes connect() fail at once with "Connection refused" (a drop would time out).
+fn assert_tcp_refused(lab: &Lab, target: &str) {
+    let script = format!("exec 3<>/dev/tcp/{target}/9999");
+    let run = lab.exec_in_with_timeout(
+        &lab.client_ns,
+        &["bash", "-c", &script],
+        Duration::from_secs(5),
+    );
+    assert!(
+        !run.timed_out() && run.stderr.contains("Connection refused"),
+        "expected a RST from {target}:9999:\n{run}"
+    );
+}
+
+fn assert_getent_has_both_families(getent: &Run) {
+    getent.assert_success();
+    for address in [WWW_A, WWW_AAAA] {
+        assert!(
+            getent
+                .stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("{address} "))),
+            "{address} missing:\n{getent}"
+        );
+    }
+}
+
+fn assert_config_error_names_line(lab: &Lab, config: &str, line: usize) {
+    let path = lab.write_client_config(config);
+    let run = lab.exec_in_with_timeout(
+        &lab.client_ns,
+        &[tundns_bin(), "up", path_str(&path)],
+        Duration::from_secs(10),
+    );
+    assert!(
+        !run.timed_out() && !run.succeeded(),
+        "a bad config must exit non-zero:\n{run}"
+    );
+    let location = format!("{}:{line}:", path.display());
+    assert!(
+        run.stderr.contains(&location),
+        "stderr must name {location}:\n{run}"
+    );
+    let link = lab.exec_in(&lab.client_ns, &["ip", "link", "show", &lab.tundns_iface]);
+    assert!(!link.succeeded(), "an interface was created:\n{link}");
+    assert!(
+        !uapi_socket(&lab.tundns_iface).exists(),
+        "a UAPI socket was created"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading dig's output.
+
+/// The flags of dig's ";; flags: qr aa tc rd ra;" line.
+fn header_flags(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(";; flags: "))
+        .and_then(|rest| rest.split(';').next())
+        .map(|flags| flags.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The rcode of the last answer dig printed ("NOERROR", "SERVFAIL", ...).
+fn status(run: &Run) -> Option<String> {
+    run.stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.split("status: ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .map(str::to_owned)
+}
+
+/// ANSWER: n from the last header dig printed.
+fn answer_count(run: &Run) -> Option<usize> {
+    run.stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.split("ANSWER: ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|count| count.parse().ok())
+}
+
+fn routing_rules(lab: &Lab, ns: &str) -> String {
+    let v4 = lab.exec_in(ns, &["ip", "-4", "rule", "show"]);
+    let v6 = lab.exec_in(ns, &["ip", "-6", "rule", "show"]);
+    format!(
+        "{}{}",
+        v4.assert_success().stdout,
+        v6.assert_success().stdout
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage.
+
+fn write_payloads(lab: &Lab, kind: &str, payloads: &[Vec<u8>]) -> Vec<std::path::PathBuf> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| lab.write_file(&format!("garbage-{kind}-{i}.bin"), payload))
+        .collect()
+}
+
+fn dns_header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(12);
+    header.extend(id.to_be_bytes());
+    header.extend(flags.to_be_bytes());
+    for count in counts {
+        header.extend(count.to_be_bytes());
+    }
+    header
+}
+
+fn www_question() -> Vec<u8> {
+    let mut question = Vec::new();
+    for label in WWW_NAME.split('.') {
+        question.push(label.len() as u8);
+        question.extend(label.as_bytes());
+    }
+    question.extend([0, 0, 1, 0, 1]);
+    question
+}
+
+/// Malformed DNS messages: each is dropped or answered FORMERR, never a crash or a hang.
+fn malformed_messages() -> Vec<Vec<u8>> {
+    let query = 0x0100; // RD
+    let one_question = [1, 0, 0, 0];
+    let with = |mut head: Vec<u8>, tail: &[u8]| {
+        head.extend_from_slice(tail);
+        head
+    };
+    vec![
+        vec![0x12],
+        dns_header(1, query, one_question)[..11].to_vec(),
+        dns_header(2, query, one_question),
+        // The name is a pointer to itself.
+        with(dns_header(3, query, one_question), &[0xc0, 12, 0, 1, 0, 1]),
+        // Two pointers pointing at each other.
+        with(
+            dns_header(4, query, [2, 0, 0, 0]),
+            &[0xc0, 18, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1],
+        ),
+        // A pointer past the end.
+        with(
+            dns_header(5, query, one_question),
+            &[0xc0, 0xff, 0, 1, 0, 1],
+        ),
+        // A 63-byte label that the message cuts short.
+        with(dns_header(6, query, one_question), &[63, b'a', b'b']),
+        // A reserved label type (0x40).
+        with(
+            dns_header(7, query, one_question),
+            &[0x41, b'a', 0, 0, 1, 0, 1],
+        ),
+        // Counts far beyond the message.
+        with(
+            dns_header(8, query, [65535, 65535, 65535, 65535]),
+            &www_question(),
+        ),
+        // A response, not a query.
+        with(dns_header(9, 0x8180, one_question), &www_question()),
+        // Opcode UPDATE.
+        with(dns_header(10, 0x2800, one_question), &www_question()),
+        // An OPT record whose RDLENGTH runs past the end.
+        with(
+            dns_header(11, query, [1, 0, 0, 1]),
+            &[
+                &www_question()[..],
+                &[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0xff, 0xff, 1, 2],
+            ]
+            .concat(),
+        ),
+        // No question at all.
+        dns_header(12, query, [0, 0, 0, 0]),
+    ]
+}
+
+/// Deterministic filler (xorshift), so a failure is reproducible.
+fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn udp_garbage() -> Vec<Vec<u8>> {
+    let mut payloads = malformed_messages();
+    payloads.extend((0..32u64).map(|i| pseudo_random_bytes(i + 1, 1 + (i as usize * 47) % 1500)));
+    // Larger than the MTU (IP fragments on the TUN) and close to the UDP maximum.
+    payloads.push(pseudo_random_bytes(101, 4000));
+    payloads.push(pseudo_random_bytes(102, 65000));
+    let mut oversized_query = dns_header(13, 0x0100, [1, 0, 0, 0]);
+    oversized_query.extend(www_question());
+    oversized_query.resize(9000, 0);
+    payloads.push(oversized_query);
+    payloads
+}
+
+fn tcp_garbage() -> Vec<Vec<u8>> {
+    let framed = |message: &[u8]| {
+        let mut frame = (message.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(message);
+        frame
+    };
+    let mut streams: Vec<Vec<u8>> = malformed_messages().iter().map(|m| framed(m)).collect();
+    streams.extend([
+        // A zero-length frame, then a valid-looking one.
+        [
+            &[0u8, 0][..],
+            &framed(&dns_header(20, 0x0100, [0, 0, 0, 0])),
+        ]
+        .concat(),
+        // A frame announcing 65535 bytes that never come.
+        [&[0xffu8, 0xff][..], &pseudo_random_bytes(21, 100)].concat(),
+        // Half a length prefix.
+        vec![0x00],
+        // Unframed noise.
+        pseudo_random_bytes(22, 3000),
+        // Many small frames in one write.
+        (0..50)
+            .flat_map(|i| framed(&pseudo_random_bytes(30 + i, 20)))
+            .collect(),
+    ]);
+    streams
+}
