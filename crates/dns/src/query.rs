@@ -5,7 +5,7 @@ use core::hash::{Hash, Hasher};
 
 use domain::base::iana::{Class, Rcode, Rtype};
 
-use crate::wire::{self, NameBuf, NameCopy};
+use crate::wire::{self, NameBuf, NameCase};
 
 /// The question of a message: name, type and class.
 ///
@@ -24,7 +24,7 @@ impl Question {
     /// Reads the question at `pos`; returns it and the offset just past it.
     pub(crate) fn read(msg: &[u8], pos: usize) -> Option<(Question, usize)> {
         let mut name = NameBuf::new();
-        let fixed = wire::walk_name(msg, pos, NameCopy::Lowercase, &mut name)?;
+        let fixed = wire::copy_name(msg, pos, NameCase::Lowercase, &mut name)?;
         let qtype = wire::read_u16(msg, fixed)?;
         let qclass = wire::read_u16(msg, fixed + 2)?;
         let question = Question {
@@ -209,13 +209,12 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, QueryError> {
     }
     let (question, question_end) = Question::read(msg, wire::HEADER_LEN).ok_or(FORMERR)?;
 
-    let mut scratch = NameBuf::new();
     let mut pos = question_end;
     let mut edns = None;
     let records = u32::from(ancount) + u32::from(nscount) + u32::from(arcount);
     let first_additional = records - u32::from(arcount);
     for index in 0..records {
-        let (record, next) = wire::read_record(msg, pos, &mut scratch).ok_or(FORMERR)?;
+        let (record, next) = wire::read_record(msg, pos).ok_or(FORMERR)?;
         if record.rtype == wire::RTYPE_OPT {
             if index < first_additional || edns.is_some() || !record.owner_is_root {
                 return Err(FORMERR);

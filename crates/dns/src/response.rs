@@ -3,7 +3,7 @@
 use domain::base::iana::Rcode;
 
 use crate::query::{Question, parse_query};
-use crate::wire::{self, HEADER_LEN, NameBuf, NameCopy};
+use crate::wire::{self, HEADER_LEN, NameBuf, NameCase};
 
 /// UDP payload size advertised in the OPT record of our own error responses
 /// (the 2020 DNS flag day value: fits any path MTU without fragmentation).
@@ -27,7 +27,11 @@ pub fn response_matches(expected_id: u16, question: &Question, response: &[u8]) 
     {
         return false;
     }
-    Question::read(response, HEADER_LEN).is_some_and(|(answered, _)| answered == *question)
+    let Some(fixed) = wire::name_equals(response, HEADER_LEN, question.name_wire()) else {
+        return false;
+    };
+    wire::read_u16(response, fixed) == Some(question.qtype())
+        && wire::read_u16(response, fixed + 2) == Some(question.qclass())
 }
 
 /// The message ID, or `None` when the message is shorter than a header.
@@ -137,7 +141,7 @@ pub fn write_truncated(response: &[u8], buf: &mut [u8]) -> usize {
 /// read or does not fit.
 fn write_question_from(msg: &[u8], out: &mut [u8]) -> usize {
     let mut name = NameBuf::new();
-    let Some(fixed) = wire::walk_name(msg, HEADER_LEN, NameCopy::Verbatim, &mut name) else {
+    let Some(fixed) = wire::copy_name(msg, HEADER_LEN, NameCase::Verbatim, &mut name) else {
         return 0;
     };
     let Some(type_and_class) = msg.get(fixed..fixed + 4) else {
@@ -156,15 +160,14 @@ fn write_question_from(msg: &[u8], out: &mut [u8]) -> usize {
 /// first OPT record in the additional section, when the message walks cleanly.
 fn find_opt(msg: &[u8]) -> Option<(u16, u32)> {
     let [qdcount, ancount, nscount, arcount] = wire::counts(msg)?;
-    let mut scratch = NameBuf::new();
     let mut pos = HEADER_LEN;
     for _ in 0..qdcount {
-        pos = wire::walk_name(msg, pos, NameCopy::Skip, &mut scratch)? + 4;
+        pos = wire::skip_name(msg, pos)? + 4;
     }
     let records = u32::from(ancount) + u32::from(nscount) + u32::from(arcount);
     let first_additional = records - u32::from(arcount);
     for index in 0..records {
-        let (record, next) = wire::read_record(msg, pos, &mut scratch)?;
+        let (record, next) = wire::read_record(msg, pos)?;
         if index >= first_additional && record.rtype == wire::RTYPE_OPT && record.owner_is_root {
             return Some((record.class, record.ttl));
         }

@@ -7,8 +7,6 @@
 pub const HEADER_LEN: usize = 12;
 /// Longest uncompressed name on the wire, root label included (RFC 1035 §2.3.4).
 pub const MAX_NAME_LEN: usize = 255;
-/// Longest label (RFC 1035 §2.3.4).
-const MAX_LABEL_LEN: usize = 63;
 /// Fixed part of a resource record after its owner name: type, class, TTL, RDLENGTH.
 pub const RR_FIXED_LEN: usize = 10;
 /// RR type of the EDNS OPT pseudo-record (RFC 6891).
@@ -62,28 +60,28 @@ impl NameBuf {
     }
 }
 
-/// What to do with the labels of a name while walking it.
+/// How [`copy_name`] writes the labels.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum NameCopy {
-    /// Only validate.
-    Skip,
-    /// Copy the labels as they are.
+pub enum NameCase {
+    /// As they are.
     Verbatim,
-    /// Copy the labels with ASCII letters lowercased (names compare case-insensitively).
+    /// ASCII letters lowercased (names compare case-insensitively).
     Lowercase,
 }
 
-/// Walks the name starting at `start`, following compression pointers.
+/// Walks the name starting at `start`, following compression pointers, and
+/// calls `visit` with each label (length byte included, root label last).
+/// `visit` returning `false` stops the walk with `None`.
 ///
 /// Returns the offset just past the name in the message (past the first pointer
-/// when the name is compressed). With `copy` other than `Skip`, the decompressed
-/// name is written into `out`.
+/// when the name is compressed).
 ///
 /// Rejected (`None`): reads past the end, label types 0x40/0x80, a decompressed
 /// name longer than 255 bytes, and pointers that do not point strictly before the
 /// place the walk last jumped to. That last rule forbids forward pointers and
 /// makes loops impossible: the jump target decreases strictly at every hop.
-pub fn walk_name(msg: &[u8], start: usize, copy: NameCopy, out: &mut NameBuf) -> Option<usize> {
+#[inline]
+fn walk_labels(msg: &[u8], start: usize, mut visit: impl FnMut(&[u8]) -> bool) -> Option<usize> {
     let mut pos = start;
     let mut pointer_limit = start;
     let mut end_in_message = None;
@@ -91,28 +89,20 @@ pub fn walk_name(msg: &[u8], start: usize, copy: NameCopy, out: &mut NameBuf) ->
     loop {
         let len_byte = *msg.get(pos)?;
         match len_byte & 0xc0 {
+            // A length byte with the top two bits clear: a label of 0..=63 bytes.
             0x00 => {
-                let label_len = len_byte as usize;
-                // The root label still has to fit after this one.
-                let with_label = name_len + 1 + label_len;
-                if label_len > MAX_LABEL_LEN
-                    || with_label + usize::from(label_len != 0) > MAX_NAME_LEN
-                {
+                let label_len = usize::from(len_byte);
+                name_len += 1 + label_len;
+                // The root label still has to fit after a non-root one.
+                if name_len + usize::from(label_len != 0) > MAX_NAME_LEN {
                     return None;
                 }
-                let label = msg.get(pos + 1..pos + 1 + label_len)?;
-                if copy != NameCopy::Skip {
-                    out.bytes[name_len] = len_byte;
-                    let dest = &mut out.bytes[name_len + 1..with_label];
-                    dest.copy_from_slice(label);
-                    if copy == NameCopy::Lowercase {
-                        dest.make_ascii_lowercase();
-                    }
+                let label = msg.get(pos..pos + 1 + label_len)?;
+                if !visit(label) {
+                    return None;
                 }
-                name_len = with_label;
                 pos += 1 + label_len;
                 if label_len == 0 {
-                    out.len = if copy == NameCopy::Skip { 0 } else { name_len };
                     return Some(end_in_message.unwrap_or(pos));
                 }
             }
@@ -131,6 +121,46 @@ pub fn walk_name(msg: &[u8], start: usize, copy: NameCopy, out: &mut NameBuf) ->
     }
 }
 
+/// Validates the name at `start`; returns the offset just past it.
+pub fn skip_name(msg: &[u8], start: usize) -> Option<usize> {
+    walk_labels(msg, start, |_| true)
+}
+
+/// Decompresses the name at `start` into `out`; returns the offset just past it.
+pub fn copy_name(msg: &[u8], start: usize, case: NameCase, out: &mut NameBuf) -> Option<usize> {
+    let mut len = 0;
+    let end = walk_labels(msg, start, |label| {
+        let dest = &mut out.bytes[len..len + label.len()];
+        dest.copy_from_slice(label);
+        if case == NameCase::Lowercase {
+            dest.make_ascii_lowercase();
+        }
+        len += label.len();
+        true
+    })?;
+    out.len = len;
+    Some(end)
+}
+
+/// Whether the name at `start` equals `lowercase_wire` (an uncompressed name
+/// in lowercase), ignoring ASCII case; returns the offset just past it. `None`
+/// when the name is malformed or differs.
+pub fn name_equals(msg: &[u8], start: usize, lowercase_wire: &[u8]) -> Option<usize> {
+    let mut compared = 0;
+    let end = walk_labels(msg, start, |label| {
+        let Some(expected) = lowercase_wire.get(compared..compared + label.len()) else {
+            return false;
+        };
+        compared += label.len();
+        // The length bytes are below 64, so lowercasing leaves them alone.
+        label
+            .iter()
+            .zip(expected)
+            .all(|(byte, expected)| byte.to_ascii_lowercase() == *expected)
+    })?;
+    (compared == lowercase_wire.len()).then_some(end)
+}
+
 /// The fixed fields of a resource record.
 pub struct RecordHeader {
     pub rtype: u16,
@@ -141,9 +171,9 @@ pub struct RecordHeader {
 }
 
 /// Reads the record at `pos`; returns it and the offset just past it.
-pub fn read_record(msg: &[u8], pos: usize, scratch: &mut NameBuf) -> Option<(RecordHeader, usize)> {
+pub fn read_record(msg: &[u8], pos: usize) -> Option<(RecordHeader, usize)> {
     let owner_is_root = msg.get(pos) == Some(&0);
-    let fixed = walk_name(msg, pos, NameCopy::Skip, scratch)?;
+    let fixed = skip_name(msg, pos)?;
     let fields = msg.get(fixed..fixed + RR_FIXED_LEN)?;
     let rdata_len = usize::from(u16::from_be_bytes([fields[8], fields[9]]));
     let rdata_start = fixed + RR_FIXED_LEN;
@@ -166,7 +196,10 @@ mod tests {
 
     fn walk(msg: &[u8], start: usize) -> Option<(usize, Vec<u8>)> {
         let mut out = NameBuf::new();
-        let end = walk_name(msg, start, NameCopy::Lowercase, &mut out)?;
+        let end = copy_name(msg, start, NameCase::Lowercase, &mut out)?;
+        let lower = out.as_slice().to_vec();
+        assert_eq!(skip_name(msg, start), Some(end));
+        assert_eq!(name_equals(msg, start, &lower), Some(end));
         Some((end, out.as_slice().to_vec()))
     }
 
@@ -181,8 +214,21 @@ mod tests {
     #[test]
     fn verbatim_keeps_case() {
         let mut out = NameBuf::new();
-        walk_name(b"\x02Ab\x00", 0, NameCopy::Verbatim, &mut out).unwrap();
+        copy_name(b"\x02Ab\x00", 0, NameCase::Verbatim, &mut out).unwrap();
         assert_eq!(out.as_slice(), b"\x02Ab\x00");
+    }
+
+    #[test]
+    fn name_equality_ignores_case_only() {
+        let msg = b"\x03WwW\x07example\x00";
+        assert_eq!(
+            name_equals(msg, 0, b"\x03www\x07example\x00"),
+            Some(msg.len())
+        );
+        assert_eq!(name_equals(msg, 0, b"\x03www\x07exampla\x00"), None);
+        assert_eq!(name_equals(msg, 0, b"\x03www\x00"), None);
+        assert_eq!(name_equals(msg, 0, b"\x03www\x07example\x03com\x00"), None);
+        assert_eq!(name_equals(b"\x00", 0, b"\x00"), Some(1));
     }
 
     #[test]
@@ -261,15 +307,14 @@ mod tests {
 
     #[test]
     fn record_reading() {
-        let mut scratch = NameBuf::new();
         let msg = b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x02ab";
-        let (rr, end) = read_record(msg, 0, &mut scratch).unwrap();
+        let (rr, end) = read_record(msg, 0).unwrap();
         assert_eq!(rr.rtype, RTYPE_OPT);
         assert_eq!(rr.class, 1232);
         assert_eq!(rr.ttl, 0x8000);
         assert!(rr.owner_is_root);
         assert_eq!(end, 13);
-        assert!(read_record(&msg[..12], 0, &mut scratch).is_none());
-        assert!(read_record(&msg[..8], 0, &mut scratch).is_none());
+        assert!(read_record(&msg[..12], 0).is_none());
+        assert!(read_record(&msg[..8], 0).is_none());
     }
 }
