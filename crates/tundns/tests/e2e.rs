@@ -389,6 +389,8 @@ fn proxy_does_not_serve_the_tunnel() {
         return;
     };
     let _tundns = lab.start_default_tundns();
+    // The client speaks first: until its handshake the peer knows no endpoint for it.
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
     lab.assert_ping(&lab.network_ns, CLIENT_TUNNEL_V4);
     // Let the peer route the virtual IP into the tunnel: tundns must drop what arrives.
     let n = &lab.network_ns;
@@ -540,6 +542,7 @@ fn config_error_unknown_section_names_the_line() {
 /// Ping both ways on IPv4 and IPv6, and a TCP transfer each way (iperf3, one second).
 fn assert_tunnel_carries_traffic_both_ways(lab: &Lab) {
     let (c, n) = (&lab.client_ns, &lab.network_ns);
+    // C first: until the client's handshake, the peer knows no endpoint for it.
     lab.assert_ping(c, PEER_TUNNEL_V4);
     lab.assert_ping(c, PEER_TUNNEL_V6);
     lab.assert_ping(n, CLIENT_TUNNEL_V4);

@@ -555,7 +555,8 @@ impl Lab {
         self.write_file(&format!("{}.conf", self.tundns_iface), config)
     }
 
-    /// Runs `tundns up` with `config` in C and waits (at most 10 s) until `wg show` answers.
+    /// Runs `tundns up` with `config` in C and waits (at most 10 s) until `wg show` answers and
+    /// both virtual IPs are routable in C (UAPI may come up before the routes do).
     pub fn start_tundns(&self, config: &str) -> Daemon {
         let path = self.write_client_config(config);
         self.uapi_ifaces
@@ -564,14 +565,19 @@ impl Lab {
         let (ns, iface) = (&self.client_ns, &self.tundns_iface);
         let mut tundns = self.spawn_in(ns, "tundns", &[tundns_bin(), "up", path_str(&path)]);
         let up = wait_until(DAEMON_START_TIMEOUT, || {
-            !tundns.is_running() || self.exec_in(ns, &["wg", "show", iface]).succeeded()
+            !tundns.is_running()
+                || (self.exec_in(ns, &["wg", "show", iface]).succeeded()
+                    && [PROXY_V4, PROXY_V6]
+                        .iter()
+                        .all(|vip| self.exec_in(ns, &["ip", "route", "get", vip]).succeeded()))
         });
         if let Some(status) = tundns.exit_status() {
             panic!("tundns exited at start-up ({status}):\n{}", tundns.output());
         }
         assert!(
             up,
-            "`wg show {iface}` did not answer within {DAEMON_START_TIMEOUT:?}:\n{}",
+            "`wg show {iface}` or the routes to the virtual IPs missing after \
+             {DAEMON_START_TIMEOUT:?}:\n{}",
             tundns.output()
         );
         tundns
