@@ -1,10 +1,13 @@
-//! Hot-path costs: classifying a packet and wrapping a DNS answer in IP/UDP headers.
+//! Hot-path costs: classifying a packet, wrapping a DNS answer in IP/UDP headers, and
+//! the raw checksum loop.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tundns_packet::{IpView, build_udp, destination_port, udp_headers_len, write_udp_headers};
+use tundns_packet::{
+    IpView, build_udp, checksum, destination_port, udp_headers_len, write_udp_headers,
+};
 
 const PAYLOAD_LEN: usize = 100;
 
@@ -51,5 +54,13 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, classify, build);
+fn sum(c: &mut Criterion) {
+    let data = vec![0xa5u8; 1500];
+    let mut group = c.benchmark_group("checksum");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("1500B", |b| b.iter(|| checksum(black_box(&data))));
+    group.finish();
+}
+
+criterion_group!(benches, classify, build, sum);
 criterion_main!(benches);

@@ -10,6 +10,24 @@
 //! It must never do I/O, never allocate, and never panic, whatever the input: every
 //! length is checked before it is used, and malformed or truncated packets become
 //! `None` or an error. Fragments are never reassembled and never yield ports.
+//!
+//! A service answers a UDP query by writing its payload after the header room and
+//! letting [`write_udp_headers`] fill the headers in front, without a copy:
+//!
+//! ```
+//! use tundns_packet::{IpView, Transport, udp_headers_len, write_udp_headers};
+//!
+//! let server = "10.30.30.30:53".parse().unwrap();
+//! let client = "10.0.0.2:40000".parse().unwrap();
+//! let mut buf = [0u8; 1500];
+//! let answer = b"dns answer";
+//! buf[udp_headers_len(&client)..][..answer.len()].copy_from_slice(answer);
+//! let len = write_udp_headers(&mut buf, server, client, answer.len()).unwrap();
+//!
+//! let view = IpView::parse(&buf[..len]).unwrap();
+//! let Some(Transport::Udp(udp)) = view.transport() else { unreachable!() };
+//! assert_eq!((udp.dst_port(), udp.payload()), (40000, &answer[..]));
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
