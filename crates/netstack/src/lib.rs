@@ -1,1 +1,680 @@
-//! placeholder
+//! Userspace TCP for tundns's virtual services (DNS over TCP, RFC 7766, first).
+//!
+//! This crate owns a smoltcp interface over an in-memory device and turns it
+//! into connections and byte streams: it accepts TCP connections on listened
+//! `(virtual IP, port)` endpoints, bounds their number, closes idle ones and
+//! reports what happened as [`Event`]s. It is sans-IO: the caller feeds the raw
+//! IP packets that the filter diverted from the TUN into [`TcpStack::receive`],
+//! drives time through [`TcpStack::poll`] and writes what
+//! [`TcpStack::drain_transmit`] hands back into the TUN.
+//!
+//! It must never touch a socket, a clock, a thread or an async runtime, never
+//! know which protocol runs over its streams, and never panic on any input.
+//!
+//! A typical loop:
+//!
+//! ```
+//! # use std::time::Instant;
+//! # use tundns_netstack::{Event, Limits, TcpStack};
+//! let mut stack = TcpStack::new(Limits::default());
+//! stack.listen("10.30.30.30:53".parse().unwrap()).unwrap();
+//! let mut events = Vec::new();
+//! # let inbound_packets: Vec<Vec<u8>> = Vec::new();
+//! let now = Instant::now();
+//! for packet in &inbound_packets {
+//!     stack.receive(packet, now);
+//! }
+//! stack.poll(now, &mut events);
+//! for event in events.drain(..) {
+//!     if let Event::Data(id) = event {
+//!         let mut buf = [0u8; 512];
+//!         let n = stack.read(id, &mut buf).unwrap_or(0);
+//!         let _ = stack.write(id, &buf[..n]);
+//!     }
+//! }
+//! stack.drain_transmit(|packet| { /* write `packet` to the TUN */ });
+//! let _next_poll = stack.poll_delay(now);
+//! ```
+
+mod device;
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{HardwareAddress, IpEndpoint};
+
+use device::{QUEUE_CAPACITY, QueueDevice};
+
+/// Resource bounds of a [`TcpStack`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections held at once, counting half-open and closing ones. When
+    /// reached, no socket listens, so new SYNs are answered with a RST.
+    pub max_connections: usize,
+    /// A connection with no byte moving in either direction for this long is
+    /// closed (RFC 7766 §6.2.3 suggests seconds). It is also how long a
+    /// closing connection may linger before it is reset.
+    pub idle_timeout: Duration,
+    /// Receive buffer per connection, in bytes (the advertised window).
+    pub rx_buffer: usize,
+    /// Send buffer per connection, in bytes: how much [`TcpStack::write`]
+    /// accepts before applying back-pressure.
+    pub tx_buffer: usize,
+    /// Largest IP packet the stack emits; set it to the TUN MTU.
+    pub mtu: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(10),
+            rx_buffer: 4 * 1024,
+            tx_buffer: 16 * 1024,
+            mtu: 1420,
+        }
+    }
+}
+
+/// IPv6 requires links to carry 1280-byte packets (RFC 8200 §5).
+const MIN_MTU: usize = 1280;
+const MAX_MTU: usize = 65535;
+/// Large enough for one segment of any sane MSS, so a connection can move.
+const MIN_BUFFER: usize = 1024;
+
+/// Names one accepted connection. Ids are never reused: once a connection
+/// is gone, every call with its id is ignored or rejected, even when its
+/// storage already serves a newer connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    index: usize,
+    generation: u64,
+}
+
+/// What [`TcpStack::poll`] observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A handshake completed. `peer` is the client, `local` the listened endpoint.
+    Accepted {
+        id: ConnectionId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    },
+    /// New bytes arrived. Edge-triggered: [`TcpStack::read`] until it returns 0.
+    Data(ConnectionId),
+    /// A write was cut short earlier and the send buffer has room again.
+    Writable(ConnectionId),
+    /// The peer sent FIN: nothing more will arrive once the buffered bytes are
+    /// read. Writing is still allowed; call [`TcpStack::close`] when done.
+    PeerFinished(ConnectionId),
+    /// The connection is gone (peer reset, idle timeout, or the peer vanished)
+    /// and its id is now stale. Not emitted after [`TcpStack::close`].
+    Closed(ConnectionId),
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The id is stale: the connection was closed or reported [`Event::Closed`].
+    #[error("unknown or closed connection")]
+    UnknownConnection,
+    /// The connection can no longer send (it was reset).
+    #[error("connection can no longer send")]
+    SendClosed,
+    /// Only a specific unicast address with a non-zero port can be listened on.
+    #[error("cannot listen on {0}")]
+    InvalidEndpoint(SocketAddr),
+}
+
+/// A listened endpoint and its spare listening socket, if any.
+struct Endpoint {
+    local: SocketAddr,
+    listener: Option<SocketHandle>,
+}
+
+enum Phase {
+    /// A listener took a SYN; not yet reported to the caller.
+    Handshake,
+    /// Reported with [`Event::Accepted`]; the caller owns it.
+    Open,
+    /// Given up by the caller or the idle timer; finishing its FIN exchange
+    /// (or its RST) until `deadline`, then reset.
+    Closing { deadline: SmolInstant },
+}
+
+struct Connection {
+    socket: SocketHandle,
+    phase: Phase,
+    last_activity: SmolInstant,
+    /// `recv_queue()` after the last poll or read: growth means new bytes.
+    rx_seen: usize,
+    /// `send_queue()` after the last poll or write: shrinking means progress.
+    tx_seen: usize,
+    peer_finished_reported: bool,
+    write_blocked: bool,
+}
+
+struct Slot {
+    generation: u64,
+    connection: Option<Connection>,
+}
+
+/// A sans-IO TCP server stack for the virtual IPs. See the crate docs.
+pub struct TcpStack {
+    limits: Limits,
+    iface: Interface,
+    device: QueueDevice,
+    sockets: SocketSet<'static>,
+    endpoints: Vec<Endpoint>,
+    slots: Vec<Slot>,
+    free_slots: Vec<usize>,
+    connection_count: usize,
+    /// The first caller-supplied instant; smoltcp time counts from here.
+    epoch: Option<Instant>,
+    now: SmolInstant,
+}
+
+impl TcpStack {
+    /// Creates a stack that listens nowhere yet. Out-of-range limits are
+    /// clamped: the MTU to 1280..=65535, buffers to at least 1 KiB.
+    pub fn new(limits: Limits) -> Self {
+        let limits = Limits {
+            mtu: limits.mtu.clamp(MIN_MTU, MAX_MTU),
+            rx_buffer: limits.rx_buffer.max(MIN_BUFFER),
+            tx_buffer: limits.tx_buffer.max(MIN_BUFFER),
+            ..limits
+        };
+        let mut device = QueueDevice::new(limits.mtu);
+        let mut config = Config::new(HardwareAddress::Ip);
+        // Seeds the initial sequence numbers; std's per-process hash keys are
+        // random enough for that without another dependency.
+        config.random_seed = RandomState::new().hash_one(0x7475_6e64_6e73_u64);
+        let mut iface = Interface::new(config, &mut device, SmolInstant::ZERO);
+        // The virtual IPs belong to no interface and there may be several of
+        // them, more than smoltcp's address table holds (two by default), so
+        // accept every destination: `receive` already lets through only
+        // listened IPs.
+        iface.set_any_ip(true);
+        // Clients have arbitrary addresses, on-link for no prefix of ours.
+        // smoltcp 0.14 consults routes (`has_neighbor`) only to unsilence a
+        // socket after a failed dispatch, which Medium::Ip never produces, so
+        // these catch-all routes are insurance: without one, such a socket
+        // would stall for a second. With Medium::Ip the gateway is never used
+        // as a next hop, so any value works.
+        let routes = iface.routes_mut();
+        let ipv4 = routes.add_default_ipv4_route(Ipv4Addr::UNSPECIFIED);
+        let ipv6 = routes.add_default_ipv6_route(Ipv6Addr::UNSPECIFIED);
+        debug_assert!(
+            ipv4.is_ok() && ipv6.is_ok(),
+            "two routes fit smoltcp's table"
+        );
+        Self {
+            limits,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            endpoints: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            connection_count: 0,
+            epoch: None,
+            now: SmolInstant::ZERO,
+        }
+    }
+
+    /// The limits in force, after clamping.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Listens on `local`: a specific unicast IP (typically a virtual IP that
+    /// no OS interface owns) and a non-zero port. Any number of IPv4 and IPv6
+    /// endpoints may be listened on; listening twice is a no-op.
+    pub fn listen(&mut self, local: SocketAddr) -> Result<(), Error> {
+        if local.port() == 0 || !is_unicast(local.ip()) {
+            return Err(Error::InvalidEndpoint(local));
+        }
+        let local = canonical(local);
+        if !self
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.local == local)
+        {
+            self.endpoints.push(Endpoint {
+                local,
+                listener: None,
+            });
+            self.reconcile_listeners();
+        }
+        Ok(())
+    }
+
+    /// Queues an inbound IP packet from the TUN; [`TcpStack::poll`] processes it.
+    ///
+    /// Only TCP packets addressed to a listened IP are kept (IPv6 ones with
+    /// extension headers are not). Everything else is dropped silently, so a
+    /// misrouted packet never makes the stack answer for an address it does
+    /// not serve. A TCP packet to a listened IP but an unlistened port is
+    /// answered with a RST by the next poll. When the inbound queue is full
+    /// (1024 packets) the packet is dropped and TCP retransmits it.
+    pub fn receive(&mut self, packet: &[u8], now: Instant) {
+        self.advance_clock(now);
+        if tcp_destination(packet).is_some_and(|dst| self.is_listened_ip(dst)) {
+            self.device.push_rx(packet);
+        }
+    }
+
+    /// Processes queued packets, accepts connections, expires idle ones and
+    /// appends what happened to `events`. Call it after `receive` and
+    /// whenever [`TcpStack::poll_delay`] says so.
+    pub fn poll(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let now = self.advance_clock(now);
+        self.iface.poll_maintenance(now);
+        // One packet at a time, so that a listener that just took a SYN is
+        // replaced before the next packet: several clients can connect in
+        // one batch, and the connection bound is checked per SYN. Every
+        // iteration consumes a queued packet, so this ends.
+        while self
+            .iface
+            .poll_ingress_single(now, &mut self.device, &mut self.sockets)
+            != PollIngressSingleResult::None
+        {
+            self.promote_listeners();
+            self.reconcile_listeners();
+        }
+        self.report_and_expire(events);
+        self.flush();
+        self.sweep_closing();
+        self.reconcile_listeners();
+    }
+
+    /// Reads buffered bytes of `id` into `buf`; returns how many, 0 when none
+    /// are buffered (see [`Event::Data`] and [`Event::PeerFinished`]).
+    pub fn read(&mut self, id: ConnectionId, buf: &mut [u8]) -> Result<usize, Error> {
+        let now = self.now;
+        let connection = open_connection(&mut self.slots, id)?;
+        let socket = self.sockets.get_mut::<tcp::Socket>(connection.socket);
+        // Errors mean "nothing more to read" (finished or reset); the
+        // matching event tells which.
+        let read = socket.recv_slice(buf).unwrap_or(0);
+        connection.rx_seen = socket.recv_queue();
+        if read > 0 {
+            connection.last_activity = now;
+        }
+        Ok(read)
+    }
+
+    /// Queues bytes of `data` for sending and returns how many were taken.
+    ///
+    /// Back-pressure: when the send buffer ([`Limits::tx_buffer`]) is full the
+    /// write is partial, possibly 0 bytes; [`Event::Writable`] then announces
+    /// room for the rest. Write whole messages in one call where possible:
+    /// Nagle is off, so each write can leave as its own segment.
+    pub fn write(&mut self, id: ConnectionId, data: &[u8]) -> Result<usize, Error> {
+        let now = self.now;
+        let connection = open_connection(&mut self.slots, id)?;
+        let socket = self.sockets.get_mut::<tcp::Socket>(connection.socket);
+        let written = socket.send_slice(data).map_err(|_| Error::SendClosed)?;
+        connection.tx_seen = socket.send_queue();
+        if written > 0 {
+            connection.last_activity = now;
+        }
+        if written < data.len() {
+            connection.write_blocked = true;
+        }
+        Ok(written)
+    }
+
+    /// Closes `id` gracefully: queued bytes are sent, then FIN. The id becomes
+    /// stale at once and no [`Event::Closed`] follows. Unknown ids are ignored.
+    pub fn close(&mut self, id: ConnectionId) {
+        let deadline = self.deadline(self.now);
+        if let Ok(connection) = open_connection(&mut self.slots, id) {
+            self.sockets
+                .get_mut::<tcp::Socket>(connection.socket)
+                .close();
+            connection.phase = Phase::Closing { deadline };
+        }
+    }
+
+    /// Hands every outbound IP packet to `emit`, in order, for the TUN. It
+    /// first lets the sockets send what was written since the last poll, so
+    /// `poll`, then `read`/`write`/`close`, then `drain_transmit` answers
+    /// in one round.
+    pub fn drain_transmit(&mut self, mut emit: impl FnMut(&[u8])) {
+        self.flush();
+        while let Some(packet) = self.device.pop_tx() {
+            emit(&packet);
+        }
+    }
+
+    /// How long until [`TcpStack::poll`] should run again: `Some(ZERO)` when
+    /// work is pending, `None` when only a new packet can create work.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        let now = self.advance_clock(now);
+        if self.device.has_rx() {
+            return Some(Duration::ZERO);
+        }
+        let smoltcp_delay = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map(|delay| Duration::from_micros(delay.total_micros()));
+        let next_deadline = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.connection.as_ref())
+            .map(|connection| self.expiry(connection))
+            .min()
+            .map(|deadline| {
+                let micros = deadline.total_micros().saturating_sub(now.total_micros());
+                Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+            });
+        match (smoltcp_delay, next_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Connections currently held, including half-open and closing ones.
+    pub fn connection_count(&self) -> usize {
+        self.connection_count
+    }
+
+    /// Converts to smoltcp time, never letting it go backwards.
+    fn advance_clock(&mut self, now: Instant) -> SmolInstant {
+        let epoch = *self.epoch.get_or_insert(now);
+        let micros = now.saturating_duration_since(epoch).as_micros();
+        let now = SmolInstant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX));
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    fn deadline(&self, since: SmolInstant) -> SmolInstant {
+        deadline_after(since, self.limits.idle_timeout)
+    }
+
+    fn expiry(&self, connection: &Connection) -> SmolInstant {
+        match connection.phase {
+            Phase::Handshake | Phase::Open => self.deadline(connection.last_activity),
+            Phase::Closing { deadline } => deadline,
+        }
+    }
+
+    fn is_listened_ip(&self, ip: IpAddr) -> bool {
+        self.endpoints
+            .iter()
+            .any(|endpoint| endpoint.local.ip() == ip)
+    }
+
+    /// Turns listeners that took a SYN into (half-open) connections.
+    fn promote_listeners(&mut self) {
+        for endpoint in &mut self.endpoints {
+            let Some(handle) = endpoint.listener else {
+                continue;
+            };
+            if self.sockets.get::<tcp::Socket>(handle).is_listening() {
+                continue;
+            }
+            endpoint.listener = None;
+            // smoltcp offers a segment to sockets in set order, and a spare
+            // listener may sit in a freed slot before an existing connection.
+            // A retransmitted SYN would then open a second connection on the
+            // same 4-tuple; drop it unsent (a SYN-ACK leaves only on egress):
+            // the existing connection retransmits its own SYN-ACK.
+            let tuple = endpoints_of(self.sockets.get(handle));
+            let duplicate = self
+                .slots
+                .iter()
+                .filter_map(|slot| slot.connection.as_ref())
+                .any(|existing| endpoints_of(self.sockets.get(existing.socket)) == tuple);
+            if duplicate {
+                self.sockets.remove(handle);
+                continue;
+            }
+            let connection = Connection {
+                socket: handle,
+                phase: Phase::Handshake,
+                last_activity: self.now,
+                rx_seen: 0,
+                tx_seen: 0,
+                peer_finished_reported: false,
+                write_blocked: false,
+            };
+            match self.free_slots.pop() {
+                Some(index) => self.slots[index].connection = Some(connection),
+                None => self.slots.push(Slot {
+                    generation: 0,
+                    connection: Some(connection),
+                }),
+            }
+            self.connection_count += 1;
+        }
+    }
+
+    /// Keeps exactly one spare listener per endpoint while below the
+    /// connection bound, and none at the bound (so SYNs get a RST).
+    fn reconcile_listeners(&mut self) {
+        let below_bound = self.connection_count < self.limits.max_connections;
+        for endpoint in &mut self.endpoints {
+            match (endpoint.listener, below_bound) {
+                (None, true) => {
+                    let mut socket = tcp::Socket::new(
+                        tcp::SocketBuffer::new(vec![0; self.limits.rx_buffer]),
+                        tcp::SocketBuffer::new(vec![0; self.limits.tx_buffer]),
+                    );
+                    // DNS answers are written whole; waiting for the ACK of the
+                    // previous answer would stall pipelined queries.
+                    socket.set_nagle_enabled(false);
+                    if socket.listen(endpoint.local).is_ok() {
+                        endpoint.listener = Some(self.sockets.add(socket));
+                    }
+                }
+                (Some(handle), false) => {
+                    self.sockets.remove(handle);
+                    endpoint.listener = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reports state changes of every connection and starts closing expired ones.
+    fn report_and_expire(&mut self, events: &mut Vec<Event>) {
+        let now = self.now;
+        let idle_timeout = self.limits.idle_timeout;
+        let linger_deadline = self.deadline(now);
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let id = ConnectionId {
+                index,
+                generation: slot.generation,
+            };
+            let Some(connection) = slot.connection.as_mut() else {
+                continue;
+            };
+            let idle_deadline = deadline_after(connection.last_activity, idle_timeout);
+            let socket = self.sockets.get_mut::<tcp::Socket>(connection.socket);
+            if let Phase::Handshake = connection.phase {
+                match socket.state() {
+                    tcp::State::SynReceived if now >= idle_deadline => {
+                        socket.abort();
+                        connection.phase = Phase::Closing {
+                            deadline: linger_deadline,
+                        };
+                        continue;
+                    }
+                    tcp::State::SynReceived => continue,
+                    // A RST in SYN-RECEIVED sends smoltcp back to LISTEN; the
+                    // spare listener already covers the endpoint.
+                    tcp::State::Listen | tcp::State::Closed => {
+                        socket.abort();
+                        connection.phase = Phase::Closing {
+                            deadline: linger_deadline,
+                        };
+                        continue;
+                    }
+                    _ => {
+                        let (Some(peer), Some(local)) =
+                            (socket.remote_endpoint(), socket.local_endpoint())
+                        else {
+                            continue;
+                        };
+                        connection.phase = Phase::Open;
+                        events.push(Event::Accepted {
+                            id,
+                            peer: peer.into(),
+                            local: local.into(),
+                        });
+                    }
+                }
+            }
+            if !matches!(connection.phase, Phase::Open) {
+                continue;
+            }
+
+            let rx_queue = socket.recv_queue();
+            if rx_queue > connection.rx_seen {
+                connection.last_activity = now;
+                events.push(Event::Data(id));
+            }
+            connection.rx_seen = rx_queue;
+            let tx_queue = socket.send_queue();
+            if tx_queue < connection.tx_seen {
+                connection.last_activity = now;
+            }
+            connection.tx_seen = tx_queue;
+
+            if connection.write_blocked && socket.can_send() {
+                connection.write_blocked = false;
+                events.push(Event::Writable(id));
+            }
+
+            match socket.state() {
+                tcp::State::CloseWait if !connection.peer_finished_reported => {
+                    connection.peer_finished_reported = true;
+                    events.push(Event::PeerFinished(id));
+                }
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    // Reset by the peer, or smoltcp gave up retransmitting.
+                    events.push(Event::Closed(id));
+                    connection.phase = Phase::Closing {
+                        deadline: linger_deadline,
+                    };
+                    continue;
+                }
+                _ => {}
+            }
+
+            if now >= deadline_after(connection.last_activity, idle_timeout) {
+                socket.close();
+                connection.phase = Phase::Closing {
+                    deadline: linger_deadline,
+                };
+                events.push(Event::Closed(id));
+            }
+        }
+        for slot in &mut self.slots {
+            if let Some(connection) = &mut slot.connection
+                && let Phase::Closing { deadline } = connection.phase
+                && now >= deadline
+            {
+                self.sockets
+                    .get_mut::<tcp::Socket>(connection.socket)
+                    .abort();
+            }
+        }
+    }
+
+    /// Lets the sockets emit their segments into the outbound queue.
+    fn flush(&mut self) {
+        // Each round that changes something emits at least one packet, and
+        // the queue refuses packets beyond its capacity: this bound is never hit.
+        for _ in 0..=QUEUE_CAPACITY {
+            if self
+                .iface
+                .poll_egress(self.now, &mut self.device, &mut self.sockets)
+                == PollResult::None
+            {
+                break;
+            }
+        }
+    }
+
+    /// Frees closing connections that finished (or were reset, which `flush`
+    /// has now sent).
+    fn sweep_closing(&mut self) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(connection) = &slot.connection else {
+                continue;
+            };
+            if !matches!(connection.phase, Phase::Closing { .. }) {
+                continue;
+            }
+            let state = self.sockets.get::<tcp::Socket>(connection.socket).state();
+            if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+                // Leaving TIME-WAIT early frees the slot; a late retransmitted
+                // FIN then gets a RST, which the peer treats as closed too.
+                self.sockets.remove(connection.socket);
+                slot.connection = None;
+                slot.generation += 1;
+                self.free_slots.push(index);
+                self.connection_count -= 1;
+            }
+        }
+    }
+}
+
+fn deadline_after(since: SmolInstant, timeout: Duration) -> SmolInstant {
+    let timeout = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+    SmolInstant::from_micros(since.total_micros().saturating_add(timeout))
+}
+
+/// The connection behind `id` if the caller still owns it.
+fn open_connection(slots: &mut [Slot], id: ConnectionId) -> Result<&mut Connection, Error> {
+    slots
+        .get_mut(id.index)
+        .filter(|slot| slot.generation == id.generation)
+        .and_then(|slot| slot.connection.as_mut())
+        .filter(|connection| matches!(connection.phase, Phase::Open))
+        .ok_or(Error::UnknownConnection)
+}
+
+/// A connected socket's (local, remote) endpoints; `None` while unconnected.
+fn endpoints_of(socket: &tcp::Socket) -> Option<(IpEndpoint, IpEndpoint)> {
+    Some((socket.local_endpoint()?, socket.remote_endpoint()?))
+}
+
+/// The destination of a TCP-over-IP packet, read from fixed header offsets.
+fn tcp_destination(packet: &[u8]) -> Option<IpAddr> {
+    const TCP: u8 = 6;
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 && packet[9] == TCP => {
+            let dst: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some(IpAddr::from(dst))
+        }
+        6 if packet.len() >= 40 && packet[6] == TCP => {
+            let dst: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some(IpAddr::from(dst))
+        }
+        _ => None,
+    }
+}
+
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    }
+}
+
+/// Drops the IPv6 flow label and scope id, which smoltcp cannot carry.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip(), addr.port())
+}
