@@ -26,7 +26,8 @@ LAB_PROXY_V6=fd30:30:30::30
 
 lab_log() { printf '[lab] %s\n' "$*" >&2; }
 lab_die() {
-    printf '[lab] error: %s\n' "$*" >&2
+    # To the script's own stderr, even from inside a redirected lab_wait.
+    printf '[lab] error: %s\n' "$*" >&"${LAB_STDERR:-2}"
     exit 1
 }
 
@@ -43,6 +44,7 @@ lab_require_tools() {
 # lab_init PREFIX: names for this run (prefix + pid), a work dir, and the teardown trap.
 lab_init() {
     local prefix=${1:-tdlab}
+    exec {LAB_STDERR}>&2
     LAB_ID="${prefix}$$"
     LAB_C="${LAB_ID}c"
     LAB_N="${LAB_ID}n"
@@ -226,6 +228,13 @@ Timeout = 500ms
 EOF
 }
 
+lab_tundns_ready() {
+    kill -0 "$LAB_TUNDNS_PID" 2>/dev/null || lab_die "tundns exited: $(cat "$LAB_DIR/tundns.log")"
+    ip netns exec "$LAB_C" wg show "$LAB_C_IF" >/dev/null 2>&1 &&
+        ip netns exec "$LAB_C" ip route get "$LAB_PROXY_V4" >/dev/null 2>&1 &&
+        ip netns exec "$LAB_C" ip route get "$LAB_PROXY_V6" >/dev/null 2>&1
+}
+
 # lab_start_tundns BIN [UPSTREAMS]: tundns up in C, interface $LAB_C_IF; waits for `wg show`.
 lab_start_tundns() {
     local bin=$1 upstreams=${2:-}
@@ -235,7 +244,8 @@ lab_start_tundns() {
     lab_tundns_conf "$upstreams" >"$LAB_DIR/$LAB_C_IF.conf"
     lab_spawn "$LAB_C" tundns "$bin" up "$LAB_DIR/$LAB_C_IF.conf"
     LAB_TUNDNS_PID=$LAB_LAST_PID
-    lab_wait 10 ip netns exec "$LAB_C" wg show "$LAB_C_IF" ||
+    # Ready when UAPI answers and both virtual IPs are routable (routes may follow UAPI).
+    lab_wait 10 lab_tundns_ready ||
         lab_die "tundns did not come up: $(cat "$LAB_DIR/tundns.log")"
     lab_wait 10 ip netns exec "$LAB_C" ping -n -c 1 -W 1 "$LAB_PEER_TUNNEL_V4" ||
         lab_die "no ping through tundns to $LAB_PEER_TUNNEL_V4: $(cat "$LAB_DIR/tundns.log")"
