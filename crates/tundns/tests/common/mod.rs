@@ -406,14 +406,30 @@ impl Lab {
     }
 
     fn start_unbound(&self) {
+        // The zone (and the promise never to recurse) lives in lab/unbound-zone.conf.
         let config = format!(
-            "server:\n    do-daemonize: no\n    chroot: \"\"\n    username: \"\"\n    pidfile: \"\"\n    \
-             directory: \"{dir}\"\n    use-syslog: no\n    logfile: \"\"\n    verbosity: 0\n    \
-             num-threads: 1\n    port: 53\n    interface: {UNBOUND_V4}\n    interface: {UNBOUND_V6}\n    \
-             do-ip6: yes\n    access-control: 0.0.0.0/0 allow\n    access-control: ::/0 allow\n    \
-             do-not-query-localhost: yes\n    module-config: \"iterator\"\n\
-             include: \"{UNBOUND_ZONE}\"\n\
-             remote-control:\n    control-enable: no\n",
+            r#"server:
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    pidfile: ""
+    directory: "{dir}"
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    num-threads: 1
+    port: 53
+    interface: {UNBOUND_V4}
+    interface: {UNBOUND_V6}
+    do-ip6: yes
+    access-control: 0.0.0.0/0 allow
+    access-control: ::/0 allow
+    do-not-query-localhost: yes
+    module-config: "iterator"
+include: "{UNBOUND_ZONE}"
+remote-control:
+    control-enable: no
+"#,
             dir = self.dir.display(),
         );
         let config_path = self.write_file("unbound.conf", &config);
