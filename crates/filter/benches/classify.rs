@@ -65,6 +65,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("hit_v4", |b| {
         b.iter(|| reader.load().classify(black_box(&hit_v4)).is_some())
     });
+    let table = rules.snapshot();
+    group.bench_function("miss_v4_snapshot", |b| {
+        b.iter(|| table.classify(black_box(&miss_v4)).is_some())
+    });
     let empty = Rules::new();
     let mut empty_reader = empty.reader();
     group.bench_function("miss_v4_no_rules", |b| {

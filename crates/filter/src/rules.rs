@@ -13,14 +13,83 @@ use crate::Service;
 
 /// One immutable snapshot of the virtual IPs and their services.
 ///
-/// Addresses are kept apart from the services, as plain integers in network order, so a miss
-/// is a scan of a few contiguous words and touches no reference counts.
+/// Addresses are kept apart from the services, as plain integers in packet byte order, in
+/// arrays stored inside the table itself: a miss compares a few words that sit next to the
+/// table's header and touches no other cache line and no reference count.
 #[derive(Clone, Default)]
 pub struct RuleTable {
-    v4: Vec<u32>,
-    v4_services: Vec<Arc<dyn Service>>,
-    v6: Vec<u128>,
-    v6_services: Vec<Arc<dyn Service>>,
+    v4: AddressSet<u32>,
+    v6: AddressSet<u128>,
+}
+
+/// Inline capacity per address family; more addresses spill into a vector.
+const INLINE_ADDRESSES: usize = 8;
+
+#[derive(Clone, Default)]
+struct AddressSet<K> {
+    inline: [K; INLINE_ADDRESSES],
+    inline_len: usize,
+    spilled: Vec<K>,
+    /// Services in the order of `inline` then `spilled`.
+    services: Vec<Arc<dyn Service>>,
+}
+
+impl<K: Copy + Default + PartialEq> AddressSet<K> {
+    #[inline(always)]
+    fn position(&self, key: K) -> Option<usize> {
+        let inline = &self.inline[..self.inline_len.min(INLINE_ADDRESSES)];
+        if let Some(index) = inline.iter().position(|&k| k == key) {
+            return Some(index);
+        }
+        if self.spilled.is_empty() {
+            return None;
+        }
+        let index = self.spilled.iter().position(|&k| k == key)?;
+        Some(INLINE_ADDRESSES + index)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = K> + '_ {
+        self.inline[..self.inline_len]
+            .iter()
+            .chain(&self.spilled)
+            .copied()
+    }
+
+    fn len(&self) -> usize {
+        self.inline_len + self.spilled.len()
+    }
+
+    fn service(&self, key: K) -> Option<&Arc<dyn Service>> {
+        self.services.get(self.position(key)?)
+    }
+
+    fn upsert(&mut self, key: K, service: Arc<dyn Service>) -> Option<Arc<dyn Service>> {
+        if let Some(index) = self.position(key) {
+            return Some(std::mem::replace(&mut self.services[index], service));
+        }
+        if self.inline_len < INLINE_ADDRESSES {
+            self.inline[self.inline_len] = key;
+            self.services.insert(self.inline_len, service);
+            self.inline_len += 1;
+        } else {
+            self.spilled.push(key);
+            self.services.push(service);
+        }
+        None
+    }
+
+    fn remove(&mut self, key: K) -> Option<Arc<dyn Service>> {
+        let index = self.position(key)?;
+        let service = self.services.remove(index);
+        let mut keys: Vec<K> = self.keys().collect();
+        keys.remove(index);
+        let services = std::mem::take(&mut self.services);
+        *self = Self::default();
+        for (key, service) in keys.into_iter().zip(services) {
+            self.upsert(key, service);
+        }
+        Some(service)
+    }
 }
 
 impl RuleTable {
@@ -31,16 +100,8 @@ impl RuleTable {
     #[inline]
     pub fn classify(&self, packet: &[u8]) -> Option<&Arc<dyn Service>> {
         match packet.first()? >> 4 {
-            4 => {
-                let dst = read_v4(packet, 16)?;
-                let index = self.v4.iter().position(|&ip| ip == dst)?;
-                self.v4_services.get(index)
-            }
-            6 => {
-                let dst = read_v6(packet, 24)?;
-                let index = self.v6.iter().position(|&ip| ip == dst)?;
-                self.v6_services.get(index)
-            }
+            4 => self.v4.service(read_v4(packet, 16)?),
+            6 => self.v6.service(read_v6(packet, 24)?),
             _ => None,
         }
     }
@@ -55,13 +116,13 @@ impl RuleTable {
                 let (Some(src), Some(dst)) = (read_v4(packet, 12), read_v4(packet, 16)) else {
                     return false;
                 };
-                self.v4.iter().any(|&ip| ip == src || ip == dst)
+                self.v4.position(src).is_some() || self.v4.position(dst).is_some()
             }
             Some(6) => {
                 let (Some(src), Some(dst)) = (read_v6(packet, 8), read_v6(packet, 24)) else {
                     return false;
                 };
-                self.v6.iter().any(|&ip| ip == src || ip == dst)
+                self.v6.position(src).is_some() || self.v6.position(dst).is_some()
             }
             _ => false,
         }
@@ -70,14 +131,8 @@ impl RuleTable {
     /// The service registered on `ip`.
     pub fn get(&self, ip: IpAddr) -> Option<&Arc<dyn Service>> {
         match ip {
-            IpAddr::V4(ip) => {
-                let index = self.v4.iter().position(|&a| a == ipv4_key(ip))?;
-                self.v4_services.get(index)
-            }
-            IpAddr::V6(ip) => {
-                let index = self.v6.iter().position(|&a| a == ipv6_key(ip))?;
-                self.v6_services.get(index)
-            }
+            IpAddr::V4(ip) => self.v4.service(ipv4_key(ip)),
+            IpAddr::V6(ip) => self.v6.service(ipv6_key(ip)),
         }
     }
 
@@ -85,12 +140,12 @@ impl RuleTable {
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         let v4 = self
             .v4
-            .iter()
-            .map(|&ip| IpAddr::V4(Ipv4Addr::from(u32::from_be(ip))));
+            .keys()
+            .map(|ip| IpAddr::V4(Ipv4Addr::from(ip.to_ne_bytes())));
         let v6 = self
             .v6
-            .iter()
-            .map(|&ip| IpAddr::V6(Ipv6Addr::from(u128::from_be(ip))));
+            .keys()
+            .map(|ip| IpAddr::V6(Ipv6Addr::from(ip.to_ne_bytes())));
         v4.chain(v6)
     }
 
@@ -106,43 +161,17 @@ impl RuleTable {
 
     fn insert(&mut self, ip: IpAddr, service: Arc<dyn Service>) -> Option<Arc<dyn Service>> {
         match ip {
-            IpAddr::V4(ip) => upsert(&mut self.v4, &mut self.v4_services, ipv4_key(ip), service),
-            IpAddr::V6(ip) => upsert(&mut self.v6, &mut self.v6_services, ipv6_key(ip), service),
+            IpAddr::V4(ip) => self.v4.upsert(ipv4_key(ip), service),
+            IpAddr::V6(ip) => self.v6.upsert(ipv6_key(ip), service),
         }
     }
 
     fn remove(&mut self, ip: IpAddr) -> Option<Arc<dyn Service>> {
         match ip {
-            IpAddr::V4(ip) => remove(&mut self.v4, &mut self.v4_services, ipv4_key(ip)),
-            IpAddr::V6(ip) => remove(&mut self.v6, &mut self.v6_services, ipv6_key(ip)),
+            IpAddr::V4(ip) => self.v4.remove(ipv4_key(ip)),
+            IpAddr::V6(ip) => self.v6.remove(ipv6_key(ip)),
         }
     }
-}
-
-fn upsert<K: PartialEq>(
-    keys: &mut Vec<K>,
-    services: &mut Vec<Arc<dyn Service>>,
-    key: K,
-    service: Arc<dyn Service>,
-) -> Option<Arc<dyn Service>> {
-    match keys.iter().position(|k| *k == key) {
-        Some(index) => Some(std::mem::replace(&mut services[index], service)),
-        None => {
-            keys.push(key);
-            services.push(service);
-            None
-        }
-    }
-}
-
-fn remove<K: PartialEq>(
-    keys: &mut Vec<K>,
-    services: &mut Vec<Arc<dyn Service>>,
-    key: K,
-) -> Option<Arc<dyn Service>> {
-    let index = keys.iter().position(|k| *k == key)?;
-    keys.swap_remove(index);
-    Some(services.swap_remove(index))
 }
 
 /// Addresses are compared as the raw bytes of the packet reinterpreted in native order,
@@ -330,6 +359,36 @@ mod tests {
         assert_eq!(rules.remove(DNS_V4.into()).unwrap().name(), "second");
         assert!(reader.load().classify(&packet).is_none());
         assert!(rules.remove(DNS_V4.into()).is_none());
+    }
+
+    #[test]
+    fn many_addresses_keep_their_services_through_removals() {
+        let rules = Rules::new();
+        let names: Vec<&'static str> = (0..20).map(|i| &*format!("s{i}").leak()).collect();
+        for (i, name) in names.iter().enumerate() {
+            rules.insert(
+                Ipv4Addr::new(10, 30, 30, i as u8).into(),
+                Arc::new(Named(name)),
+            );
+        }
+        for i in [0usize, 7, 8, 19, 3] {
+            assert_eq!(
+                rules
+                    .remove(Ipv4Addr::new(10, 30, 30, i as u8).into())
+                    .unwrap()
+                    .name(),
+                names[i]
+            );
+        }
+        let table = rules.snapshot();
+        assert_eq!(table.len(), 15);
+        for (i, name) in names.iter().enumerate() {
+            let packet = v4_packet(CLIENT_V4, Ipv4Addr::new(10, 30, 30, i as u8));
+            match table.classify(&packet) {
+                Some(service) => assert_eq!(service.name(), *name),
+                None => assert!([0, 7, 8, 19, 3].contains(&i), "lost {i}"),
+            }
+        }
     }
 
     #[test]
