@@ -1,1 +1,105 @@
-fn main() {}
+//! The `tundns` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tundns::tunnel::Tunnel;
+use tundns_config::Config;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A userspace WireGuard client whose TUN device answers DNS itself"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring a tunnel up from a wg-quick file (plus [DNSProxy]) and run it in the
+    /// foreground until SIGINT or SIGTERM. The interface is named after the file.
+    Up {
+        /// Path to the config, e.g. /etc/wireguard/wg0.conf.
+        config: PathBuf,
+    },
+    /// Validate a config without touching the system.
+    Check {
+        /// Path to the config.
+        config: PathBuf,
+    },
+}
+
+/// Exit status for a config that does not parse, as distinct from a runtime failure.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let path = match &cli.command {
+        Command::Up { config } | Command::Check { config } => config,
+    };
+    let config = match Config::from_file(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tundns: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for warning in &config.warnings {
+        tracing::warn!(
+            "{}:{}: {}",
+            path.display(),
+            warning.line(),
+            warning.message()
+        );
+    }
+
+    match cli.command {
+        Command::Check { .. } => {
+            println!(
+                "{}: ok (interface {})",
+                path.display(),
+                config.interface_name
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Up { .. } => run_up(&config),
+    }
+}
+
+fn run_up(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tundns: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let tunnel = Tunnel::up(config).await?;
+        tunnel.run_until_signal().await
+    });
+    // Tasks still holding the TUN or sockets are dropped here rather than awaited, so a
+    // stuck upstream query cannot delay the exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tundns: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

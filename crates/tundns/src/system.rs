@@ -1,0 +1,188 @@
+//! The system changes tundns makes: the interface's addresses, its routes, the link state.
+//!
+//! Every change is recorded in a [`SystemChanges`] as it is made, so teardown — on a
+//! signal, or when setup fails half-way — undoes exactly what was done and nothing else.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// A failed system change, with what was being attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// The kernel refused a netlink request.
+    #[error("{action}: {source}")]
+    Netlink {
+        action: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The netlink socket could not be opened.
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The interface vanished between its creation and its configuration.
+    #[error("interface {0} not found")]
+    NoSuchInterface(String),
+}
+
+fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {
+    let action = action.into();
+    move |source| SystemError::Netlink { action, source }
+}
+
+/// The routes added so far, and the netlink handle that adds and removes them.
+pub struct SystemChanges {
+    handle: Handle,
+    interface: String,
+    index: u32,
+    routes: Vec<IpNet>,
+}
+
+impl SystemChanges {
+    /// Opens a netlink connection for the interface `name`, which must exist.
+    pub async fn for_interface(name: &str) -> Result<Self, SystemError> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        let link = handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(failed(format!("looking up interface {name}")))?;
+        let index = link
+            .map(|l| l.header.index)
+            .ok_or_else(|| SystemError::NoSuchInterface(name.to_string()))?;
+        Ok(Self {
+            handle,
+            interface: name.to_string(),
+            index,
+            routes: Vec::new(),
+        })
+    }
+
+    /// Assigns an address. IPv6 addresses skip duplicate address detection: the link is a
+    /// point-to-point tunnel, and DAD would hold the address back for a second or more.
+    pub async fn add_address(&self, address: IpNet) -> Result<(), SystemError> {
+        let mut request =
+            self.handle
+                .address()
+                .add(self.index, address.addr(), address.prefix_len());
+        if address.addr().is_ipv6() {
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request.execute().await.map_err(failed(format!(
+            "adding address {address} to {}",
+            self.interface
+        )))
+    }
+
+    /// Brings the link up.
+    pub async fn set_up(&self) -> Result<(), SystemError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(self.index).up().build())
+            .execute()
+            .await
+            .map_err(failed(format!("bringing {} up", self.interface)))
+    }
+
+    /// Routes `network` into the interface and remembers it for teardown.
+    ///
+    /// A route the kernel already has through this interface (the prefix route of an
+    /// `Address`, say) is left alone and not recorded, as wg-quick does; the same prefix
+    /// through another interface is an error rather than a silent hijack.
+    pub async fn add_route(&mut self, network: IpNet) -> Result<(), SystemError> {
+        let action = || format!("adding route {network} via {}", self.interface);
+        match self
+            .handle
+            .route()
+            .add(self.route_message(network))
+            .execute()
+            .await
+        {
+            Ok(()) => {
+                self.routes.push(network);
+                Ok(())
+            }
+            Err(rtnetlink::Error::NetlinkError(message))
+                if message.raw_code() == -libc::EEXIST && self.routes_here(network).await? =>
+            {
+                tracing::debug!(%network, "route already present on the interface");
+                Ok(())
+            }
+            Err(source) => Err(SystemError::Netlink {
+                action: action(),
+                source,
+            }),
+        }
+    }
+
+    /// True when the main table routes exactly `network` through this interface.
+    async fn routes_here(&self, network: IpNet) -> Result<bool, SystemError> {
+        let dump = match network {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed("listing routes"))?;
+        let wanted = self.route_message(network);
+        Ok(routes.iter().any(|route| {
+            route.header.destination_prefix_length == network.prefix_len()
+                && wanted
+                    .attributes
+                    .iter()
+                    .all(|attribute| route.attributes.contains(attribute))
+        }))
+    }
+
+    /// Removes every route this process added, newest first. Errors are logged, not
+    /// returned: teardown goes on so that as much as possible is restored.
+    pub async fn undo(&mut self) {
+        while let Some(network) = self.routes.pop() {
+            let message = self.route_message(network);
+            if let Err(error) = self.handle.route().del(message).execute().await {
+                // The kernel removes an interface's routes with the interface itself.
+                tracing::debug!(%network, %error, "route already gone");
+            }
+        }
+    }
+
+    /// Deletes the interface. Its addresses and remaining routes go with it.
+    pub async fn delete_interface(&self) {
+        if let Err(error) = self.handle.link().del(self.index).execute().await {
+            tracing::debug!(interface = %self.interface, %error, "interface already gone");
+        }
+    }
+
+    fn route_message(&self, network: IpNet) -> rtnetlink::packet_route::route::RouteMessage {
+        match network {
+            IpNet::V4(net) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .output_interface(self.index)
+                .build(),
+            IpNet::V6(net) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .output_interface(self.index)
+                .build(),
+        }
+    }
+}
+
+/// The host route for a single virtual IP.
+pub fn host_route(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
