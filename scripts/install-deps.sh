@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the demo, the tests and the benchmarks need on Debian, as root.
+# Idempotent: packages already present are left as they are.
+set -euo pipefail
+
+packages=(
+    wireguard-go wireguard-tools   # the real peer, and `wg` for UAPI
+    unbound                        # the real upstream resolver
+    dnsutils knot-dnsutils         # dig, kdig
+    dnsperf iperf3 dnsdist         # benchmarks
+    iproute2 iputils-ping tcpdump netcat-openbsd procps openssl python3
+)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# unbound's Debian package starts a system-wide instance; the labs run their own, in
+# their own namespaces, and never need it.
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now unbound >/dev/null 2>&1 || true
+fi
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }

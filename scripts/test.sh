@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property and end-to-end (network namespaces, real wireguard-go,
+# unbound, dig, kdig, glibc). Needs root for the end-to-end tests, which fail rather than
+# skip because TUNDNS_E2E=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+export TUNDNS_E2E=1
+cargo test --workspace --locked
