@@ -254,6 +254,11 @@ lab_start_tundns() {
 # lab_start_wireguard_go_client: the baseline client, wireguard-go in C with the same addresses.
 lab_start_wireguard_go_client() {
     LAB_C_IF="${LAB_ID}g"
+    # A fresh peer entry in N: gotatun's TAI64N handshake timestamps run 27 s ahead of
+    # wireguard-go's (TAI offset 37 s vs 10 s), so after tundns has handshaken with this key, N
+    # would reject wireguard-go's initiations as replays for 27 s.
+    ip netns exec "$LAB_N" wg set "$LAB_N_WG" peer "$(cat "$LAB_DIR/client.pub")" remove
+    lab_wg_peer "$LAB_N" "$LAB_N_WG" client 10.99.0.2/32,fd99::2/128
     lab_start_wireguard_go "$LAB_C" "$LAB_C_IF" client 10.99.0.2/24 fd99::2/64
     lab_wg_peer "$LAB_C" "$LAB_C_IF" peer 10.99.0.0/24,fd99::/64 "192.0.2.1:$LAB_WG_PORT"
     lab_wait 10 ip netns exec "$LAB_C" ping -n -c 1 -W 1 "$LAB_PEER_TUNNEL_V4" ||
