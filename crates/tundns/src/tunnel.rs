@@ -45,6 +45,8 @@ pub enum TunnelError {
     WireGuard(#[from] gotatun::device::Error),
     #[error("waiting for signals: {0}")]
     Signals(io::Error),
+    #[error("hook `{command}` failed: {reason}")]
+    Hook { command: String, reason: String },
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -59,12 +61,15 @@ pub struct Tunnel {
     changes: SystemChanges,
     tun: Arc<AsyncDevice>,
     rules: Rules,
+    pre_down: Vec<String>,
+    post_down: Vec<String>,
 }
 
 impl Tunnel {
     /// Brings the tunnel up as `config` says. On failure, whatever was set up is undone.
     pub async fn up(config: &Config) -> Result<Self, TunnelError> {
         let name = config.interface_name.clone();
+        run_hooks(&config.interface.pre_up, &name).await?;
         let tun = tun_rs::DeviceBuilder::new()
             .name(&name)
             .mtu(config.interface.mtu)
@@ -78,6 +83,7 @@ impl Tunnel {
         let mut changes = SystemChanges::for_interface(&name).await?;
         if let Err(error) = configure_interface(config, &mut changes).await {
             changes.undo().await;
+            changes.delete_interface().await;
             return Err(error);
         }
 
@@ -91,18 +97,26 @@ impl Tunnel {
             Ok(device) => device,
             Err(error) => {
                 changes.undo().await;
+                changes.delete_interface().await;
                 remove_uapi_socket(&name);
                 return Err(error);
             }
         };
-        tracing::info!(interface = %name, "tunnel up");
-        Ok(Self {
+        let tunnel = Self {
             name,
             device,
             changes,
             tun,
             rules,
-        })
+            pre_down: config.interface.pre_down.clone(),
+            post_down: config.interface.post_down.clone(),
+        };
+        if let Err(error) = run_hooks(&config.interface.post_up, &tunnel.name).await {
+            tunnel.shut_down().await;
+            return Err(error);
+        }
+        tracing::info!(interface = %tunnel.name, "tunnel up");
+        Ok(tunnel)
     }
 
     /// The live rule table.
@@ -140,6 +154,10 @@ impl Tunnel {
 
     /// Stops WireGuard and removes every route, the interface and the UAPI socket.
     pub async fn shut_down(mut self) {
+        // Teardown goes on whatever the hooks say: a failing PreDown must not leave routes.
+        if let Err(error) = run_hooks(&self.pre_down, &self.name).await {
+            tracing::warn!(%error, "PreDown");
+        }
         self.device.stop().await;
         for ip in self.rules.snapshot().addresses().collect::<Vec<_>>() {
             self.rules.remove(ip);
@@ -148,6 +166,9 @@ impl Tunnel {
         self.changes.delete_interface().await;
         remove_uapi_socket(&self.name);
         drop(self.tun);
+        if let Err(error) = run_hooks(&self.post_down, &self.name).await {
+            tracing::warn!(%error, "PostDown");
+        }
         tracing::info!(interface = %self.name, "tunnel down");
     }
 }
@@ -277,6 +298,28 @@ async fn resolve_endpoint(endpoint: &Endpoint) -> Result<SocketAddr, TunnelError
                 .ok_or_else(|| failure("no address".into()))
         }
     }
+}
+
+/// Runs wg-quick hooks in order with `bash -c`, `%i` standing for the interface name, as
+/// wg-quick does. The first failure stops the rest.
+async fn run_hooks(commands: &[String], interface: &str) -> Result<(), TunnelError> {
+    for command in commands {
+        let command = command.replace("%i", interface);
+        let failure = |reason: String| TunnelError::Hook {
+            command: command.clone(),
+            reason,
+        };
+        let status = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(&command)
+            .status()
+            .await
+            .map_err(|error| failure(error.to_string()))?;
+        if !status.success() {
+            return Err(failure(status.to_string()));
+        }
+    }
+    Ok(())
 }
 
 fn remove_uapi_socket(name: &str) {

@@ -58,6 +58,7 @@ const REQUIRED_TOOLS: &[&str] = &[
     "getent",
     "bash",
     "dd",
+    "python3",
     "kill",
 ];
 /// Upper bound for any single command the lab runs, unless a test asks for another.
@@ -574,12 +575,23 @@ remote-control:
     /// Runs `tundns up` with `config` in C and waits (at most 10 s) until `wg show` answers and
     /// both virtual IPs are routable in C (UAPI may come up before the routes do).
     pub fn start_tundns(&self, config: &str) -> Daemon {
+        self.start_tundns_with(tundns_bin(), config)
+    }
+
+    /// As [`Lab::start_tundns`], with another program that takes `up CONFIG` or `CONFIG`
+    /// (an example built on the tundns library).
+    pub fn start_tundns_with(&self, program: &str, config: &str) -> Daemon {
         let path = self.write_client_config(config);
         self.uapi_ifaces
             .borrow_mut()
             .push(self.tundns_iface.clone());
         let (ns, iface) = (&self.client_ns, &self.tundns_iface);
-        let mut tundns = self.spawn_in(ns, "tundns", &[tundns_bin(), "up", path_str(&path)]);
+        let command: Vec<&str> = if program == tundns_bin() {
+            vec![program, "up", path_str(&path)]
+        } else {
+            vec![program, path_str(&path)]
+        };
+        let mut tundns = self.spawn_in(ns, "tundns", &command);
         let up = wait_until(DAEMON_START_TIMEOUT, || {
             !tundns.is_running()
                 || (self.exec_in(ns, &["wg", "show", iface]).succeeded()
