@@ -16,6 +16,8 @@
 //!
 //! Set `TUNDNS_E2E=1` to make missing prerequisites (root, tools) a failure instead of a skip.
 
+#![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
+
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::{self, File};
