@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # TCP throughput through the tunnel, with a same-run baseline:
 #   tundns       iperf3 in C -> tundns -> wireguard-go in N -> iperf3 server
+#   no rules     as tundns, with the DNS proxy off: the filter has no rules to check
 #   wireguard-go iperf3 in C -> wireguard-go (same keys, addresses) -> the same peer and server
 # The two alternate for ROUNDS rounds (the shared machines are noisy); prints each run, the
 # medians in Gbit/s and their ratio. Everything runs in throwaway namespaces (lab/lib.sh).
@@ -44,12 +45,17 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 
 lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of $DURATION s each, alternating${IPERF_ARGS:+; iperf3 $IPERF_ARGS}"
 tundns_runs=()
+norules_runs=()
 wggo_runs=()
 for ((round = 1; round <= ROUNDS; round++)); do
     lab_start_tundns "$TUNDNS_BIN"
     lab_wait 10 ip netns exec "$LAB_C" iperf3 -c "$LAB_PEER_TUNNEL_V4" -t 1 ||
         lab_die "the iperf3 server in N does not answer: $(cat "$LAB_DIR/iperf3-server.log")"
     tundns_runs+=("$(run_iperf tundns)")
+    lab_stop "$LAB_TUNDNS_PID"
+
+    LAB_DNSPROXY=off lab_start_tundns "$TUNDNS_BIN"
+    norules_runs+=("$(run_iperf no-rules)")
     lab_stop "$LAB_TUNDNS_PID"
 
     lab_start_wireguard_go_client
@@ -59,10 +65,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 gbits_tundns=$(printf '%s\n' "${tundns_runs[@]}" | median)
+gbits_norules=$(printf '%s\n' "${norules_runs[@]}" | median)
 gbits_wggo=$(printf '%s\n' "${wggo_runs[@]}" | median)
 printf '\n'
 printf 'median of %d runs:\n' "$ROUNDS"
 printf 'tundns        %8.2f Gbit/s   (runs: %s)\n' "$gbits_tundns" "${tundns_runs[*]}"
+printf 'no rules      %8.2f Gbit/s   (runs: %s)\n' "$gbits_norules" "${norules_runs[*]}"
 printf 'wireguard-go  %8.2f Gbit/s   (runs: %s)\n' "$gbits_wggo" "${wggo_runs[*]}"
 awk -v a="$gbits_tundns" -v b="$gbits_wggo" \
     'BEGIN { if (b > 0) printf "ratio tundns/wireguard-go = %.2f\n", a / b; else print "ratio n/a" }'
+awk -v a="$gbits_tundns" -v b="$gbits_norules" \
+    'BEGIN { if (b > 0) printf "ratio rules/no rules = %.3f\n", a / b; else print "ratio n/a" }'

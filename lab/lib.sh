@@ -208,6 +208,7 @@ lab_peer_network() {
 }
 
 # lab_tundns_conf UPSTREAMS: a wg-quick config for the client side, with the [DNSProxy] section.
+# LAB_DNSPROXY=off turns the proxy off, leaving the filter with no rules.
 lab_tundns_conf() {
     local upstreams=${1:-$LAB_UNBOUND_V4}
     cat <<EOF
@@ -222,6 +223,7 @@ Endpoint = 192.0.2.1:$LAB_WG_PORT
 AllowedIPs = 10.99.0.0/24, fd99::/64
 
 [DNSProxy]
+Enabled = $([[ ${LAB_DNSPROXY:-on} == off ]] && echo false || echo true)
 Address = $LAB_PROXY_V4, $LAB_PROXY_V6
 Upstream = $upstreams
 Timeout = 500ms
@@ -230,8 +232,9 @@ EOF
 
 lab_tundns_ready() {
     kill -0 "$LAB_TUNDNS_PID" 2>/dev/null || lab_die "tundns exited: $(cat "$LAB_DIR/tundns.log")"
-    ip netns exec "$LAB_C" wg show "$LAB_C_IF" >/dev/null 2>&1 &&
-        ip netns exec "$LAB_C" ip route get "$LAB_PROXY_V4" >/dev/null 2>&1 &&
+    ip netns exec "$LAB_C" wg show "$LAB_C_IF" >/dev/null 2>&1 || return 1
+    [[ ${LAB_DNSPROXY:-on} == off ]] && return 0
+    ip netns exec "$LAB_C" ip route get "$LAB_PROXY_V4" >/dev/null 2>&1 &&
         ip netns exec "$LAB_C" ip route get "$LAB_PROXY_V6" >/dev/null 2>&1
 }
 
