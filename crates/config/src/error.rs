@@ -16,9 +16,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn at_line(path: &Path, line: usize, message: impl Into<String>) -> Self {
+    /// An error at a line of a file, for callers that check what this crate keeps
+    /// unvalidated (a [`crate::Spanned`] `Record`, a `HostsFile`'s contents) and want
+    /// the same `path:line: message` form. `line` is 1-based.
+    pub fn at(path: impl AsRef<Path>, line: usize, message: impl Into<String>) -> Self {
         Self {
-            path: path.to_path_buf(),
+            path: path.as_ref().to_path_buf(),
             line: Some(line),
             message: message.into(),
         }

@@ -1,21 +1,28 @@
 //! Parsing and validation of the tundns config file: a wg-quick file, as is, plus an
-//! optional `[DNSProxy]` section.
+//! optional `[DNSProxy]` section and any number of `[DNSRoute]` sections.
 //!
 //! This crate owns the file format: sections, keys, values, defaults, and every check
 //! that can be made from the text alone. It turns a file into a typed [`Config`], or a
 //! [`ConfigError`] whose `Display` is `path:line: message`.
 //!
-//! It must never change the system, resolve names, open sockets, or print or log
-//! anything: it is pure. Key material never appears in `Debug` output or in error
-//! messages ([`SecretKey`] prints `<redacted>`, and a bad key is described without
-//! being echoed).
+//! It must never change the system, read any file but the config itself, resolve
+//! names, open sockets, or print or log anything: it is pure. Key material never
+//! appears in `Debug` output or in error messages ([`SecretKey`] prints `<redacted>`,
+//! and a bad key is described without being echoed).
+//!
+//! What it cannot check from the text alone it keeps with its line, as a
+//! [`Spanned`] value: `Record` syntax is checked by the DNS crate, and `HostsFile`,
+//! `BlockList` and `CAFile` are read by tundns. Either reports a problem with
+//! [`ConfigError::at`], so every message has the same `path:line: message` form.
 //!
 //! # Format
 //!
 //! INI-like, as wg-quick reads it. `#` starts a comment anywhere on a line (wg-quick
-//! strips it even from `PostUp`). Blank lines are ignored. Section names and keys are
-//! matched case-insensitively. List keys take comma-separated values and may repeat;
-//! any other key may appear once per section.
+//! strips it even from `PostUp`, and this parser from a `Record`'s TXT data).
+//! Blank lines are ignored. Section names and keys are matched case-insensitively.
+//! List keys take comma-separated values and may repeat; other repeatable keys
+//! (`Record`, `HostsFile`, `BlockList`, hooks) take one value per line; any other
+//! key may appear once per section.
 //!
 //! ```text
 //! [Interface]                    # exactly once
@@ -39,12 +46,44 @@
 //! [DNSProxy]                     # at most once; tundns's own
 //! Enabled = true                 # default true
 //! Address = 10.30.30.30, fd30:30:30::30   # list of virtual IPs (these are the defaults)
-//! Upstream = 192.0.2.53, [2001:db8::53]:5353  # ordered list; a bare IP means port 53
+//! Upstream = 192.0.2.53, tls://dns.lab.test@192.0.2.53   # ordered list of URLs, below
 //! Timeout = 2s                   # per upstream attempt; ms, s or m; default 2s
 //! MaxInFlight = 1024             # default 1024
 //! TcpIdleTimeout = 10s           # default 10s
 //! MaxTcpConnections = 256        # default 256
+//! CAFile = /etc/tundns/lab-ca.pem     # extra trust anchors for tls:// and https://
+//! Cache = on                     # default on
+//! CacheSize = 32MiB              # bytes, KiB, MiB or GiB; 64KiB..=1GiB; default 32MiB
+//! CacheMinTTL = 0s               # s, m, h or d; 0s..=7d; default 0s
+//! CacheMaxTTL = 1d               # 1s..=7d, not below CacheMinTTL; default 1d
+//! ServeStale = 1d                # maximum staleness; 0s or off turns it off; default 1d
+//! Record = app.lab.internal A 10.99.0.10   # repeatable; NAME [TTL] TYPE DATA, kept as text
+//! HostsFile = /etc/tundns/hosts  # repeatable; hosts(5) format
+//! LocalZone = lab.internal       # list of domains answered locally (NXDOMAIN if unknown)
+//! Block = ads.example            # list of domains blocked with everything under them
+//! BlockList = /etc/tundns/block.txt   # repeatable; hosts format or one domain per line
+//! BlockMode = nxdomain           # nxdomain or null (0.0.0.0 / ::); default nxdomain
+//! BlockTTL = 60s                 # 1s..=7d; default 60s
+//!
+//! [DNSRoute]                     # zero or more: split DNS, longest suffix wins
+//! Domain = corp.internal, corp.example    # required list; "." is the default route
+//! Upstream = 10.99.0.53          # required list; same URL forms as [DNSProxy] Upstream
+//! ThroughTunnel = true           # default false: sourced from the interface address
 //! ```
+//!
+//! Upstream URLs ([`Upstream`]): a bare `ip`, `ip:port` or `[v6]:port` is UDP with a
+//! TCP retry on truncation, as is `udp://ip[:port]`; `tcp://ip[:port]` is TCP only;
+//! `tls://name@ip[:port]` is DNS over TLS (port 853), `tls://ip` using the IP as the
+//! server name; `https://name@ip[:port]/path` is DNS over HTTPS (port 443, path
+//! `/dns-query` if none), `https://ip/path` using the IP as the server name. Host
+//! names are never resolved, so `name@ip` gives the bootstrap address. In a URL an
+//! IPv6 address is bracketed.
+//!
+//! A domain may be routed by one `[DNSRoute]` only. Names no route matches go to
+//! `[DNSProxy] Upstream`, which therefore cannot be set together with a `.` route.
+//! A `ThroughTunnel` upstream must be inside some `[Peer] AllowedIPs` and have an
+//! interface `Address` of its family to be sourced from. With the proxy disabled,
+//! `[DNSRoute]` sections only draw a warning.
 //!
 //! Booleans accept `true/false`, `yes/no`, `on/off` and `1/0`, in any case. The
 //! interface is named after the file stem (`/etc/wireguard/wg0.conf` → `wg0`), which
@@ -57,7 +96,7 @@
 //! # Example
 //!
 //! ```
-//! use tundns_config::Config;
+//! use tundns_config::{Config, Upstream};
 //!
 //! let text = "\
 //! [Interface]
@@ -70,7 +109,7 @@
 //! let config = Config::parse(text, "/etc/wireguard/wg0.conf")?;
 //! assert_eq!(config.interface_name, "wg0");
 //! assert_eq!(config.interface.mtu, 1420);
-//! assert_eq!(config.dns_proxy.upstreams, ["192.0.2.53:53".parse()?]);
+//! assert_eq!(config.dns_proxy.upstreams, [Upstream::Udp("192.0.2.53:53".parse()?)]);
 //!
 //! let error = Config::parse("[Interface]\nAdress = 10.0.0.2/24\n", "wg0.conf").unwrap_err();
 //! assert_eq!(
@@ -83,12 +122,13 @@
 mod error;
 mod key;
 mod parse;
+mod upstream;
 mod values;
 
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -96,6 +136,7 @@ use zeroize::Zeroizing;
 
 pub use error::{ConfigError, ConfigWarning};
 pub use key::{KEY_LEN, PublicKey, SecretKey};
+pub use upstream::{DEFAULT_DOH_PATH, DNS_PORT, DOH_PORT, DOT_PORT, Upstream};
 
 /// MTU used when `[Interface]` has no `MTU`, as wg-quick's usual value.
 pub const DEFAULT_MTU: u16 = 1420;
@@ -108,9 +149,15 @@ pub const DEFAULT_VIRTUAL_IPV4: Ipv4Addr = Ipv4Addr::new(10, 30, 30, 30);
 /// Default virtual IPv6 address of the DNS proxy (a ULA mirroring the IPv4 one).
 pub const DEFAULT_VIRTUAL_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, 0x30);
 /// Default upstream resolvers, in order. Tests must always configure their own.
-pub const DEFAULT_UPSTREAMS: [SocketAddr; 2] = [
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), 53),
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(8, 8, 4, 4)), 53),
+pub const DEFAULT_UPSTREAMS: [Upstream; 2] = [
+    Upstream::Udp(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
+        DNS_PORT,
+    )),
+    Upstream::Udp(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(8, 8, 4, 4)),
+        DNS_PORT,
+    )),
 ];
 /// Default per-attempt upstream timeout.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -124,6 +171,22 @@ pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 256;
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1 << 20;
 /// Upper bound accepted for `MaxTcpConnections`.
 pub const MAX_TCP_CONNECTIONS_LIMIT: usize = 65_535;
+/// Default `CacheSize`, in bytes.
+pub const DEFAULT_CACHE_SIZE: usize = 32 << 20;
+/// Smallest `CacheSize` accepted: room for one largest DNS message.
+pub const MIN_CACHE_SIZE: usize = 64 << 10;
+/// Largest `CacheSize` accepted.
+pub const MAX_CACHE_SIZE: usize = 1 << 30;
+/// Default `CacheMinTTL`: answers keep their own TTL.
+pub const DEFAULT_CACHE_MIN_TTL: Duration = Duration::ZERO;
+/// Default `CacheMaxTTL`.
+pub const DEFAULT_CACHE_MAX_TTL: Duration = Duration::from_secs(86_400);
+/// Default `ServeStale`: the longest an expired answer is served (RFC 8767).
+pub const DEFAULT_SERVE_STALE: Duration = Duration::from_secs(86_400);
+/// Default `BlockTTL`.
+pub const DEFAULT_BLOCK_TTL: Duration = Duration::from_secs(60);
+/// Upper bound of `CacheMinTTL`, `CacheMaxTTL`, `ServeStale` and `BlockTTL`.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// Larger files are rejected unread: a config file is a few kilobytes.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Longest Linux interface name, in bytes (`IFNAMSIZ` - 1).
@@ -138,7 +201,8 @@ pub struct Config {
     pub interface: InterfaceConfig,
     /// The `[Peer]` sections, in file order.
     pub peers: Vec<PeerConfig>,
-    /// The `[DNSProxy]` section, or its defaults when the file has none.
+    /// The `[DNSProxy]` section, or its defaults when the file has none, with the
+    /// `[DNSRoute]` sections.
     pub dns_proxy: DnsProxyConfig,
     /// Things accepted but worth logging, in file order.
     pub warnings: Vec<ConfigWarning>,
@@ -222,8 +286,9 @@ pub struct DnsProxyConfig {
     /// `Address`: the virtual IPs, in order, without duplicates. Default
     /// [`DEFAULT_VIRTUAL_IPV4`] and [`DEFAULT_VIRTUAL_IPV6`].
     pub addresses: Vec<IpAddr>,
-    /// `Upstream`: resolvers to try in order. Default [`DEFAULT_UPSTREAMS`].
-    pub upstreams: Vec<SocketAddr>,
+    /// `Upstream`: resolvers to try in order, for names no route in `routes` matches.
+    /// Default [`DEFAULT_UPSTREAMS`].
+    pub upstreams: Vec<Upstream>,
     /// `Timeout`: per upstream attempt.
     pub upstream_timeout: Duration,
     /// `MaxInFlight`: queries worked on at once, at least 1.
@@ -232,6 +297,82 @@ pub struct DnsProxyConfig {
     pub tcp_idle_timeout: Duration,
     /// `MaxTcpConnections`: concurrent client TCP connections, at least 1.
     pub max_tcp_connections: usize,
+    /// `CAFile`: extra trust anchors for `tls://` and `https://` upstreams, the path as
+    /// written; `None` means the system roots only. Not read here.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// `Cache`, default true.
+    pub cache: bool,
+    /// `CacheSize`: the cache's bound in bytes, [`MIN_CACHE_SIZE`]..=[`MAX_CACHE_SIZE`].
+    pub cache_size: usize,
+    /// `CacheMinTTL`: cached TTLs are raised to at least this.
+    pub cache_min_ttl: Duration,
+    /// `CacheMaxTTL`: cached TTLs are cut to at most this; never below `cache_min_ttl`.
+    pub cache_max_ttl: Duration,
+    /// `ServeStale`: how long past expiry an answer may still be served when every
+    /// upstream fails; `None` when `0s` or `off`.
+    pub serve_stale: Option<Duration>,
+    /// `Record`: local records as written (`NAME [TTL] TYPE DATA`), in file order.
+    /// Their syntax is the DNS crate's to check.
+    pub records: Vec<Spanned<String>>,
+    /// `HostsFile`: hosts(5) files to load local records from, paths as written.
+    pub hosts_files: Vec<Spanned<PathBuf>>,
+    /// `LocalZone`: domains answered only locally, lowercase without the final dot,
+    /// without duplicates.
+    pub local_zones: Vec<Spanned<String>>,
+    /// `Block`: blocked domains (each with every name under it), lowercase without the
+    /// final dot, without duplicates.
+    pub blocked: Vec<String>,
+    /// `BlockList`: files of blocked domains, paths as written.
+    pub block_lists: Vec<Spanned<PathBuf>>,
+    /// `BlockMode`: how a blocked name is answered.
+    pub block_mode: BlockMode,
+    /// `BlockTTL`: the TTL of blocked answers.
+    pub block_ttl: Duration,
+    /// The `[DNSRoute]` sections, in file order. Kept (with a warning) when the proxy
+    /// is disabled.
+    pub routes: Vec<DnsRouteConfig>,
+}
+
+/// A value with the 1-based line of the config file it came from, for checks made
+/// after parsing (report them with [`ConfigError::at`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Spanned<T> {
+    /// The value.
+    pub value: T,
+    /// The line it was written on.
+    pub line: usize,
+}
+
+impl<T> Spanned<T> {
+    /// Pairs a value with its line.
+    pub fn new(value: T, line: usize) -> Self {
+        Self { value, line }
+    }
+}
+
+/// How the DNS proxy answers a blocked name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BlockMode {
+    /// `nxdomain`: NXDOMAIN with an SOA.
+    #[default]
+    NxDomain,
+    /// `null`: `0.0.0.0` for A, `::` for AAAA, no data for other types.
+    Null,
+}
+
+/// A `[DNSRoute]` section: queries for names at or under `domains` go to `upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRouteConfig {
+    /// `Domain`: lowercase, without the final dot; `.` is the default route. No domain
+    /// appears in two routes.
+    pub domains: Vec<String>,
+    /// `Upstream`: resolvers to try in order, at least one.
+    pub upstreams: Vec<Upstream>,
+    /// `ThroughTunnel`: queries are sourced from the interface address and sent
+    /// through WireGuard. Default false.
+    pub through_tunnel: bool,
+    /// The line of the `[DNSRoute]` header.
+    pub line: usize,
 }
 
 impl Default for DnsProxyConfig {
@@ -247,6 +388,20 @@ impl Default for DnsProxyConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+            ca_file: None,
+            cache: true,
+            cache_size: DEFAULT_CACHE_SIZE,
+            cache_min_ttl: DEFAULT_CACHE_MIN_TTL,
+            cache_max_ttl: DEFAULT_CACHE_MAX_TTL,
+            serve_stale: Some(DEFAULT_SERVE_STALE),
+            records: Vec::new(),
+            hosts_files: Vec::new(),
+            local_zones: Vec::new(),
+            blocked: Vec::new(),
+            block_lists: Vec::new(),
+            block_mode: BlockMode::NxDomain,
+            block_ttl: DEFAULT_BLOCK_TTL,
+            routes: Vec::new(),
         }
     }
 }
@@ -277,7 +432,7 @@ impl Config {
                 .iter()
                 .filter(|&&b| b == b'\n')
                 .count();
-            ConfigError::at_line(path, line, "not valid UTF-8")
+            ConfigError::at(path, line, "not valid UTF-8")
         })?;
         Self::parse(text, path)
     }

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::path::Path;
-use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::upstream::parse_upstream;
 use crate::values::{self, shown};
 use crate::{
-    Config, ConfigError, ConfigWarning, DnsProxyConfig, Endpoint, InterfaceConfig, PeerConfig,
-    PublicKey, RouteTable, SecretKey,
+    Config, ConfigError, ConfigWarning, DnsProxyConfig, DnsRouteConfig, Endpoint, InterfaceConfig,
+    PeerConfig, PublicKey, RouteTable, SecretKey, Spanned, Upstream,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,11 @@ enum Section {
     Interface,
     Peer,
     DnsProxy,
+    DnsRoute,
 }
+
+/// What a header must be, for messages about one that is not.
+const EXPECTED_SECTIONS: &str = "expected [Interface], [Peer], [DNSProxy] or [DNSRoute]";
 
 impl Section {
     fn header(self) -> &'static str {
@@ -28,6 +32,7 @@ impl Section {
             Section::Interface => "[Interface]",
             Section::Peer => "[Peer]",
             Section::DnsProxy => "[DNSProxy]",
+            Section::DnsRoute => "[DNSRoute]",
         }
     }
 
@@ -64,12 +69,35 @@ impl Section {
                 ("MaxInFlight", Once),
                 ("TcpIdleTimeout", Once),
                 ("MaxTcpConnections", Once),
+                ("CAFile", Once),
+                ("Cache", Once),
+                ("CacheSize", Once),
+                ("CacheMinTTL", Once),
+                ("CacheMaxTTL", Once),
+                ("ServeStale", Once),
+                ("Record", Many),
+                ("HostsFile", Many),
+                ("LocalZone", Many),
+                ("Block", Many),
+                ("BlockList", Many),
+                ("BlockMode", Once),
+                ("BlockTTL", Once),
+            ],
+            Section::DnsRoute => &[
+                ("Domain", Many),
+                ("Upstream", Many),
+                ("ThroughTunnel", Once),
             ],
         }
     }
 }
 
-const SECTIONS: [Section; 3] = [Section::Interface, Section::Peer, Section::DnsProxy];
+const SECTIONS: [Section; 4] = [
+    Section::Interface,
+    Section::Peer,
+    Section::DnsProxy,
+    Section::DnsRoute,
+];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Repeat {
@@ -130,14 +158,21 @@ struct PeerDraft {
 struct DnsProxyDraft {
     header_line: usize,
     seen: Seen,
-    enabled: bool,
-    /// `None` until an `Address` line is read; then the IPs and their lines.
+    /// Every value but `addresses` and `upstreams`, defaults until set.
+    config: DnsProxyConfig,
+    /// `None` until an `Address` line is read; then the IPs with their lines, and the
+    /// last `Address` line.
     addresses: Option<(Vec<(IpAddr, usize)>, usize)>,
-    upstreams: Option<(Vec<std::net::SocketAddr>, usize)>,
-    upstream_timeout: Duration,
-    max_in_flight: usize,
-    tcp_idle_timeout: Duration,
-    max_tcp_connections: usize,
+    /// `None` until an `Upstream` line is read; then the upstreams and the last line.
+    upstreams: Option<(Vec<Upstream>, usize)>,
+}
+
+struct RouteDraft {
+    header_line: usize,
+    seen: Seen,
+    domains: Vec<String>,
+    upstreams: Vec<(Upstream, usize)>,
+    through_tunnel: bool,
 }
 
 struct Parser<'p> {
@@ -146,7 +181,10 @@ struct Parser<'p> {
     interface: Option<InterfaceDraft>,
     peers: Vec<PeerDraft>,
     dns_proxy: Option<DnsProxyDraft>,
+    routes: Vec<RouteDraft>,
     public_key_lines: HashMap<PublicKey, usize>,
+    /// Each routed domain and the line that routed it.
+    routed_domains: HashMap<String, usize>,
     warnings: Vec<ConfigWarning>,
 }
 
@@ -212,13 +250,15 @@ impl<'p> Parser<'p> {
             interface: None,
             peers: Vec::new(),
             dns_proxy: None,
+            routes: Vec::new(),
             public_key_lines: HashMap::new(),
+            routed_domains: HashMap::new(),
             warnings: Vec::new(),
         }
     }
 
     fn error(&self, line: usize, message: impl Into<String>) -> ConfigError {
-        ConfigError::at_line(self.path, line, message)
+        ConfigError::at(self.path, line, message)
     }
 
     fn line(&mut self, number: usize, raw_line: &str) -> Result<(), ConfigError> {
@@ -258,6 +298,7 @@ impl<'p> Parser<'p> {
                 Section::Interface => self.interface.as_mut().map(|d| &mut d.seen),
                 Section::Peer => self.peers.last_mut().map(|d| &mut d.seen),
                 Section::DnsProxy => self.dns_proxy.as_mut().map(|d| &mut d.seen),
+                Section::DnsRoute => self.routes.last_mut().map(|d| &mut d.seen),
             }
             .expect("the current section has a draft");
             if let Some(first) = seen.first_line(canonical) {
@@ -275,6 +316,7 @@ impl<'p> Parser<'p> {
             Section::Interface => self.interface_key(number, canonical, value),
             Section::Peer => self.peer_key(number, canonical, value),
             Section::DnsProxy => self.dns_proxy_key(number, canonical, value),
+            Section::DnsRoute => self.route_key(number, canonical, value),
         };
         result.map_err(|message| self.error(number, message))
     }
@@ -287,7 +329,7 @@ impl<'p> Parser<'p> {
         else {
             return Err(self.error(
                 number,
-                "malformed section header: expected [Interface], [Peer] or [DNSProxy]",
+                format!("malformed section header: {EXPECTED_SECTIONS}"),
             ));
         };
         let Some(section) = SECTIONS
@@ -295,10 +337,8 @@ impl<'p> Parser<'p> {
             .find(|s| s.header()[1..s.header().len() - 1].eq_ignore_ascii_case(name))
         else {
             let message = match printable_name(name) {
-                Some(name) => {
-                    format!("unknown section [{name}]: expected [Interface], [Peer] or [DNSProxy]")
-                }
-                None => "unknown section: expected [Interface], [Peer] or [DNSProxy]".to_string(),
+                Some(name) => format!("unknown section [{name}]: {EXPECTED_SECTIONS}"),
+                None => format!("unknown section: {EXPECTED_SECTIONS}"),
             };
             return Err(self.error(number, message));
         };
@@ -350,19 +390,21 @@ impl<'p> Parser<'p> {
                         ),
                     ));
                 }
-                let defaults = DnsProxyConfig::default();
                 self.dns_proxy = Some(DnsProxyDraft {
                     header_line: number,
                     seen: Seen::default(),
-                    enabled: defaults.enabled,
+                    config: DnsProxyConfig::default(),
                     addresses: None,
                     upstreams: None,
-                    upstream_timeout: defaults.upstream_timeout,
-                    max_in_flight: defaults.max_in_flight,
-                    tcp_idle_timeout: defaults.tcp_idle_timeout,
-                    max_tcp_connections: defaults.max_tcp_connections,
                 });
             }
+            Section::DnsRoute => self.routes.push(RouteDraft {
+                header_line: number,
+                seen: Seen::default(),
+                domains: Vec::new(),
+                upstreams: Vec::new(),
+                through_tunnel: false,
+            }),
         }
         self.current = Some(section);
         Ok(())
@@ -389,7 +431,8 @@ impl<'p> Parser<'p> {
             }
             Some(Section::DnsProxy) => {
                 let draft = self.dns_proxy.as_ref().expect("dns proxy draft");
-                if draft.enabled {
+                self.check_ttl_bounds(draft)?;
+                if draft.config.enabled {
                     if let Some((addresses, line)) = &draft.addresses
                         && addresses.is_empty()
                     {
@@ -409,6 +452,42 @@ impl<'p> Parser<'p> {
                 }
                 Ok(())
             }
+            Some(Section::DnsRoute) => {
+                let draft = self.routes.last().expect("route draft");
+                if draft.domains.is_empty() {
+                    return Err(self.error(draft.header_line, "[DNSRoute] has no Domain"));
+                }
+                if draft.upstreams.is_empty() {
+                    return Err(self.error(draft.header_line, "[DNSRoute] has no Upstream"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `CacheMinTTL` above `CacheMaxTTL` is reported on the later of the two lines.
+    fn check_ttl_bounds(&self, draft: &DnsProxyDraft) -> Result<(), ConfigError> {
+        let config = &draft.config;
+        if config.cache_min_ttl <= config.cache_max_ttl {
+            return Ok(());
+        }
+        let min_line = draft
+            .seen
+            .first_line("CacheMinTTL")
+            .expect("only a CacheMinTTL line raises the minimum");
+        match draft.seen.first_line("CacheMaxTTL") {
+            Some(max_line) if max_line > min_line => Err(self.error(
+                max_line,
+                format!("CacheMaxTTL is below CacheMinTTL (line {min_line})"),
+            )),
+            Some(max_line) => Err(self.error(
+                min_line,
+                format!("CacheMinTTL is above CacheMaxTTL (line {max_line})"),
+            )),
+            None => Err(self.error(
+                min_line,
+                "CacheMinTTL is above CacheMaxTTL, which defaults to 1d",
+            )),
         }
     }
 
@@ -540,8 +619,9 @@ impl<'p> Parser<'p> {
 
     fn dns_proxy_key(&mut self, line: usize, key: &str, value: &str) -> Result<(), String> {
         let draft = self.dns_proxy.as_mut().expect("dns proxy draft");
+        let config = &mut draft.config;
         match key {
-            "Enabled" => draft.enabled = values::parse_bool(value)?,
+            "Enabled" => config.enabled = values::parse_bool(value)?,
             "Address" => {
                 let (addresses, last_line) =
                     draft.addresses.get_or_insert_with(|| (Vec::new(), line));
@@ -574,19 +654,102 @@ impl<'p> Parser<'p> {
                     draft.upstreams.get_or_insert_with(|| (Vec::new(), line));
                 *last_line = line;
                 for item in values::list_items(value)? {
-                    upstreams.push(values::parse_upstream(item)?);
+                    upstreams.push(parse_upstream(item)?);
                 }
             }
-            "Timeout" => draft.upstream_timeout = values::parse_duration(value)?,
+            "Timeout" => config.upstream_timeout = values::parse_duration(value)?,
             "MaxInFlight" => {
-                draft.max_in_flight = values::parse_count(value, crate::MAX_IN_FLIGHT_LIMIT)?;
+                config.max_in_flight = values::parse_count(value, crate::MAX_IN_FLIGHT_LIMIT)?;
             }
-            "TcpIdleTimeout" => draft.tcp_idle_timeout = values::parse_duration(value)?,
+            "TcpIdleTimeout" => config.tcp_idle_timeout = values::parse_duration(value)?,
             "MaxTcpConnections" => {
-                draft.max_tcp_connections =
+                config.max_tcp_connections =
                     values::parse_count(value, crate::MAX_TCP_CONNECTIONS_LIMIT)?;
             }
+            "CAFile" => {
+                config.ca_file = Some(Spanned::new(values::parse_path(key, value)?, line));
+            }
+            "Cache" => config.cache = values::parse_bool(value)?,
+            "CacheSize" => config.cache_size = values::parse_cache_size(value)?,
+            "CacheMinTTL" => config.cache_min_ttl = values::parse_ttl(value, true)?,
+            "CacheMaxTTL" => config.cache_max_ttl = values::parse_ttl(value, false)?,
+            "ServeStale" => {
+                config.serve_stale = if value.eq_ignore_ascii_case("off") {
+                    None
+                } else {
+                    Some(values::parse_ttl(value, true)?).filter(|stale| !stale.is_zero())
+                };
+            }
+            "Record" => {
+                if value.is_empty() {
+                    return Err("Record needs NAME [TTL] TYPE DATA".to_string());
+                }
+                config.records.push(Spanned::new(value.to_string(), line));
+            }
+            "HostsFile" => config
+                .hosts_files
+                .push(Spanned::new(values::parse_path(key, value)?, line)),
+            "BlockList" => config
+                .block_lists
+                .push(Spanned::new(values::parse_path(key, value)?, line)),
+            "LocalZone" => {
+                for item in values::list_items(value)? {
+                    let zone = values::parse_domain(item, false)
+                        .map_err(|why| format!("LocalZone: {why}"))?;
+                    if !config.local_zones.iter().any(|known| known.value == zone) {
+                        config.local_zones.push(Spanned::new(zone, line));
+                    }
+                }
+            }
+            "Block" => {
+                for item in values::list_items(value)? {
+                    let domain =
+                        values::parse_domain(item, false).map_err(|why| format!("Block: {why}"))?;
+                    if !config.blocked.contains(&domain) {
+                        config.blocked.push(domain);
+                    }
+                }
+            }
+            "BlockMode" => config.block_mode = values::parse_block_mode(value)?,
+            "BlockTTL" => config.block_ttl = values::parse_ttl(value, false)?,
             _ => unreachable!("every [DNSProxy] key is handled"),
+        }
+        Ok(())
+    }
+
+    fn route_key(&mut self, line: usize, key: &str, value: &str) -> Result<(), String> {
+        let draft = self.routes.last_mut().expect("route draft");
+        match key {
+            "Domain" => {
+                let items = values::list_items(value)?;
+                if items.is_empty() {
+                    return Err(
+                        "Domain needs at least one domain name (\".\" for every name)".to_string(),
+                    );
+                }
+                for item in items {
+                    let domain =
+                        values::parse_domain(item, true).map_err(|why| format!("Domain: {why}"))?;
+                    if let Some(first) = self.routed_domains.get(&domain) {
+                        return Err(format!(
+                            "Domain {domain:?} is already routed on line {first}"
+                        ));
+                    }
+                    self.routed_domains.insert(domain.clone(), line);
+                    draft.domains.push(domain);
+                }
+            }
+            "Upstream" => {
+                let items = values::list_items(value)?;
+                if items.is_empty() {
+                    return Err("Upstream needs at least one resolver".to_string());
+                }
+                for item in items {
+                    draft.upstreams.push((parse_upstream(item)?, line));
+                }
+            }
+            "ThroughTunnel" => draft.through_tunnel = values::parse_bool(value)?,
+            _ => unreachable!("every [DNSRoute] key is handled"),
         }
         Ok(())
     }
@@ -605,7 +768,7 @@ impl<'p> Parser<'p> {
                     && let Some((v6, v6_line)) =
                         interface.addresses.iter().find(|(n, _)| n.addr().is_ipv6())
                 {
-                    return Err(ConfigError::at_line(
+                    return Err(ConfigError::at(
                         path,
                         mtu_line,
                         format!(
@@ -619,33 +782,33 @@ impl<'p> Parser<'p> {
             None => crate::DEFAULT_MTU,
         };
 
-        let dns_proxy = match self.dns_proxy.take() {
+        let mut dns_proxy = match self.dns_proxy.take() {
             Some(draft) => {
-                let defaults = DnsProxyConfig::default();
                 let header_line = draft.header_line;
                 let addresses = match draft.addresses {
                     Some((addresses, _)) => addresses,
-                    None => defaults
+                    None => draft
+                        .config
                         .addresses
                         .iter()
                         .map(|ip| (*ip, header_line))
                         .collect(),
                 };
-                let proxy = DnsProxyConfig {
-                    enabled: draft.enabled,
-                    addresses: addresses.iter().map(|(ip, _)| *ip).collect(),
-                    upstreams: draft
-                        .upstreams
-                        .map_or(defaults.upstreams, |(upstreams, _)| upstreams),
-                    upstream_timeout: draft.upstream_timeout,
-                    max_in_flight: draft.max_in_flight,
-                    tcp_idle_timeout: draft.tcp_idle_timeout,
-                    max_tcp_connections: draft.max_tcp_connections,
-                };
+                let upstream_line = draft.upstreams.as_ref().map(|(_, line)| *line);
+                let enabled_line = draft.seen.first_line("Enabled");
+                let mut proxy = draft.config;
+                proxy.addresses = addresses.iter().map(|(ip, _)| *ip).collect();
+                if let Some((upstreams, _)) = draft.upstreams {
+                    proxy.upstreams = upstreams;
+                }
                 if proxy.enabled {
                     check_virtual_addresses(path, &addresses, &interface.addresses, &proxy)?;
                 }
-                proxy
+                DnsProxyFinal {
+                    proxy,
+                    upstream_line,
+                    enabled_line,
+                }
             }
             None => {
                 let proxy = DnsProxyConfig::default();
@@ -653,7 +816,7 @@ impl<'p> Parser<'p> {
                     if let Some((net, line)) =
                         interface.addresses.iter().find(|(n, _)| n.addr() == *ip)
                     {
-                        return Err(ConfigError::at_line(
+                        return Err(ConfigError::at(
                             path,
                             *line,
                             format!(
@@ -663,9 +826,52 @@ impl<'p> Parser<'p> {
                         ));
                     }
                 }
-                proxy
+                DnsProxyFinal {
+                    proxy,
+                    upstream_line: None,
+                    enabled_line: None,
+                }
             }
         };
+
+        let routes = std::mem::take(&mut self.routes);
+        if dns_proxy.proxy.enabled {
+            let first_error = route_errors(
+                path,
+                &routes,
+                &self.routed_domains,
+                &dns_proxy,
+                &interface.addresses,
+                &self.peers,
+            )
+            .into_iter()
+            .min_by_key(|error| error.line());
+            if let Some(error) = first_error {
+                return Err(error);
+            }
+        } else {
+            let disabled = match dns_proxy.enabled_line {
+                Some(line) => format!(" (Enabled = false on line {line})"),
+                None => String::new(),
+            };
+            for route in &routes {
+                self.warnings.push(ConfigWarning::new(
+                    path,
+                    route.header_line,
+                    format!("[DNSRoute] is ignored: the DNS proxy is disabled{disabled}"),
+                ));
+            }
+        }
+        dns_proxy.proxy.routes = routes
+            .into_iter()
+            .map(|route| DnsRouteConfig {
+                domains: route.domains,
+                upstreams: route.upstreams.into_iter().map(|(u, _)| u).collect(),
+                through_tunnel: route.through_tunnel,
+                line: route.header_line,
+            })
+            .collect();
+        let dns_proxy = dns_proxy.proxy;
 
         self.warn_shared_allowed_ips();
 
@@ -730,6 +936,93 @@ impl<'p> Parser<'p> {
     }
 }
 
+/// The `[DNSProxy]` section once closed, with the lines the route checks cite.
+struct DnsProxyFinal {
+    proxy: DnsProxyConfig,
+    /// The last `Upstream` line, when `Upstream` was set.
+    upstream_line: Option<usize>,
+    /// The `Enabled` line, when set.
+    enabled_line: Option<usize>,
+}
+
+/// Every problem with the routes of an enabled proxy; the caller reports the first
+/// in the file.
+fn route_errors(
+    path: &Path,
+    routes: &[RouteDraft],
+    routed_domains: &HashMap<String, usize>,
+    dns_proxy: &DnsProxyFinal,
+    interface_addresses: &[(IpNet, usize)],
+    peers: &[PeerDraft],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    if let (Some(upstream_line), Some(&domain_line)) =
+        (dns_proxy.upstream_line, routed_domains.get("."))
+    {
+        let error = if upstream_line < domain_line {
+            ConfigError::at(
+                path,
+                domain_line,
+                format!(
+                    "Domain \".\" sets the default upstreams, which [DNSProxy] Upstream on line \
+                     {upstream_line} already sets; keep one"
+                ),
+            )
+        } else {
+            ConfigError::at(
+                path,
+                upstream_line,
+                format!(
+                    "[DNSProxy] Upstream sets the default upstreams, which Domain \".\" on line \
+                     {domain_line} already sets; keep one"
+                ),
+            )
+        };
+        errors.push(error);
+    }
+    for route in routes {
+        for (upstream, line) in &route.upstreams {
+            let ip = upstream.address().ip();
+            if dns_proxy.proxy.addresses.contains(&ip) {
+                errors.push(ConfigError::at(
+                    path,
+                    *line,
+                    format!("upstream {upstream} is a virtual address of the DNS proxy: queries would loop"),
+                ));
+            }
+            if !route.through_tunnel {
+                continue;
+            }
+            if !peers
+                .iter()
+                .any(|peer| peer.allowed_ips.iter().any(|(net, _)| net.contains(&ip)))
+            {
+                errors.push(ConfigError::at(
+                    path,
+                    *line,
+                    format!(
+                        "upstream {upstream} is routed ThroughTunnel but is in no [Peer] AllowedIPs"
+                    ),
+                ));
+            }
+            if !interface_addresses
+                .iter()
+                .any(|(net, _)| net.addr().is_ipv4() == ip.is_ipv4())
+            {
+                let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+                errors.push(ConfigError::at(
+                    path,
+                    *line,
+                    format!(
+                        "upstream {upstream} is routed ThroughTunnel but the [Interface] has no {family} Address to send from"
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
 fn check_virtual_addresses(
     path: &Path,
     addresses: &[(IpAddr, usize)],
@@ -739,7 +1032,7 @@ fn check_virtual_addresses(
     for (ip, line) in addresses {
         if let Some((_, interface_line)) = interface_addresses.iter().find(|(n, _)| n.addr() == *ip)
         {
-            return Err(ConfigError::at_line(
+            return Err(ConfigError::at(
                 path,
                 *line,
                 format!(
@@ -747,8 +1040,8 @@ fn check_virtual_addresses(
                 ),
             ));
         }
-        if let Some(upstream) = proxy.upstreams.iter().find(|u| u.ip() == *ip) {
-            return Err(ConfigError::at_line(
+        if let Some(upstream) = proxy.upstreams.iter().find(|u| u.address().ip() == *ip) {
+            return Err(ConfigError::at(
                 path,
                 *line,
                 format!("virtual address {ip} is also the upstream {upstream}: queries would loop"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::{Endpoint, RouteTable};
+use crate::{BlockMode, Endpoint, RouteTable};
 
 /// Quotes a value for a message, cut to a readable length. A value holding something
 /// shaped like key material (a long run of base64 characters) is not shown at all: a
@@ -269,28 +269,113 @@ pub(crate) fn parse_endpoint(value: &str) -> Result<Endpoint, String> {
     })
 }
 
-/// An upstream resolver: a bare IP (port 53), `ip:port` or `[v6]:port`.
-pub(crate) fn parse_upstream(value: &str) -> Result<SocketAddr, String> {
-    const DNS_PORT: u16 = 53;
-    let address = match value.parse::<IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, DNS_PORT),
-        Err(_) => value.parse::<SocketAddr>().map_err(|_| {
-            format!(
-                "expected an IP, ip:port or [ipv6]:port (host names are not resolved), found {}",
-                shown(value)
-            )
-        })?,
-    };
-    if address.port() == 0 {
+/// How a name given to `Block`, `LocalZone` or `Domain` is kept: lowercase, without
+/// the final dot. The root `.` is accepted only where `root_allowed`.
+pub(crate) fn parse_domain(value: &str, root_allowed: bool) -> Result<String, String> {
+    if value == "." {
+        return if root_allowed {
+            Ok(".".to_string())
+        } else {
+            Err("the root \".\" would cover every name; list domains instead".to_string())
+        };
+    }
+    if value.starts_with("*.") {
         return Err(format!(
-            "upstream port must be 1..=65535, found {}",
+            "expected a domain name, found {} (no wildcard needed: a domain covers every name under it)",
             shown(value)
         ));
     }
-    if let Some(reason) = unusable_unicast(address.ip()) {
-        return Err(format!("upstream {} is {reason}", address.ip()));
+    if looks_like_ip(value) || !is_domain_name(value) {
+        return Err(format!("expected a domain name, found {}", shown(value)));
     }
-    Ok(address)
+    Ok(value
+        .strip_suffix('.')
+        .unwrap_or(value)
+        .to_ascii_lowercase())
+}
+
+/// A path kept as given: non-empty, without control characters.
+pub(crate) fn parse_path(key: &str, value: &str) -> Result<std::path::PathBuf, String> {
+    if value.is_empty() {
+        return Err(format!("{key} needs a file path"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "{key}: the path {} contains a control character",
+            shown(value)
+        ));
+    }
+    Ok(value.into())
+}
+
+/// A whole number of seconds, minutes, hours or days (`30s`, `5m`, `1h`, `1d`), at
+/// most [`crate::MAX_TTL`]; zero only where `zero_allowed`.
+pub(crate) fn parse_ttl(value: &str, zero_allowed: bool) -> Result<Duration, String> {
+    let lower = value.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let bad = || {
+        let least = if zero_allowed { "0s" } else { "1s" };
+        format!(
+            "expected a duration such as 30s, 5m, 1h or 1d ({least}..=7d), found {}",
+            shown(value)
+        )
+    };
+    let number = parse_decimal(number).ok_or_else(bad)?;
+    let unit_seconds: u64 = match unit.trim_start() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let duration = Duration::from_secs(number.checked_mul(unit_seconds).ok_or_else(bad)?);
+    if (duration.is_zero() && !zero_allowed) || duration > crate::MAX_TTL {
+        return Err(bad());
+    }
+    Ok(duration)
+}
+
+/// A byte count: plain bytes (an optional `B`) or `KiB`, `MiB`, `GiB`, within
+/// [`crate::MIN_CACHE_SIZE`]..=[`crate::MAX_CACHE_SIZE`].
+pub(crate) fn parse_cache_size(value: &str) -> Result<usize, String> {
+    let lower = value.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let bad = |hint: &str| {
+        format!(
+            "expected a size such as 32MiB, 512KiB or 1GiB (64KiB..=1GiB){hint}, found {}",
+            shown(value)
+        )
+    };
+    let number = parse_decimal(number).ok_or_else(|| bad(""))?;
+    let multiplier: u64 = match unit.trim_start() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "k" | "kb" | "m" | "mb" | "g" | "gb" => {
+            return Err(bad("; sizes are binary: use KiB, MiB or GiB"));
+        }
+        _ => return Err(bad("")),
+    };
+    number
+        .checked_mul(multiplier)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .filter(|bytes| (crate::MIN_CACHE_SIZE..=crate::MAX_CACHE_SIZE).contains(bytes))
+        .ok_or_else(|| bad(""))
+}
+
+pub(crate) fn parse_block_mode(value: &str) -> Result<BlockMode, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "nxdomain" => Ok(BlockMode::NxDomain),
+        "null" => Ok(BlockMode::Null),
+        _ => Err(format!("expected nxdomain or null, found {}", shown(value))),
+    }
 }
 
 /// Why an address cannot be a unicast host address, if it cannot.
@@ -388,34 +473,91 @@ mod tests {
     }
 
     #[test]
-    fn upstreams() {
-        assert_eq!(
-            parse_upstream("192.0.2.53"),
-            Ok("192.0.2.53:53".parse().unwrap())
-        );
-        assert_eq!(
-            parse_upstream("2001:db8::53"),
-            Ok("[2001:db8::53]:53".parse().unwrap())
-        );
-        assert_eq!(
-            parse_upstream("192.0.2.53:5353"),
-            Ok("192.0.2.53:5353".parse().unwrap())
-        );
-        assert_eq!(
-            parse_upstream("[2001:db8::53]:5353"),
-            Ok("[2001:db8::53]:5353".parse().unwrap())
-        );
+    fn ttls() {
+        assert_eq!(parse_ttl("0s", true), Ok(Duration::ZERO));
+        assert_eq!(parse_ttl("30s", false), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("5m", false), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_ttl("2H", false), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_ttl("1 d", false), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_ttl("7d", false), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_ttl("0s", false).is_err());
         for bad in [
-            "dns.google",
-            "dns.google:53",
-            "0.0.0.0",
-            "224.0.0.1",
-            "::",
-            "192.0.2.1:0",
-            "[::1]",
+            "",
+            "0",
+            "30",
+            "8d",
+            "169h",
+            "500ms",
+            "1w",
+            "-1s",
+            "1.5h",
+            "+1s",
+            "d",
+            "99999999999999999999d",
+            "18446744073709551615d",
         ] {
-            assert!(parse_upstream(bad).is_err(), "{bad}");
+            assert!(parse_ttl(bad, true).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cache_sizes() {
+        assert_eq!(parse_cache_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_cache_size("64kib"), Ok(64 << 10));
+        assert_eq!(parse_cache_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_cache_size("65536"), Ok(65_536));
+        assert_eq!(parse_cache_size("65536B"), Ok(65_536));
+        for bad in [
+            "",
+            "MiB",
+            "63KiB",
+            "65535",
+            "2GiB",
+            "1025MiB",
+            "32MB",
+            "32M",
+            "1.5GiB",
+            "-1MiB",
+            "18446744073709551615GiB",
+            "32 MiB extra",
+        ] {
+            assert!(parse_cache_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_cache_size("32MB"),
+            Err("expected a size such as 32MiB, 512KiB or 1GiB (64KiB..=1GiB); sizes are binary: use KiB, MiB or GiB, found \"32MB\"".to_string())
+        );
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            parse_domain("Corp.Example.", false),
+            Ok("corp.example".into())
+        );
+        assert_eq!(parse_domain("_dmarc.corp", false), Ok("_dmarc.corp".into()));
+        assert_eq!(parse_domain(".", true), Ok(".".into()));
+        for bad in [
+            ".",
+            "*.ads.example",
+            "1.2.3.4",
+            "2001:db8::1",
+            "a..b",
+            "ex ample",
+            "",
+        ] {
+            assert!(parse_domain(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn block_modes_and_paths() {
+        assert_eq!(parse_block_mode("NXDOMAIN"), Ok(BlockMode::NxDomain));
+        assert_eq!(parse_block_mode("null"), Ok(BlockMode::Null));
+        assert!(parse_block_mode("refused").is_err());
+        assert_eq!(parse_path("CAFile", "ca.pem"), Ok("ca.pem".into()));
+        assert!(parse_path("CAFile", "").is_err());
+        assert!(parse_path("CAFile", "a\u{7}b").is_err());
     }
 
     #[test]

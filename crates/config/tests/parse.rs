@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use tundns_config::{
-    Config, DEFAULT_UPSTREAMS, DEFAULT_VIRTUAL_IPV4, DEFAULT_VIRTUAL_IPV6, DnsProxyConfig,
-    Endpoint, PublicKey, RouteTable, interface_name_from_path,
+    BlockMode, Config, ConfigError, DEFAULT_UPSTREAMS, DEFAULT_VIRTUAL_IPV4, DEFAULT_VIRTUAL_IPV6,
+    DnsProxyConfig, DnsRouteConfig, Endpoint, PublicKey, RouteTable, Spanned, Upstream,
+    interface_name_from_path,
 };
 
 const PRIVATE_KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
@@ -65,6 +66,34 @@ Timeout = 500ms
 MaxInFlight = 64
 TcpIdleTimeout = 30s
 MaxTcpConnections = 16
+Upstream = tcp://192.0.2.54, tls://dns.lab.test@192.0.2.53:853, https://dns.lab.test@[2001:db8::53]/dns-query
+CAFile = /etc/tundns/lab-ca.pem
+Cache = on
+CacheSize = 64MiB
+CacheMinTTL = 30s
+CacheMaxTTL = 12h
+ServeStale = 2d
+Record = app.lab.internal A 10.99.0.10
+Record = *.dev.lab.internal 60 AAAA fd99::20
+Record = note.lab.internal TXT \"hello, world\"   # a comment, not data
+HostsFile = /etc/tundns/hosts
+HostsFile = relative hosts, with a comma
+LocalZone = Lab.Internal., 99.10.in-addr.arpa
+Block = ads.example, tracker.example
+Block = ADS.example.
+BlockList = /etc/tundns/block.txt
+BlockMode = null
+BlockTTL = 5m
+
+[DNSRoute]
+Domain = corp.internal, Corp.Example.
+Upstream = 10.99.0.53, tls://ns.corp.internal@10.99.0.54
+ThroughTunnel = true
+
+[DNSRoute]   # reverse lookups, outside the tunnel
+Domain = 10.in-addr.arpa
+domain = d.f.ip6.arpa
+Upstream = tcp://[2001:db8::5353]:5353
 "
     )
 }
@@ -90,6 +119,14 @@ fn ip(text: &str) -> IpAddr {
 
 fn sock(text: &str) -> SocketAddr {
     text.parse().unwrap()
+}
+
+fn udp(text: &str) -> Upstream {
+    Upstream::Udp(sock(text))
+}
+
+fn spanned<T>(value: impl Into<T>, line: usize) -> Spanned<T> {
+    Spanned::new(value.into(), line)
 }
 
 fn minimal() -> String {
@@ -166,15 +203,68 @@ fn realistic_file_with_every_key() {
             enabled: true,
             addresses: vec![ip("10.30.30.30"), ip("fd30:30:30::30"), ip("10.30.30.31")],
             upstreams: vec![
-                sock("192.0.2.53:53"),
-                sock("198.51.100.53:5353"),
-                sock("[2001:db8::53]:53"),
-                sock("[2001:db8::54]:53"),
+                udp("192.0.2.53:53"),
+                udp("198.51.100.53:5353"),
+                udp("[2001:db8::53]:53"),
+                udp("[2001:db8::54]:53"),
+                Upstream::Tcp(sock("192.0.2.54:53")),
+                Upstream::Tls {
+                    server_name: "dns.lab.test".into(),
+                    address: sock("192.0.2.53:853"),
+                },
+                Upstream::Https {
+                    server_name: "dns.lab.test".into(),
+                    address: sock("[2001:db8::53]:443"),
+                    path: "/dns-query".into(),
+                },
             ],
             upstream_timeout: Duration::from_millis(500),
             max_in_flight: 64,
             tcp_idle_timeout: Duration::from_secs(30),
             max_tcp_connections: 16,
+            ca_file: Some(spanned("/etc/tundns/lab-ca.pem", 44)),
+            cache: true,
+            cache_size: 64 << 20,
+            cache_min_ttl: Duration::from_secs(30),
+            cache_max_ttl: Duration::from_secs(12 * 3600),
+            serve_stale: Some(Duration::from_secs(2 * 86_400)),
+            records: vec![
+                spanned("app.lab.internal A 10.99.0.10", 50),
+                spanned("*.dev.lab.internal 60 AAAA fd99::20", 51),
+                spanned("note.lab.internal TXT \"hello, world\"", 52),
+            ],
+            hosts_files: vec![
+                spanned("/etc/tundns/hosts", 53),
+                spanned("relative hosts, with a comma", 54),
+            ],
+            local_zones: vec![
+                spanned("lab.internal", 55),
+                spanned("99.10.in-addr.arpa", 55),
+            ],
+            blocked: vec!["ads.example".into(), "tracker.example".into()],
+            block_lists: vec![spanned("/etc/tundns/block.txt", 58)],
+            block_mode: BlockMode::Null,
+            block_ttl: Duration::from_secs(300),
+            routes: vec![
+                DnsRouteConfig {
+                    domains: vec!["corp.internal".into(), "corp.example".into()],
+                    upstreams: vec![
+                        udp("10.99.0.53:53"),
+                        Upstream::Tls {
+                            server_name: "ns.corp.internal".into(),
+                            address: sock("10.99.0.54:853"),
+                        },
+                    ],
+                    through_tunnel: true,
+                    line: 62,
+                },
+                DnsRouteConfig {
+                    domains: vec!["10.in-addr.arpa".into(), "d.f.ip6.arpa".into()],
+                    upstreams: vec![Upstream::Tcp(sock("[2001:db8::5353]:5353"))],
+                    through_tunnel: false,
+                    line: 67,
+                },
+            ],
         }
     );
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
@@ -203,7 +293,7 @@ fn defaults_when_keys_and_dns_proxy_section_are_absent() {
     assert_eq!(config.dns_proxy.addresses[1], ip("fd30:30:30::30"));
     assert_eq!(
         config.dns_proxy.upstreams,
-        vec![sock("8.8.8.8:53"), sock("8.8.4.4:53")]
+        vec![udp("8.8.8.8:53"), udp("8.8.4.4:53")]
     );
     assert_eq!(config.dns_proxy.upstreams, DEFAULT_UPSTREAMS.to_vec());
     assert!(config.dns_proxy.enabled);
@@ -211,6 +301,23 @@ fn defaults_when_keys_and_dns_proxy_section_are_absent() {
     assert_eq!(config.dns_proxy.max_in_flight, 1024);
     assert_eq!(config.dns_proxy.tcp_idle_timeout, Duration::from_secs(10));
     assert_eq!(config.dns_proxy.max_tcp_connections, 256);
+    assert_eq!(config.dns_proxy.ca_file, None);
+    assert!(config.dns_proxy.cache);
+    assert_eq!(config.dns_proxy.cache_size, 32 << 20);
+    assert_eq!(config.dns_proxy.cache_min_ttl, Duration::ZERO);
+    assert_eq!(config.dns_proxy.cache_max_ttl, Duration::from_secs(86_400));
+    assert_eq!(
+        config.dns_proxy.serve_stale,
+        Some(Duration::from_secs(86_400))
+    );
+    assert!(config.dns_proxy.records.is_empty());
+    assert!(config.dns_proxy.hosts_files.is_empty());
+    assert!(config.dns_proxy.local_zones.is_empty());
+    assert!(config.dns_proxy.blocked.is_empty());
+    assert!(config.dns_proxy.block_lists.is_empty());
+    assert_eq!(config.dns_proxy.block_mode, BlockMode::NxDomain);
+    assert_eq!(config.dns_proxy.block_ttl, Duration::from_secs(60));
+    assert!(config.dns_proxy.routes.is_empty());
 
     let empty_section = parse(&format!("{}[DNSProxy]\n", minimal())).unwrap();
     assert_eq!(empty_section.dns_proxy, DnsProxyConfig::default());
@@ -266,7 +373,7 @@ fn keys_and_sections_are_case_insensitive() {
     assert_eq!(config.interface.listen_port, Some(1));
     assert_eq!(config.interface.mtu, 1400);
     assert_eq!(config.peers[0].allowed_ips, vec![net("10.0.0.0/24")]);
-    assert_eq!(config.dns_proxy.upstreams, vec![sock("192.0.2.53:53")]);
+    assert_eq!(config.dns_proxy.upstreams, vec![udp("192.0.2.53:53")]);
     assert_eq!(config.dns_proxy.upstream_timeout, Duration::from_secs(1));
     // A differently-cased repeat is still a duplicate.
     assert_eq!(
@@ -331,6 +438,122 @@ fn allowed_ips_shared_between_peers_warns() {
     );
 }
 
+#[test]
+fn resolver_key_variants() {
+    let config = parse(&format!(
+        "{}[dnsproxy]\ncache = OFF\ncachesize = 65536\ncacheminttl = 0s\nCACHEMAXTTL = 7d\n\
+         servestale = 0s\nblockmode = NXDOMAIN\nblockttl = 1s\ncafile = ca.pem\n\
+         localzone = lab.internal\nLocalZone = LAB.internal., other.internal\n\
+         record = a.lab.internal A 10.0.0.1\n",
+        minimal()
+    ))
+    .unwrap();
+    let proxy = &config.dns_proxy;
+    assert!(!proxy.cache);
+    assert_eq!(proxy.cache_size, 65_536);
+    assert_eq!(proxy.cache_min_ttl, Duration::ZERO);
+    assert_eq!(proxy.cache_max_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(proxy.serve_stale, None);
+    assert_eq!(proxy.block_mode, BlockMode::NxDomain);
+    assert_eq!(proxy.block_ttl, Duration::from_secs(1));
+    assert_eq!(proxy.ca_file, Some(spanned("ca.pem", 11)));
+    // A zone listed again is kept once, at its first line.
+    assert_eq!(
+        proxy.local_zones,
+        vec![spanned("lab.internal", 12), spanned("other.internal", 13)]
+    );
+    assert_eq!(
+        proxy.records,
+        vec![spanned("a.lab.internal A 10.0.0.1", 14)]
+    );
+
+    let stale_off = parse(&format!("{}[DNSProxy]\nServeStale = off\n", minimal())).unwrap();
+    assert_eq!(stale_off.dns_proxy.serve_stale, None);
+    let equal_ttls = parse(&format!(
+        "{}[DNSProxy]\nCacheMinTTL = 1h\nCacheMaxTTL = 60m\n",
+        minimal()
+    ))
+    .unwrap();
+    assert_eq!(
+        equal_ttls.dns_proxy.cache_min_ttl,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        equal_ttls.dns_proxy.cache_max_ttl,
+        Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn default_route_and_routes_before_the_interface() {
+    let config = parse(&format!(
+        "[DNSRoute]\nDomain = .\nUpstream = https://dns.lab.test@192.0.2.53/dns-query\n\
+         [DNSRoute]\nDomain = corp.internal\nUpstream = 10.99.0.53\n{}",
+        minimal()
+    ))
+    .unwrap();
+    let routes = &config.dns_proxy.routes;
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].domains, vec!["."]);
+    assert_eq!(routes[0].line, 1);
+    assert_eq!(
+        routes[0].upstreams,
+        vec![Upstream::Https {
+            server_name: "dns.lab.test".into(),
+            address: sock("192.0.2.53:443"),
+            path: "/dns-query".into(),
+        }]
+    );
+    // Not through the tunnel, so AllowedIPs and interface addresses do not matter.
+    assert!(!routes[1].through_tunnel);
+    assert_eq!(routes[1].upstreams, vec![udp("10.99.0.53:53")]);
+    // [DNSProxy] Upstream stays at its default for the integrator to ignore.
+    assert_eq!(config.dns_proxy.upstreams, DEFAULT_UPSTREAMS.to_vec());
+    assert!(config.warnings.is_empty());
+}
+
+#[test]
+fn routes_with_the_proxy_disabled_warn() {
+    let config = parse(&format!(
+        "{}[DNSRoute]\nDomain = corp.internal\nUpstream = 10.30.30.30\nThroughTunnel = true\n\
+         [DNSProxy]\nEnabled = off\n[DNSRoute]\nDomain = .\nUpstream = 192.0.2.53\n",
+        minimal()
+    ))
+    .unwrap();
+    assert!(!config.dns_proxy.enabled);
+    assert_eq!(config.dns_proxy.routes.len(), 2);
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "wg0.conf:3: [DNSRoute] is ignored: the DNS proxy is disabled (Enabled = false on line 8)",
+            "wg0.conf:9: [DNSRoute] is ignored: the DNS proxy is disabled (Enabled = false on line 8)",
+        ]
+    );
+    // Values are still checked when the proxy is off.
+    assert_eq!(
+        parse_err(&format!(
+            "{}[DNSProxy]\nEnabled = false\n[DNSRoute]\nDomain = corp.internal\nUpstream = dns.corp\n",
+            minimal()
+        )),
+        "wg0.conf:7: expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL (host names are not resolved), found \"dns.corp\""
+    );
+}
+
+#[test]
+fn callers_report_at_a_config_line() {
+    let config = parse(&realistic()).unwrap();
+    let record = &config.dns_proxy.records[1];
+    let error = ConfigError::at("wg0.conf", record.line, "unknown record type \"AAAAA\"");
+    assert_eq!(
+        error.to_string(),
+        "wg0.conf:51: unknown record type \"AAAAA\""
+    );
+    assert_eq!(error.line(), Some(51));
+    assert_eq!(error.path(), std::path::Path::new("wg0.conf"));
+    assert_eq!(error.message(), "unknown record type \"AAAAA\"");
+}
+
 /// Each case: the text and the exact `Display` of the error.
 fn error_cases() -> Vec<(String, String)> {
     let m = minimal(); // lines 1-2
@@ -359,11 +582,11 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}[Peers]\n"),
-            "wg0.conf:3: unknown section [Peers]: expected [Interface], [Peer] or [DNSProxy]",
+            "wg0.conf:3: unknown section [Peers]: expected [Interface], [Peer], [DNSProxy] or [DNSRoute]",
         ),
         (
             format!("{m}[Peer\n"),
-            "wg0.conf:3: malformed section header: expected [Interface], [Peer] or [DNSProxy]",
+            "wg0.conf:3: malformed section header: expected [Interface], [Peer], [DNSProxy] or [DNSRoute]",
         ),
         (
             format!("{m}ListenPort 51820\n"),
@@ -572,7 +795,7 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}[DNSProxy]\nUpstream = dns.google\n"),
-            "wg0.conf:4: expected an IP, ip:port or [ipv6]:port (host names are not resolved), found \"dns.google\"",
+            "wg0.conf:4: expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL (host names are not resolved), found \"dns.google\"",
         ),
         (
             format!("{m}[DNSProxy]\nUpstream = 192.0.2.53:0\n"),
@@ -605,6 +828,232 @@ fn error_cases() -> Vec<(String, String)> {
         (
             format!("{m}[DNSProxy]\nAdress = 10.30.30.30\n"),
             "wg0.conf:4: unknown key \"Adress\" in [DNSProxy] (did you mean \"Address\"?)",
+        ),
+        // [DNSProxy] resolver keys.
+        (
+            format!("{m}[DNSProxy]\nUpstream = 192.0.2.53, https://dns.lab.test/dns-query\n"),
+            "wg0.conf:4: upstream \"https://dns.lab.test/dns-query\" needs a bootstrap address: https://name@ip/path (host names are not resolved)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = 192.0.2.53\nUpstream = tls://dns.lab.test\n"),
+            "wg0.conf:5: upstream \"tls://dns.lab.test\" needs a bootstrap address: tls://name@ip (host names are not resolved)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = quic://192.0.2.53\n"),
+            "wg0.conf:4: unknown upstream scheme in \"quic://192.0.2.53\": expected udp://, tcp://, tls:// or https://",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = tcp://2001:db8::53\n"),
+            "wg0.conf:4: an IPv6 address in a URL must be in brackets ([ipv6] or [ipv6]:port), found \"tcp://2001:db8::53\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = tls://dns_lab@192.0.2.53\n"),
+            "wg0.conf:4: invalid server name \"dns_lab\" in upstream \"tls://dns_lab@192.0.2.53\" (expected a host name or an IP address)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = https://dns.lab.test@192.0.2.53:0/dns-query\n"),
+            "wg0.conf:4: upstream port must be 1..=65535, found \"https://dns.lab.test@192.0.2.53:0/dns-query\"",
+        ),
+        (
+            format!(
+                "{m}[DNSProxy]\nAddress = 192.0.2.53\nUpstream = tls://dns.lab.test@192.0.2.53\n"
+            ),
+            "wg0.conf:4: virtual address 192.0.2.53 is also the upstream tls://dns.lab.test@192.0.2.53:853: queries would loop",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCAFile =\n"),
+            "wg0.conf:4: CAFile needs a file path",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCAFile = a.pem\ncafile = b.pem\n"),
+            "wg0.conf:5: duplicate key \"CAFile\" in [DNSProxy] (first set on line 4)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCache = maybe\n"),
+            "wg0.conf:4: expected true or false, found \"maybe\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheSize = 32MB\n"),
+            "wg0.conf:4: expected a size such as 32MiB, 512KiB or 1GiB (64KiB..=1GiB); sizes are binary: use KiB, MiB or GiB, found \"32MB\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheSize = 1KiB\n"),
+            "wg0.conf:4: expected a size such as 32MiB, 512KiB or 1GiB (64KiB..=1GiB), found \"1KiB\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheSize = 2GiB\n"),
+            "wg0.conf:4: expected a size such as 32MiB, 512KiB or 1GiB (64KiB..=1GiB), found \"2GiB\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheMinTTL = 8d\n"),
+            "wg0.conf:4: expected a duration such as 30s, 5m, 1h or 1d (0s..=7d), found \"8d\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheMaxTTL = 0s\n"),
+            "wg0.conf:4: expected a duration such as 30s, 5m, 1h or 1d (1s..=7d), found \"0s\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheMaxTTL = 500ms\n"),
+            "wg0.conf:4: expected a duration such as 30s, 5m, 1h or 1d (1s..=7d), found \"500ms\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheMinTTL = 2d\n"),
+            "wg0.conf:4: CacheMinTTL is above CacheMaxTTL, which defaults to 1d",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheMinTTL = 2h\nCacheMaxTTL = 1h\n[Peer]\n"),
+            "wg0.conf:5: CacheMaxTTL is below CacheMinTTL (line 4)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCacheMaxTTL = 1h\n\nCacheMinTTL = 61m\n"),
+            "wg0.conf:6: CacheMinTTL is above CacheMaxTTL (line 4)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nServeStale = 1w\n"),
+            "wg0.conf:4: expected a duration such as 30s, 5m, 1h or 1d (0s..=7d), found \"1w\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nServeStale = off\nServeStale = 0s\n"),
+            "wg0.conf:5: duplicate key \"ServeStale\" in [DNSProxy] (first set on line 4)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nRecord = a.lab A 10.0.0.1\nRecord = # only a comment\n"),
+            "wg0.conf:5: Record needs NAME [TTL] TYPE DATA",
+        ),
+        (
+            format!("{m}[DNSProxy]\nHostsFile =\n"),
+            "wg0.conf:4: HostsFile needs a file path",
+        ),
+        (
+            format!("{m}[DNSProxy]\nBlockList = /etc/a\nBlockList =\n"),
+            "wg0.conf:5: BlockList needs a file path",
+        ),
+        (
+            format!("{m}[DNSProxy]\nLocalZone = lab.internal, lab..internal\n"),
+            "wg0.conf:4: LocalZone: expected a domain name, found \"lab..internal\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nLocalZone = .\n"),
+            "wg0.conf:4: LocalZone: the root \".\" would cover every name; list domains instead",
+        ),
+        (
+            format!("{m}[DNSProxy]\nBlock = ads.example\nBlock = *.ads.example\n"),
+            "wg0.conf:5: Block: expected a domain name, found \"*.ads.example\" (no wildcard needed: a domain covers every name under it)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nBlock = 192.0.2.1\n"),
+            "wg0.conf:4: Block: expected a domain name, found \"192.0.2.1\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nBlock = a.example,,b.example\n"),
+            "wg0.conf:4: empty item in comma-separated list",
+        ),
+        (
+            format!("{m}[DNSProxy]\nBlockMode = refused\n"),
+            "wg0.conf:4: expected nxdomain or null, found \"refused\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nBlockTTL = 0s\n"),
+            "wg0.conf:4: expected a duration such as 30s, 5m, 1h or 1d (1s..=7d), found \"0s\"",
+        ),
+        (
+            format!("{m}[DNSProxy]\nCachSize = 1MiB\n"),
+            "wg0.conf:4: unknown key \"CachSize\" in [DNSProxy] (did you mean \"CacheSize\"?)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nDomain = corp.internal\n"),
+            "wg0.conf:4: unknown key \"Domain\" in [DNSProxy] (it belongs in [DNSRoute])",
+        ),
+        (
+            format!("{m}Record = a.lab A 10.0.0.1\n"),
+            "wg0.conf:3: unknown key \"Record\" in [Interface] (it belongs in [DNSProxy])",
+        ),
+        // [DNSRoute].
+        (
+            format!("{m}[DNSRoute]\n[Peer]\n"),
+            "wg0.conf:3: [DNSRoute] has no Domain",
+        ),
+        (
+            format!("{m}[DNSRoute]\nDomain = corp.internal\n"),
+            "wg0.conf:3: [DNSRoute] has no Upstream",
+        ),
+        (
+            format!("{m}[DNSRoute]\nDomain =\n"),
+            "wg0.conf:4: Domain needs at least one domain name (\".\" for every name)",
+        ),
+        (
+            format!("{m}[DNSRoute]\nDomain = *.corp.internal\n"),
+            "wg0.conf:4: Domain: expected a domain name, found \"*.corp.internal\" (no wildcard needed: a domain covers every name under it)",
+        ),
+        (
+            format!("{m}[DNSRoute]\nDomain = corp.internal\nUpstream =\n"),
+            "wg0.conf:5: Upstream needs at least one resolver",
+        ),
+        (
+            format!(
+                "{m}[DNSRoute]\nDomain = corp.internal\nUpstream = https://ns.corp.internal/dns-query\n"
+            ),
+            "wg0.conf:5: upstream \"https://ns.corp.internal/dns-query\" needs a bootstrap address: https://name@ip/path (host names are not resolved)",
+        ),
+        (
+            format!(
+                "{m}[DNSRoute]\nDomain = corp.internal\nUpstream = 192.0.2.53\nThroughTunnel = maybe\n"
+            ),
+            "wg0.conf:6: expected true or false, found \"maybe\"",
+        ),
+        (
+            format!("{m}[DNSRoute]\nThroughTunnel = no\nthroughtunnel = no\n"),
+            "wg0.conf:5: duplicate key \"ThroughTunnel\" in [DNSRoute] (first set on line 4)",
+        ),
+        (
+            format!(
+                "{m}[DNSRoute]\nDomain = corp.internal\nUpstream = 192.0.2.53\n\
+                 [DNSRoute]\nDomain = corp.example, Corp.Internal.\nUpstream = 192.0.2.54\n"
+            ),
+            "wg0.conf:7: Domain \"corp.internal\" is already routed on line 4",
+        ),
+        (
+            format!("{m}[DNSRoute]\nDomain = .\nDomain = .\n"),
+            "wg0.conf:5: Domain \".\" is already routed on line 4",
+        ),
+        (
+            format!("{m}[DNSRoute]\nDomain = corp.internal\nUpstream = 10.30.30.30\n"),
+            "wg0.conf:5: upstream 10.30.30.30:53 is a virtual address of the DNS proxy: queries would loop",
+        ),
+        (
+            format!(
+                "{m}[DNSProxy]\nUpstream = 192.0.2.53\n[DNSRoute]\nDomain = corp.internal, .\nUpstream = 192.0.2.54\n"
+            ),
+            "wg0.conf:6: Domain \".\" sets the default upstreams, which [DNSProxy] Upstream on line 4 already sets; keep one",
+        ),
+        (
+            format!(
+                "{m}[DNSRoute]\nDomain = .\nUpstream = 192.0.2.54\n[DNSProxy]\nUpstream = 192.0.2.53\n"
+            ),
+            "wg0.conf:7: [DNSProxy] Upstream sets the default upstreams, which Domain \".\" on line 4 already sets; keep one",
+        ),
+        (
+            format!(
+                "{m}Address = 10.0.0.2/24\n{peer}AllowedIPs = 10.99.0.0/24\n\
+                 [DNSRoute]\nDomain = corp.internal\nUpstream = 10.99.0.53, 10.98.0.53\nThroughTunnel = true\n"
+            ),
+            "wg0.conf:9: upstream 10.98.0.53:53 is routed ThroughTunnel but is in no [Peer] AllowedIPs",
+        ),
+        (
+            format!(
+                "{m}Address = 10.0.0.2/24\n{peer}AllowedIPs = ::/0\n\
+                 [DNSRoute]\nDomain = corp.internal\nThroughTunnel = true\nUpstream = tls://ns.corp.internal@[2001:db8::53]\n"
+            ),
+            "wg0.conf:10: upstream tls://ns.corp.internal@[2001:db8::53]:853 is routed ThroughTunnel but the [Interface] has no IPv6 Address to send from",
+        ),
+        (
+            // Of the checks made once the file is read, the first line wins.
+            format!(
+                "{m}Address = 10.0.0.2/24\n{peer}AllowedIPs = 10.99.0.0/24\n\
+                 [DNSRoute]\nDomain = b.internal\nUpstream = 10.97.0.53\nThroughTunnel = true\n\
+                 [DNSRoute]\nDomain = a.internal\nUpstream = 10.30.30.30\n"
+            ),
+            "wg0.conf:9: upstream 10.97.0.53:53 is routed ThroughTunnel but is in no [Peer] AllowedIPs",
         ),
     ];
     cases
