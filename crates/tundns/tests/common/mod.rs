@@ -14,9 +14,22 @@
 //!                                                       198.51.100.53: blackholed (silent)
 //! ```
 //!
+//! The resolver tests ask for more through [`LabOptions`] and [`lab_or_skip_with`] (see
+//! [`resolver_lab`]): an instrumented unbound that logs every query and also serves DoT and
+//! DoH with a certificate from a throwaway lab CA, a tunnel-only resolver on 10.99.0.53, and
+//! dnsdist on 192.0.2.55 as a second upstream.
+//!
 //! Set `TUNDNS_E2E=1` to make missing prerequisites (root, tools) a failure instead of a skip.
 
-#![allow(dead_code, reason = "shared by several test crates, each using a part of it")]
+#![allow(
+    dead_code,
+    reason = "shared by several test crates, each using a part of it"
+)]
+
+pub mod dig_output;
+pub mod resolver_lab;
+
+pub use resolver_lab::{DnsRoute, LabOptions};
 
 use std::cell::RefCell;
 use std::fmt;
@@ -73,8 +86,14 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 /// Builds the lab for `test`, or returns `None` (after printing why) when the machine lacks the
 /// prerequisites and `TUNDNS_E2E` is not `1`.
 pub fn lab_or_skip(test: &str) -> Option<Lab> {
-    match missing_prerequisites() {
-        None => Some(Lab::new()),
+    lab_or_skip_with(test, LabOptions::default())
+}
+
+/// As [`lab_or_skip`], with the extra servers `options` asks for.
+pub fn lab_or_skip_with(test: &str, options: LabOptions) -> Option<Lab> {
+    let missing = missing_prerequisites().or_else(|| options.missing_tools());
+    match missing {
+        None => Some(Lab::new(options)),
         Some(reason) if e2e_required() => {
             panic!("TUNDNS_E2E=1 but the e2e lab cannot run: {reason}")
         }
@@ -115,7 +134,7 @@ fn missing_prerequisites() -> Option<String> {
     }
 }
 
-fn on_path(tool: &str) -> bool {
+pub(crate) fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
@@ -255,6 +274,12 @@ impl Transfer {
 pub struct ClientConfig {
     pub upstreams: Vec<String>,
     pub persistent_keepalive: Option<u16>,
+    /// `[DNSProxy] Timeout`, per upstream attempt.
+    pub timeout: String,
+    /// More `Key = value` lines for `[DNSProxy]` (`Cache = on`, `Record = ...`).
+    pub dns_proxy_lines: Vec<String>,
+    /// `[DNSRoute]` sections, written after `[DNSProxy]`.
+    pub routes: Vec<DnsRoute>,
 }
 
 impl Default for ClientConfig {
@@ -262,6 +287,9 @@ impl Default for ClientConfig {
         ClientConfig {
             upstreams: vec![UNBOUND_V4.into()],
             persistent_keepalive: None,
+            timeout: "500ms".into(),
+            dns_proxy_lines: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -281,6 +309,7 @@ pub struct Lab {
     pub peer_iface: String,
     id: String,
     dir: PathBuf,
+    options: LabOptions,
     client_key: KeyPair,
     peer_key: KeyPair,
     /// Interfaces whose UAPI sockets in /var/run/wireguard this lab owns.
@@ -291,7 +320,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(options: LabOptions) -> Lab {
         // "td<pid>x<n>" plus a one-letter suffix stays within the 15 bytes of an interface name.
         let id = format!(
             "td{}x{}",
@@ -308,6 +337,7 @@ impl Lab {
             peer_iface: format!("{id}w"),
             id,
             dir,
+            options,
             client_key: KeyPair::empty(),
             peer_key: KeyPair::empty(),
             uapi_ifaces: RefCell::new(Vec::new()),
@@ -318,8 +348,17 @@ impl Lab {
         lab.build_network();
         lab.client_key = lab.generate_keys();
         lab.peer_key = lab.generate_keys();
+        if lab.options.encrypted_upstream {
+            lab.make_certificates();
+        }
         lab.start_unbound();
         lab.start_peer();
+        if lab.options.tunnel_resolver {
+            lab.start_tunnel_resolver();
+        }
+        if lab.options.dnsdist {
+            lab.start_dnsdist();
+        }
         lab
     }
 
@@ -368,6 +407,7 @@ impl Lab {
                     "192.0.2.53/24",
                     "2001:db8::53/64",
                     "192.0.2.54/24",
+                    resolver_lab::DNSDIST_V4_CIDR,
                 ][..],
             ),
         ] {
@@ -408,9 +448,11 @@ impl Lab {
         KeyPair { private, public }
     }
 
-    fn start_unbound(&self) {
+    /// Starts the outside unbound in N (again, after [`Lab::stop_unbound`]) and waits until it
+    /// answers.
+    pub fn start_unbound(&self) {
         // The zone (and the promise never to recurse) lives in lab/unbound-zone.conf.
-        let config = format!(
+        let plain = format!(
             r#"server:
     do-daemonize: no
     chroot: ""
@@ -435,6 +477,7 @@ remote-control:
 "#,
             dir = self.dir.display(),
         );
+        let config = self.instrument_unbound_config(plain);
         let config_path = self.write_file("unbound.conf", &config);
         let ns = &self.network_ns;
         self.spawn_daemon_in(
@@ -450,8 +493,9 @@ remote-control:
         });
         assert!(
             answered,
-            "unbound did not start answering:\n{}",
-            self.daemon_output("unbound")
+            "unbound did not start answering:\n{}{}",
+            self.daemon_output("unbound"),
+            self.unbound_log()
         );
     }
 
@@ -558,15 +602,24 @@ remote-control:
             .persistent_keepalive
             .map(|seconds| format!("PersistentKeepalive = {seconds}\n"))
             .unwrap_or_default();
-        format!(
+        let mut config = format!(
             "[Interface]\nPrivateKey = {private}\nAddress = 10.99.0.2/24, fd99::2/64\nMTU = 1420\n\n\
              [Peer]\nPublicKey = {public}\nEndpoint = {PEER_ENDPOINT}\n\
              AllowedIPs = 10.99.0.0/24, fd99::/64\n{keepalive}\n\
-             [DNSProxy]\nAddress = {PROXY_V4}, {PROXY_V6}\nUpstream = {upstreams}\nTimeout = 500ms\n",
+             [DNSProxy]\nAddress = {PROXY_V4}, {PROXY_V6}\nUpstream = {upstreams}\nTimeout = {timeout}\n",
             private = self.client_key.private,
             public = self.peer_key.public,
             upstreams = options.upstreams.join(", "),
-        )
+            timeout = options.timeout,
+        );
+        for line in &options.dns_proxy_lines {
+            config.push_str(line);
+            config.push('\n');
+        }
+        for route in &options.routes {
+            config.push_str(&route.section());
+        }
+        config
     }
 
     /// Writes `config` as `<tundns_iface>.conf` and returns its path.
