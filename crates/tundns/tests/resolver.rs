@@ -13,9 +13,10 @@
 
 mod common;
 
-use common::dig_output::{answer_count, has_flag, message_size, section, status};
+use common::dig_output::{Record, answer_count, has_flag, message_size, section, status};
 use common::resolver_lab::*;
 use common::*;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -235,6 +236,13 @@ fn lab_baseline_fixtures_for_blocks_edns_and_dnsdist() {
         let run = lab.dig(c, UNBOUND_V4, &[name, "A", "+short"]);
         assert_eq!(run.assert_success().stdout.trim(), expected, "{run}");
     }
+    // Negative answers carry the SOA the cache needs for RFC 2308.
+    let nxdomain = lab.dig(c, UNBOUND_V4, &["nothing-here.lab.test", "A"]);
+    assert_eq!(status(&nxdomain).as_deref(), Some("NXDOMAIN"), "{nxdomain}");
+    assert_soa_in_authority(&nxdomain, "lab.test.");
+    let nodata = lab.dig(c, UNBOUND_V4, &[WWW_NAME, "MX"]);
+    assert_eq!(answer_count(&nodata), Some(0), "{nodata}");
+    assert_soa_in_authority(&nodata, "lab.test.");
     // dig and unbound agree on BADVERS, so the tundns check reads the right thing.
     let badvers = lab.dig(c, UNBOUND_V4, &["+edns=1", "+noednsnegotiation", WWW_NAME]);
     assert_eq!(status(&badvers).as_deref(), Some("BADVERS"), "{badvers}");
@@ -267,6 +275,696 @@ fn lab_baseline_fixtures_for_blocks_edns_and_dnsdist() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The cache.
+
+#[test]
+fn cache_answers_repeat_without_upstream_and_counts_ttl_down() {
+    let Some(lab) = resolver_lab("cache_answers_repeat_without_upstream_and_counts_ttl_down")
+    else {
+        return;
+    };
+    let _tundns = start(&lab, &["Cache = on"]);
+    let name = "ttl.lab.test";
+    let before = lab.upstream_queries(name, None);
+    let first = ask(&lab, &[name, "A"]);
+    let first_ttl = single_answer(&first, "203.0.113.73").ttl;
+    thread::sleep(Duration::from_millis(2100));
+    let second = ask(&lab, &[name, "A"]);
+    let second_ttl = single_answer(&second, "203.0.113.73").ttl;
+    assert_eq!(
+        lab.upstream_queries(name, None) - before,
+        1,
+        "the repeat must be a cache hit:\n{}",
+        lab.unbound_log()
+    );
+    assert!(
+        second_ttl < first_ttl && second_ttl + 5 >= first_ttl,
+        "the TTL must count down by about 2 s: {first_ttl} then {second_ttl}"
+    );
+}
+
+#[test]
+fn cache_preserves_the_question_case() {
+    let Some(lab) = resolver_lab("cache_preserves_the_question_case") else {
+        return;
+    };
+    let _tundns = start(&lab, &["Cache = on"]);
+    let before = lab.upstream_queries(WWW_NAME, Some("A"));
+    // A miss (forwarded), then a hit, each in its own spelling.
+    for spelling in ["WwW.LaB.TeSt", "wWw.lAb.tEsT"] {
+        let run = ask(&lab, &[spelling, "A"]);
+        let record = single_answer(&run, WWW_A);
+        assert_eq!(record.name, format!("{spelling}."), "{run}");
+        assert!(
+            run.stdout.contains(&format!(";{spelling}.")),
+            "the question must echo {spelling}:\n{run}"
+        );
+    }
+    assert_eq!(lab.upstream_queries(WWW_NAME, Some("A")) - before, 1);
+}
+
+#[test]
+fn cache_keeps_nxdomain() {
+    let Some(lab) = resolver_lab("cache_keeps_nxdomain") else {
+        return;
+    };
+    let _tundns = start(&lab, &["Cache = on"]);
+    let name = "nothing-here.lab.test";
+    for _ in 0..2 {
+        let run = ask(&lab, &[name, "A"]);
+        assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+        assert_soa_in_authority(&run, "lab.test.");
+    }
+    assert_eq!(lab.upstream_queries(name, None), 1, "{}", lab.unbound_log());
+}
+
+#[test]
+fn cache_keeps_nodata() {
+    let Some(lab) = resolver_lab("cache_keeps_nodata") else {
+        return;
+    };
+    let _tundns = start(&lab, &["Cache = on"]);
+    for _ in 0..2 {
+        let run = ask(&lab, &[WWW_NAME, "MX"]);
+        assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
+        assert_eq!(answer_count(&run), Some(0), "{run}");
+        assert_soa_in_authority(&run, "lab.test.");
+    }
+    assert_eq!(lab.upstream_queries(WWW_NAME, Some("MX")), 1);
+}
+
+#[test]
+fn cache_collapses_identical_queries_in_flight() {
+    let Some(lab) = resolver_lab("cache_collapses_identical_queries_in_flight") else {
+        return;
+    };
+    let mut options = resolver_config(&["Cache = on"]);
+    // Longer than the pause below, so no attempt times out and is retried.
+    options.timeout = "3s".into();
+    let _tundns = lab.start_tundns(&lab.client_config(&options));
+    let name = "burst.lab.test";
+    let before = lab.upstream_queries(name, None);
+    // Frozen, unbound holds the first query, so every other one arrives while it is in flight.
+    let paused = lab.pause_unbound();
+    let mut burst = lab.spawn_parallel_digs(&lab.client_ns, PROXY_V4, BURST_QUERIES, &[name, "A"]);
+    thread::sleep(Duration::from_millis(700));
+    drop(paused);
+    assert!(
+        burst.wait_for_exit(Duration::from_secs(10)).is_some(),
+        "the burst did not finish"
+    );
+    let answered = burst
+        .output()
+        .lines()
+        .filter(|line| *line == "203.0.113.71")
+        .count();
+    assert_eq!(answered, BURST_QUERIES, "{}", burst.output());
+    let forwarded = lab.upstream_queries(name, None) - before;
+    assert!(
+        forwarded <= 2,
+        "{BURST_QUERIES} identical queries in flight reached unbound {forwarded} times"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serve-stale.
+
+#[test]
+fn serve_stale_answers_when_every_upstream_is_down() {
+    let Some(lab) = resolver_lab("serve_stale_answers_when_every_upstream_is_down") else {
+        return;
+    };
+    let _tundns = start(&lab, &["CacheMaxTTL = 1s", "ServeStale = 1h"]);
+    let name = "stale.lab.test";
+    single_answer(&ask(&lab, &[name, "A"]), "203.0.113.70");
+    // Expired while unbound answers: refreshed, never served stale.
+    thread::sleep(Duration::from_secs(2));
+    let before = lab.upstream_queries(name, None);
+    single_answer(&ask(&lab, &[name, "A"]), "203.0.113.70");
+    assert_eq!(
+        lab.upstream_queries(name, None) - before,
+        1,
+        "an expired entry must be refreshed while the upstream answers"
+    );
+
+    lab.stop_unbound();
+    thread::sleep(Duration::from_secs(2));
+    let stale = ask(&lab, &[name, "A", "+time=5"]);
+    assert_eq!(status(&stale).as_deref(), Some("NOERROR"), "{stale}");
+    let record = single_answer(&stale, "203.0.113.70");
+    assert!(
+        (1..=30).contains(&record.ttl),
+        "a stale answer carries a short TTL (RFC 8767 suggests 30):\n{stale}"
+    );
+}
+
+#[test]
+fn serve_stale_off_gives_servfail() {
+    let Some(lab) = resolver_lab("serve_stale_off_gives_servfail") else {
+        return;
+    };
+    let _tundns = start(&lab, &["CacheMaxTTL = 1s", "ServeStale = 0s"]);
+    let name = "stale.lab.test";
+    single_answer(&ask(&lab, &[name, "A"]), "203.0.113.70");
+    lab.stop_unbound();
+    thread::sleep(Duration::from_secs(2));
+    let run = ask(&lab, &[name, "A", "+time=5"]);
+    assert_eq!(status(&run).as_deref(), Some("SERVFAIL"), "{run}");
+    assert_eq!(answer_count(&run), Some(0), "{run}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local records.
+
+const LOCAL_RECORDS: &[&str] = &[
+    "Record = app.lab.internal A 10.99.0.10",
+    "Record = app.lab.internal AAAA fd99::10",
+    "Record = only4.lab.internal A 10.99.0.12",
+    "Record = *.dev.lab.internal AAAA fd99::20",
+    "Record = alias.lab.internal CNAME app.lab.internal",
+    "Record = note.lab.internal 60 TXT \"hello world\"",
+    "Record = 11.0.99.10.in-addr.arpa PTR printer.lab.internal",
+    "Record = 1.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.9.9.d.f.ip6.arpa PTR printer6.lab.internal",
+];
+
+#[test]
+fn local_a_record_is_authoritative_on_both_virtual_ips() {
+    let Some(lab) = resolver_lab("local_a_record_is_authoritative_on_both_virtual_ips") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    for proxy in [PROXY_V4, PROXY_V6] {
+        for transport in ["+notcp", "+tcp"] {
+            let run = lab.dig(&lab.client_ns, proxy, &["app.lab.internal", "A", transport]);
+            let record = single_answer(&run, "10.99.0.10");
+            assert_eq!(record.ttl, 300, "the default TTL is 300:\n{run}");
+            assert!(has_flag(&run, "aa"), "a local answer has AA:\n{run}");
+        }
+    }
+    assert_eq!(lab.upstream_queries("app.lab.internal", None), 0);
+}
+
+#[test]
+fn local_aaaa_record() {
+    let Some(lab) = resolver_lab("local_aaaa_record") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    let run = ask(&lab, &["app.lab.internal", "AAAA"]);
+    single_answer(&run, "fd99::10");
+    assert!(has_flag(&run, "aa"), "{run}");
+}
+
+#[test]
+fn local_cname_chain_is_followed() {
+    let Some(lab) = resolver_lab("local_cname_chain_is_followed") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    let run = ask(&lab, &["alias.lab.internal", "A"]);
+    let answer = section(&run, "ANSWER");
+    assert!(
+        answer.iter().any(|r| r.name == "alias.lab.internal."
+            && r.rtype == "CNAME"
+            && r.data == "app.lab.internal."),
+        "the CNAME first:\n{run}"
+    );
+    assert!(
+        answer
+            .iter()
+            .any(|r| r.name == "app.lab.internal." && r.rtype == "A" && r.data == "10.99.0.10"),
+        "then its target's A:\n{run}"
+    );
+    assert!(has_flag(&run, "aa"), "{run}");
+    assert_eq!(lab.upstream_queries("app.lab.internal", None), 0);
+}
+
+#[test]
+fn local_txt_record_with_its_own_ttl() {
+    let Some(lab) = resolver_lab("local_txt_record_with_its_own_ttl") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    let run = ask(&lab, &["note.lab.internal", "TXT"]);
+    let record = single_answer(&run, "\"hello world\"");
+    assert_eq!(record.ttl, 60, "{run}");
+}
+
+#[test]
+fn local_ptr_explicit_v4() {
+    assert_reverse(
+        "local_ptr_explicit_v4",
+        "10.99.0.11",
+        "printer.lab.internal.",
+    );
+}
+
+#[test]
+fn local_ptr_explicit_v6() {
+    assert_reverse(
+        "local_ptr_explicit_v6",
+        "fd99::11",
+        "printer6.lab.internal.",
+    );
+}
+
+#[test]
+fn local_ptr_automatic_v4() {
+    assert_reverse("local_ptr_automatic_v4", "10.99.0.10", "app.lab.internal.");
+}
+
+#[test]
+fn local_ptr_automatic_v6() {
+    assert_reverse("local_ptr_automatic_v6", "fd99::10", "app.lab.internal.");
+}
+
+#[test]
+fn local_wildcard_matches_below_but_not_the_parent() {
+    let Some(lab) = resolver_lab("local_wildcard_matches_below_but_not_the_parent") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    for name in ["x.dev.lab.internal", "a.b.dev.lab.internal"] {
+        let run = ask(&lab, &[name, "AAAA"]);
+        let record = single_answer(&run, "fd99::20");
+        assert_eq!(
+            record.name,
+            format!("{name}."),
+            "synthesized for the query name:\n{run}"
+        );
+    }
+    let parent = ask(&lab, &["dev.lab.internal", "AAAA"]);
+    assert!(
+        matches!(status(&parent).as_deref(), Some("NOERROR" | "NXDOMAIN")),
+        "{parent}"
+    );
+    assert_eq!(
+        answer_count(&parent),
+        Some(0),
+        "the wildcard matched its parent:\n{parent}"
+    );
+}
+
+#[test]
+fn local_name_missing_type_is_nodata_with_soa_and_never_forwarded() {
+    let Some(lab) = resolver_lab("local_name_missing_type_is_nodata_with_soa_and_never_forwarded")
+    else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    // The leak olm had (pangolin#2373): an AAAA for a private name asked upstream.
+    for (name, rtype) in [("only4.lab.internal", "AAAA"), ("app.lab.internal", "MX")] {
+        let run = ask(&lab, &[name, rtype]);
+        assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
+        assert_eq!(answer_count(&run), Some(0), "{run}");
+        assert!(has_flag(&run, "aa"), "{run}");
+        assert_soa_in_authority(&run, "");
+        assert_eq!(
+            lab.upstream_queries(name, None),
+            0,
+            "{name} {rtype} leaked upstream:\n{}",
+            lab.unbound_log()
+        );
+    }
+}
+
+#[test]
+fn local_zone_unknown_name_is_nxdomain_with_soa() {
+    let Some(lab) = resolver_lab("local_zone_unknown_name_is_nxdomain_with_soa") else {
+        return;
+    };
+    let lines = [LOCAL_RECORDS, &["LocalZone = lab.internal"]].concat();
+    let _tundns = start(&lab, &lines);
+    let run = ask(&lab, &["nothere.lab.internal", "A"]);
+    assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+    assert!(has_flag(&run, "aa"), "{run}");
+    assert_soa_in_authority(&run, "lab.internal.");
+    assert_eq!(lab.upstream_queries("nothere.lab.internal", None), 0);
+    // Names outside the zone still go upstream.
+    single_answer(&ask(&lab, &[WWW_NAME, "A"]), WWW_A);
+}
+
+#[test]
+fn hosts_file_names_are_answered() {
+    let Some(lab) = resolver_lab("hosts_file_names_are_answered") else {
+        return;
+    };
+    let hosts = lab.write_file(
+        "hosts",
+        "# lab hosts\n10.99.0.30 files.lab.internal files\nfd99::30   files.lab.internal\n",
+    );
+    let _tundns = start(&lab, &[&format!("HostsFile = {}", hosts.display())]);
+    single_answer(&ask(&lab, &["files.lab.internal", "A"]), "10.99.0.30");
+    single_answer(&ask(&lab, &["files.lab.internal", "AAAA"]), "fd99::30");
+    assert_eq!(lab.upstream_queries("files.lab.internal", None), 0);
+}
+
+#[test]
+fn getent_resolves_a_local_name_through_glibc() {
+    let Some(lab) = resolver_lab("getent_resolves_a_local_name_through_glibc") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    let run = lab.exec_in(&lab.client_ns, &["getent", "ahosts", "app.lab.internal"]);
+    run.assert_success();
+    for address in ["10.99.0.10", "fd99::10"] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("{address} "))),
+            "{address} missing:\n{run}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split DNS.
+
+#[test]
+fn split_dns_sends_corp_names_through_the_tunnel() {
+    assert_split_route(
+        "split_dns_sends_corp_names_through_the_tunnel",
+        TUNNEL_RESOLVER_V4,
+    );
+}
+
+#[test]
+fn split_dns_sends_corp_names_through_the_tunnel_over_ipv6() {
+    assert_split_route(
+        "split_dns_sends_corp_names_through_the_tunnel_over_ipv6",
+        TUNNEL_RESOLVER_V6,
+    );
+}
+
+#[test]
+fn split_dns_keeps_other_names_outside_the_tunnel() {
+    let Some(lab) = lab_or_skip_with(
+        "split_dns_keeps_other_names_outside_the_tunnel",
+        LabOptions {
+            tunnel_resolver: true,
+            ..LabOptions::resolver()
+        },
+    ) else {
+        return;
+    };
+    let _tundns = lab.start_tundns(&lab.client_config(&corp_route(TUNNEL_RESOLVER_V4)));
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
+    let name = "ttl.lab.test";
+    let before = lab.peer_transfer_counters();
+    let upstream_before = lab.upstream_queries(name, None);
+    single_answer(&ask(&lab, &[name, "A"]), "203.0.113.73");
+    let after = lab.peer_transfer_counters();
+    assert!(
+        after.since(before) <= KEEPALIVE_SLACK_BYTES,
+        "a lab.test query crossed the tunnel: {before:?} -> {after:?}"
+    );
+    assert_eq!(lab.upstream_queries(name, None) - upstream_before, 1);
+    assert_eq!(lab.tunnel_resolver_queries(name, None), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encrypted upstreams.
+
+#[test]
+fn dot_upstream_answers() {
+    let Some(lab) = encrypted_lab("dot_upstream_answers") else {
+        return;
+    };
+    let ca = format!("CAFile = {}", lab.ca_file().display());
+    let _tundns = start_with_upstreams(&lab, &[&lab.dot_upstream()], &[&ca]);
+    let before = lab.upstream_stat("num.query.tls");
+    single_answer(&ask(&lab, &[WWW_NAME, "A"]), WWW_A);
+    single_answer(&ask(&lab, &[WWW_NAME, "AAAA", "+tcp"]), WWW_AAAA);
+    assert!(
+        lab.upstream_stat("num.query.tls") > before,
+        "no query came over DoT"
+    );
+}
+
+#[test]
+fn doh_upstream_answers() {
+    let Some(lab) = encrypted_lab("doh_upstream_answers") else {
+        return;
+    };
+    let ca = format!("CAFile = {}", lab.ca_file().display());
+    let _tundns = start_with_upstreams(&lab, &[&lab.doh_upstream()], &[&ca]);
+    let before = lab.upstream_stat("num.query.https");
+    single_answer(&ask(&lab, &[WWW_NAME, "A"]), WWW_A);
+    single_answer(&ask(&lab, &[WWW_NAME, "AAAA"]), WWW_AAAA);
+    assert!(
+        lab.upstream_stat("num.query.https") > before,
+        "no query came over DoH"
+    );
+}
+
+#[test]
+fn dot_with_a_wrong_ca_gives_servfail() {
+    let Some(lab) = encrypted_lab("dot_with_a_wrong_ca_gives_servfail") else {
+        return;
+    };
+    let wrong = format!("CAFile = {}", lab.wrong_ca_file().display());
+    let upstream = lab.dot_upstream();
+    assert_untrusted_upstream_servfails(&lab, &upstream, Some(&wrong));
+}
+
+#[test]
+fn doh_with_a_wrong_ca_gives_servfail() {
+    let Some(lab) = encrypted_lab("doh_with_a_wrong_ca_gives_servfail") else {
+        return;
+    };
+    let wrong = format!("CAFile = {}", lab.wrong_ca_file().display());
+    let upstream = lab.doh_upstream();
+    assert_untrusted_upstream_servfails(&lab, &upstream, Some(&wrong));
+}
+
+#[test]
+fn dot_without_a_ca_file_trusts_only_system_roots() {
+    let Some(lab) = encrypted_lab("dot_without_a_ca_file_trusts_only_system_roots") else {
+        return;
+    };
+    let upstream = lab.dot_upstream();
+    assert_untrusted_upstream_servfails(&lab, &upstream, None);
+}
+
+#[test]
+fn dot_unreachable_first_upstream_fails_over_fast() {
+    let Some(lab) = encrypted_lab("dot_unreachable_first_upstream_fails_over_fast") else {
+        return;
+    };
+    let ca = format!("CAFile = {}", lab.ca_file().display());
+    let silent = format!("tls://{TLS_NAME}@{DEAD_SILENT}:{DOT_PORT}");
+    let _tundns = start_with_upstreams(&lab, &[&silent, &lab.dot_upstream()], &[&ca]);
+    for attempt in 0..2 {
+        let run = ask(&lab, &[WWW_NAME, "A", "+time=5"]);
+        single_answer(&run, WWW_A);
+        assert!(
+            run.elapsed < Duration::from_secs(2),
+            "attempt {attempt}: failover took {:?}:\n{run}",
+            run.elapsed
+        );
+    }
+}
+
+#[test]
+fn dnsdist_as_a_second_upstream_takes_over() {
+    let Some(lab) = lab_or_skip_with(
+        "dnsdist_as_a_second_upstream_takes_over",
+        LabOptions {
+            dnsdist: true,
+            ..LabOptions::resolver()
+        },
+    ) else {
+        return;
+    };
+    let _tundns = start_with_upstreams(&lab, &[DEAD_REFUSING, DNSDIST_V4], &["Cache = off"]);
+    for _ in 0..3 {
+        single_answer(&ask(&lab, &["ttl.lab.test", "A"]), "203.0.113.73");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocklists.
+
+#[test]
+fn block_answers_nxdomain_for_the_name_and_below() {
+    let Some(lab) = resolver_lab("block_answers_nxdomain_for_the_name_and_below") else {
+        return;
+    };
+    let _tundns = start(&lab, &["Block = ads.lab.test"]);
+    for name in ["ads.lab.test", "x.ads.lab.test"] {
+        let run = ask(&lab, &[name, "A"]);
+        assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+        assert_eq!(lab.upstream_queries(name, None), 0, "{name} was forwarded");
+    }
+    single_answer(&ask(&lab, &[WWW_NAME, "A"]), WWW_A);
+    // A name that only ends like the blocked one is not under it.
+    let unrelated = ask(&lab, &["notads.lab.test", "A"]);
+    assert_eq!(
+        lab.upstream_queries("notads.lab.test", None),
+        1,
+        "{unrelated}"
+    );
+}
+
+#[test]
+fn block_mode_null_answers_unspecified_addresses() {
+    let Some(lab) = resolver_lab("block_mode_null_answers_unspecified_addresses") else {
+        return;
+    };
+    let _tundns = start(
+        &lab,
+        &["Block = ads.lab.test", "BlockMode = null", "BlockTTL = 60s"],
+    );
+    for name in ["ads.lab.test", "x.ads.lab.test"] {
+        for (rtype, expected) in [("A", "0.0.0.0"), ("AAAA", "::")] {
+            let run = ask(&lab, &[name, rtype]);
+            let record = single_answer(&run, expected);
+            assert!(record.ttl <= 60, "BlockTTL is 60 s:\n{run}");
+        }
+        assert_eq!(lab.upstream_queries(name, None), 0);
+    }
+}
+
+#[test]
+fn blocklist_file_in_hosts_format() {
+    let Some(lab) = resolver_lab("blocklist_file_in_hosts_format") else {
+        return;
+    };
+    let list = lab.write_file(
+        "block-hosts.txt",
+        "# a hosts-format blocklist\n0.0.0.0 tracker.lab.test\n0.0.0.0 ads.lab.test # inline\n",
+    );
+    let _tundns = start(&lab, &[&format!("BlockList = {}", list.display())]);
+    for name in ["tracker.lab.test", "ads.lab.test", "x.ads.lab.test"] {
+        let run = ask(&lab, &[name, "A"]);
+        assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+        assert_eq!(lab.upstream_queries(name, None), 0, "{name} was forwarded");
+    }
+    single_answer(&ask(&lab, &[WWW_NAME, "A"]), WWW_A);
+}
+
+#[test]
+fn blocklist_file_with_one_domain_per_line() {
+    let Some(lab) = resolver_lab("blocklist_file_with_one_domain_per_line") else {
+        return;
+    };
+    let list = lab.write_file("block-domains.txt", "# domains\nlisted.lab.test\n\n");
+    let _tundns = start(&lab, &[&format!("BlockList = {}", list.display())]);
+    let run = ask(&lab, &["listed.lab.test", "A"]);
+    assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+    assert_eq!(lab.upstream_queries("listed.lab.test", None), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EDNS and truncation.
+
+#[test]
+fn edns_unknown_version_gets_badvers() {
+    let Some(lab) = resolver_lab("edns_unknown_version_gets_badvers") else {
+        return;
+    };
+    let _tundns = start(&lab, &[]);
+    let run = ask(&lab, &["+edns=1", "+noednsnegotiation", WWW_NAME, "A"]);
+    assert_eq!(status(&run).as_deref(), Some("BADVERS"), "{run}");
+    assert_eq!(answer_count(&run), Some(0), "{run}");
+}
+
+#[test]
+fn edns_small_buffer_truncates_at_whole_records() {
+    let Some(lab) = resolver_lab("edns_small_buffer_truncates_at_whole_records") else {
+        return;
+    };
+    let _tundns = start(&lab, &[]);
+    for buffer in ["+bufsize=512", "+noedns"] {
+        let run = ask(&lab, &[buffer, "+ignore", BIG_TXT_NAME, "TXT"]);
+        assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
+        assert!(has_flag(&run, "tc"), "{buffer}: TC must be set:\n{run}");
+        assert_whole_big_txt_records(&run);
+    }
+    // Over TCP the whole answer still comes back.
+    let tcp = ask(&lab, &["+tcp", BIG_TXT_NAME, "TXT"]);
+    assert_eq!(section(&tcp, "ANSWER").len(), BIG_TXT_RECORDS, "{tcp}");
+}
+
+#[test]
+fn edns_unknown_option_is_ignored() {
+    let Some(lab) = resolver_lab("edns_unknown_option_is_ignored") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    for name in [WWW_NAME, "app.lab.internal"] {
+        let run = ask(&lab, &["+ednsopt=65001:00", name, "A"]);
+        assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
+        assert_eq!(answer_count(&run), Some(1), "{run}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config errors.
+
+#[test]
+fn config_error_malformed_record_names_the_line() {
+    let Some(lab) = resolver_lab("config_error_malformed_record_names_the_line") else {
+        return;
+    };
+    let bad = "Record = broken.lab.internal A 10.99.0.999";
+    let config = lab.client_config(&resolver_config(&[LOCAL_RECORDS[0], bad, LOCAL_RECORDS[1]]));
+    let line = line_of(&config, bad);
+    let path = lab.write_client_config(&config);
+    assert_start_fails_naming(&lab, &path, &format!("{}:{line}:", path.display()));
+}
+
+#[test]
+fn config_error_bad_hosts_file_line_names_that_file_and_line() {
+    let Some(lab) = resolver_lab("config_error_bad_hosts_file_line_names_that_file_and_line")
+    else {
+        return;
+    };
+    let hosts = lab.write_file(
+        "bad-hosts",
+        "# line 1\n10.99.0.30 files.lab.internal\n10.99.0.999 broken.lab.internal\n",
+    );
+    let config = lab.client_config(&resolver_config(&[&format!(
+        "HostsFile = {}",
+        hosts.display()
+    )]));
+    let path = lab.write_client_config(&config);
+    assert_start_fails_naming(&lab, &path, &format!("{}:3:", hosts.display()));
+}
+
+#[test]
+fn config_error_bad_route_domain_names_the_line() {
+    let Some(lab) = resolver_lab("config_error_bad_route_domain_names_the_line") else {
+        return;
+    };
+    let config = lab.client_config(&corp_route(TUNNEL_RESOLVER_V4));
+    let config = config.replace("Domain = corp.internal", "Domain = corp..internal");
+    let line = line_of(&config, "Domain = corp..internal");
+    let path = lab.write_client_config(&config);
+    assert_start_fails_naming(&lab, &path, &format!("{}:{line}:", path.display()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// kdig as the client.
+
+#[test]
+fn kdig_over_tcp_and_udp_through_the_proxy() {
+    let Some(lab) = resolver_lab("kdig_over_tcp_and_udp_through_the_proxy") else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    let c = &lab.client_ns;
+    let tcp = lab.kdig(c, PROXY_V4, &["+tcp", WWW_NAME, "A", "+short"]);
+    assert_eq!(tcp.assert_success().stdout.trim(), WWW_A, "{tcp}");
+    let v6 = lab.kdig(c, PROXY_V6, &["+tcp", WWW_NAME, "AAAA", "+short"]);
+    assert_eq!(v6.assert_success().stdout.trim(), WWW_AAAA, "{v6}");
+    let local = lab.kdig(c, PROXY_V4, &["app.lab.internal", "A"]);
+    assert_eq!(status(&local).as_deref(), Some("NOERROR"), "{local}");
+    assert!(has_flag(&local, "aa"), "{local}");
+    assert!(local.stdout.contains("10.99.0.10"), "{local}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shared checks.
 
 /// Every TXT record in the answer is one of the 24 whole 100-byte strings, the header's count
@@ -289,4 +987,170 @@ fn assert_whole_big_txt_records(run: &Run) {
         !run.stdout.contains("malformed") && !run.stderr.contains("malformed"),
         "{run}"
     );
+}
+
+fn resolver_lab(test: &str) -> Option<Lab> {
+    lab_or_skip_with(test, LabOptions::resolver())
+}
+
+fn encrypted_lab(test: &str) -> Option<Lab> {
+    lab_or_skip_with(
+        test,
+        LabOptions {
+            encrypted_upstream: true,
+            ..LabOptions::resolver()
+        },
+    )
+}
+
+/// The default client config with `lines` added to `[DNSProxy]`.
+fn resolver_config(lines: &[&str]) -> ClientConfig {
+    ClientConfig {
+        dns_proxy_lines: lines.iter().map(|line| (*line).to_owned()).collect(),
+        ..ClientConfig::default()
+    }
+}
+
+fn start(lab: &Lab, lines: &[&str]) -> Daemon {
+    lab.start_tundns(&lab.client_config(&resolver_config(lines)))
+}
+
+fn start_with_upstreams(lab: &Lab, upstreams: &[&str], lines: &[&str]) -> Daemon {
+    let options = ClientConfig {
+        upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
+        ..resolver_config(lines)
+    };
+    lab.start_tundns(&lab.client_config(&options))
+}
+
+/// corp.internal to `resolver` through the tunnel; everything else to the outside unbound.
+fn corp_route(resolver: &str) -> ClientConfig {
+    ClientConfig {
+        routes: vec![DnsRoute {
+            domains: vec!["corp.internal".into()],
+            upstreams: vec![resolver.into()],
+            through_tunnel: true,
+        }],
+        ..ClientConfig::default()
+    }
+}
+
+/// `dig @10.30.30.30 args...` from C.
+fn ask(lab: &Lab, args: &[&str]) -> Run {
+    lab.dig(&lab.client_ns, PROXY_V4, args)
+}
+
+/// The answer section holds exactly one record, with `data`; returns it.
+#[track_caller]
+fn single_answer(run: &Run, data: &str) -> Record {
+    let answer = section(run, "ANSWER");
+    assert_eq!(status(run).as_deref(), Some("NOERROR"), "{run}");
+    assert!(
+        answer.len() == 1 && answer[0].data == data,
+        "expected one answer {data}:\n{run}"
+    );
+    answer[0].clone()
+}
+
+/// The authority section holds an SOA (owned by `zone`, unless empty).
+#[track_caller]
+fn assert_soa_in_authority(run: &Run, zone: &str) {
+    let authority = section(run, "AUTHORITY");
+    assert!(
+        authority
+            .iter()
+            .any(|r| r.rtype == "SOA" && (zone.is_empty() || r.name.eq_ignore_ascii_case(zone))),
+        "an SOA for {zone:?} must be in the authority section:\n{run}"
+    );
+}
+
+fn assert_reverse(test: &str, address: &str, expected: &str) {
+    let Some(lab) = resolver_lab(test) else {
+        return;
+    };
+    let _tundns = start(&lab, LOCAL_RECORDS);
+    let run = ask(&lab, &["-x", address]);
+    let record = single_answer(&run, expected);
+    assert_eq!(record.rtype, "PTR", "{run}");
+    assert!(has_flag(&run, "aa"), "{run}");
+    assert_eq!(
+        lab.upstream_stat("num.query.type.PTR"),
+        0,
+        "a local PTR went upstream:\n{}",
+        lab.unbound_log()
+    );
+}
+
+fn assert_split_route(test: &str, resolver: &str) {
+    let Some(lab) = lab_or_skip_with(
+        test,
+        LabOptions {
+            tunnel_resolver: true,
+            ..LabOptions::resolver()
+        },
+    ) else {
+        return;
+    };
+    let _tundns = lab.start_tundns(&lab.client_config(&corp_route(resolver)));
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
+    let tunnel_before = lab.tunnel_resolver_queries(CORP_DB_NAME, None);
+    let before = lab.peer_transfer_counters();
+    single_answer(&ask(&lab, &[CORP_DB_NAME, "A"]), CORP_DB_A);
+    single_answer(&ask(&lab, &[CORP_DB_NAME, "AAAA", "+tcp"]), CORP_DB_AAAA);
+    let after = lab.peer_transfer_counters();
+    assert!(
+        after.since(before) > KEEPALIVE_SLACK_BYTES,
+        "corp.internal must go through the tunnel: {before:?} -> {after:?}"
+    );
+    assert!(
+        lab.tunnel_resolver_queries(CORP_DB_NAME, None) > tunnel_before,
+        "{}",
+        lab.tunnel_resolver_log()
+    );
+    assert_eq!(
+        lab.upstream_queries(CORP_DB_NAME, None),
+        0,
+        "asked outside too"
+    );
+}
+
+/// tundns with `upstream` (and `ca_line`, if any) must answer SERVFAIL, never the address,
+/// and unbound must never see the query: the handshake fails first.
+fn assert_untrusted_upstream_servfails(lab: &Lab, upstream: &str, ca_line: Option<&str>) {
+    let lines: Vec<&str> = ca_line.into_iter().collect();
+    let _tundns = start_with_upstreams(lab, &[upstream], &lines);
+    let run = ask(lab, &[WWW_NAME, "A", "+time=5"]);
+    assert_eq!(status(&run).as_deref(), Some("SERVFAIL"), "{run}");
+    assert!(!run.stdout.contains(WWW_A), "{run}");
+    assert_eq!(lab.upstream_stat("num.query.tls"), 0);
+    assert_eq!(lab.upstream_stat("num.query.https"), 0);
+}
+
+/// `tundns up path` must exit non-zero, naming `location`, and
+/// leave no interface behind.
+fn assert_start_fails_naming(lab: &Lab, path: &Path, location: &str) {
+    let run = lab.exec_in_with_timeout(
+        &lab.client_ns,
+        &[tundns_bin(), "up", path_str(path)],
+        Duration::from_secs(10),
+    );
+    assert!(
+        !run.timed_out() && !run.succeeded(),
+        "a bad config must exit non-zero:\n{run}"
+    );
+    assert!(
+        run.stderr.contains(location),
+        "stderr must name {location}:\n{run}"
+    );
+    let link = lab.exec_in(&lab.client_ns, &["ip", "link", "show", &lab.tundns_iface]);
+    assert!(!link.succeeded(), "an interface was created:\n{link}");
+}
+
+/// The 1-based line of `config` equal to `line`.
+fn line_of(config: &str, line: &str) -> usize {
+    config
+        .lines()
+        .position(|l| l == line)
+        .map(|index| index + 1)
+        .expect("the line is in the config")
 }

@@ -213,19 +213,29 @@ impl Lab {
         self.exec_in(ns, &command)
     }
 
-    /// `count` copies of `dig args...` at once from `ns` (one bash, bounded by 20 s); returns
-    /// every dig's `+short` output, one line per answer record, all runs concatenated.
+    /// `count` copies of `dig +short args...` at once from `ns` (one bash, bounded by 20 s):
+    /// every dig's answer records, one per line, all runs concatenated.
     pub fn parallel_digs(&self, ns: &str, server: &str, count: usize, args: &[&str]) -> Run {
-        let mut script =
-            String::from("for i in $(seq 1 \"$1\"); do dig \"@$2\" +tries=1 +time=3 +short");
-        for index in 0..args.len() {
-            let _ = write!(script, " \"${}\"", index + 3);
-        }
-        script.push_str(" & done; wait");
+        let script = parallel_digs_script(args.len());
         let count = count.to_string();
         let mut command = vec!["bash", "-c", &script, "-", &count, server];
         command.extend_from_slice(args);
         self.exec_in(ns, &command)
+    }
+
+    /// As [`Lab::parallel_digs`], in the background: the output is the daemon's.
+    pub fn spawn_parallel_digs(
+        &self,
+        ns: &str,
+        server: &str,
+        count: usize,
+        args: &[&str],
+    ) -> Daemon {
+        let script = parallel_digs_script(args.len());
+        let count = count.to_string();
+        let mut command = vec!["bash", "-c", &script, "-", &count, server];
+        command.extend_from_slice(args);
+        self.spawn_in(ns, "parallel digs", &command)
     }
 
     /// Adds logging, control, DoT/DoH and the extra zone to unbound's plain config, as the
@@ -395,6 +405,18 @@ remote-control:
             self.daemon_output("dnsdist")
         );
     }
+}
+
+/// A bash script: `$1` digs at `$2` with the arguments `$3...`, all at once, each waiting at
+/// most 3 s, stderr kept apart from the answers.
+fn parallel_digs_script(args: usize) -> String {
+    let mut script =
+        String::from("for i in $(seq 1 \"$1\"); do dig \"@$2\" +tries=1 +time=3 +short");
+    for index in 0..args {
+        let _ = write!(script, " \"${{{}}}\"", index + 3);
+    }
+    script.push_str(" 2>/dev/null & done; wait");
+    script
 }
 
 /// Counts unbound `log-queries` lines ("info: 192.0.2.2 www.lab.test. A IN") for a name.
