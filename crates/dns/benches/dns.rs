@@ -98,5 +98,96 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(dns, benches);
+/// A query for `name` as dig sends it (RD, EDNS 1232).
+fn query_for(name: &str, qtype: Rtype) -> Vec<u8> {
+    let mut builder = MessageBuilder::new_vec();
+    builder.header_mut().set_id(0x1234);
+    builder.header_mut().set_rd(true);
+    let mut question = builder.question();
+    question
+        .push((Name::<Vec<u8>>::vec_from_str(name).unwrap(), qtype))
+        .unwrap();
+    let mut additional = question.additional();
+    additional
+        .opt(|opt| {
+            opt.set_udp_payload_size(1232);
+            Ok(())
+        })
+        .unwrap();
+    additional.finish()
+}
+
+/// The inline resolver-front checks: a local answer (hit and miss), a
+/// blocklist check against 100k domains, a split-DNS route lookup.
+fn resolver_front(c: &mut Criterion) {
+    let mut builder = tundns_dns::LocalDataBuilder::new();
+    builder.add_local_zone("lab.internal").unwrap();
+    builder
+        .add_record("*.dev.lab.internal AAAA fd99::20")
+        .unwrap();
+    for i in 0..1000 {
+        builder
+            .add_record(&format!(
+                "host{i}.lab.internal A 10.99.{}.{}",
+                i / 256,
+                i % 256
+            ))
+            .unwrap();
+    }
+    builder.add_record("app.lab.internal A 10.99.0.10").unwrap();
+    let local = builder.build();
+    let mut out = [0u8; 1232];
+
+    let hit = query_for("App.Lab.Internal", Rtype::A);
+    let hit = parse_query(&hit).unwrap();
+    assert!(local.answer(&hit, &mut out).is_some());
+    c.bench_function("local_answer/hit", |b| {
+        b.iter(|| local.answer(black_box(&hit), black_box(&mut out)))
+    });
+    let miss = query_for("www.example.com", Rtype::A);
+    let miss = parse_query(&miss).unwrap();
+    assert!(local.answer(&miss, &mut out).is_none());
+    c.bench_function("local_answer/miss", |b| {
+        b.iter(|| local.answer(black_box(&miss), black_box(&mut out)))
+    });
+
+    let mut blocklist = tundns_dns::BlockList::new(
+        tundns_dns::BlockMode::NxDomain,
+        std::time::Duration::from_secs(60),
+    );
+    for i in 0..100_000 {
+        blocklist
+            .add_domain(&format!("tracker{i}.ads{}.example", i % 97))
+            .unwrap();
+    }
+    let unblocked = query_for("a.b.cdn.example.com", Rtype::A);
+    let unblocked = parse_query(&unblocked).unwrap();
+    assert!(!blocklist.is_blocked(unblocked.question()));
+    c.bench_function("blocklist_100k/miss_5_labels", |b| {
+        b.iter(|| blocklist.is_blocked(black_box(unblocked.question())))
+    });
+    let blocked = query_for("x.y.tracker99.ads2.example", Rtype::A);
+    let blocked = parse_query(&blocked).unwrap();
+    assert!(blocklist.is_blocked(blocked.question()));
+    c.bench_function("blocklist_100k/hit_5_labels", |b| {
+        b.iter(|| blocklist.is_blocked(black_box(blocked.question())))
+    });
+
+    let mut routes = tundns_dns::Routes::new(0usize);
+    for (index, suffix) in ["corp.internal", "lab.corp.internal", "corp.example"]
+        .into_iter()
+        .chain((0..20).map(|i| Box::leak(format!("zone{i}.internal").into_boxed_str()) as &str))
+        .enumerate()
+    {
+        routes.add(suffix, index + 1).unwrap();
+    }
+    let routed = query_for("a.b.www.corp.internal", Rtype::A);
+    let routed = parse_query(&routed).unwrap();
+    assert_eq!(*routes.lookup(routed.question()), 1);
+    c.bench_function("routes/lookup_5_labels", |b| {
+        b.iter(|| *routes.lookup(black_box(routed.question())))
+    });
+}
+
+criterion_group!(dns, benches, resolver_front);
 criterion_main!(dns);

@@ -20,12 +20,20 @@
 //! `domain`'s `Message` (see `benches/dns.rs`). `domain` serves as the
 //! independent oracle in the tests, and provides the [`Rcode`] type.
 
+mod block;
+mod local;
+mod names;
 mod query;
 mod response;
+mod routes;
+mod synth;
 pub mod tcp;
 mod wire;
 
+pub use block::{BlockList, BlockMode};
 pub use domain::base::iana::Rcode;
+pub use local::{DEFAULT_TTL, LocalData, LocalDataBuilder, NEGATIVE_TTL};
+pub use names::RecordError;
 pub use query::{
     Edns, MAX_UDP_RESPONSE, MIN_UDP_RESPONSE, Query, QueryError, Question, max_udp_response,
     parse_query,
@@ -34,4 +42,5 @@ pub use response::{
     ADVERTISED_UDP_PAYLOAD, MAX_SYNTHESIZED_LEN, is_truncated, message_id, response_matches,
     set_message_id, write_error_response, write_truncated,
 };
+pub use routes::Routes;
 pub use wire::HEADER_LEN;

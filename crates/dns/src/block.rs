@@ -1,0 +1,248 @@
+//! Blocklists: names answered NXDOMAIN, or 0.0.0.0 / `::`, instead of being
+//! resolved.
+//!
+//! A blocked domain blocks itself and every name under it. A lookup hashes the
+//! question name and each of its parents: O(labels), whatever the list's size,
+//! and no allocation.
+
+use core::fmt;
+use core::time::Duration;
+use std::net::IpAddr;
+
+use crate::names::{self, NameSet, RecordError, Wildcard, error, parse_name};
+use crate::query::{Query, Question};
+use crate::synth::{
+    self, CLASS_ANY, CLASS_IN, QUESTION_NAME, RCODE_NOERROR, RCODE_NXDOMAIN, Reply, TYPE_A,
+    TYPE_AAAA, TYPE_SOA,
+};
+
+/// How a blocked name is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockMode {
+    /// NXDOMAIN with an SOA whose MINIMUM is the block TTL.
+    NxDomain,
+    /// 0.0.0.0 for A, `::` for AAAA (TTL = the block TTL); NODATA with that SOA
+    /// for other types.
+    Null,
+}
+
+/// Names that hosts files and list files use for the machine itself, never to
+/// block anything.
+const LOCAL_HOST_NAMES: [&str; 12] = [
+    "localhost",
+    "localhost.localdomain",
+    "localdomain",
+    "local",
+    "broadcasthost",
+    "ip6-localhost",
+    "ip6-loopback",
+    "ip6-localnet",
+    "ip6-mcastprefix",
+    "ip6-allnodes",
+    "ip6-allrouters",
+    "ip6-allhosts",
+];
+
+/// A set of blocked domains and how to answer them.
+pub struct BlockList {
+    mode: BlockMode,
+    ttl: u32,
+    domains: NameSet,
+}
+
+impl BlockList {
+    /// An empty list. `ttl` (whole seconds, at most 2^31 - 1) is the TTL of the
+    /// null answers and of the SOA in negative ones.
+    pub fn new(mode: BlockMode, ttl: Duration) -> Self {
+        BlockList {
+            mode,
+            ttl: ttl.as_secs().min(i32::MAX as u64) as u32,
+            domains: NameSet::default(),
+        }
+    }
+
+    /// Blocks `domain` and everything under it. The root is refused.
+    pub fn add_domain(&mut self, domain: &str) -> Result<(), RecordError> {
+        let wire = parse_name(domain, Wildcard::Forbidden)?;
+        if wire == [0] {
+            return Err(error(
+                "refusing to block the root: it would block every name",
+            ));
+        }
+        self.domains.insert(wire.into());
+        Ok(())
+    }
+
+    /// Adds one line of a list file. Accepted forms:
+    /// - hosts format, `ADDRESS NAME [NAME...]` with any address (`0.0.0.0`,
+    ///   `127.0.0.1`, `::1`, scoped ones too); names of the machine itself
+    ///   (`localhost`, `broadcasthost`, `ip6-allnodes`, ...) and addresses in
+    ///   the name column are skipped;
+    /// - one domain per line (a leading `*.` is dropped: the domain is blocked
+    ///   with everything under it);
+    /// - adblock-style `||domain^`; rules with options (`$...`) or exceptions
+    ///   (`@@`) are refused rather than misread;
+    /// - blank lines, `#` comments (also after an entry), and adblock's `!`
+    ///   comments and `[Adblock Plus 2.0]`-style headers.
+    pub fn add_list_line(&mut self, line: &str) -> Result<(), RecordError> {
+        let trimmed = line.trim();
+        if trimmed.starts_with('!') || (trimmed.starts_with('[') && trimmed.ends_with(']')) {
+            return Ok(());
+        }
+        let content = trimmed.split('#').next().unwrap_or_default().trim();
+        if content.is_empty() {
+            return Ok(());
+        }
+        if content.starts_with("@@") {
+            return Err(error(format!(
+                "adblock exception rules are not supported: {content:?}"
+            )));
+        }
+        if let Some(rule) = content.strip_prefix("||") {
+            if rule.contains('$') {
+                return Err(error(format!(
+                    "adblock rule options ($...) are not supported: {content:?}"
+                )));
+            }
+            let domain = rule.strip_suffix('^').ok_or_else(|| {
+                error(format!(
+                    "adblock rule {content:?} must have the form ||domain^"
+                ))
+            })?;
+            return self.add_domain(domain);
+        }
+        let mut tokens = content.split_whitespace();
+        let first = tokens.next().unwrap_or_default();
+        let address = first.split('%').next().unwrap_or_default();
+        if address.parse::<IpAddr>().is_ok() {
+            let mut domains = Vec::new();
+            for name in tokens {
+                if is_local_host_name(name) || name.parse::<IpAddr>().is_ok() {
+                    continue;
+                }
+                domains.push(parse_name(name, Wildcard::Forbidden)?);
+            }
+            if domains.is_empty() && !content.contains(char::is_whitespace) {
+                return Err(error(format!(
+                    "hosts line {content:?} has an address but no name"
+                )));
+            }
+            self.domains.extend(domains.into_iter().map(Vec::into));
+            return Ok(());
+        }
+        if tokens.next().is_some() {
+            return Err(error(format!(
+                "expected a domain, a hosts line or ||domain^, found {content:?}"
+            )));
+        }
+        if is_local_host_name(first) {
+            return Ok(());
+        }
+        self.add_domain(first.strip_prefix("*.").unwrap_or(first))
+    }
+
+    /// Whether the question's name, or one of its parents, is blocked.
+    #[inline]
+    pub fn is_blocked(&self, question: &Question) -> bool {
+        self.blocked_suffix(question.name_wire()).is_some()
+    }
+
+    /// When `query` is blocked, writes the blocked answer into `out` and returns
+    /// its length: the client's ID and question spelling, RA=1, RD and CD
+    /// copied, an OPT record when the query had one. The SOA of negative answers
+    /// is owned by the blocked domain. `out`'s length is the size limit, as for
+    /// [`LocalData::answer`](crate::LocalData::answer). Does not allocate.
+    pub fn answer(&self, query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
+        let question = query.question();
+        let offset = self.blocked_suffix(question.name_wire())?;
+        let class_in = question.qclass() == CLASS_IN || question.qclass() == CLASS_ANY;
+        let null_address: Option<&[u8]> = match (self.mode, question.qtype()) {
+            (BlockMode::Null, TYPE_A) if class_in => Some(&[0; 4]),
+            (BlockMode::Null, TYPE_AAAA) if class_in => Some(&[0; 16]),
+            _ => None,
+        };
+        let mut body = [0u8; 64];
+        let mut len = 0;
+        let mut push = |bytes: &[u8]| {
+            body[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        let reply = if let Some(address) = null_address {
+            let rtype = question.qtype();
+            push(&QUESTION_NAME);
+            push(&rtype.to_be_bytes());
+            push(&CLASS_IN.to_be_bytes());
+            push(&self.ttl.to_be_bytes());
+            push(&(address.len() as u16).to_be_bytes());
+            push(address);
+            Reply {
+                authoritative: false,
+                rcode: RCODE_NOERROR,
+                ancount: 1,
+                nscount: 0,
+            }
+        } else {
+            // The blocked domain is a suffix of the question name: point into it.
+            let zone = synth::question_suffix_pointer(offset);
+            push(&zone);
+            push(&TYPE_SOA.to_be_bytes());
+            push(&CLASS_IN.to_be_bytes());
+            push(&self.ttl.to_be_bytes());
+            push(&35u16.to_be_bytes());
+            push(&zone);
+            push(b"\x0ahostmaster");
+            push(&zone);
+            for value in [1, 3600, 600, 86400, self.ttl] {
+                push(&u32::to_be_bytes(value));
+            }
+            let rcode = match self.mode {
+                BlockMode::NxDomain => RCODE_NXDOMAIN,
+                BlockMode::Null => RCODE_NOERROR,
+            };
+            Reply {
+                authoritative: false,
+                rcode,
+                ancount: 0,
+                nscount: 1,
+            }
+        };
+        Some(synth::write_reply(query, reply, &body[..len], out))
+    }
+
+    /// Number of blocked domains.
+    pub fn len(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    /// Offset in `name` of its longest blocked suffix.
+    #[inline]
+    fn blocked_suffix(&self, name: &[u8]) -> Option<usize> {
+        if self.domains.is_empty() {
+            return None;
+        }
+        names::suffixes(name)
+            .find(|(_, suffix)| self.domains.contains(*suffix))
+            .map(|(offset, _)| offset)
+    }
+}
+
+impl fmt::Debug for BlockList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockList")
+            .field("mode", &self.mode)
+            .field("ttl", &self.ttl)
+            .field("domains", &self.domains.len())
+            .finish()
+    }
+}
+
+fn is_local_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    LOCAL_HOST_NAMES
+        .iter()
+        .any(|local| local.eq_ignore_ascii_case(name))
+}
