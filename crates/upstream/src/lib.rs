@@ -1,53 +1,120 @@
 //! Forwarding DNS queries to upstream resolvers: the only DNS code in tundns
 //! that touches sockets.
 //!
-//! Owns the [`UpstreamPool`]: an ordered list of resolvers, tried one after the
-//! other with a per-attempt timeout, over UDP or TCP (RFC 7766 framing) on the
-//! host's own sockets, outside the tunnel (optionally marked with `SO_MARK` so
-//! policy routing keeps them there). Each attempt uses a fresh random message
-//! ID and a fresh socket on a kernel-chosen source port, and accepts only an
-//! answer whose source, ID and question all match; everything else is ignored
-//! and counted. That is the defence against off-path spoofing.
+//! Owns the [`UpstreamPool`]: a list of resolvers reached over UDP (with a TCP
+//! retry when the answer is truncated), TCP (RFC 7766), DNS over TLS (RFC 7858:
+//! one persistent, pipelined connection per upstream) or DNS over HTTPS
+//! (RFC 8484: one HTTP/2 connection with concurrent streams), and the policy
+//! over them: smoothed RTT and failure counts per upstream, dead upstreams
+//! skipped until a background probe shows them back, hedging to the next
+//! upstream when the current one is slow, and SERVFAIL/REFUSED treated as soft
+//! errors that move on.
+//!
+//! Every answer must match before it is accepted: for UDP and TCP a fresh
+//! random ID per attempt, a fresh socket on a kernel-chosen port, the
+//! upstream's address and the question; for DoT a random ID unique on the
+//! connection and the question; for DoH (ID 0 on the wire, RFC 8484 §4.1) the
+//! HTTP stream and the question. Anything else is ignored and counted. TLS
+//! certificates are always verified, against the system roots plus an optional
+//! CA file; there is no way to turn verification off. Sockets carry the
+//! configured `SO_MARK` and source address, so policy routing decides whether
+//! DNS goes around the tunnel or through it.
 //!
 //! It must never decide what a message means beyond that match (validation,
 //! truncation for the client and error answers live in `tundns-dns`), never
 //! send to anything but the configured upstreams, and never re-encode a
 //! message: the client's bytes go out with only the ID rewritten, and the
 //! answer comes back with only the ID restored.
-//!
-//! Later transports (DoT, DoH) and pool policy (RTT, health, hedging) slot in
-//! behind [`UpstreamPool::resolve`] without changing its signature.
 
+mod doh;
+mod dot;
+mod health;
+mod tls;
 mod transport;
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tundns_dns::{message_id, parse_query, set_message_id};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tundns_dns::{Question, Rcode, parse_query, set_message_id};
 
+use health::Health;
 use transport::AttemptError;
 
-/// How a query travels to the upstream.
+/// How the client's query reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    /// One datagram each way. An answer with TC=1 is returned as is, so the
-    /// client retries over TCP.
+    /// A UDP upstream is asked over UDP (and over TCP if the answer is truncated).
     Udp,
-    /// RFC 7766: a 2-byte length prefix before each message, one fresh
-    /// connection per attempt.
+    /// A UDP upstream is asked over TCP straight away: the client came over TCP
+    /// because it expects a large answer.
     Tcp,
+}
+
+/// How the pool reaches one upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP; an answer with TC=1 is asked again over TCP from the same upstream.
+    Udp,
+    /// RFC 7766: a fresh connection per attempt.
+    Tcp,
+    /// DNS over TLS (RFC 7858). `server_name` is the SNI and the name the
+    /// certificate must carry (an IP address is allowed).
+    Tls { server_name: String },
+    /// DNS over HTTPS (RFC 8484), HTTP/2 POST. `path` starts with `/`.
+    Https { server_name: String, path: String },
+}
+
+/// One upstream resolver.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamSpec {
+    pub transport: Transport,
+    /// Where to connect. For DoH this is the bootstrap address, so reaching the
+    /// upstream needs no plain DNS (port 443 by convention).
+    pub address: SocketAddr,
+}
+
+/// The URL forms of the configuration (`udp://`, `tcp://`, `tls://name@ip:port`,
+/// `https://name@ip:port/path`).
+impl fmt::Display for UpstreamSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.transport {
+            Transport::Udp => write!(f, "udp://{}", self.address),
+            Transport::Tcp => write!(f, "tcp://{}", self.address),
+            Transport::Tls { server_name } => write!(f, "tls://{server_name}@{}", self.address),
+            Transport::Https { server_name, path } => {
+                write!(f, "https://{server_name}@{}{path}", self.address)
+            }
+        }
+    }
 }
 
 /// Settings shared by every upstream of a pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// How long one upstream gets (connect, send and answer) before the next is tried.
+    /// How long one attempt at one upstream (connect, handshake, send, answer,
+    /// and a TCP retry after a truncated UDP answer) may take.
     pub attempt_timeout: Duration,
     /// `SO_MARK` for every upstream socket, so policy routing can keep DNS out
     /// of the tunnel (setting it needs `CAP_NET_ADMIN`).
     pub fwmark: Option<u32>,
+    /// Source address of every upstream socket. Groups "through the tunnel" set
+    /// it to the interface address (and no fwmark). Its family must match every
+    /// upstream's.
+    pub bind_address: Option<IpAddr>,
+    /// Extra PEM trust anchors for DoT and DoH, added to the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Send to the next upstream too when the current one has not answered
+    /// within a delay derived from its RTT (the first valid answer wins).
+    pub hedge: bool,
+    /// An idle DoT or DoH connection (nothing in flight) is closed after this long.
+    pub idle_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -55,13 +122,36 @@ impl Default for PoolConfig {
         PoolConfig {
             attempt_timeout: Duration::from_secs(2),
             fwmark: None,
+            bind_address: None,
+            ca_file: None,
+            hedge: true,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// Why [`UpstreamPool::resolve`] produced no answer. The caller answers the
-/// client SERVFAIL (or FORMERR for [`ResolveError::InvalidQuery`]).
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+/// Why [`UpstreamPool::new`] refused its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("CA file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    #[error("invalid DoH path {0:?}: it must start with '/'")]
+    DohPath(String),
+    #[error("bind address {bind} and upstream {upstream} are of different address families")]
+    BindFamily {
+        bind: IpAddr,
+        upstream: UpstreamSpec,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Why [`UpstreamPool::resolve`] produced no usable answer. The caller serves
+/// stale data if it has some, and otherwise answers SERVFAIL (or FORMERR for
+/// [`ResolveError::InvalidQuery`]).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ResolveError {
     /// The bytes do not pass `tundns_dns::parse_query`: nothing was sent.
     #[error("not a forwardable DNS query")]
@@ -69,9 +159,14 @@ pub enum ResolveError {
     /// The pool has no upstream.
     #[error("no upstream resolver configured")]
     NoUpstreams,
-    /// Every upstream timed out, refused or failed.
+    /// Every attempt timed out, failed, or answered SERVFAIL or REFUSED.
+    /// `soft_answer` is the last such SERVFAIL/REFUSED answer (client's ID
+    /// restored), which the caller may forward when it has nothing stale.
     #[error("all {attempts} upstream attempts failed")]
-    AllFailed { attempts: usize },
+    AllFailed {
+        attempts: usize,
+        soft_answer: Option<Bytes>,
+    },
 }
 
 /// Counters since the pool was created (read with relaxed ordering: each is
@@ -80,9 +175,9 @@ pub enum ResolveError {
 pub struct PoolStats {
     /// Calls to `resolve` with a valid query.
     pub queries: u64,
-    /// Queries answered by some upstream.
+    /// Queries answered by some upstream (not counting soft errors).
     pub answered: u64,
-    /// Queries for which every upstream failed.
+    /// Queries for which every attempt failed or was a soft error.
     pub all_failed: u64,
     /// Messages received that did not match source, ID or question: forged,
     /// late or garbage. Ignored.
@@ -91,10 +186,34 @@ pub struct PoolStats {
     pub timeouts: u64,
     /// Attempts refused: ICMP port unreachable (UDP) or RST (TCP).
     pub refusals: u64,
-    /// Attempts that failed otherwise: socket errors, connection closed,
-    /// framing errors, too many mismatched messages.
+    /// Attempts that failed otherwise: socket, TLS or HTTP errors, connection
+    /// closed, framing errors, too many mismatched messages.
     pub failures: u64,
+    /// SERVFAIL or REFUSED answers, which moved on to the next upstream.
+    pub soft_errors: u64,
+    /// Attempts started because the previous upstream was slow (hedging).
+    pub hedged: u64,
+    /// Truncated UDP answers asked again over TCP.
+    pub tcp_retries: u64,
+    /// Background probes of dead upstreams.
+    pub probes: u64,
 }
+
+/// The health of one upstream, as [`UpstreamPool::health`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamHealth {
+    pub spec: UpstreamSpec,
+    /// Smoothed RTT of successful attempts; `None` before the first.
+    pub srtt: Option<Duration>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// False once `failures` reached [`DEAD_AFTER_FAILURES`], until a probe
+    /// or an attempt succeeds.
+    pub alive: bool,
+}
+
+/// Consecutive failures that mark an upstream dead.
+pub const DEAD_AFTER_FAILURES: u32 = 3;
 
 #[derive(Default)]
 struct Counters {
@@ -105,92 +224,307 @@ struct Counters {
     timeouts: AtomicU64,
     refusals: AtomicU64,
     failures: AtomicU64,
+    soft_errors: AtomicU64,
+    hedged: AtomicU64,
+    tcp_retries: AtomicU64,
+    probes: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// An ordered list of upstream resolvers, tried in turn.
-///
-/// `resolve` takes `&self`: share one pool (in an `Arc`) between all the
-/// proxy's tasks; concurrent queries are independent.
-pub struct UpstreamPool {
-    upstreams: Vec<SocketAddr>,
+/// What every attempt needs besides the query.
+struct Context {
     config: PoolConfig,
-    counters: Counters,
+    counters: Arc<Counters>,
+}
+
+enum Link {
+    Udp,
+    Tcp,
+    Tls(dot::DotClient),
+    Https(doh::DohClient),
+}
+
+struct Upstream {
+    spec: UpstreamSpec,
+    link: Link,
+    health: Health,
+}
+
+impl Upstream {
+    /// One attempt, unbounded in time (the caller bounds it). Returns the
+    /// matching answer with the ID it had on the wire.
+    async fn exchange(
+        &self,
+        query: &[u8],
+        question: &Question,
+        client_protocol: Protocol,
+        context: &Context,
+    ) -> Result<Vec<u8>, AttemptError> {
+        let address = self.spec.address;
+        match &self.link {
+            Link::Udp => match client_protocol {
+                Protocol::Udp => transport::udp_then_tcp(address, query, question, context).await,
+                Protocol::Tcp => transport::tcp(address, query, question, context).await,
+            },
+            Link::Tcp => transport::tcp(address, query, question, context).await,
+            Link::Tls(client) => client.exchange(query, question, context).await,
+            Link::Https(client) => client.exchange(query, question, context).await,
+        }
+    }
+
+    /// Forgets a persistent connection, so the next attempt (a probe) starts afresh.
+    fn drop_connection(&self) {
+        match &self.link {
+            Link::Tls(client) => client.drop_connection(),
+            Link::Https(client) => client.drop_connection(),
+            Link::Udp | Link::Tcp => {}
+        }
+    }
+}
+
+struct Inner {
+    upstreams: Vec<Upstream>,
+    context: Context,
+}
+
+/// Upstream resolvers with health, hedging and failover.
+///
+/// Order: the configured order among the alive upstreams. RTT is used to
+/// decide *when* to hedge, not to reorder: the first upstream is the one the
+/// administrator chose as primary (often the nearest or the one with the right
+/// view of private names), and hedging already hides a slow primary. When
+/// every upstream is dead, all are tried in order, so the pool recovers as soon
+/// as the network does.
+///
+/// `resolve` takes `&self`; cloning the pool is cheap and shares everything.
+#[derive(Clone)]
+pub struct UpstreamPool {
+    inner: Arc<Inner>,
 }
 
 impl UpstreamPool {
-    pub fn new(upstreams: Vec<SocketAddr>, config: PoolConfig) -> Self {
-        UpstreamPool {
-            upstreams,
-            config,
-            counters: Counters::default(),
+    /// Builds the pool; TLS settings are loaded here (system roots and
+    /// `ca_file`), so a bad CA file fails at start-up, naming the file.
+    pub fn new(upstreams: Vec<UpstreamSpec>, config: PoolConfig) -> Result<Self, PoolError> {
+        let needs_tls = config.ca_file.is_some()
+            || upstreams.iter().any(|spec| {
+                matches!(
+                    spec.transport,
+                    Transport::Tls { .. } | Transport::Https { .. }
+                )
+            });
+        let tls = if needs_tls {
+            Some(tls::ClientConfigs::new(config.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        let mut built = Vec::with_capacity(upstreams.len());
+        for spec in upstreams {
+            if let Some(bind) = config.bind_address
+                && bind.is_ipv4() != spec.address.is_ipv4()
+            {
+                return Err(PoolError::BindFamily {
+                    bind,
+                    upstream: spec,
+                });
+            }
+            let link = match &spec.transport {
+                Transport::Udp => Link::Udp,
+                Transport::Tcp => Link::Tcp,
+                Transport::Tls { server_name } => {
+                    let tls = tls.as_ref().ok_or_else(missing_tls)?;
+                    Link::Tls(dot::DotClient::new(
+                        spec.address,
+                        server_name,
+                        tls.dot.clone(),
+                    )?)
+                }
+                Transport::Https { server_name, path } => {
+                    let tls = tls.as_ref().ok_or_else(missing_tls)?;
+                    Link::Https(doh::DohClient::new(
+                        spec.address,
+                        server_name,
+                        path,
+                        tls.doh.clone(),
+                    )?)
+                }
+            };
+            built.push(Upstream {
+                spec,
+                link,
+                health: Health::default(),
+            });
         }
+        Ok(UpstreamPool {
+            inner: Arc::new(Inner {
+                upstreams: built,
+                context: Context {
+                    config,
+                    counters: Arc::default(),
+                },
+            }),
+        })
     }
 
-    pub fn upstreams(&self) -> &[SocketAddr] {
-        &self.upstreams
+    pub fn upstreams(&self) -> impl ExactSizeIterator<Item = &UpstreamSpec> {
+        self.inner.upstreams.iter().map(|upstream| &upstream.spec)
     }
 
     pub fn config(&self) -> &PoolConfig {
-        &self.config
+        &self.inner.context.config
     }
 
-    /// Forwards a client query (raw bytes, as received) and returns the
-    /// upstream's response with the client's own ID restored.
+    /// Forwards a client query (raw bytes, as received) and returns an
+    /// upstream's answer with the client's own ID restored.
     ///
-    /// Upstreams are tried in order, each for at most `attempt_timeout`; a
-    /// refusal moves on at once. Each attempt sends under a fresh random ID
-    /// from a fresh socket, and waits for a message whose source, ID and
-    /// question match, ignoring (and counting) everything else.
+    /// The first alive upstream is asked first. The next one is asked when an
+    /// attempt fails (timeout, refusal, error), answers SERVFAIL or REFUSED,
+    /// or, with hedging, has not answered within clamp(3 × its smoothed RTT,
+    /// 20 ms, 500 ms). The first other answer wins and the remaining attempts
+    /// are cancelled. Each attempt is bounded by `attempt_timeout`.
     ///
-    /// The response is returned whatever its rcode or size: fitting it to the
-    /// client (`tundns_dns::write_truncated`) is the caller's job.
-    pub async fn resolve(&self, query: &[u8], protocol: Protocol) -> Result<Bytes, ResolveError> {
+    /// The response is returned whatever its size: fitting it to the client
+    /// (`tundns_dns::write_truncated`) is the caller's job.
+    pub async fn resolve(
+        &self,
+        query: &[u8],
+        client_protocol: Protocol,
+    ) -> Result<Bytes, ResolveError> {
         let parsed = parse_query(query).map_err(|_| ResolveError::InvalidQuery)?;
-        if self.upstreams.is_empty() {
+        let inner = &*self.inner;
+        if inner.upstreams.is_empty() {
             return Err(ResolveError::NoUpstreams);
         }
-        bump(&self.counters.queries);
+        let counters = &inner.context.counters;
+        bump(&counters.queries);
         let client_id = parsed.id();
         let question = parsed.question();
-        let mut exchange = transport::Exchange::new(query, protocol);
+        let order = self.plan(query, question, client_protocol);
+        let config = &inner.context.config;
 
-        for &upstream in &self.upstreams {
-            let id = rand::random::<u16>();
-            let attempt = exchange.attempt(upstream, id, question, &self.config, &self.counters);
-            let outcome = tokio::time::timeout(self.config.attempt_timeout, attempt)
+        let launch = |index: usize| async move {
+            let upstream = &inner.upstreams[index];
+            let started = Instant::now();
+            let attempt = upstream.exchange(query, question, client_protocol, &inner.context);
+            let outcome = tokio::time::timeout(config.attempt_timeout, attempt)
                 .await
                 .unwrap_or(Err(AttemptError::Timeout));
-            match outcome {
-                Ok(response) => {
-                    let mut response = response.to_vec();
-                    debug_assert_eq!(message_id(&response), Some(id));
-                    set_message_id(&mut response, client_id);
-                    bump(&self.counters.answered);
-                    return Ok(Bytes::from(response));
+            (index, started.elapsed(), outcome)
+        };
+        let mut attempts = FuturesUnordered::new();
+        attempts.push(launch(order[0]));
+        let mut launched = 1;
+        let mut hedge_at = Instant::now() + inner.upstreams[order[0]].health.hedge_delay();
+        let mut soft_answer = None;
+
+        loop {
+            let may_hedge = config.hedge && launched < order.len();
+            tokio::select! {
+                Some((index, elapsed, outcome)) = attempts.next() => {
+                    let upstream = &inner.upstreams[index];
+                    match outcome {
+                        Ok(mut response) => {
+                            upstream.health.record_success(elapsed);
+                            set_message_id(&mut response, client_id);
+                            let response = Bytes::from(shrink(response));
+                            if !is_soft_error(&response) {
+                                bump(&counters.answered);
+                                return Ok(response);
+                            }
+                            bump(&counters.soft_errors);
+                            tracing::debug!(upstream = %upstream.spec, %question, "soft error answer, moving on");
+                            soft_answer = Some(response);
+                        }
+                        Err(error) => {
+                            bump(match error {
+                                AttemptError::Timeout => &counters.timeouts,
+                                AttemptError::Refused => &counters.refusals,
+                                _ => &counters.failures,
+                            });
+                            if upstream.health.record_failure() {
+                                upstream.drop_connection();
+                                tracing::warn!(upstream = %upstream.spec, "upstream marked dead");
+                            }
+                            tracing::debug!(upstream = %upstream.spec, ?client_protocol, %question, %error, "upstream attempt failed");
+                        }
+                    }
+                    if launched < order.len() {
+                        attempts.push(launch(order[launched]));
+                        hedge_at = Instant::now() + inner.upstreams[order[launched]].health.hedge_delay();
+                        launched += 1;
+                    } else if attempts.is_empty() {
+                        break;
+                    }
                 }
-                Err(error) => {
-                    bump(match error {
-                        AttemptError::Timeout => &self.counters.timeouts,
-                        AttemptError::Refused => &self.counters.refusals,
-                        _ => &self.counters.failures,
-                    });
-                    tracing::debug!(%upstream, ?protocol, %question, %error, "upstream attempt failed");
+                () = tokio::time::sleep_until(hedge_at.into()), if may_hedge => {
+                    bump(&counters.hedged);
+                    attempts.push(launch(order[launched]));
+                    hedge_at = Instant::now() + inner.upstreams[order[launched]].health.hedge_delay();
+                    launched += 1;
                 }
+                else => break,
             }
         }
-        bump(&self.counters.all_failed);
+        bump(&counters.all_failed);
         Err(ResolveError::AllFailed {
-            attempts: self.upstreams.len(),
+            attempts: launched,
+            soft_answer,
         })
+    }
+
+    /// The upstreams to ask, in order: the alive ones, or all when none is (the
+    /// query itself is then the probe). Otherwise dead upstreams whose back-off
+    /// has passed get a background probe with this query.
+    fn plan(&self, query: &[u8], question: &Question, client_protocol: Protocol) -> Vec<usize> {
+        let upstreams = &self.inner.upstreams;
+        let alive: Vec<usize> = (0..upstreams.len())
+            .filter(|&index| upstreams[index].health.alive())
+            .collect();
+        if alive.is_empty() {
+            return (0..upstreams.len()).collect();
+        }
+        let now = Instant::now();
+        for (index, upstream) in upstreams.iter().enumerate() {
+            if !upstream.health.alive() && upstream.health.claim_probe(now) {
+                self.spawn_probe(index, query, question.clone(), client_protocol);
+            }
+        }
+        alive
+    }
+
+    fn spawn_probe(
+        &self,
+        index: usize,
+        query: &[u8],
+        question: Question,
+        client_protocol: Protocol,
+    ) {
+        let inner = self.inner.clone();
+        let query = query.to_vec();
+        bump(&inner.context.counters.probes);
+        tokio::spawn(async move {
+            let upstream = &inner.upstreams[index];
+            let started = Instant::now();
+            let attempt = upstream.exchange(&query, &question, client_protocol, &inner.context);
+            match tokio::time::timeout(inner.context.config.attempt_timeout, attempt).await {
+                Ok(Ok(_)) => {
+                    upstream.health.record_success(started.elapsed());
+                    tracing::info!(upstream = %upstream.spec, "upstream is back");
+                }
+                _ => {
+                    upstream.health.probe_failed(Instant::now());
+                    upstream.drop_connection();
+                }
+            }
+        });
     }
 
     pub fn stats(&self) -> PoolStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let counters = &self.counters;
+        let counters = &self.inner.context.counters;
         PoolStats {
             queries: read(&counters.queries),
             answered: read(&counters.answered),
@@ -199,6 +533,42 @@ impl UpstreamPool {
             timeouts: read(&counters.timeouts),
             refusals: read(&counters.refusals),
             failures: read(&counters.failures),
+            soft_errors: read(&counters.soft_errors),
+            hedged: read(&counters.hedged),
+            tcp_retries: read(&counters.tcp_retries),
+            probes: read(&counters.probes),
         }
     }
+
+    pub fn health(&self) -> Vec<UpstreamHealth> {
+        self.inner
+            .upstreams
+            .iter()
+            .map(|upstream| UpstreamHealth {
+                spec: upstream.spec.clone(),
+                srtt: upstream.health.srtt(),
+                failures: upstream.health.failures(),
+                alive: upstream.health.alive(),
+            })
+            .collect()
+    }
+}
+
+fn missing_tls() -> PoolError {
+    PoolError::Tls("TLS settings missing for a TLS upstream".into())
+}
+
+/// SERVFAIL and REFUSED say "not from me": another upstream may do better.
+fn is_soft_error(response: &[u8]) -> bool {
+    let rcode = response.get(3).map_or(0, |flags| flags & 0x0f);
+    rcode == Rcode::SERVFAIL.to_int() || rcode == Rcode::REFUSED.to_int()
+}
+
+/// Receive buffers are sized for the largest message; the answer kept (and
+/// perhaps cached by the caller) should not be.
+fn shrink(mut response: Vec<u8>) -> Vec<u8> {
+    if response.capacity() > response.len() + response.len() / 2 {
+        response.shrink_to_fit();
+    }
+    response
 }

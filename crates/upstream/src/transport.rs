@@ -1,19 +1,20 @@
-//! One attempt against one upstream, over UDP or TCP.
+//! One attempt over UDP or TCP, the errors of every transport, and the socket
+//! set-up (source address, `SO_MARK`) they all share.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tundns_dns::tcp::{MAX_MESSAGE_LEN, length_prefix};
-use tundns_dns::{Question, response_matches, set_message_id};
+use tundns_dns::{Question, is_truncated, response_matches, set_message_id};
 
-use crate::{Counters, PoolConfig, Protocol, bump};
+use crate::{Context, PoolConfig, bump};
 
 /// Messages that fail the match before an attempt gives up on the upstream,
 /// so a flood of forgeries costs bounded work per attempt.
-const MAX_IGNORED_PER_ATTEMPT: usize = 256;
+pub const MAX_IGNORED_PER_ATTEMPT: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
@@ -27,6 +28,12 @@ pub enum AttemptError {
     Framing,
     #[error("{MAX_IGNORED_PER_ATTEMPT} mismatched messages")]
     TooManyMismatched,
+    #[error("the answer does not match the question")]
+    Mismatched,
+    #[error("too many queries in flight on one connection")]
+    Busy,
+    #[error("HTTP: {0}")]
+    Http(String),
     #[error("{0}")]
     Io(io::Error),
 }
@@ -43,97 +50,13 @@ impl From<io::Error> for AttemptError {
     }
 }
 
-/// The buffers of one query across its attempts.
-pub struct Exchange {
-    protocol: Protocol,
-    /// The query as it goes on the wire (with the TCP length prefix for TCP).
-    outgoing: Vec<u8>,
-    /// Where the ID sits in `outgoing`.
-    id_offset: usize,
-    received: Vec<u8>,
-}
-
-impl Exchange {
-    /// `query` has passed `parse_query`, so it is at least a header long and,
-    /// being a UDP payload or a TCP frame, at most 65535 bytes.
-    pub fn new(query: &[u8], protocol: Protocol) -> Self {
-        let mut outgoing = Vec::with_capacity(query.len() + 2);
-        let id_offset = match protocol {
-            Protocol::Udp => 0,
-            Protocol::Tcp => {
-                outgoing.extend(length_prefix(query.len()).unwrap_or([0xff, 0xff]));
-                2
-            }
-        };
-        outgoing.extend_from_slice(query);
-        Exchange {
-            protocol,
-            outgoing,
-            id_offset,
-            received: vec![0; MAX_MESSAGE_LEN],
-        }
-    }
-
-    /// Sends the query to `upstream` under `id` and waits (without a deadline:
-    /// the caller bounds it) for the matching answer.
-    pub async fn attempt(
-        &mut self,
-        upstream: SocketAddr,
-        id: u16,
-        question: &Question,
-        config: &PoolConfig,
-        counters: &Counters,
-    ) -> Result<&[u8], AttemptError> {
-        set_message_id(&mut self.outgoing[self.id_offset..], id);
-        let expected = Expected {
-            upstream,
-            id,
-            question,
-        };
-        let len = match self.protocol {
-            Protocol::Udp => {
-                udp_exchange(
-                    &self.outgoing,
-                    &mut self.received,
-                    &expected,
-                    config,
-                    counters,
-                )
-                .await?
-            }
-            Protocol::Tcp => {
-                tcp_exchange(
-                    &self.outgoing,
-                    &mut self.received,
-                    &expected,
-                    config,
-                    counters,
-                )
-                .await?
-            }
-        };
-        Ok(&self.received[..len])
-    }
-}
-
-struct Expected<'a> {
-    upstream: SocketAddr,
-    id: u16,
-    question: &'a Question,
-}
-
-impl Expected<'_> {
-    fn matches(&self, source: SocketAddr, response: &[u8]) -> bool {
-        // Compare address and port only: a received IPv6 address may carry a
-        // scope or flow label the configured one lacks.
-        source.ip() == self.upstream.ip()
-            && source.port() == self.upstream.port()
-            && response_matches(self.id, self.question, response)
-    }
-
-    fn ignore(&self, source: SocketAddr, len: usize, counters: &Counters) {
-        bump(&counters.mismatched_ignored);
-        tracing::debug!(upstream = %self.upstream, %source, len, "ignored a mismatched DNS message");
+/// The local address for a socket to `upstream`: the configured source
+/// address (the pool checked its family), or any address on a kernel-chosen port.
+fn local_address(upstream: SocketAddr, config: &PoolConfig) -> SocketAddr {
+    match (config.bind_address, upstream) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        (None, SocketAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     }
 }
 
@@ -144,52 +67,88 @@ fn mark(socket: SockRef<'_>, config: &PoolConfig) -> io::Result<()> {
     }
 }
 
-/// A fresh socket on a kernel-chosen port, connected to the upstream (so the
-/// kernel reports ICMP refusals and filters other sources), then a wait for the
-/// matching datagram.
-async fn udp_exchange(
-    query: &[u8],
-    received: &mut [u8],
-    expected: &Expected<'_>,
-    config: &PoolConfig,
-    counters: &Counters,
-) -> Result<usize, AttemptError> {
-    let local: SocketAddr = match expected.upstream {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local).await?;
-    mark(SockRef::from(&socket), config)?;
-    socket.connect(expected.upstream).await?;
-    socket.send(query).await?;
-    for _ in 0..MAX_IGNORED_PER_ATTEMPT {
-        let (len, source) = socket.recv_from(received).await?;
-        if expected.matches(source, &received[..len]) {
-            return Ok(len);
-        }
-        expected.ignore(source, len, counters);
-    }
-    Err(AttemptError::TooManyMismatched)
-}
-
-/// A fresh connection; the query in one write; answers read frame by frame
-/// until the matching one.
-async fn tcp_exchange(
-    framed_query: &[u8],
-    received: &mut [u8],
-    expected: &Expected<'_>,
-    config: &PoolConfig,
-    counters: &Counters,
-) -> Result<usize, AttemptError> {
-    let socket = match expected.upstream {
+/// A TCP connection to `upstream` with the pool's mark and source address.
+pub async fn tcp_connect(upstream: SocketAddr, config: &PoolConfig) -> io::Result<TcpStream> {
+    let socket = match upstream {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     mark(SockRef::from(&socket), config)?;
-    let mut stream = socket.connect(expected.upstream).await?;
+    if config.bind_address.is_some() {
+        socket.bind(local_address(upstream, config))?;
+    }
+    let stream = socket.connect(upstream).await?;
     stream.set_nodelay(true)?;
-    stream.write_all(framed_query).await?;
-    let source = stream.peer_addr()?;
+    Ok(stream)
+}
+
+/// UDP, and when the answer is truncated, TCP to the same upstream. If the TCP
+/// retry fails, the truncated answer is still a valid answer: it is returned.
+pub async fn udp_then_tcp(
+    upstream: SocketAddr,
+    query: &[u8],
+    question: &Question,
+    context: &Context,
+) -> Result<Vec<u8>, AttemptError> {
+    let response = udp(upstream, query, question, context).await?;
+    if !is_truncated(&response) {
+        return Ok(response);
+    }
+    bump(&context.counters.tcp_retries);
+    match tcp(upstream, query, question, context).await {
+        Ok(full) => Ok(full),
+        Err(error) => {
+            tracing::debug!(%upstream, %question, %error, "TCP retry after TC failed");
+            Ok(response)
+        }
+    }
+}
+
+/// A fresh socket on a kernel-chosen port, connected to the upstream (so the
+/// kernel reports ICMP refusals and filters other sources), a fresh random ID,
+/// then a wait for the matching datagram.
+pub async fn udp(
+    upstream: SocketAddr,
+    query: &[u8],
+    question: &Question,
+    context: &Context,
+) -> Result<Vec<u8>, AttemptError> {
+    let id = rand::random::<u16>();
+    let mut outgoing = query.to_vec();
+    set_message_id(&mut outgoing, id);
+    let socket = UdpSocket::bind(local_address(upstream, &context.config)).await?;
+    mark(SockRef::from(&socket), &context.config)?;
+    socket.connect(upstream).await?;
+    socket.send(&outgoing).await?;
+    let mut received = Vec::with_capacity(MAX_MESSAGE_LEN);
+    for _ in 0..MAX_IGNORED_PER_ATTEMPT {
+        received.clear();
+        let (_, source) = socket.recv_buf_from(&mut received).await?;
+        // Compare address and port only: a received IPv6 address may carry a
+        // scope or flow label the configured one lacks.
+        if source.ip() == upstream.ip()
+            && source.port() == upstream.port()
+            && response_matches(id, question, &received)
+        {
+            return Ok(received);
+        }
+        ignore(upstream, received.len(), context);
+    }
+    Err(AttemptError::TooManyMismatched)
+}
+
+/// A fresh connection and a fresh random ID; the query in one write; answers
+/// read frame by frame until the matching one.
+pub async fn tcp(
+    upstream: SocketAddr,
+    query: &[u8],
+    question: &Question,
+    context: &Context,
+) -> Result<Vec<u8>, AttemptError> {
+    let id = rand::random::<u16>();
+    let outgoing = framed(query, id)?;
+    let mut stream = tcp_connect(upstream, &context.config).await?;
+    stream.write_all(&outgoing).await?;
     for _ in 0..MAX_IGNORED_PER_ATTEMPT {
         let mut prefix = [0u8; 2];
         stream.read_exact(&mut prefix).await?;
@@ -197,13 +156,29 @@ async fn tcp_exchange(
         if len == 0 {
             return Err(AttemptError::Framing);
         }
-        stream.read_exact(&mut received[..len]).await?;
-        if expected.matches(source, &received[..len]) {
-            return Ok(len);
+        let mut received = vec![0; len];
+        stream.read_exact(&mut received).await?;
+        if response_matches(id, question, &received) {
+            return Ok(received);
         }
-        expected.ignore(source, len, counters);
+        ignore(upstream, len, context);
     }
     Err(AttemptError::TooManyMismatched)
+}
+
+/// The query with a 2-byte length prefix (RFC 7766 §8) and `id` in place.
+pub fn framed(query: &[u8], id: u16) -> Result<Vec<u8>, AttemptError> {
+    let prefix = length_prefix(query.len()).ok_or(AttemptError::Framing)?;
+    let mut outgoing = Vec::with_capacity(query.len() + 2);
+    outgoing.extend(prefix);
+    outgoing.extend_from_slice(query);
+    set_message_id(&mut outgoing[2..], id);
+    Ok(outgoing)
+}
+
+pub fn ignore(upstream: SocketAddr, len: usize, context: &Context) {
+    bump(&context.counters.mismatched_ignored);
+    tracing::debug!(%upstream, len, "ignored a mismatched DNS message");
 }
 
 #[cfg(test)]
@@ -214,14 +189,11 @@ mod tests {
         b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01";
 
     #[test]
-    fn tcp_queries_carry_a_length_prefix() {
-        let exchange = Exchange::new(QUERY, Protocol::Tcp);
-        assert_eq!(exchange.outgoing[..2], [0, QUERY.len() as u8]);
-        assert_eq!(&exchange.outgoing[2..], QUERY);
-        assert_eq!(exchange.id_offset, 2);
-        let exchange = Exchange::new(QUERY, Protocol::Udp);
-        assert_eq!(exchange.outgoing, QUERY);
-        assert_eq!(exchange.id_offset, 0);
+    fn tcp_queries_carry_a_length_prefix_and_the_new_id() {
+        let outgoing = framed(QUERY, 0xabcd).unwrap();
+        assert_eq!(outgoing[..2], [0, QUERY.len() as u8]);
+        assert_eq!(outgoing[2..4], [0xab, 0xcd]);
+        assert_eq!(&outgoing[4..], &QUERY[2..]);
     }
 
     #[test]
@@ -243,5 +215,16 @@ mod tests {
             kind(io::ErrorKind::PermissionDenied),
             AttemptError::Io(_)
         ));
+    }
+
+    #[test]
+    fn the_source_address_follows_the_config() {
+        let v4: SocketAddr = "192.0.2.53:53".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::53]:53".parse().unwrap();
+        let mut config = PoolConfig::default();
+        assert_eq!(local_address(v4, &config), "0.0.0.0:0".parse().unwrap());
+        assert_eq!(local_address(v6, &config), "[::]:0".parse().unwrap());
+        config.bind_address = Some("10.99.0.2".parse().unwrap());
+        assert_eq!(local_address(v4, &config), "10.99.0.2:0".parse().unwrap());
     }
 }

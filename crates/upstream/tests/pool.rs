@@ -1,146 +1,20 @@
-//! The pool against fake upstreams written here, on loopback only.
+//! The pool against fake UDP and TCP upstreams written here, on loopback only.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use domain::base::iana::{Rcode, Rtype};
-use domain::base::{Message, MessageBuilder, Name, Ttl};
-use domain::rdata::A;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::*;
+use domain::base::Message;
+use domain::base::iana::Rcode;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Mutex;
-use tundns_upstream::{PoolConfig, Protocol, ResolveError, UpstreamPool};
-
-const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
-/// Upper bound on any fake server loop, on top of the tests' own timeouts.
-const MAX_SERVED: usize = 1000;
-
-fn query(id: u16, qname: &str) -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(id);
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    question
-        .push((Name::<Vec<u8>>::vec_from_str(qname).unwrap(), Rtype::A))
-        .unwrap();
-    question.finish()
-}
-
-/// An answer to `request` with `count` A records whose last octet is `marker`.
-fn answer(request: &[u8], count: usize, marker: u8) -> Vec<u8> {
-    let request = Message::from_octets(request).unwrap();
-    let mut builder = MessageBuilder::new_vec()
-        .start_answer(&request, Rcode::NOERROR)
-        .unwrap();
-    let owner = request.sole_question().unwrap().into_qname();
-    for _ in 0..count {
-        builder
-            .push((
-                &owner,
-                Ttl::from_secs(60),
-                A::from_octets(192, 0, 2, marker),
-            ))
-            .unwrap();
-    }
-    builder.finish()
-}
-
-fn with_id(mut msg: Vec<u8>, id: u16) -> Vec<u8> {
-    msg[..2].copy_from_slice(&id.to_be_bytes());
-    msg
-}
-
-fn id_of(msg: &[u8]) -> u16 {
-    u16::from_be_bytes([msg[0], msg[1]])
-}
-
-/// The last octet of the first A record (answers built by `answer`).
-fn marker_of(msg: &[u8]) -> u8 {
-    *msg.last().unwrap()
-}
-
-fn pool(upstreams: Vec<SocketAddr>, attempt_timeout: Duration) -> UpstreamPool {
-    UpstreamPool::new(
-        upstreams,
-        PoolConfig {
-            attempt_timeout,
-            ..PoolConfig::default()
-        },
-    )
-}
-
-/// A UDP upstream that answers each query with whatever `respond` returns
-/// (each message sent in order, from the server's own socket).
-async fn udp_upstream<F>(respond: F) -> SocketAddr
-where
-    F: Fn(&[u8], SocketAddr) -> Vec<Vec<u8>> + Send + 'static,
-{
-    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
-    let address = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        for _ in 0..MAX_SERVED {
-            let Ok((len, client)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            for reply in respond(&buf[..len], client) {
-                let _ = socket.send_to(&reply, client).await;
-            }
-        }
-    });
-    address
-}
-
-/// A bound UDP socket that never answers (kept alive by the returned guard).
-async fn silent_udp_upstream() -> (SocketAddr, UdpSocket) {
-    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
-    (socket.local_addr().unwrap(), socket)
-}
-
-/// A loopback port with nothing behind it (for UDP and TCP alike).
-async fn closed_port() -> SocketAddr {
-    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
-    let address = socket.local_addr().unwrap();
-    drop(socket);
-    address
-}
-
-/// A TCP upstream: for each connection, reads framed queries and writes the
-/// frames `respond` returns.
-async fn tcp_upstream<F>(respond: F) -> SocketAddr
-where
-    F: Fn(&[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static,
-{
-    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let respond = Arc::new(respond);
-    tokio::spawn(async move {
-        for _ in 0..MAX_SERVED {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let respond = respond.clone();
-            tokio::spawn(async move {
-                let mut prefix = [0u8; 2];
-                if stream.read_exact(&mut prefix).await.is_err() {
-                    return;
-                }
-                let mut request = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-                if stream.read_exact(&mut request).await.is_err() {
-                    return;
-                }
-                for reply in respond(&request) {
-                    let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-                    framed.extend(reply);
-                    let _ = stream.write_all(&framed).await;
-                }
-            });
-        }
-    });
-    address
-}
+use tundns_upstream::{
+    DEAD_AFTER_FAILURES, PoolConfig, PoolError, Protocol, ResolveError, UpstreamPool,
+};
 
 #[tokio::test]
 async fn only_the_matching_answer_is_accepted() {
@@ -159,7 +33,7 @@ async fn only_the_matching_answer_is_accepted() {
         ]
     })
     .await;
-    let pool = pool(vec![upstream], Duration::from_secs(2));
+    let pool = pool(vec![udp(upstream)], Duration::from_secs(2));
     let request = query(0xc11e, "www.example.com");
     let response = pool.resolve(&request, Protocol::Udp).await.unwrap();
     assert_eq!(id_of(&response), 0xc11e);
@@ -178,7 +52,7 @@ async fn each_attempt_uses_a_random_id_and_a_fresh_port() {
         vec![answer(request, 1, 1)]
     })
     .await;
-    let pool = pool(vec![upstream], Duration::from_secs(2));
+    let pool = pool(vec![udp(upstream)], Duration::from_secs(2));
     for _ in 0..20 {
         let response = pool
             .resolve(&query(7, "example.com"), Protocol::Udp)
@@ -201,7 +75,7 @@ async fn a_silent_upstream_fails_over_after_the_timeout() {
     let (silent, _guard) = silent_udp_upstream().await;
     let good = udp_upstream(|request, _| vec![answer(request, 1, 2)]).await;
     let timeout = Duration::from_millis(200);
-    let pool = pool(vec![silent, good], timeout);
+    let pool = sequential(vec![udp(silent), udp(good)], timeout);
     let started = Instant::now();
     let response = pool
         .resolve(&query(1, "example.com"), Protocol::Udp)
@@ -217,7 +91,7 @@ async fn a_silent_upstream_fails_over_after_the_timeout() {
 async fn a_refusing_upstream_fails_over_at_once() {
     let closed = closed_port().await;
     let good = udp_upstream(|request, _| vec![answer(request, 1, 3)]).await;
-    let pool = pool(vec![closed, good], Duration::from_secs(2));
+    let pool = pool(vec![udp(closed), udp(good)], Duration::from_secs(2));
     let started = Instant::now();
     let response = pool
         .resolve(&query(1, "example.com"), Protocol::Udp)
@@ -239,14 +113,20 @@ async fn all_dead_fails_within_the_sum_of_timeouts() {
     let (silent_b, _guard_b) = silent_udp_upstream().await;
     let closed = closed_port().await;
     let timeout = Duration::from_millis(150);
-    let pool = pool(vec![silent_a, closed, silent_b], timeout);
+    let pool = sequential(vec![udp(silent_a), udp(closed), udp(silent_b)], timeout);
     let started = Instant::now();
     let error = pool
         .resolve(&query(1, "example.com"), Protocol::Udp)
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
-    assert_eq!(error, ResolveError::AllFailed { attempts: 3 });
+    assert_eq!(
+        error,
+        ResolveError::AllFailed {
+            attempts: 3,
+            soft_answer: None
+        }
+    );
     assert!(
         elapsed >= timeout * 2 && elapsed < timeout * 2 + Duration::from_secs(1),
         "{elapsed:?}"
@@ -259,25 +139,26 @@ async fn all_dead_fails_within_the_sum_of_timeouts() {
 }
 
 #[tokio::test]
-async fn truncated_udp_answers_pass_through() {
+async fn a_truncated_answer_is_kept_when_the_tcp_retry_fails() {
     let upstream = udp_upstream(|request, _| {
         let mut truncated = answer(request, 0, 0);
         truncated[2] |= 0x02;
         vec![truncated]
     })
     .await;
-    let pool = pool(vec![upstream], Duration::from_secs(2));
+    let pool = pool(vec![udp(upstream)], Duration::from_secs(2));
     let response = pool
         .resolve(&query(0x5151, "big.example"), Protocol::Udp)
         .await
         .unwrap();
     assert!(tundns_dns::is_truncated(&response));
     assert_eq!(id_of(&response), 0x5151);
+    assert_eq!(pool.stats().tcp_retries, 1);
 }
 
 #[tokio::test]
 async fn tcp_carries_large_answers_and_ignores_mismatches() {
-    let upstream = tcp_upstream(|request| {
+    let (upstream, _) = tcp_upstream(|request| {
         let id = id_of(request);
         vec![
             with_id(answer(request, 1, 9), id ^ 0xffff),
@@ -286,7 +167,7 @@ async fn tcp_carries_large_answers_and_ignores_mismatches() {
     })
     .await;
     let closed = closed_port().await;
-    let pool = pool(vec![closed, upstream], Duration::from_secs(2));
+    let pool = pool(vec![udp(closed), udp(upstream)], Duration::from_secs(2));
     let response = pool
         .resolve(&query(0x0a0b, "big.example"), Protocol::Tcp)
         .await
@@ -301,9 +182,9 @@ async fn tcp_carries_large_answers_and_ignores_mismatches() {
 
 #[tokio::test]
 async fn tcp_upstream_closing_early_fails_over() {
-    let closes = tcp_upstream(|_| Vec::new()).await;
-    let good = tcp_upstream(|request| vec![answer(request, 1, 8)]).await;
-    let pool = pool(vec![closes, good], Duration::from_secs(2));
+    let (closes, _) = tcp_upstream(|_| Vec::new()).await;
+    let (good, _) = tcp_upstream(|request| vec![answer(request, 1, 8)]).await;
+    let pool = pool(vec![tcp(closes), tcp(good)], Duration::from_secs(2));
     let response = pool
         .resolve(&query(1, "example.com"), Protocol::Tcp)
         .await
@@ -321,7 +202,7 @@ async fn concurrent_resolves_share_one_pool() {
         vec![answer(request, 1, request[12])]
     })
     .await;
-    let pool = Arc::new(pool(vec![upstream], Duration::from_secs(2)));
+    let pool = Arc::new(pool(vec![udp(upstream)], Duration::from_secs(2)));
     let results = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for i in 0..64u16 {
@@ -362,7 +243,7 @@ async fn ipv6_loopback_works_when_available() {
             let _ = socket.send_to(&answer(&buf[..len], 1, 6), client).await;
         }
     });
-    let pool = pool(vec![address], Duration::from_secs(2));
+    let pool = pool(vec![udp(address)], Duration::from_secs(2));
     let response = pool
         .resolve(&query(3, "v6.example"), Protocol::Udp)
         .await
@@ -373,11 +254,12 @@ async fn ipv6_loopback_works_when_available() {
 #[tokio::test]
 async fn fwmark_is_applied_or_reported() {
     let good = udp_upstream(|request, _| vec![answer(request, 1, 4)]).await;
-    let pool = UpstreamPool::new(
-        vec![good],
+    let pool = configured(
+        vec![udp(good)],
         PoolConfig {
             attempt_timeout: Duration::from_secs(2),
             fwmark: Some(0x5a5a),
+            ..PoolConfig::default()
         },
     );
     // SO_MARK needs CAP_NET_ADMIN: probe whether this process has it.
@@ -386,7 +268,13 @@ async fn fwmark_is_applied_or_reported() {
     if probe.set_mark(0x5a5a).is_ok() {
         assert_eq!(marker_of(&result.unwrap()), 4);
     } else {
-        assert_eq!(result.unwrap_err(), ResolveError::AllFailed { attempts: 1 });
+        assert_eq!(
+            result.unwrap_err(),
+            ResolveError::AllFailed {
+                attempts: 1,
+                soft_answer: None
+            }
+        );
         assert_eq!(pool.stats().failures, 1);
     }
 }
@@ -409,4 +297,244 @@ async fn invalid_queries_and_empty_pools_send_nothing() {
         Err(ResolveError::NoUpstreams)
     );
     assert_eq!(pool.stats().queries, 0);
+}
+
+#[tokio::test]
+async fn truncated_udp_answers_are_asked_again_over_tcp() {
+    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let address = socket.local_addr().unwrap();
+    serve_udp(socket, |request, _| {
+        let mut truncated = answer(request, 0, 0);
+        truncated[2] |= 0x02;
+        vec![truncated]
+    });
+    let listener = TcpListener::bind(address).await.unwrap();
+    let accepts = serve_tcp(listener, |request| vec![answer(request, 200, 5)]);
+    let pool = pool(vec![udp(address)], Duration::from_secs(2));
+    let response = pool
+        .resolve(&query(0x7c7c, "big.example"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert!(!tundns_dns::is_truncated(&response));
+    assert_eq!(id_of(&response), 0x7c7c);
+    assert_eq!(
+        Message::from_octets(&response[..])
+            .unwrap()
+            .header_counts()
+            .ancount(),
+        200
+    );
+    assert_eq!(accepts.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.stats().tcp_retries, 1);
+}
+
+#[tokio::test]
+async fn servfail_and_refused_move_on_to_the_next_upstream() {
+    let servfail = udp_upstream(|request, _| vec![error_answer(request, Rcode::SERVFAIL)]).await;
+    let refused = udp_upstream(|request, _| vec![error_answer(request, Rcode::REFUSED)]).await;
+    let good = udp_upstream(|request, _| vec![answer(request, 1, 7)]).await;
+    let pool = sequential(
+        vec![udp(servfail), udp(refused), udp(good)],
+        Duration::from_secs(2),
+    );
+    let response = pool
+        .resolve(&query(0x1111, "example.com"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!((marker_of(&response), id_of(&response)), (7, 0x1111));
+    let stats = pool.stats();
+    assert_eq!((stats.soft_errors, stats.answered), (2, 1));
+    // Soft errors are answers: the upstreams stay healthy.
+    assert!(pool.health().iter().all(|h| h.alive && h.failures == 0));
+}
+
+#[tokio::test]
+async fn only_soft_errors_fail_with_the_last_one() {
+    let servfail = udp_upstream(|request, _| vec![error_answer(request, Rcode::SERVFAIL)]).await;
+    let refused = udp_upstream(|request, _| vec![error_answer(request, Rcode::REFUSED)]).await;
+    let pool = sequential(vec![udp(servfail), udp(refused)], Duration::from_secs(2));
+    let error = pool
+        .resolve(&query(0x2222, "example.com"), Protocol::Udp)
+        .await
+        .unwrap_err();
+    let ResolveError::AllFailed {
+        attempts: 2,
+        soft_answer: Some(last),
+    } = error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(id_of(&last), 0x2222);
+    assert_eq!(rcode_of(&last), Rcode::REFUSED.to_int());
+    assert_eq!(pool.stats().all_failed, 1);
+}
+
+#[tokio::test]
+async fn hedging_asks_the_next_upstream_when_the_first_is_slow() {
+    let slow_delay = Duration::from_millis(1500);
+    let slow = delayed_udp_upstream(slow_delay, 1).await;
+    let fast = delayed_udp_upstream(Duration::ZERO, 2).await;
+    let pool = pool(vec![udp(slow), udp(fast)], Duration::from_secs(3));
+    let started = Instant::now();
+    let response = pool
+        .resolve(&query(5, "example.com"), Protocol::Udp)
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(marker_of(&response), 2);
+    // No sample yet: the hedge fires after 3 × 100 ms.
+    assert!(elapsed < slow_delay / 2, "{elapsed:?}");
+    let stats = pool.stats();
+    assert_eq!((stats.hedged, stats.answered, stats.timeouts), (1, 1, 0));
+    // The slow upstream was cancelled, not failed.
+    assert_eq!(pool.health()[0].failures, 0);
+    assert!(pool.health()[1].srtt.is_some());
+}
+
+#[tokio::test]
+async fn without_hedging_a_slow_upstream_is_waited_for() {
+    let slow_delay = Duration::from_millis(600);
+    let slow = delayed_udp_upstream(slow_delay, 1).await;
+    let fast = delayed_udp_upstream(Duration::ZERO, 2).await;
+    let pool = sequential(vec![udp(slow), udp(fast)], Duration::from_secs(3));
+    let started = Instant::now();
+    let response = pool
+        .resolve(&query(5, "example.com"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!(marker_of(&response), 1);
+    assert!(started.elapsed() >= slow_delay);
+    assert_eq!(pool.stats().hedged, 0);
+    let srtt = pool.health()[0].srtt.unwrap();
+    assert!(srtt >= slow_delay, "{srtt:?}");
+}
+
+#[tokio::test]
+async fn the_hedge_delay_follows_the_measured_rtt() {
+    // A fast first upstream: once measured, the hedge comes after 20 ms, not 300.
+    let first = delayed_udp_upstream(Duration::from_millis(2), 1).await;
+    let second = delayed_udp_upstream(Duration::ZERO, 2).await;
+    let pool = pool(vec![udp(first), udp(second)], Duration::from_secs(3));
+    for _ in 0..5 {
+        pool.resolve(&query(5, "example.com"), Protocol::Udp)
+            .await
+            .unwrap();
+    }
+    assert_eq!(pool.stats().hedged, 0);
+    let srtt = pool.health()[0].srtt.unwrap();
+    assert!(srtt < Duration::from_millis(100), "{srtt:?}");
+}
+
+#[tokio::test]
+async fn dead_upstreams_are_skipped_until_a_probe_brings_them_back() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    // Closes every connection while unhealthy: a fast failure.
+    let (flaky, flaky_accepts) = tcp_upstream(move |request| {
+        if flag.load(Ordering::Relaxed) {
+            vec![answer(request, 1, 1)]
+        } else {
+            Vec::new()
+        }
+    })
+    .await;
+    let (good, _) = tcp_upstream(|request| vec![answer(request, 1, 2)]).await;
+    let pool = sequential(vec![tcp(flaky), tcp(good)], Duration::from_secs(2));
+    let resolve = || async {
+        let response = pool
+            .resolve(&query(9, "example.com"), Protocol::Tcp)
+            .await
+            .unwrap();
+        marker_of(&response)
+    };
+    for _ in 0..DEAD_AFTER_FAILURES {
+        assert_eq!(resolve().await, 2);
+    }
+    let health = pool.health();
+    assert!(!health[0].alive && health[1].alive);
+    assert_eq!(health[0].failures, DEAD_AFTER_FAILURES);
+    let tried = flaky_accepts.load(Ordering::Relaxed);
+    assert_eq!(tried, DEAD_AFTER_FAILURES as usize);
+
+    // Dead and not yet due a probe: not even tried.
+    assert_eq!(resolve().await, 2);
+    assert_eq!(flaky_accepts.load(Ordering::Relaxed), tried);
+    assert_eq!(pool.stats().probes, 0);
+
+    // Back up; after the back-off (1 s) a query triggers a background probe.
+    healthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(resolve().await, 2, "the probe does not hold up the query");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !pool.health()[0].alive {
+        assert!(Instant::now() < deadline, "the probe never revived it");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.stats().probes, 1);
+    assert_eq!(resolve().await, 1, "back in first place");
+}
+
+#[tokio::test]
+async fn when_every_upstream_is_dead_all_are_still_tried() {
+    let closed = closed_port().await;
+    let pool = sequential(vec![udp(closed)], Duration::from_secs(1));
+    for _ in 0..DEAD_AFTER_FAILURES + 2 {
+        let error = pool
+            .resolve(&query(1, "example.com"), Protocol::Udp)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ResolveError::AllFailed { attempts: 1, .. }));
+    }
+    assert!(!pool.health()[0].alive);
+    assert_eq!(pool.stats().refusals, u64::from(DEAD_AFTER_FAILURES) + 2);
+}
+
+#[tokio::test]
+async fn the_bind_address_sources_udp_and_tcp() {
+    let source: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let address = socket.local_addr().unwrap();
+    serve_udp(socket, move |request, client| {
+        log.lock().unwrap().push(client.ip());
+        vec![answer(request, 1, 3)]
+    });
+    let listener = TcpListener::bind(address).await.unwrap();
+    let tcp_seen = Arc::new(std::sync::Mutex::new(None));
+    let tcp_log = tcp_seen.clone();
+    tokio::spawn(async move {
+        if let Ok((_, peer)) = listener.accept().await {
+            *tcp_log.lock().unwrap() = Some(peer.ip());
+        }
+    });
+    let pool = configured(
+        vec![udp(address)],
+        PoolConfig {
+            attempt_timeout: Duration::from_secs(2),
+            bind_address: Some(source),
+            ..PoolConfig::default()
+        },
+    );
+    pool.resolve(&query(1, "example.com"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![source]);
+    let _ = pool.resolve(&query(1, "example.com"), Protocol::Tcp).await;
+    assert_eq!(*tcp_seen.lock().unwrap(), Some(source));
+}
+
+#[test]
+fn a_bind_address_of_the_other_family_is_refused() {
+    let upstream: SocketAddr = "[::1]:53".parse().unwrap();
+    let error = UpstreamPool::new(
+        vec![udp(upstream)],
+        PoolConfig {
+            bind_address: Some(LOOPBACK.into()),
+            ..PoolConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(error, PoolError::BindFamily { .. }), "{error}");
 }
