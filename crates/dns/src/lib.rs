@@ -26,12 +26,13 @@ mod names;
 mod query;
 mod response;
 mod routes;
+mod sections;
 mod synth;
 pub mod tcp;
 mod wire;
 
 pub use block::{BlockList, BlockMode};
-pub use domain::base::iana::Rcode;
+pub use domain::base::iana::{OptRcode, Rcode};
 pub use local::{DEFAULT_TTL, LocalData, LocalDataBuilder, NEGATIVE_TTL};
 pub use names::RecordError;
 pub use query::{

@@ -3,7 +3,7 @@
 use core::fmt;
 use core::hash::{Hash, Hasher};
 
-use domain::base::iana::{Class, Rcode, Rtype};
+use domain::base::iana::{Class, OptRcode, Rtype};
 
 use crate::wire::{self, NameBuf, NameCase};
 
@@ -115,7 +115,7 @@ fn write_presentation_name(name: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Resu
 pub struct Edns {
     /// Largest UDP payload the sender can reassemble (the OPT CLASS field).
     pub udp_payload_size: u16,
-    /// EDNS version; only 0 is defined. Unknown versions are parsed, not judged.
+    /// EDNS version. Only 0 is defined: [`parse_query`] answers others with BADVERS.
     pub version: u8,
     /// The DO bit: the sender wants DNSSEC records.
     pub dnssec_ok: bool,
@@ -183,8 +183,9 @@ pub enum QueryError {
     Drop,
     /// The header is readable but the message is unusable: answer with this rcode
     /// (see [`write_error_response`](crate::write_error_response)). NOTIMP for
-    /// opcodes other than QUERY, FORMERR for everything malformed.
-    Answer(Rcode),
+    /// opcodes other than QUERY, FORMERR for everything malformed, BADVERS (an
+    /// extended rcode, RFC 6891 §6.1.3) for an EDNS version other than 0.
+    Answer(OptRcode),
 }
 
 /// Validates a client query without allocating.
@@ -193,15 +194,25 @@ pub enum QueryError {
 /// (label longer than 63, reserved label type, name longer than 255, compression
 /// pointer that is not strictly backward), counts larger than the records
 /// present, trailing bytes, and OPT records that break RFC 6891 (more than one,
-/// outside the additional section, or with a non-root owner). An OPT record
-/// with an unknown EDNS version is parsed, not rejected.
+/// outside the additional section, or with a non-root owner). A well-formed
+/// query whose OPT record has an EDNS version other than 0 gets BADVERS; its
+/// EDNS options, known or not, are not looked at.
 pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, QueryError> {
-    const FORMERR: QueryError = QueryError::Answer(Rcode::FORMERR);
+    let query = read_query(msg)?;
+    if query.edns.is_some_and(|edns| edns.version != 0) {
+        return Err(QueryError::Answer(OptRcode::BADVERS));
+    }
+    Ok(query)
+}
+
+/// [`parse_query`] without the EDNS version check: what error responses echo.
+pub(crate) fn read_query(msg: &[u8]) -> Result<Query<'_>, QueryError> {
+    const FORMERR: QueryError = QueryError::Answer(OptRcode::FORMERR);
     if msg.len() < wire::HEADER_LEN || msg[2] & wire::FLAGS_QR != 0 {
         return Err(QueryError::Drop);
     }
     if msg[2] & wire::FLAGS_OPCODE_MASK != 0 {
-        return Err(QueryError::Answer(Rcode::NOTIMP));
+        return Err(QueryError::Answer(OptRcode::NOTIMP));
     }
     let [qdcount, ancount, nscount, arcount] = wire::counts(msg).ok_or(FORMERR)?;
     if qdcount != 1 {

@@ -1,8 +1,9 @@
 //! Checking upstream responses and writing the responses the proxy makes itself.
 
-use domain::base::iana::Rcode;
+use domain::base::iana::OptRcode;
 
-use crate::query::{Question, parse_query};
+use crate::query::{Question, read_query};
+use crate::sections::{self, Records, Section};
 use crate::wire::{self, HEADER_LEN, NameBuf, NameCase};
 
 /// UDP payload size advertised in the OPT record of our own error responses
@@ -10,7 +11,7 @@ use crate::wire::{self, HEADER_LEN, NameBuf, NameCase};
 pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 
 /// Length of an OPT record without options: root owner + type, class, TTL, RDLENGTH.
-const OPT_RECORD_LEN: usize = 1 + wire::RR_FIXED_LEN;
+pub(crate) const OPT_RECORD_LEN: usize = 1 + wire::RR_FIXED_LEN;
 
 /// A buffer this long always holds a whole [`write_error_response`] or
 /// [`write_truncated`] output: header, the longest question, an OPT record.
@@ -63,23 +64,31 @@ pub fn is_truncated(msg: &[u8]) -> bool {
 /// The response keeps the query's ID, opcode, RD and CD bits, sets QR=1, RA=1 and
 /// `rcode`, and echoes the question (in the client's letter case) when QDCOUNT
 /// is 1 and the question reads; otherwise it is a bare header with QDCOUNT=0.
-/// A query that passes [`parse_query`] with EDNS gets an OPT record back (DO
-/// copied), except for FORMERR. Counts always describe what was written.
+/// A well-formed query with EDNS (of any version) gets an OPT record back (DO
+/// copied), except for FORMERR. An extended rcode such as BADVERS always gets
+/// an OPT record: its upper 8 bits go in the OPT TTL (RFC 6891 §6.1.3), with
+/// EDNS version 0. Counts always describe what was written.
 ///
 /// Returns 0, writing nothing, when the input must not be answered (shorter than
 /// a header, or QR=1) or `buf` is shorter than a header. Parts that do not fit
 /// in `buf` are left out; [`MAX_SYNTHESIZED_LEN`] bytes always suffice.
 /// Does not allocate.
-pub fn write_error_response(query_bytes: &[u8], rcode: Rcode, buf: &mut [u8]) -> usize {
+pub fn write_error_response(
+    query_bytes: &[u8],
+    rcode: impl Into<OptRcode>,
+    buf: &mut [u8],
+) -> usize {
     if query_bytes.len() < HEADER_LEN
         || query_bytes[2] & wire::FLAGS_QR != 0
         || buf.len() < HEADER_LEN
     {
         return 0;
     }
+    let rcode = rcode.into();
+    let (header_rcode, extended_rcode) = rcode.to_parts();
     buf[..2].copy_from_slice(&query_bytes[..2]);
     buf[2] = wire::FLAGS_QR | (query_bytes[2] & (wire::FLAGS_OPCODE_MASK | wire::FLAGS_RD));
-    buf[3] = wire::FLAGS2_RA | (query_bytes[3] & wire::FLAGS2_CD) | rcode.to_int();
+    buf[3] = wire::FLAGS2_RA | (query_bytes[3] & wire::FLAGS2_CD) | header_rcode.to_int();
     buf[4..HEADER_LEN].fill(0);
     let mut len = HEADER_LEN;
 
@@ -90,26 +99,40 @@ pub fn write_error_response(query_bytes: &[u8], rcode: Rcode, buf: &mut [u8]) ->
         }
     }
 
-    if rcode != Rcode::FORMERR
-        && let Ok(query) = parse_query(query_bytes)
-        && let Some(edns) = query.edns()
-        && buf.len() - len >= OPT_RECORD_LEN
-    {
-        let ttl = if edns.dnssec_ok { 0x8000 } else { 0 };
-        len += write_empty_opt(ADVERTISED_UDP_PAYLOAD, ttl, &mut buf[len..]);
+    let edns = read_query(query_bytes).ok().and_then(|query| query.edns());
+    let wants_opt = extended_rcode != 0 || (edns.is_some() && rcode != OptRcode::FORMERR);
+    if wants_opt && buf.len() - len >= OPT_RECORD_LEN {
+        let dnssec_ok = edns.is_some_and(|edns| edns.dnssec_ok);
+        len += write_empty_opt(
+            ADVERTISED_UDP_PAYLOAD,
+            opt_ttl(extended_rcode, dnssec_ok),
+            &mut buf[len..],
+        );
         wire::write_u16(buf, 10, 1);
     }
     len
 }
 
+/// The TTL field of an OPT record: extended rcode, version 0, the DO flag.
+pub(crate) fn opt_ttl(extended_rcode: u8, dnssec_ok: bool) -> u32 {
+    u32::from(extended_rcode) << 24 | if dnssec_ok { 0x8000 } else { 0 }
+}
+
 /// Writes the truncated form of an upstream `response` into `buf` and returns
-/// its length: the header with TC=1, the question, and the response's OPT record
-/// (without its options) when it had one. ANCOUNT and NSCOUNT are 0. The client
-/// retries over TCP (RFC 7766 §5).
+/// its length; `buf`'s length is the size limit. The client retries over TCP
+/// (RFC 7766 §5).
 ///
-/// `buf`'s length is the size limit. Returns 0 when the response is shorter than
-/// a header or `buf` is. A response whose question does not read gets a bare
-/// header with QDCOUNT=0. Does not allocate.
+/// The result keeps the header with TC=1, the question, then as many whole
+/// RRsets of the answer section as fit, and only when all of them fit, as many
+/// whole RRsets of the authority section as fit. No record and no RRset is ever
+/// cut. The additional section is dropped except the OPT record, kept without
+/// its options. Counts describe what was written. RRsets are runs of
+/// consecutive records with the same owner (case-insensitively), type and class.
+///
+/// What is kept is a byte prefix of the response, so compression pointers stay
+/// valid. A response that does not walk cleanly keeps only its question; one
+/// whose question does not read gets a bare header with QDCOUNT=0. Returns 0
+/// when the response is shorter than a header or `buf` is. Does not allocate.
 pub fn write_truncated(response: &[u8], buf: &mut [u8]) -> usize {
     if response.len() < HEADER_LEN || buf.len() < HEADER_LEN {
         return 0;
@@ -117,23 +140,97 @@ pub fn write_truncated(response: &[u8], buf: &mut [u8]) -> usize {
     buf[..4].copy_from_slice(&response[..4]);
     buf[2] |= wire::FLAGS_TC;
     buf[4..HEADER_LEN].fill(0);
-    let mut len = HEADER_LEN;
-
-    if wire::read_u16(response, 4) == Some(1) {
-        len += write_question_from(response, &mut buf[HEADER_LEN..]);
+    if wire::read_u16(response, 4) != Some(1) {
+        return HEADER_LEN;
+    }
+    let walk = sections::walk(response).filter(|walk| question_is_plain(response, walk));
+    let Some(walk) = walk else {
+        // Records may point into a compressed question: keep only the question.
+        let len = HEADER_LEN + write_question_from(response, &mut buf[HEADER_LEN..]);
         if len > HEADER_LEN {
             wire::write_u16(buf, 4, 1);
         }
+        return len;
+    };
+    if walk.question_end > buf.len() {
+        return HEADER_LEN;
     }
-
-    if len > HEADER_LEN
-        && buf.len() - len >= OPT_RECORD_LEN
-        && let Some((udp_payload_size, ttl)) = find_opt(response)
-    {
-        len += write_empty_opt(udp_payload_size, ttl, &mut buf[len..]);
+    let opt = walk
+        .opt
+        .as_ref()
+        .filter(|_| buf.len() - walk.question_end >= OPT_RECORD_LEN)
+        .map(|opt| opt.record);
+    let budget = buf.len() - if opt.is_some() { OPT_RECORD_LEN } else { 0 };
+    let (cut, answers, authorities) = whole_rrsets_within(response, budget);
+    buf[HEADER_LEN..cut].copy_from_slice(&response[HEADER_LEN..cut]);
+    wire::write_u16(buf, 4, 1);
+    wire::write_u16(buf, 6, answers);
+    wire::write_u16(buf, 8, authorities);
+    let mut len = cut;
+    if let Some(opt) = opt {
+        len += write_empty_opt(opt.class, opt.ttl, &mut buf[len..]);
         wire::write_u16(buf, 10, 1);
     }
     len
+}
+
+/// Whether the single question of a walked message is uncompressed, so the
+/// header can change without changing any name.
+fn question_is_plain(msg: &[u8], walk: &sections::Walk) -> bool {
+    let mut name = NameBuf::new();
+    wire::copy_name(msg, HEADER_LEN, NameCase::Verbatim, &mut name)
+        .is_some_and(|end| end == HEADER_LEN + name.len && end + 4 == walk.question_end)
+}
+
+/// Where to cut a message (that walks cleanly) so that it ends with whole
+/// RRsets of the answer, then authority, section, no later than `budget`; and
+/// the answer and authority counts kept.
+fn whole_rrsets_within(msg: &[u8], budget: usize) -> (usize, u16, u16) {
+    let Some(mut records) = Records::new(msg) else {
+        return (HEADER_LEN, 0, 0);
+    };
+    let mut cut = (records.position(), 0, 0);
+    let mut counts = (0u16, 0u16);
+    let mut previous: Option<sections::Record> = None;
+    let mut previous_owner = NameBuf::new();
+    let mut owner = NameBuf::new();
+    let mut overflowed = false;
+    for record in &mut records {
+        let Ok(record) = record else {
+            overflowed = true;
+            break;
+        };
+        if record.section == Section::Additional {
+            break;
+        }
+        if !sections::owner_name(msg, &record, &mut owner) {
+            overflowed = true;
+            break;
+        }
+        if let Some(previous) = previous {
+            let same_rrset = previous.section == record.section
+                && previous.rtype == record.rtype
+                && previous.class == record.class
+                && previous_owner.as_slice() == owner.as_slice();
+            if !same_rrset {
+                cut = (previous.end, counts.0, counts.1);
+            }
+        }
+        if record.end > budget {
+            overflowed = true;
+            break;
+        }
+        match record.section {
+            Section::Answer => counts.0 += 1,
+            _ => counts.1 += 1,
+        }
+        previous = Some(record);
+        core::mem::swap(&mut previous_owner, &mut owner);
+    }
+    if let Some(previous) = previous.filter(|_| !overflowed) {
+        cut = (previous.end, counts.0, counts.1);
+    }
+    cut
 }
 
 /// Copies the question at offset 12 of `msg`, decompressed and in its original
@@ -156,27 +253,7 @@ fn write_question_from(msg: &[u8], out: &mut [u8]) -> usize {
     total
 }
 
-/// The CLASS (UDP payload size) and TTL (extended rcode, version, flags) of the
-/// first OPT record in the additional section, when the message walks cleanly.
-fn find_opt(msg: &[u8]) -> Option<(u16, u32)> {
-    let [qdcount, ancount, nscount, arcount] = wire::counts(msg)?;
-    let mut pos = HEADER_LEN;
-    for _ in 0..qdcount {
-        pos = wire::skip_name(msg, pos)? + 4;
-    }
-    let records = u32::from(ancount) + u32::from(nscount) + u32::from(arcount);
-    let first_additional = records - u32::from(arcount);
-    for index in 0..records {
-        let (record, next) = wire::read_record(msg, pos)?;
-        if index >= first_additional && record.rtype == wire::RTYPE_OPT && record.owner_is_root {
-            return Some((record.class, record.ttl));
-        }
-        pos = next;
-    }
-    None
-}
-
-fn write_empty_opt(udp_payload_size: u16, ttl: u32, out: &mut [u8]) -> usize {
+pub(crate) fn write_empty_opt(udp_payload_size: u16, ttl: u32, out: &mut [u8]) -> usize {
     out[0] = 0;
     wire::write_u16(out, 1, wire::RTYPE_OPT);
     wire::write_u16(out, 3, udp_payload_size);

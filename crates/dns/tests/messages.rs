@@ -4,12 +4,17 @@
 use std::hash::{BuildHasher, RandomState};
 
 use domain::base::iana::{Class, Opcode, Rtype};
+use std::net::Ipv6Addr;
+
+use domain::base::iana::OptionCode;
+use domain::base::message_builder::StaticCompressor;
 use domain::base::{Message, MessageBuilder, Name, Ttl};
-use domain::rdata::A;
+use domain::dep::octseq::OctetsBuilder;
+use domain::rdata::{A, Aaaa, Ns, Txt};
 use tundns_dns::tcp::FrameDecoder;
 use tundns_dns::{
-    ADVERTISED_UDP_PAYLOAD, Edns, HEADER_LEN, MAX_SYNTHESIZED_LEN, QueryError, Rcode, is_truncated,
-    max_udp_response, message_id, parse_query, response_matches, set_message_id,
+    ADVERTISED_UDP_PAYLOAD, HEADER_LEN, MAX_SYNTHESIZED_LEN, OptRcode, QueryError, Rcode,
+    is_truncated, max_udp_response, message_id, parse_query, response_matches, set_message_id,
     write_error_response, write_truncated,
 };
 
@@ -75,7 +80,7 @@ fn header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
     msg
 }
 
-const FORMERR: Result<(), QueryError> = Err(QueryError::Answer(Rcode::FORMERR));
+const FORMERR: Result<(), QueryError> = Err(QueryError::Answer(OptRcode::FORMERR));
 
 fn verdict(msg: &[u8]) -> Result<(), QueryError> {
     parse_query(msg).map(|_| ())
@@ -115,13 +120,64 @@ fn parses_edns() {
 }
 
 #[test]
-fn parses_unknown_edns_version() {
+fn unknown_edns_version_is_badvers() {
     let mut msg = query(7, "example.org", Rtype::A, Some((1232, false)));
     // OPT TTL = extended rcode, version, flags: the version byte sits 5 bytes from the end.
     let version_at = msg.len() - 5;
-    msg[version_at] = 3;
-    let edns: Edns = parse_query(&msg).unwrap().edns().unwrap();
-    assert_eq!(edns.version, 3);
+    msg[version_at] = 1;
+    assert_eq!(verdict(&msg), Err(QueryError::Answer(OptRcode::BADVERS)));
+    msg[version_at] = 255;
+    assert_eq!(verdict(&msg), Err(QueryError::Answer(OptRcode::BADVERS)));
+    // Malformed and a new version: FORMERR comes first.
+    msg.push(0);
+    assert_eq!(verdict(&msg), FORMERR);
+}
+
+#[test]
+fn unknown_edns_options_are_ignored() {
+    let mut msg = query(1, "example.com", Rtype::A, None);
+    msg[11] = 1;
+    msg.extend([0, 0, 41, 4, 0xd0, 0, 0, 0x80, 0, 0, 12]);
+    msg.extend([0xfd, 0xe9, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]); // option code 65001, unknown
+    let edns = parse_query(&msg).unwrap().edns().unwrap();
+    assert_eq!(
+        (edns.version, edns.dnssec_ok, edns.udp_payload_size),
+        (0, true, 1232)
+    );
+}
+
+#[test]
+fn badvers_response_is_well_formed() {
+    let mut request = query(0x5151, "Ver.Example", Rtype::AAAA, Some((4096, true)));
+    let version_at = request.len() - 5;
+    request[version_at] = 2;
+    let Err(QueryError::Answer(rcode)) = parse_query(&request) else {
+        panic!("not BADVERS");
+    };
+    let mut buf = [0u8; MAX_SYNTHESIZED_LEN];
+    let len = write_error_response(&request, rcode, &mut buf);
+    let response = parse_response(&buf[..len]);
+    assert_eq!(response.header().id(), 0x5151);
+    // The header holds the low 4 bits (0), the OPT the upper 8 (1): 16 = BADVERS.
+    assert_eq!(response.header().rcode(), Rcode::NOERROR);
+    assert_eq!(response.opt_rcode(), OptRcode::BADVERS);
+    let opt = response.opt().unwrap();
+    assert_eq!(opt.version(), 0);
+    assert!(opt.dnssec_ok());
+    assert_eq!(opt.udp_payload_size(), ADVERTISED_UDP_PAYLOAD);
+    assert_eq!(
+        response.sole_question().unwrap().qname().to_string(),
+        "Ver.Example"
+    );
+    let counts = response.header_counts();
+    assert_eq!(
+        (counts.ancount(), counts.nscount(), counts.arcount()),
+        (0, 0, 1)
+    );
+    // An extended rcode gets its OPT even for a query without EDNS.
+    let plain = query(1, "a.example", Rtype::A, None);
+    let len = write_error_response(&plain, OptRcode::BADVERS, &mut buf);
+    assert_eq!(parse_response(&buf[..len]).opt_rcode(), OptRcode::BADVERS);
 }
 
 #[test]
@@ -172,7 +228,7 @@ fn other_opcodes_are_not_implemented() {
         msg[2] |= opcode.to_int() << 3;
         assert_eq!(
             verdict(&msg),
-            Err(QueryError::Answer(Rcode::NOTIMP)),
+            Err(QueryError::Answer(OptRcode::NOTIMP)),
             "{opcode}"
         );
     }
@@ -514,15 +570,207 @@ fn truncates_to_header_question_and_opt() {
 fn truncates_without_opt_when_response_had_none() {
     let request = query(1, "example.com", Rtype::A, None);
     let response = answer(&request, 3, false);
+    // The whole RRset of three fits in 512 bytes: nothing is cut but the flag.
     let mut buf = [0u8; 512];
     let len = write_truncated(&response, &mut buf);
+    assert_eq!(len, response.len());
+    let message = Message::from_octets(&buf[..len]).unwrap();
+    assert!(message.header().tc());
+    assert_eq!(message.header_counts().ancount(), 3);
+    assert_eq!(message.header_counts().arcount(), 0);
+    // One byte short of the RRset: none of it.
+    let mut buf = vec![0u8; response.len() - 1];
+    let len = write_truncated(&response, &mut buf);
     assert_eq!(len, HEADER_LEN + 13 + 4);
+    let message = Message::from_octets(&buf[..len]).unwrap();
+    assert_eq!(message.header_counts().ancount(), 0);
+}
+
+/// A compressed response with answer RRsets of varied sizes, an authority
+/// section, glue and an OPT record with an option.
+fn multi_rrset_response() -> Vec<u8> {
+    let request = query(0x3131, "Multi.Example", Rtype::ANY, Some((1232, false)));
+    let request = Message::from_octets(&request[..]).unwrap();
+    let target = StaticCompressor::new(Vec::new());
+    let mut builder = MessageBuilder::from_target(target)
+        .unwrap()
+        .start_answer(&request, Rcode::NOERROR)
+        .unwrap();
+    let owner = name("Multi.Example");
+    let other = name("other.multi.example");
+    for i in 0..3 {
+        builder
+            .push((&owner, 300, A::from_octets(192, 0, 2, i)))
+            .unwrap();
+    }
+    for i in 0..2 {
+        builder
+            .push((
+                &owner,
+                300,
+                Aaaa::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i)),
+            ))
+            .unwrap();
+    }
+    // Same owner in another case: the same RRset.
+    builder
+        .push((&name("MULTI.example"), 300, Aaaa::new(Ipv6Addr::LOCALHOST)))
+        .unwrap();
+    for text in ["a", "bb", "ccc", "dddddddddddddddddddd"] {
+        builder
+            .push((
+                &owner,
+                300,
+                Txt::<Vec<u8>>::build_from_slice(text.as_bytes()).unwrap(),
+            ))
+            .unwrap();
+    }
+    builder
+        .push((&other, 300, A::from_octets(198, 51, 100, 1)))
+        .unwrap();
+    let mut authority = builder.authority();
+    for ns in ["ns1.multi.example", "ns2.multi.example"] {
+        authority
+            .push((&name("multi.example"), 3600, Ns::new(name(ns))))
+            .unwrap();
+    }
+    let mut additional = authority.additional();
+    additional
+        .push((
+            &name("ns1.multi.example"),
+            3600,
+            A::from_octets(203, 0, 113, 1),
+        ))
+        .unwrap();
+    additional
+        .opt(|opt| {
+            opt.set_udp_payload_size(1400);
+            opt.set_dnssec_ok(true);
+            opt.push_raw_option(OptionCode::COOKIE, 8, |target| target.append_slice(&[9; 8]))
+        })
+        .unwrap();
+    additional.finish().into_target()
+}
+
+type SetKey = (String, Rtype, Class);
+
+/// The answer and authority records of a message as (owner lowercase, type, class)
+/// per record, in order.
+fn record_sets(message: &Message<&[u8]>) -> Vec<(bool, SetKey)> {
+    let mut sets = Vec::new();
+    for (in_answer, section) in [
+        (true, message.answer().unwrap()),
+        (false, message.authority().unwrap()),
+    ] {
+        for record in section {
+            let record = record.unwrap();
+            let owner = record.owner().to_string().to_ascii_lowercase();
+            sets.push((in_answer, (owner, record.rtype(), record.class())));
+        }
+    }
+    sets
+}
+
+#[test]
+fn truncation_never_splits_an_rrset() {
+    let response = multi_rrset_response();
+    let original = Message::from_octets(&response[..]).unwrap();
+    let original_sets = record_sets(&original);
+    let count_of =
+        |key: &(bool, SetKey)| original_sets.iter().filter(|other| *other == key).count();
+    let mut outcomes = Vec::new();
+    for limit in HEADER_LEN..response.len() + 20 {
+        let mut buf = vec![0u8; limit];
+        let len = write_truncated(&response, &mut buf);
+        assert!(len <= limit);
+        let truncated = Message::from_octets(&buf[..len]).unwrap();
+        assert!(truncated.header().tc(), "limit {limit}");
+        assert_eq!(truncated.header().id(), 0x3131);
+        if len == HEADER_LEN {
+            continue;
+        }
+        assert_eq!(
+            truncated.sole_question().unwrap().qname().to_string(),
+            "Multi.Example"
+        );
+        let kept = record_sets(&truncated);
+        // A prefix of the original records...
+        assert_eq!(kept[..], original_sets[..kept.len()], "limit {limit}");
+        // ...made of whole RRsets...
+        for key in &kept {
+            assert_eq!(
+                kept.iter().filter(|other| *other == key).count(),
+                count_of(key),
+                "limit {limit}: {key:?} cut"
+            );
+        }
+        // Authority records only once the whole answer is in.
+        if kept.iter().any(|(in_answer, _)| !in_answer) {
+            assert_eq!(
+                truncated.header_counts().ancount(),
+                original.header_counts().ancount()
+            );
+        }
+        // The additional section keeps only the OPT, without options.
+        let counts = truncated.header_counts();
+        if counts.arcount() == 1 {
+            let opt = truncated.opt().unwrap();
+            assert_eq!(opt.udp_payload_size(), 1400);
+            assert!(opt.dnssec_ok());
+            assert!(opt.opt().is_empty());
+        } else {
+            assert_eq!(counts.arcount(), 0);
+        }
+        for record in truncated.additional().unwrap() {
+            assert_eq!(record.unwrap().rtype(), Rtype::OPT);
+        }
+        if counts.arcount() == 1 {
+            outcomes.push((limit, (counts.ancount(), counts.nscount()), len));
+        }
+    }
+    // As many as fit: no larger cut would have fitted in any limit (once the OPT fits).
+    let mut size_of_cut = std::collections::BTreeMap::new();
+    for &(_, cut, len) in &outcomes {
+        assert_eq!(*size_of_cut.entry(cut).or_insert(len), len);
+    }
+    for &(limit, cut, _) in &outcomes {
+        for (&larger, &size) in size_of_cut.range(cut..).skip(1) {
+            assert!(
+                size > limit,
+                "limit {limit}: kept {cut:?}, {larger:?} fits in {size}"
+            );
+        }
+    }
+    let seen_counts: std::collections::BTreeSet<_> = size_of_cut.keys().copied().collect();
+    // Every cut point showed up: 0, 3 A, +3 AAAA, +4 TXT, +1 A other, then authority.
+    let expected: std::collections::BTreeSet<_> =
+        [(0, 0), (3, 0), (6, 0), (10, 0), (11, 0), (11, 2)].into();
+    assert_eq!(seen_counts, expected);
+}
+
+#[test]
+fn truncation_keeps_the_most_that_fits() {
+    let response = multi_rrset_response();
+    let full = {
+        let mut buf = vec![0u8; response.len()];
+        write_truncated(&response, &mut buf)
+    };
+    // The full answer and authority plus an empty OPT: exactly this many bytes
+    // hold everything, one fewer drops the authority RRset.
+    let mut buf = vec![0u8; full];
+    let len = write_truncated(&response, &mut buf);
+    assert_eq!(len, full);
+    let counts = Message::from_octets(&buf[..len]).unwrap().header_counts();
     assert_eq!(
-        Message::from_octets(&buf[..len])
-            .unwrap()
-            .header_counts()
-            .arcount(),
-        0
+        (counts.ancount(), counts.nscount(), counts.arcount()),
+        (11, 2, 1)
+    );
+    let mut buf = vec![0u8; full - 1];
+    let len = write_truncated(&response, &mut buf);
+    let counts = Message::from_octets(&buf[..len]).unwrap().header_counts();
+    assert_eq!(
+        (counts.ancount(), counts.nscount(), counts.arcount()),
+        (11, 0, 1)
     );
 }
 
