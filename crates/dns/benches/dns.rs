@@ -9,7 +9,10 @@ use domain::base::iana::Rtype;
 use domain::base::{Message, MessageBuilder, Name, Ttl};
 use domain::dep::octseq::OctetsBuilder;
 use domain::rdata::A;
-use tundns_dns::{Rcode, parse_query, response_matches, set_message_id};
+use std::time::{Duration, Instant};
+
+use tundns_dns::cache::{Cache, CacheConfig};
+use tundns_dns::{Rcode, adapt_response, parse_query, response_matches, set_message_id};
 
 /// A query as dig sends it: `www.example.com A`, RD, EDNS 1232 with a cookie.
 fn typical_query() -> Vec<u8> {
@@ -189,5 +192,38 @@ fn resolver_front(c: &mut Criterion) {
     });
 }
 
-criterion_group!(dns, benches, resolver_front);
+/// The cache on a typical `www.example.com A` answer: a hit written into a
+/// buffer (ID, question case and TTLs patched), an insert, and adapting one
+/// upstream answer to a collapsed query in another case.
+fn cache_front(c: &mut Criterion) {
+    let query = typical_query();
+    let answer = typical_answer(&query);
+    let parsed = parse_query(&query).unwrap();
+    let cache = Cache::new(CacheConfig::default());
+    let stored_at = Instant::now();
+    assert!(cache.insert(&parsed, &answer, stored_at));
+
+    let mut recased = query.clone();
+    recased[13] = b'W';
+    recased[..2].copy_from_slice(&[0xab, 0xcd]);
+    let client = parse_query(&recased).unwrap();
+    let later = stored_at + Duration::from_secs(42);
+    let mut out = vec![0u8; 65535];
+    assert!(cache.lookup(&client, later, &mut out).is_some());
+    c.bench_function("cache/hit_typical_a", |b| {
+        b.iter(|| cache.lookup(black_box(&client), black_box(later), black_box(&mut out)))
+    });
+
+    let fresh = Cache::new(CacheConfig::default());
+    c.bench_function("cache/insert_typical_a", |b| {
+        b.iter(|| fresh.insert(black_box(&parsed), black_box(&answer), stored_at))
+    });
+
+    assert!(adapt_response(&answer, &client, &mut out) > 0);
+    c.bench_function("adapt_response/typical_a", |b| {
+        b.iter(|| adapt_response(black_box(&answer), black_box(&client), black_box(&mut out)))
+    });
+}
+
+criterion_group!(dns, benches, resolver_front, cache_front);
 criterion_main!(dns);

@@ -21,10 +21,12 @@
 //! independent oracle in the tests, and provides the [`Rcode`] type.
 
 mod block;
+pub mod cache;
 mod local;
 mod names;
 mod query;
 mod response;
+mod rewrite;
 mod routes;
 mod sections;
 mod synth;
@@ -43,5 +45,6 @@ pub use response::{
     ADVERTISED_UDP_PAYLOAD, MAX_SYNTHESIZED_LEN, is_truncated, message_id, response_matches,
     set_message_id, write_error_response, write_truncated,
 };
+pub use rewrite::{adapt_response, clamp_edns_udp_size};
 pub use routes::Routes;
 pub use wire::HEADER_LEN;

@@ -5,10 +5,15 @@ use domain::base::iana::{Class, Rtype};
 use domain::base::name::ToLabelIter;
 use domain::base::{Message, MessageBuilder, Name};
 use proptest::prelude::*;
+use std::time::{Duration, Instant};
 use tundns_dns::tcp::FrameDecoder;
+
+use domain::base::Ttl;
+use domain::rdata::A;
+use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{
-    MAX_SYNTHESIZED_LEN, QueryError, Rcode, parse_query, response_matches, write_error_response,
-    write_truncated,
+    MAX_SYNTHESIZED_LEN, QueryError, Rcode, adapt_response, clamp_edns_udp_size, parse_query,
+    response_matches, write_error_response, write_truncated,
 };
 
 fn arb_label() -> impl Strategy<Value = String> {
@@ -90,6 +95,12 @@ fn exercise_everything(bytes: &[u8]) {
     let _ = write_truncated(bytes, &mut small);
     let valid = parse_query(b"\0\x01\x01\0\0\x01\0\0\0\0\0\0\x01a\0\0\x01\0\x01").unwrap();
     let _ = response_matches(1, valid.question(), bytes);
+    exercise_rewriters(&valid, bytes);
+    if let Ok(query) = parse_query(bytes) {
+        exercise_rewriters(&query, bytes);
+    }
+    let mut copy = bytes.to_vec();
+    clamp_edns_udp_size(&mut copy, 512);
     let mut decoder = FrameDecoder::new(512);
     decoder.push(bytes);
     for _ in 0..bytes.len() {
@@ -97,6 +108,28 @@ fn exercise_everything(bytes: &[u8]) {
             Ok(Some(_)) => {}
             _ => break,
         }
+    }
+}
+
+/// Bytes as an upstream response to `query`: cache insert and lookups, adapting.
+fn exercise_rewriters(query: &tundns_dns::Query<'_>, bytes: &[u8]) {
+    let cache = Cache::new(CacheConfig::default());
+    let now = Instant::now();
+    let mut out = vec![0u8; 65535];
+    let mut response = bytes.to_vec();
+    if response.len() > 2 {
+        response[2] |= 0x80;
+    }
+    for candidate in [bytes, &response[..]] {
+        if cache.insert(query, candidate, now) {
+            let len = cache.lookup(query, now, &mut out).expect("fresh entry");
+            Message::from_octets(&out[..len]).expect("cache hit reads");
+        }
+        let _ = cache.lookup_stale(query, now + Duration::from_secs(100_000), &mut out);
+        let _ = cache.lookup(query, now, &mut out[..20]);
+        let len = adapt_response(candidate, query, &mut out);
+        assert!(len <= candidate.len() + 11);
+        let _ = adapt_response(candidate, query, &mut out[..candidate.len() / 2]);
     }
 }
 
@@ -141,8 +174,104 @@ fn check_error_response(query: &[u8], rcode: Rcode) {
     ));
 }
 
+/// An upstream answer to `query`: `ttls.len()` A records with these TTLs.
+fn upstream_answer(query: &[u8], ttls: &[u32]) -> Vec<u8> {
+    let request = Message::from_octets(query).unwrap();
+    let mut answer = MessageBuilder::new_vec()
+        .start_answer(&request, Rcode::NOERROR)
+        .unwrap();
+    let owner = request.sole_question().unwrap().into_qname();
+    for (i, &ttl) in ttls.iter().enumerate() {
+        answer
+            .push((
+                &owner,
+                Ttl::from_secs(ttl),
+                A::from_octets(192, 0, 2, i as u8),
+            ))
+            .unwrap();
+    }
+    answer.additional().finish()
+}
+
+/// The lowercase wire form of a name read by `domain`.
+fn lowercase_wire(name: impl ToLabelIter) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for label in name.iter_labels() {
+        wire.push(label.len() as u8);
+        wire.extend(label.as_slice().iter().map(u8::to_ascii_lowercase));
+    }
+    wire
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_responses_to_a_real_query_never_panic(
+        query in arb_query(),
+        bytes in prop::collection::vec(any::<u8>(), 0..600),
+    ) {
+        if let Ok(parsed) = parse_query(&query) {
+            exercise_rewriters(&parsed, &bytes);
+        }
+    }
+
+    /// A stored answer read back through `domain`: the second client's ID, its
+    /// exact question, the records, TTLs counted down.
+    #[test]
+    fn cache_hits_round_trip(
+        query in arb_query(),
+        ttls in prop::collection::vec(1u32..100_000, 1..8),
+        second_id in any::<u16>(),
+        flip_case in prop::collection::vec(any::<bool>(), 0..64),
+        elapsed in 0u64..200_000,
+    ) {
+        // Answers are A records: ask for A (or ANY, which they also answer).
+        let mut query = query;
+        let qtype_at = 12 + parse_query(&query).unwrap().question_wire().len() - 4;
+        if query[qtype_at + 1] != 255 {
+            query[qtype_at..qtype_at + 2].copy_from_slice(&[0, 1]);
+        }
+        let parsed = parse_query(&query).unwrap();
+        let response = upstream_answer(&query, &ttls);
+        let cache = Cache::new(CacheConfig::default());
+        let now = Instant::now();
+        prop_assert!(cache.insert(&parsed, &response, now));
+
+        // The same question from another client, in another case.
+        let mut second = query.clone();
+        second[..2].copy_from_slice(&second_id.to_be_bytes());
+        let question_len = parsed.question_wire().len() - 4;
+        for (at, flip) in flip_case.iter().enumerate().take(question_len) {
+            let byte = &mut second[12 + at];
+            if *flip && byte.is_ascii_alphabetic() {
+                *byte ^= 0x20;
+            }
+        }
+        let second_parsed = parse_query(&second).unwrap();
+        let mut out = vec![0u8; 65535];
+        let lookup = cache.lookup(&second_parsed, now + Duration::from_secs(elapsed), &mut out);
+        // The default maximum TTL is a day.
+        let ttls: Vec<u32> = ttls.iter().map(|ttl| (*ttl).min(86_400)).collect();
+        let min_ttl = *ttls.iter().min().unwrap();
+        if elapsed >= u64::from(min_ttl) {
+            prop_assert_eq!(lookup, None);
+            return Ok(());
+        }
+        let len = lookup.unwrap();
+        let message = Message::from_octets(&out[..len]).unwrap();
+        prop_assert_eq!(message.header().id(), second_id);
+        prop_assert_eq!(message.header().rd(), second_parsed.recursion_desired());
+        prop_assert_eq!(&out[12..12 + question_len + 4], second_parsed.question_wire());
+        let question = message.sole_question().unwrap();
+        prop_assert_eq!(lowercase_wire(question.qname()), second_parsed.question().name_wire());
+        let records: Vec<_> = message.answer().unwrap().map(|record| record.unwrap()).collect();
+        prop_assert_eq!(records.len(), ttls.len());
+        for (record, ttl) in records.iter().zip(&ttls) {
+            prop_assert_eq!(u64::from(record.ttl().as_secs()), u64::from(*ttl) - elapsed);
+        }
+        prop_assert_eq!(message.opt().is_some(), second_parsed.edns().is_some());
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {

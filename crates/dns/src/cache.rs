@@ -1,0 +1,467 @@
+//! The answer cache: upstream responses kept as wire bytes, answered by copying
+//! and patching in place (ID, RD, the client's question spelling, TTLs counted
+//! down), with no allocation and no re-encoding on a hit.
+//!
+//! What is cached (RFC 2308, RFC 8767):
+//! - positive answers, for the smallest answer TTL clamped to
+//!   [`CacheConfig::min_ttl`, `max_ttl`]; each record's TTL is clamped likewise;
+//! - NXDOMAIN and NODATA with an SOA in the authority section, for the SOA's
+//!   MINIMUM capped by the SOA's own TTL (and by any CNAME in the answer, and
+//!   `max_ttl`); the stored SOA's TTL becomes that negative TTL;
+//! - SERVFAIL, for [`CacheConfig::servfail_ttl`] at most, and never in place of
+//!   an entry that can still be served fresh or stale.
+//!
+//! Never cached: TC=1, other rcodes (extended ones included), opcodes other than
+//! QUERY, responses that do not walk cleanly to their last byte, and answers
+//! whose lifetime would be 0.
+//!
+//! Entries are stored with ID 0, a lowercase question, AA cleared and no OPT
+//! record; a hit gets an OPT that mirrors the client's (see
+//! [`adapt_response`](crate::adapt_response)). Expired entries stay until
+//! evicted, so [`Cache::lookup_stale`] can serve them when every upstream fails.
+
+use core::fmt;
+use core::hash::BuildHasher;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quick_cache::{DefaultHashBuilder, Weighter};
+
+use crate::query::{Query, Question};
+use crate::rewrite::{append_client_opt, patch_for_client};
+use crate::sections::{self, Record, Records, Section, effective_ttl};
+use crate::wire::{self, HEADER_LEN};
+
+/// TTL of a stale answer (RFC 8767 §5 recommends 30 seconds).
+pub const STALE_TTL: u32 = 30;
+
+const FLAGS_AA: u8 = 0x04;
+const RCODE_MASK: u8 = 0x0f;
+const RCODE_NOERROR: u8 = 0;
+const RCODE_SERVFAIL: u8 = 2;
+const RCODE_NXDOMAIN: u8 = 3;
+const TYPE_SOA: u16 = 6;
+const TYPE_ANY: u16 = 255;
+/// SOA RDATA ends with SERIAL, REFRESH, RETRY, EXPIRE, MINIMUM (32 bits each),
+/// after two names of at least one byte each.
+const SOA_MIN_RDATA_LEN: usize = 2 + 5 * 4;
+
+const KEY_DNSSEC_OK: u8 = 1;
+const KEY_CHECKING_DISABLED: u8 = 2;
+
+/// Memory an entry costs besides its bytes: the key and value in quick_cache's
+/// slab with its links and the index slot, a share of the ghost (recently
+/// evicted) entries the eviction policy keeps, and the Arc allocation's
+/// reference counts and allocator rounding. Calibrated by `tests/cache_memory.rs`.
+const ENTRY_OVERHEAD: usize = 128;
+
+/// Cache limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bound on the memory the entries take, in bytes.
+    pub max_bytes: usize,
+    /// Shortest time a positive answer is kept (its TTLs are raised to this).
+    pub min_ttl: Duration,
+    /// Longest time any answer is kept (its TTLs are lowered to this).
+    pub max_ttl: Duration,
+    /// How long past its expiry an answer may still be served when every
+    /// upstream fails (RFC 8767); zero turns serve-stale off.
+    pub serve_stale: Duration,
+    /// How long a SERVFAIL is remembered; zero means never.
+    pub servfail_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 32 << 20,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(86_400),
+            serve_stale: Duration::from_secs(86_400),
+            servfail_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A cached response.
+#[derive(Clone)]
+struct Entry {
+    /// The message (`message_len` bytes), then the offset of every TTL field
+    /// in it as a big-endian u16.
+    stored: Arc<[u8]>,
+    stored_at: Instant,
+    /// Seconds the entry is fresh for.
+    lifetime: u32,
+    message_len: u16,
+    /// `KEY_*` bits of the queries it answers.
+    key_flags: u8,
+    servfail: bool,
+}
+
+impl Entry {
+    fn message(&self) -> &[u8] {
+        &self.stored[..usize::from(self.message_len)]
+    }
+
+    fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        self.stored[usize::from(self.message_len)..]
+            .chunks_exact(2)
+            .map(|pair| usize::from(u16::from_be_bytes([pair[0], pair[1]])))
+    }
+
+    /// Whether this entry was stored for `question` and these key flags (keys
+    /// are hashes, so two questions may share one).
+    fn answers(&self, question: &Question, key_flags: u8) -> bool {
+        let name = question.name_wire();
+        let fixed = HEADER_LEN + name.len();
+        let message = self.message();
+        self.key_flags == key_flags
+            && message.get(HEADER_LEN..fixed) == Some(name)
+            && wire::read_u16(message, fixed) == Some(question.qtype())
+            && wire::read_u16(message, fixed + 2) == Some(question.qclass())
+    }
+
+    /// Age in whole seconds, and whether the entry is still fresh.
+    fn age(&self, now: Instant) -> (Duration, bool) {
+        let age = now.saturating_duration_since(self.stored_at);
+        (age, age.as_secs() < u64::from(self.lifetime))
+    }
+
+    /// Writes the answer to `query` into `out`, every TTL mapped by `ttl`.
+    fn write_answer(
+        &self,
+        query: &Query<'_>,
+        out: &mut [u8],
+        ttl: impl Fn(u32) -> u32,
+    ) -> Option<usize> {
+        let message = self.message();
+        let len = message.len();
+        out.get_mut(..len)?.copy_from_slice(message);
+        let question_end = HEADER_LEN + query.question().name_wire().len() + 4;
+        patch_for_client(query, out, question_end);
+        for at in self.ttl_offsets() {
+            let field = &mut out[at..at + 4];
+            let stored = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+            field.copy_from_slice(&ttl(stored).to_be_bytes());
+        }
+        append_client_opt(query, 0, out, len)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct EntryWeighter;
+
+impl Weighter<u64, Entry> for EntryWeighter {
+    fn weight(&self, _key: &u64, entry: &Entry) -> u64 {
+        (entry.stored.len() + ENTRY_OVERHEAD) as u64
+    }
+}
+
+/// The answer cache. `Send + Sync`; every method takes `&self`.
+pub struct Cache {
+    entries: quick_cache::sync::Cache<u64, Entry, EntryWeighter>,
+    /// Keys the entries by a randomly seeded hash (an entry found by its hash
+    /// is checked against the question before use).
+    hasher: DefaultHashBuilder,
+    config: CacheConfig,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_hits: AtomicU64,
+}
+
+impl Cache {
+    pub fn new(config: CacheConfig) -> Self {
+        let typical_weight = 100 + ENTRY_OVERHEAD;
+        let entries = quick_cache::sync::Cache::with_weighter(
+            (config.max_bytes / typical_weight).max(1),
+            config.max_bytes as u64,
+            EntryWeighter,
+        );
+        Cache {
+            entries,
+            hasher: DefaultHashBuilder::default(),
+            config,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stale_hits: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// A fresh hit written into `out` as the answer to `query`: the client's ID
+    /// and RD bit, its question as spelled (answer names that point into the
+    /// question take that spelling too), every TTL counted down by the whole
+    /// seconds spent in the cache, and an OPT record if the query has EDNS.
+    /// `None` (a miss) when there is no fresh entry or it does not fit in `out`.
+    /// Does not allocate.
+    pub fn lookup(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let answer = self.find(query).and_then(|entry| {
+            let (age, fresh) = entry.age(now);
+            let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+            fresh.then(|| entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed)))?
+        });
+        let counter = if answer.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    /// RFC 8767: an expired entry no more than [`CacheConfig::serve_stale`] past
+    /// its expiry, written like [`lookup`](Self::lookup) but with every TTL set
+    /// to [`STALE_TTL`]. For when every upstream failed; a fresh entry is served
+    /// as `lookup` would, a SERVFAIL entry never.
+    pub fn lookup_stale(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let entry = self.find(query).filter(|entry| !entry.servfail)?;
+        let (age, fresh) = entry.age(now);
+        if fresh {
+            let elapsed = age.as_secs() as u32;
+            return entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed));
+        }
+        if !self.servable_stale(&entry, age) {
+            return None;
+        }
+        let len = entry.write_answer(query, out, |_| STALE_TTL)?;
+        self.stale_hits.fetch_add(1, Ordering::Relaxed);
+        Some(len)
+    }
+
+    /// Stores an upstream `response` to `query` (see the module doc for what is
+    /// kept and for how long). Returns whether it was stored.
+    pub fn insert(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {
+        let Some(prepared) = prepare(&self.config, query.question(), response) else {
+            return false;
+        };
+        let key_flags = key_flags(query);
+        let key = self.key(query.question(), key_flags);
+        if prepared.servfail
+            && let Some(existing) = self.entries.get(&key)
+            && existing.answers(query.question(), key_flags)
+            && !existing.servfail
+        {
+            let (age, fresh) = existing.age(now);
+            if fresh || self.servable_stale(&existing, age) {
+                return false;
+            }
+        }
+        let entry = Entry {
+            stored: prepared.stored.into(),
+            stored_at: now,
+            lifetime: prepared.lifetime,
+            message_len: prepared.message_len,
+            key_flags,
+            servfail: prepared.servfail,
+        };
+        if EntryWeighter.weight(&key, &entry) > self.entries.shard_capacity() {
+            return false;
+        }
+        self.entries.insert(key, entry);
+        true
+    }
+
+    pub fn clear(&self) {
+        self.entries.clear();
+    }
+
+    /// Number of entries, expired ones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Memory the entries are counted as taking, in bytes.
+    pub fn weight(&self) -> u64 {
+        self.entries.weight()
+    }
+
+    /// Fresh answers served by [`lookup`](Self::lookup).
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// [`lookup`](Self::lookup) calls that found no fresh answer.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Expired answers served by [`lookup_stale`](Self::lookup_stale).
+    pub fn stale_hits(&self) -> u64 {
+        self.stale_hits.load(Ordering::Relaxed)
+    }
+
+    fn key(&self, question: &Question, key_flags: u8) -> u64 {
+        self.hasher.hash_one((
+            question.name_wire(),
+            question.qtype(),
+            question.qclass(),
+            key_flags,
+        ))
+    }
+
+    fn find(&self, query: &Query<'_>) -> Option<Entry> {
+        let key_flags = key_flags(query);
+        let entry = self.entries.get(&self.key(query.question(), key_flags))?;
+        entry.answers(query.question(), key_flags).then_some(entry)
+    }
+
+    /// Whether an expired entry of this age may still be served stale.
+    fn servable_stale(&self, entry: &Entry, age: Duration) -> bool {
+        !entry.servfail
+            && !self.config.serve_stale.is_zero()
+            && age <= Duration::from_secs(u64::from(entry.lifetime)) + self.config.serve_stale
+    }
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.len())
+            .field("weight", &self.weight())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_flags(query: &Query<'_>) -> u8 {
+    let mut flags = 0;
+    if query.edns().is_some_and(|edns| edns.dnssec_ok) {
+        flags |= KEY_DNSSEC_OK;
+    }
+    if query.checking_disabled() {
+        flags |= KEY_CHECKING_DISABLED;
+    }
+    flags
+}
+
+/// A response ready to store.
+struct Prepared {
+    stored: Vec<u8>,
+    message_len: u16,
+    lifetime: u32,
+    servfail: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Positive,
+    Negative,
+    ServFail,
+}
+
+fn secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// Checks `response` against the caching rules and builds what to store.
+fn prepare(config: &CacheConfig, question: &Question, response: &[u8]) -> Option<Prepared> {
+    let name = question.name_wire();
+    let question_end = HEADER_LEN + name.len() + 4;
+    if response.len() < HEADER_LEN
+        || response[2] & (wire::FLAGS_QR | wire::FLAGS_OPCODE_MASK | wire::FLAGS_TC)
+            != wire::FLAGS_QR
+        || wire::read_u16(response, 4) != Some(1)
+        || wire::name_equals(response, HEADER_LEN, name) != Some(question_end - 4)
+        || wire::read_u16(response, question_end - 4) != Some(question.qtype())
+        || wire::read_u16(response, question_end - 2) != Some(question.qclass())
+    {
+        return None;
+    }
+    let walk = sections::walk(response)?;
+    if walk.end != response.len() {
+        return None;
+    }
+    if let Some(opt) = &walk.opt
+        && (!opt.is_last || opt.record.ttl >> 24 != 0)
+    {
+        return None;
+    }
+    let message_len = walk.end_without_opt();
+
+    let (min_ttl, max_ttl) = (secs(config.min_ttl), secs(config.max_ttl));
+    let positive_ttl = |ttl: u32| effective_ttl(ttl).clamp(min_ttl.min(max_ttl), max_ttl);
+    let mut answer_ttl = u32::MAX;
+    let mut has_answer = false;
+    let mut negative_ttl = None;
+    for record in Records::new(response)? {
+        let record = record.ok()?;
+        match record.section {
+            Section::Answer => {
+                answer_ttl = answer_ttl.min(effective_ttl(record.ttl));
+                has_answer |= answers_qtype(&record, question.qtype());
+            }
+            Section::Authority if record.rtype == TYPE_SOA && negative_ttl.is_none() => {
+                negative_ttl = Some(soa_negative_ttl(response, &record)?);
+            }
+            _ => {}
+        }
+    }
+    let rcode = response[3] & RCODE_MASK;
+    let (kind, lifetime) = match rcode {
+        RCODE_SERVFAIL => (Kind::ServFail, secs(config.servfail_ttl)),
+        RCODE_NOERROR if has_answer => (Kind::Positive, positive_ttl(answer_ttl)),
+        RCODE_NOERROR | RCODE_NXDOMAIN => {
+            (Kind::Negative, negative_ttl?.min(answer_ttl).min(max_ttl))
+        }
+        _ => return None,
+    };
+    if lifetime == 0 {
+        return None;
+    }
+
+    let mut stored = Vec::with_capacity(message_len + 2 * 16);
+    stored.extend_from_slice(&response[..message_len]);
+    stored[..2].fill(0);
+    stored[2] &= !FLAGS_AA;
+    stored[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
+    if walk.opt.is_some() {
+        let additional = wire::read_u16(&stored, 10)? - 1;
+        wire::write_u16(&mut stored, 10, additional);
+    }
+    for record in Records::new(response)? {
+        let record = record.ok()?;
+        if record.is_opt() {
+            continue;
+        }
+        let ttl = effective_ttl(record.ttl);
+        let ttl = match kind {
+            Kind::Positive => positive_ttl(ttl),
+            Kind::Negative if record.section == Section::Authority && record.rtype == TYPE_SOA => {
+                ttl.min(soa_negative_ttl(response, &record)?).min(max_ttl)
+            }
+            Kind::Negative => ttl.min(max_ttl),
+            Kind::ServFail => ttl.min(lifetime),
+        };
+        let at = record.ttl_at();
+        stored[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+        stored.extend_from_slice(&u16::try_from(at).ok()?.to_be_bytes());
+    }
+    Some(Prepared {
+        stored,
+        message_len: u16::try_from(message_len).ok()?,
+        lifetime,
+        servfail: kind == Kind::ServFail,
+    })
+}
+
+fn answers_qtype(record: &Record, qtype: u16) -> bool {
+    record.rtype == qtype || qtype == TYPE_ANY
+}
+
+/// RFC 2308 §5: the lesser of the SOA's TTL and its MINIMUM field.
+fn soa_negative_ttl(msg: &[u8], soa: &Record) -> Option<u32> {
+    if soa.end - soa.rdata_start() < SOA_MIN_RDATA_LEN {
+        return None;
+    }
+    let minimum = msg.get(soa.end - 4..soa.end)?;
+    let minimum = u32::from_be_bytes([minimum[0], minimum[1], minimum[2], minimum[3]]);
+    Some(effective_ttl(soa.ttl).min(effective_ttl(minimum)))
+}
