@@ -4,7 +4,7 @@ use std::io;
 use std::iter;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
@@ -26,7 +26,8 @@ pub struct FilterStats {
     pub dropped_malformed: AtomicU64,
     /// Inbound packets from the tunnel whose source or destination is a virtual IP.
     pub dropped_inbound_virtual: AtomicU64,
-    /// Replies that could not be written into the TUN.
+    /// Replies that could not be written into the TUN, or were dropped because too many
+    /// were already waiting for it.
     pub reply_errors: AtomicU64,
 }
 
@@ -43,12 +44,22 @@ impl FilterStats {
 pub struct TunWriter {
     device: Arc<AsyncDevice>,
     stats: Arc<FilterStats>,
+    /// Replies waiting in tasks for the device to become writable.
+    waiting: Arc<AtomicUsize>,
 }
+
+/// Replies allowed to wait for a busy TUN at once; beyond, they are dropped as a full
+/// NIC queue drops them, rather than piling up tasks.
+const MAX_WAITING_REPLIES: usize = 256;
 
 impl TunWriter {
     /// A writer for `device` that counts failures in `stats`.
     pub fn new(device: Arc<AsyncDevice>, stats: Arc<FilterStats>) -> Self {
-        Self { device, stats }
+        Self {
+            device,
+            stats,
+            waiting: Arc::default(),
+        }
     }
 
     /// Writes one packet without waiting. Safe to call inline on the TUN reader.
@@ -59,9 +70,17 @@ impl TunWriter {
         match self.device.try_send(packet) {
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_REPLIES {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    FilterStats::bump(&self.stats.reply_errors);
+                    return;
+                }
                 let writer = self.clone();
                 let packet = packet.to_vec();
-                tokio::spawn(async move { writer.send_async(&packet).await });
+                tokio::spawn(async move {
+                    writer.send_async(&packet).await;
+                    writer.waiting.fetch_sub(1, Ordering::Relaxed);
+                });
             }
             Err(error) => self.count_error(&error),
         }
