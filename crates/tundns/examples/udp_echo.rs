@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tundns::tunnel::Tunnel;
+use tundns::tunnel::{ShutdownSignals, Tunnel};
 use tundns_config::Config;
 use tundns_filter::{Datagram, TunWriter, UdpService, VirtualHost};
 
@@ -42,10 +42,14 @@ async fn main() -> ExitCode {
         }
     };
     let result = async {
-        let mut tunnel = Tunnel::up(&config).await?;
+        let mut signals = ShutdownSignals::install()?;
+        let mut tunnel = Tunnel::up(&config, path.as_ref()).await?;
         let echo = VirtualHost::new("echo").with_udp(ECHO_PORT, Arc::new(Echo));
-        tunnel.serve(ECHO_IP, Arc::new(echo)).await?;
-        tunnel.run_until_signal().await
+        if let Err(error) = tunnel.serve(ECHO_IP, Arc::new(echo)).await {
+            tunnel.shut_down().await;
+            return Err(error);
+        }
+        tunnel.run_until(&mut signals).await
     };
     match result.await {
         Ok(()) => ExitCode::SUCCESS,

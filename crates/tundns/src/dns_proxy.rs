@@ -1,32 +1,56 @@
-//! The DNS proxy as a virtual service: UDP on the TUN reader, TCP on the netstack, and
-//! forwarding to the upstream pool in tasks.
+//! The DNS proxy as a virtual service: the resolver pipeline, its UDP front end on the TUN
+//! reader, and the forwarding tasks. (The TCP front end is in `tcp_dns`.)
 //!
-//! What can be answered at once (malformed queries, overload) is answered inline; only
-//! upstream work leaves the TUN reader, and it is bounded by a semaphore so a flood turns
-//! into REFUSED answers, never into unbounded memory.
+//! Everything that can be answered from memory is answered inline, on the TUN reader, into a
+//! reused buffer: malformed queries, overload, the blocklist, local data and cache hits. Only
+//! a cache miss leaves the reader, for a task bounded by a semaphore (a flood turns into
+//! REFUSED answers, never into unbounded memory). Identical queries in flight share one
+//! upstream query.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tundns_dns::{QueryError, Rcode};
+use tundns_dns::cache::Cache;
+use tundns_dns::{BlockList, LocalData, Query, QueryError, Question, Rcode, Routes};
 use tundns_filter::{Datagram, TunWriter, UdpService};
 use tundns_upstream::{Protocol, UpstreamPool};
 
-/// Room for an error answer: the header, a question of at most 255 + 4 bytes, and slack.
-const ERROR_ANSWER_CAPACITY: usize = 512;
+/// The largest DNS message (the TCP length prefix is 16 bits).
+pub const MAX_MESSAGE: usize = 65535;
 
-/// Counters of the proxy. Relaxed atomics: statistics only.
+/// The EDNS UDP size passed to upstreams when the client asks for more: large enough for
+/// most answers, small enough to avoid IP fragmentation (DNS Flag Day 2020).
+const UPSTREAM_EDNS_SIZE: u16 = 1232;
+
+/// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
 #[derive(Debug, Default)]
 pub struct DnsStats {
-    /// Queries forwarded to an upstream and answered.
+    /// Answered from the blocklist.
+    pub blocked: AtomicU64,
+    /// Answered from local records or local zones.
+    pub local: AtomicU64,
+    /// Answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Answered by an upstream.
     pub forwarded: AtomicU64,
-    /// Queries answered SERVFAIL because every upstream failed.
+    /// Joined an identical query already in flight instead of asking again.
+    pub collapsed: AtomicU64,
+    /// Answered with an expired cache entry because every upstream failed (RFC 8767).
+    pub stale: AtomicU64,
+    /// Answered SERVFAIL because every upstream failed and nothing stale was left.
     pub servfail: AtomicU64,
-    /// Queries answered REFUSED because too many were in flight.
+    /// Answered REFUSED because too many queries were in flight.
     pub refused_overload: AtomicU64,
-    /// Malformed queries answered FORMERR (or NOTIMP).
+    /// Malformed queries answered FORMERR, NOTIMP or BADVERS.
     pub malformed_answered: AtomicU64,
     /// Packets dropped without an answer (not a query at all).
     pub dropped: AtomicU64,
@@ -36,111 +60,288 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The forwarding DNS proxy shared by the UDP and TCP front ends.
-pub struct DnsProxy {
-    pool: Arc<UpstreamPool>,
-    in_flight: Arc<Semaphore>,
-    stats: Arc<DnsStats>,
+/// What the resolver is made of; built from the config by `dns_config`.
+pub struct ResolverParts {
+    /// Names answered NXDOMAIN or with a null address.
+    pub blocklist: BlockList,
+    /// Local records and zones, answered with authority.
+    pub local: LocalData,
+    /// The answer cache, unless turned off.
+    pub cache: Option<Cache>,
+    /// Which upstream group answers which names.
+    pub routes: Routes<usize>,
+    /// The upstream groups, indexed by `routes`.
+    pub groups: Vec<UpstreamPool>,
+    /// Upstream queries in flight at once, at most.
+    pub max_in_flight: usize,
 }
 
-impl DnsProxy {
-    /// A proxy forwarding through `pool`, with at most `max_in_flight` upstream queries.
-    pub fn new(pool: UpstreamPool, max_in_flight: usize) -> Self {
+/// Identical questions share one upstream query: same name (any case), type, class, and
+/// the DO and CD bits, which change the answer.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CollapseKey {
+    question: Question,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+}
+
+impl CollapseKey {
+    fn of(query: &Query<'_>) -> Self {
         Self {
-            pool: Arc::new(pool),
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            stats: Arc::default(),
+            question: query.question().clone(),
+            dnssec_ok: query.edns().is_some_and(|edns| edns.dnssec_ok),
+            checking_disabled: query.checking_disabled(),
         }
     }
+}
 
-    /// The proxy's counters.
-    pub fn stats(&self) -> &Arc<DnsStats> {
-        &self.stats
-    }
+/// An upstream answer several clients wait for; `None` when every upstream failed.
+type SharedAnswer = Shared<BoxFuture<'static, Option<Bytes>>>;
 
-    /// Checks a query and decides what happens to it.
-    ///
-    /// Returns the error answer to send at once, or a [`Forward`] to run in a task.
-    pub fn accept(&self, query: &[u8], protocol: Protocol) -> Verdict {
-        let max_response = match tundns_dns::parse_query(query) {
-            Ok(parsed) => match protocol {
-                Protocol::Udp => tundns_dns::max_udp_response(&parsed),
-                Protocol::Tcp => usize::from(u16::MAX),
-            },
-            Err(QueryError::Drop) => {
-                bump(&self.stats.dropped);
-                return Verdict::Drop;
-            }
-            Err(QueryError::Answer(rcode)) => {
-                bump(&self.stats.malformed_answered);
-                return Verdict::Answer(rcode);
-            }
-        };
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            bump(&self.stats.refused_overload);
-            return Verdict::Answer(Rcode::REFUSED);
-        };
-        Verdict::Forward(Forward {
-            query: query.to_vec(),
-            protocol,
-            max_response,
-            pool: self.pool.clone(),
-            stats: self.stats.clone(),
-            _permit: permit,
-        })
-    }
+/// The resolver shared by the UDP and TCP front ends.
+pub struct DnsProxy {
+    blocklist: BlockList,
+    local: LocalData,
+    cache: Option<Cache>,
+    routes: Routes<usize>,
+    groups: Vec<UpstreamPool>,
+    in_flight: Mutex<HashMap<CollapseKey, SharedAnswer>>,
+    permits: Arc<Semaphore>,
+    stats: DnsStats,
 }
 
 /// What to do with one client query.
 pub enum Verdict {
     /// Not a query: say nothing.
     Drop,
-    /// Answer at once with this error code.
-    Answer(Rcode),
-    /// Ask the upstreams.
+    /// The answer is in the caller's buffer, this many bytes long.
+    Answered(usize),
+    /// Ask the upstreams, in a task.
     Forward(Forward),
+}
+
+impl DnsProxy {
+    /// A resolver from its parts.
+    pub fn new(parts: ResolverParts) -> Arc<Self> {
+        Arc::new(Self {
+            blocklist: parts.blocklist,
+            local: parts.local,
+            cache: parts.cache,
+            routes: parts.routes,
+            groups: parts.groups,
+            in_flight: Mutex::default(),
+            permits: Arc::new(Semaphore::new(parts.max_in_flight)),
+            stats: DnsStats::default(),
+        })
+    }
+
+    /// The proxy's counters.
+    pub fn stats(&self) -> &DnsStats {
+        &self.stats
+    }
+
+    /// The answer cache, if on.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
+
+    /// Answers `query` from memory into `out` if it can, or hands back a [`Forward`].
+    ///
+    /// `out` must hold [`MAX_MESSAGE`] bytes. UDP answers are cut to what the client takes.
+    pub fn accept(self: &Arc<Self>, query: &[u8], protocol: Protocol, out: &mut [u8]) -> Verdict {
+        let parsed = match tundns_dns::parse_query(query) {
+            Ok(parsed) => parsed,
+            Err(QueryError::Drop) => {
+                bump(&self.stats.dropped);
+                return Verdict::Drop;
+            }
+            Err(QueryError::Answer(rcode)) => {
+                bump(&self.stats.malformed_answered);
+                return answered(tundns_dns::write_error_response(query, rcode, out));
+            }
+        };
+        if let Some(len) = self.answer_from_memory(&parsed, out) {
+            return answered(fit_for_client(&parsed, protocol, out, len));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            bump(&self.stats.refused_overload);
+            return answered(tundns_dns::write_error_response(query, Rcode::REFUSED, out));
+        };
+        Verdict::Forward(Forward {
+            proxy: self.clone(),
+            query: query.to_vec(),
+            protocol,
+            _permit: permit,
+        })
+    }
+
+    /// Blocklist, then local data, then the cache: the first that knows writes the answer.
+    fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
+        if let Some(len) = self.blocklist.answer(query, out) {
+            bump(&self.stats.blocked);
+            return Some(len);
+        }
+        if let Some(len) = self.local.answer(query, out) {
+            bump(&self.stats.local);
+            return Some(len);
+        }
+        let len = self.cache.as_ref()?.lookup(query, Instant::now(), out)?;
+        bump(&self.stats.cache_hits);
+        Some(len)
+    }
+
+    /// The upstream answer to `query`, sharing the upstream query with identical queries
+    /// already in flight.
+    async fn upstream_answer(
+        self: &Arc<Self>,
+        query: &Query<'_>,
+        protocol: Protocol,
+    ) -> Option<Bytes> {
+        let key = CollapseKey::of(query);
+        let shared = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.get(&key) {
+                Some(shared) => {
+                    bump(&self.stats.collapsed);
+                    shared.clone()
+                }
+                None => {
+                    let ask =
+                        self.clone()
+                            .ask_upstream(key.clone(), query.bytes().to_vec(), protocol);
+                    let shared = ask.boxed().shared();
+                    in_flight.insert(key, shared.clone());
+                    shared
+                }
+            }
+        };
+        shared.await
+    }
+
+    /// One upstream query for everyone waiting on `key`; the answer goes into the cache.
+    async fn ask_upstream(
+        self: Arc<Self>,
+        key: CollapseKey,
+        mut query: Vec<u8>,
+        protocol: Protocol,
+    ) -> Option<Bytes> {
+        tundns_dns::clamp_edns_udp_size(&mut query, UPSTREAM_EDNS_SIZE);
+        let answer = match tundns_dns::parse_query(&query) {
+            Ok(parsed) => {
+                let group = &self.groups[*self.routes.lookup(parsed.question())];
+                match group.resolve(&query, protocol).await {
+                    Ok(response) => {
+                        if let Some(cache) = &self.cache {
+                            cache.insert(&parsed, &response, Instant::now());
+                        }
+                        Some(response)
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "every upstream failed");
+                        None
+                    }
+                }
+            }
+            Err(_) => None,
+        };
+        // Later identical queries start afresh (or hit the cache) from here on.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        answer
+    }
+}
+
+fn answered(len: usize) -> Verdict {
+    if len == 0 {
+        Verdict::Drop
+    } else {
+        Verdict::Answered(len)
+    }
+}
+
+/// Cuts a UDP answer in `out[..len]` to the client's limit, at a whole RRset, with TC set.
+fn fit_for_client(query: &Query<'_>, protocol: Protocol, out: &mut [u8], len: usize) -> usize {
+    let limit = match protocol {
+        Protocol::Udp => tundns_dns::max_udp_response(query),
+        Protocol::Tcp => return len,
+    };
+    if len <= limit {
+        return len;
+    }
+    let full = out[..len].to_vec();
+    tundns_dns::write_truncated(&full, &mut out[..limit])
 }
 
 /// One query on its way upstream; holds its in-flight permit until it is answered.
 pub struct Forward {
+    proxy: Arc<DnsProxy>,
     query: Vec<u8>,
     protocol: Protocol,
-    max_response: usize,
-    pool: Arc<UpstreamPool>,
-    stats: Arc<DnsStats>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Forward {
-    /// Resolves through the pool; the answer is always something to send: the upstream's
-    /// response (truncated for UDP clients that cannot take it all), or SERVFAIL.
+    /// Resolves through the upstreams; the answer is always something to send: the
+    /// upstream's answer, a stale one when every upstream failed, or SERVFAIL.
     pub async fn resolve(self) -> Vec<u8> {
-        match self.pool.resolve(&self.query, self.protocol).await {
-            Ok(response) if response.len() > self.max_response => {
-                bump(&self.stats.forwarded);
-                let mut truncated = vec![0; response.len()];
-                let len = tundns_dns::write_truncated(&response, &mut truncated);
-                truncated.truncate(len);
-                truncated
+        let proxy = &self.proxy;
+        let Ok(query) = tundns_dns::parse_query(&self.query) else {
+            return error_answer(&self.query, Rcode::SERVFAIL);
+        };
+        let fresh = match proxy.upstream_answer(&query, self.protocol).await {
+            Some(response) => {
+                // The answer keeps its length: only the ID and the question's case change.
+                let mut out = vec![0; response.len()];
+                let len = tundns_dns::adapt_response(&response, &query, &mut out);
+                (len > 0).then_some((out, len))
             }
-            Ok(response) => {
-                bump(&self.stats.forwarded);
-                response.to_vec()
+            None => None,
+        };
+        let (mut out, len) = match fresh {
+            Some(answer) => {
+                bump(&proxy.stats.forwarded);
+                answer
             }
-            Err(error) => {
-                bump(&self.stats.servfail);
-                tracing::debug!(%error, "every upstream failed");
-                error_answer(&self.query, Rcode::SERVFAIL)
+            None => {
+                let mut out = vec![0; MAX_MESSAGE];
+                let stale = proxy
+                    .cache
+                    .as_ref()
+                    .and_then(|cache| cache.lookup_stale(&query, Instant::now(), &mut out));
+                let len = match stale {
+                    Some(len) => {
+                        bump(&proxy.stats.stale);
+                        len
+                    }
+                    None => {
+                        bump(&proxy.stats.servfail);
+                        tundns_dns::write_error_response(&self.query, Rcode::SERVFAIL, &mut out)
+                    }
+                };
+                (out, len)
             }
-        }
+        };
+        let len = fit_for_client(&query, self.protocol, &mut out, len);
+        out.truncate(len);
+        out
     }
 }
 
 /// An error answer to `query` as an owned message.
 pub fn error_answer(query: &[u8], rcode: Rcode) -> Vec<u8> {
-    let mut buf = [0u8; ERROR_ANSWER_CAPACITY];
-    let len = tundns_dns::write_error_response(query, rcode, &mut buf);
-    buf[..len].to_vec()
+    let mut out = vec![0; tundns_dns::MAX_SYNTHESIZED_LEN];
+    let len = tundns_dns::write_error_response(query, rcode, &mut out);
+    out.truncate(len);
+    out
+}
+
+thread_local! {
+    /// The inline answer buffer of each TUN reader thread: room for the IP and UDP headers
+    /// and the largest message, allocated once.
+    static UDP_REPLY: RefCell<Vec<u8>> =
+        RefCell::new(vec![0; tundns_packet::IPV6_UDP_HEADERS + MAX_MESSAGE]);
 }
 
 /// DNS over UDP on the virtual IPs.
@@ -157,22 +358,207 @@ impl UdpDns {
 
 impl UdpService for UdpDns {
     fn on_datagram(&self, datagram: Datagram<'_>, tun: &TunWriter) {
-        match self.proxy.accept(datagram.payload, Protocol::Udp) {
-            Verdict::Drop => {}
-            Verdict::Answer(rcode) => {
-                let mut buf = [0u8; ERROR_ANSWER_CAPACITY];
-                let len = tundns_dns::write_error_response(datagram.payload, rcode, &mut buf);
-                datagram.reply(&buf[..len], tun);
+        let (client, server) = (datagram.source, datagram.destination);
+        let forward = UDP_REPLY.with_borrow_mut(|buf| {
+            // The answer is written where the UDP payload goes, then headers in front of it.
+            let headers = tundns_packet::udp_headers_len(&client);
+            match self
+                .proxy
+                .accept(datagram.payload, Protocol::Udp, &mut buf[headers..])
+            {
+                Verdict::Drop => None,
+                Verdict::Answered(len) => {
+                    if let Ok(total) = tundns_packet::write_udp_headers(buf, server, client, len) {
+                        tun.send(&buf[..total]);
+                    }
+                    None
+                }
+                Verdict::Forward(forward) => Some(forward),
             }
-            Verdict::Forward(forward) => {
-                let (client, server): (SocketAddr, SocketAddr) =
-                    (datagram.source, datagram.destination);
-                let tun = tun.clone();
-                tokio::spawn(async move {
-                    let answer = forward.resolve().await;
-                    tun.send_udp(server, client, &answer);
-                });
-            }
+        });
+        if let Some(forward) = forward {
+            let tun = tun.clone();
+            tokio::spawn(async move {
+                let answer = forward.resolve().await;
+                tun.send_udp(server, client, &answer);
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::net::UdpSocket;
+    use tundns_dns::cache::CacheConfig;
+    use tundns_upstream::{PoolConfig, Transport, UpstreamSpec};
+
+    /// A query for `name` A IN, without EDNS.
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut msg = id.to_be_bytes().to_vec();
+        msg.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.') {
+            msg.push(label.len() as u8);
+            msg.extend_from_slice(label.as_bytes());
+        }
+        msg.extend_from_slice(&[0, 0, 1, 0, 1]);
+        msg
+    }
+
+    /// Answers every query with `records` A records (pointing at the question), TTL 300,
+    /// and counts the queries it saw.
+    async fn fake_upstream(records: u8) -> (SocketAddr, Arc<AtomicUsize>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = socket.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut answer = buf[..len].to_vec();
+                answer[2] |= 0x80; // QR
+                answer[3] |= 0x80; // RA
+                answer[6..8].copy_from_slice(&u16::from(records).to_be_bytes());
+                answer[10..12].copy_from_slice(&[0, 0]); // drop the client's OPT count
+                let question_end = 12 + answer[12..].iter().position(|&b| b == 0).unwrap() + 5;
+                answer.truncate(question_end);
+                for i in 0..records {
+                    answer.extend_from_slice(&[
+                        0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 203, 0, 113, i,
+                    ]);
+                }
+                let _ = socket.send_to(&answer, from).await;
+            }
+        });
+        (address, seen)
+    }
+
+    fn proxy(upstream: SocketAddr, max_in_flight: usize, cache: bool) -> Arc<DnsProxy> {
+        let spec = UpstreamSpec {
+            transport: Transport::Udp,
+            address: upstream,
+        };
+        let pool = UpstreamPool::new(vec![spec], PoolConfig::default()).unwrap();
+        DnsProxy::new(ResolverParts {
+            blocklist: BlockList::new(tundns_dns::BlockMode::NxDomain, Duration::from_secs(60)),
+            local: tundns_dns::LocalDataBuilder::new().build(),
+            cache: cache.then(|| Cache::new(CacheConfig::default())),
+            routes: Routes::new(0),
+            groups: vec![pool],
+            max_in_flight,
+        })
+    }
+
+    fn rcode(answer: &[u8]) -> u8 {
+        answer[3] & 0x0f
+    }
+
+    #[tokio::test]
+    async fn beyond_the_in_flight_bound_the_answer_is_refused_at_once() {
+        let (upstream, _) = fake_upstream(1).await;
+        let proxy = proxy(upstream, 1, false);
+        let mut out = vec![0; MAX_MESSAGE];
+        let first = proxy.accept(&query(1, "a.lab.test"), Protocol::Udp, &mut out);
+        assert!(matches!(first, Verdict::Forward(_)));
+        match proxy.accept(&query(2, "b.lab.test"), Protocol::Udp, &mut out) {
+            Verdict::Answered(len) => {
+                assert_eq!(&out[..2], &2u16.to_be_bytes());
+                assert_eq!(rcode(&out[..len]), 5, "REFUSED");
+            }
+            _ => panic!("the second query must be refused while the first holds the only permit"),
+        }
+        drop(first);
+        let third = proxy.accept(&query(3, "c.lab.test"), Protocol::Udp, &mut out);
+        assert!(
+            matches!(third, Verdict::Forward(_)),
+            "the permit comes back"
+        );
+        assert_eq!(proxy.stats().refused_overload.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_query_with_readable_header_is_answered_formerr_inline() {
+        let (upstream, seen) = fake_upstream(1).await;
+        let proxy = proxy(upstream, 8, false);
+        let mut bad = query(7, "a.lab.test");
+        bad[12] = 70; // a label longer than 63
+        let mut out = vec![0; MAX_MESSAGE];
+        let Verdict::Answered(len) = proxy.accept(&bad, Protocol::Udp, &mut out) else {
+            panic!("FORMERR expected");
+        };
+        assert_eq!(rcode(&out[..len]), 1);
+        assert!(matches!(
+            proxy.accept(&bad[..5], Protocol::Udp, &mut out),
+            Verdict::Drop
+        ));
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_udp_answer_too_big_for_the_client_is_truncated_by_the_proxy() {
+        // 40 records of 16 bytes: about 670 bytes, more than a client without EDNS takes.
+        let (upstream, _) = fake_upstream(40).await;
+        let proxy = proxy(upstream, 8, false);
+        let mut out = vec![0; MAX_MESSAGE];
+        let Verdict::Forward(forward) =
+            proxy.accept(&query(9, "big.lab.test"), Protocol::Udp, &mut out)
+        else {
+            panic!("must be forwarded");
+        };
+        let answer = forward.resolve().await;
+        assert!(answer.len() <= 512, "{} bytes", answer.len());
+        assert_ne!(answer[2] & 0x02, 0, "TC set");
+        assert_eq!(&answer[..2], &9u16.to_be_bytes());
+        // The 40 A records are one RRset, which does not fit whole: it is left out rather
+        // than cut (RFC 2181 §9), leaving the header and the question ("big.lab.test" A IN).
+        assert_eq!(u16::from_be_bytes([answer[6], answer[7]]), 0);
+        assert_eq!(answer.len(), 12 + 18);
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_is_served_inline_with_the_new_clients_id() {
+        let (upstream, seen) = fake_upstream(1).await;
+        let proxy = proxy(upstream, 8, true);
+        let mut out = vec![0; MAX_MESSAGE];
+        let Verdict::Forward(forward) =
+            proxy.accept(&query(11, "www.lab.test"), Protocol::Udp, &mut out)
+        else {
+            panic!("the first query goes upstream");
+        };
+        forward.resolve().await;
+        let Verdict::Answered(len) =
+            proxy.accept(&query(12, "WWW.lab.test"), Protocol::Udp, &mut out)
+        else {
+            panic!("the second is a cache hit");
+        };
+        assert_eq!(&out[..2], &12u16.to_be_bytes());
+        assert_eq!(&out[13..16], b"WWW", "the client's spelling");
+        assert_eq!(rcode(&out[..len]), 0);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(proxy.stats().cache_hits.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn identical_queries_in_flight_share_one_upstream_query() {
+        let (upstream, seen) = fake_upstream(1).await;
+        let proxy = proxy(upstream, 64, false);
+        let mut out = vec![0; MAX_MESSAGE];
+        let forwards: Vec<Forward> = (0..20)
+            .map(|id| {
+                match proxy.accept(&query(100 + id, "same.lab.test"), Protocol::Udp, &mut out) {
+                    Verdict::Forward(forward) => forward,
+                    _ => panic!("all go upstream"),
+                }
+            })
+            .collect();
+        let answers = futures::future::join_all(forwards.into_iter().map(Forward::resolve)).await;
+        for (id, answer) in (100u16..).zip(&answers) {
+            assert_eq!(&answer[..2], &id.to_be_bytes());
+            assert_eq!(rcode(answer), 0);
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 }

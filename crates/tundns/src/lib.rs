@@ -6,6 +6,7 @@
 //! crates it wires: `tundns-packet`, `tundns-filter`, `tundns-dns`, `tundns-upstream`,
 //! `tundns-netstack` and `tundns-config`.
 
+pub mod dns_config;
 pub mod dns_proxy;
 pub mod system;
 pub mod tcp_dns;

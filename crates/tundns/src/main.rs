@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tundns::tunnel::Tunnel;
+use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
 
 #[derive(Parser)]
@@ -58,28 +58,8 @@ fn main() -> ExitCode {
         }
     };
     for warning in &config.warnings {
-        tracing::warn!(
-            "{}:{}: {}",
-            path.display(),
-            warning.line(),
-            warning.message()
-        );
+        tracing::warn!("{warning}");
     }
-
-    match cli.command {
-        Command::Check { .. } => {
-            println!(
-                "{}: ok (interface {})",
-                path.display(),
-                config.interface_name
-            );
-            ExitCode::SUCCESS
-        }
-        Command::Up { .. } => run_up(&config),
-    }
-}
-
-fn run_up(config: &Config) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,15 +70,40 @@ fn run_up(config: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let tunnel = Tunnel::up(config).await?;
-        tunnel.run_until_signal().await
-    });
+    let result = match cli.command {
+        Command::Check { .. } => runtime
+            .block_on(async { tunnel::check(&config, path) })
+            .map(|()| {
+                println!(
+                    "{}: ok (interface {})",
+                    path.display(),
+                    config.interface_name
+                );
+            }),
+        Command::Up { .. } => {
+            // As wireguard-go does: the UAPI socket hands out the private key, so nothing
+            // this process creates may be readable by others.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            runtime.block_on(async {
+                let mut signals = ShutdownSignals::install()?;
+                let tunnel = Tunnel::up(&config, path).await?;
+                tunnel.run_until(&mut signals).await
+            })
+        }
+    };
     // Tasks still holding the TUN or sockets are dropped here rather than awaited, so a
     // stuck upstream query cannot delay the exit.
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(TunnelError::Config(error)) => {
+            eprintln!("tundns: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(error @ (TunnelError::MtuTooLarge(_) | TunnelError::DefaultRoute(_))) => {
+            eprintln!("tundns: {}: {error}", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(error) => {
             eprintln!("tundns: {error}");
             ExitCode::FAILURE

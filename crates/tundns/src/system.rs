@@ -10,6 +10,9 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+/// The kernel's main routing table.
+const MAIN_TABLE: u32 = 254;
+
 /// A failed system change, with what was being attempted.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
@@ -38,7 +41,8 @@ pub struct SystemChanges {
     handle: Handle,
     interface: String,
     index: u32,
-    routes: Vec<IpNet>,
+    /// Routes added so far, with their table, for teardown.
+    routes: Vec<(IpNet, u32)>,
 }
 
 impl SystemChanges {
@@ -100,33 +104,45 @@ impl SystemChanges {
     /// `Address`, say) is left alone and not recorded, as wg-quick does; the same prefix
     /// through another interface is an error rather than a silent hijack.
     pub async fn add_route(&mut self, network: IpNet) -> Result<(), SystemError> {
-        let action = || format!("adding route {network} via {}", self.interface);
-        match self
-            .handle
-            .route()
-            .add(self.route_message(network))
-            .execute()
-            .await
-        {
+        self.add_route_in(network, MAIN_TABLE).await
+    }
+
+    /// As [`SystemChanges::add_route`], in routing table `table`.
+    pub async fn add_route_in(&mut self, network: IpNet, table: u32) -> Result<(), SystemError> {
+        let request = self.handle.route().add(self.route_message(network, table));
+        match request.execute().await {
             Ok(()) => {
-                self.routes.push(network);
+                self.routes.push((network, table));
                 Ok(())
             }
             Err(rtnetlink::Error::NetlinkError(message))
-                if message.raw_code() == -libc::EEXIST && self.routes_here(network).await? =>
+                if message.raw_code() == -libc::EEXIST
+                    && self.routes_here(network, table).await? =>
             {
                 tracing::debug!(%network, "route already present on the interface");
                 Ok(())
             }
             Err(source) => Err(SystemError::Netlink {
-                action: action(),
+                action: format!(
+                    "adding route {network} via {} (table {table})",
+                    self.interface
+                ),
                 source,
             }),
         }
     }
 
-    /// True when the main table routes exactly `network` through this interface.
-    async fn routes_here(&self, network: IpNet) -> Result<bool, SystemError> {
+    /// Removes a route this process added; a route it did not add is left alone.
+    pub async fn remove_route(&mut self, network: IpNet) {
+        let Some(index) = self.routes.iter().position(|(net, _)| *net == network) else {
+            return;
+        };
+        let (network, table) = self.routes.remove(index);
+        self.delete_route(network, table).await;
+    }
+
+    /// True when `table` routes exactly `network` through this interface.
+    async fn routes_here(&self, network: IpNet, table: u32) -> Result<bool, SystemError> {
         let dump = match network {
             IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
             IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
@@ -139,7 +155,7 @@ impl SystemChanges {
             .try_collect()
             .await
             .map_err(failed("listing routes"))?;
-        let wanted = self.route_message(network);
+        let wanted = self.route_message(network, table);
         Ok(routes.iter().any(|route| {
             route.header.destination_prefix_length == network.prefix_len()
                 && wanted
@@ -152,12 +168,16 @@ impl SystemChanges {
     /// Removes every route this process added, newest first. Errors are logged, not
     /// returned: teardown goes on so that as much as possible is restored.
     pub async fn undo(&mut self) {
-        while let Some(network) = self.routes.pop() {
-            let message = self.route_message(network);
-            if let Err(error) = self.handle.route().del(message).execute().await {
-                // The kernel removes an interface's routes with the interface itself.
-                tracing::debug!(%network, %error, "route already gone");
-            }
+        while let Some((network, table)) = self.routes.pop() {
+            self.delete_route(network, table).await;
+        }
+    }
+
+    async fn delete_route(&self, network: IpNet, table: u32) {
+        let message = self.route_message(network, table);
+        if let Err(error) = self.handle.route().del(message).execute().await {
+            // The kernel removes an interface's routes with the interface itself.
+            tracing::debug!(%network, %error, "route already gone");
         }
     }
 
@@ -168,15 +188,21 @@ impl SystemChanges {
         }
     }
 
-    fn route_message(&self, network: IpNet) -> rtnetlink::packet_route::route::RouteMessage {
+    fn route_message(
+        &self,
+        network: IpNet,
+        table: u32,
+    ) -> rtnetlink::packet_route::route::RouteMessage {
         match network {
             IpNet::V4(net) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net.network(), net.prefix_len())
                 .output_interface(self.index)
+                .table_id(table)
                 .build(),
             IpNet::V6(net) => RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(net.network(), net.prefix_len())
                 .output_interface(self.index)
+                .table_id(table)
                 .build(),
         }
     }

@@ -16,7 +16,7 @@ use tundns_filter::{Service, TunWriter};
 use tundns_netstack::{ConnectionId, Event, Limits, TcpStack};
 use tundns_upstream::Protocol;
 
-use crate::dns_proxy::{DnsProxy, Verdict, error_answer};
+use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
 
 /// Largest query accepted over TCP. Real queries are a few hundred bytes; the bound keeps
 /// each connection's buffer small.
@@ -89,6 +89,8 @@ struct StackTask {
     answers_tx: mpsc::UnboundedSender<(ConnectionId, Vec<u8>)>,
     answers_rx: mpsc::UnboundedReceiver<(ConnectionId, Vec<u8>)>,
     events: Vec<Event>,
+    /// Where answers from memory are written, reused for every query.
+    answer: Vec<u8>,
 }
 
 impl StackTask {
@@ -102,6 +104,7 @@ impl StackTask {
             answers_tx,
             answers_rx,
             events: Vec::new(),
+            answer: vec![0; MAX_MESSAGE],
         }
     }
 
@@ -201,10 +204,7 @@ impl StackTask {
                 return false;
             };
             let verdict = match connection.decoder.next_message() {
-                Ok(Some(query)) => match self.proxy.accept(query, Protocol::Tcp) {
-                    Verdict::Answer(rcode) => Err(error_answer(query, rcode)),
-                    verdict => Ok(verdict),
-                },
+                Ok(Some(query)) => self.proxy.accept(query, Protocol::Tcp, &mut self.answer),
                 Ok(None) => return true,
                 Err(error) => {
                     tracing::debug!(%error, "closing DNS/TCP connection");
@@ -214,8 +214,13 @@ impl StackTask {
                 }
             };
             match verdict {
-                Err(answer) => self.queue_answer(id, &answer, false),
-                Ok(Verdict::Forward(forward)) => {
+                Verdict::Drop => {}
+                Verdict::Answered(len) => {
+                    let answer = std::mem::take(&mut self.answer);
+                    self.queue_answer(id, &answer[..len], false);
+                    self.answer = answer;
+                }
+                Verdict::Forward(forward) => {
                     connection.in_flight += 1;
                     let answers = self.answers_tx.clone();
                     tokio::spawn(async move {
@@ -223,7 +228,6 @@ impl StackTask {
                         let _ = answers.send((id, answer));
                     });
                 }
-                Ok(Verdict::Drop | Verdict::Answer(_)) => {}
             }
         }
     }

@@ -3,21 +3,31 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gotatun::device::uapi::UapiServer;
 use gotatun::device::{DeviceBuilder, Peer};
+use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 use tun_rs::AsyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service, VirtualHost};
-use tundns_upstream::{PoolConfig, UpstreamPool};
 
-use crate::dns_proxy::{DnsProxy, UdpDns};
+use crate::dns_config;
+use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::system::{SystemChanges, SystemError, host_route};
 use crate::tcp_dns::TcpDns;
+
+/// gotatun's device with the filter on both sides of the TUN.
+type WireGuard = gotatun::device::Device<(UdpSocketFactory, FilteredTunSender, FilteredTun)>;
+
+/// The largest packet the TUN reader takes: gotatun's packet buffers are 4 KiB.
+const MAX_MTU: u16 = 4096;
+
+/// The kernel's main routing table, where wg-quick's `Table = auto` puts routes.
+const MAIN_TABLE: u32 = 254;
 
 /// Where gotatun puts the UAPI socket, as wireguard-go and `wg` expect.
 const UAPI_DIRECTORY: &str = "/var/run/wireguard";
@@ -41,6 +51,12 @@ pub enum TunnelError {
     DefaultRoute(IpNet),
     #[error("starting the UAPI socket: {0}")]
     Uapi(String),
+    #[error(transparent)]
+    Config(#[from] tundns_config::ConfigError),
+    #[error("MTU {0} is larger than tundns's packet buffers ({MAX_MTU})")]
+    MtuTooLarge(u16),
+    #[error("WireGuard stopped: {0}")]
+    WireGuardFailed(String),
     #[error("starting WireGuard: {0}")]
     WireGuard(#[from] gotatun::device::Error),
     #[error("waiting for signals: {0}")]
@@ -53,11 +69,7 @@ pub enum TunnelError {
 /// the interface with the process.
 pub struct Tunnel {
     name: String,
-    device: gotatun::device::Device<(
-        gotatun::udp::socket::UdpSocketFactory,
-        FilteredTunSender,
-        FilteredTun,
-    )>,
+    device: WireGuard,
     changes: SystemChanges,
     tun: Arc<AsyncDevice>,
     rules: Rules,
@@ -67,7 +79,17 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// Brings the tunnel up as `config` says. On failure, whatever was set up is undone.
-    pub async fn up(config: &Config) -> Result<Self, TunnelError> {
+    /// `path` is where `config` was read from, for errors about its lines.
+    pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
+        validate(config)?;
+        let resolver = config
+            .dns_proxy
+            .enabled
+            .then(|| dns_config::resolver_parts(config, path))
+            .transpose()?;
+        // Endpoints are resolved before any route exists: once the virtual IPs are routed
+        // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
+        let peers = wireguard_peers(config).await?;
         let name = config.interface_name.clone();
         run_hooks(&config.interface.pre_up, &name).await?;
         let tun = tun_rs::DeviceBuilder::new()
@@ -89,11 +111,11 @@ impl Tunnel {
 
         let rules = Rules::new();
         let stats = Arc::new(FilterStats::default());
-        if config.dns_proxy.enabled {
-            register_dns_proxy(config, &rules, &tun, &stats);
+        if let Some(resolver) = resolver {
+            register_dns_proxy(config, resolver, &rules, &tun, &stats);
         }
 
-        let device = match start_wireguard(config, &tun, &rules, &stats).await {
+        let device = match start_wireguard(config, peers, &tun, &rules, &stats).await {
             Ok(device) => device,
             Err(error) => {
                 changes.undo().await;
@@ -138,18 +160,31 @@ impl Tunnel {
         Ok(())
     }
 
+    /// Stops serving `ip`: the service leaves the filter and the address's route goes.
+    pub async fn unserve(&mut self, ip: IpAddr) -> Option<Arc<dyn Service>> {
+        let service = self.rules.remove(ip)?;
+        self.changes.remove_route(host_route(ip)).await;
+        Some(service)
+    }
+
     /// Runs until SIGINT or SIGTERM, or until WireGuard fails, then shuts down.
-    pub async fn run_until_signal(mut self) -> Result<(), TunnelError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).map_err(TunnelError::Signals)?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(TunnelError::Signals)?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = self.device.wait() => tracing::error!("WireGuard failed: shutting down"),
-        }
+    pub async fn run_until_signal(self) -> Result<(), TunnelError> {
+        let mut signals = ShutdownSignals::install()?;
+        self.run_until(&mut signals).await
+    }
+
+    /// Runs until one of `signals` arrives (even one that arrived during start-up), or
+    /// until WireGuard fails, then shuts down.
+    pub async fn run_until(mut self, signals: &mut ShutdownSignals) -> Result<(), TunnelError> {
+        let failure = tokio::select! {
+            signal = signals.recv() => {
+                tracing::info!("{signal}: shutting down");
+                None
+            }
+            () = self.device.wait() => Some(TunnelError::WireGuardFailed("fatal device error".into())),
+        };
         self.shut_down().await;
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Stops WireGuard and removes every route, the interface and the UAPI socket.
@@ -181,14 +216,14 @@ async fn configure_interface(
         changes.add_address(*address).await?;
     }
     changes.set_up().await?;
-    if config.interface.table != RouteTable::Off {
-        for peer in &config.peers {
-            for network in &peer.allowed_ips {
-                if network.prefix_len() == 0 {
-                    return Err(TunnelError::DefaultRoute(*network));
-                }
-                changes.add_route(*network).await?;
-            }
+    let table = match config.interface.table {
+        RouteTable::Off => None,
+        RouteTable::Auto => Some(MAIN_TABLE),
+        RouteTable::Id(id) => Some(id),
+    };
+    if let Some(table) = table {
+        for network in config.peers.iter().flat_map(|peer| &peer.allowed_ips) {
+            changes.add_route_in(*network, table).await?;
         }
     }
     if config.dns_proxy.enabled {
@@ -199,21 +234,80 @@ async fn configure_interface(
     Ok(())
 }
 
+/// Checks everything `tundns up` would check before touching the system: the config
+/// against what this build supports, every record, list file and upstream.
+pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
+    validate(config)?;
+    if config.dns_proxy.enabled {
+        dns_config::resolver_parts(config, path)?;
+    }
+    Ok(())
+}
+
+/// Checks what the config parser cannot: what this build of tundns supports, and setups
+/// that would work but surprise.
+fn validate(config: &Config) -> Result<(), TunnelError> {
+    if config.interface.mtu > MAX_MTU {
+        return Err(TunnelError::MtuTooLarge(config.interface.mtu));
+    }
+    let allowed_ips = || config.peers.iter().flat_map(|peer| &peer.allowed_ips);
+    if config.interface.table != RouteTable::Off
+        && let Some(default) = allowed_ips().find(|network| network.prefix_len() == 0)
+    {
+        return Err(TunnelError::DefaultRoute(*default));
+    }
+    if !config.interface.dns_servers.is_empty() || !config.interface.dns_search.is_empty() {
+        tracing::warn!(
+            "DNS = is not applied: tundns does not change the system resolver yet; \
+             point it at the proxy's address yourself"
+        );
+    }
+    if config.dns_proxy.enabled {
+        for upstream in &config.dns_proxy.upstreams {
+            let ip = upstream.address().ip();
+            if allowed_ips().any(|network| network.contains(&ip)) {
+                tracing::warn!(%upstream, "this upstream is inside AllowedIPs: DNS to it goes through the tunnel");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is installed, so a signal during
+/// start-up still ends in an orderly shutdown rather than the default action.
+pub struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Starts catching the signals. Needs a running tokio runtime.
+    pub fn install() -> Result<Self, TunnelError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).map_err(TunnelError::Signals)?,
+            interrupt: signal(SignalKind::interrupt()).map_err(TunnelError::Signals)?,
+        })
+    }
+
+    /// Waits for the next signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
 fn register_dns_proxy(
     config: &Config,
+    resolver: ResolverParts,
     rules: &Rules,
     tun: &Arc<AsyncDevice>,
     stats: &Arc<FilterStats>,
 ) {
     let settings = &config.dns_proxy;
-    let pool = UpstreamPool::new(
-        settings.upstreams.clone(),
-        PoolConfig {
-            attempt_timeout: settings.upstream_timeout,
-            fwmark: config.interface.fwmark.map(|mark| mark.get()),
-        },
-    );
-    let proxy = Arc::new(DnsProxy::new(pool, settings.max_in_flight));
+    let proxy = DnsProxy::new(resolver);
     let tcp = TcpDns::spawn(
         proxy.clone(),
         &settings.addresses,
@@ -232,19 +326,8 @@ fn register_dns_proxy(
     }
 }
 
-async fn start_wireguard(
-    config: &Config,
-    tun: &Arc<AsyncDevice>,
-    rules: &Rules,
-    stats: &Arc<FilterStats>,
-) -> Result<
-    gotatun::device::Device<(
-        gotatun::udp::socket::UdpSocketFactory,
-        FilteredTunSender,
-        FilteredTun,
-    )>,
-    TunnelError,
-> {
+/// The gotatun peers of `config`, with host-name endpoints resolved.
+async fn wireguard_peers(config: &Config) -> Result<Vec<Peer>, TunnelError> {
     let mut peers = Vec::with_capacity(config.peers.len());
     for peer in &config.peers {
         let mut wg_peer = Peer::new(PublicKey::from(*peer.public_key.as_bytes())).with_allowed_ips(
@@ -261,7 +344,16 @@ async fn start_wireguard(
         wg_peer.keepalive = peer.persistent_keepalive.map(|seconds| seconds.get());
         peers.push(wg_peer);
     }
+    Ok(peers)
+}
 
+async fn start_wireguard(
+    config: &Config,
+    peers: Vec<Peer>,
+    tun: &Arc<AsyncDevice>,
+    rules: &Rules,
+    stats: &Arc<FilterStats>,
+) -> Result<WireGuard, TunnelError> {
     let uapi = UapiServer::default_unix_socket(&config.interface_name, None, None)
         .map_err(|error| TunnelError::Uapi(error.to_string()))?;
     let mut builder = DeviceBuilder::new()

@@ -134,6 +134,38 @@ fn wg_show_lists_peer_with_recent_handshake() {
     );
 }
 
+#[test]
+fn wg_set_changes_the_running_tunnel() {
+    let Some(lab) = lab_or_skip("wg_set_changes_the_running_tunnel") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    let (c, iface) = (&lab.client_ns, &lab.tundns_iface);
+    lab.exec_in(
+        c,
+        &[
+            "wg",
+            "set",
+            iface,
+            "peer",
+            lab.peer_public_key(),
+            "persistent-keepalive",
+            "7",
+        ],
+    )
+    .assert_success();
+    let keepalive = lab.exec_in(c, &["wg", "show", iface, "persistent-keepalive"]);
+    assert!(
+        keepalive
+            .assert_success()
+            .stdout
+            .contains(&format!("{}\t7", lab.peer_public_key())),
+        "{keepalive}"
+    );
+    // The change is live, not only stored: the tunnel still carries traffic.
+    lab.assert_ping(c, PEER_TUNNEL_V4);
+}
+
 // ---------------------------------------------------------------------------------------------
 // DNS through the virtual IPs.
 
@@ -349,6 +381,34 @@ fn garbage_over_udp_leaves_proxy_serving() {
         lab.exec_in(&lab.client_ns, &command).assert_success();
     }
     assert_still_serving(&lab, &mut tundns);
+}
+
+/// A query whose header reads fine but whose question is broken (a 70-byte label) gets
+/// FORMERR with the client's ID, over UDP and on both virtual IPs.
+#[test]
+fn malformed_query_with_readable_header_gets_formerr() {
+    let Some(lab) = lab_or_skip("malformed_query_with_readable_header_gets_formerr") else {
+        return;
+    };
+    let _tundns = lab.start_default_tundns();
+    let script = r#"
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(2)
+query = bytes([0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 70]) + b"x" * 70 + bytes([0, 0, 1, 0, 1])
+s.sendto(query, (sys.argv[1], 53))
+reply = s.recv(4096)
+print(f"id={reply[0]:02x}{reply[1]:02x} qr={reply[2] >> 7} rcode={reply[3] & 15}")
+"#;
+    for proxy in [PROXY_V4, PROXY_V6] {
+        let run = lab.exec_in(&lab.client_ns, &["python3", "-c", script, proxy]);
+        assert_eq!(
+            run.assert_success().stdout.trim(),
+            "id=beef qr=1 rcode=1",
+            "{run}"
+        );
+    }
 }
 
 #[test]

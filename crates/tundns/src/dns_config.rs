@@ -1,0 +1,215 @@
+//! Turns the `[DNSProxy]` and `[DNSRoute]` sections into the resolver's parts: reads the
+//! hosts and block list files, checks every record, and builds the upstream groups.
+//!
+//! Every error names the file and line it comes from: the config's own line for `Record`,
+//! `LocalZone`, `Block` and `[DNSRoute]`, the list file's line for `HostsFile` and
+//! `BlockList` entries. Nothing here touches the network or the system.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use tundns_config::{Config, ConfigError, Spanned, Upstream};
+use tundns_dns::cache::{Cache, CacheConfig};
+use tundns_dns::{BlockList, BlockMode, LocalData, LocalDataBuilder, RecordError, Routes};
+use tundns_upstream::{PoolConfig, Transport, UpstreamPool, UpstreamSpec};
+
+use crate::dns_proxy::ResolverParts;
+
+/// Builds the resolver described by `config`, read from `path`.
+pub fn resolver_parts(config: &Config, path: &Path) -> Result<ResolverParts, ConfigError> {
+    let settings = &config.dns_proxy;
+    let mut groups = vec![upstream_group(
+        &settings.upstreams,
+        pool_config(config, None),
+        path,
+        None,
+    )?];
+    let mut routes = Routes::new(0);
+    for route in &settings.routes {
+        let bind_address = if route.through_tunnel {
+            Some(tunnel_source(config, &route.upstreams, path, route.line)?)
+        } else {
+            None
+        };
+        let group = upstream_group(
+            &route.upstreams,
+            pool_config(config, bind_address),
+            path,
+            Some(route.line),
+        )?;
+        groups.push(group);
+        for domain in &route.domains {
+            routes
+                .add(domain, groups.len() - 1)
+                .map_err(|error| at(path, route.line, error))?;
+        }
+    }
+    Ok(ResolverParts {
+        blocklist: blocklist(config, path)?,
+        local: local_data(config, path)?,
+        cache: settings.cache.then(|| {
+            Cache::new(CacheConfig {
+                max_bytes: settings.cache_size,
+                min_ttl: settings.cache_min_ttl,
+                max_ttl: settings.cache_max_ttl,
+                serve_stale: settings.serve_stale.unwrap_or_default(),
+                ..CacheConfig::default()
+            })
+        }),
+        routes,
+        groups,
+        max_in_flight: settings.max_in_flight,
+    })
+}
+
+fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
+    PoolConfig {
+        attempt_timeout: config.dns_proxy.upstream_timeout,
+        // Queries through the tunnel must not carry the mark that keeps the others out of it.
+        fwmark: match bind_address {
+            Some(_) => None,
+            None => config.interface.fwmark.map(|mark| mark.get()),
+        },
+        bind_address,
+        ca_file: config
+            .dns_proxy
+            .ca_file
+            .as_ref()
+            .map(|file| file.value.clone()),
+        ..PoolConfig::default()
+    }
+}
+
+/// The interface address that sources queries to a group reached through the tunnel: the
+/// first `Address` of the family of the group's first upstream.
+fn tunnel_source(
+    config: &Config,
+    upstreams: &[Upstream],
+    path: &Path,
+    line: usize,
+) -> Result<IpAddr, ConfigError> {
+    let family_v4 = upstreams
+        .first()
+        .is_none_or(|upstream| spec(upstream).address.is_ipv4());
+    config
+        .interface
+        .addresses
+        .iter()
+        .map(|net| net.addr())
+        .find(|addr| addr.is_ipv4() == family_v4)
+        .ok_or_else(|| {
+            at(
+                path,
+                line,
+                "ThroughTunnel needs an interface Address of the upstream's IP family",
+            )
+        })
+}
+
+fn upstream_group(
+    upstreams: &[Upstream],
+    pool: PoolConfig,
+    path: &Path,
+    line: Option<usize>,
+) -> Result<UpstreamPool, ConfigError> {
+    let ca_file = pool.ca_file.clone();
+    UpstreamPool::new(upstreams.iter().map(spec).collect(), pool).map_err(|error| {
+        let message = format!("upstreams: {error}");
+        match (line, ca_file) {
+            (Some(line), _) => at(path, line, message),
+            (None, Some(ca_file)) => ConfigError::at(&ca_file, 0, message),
+            (None, None) => ConfigError::at(path, 0, message),
+        }
+    })
+}
+
+/// The upstream crate's view of a configured upstream.
+fn spec(upstream: &Upstream) -> UpstreamSpec {
+    let (transport, address) = match upstream {
+        Upstream::Udp(address) => (Transport::Udp, *address),
+        Upstream::Tcp(address) => (Transport::Tcp, *address),
+        Upstream::Tls {
+            server_name,
+            address,
+        } => (
+            Transport::Tls {
+                server_name: server_name.clone(),
+            },
+            *address,
+        ),
+        Upstream::Https {
+            server_name,
+            address,
+            path,
+        } => (
+            Transport::Https {
+                server_name: server_name.clone(),
+                path: path.clone(),
+            },
+            *address,
+        ),
+    };
+    UpstreamSpec { transport, address }
+}
+
+fn local_data(config: &Config, path: &Path) -> Result<LocalData, ConfigError> {
+    let settings = &config.dns_proxy;
+    let mut builder = LocalDataBuilder::new();
+    for record in &settings.records {
+        builder
+            .add_record(&record.value)
+            .map_err(|error| at(path, record.line, error))?;
+    }
+    for zone in &settings.local_zones {
+        builder
+            .add_local_zone(&zone.value)
+            .map_err(|error| at(path, zone.line, error))?;
+    }
+    for file in &settings.hosts_files {
+        for_each_line(path, file, |line| builder.add_hosts_line(line))?;
+    }
+    Ok(builder.build())
+}
+
+fn blocklist(config: &Config, path: &Path) -> Result<BlockList, ConfigError> {
+    let settings = &config.dns_proxy;
+    let mode = match settings.block_mode {
+        tundns_config::BlockMode::NxDomain => BlockMode::NxDomain,
+        tundns_config::BlockMode::Null => BlockMode::Null,
+    };
+    let mut blocklist = BlockList::new(mode, settings.block_ttl);
+    for domain in &settings.blocked {
+        // The config parser has validated these names already.
+        blocklist
+            .add_domain(domain)
+            .map_err(|error| ConfigError::at(path, 0, error.0))?;
+    }
+    for file in &settings.block_lists {
+        for_each_line(path, file, |line| blocklist.add_list_line(line))?;
+    }
+    Ok(blocklist)
+}
+
+/// Feeds every line of the list file named at `file` to `add`; an unreadable file is
+/// reported at the config line naming it, a bad entry at its own line in the file.
+fn for_each_line(
+    config_path: &Path,
+    file: &Spanned<PathBuf>,
+    mut add: impl FnMut(&str) -> Result<(), RecordError>,
+) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(&file.value).map_err(|error| {
+        at(
+            config_path,
+            file.line,
+            format!("reading {}: {error}", file.value.display()),
+        )
+    })?;
+    for (index, line) in text.lines().enumerate() {
+        add(line).map_err(|error| at(&file.value, index + 1, error))?;
+    }
+    Ok(())
+}
+
+fn at(path: &Path, line: usize, message: impl ToString) -> ConfigError {
+    ConfigError::at(path, line, message.to_string())
+}
