@@ -31,6 +31,10 @@ pub const MAX_MESSAGE: usize = 65535;
 /// most answers, small enough to avoid IP fragmentation (DNS Flag Day 2020).
 const UPSTREAM_EDNS_SIZE: u16 = 1232;
 
+/// An OPT record without options: adapting an answer may add one for a client that sent
+/// EDNS when the upstream's answer had none.
+const OPT_RECORD_LEN: usize = 11;
+
 /// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
 #[derive(Debug, Default)]
 pub struct DnsStats {
@@ -292,8 +296,8 @@ impl Forward {
         };
         let fresh = match proxy.upstream_answer(&query, self.protocol).await {
             Some(response) => {
-                // The answer keeps its length: only the ID and the question's case change.
-                let mut out = vec![0; response.len()];
+                // Only the ID, the question's case and the OPT record change.
+                let mut out = vec![0; response.len() + OPT_RECORD_LEN];
                 let len = tundns_dns::adapt_response(&response, &query, &mut out);
                 (len > 0).then_some((out, len))
             }
