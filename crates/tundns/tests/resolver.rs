@@ -261,17 +261,27 @@ fn lab_baseline_fixtures_for_blocks_edns_and_dnsdist() {
         WWW_A,
         "{via_dnsdist}"
     );
-    // A burst of parallel digs all come back.
-    let burst = lab.parallel_digs(c, UNBOUND_V4, BURST_QUERIES, &["burst.lab.test", "A"]);
+    // A burst held by a paused unbound is answered on resume, and every query is counted:
+    // without a collapsing proxy in between, unbound sees all of them.
+    let name = "burst.lab.test";
+    let before = lab.upstream_queries(name, None);
+    let paused = lab.pause_unbound();
+    let mut burst = lab.spawn_parallel_digs(c, UNBOUND_V4, BURST_QUERIES, &[name, "A"]);
+    thread::sleep(Duration::from_millis(700));
     assert_eq!(
-        burst
-            .stdout
-            .lines()
-            .filter(|l| *l == "203.0.113.71")
-            .count(),
-        BURST_QUERIES,
-        "{burst}"
+        lab.upstream_queries(name, None),
+        before,
+        "answered while paused"
     );
+    drop(paused);
+    assert!(burst.wait_for_exit(Duration::from_secs(10)).is_some());
+    let answered = burst
+        .output()
+        .lines()
+        .filter(|l| *l == "203.0.113.71")
+        .count();
+    assert_eq!(answered, BURST_QUERIES, "{}", burst.output());
+    assert_eq!(lab.upstream_queries(name, None) - before, BURST_QUERIES);
 }
 
 // ---------------------------------------------------------------------------------------------

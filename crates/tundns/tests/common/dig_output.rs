@@ -62,15 +62,6 @@ pub fn section(run: &Run, name: &str) -> Vec<Record> {
         .collect()
 }
 
-/// The records of `dig +noall +answer` output (every non-comment line).
-pub fn plain_records(run: &Run) -> Vec<Record> {
-    run.stdout
-        .lines()
-        .filter(|line| !line.starts_with(';'))
-        .filter_map(parse_record)
-        .collect()
-}
-
 /// ";; MSG SIZE  rcvd: 512" as a number.
 pub fn message_size(run: &Run) -> Option<usize> {
     run.stdout

@@ -58,7 +58,7 @@ pub struct LabOptions {
 }
 
 impl LabOptions {
-    /// Everything except dnsdist: what most resolver tests need.
+    /// The instrumented unbound alone: what most resolver tests need. Tests add the rest.
     pub fn resolver() -> LabOptions {
         LabOptions {
             instrumented: true,
@@ -213,17 +213,8 @@ impl Lab {
         self.exec_in(ns, &command)
     }
 
-    /// `count` copies of `dig +short args...` at once from `ns` (one bash, bounded by 20 s):
-    /// every dig's answer records, one per line, all runs concatenated.
-    pub fn parallel_digs(&self, ns: &str, server: &str, count: usize, args: &[&str]) -> Run {
-        let script = parallel_digs_script(args.len());
-        let count = count.to_string();
-        let mut command = vec!["bash", "-c", &script, "-", &count, server];
-        command.extend_from_slice(args);
-        self.exec_in(ns, &command)
-    }
-
-    /// As [`Lab::parallel_digs`], in the background: the output is the daemon's.
+    /// `count` copies of `dig +short args...` at once from `ns`, in the background: every
+    /// dig's answer records, one per line, are the daemon's output.
     pub fn spawn_parallel_digs(
         &self,
         ns: &str,
