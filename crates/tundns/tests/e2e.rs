@@ -596,6 +596,53 @@ fn config_error_unknown_section_names_the_line() {
     assert_config_error_names_line(&lab, &format!("{config}\n[Bogus]\nKey = 1\n"), line);
 }
 
+/// A failure after the interface, its addresses, its routes and WireGuard are all up (a
+/// failing PostUp hook) undoes all of it and exits non-zero; PostUp ran after the routes,
+/// so the hook itself proves they existed.
+#[test]
+fn failure_after_start_up_leaves_nothing_behind() {
+    let Some(lab) = lab_or_skip("failure_after_start_up_leaves_nothing_behind") else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let marker = lab.write_file("post-up-saw-routes", "");
+    let hook = format!(
+        "PostUp = ip route get {PROXY_V4} > {} && false",
+        path_str(&marker)
+    );
+    let mut lines: Vec<String> = lab
+        .client_config(&ClientConfig::default())
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.insert(1, hook);
+    let path = lab.write_client_config(&lines.join("\n"));
+    let run = lab.exec_in_with_timeout(
+        &c,
+        &[tundns_bin(), "up", path_str(&path)],
+        Duration::from_secs(10),
+    );
+    assert!(!run.timed_out() && !run.succeeded(), "must fail:\n{run}");
+    assert!(
+        run.stderr.contains("hook"),
+        "the error names the hook:\n{run}"
+    );
+    let seen = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(
+        seen.contains("dev"),
+        "PostUp ran with the routes in place: {seen:?}"
+    );
+
+    let link = lab.exec_in(&c, &["ip", "link", "show", &lab.tundns_iface]);
+    assert!(!link.succeeded(), "the interface was left behind:\n{link}");
+    let route = lab.exec_in(&c, &["ip", "route", "get", PROXY_V4]);
+    assert!(!route.succeeded(), "a route was left behind:\n{route}");
+    assert!(
+        !uapi_socket(&lab.tundns_iface).exists(),
+        "the UAPI socket was left behind"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shared checks.
 
