@@ -1,4 +1,4 @@
-//! End-to-end tests of the resolver (issue 3, `docs/resolver-plan.md`): cache, serve-stale,
+//! End-to-end tests of the resolver (issue 3; the config contract is in the README): cache, serve-stale,
 //! local records, split DNS through the tunnel, DoT and DoH upstreams, blocklists, EDNS and
 //! truncation, config errors. tundns runs in C against real servers in N (see
 //! `common::resolver_lab`): an instrumented unbound whose query log shows what reached the
