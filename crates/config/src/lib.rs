@@ -64,6 +64,8 @@
 //! BlockList = /etc/tundns/block.txt   # repeatable; hosts format or one domain per line
 //! BlockMode = nxdomain           # nxdomain or null (0.0.0.0 / ::); default nxdomain
 //! BlockTTL = 60s                 # 1s..=7d; default 60s
+//! MetricsAddress = 127.0.0.1:9153     # Prometheus metrics over HTTP; default off
+//! QueryLog = /var/log/tundns/queries.jsonl   # one JSON line per query; default off
 //!
 //! [DNSRoute]                     # zero or more: split DNS, longest suffix wins
 //! Domain = corp.internal, corp.example    # required list; "." is the default route
@@ -331,6 +333,12 @@ pub struct DnsProxyConfig {
     /// The `[DNSRoute]` sections, in file order. Kept (with a warning) when the proxy
     /// is disabled.
     pub routes: Vec<DnsRouteConfig>,
+    /// `MetricsAddress`: where Prometheus metrics are served over HTTP; `None` (the
+    /// default, or `off`) serves none. Not bound here.
+    pub metrics_address: Option<Spanned<SocketAddr>>,
+    /// `QueryLog`: the file that gets one JSON line per query; `None` (the default, or
+    /// `off`) logs none. Not opened here.
+    pub query_log: Option<Spanned<PathBuf>>,
 }
 
 /// A value with the 1-based line of the config file it came from, for checks made
@@ -402,6 +410,8 @@ impl Default for DnsProxyConfig {
             block_mode: BlockMode::NxDomain,
             block_ttl: DEFAULT_BLOCK_TTL,
             routes: Vec::new(),
+            metrics_address: None,
+            query_log: None,
         }
     }
 }

@@ -82,6 +82,8 @@ impl Section {
                 ("BlockList", Many),
                 ("BlockMode", Once),
                 ("BlockTTL", Once),
+                ("MetricsAddress", Once),
+                ("QueryLog", Once),
             ],
             Section::DnsRoute => &[
                 ("Domain", Many),
@@ -712,6 +714,16 @@ impl<'p> Parser<'p> {
             }
             "BlockMode" => config.block_mode = values::parse_block_mode(value)?,
             "BlockTTL" => config.block_ttl = values::parse_ttl(value, false)?,
+            "MetricsAddress" => {
+                config.metrics_address = values::parse_listen_address(key, value)?
+                    .map(|address| Spanned::new(address, line));
+            }
+            "QueryLog" => {
+                config.query_log = (!value.eq_ignore_ascii_case("off"))
+                    .then(|| values::parse_path(key, value))
+                    .transpose()?
+                    .map(|path| Spanned::new(path, line));
+            }
             _ => unreachable!("every [DNSProxy] key is handled"),
         }
         Ok(())

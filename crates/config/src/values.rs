@@ -294,6 +294,25 @@ pub(crate) fn parse_domain(value: &str, root_allowed: bool) -> Result<String, St
         .to_ascii_lowercase())
 }
 
+/// A local address to listen on: `ip:port` or `[v6]:port` with a port of 1..=65535, or
+/// `off` for none.
+pub(crate) fn parse_listen_address(key: &str, value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match value.parse::<SocketAddr>() {
+        Ok(address) if address.port() != 0 => Ok(Some(address)),
+        Ok(_) => Err(format!(
+            "{key} port must be 1..=65535, found {}",
+            shown(value)
+        )),
+        Err(_) => Err(format!(
+            "{key}: expected ip:port or [ipv6]:port (or off), found {}",
+            shown(value)
+        )),
+    }
+}
+
 /// A path kept as given: non-empty, without control characters.
 pub(crate) fn parse_path(key: &str, value: &str) -> Result<std::path::PathBuf, String> {
     if value.is_empty() {

@@ -265,6 +265,8 @@ fn realistic_file_with_every_key() {
                     line: 67,
                 },
             ],
+            metrics_address: None,
+            query_log: None,
         }
     );
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
