@@ -31,6 +31,7 @@ mod dot;
 mod health;
 mod tls;
 mod transport;
+mod upstream_stats;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +47,8 @@ use tundns_dns::{Question, Rcode, parse_query, set_message_id};
 
 use health::Health;
 use transport::AttemptError;
+pub use upstream_stats::{RTT_BUCKET_BOUNDS_MICROS, UpstreamStats};
+use upstream_stats::UpstreamCounters;
 
 /// How the client's query reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +254,7 @@ struct Upstream {
     spec: UpstreamSpec,
     link: Link,
     health: Health,
+    counters: UpstreamCounters,
 }
 
 impl Upstream {
@@ -356,6 +360,7 @@ impl UpstreamPool {
                 spec,
                 link,
                 health: Health::default(),
+                counters: UpstreamCounters::default(),
             });
         }
         Ok(UpstreamPool {
@@ -428,6 +433,7 @@ impl UpstreamPool {
                     match outcome {
                         Ok(mut response) => {
                             upstream.health.record_success(elapsed);
+                            upstream.counters.record_rtt(elapsed);
                             set_message_id(&mut response, client_id);
                             let response = Bytes::from(shrink(response));
                             if !is_soft_error(&response) {
@@ -435,10 +441,12 @@ impl UpstreamPool {
                                 return Ok(response);
                             }
                             bump(&counters.soft_errors);
+                            upstream.counters.record_soft_error();
                             tracing::debug!(upstream = %upstream.spec, %question, "soft error answer, moving on");
                             soft_answer = Some(response);
                         }
                         Err(error) => {
+                            upstream.counters.record_error(&error);
                             bump(match error {
                                 AttemptError::Timeout => &counters.timeouts,
                                 AttemptError::Refused => &counters.refusals,
@@ -538,6 +546,15 @@ impl UpstreamPool {
             tcp_retries: read(&counters.tcp_retries),
             probes: read(&counters.probes),
         }
+    }
+
+    /// Each upstream's RTT histogram and errors, in configured order.
+    pub fn upstream_stats(&self) -> Vec<(UpstreamSpec, UpstreamStats)> {
+        self.inner
+            .upstreams
+            .iter()
+            .map(|upstream| (upstream.spec.clone(), upstream.counters.snapshot()))
+            .collect()
     }
 
     pub fn health(&self) -> Vec<UpstreamHealth> {
