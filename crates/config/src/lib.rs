@@ -66,6 +66,8 @@
 //! BlockTTL = 60s                 # 1s..=7d; default 60s
 //! MetricsAddress = 127.0.0.1:9153     # Prometheus metrics over HTTP; default off
 //! QueryLog = /var/log/tundns/queries.jsonl   # one JSON line per query; default off
+//! SetSystemDNS = true           # point the system resolver at the proxy; false: never
+//!                               # touch it; default: follow [Interface] DNS
 //!
 //! [DNSRoute]                     # zero or more: split DNS, longest suffix wins
 //! Domain = corp.internal, corp.example    # required list; "." is the default route
@@ -339,6 +341,13 @@ pub struct DnsProxyConfig {
     /// `QueryLog`: the file that gets one JSON line per query; `None` (the default, or
     /// `off`) logs none. Not opened here.
     pub query_log: Option<Spanned<PathBuf>>,
+    /// `SetSystemDNS`: `Some(true)` points the system resolver at the virtual IPs,
+    /// `Some(false)` leaves it alone even when `[Interface] DNS` is set, `None` (the
+    /// default) applies `DNS` as wg-quick does. `true` needs the proxy enabled.
+    pub set_system_dns: Option<bool>,
+    /// Whether `Upstream` was written. When it was not, `upstreams` holds
+    /// [`DEFAULT_UPSTREAMS`], and tundns prefers the resolvers the system already had.
+    pub upstreams_configured: bool,
 }
 
 /// A value with the 1-based line of the config file it came from, for checks made
@@ -412,6 +421,8 @@ impl Default for DnsProxyConfig {
             routes: Vec::new(),
             metrics_address: None,
             query_log: None,
+            set_system_dns: None,
+            upstreams_configured: false,
         }
     }
 }

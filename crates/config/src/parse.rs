@@ -84,6 +84,7 @@ impl Section {
                 ("BlockTTL", Once),
                 ("MetricsAddress", Once),
                 ("QueryLog", Once),
+                ("SetSystemDNS", Once),
             ],
             Section::DnsRoute => &[
                 ("Domain", Many),
@@ -724,6 +725,7 @@ impl<'p> Parser<'p> {
                     .transpose()?
                     .map(|path| Spanned::new(path, line));
             }
+            "SetSystemDNS" => config.set_system_dns = Some(values::parse_bool(value)?),
             _ => unreachable!("every [DNSProxy] key is handled"),
         }
         Ok(())
@@ -812,9 +814,22 @@ impl<'p> Parser<'p> {
                 proxy.addresses = addresses.iter().map(|(ip, _)| *ip).collect();
                 if let Some((upstreams, _)) = draft.upstreams {
                     proxy.upstreams = upstreams;
+                    proxy.upstreams_configured = true;
                 }
                 if proxy.enabled {
                     check_virtual_addresses(path, &addresses, &interface.addresses, &proxy)?;
+                } else if proxy.set_system_dns == Some(true) {
+                    let line = draft.seen.first_line("SetSystemDNS").unwrap_or(header_line);
+                    let disabled = enabled_line
+                        .map(|line| format!(" (Enabled = false on line {line})"))
+                        .unwrap_or_default();
+                    return Err(ConfigError::at(
+                        path,
+                        line,
+                        format!(
+                            "SetSystemDNS = true needs the DNS proxy, which is disabled{disabled}"
+                        ),
+                    ));
                 }
                 DnsProxyFinal {
                     proxy,

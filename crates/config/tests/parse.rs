@@ -267,6 +267,8 @@ fn realistic_file_with_every_key() {
             ],
             metrics_address: None,
             query_log: None,
+            set_system_dns: None,
+            upstreams_configured: true,
         }
     );
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
