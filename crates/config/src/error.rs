@@ -27,7 +27,8 @@ impl ConfigError {
         }
     }
 
-    pub(crate) fn for_file(path: &Path, message: impl Into<String>) -> Self {
+    /// An error about a file as a whole, with no line to point at.
+    pub fn for_file(path: &Path, message: impl Into<String>) -> Self {
         Self {
             path: path.to_path_buf(),
             line: None,

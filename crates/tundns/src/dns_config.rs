@@ -18,11 +18,14 @@ use crate::dns_proxy::ResolverParts;
 /// Builds the resolver described by `config`, read from `path`.
 pub fn resolver_parts(config: &Config, path: &Path) -> Result<ResolverParts, ConfigError> {
     let settings = &config.dns_proxy;
+    // The default group's upstreams carry no line of their own; a CA file is what usually
+    // fails there, so its line is the one to name.
+    let default_line = settings.ca_file.as_ref().map(|file| file.line);
     let mut groups = vec![upstream_group(
         &settings.upstreams,
         pool_config(config, None),
         path,
-        None,
+        default_line,
     )?];
     let mut routes = Routes::new(0);
     for route in &settings.routes {
@@ -62,7 +65,7 @@ pub fn resolver_parts(config: &Config, path: &Path) -> Result<ResolverParts, Con
     })
 }
 
-fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
+pub(crate) fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
     PoolConfig {
         attempt_timeout: config.dns_proxy.upstream_timeout,
         // Queries through the tunnel must not carry the mark that keeps the others out of it.
@@ -81,16 +84,25 @@ fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
 }
 
 /// The interface address that sources queries to a group reached through the tunnel: the
-/// first `Address` of the family of the group's first upstream.
-fn tunnel_source(
+/// first `Address` of the family of the group's upstreams, which must share one family
+/// since every socket of the group is bound to that address.
+pub(crate) fn tunnel_source(
     config: &Config,
     upstreams: &[Upstream],
     path: &Path,
     line: usize,
 ) -> Result<IpAddr, ConfigError> {
-    let family_v4 = upstreams
-        .first()
-        .is_none_or(|upstream| spec(upstream).address.is_ipv4());
+    let family_v4 = upstreams.first().is_none_or(|up| up.address().is_ipv4());
+    if upstreams
+        .iter()
+        .any(|up| up.address().is_ipv4() != family_v4)
+    {
+        return Err(at(
+            path,
+            line,
+            "ThroughTunnel upstreams must all be IPv4 or all IPv6: they share one source address",
+        ));
+    }
     config
         .interface
         .addresses
@@ -112,19 +124,17 @@ fn upstream_group(
     path: &Path,
     line: Option<usize>,
 ) -> Result<UpstreamPool, ConfigError> {
-    let ca_file = pool.ca_file.clone();
     UpstreamPool::new(upstreams.iter().map(spec).collect(), pool).map_err(|error| {
         let message = format!("upstreams: {error}");
-        match (line, ca_file) {
-            (Some(line), _) => at(path, line, message),
-            (None, Some(ca_file)) => ConfigError::at(&ca_file, 0, message),
-            (None, None) => ConfigError::at(path, 0, message),
+        match line {
+            Some(line) => at(path, line, message),
+            None => ConfigError::for_file(path, message),
         }
     })
 }
 
 /// The upstream crate's view of a configured upstream.
-fn spec(upstream: &Upstream) -> UpstreamSpec {
+pub(crate) fn spec(upstream: &Upstream) -> UpstreamSpec {
     let (transport, address) = match upstream {
         Upstream::Udp(address) => (Transport::Udp, *address),
         Upstream::Tcp(address) => (Transport::Tcp, *address),
@@ -182,7 +192,7 @@ fn blocklist(config: &Config, path: &Path) -> Result<BlockList, ConfigError> {
         // The config parser has validated these names already.
         blocklist
             .add_domain(domain)
-            .map_err(|error| ConfigError::at(path, 0, error.0))?;
+            .map_err(|error| ConfigError::for_file(path, error.0))?;
     }
     for file in &settings.block_lists {
         for_each_line(path, file, |line| blocklist.add_list_line(line))?;

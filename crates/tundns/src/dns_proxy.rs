@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -22,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tundns_dns::cache::Cache;
 use tundns_dns::{BlockList, LocalData, Query, QueryError, Question, Rcode, Routes};
 use tundns_filter::{Datagram, TunWriter, UdpService};
-use tundns_upstream::{Protocol, UpstreamPool};
+use tundns_upstream::{Protocol, ResolveError, UpstreamPool};
 
 /// The largest DNS message (the TCP length prefix is 16 bits).
 pub const MAX_MESSAGE: usize = 65535;
@@ -30,6 +31,9 @@ pub const MAX_MESSAGE: usize = 65535;
 /// The EDNS UDP size passed to upstreams when the client asks for more: large enough for
 /// most answers, small enough to avoid IP fragmentation (DNS Flag Day 2020).
 const UPSTREAM_EDNS_SIZE: u16 = 1232;
+
+/// Room for a cache hit found after an inline miss; a larger entry is simply asked again.
+const LATE_HIT_BUFFER: usize = 4096;
 
 /// An OPT record without options: adapting an answer may add one for a client that sent
 /// EDNS when the upstream's answer had none.
@@ -50,6 +54,8 @@ pub struct DnsStats {
     pub collapsed: AtomicU64,
     /// Answered with an expired cache entry because every upstream failed (RFC 8767).
     pub stale: AtomicU64,
+    /// Answered with the upstreams' own SERVFAIL or REFUSED, nothing stale being left.
+    pub upstream_errors: AtomicU64,
     /// Answered SERVFAIL because every upstream failed and nothing stale was left.
     pub servfail: AtomicU64,
     /// Answered REFUSED because too many queries were in flight.
@@ -87,28 +93,73 @@ struct CollapseKey {
     question: Question,
     dnssec_ok: bool,
     checking_disabled: bool,
+    /// A UDP-started query may come back truncated; a TCP client must not share it.
+    over_tcp: bool,
 }
 
 impl CollapseKey {
-    fn of(query: &Query<'_>) -> Self {
+    fn of(query: &Query<'_>, protocol: Protocol) -> Self {
         Self {
             question: query.question().clone(),
             dnssec_ok: query.edns().is_some_and(|edns| edns.dnssec_ok),
             checking_disabled: query.checking_disabled(),
+            over_tcp: protocol == Protocol::Tcp,
         }
     }
 }
 
-/// An upstream answer several clients wait for; `None` when every upstream failed.
-type SharedAnswer = Shared<BoxFuture<'static, Option<Bytes>>>;
+/// What the upstreams said to one query.
+#[derive(Clone)]
+enum UpstreamAnswer {
+    /// An answer to pass on.
+    Answer(Bytes),
+    /// Every upstream failed; the last one's own SERVFAIL or REFUSED, if any, is kept to
+    /// pass on when nothing stale can be served instead.
+    Failed(Option<Bytes>),
+}
+
+/// An upstream answer several clients wait for.
+type SharedAnswer = Shared<BoxFuture<'static, UpstreamAnswer>>;
+
+/// Removes a finished query from the in-flight table however its task ends, so a panic
+/// or a cancellation never leaves later identical queries waiting on a dead entry.
+struct InFlightEntry<'a> {
+    table: &'a Mutex<HashMap<CollapseKey, SharedAnswer>>,
+    key: CollapseKey,
+}
+
+impl Drop for InFlightEntry<'_> {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// The upstream groups and which names each answers.
+pub struct Upstreams {
+    pub routes: Routes<usize>,
+    /// Indexed by `routes`; 0 is the `[DNSProxy] Upstream` group.
+    pub groups: Vec<UpstreamPool>,
+}
+
+impl Upstreams {
+    /// The group that answers `question`, with its index.
+    pub fn group_for(&self, question: &Question) -> (usize, &UpstreamPool) {
+        let index = *self.routes.lookup(question);
+        (index, &self.groups[index])
+    }
+}
 
 /// The resolver shared by the UDP and TCP front ends.
 pub struct DnsProxy {
     blocklist: BlockList,
-    local: LocalData,
+    /// Swapped whole when the control socket changes records.
+    local: ArcSwap<LocalData>,
     cache: Option<Cache>,
-    routes: Routes<usize>,
-    groups: Vec<UpstreamPool>,
+    /// Swapped whole when the control socket changes routes.
+    upstreams: ArcSwap<Upstreams>,
     in_flight: Mutex<HashMap<CollapseKey, SharedAnswer>>,
     permits: Arc<Semaphore>,
     stats: DnsStats,
@@ -129,10 +180,12 @@ impl DnsProxy {
     pub fn new(parts: ResolverParts) -> Arc<Self> {
         Arc::new(Self {
             blocklist: parts.blocklist,
-            local: parts.local,
+            local: ArcSwap::from_pointee(parts.local),
             cache: parts.cache,
-            routes: parts.routes,
-            groups: parts.groups,
+            upstreams: ArcSwap::from_pointee(Upstreams {
+                routes: parts.routes,
+                groups: parts.groups,
+            }),
             in_flight: Mutex::default(),
             permits: Arc::new(Semaphore::new(parts.max_in_flight)),
             stats: DnsStats::default(),
@@ -147,6 +200,31 @@ impl DnsProxy {
     /// The answer cache, if on.
     pub fn cache(&self) -> Option<&Cache> {
         self.cache.as_ref()
+    }
+
+    /// The blocklist (fixed at start-up).
+    pub fn blocklist(&self) -> &BlockList {
+        &self.blocklist
+    }
+
+    /// The local data now in use.
+    pub fn local(&self) -> Guard<Arc<LocalData>> {
+        self.local.load()
+    }
+
+    /// Puts `local` in use for every query from now on.
+    pub fn set_local(&self, local: LocalData) {
+        self.local.store(Arc::new(local));
+    }
+
+    /// The routes and upstream groups now in use.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.load_full()
+    }
+
+    /// Puts `upstreams` in use for queries from now on; queries already asking keep theirs.
+    pub fn set_upstreams(&self, upstreams: Upstreams) {
+        self.upstreams.store(Arc::new(upstreams));
     }
 
     /// Answers `query` from memory into `out` if it can, or hands back a [`Forward`].
@@ -185,7 +263,7 @@ impl DnsProxy {
             bump(&self.stats.blocked);
             return Some(len);
         }
-        if let Some(len) = self.local.answer(query, out) {
+        if let Some(len) = self.local.load().answer(query, out) {
             bump(&self.stats.local);
             return Some(len);
         }
@@ -200,8 +278,8 @@ impl DnsProxy {
         self: &Arc<Self>,
         query: &Query<'_>,
         protocol: Protocol,
-    ) -> Option<Bytes> {
-        let key = CollapseKey::of(query);
+    ) -> UpstreamAnswer {
+        let key = CollapseKey::of(query, protocol);
         let shared = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             match in_flight.get(&key) {
@@ -228,31 +306,37 @@ impl DnsProxy {
         key: CollapseKey,
         mut query: Vec<u8>,
         protocol: Protocol,
-    ) -> Option<Bytes> {
-        tundns_dns::clamp_edns_udp_size(&mut query, UPSTREAM_EDNS_SIZE);
-        let answer = match tundns_dns::parse_query(&query) {
-            Ok(parsed) => {
-                let group = &self.groups[*self.routes.lookup(parsed.question())];
-                match group.resolve(&query, protocol).await {
-                    Ok(response) => {
-                        if let Some(cache) = &self.cache {
-                            cache.insert(&parsed, &response, Instant::now());
-                        }
-                        Some(response)
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "every upstream failed");
-                        None
-                    }
-                }
-            }
-            Err(_) => None,
+    ) -> UpstreamAnswer {
+        // Later identical queries start afresh (or hit the cache) once this one is done.
+        let _entry = InFlightEntry {
+            table: &self.in_flight,
+            key,
         };
-        // Later identical queries start afresh (or hit the cache) from here on.
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        tundns_dns::clamp_edns_udp_size(&mut query, UPSTREAM_EDNS_SIZE);
+        let Ok(parsed) = tundns_dns::parse_query(&query) else {
+            return UpstreamAnswer::Failed(None);
+        };
+        // Held to the end: a route removed meanwhile does not cancel this query.
+        let upstreams = self.upstreams.load_full();
+        let group = upstreams.group_for(parsed.question()).1;
+        let (answer, cacheable) = match group.resolve(&query, protocol).await {
+            Ok(response) => (UpstreamAnswer::Answer(response.clone()), Some(response)),
+            Err(ResolveError::AllFailed {
+                soft_answer: Some(soft),
+                ..
+            }) => {
+                // A SERVFAIL is cached briefly (the cache's rule), sparing a failing
+                // upstream the same question again and again.
+                (UpstreamAnswer::Failed(Some(soft.clone())), Some(soft))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "every upstream failed");
+                (UpstreamAnswer::Failed(None), None)
+            }
+        };
+        if let (Some(cache), Some(response)) = (&self.cache, cacheable) {
+            cache.insert(&parsed, &response, Instant::now());
+        }
         answer
     }
 }
@@ -294,42 +378,63 @@ impl Forward {
         let Ok(query) = tundns_dns::parse_query(&self.query) else {
             return error_answer(&self.query, Rcode::SERVFAIL);
         };
-        let fresh = match proxy.upstream_answer(&query, self.protocol).await {
-            Some(response) => {
-                // Only the ID, the question's case and the OPT record change.
-                let mut out = vec![0; response.len() + OPT_RECORD_LEN];
-                let len = tundns_dns::adapt_response(&response, &query, &mut out);
-                (len > 0).then_some((out, len))
-            }
-            None => None,
-        };
-        let (mut out, len) = match fresh {
-            Some(answer) => {
-                bump(&proxy.stats.forwarded);
-                answer
-            }
-            None => {
-                let mut out = vec![0; MAX_MESSAGE];
-                let stale = proxy
-                    .cache
-                    .as_ref()
-                    .and_then(|cache| cache.lookup_stale(&query, Instant::now(), &mut out));
-                let len = match stale {
-                    Some(len) => {
-                        bump(&proxy.stats.stale);
-                        len
+        let (mut out, len) = match proxy.late_cache_hit(&query) {
+            Some(hit) => hit,
+            None => match proxy.upstream_answer(&query, self.protocol).await {
+                UpstreamAnswer::Answer(response) => match adapted(&response, &query) {
+                    Some(answer) => {
+                        bump(&proxy.stats.forwarded);
+                        answer
                     }
-                    None => {
-                        bump(&proxy.stats.servfail);
-                        tundns_dns::write_error_response(&self.query, Rcode::SERVFAIL, &mut out)
-                    }
-                };
-                (out, len)
-            }
+                    None => proxy.fallback(&query, None),
+                },
+                UpstreamAnswer::Failed(soft) => proxy.fallback(&query, soft.as_deref()),
+            },
         };
         let len = fit_for_client(&query, self.protocol, &mut out, len);
         out.truncate(len);
         out
+    }
+}
+
+/// `response` as the answer to `query` (its ID and spelling), or `None` if malformed.
+fn adapted(response: &[u8], query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
+    // Only the ID, the question's case and the OPT record change.
+    let mut out = vec![0; response.len() + OPT_RECORD_LEN];
+    let len = tundns_dns::adapt_response(response, query, &mut out);
+    (len > 0).then_some((out, len))
+}
+
+impl DnsProxy {
+    /// A cache hit for a query that missed inline: an identical query may have been
+    /// answered in between, and asking again would be a second upstream query.
+    fn late_cache_hit(&self, query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
+        let cache = self.cache.as_ref()?;
+        let mut out = vec![0; LATE_HIT_BUFFER];
+        let len = cache.lookup(query, Instant::now(), &mut out)?;
+        bump(&self.stats.cache_hits);
+        Some((out, len))
+    }
+
+    /// The answer when no upstream answered: a stale one if the cache still has it (RFC
+    /// 8767), else the last upstream's own SERVFAIL or REFUSED, else our SERVFAIL.
+    fn fallback(&self, query: &Query<'_>, soft: Option<&[u8]>) -> (Vec<u8>, usize) {
+        let mut out = vec![0; MAX_MESSAGE];
+        let stale = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.lookup_stale(query, Instant::now(), &mut out));
+        if let Some(len) = stale {
+            bump(&self.stats.stale);
+            return (out, len);
+        }
+        if let Some(answer) = soft.and_then(|soft| adapted(soft, query)) {
+            bump(&self.stats.upstream_errors);
+            return answer;
+        }
+        bump(&self.stats.servfail);
+        let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
+        (out, len)
     }
 }
 
