@@ -131,9 +131,10 @@ lab_network() {
     ip -n "$LAB_N" route add blackhole "$LAB_DEAD_SILENT/32"
 }
 
-# lab_unbound_conf LISTEN_ADDR...: unbound serving lab/unbound-zone.conf on LISTEN_ADDR...
+# lab_unbound_conf LISTEN_ADDR...: unbound serving lab/unbound-zone.conf on LISTEN_ADDR...,
+# plus the zone files listed in $LAB_UNBOUND_INCLUDES (space-separated paths), if any.
 lab_unbound_conf() {
-    local addr
+    local addr include
     cat <<EOF
 server:
     do-daemonize: no
@@ -158,7 +159,11 @@ EOF
     for addr in "$@"; do
         printf '    interface: %s\n' "$addr"
     done
-    printf 'include: "%s"\nremote-control:\n    control-enable: no\n' "$LAB_LIB_DIR/unbound-zone.conf"
+    printf 'include: "%s"\n' "$LAB_LIB_DIR/unbound-zone.conf"
+    for include in ${LAB_UNBOUND_INCLUDES:-}; do
+        printf 'include: "%s"\n' "$include"
+    done
+    printf 'remote-control:\n    control-enable: no\n'
 }
 
 # lab_start_unbound NS ADDR...: unbound listening on ADDR... inside NS; waits until it answers.
