@@ -1,76 +1,105 @@
 #!/usr/bin/env bash
-# DNS queries per second through tundns's virtual IP, with same-run baselines:
-#   tundns     dnsperf in C -> 10.30.30.30 (TUN) -> forwarded to unbound in N
-#   dnsdist    dnsperf in C -> dnsdist on C's loopback -> forwarded to the same unbound in N
-#   unbound    dnsperf in C -> unbound on C's loopback, answering from local-data
-# Prints QPS for each and the ratios. Everything runs in throwaway namespaces (lab/lib.sh).
+# DNS queries per second through tundns's virtual IP, with same-run baselines (issue 3):
+#   tundns (cache hits)         dnsperf in C -> 10.30.30.30 (TUN), cache on and warmed: every
+#                               answer comes from the cache, inline on the TUN reader
+#   unbound (local-data)        dnsperf in C -> unbound on C's loopback, answering local-data
+#   tundns (forward, cache off) dnsperf in C -> 10.30.30.30, `Cache = off`: every query is
+#                               forwarded to unbound in N over the veth
+#   dnsdist (forward)           dnsperf in C -> dnsdist on C's loopback (no packet cache) ->
+#                               the same unbound in N
+# The four alternate for ROUNDS rounds (the shared machines are noisy); prints each run, the
+# medians and the ratios against the issue's goals: cache hits / unbound >= 1.5 and
+# cache off / dnsdist >= 1.0. Everything runs in throwaway namespaces (lab/lib.sh).
 #
 # Usage: bench/dns-qps.sh            (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
-# Env:   TUNDNS_BIN, DURATION (seconds per run, default 10, at most 60), OUTSTANDING (default 100)
+# Env:   TUNDNS_BIN, DURATION (seconds per run, default 10, at most 60), ROUNDS (default 1,
+#        at most 9), OUTSTANDING (default 100), PROFILE_DIR (if set: `perf record -e cpu-clock -g`
+#        of tundns during round 1's two tundns runs, into PROFILE_DIR/perf-{hits,forward}.data;
+#        profiling slows tundns, so do not record those figures)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../lab/lib.sh
 source "$ROOT/lab/lib.sh"
+# shellcheck source=../lab/resolver-lib.sh
+source "$ROOT/lab/resolver-lib.sh"
+# shellcheck source=lib.sh
+source "$ROOT/bench/lib.sh"
 
 TUNDNS_BIN=${TUNDNS_BIN:-$ROOT/target/release/tundns}
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-1}
 OUTSTANDING=${OUTSTANDING:-100}
 ((DURATION >= 1 && DURATION <= 60)) || lab_die "DURATION must be 1..60 seconds"
+((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
+((OUTSTANDING >= 1 && OUTSTANDING <= 1000)) || lab_die "OUTSTANDING must be 1..1000"
 
-lab_require_tools ip wg wireguard-go unbound dig dnsperf
+lab_require_tools ip wg wireguard-go unbound dig dnsperf dnsdist
 lab_init tdq
 lab_network
 lab_peer_network
 
-# The query mix: the lab zone's A records (local-data in unbound, see lab/unbound-zone.conf).
-for ((i = 0; i < 64; i++)); do printf 'host%d.lab.test A\n' "$i"; done >"$LAB_DIR/queries.txt"
-printf 'www.lab.test A\nwww.lab.test AAAA\n' >>"$LAB_DIR/queries.txt"
+queries="$LAB_DIR/queries.txt"
+bench_lab_zone_queries "$queries"
+# unbound on 127.0.0.1 and dnsdist on 127.0.0.2, both in C, both idle while the others run.
+lab_start_unbound "$LAB_C" 127.0.0.1
+bench_start_dnsdist 127.0.0.2
 
-# run_dnsperf LABEL SERVER: prints "LABEL QPS" and keeps dnsperf's report in the work dir.
-run_dnsperf() {
-    local label=$1 server=$2 report="$LAB_DIR/dnsperf-$1.txt" qps lost
-    # -l bounds the run; timeout bounds dnsperf itself should it hang.
-    timeout $((DURATION + 20)) ip netns exec "$LAB_C" \
-        dnsperf -s "$server" -d "$LAB_DIR/queries.txt" -l "$DURATION" -q "$OUTSTANDING" -t 2 \
-        >"$report" 2>&1 || lab_die "dnsperf against $label failed: $(cat "$report")"
-    qps=$(awk '/Queries per second:/ {print $4}' "$report")
-    lost=$(awk '/Queries lost:/ {print $3, $4}' "$report")
-    [[ -n $qps ]] || lab_die "no QPS in dnsperf's report: $(cat "$report")"
-    printf '%-8s %10.0f qps   (lost %s)\n' "$label" "$qps" "$lost" >&2
-    printf '%s\n' "$qps"
+# profile NAME: with PROFILE_DIR set, perf samples tundns in the background for most of the run.
+profile() {
+    profile_pid=
+    [[ -n ${PROFILE_DIR:-} ]] && ((round == 1)) || return 0
+    mkdir -p "$PROFILE_DIR"
+    timeout $((DURATION + 10)) perf record -q -e cpu-clock -g -p "$LAB_TUNDNS_PID" \
+        -o "$PROFILE_DIR/perf-$1.data" -- sleep $(((DURATION + 1) / 2)) >/dev/null 2>&1 &
+    profile_pid=$!
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+[[ -z ${PROFILE_DIR:-} ]] || lab_require_tools perf
+load_start=$(bench_load)
+lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of 4 runs of $DURATION s, $OUTSTANDING outstanding queries"
+hits_runs=()
+unbound_runs=()
+forward_runs=()
+dnsdist_runs=()
+for ((round = 1; round <= ROUNDS; round++)); do
+    lab_log "round $round"
+    bench_start_tundns "$TUNDNS_BIN" on
+    # Warm the cache: two bounded passes over the query file, one query at a time.
+    timeout 20 ip netns exec "$LAB_C" dnsperf -s "$LAB_PROXY_V4" -d "$queries" -n 2 -q 1 -t 2 \
+        >"$LAB_DIR/dnsperf-warm.txt" 2>&1 || lab_die "warming the cache failed: $(cat "$LAB_DIR/dnsperf-warm.txt")"
+    profile hits
+    hits_runs+=("$(bench_dnsperf "tundns (cache hits)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING")")
+    [[ -z $profile_pid ]] || wait "$profile_pid" || true
+    lab_stop "$LAB_TUNDNS_PID"
 
-lab_log "tundns: $TUNDNS_BIN, $DURATION s per run, $OUTSTANDING outstanding queries"
-lab_start_tundns "$TUNDNS_BIN" "$LAB_UNBOUND_V4"
-qps_tundns=$(run_dnsperf tundns "$LAB_PROXY_V4")
-lab_stop "$LAB_TUNDNS_PID"
+    unbound_runs+=("$(bench_dnsperf "unbound (local-data, loopback)" 127.0.0.1 "$queries" "$DURATION" -q "$OUTSTANDING")")
 
-if command -v dnsdist >/dev/null 2>&1; then
-    cat >"$LAB_DIR/dnsdist.conf" <<CONF
-setLocal("127.0.0.1:53")
-newServer({address="$LAB_UNBOUND_V4:53"})
--- No security polling: it would send a DNS query for secpoll.powerdns.com.
-setSecurityPollSuffix("")
-CONF
-    lab_spawn "$LAB_C" dnsdist dnsdist --supervised --disable-syslog -C "$LAB_DIR/dnsdist.conf"
-    dnsdist_pid=$LAB_LAST_PID
-    lab_wait 10 ip netns exec "$LAB_C" dig +time=1 +tries=1 +short @127.0.0.1 www.lab.test A ||
-        lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist.log")"
-    qps_dnsdist=$(run_dnsperf dnsdist 127.0.0.1)
-    lab_stop "$dnsdist_pid"
-else
-    lab_log "dnsdist not installed: skipping the dnsdist baseline"
-    qps_dnsdist=0
-fi
+    bench_start_tundns "$TUNDNS_BIN" off
+    profile forward
+    forward_runs+=("$(bench_dnsperf "tundns (forwarding, cache off)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING")")
+    [[ -z $profile_pid ]] || wait "$profile_pid" || true
+    lab_stop "$LAB_TUNDNS_PID"
 
-lab_start_unbound "$LAB_C" 127.0.0.1
-qps_unbound=$(run_dnsperf unbound 127.0.0.1)
+    dnsdist_runs+=("$(bench_dnsperf "dnsdist (forwarding)" 127.0.0.2 "$queries" "$DURATION" -q "$OUTSTANDING")")
+done
 
-printf '\n'
-printf '%-22s %10.0f qps\n' "tundns (forwarding)" "$qps_tundns" \
-    "dnsdist (forwarding)" "$qps_dnsdist" "unbound (local-data)" "$qps_unbound"
-printf 'ratio tundns/unbound = %s\n' "$(ratio "$qps_tundns" "$qps_unbound")"
-printf 'ratio tundns/dnsdist = %s\n' "$(ratio "$qps_tundns" "$qps_dnsdist")"
+qps_hits=$(printf '%s\n' "${hits_runs[@]}" | bench_median)
+qps_unbound=$(printf '%s\n' "${unbound_runs[@]}" | bench_median)
+qps_forward=$(printf '%s\n' "${forward_runs[@]}" | bench_median)
+qps_dnsdist=$(printf '%s\n' "${dnsdist_runs[@]}" | bench_median)
+cached_ratio=$(bench_ratio "$qps_hits" "$qps_unbound")
+forward_ratio=$(bench_ratio "$qps_forward" "$qps_dnsdist")
+
+load_end=$(bench_load)
+printf '\nmedian of %d rounds, %d s each, %d outstanding:\n' "$ROUNDS" "$DURATION" "$OUTSTANDING"
+printf '%-32s %10.0f qps   (runs: %s)\n' \
+    "tundns (cache hits)" "$qps_hits" "${hits_runs[*]}" \
+    "unbound (local-data, loopback)" "$qps_unbound" "${unbound_runs[*]}" \
+    "tundns (forwarding, cache off)" "$qps_forward" "${forward_runs[*]}" \
+    "dnsdist (forwarding)" "$qps_dnsdist" "${dnsdist_runs[*]}"
+printf 'ratio tundns cache hits / unbound local-data = %s (goal >= 1.5: %s)\n' \
+    "$cached_ratio" "$(bench_verdict "$cached_ratio" '>=' 1.5)"
+printf 'ratio tundns cache off / dnsdist             = %s (goal >= 1.0: %s)\n' \
+    "$forward_ratio" "$(bench_verdict "$forward_ratio" '>=' 1.0)"
+printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$load_end"
