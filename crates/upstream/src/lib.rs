@@ -47,8 +47,8 @@ use tundns_dns::{Question, Rcode, parse_query, set_message_id};
 
 use health::Health;
 use transport::AttemptError;
-pub use upstream_stats::{RTT_BUCKET_BOUNDS_MICROS, UpstreamStats};
 use upstream_stats::UpstreamCounters;
+pub use upstream_stats::{RTT_BUCKET_BOUNDS_MICROS, UpstreamStats};
 
 /// How the client's query reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,6 +294,85 @@ struct Inner {
     context: Context,
 }
 
+/// What every attempt of one query sends.
+struct Outgoing {
+    query: Vec<u8>,
+    question: Question,
+    client_protocol: Protocol,
+}
+
+/// How one attempt ended: the upstream's index and its answer or error.
+type Settled = (usize, Result<Vec<u8>, AttemptError>);
+
+impl Inner {
+    /// One attempt at upstream `index`, bounded by the attempt timeout. Its
+    /// outcome is recorded in the upstream's health and counters before it is
+    /// returned, so it counts even when nobody waits for it any more.
+    async fn attempt(self: Arc<Self>, index: usize, outgoing: Arc<Outgoing>) -> Settled {
+        let upstream = &self.upstreams[index];
+        let counters = &self.context.counters;
+        let started = Instant::now();
+        let exchange = upstream.exchange(
+            &outgoing.query,
+            &outgoing.question,
+            outgoing.client_protocol,
+            &self.context,
+        );
+        let outcome = tokio::time::timeout(self.context.config.attempt_timeout, exchange)
+            .await
+            .unwrap_or(Err(AttemptError::Timeout));
+        match &outcome {
+            Ok(response) => {
+                let rtt = started.elapsed();
+                upstream.health.record_success(rtt);
+                upstream.counters.record_rtt(rtt);
+                if is_soft_error(response) {
+                    upstream.counters.record_soft_error();
+                }
+            }
+            Err(error) => {
+                upstream.counters.record_error(error);
+                bump(match error {
+                    AttemptError::Timeout => &counters.timeouts,
+                    AttemptError::Refused => &counters.refusals,
+                    _ => &counters.failures,
+                });
+                if upstream.health.record_failure() {
+                    upstream.drop_connection();
+                    tracing::warn!(upstream = %upstream.spec, "upstream marked dead");
+                }
+                tracing::debug!(
+                    upstream = %upstream.spec,
+                    client_protocol = ?outgoing.client_protocol,
+                    question = %outgoing.question,
+                    %error,
+                    "upstream attempt failed"
+                );
+            }
+        }
+        (index, outcome)
+    }
+}
+
+/// The attempts of one query. When the query ends with some still running
+/// (another one won the race, or the caller gave up), they are handed to one
+/// background task and run on until they end (each is bounded by the attempt
+/// timeout), so a black-holed upstream that keeps losing to hedging is still
+/// seen to fail, and a slow one still gets its RTT measured.
+struct InFlight<F: Future<Output = Settled> + Send + 'static>(FuturesUnordered<F>);
+
+impl<F: Future<Output = Settled> + Send + 'static> Drop for InFlight<F> {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut running = std::mem::take(&mut self.0);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { while running.next().await.is_some() {} });
+        }
+    }
+}
+
 /// Upstream resolvers with health, hedging and failover.
 ///
 /// Order: the configured order among the alive upstreams. RTT is used to
@@ -388,8 +467,10 @@ impl UpstreamPool {
     /// The first alive upstream is asked first. The next one is asked when an
     /// attempt fails (timeout, refusal, error), answers SERVFAIL or REFUSED,
     /// or, with hedging, has not answered within clamp(3 × its smoothed RTT,
-    /// 20 ms, 500 ms). The first other answer wins and the remaining attempts
-    /// are cancelled. Each attempt is bounded by `attempt_timeout`.
+    /// 20 ms, 500 ms). The first other answer wins. Each attempt is bounded by
+    /// `attempt_timeout`, and the attempts still running when the query ends
+    /// run on in the background until they end, so a losing upstream still
+    /// gets its failure or its RTT recorded.
     ///
     /// The response is returned whatever its size: fitting it to the client
     /// (`tundns_dns::write_truncated`) is the caller's job.
@@ -409,18 +490,15 @@ impl UpstreamPool {
         let question = parsed.question();
         let order = self.plan(query, question, client_protocol);
         let config = &inner.context.config;
+        let outgoing = Arc::new(Outgoing {
+            query: query.to_vec(),
+            question: question.clone(),
+            client_protocol,
+        });
 
-        let launch = |index: usize| async move {
-            let upstream = &inner.upstreams[index];
-            let started = Instant::now();
-            let attempt = upstream.exchange(query, question, client_protocol, &inner.context);
-            let outcome = tokio::time::timeout(config.attempt_timeout, attempt)
-                .await
-                .unwrap_or(Err(AttemptError::Timeout));
-            (index, started.elapsed(), outcome)
-        };
-        let mut attempts = FuturesUnordered::new();
-        attempts.push(launch(order[0]));
+        let launch = |index: usize| self.inner.clone().attempt(index, outgoing.clone());
+        let mut attempts = InFlight(FuturesUnordered::new());
+        attempts.0.push(launch(order[0]));
         let mut launched = 1;
         let mut hedge_at = Instant::now() + inner.upstreams[order[0]].health.hedge_delay();
         let mut soft_answer = None;
@@ -428,48 +506,30 @@ impl UpstreamPool {
         loop {
             let may_hedge = config.hedge && launched < order.len();
             tokio::select! {
-                Some((index, elapsed, outcome)) = attempts.next() => {
-                    let upstream = &inner.upstreams[index];
-                    match outcome {
-                        Ok(mut response) => {
-                            upstream.health.record_success(elapsed);
-                            upstream.counters.record_rtt(elapsed);
-                            set_message_id(&mut response, client_id);
-                            let response = Bytes::from(shrink(response));
-                            if !is_soft_error(&response) {
-                                bump(&counters.answered);
-                                return Ok(response);
-                            }
-                            bump(&counters.soft_errors);
-                            upstream.counters.record_soft_error();
-                            tracing::debug!(upstream = %upstream.spec, %question, "soft error answer, moving on");
-                            soft_answer = Some(response);
+                Some((index, outcome)) = attempts.0.next() => {
+                    // Failures are already recorded by the attempt itself.
+                    if let Ok(mut response) = outcome {
+                        set_message_id(&mut response, client_id);
+                        let response = Bytes::from(shrink(response));
+                        if !is_soft_error(&response) {
+                            bump(&counters.answered);
+                            return Ok(response);
                         }
-                        Err(error) => {
-                            upstream.counters.record_error(&error);
-                            bump(match error {
-                                AttemptError::Timeout => &counters.timeouts,
-                                AttemptError::Refused => &counters.refusals,
-                                _ => &counters.failures,
-                            });
-                            if upstream.health.record_failure() {
-                                upstream.drop_connection();
-                                tracing::warn!(upstream = %upstream.spec, "upstream marked dead");
-                            }
-                            tracing::debug!(upstream = %upstream.spec, ?client_protocol, %question, %error, "upstream attempt failed");
-                        }
+                        bump(&counters.soft_errors);
+                        tracing::debug!(upstream = %inner.upstreams[index].spec, %question, "soft error answer, moving on");
+                        soft_answer = Some(response);
                     }
                     if launched < order.len() {
-                        attempts.push(launch(order[launched]));
+                        attempts.0.push(launch(order[launched]));
                         hedge_at = Instant::now() + inner.upstreams[order[launched]].health.hedge_delay();
                         launched += 1;
-                    } else if attempts.is_empty() {
+                    } else if attempts.0.is_empty() {
                         break;
                     }
                 }
                 () = tokio::time::sleep_until(hedge_at.into()), if may_hedge => {
                     bump(&counters.hedged);
-                    attempts.push(launch(order[launched]));
+                    attempts.0.push(launch(order[launched]));
                     hedge_at = Instant::now() + inner.upstreams[order[launched]].health.hedge_delay();
                     launched += 1;
                 }

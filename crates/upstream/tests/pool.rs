@@ -386,9 +386,74 @@ async fn hedging_asks_the_next_upstream_when_the_first_is_slow() {
     assert!(elapsed < slow_delay / 2, "{elapsed:?}");
     let stats = pool.stats();
     assert_eq!((stats.hedged, stats.answered, stats.timeouts), (1, 1, 0));
-    // The slow upstream was cancelled, not failed.
-    assert_eq!(pool.health()[0].failures, 0);
     assert!(pool.health()[1].srtt.is_some());
+    // The slow upstream's attempt runs on in the background: its answer, when
+    // it comes, measures its RTT.
+    let deadline = Instant::now() + slow_delay * 2;
+    while pool.health()[0].srtt.is_none() {
+        assert!(Instant::now() < deadline, "the losing attempt was dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slow_health = &pool.health()[0];
+    assert!(slow_health.srtt.unwrap() >= slow_delay, "{slow_health:?}");
+    assert_eq!((slow_health.failures, slow_health.alive), (0, true));
+    assert_eq!(pool.stats().timeouts, 0);
+}
+
+#[tokio::test]
+async fn a_silent_primary_is_marked_dead_despite_hedging_and_revived_by_a_probe() {
+    let answering = Arc::new(AtomicBool::new(false));
+    let flag = answering.clone();
+    let primary = udp_upstream(move |request, _| {
+        if flag.load(Ordering::Relaxed) {
+            vec![answer(request, 1, 1)]
+        } else {
+            Vec::new()
+        }
+    })
+    .await;
+    let secondary = udp_upstream(|request, _| vec![answer(request, 1, 2)]).await;
+    // Well past the 300 ms hedge delay, so the secondary is asked by hedging.
+    let timeout = Duration::from_secs(1);
+    let pool = pool(vec![udp(primary), udp(secondary)], timeout);
+    let resolve = || async {
+        let response = pool
+            .resolve(&query(9, "example.com"), Protocol::Udp)
+            .await
+            .unwrap();
+        marker_of(&response)
+    };
+
+    // Each query is answered by the secondary after the hedge delay; the
+    // primary's attempts, left behind, time out in the background.
+    for _ in 0..DEAD_AFTER_FAILURES {
+        assert_eq!(resolve().await, 2);
+    }
+    tokio::time::sleep(timeout + Duration::from_millis(100)).await;
+    let health = pool.health();
+    assert!(!health[0].alive, "{:?}", health[0]);
+    assert_eq!(health[0].failures, DEAD_AFTER_FAILURES);
+    let stats = pool.stats();
+    let hedged = u64::from(DEAD_AFTER_FAILURES);
+    assert_eq!((stats.hedged, stats.timeouts), (hedged, hedged));
+
+    // Dead: skipped, so no hedge delay (300 ms before the first RTT sample).
+    let started = Instant::now();
+    assert_eq!(resolve().await, 2);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(150), "{elapsed:?}");
+    assert_eq!(pool.stats().hedged, hedged);
+
+    // Back up: once the back-off (1 s) has passed, a query's probe revives it.
+    answering.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !pool.health()[0].alive {
+        assert!(Instant::now() < deadline, "the probe never revived it");
+        assert_eq!(resolve().await, 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.stats().probes, 1);
+    assert_eq!(resolve().await, 1, "back in first place");
 }
 
 #[tokio::test]
