@@ -5,7 +5,8 @@
 //! for identical questions); the stream ties the answer to the query, and the
 //! question must still match. The connection goes to the configured bootstrap
 //! address, so reaching the upstream needs no plain DNS lookup; it is closed
-//! after `idle_timeout` with nothing in flight, and replaced when it breaks.
+//! after `idle_timeout` with nothing in flight, and replaced when it breaks;
+//! opening it is [`SharedConnection`]'s job.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use tundns_dns::tcp::MAX_MESSAGE_LEN;
 use tundns_dns::{Question, response_matches, set_message_id};
 
+use crate::shared_connection::{Persistent, SharedConnection};
 use crate::transport::{self, AttemptError};
 use crate::{Context, PoolError};
 
@@ -35,7 +37,7 @@ pub struct DohClient {
     server_name: ServerName<'static>,
     uri: Uri,
     connector: TlsConnector,
-    connection: tokio::sync::Mutex<Option<Connection>>,
+    connection: SharedConnection<Connection>,
 }
 
 impl DohClient {
@@ -65,7 +67,7 @@ impl DohClient {
             server_name: name,
             uri,
             connector: TlsConnector::from(tls),
-            connection: tokio::sync::Mutex::new(None),
+            connection: SharedConnection::new(),
         })
     }
 
@@ -88,46 +90,39 @@ impl DohClient {
     }
 
     pub fn drop_connection(&self) {
-        if let Ok(mut slot) = self.connection.try_lock()
-            && let Some(connection) = slot.take()
-        {
-            connection.state.close();
-        }
+        self.connection.drop_connection();
     }
 
-    async fn connection(&self, context: &Context) -> Result<(Connection, bool), AttemptError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref()
-            && !connection.is_closed()
-        {
-            return Ok((connection.clone(), true));
-        }
-        let tcp = transport::tcp_connect(self.address, &context.config).await?;
-        let tls = self
-            .connector
-            .connect(self.server_name.clone(), tcp)
-            .await?;
-        if let Some(alpn) = tls.get_ref().1.alpn_protocol()
-            && alpn != b"h2"
-        {
-            return Err(AttemptError::Http(
-                "the server did not agree to HTTP/2".into(),
-            ));
-        }
-        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+    /// The open connection, or a new one (connect, TLS and HTTP/2 handshakes
+    /// within the attempt timeout); and whether it was reused.
+    async fn connection(&self, context: &Context) -> Result<(Arc<Connection>, bool), AttemptError> {
+        let connect = || {
+            let address = self.address;
+            let server_name = self.server_name.clone();
+            let connector = self.connector.clone();
+            let config = context.config.clone();
+            async move {
+                let tcp = transport::tcp_connect(address, &config).await?;
+                let tls = connector.connect(server_name, tcp).await?;
+                if let Some(alpn) = tls.get_ref().1.alpn_protocol()
+                    && alpn != b"h2"
+                {
+                    return Err(AttemptError::Http(
+                        "the server did not agree to HTTP/2".into(),
+                    ));
+                }
+                let (sender, driver) = http2::Builder::new(TokioExecutor::new())
+                    .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+                    .await
+                    .map_err(|error| AttemptError::Http(error.to_string()))?;
+                let state = Arc::new(State::default());
+                tokio::spawn(drive(driver, state.clone(), config.idle_timeout, address));
+                Ok(Arc::new(Connection { sender, state }))
+            }
+        };
+        self.connection
+            .get(context.config.attempt_timeout, connect)
             .await
-            .map_err(|error| AttemptError::Http(error.to_string()))?;
-        let state = Arc::new(State::default());
-        tokio::spawn(drive(
-            driver,
-            state.clone(),
-            context.config.idle_timeout,
-            self.address,
-        ));
-        let connection = Connection { sender, state };
-        *slot = Some(connection.clone());
-        Ok((connection, false))
     }
 
     async fn post(
@@ -178,15 +173,18 @@ fn hyper_error(error: hyper::Error) -> AttemptError {
     }
 }
 
-#[derive(Clone)]
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
     state: Arc<State>,
 }
 
-impl Connection {
+impl Persistent for Connection {
     fn is_closed(&self) -> bool {
         self.sender.is_closed() || self.state.closed.load(Ordering::Relaxed)
+    }
+
+    fn close(&self) {
+        self.state.close();
     }
 }
 

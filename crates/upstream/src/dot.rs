@@ -6,12 +6,13 @@
 //! A writer task owns the sending half, so a query cancelled mid-send (timeout,
 //! or another upstream won the race) never leaves half a frame on the wire. The
 //! connection is closed after `idle_timeout` with nothing in flight, and
-//! replaced when it breaks.
+//! replaced when it breaks; opening it is [`SharedConnection`]'s job.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -21,6 +22,7 @@ use tokio_rustls::TlsConnector;
 use tundns_dns::tcp::{FrameDecoder, MAX_MESSAGE_LEN};
 use tundns_dns::{Question, message_id, response_matches};
 
+use crate::shared_connection::{Persistent, SharedConnection};
 use crate::transport::{self, AttemptError};
 use crate::{Context, Counters, PoolError, bump};
 
@@ -34,9 +36,7 @@ pub struct DotClient {
     address: SocketAddr,
     server_name: ServerName<'static>,
     connector: TlsConnector,
-    /// An async lock: concurrent queries wait for one handshake instead of
-    /// each opening a connection.
-    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    connection: SharedConnection<Connection>,
 }
 
 impl DotClient {
@@ -51,7 +51,7 @@ impl DotClient {
             address,
             server_name,
             connector: TlsConnector::from(tls),
-            connection: tokio::sync::Mutex::new(None),
+            connection: SharedConnection::new(),
         })
     }
 
@@ -75,29 +75,32 @@ impl DotClient {
 
     /// Closes the current connection (its tasks end when they see the flag).
     pub fn drop_connection(&self) {
-        if let Ok(mut slot) = self.connection.try_lock()
-            && let Some(connection) = slot.take()
-        {
-            connection.close();
-        }
+        self.connection.drop_connection();
     }
 
-    /// The open connection, or a new one; and whether it was reused.
+    /// The open connection, or a new one (connect and handshake within the
+    /// attempt timeout); and whether it was reused.
     async fn connection(&self, context: &Context) -> Result<(Arc<Connection>, bool), AttemptError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref()
-            && !connection.is_closed()
-        {
-            return Ok((connection.clone(), true));
-        }
-        let tcp = transport::tcp_connect(self.address, &context.config).await?;
-        let tls = self
-            .connector
-            .connect(self.server_name.clone(), tcp)
-            .await?;
-        let connection = Connection::spawn(tls, self.address, context);
-        *slot = Some(connection.clone());
-        Ok((connection, false))
+        let connect = || {
+            let address = self.address;
+            let server_name = self.server_name.clone();
+            let connector = self.connector.clone();
+            let config = context.config.clone();
+            let counters = context.counters.clone();
+            async move {
+                let tcp = transport::tcp_connect(address, &config).await?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok(Connection::spawn(
+                    tls,
+                    address,
+                    config.idle_timeout,
+                    counters,
+                ))
+            }
+        };
+        self.connection
+            .get(context.config.attempt_timeout, connect)
+            .await
     }
 }
 
@@ -117,13 +120,20 @@ struct Connection {
 }
 
 impl Connection {
-    fn spawn<S>(stream: S, upstream: SocketAddr, context: &Context) -> Arc<Self>
+    /// The connection over `stream`, with its reader and writer tasks
+    /// holding it until it closes.
+    fn spawn<S>(
+        stream: S,
+        upstream: SocketAddr,
+        idle_timeout: Duration,
+        counters: Arc<Counters>,
+    ) -> Arc<Self>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let (close_signal, _) = watch::channel(false);
-        let connection = Arc::new(Connection {
+        let state = Arc::new(Connection {
             frames,
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -131,29 +141,9 @@ impl Connection {
             serials: AtomicU64::new(0),
         });
         let (reader, writer) = tokio::io::split(stream);
-        tokio::spawn(
-            connection
-                .clone()
-                .read_loop(reader, upstream, context.counters.clone()),
-        );
-        tokio::spawn(
-            connection
-                .clone()
-                .write_loop(writer, queue, context.config.idle_timeout),
-        );
-        connection
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
-    /// Marks the connection closed, wakes both tasks, and fails every query
-    /// still waiting on it (their senders are dropped).
-    fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        self.close_signal.send_replace(true);
-        self.lock_pending().clear();
+        tokio::spawn(state.clone().read_loop(reader, upstream, counters));
+        tokio::spawn(state.clone().write_loop(writer, queue, idle_timeout));
+        state
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Pending>> {
@@ -304,6 +294,20 @@ impl Connection {
         self.close();
         // close_notify, then FIN; best effort.
         let _ = writer.shutdown().await;
+    }
+}
+
+impl Persistent for Connection {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection closed, wakes both tasks, and fails every query
+    /// still waiting on it (their senders are dropped).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.close_signal.send_replace(true);
+        self.lock_pending().clear();
     }
 }
 

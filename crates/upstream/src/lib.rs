@@ -29,6 +29,7 @@
 mod doh;
 mod dot;
 mod health;
+mod shared_connection;
 mod tls;
 mod transport;
 mod upstream_stats;
@@ -337,7 +338,10 @@ impl Inner {
                     AttemptError::Refused => &counters.refusals,
                     _ => &counters.failures,
                 });
-                if upstream.health.record_failure() {
+                // A failed connect that several queries waited for counts
+                // once: for the query that started it.
+                let counted = !matches!(error, AttemptError::ConnectFailed);
+                if counted && upstream.health.record_failure() {
                     upstream.drop_connection();
                     tracing::warn!(upstream = %upstream.spec, "upstream marked dead");
                 }

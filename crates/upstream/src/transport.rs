@@ -32,6 +32,10 @@ pub enum AttemptError {
     Mismatched,
     #[error("too many queries in flight on one connection")]
     Busy,
+    /// The connection this query waited for, which another query started,
+    /// failed; that query counts the failure against the upstream.
+    #[error("the shared connection attempt failed")]
+    ConnectFailed,
     #[error("HTTP: {0}")]
     Http(String),
     #[error("{0}")]

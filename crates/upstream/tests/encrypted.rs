@@ -329,6 +329,76 @@ async fn stalled_dot_and_doh_upstreams_fail_over_within_the_attempt_timeout() {
     );
 }
 
+#[tokio::test]
+async fn concurrent_queries_to_a_black_holed_dot_upstream_share_one_connect() {
+    black_holed_upstream_fails_over_together("black-hole-dot", tls).await;
+}
+
+#[tokio::test]
+async fn concurrent_queries_to_a_black_holed_doh_upstream_share_one_connect() {
+    black_holed_upstream_fails_over_together("black-hole-doh", https).await;
+}
+
+/// Queries arriving one after the other while the first one's connect hangs
+/// (a listener that accepts and never speaks TLS) wait for that connect, fail
+/// over when it gives up, and count one failure, not one each.
+async fn black_holed_upstream_fails_over_together(
+    test: &str,
+    spec: fn(std::net::SocketAddr) -> tundns_upstream::UpstreamSpec,
+) {
+    const QUERIES: u16 = 8;
+    let pki = TestPki::new(test);
+    let (mute, accepts) = mute_tcp_listener().await;
+    let good = udp_upstream(|request, _| vec![answer(request, 1, 9)]).await;
+    let timeout = Duration::from_millis(400);
+    let stagger = Duration::from_millis(40);
+    let pool = Arc::new(configured(
+        vec![spec(mute), udp(good)],
+        PoolConfig {
+            hedge: false,
+            ..pki.pool_config(timeout)
+        },
+    ));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for id in 0..QUERIES {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = pool
+                .resolve(&query(id, "example.com"), Protocol::Udp)
+                .await
+                .unwrap();
+            assert_eq!((id_of(&response), marker_of(&response)), (id, 9));
+        }));
+        tokio::time::sleep(stagger).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    // Each on its own would fail over 400 ms after it started, the last at
+    // 280 + 400 ms; together they fail over when the one connect gives up.
+    assert!(
+        elapsed >= timeout && elapsed < timeout + Duration::from_millis(200),
+        "{elapsed:?}"
+    );
+    assert_eq!(accepts.load(Ordering::Relaxed), 1, "one connect for all");
+    let health = &pool.health()[0];
+    assert_eq!((health.failures, health.alive), (1, true), "{health:?}");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.timeouts, stats.failures, stats.answered),
+        (1, u64::from(QUERIES) - 1, u64::from(QUERIES))
+    );
+
+    // The failed connect is forgotten: the next query tries again.
+    pool.resolve(&query(1, "example.com"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!(accepts.load(Ordering::Relaxed), 2);
+    assert_eq!(pool.health()[0].failures, 2);
+}
+
 #[test]
 fn a_bad_ca_file_is_an_error_naming_the_file() {
     let path = std::env::temp_dir().join(format!(
