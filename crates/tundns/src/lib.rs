@@ -8,6 +8,7 @@
 
 pub mod dns_config;
 pub mod dns_proxy;
+pub mod policy_routing;
 pub mod system;
 pub mod tcp_dns;
 pub mod tunnel;

@@ -1,4 +1,5 @@
-//! The system changes tundns makes: the interface's addresses, its routes, the link state.
+//! The system changes tundns makes: the interface's addresses, its routes, the link state
+//! (and, through [`crate::policy_routing`], a full tunnel's policy rules and sysctl).
 //!
 //! Every change is recorded in a [`SystemChanges`] as it is made, so teardown — on a
 //! signal, or when setup fails half-way — undoes exactly what was done and nothing else.
@@ -9,6 +10,8 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::policy_routing::PolicyChanges;
 
 /// The kernel's main routing table.
 const MAIN_TABLE: u32 = 254;
@@ -29,6 +32,16 @@ pub enum SystemError {
     /// The interface vanished between its creation and its configuration.
     #[error("interface {0} not found")]
     NoSuchInterface(String),
+    /// Every candidate routing table for a full tunnel already holds routes.
+    #[error("no empty routing table from {0} on for the full tunnel; set FwMark to choose one")]
+    NoFreeTable(u32),
+    /// A sysctl could not be read or written.
+    #[error("setting {path}: {source}")]
+    Sysctl {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {
@@ -43,6 +56,8 @@ pub struct SystemChanges {
     index: u32,
     /// Routes added so far, with their table, for teardown.
     routes: Vec<(IpNet, u32)>,
+    /// A full tunnel's policy rules and sysctl values.
+    policy: PolicyChanges,
 }
 
 impl SystemChanges {
@@ -66,6 +81,7 @@ impl SystemChanges {
             interface: name.to_string(),
             index,
             routes: Vec::new(),
+            policy: PolicyChanges::default(),
         })
     }
 
@@ -165,9 +181,11 @@ impl SystemChanges {
         }))
     }
 
-    /// Removes every route this process added, newest first. Errors are logged, not
+    /// Removes every policy rule and route this process added, newest first, and restores
+    /// the sysctl values it changed. Errors are logged, not
     /// returned: teardown goes on so that as much as possible is restored.
     pub async fn undo(&mut self) {
+        self.policy.undo(&self.handle).await;
         while let Some((network, table)) = self.routes.pop() {
             self.delete_route(network, table).await;
         }
@@ -179,6 +197,11 @@ impl SystemChanges {
             // The kernel removes an interface's routes with the interface itself.
             tracing::debug!(%network, %error, "route already gone");
         }
+    }
+
+    /// The netlink handle and the record of a full tunnel's policy changes.
+    pub(crate) fn policy(&mut self) -> (&Handle, &mut PolicyChanges) {
+        (&self.handle, &mut self.policy)
     }
 
     /// Deletes the interface. Its addresses and remaining routes go with it.

@@ -17,6 +17,7 @@ use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service,
 
 use crate::dns_config;
 use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
+use crate::policy_routing;
 use crate::system::{SystemChanges, SystemError, host_route};
 use crate::tcp_dns::TcpDns;
 
@@ -46,7 +47,7 @@ pub enum TunnelError {
         reason: String,
     },
     #[error(
-        "AllowedIPs {0} would route the tunnel's own traffic into itself; full tunnels need policy routing, which tundns does not do yet (use Table = off and route it yourself)"
+        "AllowedIPs {0} with Table = main would route the tunnel's own traffic into itself; use Table = auto (policy routing, as wg-quick does) or another table"
     )]
     DefaultRoute(IpNet),
     #[error("starting the UAPI socket: {0}")]
@@ -82,6 +83,7 @@ impl Tunnel {
     /// `path` is where `config` was read from, for errors about its lines.
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
         validate(config)?;
+        let config = &policy_routing::with_fwmark(config).await?;
         let resolver = config
             .dns_proxy
             .enabled
@@ -223,9 +225,12 @@ async fn configure_interface(
     };
     if let Some(table) = table {
         for network in config.peers.iter().flat_map(|peer| &peer.allowed_ips) {
-            changes.add_route_in(*network, table).await?;
+            if !policy_routing::is_policy_routed(config, network) {
+                changes.add_route_in(*network, table).await?;
+            }
         }
     }
+    policy_routing::install(config, changes).await?;
     if config.dns_proxy.enabled {
         for ip in &config.dns_proxy.addresses {
             changes.add_route(host_route(*ip)).await?;
@@ -250,12 +255,17 @@ fn validate(config: &Config) -> Result<(), TunnelError> {
     if config.interface.mtu > MAX_MTU {
         return Err(TunnelError::MtuTooLarge(config.interface.mtu));
     }
-    let allowed_ips = || config.peers.iter().flat_map(|peer| &peer.allowed_ips);
-    if config.interface.table != RouteTable::Off
-        && let Some(default) = allowed_ips().find(|network| network.prefix_len() == 0)
-    {
-        return Err(TunnelError::DefaultRoute(*default));
+    if let Some(default) = policy_routing::unsupported_default_route(config) {
+        return Err(TunnelError::DefaultRoute(default));
     }
+    // Full-tunnel default routes do not catch the upstreams: their sockets carry the mark.
+    let allowed_ips = || {
+        config
+            .peers
+            .iter()
+            .flat_map(|peer| &peer.allowed_ips)
+            .filter(|network| !policy_routing::is_policy_routed(config, network))
+    };
     if !config.interface.dns_servers.is_empty() || !config.interface.dns_search.is_empty() {
         tracing::warn!(
             "DNS = is not applied: tundns does not change the system resolver yet; \

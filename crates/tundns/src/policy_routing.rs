@@ -1,0 +1,418 @@
+//! Full tunnels: a default route in `AllowedIPs` with `Table = auto`, done as wg-quick's
+//! `add_default` does it. A firewall mark doubles as the number of a routing table that
+//! holds only the default route into the tunnel, and two policy rules per family send
+//! everything unmarked there:
+//!
+//! ```text
+//! ip rule add not fwmark 51820 table 51820          # unmarked traffic: the tunnel's table
+//! ip rule add table main suppress_prefixlength 0    # but main's more specific routes first
+//! ip route add default dev wg0 table 51820
+//! sysctl net.ipv4.conf.all.src_valid_mark=1         # with an IPv4 default route
+//! ```
+//!
+//! WireGuard's own UDP and every upstream DNS socket carry the mark (the config's `FwMark`,
+//! set here when absent), so they skip the tunnel's table and leave through the main table:
+//! DNS never enters the tunnel. Upstream groups marked `ThroughTunnel` carry no mark, and
+//! so do enter it. This module owns the choice of mark and table, the rules and the sysctl;
+//! each change is recorded in [`PolicyChanges`] as it is made and undone at teardown.
+//!
+//! wg-quick also installs nftables rules that drop spoofed packets to the interface's
+//! addresses and copy the mark to conntrack for strict reverse-path filtering; tundns does
+//! not (see the README).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU32;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use tundns_config::{Config, RouteTable};
+
+use crate::system::{SystemChanges, SystemError};
+
+/// wg-quick's first choice of mark and table.
+pub const DEFAULT_TABLE: u32 = 51820;
+
+/// How many tables after [`DEFAULT_TABLE`] are tried for an empty one.
+const TABLE_SEARCH_LIMIT: u32 = 1024;
+
+/// The kernel's main routing table.
+const MAIN_TABLE: u32 = 254;
+
+/// The priority the kernel gives the first rule added after its defaults.
+const FIRST_FREE_PRIORITY: u32 = 32765;
+
+/// Lets marked packets through strict reverse-path filtering.
+const SRC_VALID_MARK: &str = "/proc/sys/net/ipv4/conf/all/src_valid_mark";
+
+/// Reverse-path filtering for all interfaces: 1 is strict.
+const RP_FILTER: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
+
+/// The default routes (`0.0.0.0/0`, `::/0`) that policy routing carries, one per family:
+/// any in the peers' `AllowedIPs` when `Table = auto`.
+pub fn default_routes(config: &Config) -> Vec<IpNet> {
+    if config.interface.table != RouteTable::Auto {
+        return Vec::new();
+    }
+    let mut defaults: Vec<IpNet> = Vec::new();
+    for network in config.peers.iter().flat_map(|peer| &peer.allowed_ips) {
+        if network.prefix_len() == 0
+            && !defaults
+                .iter()
+                .any(|seen| seen.addr().is_ipv4() == network.addr().is_ipv4())
+        {
+            defaults.push(network.trunc());
+        }
+    }
+    defaults
+}
+
+/// True when `network` is routed by policy rules rather than into a table directly.
+pub fn is_policy_routed(config: &Config, network: &IpNet) -> bool {
+    network.prefix_len() == 0 && config.interface.table == RouteTable::Auto
+}
+
+/// A default route tundns cannot route safely: one put into the main table by
+/// `Table = main` (254) would carry the tunnel's own packets into itself.
+pub fn unsupported_default_route(config: &Config) -> Option<IpNet> {
+    if config.interface.table != RouteTable::Id(MAIN_TABLE) {
+        return None;
+    }
+    config
+        .peers
+        .iter()
+        .flat_map(|peer| &peer.allowed_ips)
+        .find(|network| network.prefix_len() == 0)
+        .copied()
+}
+
+/// The config to run: for a full tunnel without `FwMark`, the first routing table from
+/// 51820 with no routes in it becomes the mark, as wg-quick picks it. Otherwise `config`
+/// as it is. Reads the routing tables; changes nothing.
+pub async fn with_fwmark(config: &Config) -> Result<Config, SystemError> {
+    let mut config = config.clone();
+    if config.interface.fwmark.is_none() && !default_routes(&config).is_empty() {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        let connection = tokio::spawn(connection);
+        let table = free_table(&handle).await;
+        connection.abort();
+        config.interface.fwmark = NonZeroU32::new(table?);
+    }
+    Ok(config)
+}
+
+/// The first table from [`DEFAULT_TABLE`] on that holds no IPv4 or IPv6 route.
+async fn free_table(handle: &Handle) -> Result<u32, SystemError> {
+    let mut used = Vec::new();
+    for dump in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let routes: Vec<RouteMessage> = handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed("listing routes"))?;
+        used.extend(routes.iter().map(route_table));
+    }
+    (DEFAULT_TABLE..DEFAULT_TABLE + TABLE_SEARCH_LIMIT)
+        .find(|table| !used.contains(table))
+        .ok_or(SystemError::NoFreeTable(DEFAULT_TABLE))
+}
+
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+/// Installs the rules, routes and sysctl of a full tunnel, recording each in `changes`.
+/// Does nothing unless the config has a default route with `Table = auto`; the mark must
+/// have been chosen by [`with_fwmark`] (or configured).
+pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(), SystemError> {
+    let defaults = default_routes(config);
+    if defaults.is_empty() {
+        return Ok(());
+    }
+    let table = config
+        .interface
+        .fwmark
+        .map_or(DEFAULT_TABLE, NonZeroU32::get);
+    for default in defaults {
+        let family = match default {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        {
+            let (handle, policy) = changes.policy();
+            policy
+                .add_rule(handle, unmarked_to_table(family, table))
+                .await?;
+            policy
+                .add_rule(handle, main_without_default(family))
+                .await?;
+        }
+        changes.add_route_in(default, table).await?;
+        if family == AddressFamily::Inet {
+            changes.policy().1.set_sysctl(SRC_VALID_MARK, "1")?;
+            warn_if_strict_rp_filter();
+        }
+    }
+    tracing::info!(
+        fwmark = table,
+        table,
+        "full tunnel: policy routing installed"
+    );
+    Ok(())
+}
+
+/// Strict reverse-path filtering drops replies from an endpoint or upstream behind a
+/// gateway: their lookup, unmarked, finds the tunnel. wg-quick's nftables rules restore the
+/// mark from conntrack; tundns has none, so it says so.
+fn warn_if_strict_rp_filter() {
+    if std::fs::read_to_string(RP_FILTER).is_ok_and(|value| value.trim() == "1") {
+        tracing::warn!(
+            "net.ipv4.conf.all.rp_filter = 1 (strict) drops replies from an endpoint or \
+             upstream reached through a gateway in a full tunnel; use 2 (loose)"
+        );
+    }
+}
+
+/// `not fwmark TABLE table TABLE`
+fn unmarked_to_table(family: AddressFamily, table: u32) -> RuleMessage {
+    let mut rule = rule_to_table(family, table);
+    rule.header.flags = RuleFlags::Invert;
+    rule.attributes.push(RuleAttribute::FwMark(table));
+    rule
+}
+
+/// `table main suppress_prefixlength 0`
+fn main_without_default(family: AddressFamily) -> RuleMessage {
+    let mut rule = rule_to_table(family, MAIN_TABLE);
+    rule.attributes.push(RuleAttribute::SuppressPrefixLen(0));
+    rule
+}
+
+fn rule_to_table(family: AddressFamily, table: u32) -> RuleMessage {
+    let mut rule = RuleMessage::default();
+    rule.header.family = family;
+    rule.header.action = RuleAction::ToTable;
+    // Tables above 255 only fit the attribute; the header then says "see the attribute".
+    rule.header.table = u8::try_from(table).unwrap_or(0);
+    rule.attributes.push(RuleAttribute::Table(table));
+    rule
+}
+
+fn failed(action: &'static str) -> impl FnOnce(rtnetlink::Error) -> SystemError {
+    move |source| SystemError::Netlink {
+        action: action.into(),
+        source,
+    }
+}
+
+/// The policy rules and sysctl values a full tunnel changed, for teardown.
+#[derive(Default)]
+pub struct PolicyChanges {
+    /// Rules added, exactly as added (with their priority), oldest first.
+    rules: Vec<RuleMessage>,
+    /// Sysctl files changed, with the value each had before.
+    sysctls: Vec<(&'static str, String)>,
+}
+
+impl PolicyChanges {
+    /// Adds `rule` with the priority the kernel would pick for it (just above the
+    /// highest-priority rule but the local table's), so teardown deletes exactly this rule.
+    async fn add_rule(
+        &mut self,
+        handle: &Handle,
+        mut rule: RuleMessage,
+    ) -> Result<(), SystemError> {
+        let priority = next_priority(handle, rule.header.family).await?;
+        rule.attributes.push(RuleAttribute::Priority(priority));
+        let mut request = handle.rule().add();
+        *request.message_mut() = rule.clone();
+        request
+            .execute()
+            .await
+            .map_err(|source| SystemError::Netlink {
+                action: format!("adding policy rule {}", describe(&rule)),
+                source,
+            })?;
+        tracing::debug!(rule = %describe(&rule), "policy rule added");
+        self.rules.push(rule);
+        Ok(())
+    }
+
+    /// Writes `value` to the sysctl file at `path`, recording the old value first.
+    fn set_sysctl(&mut self, path: &'static str, value: &str) -> Result<(), SystemError> {
+        let old =
+            std::fs::read_to_string(path).map_err(|source| SystemError::Sysctl { path, source })?;
+        let old = old.trim();
+        if old == value || self.sysctls.iter().any(|(changed, _)| *changed == path) {
+            return Ok(());
+        }
+        self.sysctls.push((path, old.to_string()));
+        std::fs::write(path, value).map_err(|source| SystemError::Sysctl { path, source })
+    }
+
+    /// Deletes the rules, newest first, and restores the sysctl values. Errors are logged:
+    /// teardown goes on.
+    pub async fn undo(&mut self, handle: &Handle) {
+        while let Some(rule) = self.rules.pop() {
+            if let Err(error) = handle.rule().del(rule.clone()).execute().await {
+                tracing::warn!(rule = %describe(&rule), %error, "could not remove policy rule");
+            }
+        }
+        while let Some((path, old)) = self.sysctls.pop() {
+            if let Err(error) = std::fs::write(path, &old) {
+                tracing::warn!(path, %error, "could not restore sysctl");
+            }
+        }
+    }
+}
+
+/// One less than the lowest non-zero priority among `family`'s rules: where the kernel
+/// puts a rule added without one, as `ip rule add` and wg-quick do.
+async fn next_priority(handle: &Handle, family: AddressFamily) -> Result<u32, SystemError> {
+    let version = match family {
+        AddressFamily::Inet6 => IpVersion::V6,
+        _ => IpVersion::V4,
+    };
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(version)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(failed("listing policy rules"))?;
+    let lowest = rules
+        .iter()
+        .filter_map(rule_priority)
+        .filter(|priority| *priority > 1)
+        .min();
+    Ok(lowest.map_or(FIRST_FREE_PRIORITY, |priority| priority - 1))
+}
+
+fn rule_priority(rule: &RuleMessage) -> Option<u32> {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Priority(priority) => Some(*priority),
+            _ => None,
+        })
+}
+
+/// The rule as `ip rule` would print it, for logs and errors.
+fn describe(rule: &RuleMessage) -> String {
+    let family = if rule.header.family == AddressFamily::Inet6 {
+        "-6"
+    } else {
+        "-4"
+    };
+    let mut text = family.to_string();
+    if let Some(priority) = rule_priority(rule) {
+        text.push_str(&format!(" priority {priority}"));
+    }
+    if rule.header.flags.contains(RuleFlags::Invert) {
+        text.push_str(" not");
+    }
+    // In `ip rule`'s order, whatever order the attributes are in.
+    for attribute in &rule.attributes {
+        if let RuleAttribute::FwMark(mark) = attribute {
+            text.push_str(&format!(" fwmark {mark:#x}"));
+        }
+    }
+    for attribute in &rule.attributes {
+        match attribute {
+            RuleAttribute::Table(table) => text.push_str(&format!(" table {table}")),
+            RuleAttribute::SuppressPrefixLen(length) => {
+                text.push_str(&format!(" suppress_prefixlength {length}"));
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(table: &str, allowed_ips: &str) -> Config {
+        let text = format!(
+            "[Interface]\nPrivateKey = {key}\nAddress = 10.99.0.2/24\n{table}\n\
+             [Peer]\nPublicKey = {key}\nAllowedIPs = {allowed_ips}\n",
+            key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        );
+        Config::parse(&text, std::path::Path::new("wg0.conf")).expect("a valid config")
+    }
+
+    #[test]
+    fn default_routes_one_per_family_only_with_table_auto() {
+        let full = config("", "0.0.0.0/0, ::/0, 10.99.0.0/24, 0.0.0.0/0");
+        assert_eq!(
+            default_routes(&full),
+            vec![
+                "0.0.0.0/0".parse::<IpNet>().unwrap(),
+                "::/0".parse().unwrap()
+            ]
+        );
+        assert!(default_routes(&config("", "10.99.0.0/24, ::/1")).is_empty());
+        assert!(default_routes(&config("Table = off", "0.0.0.0/0")).is_empty());
+        assert!(default_routes(&config("Table = 1234", "0.0.0.0/0")).is_empty());
+    }
+
+    #[test]
+    fn only_table_main_with_a_default_route_is_refused() {
+        let refused = config("Table = main", "10.99.0.0/24, ::/0");
+        assert_eq!(
+            unsupported_default_route(&refused),
+            Some("::/0".parse().unwrap())
+        );
+        for (table, allowed_ips) in [
+            ("", "0.0.0.0/0, ::/0"),
+            ("Table = off", "0.0.0.0/0"),
+            ("Table = 1234", "0.0.0.0/0"),
+            ("Table = main", "10.99.0.0/24"),
+        ] {
+            assert_eq!(
+                unsupported_default_route(&config(table, allowed_ips)),
+                None,
+                "{table} {allowed_ips}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_are_wg_quicks() {
+        let unmarked = unmarked_to_table(AddressFamily::Inet, 51820);
+        assert_eq!(describe(&unmarked), "-4 not fwmark 0xca6c table 51820");
+        assert_eq!(unmarked.header.action, RuleAction::ToTable);
+        let mut main = main_without_default(AddressFamily::Inet6);
+        main.attributes.push(RuleAttribute::Priority(32764));
+        assert_eq!(
+            describe(&main),
+            "-6 priority 32764 table 254 suppress_prefixlength 0"
+        );
+        assert_eq!(main.header.table, 254);
+    }
+
+    #[test]
+    fn policy_routed_networks_are_the_default_routes_with_table_auto() {
+        let auto = config("", "0.0.0.0/0");
+        assert!(is_policy_routed(&auto, &"0.0.0.0/0".parse().unwrap()));
+        assert!(!is_policy_routed(&auto, &"10.0.0.0/8".parse().unwrap()));
+        let off = config("Table = off", "0.0.0.0/0");
+        assert!(!is_policy_routed(&off, &"0.0.0.0/0".parse().unwrap()));
+    }
+}
