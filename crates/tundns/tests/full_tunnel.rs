@@ -1,0 +1,374 @@
+//! End-to-end tests of full tunnels (`AllowedIPs = 0.0.0.0/0, ::/0`, issue 4 section 2):
+//! tundns in C with everything routed to N's wireguard-go, where C reaches N only through
+//! default routes (see `common/full_tunnel_lab.rs`). Without wg-quick's policy routing and
+//! the mark on WireGuard's and the upstreams' sockets, the handshake and every upstream
+//! query would enter the tunnel: captures on the peer's WireGuard interface tell.
+//!
+//! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test full_tunnel`. Without root or the
+//! lab tools (here also tcpdump, openssl and kdig) the tests print "skipped: ..." and pass,
+//! unless `TUNDNS_E2E=1`.
+
+mod common;
+
+use common::full_tunnel_lab::*;
+use common::resolver_lab::TUNNEL_RESOLVER_V4;
+use common::*;
+use std::time::Duration;
+
+/// Query rounds in the burst; each round asks every upstream group once.
+const BURST_ROUNDS: usize = 20;
+
+/// Names of `lab/unbound-zone.conf`, each routed to a group of another transport.
+const UDP_NAME: &str = "host0.lab.test";
+const TCP_NAME: &str = "host1.lab.test";
+const DOT_NAME: &str = "host2.lab.test";
+const DOH_NAME: &str = "host3.lab.test";
+const UDP_V6_NAME: &str = "host4.lab.test";
+
+const SRC_VALID_MARK: &str = "net.ipv4.conf.all.src_valid_mark";
+
+/// The full lab: the outside unbound with DoT and DoH, the tunnel-only resolver, C behind
+/// default routes. `None` when the lab cannot run here (see `lab_or_skip`).
+fn full_tunnel_lab(test: &str) -> Option<Lab> {
+    if !on_path("tcpdump") {
+        assert!(
+            std::env::var("TUNDNS_E2E").as_deref() != Ok("1"),
+            "TUNDNS_E2E=1 but tcpdump is missing"
+        );
+        eprintln!("skipped: {test}: missing tools: tcpdump");
+        return None;
+    }
+    let lab = lab_or_skip_with(
+        test,
+        LabOptions {
+            encrypted_upstream: true,
+            tunnel_resolver: true,
+            ..LabOptions::default()
+        },
+    )?;
+    lab.reach_network_only_by_default_routes();
+    // Start from the kernel's default, so that restoring it is seen.
+    lab.exec_in(
+        &lab.client_ns,
+        &["sysctl", "-qw", &format!("{SRC_VALID_MARK}=0")],
+    )
+    .assert_success();
+    Some(lab)
+}
+
+/// One upstream group per transport, no cache (every query goes upstream), and a
+/// `ThroughTunnel` group for corp.internal at the tunnel-only resolver.
+fn full_tunnel_config(lab: &Lab) -> String {
+    let route = |domain: &str, upstream: String, through_tunnel| DnsRoute {
+        domains: vec![domain.into()],
+        upstreams: vec![upstream],
+        through_tunnel,
+    };
+    lab.full_tunnel_client_config(&ClientConfig {
+        upstreams: vec![UNBOUND_V4.into()],
+        timeout: "2s".into(),
+        dns_proxy_lines: vec![
+            "Cache = off".into(),
+            format!("CAFile = {}", path_str(&lab.ca_file())),
+        ],
+        routes: vec![
+            route(TCP_NAME, format!("tcp://{UNBOUND_V4}"), false),
+            route(DOT_NAME, lab.dot_upstream(), false),
+            route(DOH_NAME, lab.doh_upstream(), false),
+            route(UDP_V6_NAME, format!("[{UNBOUND_V6}]:53"), false),
+            route("corp.internal", TUNNEL_RESOLVER_V4.into(), true),
+        ],
+        ..ClientConfig::default()
+    })
+}
+
+/// The whole contract: traffic to N's own addresses goes through the tunnel, upstream DNS
+/// over UDP, TCP, DoT and DoH (v4 and v6) never does, the `ThroughTunnel` group does, and
+/// SIGTERM takes every rule, route and sysctl change back.
+#[test]
+fn full_tunnel_keeps_upstream_dns_outside() {
+    let Some(lab) = full_tunnel_lab("full_tunnel_keeps_upstream_dns_outside") else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let rules_before = lab.policy_rules(&c);
+    assert!(lab.routes_in_table(&c, FULL_TUNNEL_TABLE).is_empty());
+
+    let mut tundns = lab.start_tundns(&full_tunnel_config(&lab));
+    assert_policy_routing_installed(&lab, &rules_before);
+
+    // Everything else crosses the tunnel: ping and a TCP transfer to N's own addresses.
+    let dns_capture = lab.capture_on_peer("port 53 or port 853 or port 443");
+    let other_capture = lab.capture_on_peer("icmp or icmp6 or tcp port 5201");
+    for target in [
+        PEER_TUNNEL_V4,
+        PEER_TUNNEL_V6,
+        BEHIND_PEER_V4,
+        BEHIND_PEER_V6,
+    ] {
+        lab.assert_ping(&c, target);
+    }
+    assert_tcp_transfer(&lab, BEHIND_PEER_V4);
+
+    let burst = burst_through_every_group(&lab);
+    let other = other_capture.finish();
+    for target in [BEHIND_PEER_V4, BEHIND_PEER_V6] {
+        assert!(
+            other.iter().any(|line| line.contains(target)),
+            "no traffic to {target} through the tunnel:\n{}",
+            other.join("\n")
+        );
+    }
+    assert!(
+        other.iter().any(|line| line.contains(".5201")),
+        "the TCP transfer did not cross the tunnel:\n{}",
+        other.join("\n")
+    );
+
+    // The one exception, last in the same capture (which proves it live): the
+    // ThroughTunnel group goes through WireGuard, unmarked.
+    let corp = lab.dig(&c, PROXY_V4, &["db.corp.internal", "A", "+short"]);
+    assert_eq!(corp.stdout.trim(), "10.99.0.80", "{corp}");
+    assert!(lab.tunnel_resolver_queries("db.corp.internal", Some("A")) >= 1);
+    let dns = dns_capture.finish();
+    let tunnel_resolver = format!("{TUNNEL_RESOLVER_V4}.53");
+    let leaked: Vec<&String> = dns
+        .iter()
+        .filter(|line| !line.contains(&tunnel_resolver))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "upstream DNS crossed the tunnel ({} packets):\n{leaked:#?}\nburst:\n{burst}",
+        leaked.len()
+    );
+    assert!(
+        dns.iter().any(|line| line.contains(&tunnel_resolver)),
+        "the ThroughTunnel query did not cross the tunnel:\n{}",
+        dns.join("\n")
+    );
+
+    // The control: a socket without the mark (dig's own, straight to unbound) does go
+    // through the tunnel, and the capture sees it. Marks, not routes, kept the proxy out.
+    let control = lab.capture_on_peer("port 53");
+    let direct = lab.dig(&c, UNBOUND_V4, &[WWW_NAME, "A", "+short"]);
+    assert_eq!(direct.stdout.trim(), WWW_A, "{direct}");
+    let control = control.finish();
+    assert!(
+        control
+            .iter()
+            .any(|line| line.contains(&format!("{UNBOUND_V4}.53"))),
+        "an unmarked query to {UNBOUND_V4} did not show in the capture:\n{}",
+        control.join("\n")
+    );
+    let route = |extra: &[&str]| {
+        let mut command = vec!["ip", "route", "get", UNBOUND_V4];
+        command.extend_from_slice(extra);
+        let run = lab.exec_in(&c, &command);
+        run.assert_success();
+        run.stdout
+    };
+    let unmarked = route(&[]);
+    assert!(
+        unmarked.contains(&format!("dev {}", lab.tundns_iface)),
+        "{unmarked}"
+    );
+    let marked = route(&["mark", "0xca6c"]);
+    assert!(
+        marked.contains("via 192.0.2.1") && !marked.contains(&lab.tundns_iface),
+        "{marked}"
+    );
+
+    tundns.send_sigterm();
+    let status = tundns.wait_for_exit(Duration::from_secs(2));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "{status:?}:\n{}",
+        tundns.output()
+    );
+    assert_policy_routing_gone(&lab, &rules_before);
+}
+
+/// A failure after the policy rules exist (a failing PostUp hook, which sees them) undoes
+/// them, the tunnel's table and the sysctl.
+#[test]
+fn full_tunnel_start_up_failure_leaves_no_rules() {
+    let Some(lab) = full_tunnel_lab("full_tunnel_start_up_failure_leaves_no_rules") else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let rules_before = lab.policy_rules(&c);
+    let marker = lab.write_file("post-up-saw-rules", "");
+    let hook = format!("PostUp = ip rule show > {} && false", path_str(&marker));
+    let config = full_tunnel_config(&lab).replacen("\n", &format!("\n{hook}\n"), 1);
+    let path = lab.write_client_config(&config);
+    let run = lab.exec_in_with_timeout(
+        &c,
+        &[tundns_bin(), "up", path_str(&path)],
+        Duration::from_secs(10),
+    );
+    assert!(!run.timed_out() && !run.succeeded(), "must fail:\n{run}");
+    let seen = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(
+        seen.contains("suppress_prefixlength 0") && seen.contains(FULL_TUNNEL_TABLE),
+        "PostUp ran with the rules in place: {seen:?}\n{run}"
+    );
+    assert_policy_routing_gone(&lab, &rules_before);
+}
+
+/// A default route in the main table would carry WireGuard's own packets into the tunnel:
+/// refused with a config error that says what to do instead. `Table = auto` is accepted.
+#[test]
+fn default_route_in_table_main_is_refused() {
+    let Some(lab) = lab_or_skip("default_route_in_table_main_is_refused") else {
+        return;
+    };
+    let full = lab.full_tunnel_client_config(&ClientConfig::default());
+    let check = |config: &str| {
+        let path = lab.write_client_config(config);
+        lab.exec_in(&lab.client_ns, &[tundns_bin(), "check", path_str(&path)])
+    };
+    check(&full).assert_success();
+    let main = full.replacen("\n", "\nTable = main\n", 1);
+    let refused = check(&main);
+    assert_eq!(
+        refused.status.and_then(|status| status.code()),
+        Some(2),
+        "{refused}"
+    );
+    assert!(
+        refused.stderr.contains("0.0.0.0/0") && refused.stderr.contains("Table = auto"),
+        "{refused}"
+    );
+}
+
+/// Rules as wg-quick adds them, in both families, the table's default routes and the sysctl.
+fn assert_policy_routing_installed(lab: &Lab, rules_before: &[String]) {
+    let c = &lab.client_ns;
+    let added: Vec<String> = lab
+        .policy_rules(c)
+        .into_iter()
+        .filter(|rule| !rules_before.contains(rule))
+        .collect();
+    for family in ["-4", "-6"] {
+        for wanted in [
+            format!("not from all fwmark 0xca6c lookup {FULL_TUNNEL_TABLE}"),
+            "from all lookup main suppress_prefixlength 0".to_owned(),
+        ] {
+            assert!(
+                added
+                    .iter()
+                    .any(|rule| rule.starts_with(family) && rule.contains(&wanted)),
+                "missing `ip {family} rule` {wanted:?}; added: {added:#?}"
+            );
+        }
+    }
+    assert_eq!(added.len(), 4, "{added:#?}");
+    let table = lab.routes_in_table(c, FULL_TUNNEL_TABLE);
+    for family in ["-4", "-6"] {
+        let default = format!("{family} default dev {}", lab.tundns_iface);
+        assert!(
+            table.iter().any(|route| route.starts_with(&default)),
+            "no {default:?} in table {FULL_TUNNEL_TABLE}: {table:#?}"
+        );
+    }
+    assert_eq!(lab.sysctl(c, SRC_VALID_MARK), "1");
+}
+
+fn assert_policy_routing_gone(lab: &Lab, rules_before: &[String]) {
+    let c = &lab.client_ns;
+    assert_eq!(
+        lab.policy_rules(c),
+        rules_before,
+        "policy rules left behind"
+    );
+    let table = lab.routes_in_table(c, FULL_TUNNEL_TABLE);
+    assert!(
+        table.is_empty(),
+        "routes left in table {FULL_TUNNEL_TABLE}: {table:#?}"
+    );
+    assert_eq!(
+        lab.sysctl(c, SRC_VALID_MARK),
+        "0",
+        "{SRC_VALID_MARK} not restored"
+    );
+    let link = lab.exec_in(c, &["ip", "link", "show", &lab.tundns_iface]);
+    assert!(!link.succeeded(), "the interface is still there:\n{link}");
+    // Back to the lab's own routes: N answers directly.
+    lab.assert_ping(c, UNBOUND_V4);
+}
+
+/// A one-second iperf3 transfer from C to `target` in N.
+fn assert_tcp_transfer(lab: &Lab, target: &str) {
+    lab.spawn_daemon_in(
+        &lab.network_ns,
+        "iperf3 behind the peer",
+        &["iperf3", "-s", "-B", target],
+    );
+    let mut last = None;
+    // The server may still be starting; each attempt is bounded by iperf3's own timeouts.
+    let ran = wait_until(Duration::from_secs(10), || {
+        let run = lab.exec_in(&lab.client_ns, &["iperf3", "-c", target, "-t", "1"]);
+        let ok = run.succeeded() && run.stdout.contains("receiver");
+        last = Some(run);
+        ok
+    });
+    assert!(
+        ran,
+        "no TCP transfer to {target}:\n{}",
+        last.expect("ran once")
+    );
+}
+
+/// Every group, both virtual IPs, UDP and TCP from the client, `BURST_ROUNDS` times; checks
+/// every answer and returns dig's output.
+fn burst_through_every_group(lab: &Lab) -> String {
+    let names = [
+        (UDP_NAME, "203.0.113.100"),
+        (TCP_NAME, "203.0.113.101"),
+        (DOT_NAME, "203.0.113.102"),
+        (DOH_NAME, "203.0.113.103"),
+        (UDP_V6_NAME, "203.0.113.104"),
+    ];
+    let mut batch = String::new();
+    let mut expected = Vec::new();
+    for round in 0..BURST_ROUNDS {
+        let (proxy, transport) = match round % 4 {
+            0 => (PROXY_V4, ""),
+            1 => (PROXY_V6, ""),
+            2 => (PROXY_V4, " +tcp"),
+            _ => (PROXY_V6, " +tcp"),
+        };
+        for (name, address) in names {
+            batch.push_str(&format!("@{proxy} {name} A{transport}\n"));
+            expected.push(address);
+        }
+        // Truncated over UDP upstream: the proxy retries over TCP.
+        batch.push_str(&format!("@{proxy} {BIG_TXT_NAME} TXT{transport}\n"));
+    }
+    let batch_file = lab.write_file("full-tunnel-burst.batch", batch);
+    let run = lab.exec_in_with_timeout(
+        &lab.client_ns,
+        &[
+            "dig",
+            "+tries=1",
+            "+time=3",
+            "+short",
+            "-f",
+            path_str(&batch_file),
+        ],
+        Duration::from_secs(120),
+    );
+    let answers: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| !line.starts_with('"'))
+        .collect();
+    assert_eq!(answers, expected, "every query answered, in order:\n{run}");
+    let big_answers = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with('"'))
+        .count();
+    assert!(big_answers >= BURST_ROUNDS, "the big TXT answers:\n{run}");
+    run.stdout
+}
