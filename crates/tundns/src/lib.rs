@@ -10,5 +10,6 @@ pub mod dns_config;
 pub mod dns_proxy;
 pub mod policy_routing;
 pub mod system;
+pub mod system_dns;
 pub mod tcp_dns;
 pub mod tunnel;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tundns::system_dns::{self, Repair};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
 
@@ -31,6 +32,12 @@ enum Command {
         /// Path to the config.
         config: PathBuf,
     },
+    /// Give the system resolver back after a run that could not (a crash, SIGKILL, a
+    /// reboot). A resolver config tundns did not write is reported and left alone.
+    ResetDns {
+        /// The interface (wg0) or its config (/etc/wireguard/wg0.conf).
+        target: String,
+    },
 }
 
 /// Exit status for a config that does not parse, as distinct from a runtime failure.
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
 
     let path = match &cli.command {
         Command::Up { config } | Command::Check { config } => config,
+        Command::ResetDns { target } => return reset_dns(target),
     };
     let config = match Config::from_file(path) {
         Ok(config) => config,
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::ResetDns { .. } => unreachable!("reset-dns returned above"),
         Command::Check { .. } => runtime
             .block_on(async { tunnel::check(&config, path) })
             .map(|()| {
@@ -109,4 +118,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tundns reset-dns`: undoes the DNS change a run of the interface left behind.
+fn reset_dns(target: &str) -> ExitCode {
+    let interface = match system_dns::interface_for(target) {
+        Ok(interface) => interface,
+        Err(error) => {
+            eprintln!("tundns: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match system_dns::repair(&interface) {
+        Ok(Repair::Nothing) => println!("{interface}: no DNS change to undo"),
+        Ok(Repair::Restored(backend)) => {
+            println!("{interface}: system resolver restored ({backend})");
+        }
+        Err(error) => {
+            eprintln!("tundns: {interface}: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }

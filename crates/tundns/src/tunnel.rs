@@ -19,6 +19,7 @@ use crate::dns_config;
 use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::policy_routing;
 use crate::system::{SystemChanges, SystemError, host_route};
+use crate::system_dns::{self, AppliedDns, SystemDnsError};
 use crate::tcp_dns::TcpDns;
 
 /// gotatun's device with the filter on both sides of the TUN.
@@ -62,6 +63,8 @@ pub enum TunnelError {
     WireGuard(#[from] gotatun::device::Error),
     #[error("waiting for signals: {0}")]
     Signals(io::Error),
+    #[error("system resolver: {0}")]
+    SystemDns(#[from] SystemDnsError),
     #[error("hook `{command}` failed: {reason}")]
     Hook { command: String, reason: String },
 }
@@ -76,6 +79,8 @@ pub struct Tunnel {
     rules: Rules,
     pre_down: Vec<String>,
     post_down: Vec<String>,
+    /// The system resolver's change, undone first at shutdown.
+    system_dns: Option<AppliedDns>,
 }
 
 impl Tunnel {
@@ -84,6 +89,9 @@ impl Tunnel {
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
         validate(config)?;
         let config = &policy_routing::with_fwmark(config).await?;
+        // Repairs what a crashed run left, and reads the system's resolvers before any change.
+        let system_dns = system_dns::Prepared::new(config)?;
+        let config = &system_dns.resolver_config(config);
         let resolver = config
             .dns_proxy
             .enabled
@@ -126,7 +134,7 @@ impl Tunnel {
                 return Err(error);
             }
         };
-        let tunnel = Self {
+        let mut tunnel = Self {
             name,
             device,
             changes,
@@ -134,7 +142,16 @@ impl Tunnel {
             rules,
             pre_down: config.interface.pre_down.clone(),
             post_down: config.interface.post_down.clone(),
+            system_dns: None,
         };
+        // Only now does the proxy answer at the addresses the system is pointed at.
+        match system_dns.apply(&tunnel.name) {
+            Ok(applied) => tunnel.system_dns = applied,
+            Err(error) => {
+                tunnel.shut_down().await;
+                return Err(error.into());
+            }
+        }
         if let Err(error) = run_hooks(&config.interface.post_up, &tunnel.name).await {
             tunnel.shut_down().await;
             return Err(error);
@@ -194,6 +211,11 @@ impl Tunnel {
         // Teardown goes on whatever the hooks say: a failing PreDown must not leave routes.
         if let Err(error) = run_hooks(&self.pre_down, &self.name).await {
             tracing::warn!(%error, "PreDown");
+        }
+        if let Some(applied) = self.system_dns.take()
+            && let Err(error) = applied.restore()
+        {
+            tracing::error!(%error, "restoring the system resolver");
         }
         self.device.stop().await;
         for ip in self.rules.snapshot().addresses().collect::<Vec<_>>() {
@@ -266,12 +288,6 @@ fn validate(config: &Config) -> Result<(), TunnelError> {
             .flat_map(|peer| &peer.allowed_ips)
             .filter(|network| !policy_routing::is_policy_routed(config, network))
     };
-    if !config.interface.dns_servers.is_empty() || !config.interface.dns_search.is_empty() {
-        tracing::warn!(
-            "DNS = is not applied: tundns does not change the system resolver yet; \
-             point it at the proxy's address yourself"
-        );
-    }
     if config.dns_proxy.enabled {
         for upstream in &config.dns_proxy.upstreams {
             let ip = upstream.address().ip();

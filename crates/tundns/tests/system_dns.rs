@@ -1,0 +1,348 @@
+//! The system resolver, end to end: tundns in the client namespace rewrites that namespace's
+//! own resolv.conf (`ip netns exec` bind-mounts `/etc/netns/<ns>/resolv.conf` over
+//! `/etc/resolv.conf`, so nothing outside the lab is touched) and gives it back byte for byte:
+//! on SIGTERM, with `tundns reset-dns` after a SIGKILL, or at the next `tundns up`. A state
+//! file tundns did not write, or a resolv.conf someone else rewrote, is left alone.
+//!
+//! The namespace has neither systemd-resolved nor resolvconf to itself, so the file backend
+//! runs here; the other backends' commands are unit-tested in `system_dns.rs`.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{
+    ClientConfig, Daemon, Lab, PROXY_V4, UNBOUND_V4, WWW_A, WWW_NAME, lab_or_skip, path_str,
+    tundns_bin, wait_until,
+};
+
+/// What the namespace's resolv.conf holds before tundns runs: odd spacing, a tab and no final
+/// newline, so that only a byte-for-byte restore passes.
+const ORIGINAL: &str = "# the lab's own resolver \t\nnameserver 192.0.2.53\nsearch home.example\noptions timeout:2 attempts:1";
+/// A name only the proxy knows (a local record), so answering it proves the proxy answered.
+const PROXY_ONLY_NAME: &str = "proxy-only.lab.internal";
+const PROXY_ONLY_A: &str = "10.99.0.77";
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lab plus the files tundns keeps outside the namespace, removed at the end whatever
+/// happens.
+struct DnsLab {
+    lab: Lab,
+}
+
+impl DnsLab {
+    fn new(test: &str) -> Option<DnsLab> {
+        let lab = lab_or_skip(test)?;
+        let dns_lab = DnsLab { lab };
+        dns_lab.write_resolv_conf(ORIGINAL);
+        Some(dns_lab)
+    }
+
+    fn resolv_conf_path(&self) -> PathBuf {
+        PathBuf::from("/etc/netns")
+            .join(&self.lab.client_ns)
+            .join("resolv.conf")
+    }
+
+    fn resolv_conf(&self) -> String {
+        fs::read_to_string(self.resolv_conf_path()).expect("read the namespace's resolv.conf")
+    }
+
+    fn write_resolv_conf(&self, text: &str) {
+        fs::write(self.resolv_conf_path(), text).expect("write the namespace's resolv.conf");
+    }
+
+    fn state_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/var/lib/tundns/{}.dns-state",
+            self.lab.tundns_iface
+        ))
+    }
+
+    fn backup_path(&self) -> PathBuf {
+        PathBuf::from(format!("/etc/resolv.conf.tundns-{}", self.lab.tundns_iface))
+    }
+
+    /// The lab's client config with `DNS = <proxy>, lab.test` and a proxy-only record.
+    fn config(&self) -> String {
+        let options = ClientConfig {
+            dns_proxy_lines: vec![format!("Record = {PROXY_ONLY_NAME} A {PROXY_ONLY_A}")],
+            ..ClientConfig::default()
+        };
+        self.lab.client_config(&options).replacen(
+            "MTU = 1420\n",
+            &format!("MTU = 1420\nDNS = {PROXY_V4}, lab.test\n"),
+            1,
+        )
+    }
+
+    /// Starts tundns and waits until it has pointed the namespace at the proxy.
+    fn start(&self, config: &str) -> Daemon {
+        let tundns = self.lab.start_tundns(config);
+        let applied = wait_until(APPLY_TIMEOUT, || {
+            self.resolv_conf()
+                .contains(&format!("nameserver {PROXY_V4}\n"))
+        });
+        assert!(
+            applied,
+            "resolv.conf not pointed at the proxy:\n{}\n--- tundns\n{}",
+            self.resolv_conf(),
+            tundns.output()
+        );
+        tundns
+    }
+
+    fn kill(&self, tundns: &mut Daemon) {
+        self.lab
+            .exec_in(
+                &self.lab.client_ns,
+                &["kill", "-KILL", &tundns.pid().to_string()],
+            )
+            .assert_success();
+        assert!(
+            tundns.wait_for_exit(EXIT_TIMEOUT).is_some(),
+            "SIGKILL did not end tundns"
+        );
+    }
+
+    fn stop(&self, tundns: &mut Daemon) {
+        tundns.send_sigterm();
+        let status = tundns.wait_for_exit(EXIT_TIMEOUT);
+        assert!(
+            status.is_some_and(|status| status.success()),
+            "tundns did not stop cleanly ({status:?}):\n{}",
+            tundns.output()
+        );
+    }
+
+    fn tundns(&self, args: &[&str]) -> common::Run {
+        let mut command = vec![tundns_bin()];
+        command.extend_from_slice(args);
+        self.lab.exec_in(&self.lab.client_ns, &command)
+    }
+
+    #[track_caller]
+    fn assert_restored(&self) {
+        assert_eq!(
+            self.resolv_conf(),
+            ORIGINAL,
+            "resolv.conf not restored byte for byte"
+        );
+        assert!(
+            !self.state_path().exists(),
+            "the state file outlived the restore"
+        );
+        assert!(
+            !self.backup_path().exists(),
+            "the backup outlived the restore"
+        );
+    }
+
+    #[track_caller]
+    fn getent(&self, name: &str) -> String {
+        let run = self
+            .lab
+            .exec_in(&self.lab.client_ns, &["getent", "ahosts", name]);
+        run.assert_success();
+        run.stdout
+    }
+}
+
+impl Drop for DnsLab {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.state_path());
+        let _ = fs::remove_file(self.backup_path());
+    }
+}
+
+#[test]
+fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
+    let Some(lab) = DnsLab::new("up_points_the_system_at_the_proxy") else {
+        return;
+    };
+    let mut tundns = lab.start(&lab.config());
+
+    let written = lab.resolv_conf();
+    let body: Vec<&str> = written
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .collect();
+    assert_eq!(
+        body,
+        [
+            "nameserver 10.30.30.30",
+            "search lab.test home.example",
+            "options timeout:2 attempts:1"
+        ],
+        "{written}"
+    );
+    assert_eq!(fs::read_to_string(lab.backup_path()).unwrap(), ORIGINAL);
+    let state = fs::read_to_string(lab.state_path()).expect("a state file while up");
+    assert!(state.contains("\"backend\": \"file\""), "{state}");
+
+    // glibc asks the proxy: a name only the proxy knows resolves, and a short name gets the
+    // search domain from `DNS =` before the proxy forwards it to unbound.
+    assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
+    assert!(lab.getent("www").contains(WWW_A));
+
+    lab.stop(&mut tundns);
+    lab.assert_restored();
+    assert!(tundns.output().contains("tunnel down"));
+}
+
+#[test]
+fn sigkill_then_reset_dns_restores_byte_for_byte() {
+    let Some(lab) = DnsLab::new("sigkill_then_reset_dns") else {
+        return;
+    };
+    let mut tundns = lab.start(&lab.config());
+    lab.kill(&mut tundns);
+    assert_ne!(
+        lab.resolv_conf(),
+        ORIGINAL,
+        "SIGKILL leaves the change behind"
+    );
+    assert!(lab.state_path().exists());
+
+    let run = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    run.assert_success();
+    assert!(run.stdout.contains("restored"), "{run}");
+    lab.assert_restored();
+
+    let again = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    again.assert_success();
+    assert!(again.stdout.contains("no DNS change to undo"), "{again}");
+    assert_eq!(lab.resolv_conf(), ORIGINAL);
+}
+
+#[test]
+fn reset_dns_takes_the_config_path_too() {
+    let Some(lab) = DnsLab::new("reset_dns_takes_the_config_path") else {
+        return;
+    };
+    let config = lab.config();
+    let mut tundns = lab.start(&config);
+    lab.kill(&mut tundns);
+    let path = lab.lab.write_client_config(&config);
+    lab.tundns(&["reset-dns", path_str(&path)]).assert_success();
+    lab.assert_restored();
+}
+
+#[test]
+fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
+    let Some(lab) = DnsLab::new("sigkill_then_up_repairs") else {
+        return;
+    };
+    let config = lab.config();
+    let mut first = lab.start(&config);
+    lab.kill(&mut first);
+
+    let mut second = lab.start(&config);
+    assert!(
+        second
+            .output()
+            .contains("restored the system resolver an earlier run left changed"),
+        "{}",
+        second.output()
+    );
+    // Had the first change not been undone, the backup would now hold tundns's own file.
+    assert_eq!(fs::read_to_string(lab.backup_path()).unwrap(), ORIGINAL);
+    assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
+    lab.stop(&mut second);
+    lab.assert_restored();
+}
+
+#[test]
+fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
+    let Some(lab) = DnsLab::new("a_foreign_state_file_is_left_alone") else {
+        return;
+    };
+    let foreign = "{\"backend\": \"file\", \"note\": \"written by someone else\"}\n";
+    fs::create_dir_all("/var/lib/tundns").unwrap();
+    fs::write(lab.state_path(), foreign).unwrap();
+
+    let run = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    assert!(!run.succeeded(), "{run}");
+    let state_path = lab.state_path();
+    let state_path = path_str(&state_path);
+    assert!(
+        run.stderr.contains(state_path) && run.stderr.contains("left alone"),
+        "{run}"
+    );
+
+    // `up` refuses before touching anything: no interface, no resolver change.
+    let path = lab.lab.write_client_config(&lab.config());
+    let up = lab.lab.exec_in_with_timeout(
+        &lab.lab.client_ns,
+        &[tundns_bin(), "up", path_str(&path)],
+        Duration::from_secs(10),
+    );
+    assert!(!up.succeeded() && !up.timed_out(), "{up}");
+    assert!(up.stderr.contains(state_path), "{up}");
+    assert!(
+        !lab.lab
+            .exec_in(
+                &lab.lab.client_ns,
+                &["ip", "link", "show", &lab.lab.tundns_iface]
+            )
+            .succeeded()
+    );
+
+    assert_eq!(fs::read_to_string(lab.state_path()).unwrap(), foreign);
+    assert_eq!(lab.resolv_conf(), ORIGINAL);
+    assert!(!lab.backup_path().exists());
+}
+
+#[test]
+fn a_resolv_conf_rewritten_by_someone_else_is_not_overwritten() {
+    let Some(lab) = DnsLab::new("a_resolv_conf_rewritten_by_someone_else") else {
+        return;
+    };
+    let mut tundns = lab.start(&lab.config());
+    lab.kill(&mut tundns);
+    let theirs = "nameserver 198.51.100.1\n";
+    lab.write_resolv_conf(theirs);
+
+    let run = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    assert!(!run.succeeded(), "{run}");
+    assert!(
+        run.stderr.contains("changed since tundns wrote it"),
+        "{run}"
+    );
+    assert_eq!(lab.resolv_conf(), theirs);
+    // The original stays where the message says, for the operator to use.
+    assert_eq!(fs::read_to_string(lab.backup_path()).unwrap(), ORIGINAL);
+    assert!(run.stderr.contains(path_str(&lab.backup_path())), "{run}");
+}
+
+#[test]
+fn without_upstream_the_proxy_forwards_to_the_resolvers_the_system_had() {
+    let Some(lab) = DnsLab::new("without_upstream_the_proxy_forwards") else {
+        return;
+    };
+    let upstream_line = format!("Upstream = {UNBOUND_V4}\n");
+    let config = lab.config();
+    assert!(config.contains(&upstream_line));
+    let mut tundns = lab.start(&config.replacen(&upstream_line, "", 1));
+
+    assert!(
+        tundns.output().contains("using the system's resolvers")
+            && tundns.output().contains("192.0.2.53:53"),
+        "{}",
+        tundns.output()
+    );
+    // The namespace asks only the proxy now, and only unbound knows www.lab.test: an answer
+    // means the proxy forwarded to the resolver the system had, not to itself.
+    assert!(!lab.resolv_conf().contains(UNBOUND_V4));
+    assert!(lab.getent(WWW_NAME).contains(WWW_A));
+    let dig = lab
+        .lab
+        .dig(&lab.lab.client_ns, PROXY_V4, &[WWW_NAME, "A", "+short"]);
+    assert_eq!(dig.stdout.trim(), WWW_A, "{dig}");
+
+    lab.stop(&mut tundns);
+    lab.assert_restored();
+}
