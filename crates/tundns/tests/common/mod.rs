@@ -27,6 +27,7 @@
 )]
 
 pub mod dig_output;
+pub mod edges_lab;
 pub mod full_tunnel_lab;
 pub mod resolver_lab;
 
