@@ -228,6 +228,15 @@ fn is_http_path(path: &str) -> bool {
     true
 }
 
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    /// The forms an `Upstream =` value takes (for upstreams given at run time).
+    fn from_str(value: &str) -> Result<Self, String> {
+        parse_upstream(value.trim())
+    }
+}
+
 /// Parses one upstream. Messages quote the value through [`shown`].
 pub(crate) fn parse_upstream(value: &str) -> Result<Upstream, String> {
     let Some((scheme, rest)) = value.split_once("://") else {

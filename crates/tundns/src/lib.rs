@@ -6,8 +6,12 @@
 //! crates it wires: `tundns-packet`, `tundns-filter`, `tundns-dns`, `tundns-upstream`,
 //! `tundns-netstack` and `tundns-config`.
 
+pub mod control;
+pub mod control_client;
+pub mod control_protocol;
 pub mod dns_config;
 pub mod dns_proxy;
+pub mod dns_runtime;
 pub mod policy_routing;
 pub mod system;
 pub mod system_dns;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tundns::control_client::{self, DnsCommand};
 use tundns::system_dns::{self, Repair};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
@@ -38,6 +39,25 @@ enum Command {
         /// The interface (wg0) or its config (/etc/wireguard/wg0.conf).
         target: String,
     },
+    /// Show a running tunnel: peers, the DNS proxy's upstreams, cache and query counters.
+    Status {
+        /// The interface; may be left out when one tunnel runs.
+        interface: Option<String>,
+        /// Print the control socket's JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and change the running DNS proxy: records, routes, cache, test queries.
+    Dns {
+        /// The interface; may be left out when one tunnel runs.
+        #[arg(short, long, global = true)]
+        interface: Option<String>,
+        /// Print the control socket's JSON reply.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
 }
 
 /// Exit status for a config that does not parse, as distinct from a runtime failure.
@@ -57,6 +77,7 @@ fn main() -> ExitCode {
     let path = match &cli.command {
         Command::Up { config } | Command::Check { config } => config,
         Command::ResetDns { target } => return reset_dns(target),
+        Command::Status { .. } | Command::Dns { .. } => return control(cli.command),
     };
     let config = match Config::from_file(path) {
         Ok(config) => config,
@@ -80,6 +101,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::ResetDns { .. } => unreachable!("reset-dns returned above"),
+        Command::Status { .. } | Command::Dns { .. } => unreachable!("returned above"),
         Command::Check { .. } => runtime
             .block_on(async { tunnel::check(&config, path) })
             .map(|()| {
@@ -140,4 +162,27 @@ fn reset_dns(target: &str) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `tundns status` and `tundns dns ...`: one request to the running tunnel's control socket.
+fn control(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Status { interface, json } => control_client::status(interface.as_deref(), json),
+        Command::Dns {
+            interface,
+            json,
+            command,
+        } => control_client::dns(interface.as_deref(), json, command),
+        _ => Err("not a control command".into()),
+    };
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tundns: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

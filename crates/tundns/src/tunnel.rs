@@ -15,6 +15,7 @@ use tun_rs::AsyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service, VirtualHost};
 
+use crate::control::{ControlError, ControlServer};
 use crate::dns_config;
 use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::policy_routing;
@@ -67,6 +68,8 @@ pub enum TunnelError {
     SystemDns(#[from] SystemDnsError),
     #[error("hook `{command}` failed: {reason}")]
     Hook { command: String, reason: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -81,6 +84,8 @@ pub struct Tunnel {
     post_down: Vec<String>,
     /// The system resolver's change, undone first at shutdown.
     system_dns: Option<AppliedDns>,
+    /// The control socket, closed first at shutdown.
+    control: Option<ControlServer>,
 }
 
 impl Tunnel {
@@ -121,9 +126,8 @@ impl Tunnel {
 
         let rules = Rules::new();
         let stats = Arc::new(FilterStats::default());
-        if let Some(resolver) = resolver {
-            register_dns_proxy(config, resolver, &rules, &tun, &stats);
-        }
+        let proxy =
+            resolver.map(|resolver| register_dns_proxy(config, resolver, &rules, &tun, &stats));
 
         let device = match start_wireguard(config, peers, &tun, &rules, &stats).await {
             Ok(device) => device,
@@ -143,7 +147,16 @@ impl Tunnel {
             pre_down: config.interface.pre_down.clone(),
             post_down: config.interface.post_down.clone(),
             system_dns: None,
+            control: None,
         };
+        // Before PostUp, so a hook may already push records and routes.
+        match ControlServer::start(config, proxy) {
+            Ok(control) => tunnel.control = Some(control),
+            Err(error) => {
+                tunnel.shut_down().await;
+                return Err(error.into());
+            }
+        }
         // Only now does the proxy answer at the addresses the system is pointed at.
         match system_dns.apply(&tunnel.name) {
             Ok(applied) => tunnel.system_dns = applied,
@@ -216,6 +229,9 @@ impl Tunnel {
             && let Err(error) = applied.restore()
         {
             tracing::error!(%error, "restoring the system resolver");
+        }
+        if let Some(control) = self.control.take() {
+            control.shut_down();
         }
         self.device.stop().await;
         for ip in self.rules.snapshot().addresses().collect::<Vec<_>>() {
@@ -331,7 +347,7 @@ fn register_dns_proxy(
     rules: &Rules,
     tun: &Arc<AsyncDevice>,
     stats: &Arc<FilterStats>,
-) {
+) -> Arc<DnsProxy> {
     let settings = &config.dns_proxy;
     let proxy = DnsProxy::new(resolver);
     let tcp = TcpDns::spawn(
@@ -344,12 +360,13 @@ fn register_dns_proxy(
     );
     let host = Arc::new(
         VirtualHost::new("dns")
-            .with_udp(53, Arc::new(UdpDns::new(proxy)))
+            .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
             .with_tcp(53, Arc::new(tcp)),
     );
     for ip in &settings.addresses {
         rules.insert(*ip, host.clone());
     }
+    proxy
 }
 
 /// The gotatun peers of `config`, with host-name endpoints resolved.

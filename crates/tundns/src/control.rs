@@ -1,0 +1,667 @@
+//! The control socket of a running tunnel: `/run/tundns/<iface>.sock`, root-only, serving
+//! the requests of `control_protocol` (status, records, routes, cache flush, traced
+//! queries). Changes swap the proxy's local data or upstream table whole, so queries in
+//! flight finish on what they started with. A bad request gets an error reply and changes
+//! nothing; one connection's trouble never reaches another.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::base::iana::Rtype;
+use domain::base::{Message, MessageBuilder, Name, ParsedName, Record};
+use domain::rdata::AllRecordData;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tundns_config::Config;
+use tundns_upstream::Protocol;
+
+use crate::control_protocol::{
+    AnswerPath, CONTROL_DIRECTORY, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
+    ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request, socket_path,
+};
+use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
+use crate::dns_runtime::{LocalSource, RouteTable};
+
+/// Clients served at once; more wait for a slot.
+const MAX_CONNECTIONS: usize = 16;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the UAPI socket gets to answer `get=1`.
+const UAPI_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest UAPI answer read (many peers with many allowed IPs).
+const MAX_UAPI_ANSWER: u64 = 4 << 20;
+/// Where gotatun's UAPI sockets live.
+const UAPI_DIRECTORY: &str = "/var/run/wireguard";
+
+/// Why the control socket could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
+    #[error("control socket {0}: another tundns serves this interface")]
+    InUse(PathBuf),
+}
+
+/// What the requests act on.
+struct State {
+    interface: String,
+    config: Config,
+    /// `None` when the DNS proxy is off.
+    dns: Option<Dns>,
+}
+
+struct Dns {
+    proxy: Arc<DnsProxy>,
+    /// The sources of the proxy's swappable parts; the lock orders changes.
+    sources: Mutex<Sources>,
+}
+
+impl Dns {
+    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Sources {
+    local: LocalSource,
+    routes: RouteTable,
+}
+
+/// A serving control socket; [`ControlServer::shut_down`] (or drop) stops it and removes
+/// the socket file.
+pub struct ControlServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Starts serving `/run/tundns/<iface>.sock` for the tunnel of `config`. `proxy` is
+    /// `None` when the DNS proxy is off; DNS requests then get an error.
+    pub fn start(config: &Config, proxy: Option<Arc<DnsProxy>>) -> Result<Self, ControlError> {
+        let path = socket_path(&config.interface_name);
+        let io_error = |source| ControlError::Io {
+            path: path.clone(),
+            source,
+        };
+        let dns = match proxy {
+            Some(proxy) => Some(Dns {
+                sources: Mutex::new(Sources {
+                    local: LocalSource::from_config(config).map_err(io_error)?,
+                    routes: RouteTable::from_config(config, &proxy.upstreams()),
+                }),
+                proxy,
+            }),
+            None => None,
+        };
+        let listener = bind(&path)?;
+        let state = Arc::new(State {
+            interface: config.interface_name.clone(),
+            config: config.clone(),
+            dns,
+        });
+        let task = tokio::spawn(serve(listener, state));
+        tracing::info!(path = %path.display(), "control socket");
+        Ok(Self { path, task })
+    }
+
+    /// Stops serving and removes the socket.
+    pub fn shut_down(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Err(error) = fs::remove_file(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove the control socket");
+        }
+    }
+}
+
+/// Creates the directory (0700, ours) and binds the socket (0600), refusing anything that
+/// would let another user in.
+fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let unsafe_path = |reason: String| ControlError::Unsafe {
+        path: path.to_owned(),
+        reason,
+    };
+    let io_error = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let directory = Path::new(CONTROL_DIRECTORY);
+    match fs::DirBuilder::new().mode(0o700).create(directory) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(io_error(error)),
+    }
+    let metadata = fs::symlink_metadata(directory).map_err(io_error)?;
+    if !metadata.is_dir() || metadata.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(unsafe_path(format!(
+            "{CONTROL_DIRECTORY} is not a directory owned by this user"
+        )));
+    }
+    if metadata.mode() & 0o077 != 0 {
+        fs::set_permissions(directory, fs::Permissions::from_mode(0o700)).map_err(io_error)?;
+    }
+    if fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.to_owned()));
+        }
+        // Left by a tundns that was killed.
+        fs::remove_file(path).map_err(io_error)?;
+    }
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    let listener = listener.map_err(io_error)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_error)?;
+    let mode = fs::symlink_metadata(path).map_err(io_error)?.mode() & 0o777;
+    if mode != 0o600 {
+        let _ = fs::remove_file(path);
+        return Err(unsafe_path(format!("mode {mode:o}, not 600")));
+    }
+    Ok(listener)
+}
+
+async fn serve(listener: UnixListener, state: Arc<State>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = serve_connection(stream, &state).await {
+                        tracing::debug!(%error, "control connection");
+                    }
+                    drop(slot);
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, state: &State) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_REQUEST_LINE as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        let Ok(read) = tokio::time::timeout(IDLE_TIMEOUT, read).await else {
+            return Ok(());
+        };
+        if read? == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_REQUEST_LINE {
+            let reply = Reply::Error(format!("request longer than {MAX_REQUEST_LINE} bytes"));
+            writer.write_all(reply.to_line().as_bytes()).await?;
+            return Ok(());
+        }
+        let reply = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => match parse_request(text.trim()) {
+                Ok(request) => handle(state, request).await,
+                Err(message) => Reply::Error(message),
+            },
+            Err(_) => Reply::Error("bad JSON: not UTF-8".into()),
+        };
+        writer.write_all(reply.to_line().as_bytes()).await?;
+    }
+}
+
+async fn handle(state: &State, request: Request) -> Reply {
+    let result = match (request, &state.dns) {
+        (Request::Status, _) => Ok(Reply::ok(status(state).await)),
+        (_, None) => Err("the DNS proxy is off ([DNSProxy] Enabled = false)".into()),
+        (Request::RecordsList, Some(dns)) => Ok(Reply::ok(dns.sources().local.entries())),
+        (Request::RecordsAdd { record }, Some(dns)) => add_record(dns, &record),
+        (Request::RecordsRemove { record }, Some(dns)) => remove_records(dns, &record),
+        (Request::RoutesList, Some(dns)) => Ok(Reply::ok(dns.sources().routes.entries())),
+        (
+            Request::RoutesAdd {
+                domains,
+                upstreams,
+                through_tunnel,
+            },
+            Some(dns),
+        ) => add_route(&state.config, dns, &domains, &upstreams, through_tunnel),
+        (Request::RoutesRemove { domain }, Some(dns)) => remove_route(dns, &domain),
+        (Request::Flush, Some(dns)) => Ok(flush(&dns.proxy)),
+        (Request::Query { name, qtype }, Some(dns)) => query(dns, &name, &qtype).await,
+    };
+    result.unwrap_or_else(Reply::Error)
+}
+
+fn done(message: String) -> Reply {
+    tracing::info!("control: {message}");
+    Reply::ok(Done { message })
+}
+
+fn add_record(dns: &Dns, record: &str) -> Result<Reply, String> {
+    let mut sources = dns.sources();
+    match sources.local.with_record(record)? {
+        Some((next, local)) => {
+            dns.proxy.set_local(local);
+            sources.local = next;
+            Ok(done(format!("added {}", record.trim())))
+        }
+        None => Ok(done(format!("{} is already there", record.trim()))),
+    }
+}
+
+fn remove_records(dns: &Dns, pattern: &str) -> Result<Reply, String> {
+    let mut sources = dns.sources();
+    let (next, local, removed) = sources.local.without_records(pattern)?;
+    dns.proxy.set_local(local);
+    sources.local = next;
+    Ok(done(format!(
+        "removed {removed} record{} matching {}",
+        if removed == 1 { "" } else { "s" },
+        pattern.trim()
+    )))
+}
+
+fn add_route(
+    config: &Config,
+    dns: &Dns,
+    domains: &[String],
+    upstreams: &[String],
+    through_tunnel: bool,
+) -> Result<Reply, String> {
+    let mut sources = dns.sources();
+    let (next, built) = sources
+        .routes
+        .with_route(config, domains, upstreams, through_tunnel)?;
+    dns.proxy.set_upstreams(built);
+    sources.routes = next;
+    Ok(done(format!(
+        "routed {} to {}{}",
+        domains.join(", "),
+        upstreams.join(", "),
+        if through_tunnel {
+            " through the tunnel"
+        } else {
+            ""
+        }
+    )))
+}
+
+fn remove_route(dns: &Dns, domain: &str) -> Result<Reply, String> {
+    let mut sources = dns.sources();
+    let (next, built) = sources.routes.without_route(domain)?;
+    dns.proxy.set_upstreams(built);
+    sources.routes = next;
+    Ok(done(format!("removed the route of {}", domain.trim())))
+}
+
+fn flush(proxy: &DnsProxy) -> Reply {
+    match proxy.cache() {
+        Some(cache) => {
+            let entries = cache.len();
+            cache.clear();
+            done(format!("flushed {entries} cache entries"))
+        }
+        None => Reply::Error("the cache is off (Cache = off)".into()),
+    }
+}
+
+async fn status(state: &State) -> Status {
+    let (listen_port, peers) = match read_uapi(&state.interface).await {
+        Ok(text) => parse_uapi(&text),
+        Err(error) => {
+            tracing::debug!(%error, "reading the UAPI socket");
+            (None, Vec::new())
+        }
+    };
+    Status {
+        interface: state.interface.clone(),
+        listen_port,
+        peers,
+        proxy: state
+            .dns
+            .as_ref()
+            .map(|dns| proxy_status(&state.config, dns)),
+    }
+}
+
+fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
+    let proxy = &dns.proxy;
+    let upstreams = proxy.upstreams();
+    let routes = dns.sources().routes.clone();
+    let groups = upstreams
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(index, pool)| {
+            let entry = routes.group_entry(index);
+            let stats = pool.stats();
+            GroupStatus {
+                domains: entry
+                    .as_ref()
+                    .map(|e| e.domains.clone())
+                    .unwrap_or_default(),
+                through_tunnel: entry.is_some_and(|e| e.through_tunnel),
+                upstreams: pool
+                    .health()
+                    .into_iter()
+                    .map(|health| UpstreamStatus {
+                        upstream: health.spec.to_string(),
+                        alive: health.alive,
+                        rtt_ms: health.srtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+                        failures: health.failures,
+                    })
+                    .collect(),
+                queries: stats.queries,
+                answered: stats.answered,
+                timeouts: stats.timeouts,
+            }
+        })
+        .collect();
+    let cache = proxy.cache().map(|cache| {
+        let (hits, misses) = (cache.hits(), cache.misses());
+        CacheStatus {
+            entries: cache.len(),
+            bytes: cache.weight(),
+            hits,
+            misses,
+            hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+        }
+    });
+    let stats = proxy.stats();
+    let read =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let queries = [
+        ("blocked", read(&stats.blocked)),
+        ("local", read(&stats.local)),
+        ("cache", read(&stats.cache_hits)),
+        ("upstream", read(&stats.forwarded)),
+        ("collapsed", read(&stats.collapsed)),
+        ("stale", read(&stats.stale)),
+        ("servfail", read(&stats.servfail)),
+        ("refused_overload", read(&stats.refused_overload)),
+        ("malformed", read(&stats.malformed_answered)),
+        ("dropped", read(&stats.dropped)),
+    ]
+    .into_iter()
+    .map(|(name, count)| (name.to_owned(), count))
+    .collect();
+    ProxyStatus {
+        addresses: config.dns_proxy.addresses.clone(),
+        local_records: proxy.local().len(),
+        groups,
+        cache,
+        queries,
+    }
+}
+
+/// The answer of the interface's UAPI socket to `get=1`.
+async fn read_uapi(interface: &str) -> io::Result<String> {
+    let path = Path::new(UAPI_DIRECTORY).join(format!("{interface}.sock"));
+    let exchange = async {
+        let mut stream = UnixStream::connect(&path).await?;
+        stream.write_all(b"get=1\n\n").await?;
+        let mut reader = BufReader::new(stream).take(MAX_UAPI_ANSWER);
+        let mut text = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await? == 0 {
+                break;
+            }
+            // The answer ends with "errno=N" and an empty line.
+            let finished = line.starts_with("errno=");
+            text.push_str(&line);
+            if finished {
+                break;
+            }
+        }
+        Ok(text)
+    };
+    tokio::time::timeout(UAPI_TIMEOUT, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the UAPI socket did not answer"))?
+}
+
+/// The listen port and the peers of a UAPI `get=1` answer. The private key is not kept.
+fn parse_uapi(text: &str) -> (Option<u16>, Vec<PeerStatus>) {
+    let mut listen_port = None;
+    let mut peers: Vec<PeerStatus> = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key == "public_key" {
+            peers.push(PeerStatus {
+                public_key: hex_key_to_base64(value).unwrap_or_else(|| value.to_owned()),
+                ..PeerStatus::default()
+            });
+            continue;
+        }
+        let Some(peer) = peers.last_mut() else {
+            if key == "listen_port" {
+                listen_port = value.parse().ok();
+            }
+            continue;
+        };
+        match key {
+            "endpoint" => peer.endpoint = Some(value.to_owned()),
+            "allowed_ip" => peer.allowed_ips.push(value.to_owned()),
+            "last_handshake_time_sec" => {
+                peer.latest_handshake = value.parse().ok().filter(|&seconds: &u64| seconds > 0);
+            }
+            "rx_bytes" => peer.rx_bytes = value.parse().unwrap_or(0),
+            "tx_bytes" => peer.tx_bytes = value.parse().unwrap_or(0),
+            "persistent_keepalive_interval" => {
+                peer.persistent_keepalive = value.parse().ok().filter(|&seconds: &u16| seconds > 0);
+            }
+            _ => {}
+        }
+    }
+    (listen_port, peers)
+}
+
+/// A UAPI key (64 hex digits) in the config's base64 form.
+fn hex_key_to_base64(hex: &str) -> Option<String> {
+    use base64::Engine;
+    if hex.len() != 64 {
+        return None;
+    }
+    let bytes = (0..32)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// A query for `name` `qtype` with RD set, as a client would send it.
+fn build_query(name: &str, qtype: &str) -> Result<(Vec<u8>, Rtype), String> {
+    let owner: Name<Vec<u8>> = name
+        .trim()
+        .parse()
+        .map_err(|error| format!("bad name {name:?}: {error}"))?;
+    let rtype: Rtype = qtype
+        .trim()
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("unknown type {qtype:?}"))?;
+    let mut builder = MessageBuilder::new_vec();
+    builder.header_mut().set_random_id();
+    builder.header_mut().set_rd(true);
+    let mut question = builder.question();
+    question
+        .push((&owner, rtype))
+        .map_err(|error| format!("building the query: {error}"))?;
+    Ok((question.into_message().into_octets(), rtype))
+}
+
+async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
+    let proxy = &dns.proxy;
+    let (message, rtype) = build_query(name, qtype)?;
+    let parsed = tundns_dns::parse_query(&message).map_err(|_| format!("bad query for {name}"))?;
+    let mut out = vec![0; MAX_MESSAGE];
+    // What `accept` will find, looked at first without counting: blocklist and local data
+    // are pure; a memory answer that is neither is the cache's.
+    let from_list = if proxy.blocklist().is_blocked(parsed.question()) {
+        Some(AnswerPath::Blocked)
+    } else if proxy.local().answer(&parsed, &mut out).is_some() {
+        Some(AnswerPath::Local)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let (answer, path, group) = match proxy.accept(&message, Protocol::Tcp, &mut out) {
+        Verdict::Drop => return Err(format!("the proxy dropped the query for {name}")),
+        Verdict::Answered(len) => {
+            let answer = out[..len].to_vec();
+            // REFUSED is never cached: from memory, it is the overload answer.
+            let path = from_list.unwrap_or(if rcode_of(&answer) == REFUSED {
+                AnswerPath::Overload
+            } else {
+                AnswerPath::Cache
+            });
+            (answer, path, None)
+        }
+        Verdict::Forward(forward) => {
+            let index = proxy.upstreams().group_for(parsed.question()).0;
+            let group = dns.sources().routes.group_entry(index);
+            (forward.resolve().await, AnswerPath::Upstream, group)
+        }
+    };
+    let elapsed = started.elapsed();
+    let (rcode, answers, authority) = describe_answer(&answer)?;
+    Ok(Reply::ok(QueryReport {
+        name: name.trim().to_owned(),
+        qtype: rtype.to_string(),
+        path,
+        group,
+        rcode,
+        answers,
+        authority,
+        elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+    }))
+}
+
+const REFUSED: u8 = 5;
+
+fn rcode_of(message: &[u8]) -> u8 {
+    message.get(3).map_or(0, |flags| flags & 0x0f)
+}
+
+/// The rcode and the answer and authority records of `answer`, in zone-file form.
+fn describe_answer(answer: &[u8]) -> Result<(String, Vec<String>, Vec<String>), String> {
+    let message =
+        Message::from_octets(answer).map_err(|_| "the answer is not a DNS message".to_owned())?;
+    let rcode = message.header().rcode().to_string();
+    let section = |records: domain::base::message::RecordSection<'_, &[u8]>| {
+        records
+            .limit_to::<AllRecordData<&[u8], ParsedName<&[u8]>>>()
+            .map(|record| {
+                record
+                    .map(|record: Record<ParsedName<&[u8]>, _>| record.to_string())
+                    .map_err(|error| format!("bad record in the answer: {error}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let answers = section(message.answer().map_err(|e| e.to_string())?)?;
+    let authority = section(message.authority().map_err(|e| e.to_string())?)?;
+    Ok((rcode, answers, authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UAPI_ANSWER: &str = "private_key=e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a\n\
+listen_port=51820\n\
+public_key=b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33\n\
+endpoint=192.0.2.1:51820\n\
+last_handshake_time_sec=1700000000\n\
+last_handshake_time_nsec=5\n\
+rx_bytes=1234\n\
+tx_bytes=5678\n\
+persistent_keepalive_interval=25\n\
+allowed_ip=10.99.0.0/24\n\
+allowed_ip=fd99::/64\n\
+public_key=58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceb7e19321376\n\
+last_handshake_time_sec=0\n\
+rx_bytes=0\n\
+tx_bytes=0\n\
+persistent_keepalive_interval=0\n\
+errno=0\n";
+
+    #[test]
+    fn uapi_answers_give_peers_without_the_private_key() {
+        let (port, peers) = parse_uapi(UAPI_ANSWER);
+        assert_eq!(port, Some(51820));
+        assert_eq!(peers.len(), 2);
+        assert_eq!(
+            peers[0].public_key,
+            "uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM="
+        );
+        assert_eq!(peers[0].endpoint.as_deref(), Some("192.0.2.1:51820"));
+        assert_eq!(peers[0].latest_handshake, Some(1_700_000_000));
+        assert_eq!((peers[0].rx_bytes, peers[0].tx_bytes), (1234, 5678));
+        assert_eq!(peers[0].persistent_keepalive, Some(25));
+        assert_eq!(peers[0].allowed_ips, ["10.99.0.0/24", "fd99::/64"]);
+        assert_eq!(peers[1].latest_handshake, None, "no handshake yet");
+        assert_eq!(peers[1].endpoint, None);
+        let json = serde_json::to_string(&peers).unwrap();
+        assert!(!json.contains("e84b5a6d"), "the private key never leaves");
+    }
+
+    #[test]
+    fn garbage_from_the_uapi_socket_gives_no_peers() {
+        assert_eq!(parse_uapi("nonsense\n=\nerrno=1\n"), (None, Vec::new()));
+        assert_eq!(hex_key_to_base64("abc"), None);
+        assert_eq!(hex_key_to_base64(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn queries_are_built_for_any_type_and_refused_for_bad_input() {
+        let (message, rtype) = build_query("www.lab.test", "aaaa").unwrap();
+        assert_eq!(rtype, Rtype::AAAA);
+        let parsed = tundns_dns::parse_query(&message).unwrap();
+        assert_eq!(parsed.question().qtype(), 28);
+        assert!(parsed.recursion_desired());
+        assert!(build_query("www.lab.test", "TYPE65").is_ok());
+        assert!(build_query("a..b", "A").is_err());
+        assert!(build_query(&"a".repeat(64), "A").is_err());
+        assert!(build_query("x.test", "NOTATYPE").is_err());
+    }
+
+    #[test]
+    fn answers_are_described_record_by_record() {
+        let (query, _) = build_query("x.test", "A").unwrap();
+        let mut answer = query.clone();
+        answer[2] |= 0x80;
+        answer[3] = (answer[3] & 0xf0) | 3;
+        answer[7] = 1;
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+        let (rcode, answers, authority) = describe_answer(&answer).unwrap();
+        assert_eq!(rcode, "NXDOMAIN");
+        assert_eq!(answers.len(), 1);
+        assert!(answers[0].contains("10.0.0.1"), "{}", answers[0]);
+        assert!(authority.is_empty());
+        assert!(describe_answer(&[1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,510 @@
+//! What the resolver's run-time changeable parts are built from: the local records (config,
+//! hosts files, and records added through the control socket) and the split-DNS route
+//! table. Each change builds the new `LocalData` or `Upstreams` aside and checks it whole;
+//! only a change that builds is kept, so a bad one leaves everything as it was.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+
+use tundns_config::{Config, Upstream};
+use tundns_dns::{LocalData, LocalDataBuilder, Routes};
+use tundns_upstream::UpstreamPool;
+
+use crate::control_protocol::{RecordEntry, RouteEntry, Source};
+use crate::dns_config;
+use crate::dns_proxy::Upstreams;
+
+/// The sources of the local data, in the order the config's are read.
+#[derive(Debug, Clone, Default)]
+pub struct LocalSource {
+    /// `Record =` values, then runtime ones, as written.
+    records: Vec<(String, Source)>,
+    zones: Vec<String>,
+    hosts_lines: Vec<String>,
+}
+
+impl LocalSource {
+    /// The config's records, local zones and hosts files (read now).
+    pub fn from_config(config: &Config) -> io::Result<Self> {
+        let settings = &config.dns_proxy;
+        let mut hosts_lines = Vec::new();
+        for file in &settings.hosts_files {
+            let text = std::fs::read_to_string(&file.value).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("reading {}: {error}", file.value.display()),
+                )
+            })?;
+            hosts_lines.extend(text.lines().map(str::to_owned));
+        }
+        Ok(Self {
+            records: settings
+                .records
+                .iter()
+                .map(|record| (record.value.clone(), Source::Config))
+                .collect(),
+            zones: settings
+                .local_zones
+                .iter()
+                .map(|zone| zone.value.clone())
+                .collect(),
+            hosts_lines,
+        })
+    }
+
+    /// The local data these sources make.
+    pub fn build(&self) -> Result<LocalData, String> {
+        let mut builder = LocalDataBuilder::new();
+        for (record, _) in &self.records {
+            builder
+                .add_record(record)
+                .map_err(|error| error.to_string())?;
+        }
+        for zone in &self.zones {
+            builder
+                .add_local_zone(zone)
+                .map_err(|error| error.to_string())?;
+        }
+        for line in &self.hosts_lines {
+            builder
+                .add_hosts_line(line)
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(builder.build())
+    }
+
+    /// Every record, as written.
+    pub fn entries(&self) -> Vec<RecordEntry> {
+        self.records
+            .iter()
+            .map(|(record, source)| RecordEntry {
+                record: record.clone(),
+                source: *source,
+            })
+            .collect()
+    }
+
+    /// These sources plus `record`, and what they build; an error if the record is bad
+    /// or clashes with the others (a CNAME next to other data). `None` for a record
+    /// already there.
+    pub fn with_record(&self, record: &str) -> Result<Option<(Self, LocalData)>, String> {
+        let record = record.trim();
+        LocalDataBuilder::new()
+            .add_record(record)
+            .map_err(|error| error.to_string())?;
+        let key = RecordKey::of(record).ok_or("the record needs NAME TYPE DATA")?;
+        if self
+            .records
+            .iter()
+            .any(|(existing, _)| RecordKey::of(existing).as_ref() == Some(&key))
+        {
+            return Ok(None);
+        }
+        let mut next = self.clone();
+        next.records.push((record.to_owned(), Source::Runtime));
+        let local = next.build()?;
+        Ok(Some((next, local)))
+    }
+
+    /// These sources without the records matching `pattern` (`NAME [TYPE [DATA]]`), what
+    /// they build, and how many went. Config records may go too, until the next start.
+    pub fn without_records(&self, pattern: &str) -> Result<(Self, LocalData, usize), String> {
+        let pattern = RecordKey::pattern(pattern).ok_or("expected NAME [TYPE [DATA]]")?;
+        let mut next = self.clone();
+        next.records
+            .retain(|(record, _)| !RecordKey::of(record).is_some_and(|key| pattern.matches(&key)));
+        let removed = self.records.len() - next.records.len();
+        if removed == 0 {
+            return Err("no local record matches".into());
+        }
+        let local = next.build()?;
+        Ok((next, local, removed))
+    }
+}
+
+/// A record reduced to what identifies it: name, type and data, in one spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecordKey {
+    name: String,
+    rtype: Option<String>,
+    data: Option<String>,
+}
+
+impl RecordKey {
+    /// The key of a whole record (`NAME [TTL] [IN] TYPE DATA`).
+    fn of(record: &str) -> Option<Self> {
+        Self::pattern(record).filter(|key| key.rtype.is_some() && key.data.is_some())
+    }
+
+    /// `NAME [TTL] [IN] [TYPE [DATA]]`, TTL and class ignored.
+    fn pattern(text: &str) -> Option<Self> {
+        let mut tokens = text.split_whitespace().peekable();
+        let name = normal_name(tokens.next()?);
+        if tokens
+            .peek()
+            .is_some_and(|token| token.bytes().all(|b| b.is_ascii_digit()))
+        {
+            tokens.next();
+        }
+        if tokens
+            .peek()
+            .is_some_and(|token| token.eq_ignore_ascii_case("IN"))
+        {
+            tokens.next();
+        }
+        let rtype = tokens.next().map(str::to_ascii_uppercase);
+        let data: Vec<&str> = tokens.collect();
+        let data = (!data.is_empty()).then(|| {
+            let joined = data.join(" ");
+            match rtype.as_deref() {
+                Some("A" | "AAAA") => joined
+                    .parse::<IpAddr>()
+                    .map_or(joined, |address| address.to_string()),
+                Some("CNAME" | "PTR") => normal_name(&joined),
+                _ => joined,
+            }
+        });
+        Some(Self { name, rtype, data })
+    }
+
+    /// Whether `self`, as a pattern, matches the record `key`.
+    fn matches(&self, key: &RecordKey) -> bool {
+        self.name == key.name
+            && self
+                .rtype
+                .as_ref()
+                .is_none_or(|rtype| key.rtype.as_ref() == Some(rtype))
+            && self
+                .data
+                .as_ref()
+                .is_none_or(|data| key.data.as_ref() == Some(data))
+    }
+}
+
+/// A domain name in one spelling: lowercase, without the final dot (`.` stays `.`).
+pub fn normal_name(name: &str) -> String {
+    let lower = name.trim().to_ascii_lowercase();
+    match lower.strip_suffix('.') {
+        Some("") | None => lower,
+        Some(stripped) => stripped.to_owned(),
+    }
+}
+
+/// One route: the domains sent to one upstream group.
+#[derive(Clone)]
+struct Route {
+    domains: Vec<String>,
+    upstreams: Vec<Upstream>,
+    through_tunnel: bool,
+    source: Source,
+    pool: UpstreamPool,
+}
+
+/// The split-DNS route table: the `[DNSProxy] Upstream` group and the routes.
+#[derive(Clone)]
+pub struct RouteTable {
+    default_upstreams: Vec<Upstream>,
+    default_pool: UpstreamPool,
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// The table `dns_config` built from `config`: group 0 is the default, group `i` the
+    /// config's route `i - 1`.
+    pub fn from_config(config: &Config, upstreams: &Upstreams) -> Self {
+        let routes = config
+            .dns_proxy
+            .routes
+            .iter()
+            .zip(upstreams.groups.iter().skip(1))
+            .map(|(route, pool)| Route {
+                domains: route.domains.iter().map(|d| normal_name(d)).collect(),
+                upstreams: route.upstreams.clone(),
+                through_tunnel: route.through_tunnel,
+                source: Source::Config,
+                pool: pool.clone(),
+            })
+            .collect();
+        Self {
+            default_upstreams: config.dns_proxy.upstreams.clone(),
+            default_pool: upstreams.groups[0].clone(),
+            routes,
+        }
+    }
+
+    /// The routes and groups the proxy uses.
+    pub fn build(&self) -> Result<Upstreams, String> {
+        let mut routes = Routes::new(0);
+        let mut groups = vec![self.default_pool.clone()];
+        let mut seen = Vec::new();
+        for route in &self.routes {
+            groups.push(route.pool.clone());
+            for domain in &route.domains {
+                if seen.contains(domain) {
+                    return Err(format!("{domain} already has a route"));
+                }
+                seen.push(domain.clone());
+                routes
+                    .add(domain, groups.len() - 1)
+                    .map_err(|error| error.to_string())?;
+            }
+        }
+        Ok(Upstreams { routes, groups })
+    }
+
+    /// Every route, the default (`.` → `[DNSProxy] Upstream`) first unless a route took `.`.
+    pub fn entries(&self) -> Vec<RouteEntry> {
+        let default_taken = self
+            .routes
+            .iter()
+            .any(|r| r.domains.iter().any(|d| d == "."));
+        let default = (!default_taken).then(|| RouteEntry {
+            domains: vec![".".into()],
+            upstreams: self
+                .default_upstreams
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+            through_tunnel: false,
+            source: Source::Config,
+        });
+        default
+            .into_iter()
+            .chain(self.routes.iter().map(Route::entry))
+            .collect()
+    }
+
+    /// The route entry of group `index` (0: the default).
+    pub fn group_entry(&self, index: usize) -> Option<RouteEntry> {
+        match index {
+            0 => Some(RouteEntry {
+                domains: vec![".".into()],
+                upstreams: self
+                    .default_upstreams
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect(),
+                through_tunnel: false,
+                source: Source::Config,
+            }),
+            _ => self.routes.get(index - 1).map(Route::entry),
+        }
+    }
+
+    /// This table plus a route of `domains` to a new group of `upstreams`, and what it builds.
+    pub fn with_route(
+        &self,
+        config: &Config,
+        domains: &[String],
+        upstreams: &[String],
+        through_tunnel: bool,
+    ) -> Result<(Self, Upstreams), String> {
+        if domains.is_empty() {
+            return Err("a route needs at least one domain".into());
+        }
+        if upstreams.is_empty() {
+            return Err("a route needs at least one upstream".into());
+        }
+        let upstreams = upstreams
+            .iter()
+            .map(|text| text.parse::<Upstream>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let bind_address = if through_tunnel {
+            let source = dns_config::tunnel_source(config, &upstreams, Path::new(""), 0)
+                .map_err(|error| error.message().to_owned())?;
+            Some(source)
+        } else {
+            None
+        };
+        let pool = UpstreamPool::new(
+            upstreams.iter().map(dns_config::spec).collect(),
+            dns_config::pool_config(config, bind_address),
+        )
+        .map_err(|error| format!("upstreams: {error}"))?;
+        let mut next = self.clone();
+        next.routes.push(Route {
+            domains: domains.iter().map(|d| normal_name(d)).collect(),
+            upstreams,
+            through_tunnel,
+            source: Source::Runtime,
+            pool,
+        });
+        let built = next.build()?;
+        Ok((next, built))
+    }
+
+    /// This table without the route of `domain`, and what it builds.
+    pub fn without_route(&self, domain: &str) -> Result<(Self, Upstreams), String> {
+        let domain = normal_name(domain);
+        let mut next = self.clone();
+        let route = next
+            .routes
+            .iter_mut()
+            .find(|route| route.domains.contains(&domain))
+            .ok_or_else(|| format!("{domain} has no route"))?;
+        route.domains.retain(|d| *d != domain);
+        next.routes.retain(|route| !route.domains.is_empty());
+        let built = next.build()?;
+        Ok((next, built))
+    }
+}
+
+impl Route {
+    fn entry(&self) -> RouteEntry {
+        RouteEntry {
+            domains: self.domains.clone(),
+            upstreams: self.upstreams.iter().map(|u| u.to_string()).collect(),
+            through_tunnel: self.through_tunnel,
+            source: self.source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tundns_upstream::PoolConfig;
+
+    fn source(records: &[&str]) -> LocalSource {
+        LocalSource {
+            records: records
+                .iter()
+                .map(|r| (r.to_string(), Source::Config))
+                .collect(),
+            ..LocalSource::default()
+        }
+    }
+
+    #[test]
+    fn a_record_is_added_once_and_a_bad_one_changes_nothing() {
+        let base = source(&["nas.lab A 10.0.0.1"]);
+        let (added, local) = base.with_record("site.lab 60 A 10.0.0.2").unwrap().unwrap();
+        assert_eq!(local.len(), 4, "two A records and their PTRs");
+        assert_eq!(added.entries()[1].source, Source::Runtime);
+        assert!(added.with_record("SITE.lab. A 10.0.0.2").unwrap().is_none());
+        assert!(base.with_record("bad.lab A 300.0.0.1").is_err());
+        assert!(base.with_record("x.lab MX 10 mail").is_err());
+        assert!(base.with_record("").is_err());
+        // A CNAME next to other data is refused by the whole build.
+        let error = base.with_record("nas.lab CNAME other.lab").unwrap_err();
+        assert!(error.contains("CNAME"), "{error}");
+        assert_eq!(base.entries().len(), 1);
+    }
+
+    #[test]
+    fn removal_matches_name_type_and_data_in_any_spelling() {
+        let base = source(&[
+            "nas.lab A 10.0.0.1",
+            "nas.lab 60 IN AAAA fd00::1",
+            "www.lab CNAME NAS.lab.",
+            "other.lab A 10.0.0.9",
+        ]);
+        let (_, _, removed) = base.without_records("NAS.LAB.").unwrap();
+        assert_eq!(removed, 2);
+        let (next, _, removed) = base.without_records("nas.lab AAAA fd00:0::1").unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(next.entries().len(), 3);
+        let (_, _, removed) = base.without_records("www.lab cname nas.lab").unwrap();
+        assert_eq!(removed, 1);
+        assert!(base.without_records("nas.lab A 10.0.0.2").is_err());
+        assert!(base.without_records("  ").is_err());
+    }
+
+    fn pool(address: &str) -> UpstreamPool {
+        let upstream: Upstream = address.parse().unwrap();
+        UpstreamPool::new(vec![dns_config::spec(&upstream)], PoolConfig::default()).unwrap()
+    }
+
+    fn table() -> RouteTable {
+        RouteTable {
+            default_upstreams: vec!["192.0.2.53".parse().unwrap()],
+            default_pool: pool("192.0.2.53"),
+            routes: vec![Route {
+                domains: vec!["corp.internal".into()],
+                upstreams: vec!["10.0.0.53".parse().unwrap()],
+                through_tunnel: false,
+                source: Source::Config,
+                pool: pool("10.0.0.53"),
+            }],
+        }
+    }
+
+    fn config() -> Config {
+        Config::parse(
+            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.99.0.2/24\n",
+            "/etc/wireguard/wg0.conf",
+        )
+        .unwrap()
+    }
+
+    fn question(name: &str) -> tundns_dns::Question {
+        let mut query = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        tundns_dns::parse_query(&query).unwrap().question().clone()
+    }
+
+    #[test]
+    fn routes_are_added_and_removed_by_domain() {
+        let base = table();
+        let (added, upstreams) = base
+            .with_route(
+                &config(),
+                &["Site.Example.".into()],
+                &["10.99.0.53".into()],
+                true,
+            )
+            .unwrap();
+        assert_eq!(upstreams.group_for(&question("a.site.example")).0, 2);
+        assert_eq!(upstreams.group_for(&question("db.corp.internal")).0, 1);
+        assert_eq!(upstreams.group_for(&question("example.org")).0, 0);
+        let entries = added.entries();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].domains, ["site.example"]);
+        assert!(entries[2].through_tunnel);
+        assert_eq!(entries[2].source, Source::Runtime);
+
+        let (removed, upstreams) = added.without_route("site.example").unwrap();
+        assert_eq!(removed.entries().len(), 2);
+        assert_eq!(upstreams.group_for(&question("a.site.example")).0, 0);
+        assert!(added.without_route("nowhere.example").is_err());
+    }
+
+    #[test]
+    fn a_bad_route_is_refused_whole() {
+        let base = table();
+        let config = config();
+        let add = |domains: &[&str], upstreams: &[&str], tunnel: bool| {
+            let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+            let upstreams: Vec<String> = upstreams.iter().map(|u| u.to_string()).collect();
+            base.with_route(&config, &domains, &upstreams, tunnel)
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(add(&["corp.internal"], &["10.0.0.1"], false).contains("already has a route"));
+        assert!(add(&["x.example"], &["not-an-ip"], false).contains("not-an-ip"));
+        assert!(add(&["x.example"], &[], false).contains("at least one upstream"));
+        assert!(add(&[], &["10.0.0.1"], false).contains("at least one domain"));
+        assert!(add(&["bad..name"], &["10.0.0.1"], false).len() > 3);
+        // No IPv6 interface address to source a tunnel query from.
+        assert!(add(&["x.example"], &["[fd99::53]:53"], true).contains("IP family"));
+    }
+
+    #[test]
+    fn the_default_route_shows_until_a_route_takes_the_root() {
+        let base = table();
+        assert_eq!(base.entries()[0].domains, ["."]);
+        let (taken, upstreams) = base
+            .with_route(&config(), &[".".into()], &["192.0.2.54".into()], false)
+            .unwrap();
+        assert_eq!(taken.entries().len(), 2);
+        assert_eq!(upstreams.group_for(&question("example.org")).0, 2);
+        let (back, upstreams) = taken.without_route(".").unwrap();
+        assert_eq!(back.entries()[0].domains, ["."]);
+        assert_eq!(upstreams.group_for(&question("example.org")).0, 0);
+    }
+}
