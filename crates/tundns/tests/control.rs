@@ -1,0 +1,283 @@
+//! End-to-end tests of runtime control (issue 4, section 3): `tundns status` and `tundns dns
+//! ...` run inside the client namespace against a running tundns, and change what `dig`
+//! gets at once; bad requests on the control socket get an error reply and change nothing;
+//! the socket is 0600 and goes away with the daemon.
+//!
+//! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test control`. Without root or the lab
+//! tools the tests print "skipped: ..." and pass, unless `TUNDNS_E2E=1`.
+
+mod common;
+
+use common::resolver_lab::*;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SITE_NAME: &str = "site.pangolin.internal";
+const SITE_A: &str = "10.99.0.77";
+const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
+
+fn control_socket(lab: &Lab) -> PathBuf {
+    PathBuf::from(format!("/run/tundns/{}.sock", lab.tundns_iface))
+}
+
+/// `tundns ARGS...` inside the client namespace.
+fn tundns(lab: &Lab, args: &[&str]) -> Run {
+    let mut command = vec![tundns_bin()];
+    command.extend_from_slice(args);
+    lab.exec_in(&lab.client_ns, &command)
+}
+
+/// `tundns dns -i IFACE ARGS...` inside the client namespace; must succeed.
+#[track_caller]
+fn dns(lab: &Lab, args: &[&str]) -> String {
+    let mut command = vec!["dns", "-i", &lab.tundns_iface];
+    command.extend_from_slice(args);
+    let run = tundns(lab, &command);
+    run.assert_success();
+    run.stdout
+}
+
+/// `dig +short` at the proxy from the client namespace.
+fn short(lab: &Lab, name: &str, rtype: &str) -> String {
+    let run = lab.dig(&lab.client_ns, PROXY_V4, &[name, rtype, "+short"]);
+    run.assert_success();
+    run.stdout.trim().to_owned()
+}
+
+/// Sends raw request lines on one connection and returns one reply line for each.
+fn raw_requests(lab: &Lab, lines: &[&str]) -> Vec<serde_json::Value> {
+    let mut stream = UnixStream::connect(control_socket(lab)).expect("connect the control socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    lines
+        .iter()
+        .map(|line| {
+            stream.write_all(line.as_bytes()).unwrap();
+            stream.write_all(b"\n").unwrap();
+            let mut reply = String::new();
+            reader.read_line(&mut reply).expect("a reply line");
+            serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn control_changes_records_routes_and_cache_at_once() {
+    let Some(lab) = lab_or_skip_with(
+        "control_changes_records_routes_and_cache_at_once",
+        LabOptions {
+            tunnel_resolver: true,
+            ..LabOptions::resolver()
+        },
+    ) else {
+        return;
+    };
+    let config = lab.client_config(&ClientConfig {
+        dns_proxy_lines: vec![
+            "Cache = on".into(),
+            "Record = nas.home.internal A 10.99.0.10".into(),
+        ],
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
+
+    // Records: added and answered at once, listed with their source, removed at once.
+    assert_eq!(short(&lab, SITE_NAME, "A"), "", "not there before");
+    let added = dns(&lab, &["records", "add", SITE_NAME, "60", "A", SITE_A]);
+    assert!(added.contains("added"), "{added}");
+    assert_eq!(short(&lab, SITE_NAME, "A"), SITE_A);
+    let records = dns(&lab, &["records", "list"]);
+    assert!(
+        records.contains("config   nas.home.internal A 10.99.0.10"),
+        "{records}"
+    );
+    assert!(
+        records.contains(&format!("runtime  {SITE_NAME} 60 A {SITE_A}")),
+        "{records}"
+    );
+    let query = dns(&lab, &["query", SITE_NAME]);
+    assert!(query.contains("path: local"), "{query}");
+    assert!(query.contains(SITE_A), "{query}");
+    dns(&lab, &["records", "remove", SITE_NAME]);
+    assert_eq!(short(&lab, SITE_NAME, "A"), "", "gone at once");
+    assert_eq!(short(&lab, "nas.home.internal", "A"), "10.99.0.10");
+
+    // Cache and flush: the second query is a cache hit, the one after a flush reaches unbound.
+    // (The lab's readiness check asked unbound for this name already.)
+    let before = lab.upstream_queries(WWW_NAME, Some("A"));
+    let lab_ref = &lab;
+    let reached = |count| move || lab_ref.upstream_queries(WWW_NAME, Some("A")) == before + count;
+    assert_eq!(short(&lab, WWW_NAME, "A"), WWW_A);
+    assert!(wait_until(UPSTREAM_WAIT, reached(1)));
+    let cached = dns(&lab, &["query", WWW_NAME, "A"]);
+    assert!(cached.contains("path: cache"), "{cached}");
+    assert!(cached.contains(WWW_A), "{cached}");
+    assert!(reached(1)());
+    let flushed = dns(&lab, &["flush"]);
+    assert!(flushed.contains("flushed"), "{flushed}");
+    let asked = dns(&lab, &["query", WWW_NAME, "A"]);
+    assert!(
+        asked.contains(&format!("path: upstream (. -> {UNBOUND_V4}:53)")),
+        "{asked}"
+    );
+    assert!(
+        wait_until(UPSTREAM_WAIT, reached(2)),
+        "a flush empties the cache"
+    );
+    assert_eq!(short(&lab, WWW_NAME, "A"), WWW_A);
+    assert!(reached(2)(), "cached again");
+
+    // Routes: the tunnel-only resolver answers corp.internal once routed there.
+    assert_ne!(short(&lab, CORP_DB_NAME, "A"), CORP_DB_A, "not routed yet");
+    let routed = dns(
+        &lab,
+        &[
+            "routes",
+            "add",
+            "corp.internal",
+            TUNNEL_RESOLVER_V4,
+            "--through-tunnel",
+        ],
+    );
+    assert!(routed.contains("through the tunnel"), "{routed}");
+    dns(&lab, &["flush"]);
+    let query = dns(&lab, &["query", CORP_DB_NAME]);
+    assert!(
+        query.contains(&format!(
+            "path: upstream (corp.internal -> {TUNNEL_RESOLVER_V4}:53, through the tunnel)"
+        )),
+        "{query}"
+    );
+    assert!(
+        query.contains("NOERROR") && query.contains(CORP_DB_A),
+        "{query}"
+    );
+    assert_eq!(short(&lab, CORP_DB_NAME, "A"), CORP_DB_A);
+    assert!(lab.tunnel_resolver_queries(CORP_DB_NAME, None) >= 1);
+    let routes = dns(&lab, &["routes", "list"]);
+    assert!(
+        routes.contains(&format!("config   . -> {UNBOUND_V4}")),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!(
+            "runtime  corp.internal -> {TUNNEL_RESOLVER_V4}:53 (through the tunnel)"
+        )),
+        "{routes}"
+    );
+
+    // Status: the peer (handshake done by now), the proxy's addresses, upstream health.
+    let status = tundns(&lab, &["status", &lab.tundns_iface]);
+    status.assert_success();
+    let text = &status.stdout;
+    for expected in [
+        format!("interface: {}", lab.tundns_iface),
+        format!("peer: {}", lab.peer_public_key()),
+        format!("endpoint: {PEER_ENDPOINT}"),
+        format!("dns proxy: {PROXY_V4}, {PROXY_V6}"),
+        format!("udp://{UNBOUND_V4}:53: up, rtt "),
+        format!("udp://{TUNNEL_RESOLVER_V4}:53: up, rtt "),
+        "upstreams for corp.internal (through the tunnel)".to_owned(),
+        "cache: ".to_owned(),
+        "queries: blocked 0, local ".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} missing in:\n{text}");
+    }
+    assert!(
+        text.contains(" seconds ago"),
+        "a handshake happened:\n{text}"
+    );
+    let json = tundns(&lab, &["status", &lab.tundns_iface, "--json"]);
+    json.assert_success();
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert!(value["ok"]["peers"][0]["rx_bytes"].as_u64().unwrap() > 0);
+
+    // Removing the route sends corp.internal back to the default upstream.
+    dns(&lab, &["routes", "remove", "corp.internal"]);
+    dns(&lab, &["flush"]);
+    assert_ne!(short(&lab, CORP_DB_NAME, "A"), CORP_DB_A);
+}
+
+#[test]
+fn control_refuses_bad_requests_and_keeps_serving() {
+    let Some(lab) = lab_or_skip_with(
+        "control_refuses_bad_requests_and_keeps_serving",
+        LabOptions::resolver(),
+    ) else {
+        return;
+    };
+    let mut tundns_daemon = lab.start_default_tundns();
+    let socket = control_socket(&lab);
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode(&socket) & 0o777, 0o600, "socket mode");
+    assert_eq!(
+        mode(socket.parent().unwrap()) & 0o777,
+        0o700,
+        "directory mode"
+    );
+
+    let replies = raw_requests(
+        &lab,
+        &[
+            "{not json",
+            r#"{"command":"reboot"}"#,
+            r#"{"command":"records_add","record":"bad.example A 300.1.2.3"}"#,
+            r#"{"command":"records_add","record":"bad.example MX 10 mail"}"#,
+            r#"{"command":"records_add"}"#,
+            r#"{"command":"routes_add","domains":["x.example"],"upstreams":["nowhere"]}"#,
+            r#"{"command":"routes_remove","domain":"never.example"}"#,
+            r#"{"command":"records_list"}"#,
+        ],
+    );
+    for (index, reply) in replies[..7].iter().enumerate() {
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "request {index}: {reply}");
+    }
+    assert!(replies[0]["error"].as_str().unwrap().contains("bad JSON"));
+    assert_eq!(replies[1]["error"], "unknown command \"reboot\"");
+    assert!(replies[2]["error"].as_str().unwrap().contains("300.1.2.3"));
+    assert_eq!(replies[7]["ok"], serde_json::json!([]), "nothing was added");
+
+    // The daemon still answers DNS, and other connections still get served.
+    assert_eq!(short(&lab, WWW_NAME, "A"), WWW_A);
+    let run = tundns(&lab, &["dns", "-i", &lab.tundns_iface, "routes", "list"]);
+    run.assert_success();
+    assert!(run.stdout.contains(UNBOUND_V4), "{}", run.stdout);
+    let refused = tundns(
+        &lab,
+        &[
+            "dns",
+            "-i",
+            &lab.tundns_iface,
+            "records",
+            "add",
+            "x",
+            "BOGUS",
+            "1",
+        ],
+    );
+    assert!(!refused.succeeded(), "an invalid record fails the command");
+    assert!(
+        refused.stderr.contains("unsupported record type"),
+        "{}",
+        refused.stderr
+    );
+
+    tundns_daemon.send_sigterm();
+    let status = tundns_daemon.wait_for_exit(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+    let gone = tundns(&lab, &["status", &lab.tundns_iface]);
+    assert!(!gone.succeeded());
+    assert!(
+        gone.stderr.contains("is `tundns up` running?"),
+        "{}",
+        gone.stderr
+    );
+}
