@@ -1014,12 +1014,19 @@ fn overwrite_in_place(path: &Path, contents: Option<&[u8]>) -> Result<(), System
     let Some(contents) = contents else {
         return remove_if_present(path);
     };
+    use std::os::unix::fs::PermissionsExt as _;
+    let existed = path.exists();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)
         .map_err(io_error("opening", path))?;
+    if !existed {
+        // Every program reads resolv.conf, whatever the umask of `tundns up` (0077).
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io_error("setting the mode of", path))?;
+    }
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(io_error("writing", path))

@@ -346,3 +346,48 @@ fn without_upstream_the_proxy_forwards_to_the_resolvers_the_system_had() {
     lab.stop(&mut tundns);
     lab.assert_restored();
 }
+
+#[test]
+fn a_start_up_failure_after_the_change_restores_the_resolver() {
+    let Some(lab) = DnsLab::new("a_start_up_failure_after_the_change") else {
+        return;
+    };
+    // PostUp runs after the resolver is pointed at the proxy; its failure undoes everything.
+    let config = lab
+        .config()
+        .replacen("MTU = 1420\n", "MTU = 1420\nPostUp = exit 3\n", 1);
+    let path = lab.lab.write_client_config(&config);
+    let up = lab.lab.exec_in_with_timeout(
+        &lab.lab.client_ns,
+        &[tundns_bin(), "up", path_str(&path)],
+        Duration::from_secs(10),
+    );
+    assert!(!up.succeeded() && !up.timed_out(), "{up}");
+    assert!(up.stderr.contains("exit 3"), "{up}");
+    assert!(
+        up.stderr.contains("system resolver points at the tunnel"),
+        "{up}"
+    );
+    lab.assert_restored();
+}
+
+#[test]
+fn set_system_dns_points_the_system_at_every_virtual_address() {
+    let Some(lab) = DnsLab::new("set_system_dns_points_the_system") else {
+        return;
+    };
+    let config = lab
+        .config()
+        .replacen(&format!("DNS = {PROXY_V4}, lab.test\n"), "", 1)
+        + "SetSystemDNS = true\n";
+    let mut tundns = lab.start(&config);
+    let written = lab.resolv_conf();
+    assert!(
+        written
+            .contains("nameserver 10.30.30.30\nnameserver fd30:30:30::30\nsearch home.example\n"),
+        "{written}"
+    );
+    assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
+    lab.stop(&mut tundns);
+    lab.assert_restored();
+}
