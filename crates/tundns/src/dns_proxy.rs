@@ -9,8 +9,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 #[cfg(test)]
 use std::time::Duration;
 use std::time::Instant;
@@ -24,6 +25,9 @@ use tundns_dns::cache::Cache;
 use tundns_dns::{BlockList, LocalData, Query, QueryError, Question, Rcode, Routes};
 use tundns_filter::{Datagram, TunWriter, UdpService};
 use tundns_upstream::{Protocol, ResolveError, UpstreamPool};
+
+use crate::metrics::{AnswerPath, QueryCounters};
+use crate::query_log::{Arrival, QueryLog};
 
 /// The largest DNS message (the TCP length prefix is 16 bits).
 pub const MAX_MESSAGE: usize = 65535;
@@ -64,6 +68,10 @@ pub struct DnsStats {
     pub malformed_answered: AtomicU64,
     /// Packets dropped without an answer (not a query at all).
     pub dropped: AtomicU64,
+    /// Every query by transport, type and how it was answered, for the metrics.
+    pub queries: QueryCounters,
+    /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
+    pub tcp_connections: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -162,7 +170,9 @@ pub struct DnsProxy {
     upstreams: ArcSwap<Upstreams>,
     in_flight: Mutex<HashMap<CollapseKey, SharedAnswer>>,
     permits: Arc<Semaphore>,
+    max_in_flight: usize,
     stats: DnsStats,
+    query_log: OnceLock<QueryLog>,
 }
 
 /// What to do with one client query.
@@ -188,8 +198,40 @@ impl DnsProxy {
             }),
             in_flight: Mutex::default(),
             permits: Arc::new(Semaphore::new(parts.max_in_flight)),
+            max_in_flight: parts.max_in_flight,
             stats: DnsStats::default(),
+            query_log: OnceLock::new(),
         })
+    }
+
+    /// Logs every query from now on to `log`. Only the first log set is kept.
+    pub fn set_query_log(&self, log: QueryLog) {
+        let _ = self.query_log.set(log);
+    }
+
+    /// Queries being resolved upstream now, and the most allowed at once.
+    pub fn upstream_in_flight(&self) -> (usize, usize) {
+        let available = self.permits.available_permits();
+        (
+            self.max_in_flight.saturating_sub(available),
+            self.max_in_flight,
+        )
+    }
+
+    /// Counts a finished query and, with the query log on, queues its line.
+    fn observe(
+        &self,
+        arrival: &Arrival,
+        question: Option<&Question>,
+        path: AnswerPath,
+        answer: &[u8],
+    ) {
+        self.stats
+            .queries
+            .record(arrival.transport, question.map(Question::qtype), path);
+        if let Some(log) = self.query_log.get() {
+            log.record(arrival.answered(question, path, answer));
+        }
     }
 
     /// The proxy's counters.
@@ -231,45 +273,66 @@ impl DnsProxy {
     ///
     /// `out` must hold [`MAX_MESSAGE`] bytes. UDP answers are cut to what the client takes.
     pub fn accept(self: &Arc<Self>, query: &[u8], protocol: Protocol, out: &mut [u8]) -> Verdict {
+        self.accept_from(None, query, protocol, out)
+    }
+
+    /// [`accept`](Self::accept) for a query from `client`, whom the query log names.
+    pub fn accept_from(
+        self: &Arc<Self>,
+        client: Option<SocketAddr>,
+        query: &[u8],
+        protocol: Protocol,
+        out: &mut [u8],
+    ) -> Verdict {
+        let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
         let parsed = match tundns_dns::parse_query(query) {
             Ok(parsed) => parsed,
             Err(QueryError::Drop) => {
                 bump(&self.stats.dropped);
+                self.observe(&arrival, None, AnswerPath::Dropped, &[]);
                 return Verdict::Drop;
             }
             Err(QueryError::Answer(rcode)) => {
                 bump(&self.stats.malformed_answered);
-                return answered(tundns_dns::write_error_response(query, rcode, out));
+                let len = tundns_dns::write_error_response(query, rcode, out);
+                self.observe(&arrival, None, AnswerPath::Formerr, &out[..len]);
+                return answered(len);
             }
         };
-        if let Some(len) = self.answer_from_memory(&parsed, out) {
-            return answered(fit_for_client(&parsed, protocol, out, len));
+        if let Some((len, path)) = self.answer_from_memory(&parsed, out) {
+            let len = fit_for_client(&parsed, protocol, out, len);
+            self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
+            return answered(len);
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             bump(&self.stats.refused_overload);
-            return answered(tundns_dns::write_error_response(query, Rcode::REFUSED, out));
+            let len = tundns_dns::write_error_response(query, Rcode::REFUSED, out);
+            let question = Some(parsed.question());
+            self.observe(&arrival, question, AnswerPath::Refused, &out[..len]);
+            return answered(len);
         };
         Verdict::Forward(Forward {
             proxy: self.clone(),
             query: query.to_vec(),
             protocol,
+            arrival,
             _permit: permit,
         })
     }
 
     /// Blocklist, then local data, then the cache: the first that knows writes the answer.
-    fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
+    fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> Option<(usize, AnswerPath)> {
         if let Some(len) = self.blocklist.answer(query, out) {
             bump(&self.stats.blocked);
-            return Some(len);
+            return Some((len, AnswerPath::Blocked));
         }
         if let Some(len) = self.local.load().answer(query, out) {
             bump(&self.stats.local);
-            return Some(len);
+            return Some((len, AnswerPath::Local));
         }
         let len = self.cache.as_ref()?.lookup(query, Instant::now(), out)?;
         bump(&self.stats.cache_hits);
-        Some(len)
+        Some((len, AnswerPath::Cache))
     }
 
     /// The upstream answer to `query`, sharing the upstream query with identical queries
@@ -367,6 +430,7 @@ pub struct Forward {
     proxy: Arc<DnsProxy>,
     query: Vec<u8>,
     protocol: Protocol,
+    arrival: Arrival,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -378,13 +442,13 @@ impl Forward {
         let Ok(query) = tundns_dns::parse_query(&self.query) else {
             return error_answer(&self.query, Rcode::SERVFAIL);
         };
-        let (mut out, len) = match proxy.late_cache_hit(&query) {
-            Some(hit) => hit,
+        let ((mut out, len), path) = match proxy.late_cache_hit(&query) {
+            Some(hit) => (hit, AnswerPath::Cache),
             None => match proxy.upstream_answer(&query, self.protocol).await {
                 UpstreamAnswer::Answer(response) => match adapted(&response, &query) {
                     Some(answer) => {
                         bump(&proxy.stats.forwarded);
-                        answer
+                        (answer, AnswerPath::Forwarded)
                     }
                     None => proxy.fallback(&query, None),
                 },
@@ -393,6 +457,7 @@ impl Forward {
         };
         let len = fit_for_client(&query, self.protocol, &mut out, len);
         out.truncate(len);
+        proxy.observe(&self.arrival, Some(query.question()), path, &out);
         out
     }
 }
@@ -418,7 +483,7 @@ impl DnsProxy {
 
     /// The answer when no upstream answered: a stale one if the cache still has it (RFC
     /// 8767), else the last upstream's own SERVFAIL or REFUSED, else our SERVFAIL.
-    fn fallback(&self, query: &Query<'_>, soft: Option<&[u8]>) -> (Vec<u8>, usize) {
+    fn fallback(&self, query: &Query<'_>, soft: Option<&[u8]>) -> ((Vec<u8>, usize), AnswerPath) {
         let mut out = vec![0; MAX_MESSAGE];
         let stale = self
             .cache
@@ -426,15 +491,15 @@ impl DnsProxy {
             .and_then(|cache| cache.lookup_stale(query, Instant::now(), &mut out));
         if let Some(len) = stale {
             bump(&self.stats.stale);
-            return (out, len);
+            return ((out, len), AnswerPath::Stale);
         }
         if let Some(answer) = soft.and_then(|soft| adapted(soft, query)) {
             bump(&self.stats.upstream_errors);
-            return answer;
+            return (answer, AnswerPath::Servfail);
         }
         bump(&self.stats.servfail);
         let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
-        (out, len)
+        ((out, len), AnswerPath::Servfail)
     }
 }
 
@@ -471,10 +536,12 @@ impl UdpService for UdpDns {
         let forward = UDP_REPLY.with_borrow_mut(|buf| {
             // The answer is written where the UDP payload goes, then headers in front of it.
             let headers = tundns_packet::udp_headers_len(&client);
-            match self
-                .proxy
-                .accept(datagram.payload, Protocol::Udp, &mut buf[headers..])
-            {
+            match self.proxy.accept_from(
+                Some(client),
+                datagram.payload,
+                Protocol::Udp,
+                &mut buf[headers..],
+            ) {
                 Verdict::Drop => None,
                 Verdict::Answered(len) => {
                     if let Ok(total) = tundns_packet::write_udp_headers(buf, server, client, len) {

@@ -60,6 +60,10 @@ enum Command {
     },
 }
 
+/// Logging without `RUST_LOG`: gotatun logs every UAPI connection at info, which each
+/// metrics scrape and `tundns status` would repeat.
+const DEFAULT_LOG_FILTER: &str = "info,gotatun::device::uapi=warn";
+
 /// Exit status for a config that does not parse, as distinct from a runtime failure.
 const EXIT_CONFIG: u8 = 2;
 
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

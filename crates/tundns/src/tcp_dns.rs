@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -79,6 +80,8 @@ struct Connection {
     pending: Vec<u8>,
     in_flight: usize,
     peer_finished: bool,
+    /// The client, for the query log.
+    peer: SocketAddr,
 }
 
 struct StackTask {
@@ -143,11 +146,16 @@ impl StackTask {
         }
         let tun = &self.tun;
         self.stack.drain_transmit(|packet| tun.send(packet));
+        let open = self.connections.len() as u64;
+        self.proxy
+            .stats()
+            .tcp_connections
+            .store(open, Ordering::Relaxed);
     }
 
     fn handle_event(&mut self, event: Event) {
         match event {
-            Event::Accepted { id, .. } => {
+            Event::Accepted { id, peer, .. } => {
                 self.connections.insert(
                     id,
                     Connection {
@@ -155,6 +163,7 @@ impl StackTask {
                         pending: Vec::new(),
                         in_flight: 0,
                         peer_finished: false,
+                        peer,
                     },
                 );
             }
@@ -204,7 +213,11 @@ impl StackTask {
                 return false;
             };
             let verdict = match connection.decoder.next_message() {
-                Ok(Some(query)) => self.proxy.accept(query, Protocol::Tcp, &mut self.answer),
+                Ok(Some(query)) => {
+                    let peer = Some(connection.peer);
+                    self.proxy
+                        .accept_from(peer, query, Protocol::Tcp, &mut self.answer)
+                }
                 Ok(None) => return true,
                 Err(error) => {
                     tracing::debug!(%error, "closing DNS/TCP connection");

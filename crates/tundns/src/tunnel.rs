@@ -18,6 +18,7 @@ use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service,
 use crate::control::{ControlError, ControlServer};
 use crate::dns_config;
 use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
+use crate::observability::{self, Observability, ObservabilityError};
 use crate::policy_routing;
 use crate::system::{SystemChanges, SystemError, host_route};
 use crate::system_dns::{self, AppliedDns, SystemDnsError};
@@ -70,6 +71,8 @@ pub enum TunnelError {
     Hook { command: String, reason: String },
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Observability(#[from] ObservabilityError),
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -86,6 +89,8 @@ pub struct Tunnel {
     system_dns: Option<AppliedDns>,
     /// The control socket, closed first at shutdown.
     control: Option<ControlServer>,
+    /// The metrics endpoint and the query log's SIGHUP handler.
+    observability: Option<Observability>,
 }
 
 impl Tunnel {
@@ -102,6 +107,8 @@ impl Tunnel {
             .enabled
             .then(|| dns_config::resolver_parts(config, path))
             .transpose()?;
+        // Claimed before any change, so an address in use leaves nothing behind.
+        let observability = observability::Prepared::new(config, path)?;
         // Endpoints are resolved before any route exists: once the virtual IPs are routed
         // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
         let peers = wireguard_peers(config).await?;
@@ -128,6 +135,9 @@ impl Tunnel {
         let stats = Arc::new(FilterStats::default());
         let proxy =
             resolver.map(|resolver| register_dns_proxy(config, resolver, &rules, &tun, &stats));
+        if let (Some(proxy), Some(log)) = (&proxy, observability.query_log()) {
+            proxy.set_query_log(log.clone());
+        }
 
         let device = match start_wireguard(config, peers, &tun, &rules, &stats).await {
             Ok(device) => device,
@@ -148,7 +158,15 @@ impl Tunnel {
             post_down: config.interface.post_down.clone(),
             system_dns: None,
             control: None,
+            observability: None,
         };
+        match observability.start(proxy.clone(), stats, &tunnel.name) {
+            Ok(running) => tunnel.observability = Some(running),
+            Err(error) => {
+                tunnel.shut_down().await;
+                return Err(error.into());
+            }
+        }
         // Before PostUp, so a hook may already push records and routes.
         match ControlServer::start(config, proxy) {
             Ok(control) => tunnel.control = Some(control),
@@ -281,6 +299,7 @@ async fn configure_interface(
 /// against what this build supports, every record, list file and upstream.
 pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
     validate(config)?;
+    observability::check(config, path)?;
     if config.dns_proxy.enabled {
         dns_config::resolver_parts(config, path)?;
     }

@@ -1,0 +1,180 @@
+//! Per-peer WireGuard counters, read from the device's own UAPI socket with `get=1`, as
+//! `wg show` reads them.
+//!
+//! The answer to `get=1` carries the private key and preshared keys; only the peers'
+//! public keys, byte counters and handshake times are kept, and the buffer is zeroed
+//! once parsed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+/// Where gotatun, like wireguard-go, puts the UAPI socket of `interface`.
+pub fn uapi_socket_path(interface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{interface}.sock"))
+}
+
+/// The UAPI answer is a few lines per peer; a larger one is not a WireGuard device.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// What one peer has done since the device started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Base64, as in the config file and `wg show`.
+    pub public_key: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Time of the latest handshake since the Unix epoch; zero before the first.
+    pub last_handshake: Duration,
+}
+
+/// Asks the UAPI socket at `path` for the device's state and returns its peers.
+pub async fn read_peers(path: &Path) -> io::Result<Vec<PeerStats>> {
+    let mut stream = tokio::net::UnixStream::connect(path).await?;
+    stream.write_all(b"get=1\n\n").await?;
+    let mut answer = Zeroizing::new(Vec::with_capacity(4096));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    // The answer ends with a blank line; wireguard-go keeps the connection open after it.
+    while !answer.ends_with(b"\n\n") {
+        let read = stream.read(&mut chunk[..]).await?;
+        if read == 0 {
+            break;
+        }
+        if answer.len() + read > MAX_ANSWER {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "UAPI answer too large",
+            ));
+        }
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    let text = std::str::from_utf8(&answer)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "UAPI answer is not UTF-8"))?;
+    parse_get(text)
+}
+
+/// Parses the answer to `get=1`: `key=value` lines, each `public_key` starting a peer,
+/// ending with `errno=N`.
+pub fn parse_get(text: &str) -> io::Result<Vec<PeerStats>> {
+    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidData, message);
+    let mut peers: Vec<PeerStats> = Vec::new();
+    let mut handshake_nanos = 0u32;
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(invalid("a UAPI line without '='".into()));
+        };
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("UAPI {key} is not a number")))
+        };
+        match key {
+            "public_key" => {
+                if let Some(peer) = peers.last_mut() {
+                    peer.last_handshake += Duration::from_nanos(handshake_nanos.into());
+                }
+                handshake_nanos = 0;
+                peers.push(PeerStats {
+                    public_key: base64_key(value)
+                        .ok_or_else(|| invalid("UAPI public_key is not 32 hex bytes".into()))?,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    last_handshake: Duration::ZERO,
+                });
+            }
+            "errno" if value != "0" => {
+                return Err(invalid(format!("UAPI get failed: errno {value}")));
+            }
+            "rx_bytes" | "tx_bytes" | "last_handshake_time_sec" | "last_handshake_time_nsec" => {
+                let Some(peer) = peers.last_mut() else {
+                    continue;
+                };
+                match key {
+                    "rx_bytes" => peer.rx_bytes = number()?,
+                    "tx_bytes" => peer.tx_bytes = number()?,
+                    "last_handshake_time_sec" => {
+                        peer.last_handshake = Duration::from_secs(number()?);
+                    }
+                    _ => handshake_nanos = u32::try_from(number()?).unwrap_or(0) % 1_000_000_000,
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(peer) = peers.last_mut() {
+        peer.last_handshake += Duration::from_nanos(handshake_nanos.into());
+    }
+    Ok(peers)
+}
+
+/// A hex key as base64.
+fn base64_key(hex: &str) -> Option<String> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As gotatun answers: the interface's private key first, then each peer.
+    const ANSWER: &str = "private_key=c809f3e5317e9575c9b5ed78b638b7ce530dabe85ddab614220241801ddf0669\n\
+listen_port=51820\n\
+public_key=c53201039adba14be71f886da1d8dbe9eebded08cb111b75340078999aa9f038\n\
+preshared_key=0000000000000000000000000000000000000000000000000000000000000000\n\
+endpoint=192.0.2.1:51820\n\
+last_handshake_time_sec=1700000000\n\
+last_handshake_time_nsec=500000000\n\
+rx_bytes=1234\n\
+tx_bytes=5678\n\
+persistent_keepalive_interval=25\n\
+allowed_ip=10.99.0.0/24\n\
+public_key=4eb32f4a83f88d842563a448cc181bb2c42a637bf12363e2fb2ef594e5965d7d\n\
+rx_bytes=0\n\
+tx_bytes=148\n\
+last_handshake_time_sec=0\n\
+last_handshake_time_nsec=0\n\
+errno=0\n\n";
+
+    #[test]
+    fn peers_are_read_with_base64_keys_and_the_private_key_is_not_kept() {
+        let peers = parse_get(ANSWER).unwrap();
+        assert_eq!(
+            peers,
+            [
+                PeerStats {
+                    public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+                    rx_bytes: 1234,
+                    tx_bytes: 5678,
+                    last_handshake: Duration::new(1_700_000_000, 500_000_000),
+                },
+                PeerStats {
+                    public_key: "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=".into(),
+                    rx_bytes: 0,
+                    tx_bytes: 148,
+                    last_handshake: Duration::ZERO,
+                },
+            ]
+        );
+        assert!(!format!("{peers:?}").contains("yAnz5TF"));
+    }
+
+    #[test]
+    fn errors_and_garbage_are_errors_not_panics() {
+        assert!(parse_get("errno=13\n\n").is_err());
+        assert!(parse_get("public_key=zz\n").is_err());
+        assert!(parse_get("no equals sign\n").is_err());
+        let bad_number = "public_key=c53201039adba14be71f886da1d8dbe9eebded08cb111b75340078999aa9f038\nrx_bytes=-1\n";
+        assert!(parse_get(bad_number).is_err());
+        assert_eq!(parse_get("errno=0\n\n").unwrap(), []);
+    }
+}
