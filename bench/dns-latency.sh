@@ -23,14 +23,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=../lab/lib.sh
-source "$ROOT/lab/lib.sh"
-# shellcheck source=../lab/resolver-lib.sh
-source "$ROOT/lab/resolver-lib.sh"
 # shellcheck source=lib.sh
 source "$ROOT/bench/lib.sh"
 
-TUNDNS_BIN=${TUNDNS_BIN:-$ROOT/target/release/tundns}
 COUNT=${COUNT:-2000}
 ROUNDS=${ROUNDS:-3}
 SPARSE=${SPARSE:-200}
@@ -38,10 +33,7 @@ SPARSE=${SPARSE:-200}
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
 ((SPARSE >= 0 && SPARSE <= 1000)) || lab_die "SPARSE must be 0..1000"
 
-lab_require_tools ip wg wireguard-go unbound dig dnsperf python3
-lab_init tdl
-lab_network
-lab_peer_network
+bench_lab tdl python3
 lab_start_unbound "$LAB_C" 127.0.0.1
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
 

@@ -14,24 +14,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=../lab/lib.sh
-source "$ROOT/lab/lib.sh"
-# shellcheck source=../lab/resolver-lib.sh
-source "$ROOT/lab/resolver-lib.sh"
 # shellcheck source=lib.sh
 source "$ROOT/bench/lib.sh"
 
-TUNDNS_BIN=${TUNDNS_BIN:-$ROOT/target/release/tundns}
 NAMES=${NAMES:-100000}
 CACHE_SIZE=${CACHE_SIZE:-}
 ((NAMES >= 1 && NAMES <= 1000000)) || lab_die "NAMES must be 1..1000000"
 
-lab_require_tools ip wg wireguard-go unbound dig dnsperf
-lab_init tdm
-lab_network
 # shellcheck disable=SC2034 # read by lab_unbound_conf (lab/lib.sh)
 LAB_UNBOUND_INCLUDES="$ROOT/lab/unbound-bulk-zone.conf"
-lab_peer_network
+bench_lab tdm
 unbound_pid=$LAB_LAST_PID # lab_peer_network starts N's unbound last
 lab_in_n dig +time=1 +tries=1 +short "@$LAB_UNBOUND_V4" n42.bulk.test A | grep -qx 203.0.113.1 ||
     lab_die "unbound in N does not answer the bulk.test names"

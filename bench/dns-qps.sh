@@ -19,14 +19,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=../lab/lib.sh
-source "$ROOT/lab/lib.sh"
-# shellcheck source=../lab/resolver-lib.sh
-source "$ROOT/lab/resolver-lib.sh"
 # shellcheck source=lib.sh
 source "$ROOT/bench/lib.sh"
 
-TUNDNS_BIN=${TUNDNS_BIN:-$ROOT/target/release/tundns}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
 OUTSTANDING=${OUTSTANDING:-100}
@@ -34,10 +29,7 @@ OUTSTANDING=${OUTSTANDING:-100}
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
 ((OUTSTANDING >= 1 && OUTSTANDING <= 1000)) || lab_die "OUTSTANDING must be 1..1000"
 
-lab_require_tools ip wg wireguard-go unbound dig dnsperf dnsdist
-lab_init tdq
-lab_network
-lab_peer_network
+bench_lab tdq dnsdist
 
 queries="$LAB_DIR/queries.txt"
 bench_lab_zone_queries "$queries"

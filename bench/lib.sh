@@ -1,6 +1,27 @@
 # shellcheck shell=bash
-# Helpers shared by the DNS benchmarks (bench/dns-*.sh), sourced after lab/lib.sh and
-# lab/resolver-lib.sh. Every client runs inside the lab's client namespace $LAB_C.
+# Helpers shared by the DNS benchmarks (bench/dns-*.sh). Sourcing this file sources
+# lab/lib.sh and lab/resolver-lib.sh too. Every client runs inside the lab's client namespace
+# $LAB_C.
+
+BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../lab/lib.sh
+source "$BENCH_ROOT/lab/lib.sh"
+# shellcheck source=../lab/resolver-lib.sh
+source "$BENCH_ROOT/lab/resolver-lib.sh"
+
+TUNDNS_BIN=${TUNDNS_BIN:-$BENCH_ROOT/target/release/tundns}
+
+# bench_lab PREFIX [TOOL...]: the lab every DNS benchmark starts from. Requires the tools all
+# of them use plus TOOL..., then lab_init PREFIX, lab_network and lab_peer_network (which
+# starts N's unbound, with $LAB_UNBOUND_INCLUDES if set, last).
+bench_lab() {
+    local prefix=$1
+    shift
+    lab_require_tools ip wg wireguard-go unbound dig dnsperf "$@"
+    lab_init "$prefix"
+    lab_network
+    lab_peer_network
+}
 
 # bench_dnsperf LABEL SERVER QUERYFILE SECONDS [DNSPERF_OPTION...]: one bounded dnsperf run
 # from C (100 outstanding unless the options say otherwise). Prints "LABEL QPS (lost ...)" to
