@@ -1,6 +1,8 @@
 //! Behaviour of the public API on queries built with `domain` and on
 //! hand-crafted malformed messages.
 
+mod common;
+
 use std::hash::{BuildHasher, RandomState};
 
 use domain::base::iana::{Class, Opcode, Rtype};
@@ -24,22 +26,7 @@ fn name(text: &str) -> Name<Vec<u8>> {
 
 /// A client query as dig sends it: RD set, optionally with an OPT record.
 fn query(id: u16, qname: &str, qtype: Rtype, edns: Option<(u16, bool)>) -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(id);
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    question.push((name(qname), qtype)).unwrap();
-    let mut additional = question.additional();
-    if let Some((size, dnssec_ok)) = edns {
-        additional
-            .opt(|opt| {
-                opt.set_udp_payload_size(size);
-                opt.set_dnssec_ok(dnssec_ok);
-                Ok(())
-            })
-            .unwrap();
-    }
-    additional.finish()
+    common::build_query(id, qname, qtype, true, edns)
 }
 
 /// An upstream answer to `request` with `count` A records.

@@ -1,9 +1,11 @@
 //! Property tests: no input panics, and what we accept or write agrees with
 //! `domain`'s independent parser.
 
+mod common;
+
 use domain::base::iana::{Class, Rtype};
 use domain::base::name::ToLabelIter;
-use domain::base::{Message, MessageBuilder, Name};
+use domain::base::{Message, MessageBuilder};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
 use tundns_dns::tcp::FrameDecoder;
@@ -40,24 +42,7 @@ fn arb_query() -> impl Strategy<Value = Vec<u8>> {
             } else {
                 labels.join(".")
             };
-            let mut builder = MessageBuilder::new_vec();
-            builder.header_mut().set_id(id);
-            builder.header_mut().set_rd(rd);
-            let mut question = builder.question();
-            question
-                .push((Name::<Vec<u8>>::vec_from_str(&text).unwrap(), qtype))
-                .unwrap();
-            let mut additional = question.additional();
-            if let Some((size, dnssec_ok)) = edns {
-                additional
-                    .opt(|opt| {
-                        opt.set_udp_payload_size(size);
-                        opt.set_dnssec_ok(dnssec_ok);
-                        Ok(())
-                    })
-                    .unwrap();
-            }
-            additional.finish()
+            common::build_query(id, &text, qtype, rd, edns)
         })
 }
 
