@@ -27,6 +27,7 @@ use crate::control_protocol::{
 };
 use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
 use crate::dns_runtime::{LocalSource, RouteTable};
+use crate::wireguard_stats;
 
 /// Clients served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 16;
@@ -443,54 +444,24 @@ async fn read_uapi(interface: &str) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the UAPI socket did not answer"))?
 }
 
-/// The listen port and the peers of a UAPI `get=1` answer. The private key is not kept.
+/// The listen port and the peers of a UAPI `get=1` answer, read leniently: a line that
+/// does not parse is passed over. The private key is not kept.
 fn parse_uapi(text: &str) -> (Option<u16>, Vec<PeerStatus>) {
-    let mut listen_port = None;
-    let mut peers: Vec<PeerStatus> = Vec::new();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        if key == "public_key" {
-            peers.push(PeerStatus {
-                public_key: hex_key_to_base64(value).unwrap_or_else(|| value.to_owned()),
-                ..PeerStatus::default()
-            });
-            continue;
-        }
-        let Some(peer) = peers.last_mut() else {
-            if key == "listen_port" {
-                listen_port = value.parse().ok();
-            }
-            continue;
-        };
-        match key {
-            "endpoint" => peer.endpoint = Some(value.to_owned()),
-            "allowed_ip" => peer.allowed_ips.push(value.to_owned()),
-            "last_handshake_time_sec" => {
-                peer.latest_handshake = value.parse().ok().filter(|&seconds: &u64| seconds > 0);
-            }
-            "rx_bytes" => peer.rx_bytes = value.parse().unwrap_or(0),
-            "tx_bytes" => peer.tx_bytes = value.parse().unwrap_or(0),
-            "persistent_keepalive_interval" => {
-                peer.persistent_keepalive = value.parse().ok().filter(|&seconds: &u16| seconds > 0);
-            }
-            _ => {}
-        }
-    }
-    (listen_port, peers)
-}
-
-/// A UAPI key (64 hex digits) in the config's base64 form.
-fn hex_key_to_base64(hex: &str) -> Option<String> {
-    use base64::Engine;
-    if hex.len() != 64 {
-        return None;
-    }
-    let bytes = (0..32)
-        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+    let (device, _) = wireguard_stats::parse_device(text);
+    let peers = device
+        .peers
+        .into_iter()
+        .map(|peer| PeerStatus {
+            public_key: peer.stats.public_key,
+            endpoint: peer.endpoint,
+            allowed_ips: peer.allowed_ips,
+            latest_handshake: Some(peer.stats.last_handshake.as_secs()).filter(|&s| s > 0),
+            rx_bytes: peer.stats.rx_bytes,
+            tx_bytes: peer.stats.tx_bytes,
+            persistent_keepalive: peer.persistent_keepalive,
+        })
+        .collect();
+    (device.listen_port, peers)
 }
 
 /// A query for `name` `qtype` with RD set, as a client would send it.
@@ -632,8 +603,8 @@ errno=0\n";
     #[test]
     fn garbage_from_the_uapi_socket_gives_no_peers() {
         assert_eq!(parse_uapi("nonsense\n=\nerrno=1\n"), (None, Vec::new()));
-        assert_eq!(hex_key_to_base64("abc"), None);
-        assert_eq!(hex_key_to_base64(&"zz".repeat(32)), None);
+        assert_eq!(wireguard_stats::base64_key("abc"), None);
+        assert_eq!(wireguard_stats::base64_key(&"zz".repeat(32)), None);
     }
 
     #[test]

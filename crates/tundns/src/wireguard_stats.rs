@@ -57,62 +57,118 @@ pub async fn read_peers(path: &Path) -> io::Result<Vec<PeerStats>> {
     parse_get(text)
 }
 
-/// Parses the answer to `get=1`: `key=value` lines, each `public_key` starting a peer,
-/// ending with `errno=N`.
+/// A device's state as its answer to `get=1` gives it; private and preshared keys are
+/// not kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceState {
+    pub listen_port: Option<u16>,
+    pub peers: Vec<UapiPeer>,
+}
+
+/// One peer of a `get=1` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UapiPeer {
+    pub stats: PeerStats,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Seconds; `None` when off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Parses the answer to `get=1`, strictly: the peers, or an error for the first line
+/// that does not parse or an `errno` other than 0.
 pub fn parse_get(text: &str) -> io::Result<Vec<PeerStats>> {
-    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidData, message);
-    let mut peers: Vec<PeerStats> = Vec::new();
+    match parse_device(text) {
+        (_, Some(problem)) => Err(io::Error::new(io::ErrorKind::InvalidData, problem)),
+        (device, None) => Ok(device.peers.into_iter().map(|peer| peer.stats).collect()),
+    }
+}
+
+/// Parses the answer to `get=1`: `key=value` lines, each `public_key` starting a peer,
+/// ending with `errno=N`. A line that does not parse is read as well as it can be (a
+/// line without '=' passed over, a key that is not hex kept as given, a number that is
+/// not one as 0) and the first such problem, or a failing `errno`, is returned beside
+/// the state.
+pub fn parse_device(text: &str) -> (DeviceState, Option<String>) {
+    let mut device = DeviceState::default();
+    let mut problem: Option<String> = None;
+    let mut note = |message: String| {
+        problem.get_or_insert(message);
+    };
     let mut handshake_nanos = 0u32;
     for line in text.lines().filter(|line| !line.is_empty()) {
         let Some((key, value)) = line.split_once('=') else {
-            return Err(invalid("a UAPI line without '='".into()));
+            note("a UAPI line without '='".into());
+            continue;
         };
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| invalid(format!("UAPI {key} is not a number")))
+        let mut number = || {
+            value.parse::<u64>().unwrap_or_else(|_| {
+                note(format!("UAPI {key} is not a number"));
+                0
+            })
         };
         match key {
             "public_key" => {
-                if let Some(peer) = peers.last_mut() {
-                    peer.last_handshake += Duration::from_nanos(handshake_nanos.into());
+                if let Some(peer) = device.peers.last_mut() {
+                    peer.stats.last_handshake = peer
+                        .stats
+                        .last_handshake
+                        .saturating_add(Duration::from_nanos(handshake_nanos.into()));
                 }
                 handshake_nanos = 0;
-                peers.push(PeerStats {
-                    public_key: base64_key(value)
-                        .ok_or_else(|| invalid("UAPI public_key is not 32 hex bytes".into()))?,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    last_handshake: Duration::ZERO,
+                let public_key = base64_key(value).unwrap_or_else(|| {
+                    note("UAPI public_key is not 32 hex bytes".into());
+                    value.to_owned()
+                });
+                device.peers.push(UapiPeer {
+                    stats: PeerStats {
+                        public_key,
+                        rx_bytes: 0,
+                        tx_bytes: 0,
+                        last_handshake: Duration::ZERO,
+                    },
+                    endpoint: None,
+                    allowed_ips: Vec::new(),
+                    persistent_keepalive: None,
                 });
             }
-            "errno" if value != "0" => {
-                return Err(invalid(format!("UAPI get failed: errno {value}")));
-            }
-            "rx_bytes" | "tx_bytes" | "last_handshake_time_sec" | "last_handshake_time_nsec" => {
-                let Some(peer) = peers.last_mut() else {
+            "errno" if value != "0" => note(format!("UAPI get failed: errno {value}")),
+            "listen_port" if device.peers.is_empty() => device.listen_port = value.parse().ok(),
+            _ => {
+                let Some(peer) = device.peers.last_mut() else {
                     continue;
                 };
                 match key {
-                    "rx_bytes" => peer.rx_bytes = number()?,
-                    "tx_bytes" => peer.tx_bytes = number()?,
+                    "rx_bytes" => peer.stats.rx_bytes = number(),
+                    "tx_bytes" => peer.stats.tx_bytes = number(),
                     "last_handshake_time_sec" => {
-                        peer.last_handshake = Duration::from_secs(number()?);
+                        peer.stats.last_handshake = Duration::from_secs(number());
                     }
-                    _ => handshake_nanos = u32::try_from(number()?).unwrap_or(0) % 1_000_000_000,
+                    "last_handshake_time_nsec" => {
+                        handshake_nanos = u32::try_from(number()).unwrap_or(0) % 1_000_000_000;
+                    }
+                    "endpoint" => peer.endpoint = Some(value.to_owned()),
+                    "allowed_ip" => peer.allowed_ips.push(value.to_owned()),
+                    "persistent_keepalive_interval" => {
+                        peer.persistent_keepalive =
+                            value.parse().ok().filter(|&seconds: &u16| seconds > 0);
+                    }
+                    _ => {}
                 }
             }
-            _ => {}
         }
     }
-    if let Some(peer) = peers.last_mut() {
-        peer.last_handshake += Duration::from_nanos(handshake_nanos.into());
+    if let Some(peer) = device.peers.last_mut() {
+        peer.stats.last_handshake = peer
+            .stats
+            .last_handshake
+            .saturating_add(Duration::from_nanos(handshake_nanos.into()));
     }
-    Ok(peers)
+    (device, problem)
 }
 
-/// A hex key as base64.
-fn base64_key(hex: &str) -> Option<String> {
+/// A UAPI key (64 hex digits) in the config's base64 form.
+pub fn base64_key(hex: &str) -> Option<String> {
     if hex.len() != 64 {
         return None;
     }
