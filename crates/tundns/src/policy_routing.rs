@@ -20,7 +20,6 @@
 //! addresses and copy the mark to conntrack for strict reverse-path filtering; tundns does
 //! not (see the README).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 
 use futures::TryStreamExt;
@@ -28,10 +27,10 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion};
 use tundns_config::{Config, RouteTable};
 
-use crate::system::{SystemChanges, SystemError};
+use crate::system::{SystemChanges, SystemError, failed, list_routes};
 
 /// wg-quick's first choice of mark and table.
 pub const DEFAULT_TABLE: u32 = 51820;
@@ -107,17 +106,8 @@ pub async fn with_fwmark(config: &Config) -> Result<Config, SystemError> {
 /// The first table from [`DEFAULT_TABLE`] on that holds no IPv4 or IPv6 route.
 async fn free_table(handle: &Handle) -> Result<u32, SystemError> {
     let mut used = Vec::new();
-    for dump in [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ] {
-        let routes: Vec<RouteMessage> = handle
-            .route()
-            .get(dump)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(failed("listing routes"))?;
+    for ipv6 in [false, true] {
+        let routes = list_routes(handle, ipv6).await?;
         used.extend(routes.iter().map(route_table));
     }
     (DEFAULT_TABLE..DEFAULT_TABLE + TABLE_SEARCH_LIMIT)
@@ -211,13 +201,6 @@ fn rule_to_table(family: AddressFamily, table: u32) -> RuleMessage {
     rule.header.table = u8::try_from(table).unwrap_or(0);
     rule.attributes.push(RuleAttribute::Table(table));
     rule
-}
-
-fn failed(action: &'static str) -> impl FnOnce(rtnetlink::Error) -> SystemError {
-    move |source| SystemError::Netlink {
-        action: action.into(),
-        source,
-    }
 }
 
 /// The policy rules and sysctl values a full tunnel changed, for teardown.

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::policy_routing::PolicyChanges;
@@ -44,9 +45,28 @@ pub enum SystemError {
     },
 }
 
-fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {
+pub(crate) fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {
     let action = action.into();
     move |source| SystemError::Netlink { action, source }
+}
+
+/// Every route of one family (IPv6 when `ipv6`), in all tables.
+pub(crate) async fn list_routes(
+    handle: &Handle,
+    ipv6: bool,
+) -> Result<Vec<RouteMessage>, SystemError> {
+    let dump = if ipv6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    handle
+        .route()
+        .get(dump)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(failed("listing routes"))
 }
 
 /// The routes added so far, and the netlink handle that adds and removes them.
@@ -159,18 +179,7 @@ impl SystemChanges {
 
     /// True when `table` routes exactly `network` through this interface.
     async fn routes_here(&self, network: IpNet, table: u32) -> Result<bool, SystemError> {
-        let dump = match network {
-            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        };
-        let routes: Vec<_> = self
-            .handle
-            .route()
-            .get(dump)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(failed("listing routes"))?;
+        let routes = list_routes(&self.handle, matches!(network, IpNet::V6(_))).await?;
         let wanted = self.route_message(network, table);
         Ok(routes.iter().any(|route| {
             route.header.destination_prefix_length == network.prefix_len()
