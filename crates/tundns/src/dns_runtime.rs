@@ -259,7 +259,16 @@ impl RouteTable {
             .routes
             .iter()
             .any(|r| r.domains.iter().any(|d| d == "."));
-        let default = (!default_taken).then(|| RouteEntry {
+        let default = (!default_taken).then(|| self.default_entry());
+        default
+            .into_iter()
+            .chain(self.routes.iter().map(Route::entry))
+            .collect()
+    }
+
+    /// The default route: `.` to `[DNSProxy] Upstream`.
+    fn default_entry(&self) -> RouteEntry {
+        RouteEntry {
             domains: vec![".".into()],
             upstreams: self
                 .default_upstreams
@@ -268,26 +277,13 @@ impl RouteTable {
                 .collect(),
             through_tunnel: false,
             source: Source::Config,
-        });
-        default
-            .into_iter()
-            .chain(self.routes.iter().map(Route::entry))
-            .collect()
+        }
     }
 
     /// The route entry of group `index` (0: the default).
     pub fn group_entry(&self, index: usize) -> Option<RouteEntry> {
         match index {
-            0 => Some(RouteEntry {
-                domains: vec![".".into()],
-                upstreams: self
-                    .default_upstreams
-                    .iter()
-                    .map(|u| u.to_string())
-                    .collect(),
-                through_tunnel: false,
-                source: Source::Config,
-            }),
+            0 => Some(self.default_entry()),
             _ => self.routes.get(index - 1).map(Route::entry),
         }
     }
