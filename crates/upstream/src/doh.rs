@@ -77,33 +77,14 @@ impl DohClient {
         question: &Question,
         context: &Context,
     ) -> Result<Vec<u8>, AttemptError> {
-        let (connection, reused) = self.connection(context).await?;
-        match self.post(&connection, query, question, context).await {
-            // The server may have closed an idle connection we had not noticed
-            // yet: once more on a fresh one.
-            Err(AttemptError::Closed) if reused => {
-                let (connection, _) = self.connection(context).await?;
-                self.post(&connection, query, question, context).await
-            }
-            outcome => outcome,
-        }
-    }
-
-    pub fn drop_connection(&self) {
-        self.connection.drop_connection();
-    }
-
-    /// The open connection, or a new one (connect, TLS and HTTP/2 handshakes
-    /// within the attempt timeout); and whether it was reused.
-    async fn connection(&self, context: &Context) -> Result<(Arc<Connection>, bool), AttemptError> {
+        // A new connection: connect, TLS and HTTP/2 handshakes, within the attempt timeout.
         let connect = || {
             let address = self.address;
             let server_name = self.server_name.clone();
             let connector = self.connector.clone();
             let config = context.config.clone();
             async move {
-                let tcp = transport::tcp_connect(address, &config).await?;
-                let tls = connector.connect(server_name, tcp).await?;
+                let tls = transport::tls_connect(address, server_name, connector, &config).await?;
                 if let Some(alpn) = tls.get_ref().1.alpn_protocol()
                     && alpn != b"h2"
                 {
@@ -121,8 +102,18 @@ impl DohClient {
             }
         };
         self.connection
-            .get(context.config.attempt_timeout, connect)
+            .exchange(
+                context.config.attempt_timeout,
+                connect,
+                |connection: Arc<Connection>| async move {
+                    self.post(&connection, query, question, context).await
+                },
+            )
             .await
+    }
+
+    pub fn drop_connection(&self) {
+        self.connection.drop_connection();
     }
 
     async fn post(

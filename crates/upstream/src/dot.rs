@@ -61,26 +61,7 @@ impl DotClient {
         question: &Question,
         context: &Context,
     ) -> Result<Vec<u8>, AttemptError> {
-        let (connection, reused) = self.connection(context).await?;
-        match connection.exchange(query, question).await {
-            // The server may have closed an idle connection we had not noticed
-            // yet: once more on a fresh one.
-            Err(AttemptError::Closed) if reused => {
-                let (connection, _) = self.connection(context).await?;
-                connection.exchange(query, question).await
-            }
-            outcome => outcome,
-        }
-    }
-
-    /// Closes the current connection (its tasks end when they see the flag).
-    pub fn drop_connection(&self) {
-        self.connection.drop_connection();
-    }
-
-    /// The open connection, or a new one (connect and handshake within the
-    /// attempt timeout); and whether it was reused.
-    async fn connection(&self, context: &Context) -> Result<(Arc<Connection>, bool), AttemptError> {
+        // A new connection: connect and handshake, within the attempt timeout.
         let connect = || {
             let address = self.address;
             let server_name = self.server_name.clone();
@@ -88,8 +69,7 @@ impl DotClient {
             let config = context.config.clone();
             let counters = context.counters.clone();
             async move {
-                let tcp = transport::tcp_connect(address, &config).await?;
-                let tls = connector.connect(server_name, tcp).await?;
+                let tls = transport::tls_connect(address, server_name, connector, &config).await?;
                 Ok(Connection::spawn(
                     tls,
                     address,
@@ -99,8 +79,17 @@ impl DotClient {
             }
         };
         self.connection
-            .get(context.config.attempt_timeout, connect)
+            .exchange(
+                context.config.attempt_timeout,
+                connect,
+                |connection: Arc<Connection>| async move { connection.exchange(query, question).await },
+            )
             .await
+    }
+
+    /// Closes the current connection (its tasks end when they see the flag).
+    pub fn drop_connection(&self) {
+        self.connection.drop_connection();
     }
 }
 

@@ -97,6 +97,29 @@ impl<C: Persistent> SharedConnection<C> {
         }
     }
 
+    /// `exchange` on the open connection or a new one (see [`Self::get`]). The server
+    /// may have closed an idle connection we had not noticed yet: when a reused one
+    /// turns out closed, once more on a fresh one.
+    pub async fn exchange<F, E, T>(
+        &self,
+        timeout: Duration,
+        connect: impl Fn() -> F,
+        exchange: impl Fn(Arc<C>) -> E,
+    ) -> Result<T, AttemptError>
+    where
+        F: Future<Output = Result<Arc<C>, AttemptError>> + Send + 'static,
+        E: Future<Output = Result<T, AttemptError>>,
+    {
+        let (connection, reused) = self.get(timeout, &connect).await?;
+        match exchange(connection).await {
+            Err(AttemptError::Closed) if reused => {
+                let (connection, _) = self.get(timeout, &connect).await?;
+                exchange(connection).await
+            }
+            outcome => outcome,
+        }
+    }
+
     /// Closes the open connection, if any, so the next query starts afresh.
     /// A connect in progress is left to finish: it is bounded already.
     pub fn drop_connection(&self) {

@@ -4,9 +4,12 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use rustls_pki_types::ServerName;
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tundns_dns::tcp::{MAX_MESSAGE_LEN, length_prefix};
 use tundns_dns::{Question, is_truncated, response_matches, set_message_id};
 
@@ -69,6 +72,17 @@ fn mark(socket: SockRef<'_>, config: &PoolConfig) -> io::Result<()> {
         Some(fwmark) => socket.set_mark(fwmark),
         None => Ok(()),
     }
+}
+
+/// A TCP connection to `address` with a TLS session for `server_name` on it.
+pub async fn tls_connect(
+    address: SocketAddr,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    config: &PoolConfig,
+) -> Result<TlsStream<TcpStream>, AttemptError> {
+    let tcp = tcp_connect(address, config).await?;
+    Ok(connector.connect(server_name, tcp).await?)
 }
 
 /// A TCP connection to `upstream` with the pool's mark and source address.
