@@ -31,18 +31,16 @@ use quick_cache::{DefaultHashBuilder, Weighter};
 use crate::query::{Query, Question};
 use crate::rewrite::{append_client_opt, patch_for_client};
 use crate::sections::{self, Record, Records, Section, effective_ttl};
-use crate::wire::{self, HEADER_LEN};
+use crate::synth::{TYPE_ANY, TYPE_SOA};
+use crate::wire::{self, FLAGS_AA, HEADER_LEN};
 
 /// TTL of a stale answer (RFC 8767 §5 recommends 30 seconds).
 pub const STALE_TTL: u32 = 30;
 
-const FLAGS_AA: u8 = 0x04;
 const RCODE_MASK: u8 = 0x0f;
 const RCODE_NOERROR: u8 = 0;
 const RCODE_SERVFAIL: u8 = 2;
 const RCODE_NXDOMAIN: u8 = 3;
-const TYPE_SOA: u16 = 6;
-const TYPE_ANY: u16 = 255;
 /// SOA RDATA ends with SERIAL, REFRESH, RETRY, EXPIRE, MINIMUM (32 bits each),
 /// after two names of at least one byte each.
 const SOA_MIN_RDATA_LEN: usize = 2 + 5 * 4;

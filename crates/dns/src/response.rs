@@ -4,14 +4,11 @@ use domain::base::iana::OptRcode;
 
 use crate::query::{Question, read_query};
 use crate::sections::{self, Records, Section};
-use crate::wire::{self, HEADER_LEN, NameBuf, NameCase};
+use crate::wire::{self, HEADER_LEN, NameBuf, NameCase, OPT_RECORD_LEN};
 
 /// UDP payload size advertised in the OPT record of our own error responses
 /// (the 2020 DNS flag day value: fits any path MTU without fragmentation).
 pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
-
-/// Length of an OPT record without options: root owner + type, class, TTL, RDLENGTH.
-pub(crate) const OPT_RECORD_LEN: usize = 1 + wire::RR_FIXED_LEN;
 
 /// A buffer this long always holds a whole [`write_error_response`] or
 /// [`write_truncated`] output: header, the longest question, an OPT record.

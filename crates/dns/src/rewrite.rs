@@ -3,9 +3,9 @@
 //! copying and patching bytes in place, never by re-encoding.
 
 use crate::query::Query;
-use crate::response::{ADVERTISED_UDP_PAYLOAD, OPT_RECORD_LEN, opt_ttl, write_empty_opt};
+use crate::response::{ADVERTISED_UDP_PAYLOAD, opt_ttl, write_empty_opt};
 use crate::sections;
-use crate::wire::{self, HEADER_LEN};
+use crate::wire::{self, HEADER_LEN, OPT_RECORD_LEN};
 
 /// Writes `response` into `out` as the answer to `query`, for in-flight
 /// collapsing (many clients, one upstream answer): the query's ID, RD bit and

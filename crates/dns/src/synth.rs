@@ -9,8 +9,8 @@
 //! [`write_error_response`]: crate::write_error_response
 
 use crate::query::Query;
-use crate::response::ADVERTISED_UDP_PAYLOAD;
-use crate::wire::{self, HEADER_LEN};
+use crate::response::{ADVERTISED_UDP_PAYLOAD, opt_ttl, write_empty_opt};
+use crate::wire::{self, FLAGS_AA, HEADER_LEN, OPT_RECORD_LEN};
 
 pub(crate) const CLASS_IN: u16 = 1;
 pub(crate) const CLASS_ANY: u16 = 255;
@@ -31,8 +31,6 @@ pub(crate) const QUESTION_NAME: [u8; 2] = [0xc0, HEADER_LEN as u8];
 
 /// Largest DNS message (the TCP length prefix is 16 bits).
 const MAX_MESSAGE_LEN: usize = u16::MAX as usize;
-const OPT_RECORD_LEN: usize = 1 + wire::RR_FIXED_LEN;
-const FLAGS_AA: u8 = 0x04;
 
 /// SOA timers of the synthesised zones: serial, refresh, retry, expire.
 const SOA_TIMERS: [u32; 4] = [1, 3600, 600, 86400];
@@ -102,14 +100,11 @@ pub(crate) fn write_reply(query: &Query<'_>, reply: Reply, body: &[u8], out: &mu
     if let Some(edns) = query.edns()
         && out.len() - len >= OPT_RECORD_LEN
     {
-        let opt = &mut out[len..len + OPT_RECORD_LEN];
-        opt[0] = 0;
-        wire::write_u16(opt, 1, wire::RTYPE_OPT);
-        wire::write_u16(opt, 3, ADVERTISED_UDP_PAYLOAD);
-        let flags: u32 = if edns.dnssec_ok { 0x8000 } else { 0 };
-        opt[5..9].copy_from_slice(&flags.to_be_bytes());
-        wire::write_u16(opt, 9, 0);
-        len += OPT_RECORD_LEN;
+        len += write_empty_opt(
+            ADVERTISED_UDP_PAYLOAD,
+            opt_ttl(0, edns.dnssec_ok),
+            &mut out[len..],
+        );
         wire::write_u16(out, 10, 1);
     }
     len

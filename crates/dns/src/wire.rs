@@ -11,8 +11,11 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const RR_FIXED_LEN: usize = 10;
 /// RR type of the EDNS OPT pseudo-record (RFC 6891).
 pub const RTYPE_OPT: u16 = 41;
+/// Length of an OPT record without options: root owner + type, class, TTL, RDLENGTH.
+pub const OPT_RECORD_LEN: usize = 1 + RR_FIXED_LEN;
 
 pub const FLAGS_QR: u8 = 0x80;
+pub const FLAGS_AA: u8 = 0x04;
 pub const FLAGS_OPCODE_MASK: u8 = 0x78;
 pub const FLAGS_TC: u8 = 0x02;
 pub const FLAGS_RD: u8 = 0x01;

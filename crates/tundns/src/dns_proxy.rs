@@ -39,10 +39,6 @@ const UPSTREAM_EDNS_SIZE: u16 = 1232;
 /// Room for a cache hit found after an inline miss; a larger entry is simply asked again.
 const LATE_HIT_BUFFER: usize = 4096;
 
-/// An OPT record without options: adapting an answer may add one for a client that sent
-/// EDNS when the upstream's answer had none.
-const OPT_RECORD_LEN: usize = 11;
-
 /// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
 #[derive(Debug, Default)]
 pub struct DnsStats {
@@ -464,8 +460,9 @@ impl Forward {
 
 /// `response` as the answer to `query` (its ID and spelling), or `None` if malformed.
 fn adapted(response: &[u8], query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
-    // Only the ID, the question's case and the OPT record change.
-    let mut out = vec![0; response.len() + OPT_RECORD_LEN];
+    // Only the ID, the question's case and the OPT record change; an OPT record is
+    // added for a client that sent EDNS when the upstream's answer had none.
+    let mut out = vec![0; response.len() + tundns_dns::OPT_RECORD_LEN];
     let len = tundns_dns::adapt_response(response, query, &mut out);
     (len > 0).then_some((out, len))
 }
