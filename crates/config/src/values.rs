@@ -158,14 +158,19 @@ pub(crate) fn parse_count(value: &str, max: usize) -> Result<usize, String> {
     }
 }
 
+/// `text` split where its leading digits end: the number and its unit.
+fn number_and_unit(text: &str) -> (&str, &str) {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    text.split_at(digits_end)
+}
+
 /// A positive whole number with a unit: `ms`, `s` or `m` (`500ms`, `2s`, `1m`).
 pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
     const MAX: Duration = Duration::from_secs(3600);
     let lower = value.to_ascii_lowercase();
-    let digits_end = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(digits_end);
+    let (number, unit) = number_and_unit(&lower);
     let bad = || {
         format!(
             "expected a duration such as 500ms, 2s or 1m (at most 1 hour, more than 0), found {}",
@@ -331,10 +336,7 @@ pub(crate) fn parse_path(key: &str, value: &str) -> Result<std::path::PathBuf, S
 /// most [`crate::MAX_TTL`]; zero only where `zero_allowed`.
 pub(crate) fn parse_ttl(value: &str, zero_allowed: bool) -> Result<Duration, String> {
     let lower = value.to_ascii_lowercase();
-    let digits_end = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(digits_end);
+    let (number, unit) = number_and_unit(&lower);
     let bad = || {
         let least = if zero_allowed { "0s" } else { "1s" };
         format!(
@@ -361,10 +363,7 @@ pub(crate) fn parse_ttl(value: &str, zero_allowed: bool) -> Result<Duration, Str
 /// [`crate::MIN_CACHE_SIZE`]..=[`crate::MAX_CACHE_SIZE`].
 pub(crate) fn parse_cache_size(value: &str) -> Result<usize, String> {
     let lower = value.to_ascii_lowercase();
-    let digits_end = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(digits_end);
+    let (number, unit) = number_and_unit(&lower);
     let bad = |hint: &str| {
         format!(
             "expected a size such as 32MiB, 512KiB or 1GiB (64KiB..=1GiB){hint}, found {}",
