@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::dig_output::{Record, answer_count, has_flag, message_size, section, status};
+use common::dig_output::{answer_count, has_flag, message_size, section, status};
 use common::resolver_lab::*;
 use common::*;
 use std::path::Path;
@@ -999,40 +999,6 @@ fn assert_whole_big_txt_records(run: &Run) {
     );
 }
 
-fn resolver_lab(test: &str) -> Option<Lab> {
-    lab_or_skip_with(test, LabOptions::resolver())
-}
-
-fn encrypted_lab(test: &str) -> Option<Lab> {
-    lab_or_skip_with(
-        test,
-        LabOptions {
-            encrypted_upstream: true,
-            ..LabOptions::resolver()
-        },
-    )
-}
-
-/// The default client config with `lines` added to `[DNSProxy]`.
-fn resolver_config(lines: &[&str]) -> ClientConfig {
-    ClientConfig {
-        dns_proxy_lines: lines.iter().map(|line| (*line).to_owned()).collect(),
-        ..ClientConfig::default()
-    }
-}
-
-fn start(lab: &Lab, lines: &[&str]) -> Daemon {
-    lab.start_tundns(&lab.client_config(&resolver_config(lines)))
-}
-
-fn start_with_upstreams(lab: &Lab, upstreams: &[&str], lines: &[&str]) -> Daemon {
-    let options = ClientConfig {
-        upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
-        ..resolver_config(lines)
-    };
-    lab.start_tundns(&lab.client_config(&options))
-}
-
 /// corp.internal to `resolver` through the tunnel; everything else to the outside unbound.
 fn corp_route(resolver: &str) -> ClientConfig {
     ClientConfig {
@@ -1043,23 +1009,6 @@ fn corp_route(resolver: &str) -> ClientConfig {
         }],
         ..ClientConfig::default()
     }
-}
-
-/// `dig @10.30.30.30 args...` from C.
-fn ask(lab: &Lab, args: &[&str]) -> Run {
-    lab.dig(&lab.client_ns, PROXY_V4, args)
-}
-
-/// The answer section holds exactly one record, with `data`; returns it.
-#[track_caller]
-fn single_answer(run: &Run, data: &str) -> Record {
-    let answer = section(run, "ANSWER");
-    assert_eq!(status(run).as_deref(), Some("NOERROR"), "{run}");
-    assert!(
-        answer.len() == 1 && answer[0].data == data,
-        "expected one answer {data}:\n{run}"
-    );
-    answer[0].clone()
 }
 
 /// The authority section holds an SOA (owned by `zone`, unless empty).

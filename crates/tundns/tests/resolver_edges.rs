@@ -439,20 +439,6 @@ fn block_ttl_is_the_ttl_of_a_null_answer() {
 // ---------------------------------------------------------------------------------------------
 // Shared helpers.
 
-fn resolver_lab(test: &str) -> Option<Lab> {
-    lab_or_skip_with(test, LabOptions::resolver())
-}
-
-fn encrypted_lab(test: &str) -> Option<Lab> {
-    lab_or_skip_with(
-        test,
-        LabOptions {
-            encrypted_upstream: true,
-            ..LabOptions::resolver()
-        },
-    )
-}
-
 /// Whether tcpdump is there; without it the test is skipped, unless `TUNDNS_E2E=1`.
 fn tcpdump_or_skip(test: &str) -> bool {
     if on_path("tcpdump") {
@@ -511,45 +497,8 @@ fn captured_edns_size(capture: &edges_lab::Capture, name: &str) -> Option<u32> {
     size
 }
 
-/// The default client config with `lines` added to `[DNSProxy]`.
-fn resolver_config(lines: &[&str]) -> ClientConfig {
-    ClientConfig {
-        dns_proxy_lines: lines.iter().map(|line| (*line).to_owned()).collect(),
-        ..ClientConfig::default()
-    }
-}
-
-fn start(lab: &Lab, lines: &[&str]) -> Daemon {
-    lab.start_tundns(&lab.client_config(&resolver_config(lines)))
-}
-
-fn start_with_upstreams(lab: &Lab, upstreams: &[&str], lines: &[&str]) -> Daemon {
-    let options = ClientConfig {
-        upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
-        ..resolver_config(lines)
-    };
-    lab.start_tundns(&lab.client_config(&options))
-}
-
-/// `dig @10.30.30.30 args...` from C.
-fn ask(lab: &Lab, args: &[&str]) -> Run {
-    lab.dig(&lab.client_ns, PROXY_V4, args)
-}
-
 fn sleep_until(deadline: Instant) {
     thread::sleep(deadline.saturating_duration_since(Instant::now()));
-}
-
-/// The answer section holds exactly one record, with `data`; returns it.
-#[track_caller]
-fn single_answer(run: &Run, data: &str) -> Record {
-    let answer = section(run, "ANSWER");
-    assert_eq!(status(run).as_deref(), Some("NOERROR"), "{run}");
-    assert!(
-        answer.len() == 1 && answer[0].data == data,
-        "expected one answer {data}:\n{run}"
-    );
-    answer[0].clone()
 }
 
 /// The one SOA of the authority section.

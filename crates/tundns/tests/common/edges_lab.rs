@@ -99,20 +99,9 @@ impl Lab {
              setACL({{\"192.0.2.0/24\", \"10.99.0.0/24\"}})\n\
              setSecurityPollSuffix(\"\")\n{rules}\n"
         );
-        let path = self.write_file(&format!("dnsdist-{address}.conf"), &config);
-        let ns = &self.network_ns;
         let name = format!("dnsdist {address}");
-        self.spawn_daemon_in(
-            ns,
-            &name,
-            &[
-                "dnsdist",
-                "--supervised",
-                "--disable-syslog",
-                "-C",
-                path_str(&path),
-            ],
-        );
+        self.spawn_dnsdist(&name, &format!("dnsdist-{address}.conf"), &config);
+        let ns = &self.network_ns;
         let answered = wait_until(DAEMON_START_TIMEOUT, || {
             dig_output::status(&self.dig(ns, address, &[ready_name, "A"])).is_some()
         });

@@ -371,19 +371,8 @@ remote-control:
              newServer({{address=\"{UNBOUND_V4}:53\", checkName=\"health.lab.test.\"}})\n\
              setSecurityPollSuffix(\"\")\n"
         );
-        let path = self.write_file("dnsdist.conf", &config);
+        self.spawn_dnsdist("dnsdist", "dnsdist.conf", &config);
         let ns = &self.network_ns;
-        self.spawn_daemon_in(
-            ns,
-            "dnsdist",
-            &[
-                "dnsdist",
-                "--supervised",
-                "--disable-syslog",
-                "-C",
-                path_str(&path),
-            ],
-        );
         let answered = wait_until(DAEMON_START_TIMEOUT, || {
             self.dig(ns, DNSDIST_V4, &[WWW_NAME, "A", "+short"])
                 .stdout
@@ -396,6 +385,81 @@ remote-control:
             self.daemon_output("dnsdist")
         );
     }
+
+    /// dnsdist in N as the daemon `name`, supervised, no syslog, running `config` (written to
+    /// `file` in the lab directory).
+    pub(crate) fn spawn_dnsdist(&self, name: &str, file: &str, config: &str) {
+        let path = self.write_file(file, config);
+        self.spawn_daemon_in(
+            &self.network_ns,
+            name,
+            &[
+                "dnsdist",
+                "--supervised",
+                "--disable-syslog",
+                "-C",
+                path_str(&path),
+            ],
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared by the resolver test files (`resolver.rs`, `resolver_edges.rs`).
+
+/// The instrumented resolver lab (see [`LabOptions::resolver`]), or `None` when skipped.
+pub fn resolver_lab(test: &str) -> Option<Lab> {
+    lab_or_skip_with(test, LabOptions::resolver())
+}
+
+/// [`resolver_lab`] with unbound serving DoT and DoH too.
+pub fn encrypted_lab(test: &str) -> Option<Lab> {
+    lab_or_skip_with(
+        test,
+        LabOptions {
+            encrypted_upstream: true,
+            ..LabOptions::resolver()
+        },
+    )
+}
+
+/// The default client config with `lines` added to `[DNSProxy]`.
+pub fn resolver_config(lines: &[&str]) -> ClientConfig {
+    ClientConfig {
+        dns_proxy_lines: lines.iter().map(|line| (*line).to_owned()).collect(),
+        ..ClientConfig::default()
+    }
+}
+
+/// tundns in C with the default config plus `lines` in `[DNSProxy]`.
+pub fn start(lab: &Lab, lines: &[&str]) -> Daemon {
+    lab.start_tundns(&lab.client_config(&resolver_config(lines)))
+}
+
+/// [`start`] with `upstreams` instead of the default upstream.
+pub fn start_with_upstreams(lab: &Lab, upstreams: &[&str], lines: &[&str]) -> Daemon {
+    let options = ClientConfig {
+        upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
+        ..resolver_config(lines)
+    };
+    lab.start_tundns(&lab.client_config(&options))
+}
+
+/// `dig @10.30.30.30 args...` from C.
+pub fn ask(lab: &Lab, args: &[&str]) -> Run {
+    lab.dig(&lab.client_ns, PROXY_V4, args)
+}
+
+/// The answer section holds exactly one record, with `data`; returns it.
+#[track_caller]
+pub fn single_answer(run: &Run, data: &str) -> dig_output::Record {
+    let answer = dig_output::section(run, "ANSWER");
+    assert_eq!(dig_output::status(run).as_deref(), Some("NOERROR"), "{run}");
+    assert!(
+        answer.len() == 1 && answer[0].data == data,
+        "expected one answer {data}:\n{run}"
+    );
+    answer[0].clone()
 }
 
 /// A bash script: `$1` digs at `$2` with the arguments `$3...`, all at once, each waiting at
