@@ -97,36 +97,14 @@ lab_unbound_stat() {
 }
 
 # lab_start_tunnel_resolver: unbound for corp.internal on 10.99.0.53 / fd99::53, addresses of
-# N's wireguard-go interface ($LAB_N_WG, from lab_peer_network).
+# N's wireguard-go interface ($LAB_N_WG, from lab_peer_network), configured from
+# lab/unbound-tunnel.conf.in.
 lab_start_tunnel_resolver() {
     ip -n "$LAB_N" addr add "$LAB_TUNNEL_RESOLVER_V4/32" dev "$LAB_N_WG"
     ip -n "$LAB_N" addr add "$LAB_TUNNEL_RESOLVER_V6/128" dev "$LAB_N_WG" nodad
-    cat >"$LAB_DIR/unbound-tunnel.conf" <<EOF
-server:
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "$LAB_DIR"
-    use-syslog: no
-    logfile: "$LAB_DIR/unbound-tunnel.log"
-    log-queries: yes
-    verbosity: 0
-    num-threads: 1
-    port: 53
-    interface: $LAB_TUNNEL_RESOLVER_V4
-    interface: $LAB_TUNNEL_RESOLVER_V6
-    do-ip6: yes
-    access-control: 0.0.0.0/0 refuse
-    access-control: ::/0 refuse
-    access-control: 10.99.0.0/24 allow
-    access-control: fd99::/64 allow
-    do-not-query-localhost: yes
-    module-config: "iterator"
-include: "$LAB_LIB_DIR/unbound-corp-zone.conf"
-remote-control:
-    control-enable: no
-EOF
+    sed -e "s|@DIR@|$LAB_DIR|g" -e "s|@V4@|$LAB_TUNNEL_RESOLVER_V4|g" \
+        -e "s|@V6@|$LAB_TUNNEL_RESOLVER_V6|g" -e "s|@CORP_ZONE@|$LAB_LIB_DIR/unbound-corp-zone.conf|g" \
+        "$LAB_LIB_DIR/unbound-tunnel.conf.in" >"$LAB_DIR/unbound-tunnel.conf"
     lab_spawn "$LAB_N" unbound-tunnel-daemon unbound -d -c "$LAB_DIR/unbound-tunnel.conf"
     lab_wait 10 lab_in_n dig +time=1 +tries=1 +short -b "$LAB_PEER_TUNNEL_V4" \
         "@$LAB_TUNNEL_RESOLVER_V4" db.corp.internal A ||

@@ -42,6 +42,8 @@ const CORP_ZONE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../lab/unbound-corp-zone.conf"
 );
+/// The tunnel-only resolver's unbound config, with `@NAME@` placeholders.
+const TUNNEL_UNBOUND_TEMPLATE: &str = include_str!("../../../../lab/unbound-tunnel.conf.in");
 
 /// What the lab builds beyond the core topology. `Default` is the core lab of `e2e.rs`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -310,35 +312,12 @@ openssl verify -CAfile lab-ca.pem server.pem
             .assert_success();
         self.exec_in(ns, &["ip", "addr", "add", &v6, "dev", iface, "nodad"])
             .assert_success();
-        let config = format!(
-            r#"server:
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "{dir}"
-    use-syslog: no
-    logfile: "{log}"
-    log-queries: yes
-    verbosity: 0
-    num-threads: 1
-    port: 53
-    interface: {TUNNEL_RESOLVER_V4}
-    interface: {TUNNEL_RESOLVER_V6}
-    do-ip6: yes
-    access-control: 0.0.0.0/0 refuse
-    access-control: ::/0 refuse
-    access-control: 10.99.0.0/24 allow
-    access-control: fd99::/64 allow
-    do-not-query-localhost: yes
-    module-config: "iterator"
-include: "{CORP_ZONE}"
-remote-control:
-    control-enable: no
-"#,
-            dir = self.dir.display(),
-            log = self.dir.join("unbound-tunnel.log").display(),
-        );
+        // The same template as lab/resolver-lib.sh's lab_start_tunnel_resolver.
+        let config = TUNNEL_UNBOUND_TEMPLATE
+            .replace("@DIR@", &self.dir.display().to_string())
+            .replace("@V4@", TUNNEL_RESOLVER_V4)
+            .replace("@V6@", TUNNEL_RESOLVER_V6)
+            .replace("@CORP_ZONE@", CORP_ZONE);
         let path = self.write_file("unbound-tunnel.conf", &config);
         self.spawn_daemon_in(
             ns,
