@@ -20,23 +20,19 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
 use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
 use tundns_dns::tcp::MAX_MESSAGE_LEN;
 use tundns_dns::{Question, response_matches, set_message_id};
 
 use crate::shared_connection::{Persistent, SharedConnection};
-use crate::transport::{self, AttemptError};
+use crate::transport::{self, AttemptError, TlsEndpoint};
 use crate::{Context, PoolError};
 
 const DNS_MESSAGE: &str = "application/dns-message";
 
 pub struct DohClient {
-    address: SocketAddr,
-    server_name: ServerName<'static>,
+    endpoint: TlsEndpoint,
     uri: Uri,
-    connector: TlsConnector,
     connection: SharedConnection<Connection>,
 }
 
@@ -47,8 +43,7 @@ impl DohClient {
         path: &str,
         tls: Arc<ClientConfig>,
     ) -> Result<Self, PoolError> {
-        let name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| PoolError::ServerName(server_name.to_owned()))?;
+        let endpoint = TlsEndpoint::new(address, server_name, tls)?;
         if !path.starts_with('/') {
             return Err(PoolError::DohPath(path.to_owned()));
         }
@@ -63,10 +58,8 @@ impl DohClient {
         let uri = Uri::try_from(format!("https://{authority}{path}"))
             .map_err(|_| PoolError::DohPath(path.to_owned()))?;
         Ok(DohClient {
-            address,
-            server_name: name,
+            endpoint,
             uri,
-            connector: TlsConnector::from(tls),
             connection: SharedConnection::new(),
         })
     }
@@ -79,12 +72,11 @@ impl DohClient {
     ) -> Result<Vec<u8>, AttemptError> {
         // A new connection: connect, TLS and HTTP/2 handshakes, within the attempt timeout.
         let connect = || {
-            let address = self.address;
-            let server_name = self.server_name.clone();
-            let connector = self.connector.clone();
-            let config = context.config.clone();
+            let tls = self.endpoint.connect(&context.config);
+            let address = self.endpoint.address;
+            let idle_timeout = context.config.idle_timeout;
             async move {
-                let tls = transport::tls_connect(address, server_name, connector, &config).await?;
+                let tls = tls.await?;
                 if let Some(alpn) = tls.get_ref().1.alpn_protocol()
                     && alpn != b"h2"
                 {
@@ -97,7 +89,7 @@ impl DohClient {
                     .await
                     .map_err(|error| AttemptError::Http(error.to_string()))?;
                 let state = Arc::new(State::default());
-                tokio::spawn(drive(driver, state.clone(), config.idle_timeout, address));
+                tokio::spawn(drive(driver, state.clone(), idle_timeout, address));
                 Ok(Arc::new(Connection { sender, state }))
             }
         };
@@ -149,7 +141,7 @@ impl DohClient {
             .map_err(|error| AttemptError::Http(error.to_string()))?
             .to_bytes();
         if !response_matches(0, question, &body) {
-            transport::ignore(self.address, body.len(), context);
+            transport::ignore(self.endpoint.address, body.len(), context);
             return Err(AttemptError::Mismatched);
         }
         Ok(body.to_vec())

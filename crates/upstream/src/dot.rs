@@ -15,15 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_rustls::TlsConnector;
 use tundns_dns::tcp::{FrameDecoder, MAX_MESSAGE_LEN};
 use tundns_dns::{Question, message_id, response_matches};
 
 use crate::shared_connection::{Persistent, SharedConnection};
-use crate::transport::{self, AttemptError};
+use crate::transport::{self, AttemptError, TlsEndpoint};
 use crate::{Context, Counters, PoolError, bump};
 
 /// Queries in flight on one connection at most (a quarter of the ID space, so
@@ -33,9 +31,7 @@ const MAX_IN_FLIGHT: usize = 16384;
 const WRITE_QUEUE: usize = 256;
 
 pub struct DotClient {
-    address: SocketAddr,
-    server_name: ServerName<'static>,
-    connector: TlsConnector,
+    endpoint: TlsEndpoint,
     connection: SharedConnection<Connection>,
 }
 
@@ -45,12 +41,8 @@ impl DotClient {
         server_name: &str,
         tls: Arc<ClientConfig>,
     ) -> Result<Self, PoolError> {
-        let server_name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| PoolError::ServerName(server_name.to_owned()))?;
         Ok(DotClient {
-            address,
-            server_name,
-            connector: TlsConnector::from(tls),
+            endpoint: TlsEndpoint::new(address, server_name, tls)?,
             connection: SharedConnection::new(),
         })
     }
@@ -63,17 +55,15 @@ impl DotClient {
     ) -> Result<Vec<u8>, AttemptError> {
         // A new connection: connect and handshake, within the attempt timeout.
         let connect = || {
-            let address = self.address;
-            let server_name = self.server_name.clone();
-            let connector = self.connector.clone();
-            let config = context.config.clone();
+            let tls = self.endpoint.connect(&context.config);
+            let address = self.endpoint.address;
+            let idle_timeout = context.config.idle_timeout;
             let counters = context.counters.clone();
             async move {
-                let tls = transport::tls_connect(address, server_name, connector, &config).await?;
                 Ok(Connection::spawn(
-                    tls,
+                    tls.await?,
                     address,
-                    config.idle_timeout,
+                    idle_timeout,
                     counters,
                 ))
             }

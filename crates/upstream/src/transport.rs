@@ -3,7 +3,9 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tundns_dns::tcp::{MAX_MESSAGE_LEN, length_prefix};
 use tundns_dns::{Question, is_truncated, response_matches, set_message_id};
 
-use crate::{Context, PoolConfig, bump};
+use crate::{Context, PoolConfig, PoolError, bump};
 
 /// Messages that fail the match before an attempt gives up on the upstream,
 /// so a flood of forgeries costs bounded work per attempt.
@@ -74,15 +76,43 @@ fn mark(socket: SockRef<'_>, config: &PoolConfig) -> io::Result<()> {
     }
 }
 
-/// A TCP connection to `address` with a TLS session for `server_name` on it.
-pub async fn tls_connect(
-    address: SocketAddr,
+/// Where a DoT or DoH upstream is reached: its address, and a TLS client for its name.
+pub struct TlsEndpoint {
+    pub address: SocketAddr,
     server_name: ServerName<'static>,
     connector: TlsConnector,
-    config: &PoolConfig,
-) -> Result<TlsStream<TcpStream>, AttemptError> {
-    let tcp = tcp_connect(address, config).await?;
-    Ok(connector.connect(server_name, tcp).await?)
+}
+
+impl TlsEndpoint {
+    pub fn new(
+        address: SocketAddr,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+    ) -> Result<Self, PoolError> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| PoolError::ServerName(server_name.to_owned()))?;
+        Ok(TlsEndpoint {
+            address,
+            server_name: name,
+            connector: TlsConnector::from(tls),
+        })
+    }
+
+    /// A TCP connection with a TLS session on it. The future owns what it needs, so
+    /// a task can run it.
+    pub fn connect(
+        &self,
+        config: &PoolConfig,
+    ) -> impl Future<Output = Result<TlsStream<TcpStream>, AttemptError>> + Send + 'static {
+        let address = self.address;
+        let server_name = self.server_name.clone();
+        let connector = self.connector.clone();
+        let config = config.clone();
+        async move {
+            let tcp = tcp_connect(address, &config).await?;
+            Ok(connector.connect(server_name, tcp).await?)
+        }
+    }
 }
 
 /// A TCP connection to `upstream` with the pool's mark and source address.
