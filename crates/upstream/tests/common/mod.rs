@@ -5,14 +5,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::base::iana::{Rcode, Rtype};
 use domain::base::{Message, MessageBuilder, Name, Ttl};
 use domain::rdata::A;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tundns_upstream::{PoolConfig, Transport, UpstreamPool, UpstreamSpec};
+use tundns_upstream::{PoolConfig, Protocol, Transport, UpstreamPool, UpstreamSpec};
 
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Upper bound on any fake server loop, on top of the tests' own timeouts.
@@ -138,6 +138,19 @@ pub fn sequential(upstreams: Vec<UpstreamSpec>, attempt_timeout: Duration) -> Up
 
 pub fn configured(upstreams: Vec<UpstreamSpec>, config: PoolConfig) -> UpstreamPool {
     UpstreamPool::new(upstreams, config).unwrap()
+}
+
+/// `pool`'s answer to `example.com` (id 1, the client asking over UDP); panics on an error.
+pub async fn resolve_example(pool: &UpstreamPool) -> bytes::Bytes {
+    pool.resolve(&query(1, "example.com"), Protocol::Udp)
+        .await
+        .unwrap()
+}
+
+/// Less than `bound` has passed since `started`.
+#[track_caller]
+pub fn assert_elapsed_below(started: Instant, bound: Duration) {
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
 }
 
 /// A UDP upstream that answers each query with whatever `respond` returns
