@@ -441,6 +441,22 @@ pub fn single_answer(run: &Run, data: &str) -> dig_output::Record {
     answer[0].clone()
 }
 
+/// tundns answers each of `names` NXDOMAIN without asking unbound, and still answers
+/// www.lab.test.
+#[track_caller]
+pub fn assert_blocked_nxdomain(lab: &Lab, names: &[&str]) {
+    for name in names {
+        let run = ask(lab, &[name, "A"]);
+        assert_eq!(
+            dig_output::status(&run).as_deref(),
+            Some("NXDOMAIN"),
+            "{run}"
+        );
+        assert_eq!(lab.upstream_queries(name, None), 0, "{name} was forwarded");
+    }
+    single_answer(&ask(lab, &[WWW_NAME, "A"]), WWW_A);
+}
+
 /// A bash script: `$1` digs at `$2` with the arguments `$3...`, all at once, each waiting at
 /// most 3 s, stderr kept apart from the answers.
 fn parallel_digs_script(args: usize) -> String {
