@@ -102,7 +102,17 @@ fn check(text: &str) {
     match Config::parse(text, "wg0.conf") {
         Ok(config) => {
             let debug = format!("{config:?}");
-            assert!(!debug.contains(PRIVATE_KEY));
+            // The generator also pastes the secret's text as the value of ordinary keys (a
+            // PublicKey, a PostUp command); there it is not a secret, and Debug may show it.
+            let pasted_as_plain_value = text.lines().any(|line| {
+                let key = line.trim_start().to_ascii_lowercase();
+                line.contains(PRIVATE_KEY)
+                    && !key.starts_with("privatekey")
+                    && !key.starts_with("presharedkey")
+            });
+            if !pasted_as_plain_value {
+                assert!(!debug.contains(PRIVATE_KEY));
+            }
             assert!(!debug.contains("200, 9, 243, 229"));
         }
         Err(error) => {
