@@ -450,6 +450,22 @@ impl Lab {
         KeyPair { private, public }
     }
 
+    /// Waits up to [`DAEMON_START_TIMEOUT`] until `dig @server args... +short` in `ns` prints
+    /// exactly `expected`; returns whether it did.
+    pub(crate) fn wait_for_short_answer(
+        &self,
+        ns: &str,
+        server: &str,
+        args: &[&str],
+        expected: &str,
+    ) -> bool {
+        let mut args = args.to_vec();
+        args.push("+short");
+        wait_until(DAEMON_START_TIMEOUT, || {
+            self.dig(ns, server, &args).stdout.trim() == expected
+        })
+    }
+
     /// Starts the outside unbound in N (again, after [`Lab::stop_unbound`]) and waits until it
     /// answers.
     pub fn start_unbound(&self) {
@@ -487,12 +503,7 @@ remote-control:
             "unbound",
             &["unbound", "-d", "-c", path_str(&config_path)],
         );
-        let answered = wait_until(DAEMON_START_TIMEOUT, || {
-            self.dig(ns, UNBOUND_V4, &[WWW_NAME, "A", "+short"])
-                .stdout
-                .trim()
-                == WWW_A
-        });
+        let answered = self.wait_for_short_answer(ns, UNBOUND_V4, &[WWW_NAME, "A"], WWW_A);
         assert!(
             answered,
             "unbound did not start answering:\n{}{}",

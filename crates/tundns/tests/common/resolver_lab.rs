@@ -324,16 +324,12 @@ openssl verify -CAfile lab-ca.pem server.pem
             "tunnel unbound",
             &["unbound", "-d", "-c", path_str(&path)],
         );
-        let answered = wait_until(DAEMON_START_TIMEOUT, || {
-            self.dig(
-                ns,
-                TUNNEL_RESOLVER_V4,
-                &["-b", PEER_TUNNEL_V4, CORP_DB_NAME, "A", "+short"],
-            )
-            .stdout
-            .trim()
-                == CORP_DB_A
-        });
+        let answered = self.wait_for_short_answer(
+            ns,
+            TUNNEL_RESOLVER_V4,
+            &["-b", PEER_TUNNEL_V4, CORP_DB_NAME, "A"],
+            CORP_DB_A,
+        );
         assert!(
             answered,
             "the tunnel resolver did not start answering:\n{}{}",
@@ -352,12 +348,7 @@ openssl verify -CAfile lab-ca.pem server.pem
         );
         self.spawn_dnsdist("dnsdist", "dnsdist.conf", &config);
         let ns = &self.network_ns;
-        let answered = wait_until(DAEMON_START_TIMEOUT, || {
-            self.dig(ns, DNSDIST_V4, &[WWW_NAME, "A", "+short"])
-                .stdout
-                .trim()
-                == WWW_A
-        });
+        let answered = self.wait_for_short_answer(ns, DNSDIST_V4, &[WWW_NAME, "A"], WWW_A);
         assert!(
             answered,
             "dnsdist did not start answering:\n{}",
