@@ -202,13 +202,19 @@ lab_wg_peer() {
         allowed-ips "$allowed" ${endpoint:+endpoint "$endpoint"}
 }
 
-# lab_peer_network: N's wireguard-go (interface $LAB_N_WG, keys "peer") and N's unbound.
-lab_peer_network() {
+# lab_peer_wireguard: N's wireguard-go (interface $LAB_N_WG, keys "peer"), with the client
+# (keys "client") as its peer.
+lab_peer_wireguard() {
     LAB_N_WG="${LAB_ID}w"
     lab_keypair peer
     lab_keypair client
     lab_start_wireguard_go "$LAB_N" "$LAB_N_WG" peer 10.99.0.1/24 fd99::1/64 "$LAB_WG_PORT"
     lab_wg_peer "$LAB_N" "$LAB_N_WG" client 10.99.0.2/32,fd99::2/128
+}
+
+# lab_peer_network: N's wireguard-go (lab_peer_wireguard) and N's unbound.
+lab_peer_network() {
+    lab_peer_wireguard
     lab_start_unbound "$LAB_N" "$LAB_UNBOUND_V4" "$LAB_UNBOUND_V6"
 }
 

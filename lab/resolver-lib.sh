@@ -97,7 +97,7 @@ lab_unbound_stat() {
 }
 
 # lab_start_tunnel_resolver: unbound for corp.internal on 10.99.0.53 / fd99::53, addresses of
-# N's wireguard-go interface ($LAB_N_WG, from lab_peer_network), configured from
+# N's wireguard-go interface ($LAB_N_WG, from lab_peer_wireguard), configured from
 # lab/unbound-tunnel.conf.in.
 lab_start_tunnel_resolver() {
     ip -n "$LAB_N" addr add "$LAB_TUNNEL_RESOLVER_V4/32" dev "$LAB_N_WG"
@@ -128,11 +128,7 @@ EOF
 # lab_resolver_network: lab_peer_network's N, but with the instrumented unbound, the tunnel
 # resolver and dnsdist.
 lab_resolver_network() {
-    LAB_N_WG="${LAB_ID}w"
-    lab_keypair peer
-    lab_keypair client
-    lab_start_wireguard_go "$LAB_N" "$LAB_N_WG" peer 10.99.0.1/24 fd99::1/64 "$LAB_WG_PORT"
-    lab_wg_peer "$LAB_N" "$LAB_N_WG" client 10.99.0.2/32,fd99::2/128
+    lab_peer_wireguard
     lab_start_resolver_unbound
     lab_start_tunnel_resolver
     lab_start_dnsdist
