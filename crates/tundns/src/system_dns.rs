@@ -183,6 +183,13 @@ pub struct Probe {
     pub resolvconf: Option<ResolvconfFlavor>,
 }
 
+/// True when this process runs in a network namespace other than the host's but sees the
+/// host's resolver configuration: changing it would point the whole host at a proxy it
+/// cannot reach.
+pub fn shares_the_hosts_resolver(probe: &Probe) -> bool {
+    !probe.in_init_network_namespace && !probe.resolv_conf_is_mount
+}
+
 /// systemd-resolved when it runs and can see this namespace's links; else resolvconf; else
 /// the file. A resolv.conf mounted for this namespace alone is always edited as a file.
 pub fn choose_backend(probe: &Probe) -> Backend {
@@ -565,6 +572,11 @@ pub enum SystemDnsError {
         backup: PathBuf,
         state: PathBuf,
     },
+    #[error(
+        "this network namespace shares the host's /etc/resolv.conf; tundns will not point the host \
+         at a proxy it cannot reach (give the namespace its own: /etc/netns/<ns>/resolv.conf)"
+    )]
+    SharedWithHost,
     #[error("tundns (pid {pid}) still runs {interface} and owns its DNS change; stop it first")]
     StillRunning { interface: String, pid: u32 },
     #[error("{action} {path}: {source}")]
@@ -625,8 +637,23 @@ pub fn repair(interface: &str) -> Result<Repair, SystemDnsError> {
             pid: state.pid,
         });
     }
-    let backend = undo(&state, &path)?;
+    let backend = undo(&state, &path, Undo::AfterCrash)?;
     Ok(Repair::Restored(backend))
+}
+
+/// Who is undoing a change, which decides what may be touched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// The run that made the change, stopping: its link and record are its own.
+    OwnStop,
+    /// A later run or `reset-dns`, after the one that made it died. Its TUN went with it, so
+    /// an interface of that name now, and resolved's per-link settings or a resolvconf record
+    /// for it, belong to whoever created it since (wg-quick, say) and are left alone.
+    AfterCrash,
+}
+
+fn interface_exists(interface: &str) -> bool {
+    Path::new("/sys/class/net").join(interface).exists()
 }
 
 /// A change made to the system resolver, undone by [`AppliedDns::restore`].
@@ -639,7 +666,7 @@ pub struct AppliedDns {
 impl AppliedDns {
     /// Gives the system resolver back and removes the state file.
     pub fn restore(self) -> Result<Backend, SystemDnsError> {
-        undo(&self.state, &self.state_path)
+        undo(&self.state, &self.state_path, Undo::OwnStop)
     }
 }
 
@@ -663,7 +690,11 @@ impl Prepared {
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }
-        let backend = choose_backend(&probe());
+        let probe = probe();
+        if plan.settings.is_some() && shares_the_hosts_resolver(&probe) {
+            return Err(SystemDnsError::SharedWithHost);
+        }
+        let backend = choose_backend(&probe);
         let needs_upstreams = config.dns_proxy.enabled && !config.dns_proxy.upstreams_configured;
         let upstreams = if needs_upstreams {
             let found = system_resolvers(backend, interface);
@@ -748,7 +779,7 @@ impl Prepared {
         write_file(&state_path, state.to_json().as_bytes(), 0o600)?;
         let applied = AppliedDns { state, state_path };
         if let Err(error) = make_change(&applied.state, settings) {
-            if let Err(undo_error) = undo(&applied.state, &applied.state_path) {
+            if let Err(undo_error) = undo(&applied.state, &applied.state_path, Undo::OwnStop) {
                 tracing::warn!(%undo_error, "undoing a half-made DNS change");
             }
             return Err(error);
@@ -779,11 +810,13 @@ fn make_change(state: &DnsState, settings: &ResolverSettings) -> Result<(), Syst
 
 /// Undoes `state`'s change and removes its files. The state file stays when the resolver
 /// is not tundns's to restore any more.
-fn undo(state: &DnsState, state_path: &Path) -> Result<Backend, SystemDnsError> {
+fn undo(state: &DnsState, state_path: &Path, by: Undo) -> Result<Backend, SystemDnsError> {
     let backend = match &state.change {
         Change::Resolved => {
-            // The per-link settings went with the link if it is gone already.
-            run_all_lenient(&revert_commands(Backend::Resolved, &state.interface));
+            // After a crash the per-link settings went with the link.
+            if by == Undo::OwnStop {
+                run_all_lenient(&revert_commands(Backend::Resolved, &state.interface));
+            }
             Backend::Resolved
         }
         Change::Resolvconf { record, openresolv } => {
@@ -792,7 +825,15 @@ fn undo(state: &DnsState, state_path: &Path) -> Result<Backend, SystemDnsError> 
             } else {
                 Backend::Resolvconf
             };
-            run_all_lenient(&revert_commands(backend, record));
+            if by == Undo::OwnStop || !interface_exists(&state.interface) {
+                run_all_lenient(&revert_commands(backend, record));
+            } else {
+                tracing::warn!(
+                    interface = %state.interface,
+                    %record,
+                    "left the resolvconf record alone: the interface exists again and is not this run's"
+                );
+            }
             backend
         }
         Change::File {
@@ -1149,11 +1190,18 @@ mod tests {
             ..base
         };
         assert_eq!(choose_backend(&other_namespace), Backend::Resolvconf);
+        // ...which is why such a namespace may not change the resolver at all.
+        assert!(shares_the_hosts_resolver(&other_namespace));
+        assert!(!shares_the_hosts_resolver(&base));
         let mounted = Probe {
             resolv_conf_is_mount: true,
             ..base
         };
         assert_eq!(choose_backend(&mounted), Backend::File);
+        assert!(!shares_the_hosts_resolver(&Probe {
+            in_init_network_namespace: false,
+            ..mounted
+        }));
         let openresolv = Probe {
             resolved_running: false,
             resolvconf: Some(ResolvconfFlavor::Openresolv),

@@ -339,6 +339,10 @@ fn validate(config: &Config) -> Result<(), TunnelError> {
 pub struct ShutdownSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    /// Caught from the start too, though only the query log acts on it (reopening its
+    /// file): SIGHUP's default action would kill the process mid-start-up and leave its
+    /// changes behind.
+    _hangup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -348,6 +352,7 @@ impl ShutdownSignals {
         Ok(Self {
             terminate: signal(SignalKind::terminate()).map_err(TunnelError::Signals)?,
             interrupt: signal(SignalKind::interrupt()).map_err(TunnelError::Signals)?,
+            _hangup: signal(SignalKind::hangup()).map_err(TunnelError::Signals)?,
         })
     }
 

@@ -298,11 +298,21 @@ fn metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query() {
     assert_eq!(fresh.len(), 1, "{fresh:#?}");
     assert_eq!(fresh[0]["path"], "cache");
     assert_eq!(read_log(&rotated).len(), 4);
+    // The private key never comes out: not in the query log, the metrics or the logs.
+    let secret = lab.client_private_key();
+    let query_log = std::fs::read_to_string(&rotated).unwrap_or_default()
+        + &std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(
-        !std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("PrivateKey"),
-        "no secrets in the query log"
+        !query_log.contains(secret),
+        "the private key is in the query log"
+    );
+    assert!(
+        !scrape(&lab).contains(secret),
+        "the private key is in the metrics"
+    );
+    assert!(
+        !tundns.output().contains(secret),
+        "the private key is in tundns's logs"
     );
 }
 

@@ -724,6 +724,11 @@ remote-control:
         }
     }
 
+    /// The client's private key (base64), to prove it never comes out anywhere.
+    pub fn client_private_key(&self) -> &str {
+        &self.client_key.private
+    }
+
     pub fn client_public_key(&self) -> &str {
         &self.client_key.public
     }
