@@ -1,18 +1,21 @@
 //! The sans-IO DNS core of tundns.
 //!
 //! Owns everything the proxy decides about a DNS message by looking at its
-//! bytes: validating a client query ([`parse_query`]), the responses the proxy
-//! writes itself ([`write_error_response`], [`write_truncated`]), matching an
-//! upstream answer to its question ([`response_matches`]), in-place ID
-//! rewriting, the client's UDP size limit, and RFC 7766 TCP framing
-//! ([`tcp::FrameDecoder`]).
+//! bytes: validating a client query ([`parse_query`]); the answer cache
+//! ([`cache::Cache`]: TTLs counted down in place, negative caching, serve-stale);
+//! local authoritative data ([`LocalData`]), blocklists ([`BlockList`]) and
+//! split-DNS routes ([`Routes`]); the responses the proxy writes itself
+//! ([`write_error_response`], [`write_truncated`] at whole RRsets); matching an
+//! upstream answer to its question ([`response_matches`]) and adapting it to
+//! each client ([`adapt_response`]); the client's UDP size limit; and RFC 7766
+//! TCP framing ([`tcp::FrameDecoder`]).
 //!
-//! It must never do I/O: no sockets, no clocks, no async, no threads. Functions
-//! on the per-packet path do not allocate, and no input, however malformed,
-//! makes them panic. Later parts (cache, local records, routes) build on the
-//! same [`Query`] and [`Question`] values: a `Question` is case-insensitive in
-//! `Eq`/`Hash`, so it can key a cache, while [`Query::question_wire`] keeps the
-//! client's own spelling for the answer.
+//! It must never do I/O: no sockets, no clocks (callers pass `Instant`s), no
+//! async, no threads. Functions on the per-packet path do not allocate, and no
+//! input, however malformed, makes them panic. Everything keys on the same
+//! [`Query`] and [`Question`] values: a `Question` is case-insensitive in
+//! `Eq`/`Hash`, so it can key the cache, while [`Query::question_wire`] keeps
+//! the client's own spelling for the answer.
 //!
 //! Parsing is a hand-written, bounds-checked walk of the wire format: it
 //! validates a whole query (every record, no trailing bytes) in one pass with
