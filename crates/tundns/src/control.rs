@@ -84,24 +84,21 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Starts serving `/run/tundns/<iface>.sock` for the tunnel of `config`. `proxy` is
-    /// `None` when the DNS proxy is off; DNS requests then get an error.
-    pub fn start(config: &Config, proxy: Option<Arc<DnsProxy>>) -> Result<Self, ControlError> {
+    /// Starts serving `/run/tundns/<iface>.sock` for the tunnel of `config`. `dns` is the
+    /// proxy and what its local data was built from, or `None` when the DNS proxy is off;
+    /// DNS requests then get an error.
+    pub fn start(
+        config: &Config,
+        dns: Option<(Arc<DnsProxy>, LocalSource)>,
+    ) -> Result<Self, ControlError> {
         let path = socket_path(&config.interface_name);
-        let io_error = |source| ControlError::Io {
-            path: path.clone(),
-            source,
-        };
-        let dns = match proxy {
-            Some(proxy) => Some(Dns {
-                sources: Mutex::new(Sources {
-                    local: LocalSource::from_config(config).map_err(io_error)?,
-                    routes: RouteTable::from_config(config, &proxy.upstreams()),
-                }),
-                proxy,
+        let dns = dns.map(|(proxy, local)| Dns {
+            sources: Mutex::new(Sources {
+                local,
+                routes: RouteTable::from_config(config, &proxy.upstreams()),
             }),
-            None => None,
-        };
+            proxy,
+        });
         let listener = bind(&path)?;
         let state = Arc::new(State {
             interface: config.interface_name.clone(),

@@ -14,9 +14,14 @@ use tundns_dns::{BlockList, BlockMode, LocalData, LocalDataBuilder, RecordError,
 use tundns_upstream::{PoolConfig, Transport, UpstreamPool, UpstreamSpec};
 
 use crate::dns_proxy::ResolverParts;
+use crate::dns_runtime::LocalSource;
 
-/// Builds the resolver described by `config`, read from `path`.
-pub fn resolver_parts(config: &Config, path: &Path) -> Result<ResolverParts, ConfigError> {
+/// Builds the resolver described by `config`, read from `path`, and the sources of its local
+/// data for the control socket.
+pub fn resolver_parts(
+    config: &Config,
+    path: &Path,
+) -> Result<(ResolverParts, LocalSource), ConfigError> {
     let settings = &config.dns_proxy;
     // The default group's upstreams carry no line of their own; a CA file is what usually
     // fails there, so its line is the one to name.
@@ -47,9 +52,10 @@ pub fn resolver_parts(config: &Config, path: &Path) -> Result<ResolverParts, Con
                 .map_err(|error| at(path, route.line, error))?;
         }
     }
-    Ok(ResolverParts {
+    let (local, local_source) = local_data(config, path)?;
+    let parts = ResolverParts {
         blocklist: blocklist(config, path)?,
-        local: local_data(config, path)?,
+        local,
         cache: settings.cache.then(|| {
             Cache::new(CacheConfig {
                 max_bytes: settings.cache_size,
@@ -62,7 +68,8 @@ pub fn resolver_parts(config: &Config, path: &Path) -> Result<ResolverParts, Con
         routes,
         groups,
         max_in_flight: settings.max_in_flight,
-    })
+    };
+    Ok((parts, local_source))
 }
 
 pub(crate) fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
@@ -162,9 +169,11 @@ pub(crate) fn spec(upstream: &Upstream) -> UpstreamSpec {
     UpstreamSpec { transport, address }
 }
 
-fn local_data(config: &Config, path: &Path) -> Result<LocalData, ConfigError> {
+/// The local data, and what it was built from, kept for changes through the control socket.
+fn local_data(config: &Config, path: &Path) -> Result<(LocalData, LocalSource), ConfigError> {
     let settings = &config.dns_proxy;
     let mut builder = LocalDataBuilder::new();
+    let mut hosts_lines = Vec::new();
     for record in &settings.records {
         builder
             .add_record(&record.value)
@@ -176,9 +185,15 @@ fn local_data(config: &Config, path: &Path) -> Result<LocalData, ConfigError> {
             .map_err(|error| at(path, zone.line, error))?;
     }
     for file in &settings.hosts_files {
-        for_each_line(path, file, |line| builder.add_hosts_line(line))?;
+        for_each_line(path, file, |line| {
+            hosts_lines.push(line.to_owned());
+            builder.add_hosts_line(line)
+        })?;
     }
-    Ok(builder.build())
+    Ok((
+        builder.build(),
+        LocalSource::from_config(config, hosts_lines),
+    ))
 }
 
 fn blocklist(config: &Config, path: &Path) -> Result<BlockList, ConfigError> {

@@ -3,7 +3,6 @@
 //! table. Each change builds the new `LocalData` or `Upstreams` aside and checks it whole;
 //! only a change that builds is kept, so a bad one leaves everything as it was.
 
-use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -25,20 +24,11 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
-    /// The config's records, local zones and hosts files (read now).
-    pub fn from_config(config: &Config) -> io::Result<Self> {
+    /// The config's records and local zones, and the lines of its hosts files as read when
+    /// the local data was first built (`dns_config` reads each file once).
+    pub fn from_config(config: &Config, hosts_lines: Vec<String>) -> Self {
         let settings = &config.dns_proxy;
-        let mut hosts_lines = Vec::new();
-        for file in &settings.hosts_files {
-            let text = std::fs::read_to_string(&file.value).map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("reading {}: {error}", file.value.display()),
-                )
-            })?;
-            hosts_lines.extend(text.lines().map(str::to_owned));
-        }
-        Ok(Self {
+        Self {
             records: settings
                 .records
                 .iter()
@@ -50,7 +40,7 @@ impl LocalSource {
                 .map(|zone| zone.value.clone())
                 .collect(),
             hosts_lines,
-        })
+        }
     }
 
     /// The local data these sources make.

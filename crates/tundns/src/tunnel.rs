@@ -133,8 +133,13 @@ impl Tunnel {
 
         let rules = Rules::new();
         let stats = Arc::new(FilterStats::default());
-        let proxy =
-            resolver.map(|resolver| register_dns_proxy(config, resolver, &rules, &tun, &stats));
+        let (proxy, local_source) = match resolver {
+            Some((parts, local_source)) => (
+                Some(register_dns_proxy(config, parts, &rules, &tun, &stats)),
+                Some(local_source),
+            ),
+            None => (None, None),
+        };
         if let (Some(proxy), Some(log)) = (&proxy, observability.query_log()) {
             proxy.set_query_log(log.clone());
         }
@@ -168,7 +173,7 @@ impl Tunnel {
             }
         }
         // Before PostUp, so a hook may already push records and routes.
-        match ControlServer::start(config, proxy) {
+        match ControlServer::start(config, proxy.zip(local_source)) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;
