@@ -27,6 +27,7 @@ use crate::control_protocol::{
 };
 use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
 use crate::dns_runtime::{LocalSource, RouteTable};
+use crate::metrics;
 use crate::wireguard_stats;
 
 /// Clients served at once; more wait for a slot.
@@ -387,19 +388,21 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
         }
     });
     let stats = proxy.stats();
-    let read =
-        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let by_path = |path| stats.queries.by_path(path);
     let queries = [
-        ("blocked", read(&stats.blocked)),
-        ("local", read(&stats.local)),
-        ("cache", read(&stats.cache_hits)),
-        ("upstream", read(&stats.forwarded)),
-        ("collapsed", read(&stats.collapsed)),
-        ("stale", read(&stats.stale)),
-        ("servfail", read(&stats.servfail)),
-        ("refused_overload", read(&stats.refused_overload)),
-        ("malformed", read(&stats.malformed_answered)),
-        ("dropped", read(&stats.dropped)),
+        ("blocked", by_path(metrics::AnswerPath::Blocked)),
+        ("local", by_path(metrics::AnswerPath::Local)),
+        ("cache", by_path(metrics::AnswerPath::Cache)),
+        ("upstream", by_path(metrics::AnswerPath::Forwarded)),
+        (
+            "collapsed",
+            stats.collapsed.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        ("stale", by_path(metrics::AnswerPath::Stale)),
+        ("servfail", by_path(metrics::AnswerPath::Servfail)),
+        ("refused_overload", by_path(metrics::AnswerPath::Refused)),
+        ("malformed", by_path(metrics::AnswerPath::Formerr)),
+        ("dropped", by_path(metrics::AnswerPath::Dropped)),
     ]
     .into_iter()
     .map(|(name, count)| (name.to_owned(), count))

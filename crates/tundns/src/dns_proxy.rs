@@ -42,30 +42,11 @@ const LATE_HIT_BUFFER: usize = 4096;
 /// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
 #[derive(Debug, Default)]
 pub struct DnsStats {
-    /// Answered from the blocklist.
-    pub blocked: AtomicU64,
-    /// Answered from local records or local zones.
-    pub local: AtomicU64,
-    /// Answered from the cache.
-    pub cache_hits: AtomicU64,
-    /// Answered by an upstream.
-    pub forwarded: AtomicU64,
+    /// Every query by transport, type and how it was answered (blocked, local, cache,
+    /// forwarded, stale, servfail, refused, formerr, dropped).
+    pub queries: QueryCounters,
     /// Joined an identical query already in flight instead of asking again.
     pub collapsed: AtomicU64,
-    /// Answered with an expired cache entry because every upstream failed (RFC 8767).
-    pub stale: AtomicU64,
-    /// Answered with the upstreams' own SERVFAIL or REFUSED, nothing stale being left.
-    pub upstream_errors: AtomicU64,
-    /// Answered SERVFAIL because every upstream failed and nothing stale was left.
-    pub servfail: AtomicU64,
-    /// Answered REFUSED because too many queries were in flight.
-    pub refused_overload: AtomicU64,
-    /// Malformed queries answered FORMERR, NOTIMP or BADVERS.
-    pub malformed_answered: AtomicU64,
-    /// Packets dropped without an answer (not a query at all).
-    pub dropped: AtomicU64,
-    /// Every query by transport, type and how it was answered, for the metrics.
-    pub queries: QueryCounters,
     /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
     pub tcp_connections: AtomicU64,
 }
@@ -284,12 +265,10 @@ impl DnsProxy {
         let parsed = match tundns_dns::parse_query(query) {
             Ok(parsed) => parsed,
             Err(QueryError::Drop) => {
-                bump(&self.stats.dropped);
                 self.observe(&arrival, None, AnswerPath::Dropped, &[]);
                 return Verdict::Drop;
             }
             Err(QueryError::Answer(rcode)) => {
-                bump(&self.stats.malformed_answered);
                 let len = tundns_dns::write_error_response(query, rcode, out);
                 self.observe(&arrival, None, AnswerPath::Formerr, &out[..len]);
                 return answered(len);
@@ -301,7 +280,6 @@ impl DnsProxy {
             return answered(len);
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            bump(&self.stats.refused_overload);
             let len = tundns_dns::write_error_response(query, Rcode::REFUSED, out);
             let question = Some(parsed.question());
             self.observe(&arrival, question, AnswerPath::Refused, &out[..len]);
@@ -319,15 +297,12 @@ impl DnsProxy {
     /// Blocklist, then local data, then the cache: the first that knows writes the answer.
     fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> Option<(usize, AnswerPath)> {
         if let Some(len) = self.blocklist.answer(query, out) {
-            bump(&self.stats.blocked);
             return Some((len, AnswerPath::Blocked));
         }
         if let Some(len) = self.local.load().answer(query, out) {
-            bump(&self.stats.local);
             return Some((len, AnswerPath::Local));
         }
         let len = self.cache.as_ref()?.lookup(query, Instant::now(), out)?;
-        bump(&self.stats.cache_hits);
         Some((len, AnswerPath::Cache))
     }
 
@@ -442,10 +417,7 @@ impl Forward {
             Some(hit) => (hit, AnswerPath::Cache),
             None => match proxy.upstream_answer(&query, self.protocol).await {
                 UpstreamAnswer::Answer(response) => match adapted(&response, &query) {
-                    Some(answer) => {
-                        bump(&proxy.stats.forwarded);
-                        (answer, AnswerPath::Forwarded)
-                    }
+                    Some(answer) => (answer, AnswerPath::Forwarded),
                     None => proxy.fallback(&query, None),
                 },
                 UpstreamAnswer::Failed(soft) => proxy.fallback(&query, soft.as_deref()),
@@ -474,7 +446,6 @@ impl DnsProxy {
         let cache = self.cache.as_ref()?;
         let mut out = vec![0; LATE_HIT_BUFFER];
         let len = cache.lookup(query, Instant::now(), &mut out)?;
-        bump(&self.stats.cache_hits);
         Some((out, len))
     }
 
@@ -487,14 +458,11 @@ impl DnsProxy {
             .as_ref()
             .and_then(|cache| cache.lookup_stale(query, Instant::now(), &mut out));
         if let Some(len) = stale {
-            bump(&self.stats.stale);
             return ((out, len), AnswerPath::Stale);
         }
         if let Some(answer) = soft.and_then(|soft| adapted(soft, query)) {
-            bump(&self.stats.upstream_errors);
             return (answer, AnswerPath::Servfail);
         }
-        bump(&self.stats.servfail);
         let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
         ((out, len), AnswerPath::Servfail)
     }
@@ -649,7 +617,7 @@ mod tests {
             matches!(third, Verdict::Forward(_)),
             "the permit comes back"
         );
-        assert_eq!(proxy.stats().refused_overload.load(Ordering::Relaxed), 1);
+        assert_eq!(proxy.stats().queries.by_path(AnswerPath::Refused), 1);
     }
 
     #[tokio::test]
@@ -711,7 +679,7 @@ mod tests {
         assert_eq!(&out[13..16], b"WWW", "the client's spelling");
         assert_eq!(rcode(&out[..len]), 0);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
-        assert_eq!(proxy.stats().cache_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(proxy.stats().queries.by_path(AnswerPath::Cache), 1);
     }
 
     #[tokio::test]

@@ -165,6 +165,15 @@ impl QueryCounters {
         self.counts[transport_slot(protocol)][path as usize][slot].load(Ordering::Relaxed)
     }
 
+    /// Queries answered by `path`, over every transport and type.
+    pub fn by_path(&self, path: AnswerPath) -> u64 {
+        self.counts
+            .iter()
+            .flat_map(|by_path| &by_path[path as usize])
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Every query counted.
     pub fn total(&self) -> u64 {
         self.counts
