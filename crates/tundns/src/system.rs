@@ -190,14 +190,16 @@ impl SystemChanges {
         }))
     }
 
-    /// Removes every policy rule and route this process added, newest first, and restores
-    /// the sysctl values it changed. Errors are logged, not
-    /// returned: teardown goes on so that as much as possible is restored.
+    /// Removes every policy rule and route this process added, newest first, restores the
+    /// sysctl values it changed, and deletes the interface (its addresses go with it).
+    /// Errors are logged, not returned: teardown goes on so that as much as possible is
+    /// restored.
     pub async fn undo(&mut self) {
         self.policy.undo(&self.handle).await;
         while let Some((network, table)) = self.routes.pop() {
             self.delete_route(network, table).await;
         }
+        self.delete_interface().await;
     }
 
     async fn delete_route(&self, network: IpNet, table: u32) {
@@ -214,7 +216,7 @@ impl SystemChanges {
     }
 
     /// Deletes the interface. Its addresses and remaining routes go with it.
-    pub async fn delete_interface(&self) {
+    async fn delete_interface(&self) {
         if let Err(error) = self.handle.link().del(self.index).execute().await {
             tracing::debug!(interface = %self.interface, %error, "interface already gone");
         }

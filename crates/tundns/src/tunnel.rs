@@ -127,7 +127,6 @@ impl Tunnel {
         let mut changes = SystemChanges::for_interface(&name).await?;
         if let Err(error) = configure_interface(config, &mut changes).await {
             changes.undo().await;
-            changes.delete_interface().await;
             return Err(error);
         }
 
@@ -148,7 +147,6 @@ impl Tunnel {
             Ok(device) => device,
             Err(error) => {
                 changes.undo().await;
-                changes.delete_interface().await;
                 remove_uapi_socket(&name);
                 return Err(error);
             }
@@ -261,7 +259,6 @@ impl Tunnel {
             self.rules.remove(ip);
         }
         self.changes.undo().await;
-        self.changes.delete_interface().await;
         remove_uapi_socket(&self.name);
         drop(self.tun);
         if let Err(error) = run_hooks(&self.post_down, &self.name).await {
