@@ -141,7 +141,7 @@ impl DohClient {
             .map_err(|error| AttemptError::Http(error.to_string()))?
             .to_bytes();
         if !response_matches(0, question, &body) {
-            transport::ignore(self.endpoint.address, body.len(), context);
+            transport::ignore(self.endpoint.address, body.len(), &context.counters);
             return Err(AttemptError::Mismatched);
         }
         Ok(body.to_vec())

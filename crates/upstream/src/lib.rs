@@ -10,9 +10,11 @@
 //! upstream when the current one is slow, and SERVFAIL/REFUSED treated as soft
 //! errors that move on.
 //!
-//! Every answer must match before it is accepted: for UDP and TCP a fresh
-//! random ID per attempt, a fresh socket on a kernel-chosen port, the
-//! upstream's address and the question; for DoT a random ID unique on the
+//! Every answer must match before it is accepted: for UDP a random ID per
+//! attempt on a connected socket with a random port (sockets are shared by the
+//! queries in flight and retired after a few seconds, see `udp_sockets`), the
+//! upstream's address and the question; for TCP a fresh random ID on a fresh
+//! connection and the question; for DoT a random ID unique on the
 //! connection and the question; for DoH (ID 0 on the wire, RFC 8484 §4.1) the
 //! HTTP stream and the question. Anything else is ignored and counted. TLS
 //! certificates are always verified, against the system roots plus an optional
@@ -32,6 +34,7 @@ mod health;
 mod shared_connection;
 mod tls;
 mod transport;
+mod udp_sockets;
 mod upstream_stats;
 
 use std::fmt;
@@ -48,6 +51,7 @@ use tundns_dns::{Question, Rcode, parse_query, set_message_id};
 
 use health::Health;
 use transport::AttemptError;
+pub use udp_sockets::{QUERIES_PER_SOCKET, SOCKET_LIFETIME, SOCKETS_PER_UPSTREAM};
 use upstream_stats::UpstreamCounters;
 pub use upstream_stats::{RTT_BUCKET_BOUNDS_MICROS, UpstreamStats};
 
@@ -245,7 +249,7 @@ struct Context {
 }
 
 enum Link {
-    Udp,
+    Udp(udp_sockets::UdpSockets),
     Tcp,
     Tls(dot::DotClient),
     Https(doh::DohClient),
@@ -270,8 +274,10 @@ impl Upstream {
     ) -> Result<Vec<u8>, AttemptError> {
         let address = self.spec.address;
         match &self.link {
-            Link::Udp => match client_protocol {
-                Protocol::Udp => transport::udp_then_tcp(address, query, question, context).await,
+            Link::Udp(sockets) => match client_protocol {
+                Protocol::Udp => {
+                    transport::udp_then_tcp(sockets, address, query, question, context).await
+                }
                 Protocol::Tcp => transport::tcp(address, query, question, context).await,
             },
             Link::Tcp => transport::tcp(address, query, question, context).await,
@@ -285,7 +291,8 @@ impl Upstream {
         match &self.link {
             Link::Tls(client) => client.drop_connection(),
             Link::Https(client) => client.drop_connection(),
-            Link::Udp | Link::Tcp => {}
+            Link::Udp(sockets) => sockets.retire_all(),
+            Link::Tcp => {}
         }
     }
 }
@@ -419,7 +426,7 @@ impl UpstreamPool {
                 });
             }
             let link = match &spec.transport {
-                Transport::Udp => Link::Udp,
+                Transport::Udp => Link::Udp(udp_sockets::UdpSockets::new(spec.address)),
                 Transport::Tcp => Link::Tcp,
                 Transport::Tls { server_name } => {
                     let tls = tls.as_ref().ok_or_else(missing_tls)?;

@@ -9,13 +9,14 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tundns_dns::tcp::{MAX_MESSAGE_LEN, length_prefix};
+use tundns_dns::tcp::length_prefix;
 use tundns_dns::{Question, is_truncated, response_matches, set_message_id};
 
-use crate::{Context, PoolConfig, PoolError, bump};
+use crate::udp_sockets::UdpSockets;
+use crate::{Context, Counters, PoolConfig, PoolError, bump};
 
 /// Messages that fail the match before an attempt gives up on the upstream,
 /// so a flood of forgeries costs bounded work per attempt.
@@ -61,7 +62,7 @@ impl From<io::Error> for AttemptError {
 
 /// The local address for a socket to `upstream`: the configured source
 /// address (the pool checked its family), or any address on a kernel-chosen port.
-fn local_address(upstream: SocketAddr, config: &PoolConfig) -> SocketAddr {
+pub(crate) fn local_address(upstream: SocketAddr, config: &PoolConfig) -> SocketAddr {
     match (config.bind_address, upstream) {
         (Some(ip), _) => SocketAddr::new(ip, 0),
         (None, SocketAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -69,7 +70,7 @@ fn local_address(upstream: SocketAddr, config: &PoolConfig) -> SocketAddr {
     }
 }
 
-fn mark(socket: SockRef<'_>, config: &PoolConfig) -> io::Result<()> {
+pub(crate) fn mark(socket: SockRef<'_>, config: &PoolConfig) -> io::Result<()> {
     match config.fwmark {
         Some(fwmark) => socket.set_mark(fwmark),
         None => Ok(()),
@@ -133,12 +134,13 @@ pub async fn tcp_connect(upstream: SocketAddr, config: &PoolConfig) -> io::Resul
 /// UDP, and when the answer is truncated, TCP to the same upstream. If the TCP
 /// retry fails, the truncated answer is still a valid answer: it is returned.
 pub async fn udp_then_tcp(
+    sockets: &UdpSockets,
     upstream: SocketAddr,
     query: &[u8],
     question: &Question,
     context: &Context,
 ) -> Result<Vec<u8>, AttemptError> {
-    let response = udp(upstream, query, question, context).await?;
+    let response = sockets.exchange(query, question, context).await?;
     if !is_truncated(&response) {
         return Ok(response);
     }
@@ -150,39 +152,6 @@ pub async fn udp_then_tcp(
             Ok(response)
         }
     }
-}
-
-/// A fresh socket on a kernel-chosen port, connected to the upstream (so the
-/// kernel reports ICMP refusals and filters other sources), a fresh random ID,
-/// then a wait for the matching datagram.
-pub async fn udp(
-    upstream: SocketAddr,
-    query: &[u8],
-    question: &Question,
-    context: &Context,
-) -> Result<Vec<u8>, AttemptError> {
-    let id = rand::random::<u16>();
-    let mut outgoing = query.to_vec();
-    set_message_id(&mut outgoing, id);
-    let socket = UdpSocket::bind(local_address(upstream, &context.config)).await?;
-    mark(SockRef::from(&socket), &context.config)?;
-    socket.connect(upstream).await?;
-    socket.send(&outgoing).await?;
-    let mut received = Vec::with_capacity(MAX_MESSAGE_LEN);
-    for _ in 0..MAX_IGNORED_PER_ATTEMPT {
-        received.clear();
-        let (_, source) = socket.recv_buf_from(&mut received).await?;
-        // Compare address and port only: a received IPv6 address may carry a
-        // scope or flow label the configured one lacks.
-        if source.ip() == upstream.ip()
-            && source.port() == upstream.port()
-            && response_matches(id, question, &received)
-        {
-            return Ok(received);
-        }
-        ignore(upstream, received.len(), context);
-    }
-    Err(AttemptError::TooManyMismatched)
 }
 
 /// A fresh connection and a fresh random ID; the query in one write; answers
@@ -209,7 +178,7 @@ pub async fn tcp(
         if response_matches(id, question, &received) {
             return Ok(received);
         }
-        ignore(upstream, len, context);
+        ignore(upstream, len, &context.counters);
     }
     Err(AttemptError::TooManyMismatched)
 }
@@ -224,8 +193,8 @@ pub fn framed(query: &[u8], id: u16) -> Result<Vec<u8>, AttemptError> {
     Ok(outgoing)
 }
 
-pub fn ignore(upstream: SocketAddr, len: usize, context: &Context) {
-    bump(&context.counters.mismatched_ignored);
+pub fn ignore(upstream: SocketAddr, len: usize, counters: &Counters) {
+    bump(&counters.mismatched_ignored);
     tracing::debug!(%upstream, len, "ignored a mismatched DNS message");
 }
 

@@ -13,7 +13,8 @@ use domain::base::iana::Rcode;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Mutex;
 use tundns_upstream::{
-    DEAD_AFTER_FAILURES, PoolConfig, PoolError, Protocol, ResolveError, UpstreamPool,
+    DEAD_AFTER_FAILURES, PoolConfig, PoolError, Protocol, QUERIES_PER_SOCKET, ResolveError,
+    SOCKETS_PER_UPSTREAM, UpstreamPool,
 };
 
 #[tokio::test]
@@ -43,15 +44,31 @@ async fn only_the_matching_answer_is_accepted() {
     assert_eq!((stats.queries, stats.answered), (1, 1));
 }
 
-#[tokio::test]
-async fn each_attempt_uses_a_random_id_and_a_fresh_port() {
+/// An upstream that records the (ID, source port) of each of up to `max` queries and
+/// answers it.
+async fn logging_udp_upstream(max: usize) -> (SocketAddr, Arc<std::sync::Mutex<Vec<(u16, u16)>>>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    let upstream = udp_upstream(move |request, client| {
-        log.lock().unwrap().push((id_of(request), client.port()));
-        vec![answer(request, 1, 1)]
-    })
-    .await;
+    let socket = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        for _ in 0..max {
+            let Ok((len, client)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            log.lock()
+                .unwrap()
+                .push((id_of(&buf[..len]), client.port()));
+            let _ = socket.send_to(&answer(&buf[..len], 1, 1), client).await;
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test]
+async fn each_attempt_uses_a_random_id_and_a_random_port() {
+    let (upstream, seen) = logging_udp_upstream(20).await;
     let pool = pool(vec![udp(upstream)], Duration::from_secs(2));
     for _ in 0..20 {
         let response = pool
@@ -66,8 +83,105 @@ async fn each_attempt_uses_a_random_id_and_a_fresh_port() {
         seen.iter().any(|&(id, _)| id != 7),
         "upstream IDs are the client's"
     );
+    // Fewer queries than sockets allowed: each opened its own socket.
     let ports: std::collections::HashSet<_> = seen.iter().map(|&(_, port)| port).collect();
-    assert!(ports.len() > 1, "every query came from port {ports:?}");
+    assert_eq!(ports.len(), 20, "ports {ports:?}");
+}
+
+/// Resolves `count` queries, `concurrency` at a time, each answered with its own ID.
+async fn resolve_concurrently(pool: &Arc<UpstreamPool>, count: u16, concurrency: u16) {
+    for batch in (0..count)
+        .collect::<Vec<_>>()
+        .chunks(usize::from(concurrency))
+    {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|&i| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let response = pool
+                        .resolve(&query(i, "example.com"), Protocol::Udp)
+                        .await
+                        .unwrap();
+                    assert_eq!(id_of(&response), i);
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn queries_in_flight_share_a_bounded_set_of_ports_with_distinct_ids() {
+    let (upstream, seen) = logging_udp_upstream(100).await;
+    let pool = Arc::new(pool(vec![udp(upstream)], Duration::from_secs(2)));
+    resolve_concurrently(&pool, 100, 100).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 100);
+    let ports: std::collections::HashSet<_> = seen.iter().map(|&(_, port)| port).collect();
+    assert!(
+        ports.len() > 1 && ports.len() <= SOCKETS_PER_UPSTREAM,
+        "{} ports",
+        ports.len()
+    );
+    // Every query in flight had its own (port, ID) pair.
+    let pairs: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(pairs.len(), 100);
+    assert_eq!(pool.stats().mismatched_ignored, 0);
+}
+
+#[tokio::test]
+async fn ports_change_once_sockets_have_taken_their_queries() {
+    let count = (SOCKETS_PER_UPSTREAM as u32 * QUERIES_PER_SOCKET + 500) as u16;
+    let (upstream, seen) = logging_udp_upstream(usize::from(count)).await;
+    let pool = Arc::new(pool(vec![udp(upstream)], Duration::from_secs(2)));
+    resolve_concurrently(&pool, count, 50).await;
+    let seen = seen.lock().unwrap();
+    let mut per_port = std::collections::HashMap::<u16, u32>::new();
+    for &(_, port) in seen.iter() {
+        *per_port.entry(port).or_default() += 1;
+    }
+    assert!(
+        per_port.len() > SOCKETS_PER_UPSTREAM,
+        "{} ports",
+        per_port.len()
+    );
+    assert!(
+        per_port
+            .values()
+            .all(|&queries| queries <= QUERIES_PER_SOCKET),
+        "a port took more than its quota: {per_port:?}"
+    );
+}
+
+/// UDP sockets of this host connected to `upstream`, from /proc/net/udp.
+fn sockets_connected_to(upstream: SocketAddr) -> usize {
+    let remote = format!("0100007F:{:04X}", upstream.port());
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .filter(|line| line.split_whitespace().nth(2) == Some(remote.as_str()))
+        .count()
+}
+
+#[tokio::test]
+async fn sockets_close_when_the_pool_is_dropped() {
+    let (upstream, _seen) = logging_udp_upstream(50).await;
+    let pool = Arc::new(pool(vec![udp(upstream)], Duration::from_secs(2)));
+    resolve_concurrently(&pool, 50, 10).await;
+    let open = sockets_connected_to(upstream);
+    assert!((1..=SOCKETS_PER_UPSTREAM).contains(&open), "{open} sockets");
+    drop(pool);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sockets_connected_to(upstream) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "sockets left open after the pool was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
