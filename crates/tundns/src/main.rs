@@ -10,6 +10,11 @@ use tundns::system_dns::{self, Repair};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
 
+/// mimalloc: the forwarding path allocates a few small buffers per query, and glibc's
+/// allocator was a tenth of its CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,
