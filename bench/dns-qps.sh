@@ -7,13 +7,19 @@
 #                               forwarded to unbound in N over the veth
 #   dnsdist (forward)           dnsperf in C -> dnsdist on C's loopback (no packet cache) ->
 #                               the same unbound in N
-# The four alternate for ROUNDS rounds (the shared machines are noisy); prints each run, the
+#   bare TUN echo               dnsperf in C -> tun_echo (crates/tundns/examples), a blocking
+#                               read/write loop on its own TUN that returns each query with QR
+#                               set: the ceiling for any server behind a TUN on this machine
+# The five alternate for ROUNDS rounds (the shared machines are noisy); prints each run, the
 # medians and the ratios against the issue's goals: cache hits / unbound >= 1.5 and
-# cache off / dnsdist >= 1.0. Everything runs in throwaway namespaces (lab/lib.sh).
+# cache off / dnsdist >= 1.0, and the same ratios for the bare echo. Everything runs in
+# throwaway namespaces (lab/lib.sh).
 #
-# Usage: bench/dns-qps.sh            (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
-# Env:   TUNDNS_BIN, DURATION (seconds per run, default 10, at most 60), ROUNDS (default 1,
-#        at most 9), OUTSTANDING (default 100), PROFILE_DIR (if set: `perf record -e cpu-clock -g`
+# Usage: bench/dns-qps.sh            (as root; tundns from $TUNDNS_BIN, default target/release/tundns;
+#                                     cargo build --release -p tundns --example tun_echo)
+# Env:   TUNDNS_BIN, TUN_ECHO_BIN (default target/release/examples/tun_echo), DURATION (seconds
+#        per run, default 10, at most 60), ROUNDS (default 1, at most 9), OUTSTANDING (default
+#        100), CLIENTS (dnsperf's client sockets, default 1), PROFILE_DIR (if set: `perf record -e cpu-clock -g`
 #        of tundns during round 1's two tundns runs, into PROFILE_DIR/perf-{hits,forward}.data;
 #        profiling slows tundns, so do not record those figures)
 set -euo pipefail
@@ -25,9 +31,13 @@ source "$ROOT/bench/lib.sh"
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
 OUTSTANDING=${OUTSTANDING:-100}
+CLIENTS=${CLIENTS:-1}
+TUN_ECHO_BIN=${TUN_ECHO_BIN:-$ROOT/target/release/examples/tun_echo}
 ((DURATION >= 1 && DURATION <= 60)) || lab_die "DURATION must be 1..60 seconds"
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
 ((OUTSTANDING >= 1 && OUTSTANDING <= 1000)) || lab_die "OUTSTANDING must be 1..1000"
+((CLIENTS >= 1 && CLIENTS <= 64)) || lab_die "CLIENTS must be 1..64"
+[[ -x $TUN_ECHO_BIN ]] || lab_die "no $TUN_ECHO_BIN: cargo build --release -p tundns --example tun_echo"
 
 bench_lab tdq dnsdist
 
@@ -36,6 +46,11 @@ bench_lab_zone_queries "$queries"
 # unbound on 127.0.0.1 and dnsdist on 127.0.0.2, both in C, both idle while the others run.
 lab_start_unbound "$LAB_C" 127.0.0.1
 bench_start_dnsdist 127.0.0.2
+# The bare echo answers anything sent into its TUN; a documentation address stands for it.
+echo_server=203.0.113.53
+lab_spawn "$LAB_C" tun-echo "$TUN_ECHO_BIN" tdecho 203.0.113.1/24
+lab_wait 10 ip -n "$LAB_C" route get "$echo_server" ||
+    lab_die "tun_echo did not come up: $(cat "$LAB_DIR/tun-echo.log")"
 
 # profile NAME: with PROFILE_DIR set, perf samples tundns in the background for most of the run.
 profile() {
@@ -49,7 +64,8 @@ profile() {
 
 [[ -z ${PROFILE_DIR:-} ]] || lab_require_tools perf
 load_start=$(bench_load)
-lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of 4 runs of $DURATION s, $OUTSTANDING outstanding queries"
+lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of 5 runs of $DURATION s, $OUTSTANDING outstanding queries from $CLIENTS sockets"
+echo_runs=()
 hits_runs=()
 unbound_runs=()
 forward_runs=()
@@ -61,37 +77,44 @@ for ((round = 1; round <= ROUNDS; round++)); do
     timeout 20 ip netns exec "$LAB_C" dnsperf -s "$LAB_PROXY_V4" -d "$queries" -n 2 -q 1 -t 2 \
         >"$LAB_DIR/dnsperf-warm.txt" 2>&1 || lab_die "warming the cache failed: $(cat "$LAB_DIR/dnsperf-warm.txt")"
     profile hits
-    hits_runs+=("$(bench_dnsperf "tundns (cache hits)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING")")
+    hits_runs+=("$(bench_dnsperf "tundns (cache hits)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
     [[ -z $profile_pid ]] || wait "$profile_pid" || true
     lab_stop "$LAB_TUNDNS_PID"
 
-    unbound_runs+=("$(bench_dnsperf "unbound (local-data, loopback)" 127.0.0.1 "$queries" "$DURATION" -q "$OUTSTANDING")")
+    unbound_runs+=("$(bench_dnsperf "unbound (local-data, loopback)" 127.0.0.1 "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
 
     bench_start_tundns "$TUNDNS_BIN" off
     profile forward
-    forward_runs+=("$(bench_dnsperf "tundns (forwarding, cache off)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING")")
+    forward_runs+=("$(bench_dnsperf "tundns (forwarding, cache off)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
     [[ -z $profile_pid ]] || wait "$profile_pid" || true
     lab_stop "$LAB_TUNDNS_PID"
 
-    dnsdist_runs+=("$(bench_dnsperf "dnsdist (forwarding)" 127.0.0.2 "$queries" "$DURATION" -q "$OUTSTANDING")")
+    dnsdist_runs+=("$(bench_dnsperf "dnsdist (forwarding)" 127.0.0.2 "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
+
+    echo_runs+=("$(bench_dnsperf "bare TUN echo" "$echo_server" "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
 done
 
 qps_hits=$(printf '%s\n' "${hits_runs[@]}" | bench_median)
 qps_unbound=$(printf '%s\n' "${unbound_runs[@]}" | bench_median)
 qps_forward=$(printf '%s\n' "${forward_runs[@]}" | bench_median)
 qps_dnsdist=$(printf '%s\n' "${dnsdist_runs[@]}" | bench_median)
+qps_echo=$(printf '%s\n' "${echo_runs[@]}" | bench_median)
 cached_ratio=$(bench_ratio "$qps_hits" "$qps_unbound")
 forward_ratio=$(bench_ratio "$qps_forward" "$qps_dnsdist")
 
 load_end=$(bench_load)
-printf '\nmedian of %d rounds, %d s each, %d outstanding:\n' "$ROUNDS" "$DURATION" "$OUTSTANDING"
+printf '\nmedian of %d rounds, %d s each, %d outstanding from %d sockets:\n' "$ROUNDS" "$DURATION" "$OUTSTANDING" "$CLIENTS"
 printf '%-32s %10.0f qps   (runs: %s)\n' \
     "tundns (cache hits)" "$qps_hits" "${hits_runs[*]}" \
     "unbound (local-data, loopback)" "$qps_unbound" "${unbound_runs[*]}" \
     "tundns (forwarding, cache off)" "$qps_forward" "${forward_runs[*]}" \
-    "dnsdist (forwarding)" "$qps_dnsdist" "${dnsdist_runs[*]}"
+    "dnsdist (forwarding)" "$qps_dnsdist" "${dnsdist_runs[*]}" \
+    "bare TUN echo" "$qps_echo" "${echo_runs[*]}"
 printf 'ratio tundns cache hits / unbound local-data = %s (goal >= 1.5: %s)\n' \
     "$cached_ratio" "$(bench_verdict "$cached_ratio" '>=' 1.5)"
 printf 'ratio tundns cache off / dnsdist             = %s (goal >= 1.0: %s)\n' \
     "$forward_ratio" "$(bench_verdict "$forward_ratio" '>=' 1.0)"
+printf 'ratio bare TUN echo / unbound local-data     = %s (the ceiling of the first ratio here)\n' \
+    "$(bench_ratio "$qps_echo" "$qps_unbound")"
+printf 'ratio tundns cache hits / bare TUN echo      = %s\n' "$(bench_ratio "$qps_hits" "$qps_echo")"
 printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$load_end"
