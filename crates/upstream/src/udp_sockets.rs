@@ -121,10 +121,17 @@ impl UdpSockets {
         let index = if open.len() < SOCKETS_PER_UPSTREAM {
             // Opening a socket is a few system calls; the list is not held meanwhile.
             drop(open);
-            let port = self.open_socket(context)?;
+            let opened = self.open_socket(context);
             open = lock(&self.open);
-            open.push(port);
-            open.len() - 1
+            match opened {
+                Ok(port) => {
+                    open.push(port);
+                    open.len() - 1
+                }
+                // Out of descriptors, say: an open socket still serves.
+                Err(_) if !open.is_empty() => rand::random_range(0..open.len()),
+                Err(error) => return Err(error.into()),
+            }
         } else {
             rand::random_range(0..open.len())
         };
