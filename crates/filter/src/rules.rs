@@ -13,50 +13,66 @@ use crate::Service;
 
 /// One immutable snapshot of the virtual IPs and their services.
 ///
-/// Addresses are kept apart from the services, as plain integers in packet byte order, in
-/// arrays stored inside the table itself: a miss compares a few words that sit next to the
-/// table's header and touches no other cache line and no reference count.
+/// Each address family keeps a 64-bit filter inline in the table: a miss reads two bytes of
+/// the packet and two words of the table, and touches no other cache line and no reference
+/// count. Only a packet the filters cannot rule out is compared with the addresses
+/// themselves.
 #[derive(Clone, Default)]
 pub struct RuleTable {
     v4: AddressSet<u32>,
     v6: AddressSet<u128>,
 }
 
-/// Inline capacity per address family; more addresses spill into a vector.
-const INLINE_ADDRESSES: usize = 8;
+/// An address as the rule table stores it: the destination bytes of a packet read in
+/// native order.
+trait AddressKey: Copy + PartialEq {
+    /// The address's last byte, which the filter is indexed by.
+    fn last_byte(self) -> u8;
+}
 
+impl AddressKey for u32 {
+    #[inline(always)]
+    fn last_byte(self) -> u8 {
+        self.to_ne_bytes()[3]
+    }
+}
+
+impl AddressKey for u128 {
+    #[inline(always)]
+    fn last_byte(self) -> u8 {
+        self.to_ne_bytes()[15]
+    }
+}
+
+/// The addresses of one family and their services.
 #[derive(Clone, Default)]
 struct AddressSet<K> {
-    inline: [K; INLINE_ADDRESSES],
-    inline_len: usize,
-    spilled: Vec<K>,
-    /// Services in the order of `inline` then `spilled`.
+    /// Bit `b % 64` is set for each address whose last byte is `b`.
+    ///
+    /// The last byte is where the hosts of one subnet differ, so the virtual IP's
+    /// neighbours are ruled out by one shift, however many addresses the table holds. Any
+    /// other destination has, per address, a 1 in 64 chance of being compared with the
+    /// addresses instead, which costs time and nothing else.
+    filter: u64,
+    keys: Vec<K>,
+    /// `services[i]` serves `keys[i]`.
     services: Vec<Arc<dyn Service>>,
 }
 
-impl<K: Copy + Default + PartialEq> AddressSet<K> {
+impl<K: AddressKey> AddressSet<K> {
+    /// The index of `key` in `keys`.
     #[inline(always)]
     fn position(&self, key: K) -> Option<usize> {
-        let inline = &self.inline[..self.inline_len.min(INLINE_ADDRESSES)];
-        if let Some(index) = inline.iter().position(|&k| k == key) {
-            return Some(index);
-        }
-        if self.spilled.is_empty() {
+        if !self.may_contain(key.last_byte()) {
             return None;
         }
-        let index = self.spilled.iter().position(|&k| k == key)?;
-        Some(INLINE_ADDRESSES + index)
+        self.keys.iter().position(|&k| k == key)
     }
 
-    fn keys(&self) -> impl Iterator<Item = K> + '_ {
-        self.inline[..self.inline_len]
-            .iter()
-            .chain(&self.spilled)
-            .copied()
-    }
-
-    fn len(&self) -> usize {
-        self.inline_len + self.spilled.len()
+    /// False when no address ends in `last_byte`.
+    #[inline(always)]
+    fn may_contain(&self, last_byte: u8) -> bool {
+        self.filter >> (last_byte % 64) & 1 != 0
     }
 
     fn service(&self, key: K) -> Option<&Arc<dyn Service>> {
@@ -67,38 +83,73 @@ impl<K: Copy + Default + PartialEq> AddressSet<K> {
         if let Some(index) = self.position(key) {
             return Some(std::mem::replace(&mut self.services[index], service));
         }
-        if self.inline_len < INLINE_ADDRESSES {
-            self.inline[self.inline_len] = key;
-            self.services.insert(self.inline_len, service);
-            self.inline_len += 1;
-        } else {
-            self.spilled.push(key);
-            self.services.push(service);
-        }
+        self.keys.push(key);
+        self.services.push(service);
+        self.filter |= filter_bit(key);
         None
     }
 
     fn remove(&mut self, key: K) -> Option<Arc<dyn Service>> {
         let index = self.position(key)?;
+        self.keys.remove(index);
         let service = self.services.remove(index);
-        let mut keys: Vec<K> = self.keys().collect();
-        keys.remove(index);
-        let services = std::mem::take(&mut self.services);
-        *self = Self::default();
-        for (key, service) in keys.into_iter().zip(services) {
-            self.upsert(key, service);
-        }
+        self.filter = self
+            .keys
+            .iter()
+            .fold(0, |filter, &key| filter | filter_bit(key));
         Some(service)
     }
 }
 
+/// The bit of [`AddressSet::filter`] that stands for `key`.
+fn filter_bit(key: impl AddressKey) -> u64 {
+    1 << (key.last_byte() % 64)
+}
+
+/// Offset of the destination address's last byte in an IPv4 header.
+const IPV4_DESTINATION_LAST: usize = 19;
+/// Offset of the destination address's last byte in an IPv6 header.
+const IPV6_DESTINATION_LAST: usize = 39;
+
 impl RuleTable {
     /// The service that owns the destination of this outbound packet, if any.
     ///
-    /// Reads only the version nibble and the destination address; anything too short to
-    /// hold them is a miss, and gotatun drops it.
+    /// Anything too short to hold a destination, or not IPv4 or IPv6, is a miss, and
+    /// gotatun drops it.
+    ///
+    /// A packet of 40 bytes or more is ruled out without reading its version: byte 19 goes
+    /// through the IPv4 filter, byte 39 through the IPv6 one, and the packet is a miss when
+    /// both say so. That is a length check, two shifts and one branch; each way of looking
+    /// at the version first that was tried cost 0.06 to 0.4 ns more per packet. In the
+    /// packet's own family the byte is the destination's last; in the other it is whatever
+    /// lies there, which can only send the packet to the exact lookup for nothing (about
+    /// 2.3 ns more, `miss_v4_filter_collision` in the bench). For an IPv4 TCP packet
+    /// byte 39 is the urgent pointer's low byte, nearly always 0, and for an IPv6 packet
+    /// byte 19 is the source address's twelfth: a virtual IPv6 address ending in 0x00,
+    /// 0x40, 0x80 or 0xc0 sends all IPv4 TCP that way, and a virtual IPv4 address whose
+    /// last byte matches this host's IPv6 source there (modulo 64) all IPv6 traffic.
     #[inline]
     pub fn classify(&self, packet: &[u8]) -> Option<&Arc<dyn Service>> {
+        if let Some(header) = packet.first_chunk::<{ IPV6_DESTINATION_LAST + 1 }>() {
+            let v4 = self.v4.filter >> (header[IPV4_DESTINATION_LAST] % 64);
+            let v6 = self.v6.filter >> (header[IPV6_DESTINATION_LAST] % 64);
+            if (v4 | v6) & 1 == 0 {
+                return None;
+            }
+        }
+        self.classify_exactly(packet)
+    }
+
+    /// The exact lookup, for packets the filters let through and for those too short for
+    /// them (IPv4 packets under 40 bytes).
+    ///
+    /// Out of line and cold so that the miss path around it stays a few instructions with
+    /// its registers to itself: the miss path measured 1.02 ns per packet this way and
+    /// 1.12 ns with this inlined. A packet that gets here is usually on its way to a
+    /// service, which costs far more than the call.
+    #[cold]
+    #[inline(never)]
+    fn classify_exactly(&self, packet: &[u8]) -> Option<&Arc<dyn Service>> {
         match packet.first()? >> 4 {
             4 => self.v4.service(read_v4(packet, 16)?),
             6 => self.v6.service(read_v6(packet, 24)?),
@@ -140,18 +191,20 @@ impl RuleTable {
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         let v4 = self
             .v4
-            .keys()
+            .keys
+            .iter()
             .map(|ip| IpAddr::V4(Ipv4Addr::from(ip.to_ne_bytes())));
         let v6 = self
             .v6
-            .keys()
+            .keys
+            .iter()
             .map(|ip| IpAddr::V6(Ipv6Addr::from(ip.to_ne_bytes())));
         v4.chain(v6)
     }
 
     /// Number of virtual IPs.
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.v4.keys.len() + self.v6.keys.len()
     }
 
     /// True when no virtual IP is registered.
@@ -225,8 +278,8 @@ impl Rules {
         self.current.load_full()
     }
 
-    /// A per-task reader that sees changes with one atomic load per packet and no
-    /// reference-count traffic.
+    /// A per-task reader that sees changes with one atomic load per [`RulesReader::load`]
+    /// and no reference-count traffic.
     pub fn reader(&self) -> RulesReader {
         RulesReader {
             cache: Cache::new(self.current.clone()),
@@ -251,7 +304,7 @@ pub struct RulesReader {
 }
 
 impl RulesReader {
-    /// The current table.
+    /// The current table. A change made since the previous call is seen now.
     #[inline]
     pub fn load(&mut self) -> &RuleTable {
         self.cache.load()
@@ -272,17 +325,20 @@ mod tests {
         }
     }
 
+    /// Long enough that IPv4 packets, too, take the filters' path.
+    const PAYLOAD: &[u8] = b"a payload of some thirty bytes..";
+
     fn v4_packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
         let builder = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(1000, 53);
         let mut out = Vec::new();
-        builder.write(&mut out, b"payload").unwrap();
+        builder.write(&mut out, PAYLOAD).unwrap();
         out
     }
 
     fn v6_packet(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
         let builder = etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64).udp(1000, 53);
         let mut out = Vec::new();
-        builder.write(&mut out, b"payload").unwrap();
+        builder.write(&mut out, PAYLOAD).unwrap();
         out
     }
 
@@ -328,6 +384,47 @@ mod tests {
         let mut wrong_version = full.clone();
         wrong_version[0] = 0x55;
         assert!(table.classify(&wrong_version).is_none());
+    }
+
+    #[test]
+    fn ipv4_packets_shorter_than_an_ipv6_header_are_classified() {
+        let table = rules_with_dns().snapshot();
+        let mut bare = v4_packet(CLIENT_V4, DNS_V4);
+        bare.truncate(28);
+        assert_eq!(table.classify(&bare).unwrap().name(), "dns");
+        bare[16..20].copy_from_slice(&CLIENT_V4.octets());
+        assert!(table.classify(&bare).is_none());
+    }
+
+    #[test]
+    fn destinations_that_pass_the_filter_are_compared_exactly() {
+        let table = rules_with_dns().snapshot();
+        // Same last byte modulo 64 as a virtual IP: the filter lets these through.
+        let neighbour_v4 = Ipv4Addr::new(10, 30, 30, 30 + 64);
+        assert!(
+            table
+                .classify(&v4_packet(CLIENT_V4, neighbour_v4))
+                .is_none()
+        );
+        let neighbour_v6 = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, 0x30 + 64);
+        assert!(
+            table
+                .classify(&v6_packet(CLIENT_V6, neighbour_v6))
+                .is_none()
+        );
+
+        // Byte 39 of an IPv4 packet, or byte 19 of an IPv6 one, matching the other
+        // family's filter.
+        let mut v4 = v4_packet(CLIENT_V4, Ipv4Addr::new(10, 99, 0, 1));
+        v4[39] = DNS_V6.octets()[15];
+        assert!(table.classify(&v4).is_none());
+        let mut source = CLIENT_V6.octets();
+        source[11] = DNS_V4.octets()[3];
+        let v6 = v6_packet(
+            Ipv6Addr::from(source),
+            Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1),
+        );
+        assert!(table.classify(&v6).is_none());
     }
 
     #[test]
@@ -412,7 +509,56 @@ mod tests {
         assert!(listed.contains(&IpAddr::V4(Ipv4Addr::new(10, 30, 7, 49))));
     }
 
+    /// What `classify` must answer, without the filter.
+    fn classify_by_scan<'t>(table: &'t RuleTable, packet: &[u8]) -> Option<&'t Arc<dyn Service>> {
+        let destination = match packet.first()? >> 4 {
+            4 => IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(packet.get(16..20)?).ok()?,
+            )),
+            6 => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(packet.get(24..40)?).ok()?,
+            )),
+            _ => return None,
+        };
+        table.get(destination)
+    }
+
     proptest::proptest! {
+        #[test]
+        fn classify_agrees_with_a_scan_of_the_addresses(
+            virtual_ends in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            pick in 0usize..16,
+            other_end in proptest::num::u8::ANY,
+            other_family_byte in proptest::num::u8::ANY,
+            len in 20usize..=80,
+            ipv6 in proptest::bool::ANY,
+        ) {
+            let rules = Rules::new();
+            for (i, &end) in virtual_ends.iter().enumerate() {
+                let name: &'static str = format!("s{i}").leak();
+                rules.insert(Ipv4Addr::new(10, 30, 30, end).into(), Arc::new(Named(name)));
+                let v6 = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, u16::from(end));
+                rules.insert(v6.into(), Arc::new(Named(name)));
+            }
+            let table = rules.snapshot();
+            // A virtual IP's last byte for most picks, else any byte.
+            let end = virtual_ends.get(pick).copied().unwrap_or(other_end);
+            let mut packet = if ipv6 {
+                let destination = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, u16::from(end));
+                let mut packet = v6_packet(CLIENT_V6, destination);
+                packet[19] = other_family_byte;
+                packet
+            } else {
+                let mut packet = v4_packet(CLIENT_V4, Ipv4Addr::new(10, 30, 30, end));
+                packet[39] = other_family_byte;
+                packet
+            };
+            packet.truncate(len);
+            let expected = classify_by_scan(&table, &packet).map(|service| service.name());
+            let classified = table.classify(&packet).map(|service| service.name());
+            proptest::prop_assert_eq!(classified, expected);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
             let table = rules_with_dns().snapshot();
