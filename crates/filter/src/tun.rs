@@ -1,7 +1,6 @@
 //! The TUN side of the filter: gotatun's `IpRecv`/`IpSend` wrappers and the reply writer.
 
 use std::io;
-use std::iter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +13,11 @@ use crate::rules::{Rules, RulesReader};
 
 /// Packets up to this size are built on the stack; larger ones allocate.
 const SMALL_PACKET: usize = 1536;
+
+/// Most packets one [`FilteredTun::recv`] reads: enough to spread the rule-table load and
+/// the counter updates over many packets during a transfer, few enough that the first
+/// packet of a batch does not wait long for WireGuard.
+const RECV_BATCH: usize = 64;
 
 /// Counters kept by the filter. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
@@ -34,6 +38,13 @@ pub struct FilterStats {
 impl FilterStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds a batch's count, skipping the atomic operation when there is nothing to add.
+    fn add(counter: &AtomicU64, count: u64) {
+        if count > 0 {
+            counter.fetch_add(count, Ordering::Relaxed);
+        }
     }
 }
 
@@ -126,12 +137,19 @@ impl TunWriter {
 
 /// gotatun's TUN reader: every outbound packet is classified; packets for a virtual IP go
 /// to their service inline, everything else goes on to WireGuard.
+///
+/// Each [`IpRecv::recv`] waits for one packet, then takes whatever else the TUN already
+/// holds, up to [`RECV_BATCH`] packets, without waiting again. The whole batch is
+/// classified against one load of the rule table, so a rule changed at runtime applies
+/// from the next batch on.
 pub struct FilteredTun {
     device: Arc<AsyncDevice>,
     rules: RulesReader,
     writer: TunWriter,
     mtu: MtuWatcher,
     stats: Arc<FilterStats>,
+    /// The current batch's packets for WireGuard; kept between calls for its allocation.
+    passed: Vec<Packet<Ip>>,
 }
 
 impl FilteredTun {
@@ -143,7 +161,47 @@ impl FilteredTun {
             rules: rules.reader(),
             mtu: MtuWatcher::new(mtu),
             stats,
+            passed: Vec::with_capacity(RECV_BATCH),
         }
+    }
+
+    /// Classifies `first` and every packet the TUN can give at once after it, up to
+    /// [`RECV_BATCH`] in all: diverted packets go to their service, the others into
+    /// `self.passed`.
+    ///
+    /// Nothing here waits, so the only await in [`IpRecv::recv`] comes before a batch and
+    /// a cancelled `recv` loses no packet it has read.
+    fn filter_batch(&mut self, first: Packet<[u8]>, pool: &PacketBufPool) {
+        let rules = self.rules.load();
+        let mut diverted = 0;
+        let mut malformed = 0;
+        let mut packet = first;
+        for read in 1.. {
+            if let Some(service) = rules.classify(&packet) {
+                diverted += 1;
+                service.handle(&packet, &self.writer);
+            } else {
+                // A malformed packet must not end gotatun's reader task, so it is dropped
+                // here rather than reported as an error.
+                match packet.try_into_ip() {
+                    Ok(ip) => self.passed.push(ip),
+                    Err(_) => malformed += 1,
+                }
+            }
+            if read == RECV_BATCH {
+                break;
+            }
+            packet = pool.get();
+            // WouldBlock ends the batch; so does any other error, which the next awaited
+            // read reports if it persists.
+            match self.device.try_recv(&mut packet) {
+                Ok(len) => packet.truncate(len),
+                Err(_) => break,
+            }
+        }
+        FilterStats::add(&self.stats.diverted, diverted);
+        FilterStats::add(&self.stats.dropped_malformed, malformed);
+        FilterStats::add(&self.stats.passed, self.passed.len() as u64);
     }
 }
 
@@ -152,26 +210,14 @@ impl IpRecv for FilteredTun {
         &'a mut self,
         pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
-        loop {
+        // The previous batch's iterator has been dropped, which emptied `passed`.
+        while self.passed.is_empty() {
             let mut packet = pool.get();
             let len = self.device.recv(&mut packet).await?;
             packet.truncate(len);
-
-            if let Some(service) = self.rules.load().classify(&packet) {
-                FilterStats::bump(&self.stats.diverted);
-                service.handle(&packet, &self.writer);
-                continue;
-            }
-            // A malformed packet must not end gotatun's reader task, so it is dropped here
-            // rather than reported as an error.
-            match packet.try_into_ip() {
-                Ok(ip) => {
-                    FilterStats::bump(&self.stats.passed);
-                    return Ok(iter::once(ip));
-                }
-                Err(_) => FilterStats::bump(&self.stats.dropped_malformed),
-            }
+            self.filter_batch(packet, pool);
         }
+        Ok(self.passed.drain(..))
     }
 
     fn mtu(&self) -> MtuWatcher {
