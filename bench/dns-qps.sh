@@ -19,8 +19,8 @@
 #                                     cargo build --release -p tundns --example tun_echo)
 # Env:   TUNDNS_BIN, TUN_ECHO_BIN (default target/release/examples/tun_echo), DURATION (seconds
 #        per run, default 10, at most 60), ROUNDS (default 1, at most 9), OUTSTANDING (default
-#        100), CLIENTS (dnsperf's client sockets, default 1), PROFILE_DIR (if set: `perf record -e cpu-clock -g`
-#        of tundns during round 1's two tundns runs, into PROFILE_DIR/perf-{hits,forward}.data;
+#        100), CLIENTS (dnsperf's client sockets, default 1), THREADS (dnsperf's threads, default
+#        1), PROFILE_DIR (if set: `perf record -e cpu-clock -g` of tundns during round 1's two tundns runs, into PROFILE_DIR/perf-{hits,forward}.data;
 #        profiling slows tundns, so do not record those figures)
 set -euo pipefail
 
@@ -32,11 +32,15 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
 OUTSTANDING=${OUTSTANDING:-100}
 CLIENTS=${CLIENTS:-1}
+THREADS=${THREADS:-1}
 TUN_ECHO_BIN=${TUN_ECHO_BIN:-$ROOT/target/release/examples/tun_echo}
 ((DURATION >= 1 && DURATION <= 60)) || lab_die "DURATION must be 1..60 seconds"
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
 ((OUTSTANDING >= 1 && OUTSTANDING <= 1000)) || lab_die "OUTSTANDING must be 1..1000"
 ((CLIENTS >= 1 && CLIENTS <= 64)) || lab_die "CLIENTS must be 1..64"
+((THREADS >= 1 && THREADS <= CLIENTS)) || lab_die "THREADS must be 1..CLIENTS"
+# dnsperf's load, the same for every server.
+load=(-q "$OUTSTANDING" -c "$CLIENTS" -T "$THREADS")
 [[ -x $TUN_ECHO_BIN ]] || lab_die "no $TUN_ECHO_BIN: cargo build --release -p tundns --example tun_echo"
 
 bench_lab tdq dnsdist
@@ -46,11 +50,7 @@ bench_lab_zone_queries "$queries"
 # unbound on 127.0.0.1 and dnsdist on 127.0.0.2, both in C, both idle while the others run.
 lab_start_unbound "$LAB_C" 127.0.0.1
 bench_start_dnsdist 127.0.0.2
-# The bare echo answers anything sent into its TUN; a documentation address stands for it.
-echo_server=203.0.113.53
-lab_spawn "$LAB_C" tun-echo "$TUN_ECHO_BIN" tdecho 203.0.113.1/24
-lab_wait 10 ip -n "$LAB_C" route get "$echo_server" ||
-    lab_die "tun_echo did not come up: $(cat "$LAB_DIR/tun-echo.log")"
+bench_start_tun_echo "$TUN_ECHO_BIN"
 
 # profile NAME: with PROFILE_DIR set, perf samples tundns in the background for most of the run.
 profile() {
@@ -64,7 +64,7 @@ profile() {
 
 [[ -z ${PROFILE_DIR:-} ]] || lab_require_tools perf
 load_start=$(bench_load)
-lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of 5 runs of $DURATION s, $OUTSTANDING outstanding queries from $CLIENTS sockets"
+lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of 5 runs of $DURATION s, $OUTSTANDING outstanding queries from $CLIENTS sockets on $THREADS threads"
 echo_runs=()
 hits_runs=()
 unbound_runs=()
@@ -77,21 +77,21 @@ for ((round = 1; round <= ROUNDS; round++)); do
     timeout 20 ip netns exec "$LAB_C" dnsperf -s "$LAB_PROXY_V4" -d "$queries" -n 2 -q 1 -t 2 \
         >"$LAB_DIR/dnsperf-warm.txt" 2>&1 || lab_die "warming the cache failed: $(cat "$LAB_DIR/dnsperf-warm.txt")"
     profile hits
-    hits_runs+=("$(bench_dnsperf "tundns (cache hits)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
+    hits_runs+=("$(bench_dnsperf "tundns (cache hits)" "$LAB_PROXY_V4" "$queries" "$DURATION" "${load[@]}")")
     [[ -z $profile_pid ]] || wait "$profile_pid" || true
     lab_stop "$LAB_TUNDNS_PID"
 
-    unbound_runs+=("$(bench_dnsperf "unbound (local-data, loopback)" 127.0.0.1 "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
+    unbound_runs+=("$(bench_dnsperf "unbound (local-data, loopback)" 127.0.0.1 "$queries" "$DURATION" "${load[@]}")")
 
     bench_start_tundns "$TUNDNS_BIN" off
     profile forward
-    forward_runs+=("$(bench_dnsperf "tundns (forwarding, cache off)" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
+    forward_runs+=("$(bench_dnsperf "tundns (forwarding, cache off)" "$LAB_PROXY_V4" "$queries" "$DURATION" "${load[@]}")")
     [[ -z $profile_pid ]] || wait "$profile_pid" || true
     lab_stop "$LAB_TUNDNS_PID"
 
-    dnsdist_runs+=("$(bench_dnsperf "dnsdist (forwarding)" 127.0.0.2 "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
+    dnsdist_runs+=("$(bench_dnsperf "dnsdist (forwarding)" 127.0.0.2 "$queries" "$DURATION" "${load[@]}")")
 
-    echo_runs+=("$(bench_dnsperf "bare TUN echo" "$echo_server" "$queries" "$DURATION" -q "$OUTSTANDING" -c "$CLIENTS")")
+    echo_runs+=("$(bench_dnsperf "bare TUN echo" "$BENCH_ECHO_SERVER" "$queries" "$DURATION" "${load[@]}")")
 done
 
 qps_hits=$(printf '%s\n' "${hits_runs[@]}" | bench_median)
@@ -103,7 +103,8 @@ cached_ratio=$(bench_ratio "$qps_hits" "$qps_unbound")
 forward_ratio=$(bench_ratio "$qps_forward" "$qps_dnsdist")
 
 load_end=$(bench_load)
-printf '\nmedian of %d rounds, %d s each, %d outstanding from %d sockets:\n' "$ROUNDS" "$DURATION" "$OUTSTANDING" "$CLIENTS"
+printf '\nmedian of %d rounds, %d s each, %d outstanding from %d sockets on %d threads:\n' \
+    "$ROUNDS" "$DURATION" "$OUTSTANDING" "$CLIENTS" "$THREADS"
 printf '%-32s %10.0f qps   (runs: %s)\n' \
     "tundns (cache hits)" "$qps_hits" "${hits_runs[*]}" \
     "unbound (local-data, loopback)" "$qps_unbound" "${unbound_runs[*]}" \

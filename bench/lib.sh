@@ -82,6 +82,15 @@ CONF
         lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist-bench.log")"
 }
 
+# bench_start_tun_echo BIN: the bare TUN echo (crates/tundns/examples/tun_echo) in C, on its own
+# TUN; sets BENCH_ECHO_SERVER to the documentation address it answers for.
+bench_start_tun_echo() {
+    BENCH_ECHO_SERVER=203.0.113.53
+    lab_spawn "$LAB_C" tun-echo "$1" tdecho 203.0.113.1/24
+    lab_wait 10 ip -n "$LAB_C" route get "$BENCH_ECHO_SERVER" ||
+        lab_die "tun_echo did not come up: $(cat "$LAB_DIR/tun-echo.log")"
+}
+
 # bench_rss_kib PID [FIELD]: VmRSS (or FIELD, e.g. VmHWM) of PID in KiB.
 bench_rss_kib() {
     awk -v field="${2:-VmRSS}:" '$1 == field { print $2 }' "/proc/$1/status"
