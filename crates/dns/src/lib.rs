@@ -25,6 +25,7 @@
 
 mod block;
 pub mod cache;
+mod chain;
 mod local;
 mod names;
 mod query;
@@ -37,8 +38,9 @@ pub mod tcp;
 mod wire;
 
 pub use block::{BlockList, BlockMode};
+pub use chain::CnameChain;
 pub use domain::base::iana::{OptRcode, Rcode};
-pub use local::{DEFAULT_TTL, LocalData, LocalDataBuilder, NEGATIVE_TTL};
+pub use local::{DEFAULT_TTL, LocalAnswer, LocalData, LocalDataBuilder, NEGATIVE_TTL};
 pub use names::RecordError;
 pub use query::{
     Edns, MAX_UDP_RESPONSE, MIN_UDP_RESPONSE, Query, QueryError, Question, max_udp_response,

@@ -10,6 +10,8 @@
 //! - a name with records: its records of the asked type (AA=1), a CNAME chain
 //!   followed as far as the local data goes, or NODATA with an SOA when it has
 //!   none of that type. Never forwarded: a public AAAA for a private name leaks.
+//!   Only a chain that leads out of local data goes on upstream, for its last
+//!   target ([`CnameChain`]).
 //! - a name matched by a wildcard `*.parent`: the same, for any name one or more
 //!   labels below `parent` that has no records of its own. The bare parent is
 //!   not matched. This is a plain suffix match, not RFC 4592's closest-encloser
@@ -28,7 +30,9 @@
 use core::fmt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
+use crate::chain::CnameChain;
 use crate::names::{
     self, NameMap, NameSet, RecordError, WILDCARD_LABEL, Wildcard, error, parse_name,
 };
@@ -420,7 +424,12 @@ impl LocalDataBuilder {
                     break self.negative(chain, links, &target, RCODE_NOERROR);
                 }
                 Resolved::NxDomain => break self.negative(chain, links, &target, RCODE_NXDOMAIN),
-                Resolved::NotLocal => break Answer::new(RCODE_NOERROR, links, 0, chain),
+                Resolved::NotLocal => {
+                    let end = CnameChain::new(chain.clone(), links, target);
+                    let mut answer = Answer::new(RCODE_NOERROR, links, 0, chain);
+                    answer.chain = Some(Arc::new(end));
+                    break answer;
+                }
             }
         };
         Node {
@@ -462,6 +471,8 @@ enum Resolved<'a> {
 struct Answer {
     reply: Reply,
     body: Box<[u8]>,
+    /// Set when `body` is a CNAME chain that leads out of local data.
+    chain: Option<Arc<CnameChain>>,
 }
 
 impl Answer {
@@ -474,6 +485,7 @@ impl Answer {
                 nscount,
             },
             body: body.into(),
+            chain: None,
         }
     }
 }
@@ -496,6 +508,26 @@ impl Node {
     }
 }
 
+/// What local data wrote for a query.
+#[derive(Debug)]
+pub enum LocalAnswer {
+    /// The whole answer, `len` bytes.
+    Complete(usize),
+    /// A CNAME chain that leads out of local data, `len` bytes: the chain alone,
+    /// which [`CnameChain::complete`] finishes with the upstream's answer for its
+    /// last target.
+    Chain(usize, Arc<CnameChain>),
+}
+
+impl LocalAnswer {
+    /// The length of what was written.
+    pub fn written(&self) -> usize {
+        match self {
+            LocalAnswer::Complete(len) | LocalAnswer::Chain(len, _) => *len,
+        }
+    }
+}
+
 /// Local authoritative data, immutable once built (see the module docs).
 pub struct LocalData {
     exact: NameMap<Node>,
@@ -507,23 +539,27 @@ pub struct LocalData {
 }
 
 impl LocalData {
-    /// When local data decides `query`, writes the answer into `out` and returns
-    /// its length; `None` means the name is not local (go on to the cache and
-    /// the upstreams).
+    /// When local data decides `query`, writes the answer into `out`; `None` means
+    /// the name is not local (go on to the cache and the upstreams).
     ///
     /// `out`'s length is the size limit (the client's UDP limit, see
     /// [`max_udp_response`](crate::max_udp_response), or 65535 over TCP): an
     /// answer that does not fit is written with TC=1 and no records. Answers
     /// have AA=1 and RA=1, RD and CD copied, the client's ID and question
     /// spelling, and an OPT record (payload 1232, DO copied) when the query had
-    /// one. `Some(0)` only when `out` is shorter than a header. Does not allocate.
-    pub fn answer(&self, query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
+    /// one. A length of 0 only when `out` is shorter than a header. Allocates
+    /// nothing but, for a chain, a reference count.
+    pub fn answer(&self, query: &Query<'_>, out: &mut [u8]) -> Option<LocalAnswer> {
         let question = query.question();
         if question.qclass() != CLASS_IN && question.qclass() != CLASS_ANY {
             return None;
         }
         let answer = self.find(question.name_wire(), question.qtype())?;
-        Some(synth::write_reply(query, answer.reply, &answer.body, out))
+        let len = synth::write_reply(query, answer.reply, &answer.body, out);
+        Some(match &answer.chain {
+            None => LocalAnswer::Complete(len),
+            Some(chain) => LocalAnswer::Chain(len, chain.clone()),
+        })
     }
 
     #[inline]

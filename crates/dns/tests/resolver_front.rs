@@ -7,8 +7,8 @@ use domain::base::iana::{Class, Rtype};
 use domain::base::{Message, MessageBuilder, Name, ParsedName};
 use domain::rdata::AllRecordData;
 use tundns_dns::{
-    BlockList, BlockMode, LocalData, LocalDataBuilder, MAX_SYNTHESIZED_LEN, Rcode, RecordError,
-    Routes, parse_query,
+    BlockList, BlockMode, CnameChain, LocalAnswer, LocalData, LocalDataBuilder,
+    MAX_SYNTHESIZED_LEN, Rcode, RecordError, Routes, parse_query,
 };
 
 fn query_with(id: u16, qname: &str, qtype: Rtype, class: Class, edns: Option<bool>) -> Vec<u8> {
@@ -93,7 +93,7 @@ impl Reply {
 fn answer_with(local: &LocalData, message: &[u8]) -> Option<Reply> {
     let parsed = parse_query(message).unwrap();
     let mut out = [0u8; 4096];
-    let len = local.answer(&parsed, &mut out)?;
+    let len = local.answer(&parsed, &mut out)?.written();
     let reply = Reply::read(&out[..len]);
     let header = reply.message.header();
     assert!(header.qr() && header.ra() && header.rd() && !header.tc());
@@ -361,6 +361,180 @@ fn cname_chain_ends_outside_or_nowhere() {
     );
 }
 
+/// The chain `local` holds for `message`, which must lead out of local data.
+fn chain_for(local: &LocalData, message: &[u8]) -> std::sync::Arc<CnameChain> {
+    let mut out = [0u8; 4096];
+    match local.answer(&parse_query(message).unwrap(), &mut out) {
+        Some(LocalAnswer::Chain(_, chain)) => chain,
+        other => panic!("not a chain leading out: {other:?}"),
+    }
+}
+
+/// An upstream's answer to `query`, written with name compression as servers do:
+/// `answers` in the answer section, `soa` in the authority section.
+fn upstream_response(
+    query: &[u8],
+    rcode: Rcode,
+    answers: &[(&str, [u8; 4])],
+    soa: bool,
+) -> Vec<u8> {
+    use domain::base::{Ttl, iana::Rcode as R};
+    let request = Message::from_octets(query).unwrap();
+    let target = domain::base::StaticCompressor::new(Vec::new());
+    let mut builder = MessageBuilder::from_target(target)
+        .unwrap()
+        .start_answer(&request, R::NOERROR)
+        .unwrap();
+    builder.header_mut().set_rcode(rcode);
+    for (name, address) in answers {
+        let name = Name::<Vec<u8>>::vec_from_str(name).unwrap();
+        let [a, b, c, d] = *address;
+        builder
+            .push((
+                &name,
+                Ttl::from_secs(120),
+                domain::rdata::A::from_octets(a, b, c, d),
+            ))
+            .unwrap();
+    }
+    let mut authority = builder.authority();
+    if soa {
+        let zone = Name::<Vec<u8>>::vec_from_str("example.com").unwrap();
+        let mailbox = Name::<Vec<u8>>::vec_from_str("hostmaster.example.com").unwrap();
+        let rdata = domain::rdata::Soa::new(
+            zone.clone(),
+            mailbox,
+            domain::base::Serial(1),
+            Ttl::from_secs(3600),
+            Ttl::from_secs(600),
+            Ttl::from_secs(86400),
+            Ttl::from_secs(30),
+        );
+        authority.push((&zone, Ttl::from_secs(30), rdata)).unwrap();
+    }
+    authority.finish().into_target()
+}
+
+#[test]
+fn a_chain_leading_out_asks_for_its_end_in_the_clients_name() {
+    let local = local(&[
+        "Files.home.internal CNAME files.lab.internal",
+        "files.lab.internal 60 CNAME WWW.Example.com",
+    ]);
+    let message = query_with(
+        0x7777,
+        "FILES.home.internal",
+        Rtype::AAAA,
+        Class::IN,
+        Some(true),
+    );
+    let chain = chain_for(&local, &message);
+    assert_eq!(chain.target(), b"\x03www\x07example\x03com\x00");
+
+    let upstream = chain.target_query(&parse_query(&message).unwrap());
+    let parsed = parse_query(&upstream).expect("a valid query");
+    assert_eq!(parsed.id(), 0x7777);
+    assert_eq!(parsed.question().name_wire(), chain.target());
+    assert_eq!(parsed.question().qtype(), Rtype::AAAA.to_int());
+    assert_eq!(parsed.question().qclass(), Class::IN.to_int());
+    let edns = parsed.edns().expect("the client's EDNS");
+    assert!(edns.dnssec_ok);
+    assert_eq!(edns.udp_payload_size, 4096);
+    let header = Message::from_octets(&upstream[..]).unwrap().header();
+    assert!(header.rd() && !header.qr());
+
+    // Without EDNS the upstream query has none either.
+    let plain = query("files.home.internal", Rtype::A);
+    let upstream = chain_for(&local, &plain).target_query(&parse_query(&plain).unwrap());
+    assert!(parse_query(&upstream).unwrap().edns().is_none());
+
+    // The CNAME itself, and ANY, stay local.
+    let mut out = [0u8; 512];
+    for rtype in [Rtype::CNAME, Rtype::ANY] {
+        let message = query("files.home.internal", rtype);
+        let answer = local.answer(&parse_query(&message).unwrap(), &mut out);
+        assert!(
+            matches!(answer, Some(LocalAnswer::Complete(_))),
+            "{rtype}: {answer:?}"
+        );
+    }
+}
+
+#[test]
+fn a_chain_is_finished_with_the_upstreams_records() {
+    let local = local(&[
+        "files.home.internal CNAME files.lab.internal",
+        "files.lab.internal 60 CNAME www.example.com",
+    ]);
+    let message = query_with(
+        0x1234,
+        "Files.Home.Internal",
+        Rtype::A,
+        Class::IN,
+        Some(false),
+    );
+    let client = parse_query(&message).unwrap();
+    let chain = chain_for(&local, &message);
+    let upstream_query = chain.target_query(&client);
+    let response = upstream_response(
+        &upstream_query,
+        Rcode::NOERROR,
+        &[
+            ("www.example.com", [192, 0, 2, 7]),
+            ("www.example.com", [192, 0, 2, 8]),
+        ],
+        false,
+    );
+    let mut out = [0u8; 4096];
+    let len = chain
+        .complete(&client, &response, &mut out)
+        .expect("an answer");
+    let reply = Reply::read(&out[..len]);
+    assert_eq!(reply.message.header().id(), 0x1234);
+    assert_eq!(reply.question_name(), "Files.Home.Internal");
+    assert_eq!(reply.rcode(), Rcode::NOERROR);
+    assert!(reply.aa() && reply.message.header().ra());
+    assert_eq!(
+        reply.answer,
+        [
+            "Files.Home.Internal. 300 IN CNAME files.lab.internal.",
+            "files.lab.internal. 60 IN CNAME www.example.com.",
+            "www.example.com. 120 IN A 192.0.2.7",
+            "www.example.com. 120 IN A 192.0.2.8",
+        ]
+    );
+    assert!(reply.message.opt().is_some(), "the client sent EDNS");
+
+    // NXDOMAIN for the end: the chain, the upstream's SOA, and its RCODE (RFC 6604).
+    let response = upstream_response(&upstream_query, Rcode::NXDOMAIN, &[], true);
+    let len = chain
+        .complete(&client, &response, &mut out)
+        .expect("an answer");
+    let reply = Reply::read(&out[..len]);
+    assert_eq!(reply.rcode(), Rcode::NXDOMAIN);
+    assert_eq!(reply.answer.len(), 2);
+    assert_eq!(reply.authority.len(), 1);
+    assert!(reply.authority[0].contains("SOA"), "{:?}", reply.authority);
+
+    // A failed or garbled upstream answer finishes nothing: the client gets SERVFAIL.
+    let response = upstream_response(&upstream_query, Rcode::SERVFAIL, &[], false);
+    assert_eq!(chain.complete(&client, &response, &mut out), None);
+    assert_eq!(chain.complete(&client, &response[..20], &mut out), None);
+    assert_eq!(chain.complete(&client, b"", &mut out), None);
+
+    // Too big for the client's buffer: truncated, as local answers are.
+    let response = upstream_response(
+        &upstream_query,
+        Rcode::NOERROR,
+        &[("www.example.com", [192, 0, 2, 7])],
+        false,
+    );
+    let len = chain
+        .complete(&client, &response, &mut out[..60])
+        .expect("an answer");
+    assert!(Message::from_octets(&out[..len]).unwrap().header().tc());
+}
+
 #[test]
 fn automatic_ptr_for_v4_and_v6() {
     let local = local(&[
@@ -462,17 +636,20 @@ fn answer_too_large_for_the_buffer_is_truncated() {
     let message = query_with(9, "big.lab", Rtype::TXT, Class::IN, Some(false));
     let parsed = parse_query(&message).unwrap();
     let mut out = [0u8; 512];
-    let len = local.answer(&parsed, &mut out).unwrap();
+    let len = local.answer(&parsed, &mut out).unwrap().written();
     let reply = Reply::read(&out[..len]);
     assert!(reply.message.header().tc());
     assert!(reply.message.header().aa());
     assert!(reply.answer.is_empty());
     assert!(reply.message.opt().is_some());
     let mut big = [0u8; 4096];
-    let len = local.answer(&parsed, &mut big).unwrap();
+    let len = local.answer(&parsed, &mut big).unwrap().written();
     assert_eq!(Reply::read(&big[..len]).answer.len(), 40);
     // Shorter than a header: decided, nothing written.
-    assert_eq!(local.answer(&parsed, &mut [0u8; 11]), Some(0));
+    assert_eq!(
+        local.answer(&parsed, &mut [0u8; 11]).map(|a| a.written()),
+        Some(0)
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! reused buffer: malformed queries, overload, the blocklist, local data and cache hits. Only
 //! a cache miss leaves the reader, for a task bounded by a semaphore (a flood turns into
 //! REFUSED answers, never into unbounded memory). Identical queries in flight share one
-//! upstream query.
+//! upstream query. A local CNAME chain that leads out of local data goes the same way, for
+//! its last target, and comes back as the chain followed by the target's answer.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,7 +23,9 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tundns_dns::cache::Cache;
-use tundns_dns::{BlockList, LocalData, Query, QueryError, Question, Rcode, Routes};
+use tundns_dns::{
+    BlockList, CnameChain, LocalAnswer, LocalData, Query, QueryError, Question, Rcode, Routes,
+};
 use tundns_filter::{Datagram, TunWriter, UdpService};
 use tundns_upstream::{Protocol, ResolveError, UpstreamPool};
 
@@ -274,11 +277,15 @@ impl DnsProxy {
                 return answered(len);
             }
         };
-        if let Some((len, path)) = self.answer_from_memory(&parsed, out) {
-            let len = fit_for_client(&parsed, protocol, out, len);
-            self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
-            return answered(len);
-        }
+        let chain = match self.answer_from_memory(&parsed, out) {
+            FromMemory::Answered(len, path) => {
+                let len = fit_for_client(&parsed, protocol, out, len);
+                self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
+                return answered(len);
+            }
+            FromMemory::Chain(chain) => Some(chain),
+            FromMemory::Unknown => None,
+        };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let len = tundns_dns::write_error_response(query, Rcode::REFUSED, out);
             let question = Some(parsed.question());
@@ -288,6 +295,7 @@ impl DnsProxy {
         Verdict::Forward(Forward {
             proxy: self.clone(),
             query: query.to_vec(),
+            chain,
             protocol,
             arrival,
             _permit: permit,
@@ -295,15 +303,22 @@ impl DnsProxy {
     }
 
     /// Blocklist, then local data, then the cache: the first that knows writes the answer.
-    fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> Option<(usize, AnswerPath)> {
+    fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> FromMemory {
         if let Some(len) = self.blocklist.answer(query, out) {
-            return Some((len, AnswerPath::Blocked));
+            return FromMemory::Answered(len, AnswerPath::Blocked);
         }
-        if let Some(len) = self.local.load().answer(query, out) {
-            return Some((len, AnswerPath::Local));
+        match self.local.load().answer(query, out) {
+            Some(LocalAnswer::Complete(len)) => {
+                return FromMemory::Answered(len, AnswerPath::Local);
+            }
+            Some(LocalAnswer::Chain(_, chain)) => return FromMemory::Chain(chain),
+            None => {}
         }
-        let len = self.cache.as_ref()?.lookup(query, Instant::now(), out)?;
-        Some((len, AnswerPath::Cache))
+        let cache = self.cache.as_ref();
+        match cache.and_then(|cache| cache.lookup(query, Instant::now(), out)) {
+            Some(len) => FromMemory::Answered(len, AnswerPath::Cache),
+            None => FromMemory::Unknown,
+        }
     }
 
     /// The upstream answer to `query`, sharing the upstream query with identical queries
@@ -375,6 +390,16 @@ impl DnsProxy {
     }
 }
 
+/// What memory knows about a query.
+enum FromMemory {
+    /// The answer is written, `len` bytes.
+    Answered(usize, AnswerPath),
+    /// A local CNAME chain that leads out of local data; the rest is upstream's.
+    Chain(Arc<CnameChain>),
+    /// Nothing: ask upstream.
+    Unknown,
+}
+
 fn answered(len: usize) -> Verdict {
     if len == 0 {
         Verdict::Drop
@@ -400,6 +425,8 @@ fn fit_for_client(query: &Query<'_>, protocol: Protocol, out: &mut [u8], len: us
 pub struct Forward {
     proxy: Arc<DnsProxy>,
     query: Vec<u8>,
+    /// When set, upstream is asked for the chain's last target, not for `query`.
+    chain: Option<Arc<CnameChain>>,
     protocol: Protocol,
     arrival: Arrival,
     _permit: OwnedSemaphorePermit,
@@ -413,15 +440,9 @@ impl Forward {
         let Ok(query) = tundns_dns::parse_query(&self.query) else {
             return error_answer(&self.query, Rcode::SERVFAIL);
         };
-        let ((mut out, len), path) = match proxy.late_cache_hit(&query) {
-            Some(hit) => (hit, AnswerPath::Cache),
-            None => match proxy.upstream_answer(&query, self.protocol).await {
-                UpstreamAnswer::Answer(response) => match adapted(&response, &query) {
-                    Some(answer) => (answer, AnswerPath::Forwarded),
-                    None => proxy.fallback(&query, None),
-                },
-                UpstreamAnswer::Failed(soft) => proxy.fallback(&query, soft.as_deref()),
-            },
+        let ((mut out, len), path) = match &self.chain {
+            None => proxy.answer_from_upstream(&query, self.protocol).await,
+            Some(chain) => proxy.finish_chain(chain, &query, self.protocol).await,
         };
         let len = fit_for_client(&query, self.protocol, &mut out, len);
         out.truncate(len);
@@ -440,6 +461,58 @@ fn adapted(response: &[u8], query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
 }
 
 impl DnsProxy {
+    /// The answer to `query` once memory had none: a cache hit after all, the upstream's
+    /// answer, or what [`fallback`](Self::fallback) gives when no upstream answered.
+    async fn answer_from_upstream(
+        self: &Arc<Self>,
+        query: &Query<'_>,
+        protocol: Protocol,
+    ) -> ((Vec<u8>, usize), AnswerPath) {
+        if let Some(hit) = self.late_cache_hit(query) {
+            return (hit, AnswerPath::Cache);
+        }
+        match self.upstream_answer(query, protocol).await {
+            UpstreamAnswer::Answer(response) => match adapted(&response, query) {
+                Some(answer) => (answer, AnswerPath::Forwarded),
+                None => self.fallback(query, None),
+            },
+            UpstreamAnswer::Failed(soft) => self.fallback(query, soft.as_deref()),
+        }
+    }
+
+    /// The answer to `query`, whose local CNAME `chain` leads out of local data: the chain,
+    /// then the answer for its last target from the blocklist, the cache or the upstreams.
+    /// SERVFAIL when the target has no answer to build on. The path is the target's.
+    async fn finish_chain(
+        self: &Arc<Self>,
+        chain: &CnameChain,
+        query: &Query<'_>,
+        protocol: Protocol,
+    ) -> ((Vec<u8>, usize), AnswerPath) {
+        let asked = chain.target_query(query);
+        let mut out = vec![0; MAX_MESSAGE];
+        let Ok(target) = tundns_dns::parse_query(&asked) else {
+            let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
+            return ((out, len), AnswerPath::Servfail);
+        };
+        let mut memory = vec![0; MAX_MESSAGE];
+        let ((target_answer, target_len), path) =
+            match self.answer_from_memory(&target, &mut memory) {
+                FromMemory::Answered(len, path) => ((memory, len), path),
+                FromMemory::Chain(_) | FromMemory::Unknown => {
+                    self.answer_from_upstream(&target, protocol).await
+                }
+            };
+        match chain.complete(query, &target_answer[..target_len], &mut out) {
+            Some(len) => ((out, len), path),
+            None => {
+                let len =
+                    tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
+                ((out, len), AnswerPath::Servfail)
+            }
+        }
+    }
+
     /// A cache hit for a query that missed inline: an identical query may have been
     /// answered in between, and asking again would be a second upstream query.
     fn late_cache_hit(&self, query: &Query<'_>) -> Option<(Vec<u8>, usize)> {

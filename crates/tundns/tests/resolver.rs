@@ -510,6 +510,71 @@ fn local_cname_chain_is_followed() {
 }
 
 #[test]
+fn local_cname_to_an_outside_name_is_finished_upstream() {
+    let Some(lab) = resolver_lab("local_cname_to_an_outside_name_is_finished_upstream") else {
+        return;
+    };
+    let mut records = LOCAL_RECORDS.to_vec();
+    records.push("Record = web.lab.internal CNAME www.lab.test");
+    records.push("Record = gone.lab.internal CNAME missing.lab.test");
+    let _tundns = start(&lab, &records);
+    // The lab's own readiness probe asks unbound for www.lab.test too.
+    let asked_before = lab.upstream_queries("www.lab.test", Some("A"));
+    for transport in ["+notcp", "+tcp"] {
+        let run = ask(&lab, &["Web.Lab.Internal", "A", transport]);
+        assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
+        let answer = section(&run, "ANSWER");
+        assert_eq!(answer.len(), 2, "the CNAME, then the upstream's A:\n{run}");
+        assert!(
+            answer[0].name == "Web.Lab.Internal."
+                && answer[0].rtype == "CNAME"
+                && answer[0].data == "www.lab.test.",
+            "the client's spelling, then the CNAME:\n{run}"
+        );
+        assert!(
+            answer[1].name == "www.lab.test."
+                && answer[1].rtype == "A"
+                && answer[1].data == "203.0.113.10",
+            "the target's address from unbound:\n{run}"
+        );
+    }
+    // The first query went upstream; the second found the target in the cache.
+    assert_eq!(
+        lab.upstream_queries("www.lab.test", Some("A")) - asked_before,
+        1
+    );
+
+    // glibc does not follow a CNAME itself: it needs the address in the same answer.
+    let run = lab.exec_in(&lab.client_ns, &["getent", "ahosts", "web.lab.internal"]);
+    run.assert_success();
+    for address in ["203.0.113.10", "2001:db8::10"] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("{address} "))),
+            "{address} missing:\n{run}"
+        );
+    }
+
+    // The upstream's NXDOMAIN for the end comes back after the chain, with its SOA.
+    let run = ask(&lab, &["gone.lab.internal", "A"]);
+    assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+    let answer = section(&run, "ANSWER");
+    assert_eq!(answer.len(), 1, "{run}");
+    assert_eq!(answer[0].rtype, "CNAME", "{run}");
+    assert!(
+        section(&run, "AUTHORITY").iter().any(|r| r.rtype == "SOA"),
+        "{run}"
+    );
+
+    // Asked for the CNAME itself, the proxy answers alone, with authority.
+    let run = ask(&lab, &["web.lab.internal", "CNAME"]);
+    single_answer(&run, "www.lab.test.");
+    assert!(has_flag(&run, "aa"), "{run}");
+    assert_eq!(lab.upstream_queries("www.lab.test", Some("CNAME")), 0);
+}
+
+#[test]
 fn local_txt_record_with_its_own_ttl() {
     let Some(lab) = resolver_lab("local_txt_record_with_its_own_ttl") else {
         return;
