@@ -9,7 +9,8 @@ use domain::base::{Message, MessageBuilder, Name, ParsedName};
 use domain::rdata::AllRecordData;
 use proptest::prelude::*;
 use tundns_dns::{
-    BlockList, BlockMode, LocalData, LocalDataBuilder, Routes, parse_query, write_error_response,
+    BlockList, BlockMode, CnameChain, LocalAnswer, LocalData, LocalDataBuilder, Routes,
+    parse_query, write_error_response,
 };
 
 fn local_data() -> &'static LocalData {
@@ -24,6 +25,7 @@ fn local_data() -> &'static LocalData {
             "alias.lab.internal CNAME app.lab.internal",
             "a.lab.internal CNAME alias.lab.internal",
             "out.lab.internal CNAME www.example",
+            "away.lab.internal CNAME www.example.org",
             "loop.lab.internal CNAME loop.lab.internal",
             "note.lab.internal TXT \"hello world\" two",
             "x.y.lab.internal TXT deep",
@@ -147,6 +149,42 @@ fn exercise(bytes: &[u8]) {
     }
 }
 
+/// The query `away.lab.internal A` with EDNS, its chain, and a compressed upstream
+/// answer for the chain's target.
+fn chain_exchange() -> &'static (Vec<u8>, std::sync::Arc<CnameChain>, Vec<u8>) {
+    static EXCHANGE: OnceLock<(Vec<u8>, std::sync::Arc<CnameChain>, Vec<u8>)> = OnceLock::new();
+    EXCHANGE.get_or_init(|| {
+        let mut builder = MessageBuilder::new_vec();
+        builder.header_mut().set_id(0x5151);
+        let mut question = builder.question();
+        let name = Name::<Vec<u8>>::vec_from_str("away.lab.internal").unwrap();
+        question.push((&name, Rtype::A)).unwrap();
+        let mut additional = question.additional();
+        additional.opt(|_| Ok(())).unwrap();
+        let query = additional.finish();
+        let mut out = [0u8; 512];
+        let Some(LocalAnswer::Chain(_, chain)) =
+            local_data().answer(&parse_query(&query).unwrap(), &mut out)
+        else {
+            panic!("away.lab.internal leads out of local data");
+        };
+        let asked = chain.target_query(&parse_query(&query).unwrap());
+        let request = Message::from_octets(&asked[..]).unwrap();
+        let compressor = domain::base::StaticCompressor::new(Vec::new());
+        let mut answer = MessageBuilder::from_target(compressor)
+            .unwrap()
+            .start_answer(&request, domain::base::iana::Rcode::NOERROR)
+            .unwrap();
+        let target = Name::<Vec<u8>>::vec_from_str("www.example.org").unwrap();
+        for last in [1, 2] {
+            let rdata = domain::rdata::A::from_octets(192, 0, 2, last);
+            answer.push((&target, 60, rdata)).unwrap();
+        }
+        let response = answer.finish().into_target();
+        (query, chain, response)
+    })
+}
+
 fn arb_line() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
@@ -206,6 +244,29 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         exercise(&bytes);
+    }
+
+    #[test]
+    fn any_upstream_answer_finishes_a_chain_whole_or_not_at_all(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<usize>(),
+        size in 0usize..600,
+    ) {
+        let (query, chain, response) = chain_exchange();
+        let mut response = response.clone();
+        for (at, byte) in edits {
+            let len = response.len();
+            response[at % len] = byte;
+        }
+        response.truncate(response.len() - cut % 4);
+        let parsed = parse_query(query).unwrap();
+        let mut out = vec![0u8; size];
+        if let Some(len) = chain.complete(&parsed, &response, &mut out) {
+            prop_assert!(len <= size);
+            if len > 0 {
+                read_whole(&out[..len], 0x5151);
+            }
+        }
     }
 }
 
