@@ -197,11 +197,7 @@ impl Cache {
     /// `None` (a miss) when there is no fresh entry or it does not fit in `out`.
     /// Does not allocate.
     pub fn lookup(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
-        let answer = self.find(query).and_then(|entry| {
-            let (age, fresh) = entry.age(now);
-            let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-            fresh.then(|| entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed)))?
-        });
+        let answer = self.fresh_answer(query, now, out);
         let counter = if answer.is_some() {
             &self.hits
         } else {
@@ -209,6 +205,28 @@ impl Cache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         answer
+    }
+
+    /// [`lookup`](Self::lookup) again for a query whose miss is already counted, after
+    /// an identical query may have filled the entry: a hit moves the query from the
+    /// misses to the hits, a miss counts nothing, so each query counts once.
+    pub fn lookup_again(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let answer = self.fresh_answer(query, now, out)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        // Saturating: a caller that skipped `lookup` must not wrap the count.
+        let _ = self
+            .misses
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |misses| {
+                misses.checked_sub(1)
+            });
+        Some(answer)
+    }
+
+    fn fresh_answer(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let entry = self.find(query)?;
+        let (age, fresh) = entry.age(now);
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        fresh.then(|| entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed)))?
     }
 
     /// RFC 8767: an expired entry no more than [`CacheConfig::serve_stale`] past

@@ -183,6 +183,26 @@ fn ttls(message: &[u8]) -> Vec<u32> {
 // ---- positive answers and TTLs ----
 
 #[test]
+fn a_second_look_counts_each_query_once() {
+    let lab = Lab::new(CacheConfig::default());
+    let request = query(1, "www.example.com", Rtype::A, EDNS);
+    let look_again = |secs| {
+        let mut out = [0u8; 512];
+        lab.cache
+            .lookup_again(&parsed(&request), lab.at(secs), &mut out)
+    };
+    // Missed inline, and still missing when the forwarding task looks again: one miss.
+    assert_eq!(lab.lookup(&request, 0.0), None);
+    assert_eq!(look_again(0.0), None);
+    assert_eq!((lab.cache.hits(), lab.cache.misses()), (0, 1));
+    // Missed inline, then filled by an identical query before the second look: a hit.
+    assert_eq!(lab.lookup(&request, 0.5), None);
+    assert!(lab.insert(&request, &positive(&request, &[300])));
+    assert!(look_again(1.0).is_some());
+    assert_eq!((lab.cache.hits(), lab.cache.misses()), (1, 1));
+}
+
+#[test]
 fn hit_counts_ttls_down() {
     let lab = Lab::new(CacheConfig::default());
     let request = query(1, "www.example.com", Rtype::A, EDNS);

@@ -518,7 +518,7 @@ impl DnsProxy {
     fn late_cache_hit(&self, query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
         let cache = self.cache.as_ref()?;
         let mut out = vec![0; LATE_HIT_BUFFER];
-        let len = cache.lookup(query, Instant::now(), &mut out)?;
+        let len = cache.lookup_again(query, Instant::now(), &mut out)?;
         Some((out, len))
     }
 
