@@ -1,8 +1,8 @@
 //! The control socket of a running tunnel: `/run/tundns/<iface>.sock`, root-only, serving
-//! the requests of `control_protocol` (status, records, routes, cache flush, traced
-//! queries). Changes swap the proxy's local data or upstream table whole, so queries in
-//! flight finish on what they started with. A bad request gets an error reply and changes
-//! nothing; one connection's trouble never reaches another.
+//! the requests of `control_protocol` (status, records, routes, blocklist reload, cache
+//! flush, traced queries). Changes swap the proxy's local data, blocklist or upstream table
+//! whole, so queries in flight finish on what they started with. A bad request gets an
+//! error reply and changes nothing; one connection's trouble never reaches another.
 
 use std::fs;
 use std::io;
@@ -25,6 +25,7 @@ use crate::control_protocol::{
     AnswerPath, CONTROL_DIRECTORY, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
     ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request, socket_path,
 };
+use crate::dns_config;
 use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
 use crate::dns_runtime::{LocalSource, RouteTable};
 use crate::metrics;
@@ -56,6 +57,8 @@ pub enum ControlError {
 struct State {
     interface: String,
     config: Config,
+    /// Where `config` was read from, for errors about its lines.
+    config_path: PathBuf,
     /// `None` when the DNS proxy is off.
     dns: Option<Dns>,
 }
@@ -90,6 +93,7 @@ impl ControlServer {
     /// DNS requests then get an error.
     pub fn start(
         config: &Config,
+        config_path: &Path,
         dns: Option<(Arc<DnsProxy>, LocalSource)>,
     ) -> Result<Self, ControlError> {
         let path = socket_path(&config.interface_name);
@@ -104,6 +108,7 @@ impl ControlServer {
         let state = Arc::new(State {
             interface: config.interface_name.clone(),
             config: config.clone(),
+            config_path: config_path.to_owned(),
             dns,
         });
         let task = tokio::spawn(serve(listener, state));
@@ -246,6 +251,7 @@ async fn handle(state: &State, request: Request) -> Reply {
             Some(dns),
         ) => add_route(&state.config, dns, &domains, &upstreams, through_tunnel),
         (Request::RoutesRemove { domain }, Some(dns)) => remove_route(dns, &domain),
+        (Request::BlocklistReload, Some(dns)) => reload_blocklist(state, dns).await,
         (Request::Flush, Some(dns)) => Ok(flush(&dns.proxy)),
         (Request::Query { name, qtype }, Some(dns)) => query(dns, &name, &qtype).await,
     };
@@ -278,6 +284,21 @@ fn remove_records(dns: &Dns, pattern: &str) -> Result<Reply, String> {
         "removed {removed} record{} matching {}",
         if removed == 1 { "" } else { "s" },
         pattern.trim()
+    )))
+}
+
+async fn reload_blocklist(state: &State, dns: &Dns) -> Result<Reply, String> {
+    let (config, path) = (state.config.clone(), state.config_path.clone());
+    // Lists run to hundreds of thousands of lines: read them off the runtime's workers.
+    let blocklist = tokio::task::spawn_blocking(move || dns_config::blocklist(&config, &path))
+        .await
+        .map_err(|error| format!("reading the blocklist: {error}"))?
+        .map_err(|error| format!("the blocklist is unchanged: {error}"))?;
+    let domains = blocklist.len();
+    dns.proxy.set_blocklist(blocklist);
+    Ok(done(format!(
+        "blocklist reloaded: {domains} domain{}",
+        if domains == 1 { "" } else { "s" }
     )))
 }
 

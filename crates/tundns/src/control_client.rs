@@ -32,6 +32,11 @@ pub enum DnsCommand {
         #[command(subcommand)]
         command: RoutesCommand,
     },
+    /// The blocklist.
+    Blocklist {
+        #[command(subcommand)]
+        command: BlocklistCommand,
+    },
     /// Empty the answer cache.
     Flush,
     /// Ask the running proxy and show which path answered, the answer and the time taken.
@@ -57,6 +62,13 @@ pub enum RecordsCommand {
         #[arg(required = true, num_args = 1..)]
         record: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlocklistCommand {
+    /// Read the `BlockList` files again (after a cron job updated them, say) and use them
+    /// from the next query on. A bad line keeps the old list and names the file and line.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +144,9 @@ fn request_of(command: DnsCommand) -> Request {
             },
             RoutesCommand::Remove { domain } => Request::RoutesRemove { domain },
         },
+        DnsCommand::Blocklist {
+            command: BlocklistCommand::Reload,
+        } => Request::BlocklistReload,
         DnsCommand::Flush => Request::Flush,
         DnsCommand::Query { name, qtype } => Request::Query { name, qtype },
     }

@@ -40,6 +40,8 @@ pub enum Request {
     },
     /// Removes the route of `domain`.
     RoutesRemove { domain: String },
+    /// Reads the `Block` domains and `BlockList` files again and puts the result in use.
+    BlocklistReload,
     /// Empties the answer cache.
     Flush,
     /// Asks the running proxy, as a client would, and says which path answered.

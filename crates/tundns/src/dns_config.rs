@@ -196,7 +196,9 @@ fn local_data(config: &Config, path: &Path) -> Result<(LocalData, LocalSource), 
     ))
 }
 
-fn blocklist(config: &Config, path: &Path) -> Result<BlockList, ConfigError> {
+/// The blocklist of `config`, read from `path`: its `Block` domains and the `BlockList`
+/// files as they are now. At start-up, and again whenever the control socket reloads it.
+pub fn blocklist(config: &Config, path: &Path) -> Result<BlockList, ConfigError> {
     let settings = &config.dns_proxy;
     let mode = match settings.block_mode {
         tundns_config::BlockMode::NxDomain => BlockMode::NxDomain,

@@ -142,7 +142,8 @@ impl Upstreams {
 
 /// The resolver shared by the UDP and TCP front ends.
 pub struct DnsProxy {
-    blocklist: BlockList,
+    /// Swapped whole when the control socket reloads the block lists.
+    blocklist: ArcSwap<BlockList>,
     /// Swapped whole when the control socket changes records.
     local: ArcSwap<LocalData>,
     cache: Option<Cache>,
@@ -169,7 +170,7 @@ impl DnsProxy {
     /// A resolver from its parts.
     pub fn new(parts: ResolverParts) -> Arc<Self> {
         Arc::new(Self {
-            blocklist: parts.blocklist,
+            blocklist: ArcSwap::from_pointee(parts.blocklist),
             local: ArcSwap::from_pointee(parts.local),
             cache: parts.cache,
             upstreams: ArcSwap::from_pointee(Upstreams {
@@ -224,9 +225,14 @@ impl DnsProxy {
         self.cache.as_ref()
     }
 
-    /// The blocklist (fixed at start-up).
-    pub fn blocklist(&self) -> &BlockList {
-        &self.blocklist
+    /// The blocklist now in use.
+    pub fn blocklist(&self) -> Guard<Arc<BlockList>> {
+        self.blocklist.load()
+    }
+
+    /// Puts `blocklist` in use for every query from now on.
+    pub fn set_blocklist(&self, blocklist: BlockList) {
+        self.blocklist.store(Arc::new(blocklist));
     }
 
     /// The local data now in use.
@@ -304,7 +310,7 @@ impl DnsProxy {
 
     /// Blocklist, then local data, then the cache: the first that knows writes the answer.
     fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> FromMemory {
-        if let Some(len) = self.blocklist.answer(query, out) {
+        if let Some(len) = self.blocklist.load().answer(query, out) {
             return FromMemory::Answered(len, AnswerPath::Blocked);
         }
         match self.local.load().answer(query, out) {

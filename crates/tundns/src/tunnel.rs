@@ -171,7 +171,7 @@ impl Tunnel {
             }
         }
         // Before PostUp, so a hook may already push records and routes.
-        match ControlServer::start(config, proxy.zip(local_source)) {
+        match ControlServer::start(config, path, proxy.zip(local_source)) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::dig_output::status;
 use common::resolver_lab::*;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
@@ -280,4 +281,58 @@ fn control_refuses_bad_requests_and_keeps_serving() {
         "{}",
         gone.stderr
     );
+}
+
+#[test]
+fn blocklist_reload_reads_the_files_again() {
+    let Some(lab) = lab_or_skip_with(
+        "blocklist_reload_reads_the_files_again",
+        LabOptions::resolver(),
+    ) else {
+        return;
+    };
+    let host1 = ("host1.lab.test", "203.0.113.101");
+    let host2 = ("host2.lab.test", "203.0.113.102");
+    let list = lab.write_file("reloaded-blocklist.txt", &format!("0.0.0.0 {WWW_NAME}\n"));
+    let config = lab.client_config(&ClientConfig {
+        dns_proxy_lines: vec![
+            format!("BlockList = {}", list.display()),
+            "Block = blocked-in-config.lab.test".into(),
+            "Cache = off".into(),
+        ],
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
+    assert_eq!(short(&lab, WWW_NAME, "A"), "", "blocked from the start");
+    assert_eq!(short(&lab, host1.0, "A"), host1.1);
+
+    // The file changes: nothing happens until the reload, then the new list applies at once.
+    std::fs::write(&list, format!("# updated\n||{}^\n", host1.0)).unwrap();
+    assert_eq!(short(&lab, WWW_NAME, "A"), "", "still the old list");
+    let reloaded = dns(&lab, &["blocklist", "reload"]);
+    assert!(
+        reloaded.contains("blocklist reloaded: 2 domains"),
+        "the file's and the config's: {reloaded}"
+    );
+    assert_eq!(short(&lab, WWW_NAME, "A"), WWW_A, "unblocked");
+    assert_eq!(short(&lab, host1.0, "A"), "", "blocked");
+    let run = lab.dig(
+        &lab.client_ns,
+        PROXY_V4,
+        &["blocked-in-config.lab.test", "A"],
+    );
+    assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+
+    // A bad line fails the reload with the file and line, and the list in use stays.
+    std::fs::write(&list, format!("{}\n@@||{}^\n", host2.0, host1.0)).unwrap();
+    let refused = tundns(
+        &lab,
+        &["dns", "-i", &lab.tundns_iface, "blocklist", "reload"],
+    );
+    assert!(!refused.succeeded(), "{refused}");
+    let named = format!("{}:2", list.display());
+    assert!(refused.stderr.contains(&named), "{named} in:\n{refused}");
+    assert!(refused.stderr.contains("unchanged"), "{refused}");
+    assert_eq!(short(&lab, host1.0, "A"), "", "still blocked");
+    assert_eq!(short(&lab, host2.0, "A"), host2.1, "not blocked yet");
 }
