@@ -293,7 +293,7 @@ fn blocklist_reload_reads_the_files_again() {
     };
     let host1 = ("host1.lab.test", "203.0.113.101");
     let host2 = ("host2.lab.test", "203.0.113.102");
-    let list = lab.write_file("reloaded-blocklist.txt", &format!("0.0.0.0 {WWW_NAME}\n"));
+    let list = lab.write_file("reloaded-blocklist.txt", format!("0.0.0.0 {WWW_NAME}\n"));
     let config = lab.client_config(&ClientConfig {
         dns_proxy_lines: vec![
             format!("BlockList = {}", list.display()),
