@@ -144,7 +144,12 @@ impl BlockList {
     /// Whether the question's name, or one of its parents, is blocked.
     #[inline]
     pub fn is_blocked(&self, question: &Question) -> bool {
-        self.blocked_suffix(question.name_wire()).is_some()
+        self.blocks_name(question.name_wire())
+    }
+
+    /// Whether `name` (a lowercase wire name), or one of its parents, is blocked.
+    pub fn blocks_name(&self, name: &[u8]) -> bool {
+        self.blocked_suffix(name).is_some()
     }
 
     /// When `query` is blocked, writes the blocked answer into `out` and returns

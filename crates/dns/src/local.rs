@@ -562,6 +562,11 @@ impl LocalData {
         })
     }
 
+    /// Whether local data answers for `name` (a lowercase wire name), whatever the type.
+    pub fn holds_name(&self, name: &[u8]) -> bool {
+        self.find(name, TYPE_ANY).is_some()
+    }
+
     #[inline]
     fn find(&self, name: &[u8], qtype: u16) -> Option<&Answer> {
         if let Some(node) = self.exact.get(name) {

@@ -20,6 +20,7 @@ pub const FLAGS_OPCODE_MASK: u8 = 0x78;
 pub const FLAGS_TC: u8 = 0x02;
 pub const FLAGS_RD: u8 = 0x01;
 pub const FLAGS2_RA: u8 = 0x80;
+pub const FLAGS2_AD: u8 = 0x20;
 pub const FLAGS2_CD: u8 = 0x10;
 
 #[inline]

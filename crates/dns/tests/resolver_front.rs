@@ -370,49 +370,64 @@ fn chain_for(local: &LocalData, message: &[u8]) -> std::sync::Arc<CnameChain> {
     }
 }
 
-/// An upstream's answer to `query`, written with name compression as servers do:
-/// `answers` in the answer section, `soa` in the authority section.
-fn upstream_response(
-    query: &[u8],
-    rcode: Rcode,
-    answers: &[(&str, [u8; 4])],
-    soa: bool,
-) -> Vec<u8> {
-    use domain::base::{Ttl, iana::Rcode as R};
+/// A record of an upstream's answer.
+enum Upstream<'a> {
+    A(&'a str, [u8; 4]),
+    Cname(&'a str, &'a str),
+    /// An SOA for the zone, in the authority section.
+    Soa(&'a str),
+}
+
+/// An upstream's answer to `query` with `rcode` and `records`, written with name
+/// compression as servers do.
+fn upstream_response(query: &[u8], rcode: Rcode, records: &[Upstream<'_>]) -> Vec<u8> {
+    use domain::base::{Serial, Ttl};
+    let name = |text: &str| Name::<Vec<u8>>::vec_from_str(text).unwrap();
     let request = Message::from_octets(query).unwrap();
     let target = domain::base::StaticCompressor::new(Vec::new());
     let mut builder = MessageBuilder::from_target(target)
         .unwrap()
-        .start_answer(&request, R::NOERROR)
+        .start_answer(&request, Rcode::NOERROR)
         .unwrap();
     builder.header_mut().set_rcode(rcode);
-    for (name, address) in answers {
-        let name = Name::<Vec<u8>>::vec_from_str(name).unwrap();
-        let [a, b, c, d] = *address;
-        builder
-            .push((
-                &name,
-                Ttl::from_secs(120),
-                domain::rdata::A::from_octets(a, b, c, d),
-            ))
-            .unwrap();
+    let ttl = Ttl::from_secs(120);
+    for record in records {
+        match *record {
+            Upstream::A(owner, [a, b, c, d]) => {
+                let rdata = domain::rdata::A::from_octets(a, b, c, d);
+                builder.push((name(owner), ttl, rdata)).unwrap();
+            }
+            Upstream::Cname(owner, target) => {
+                let rdata = domain::rdata::Cname::new(name(target));
+                builder.push((name(owner), ttl, rdata)).unwrap();
+            }
+            Upstream::Soa(_) => {}
+        }
     }
     let mut authority = builder.authority();
-    if soa {
-        let zone = Name::<Vec<u8>>::vec_from_str("example.com").unwrap();
-        let mailbox = Name::<Vec<u8>>::vec_from_str("hostmaster.example.com").unwrap();
-        let rdata = domain::rdata::Soa::new(
-            zone.clone(),
-            mailbox,
-            domain::base::Serial(1),
-            Ttl::from_secs(3600),
-            Ttl::from_secs(600),
-            Ttl::from_secs(86400),
-            Ttl::from_secs(30),
-        );
-        authority.push((&zone, Ttl::from_secs(30), rdata)).unwrap();
+    for record in records {
+        if let Upstream::Soa(zone) = *record {
+            let rdata = domain::rdata::Soa::new(
+                name(zone),
+                name(&format!("hostmaster.{zone}")),
+                Serial(1),
+                Ttl::from_secs(3600),
+                Ttl::from_secs(600),
+                Ttl::from_secs(86400),
+                Ttl::from_secs(30),
+            );
+            authority
+                .push((name(zone), Ttl::from_secs(30), rdata))
+                .unwrap();
+        }
     }
     authority.finish().into_target()
+}
+
+/// `chain` completed from `response` for `client`, read back; nothing is decided here.
+fn completed(chain: &CnameChain, client: &[u8], response: &[u8]) -> Option<Reply> {
+    let answer = chain.complete(&parse_query(client).unwrap(), response, 65535, |_| false)?;
+    Some(Reply::read(&answer))
 }
 
 #[test]
@@ -475,25 +490,14 @@ fn a_chain_is_finished_with_the_upstreams_records() {
     );
     let client = parse_query(&message).unwrap();
     let chain = chain_for(&local, &message);
-    let upstream_query = chain.target_query(&client);
-    let response = upstream_response(
-        &upstream_query,
-        Rcode::NOERROR,
-        &[
-            ("www.example.com", [192, 0, 2, 7]),
-            ("www.example.com", [192, 0, 2, 8]),
-        ],
-        false,
-    );
-    let mut out = [0u8; 4096];
-    let len = chain
-        .complete(&client, &response, &mut out)
-        .expect("an answer");
-    let reply = Reply::read(&out[..len]);
+    let asked = chain.target_query(&client);
+    let www = |last| Upstream::A("www.example.com", [192, 0, 2, last]);
+    let response = upstream_response(&asked, Rcode::NOERROR, &[www(7), www(8)]);
+    let reply = completed(&chain, &message, &response).expect("an answer");
     assert_eq!(reply.message.header().id(), 0x1234);
     assert_eq!(reply.question_name(), "Files.Home.Internal");
     assert_eq!(reply.rcode(), Rcode::NOERROR);
-    assert!(reply.aa() && reply.message.header().ra());
+    assert!(reply.aa() && reply.message.header().ra() && !reply.message.header().tc());
     assert_eq!(
         reply.answer,
         [
@@ -506,33 +510,150 @@ fn a_chain_is_finished_with_the_upstreams_records() {
     assert!(reply.message.opt().is_some(), "the client sent EDNS");
 
     // NXDOMAIN for the end: the chain, the upstream's SOA, and its RCODE (RFC 6604).
-    let response = upstream_response(&upstream_query, Rcode::NXDOMAIN, &[], true);
-    let len = chain
-        .complete(&client, &response, &mut out)
-        .expect("an answer");
-    let reply = Reply::read(&out[..len]);
+    let response = upstream_response(&asked, Rcode::NXDOMAIN, &[Upstream::Soa("example.com")]);
+    let reply = completed(&chain, &message, &response).expect("an answer");
     assert_eq!(reply.rcode(), Rcode::NXDOMAIN);
     assert_eq!(reply.answer.len(), 2);
     assert_eq!(reply.authority.len(), 1);
-    assert!(reply.authority[0].contains("SOA"), "{:?}", reply.authority);
+    assert!(
+        reply.authority[0].starts_with("example.com. 30 IN SOA"),
+        "{:?}",
+        reply.authority
+    );
 
     // A failed or garbled upstream answer finishes nothing: the client gets SERVFAIL.
-    let response = upstream_response(&upstream_query, Rcode::SERVFAIL, &[], false);
-    assert_eq!(chain.complete(&client, &response, &mut out), None);
-    assert_eq!(chain.complete(&client, &response[..20], &mut out), None);
-    assert_eq!(chain.complete(&client, b"", &mut out), None);
+    let response = upstream_response(&asked, Rcode::SERVFAIL, &[]);
+    assert!(completed(&chain, &message, &response).is_none());
+    assert!(completed(&chain, &message, &response[..20]).is_none());
+    assert!(completed(&chain, &message, b"").is_none());
 
-    // Too big for the client's buffer: truncated, as local answers are.
+    // Too big for the client's limit: truncated, as local answers are.
+    let response = upstream_response(&asked, Rcode::NOERROR, &[www(7)]);
+    let cut = chain.complete(&client, &response, 60, |_| false).unwrap();
+    assert!(cut.len() <= 60);
+    assert!(Message::from_octets(&cut[..]).unwrap().header().tc());
+}
+
+#[test]
+fn a_chain_keeps_only_what_the_upstream_says_about_its_end() {
+    let local = local(&["web.home.internal CNAME www.example.com"]);
+    let message = query("web.home.internal", Rtype::A);
+    let chain = chain_for(&local, &message);
+    let asked = chain.target_query(&parse_query(&message).unwrap());
+    // Out of order, with records for names the query never led to, and a SOA of
+    // another zone: only www's own chain and its zone's SOA are kept.
     let response = upstream_response(
-        &upstream_query,
+        &asked,
         Rcode::NOERROR,
-        &[("www.example.com", [192, 0, 2, 7])],
-        false,
+        &[
+            Upstream::A("cdn.example.net", [192, 0, 2, 9]),
+            Upstream::A("web.home.internal", [198, 51, 100, 66]),
+            Upstream::Cname("www.example.com", "cdn.example.net"),
+            Upstream::A("bank.example.org", [198, 51, 100, 67]),
+            Upstream::Soa("example.org"),
+            Upstream::Soa("example.net"),
+        ],
     );
-    let len = chain
-        .complete(&client, &response, &mut out[..60])
-        .expect("an answer");
-    assert!(Message::from_octets(&out[..len]).unwrap().header().tc());
+    let reply = completed(&chain, &message, &response).expect("an answer");
+    assert_eq!(
+        reply.answer,
+        [
+            "web.home.internal. 300 IN CNAME www.example.com.",
+            "www.example.com. 120 IN CNAME cdn.example.net.",
+            "cdn.example.net. 120 IN A 192.0.2.9",
+        ]
+    );
+    assert_eq!(reply.authority.len(), 1);
+    assert!(
+        reply.authority[0].starts_with("example.net. 30 IN SOA"),
+        "{:?}",
+        reply.authority
+    );
+
+    // A CNAME back into names decided here ends the chain: the upstream does not speak
+    // for them.
+    let response = upstream_response(
+        &asked,
+        Rcode::NOERROR,
+        &[
+            Upstream::Cname("www.example.com", "nas.home.internal"),
+            Upstream::A("nas.home.internal", [198, 51, 100, 66]),
+        ],
+    );
+    let decided = |name: &[u8]| name.ends_with(b"\x04home\x08internal\x00");
+    let answer = chain
+        .complete(&parse_query(&message).unwrap(), &response, 65535, decided)
+        .unwrap();
+    let reply = Reply::read(&answer);
+    assert_eq!(reply.answer.len(), 2, "{:?}", reply.answer);
+    assert!(
+        reply.answer[1].contains("CNAME nas.home.internal."),
+        "{:?}",
+        reply.answer
+    );
+
+    // A loop between upstream CNAMEs ends when it comes round.
+    let response = upstream_response(
+        &asked,
+        Rcode::NOERROR,
+        &[
+            Upstream::Cname("www.example.com", "a.example.net"),
+            Upstream::Cname("a.example.net", "www.example.com"),
+        ],
+    );
+    let reply = completed(&chain, &message, &response).expect("an answer");
+    assert_eq!(reply.answer.len(), 3, "{:?}", reply.answer);
+}
+
+#[test]
+fn a_chain_passes_on_truncation_and_refuses_extended_errors() {
+    let local = local(&["web.home.internal CNAME www.example.com"]);
+    let message = query("web.home.internal", Rtype::A);
+    let chain = chain_for(&local, &message);
+    let asked = chain.target_query(&parse_query(&message).unwrap());
+
+    // A truncated upstream answer stays truncated, so the client retries over TCP.
+    let mut response = upstream_response(&asked, Rcode::NOERROR, &[]);
+    response[2] |= 0x02;
+    let reply = completed(&chain, &message, &response).expect("an answer");
+    assert!(reply.message.header().tc());
+
+    // Many compressed records outgrow one message once written out: what fits, with TC.
+    let long = format!(
+        "{}.example.com",
+        ["x".repeat(63), "y".repeat(63), "z".repeat(63)].join(".")
+    );
+    let mut records = vec![Upstream::Cname("www.example.com", &long)];
+    let addresses: Vec<[u8; 4]> = (0..3000u32)
+        .map(|i| [10, 0, (i >> 8) as u8, i as u8])
+        .collect();
+    records.extend(addresses.iter().map(|address| Upstream::A(&long, *address)));
+    let response = upstream_response(&asked, Rcode::NOERROR, &records);
+    assert!(response.len() < 65535);
+    let answer = chain
+        .complete(&parse_query(&message).unwrap(), &response, 65535, |_| false)
+        .unwrap();
+    assert!(answer.len() <= 65535);
+    let reply = Reply::read(&answer);
+    assert!(reply.message.header().tc(), "cut and marked");
+    assert!(
+        reply.answer.len() > 200,
+        "with what fits: {}",
+        reply.answer.len()
+    );
+
+    // BADVERS (an extended RCODE in the OPT record) is no answer to build on.
+    let mut builder = MessageBuilder::new_vec();
+    builder.header_mut().set_qr(true);
+    let mut additional = builder.question().additional();
+    additional
+        .opt(|opt| {
+            opt.set_rcode(domain::base::iana::OptRcode::BADVERS);
+            Ok(())
+        })
+        .unwrap();
+    let badvers = additional.finish();
+    assert!(completed(&chain, &message, &badvers).is_none());
 }
 
 #[test]

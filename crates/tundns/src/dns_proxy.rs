@@ -5,8 +5,9 @@
 //! reused buffer: malformed queries, overload, the blocklist, local data and cache hits. Only
 //! a cache miss leaves the reader, for a task bounded by a semaphore (a flood turns into
 //! REFUSED answers, never into unbounded memory). Identical queries in flight share one
-//! upstream query. A local CNAME chain that leads out of local data goes the same way, for
-//! its last target, and comes back as the chain followed by the target's answer.
+//! upstream query. A local CNAME chain that leads out of local data is answered with the
+//! chain followed by its last target's answer: inline when the blocklist or the cache knows
+//! the target, else from a task that asks the upstreams for the target.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -289,10 +290,27 @@ impl DnsProxy {
                 self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
                 return answered(len);
             }
-            FromMemory::Chain(chain) => Some(chain),
+            FromMemory::Chain(chain_len, chain) => {
+                if let Some((answer, path)) = self.chain_from_memory(&parsed, &chain)
+                    && let Some(written) = out.get_mut(..answer.len())
+                {
+                    written.copy_from_slice(&answer);
+                    let len = fit_for_client(&parsed, protocol, out, answer.len());
+                    self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
+                    return answered(len);
+                }
+                Some((chain_len, chain))
+            }
             FromMemory::Unknown => None,
         };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            // Overloaded. A local chain still gets its local part, which `out` holds.
+            if let Some((chain_len, _)) = chain {
+                let len = fit_for_client(&parsed, protocol, out, chain_len);
+                let question = Some(parsed.question());
+                self.observe(&arrival, question, AnswerPath::Local, &out[..len]);
+                return answered(len);
+            }
             let len = tundns_dns::write_error_response(query, Rcode::REFUSED, out);
             let question = Some(parsed.question());
             self.observe(&arrival, question, AnswerPath::Refused, &out[..len]);
@@ -301,7 +319,7 @@ impl DnsProxy {
         Verdict::Forward(Forward {
             proxy: self.clone(),
             query: query.to_vec(),
-            chain,
+            chain: chain.map(|(_, chain)| chain),
             protocol,
             arrival,
             _permit: permit,
@@ -317,7 +335,7 @@ impl DnsProxy {
             Some(LocalAnswer::Complete(len)) => {
                 return FromMemory::Answered(len, AnswerPath::Local);
             }
-            Some(LocalAnswer::Chain(_, chain)) => return FromMemory::Chain(chain),
+            Some(LocalAnswer::Chain(len, chain)) => return FromMemory::Chain(len, chain),
             None => {}
         }
         let cache = self.cache.as_ref();
@@ -400,8 +418,9 @@ impl DnsProxy {
 enum FromMemory {
     /// The answer is written, `len` bytes.
     Answered(usize, AnswerPath),
-    /// A local CNAME chain that leads out of local data; the rest is upstream's.
-    Chain(Arc<CnameChain>),
+    /// A local CNAME chain that leads out of local data, written alone (`len` bytes); the
+    /// rest is its target's answer.
+    Chain(usize, Arc<CnameChain>),
     /// Nothing: ask upstream.
     Unknown,
 }
@@ -486,37 +505,64 @@ impl DnsProxy {
         }
     }
 
-    /// The answer to `query`, whose local CNAME `chain` leads out of local data: the chain,
-    /// then the answer for its last target from the blocklist, the cache or the upstreams.
-    /// SERVFAIL when the target has no answer to build on. The path is the target's.
+    /// The answer to `query`, whose local CNAME `chain` leads out of local data, when
+    /// memory knows the chain's target: the chain, then the target's blocked or cached
+    /// answer. The path is the target's.
+    fn chain_from_memory(
+        &self,
+        query: &Query<'_>,
+        chain: &CnameChain,
+    ) -> Option<(Vec<u8>, AnswerPath)> {
+        let asked = chain.target_query(query);
+        let target = tundns_dns::parse_query(&asked).ok()?;
+        let mut memory = vec![0; LATE_HIT_BUFFER];
+        let FromMemory::Answered(len, path) = self.answer_from_memory(&target, &mut memory) else {
+            return None;
+        };
+        let answer = chain.complete(query, &memory[..len], MAX_MESSAGE, |name| {
+            self.decides(name)
+        })?;
+        Some((answer, path))
+    }
+
+    /// [`chain_from_memory`](Self::chain_from_memory) once memory had nothing: the
+    /// chain, then the target's answer from the upstreams (or a stale one). SERVFAIL
+    /// when there is none to build on. The path is the target's.
     async fn finish_chain(
         self: &Arc<Self>,
         chain: &CnameChain,
         query: &Query<'_>,
         protocol: Protocol,
     ) -> ((Vec<u8>, usize), AnswerPath) {
-        let asked = chain.target_query(query);
-        let mut out = vec![0; MAX_MESSAGE];
-        let Ok(target) = tundns_dns::parse_query(&asked) else {
-            let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
-            return ((out, len), AnswerPath::Servfail);
+        let servfail = || {
+            let out = error_answer(query.bytes(), Rcode::SERVFAIL);
+            let len = out.len();
+            ((out, len), AnswerPath::Servfail)
         };
-        let mut memory = vec![0; MAX_MESSAGE];
-        let ((target_answer, target_len), path) =
-            match self.answer_from_memory(&target, &mut memory) {
-                FromMemory::Answered(len, path) => ((memory, len), path),
-                FromMemory::Chain(_) | FromMemory::Unknown => {
-                    self.answer_from_upstream(&target, protocol).await
-                }
-            };
-        match chain.complete(query, &target_answer[..target_len], &mut out) {
-            Some(len) => ((out, len), path),
-            None => {
-                let len =
-                    tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
-                ((out, len), AnswerPath::Servfail)
-            }
+        // Local data may have changed since the query arrived; its names never go upstream.
+        if self.local.load().holds_name(chain.target()) {
+            return servfail();
         }
+        let asked = chain.target_query(query);
+        let Ok(target) = tundns_dns::parse_query(&asked) else {
+            return servfail();
+        };
+        let ((answer, len), path) = self.answer_from_upstream(&target, protocol).await;
+        match chain.complete(query, &answer[..len], MAX_MESSAGE, |name| {
+            self.decides(name)
+        }) {
+            Some(out) => {
+                let len = out.len();
+                ((out, len), path)
+            }
+            None => servfail(),
+        }
+    }
+
+    /// Whether local data or the blocklist answers for `name`: an upstream's CNAME that
+    /// leads there ends the chain it completes.
+    fn decides(&self, name: &[u8]) -> bool {
+        self.local.load().holds_name(name) || self.blocklist.load().blocks_name(name)
     }
 
     /// A cache hit for a query that missed inline: an identical query may have been

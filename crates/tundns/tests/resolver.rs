@@ -517,6 +517,8 @@ fn local_cname_to_an_outside_name_is_finished_upstream() {
     let mut records = LOCAL_RECORDS.to_vec();
     records.push("Record = web.lab.internal CNAME www.lab.test");
     records.push("Record = gone.lab.internal CNAME missing.lab.test");
+    records.push("Record = ads.lab.internal CNAME tracker.lab.test");
+    records.push("Block = tracker.lab.test");
     let _tundns = start(&lab, &records);
     // The lab's own readiness probe asks unbound for www.lab.test too.
     let asked_before = lab.upstream_queries("www.lab.test", Some("A"));
@@ -566,6 +568,12 @@ fn local_cname_to_an_outside_name_is_finished_upstream() {
         section(&run, "AUTHORITY").iter().any(|r| r.rtype == "SOA"),
         "{run}"
     );
+
+    // A blocked end is answered by the blocklist, and never asked upstream.
+    let run = ask(&lab, &["ads.lab.internal", "A"]);
+    assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+    assert_eq!(section(&run, "ANSWER").len(), 1, "the CNAME alone:\n{run}");
+    assert_eq!(lab.upstream_queries("tracker.lab.test", None), 0);
 
     // Asked for the CNAME itself, the proxy answers alone, with authority.
     let run = ask(&lab, &["web.lab.internal", "CNAME"]);
