@@ -400,53 +400,120 @@ pub fn render_resolv_conf(
     text
 }
 
-/// The per-link and global servers in `resolvectl dns` output, except those of
-/// `interface` itself.
-pub fn parse_resolvectl_dns(output: &str, interface: &str) -> Vec<SocketAddr> {
+/// Port of DNS over TLS (RFC 7858).
+const DOT_PORT: u16 = 853;
+
+/// systemd-resolved's `DNSOverTLS=` setting for a link, or globally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotMode {
+    No,
+    /// TLS first, plain DNS when TLS fails.
+    Opportunistic,
+    /// TLS only.
+    Yes,
+}
+
+/// The upstreams systemd-resolved uses, from `resolvectl dns` output (`dns`) and
+/// `resolvectl dnsovertls` output (`dot`), except those of `interface` itself.
+///
+/// A server is `ADDRESS[:PORT][%SCOPE][#NAME]`; scoped (link-local) ones are skipped.
+/// Where resolved speaks DNS over TLS to a server, so does tundns, with the same server
+/// name (the address's text when there is none): taking over the system's resolvers must
+/// not turn its encrypted DNS into plain DNS. Opportunistic mode becomes the TLS upstream
+/// followed by the plain one, which the pool falls back to as resolved would.
+pub fn resolved_upstreams(dns: &str, dot: &str, interface: &str) -> Vec<Upstream> {
     let own_link = format!("({interface})");
-    let mut servers = Vec::new();
-    for line in output.lines() {
-        let Some((label, list)) = line.split_once(':') else {
-            continue;
-        };
-        if label.trim_end().ends_with(&own_link) {
+    let modes = resolvectl_lines(dot)
+        .filter_map(|(label, value)| Some((label, parse_dot_mode(value.trim())?)))
+        .collect::<Vec<_>>();
+    let mode_of = |label: &str| {
+        let find = |wanted: &str| modes.iter().find(|(l, _)| *l == wanted).map(|(_, m)| *m);
+        find(label)
+            .or_else(|| find("Global"))
+            .unwrap_or(DotMode::No)
+    };
+    let mut upstreams = Vec::new();
+    for (label, list) in resolvectl_lines(dns) {
+        if label.ends_with(&own_link) {
             continue;
         }
         for word in list.split_whitespace() {
-            // `1.1.1.1#one.one.one.one`: the name is for DoT, the address is what counts.
-            let word = word.split('#').next().unwrap_or_default();
-            let server = word
-                .parse::<IpAddr>()
-                .map(|ip| SocketAddr::new(ip, DNS_PORT))
-                .or_else(|_| word.parse::<SocketAddr>());
-            if let Ok(server) = server
-                && !servers.contains(&server)
-            {
-                servers.push(server);
+            let Some((address, port, name)) = parse_resolved_server(word) else {
+                continue;
+            };
+            let plain = Upstream::Udp(SocketAddr::new(address, port.unwrap_or(DNS_PORT)));
+            let tls = || Upstream::Tls {
+                server_name: name.map_or_else(|| address.to_string(), str::to_ascii_lowercase),
+                address: SocketAddr::new(address, port.unwrap_or(DOT_PORT)),
+            };
+            let wanted = match mode_of(label) {
+                DotMode::No => vec![plain],
+                DotMode::Opportunistic => vec![tls(), plain],
+                DotMode::Yes => vec![tls()],
+            };
+            for upstream in wanted {
+                if !upstreams.contains(&upstream) {
+                    upstreams.push(upstream);
+                }
             }
         }
     }
-    servers
+    upstreams
+}
+
+/// The `LABEL: VALUE` lines of resolvectl output, the label trimmed.
+fn resolvectl_lines(output: &str) -> impl Iterator<Item = (&str, &str)> {
+    output.lines().filter_map(|line| {
+        let (label, value) = line.split_once(':')?;
+        Some((label.trim(), value))
+    })
+}
+
+/// A `DNSOverTLS=` value; `None` for an unset one (the global setting applies).
+fn parse_dot_mode(value: &str) -> Option<DotMode> {
+    match value {
+        "yes" | "true" | "1" | "on" => Some(DotMode::Yes),
+        "opportunistic" => Some(DotMode::Opportunistic),
+        "no" | "false" | "0" | "off" => Some(DotMode::No),
+        _ => None,
+    }
+}
+
+/// `ADDRESS[:PORT][%SCOPE][#NAME]` as resolved prints a server: the address, the port if
+/// given and the TLS server name if given. `None` for a scoped or unreadable one.
+fn parse_resolved_server(word: &str) -> Option<(IpAddr, Option<u16>, Option<&str>)> {
+    let (server, name) = match word.split_once('#') {
+        Some((server, name)) if !name.is_empty() => (server, Some(name)),
+        Some((server, _)) => (server, None),
+        None => (word, None),
+    };
+    if server.contains('%') {
+        return None;
+    }
+    if let Ok(address) = server.parse::<IpAddr>() {
+        return Some((address, None, name));
+    }
+    let socket = server.parse::<SocketAddr>().ok()?;
+    Some((socket.ip(), Some(socket.port()), name))
 }
 
 /// The upstreams taken from the system's resolvers: never one of the proxy's own
 /// addresses (queries would loop), nor systemd-resolved's stub, which forwards to the proxy
 /// once the system points at it.
-pub fn system_upstreams(found: &[SocketAddr], proxy_addresses: &[IpAddr]) -> Vec<Upstream> {
+pub fn system_upstreams(found: Vec<Upstream>, proxy_addresses: &[IpAddr]) -> Vec<Upstream> {
     const RESOLVED_STUBS: [IpAddr; 2] = [
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)),
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, 54)),
     ];
     found
-        .iter()
-        .filter(|server| {
-            let ip = server.ip();
+        .into_iter()
+        .filter(|upstream| {
+            let ip = upstream.address().ip();
             !proxy_addresses.contains(&ip)
                 && !RESOLVED_STUBS.contains(&ip)
                 && !ip.is_unspecified()
                 && ip != IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         })
-        .map(|server| Upstream::Udp(*server))
         .collect()
 }
 
@@ -698,7 +765,7 @@ impl Prepared {
         let needs_upstreams = config.dns_proxy.enabled && !config.dns_proxy.upstreams_configured;
         let upstreams = if needs_upstreams {
             let found = system_resolvers(backend, interface);
-            let upstreams = system_upstreams(&found, &config.dns_proxy.addresses);
+            let upstreams = system_upstreams(found, &config.dns_proxy.addresses);
             if upstreams.is_empty() {
                 tracing::warn!(
                     "no Upstream configured and no system resolver found: using the defaults"
@@ -871,10 +938,14 @@ fn undo(state: &DnsState, state_path: &Path, by: Undo) -> Result<Backend, System
 }
 
 /// The system's resolvers before tundns changes anything.
-fn system_resolvers(backend: Backend, interface: &str) -> Vec<SocketAddr> {
+fn system_resolvers(backend: Backend, interface: &str) -> Vec<Upstream> {
     if backend == Backend::Resolved {
         match run(&command("resolvectl", &["dns"], None)) {
-            Ok(output) => return parse_resolvectl_dns(&output, interface),
+            Ok(dns) => {
+                // An older resolvectl without the verb: no TLS anywhere, as before it.
+                let dot = run(&command("resolvectl", &["dnsovertls"], None)).unwrap_or_default();
+                return resolved_upstreams(&dns, &dot, interface);
+            }
             Err(error) => tracing::warn!(%error, "reading systemd-resolved's servers"),
         }
     }
@@ -882,7 +953,7 @@ fn system_resolvers(backend: Backend, interface: &str) -> Vec<SocketAddr> {
     parse_resolv_conf(&String::from_utf8_lossy(&text))
         .nameservers
         .into_iter()
-        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+        .map(|ip| Upstream::Udp(SocketAddr::new(ip, DNS_PORT)))
         .collect()
 }
 
@@ -1329,11 +1400,11 @@ mod tests {
 
     #[test]
     fn resolvectl_output_without_our_own_link() {
-        let output = "Global: 192.0.2.1 192.0.2.1\n\
-                      Link 2 (eth0): 198.51.100.53#dns.example 2001:db8::53 fe80::1%2 [2001:db8::54]:5353\n\
-                      Link 3 (wg0): 10.30.30.30\n\
-                      Link 4 (eth1):\n";
-        let servers: Vec<String> = parse_resolvectl_dns(output, "wg0")
+        let dns = "Global: 192.0.2.1 192.0.2.1\n\
+                   Link 2 (eth0): 198.51.100.53#dns.example 2001:db8::53 fe80::1%2 [2001:db8::54]:5353\n\
+                   Link 3 (wg0): 10.30.30.30\n\
+                   Link 4 (eth1):\n";
+        let servers: Vec<String> = resolved_upstreams(dns, "", "wg0")
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -1349,8 +1420,49 @@ mod tests {
     }
 
     #[test]
+    fn resolved_dns_over_tls_stays_encrypted() {
+        let dns = "Global: 192.0.2.1#dns.example 192.0.2.2:8853#Other.Example\n\
+                   Link 2 (eth0): 198.51.100.53#dot.example 198.51.100.54\n\
+                   Link 3 (eth1): 203.0.113.53#ignored.example\n\
+                   Link 4 (wg0): 10.30.30.30#dns.example\n";
+        let dot = "Global: yes\n\
+                   Link 2 (eth0): opportunistic\n\
+                   Link 3 (eth1): no\n\
+                   Link 4 (wg0):\n";
+        let tls = |name: &str, address: &str| Upstream::Tls {
+            server_name: name.into(),
+            address: address.parse().unwrap(),
+        };
+        let udp = |address: &str| Upstream::Udp(address.parse().unwrap());
+        assert_eq!(
+            resolved_upstreams(dns, dot, "wg0"),
+            [
+                tls("dns.example", "192.0.2.1:853"),
+                tls("other.example", "192.0.2.2:8853"),
+                tls("dot.example", "198.51.100.53:853"),
+                udp("198.51.100.53:53"),
+                // Opportunistic without a name: TLS checked against the address.
+                tls("198.51.100.54", "198.51.100.54:853"),
+                udp("198.51.100.54:53"),
+                udp("203.0.113.53:53"),
+            ]
+        );
+        // A link without its own setting follows the global one.
+        let unset = "Global: yes\nLink 2 (eth0):\n";
+        assert_eq!(
+            resolved_upstreams("Link 2 (eth0): 198.51.100.53", unset, "wg0"),
+            [tls("198.51.100.53", "198.51.100.53:853")]
+        );
+        // No dnsovertls output (an old resolvectl): plain DNS, as resolved would without it.
+        assert_eq!(
+            resolved_upstreams("Global: 192.0.2.1#dns.example", "", "wg0"),
+            [udp("192.0.2.1:53")]
+        );
+    }
+
+    #[test]
     fn system_upstreams_never_loop_through_the_proxy() {
-        let found: Vec<SocketAddr> = [
+        let found: Vec<Upstream> = [
             "10.30.30.30:53",
             "127.0.0.53:53",
             "192.0.2.53:53",
@@ -1359,9 +1471,9 @@ mod tests {
             "[2001:db8::53]:53",
         ]
         .iter()
-        .map(|s| s.parse().unwrap())
+        .map(|s| Upstream::Udp(s.parse().unwrap()))
         .collect();
-        let upstreams = system_upstreams(&found, &ips(&["10.30.30.30", "fd30:30:30::30"]));
+        let upstreams = system_upstreams(found, &ips(&["10.30.30.30", "fd30:30:30::30"]));
         assert_eq!(
             upstreams,
             [
