@@ -14,13 +14,18 @@
 //! set here when absent), so they skip the tunnel's table and leave through the main table:
 //! DNS never enters the tunnel. Upstream groups marked `ThroughTunnel` carry no mark, and
 //! so do enter it. This module owns the choice of mark and table, the rules and the sysctl;
-//! each change is recorded in [`PolicyChanges`] as it is made and undone at teardown.
+//! each change is recorded in [`PolicyChanges`] as it is made and undone at teardown. The
+//! record is also written to a state file before each change, so that the next `up` of the
+//! interface takes back what a run that could not stop cleanly (SIGKILL, a crash) left
+//! ([`repair`]); the tunnel's table empties itself when the interface goes.
 //!
 //! wg-quick also installs nftables rules that drop spoofed packets to the interface's
 //! addresses and copy the mark to conntrack for strict reverse-path filtering; tundns does
 //! not (see the README).
 
 use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -28,9 +33,11 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion};
+use serde::{Deserialize, Serialize};
 use tundns_config::{Config, RouteTable};
 
 use crate::system::{SystemChanges, SystemError, failed, list_routes};
+use crate::system_dns::{STATE_DIR, process_is_tundns};
 
 /// wg-quick's first choice of mark and table.
 pub const DEFAULT_TABLE: u32 = 51820;
@@ -49,6 +56,9 @@ const SRC_VALID_MARK: &str = "/proc/sys/net/ipv4/conf/all/src_valid_mark";
 
 /// Reverse-path filtering for all interfaces: 1 is strict.
 const RP_FILTER: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
+
+/// The `format` every policy state file carries; anything else is not ours to touch.
+const STATE_FORMAT: &str = "tundns-policy-state/1";
 
 /// The default routes (`0.0.0.0/0`, `::/0`) that policy routing carries, one per family:
 /// any in the peers' `AllowedIPs` when `Table = auto`.
@@ -145,11 +155,12 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         };
         {
             let (handle, policy) = changes.policy();
+            let ipv6 = family == AddressFamily::Inet6;
             policy
-                .add_rule(handle, unmarked_to_table(family, table))
+                .add_rule(handle, RuleKind::UnmarkedToTable { ipv6, table })
                 .await?;
             policy
-                .add_rule(handle, main_without_default(family))
+                .add_rule(handle, RuleKind::MainWithoutDefault { ipv6 })
                 .await?;
         }
         changes.add_route_in(default, table).await?;
@@ -203,25 +214,93 @@ fn rule_to_table(family: AddressFamily, table: u32) -> RuleMessage {
     rule
 }
 
-/// The policy rules and sysctl values a full tunnel changed, for teardown.
-#[derive(Default)]
-pub struct PolicyChanges {
-    /// Rules added, exactly as added (with their priority), oldest first.
-    rules: Vec<RuleMessage>,
+/// One of the two rules of a full tunnel, per family, as the state file records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RuleKind {
+    /// `not fwmark TABLE table TABLE`
+    UnmarkedToTable { ipv6: bool, table: u32 },
+    /// `table main suppress_prefixlength 0`
+    MainWithoutDefault { ipv6: bool },
+}
+
+impl RuleKind {
+    fn message(self, priority: u32) -> RuleMessage {
+        let family = |ipv6| {
+            if ipv6 {
+                AddressFamily::Inet6
+            } else {
+                AddressFamily::Inet
+            }
+        };
+        let mut rule = match self {
+            RuleKind::UnmarkedToTable { ipv6, table } => unmarked_to_table(family(ipv6), table),
+            RuleKind::MainWithoutDefault { ipv6 } => main_without_default(family(ipv6)),
+        };
+        rule.attributes.push(RuleAttribute::Priority(priority));
+        rule
+    }
+}
+
+/// What a full tunnel changed, written before each change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PolicyState {
+    format: String,
+    /// The tundns that made the changes.
+    pid: u32,
+    /// The network namespace they were made in (the inode of its `/proc/*/ns/net`).
+    netns: u64,
+    /// Rules added, with their priority, oldest first.
+    rules: Vec<(RuleKind, u32)>,
     /// Sysctl files changed, with the value each had before.
-    sysctls: Vec<(&'static str, String)>,
+    sysctls: Vec<(String, String)>,
+}
+
+/// The state file of `interface`'s policy changes.
+fn state_path(interface: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{interface}.policy-state"))
+}
+
+/// The network namespace this process runs in.
+fn current_netns() -> Option<u64> {
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|meta| meta.ino())
+}
+
+/// The policy rules and sysctl values a full tunnel changed, for teardown.
+pub struct PolicyChanges {
+    state_path: PathBuf,
+    state: PolicyState,
+    /// Whether the state file exists (written at the first change).
+    written: bool,
 }
 
 impl PolicyChanges {
-    /// Adds `rule` with the priority the kernel would pick for it (just above the
+    /// Nothing changed yet for `interface`.
+    pub fn new(interface: &str) -> Self {
+        Self {
+            state_path: state_path(interface),
+            state: PolicyState {
+                format: STATE_FORMAT.into(),
+                pid: std::process::id(),
+                netns: current_netns().unwrap_or_default(),
+                rules: Vec::new(),
+                sysctls: Vec::new(),
+            },
+            written: false,
+        }
+    }
+
+    /// Adds a rule of `kind` with the priority the kernel would pick for it (just above the
     /// highest-priority rule but the local table's), so teardown deletes exactly this rule.
-    async fn add_rule(
-        &mut self,
-        handle: &Handle,
-        mut rule: RuleMessage,
-    ) -> Result<(), SystemError> {
+    /// The state file records it first.
+    async fn add_rule(&mut self, handle: &Handle, kind: RuleKind) -> Result<(), SystemError> {
+        let rule = kind.message(0);
         let priority = next_priority(handle, rule.header.family).await?;
-        rule.attributes.push(RuleAttribute::Priority(priority));
+        let rule = kind.message(priority);
+        self.state.rules.push((kind, priority));
+        self.write_state()?;
         let mut request = handle.rule().add();
         *request.message_mut() = rule.clone();
         request
@@ -232,7 +311,6 @@ impl PolicyChanges {
                 source,
             })?;
         tracing::debug!(rule = %describe(&rule), "policy rule added");
-        self.rules.push(rule);
         Ok(())
     }
 
@@ -241,27 +319,108 @@ impl PolicyChanges {
         let old =
             std::fs::read_to_string(path).map_err(|source| SystemError::Sysctl { path, source })?;
         let old = old.trim();
-        if old == value || self.sysctls.iter().any(|(changed, _)| *changed == path) {
+        if old == value
+            || self
+                .state
+                .sysctls
+                .iter()
+                .any(|(changed, _)| changed == path)
+        {
             return Ok(());
         }
-        self.sysctls.push((path, old.to_string()));
+        self.state.sysctls.push((path.into(), old.to_string()));
+        self.write_state()?;
         std::fs::write(path, value).map_err(|source| SystemError::Sysctl { path, source })
     }
 
-    /// Deletes the rules, newest first, and restores the sysctl values. Errors are logged:
-    /// teardown goes on.
+    fn write_state(&mut self) -> Result<(), SystemError> {
+        let text = serde_json::to_string(&self.state).expect("the state serializes");
+        std::fs::create_dir_all(STATE_DIR)
+            .and_then(|()| std::fs::write(&self.state_path, text))
+            .map_err(|source| SystemError::State {
+                path: self.state_path.clone(),
+                source,
+            })?;
+        self.written = true;
+        Ok(())
+    }
+
+    /// Deletes the rules, newest first, restores the sysctl values and removes the state
+    /// file. Errors are logged: teardown goes on.
     pub async fn undo(&mut self, handle: &Handle) {
-        while let Some(rule) = self.rules.pop() {
-            if let Err(error) = handle.rule().del(rule.clone()).execute().await {
-                tracing::warn!(rule = %describe(&rule), %error, "could not remove policy rule");
-            }
-        }
-        while let Some((path, old)) = self.sysctls.pop() {
-            if let Err(error) = std::fs::write(path, &old) {
-                tracing::warn!(path, %error, "could not restore sysctl");
-            }
+        undo_recorded(handle, &mut self.state).await;
+        if self.written {
+            remove_state(&self.state_path);
+            self.written = false;
         }
     }
+}
+
+/// Deletes `state`'s rules, newest first, and restores its sysctl values (only those this
+/// module changes, whatever the file says).
+async fn undo_recorded(handle: &Handle, state: &mut PolicyState) {
+    while let Some((kind, priority)) = state.rules.pop() {
+        let rule = kind.message(priority);
+        if let Err(error) = handle.rule().del(rule.clone()).execute().await {
+            tracing::warn!(rule = %describe(&rule), %error, "could not remove policy rule");
+        }
+    }
+    while let Some((path, old)) = state.sysctls.pop() {
+        if path != SRC_VALID_MARK {
+            continue;
+        }
+        if let Err(error) = std::fs::write(SRC_VALID_MARK, &old) {
+            tracing::warn!(path, %error, "could not restore sysctl");
+        }
+    }
+}
+
+fn remove_state(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "could not remove the policy state file");
+    }
+}
+
+/// Takes back the policy rules and sysctl values that an earlier run for `interface` left
+/// when it could not stop cleanly, as its state file records them. A state file tundns did
+/// not write, one of a tundns still running, or one from another network namespace is
+/// reported and left alone. Best effort: a failure here is logged, never fatal.
+pub async fn repair(interface: &str) {
+    let path = state_path(interface);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let path_shown = path.display();
+    let mut state = match serde_json::from_str::<PolicyState>(&text) {
+        Ok(state) if state.format == STATE_FORMAT => state,
+        _ => {
+            tracing::warn!("{path_shown}: not a policy state file tundns wrote; left alone");
+            return;
+        }
+    };
+    if process_is_tundns(state.pid) {
+        return;
+    }
+    if current_netns() != Some(state.netns) {
+        tracing::warn!("{path_shown}: left by a tundns in another network namespace; left alone");
+        return;
+    }
+    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
+        tracing::warn!("{path_shown}: no netlink socket to take back its policy rules");
+        return;
+    };
+    let connection = tokio::spawn(connection);
+    let rules = state.rules.len();
+    undo_recorded(&handle, &mut state).await;
+    connection.abort();
+    remove_state(&path);
+    tracing::info!(
+        interface,
+        rules,
+        "took back the policy rules of an earlier run that did not stop cleanly"
+    );
 }
 
 /// One less than the lowest non-zero priority among `family`'s rules: where the kernel
@@ -388,6 +547,44 @@ mod tests {
             "-6 priority 32764 table 254 suppress_prefixlength 0"
         );
         assert_eq!(main.header.table, 254);
+    }
+
+    #[test]
+    fn the_state_file_records_each_rule_as_added() {
+        let state = PolicyState {
+            format: STATE_FORMAT.into(),
+            pid: 42,
+            netns: 4026531840,
+            rules: vec![
+                (
+                    RuleKind::UnmarkedToTable {
+                        ipv6: false,
+                        table: 51820,
+                    },
+                    32765,
+                ),
+                (RuleKind::MainWithoutDefault { ipv6: true }, 32764),
+            ],
+            sysctls: vec![(SRC_VALID_MARK.into(), "0".into())],
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<PolicyState>(&text).unwrap(), state);
+        let described: Vec<String> = state
+            .rules
+            .iter()
+            .map(|(kind, priority)| describe(&kind.message(*priority)))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "-4 priority 32765 not fwmark 0xca6c table 51820",
+                "-6 priority 32764 table 254 suppress_prefixlength 0",
+            ]
+        );
+        assert_eq!(
+            state_path("wg0"),
+            Path::new("/var/lib/tundns/wg0.policy-state")
+        );
     }
 
     #[test]

@@ -43,6 +43,13 @@ pub enum SystemError {
         #[source]
         source: std::io::Error,
     },
+    /// The record of the changes to undo after a crash could not be written.
+    #[error("writing {}: {source}", path.display())]
+    State {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {
@@ -101,7 +108,7 @@ impl SystemChanges {
             interface: name.to_string(),
             index,
             routes: Vec::new(),
-            policy: PolicyChanges::default(),
+            policy: PolicyChanges::new(name),
         })
     }
 

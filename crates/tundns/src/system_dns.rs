@@ -1017,7 +1017,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// True when `pid` is a live (not zombie) tundns process.
-fn process_is_tundns(pid: u32) -> bool {
+pub(crate) fn process_is_tundns(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

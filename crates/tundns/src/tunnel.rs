@@ -98,6 +98,8 @@ impl Tunnel {
     /// `path` is where `config` was read from, for errors about its lines.
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
         validate(config)?;
+        // A crashed run's policy rules would otherwise stay, beside the pair added below.
+        policy_routing::repair(&config.interface_name).await;
         let config = &policy_routing::with_fwmark(config).await?;
         // Repairs what a crashed run left, and reads the system's resolvers before any change.
         let system_dns = system_dns::Prepared::new(config)?;

@@ -215,6 +215,51 @@ fn full_tunnel_start_up_failure_leaves_no_rules() {
     assert_policy_routing_gone(&lab, &rules_before);
 }
 
+/// No process cleans up after a SIGKILL: the killed run's rules and sysctl stay. The next
+/// `up` of the interface takes them back (its state file says which) before adding its own,
+/// so there is one pair of rules per family again, and SIGTERM then leaves none.
+#[test]
+fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
+    let Some(lab) = full_tunnel_lab("full_tunnel_after_sigkill_next_up_takes_back_the_rules")
+    else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let rules_before = lab.policy_rules(&c);
+    let state =
+        std::path::PathBuf::from(format!("/var/lib/tundns/{}.policy-state", lab.tundns_iface));
+    let config = full_tunnel_config(&lab);
+
+    let mut killed = lab.start_tundns(&config);
+    assert_policy_routing_installed(&lab, &rules_before);
+    assert!(state.exists(), "no {}", state.display());
+    std::process::Command::new("kill")
+        .args(["-KILL", &killed.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.wait_for_exit(Duration::from_secs(5)).is_some());
+    let left: Vec<String> = lab
+        .policy_rules(&c)
+        .into_iter()
+        .filter(|rule| !rules_before.contains(rule))
+        .collect();
+    assert_eq!(left.len(), 4, "a SIGKILLed run leaves its rules: {left:#?}");
+    assert_eq!(lab.sysctl(&c, SRC_VALID_MARK), "1");
+
+    let mut tundns = lab.start_tundns(&config);
+    assert_policy_routing_installed(&lab, &rules_before);
+    assert!(
+        tundns.output().contains("took back the policy rules"),
+        "{}",
+        tundns.output()
+    );
+    tundns.send_sigterm();
+    let status = tundns.wait_for_exit(Duration::from_secs(2));
+    assert!(status.is_some_and(|status| status.success()), "{status:?}");
+    assert_policy_routing_gone(&lab, &rules_before);
+    assert!(!state.exists(), "{} left behind", state.display());
+}
+
 /// A default route in the main table would carry WireGuard's own packets into the tunnel:
 /// refused with a config error that says what to do instead. `Table = auto` is accepted.
 #[test]

@@ -863,11 +863,13 @@ impl Drop for Lab {
         }
         for iface in self.uapi_ifaces.borrow().iter() {
             let _ = fs::remove_file(uapi_socket(iface));
-            // A tundns a test SIGKILLed leaves its control socket (and maybe a DNS state
-            // file): the lab cleans up after it as an operator would.
+            // A tundns a test SIGKILLed leaves its control socket (and maybe state files):
+            // the lab cleans up after it as an operator would.
             let _ = fs::remove_file(Path::new("/run/tundns").join(format!("{iface}.sock")));
-            let _ =
-                fs::remove_file(Path::new("/var/lib/tundns").join(format!("{iface}.dns-state")));
+            for state in ["dns-state", "policy-state"] {
+                let _ =
+                    fs::remove_file(Path::new("/var/lib/tundns").join(format!("{iface}.{state}")));
+            }
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
