@@ -15,16 +15,18 @@
 //! DNS never enters the tunnel. Upstream groups marked `ThroughTunnel` carry no mark, and
 //! so do enter it. This module owns the choice of mark and table, the rules and the sysctl;
 //! each change is recorded in [`PolicyChanges`] as it is made and undone at teardown. The
-//! record is also written to a state file before each change, so that the next `up` of the
-//! interface takes back what a run that could not stop cleanly (SIGKILL, a crash) left
-//! ([`repair`]); the tunnel's table empties itself when the interface goes.
+//! record is also written to a state file under `/run` before each change, so that the next
+//! `up` of the interface takes back what a run that could not stop cleanly (SIGKILL, a
+//! crash) left ([`repair`]); the tunnel's table empties itself when the interface goes, and
+//! a reboot clears both the rules and the file.
 //!
 //! wg-quick also installs nftables rules that drop spoofed packets to the interface's
 //! addresses and copy the mark to conntrack for strict reverse-path filtering; tundns does
 //! not (see the README).
 
+use std::io::Write as _;
 use std::num::NonZeroU32;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -36,8 +38,9 @@ use rtnetlink::{Handle, IpVersion};
 use serde::{Deserialize, Serialize};
 use tundns_config::{Config, RouteTable};
 
+use crate::control_protocol::CONTROL_DIRECTORY;
 use crate::system::{SystemChanges, SystemError, failed, list_routes};
-use crate::system_dns::{STATE_DIR, process_is_tundns};
+use crate::system_dns::process_is_tundns;
 
 /// wg-quick's first choice of mark and table.
 pub const DEFAULT_TABLE: u32 = 51820;
@@ -256,9 +259,32 @@ struct PolicyState {
     sysctls: Vec<(String, String)>,
 }
 
-/// The state file of `interface`'s policy changes.
+/// The state file of `interface`'s policy changes. Under `/run`, which a reboot empties
+/// as it empties the rules: a record that outlived its rules could match another tunnel's.
 fn state_path(interface: &str) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{interface}.policy-state"))
+    Path::new(CONTROL_DIRECTORY).join(format!("{interface}.policy-state"))
+}
+
+/// Writes `contents` to `path` whole or not at all (a temporary file, synced, renamed
+/// over it), root-only, in a root-only directory.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(directory) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(directory)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// The network namespace this process runs in.
@@ -303,13 +329,15 @@ impl PolicyChanges {
         self.write_state()?;
         let mut request = handle.rule().add();
         *request.message_mut() = rule.clone();
-        request
-            .execute()
-            .await
-            .map_err(|source| SystemError::Netlink {
+        if let Err(source) = request.execute().await {
+            // Not added: not to be deleted after a crash either.
+            self.state.rules.pop();
+            self.write_state()?;
+            return Err(SystemError::Netlink {
                 action: format!("adding policy rule {}", describe(&rule)),
                 source,
-            })?;
+            });
+        }
         tracing::debug!(rule = %describe(&rule), "policy rule added");
         Ok(())
     }
@@ -335,12 +363,12 @@ impl PolicyChanges {
 
     fn write_state(&mut self) -> Result<(), SystemError> {
         let text = serde_json::to_string(&self.state).expect("the state serializes");
-        std::fs::create_dir_all(STATE_DIR)
-            .and_then(|()| std::fs::write(&self.state_path, text))
-            .map_err(|source| SystemError::State {
+        write_atomically(&self.state_path, text.as_bytes()).map_err(|source| {
+            SystemError::State {
                 path: self.state_path.clone(),
                 source,
-            })?;
+            }
+        })?;
         self.written = true;
         Ok(())
     }
@@ -384,33 +412,36 @@ fn remove_state(path: &Path) {
 }
 
 /// Takes back the policy rules and sysctl values that an earlier run for `interface` left
-/// when it could not stop cleanly, as its state file records them. A state file tundns did
-/// not write, one of a tundns still running, or one from another network namespace is
-/// reported and left alone. Best effort: a failure here is logged, never fatal.
-pub async fn repair(interface: &str) {
+/// when it could not stop cleanly, as its state file records them, and removes the file.
+///
+/// A state file that is not tundns's, one of a tundns still running, or one from another
+/// network namespace is left alone, and so is the tunnel: the error says what to check.
+/// Failing to delete a recorded rule (already gone, say) is only logged.
+pub async fn repair(interface: &str) -> Result<(), SystemError> {
     let path = state_path(interface);
     let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
+        return Ok(());
     };
-    let path_shown = path.display();
+    let refuse = |reason: String| SystemError::ForeignState {
+        path: path.clone(),
+        reason,
+    };
     let mut state = match serde_json::from_str::<PolicyState>(&text) {
         Ok(state) if state.format == STATE_FORMAT => state,
-        _ => {
-            tracing::warn!("{path_shown}: not a policy state file tundns wrote; left alone");
-            return;
-        }
+        _ => return Err(refuse("not a policy state file tundns wrote".into())),
     };
     if process_is_tundns(state.pid) {
-        return;
+        return Err(refuse(format!(
+            "tundns (pid {}) still runs {interface} with these rules; stop it first",
+            state.pid
+        )));
     }
     if current_netns() != Some(state.netns) {
-        tracing::warn!("{path_shown}: left by a tundns in another network namespace; left alone");
-        return;
+        return Err(refuse(
+            "left by a tundns in another network namespace, whose rules it lists".into(),
+        ));
     }
-    let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
-        tracing::warn!("{path_shown}: no netlink socket to take back its policy rules");
-        return;
-    };
+    let (connection, handle, _) = rtnetlink::new_connection()?;
     let connection = tokio::spawn(connection);
     let rules = state.rules.len();
     undo_recorded(&handle, &mut state).await;
@@ -421,6 +452,7 @@ pub async fn repair(interface: &str) {
         rules,
         "took back the policy rules of an earlier run that did not stop cleanly"
     );
+    Ok(())
 }
 
 /// One less than the lowest non-zero priority among `family`'s rules: where the kernel
@@ -581,10 +613,7 @@ mod tests {
                 "-6 priority 32764 table 254 suppress_prefixlength 0",
             ]
         );
-        assert_eq!(
-            state_path("wg0"),
-            Path::new("/var/lib/tundns/wg0.policy-state")
-        );
+        assert_eq!(state_path("wg0"), Path::new("/run/tundns/wg0.policy-state"));
     }
 
     #[test]

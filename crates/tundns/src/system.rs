@@ -50,6 +50,12 @@ pub enum SystemError {
         #[source]
         source: std::io::Error,
     },
+    /// A state file this run must not act on, or overwrite.
+    #[error("{}: {reason}; it was left alone, and the tunnel was not started. Check `ip rule` and `ip -6 rule`, then remove the file", path.display())]
+    ForeignState {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 pub(crate) fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {

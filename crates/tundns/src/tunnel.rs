@@ -99,7 +99,7 @@ impl Tunnel {
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
         validate(config)?;
         // A crashed run's policy rules would otherwise stay, beside the pair added below.
-        policy_routing::repair(&config.interface_name).await;
+        policy_routing::repair(&config.interface_name).await?;
         let config = &policy_routing::with_fwmark(config).await?;
         // Repairs what a crashed run left, and reads the system's resolvers before any change.
         let system_dns = system_dns::Prepared::new(config)?;

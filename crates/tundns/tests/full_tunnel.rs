@@ -226,8 +226,7 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     };
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
-    let state =
-        std::path::PathBuf::from(format!("/var/lib/tundns/{}.policy-state", lab.tundns_iface));
+    let state = std::path::PathBuf::from(format!("/run/tundns/{}.policy-state", lab.tundns_iface));
     let config = full_tunnel_config(&lab);
 
     let mut killed = lab.start_tundns(&config);
@@ -258,6 +257,25 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     assert!(status.is_some_and(|status| status.success()), "{status:?}");
     assert_policy_routing_gone(&lab, &rules_before);
     assert!(!state.exists(), "{} left behind", state.display());
+
+    // A state file tundns did not write is neither acted on nor overwritten: `up` refuses.
+    std::fs::write(&state, "not json").unwrap();
+    let path = lab.write_client_config(&config);
+    let refused = lab.exec_in_with_timeout(
+        &c,
+        &[tundns_bin(), "up", path_str(&path)],
+        Duration::from_secs(10),
+    );
+    assert!(!refused.timed_out() && !refused.succeeded(), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("not a policy state file tundns wrote"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "not json");
+    assert_policy_routing_gone(&lab, &rules_before);
+    std::fs::remove_file(&state).unwrap();
 }
 
 /// A default route in the main table would carry WireGuard's own packets into the tunnel:

@@ -865,11 +865,11 @@ impl Drop for Lab {
             let _ = fs::remove_file(uapi_socket(iface));
             // A tundns a test SIGKILLed leaves its control socket (and maybe state files):
             // the lab cleans up after it as an operator would.
-            let _ = fs::remove_file(Path::new("/run/tundns").join(format!("{iface}.sock")));
-            for state in ["dns-state", "policy-state"] {
-                let _ =
-                    fs::remove_file(Path::new("/var/lib/tundns").join(format!("{iface}.{state}")));
+            for file in ["sock", "policy-state"] {
+                let _ = fs::remove_file(Path::new("/run/tundns").join(format!("{iface}.{file}")));
             }
+            let _ =
+                fs::remove_file(Path::new("/var/lib/tundns").join(format!("{iface}.dns-state")));
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
