@@ -414,23 +414,27 @@ pub enum DotMode {
 }
 
 /// The upstreams systemd-resolved uses, from `resolvectl dns` output (`dns`) and
-/// `resolvectl dnsovertls` output (`dot`), except those of `interface` itself.
+/// `resolvectl dnsovertls` output (`dot`, `None` when it could not be read), except those
+/// of `interface` itself.
 ///
-/// A server is `ADDRESS[:PORT][%SCOPE][#NAME]`; scoped (link-local) ones are skipped.
-/// Where resolved speaks DNS over TLS to a server, so does tundns, with the same server
-/// name (the address's text when there is none): taking over the system's resolvers must
-/// not turn its encrypted DNS into plain DNS. Opportunistic mode becomes the TLS upstream
-/// followed by the plain one, which the pool falls back to as resolved would.
-pub fn resolved_upstreams(dns: &str, dot: &str, interface: &str) -> Vec<Upstream> {
+/// A server is `ADDRESS[:PORT][#NAME]`; link-local ones, which need the link they belong
+/// to, are skipped. Where resolved speaks DNS over TLS to a server, so does tundns, with
+/// the same server name (the address's text when there is none): taking over the system's
+/// resolvers must not turn its encrypted DNS into plain DNS. Opportunistic mode becomes the
+/// TLS upstream followed by the plain one. Without `dot`, a server with a name (which only
+/// DNS over TLS uses) is taken as opportunistic, one without as plain.
+pub fn resolved_upstreams(dns: &str, dot: Option<&str>, interface: &str) -> Vec<Upstream> {
     let own_link = format!("({interface})");
-    let modes = resolvectl_lines(dot)
+    let modes = resolvectl_lines(dot.unwrap_or_default())
         .filter_map(|(label, value)| Some((label, parse_dot_mode(value.trim())?)))
         .collect::<Vec<_>>();
-    let mode_of = |label: &str| {
+    let mode_of = |label: &str, named: bool| {
         let find = |wanted: &str| modes.iter().find(|(l, _)| *l == wanted).map(|(_, m)| *m);
-        find(label)
-            .or_else(|| find("Global"))
-            .unwrap_or(DotMode::No)
+        match find(label).or_else(|| find("Global")) {
+            Some(mode) => mode,
+            None if dot.is_none() && named => DotMode::Opportunistic,
+            None => DotMode::No,
+        }
     };
     let mut upstreams = Vec::new();
     for (label, list) in resolvectl_lines(dns) {
@@ -446,7 +450,7 @@ pub fn resolved_upstreams(dns: &str, dot: &str, interface: &str) -> Vec<Upstream
                 server_name: name.map_or_else(|| address.to_string(), str::to_ascii_lowercase),
                 address: SocketAddr::new(address, port.unwrap_or(DOT_PORT)),
             };
-            let wanted = match mode_of(label) {
+            let wanted = match mode_of(label, name.is_some()) {
                 DotMode::No => vec![plain],
                 DotMode::Opportunistic => vec![tls(), plain],
                 DotMode::Yes => vec![tls()],
@@ -461,11 +465,18 @@ pub fn resolved_upstreams(dns: &str, dot: &str, interface: &str) -> Vec<Upstream
     upstreams
 }
 
-/// The `LABEL: VALUE` lines of resolvectl output, the label trimmed.
+/// The `LABEL: VALUE` lines of resolvectl output, the label trimmed. A line that starts
+/// with white space continues the previous label's value: resolvectl wraps long lists to
+/// the terminal's width, indented under the first.
 fn resolvectl_lines(output: &str) -> impl Iterator<Item = (&str, &str)> {
-    output.lines().filter_map(|line| {
-        let (label, value) = line.split_once(':')?;
-        Some((label.trim(), value))
+    let mut label = None;
+    output.lines().filter_map(move |line| {
+        if line.starts_with(char::is_whitespace) {
+            return Some((label?, line));
+        }
+        let (this, value) = line.split_once(':')?;
+        label = Some(this.trim());
+        Some((this.trim(), value))
     })
 }
 
@@ -480,7 +491,8 @@ fn parse_dot_mode(value: &str) -> Option<DotMode> {
 }
 
 /// `ADDRESS[:PORT][%SCOPE][#NAME]` as resolved prints a server: the address, the port if
-/// given and the TLS server name if given. `None` for a scoped or unreadable one.
+/// given and the TLS server name if given. `None` for a link-local (scoped) or unreadable
+/// one.
 fn parse_resolved_server(word: &str) -> Option<(IpAddr, Option<u16>, Option<&str>)> {
     let (server, name) = match word.split_once('#') {
         Some((server, name)) if !name.is_empty() => (server, Some(name)),
@@ -490,11 +502,17 @@ fn parse_resolved_server(word: &str) -> Option<(IpAddr, Option<u16>, Option<&str
     if server.contains('%') {
         return None;
     }
-    if let Ok(address) = server.parse::<IpAddr>() {
-        return Some((address, None, name));
+    let (address, port) = match server.parse::<IpAddr>() {
+        Ok(address) => (address, None),
+        Err(_) => {
+            let socket = server.parse::<SocketAddr>().ok()?;
+            (socket.ip(), Some(socket.port()))
+        }
+    };
+    match address {
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => None,
+        _ => Some((address, port, name)),
     }
-    let socket = server.parse::<SocketAddr>().ok()?;
-    Some((socket.ip(), Some(socket.port()), name))
 }
 
 /// The upstreams taken from the system's resolvers: never one of the proxy's own
@@ -942,9 +960,14 @@ fn system_resolvers(backend: Backend, interface: &str) -> Vec<Upstream> {
     if backend == Backend::Resolved {
         match run(&command("resolvectl", &["dns"], None)) {
             Ok(dns) => {
-                // An older resolvectl without the verb: no TLS anywhere, as before it.
-                let dot = run(&command("resolvectl", &["dnsovertls"], None)).unwrap_or_default();
-                return resolved_upstreams(&dns, &dot, interface);
+                let dot = match run(&command("resolvectl", &["dnsovertls"], None)) {
+                    Ok(dot) => Some(dot),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading systemd-resolved's DNSOverTLS");
+                        None
+                    }
+                };
+                return resolved_upstreams(&dns, dot.as_deref(), interface);
             }
             Err(error) => tracing::warn!(%error, "reading systemd-resolved's servers"),
         }
@@ -1056,6 +1079,8 @@ fn run(command: &CommandLine) -> Result<String, SystemDnsError> {
     };
     let mut child = Command::new(command.program)
         .args(&command.args)
+        // resolvectl wraps long lists at the terminal's width, or at 80 columns without one.
+        .env("COLUMNS", "65535")
         .stdin(if command.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -1401,10 +1426,11 @@ mod tests {
     #[test]
     fn resolvectl_output_without_our_own_link() {
         let dns = "Global: 192.0.2.1 192.0.2.1\n\
-                   Link 2 (eth0): 198.51.100.53#dns.example 2001:db8::53 fe80::1%2 [2001:db8::54]:5353\n\
-                   Link 3 (wg0): 10.30.30.30\n\
+                   Link 2 (eth0): 198.51.100.53#dns.example 2001:db8::53 fe80::1 fe80::2%2\n    \
+                   [2001:db8::54]:5353\n\
+                   Link 3 (wg0): 10.30.30.30\n         10.30.30.31\n\
                    Link 4 (eth1):\n";
-        let servers: Vec<String> = resolved_upstreams(dns, "", "wg0")
+        let servers: Vec<String> = resolved_upstreams(dns, Some(""), "wg0")
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -1435,7 +1461,7 @@ mod tests {
         };
         let udp = |address: &str| Upstream::Udp(address.parse().unwrap());
         assert_eq!(
-            resolved_upstreams(dns, dot, "wg0"),
+            resolved_upstreams(dns, Some(dot), "wg0"),
             [
                 tls("dns.example", "192.0.2.1:853"),
                 tls("other.example", "192.0.2.2:8853"),
@@ -1450,13 +1476,32 @@ mod tests {
         // A link without its own setting follows the global one.
         let unset = "Global: yes\nLink 2 (eth0):\n";
         assert_eq!(
-            resolved_upstreams("Link 2 (eth0): 198.51.100.53", unset, "wg0"),
+            resolved_upstreams("Link 2 (eth0): 198.51.100.53", Some(unset), "wg0"),
             [tls("198.51.100.53", "198.51.100.53:853")]
         );
-        // No dnsovertls output (an old resolvectl): plain DNS, as resolved would without it.
+        // No DNSOverTLS line at all: plain DNS, resolved's default.
         assert_eq!(
-            resolved_upstreams("Global: 192.0.2.1#dns.example", "", "wg0"),
+            resolved_upstreams("Global: 192.0.2.1#dns.example", Some(""), "wg0"),
             [udp("192.0.2.1:53")]
+        );
+        // DNSOverTLS unreadable: a named server (a name is only for TLS) tries TLS first.
+        assert_eq!(
+            resolved_upstreams("Global: 192.0.2.1#dns.example 192.0.2.2", None, "wg0"),
+            [
+                tls("dns.example", "192.0.2.1:853"),
+                udp("192.0.2.1:53"),
+                udp("192.0.2.2:53")
+            ]
+        );
+        // Wrapped lines continue their label, IPv6 with a port and a name included.
+        let wrapped = "Global: 1.1.1.1#cloudflare-dns.com\n        \
+                       [2606:4700:4700::1111]:853#cloudflare-dns.com\n";
+        assert_eq!(
+            resolved_upstreams(wrapped, Some("Global: yes\n"), "wg0"),
+            [
+                tls("cloudflare-dns.com", "1.1.1.1:853"),
+                tls("cloudflare-dns.com", "[2606:4700:4700::1111]:853"),
+            ]
         );
     }
 
