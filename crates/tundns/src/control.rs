@@ -59,6 +59,9 @@ struct State {
     config: Config,
     /// Where `config` was read from, for errors about its lines.
     config_path: PathBuf,
+    /// Held from reading the block lists to swapping them in, so that of two reloads at
+    /// once the later read is the one in use.
+    blocklist_reload: tokio::sync::Mutex<()>,
     /// `None` when the DNS proxy is off.
     dns: Option<Dns>,
 }
@@ -109,6 +112,7 @@ impl ControlServer {
             interface: config.interface_name.clone(),
             config: config.clone(),
             config_path: config_path.to_owned(),
+            blocklist_reload: tokio::sync::Mutex::new(()),
             dns,
         });
         let task = tokio::spawn(serve(listener, state));
@@ -288,6 +292,7 @@ fn remove_records(dns: &Dns, pattern: &str) -> Result<Reply, String> {
 }
 
 async fn reload_blocklist(state: &State, dns: &Dns) -> Result<Reply, String> {
+    let _one_at_a_time = state.blocklist_reload.lock().await;
     let (config, path) = (state.config.clone(), state.config_path.clone());
     // Lists run to hundreds of thousands of lines: read them off the runtime's workers.
     let blocklist = tokio::task::spawn_blocking(move || dns_config::blocklist(&config, &path))

@@ -40,7 +40,8 @@ pub enum Request {
     },
     /// Removes the route of `domain`.
     RoutesRemove { domain: String },
-    /// Reads the `Block` domains and `BlockList` files again and puts the result in use.
+    /// Reads the `BlockList` files again and puts them in use, with the `Block` domains
+    /// the config had at start-up.
     BlocklistReload,
     /// Empties the answer cache.
     Flush,

@@ -218,21 +218,27 @@ pub fn blocklist(config: &Config, path: &Path) -> Result<BlockList, ConfigError>
 }
 
 /// Feeds every line of the list file named at `file` to `add`; an unreadable file is
-/// reported at the config line naming it, a bad entry at its own line in the file.
+/// reported at the config line naming it, a bad entry at its own line in the file. A
+/// relative name is relative to the config file's directory, whatever the daemon's working
+/// directory.
 fn for_each_line(
     config_path: &Path,
     file: &Spanned<PathBuf>,
     mut add: impl FnMut(&str) -> Result<(), RecordError>,
 ) -> Result<(), ConfigError> {
-    let text = std::fs::read_to_string(&file.value).map_err(|error| {
+    let list_path = match config_path.parent() {
+        Some(directory) => directory.join(&file.value),
+        None => file.value.clone(),
+    };
+    let text = std::fs::read_to_string(&list_path).map_err(|error| {
         at(
             config_path,
             file.line,
-            format!("reading {}: {error}", file.value.display()),
+            format!("reading {}: {error}", list_path.display()),
         )
     })?;
     for (index, line) in text.lines().enumerate() {
-        add(line).map_err(|error| at(&file.value, index + 1, error))?;
+        add(line).map_err(|error| at(&list_path, index + 1, error))?;
     }
     Ok(())
 }

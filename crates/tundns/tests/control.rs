@@ -296,7 +296,8 @@ fn blocklist_reload_reads_the_files_again() {
     let list = lab.write_file("reloaded-blocklist.txt", format!("0.0.0.0 {WWW_NAME}\n"));
     let config = lab.client_config(&ClientConfig {
         dns_proxy_lines: vec![
-            format!("BlockList = {}", list.display()),
+            // Relative to the config file's directory (the lab's), not tundns's cwd.
+            "BlockList = reloaded-blocklist.txt".into(),
             "Block = blocked-in-config.lab.test".into(),
             "Cache = off".into(),
         ],
