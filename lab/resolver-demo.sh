@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The resolver (issue 3) shown working, in throwaway namespaces: cache hits unbound never sees,
-# local records with AA and automatic PTR, NODATA for a missing type, split DNS through the
+# local records with AA and automatic PTR, a CNAME leading out of local data finished
+# upstream, NODATA for a missing type, split DNS through the
 # tunnel to a resolver only the peer can reach, DoT and DoH upstreams trusted through a lab CA,
 # blocking, and truncation at whole records. Everything is torn down on exit.
 #
@@ -26,6 +27,7 @@ Cache = on
 Record = app.lab.internal A 10.99.0.10
 Record = app.lab.internal AAAA fd99::10
 Record = alias.lab.internal CNAME app.lab.internal
+Record = web.lab.internal CNAME www.lab.test
 LocalZone = lab.internal
 Block = ads.lab.test"
 LAB_DNS_EXTRA_SECTIONS="[DNSRoute]
@@ -57,6 +59,7 @@ printf 'unbound saw www.lab.test A %s time(s); DoT queries +%s, DoH queries +%s\
 
 show "a local record: AA set" "${Q[@]}" app.lab.internal A +noall +comments +answer
 show "a CNAME followed locally" "${Q[@]}" alias.lab.internal A +noall +answer
+show "a CNAME leading out of local data, finished upstream" "${Q[@]}" web.lab.internal A +noall +answer
 show "automatic PTR" "${Q[@]}" -x 10.99.0.10 +short
 show "a missing type is NODATA with an SOA, never asked upstream" "${Q[@]}" app.lab.internal MX +noall +comments +authority
 show "unknown names in a local zone: NXDOMAIN" "${Q[@]}" nothere.lab.internal A +noall +comments
