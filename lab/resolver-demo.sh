@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The resolver (issue 3) shown working, in throwaway namespaces: cache hits unbound never sees,
-# local records with AA and automatic PTR, a CNAME leading out of local data finished
-# upstream, NODATA for a missing type, split DNS through the
-# tunnel to a resolver only the peer can reach, DoT and DoH upstreams trusted through a lab CA,
-# blocking, and truncation at whole records. Everything is torn down on exit.
+# local records with AA and automatic PTR, a CNAME leading out of local data finished upstream,
+# NODATA for a missing type, split DNS through the tunnel to a resolver only the peer can reach,
+# DoT and DoH upstreams trusted through a lab CA, blocking, and truncation at whole records.
+# Everything is torn down on exit.
 #
 # Usage: lab/resolver-demo.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
 set -euo pipefail
