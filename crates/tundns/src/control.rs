@@ -88,6 +88,8 @@ struct Sources {
 pub struct ControlServer {
     path: PathBuf,
     task: JoinHandle<()>,
+    /// Reloads the block lists on SIGHUP; `None` when the DNS proxy is off.
+    hangups: Option<JoinHandle<()>>,
 }
 
 impl ControlServer {
@@ -115,9 +117,23 @@ impl ControlServer {
             blocklist_reload: tokio::sync::Mutex::new(()),
             dns,
         });
+        let hangups = match state.dns.is_some().then(reload_on_sighup) {
+            Some(Ok(hangups)) => Some(tokio::spawn(hangups.run(state.clone()))),
+            Some(Err(source)) => {
+                return Err(ControlError::Io {
+                    path: path.clone(),
+                    source,
+                });
+            }
+            None => None,
+        };
         let task = tokio::spawn(serve(listener, state));
         tracing::info!(path = %path.display(), "control socket");
-        Ok(Self { path, task })
+        Ok(Self {
+            path,
+            task,
+            hangups,
+        })
     }
 
     /// Stops serving and removes the socket.
@@ -129,6 +145,9 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(hangups) = &self.hangups {
+            hangups.abort();
+        }
         if let Err(error) = fs::remove_file(&self.path)
             && error.kind() != io::ErrorKind::NotFound
         {
@@ -289,6 +308,30 @@ fn remove_records(dns: &Dns, pattern: &str) -> Result<Reply, String> {
         if removed == 1 { "" } else { "s" },
         pattern.trim()
     )))
+}
+
+/// SIGHUP, registered before the first one can arrive.
+struct Hangups(tokio::signal::unix::Signal);
+
+fn reload_on_sighup() -> io::Result<Hangups> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).map(Hangups)
+}
+
+impl Hangups {
+    /// Reloads the block lists on every SIGHUP, as `tundns dns blocklist reload` does, so
+    /// that `systemctl reload` picks up a list a cron job updated. (The query log reopens
+    /// on the same signal, in `observability`.)
+    async fn run(mut self, state: Arc<State>) {
+        while self.0.recv().await.is_some() {
+            let Some(dns) = &state.dns else {
+                return;
+            };
+            if let Err(error) = reload_blocklist(&state, dns).await {
+                tracing::warn!("SIGHUP: {error}");
+            }
+        }
+    }
 }
 
 async fn reload_blocklist(state: &State, dns: &Dns) -> Result<Reply, String> {

@@ -303,7 +303,7 @@ fn blocklist_reload_reads_the_files_again() {
         ],
         ..ClientConfig::default()
     });
-    let _tundns = lab.start_tundns(&config);
+    let daemon = lab.start_tundns(&config);
     assert_eq!(short(&lab, WWW_NAME, "A"), "", "blocked from the start");
     assert_eq!(short(&lab, host1.0, "A"), host1.1);
 
@@ -324,8 +324,26 @@ fn blocklist_reload_reads_the_files_again() {
     );
     assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
 
+    // SIGHUP (`systemctl reload`) reloads too.
+    std::fs::write(&list, format!("{}\n", host2.0)).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || short(&lab, host2.0, "A")
+            .is_empty()),
+        "SIGHUP did not reload:\n{}",
+        daemon.output()
+    );
+    assert_eq!(
+        short(&lab, host1.0, "A"),
+        host1.1,
+        "unblocked by the reload"
+    );
+
     // A bad line fails the reload with the file and line, and the list in use stays.
-    std::fs::write(&list, format!("{}\n@@||{}^\n", host2.0, host1.0)).unwrap();
+    std::fs::write(&list, format!("{}\n@@||{}^\n", host1.0, host2.0)).unwrap();
     let refused = tundns(
         &lab,
         &["dns", "-i", &lab.tundns_iface, "blocklist", "reload"],
@@ -334,6 +352,6 @@ fn blocklist_reload_reads_the_files_again() {
     let named = format!("{}:2", list.display());
     assert!(refused.stderr.contains(&named), "{named} in:\n{refused}");
     assert!(refused.stderr.contains("unchanged"), "{refused}");
-    assert_eq!(short(&lab, host1.0, "A"), "", "still blocked");
-    assert_eq!(short(&lab, host2.0, "A"), host2.1, "not blocked yet");
+    assert_eq!(short(&lab, host2.0, "A"), "", "still blocked");
+    assert_eq!(short(&lab, host1.0, "A"), host1.1, "not blocked again");
 }
