@@ -569,7 +569,7 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
         None
     };
     let started = Instant::now();
-    let (answer, path, group) = match proxy.accept(&message, Protocol::Tcp, &mut out) {
+    let (answer, path, group, upstream) = match proxy.accept(&message, Protocol::Tcp, &mut out) {
         Verdict::Drop => return Err(format!("the proxy dropped the query for {name}")),
         Verdict::Answered(len) => {
             let answer = out[..len].to_vec();
@@ -579,12 +579,14 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
             } else {
                 AnswerPath::Cache
             });
-            (answer, path, None)
+            (answer, path, None, None)
         }
         Verdict::Forward(forward) => {
             let index = proxy.upstreams().group_for(parsed.question()).0;
             let group = dns.sources().routes.group_entry(index);
-            (forward.resolve().await, AnswerPath::Upstream, group)
+            let (answer, upstream) = forward.resolve_from().await;
+            let upstream = upstream.map(|upstream| upstream.to_string());
+            (answer, AnswerPath::Upstream, group, upstream)
         }
     };
     let elapsed = started.elapsed();
@@ -594,6 +596,7 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
         qtype: rtype.to_string(),
         path,
         group,
+        upstream,
         rcode,
         answers,
         authority,

@@ -393,6 +393,9 @@ fn render_query(report: &QueryReport) -> String {
     };
     let _ = writeln!(out, "{} {}: {}", report.name, report.qtype, report.rcode);
     let _ = writeln!(out, "path: {path}");
+    if let Some(upstream) = &report.upstream {
+        let _ = writeln!(out, "answered by: {upstream}");
+    }
     let _ = writeln!(out, "time: {:.3} ms", report.elapsed_us as f64 / 1000.0);
     for record in &report.answers {
         let _ = writeln!(out, "answer: {record}");
@@ -536,6 +539,7 @@ mod tests {
                 through_tunnel: true,
                 source: Source::Runtime,
             }),
+            upstream: Some("udp://10.99.0.53:53".into()),
             rcode: "NOERROR".into(),
             answers: vec!["db.corp. 300 IN A 10.99.0.80".into()],
             authority: vec![],
@@ -546,6 +550,7 @@ mod tests {
             text.contains("path: upstream (corp -> 10.99.0.53, through the tunnel)"),
             "{text}"
         );
+        assert!(text.contains("answered by: udp://10.99.0.53:53"), "{text}");
         assert!(text.contains("time: 1.500 ms"), "{text}");
         assert!(
             text.contains("answer: db.corp. 300 IN A 10.99.0.80"),
@@ -554,8 +559,13 @@ mod tests {
         let local = QueryReport {
             path: AnswerPath::Local,
             group: None,
+            upstream: None,
             ..report
         };
-        assert!(render_query(&local).contains("path: local"));
+        let text = render_query(&local);
+        assert!(
+            text.contains("path: local") && !text.contains("answered by"),
+            "{text}"
+        );
     }
 }

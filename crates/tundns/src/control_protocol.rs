@@ -223,6 +223,10 @@ pub struct QueryReport {
     pub path: AnswerPath,
     /// For [`AnswerPath::Upstream`]: the group asked, by its domains and upstreams.
     pub group: Option<RouteEntry>,
+    /// For [`AnswerPath::Upstream`]: the upstream that answered, if one did (not when the
+    /// answer is stale or SERVFAIL).
+    #[serde(default)]
+    pub upstream: Option<String>,
     pub rcode: String,
     pub answers: Vec<String>,
     pub authority: Vec<String>,

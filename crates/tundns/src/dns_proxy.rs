@@ -100,8 +100,8 @@ impl CollapseKey {
 /// What the upstreams said to one query.
 #[derive(Clone)]
 enum UpstreamAnswer {
-    /// An answer to pass on.
-    Answer(Bytes),
+    /// An answer to pass on, and the upstream that gave it.
+    Answer(Bytes, Arc<str>),
     /// Every upstream failed; the last one's own SERVFAIL or REFUSED, if any, is kept to
     /// pass on when nothing stale can be served instead.
     Failed(Option<Bytes>),
@@ -208,11 +208,23 @@ impl DnsProxy {
         path: AnswerPath,
         answer: &[u8],
     ) {
+        self.observe_from(arrival, question, path, answer, None);
+    }
+
+    /// [`observe`](Self::observe) for an answer `upstream` gave.
+    fn observe_from(
+        &self,
+        arrival: &Arrival,
+        question: Option<&Question>,
+        path: AnswerPath,
+        answer: &[u8],
+        upstream: Option<Arc<str>>,
+    ) {
         self.stats
             .queries
             .record(arrival.transport, question.map(Question::qtype), path);
         if let Some(log) = self.query_log.get() {
-            log.record(arrival.answered(question, path, answer));
+            log.record(arrival.answered(question, path, answer, upstream));
         }
     }
 
@@ -392,8 +404,11 @@ impl DnsProxy {
         // Held to the end: a route removed meanwhile does not cancel this query.
         let upstreams = self.upstreams.load_full();
         let group = upstreams.group_for(parsed.question()).1;
-        let (answer, cacheable) = match group.resolve(&query, protocol).await {
-            Ok(response) => (UpstreamAnswer::Answer(response.clone()), Some(response)),
+        let (answer, cacheable) = match group.resolve_from(&query, protocol).await {
+            Ok(answer) => (
+                UpstreamAnswer::Answer(answer.response.clone(), answer.upstream),
+                Some(answer.response),
+            ),
             Err(ResolveError::AllFailed {
                 soft_answer: Some(soft),
                 ..
@@ -461,18 +476,49 @@ impl Forward {
     /// Resolves through the upstreams; the answer is always something to send: the
     /// upstream's answer, a stale one when every upstream failed, or SERVFAIL.
     pub async fn resolve(self) -> Vec<u8> {
+        self.resolve_from().await.0
+    }
+
+    /// [`resolve`](Self::resolve), with the upstream that answered, when one did.
+    pub async fn resolve_from(self) -> (Vec<u8>, Option<Arc<str>>) {
         let proxy = &self.proxy;
         let Ok(query) = tundns_dns::parse_query(&self.query) else {
-            return error_answer(&self.query, Rcode::SERVFAIL);
+            return (error_answer(&self.query, Rcode::SERVFAIL), None);
         };
-        let ((mut out, len), path) = match &self.chain {
+        let Found {
+            mut out,
+            len,
+            path,
+            upstream,
+        } = match &self.chain {
             None => proxy.answer_from_upstream(&query, self.protocol).await,
             Some(chain) => proxy.finish_chain(chain, &query, self.protocol).await,
         };
         let len = fit_for_client(&query, self.protocol, &mut out, len);
         out.truncate(len);
-        proxy.observe(&self.arrival, Some(query.question()), path, &out);
-        out
+        let question = Some(query.question());
+        proxy.observe_from(&self.arrival, question, path, &out, upstream.clone());
+        (out, upstream)
+    }
+}
+
+/// What the forwarding task found for a query: `len` bytes of `out`, how they were found,
+/// and the upstream that gave them, when one did.
+struct Found {
+    out: Vec<u8>,
+    len: usize,
+    path: AnswerPath,
+    upstream: Option<Arc<str>>,
+}
+
+impl Found {
+    fn new((out, len): (Vec<u8>, usize), path: AnswerPath) -> Self {
+        Found {
+            out,
+            len,
+            path,
+            upstream: None,
+        }
     }
 }
 
@@ -492,13 +538,16 @@ impl DnsProxy {
         self: &Arc<Self>,
         query: &Query<'_>,
         protocol: Protocol,
-    ) -> ((Vec<u8>, usize), AnswerPath) {
+    ) -> Found {
         if let Some(hit) = self.late_cache_hit(query) {
-            return (hit, AnswerPath::Cache);
+            return Found::new(hit, AnswerPath::Cache);
         }
         match self.upstream_answer(query, protocol).await {
-            UpstreamAnswer::Answer(response) => match adapted(&response, query) {
-                Some(answer) => (answer, AnswerPath::Forwarded),
+            UpstreamAnswer::Answer(response, upstream) => match adapted(&response, query) {
+                Some(answer) => Found {
+                    upstream: Some(upstream),
+                    ..Found::new(answer, AnswerPath::Forwarded)
+                },
                 None => self.fallback(query, None),
             },
             UpstreamAnswer::Failed(soft) => self.fallback(query, soft.as_deref()),
@@ -533,11 +582,11 @@ impl DnsProxy {
         chain: &CnameChain,
         query: &Query<'_>,
         protocol: Protocol,
-    ) -> ((Vec<u8>, usize), AnswerPath) {
+    ) -> Found {
         let servfail = || {
             let out = error_answer(query.bytes(), Rcode::SERVFAIL);
             let len = out.len();
-            ((out, len), AnswerPath::Servfail)
+            Found::new((out, len), AnswerPath::Servfail)
         };
         // Local data may have changed since the query arrived; its names never go upstream.
         if self.local.load().holds_name(chain.target()) {
@@ -547,14 +596,15 @@ impl DnsProxy {
         let Ok(target) = tundns_dns::parse_query(&asked) else {
             return servfail();
         };
-        let ((answer, len), path) = self.answer_from_upstream(&target, protocol).await;
-        match chain.complete(query, &answer[..len], MAX_MESSAGE, |name| {
+        let found = self.answer_from_upstream(&target, protocol).await;
+        match chain.complete(query, &found.out[..found.len], MAX_MESSAGE, |name| {
             self.decides(name)
         }) {
-            Some(out) => {
-                let len = out.len();
-                ((out, len), path)
-            }
+            Some(out) => Found {
+                len: out.len(),
+                out,
+                ..found
+            },
             None => servfail(),
         }
     }
@@ -576,20 +626,20 @@ impl DnsProxy {
 
     /// The answer when no upstream answered: a stale one if the cache still has it (RFC
     /// 8767), else the last upstream's own SERVFAIL or REFUSED, else our SERVFAIL.
-    fn fallback(&self, query: &Query<'_>, soft: Option<&[u8]>) -> ((Vec<u8>, usize), AnswerPath) {
+    fn fallback(&self, query: &Query<'_>, soft: Option<&[u8]>) -> Found {
         let mut out = vec![0; MAX_MESSAGE];
         let stale = self
             .cache
             .as_ref()
             .and_then(|cache| cache.lookup_stale(query, Instant::now(), &mut out));
         if let Some(len) = stale {
-            return ((out, len), AnswerPath::Stale);
+            return Found::new((out, len), AnswerPath::Stale);
         }
         if let Some(answer) = soft.and_then(|soft| adapted(soft, query)) {
-            return (answer, AnswerPath::Servfail);
+            return Found::new(answer, AnswerPath::Servfail);
         }
         let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
-        ((out, len), AnswerPath::Servfail)
+        Found::new((out, len), AnswerPath::Servfail)
     }
 }
 

@@ -2,7 +2,7 @@
 //! thread of its own.
 //!
 //! The resolver hands each finished query to [`QueryLog::record`], which only tries to
-//! put a fixed-size [`QueryEvent`] (no heap) into a bounded channel: the answer path
+//! put a fixed-size [`QueryEvent`] (no allocation) into a bounded channel: the answer path
 //! never blocks and never touches the file. When the writer falls behind and the
 //! channel is full, the line is dropped and counted. The writer flushes whenever the
 //! channel runs dry, and reopens the file after [`QueryLog::reopen`] (on SIGHUP), so
@@ -10,9 +10,11 @@
 //!
 //! A line: `{"time":"2025-01-02T03:04:05.678Z","client":"10.99.0.2:41000",
 //! "transport":"udp","name":"www.example.","type":"A","result":"NOERROR",
-//! "path":"cache","latency_us":41}`. `client` is null for queries that did not come from
-//! the network; `name` and `type` are null, and `result` is `"none"` when nothing was
-//! answered, for a message that could not be read.
+//! "path":"forwarded","upstream":"udp://192.0.2.53:53","latency_us":41}`. `client` is null
+//! for queries that did not come from the network; `name` and `type` are null, and
+//! `result` is `"none"` when nothing was answered, for a message that could not be read;
+//! `upstream` is the upstream that answered, null when none did (from memory, stale,
+//! SERVFAIL).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -59,6 +61,7 @@ impl Arrival {
         question: Option<&Question>,
         path: AnswerPath,
         answer: &[u8],
+        upstream: Option<Arc<str>>,
     ) -> QueryEvent {
         QueryEvent {
             time: SystemTime::now(),
@@ -67,6 +70,7 @@ impl Arrival {
             question: question.cloned(),
             rcode: answer.get(3).map(|flags| flags & 0x0f),
             path,
+            upstream,
             latency: self
                 .started
                 .map(|started| started.elapsed())
@@ -87,6 +91,8 @@ pub struct QueryEvent {
     /// The answer's RCODE (header bits), or `None` when nothing was answered.
     pub rcode: Option<u8>,
     pub path: AnswerPath,
+    /// The upstream that gave the answer, as its spec displays; `None` when none did.
+    pub upstream: Option<Arc<str>>,
     /// From the query's arrival to its answer.
     pub latency: Duration,
 }
@@ -252,7 +258,30 @@ pub fn format_line(event: &QueryEvent, out: &mut String) {
     }
     out.push_str("\",\"path\":\"");
     out.push_str(event.path.label());
-    let _ = writeln!(out, "\",\"latency_us\":{}}}", event.latency.as_micros());
+    out.push_str("\",\"upstream\":");
+    match &event.upstream {
+        Some(upstream) => write_json_string(upstream, out),
+        None => out.push_str("null"),
+    }
+    let _ = writeln!(out, ",\"latency_us\":{}}}", event.latency.as_micros());
+}
+
+/// `text` as a JSON string, quotes included.
+fn write_json_string(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn rcode_name(rcode: u8) -> Option<&'static str> {
@@ -352,6 +381,7 @@ mod tests {
             question: Some(question(b"\x03www\x07Example\x00", 1)),
             rcode: Some(0),
             path: AnswerPath::Cache,
+            upstream: None,
             latency: Duration::from_micros(41),
         }
     }
@@ -366,7 +396,7 @@ mod tests {
     fn a_line_has_every_field() {
         assert_eq!(
             line(&event()),
-            "{\"time\":\"2025-01-02T03:04:05.678Z\",\"client\":\"10.99.0.2:41000\",\"transport\":\"udp\",\"name\":\"www.example.\",\"type\":\"A\",\"result\":\"NOERROR\",\"path\":\"cache\",\"latency_us\":41}\n"
+            "{\"time\":\"2025-01-02T03:04:05.678Z\",\"client\":\"10.99.0.2:41000\",\"transport\":\"udp\",\"name\":\"www.example.\",\"type\":\"A\",\"result\":\"NOERROR\",\"path\":\"cache\",\"upstream\":null,\"latency_us\":41}\n"
         );
     }
 
@@ -378,6 +408,7 @@ mod tests {
         event.transport = Protocol::Tcp;
         event.rcode = Some(9);
         event.path = AnswerPath::Forwarded;
+        event.upstream = Some("https://dns.example@192.0.2.53:443/q?\"x\"\u{1}".into());
         let text = line(&event);
         assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
         let value: serde_json::Value = serde_json::from_str(&text).expect(&text);
@@ -387,6 +418,10 @@ mod tests {
         assert_eq!(value["client"], serde_json::Value::Null);
         assert_eq!(value["transport"], "tcp");
         assert_eq!(value["path"], "forwarded");
+        assert_eq!(
+            value["upstream"],
+            "https://dns.example@192.0.2.53:443/q?\"x\"\u{1}"
+        );
     }
 
     #[test]

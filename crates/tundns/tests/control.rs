@@ -128,6 +128,10 @@ fn control_changes_records_routes_and_cache_at_once() {
         "{asked}"
     );
     assert!(
+        asked.contains(&format!("answered by: udp://{UNBOUND_V4}:53")),
+        "{asked}"
+    );
+    assert!(
         wait_until(UPSTREAM_WAIT, reached(2)),
         "a flush empties the cache"
     );

@@ -273,6 +273,13 @@ fn metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query() {
         assert_eq!(line["transport"], transport, "{line}");
         assert_eq!(line["result"], result, "{line}");
         assert_eq!(line["path"], path, "{line}");
+        // The upstream that answered, for forwarded answers only.
+        let upstream = if path == "forwarded" {
+            serde_json::Value::from(format!("udp://{UNBOUND_V4}:53"))
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(line["upstream"], upstream, "{line}");
         let client: SocketAddr = line["client"]
             .as_str()
             .and_then(|client| client.parse().ok())
@@ -284,7 +291,7 @@ fn metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query() {
             "RFC 3339 UTC time: {line}"
         );
         assert!(line["latency_us"].as_u64().is_some(), "{line}");
-        assert_eq!(line.as_object().map(|o| o.len()), Some(8), "{line}");
+        assert_eq!(line.as_object().map(|o| o.len()), Some(9), "{line}");
     }
 
     // Rotation: move the file away, SIGHUP, and the next line starts a new file.

@@ -207,6 +207,15 @@ pub struct PoolStats {
     pub probes: u64,
 }
 
+/// An upstream's answer, as [`UpstreamPool::resolve_from`] gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The response, with the client's ID.
+    pub response: Bytes,
+    /// The upstream that gave it, as its spec displays (`udp://192.0.2.53:53`).
+    pub upstream: Arc<str>,
+}
+
 /// The health of one upstream, as [`UpstreamPool::health`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamHealth {
@@ -257,6 +266,8 @@ enum Link {
 
 struct Upstream {
     spec: UpstreamSpec,
+    /// `spec` as text, shared by every [`Answer`] it gives.
+    label: Arc<str>,
     link: Link,
     health: Health,
     counters: UpstreamCounters,
@@ -447,6 +458,7 @@ impl UpstreamPool {
                 }
             };
             built.push(Upstream {
+                label: spec.to_string().into(),
                 spec,
                 link,
                 health: Health::default(),
@@ -490,6 +502,16 @@ impl UpstreamPool {
         query: &[u8],
         client_protocol: Protocol,
     ) -> Result<Bytes, ResolveError> {
+        let answer = self.resolve_from(query, client_protocol).await?;
+        Ok(answer.response)
+    }
+
+    /// [`resolve`](Self::resolve), saying which upstream answered.
+    pub async fn resolve_from(
+        &self,
+        query: &[u8],
+        client_protocol: Protocol,
+    ) -> Result<Answer, ResolveError> {
         let parsed = parse_query(query).map_err(|_| ResolveError::InvalidQuery)?;
         let inner = &*self.inner;
         if inner.upstreams.is_empty() {
@@ -524,7 +546,8 @@ impl UpstreamPool {
                         let response = Bytes::from(shrink(response));
                         if !is_soft_error(&response) {
                             bump(&counters.answered);
-                            return Ok(response);
+                            let upstream = inner.upstreams[index].label.clone();
+                            return Ok(Answer { response, upstream });
                         }
                         bump(&counters.soft_errors);
                         tracing::debug!(upstream = %inner.upstreams[index].spec, %question, "soft error answer, moving on");

@@ -441,11 +441,17 @@ async fn servfail_and_refused_move_on_to_the_next_upstream() {
         vec![udp(servfail), udp(refused), udp(good)],
         Duration::from_secs(2),
     );
-    let response = pool
-        .resolve(&query(0x1111, "example.com"), Protocol::Udp)
+    let answer = pool
+        .resolve_from(&query(0x1111, "example.com"), Protocol::Udp)
         .await
         .unwrap();
+    let response = answer.response;
     assert_eq!((marker_of(&response), id_of(&response)), (7, 0x1111));
+    assert_eq!(
+        &*answer.upstream,
+        format!("udp://{good}"),
+        "the one that answered"
+    );
     let stats = pool.stats();
     assert_eq!((stats.soft_errors, stats.answered), (2, 1));
     // Soft errors are answers: the upstreams stay healthy.
