@@ -6,6 +6,7 @@
 //! crates it wires: `tundns-packet`, `tundns-filter`, `tundns-dns`, `tundns-upstream`,
 //! `tundns-netstack` and `tundns-config`.
 
+pub mod atomic_file;
 pub mod control;
 pub mod control_client;
 pub mod control_protocol;

@@ -24,9 +24,8 @@
 //! addresses and copy the mark to conntrack for strict reverse-path filtering; tundns does
 //! not (see the README).
 
-use std::io::Write as _;
 use std::num::NonZeroU32;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -38,6 +37,7 @@ use rtnetlink::{Handle, IpVersion};
 use serde::{Deserialize, Serialize};
 use tundns_config::{Config, RouteTable};
 
+use crate::atomic_file::{FileError, write_atomically};
 use crate::control_protocol::CONTROL_DIRECTORY;
 use crate::system::{SystemChanges, SystemError, failed, list_routes};
 use crate::system_dns::process_is_tundns;
@@ -265,28 +265,6 @@ fn state_path(interface: &str) -> PathBuf {
     Path::new(CONTROL_DIRECTORY).join(format!("{interface}.policy-state"))
 }
 
-/// Writes `contents` to `path` whole or not at all (a temporary file, synced, renamed
-/// over it), root-only, in a root-only directory.
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if let Some(directory) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(directory)?;
-    }
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-}
-
 /// The network namespace this process runs in.
 fn current_netns() -> Option<u64> {
     std::fs::metadata("/proc/self/ns/net")
@@ -361,14 +339,17 @@ impl PolicyChanges {
         std::fs::write(path, value).map_err(|source| SystemError::Sysctl { path, source })
     }
 
+    /// Writes the state file whole, root-only, in a root-only directory.
     fn write_state(&mut self) -> Result<(), SystemError> {
         let text = serde_json::to_string(&self.state).expect("the state serializes");
-        write_atomically(&self.state_path, text.as_bytes()).map_err(|source| {
-            SystemError::State {
-                path: self.state_path.clone(),
-                source,
-            }
-        })?;
+        if let Some(directory) = self.state_path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(directory)
+                .map_err(FileError::of("creating", directory))?;
+        }
+        write_atomically(&self.state_path, text.as_bytes(), 0o600)?;
         self.written = true;
         Ok(())
     }

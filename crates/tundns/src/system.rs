@@ -44,12 +44,8 @@ pub enum SystemError {
         source: std::io::Error,
     },
     /// The record of the changes to undo after a crash could not be written.
-    #[error("writing {}: {source}", path.display())]
-    State {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] crate::atomic_file::FileError),
     /// A state file this run must not act on, or overwrite.
     #[error("{}: {reason}; it was left alone, and the tunnel was not started. Check `ip rule` and `ip -6 rule`, then remove the file", path.display())]
     ForeignState {

@@ -29,6 +29,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use tundns_config::{Config, DNS_PORT, Upstream};
 
+use crate::atomic_file::{FileError, write_atomically};
+
 /// Where the state files live, one per interface.
 pub const STATE_DIR: &str = "/var/lib/tundns";
 /// The file the file backend rewrites.
@@ -674,13 +676,25 @@ pub enum SystemDnsError {
     Command { command: String, reason: String },
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SystemDnsError {
-    let path = path.to_path_buf();
-    move |source| SystemDnsError::Io {
-        action,
-        path,
-        source,
+impl From<FileError> for SystemDnsError {
+    fn from(
+        FileError {
+            action,
+            path,
+            source,
+        }: FileError,
+    ) -> Self {
+        SystemDnsError::Io {
+            action,
+            path,
+            source,
+        }
     }
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SystemDnsError {
+    let error = FileError::of(action, path);
+    move |source| error(source).into()
 }
 
 /// The interface `tundns reset-dns` means: a config path's file stem (`wg0.conf`,
@@ -844,7 +858,7 @@ impl Prepared {
                     parse_resolv_conf(&String::from_utf8_lossy(original.as_deref().unwrap_or(&[])));
                 let written = render_resolv_conf(&parsed, settings, interface, &backup);
                 if let Some(original) = &original {
-                    write_file(&backup, original, 0o644)?;
+                    write_atomically(&backup, original, 0o644)?;
                 }
                 Change::File {
                     path,
@@ -861,7 +875,7 @@ impl Prepared {
             change,
         };
         std::fs::create_dir_all(STATE_DIR).map_err(io_error("creating", Path::new(STATE_DIR)))?;
-        write_file(&state_path, state.to_json().as_bytes(), 0o600)?;
+        write_atomically(&state_path, state.to_json().as_bytes(), 0o600)?;
         let applied = AppliedDns { state, state_path };
         if let Err(error) = make_change(&applied.state, settings) {
             if let Err(undo_error) = undo(&applied.state, &applied.state_path, Undo::OwnStop) {
@@ -1167,25 +1181,6 @@ fn overwrite_in_place(path: &Path, contents: Option<&[u8]>) -> Result<(), System
     file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(io_error("writing", path))
-}
-
-/// Writes a new file whole: to a temporary name, synced, then renamed over `path`.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), SystemDnsError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temporary)
-        .map_err(io_error("creating", &temporary))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("writing", &temporary))?;
-    std::fs::rename(&temporary, path).map_err(io_error("renaming into", path))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), SystemDnsError> {
