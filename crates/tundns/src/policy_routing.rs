@@ -228,17 +228,18 @@ enum RuleKind {
 }
 
 impl RuleKind {
+    fn family(self) -> AddressFamily {
+        match self {
+            RuleKind::UnmarkedToTable { ipv6: true, .. }
+            | RuleKind::MainWithoutDefault { ipv6: true } => AddressFamily::Inet6,
+            _ => AddressFamily::Inet,
+        }
+    }
+
     fn message(self, priority: u32) -> RuleMessage {
-        let family = |ipv6| {
-            if ipv6 {
-                AddressFamily::Inet6
-            } else {
-                AddressFamily::Inet
-            }
-        };
         let mut rule = match self {
-            RuleKind::UnmarkedToTable { ipv6, table } => unmarked_to_table(family(ipv6), table),
-            RuleKind::MainWithoutDefault { ipv6 } => main_without_default(family(ipv6)),
+            RuleKind::UnmarkedToTable { table, .. } => unmarked_to_table(self.family(), table),
+            RuleKind::MainWithoutDefault { .. } => main_without_default(self.family()),
         };
         rule.attributes.push(RuleAttribute::Priority(priority));
         rule
@@ -300,8 +301,7 @@ impl PolicyChanges {
     /// highest-priority rule but the local table's), so teardown deletes exactly this rule.
     /// The state file records it first.
     async fn add_rule(&mut self, handle: &Handle, kind: RuleKind) -> Result<(), SystemError> {
-        let rule = kind.message(0);
-        let priority = next_priority(handle, rule.header.family).await?;
+        let priority = next_priority(handle, kind.family()).await?;
         let rule = kind.message(priority);
         self.state.rules.push((kind, priority));
         self.write_state()?;
