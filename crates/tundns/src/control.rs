@@ -117,13 +117,13 @@ impl ControlServer {
             blocklist_reload: tokio::sync::Mutex::new(()),
             dns,
         });
-        let hangups = match state.dns.is_some().then(reload_on_sighup) {
-            Some(Ok(hangups)) => Some(tokio::spawn(hangups.run(state.clone()))),
-            Some(Err(source)) => {
-                return Err(ControlError::Io {
+        let hangups = match &state.dns {
+            Some(_) => {
+                let hangups = Hangups::register().map_err(|source| ControlError::Io {
                     path: path.clone(),
                     source,
-                });
+                })?;
+                Some(tokio::spawn(hangups.run(state.clone())))
             }
             None => None,
         };
@@ -313,20 +313,20 @@ fn remove_records(dns: &Dns, pattern: &str) -> Result<Reply, String> {
 /// SIGHUP, registered before the first one can arrive.
 struct Hangups(tokio::signal::unix::Signal);
 
-fn reload_on_sighup() -> io::Result<Hangups> {
-    use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::hangup()).map(Hangups)
-}
-
 impl Hangups {
+    fn register() -> io::Result<Hangups> {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).map(Hangups)
+    }
+
     /// Reloads the block lists on every SIGHUP, as `tundns dns blocklist reload` does, so
     /// that `systemctl reload` picks up a list a cron job updated. (The query log reopens
     /// on the same signal, in `observability`.)
     async fn run(mut self, state: Arc<State>) {
+        let Some(dns) = &state.dns else {
+            return;
+        };
         while self.0.recv().await.is_some() {
-            let Some(dns) = &state.dns else {
-                return;
-            };
             if let Err(error) = reload_blocklist(&state, dns).await {
                 tracing::warn!("SIGHUP: {error}");
             }
