@@ -616,13 +616,7 @@ fn failure_after_start_up_leaves_nothing_behind() {
         .map(str::to_owned)
         .collect();
     lines.insert(1, hook);
-    let path = lab.write_client_config(&lines.join("\n"));
-    let run = lab.exec_in_with_timeout(
-        &c,
-        &[tundns_bin(), "up", path_str(&path)],
-        Duration::from_secs(10),
-    );
-    assert!(!run.timed_out() && !run.succeeded(), "must fail:\n{run}");
+    let run = lab.up_fails(&lab.write_client_config(&lines.join("\n")));
     assert!(
         run.stderr.contains("hook"),
         "the error names the hook:\n{run}"
@@ -757,15 +751,7 @@ fn assert_getent_has_both_families(getent: &Run) {
 
 fn assert_config_error_names_line(lab: &Lab, config: &str, line: usize) {
     let path = lab.write_client_config(config);
-    let run = lab.exec_in_with_timeout(
-        &lab.client_ns,
-        &[tundns_bin(), "up", path_str(&path)],
-        Duration::from_secs(10),
-    );
-    assert!(
-        !run.timed_out() && !run.succeeded(),
-        "a bad config must exit non-zero:\n{run}"
-    );
+    let run = lab.up_fails(&path);
     let location = format!("{}:{line}:", path.display());
     assert!(
         run.stderr.contains(&location),

@@ -200,13 +200,7 @@ fn full_tunnel_start_up_failure_leaves_no_rules() {
     let marker = lab.write_file("post-up-saw-rules", "");
     let hook = format!("PostUp = ip rule show > {} && false", path_str(&marker));
     let config = full_tunnel_config(&lab).replacen("\n", &format!("\n{hook}\n"), 1);
-    let path = lab.write_client_config(&config);
-    let run = lab.exec_in_with_timeout(
-        &c,
-        &[tundns_bin(), "up", path_str(&path)],
-        Duration::from_secs(10),
-    );
-    assert!(!run.timed_out() && !run.succeeded(), "must fail:\n{run}");
+    let run = lab.up_fails(&lab.write_client_config(&config));
     let seen = std::fs::read_to_string(&marker).unwrap_or_default();
     assert!(
         seen.contains("suppress_prefixlength 0") && seen.contains(FULL_TUNNEL_TABLE),
@@ -260,13 +254,7 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
 
     // A state file tundns did not write is neither acted on nor overwritten: `up` refuses.
     std::fs::write(&state, "not json").unwrap();
-    let path = lab.write_client_config(&config);
-    let refused = lab.exec_in_with_timeout(
-        &c,
-        &[tundns_bin(), "up", path_str(&path)],
-        Duration::from_secs(10),
-    );
-    assert!(!refused.timed_out() && !refused.succeeded(), "{refused}");
+    let refused = lab.up_fails(&lab.write_client_config(&config));
     assert!(
         refused
             .stderr

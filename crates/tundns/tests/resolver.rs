@@ -547,16 +547,7 @@ fn local_cname_to_an_outside_name_is_finished_upstream() {
     );
 
     // glibc does not follow a CNAME itself: it needs the address in the same answer.
-    let run = lab.exec_in(&lab.client_ns, &["getent", "ahosts", "web.lab.internal"]);
-    run.assert_success();
-    for address in ["203.0.113.10", "2001:db8::10"] {
-        assert!(
-            run.stdout
-                .lines()
-                .any(|line| line.starts_with(&format!("{address} "))),
-            "{address} missing:\n{run}"
-        );
-    }
+    assert_getent_finds(&lab, "web.lab.internal", &["203.0.113.10", "2001:db8::10"]);
 
     // The upstream's NXDOMAIN for the end comes back after the chain, with its SOA.
     let run = ask(&lab, &["gone.lab.internal", "A"]);
@@ -708,9 +699,16 @@ fn getent_resolves_a_local_name_through_glibc() {
         return;
     };
     let _tundns = start(&lab, LOCAL_RECORDS);
-    let run = lab.exec_in(&lab.client_ns, &["getent", "ahosts", "app.lab.internal"]);
+    assert_getent_finds(&lab, "app.lab.internal", &["10.99.0.10", "fd99::10"]);
+}
+
+/// `getent ahosts NAME` in the client namespace (glibc, through the proxy) succeeds and
+/// lists every one of `addresses`.
+#[track_caller]
+fn assert_getent_finds(lab: &Lab, name: &str, addresses: &[&str]) {
+    let run = lab.exec_in(&lab.client_ns, &["getent", "ahosts", name]);
     run.assert_success();
-    for address in ["10.99.0.10", "fd99::10"] {
+    for address in addresses {
         assert!(
             run.stdout
                 .lines()
@@ -1154,15 +1152,7 @@ fn assert_untrusted_upstream_servfails(lab: &Lab, upstream: &str, ca_line: Optio
 /// `tundns up path` must exit non-zero, naming `location`, and
 /// leave no interface behind.
 fn assert_start_fails_naming(lab: &Lab, path: &Path, location: &str) {
-    let run = lab.exec_in_with_timeout(
-        &lab.client_ns,
-        &[tundns_bin(), "up", path_str(path)],
-        Duration::from_secs(10),
-    );
-    assert!(
-        !run.timed_out() && !run.succeeded(),
-        "a bad config must exit non-zero:\n{run}"
-    );
+    let run = lab.up_fails(path);
     assert!(
         run.stderr.contains(location),
         "stderr must name {location}:\n{run}"

@@ -274,13 +274,9 @@ fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
     );
 
     // `up` refuses before touching anything: no interface, no resolver change.
-    let path = lab.lab.write_client_config(&lab.config());
-    let up = lab.lab.exec_in_with_timeout(
-        &lab.lab.client_ns,
-        &[tundns_bin(), "up", path_str(&path)],
-        Duration::from_secs(10),
-    );
-    assert!(!up.succeeded() && !up.timed_out(), "{up}");
+    let up = lab
+        .lab
+        .up_fails(&lab.lab.write_client_config(&lab.config()));
     assert!(up.stderr.contains(state_path), "{up}");
     assert!(
         !lab.lab
@@ -356,13 +352,7 @@ fn a_start_up_failure_after_the_change_restores_the_resolver() {
     let config = lab
         .config()
         .replacen("MTU = 1420\n", "MTU = 1420\nPostUp = exit 3\n", 1);
-    let path = lab.lab.write_client_config(&config);
-    let up = lab.lab.exec_in_with_timeout(
-        &lab.lab.client_ns,
-        &[tundns_bin(), "up", path_str(&path)],
-        Duration::from_secs(10),
-    );
-    assert!(!up.succeeded() && !up.timed_out(), "{up}");
+    let up = lab.lab.up_fails(&lab.lab.write_client_config(&config));
     assert!(up.stderr.contains("exit 3"), "{up}");
     assert!(
         up.stderr.contains("system resolver points at the tunnel"),

@@ -640,6 +640,22 @@ remote-control:
         self.write_file(&format!("{}.conf", self.tundns_iface), config)
     }
 
+    /// Runs `tundns up PATH` once in C (at most 10 s) and asserts that it fails at start-up:
+    /// it exits, non-zero. Returns the run for the caller's checks of what it said.
+    #[track_caller]
+    pub fn up_fails(&self, path: &Path) -> Run {
+        let run = self.exec_in_with_timeout(
+            &self.client_ns,
+            &[tundns_bin(), "up", path_str(path)],
+            Duration::from_secs(10),
+        );
+        assert!(
+            !run.timed_out() && !run.succeeded(),
+            "`tundns up` must fail:\n{run}"
+        );
+        run
+    }
+
     /// Runs `tundns up` with `config` in C and waits (at most 10 s) until `wg show` answers and
     /// both virtual IPs are routable in C (UAPI may come up before the routes do).
     pub fn start_tundns(&self, config: &str) -> Daemon {
