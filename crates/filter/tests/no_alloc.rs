@@ -2,7 +2,7 @@
 //! of misses and hits through a rules reader, as the TUN reader does them.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -36,9 +36,18 @@ impl Service for Nothing {
     }
 }
 
-fn udp_packet(dst: [u8; 4]) -> Vec<u8> {
+fn udp_packet(source: IpAddr, destination: IpAddr) -> Vec<u8> {
+    let builder = match (source, destination) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
+        }
+        _ => unreachable!("same family"),
+    };
     let mut out = Vec::new();
-    etherparse::PacketBuilder::ipv4([10, 99, 0, 2], dst, 64)
+    builder
         .udp(40000, 443)
         .write(&mut out, &[0u8; 100])
         .unwrap();
@@ -47,21 +56,30 @@ fn udp_packet(dst: [u8; 4]) -> Vec<u8> {
 
 #[test]
 fn classifying_misses_and_hits_allocates_nothing() {
+    let dns_v4: IpAddr = Ipv4Addr::new(10, 30, 30, 30).into();
+    let dns_v6: IpAddr = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, 0x30).into();
     let rules = Rules::new();
-    rules.insert(Ipv4Addr::new(10, 30, 30, 30).into(), Arc::new(Nothing));
+    rules.insert(dns_v4, Arc::new(Nothing));
+    rules.insert(dns_v6, Arc::new(Nothing));
     let mut reader = rules.reader();
-    let miss = udp_packet([10, 99, 0, 1]);
-    let hit = udp_packet([10, 30, 30, 30]);
+    let client_v4: IpAddr = Ipv4Addr::new(10, 99, 0, 2).into();
+    let client_v6: IpAddr = "fd99::2".parse::<Ipv6Addr>().unwrap().into();
+    let misses = [
+        udp_packet(client_v4, Ipv4Addr::new(10, 99, 0, 1).into()),
+        udp_packet(client_v6, "fd99::1".parse::<Ipv6Addr>().unwrap().into()),
+    ];
+    let hits = [udp_packet(client_v4, dns_v4), udp_packet(client_v6, dns_v6)];
     // The reader's first load settles its cache.
-    assert!(reader.load().classify(&hit).is_some());
+    assert!(reader.load().classify(&hits[0]).is_some());
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    let mut hits = 0;
+    let mut classified = 0;
     for _ in 0..10_000 {
-        hits += usize::from(reader.load().classify(&miss).is_some());
-        hits += usize::from(reader.load().classify(&hit).is_some());
+        for packet in misses.iter().chain(&hits) {
+            classified += usize::from(reader.load().classify(packet).is_some());
+        }
     }
     let after = ALLOCATIONS.load(Ordering::Relaxed);
-    assert_eq!(hits, 10_000);
+    assert_eq!(classified, 20_000);
     assert_eq!(after - before, 0, "allocations on the classification path");
 }

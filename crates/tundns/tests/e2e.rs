@@ -16,6 +16,8 @@ const BURST_QUERIES: usize = 200;
 /// Slack for WireGuard keepalives (32 bytes each) when comparing counters; one leaked DNS query
 /// costs more than this on its own (transport header, tag, IP, UDP and DNS).
 const KEEPALIVE_SLACK_BYTES: u64 = 64;
+/// What one WireGuard keepalive adds to the peer's received bytes.
+const KEEPALIVE_BYTES: u64 = 32;
 
 // ---------------------------------------------------------------------------------------------
 // Baselines: the lab without tundns.
@@ -166,6 +168,58 @@ fn wg_set_changes_the_running_tunnel() {
     lab.assert_ping(c, PEER_TUNNEL_V4);
 }
 
+#[test]
+fn preshared_key_listen_port_and_keepalive_take_effect() {
+    let Some(lab) = lab_or_skip("preshared_key_listen_port_and_keepalive_take_effect") else {
+        return;
+    };
+    const LISTEN_PORT: u16 = 51999;
+    let (c, n) = (&lab.client_ns, &lab.network_ns);
+    let psk = lab.exec_in(c, &["wg", "genpsk"]);
+    let psk = psk.assert_success().stdout.trim().to_owned();
+    let psk_file = lab.write_file("peer.psk", &psk);
+    lab.set_client_on_peer(&["preshared-key", path_str(&psk_file)]);
+    let config = lab.client_config(&ClientConfig {
+        interface_lines: vec![format!("ListenPort = {LISTEN_PORT}")],
+        peer_lines: vec![format!("PresharedKey = {psk}")],
+        persistent_keepalive: Some(1),
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
+
+    // The peer requires the key: the handshake, and so the ping, fail without it.
+    lab.assert_ping(c, PEER_TUNNEL_V4);
+    let show = lab.exec_in(c, &["wg", "show", &lab.tundns_iface]);
+    let show = show.assert_success();
+    for expected in [
+        format!("listening port: {LISTEN_PORT}"),
+        "preshared key: (hidden)".to_owned(),
+        "persistent keepalive: every 1 second".to_owned(),
+    ] {
+        assert!(show.stdout.contains(&expected), "no {expected:?}:\n{show}");
+    }
+    // The peer sees tundns's packets come from the configured port.
+    let endpoints = lab.exec_in(n, &["wg", "show", &lab.peer_iface, "endpoints"]);
+    let endpoints = endpoints.assert_success();
+    assert!(
+        endpoints.stdout.contains(&format!(
+            "{}\t192.0.2.2:{LISTEN_PORT}",
+            lab.client_public_key()
+        )),
+        "{endpoints}"
+    );
+
+    // An idle tunnel with a 1 s keepalive still sends: the peer receives several
+    // keepalives in 3.5 s.
+    let before = lab.peer_transfer_counters();
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = lab.peer_transfer_counters();
+    assert!(
+        after.received >= before.received + 2 * KEEPALIVE_BYTES,
+        "no keepalives while idle: {before:?} -> {after:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // DNS through the virtual IPs.
 
@@ -263,9 +317,15 @@ fn dns_never_crosses_the_tunnel() {
     let Some(lab) = lab_or_skip("dns_never_crosses_the_tunnel") else {
         return;
     };
-    // No PersistentKeepalive: the only tunnel traffic left is passive keepalives, which the
+    // The peer is allowed the virtual IPs' networks too, so a query the filter failed to
+    // divert would be encrypted and sent to it, and show in its counters. No
+    // PersistentKeepalive: the only tunnel traffic left is passive keepalives, which the
     // same-length idle window measures.
-    let _tundns = lab.start_default_tundns();
+    let config = lab.client_config(&ClientConfig {
+        extra_allowed_ips: vec!["10.30.30.0/24".into(), "fd30:30:30::/64".into()],
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
     lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
 
     let batch: String = (0..BURST_QUERIES)
@@ -455,19 +515,7 @@ fn proxy_does_not_serve_the_tunnel() {
     // Let the peer route the virtual IP into the tunnel: tundns must drop what arrives.
     let n = &lab.network_ns;
     let allowed = format!("{CLIENT_TUNNEL_V4}/32,{CLIENT_TUNNEL_V6}/128,{PROXY_V4}/32");
-    lab.exec_in(
-        n,
-        &[
-            "wg",
-            "set",
-            &lab.peer_iface,
-            "peer",
-            lab.client_public_key(),
-            "allowed-ips",
-            &allowed,
-        ],
-    )
-    .assert_success();
+    lab.set_client_on_peer(&["allowed-ips", &allowed]);
     lab.exec_in(n, &["ip", "route", "add", PROXY_V4, "dev", &lab.peer_iface])
         .assert_success();
 

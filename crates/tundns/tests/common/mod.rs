@@ -275,6 +275,12 @@ impl Transfer {
 /// Options for the client's wg-quick config.
 pub struct ClientConfig {
     pub upstreams: Vec<String>,
+    /// Networks the peer's `AllowedIPs` holds besides the lab's tunnel subnets.
+    pub extra_allowed_ips: Vec<String>,
+    /// More `Key = value` lines for `[Interface]` (`ListenPort = ...`).
+    pub interface_lines: Vec<String>,
+    /// More `Key = value` lines for `[Peer]` (`PresharedKey = ...`).
+    pub peer_lines: Vec<String>,
     pub persistent_keepalive: Option<u16>,
     /// `[DNSProxy] Timeout`, per upstream attempt.
     pub timeout: String,
@@ -288,6 +294,9 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             upstreams: vec![UNBOUND_V4.into()],
+            extra_allowed_ips: Vec::new(),
+            interface_lines: Vec::new(),
+            peer_lines: Vec::new(),
             persistent_keepalive: None,
             timeout: "500ms".into(),
             dns_proxy_lines: Vec::new(),
@@ -611,24 +620,30 @@ remote-control:
 
     /// A wg-quick config for tundns in C, talking to the lab's peer.
     pub fn client_config(&self, options: &ClientConfig) -> String {
+        let lines =
+            |lines: &[String]| -> String { lines.iter().map(|line| format!("{line}\n")).collect() };
         let keepalive = options
             .persistent_keepalive
             .map(|seconds| format!("PersistentKeepalive = {seconds}\n"))
             .unwrap_or_default();
+        let allowed_ips = ["10.99.0.0/24", "fd99::/64"]
+            .into_iter()
+            .chain(options.extra_allowed_ips.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut config = format!(
-            "[Interface]\nPrivateKey = {private}\nAddress = 10.99.0.2/24, fd99::2/64\nMTU = 1420\n\n\
+            "[Interface]\nPrivateKey = {private}\nAddress = 10.99.0.2/24, fd99::2/64\nMTU = 1420\n{interface}\n\
              [Peer]\nPublicKey = {public}\nEndpoint = {PEER_ENDPOINT}\n\
-             AllowedIPs = 10.99.0.0/24, fd99::/64\n{keepalive}\n\
+             AllowedIPs = {allowed_ips}\n{keepalive}{peer}\n\
              [DNSProxy]\nAddress = {PROXY_V4}, {PROXY_V6}\nUpstream = {upstreams}\nTimeout = {timeout}\n",
             private = self.client_key.private,
+            interface = lines(&options.interface_lines),
             public = self.peer_key.public,
+            peer = lines(&options.peer_lines),
             upstreams = options.upstreams.join(", "),
             timeout = options.timeout,
         );
-        for line in &options.dns_proxy_lines {
-            config.push_str(line);
-            config.push('\n');
-        }
+        config.push_str(&lines(&options.dns_proxy_lines));
         for route in &options.routes {
             config.push_str(&route.section());
         }
@@ -743,6 +758,20 @@ remote-control:
     /// The client's private key (base64), to prove it never comes out anywhere.
     pub fn client_private_key(&self) -> &str {
         &self.client_key.private
+    }
+
+    /// `wg set` on the peer, for its entry of the client: `settings` such as
+    /// `["preshared-key", FILE]`.
+    pub fn set_client_on_peer(&self, settings: &[&str]) {
+        let mut command = vec![
+            "wg",
+            "set",
+            &self.peer_iface,
+            "peer",
+            &self.client_key.public,
+        ];
+        command.extend_from_slice(settings);
+        self.exec_in(&self.network_ns, &command).assert_success();
     }
 
     pub fn client_public_key(&self) -> &str {
