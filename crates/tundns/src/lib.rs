@@ -7,6 +7,7 @@
 //! `tundns-netstack` and `tundns-config`.
 
 pub mod atomic_file;
+pub mod command_line;
 pub mod control;
 pub mod control_client;
 pub mod control_protocol;

@@ -21,8 +21,6 @@ use std::borrow::Cow;
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -30,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tundns_config::{Config, DNS_PORT, Upstream};
 
 use crate::atomic_file::{FileError, write_atomically};
+use crate::command_line::{CommandError, CommandLine};
 
 /// Where the state files live, one per interface.
 pub const STATE_DIR: &str = "/var/lib/tundns";
@@ -45,8 +44,6 @@ const STATE_FORMAT: &str = "tundns-dns-state/1";
 const MAX_NAMESERVERS: usize = 3;
 /// A resolv.conf larger than this is not one tundns will keep a copy of.
 const MAX_RESOLV_CONF_BYTES: u64 = 64 << 10;
-/// Upper bound for one resolvectl or resolvconf run.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the system resolver is told while the tunnel runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,28 +205,6 @@ pub fn choose_backend(probe: &Probe) -> Backend {
     }
 }
 
-/// A command to run, with what it reads on stdin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandLine {
-    pub program: &'static str,
-    pub args: Vec<String>,
-    pub stdin: Option<String>,
-}
-
-impl std::fmt::Display for CommandLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.program, self.args.join(" "))
-    }
-}
-
-fn command(program: &'static str, args: &[&str], stdin: Option<String>) -> CommandLine {
-    CommandLine {
-        program,
-        args: args.iter().map(ToString::to_string).collect(),
-        stdin,
-    }
-}
-
 /// The commands that apply `settings` to `record` (the interface for resolved, the
 /// resolvconf record name otherwise). None for the file backend.
 pub fn apply_commands(
@@ -263,7 +238,7 @@ pub fn apply_commands(
                 });
             }
             if !settings.servers.is_empty() {
-                commands.push(command(
+                commands.push(CommandLine::new(
                     "resolvectl",
                     &["default-route", record, "true"],
                     None,
@@ -271,12 +246,12 @@ pub fn apply_commands(
             }
             commands
         }
-        Backend::Resolvconf => vec![command(
+        Backend::Resolvconf => vec![CommandLine::new(
             "resolvconf",
             &["-a", record],
             Some(resolvconf_record(settings)),
         )],
-        Backend::Openresolv => vec![command(
+        Backend::Openresolv => vec![CommandLine::new(
             "resolvconf",
             &["-a", record, "-m", "0", "-x"],
             Some(resolvconf_record(settings)),
@@ -288,9 +263,9 @@ pub fn apply_commands(
 /// The commands that take back what [`apply_commands`] did.
 pub fn revert_commands(backend: Backend, record: &str) -> Vec<CommandLine> {
     match backend {
-        Backend::Resolved => vec![command("resolvectl", &["revert", record], None)],
-        Backend::Resolvconf => vec![command("resolvconf", &["-d", record], None)],
-        Backend::Openresolv => vec![command("resolvconf", &["-d", record, "-f"], None)],
+        Backend::Resolved => vec![CommandLine::new("resolvectl", &["revert", record], None)],
+        Backend::Resolvconf => vec![CommandLine::new("resolvconf", &["-d", record], None)],
+        Backend::Openresolv => vec![CommandLine::new("resolvconf", &["-d", record, "-f"], None)],
         Backend::File => Vec::new(),
     }
 }
@@ -672,8 +647,8 @@ pub enum SystemDnsError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("`{command}` failed: {reason}")]
-    Command { command: String, reason: String },
+    #[error(transparent)]
+    Command(#[from] CommandError),
 }
 
 impl From<FileError> for SystemDnsError {
@@ -972,9 +947,9 @@ fn undo(state: &DnsState, state_path: &Path, by: Undo) -> Result<Backend, System
 /// The system's resolvers before tundns changes anything.
 fn system_resolvers(backend: Backend, interface: &str) -> Vec<Upstream> {
     if backend == Backend::Resolved {
-        match run(&command("resolvectl", &["dns"], None)) {
+        match CommandLine::new("resolvectl", &["dns"], None).run() {
             Ok(dns) => {
-                let dot = match run(&command("resolvectl", &["dnsovertls"], None)) {
+                let dot = match CommandLine::new("resolvectl", &["dnsovertls"], None).run() {
                     Ok(dot) => Some(dot),
                     Err(error) => {
                         tracing::warn!(%error, "reading systemd-resolved's DNSOverTLS");
@@ -1034,7 +1009,7 @@ fn resolvconf_flavor() -> Option<ResolvconfFlavor> {
     if target.file_name().is_some_and(|name| name == "resolvectl") {
         return None;
     }
-    let version = run(&command("resolvconf", &["--version"], None)).unwrap_or_default();
+    let version = CommandLine::new("resolvconf", &["--version"], None).run().unwrap_or_default();
     Some(if version.contains("openresolv") {
         ResolvconfFlavor::Openresolv
     } else {
@@ -1072,70 +1047,16 @@ pub(crate) fn process_is_tundns(pid: u32) -> bool {
 
 fn run_all(commands: &[CommandLine]) -> Result<(), SystemDnsError> {
     for command in commands {
-        run(command)?;
+        command.run()?;
     }
     Ok(())
 }
 
 fn run_all_lenient(commands: &[CommandLine]) {
     for command in commands {
-        if let Err(error) = run(command) {
+        if let Err(error) = command.run() {
             tracing::debug!(%error, "reverting the DNS change");
         }
-    }
-}
-
-/// Runs `command` for at most [`COMMAND_TIMEOUT`] and returns its stdout.
-fn run(command: &CommandLine) -> Result<String, SystemDnsError> {
-    let failed = |reason: String| SystemDnsError::Command {
-        command: command.to_string(),
-        reason,
-    };
-    let mut child = Command::new(command.program)
-        .args(&command.args)
-        // resolvectl wraps long lists at the terminal's width, or at 80 columns without one.
-        .env("COLUMNS", "65535")
-        .stdin(if command.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| failed(error.to_string()))?;
-    if let (Some(input), Some(mut stdin)) = (&command.stdin, child.stdin.take()) {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|error| failed(error.to_string()))?;
-    }
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        match child
-            .try_wait()
-            .map_err(|error| failed(error.to_string()))?
-        {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed(format!("no answer within {COMMAND_TIMEOUT:?}")));
-            }
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        let _ = pipe.read_to_string(&mut stdout);
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    if status.success() {
-        Ok(stdout)
-    } else {
-        Err(failed(format!("{status}: {}", stderr.trim())))
     }
 }
 
