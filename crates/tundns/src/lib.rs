@@ -14,6 +14,7 @@ pub mod control_protocol;
 pub mod dns_config;
 pub mod dns_proxy;
 pub mod dns_runtime;
+pub mod firewall;
 pub mod metrics;
 pub mod observability;
 pub mod policy_routing;

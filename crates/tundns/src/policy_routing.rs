@@ -20,9 +20,10 @@
 //! crash) left ([`repair`]); the tunnel's table empties itself when the interface goes, and
 //! a reboot clears both the rules and the file.
 //!
-//! wg-quick also installs nftables rules that drop spoofed packets to the interface's
-//! addresses and copy the mark to conntrack for strict reverse-path filtering; tundns does
-//! not (see the README).
+//! Like wg-quick, it also adds an nftables table per family ([`crate::firewall`]) that drops
+//! packets for the tunnel's addresses arriving from elsewhere and lets marked replies
+//! through strict reverse-path filtering. The table is recorded like the rules. Without
+//! `nft`, or if it fails, the tunnel runs without the table and says so.
 
 use std::num::NonZeroU32;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
@@ -39,6 +40,7 @@ use tundns_config::{Config, RouteTable};
 
 use crate::atomic_file::{FileError, write_atomically};
 use crate::control_protocol::CONTROL_DIRECTORY;
+use crate::firewall::{Family, FirewallTable};
 use crate::system::{SystemChanges, SystemError, failed, list_routes};
 use crate::system_dns::process_is_tundns;
 
@@ -151,10 +153,12 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         .interface
         .fwmark
         .map_or(DEFAULT_TABLE, NonZeroU32::get);
+    let protected = protected_addresses(config);
+    let interface_index = changes.interface_index();
     for default in defaults {
-        let family = match default {
-            IpNet::V4(_) => AddressFamily::Inet,
-            IpNet::V6(_) => AddressFamily::Inet6,
+        let (family, firewall_family) = match default {
+            IpNet::V4(_) => (AddressFamily::Inet, Family::Ip),
+            IpNet::V6(_) => (AddressFamily::Inet6, Family::Ip6),
         };
         {
             let (handle, policy) = changes.policy();
@@ -167,9 +171,15 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
                 .await?;
         }
         changes.add_route_in(default, table).await?;
+        let policy = changes.policy().1;
+        let firewall = FirewallTable::for_interface(&config.interface_name, firewall_family);
+        let ruleset = firewall.ruleset(interface_index, table, &protected);
+        let filtered = policy.add_firewall_table(firewall, &ruleset)?;
         if family == AddressFamily::Inet {
-            changes.policy().1.set_sysctl(SRC_VALID_MARK, "1")?;
-            warn_if_strict_rp_filter();
+            policy.set_sysctl(SRC_VALID_MARK, "1")?;
+            if !filtered {
+                warn_if_strict_rp_filter();
+            }
         }
     }
     tracing::info!(
@@ -180,9 +190,27 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
     Ok(())
 }
 
+/// The addresses no packet from outside should reach: the tunnel's own and the virtual IPs.
+fn protected_addresses(config: &Config) -> Vec<std::net::IpAddr> {
+    let virtual_ips = config
+        .dns_proxy
+        .enabled
+        .then_some(&config.dns_proxy.addresses)
+        .into_iter()
+        .flatten()
+        .copied();
+    config
+        .interface
+        .addresses
+        .iter()
+        .map(IpNet::addr)
+        .chain(virtual_ips)
+        .collect()
+}
+
 /// Strict reverse-path filtering drops replies from an endpoint or upstream behind a
-/// gateway: their lookup, unmarked, finds the tunnel. wg-quick's nftables rules restore the
-/// mark from conntrack; tundns has none, so it says so.
+/// gateway: their lookup, unmarked, finds the tunnel. The nftables table restores the mark
+/// from conntrack; without it, tundns says so.
 fn warn_if_strict_rp_filter() {
     if std::fs::read_to_string(RP_FILTER).is_ok_and(|value| value.trim() == "1") {
         tracing::warn!(
@@ -258,6 +286,9 @@ struct PolicyState {
     rules: Vec<(RuleKind, u32)>,
     /// Sysctl files changed, with the value each had before.
     sysctls: Vec<(String, String)>,
+    /// nftables tables added, oldest first.
+    #[serde(default)]
+    firewall_tables: Vec<FirewallTable>,
 }
 
 /// The state file of `interface`'s policy changes. Under `/run`, which a reboot empties
@@ -292,6 +323,7 @@ impl PolicyChanges {
                 netns: current_netns().unwrap_or_default(),
                 rules: Vec::new(),
                 sysctls: Vec::new(),
+                firewall_tables: Vec::new(),
             },
             written: false,
         }
@@ -318,6 +350,31 @@ impl PolicyChanges {
         }
         tracing::debug!(rule = %describe(&rule), "policy rule added");
         Ok(())
+    }
+
+    /// Creates `table` from `ruleset`, recording it first. Returns false, with a warning,
+    /// when nft is missing or refuses: the tunnel works without the table, less guarded.
+    fn add_firewall_table(
+        &mut self,
+        table: FirewallTable,
+        ruleset: &str,
+    ) -> Result<bool, SystemError> {
+        self.state.firewall_tables.push(table.clone());
+        self.write_state()?;
+        if let Err(error) = table.create(ruleset) {
+            self.state.firewall_tables.pop();
+            self.write_state()?;
+            let consequence = "packets for the tunnel's addresses are not filtered by interface, \
+                               and strict rp_filter drops replies from outside the tunnel";
+            if error.not_found {
+                tracing::warn!("nft is not installed: {consequence}");
+            } else {
+                tracing::warn!(%error, "could not add the nftables table: {consequence}");
+            }
+            return Ok(false);
+        }
+        tracing::debug!(table = %table.name, family = ?table.family, "nftables table added");
+        Ok(true)
     }
 
     /// Writes `value` to the sysctl file at `path`, recording the old value first.
@@ -365,9 +422,14 @@ impl PolicyChanges {
     }
 }
 
-/// Deletes `state`'s rules, newest first, and restores its sysctl values (only those this
-/// module changes, whatever the file says).
+/// Deletes `state`'s nftables tables and rules, newest first, and restores its sysctl
+/// values (only those this module changes, whatever the file says).
 async fn undo_recorded(handle: &Handle, state: &mut PolicyState) {
+    while let Some(table) = state.firewall_tables.pop() {
+        if let Err(error) = table.delete() {
+            tracing::warn!(table = %table.name, %error, "could not remove the nftables table");
+        }
+    }
     while let Some((kind, priority)) = state.rules.pop() {
         let rule = kind.message(priority);
         if let Err(error) = handle.rule().del(rule.clone()).execute().await {
@@ -425,12 +487,14 @@ pub async fn repair(interface: &str) -> Result<(), SystemError> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let connection = tokio::spawn(connection);
     let rules = state.rules.len();
+    let firewall_tables = state.firewall_tables.len();
     undo_recorded(&handle, &mut state).await;
     connection.abort();
     remove_state(&path);
     tracing::info!(
         interface,
         rules,
+        firewall_tables,
         "took back the policy rules of an earlier run that did not stop cleanly"
     );
     Ok(())
@@ -579,9 +643,21 @@ mod tests {
                 (RuleKind::MainWithoutDefault { ipv6: true }, 32764),
             ],
             sysctls: vec![(SRC_VALID_MARK.into(), "0".into())],
+            firewall_tables: vec![FirewallTable::for_interface("wg0", Family::Ip6)],
         };
         let text = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<PolicyState>(&text).unwrap(), state);
+        assert!(
+            text.contains(r#""firewall_tables":[{"family":"ip6","name":"tundns-wg0"}]"#),
+            "{text}"
+        );
+        // A file from before the tables were recorded still reads.
+        let without_tables = text.replace(
+            r#","firewall_tables":[{"family":"ip6","name":"tundns-wg0"}]"#,
+            "",
+        );
+        let read = serde_json::from_str::<PolicyState>(&without_tables).unwrap();
+        assert!(read.firewall_tables.is_empty());
         let described: Vec<String> = state
             .rules
             .iter()

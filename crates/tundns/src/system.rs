@@ -47,7 +47,7 @@ pub enum SystemError {
     #[error(transparent)]
     State(#[from] crate::atomic_file::FileError),
     /// A state file this run must not act on, or overwrite.
-    #[error("{}: {reason}; it was left alone, and the tunnel was not started. Check `ip rule` and `ip -6 rule`, then remove the file", path.display())]
+    #[error("{}: {reason}; it was left alone, and the tunnel was not started. Check `ip rule`, `ip -6 rule` and `nft list tables`, then remove the file", path.display())]
     ForeignState {
         path: std::path::PathBuf,
         reason: String,
@@ -217,6 +217,11 @@ impl SystemChanges {
             // The kernel removes an interface's routes with the interface itself.
             tracing::debug!(%network, %error, "route already gone");
         }
+    }
+
+    /// The index of the interface these changes are made to.
+    pub(crate) fn interface_index(&self) -> u32 {
+        self.index
     }
 
     /// The netlink handle and the record of a full tunnel's policy changes.

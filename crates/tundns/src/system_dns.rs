@@ -1009,7 +1009,9 @@ fn resolvconf_flavor() -> Option<ResolvconfFlavor> {
     if target.file_name().is_some_and(|name| name == "resolvectl") {
         return None;
     }
-    let version = CommandLine::new("resolvconf", &["--version"], None).run().unwrap_or_default();
+    let version = CommandLine::new("resolvconf", &["--version"], None)
+        .run()
+        .unwrap_or_default();
     Some(if version.contains("openresolv") {
         ResolvconfFlavor::Openresolv
     } else {

@@ -5,7 +5,7 @@
 //! query would enter the tunnel: captures on the peer's WireGuard interface tell.
 //!
 //! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test full_tunnel`. Without root or the
-//! lab tools (here also tcpdump, openssl and kdig) the tests print "skipped: ..." and pass,
+//! lab tools (here also tcpdump, nft, openssl and kdig) the tests print "skipped: ..." and pass,
 //! unless `TUNDNS_E2E=1`.
 
 mod common;
@@ -30,12 +30,16 @@ const SRC_VALID_MARK: &str = "net.ipv4.conf.all.src_valid_mark";
 /// The full lab: the outside unbound with DoT and DoH, the tunnel-only resolver, C behind
 /// default routes. `None` when the lab cannot run here (see `lab_or_skip`).
 fn full_tunnel_lab(test: &str) -> Option<Lab> {
-    if !on_path("tcpdump") {
+    let missing: Vec<&str> = ["tcpdump", "nft"]
+        .into_iter()
+        .filter(|tool| !on_path(tool))
+        .collect();
+    if !missing.is_empty() {
         assert!(
             std::env::var("TUNDNS_E2E").as_deref() != Ok("1"),
-            "TUNDNS_E2E=1 but tcpdump is missing"
+            "TUNDNS_E2E=1 but tools are missing: {missing:?}"
         );
-        eprintln!("skipped: {test}: missing tools: tcpdump");
+        eprintln!("skipped: {test}: missing tools: {missing:?}");
         return None;
     }
     let lab = lab_or_skip_with(
@@ -237,6 +241,7 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
         .filter(|rule| !rules_before.contains(rule))
         .collect();
     assert_eq!(left.len(), 4, "a SIGKILLed run leaves its rules: {left:#?}");
+    assert!(lab.firewall_table("ip").is_some() && lab.firewall_table("ip6").is_some());
     assert_eq!(lab.sysctl(&c, SRC_VALID_MARK), "1");
 
     let mut tundns = lab.start_tundns(&config);
@@ -264,6 +269,132 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "not json");
     assert_policy_routing_gone(&lab, &rules_before);
     std::fs::remove_file(&state).unwrap();
+}
+
+/// As wg-quick's nftables rules do: a neighbour that routes the tunnel's address to this
+/// host cannot reach it. With the drop rule flushed, the same ping is answered (through
+/// the tunnel), so the rule is what stopped it.
+#[test]
+fn full_tunnel_drops_packets_for_the_tunnel_address_from_outside() {
+    let Some(lab) =
+        full_tunnel_lab("full_tunnel_drops_packets_for_the_tunnel_address_from_outside")
+    else {
+        return;
+    };
+    let (c, n) = (lab.client_ns.clone(), lab.network_ns.clone());
+    let _tundns = lab.start_tundns(&full_tunnel_config(&lab));
+    lab.assert_ping(&c, PEER_TUNNEL_V4);
+    let (_, veth_n) = lab.veths();
+    let target = format!("{CLIENT_TUNNEL_V4}/32");
+    lab.exec_in(
+        &n,
+        &[
+            "ip",
+            "route",
+            "add",
+            &target,
+            "via",
+            "192.0.2.2",
+            "dev",
+            &veth_n,
+        ],
+    )
+    .assert_success();
+    let spoof = || {
+        lab.exec_in(
+            &n,
+            &[
+                "ping",
+                "-n",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                CLIENT_TUNNEL_V4,
+            ],
+        )
+    };
+
+    let dropped = spoof();
+    assert!(
+        !dropped.succeeded(),
+        "the tunnel's address answered a neighbour:\n{dropped}"
+    );
+    let table = lab.firewall_table("ip").expect("the IPv4 table");
+    let counted: Option<u64> = table
+        .split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+    assert!(
+        counted.is_some_and(|packets| packets >= 2),
+        "the drop rule did not count the two pings:\n{table}"
+    );
+
+    lab.nft(&[
+        "flush",
+        "chain",
+        "ip",
+        &format!("tundns-{}", lab.tundns_iface),
+        "preraw",
+    ]);
+    let answered = spoof();
+    assert!(
+        answered.succeeded(),
+        "the control ping was not answered:\n{answered}"
+    );
+}
+
+/// With strict reverse-path filtering, the answers of upstreams reached through a gateway
+/// come in: their queries left marked, and the mark, kept in conntrack, is put back on the
+/// answers. Without the mark rules, the same query goes unanswered.
+#[test]
+fn full_tunnel_works_with_strict_reverse_path_filtering() {
+    let Some(lab) = full_tunnel_lab("full_tunnel_works_with_strict_reverse_path_filtering") else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let (veth_c, _) = lab.veths();
+    for key in ["all", "default", veth_c.as_str()] {
+        let setting = format!("net.ipv4.conf.{key}.rp_filter=1");
+        lab.exec_in(&c, &["sysctl", "-qw", &setting])
+            .assert_success();
+    }
+    let mut tundns = lab.start_tundns(&full_tunnel_config(&lab));
+    lab.assert_ping(&c, PEER_TUNNEL_V4);
+    let ask = |name: &str| {
+        let run = lab.dig(&c, PROXY_V4, &[name, "A", "+short", "+tries=1", "+time=3"]);
+        let answered = run
+            .stdout
+            .lines()
+            .any(|line| line.parse::<std::net::Ipv4Addr>().is_ok());
+        (answered, run)
+    };
+    for name in [UDP_NAME, TCP_NAME, DOT_NAME, DOH_NAME] {
+        let (answered, answer) = ask(name);
+        assert!(
+            answered,
+            "{name} unanswered with strict rp_filter:\n{answer}\n{}",
+            tundns.output()
+        );
+    }
+    assert!(
+        !tundns.output().contains("rp_filter"),
+        "a warning about rp_filter, with the table in place:\n{}",
+        tundns.output()
+    );
+
+    lab.nft(&[
+        "flush",
+        "chain",
+        "ip",
+        &format!("tundns-{}", lab.tundns_iface),
+        "premangle",
+    ]);
+    let (answered, run) = ask(UDP_NAME);
+    assert!(!answered, "answered without the mark put back:\n{run}");
+    tundns.send_sigterm();
+    assert!(tundns.wait_for_exit(Duration::from_secs(2)).is_some());
 }
 
 /// A default route in the main table would carry WireGuard's own packets into the tunnel:
@@ -323,6 +454,29 @@ fn assert_policy_routing_installed(lab: &Lab, rules_before: &[String]) {
         );
     }
     assert_eq!(lab.sysctl(c, SRC_VALID_MARK), "1");
+    for family in ["ip", "ip6"] {
+        let table = lab
+            .firewall_table(family)
+            .unwrap_or_else(|| panic!("no nftables table in family {family}"));
+        let (address_v4, address_v6) = (CLIENT_TUNNEL_V4, CLIENT_TUNNEL_V6);
+        let protected = if family == "ip" {
+            address_v4
+        } else {
+            address_v6
+        };
+        for wanted in [
+            "meta l4proto { tcp, udp } meta mark 0x0000ca6c ct mark set meta mark",
+            "meta l4proto { tcp, udp } ct mark 0x0000ca6c meta mark set ct mark",
+            protected,
+        ] {
+            assert!(table.contains(wanted), "no {wanted:?} in\n{table}");
+        }
+        assert_eq!(
+            table.matches("fib saddr type != local counter").count(),
+            1,
+            "one drop rule:\n{table}"
+        );
+    }
 }
 
 fn assert_policy_routing_gone(lab: &Lab, rules_before: &[String]) {
@@ -342,6 +496,10 @@ fn assert_policy_routing_gone(lab: &Lab, rules_before: &[String]) {
         "0",
         "{SRC_VALID_MARK} not restored"
     );
+    for family in ["ip", "ip6"] {
+        let left = lab.firewall_table(family);
+        assert!(left.is_none(), "nftables table left behind: {left:?}");
+    }
     let link = lab.exec_in(c, &["ip", "link", "show", &lab.tundns_iface]);
     assert!(!link.succeeded(), "the interface is still there:\n{link}");
     // Back to the lab's own routes: N answers directly.

@@ -51,11 +51,11 @@ impl Capture {
 
 impl Lab {
     /// Leaves C with host addresses and default routes only (see the module docs), and
-    /// gives N the addresses behind the peer. Loose reverse-path filtering in C: tundns
-    /// does not add wg-quick's nftables rules that make strict filtering work with marks.
+    /// gives N the addresses behind the peer. Loose reverse-path filtering in C, as systemd
+    /// sets it; the test of strict filtering sets its own.
     pub fn reach_network_only_by_default_routes(&self) {
         let (c, n) = (&self.client_ns, &self.network_ns);
-        let (veth_c, veth_n) = (format!("{}v", self.id), format!("{}p", self.id));
+        let (veth_c, veth_n) = self.veths();
         self.exec_in(c, &["ip", "route", "del", "198.51.100.0/24"])
             .assert_success();
         for command in [
@@ -194,6 +194,26 @@ impl Lab {
         let run = self.exec_in(ns, &["sysctl", "-n", key]);
         run.assert_success();
         run.stdout.trim().to_owned()
+    }
+
+    /// tundns's nftables table of `family` (`ip`, `ip6`) in C, as `nft list table` prints
+    /// it; `None` when there is none.
+    pub fn firewall_table(&self, family: &str) -> Option<String> {
+        let name = format!("tundns-{}", self.tundns_iface);
+        let run = self.exec_in(&self.client_ns, &["nft", "list", "table", family, &name]);
+        run.succeeded().then_some(run.stdout)
+    }
+
+    /// `nft` in C.
+    pub fn nft(&self, args: &[&str]) {
+        let mut command = vec!["nft"];
+        command.extend_from_slice(args);
+        self.exec_in(&self.client_ns, &command).assert_success();
+    }
+
+    /// The veth ends in C and in N.
+    pub fn veths(&self) -> (String, String) {
+        (format!("{}v", self.id), format!("{}p", self.id))
     }
 }
 

@@ -1,0 +1,165 @@
+//! Full tunnels' nftables rules, as wg-quick adds them: one table per family with a default
+//! route, named after the interface (`tundns-wg0`).
+//!
+//! - `preraw` drops a packet for the tunnel's own addresses or the virtual IPs that arrives
+//!   on another interface from a source that is not this host. Without it a neighbour on
+//!   the LAN can reach the tunnel's address and probe what the tunnel carries
+//!   (CVE-2019-14899).
+//! - `postmangle` copies the mark of WireGuard's and the upstreams' packets (UDP and TCP)
+//!   into conntrack, and `premangle` puts it back on their replies. With the mark the
+//!   reply's reverse-path lookup skips the tunnel's table and finds the way it came, so
+//!   strict reverse-path filtering (`rp_filter = 1`) lets it in.
+//!
+//! The ruleset is text fed to `nft -f -`: one transaction, all or nothing. The rules match
+//! the interface by index, since the table lives and dies with it.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command_line::{CommandError, CommandLine};
+
+/// An nftables address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    fn keyword(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+
+    fn holds(self, address: &IpAddr) -> bool {
+        address.is_ipv6() == (self == Family::Ip6)
+    }
+}
+
+/// One family's table of a full tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallTable {
+    pub family: Family,
+    pub name: String,
+}
+
+impl FirewallTable {
+    /// The table for `interface` in `family`. Characters nft does not take in a name
+    /// become `_`.
+    pub fn for_interface(interface: &str, family: Family) -> Self {
+        let name = interface
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>();
+        FirewallTable {
+            family,
+            name: format!("tundns-{name}"),
+        }
+    }
+
+    /// The ruleset that creates this table, for the interface with index `interface_index`,
+    /// packets marked `mark`, and the addresses in `protected` of this table's family.
+    pub fn ruleset(&self, interface_index: u32, mark: u32, protected: &[IpAddr]) -> String {
+        let family = self.family.keyword();
+        let addresses: Vec<String> = protected
+            .iter()
+            .filter(|address| self.family.holds(address))
+            .map(IpAddr::to_string)
+            .collect();
+        let preraw = if addresses.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  chain preraw {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+                 iif != {interface_index} {family} daddr {{ {} }} fib saddr type != local counter drop\n  }}\n",
+                addresses.join(", ")
+            )
+        };
+        format!(
+            "table {family} {name} {{\n{preraw}  \
+             chain premangle {{\n    type filter hook prerouting priority mangle; policy accept;\n    \
+             meta l4proto {{ tcp, udp }} ct mark {mark} meta mark set ct mark\n  }}\n  \
+             chain postmangle {{\n    type filter hook postrouting priority mangle; policy accept;\n    \
+             meta l4proto {{ tcp, udp }} meta mark {mark} ct mark set meta mark\n  }}\n}}\n",
+            name = self.name,
+        )
+    }
+
+    /// Creates the table from `ruleset` (see [`FirewallTable::ruleset`]).
+    pub fn create(&self, ruleset: &str) -> Result<(), CommandError> {
+        CommandLine::new("nft", &["-f", "-"], Some(ruleset.to_owned())).run()?;
+        Ok(())
+    }
+
+    /// Deletes the table and everything in it.
+    pub fn delete(&self) -> Result<(), CommandError> {
+        CommandLine::new(
+            "nft",
+            &["delete", "table", self.family.keyword(), &self.name],
+            None,
+        )
+        .run()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_keep_what_nft_takes() {
+        let table = FirewallTable::for_interface("wg0", Family::Ip);
+        assert_eq!(table.name, "tundns-wg0");
+        let odd = FirewallTable::for_interface("a+b\"c.d_e-f", Family::Ip6);
+        assert_eq!(odd.name, "tundns-a_b_c.d_e-f");
+    }
+
+    #[test]
+    fn each_family_protects_its_own_addresses() {
+        let protected: Vec<IpAddr> = ["10.99.0.2", "fd99::2", "10.30.30.30", "fd30:30:30::30"]
+            .iter()
+            .map(|address| address.parse().unwrap())
+            .collect();
+        let v4 = FirewallTable::for_interface("wg0", Family::Ip).ruleset(7, 51820, &protected);
+        assert!(v4.starts_with("table ip tundns-wg0 {\n"), "{v4}");
+        assert!(
+            v4.contains(
+                "iif != 7 ip daddr { 10.99.0.2, 10.30.30.30 } fib saddr type != local counter drop"
+            ),
+            "{v4}"
+        );
+        assert!(
+            v4.contains("meta l4proto { tcp, udp } meta mark 51820 ct mark set meta mark"),
+            "{v4}"
+        );
+        assert!(
+            v4.contains("meta l4proto { tcp, udp } ct mark 51820 meta mark set ct mark"),
+            "{v4}"
+        );
+        let v6 = FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected);
+        assert!(
+            v6.contains("iif != 7 ip6 daddr { fd99::2, fd30:30:30::30 }"),
+            "{v6}"
+        );
+        assert_eq!(v6.matches('{').count(), v6.matches('}').count(), "{v6}");
+    }
+
+    #[test]
+    fn no_address_of_the_family_no_drop_rule() {
+        let protected: Vec<IpAddr> = vec!["10.99.0.2".parse().unwrap()];
+        let v6 = FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected);
+        assert!(!v6.contains("preraw"), "{v6}");
+        assert!(v6.contains("chain premangle"), "{v6}");
+    }
+}
