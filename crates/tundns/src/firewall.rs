@@ -1,17 +1,19 @@
 //! Full tunnels' nftables rules, as wg-quick adds them: one table per family with a default
 //! route, named after the interface (`tundns-wg0`).
 //!
-//! - `preraw` drops a packet for the tunnel's own addresses or the virtual IPs that arrives
-//!   on another interface from a source that is not this host. Without it a neighbour on
-//!   the LAN can reach the tunnel's address and probe what the tunnel carries
-//!   (CVE-2019-14899).
+//! - `preraw` drops a packet for the tunnel's own addresses that arrives on another
+//!   interface from a source that is not this host. Without it a neighbour on the LAN can
+//!   reach the tunnel's address and probe what the tunnel carries (CVE-2019-14899). The
+//!   virtual IPs are left out: this host owns no address there, and a host that forwards
+//!   (containers, VMs) may mean its guests to use the proxy.
 //! - `postmangle` copies the mark of WireGuard's and the upstreams' packets (UDP and TCP)
 //!   into conntrack, and `premangle` puts it back on their replies. With the mark the
 //!   reply's reverse-path lookup skips the tunnel's table and finds the way it came, so
 //!   strict reverse-path filtering (`rp_filter = 1`) lets it in.
 //!
-//! The ruleset is text fed to `nft -f -`: one transaction, all or nothing. The rules match
-//! the interface by index, since the table lives and dies with it.
+//! The ruleset is text fed to `nft -f -`: one transaction, all or nothing, that replaces a
+//! table of the same name left by a run that could not delete it. The drop rule matches
+//! the interface by index, which a replaced table always has right.
 
 use std::net::IpAddr;
 
@@ -48,27 +50,24 @@ pub struct FirewallTable {
 }
 
 impl FirewallTable {
-    /// The table for `interface` in `family`. Characters nft does not take in a name
-    /// become `_`.
+    /// The table for `interface` in `family`. Letters, digits, `-` and `.` stay; any
+    /// other byte, `_` included, becomes `_` and two hex digits, so that two interfaces
+    /// never share a table.
     pub fn for_interface(interface: &str, family: Family) -> Self {
-        let name = interface
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>();
-        FirewallTable {
-            family,
-            name: format!("tundns-{name}"),
+        let mut name = String::from("tundns-");
+        for byte in interface.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.') {
+                name.push(char::from(byte));
+            } else {
+                name.push_str(&format!("_{byte:02x}"));
+            }
         }
+        FirewallTable { family, name }
     }
 
-    /// The ruleset that creates this table, for the interface with index `interface_index`,
-    /// packets marked `mark`, and the addresses in `protected` of this table's family.
+    /// The ruleset that creates this table, replacing any of the same name, for the
+    /// interface with index `interface_index`, packets marked `mark`, and the addresses in
+    /// `protected` of this table's family.
     pub fn ruleset(&self, interface_index: u32, mark: u32, protected: &[IpAddr]) -> String {
         let family = self.family.keyword();
         let addresses: Vec<String> = protected
@@ -86,30 +85,47 @@ impl FirewallTable {
             )
         };
         format!(
-            "table {family} {name} {{\n{preraw}  \
+            "{removal}table {family} {name} {{\n{preraw}  \
              chain premangle {{\n    type filter hook prerouting priority mangle; policy accept;\n    \
              meta l4proto {{ tcp, udp }} ct mark {mark} meta mark set ct mark\n  }}\n  \
              chain postmangle {{\n    type filter hook postrouting priority mangle; policy accept;\n    \
              meta l4proto {{ tcp, udp }} meta mark {mark} ct mark set meta mark\n  }}\n}}\n",
+            removal = self.removal(),
             name = self.name,
         )
     }
 
-    /// Creates the table from `ruleset` (see [`FirewallTable::ruleset`]).
-    pub fn create(&self, ruleset: &str) -> Result<(), CommandError> {
-        CommandLine::new("nft", &["-f", "-"], Some(ruleset.to_owned())).run()?;
-        Ok(())
+    /// The ruleset that deletes this table, and succeeds when there is none: declaring the
+    /// table first makes sure there is one to delete.
+    fn removal(&self) -> String {
+        let family = self.family.keyword();
+        format!(
+            "table {family} {name} {{}}\ndelete table {family} {name}\n",
+            name = self.name
+        )
     }
 
-    /// Deletes the table and everything in it.
-    pub fn delete(&self) -> Result<(), CommandError> {
-        CommandLine::new(
-            "nft",
-            &["delete", "table", self.family.keyword(), &self.name],
-            None,
-        )
-        .run()?;
-        Ok(())
+    /// Creates the table from `ruleset` (see [`FirewallTable::ruleset`]).
+    pub async fn create(&self, ruleset: String) -> Result<(), CommandError> {
+        run_blocking(CommandLine::new("nft", &["-f", "-"], Some(ruleset))).await
+    }
+
+    /// Deletes the table and everything in it. A table that is already gone is no error.
+    pub async fn delete(&self) -> Result<(), CommandError> {
+        run_blocking(CommandLine::new("nft", &["-f", "-"], Some(self.removal()))).await
+    }
+}
+
+/// Runs `command` off the async workers: nft may take a while on a busy ruleset.
+async fn run_blocking(command: CommandLine) -> Result<(), CommandError> {
+    let description = command.to_string();
+    match tokio::task::spawn_blocking(move || command.run()).await {
+        Ok(result) => result.map(drop),
+        Err(error) => Err(CommandError {
+            command: description,
+            reason: error.to_string(),
+            not_found: false,
+        }),
     }
 }
 
@@ -121,8 +137,12 @@ mod tests {
     fn names_keep_what_nft_takes() {
         let table = FirewallTable::for_interface("wg0", Family::Ip);
         assert_eq!(table.name, "tundns-wg0");
-        let odd = FirewallTable::for_interface("a+b\"c.d_e-f", Family::Ip6);
-        assert_eq!(odd.name, "tundns-a_b_c.d_e-f");
+        let odd = FirewallTable::for_interface("a+b\"c.d_e-fä", Family::Ip6);
+        assert_eq!(odd.name, "tundns-a_2bb_22c.d_5fe-f_c3_a4");
+        // Names that differ keep differing.
+        let plus = FirewallTable::for_interface("wg+0", Family::Ip).name;
+        let underscore = FirewallTable::for_interface("wg_0", Family::Ip).name;
+        assert_ne!(plus, underscore);
     }
 
     #[test]
@@ -132,7 +152,12 @@ mod tests {
             .map(|address| address.parse().unwrap())
             .collect();
         let v4 = FirewallTable::for_interface("wg0", Family::Ip).ruleset(7, 51820, &protected);
-        assert!(v4.starts_with("table ip tundns-wg0 {\n"), "{v4}");
+        assert!(
+            v4.starts_with(
+                "table ip tundns-wg0 {}\ndelete table ip tundns-wg0\ntable ip tundns-wg0 {\n"
+            ),
+            "{v4}"
+        );
         assert!(
             v4.contains(
                 "iif != 7 ip daddr { 10.99.0.2, 10.30.30.30 } fib saddr type != local counter drop"

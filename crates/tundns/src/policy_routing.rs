@@ -22,9 +22,10 @@
 //!
 //! Like wg-quick, it also adds an nftables table per family ([`crate::firewall`]) that drops
 //! packets for the tunnel's addresses arriving from elsewhere and lets marked replies
-//! through strict reverse-path filtering. The table is recorded like the rules. Without
-//! `nft`, or if it fails, the tunnel runs without the table and says so.
+//! through strict reverse-path filtering. The tables are recorded like the rules. Without
+//! `nft`, or if it fails, the tunnel runs without them and says so.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
@@ -153,7 +154,8 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         .interface
         .fwmark
         .map_or(DEFAULT_TABLE, NonZeroU32::get);
-    let protected = protected_addresses(config);
+    let tunnel_addresses: Vec<IpAddr> =
+        config.interface.addresses.iter().map(IpNet::addr).collect();
     let interface_index = changes.interface_index();
     for default in defaults {
         let (family, firewall_family) = match default {
@@ -173,8 +175,8 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         changes.add_route_in(default, table).await?;
         let policy = changes.policy().1;
         let firewall = FirewallTable::for_interface(&config.interface_name, firewall_family);
-        let ruleset = firewall.ruleset(interface_index, table, &protected);
-        let filtered = policy.add_firewall_table(firewall, &ruleset)?;
+        let ruleset = firewall.ruleset(interface_index, table, &tunnel_addresses);
+        let filtered = policy.add_firewall_table(firewall, ruleset).await?;
         if family == AddressFamily::Inet {
             policy.set_sysctl(SRC_VALID_MARK, "1")?;
             if !filtered {
@@ -188,24 +190,6 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         "full tunnel: policy routing installed"
     );
     Ok(())
-}
-
-/// The addresses no packet from outside should reach: the tunnel's own and the virtual IPs.
-fn protected_addresses(config: &Config) -> Vec<std::net::IpAddr> {
-    let virtual_ips = config
-        .dns_proxy
-        .enabled
-        .then_some(&config.dns_proxy.addresses)
-        .into_iter()
-        .flatten()
-        .copied();
-    config
-        .interface
-        .addresses
-        .iter()
-        .map(IpNet::addr)
-        .chain(virtual_ips)
-        .collect()
 }
 
 /// Strict reverse-path filtering drops replies from an endpoint or upstream behind a
@@ -304,7 +288,7 @@ fn current_netns() -> Option<u64> {
         .map(|meta| meta.ino())
 }
 
-/// The policy rules and sysctl values a full tunnel changed, for teardown.
+/// The policy rules, sysctl values and nftables tables a full tunnel changed, for teardown.
 pub struct PolicyChanges {
     state_path: PathBuf,
     state: PolicyState,
@@ -354,18 +338,22 @@ impl PolicyChanges {
 
     /// Creates `table` from `ruleset`, recording it first. Returns false, with a warning,
     /// when nft is missing or refuses: the tunnel works without the table, less guarded.
-    fn add_firewall_table(
+    async fn add_firewall_table(
         &mut self,
         table: FirewallTable,
-        ruleset: &str,
+        ruleset: String,
     ) -> Result<bool, SystemError> {
         self.state.firewall_tables.push(table.clone());
         self.write_state()?;
-        if let Err(error) = table.create(ruleset) {
+        if let Err(error) = table.create(ruleset).await {
             self.state.firewall_tables.pop();
             self.write_state()?;
-            let consequence = "packets for the tunnel's addresses are not filtered by interface, \
-                               and strict rp_filter drops replies from outside the tunnel";
+            let mut consequence =
+                "packets for the tunnel's addresses are not filtered by interface".to_owned();
+            if table.family == Family::Ip {
+                consequence
+                    .push_str(", and strict rp_filter drops replies from outside the tunnel");
+            }
             if error.not_found {
                 tracing::warn!("nft is not installed: {consequence}");
             } else {
@@ -411,7 +399,7 @@ impl PolicyChanges {
         Ok(())
     }
 
-    /// Deletes the rules, newest first, restores the sysctl values and removes the state
+    /// Deletes the tables and the rules, restores the sysctl values and removes the state
     /// file. Errors are logged: teardown goes on.
     pub async fn undo(&mut self, handle: &Handle) {
         undo_recorded(handle, &mut self.state).await;
@@ -422,12 +410,17 @@ impl PolicyChanges {
     }
 }
 
-/// Deletes `state`'s nftables tables and rules, newest first, and restores its sysctl
-/// values (only those this module changes, whatever the file says).
+/// Deletes `state`'s nftables tables, then its rules newest first, and restores its sysctl
+/// values (only those this module changes, whatever the file says). A table that cannot be
+/// deleted is logged; the next `up` of the interface replaces it.
 async fn undo_recorded(handle: &Handle, state: &mut PolicyState) {
     while let Some(table) = state.firewall_tables.pop() {
-        if let Err(error) = table.delete() {
-            tracing::warn!(table = %table.name, %error, "could not remove the nftables table");
+        if let Err(error) = table.delete().await {
+            tracing::warn!(
+                table = %table.name,
+                %error,
+                "could not remove the nftables table; the next up of this interface replaces it"
+            );
         }
     }
     while let Some((kind, priority)) = state.rules.pop() {
@@ -454,8 +447,9 @@ fn remove_state(path: &Path) {
     }
 }
 
-/// Takes back the policy rules and sysctl values that an earlier run for `interface` left
-/// when it could not stop cleanly, as its state file records them, and removes the file.
+/// Takes back the policy rules, sysctl values and nftables tables that an earlier run for
+/// `interface` left when it could not stop cleanly, as its state file records them, and
+/// removes the file.
 ///
 /// A state file that is not tundns's, one of a tundns still running, or one from another
 /// network namespace is left alone, and so is the tunnel: the error says what to check.

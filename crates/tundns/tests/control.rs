@@ -274,9 +274,7 @@ fn control_refuses_bad_requests_and_keeps_serving() {
         refused.stderr
     );
 
-    tundns_daemon.send_sigterm();
-    let status = tundns_daemon.wait_for_exit(Duration::from_secs(5));
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    tundns_daemon.stop_cleanly(Duration::from_secs(5));
     assert!(!socket.exists(), "the socket is removed at shutdown");
     let gone = tundns(&lab, &["status", &lab.tundns_iface]);
     assert!(!gone.succeeded());

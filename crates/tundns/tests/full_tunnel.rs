@@ -182,13 +182,7 @@ fn full_tunnel_keeps_upstream_dns_outside() {
         "{marked}"
     );
 
-    tundns.send_sigterm();
-    let status = tundns.wait_for_exit(Duration::from_secs(2));
-    assert!(
-        status.is_some_and(|status| status.success()),
-        "{status:?}:\n{}",
-        tundns.output()
-    );
+    tundns.stop_cleanly(Duration::from_secs(2));
     assert_policy_routing_gone(&lab, &rules_before);
 }
 
@@ -251,9 +245,7 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
         "{}",
         tundns.output()
     );
-    tundns.send_sigterm();
-    let status = tundns.wait_for_exit(Duration::from_secs(2));
-    assert!(status.is_some_and(|status| status.success()), "{status:?}");
+    tundns.stop_cleanly(Duration::from_secs(2));
     assert_policy_routing_gone(&lab, &rules_before);
     assert!(!state.exists(), "{} left behind", state.display());
 
@@ -271,78 +263,130 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     std::fs::remove_file(&state).unwrap();
 }
 
-/// As wg-quick's nftables rules do: a neighbour that routes the tunnel's address to this
-/// host cannot reach it. With the drop rule flushed, the same ping is answered (through
-/// the tunnel), so the rule is what stopped it.
+/// As wg-quick's nftables rules do: a neighbour that routes the tunnel's addresses to this
+/// host cannot reach them. With the drop rules flushed, the same pings are answered
+/// (through the tunnel), so the rules are what stopped them. A stale table of the same
+/// name, whose rule would drop the tunnel's own replies, is replaced at `up`.
 #[test]
-fn full_tunnel_drops_packets_for_the_tunnel_address_from_outside() {
+fn full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside() {
     let Some(lab) =
-        full_tunnel_lab("full_tunnel_drops_packets_for_the_tunnel_address_from_outside")
+        full_tunnel_lab("full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside")
     else {
         return;
     };
     let (c, n) = (lab.client_ns.clone(), lab.network_ns.clone());
+    let table = format!("tundns-{}", lab.tundns_iface);
+    let stale = lab.write_file(
+        "stale.nft",
+        format!(
+            "table ip {table} {{\n  chain preraw {{\n    \
+             type filter hook prerouting priority raw; policy accept;\n    \
+             iif != 99 ip daddr {CLIENT_TUNNEL_V4} drop\n  }}\n}}\n"
+        ),
+    );
+    lab.nft(&["-f", path_str(&stale)]);
+
     let _tundns = lab.start_tundns(&full_tunnel_config(&lab));
+    // The stale rule would drop these replies, which come in on the TUN.
     lab.assert_ping(&c, PEER_TUNNEL_V4);
     let (_, veth_n) = lab.veths();
-    let target = format!("{CLIENT_TUNNEL_V4}/32");
-    lab.exec_in(
-        &n,
-        &[
-            "ip",
-            "route",
-            "add",
-            &target,
-            "via",
-            "192.0.2.2",
-            "dev",
-            &veth_n,
-        ],
-    )
-    .assert_success();
-    let spoof = || {
+    for (family, address, via) in [
+        ("ip", CLIENT_TUNNEL_V4, "192.0.2.2"),
+        ("ip6", CLIENT_TUNNEL_V6, "2001:db8::2"),
+    ] {
+        let host_route = if family == "ip" { "/32" } else { "/128" };
+        let target = format!("{address}{host_route}");
         lab.exec_in(
             &n,
-            &[
-                "ping",
-                "-n",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                CLIENT_TUNNEL_V4,
-            ],
+            &["ip", "route", "add", &target, "via", via, "dev", &veth_n],
         )
+        .assert_success();
+        let spoof = || {
+            lab.exec_in(
+                &n,
+                &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", address],
+            )
+        };
+
+        let dropped = spoof();
+        assert!(
+            !dropped.succeeded(),
+            "the tunnel's address answered a neighbour:\n{dropped}"
+        );
+        let listed = lab.firewall_table(family).expect("the table");
+        assert_eq!(
+            listed.matches(" drop").count(),
+            1,
+            "the stale rule was not replaced:\n{listed}"
+        );
+        let counted: Option<u64> = listed
+            .split_once("counter packets ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+        assert!(
+            counted.is_some_and(|packets| packets >= 2),
+            "the drop rule did not count the two pings:\n{listed}"
+        );
+
+        lab.nft(&["flush", "chain", family, &table, "preraw"]);
+        let answered = spoof();
+        assert!(
+            answered.succeeded(),
+            "the control ping was not answered:\n{answered}"
+        );
+    }
+}
+
+/// Without nft the full tunnel still works, DNS included, and says what it lacks.
+#[test]
+fn full_tunnel_without_nft_runs_and_warns() {
+    let Some(lab) = full_tunnel_lab("full_tunnel_without_nft_runs_and_warns") else {
+        return;
     };
+    let c = lab.client_ns.clone();
+    let rules_before = lab.policy_rules(&c);
+    const PATH_WITHOUT_NFT: &str = "/usr/bin:/bin";
+    let nft = lab.exec_in(
+        &c,
+        &[
+            "env",
+            &format!("PATH={PATH_WITHOUT_NFT}"),
+            "sh",
+            "-c",
+            "command -v nft",
+        ],
+    );
+    assert!(!nft.succeeded(), "nft is on {PATH_WITHOUT_NFT}:\n{nft}");
+    let wrapper = lab.write_file(
+        "tundns-without-nft",
+        format!(
+            "#!/bin/sh\nPATH={PATH_WITHOUT_NFT} exec {} up \"$1\"\n",
+            tundns_bin()
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 
-    let dropped = spoof();
+    let mut tundns = lab.start_tundns_with(path_str(&wrapper), &full_tunnel_config(&lab));
+    lab.assert_ping(&c, PEER_TUNNEL_V4);
+    let answer = lab.dig(&c, PROXY_V4, &[UDP_NAME, "A", "+short"]);
     assert!(
-        !dropped.succeeded(),
-        "the tunnel's address answered a neighbour:\n{dropped}"
+        answer
+            .stdout
+            .lines()
+            .any(|line| line.parse::<std::net::Ipv4Addr>().is_ok()),
+        "{answer}"
     );
-    let table = lab.firewall_table("ip").expect("the IPv4 table");
-    let counted: Option<u64> = table
-        .split_once("counter packets ")
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
     assert!(
-        counted.is_some_and(|packets| packets >= 2),
-        "the drop rule did not count the two pings:\n{table}"
+        tundns.output().contains("nft is not installed"),
+        "{}",
+        tundns.output()
     );
-
-    lab.nft(&[
-        "flush",
-        "chain",
-        "ip",
-        &format!("tundns-{}", lab.tundns_iface),
-        "preraw",
-    ]);
-    let answered = spoof();
-    assert!(
-        answered.succeeded(),
-        "the control ping was not answered:\n{answered}"
-    );
+    assert!(lab.firewall_table("ip").is_none() && lab.firewall_table("ip6").is_none());
+    tundns.stop_cleanly(Duration::from_secs(2));
+    assert_policy_routing_gone(&lab, &rules_before);
 }
 
 /// With strict reverse-path filtering, the answers of upstreams reached through a gateway
@@ -393,8 +437,7 @@ fn full_tunnel_works_with_strict_reverse_path_filtering() {
     ]);
     let (answered, run) = ask(UDP_NAME);
     assert!(!answered, "answered without the mark put back:\n{run}");
-    tundns.send_sigterm();
-    assert!(tundns.wait_for_exit(Duration::from_secs(2)).is_some());
+    tundns.stop_cleanly(Duration::from_secs(2));
 }
 
 /// A default route in the main table would carry WireGuard's own packets into the tunnel:

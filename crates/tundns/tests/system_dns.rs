@@ -108,16 +108,6 @@ impl DnsLab {
         );
     }
 
-    fn stop(&self, tundns: &mut Daemon) {
-        tundns.send_sigterm();
-        let status = tundns.wait_for_exit(EXIT_TIMEOUT);
-        assert!(
-            status.is_some_and(|status| status.success()),
-            "tundns did not stop cleanly ({status:?}):\n{}",
-            tundns.output()
-        );
-    }
-
     fn tundns(&self, args: &[&str]) -> common::Run {
         let mut command = vec![tundns_bin()];
         command.extend_from_slice(args);
@@ -188,7 +178,7 @@ fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
     assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
     assert!(lab.getent("www").contains(WWW_A));
 
-    lab.stop(&mut tundns);
+    tundns.stop_cleanly(EXIT_TIMEOUT);
     lab.assert_restored();
     assert!(tundns.output().contains("tunnel down"));
 }
@@ -251,7 +241,7 @@ fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
     // Had the first change not been undone, the backup would now hold tundns's own file.
     assert_eq!(fs::read_to_string(lab.backup_path()).unwrap(), ORIGINAL);
     assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
-    lab.stop(&mut second);
+    second.stop_cleanly(EXIT_TIMEOUT);
     lab.assert_restored();
 }
 
@@ -339,7 +329,7 @@ fn without_upstream_the_proxy_forwards_to_the_resolvers_the_system_had() {
         .dig(&lab.lab.client_ns, PROXY_V4, &[WWW_NAME, "A", "+short"]);
     assert_eq!(dig.stdout.trim(), WWW_A, "{dig}");
 
-    lab.stop(&mut tundns);
+    tundns.stop_cleanly(EXIT_TIMEOUT);
     lab.assert_restored();
 }
 
@@ -378,6 +368,6 @@ fn set_system_dns_points_the_system_at_every_virtual_address() {
         "{written}"
     );
     assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
-    lab.stop(&mut tundns);
+    tundns.stop_cleanly(EXIT_TIMEOUT);
     lab.assert_restored();
 }

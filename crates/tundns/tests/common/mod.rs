@@ -227,6 +227,19 @@ impl Daemon {
             .status();
     }
 
+    /// Sends SIGTERM and asserts that the process exits with status 0 within `timeout`.
+    #[track_caller]
+    pub fn stop_cleanly(&mut self, timeout: Duration) {
+        self.send_sigterm();
+        let status = self.wait_for_exit(timeout);
+        assert!(
+            status.is_some_and(|status| status.success()),
+            "{} did not stop cleanly ({status:?}):\n{}",
+            self.name,
+            self.output()
+        );
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;
