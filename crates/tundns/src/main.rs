@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tundns::control_client::{self, DnsCommand};
+use tundns::policy_routing::{self, PolicyRepair};
+use tundns::system::SystemError;
 use tundns::system_dns::{self, Repair};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
@@ -38,9 +40,11 @@ enum Command {
         /// Path to the config.
         config: PathBuf,
     },
-    /// Give the system resolver back after a run that could not (a crash, SIGKILL, a
-    /// reboot). A resolver config tundns did not write is reported and left alone.
-    ResetDns {
+    /// Take back what a run that could not stop cleanly (a crash, SIGKILL, a reboot) left:
+    /// its change to the system resolver, and a full tunnel's policy rules, nftables tables
+    /// and sysctl. What tundns did not write is reported and left alone.
+    #[command(alias = "reset-dns")]
+    Reset {
         /// The interface (wg0) or its config (/etc/wireguard/wg0.conf).
         target: String,
     },
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
 
     let path = match &cli.command {
         Command::Up { config } | Command::Check { config } => config,
-        Command::ResetDns { target } => return reset_dns(target),
+        Command::Reset { target } => return reset(target),
         Command::Status { .. } | Command::Dns { .. } => return control(cli.command),
     };
     let config = match Config::from_file(path) {
@@ -109,8 +113,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::ResetDns { .. } => unreachable!("reset-dns returned above"),
-        Command::Status { .. } | Command::Dns { .. } => unreachable!("returned above"),
+        Command::Reset { .. } | Command::Status { .. } | Command::Dns { .. } => {
+            unreachable!("returned above")
+        }
         Command::Check { .. } => runtime
             .block_on(async { tunnel::check(&config, path) })
             .map(|()| {
@@ -151,8 +156,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `tundns reset-dns`: undoes the DNS change a run of the interface left behind.
-fn reset_dns(target: &str) -> ExitCode {
+/// `tundns reset`: undoes what a run of the interface left behind, the DNS change and the
+/// full tunnel's policy routing, each on its own: a failure of one does not stop the other.
+fn reset(target: &str) -> ExitCode {
     let interface = match system_dns::interface_for(target) {
         Ok(interface) => interface,
         Err(error) => {
@@ -160,6 +166,7 @@ fn reset_dns(target: &str) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let mut status = ExitCode::SUCCESS;
     match system_dns::repair(&interface) {
         Ok(Repair::Nothing) => println!("{interface}: no DNS change to undo"),
         Ok(Repair::Restored(backend)) => {
@@ -167,10 +174,28 @@ fn reset_dns(target: &str) -> ExitCode {
         }
         Err(error) => {
             eprintln!("tundns: {interface}: {error}");
-            return ExitCode::FAILURE;
+            status = ExitCode::FAILURE;
         }
     }
-    ExitCode::SUCCESS
+    let policy = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(SystemError::from)
+        .and_then(|runtime| runtime.block_on(policy_routing::repair(&interface)));
+    match policy {
+        Ok(None) => println!("{interface}: no policy routing to undo"),
+        Ok(Some(PolicyRepair {
+            rules,
+            firewall_tables,
+        })) => println!(
+            "{interface}: took back {rules} policy rules and {firewall_tables} nftables tables"
+        ),
+        Err(error) => {
+            eprintln!("tundns: {interface}: {error}");
+            status = ExitCode::FAILURE;
+        }
+    }
+    status
 }
 
 /// `tundns status` and `tundns dns ...`: one request to the running tunnel's control socket.

@@ -454,10 +454,10 @@ fn remove_state(path: &Path) {
 /// A state file that is not tundns's, one of a tundns still running, or one from another
 /// network namespace is left alone, and so is the tunnel: the error says what to check.
 /// Failing to delete a recorded rule (already gone, say) is only logged.
-pub async fn repair(interface: &str) -> Result<(), SystemError> {
+pub async fn repair(interface: &str) -> Result<Option<PolicyRepair>, SystemError> {
     let path = state_path(interface);
     let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
+        return Ok(None);
     };
     let refuse = |reason: String| SystemError::ForeignState {
         path: path.clone(),
@@ -480,18 +480,29 @@ pub async fn repair(interface: &str) -> Result<(), SystemError> {
     }
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let connection = tokio::spawn(connection);
-    let rules = state.rules.len();
-    let firewall_tables = state.firewall_tables.len();
+    let repaired = PolicyRepair {
+        rules: state.rules.len(),
+        firewall_tables: state.firewall_tables.len(),
+    };
     undo_recorded(&handle, &mut state).await;
     connection.abort();
     remove_state(&path);
     tracing::info!(
         interface,
-        rules,
-        firewall_tables,
+        rules = repaired.rules,
+        firewall_tables = repaired.firewall_tables,
         "took back the policy rules of an earlier run that did not stop cleanly"
     );
-    Ok(())
+    Ok(Some(repaired))
+}
+
+/// What [`repair`] took back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyRepair {
+    /// Policy rules deleted.
+    pub rules: usize,
+    /// nftables tables deleted.
+    pub firewall_tables: usize,
 }
 
 /// One less than the lowest non-zero priority among `family`'s rules: where the kernel

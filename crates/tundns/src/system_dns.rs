@@ -10,7 +10,7 @@
 //! settings through `resolvectl`), resolvconf (Debian's or openresolv, a per-interface
 //! record), or `/etc/resolv.conf` itself, rewritten in place with the original kept next to
 //! it. Every change is recorded in a state file ([`DnsState`]) *before* it is made, so the
-//! next `tundns up` of the interface, or `tundns reset-dns`, can undo it after a crash. A
+//! next `tundns up` of the interface, or `tundns reset`, can undo it after a crash. A
 //! state file tundns cannot read, or a resolv.conf that no longer holds what tundns wrote,
 //! is reported and left alone: tundns never overwrites a resolver config it did not write.
 //!
@@ -350,7 +350,7 @@ pub fn render_resolv_conf(
 ) -> String {
     let mut text = format!(
         "# Written by tundns for {interface} while it runs; the original is kept in {}\n\
-         # and comes back when tundns stops (after a crash: tundns reset-dns {interface}).\n",
+         # and comes back when tundns stops (after a crash: tundns reset {interface}).\n",
         backup.display()
     );
     let servers = if settings.servers.is_empty() {
@@ -672,7 +672,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Syst
     move |source| error(source).into()
 }
 
-/// The interface `tundns reset-dns` means: a config path's file stem (`wg0.conf`,
+/// The interface `tundns reset` means: a config path's file stem (`wg0.conf`,
 /// `/etc/wireguard/wg0.conf`), or an interface name as is.
 pub fn interface_for(target: &str) -> Result<String, tundns_config::ConfigError> {
     if target.is_empty() || target.contains('/') || target.ends_with(".conf") {
@@ -720,7 +720,7 @@ pub fn repair(interface: &str) -> Result<Repair, SystemDnsError> {
 enum Undo {
     /// The run that made the change, stopping: its link and record are its own.
     OwnStop,
-    /// A later run or `reset-dns`, after the one that made it died. Its TUN went with it, so
+    /// A later run or `reset`, after the one that made it died. Its TUN went with it, so
     /// an interface of that name now, and resolved's per-link settings or a resolvconf record
     /// for it, belong to whoever created it since (wg-quick, say) and are left alone.
     AfterCrash,
@@ -1335,7 +1335,7 @@ mod tests {
             ]
         );
         assert!(text.contains("/etc/resolv.conf.tundns-wg0"));
-        assert!(text.contains("tundns reset-dns wg0"));
+        assert!(text.contains("tundns reset wg0"));
         let search_only =
             render_resolv_conf(&original, &settings(&[], &["x.example"]), "wg0", backup);
         assert!(search_only.contains("nameserver 192.0.2.53\nsearch x.example home.example"));

@@ -328,10 +328,7 @@ fn blocklist_reload_reads_the_files_again() {
 
     // SIGHUP (`systemctl reload`) reloads too.
     std::fs::write(&list, format!("{}\n", host2.0)).unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
+    daemon.signal("HUP");
     assert!(
         wait_until(Duration::from_secs(5), || short(&lab, host2.0, "A")
             .is_empty()),

@@ -224,11 +224,7 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     let mut killed = lab.start_tundns(&config);
     assert_policy_routing_installed(&lab, &rules_before);
     assert!(state.exists(), "no {}", state.display());
-    std::process::Command::new("kill")
-        .args(["-KILL", &killed.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.wait_for_exit(Duration::from_secs(5)).is_some());
+    killed.kill_without_cleanup();
     let left: Vec<String> = lab
         .policy_rules(&c)
         .into_iter()
@@ -261,6 +257,29 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "not json");
     assert_policy_routing_gone(&lab, &rules_before);
     std::fs::remove_file(&state).unwrap();
+}
+
+/// `tundns reset` takes back what a SIGKILLed run left, as the next `up` would, without
+/// bringing the tunnel up; a second reset finds nothing to do.
+#[test]
+fn full_tunnel_after_sigkill_reset_takes_back_the_rules() {
+    let Some(lab) = full_tunnel_lab("full_tunnel_after_sigkill_reset_takes_back_the_rules") else {
+        return;
+    };
+    let c = lab.client_ns.clone();
+    let rules_before = lab.policy_rules(&c);
+    let mut killed = lab.start_tundns(&full_tunnel_config(&lab));
+    assert_policy_routing_installed(&lab, &rules_before);
+    killed.kill_without_cleanup();
+
+    let reset = |expected: &str| {
+        let run = lab.exec_in(&c, &[tundns_bin(), "reset", &lab.tundns_iface]);
+        run.assert_success();
+        assert!(run.stdout.contains(expected), "no {expected:?}:\n{run}");
+    };
+    reset("took back 4 policy rules and 2 nftables tables");
+    assert_policy_routing_gone(&lab, &rules_before);
+    reset("no policy routing to undo");
 }
 
 /// As wg-quick's nftables rules do: a neighbour that routes the tunnel's addresses to this

@@ -1,7 +1,7 @@
 //! The system resolver, end to end: tundns in the client namespace rewrites that namespace's
 //! own resolv.conf (`ip netns exec` bind-mounts `/etc/netns/<ns>/resolv.conf` over
 //! `/etc/resolv.conf`, so nothing outside the lab is touched) and gives it back byte for byte:
-//! on SIGTERM, with `tundns reset-dns` after a SIGKILL, or at the next `tundns up`. A state
+//! on SIGTERM, with `tundns reset` after a SIGKILL, or at the next `tundns up`. A state
 //! file tundns did not write, or a resolv.conf someone else rewrote, is left alone.
 //!
 //! The namespace has neither systemd-resolved nor resolvconf to itself, so the file backend
@@ -95,19 +95,6 @@ impl DnsLab {
         tundns
     }
 
-    fn kill(&self, tundns: &mut Daemon) {
-        self.lab
-            .exec_in(
-                &self.lab.client_ns,
-                &["kill", "-KILL", &tundns.pid().to_string()],
-            )
-            .assert_success();
-        assert!(
-            tundns.wait_for_exit(EXIT_TIMEOUT).is_some(),
-            "SIGKILL did not end tundns"
-        );
-    }
-
     fn tundns(&self, args: &[&str]) -> common::Run {
         let mut command = vec![tundns_bin()];
         command.extend_from_slice(args);
@@ -189,7 +176,7 @@ fn sigkill_then_reset_dns_restores_byte_for_byte() {
         return;
     };
     let mut tundns = lab.start(&lab.config());
-    lab.kill(&mut tundns);
+    tundns.kill_without_cleanup();
     assert_ne!(
         lab.resolv_conf(),
         ORIGINAL,
@@ -197,12 +184,12 @@ fn sigkill_then_reset_dns_restores_byte_for_byte() {
     );
     assert!(lab.state_path().exists());
 
-    let run = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    let run = lab.tundns(&["reset", &lab.lab.tundns_iface]);
     run.assert_success();
     assert!(run.stdout.contains("restored"), "{run}");
     lab.assert_restored();
 
-    let again = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    let again = lab.tundns(&["reset", &lab.lab.tundns_iface]);
     again.assert_success();
     assert!(again.stdout.contains("no DNS change to undo"), "{again}");
     assert_eq!(lab.resolv_conf(), ORIGINAL);
@@ -215,8 +202,9 @@ fn reset_dns_takes_the_config_path_too() {
     };
     let config = lab.config();
     let mut tundns = lab.start(&config);
-    lab.kill(&mut tundns);
+    tundns.kill_without_cleanup();
     let path = lab.lab.write_client_config(&config);
+    // By its old name, which stays.
     lab.tundns(&["reset-dns", path_str(&path)]).assert_success();
     lab.assert_restored();
 }
@@ -228,7 +216,7 @@ fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
     };
     let config = lab.config();
     let mut first = lab.start(&config);
-    lab.kill(&mut first);
+    first.kill_without_cleanup();
 
     let mut second = lab.start(&config);
     assert!(
@@ -254,7 +242,7 @@ fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
     fs::create_dir_all("/var/lib/tundns").unwrap();
     fs::write(lab.state_path(), foreign).unwrap();
 
-    let run = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    let run = lab.tundns(&["reset", &lab.lab.tundns_iface]);
     assert!(!run.succeeded(), "{run}");
     let state_path = lab.state_path();
     let state_path = path_str(&state_path);
@@ -288,11 +276,11 @@ fn a_resolv_conf_rewritten_by_someone_else_is_not_overwritten() {
         return;
     };
     let mut tundns = lab.start(&lab.config());
-    lab.kill(&mut tundns);
+    tundns.kill_without_cleanup();
     let theirs = "nameserver 198.51.100.1\n";
     lab.write_resolv_conf(theirs);
 
-    let run = lab.tundns(&["reset-dns", &lab.lab.tundns_iface]);
+    let run = lab.tundns(&["reset", &lab.lab.tundns_iface]);
     assert!(!run.succeeded(), "{run}");
     assert!(
         run.stderr.contains("changed since tundns wrote it"),

@@ -218,13 +218,30 @@ impl Daemon {
         self.exit_status().is_none()
     }
 
-    /// Sends SIGTERM (through `kill`, to keep the tests free of unsafe code).
-    pub fn send_sigterm(&self) {
+    /// Sends `signal` (`TERM`, `HUP`, ...) through `kill`, to keep the tests free of unsafe
+    /// code.
+    pub fn signal(&self, signal: &str) {
         // A process that has already gone makes `kill` fail; the callers check the exit status.
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{signal}"), &self.pid().to_string()])
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// Sends SIGTERM.
+    pub fn send_sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGKILL, which leaves the process no chance to clean up, and waits for it to go.
+    #[track_caller]
+    pub fn kill_without_cleanup(&mut self) {
+        self.signal("KILL");
+        assert!(
+            self.wait_for_exit(Duration::from_secs(5)).is_some(),
+            "{} survived SIGKILL",
+            self.name
+        );
     }
 
     /// Sends SIGTERM and asserts that the process exits with status 0 within `timeout`.
