@@ -1,17 +1,18 @@
 //! Any bytes as an upstream's answer to a real query: matched against the query, adapted
-//! for the client, truncated, cached and served from the cache, and used to finish a local
-//! CNAME chain. Nothing written overruns its buffer.
+//! for the client, truncated, searched for CNAMEs into a blocked domain, cached and served
+//! from the cache, and used to finish a local CNAME chain. Nothing written overruns its
+//! buffer.
 
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{
-    CnameChain, LocalAnswer, LocalDataBuilder, adapt_response, parse_query, response_matches,
-    write_truncated,
+    BlockList, BlockMode, CnameChain, LocalAnswer, LocalDataBuilder, adapt_response, parse_query,
+    response_matches, write_truncated,
 };
 
 /// `out.lab.internal A` with EDNS (DO set), as a client sends it.
@@ -37,9 +38,19 @@ fn chain() -> &'static Arc<CnameChain> {
     })
 }
 
+fn blocklist() -> &'static BlockList {
+    static LIST: OnceLock<BlockList> = OnceLock::new();
+    LIST.get_or_init(|| {
+        let mut list = BlockList::new(BlockMode::NxDomain, Duration::from_secs(60));
+        list.add_domain("example.com").unwrap();
+        list
+    })
+}
+
 fuzz_target!(|response: &[u8]| {
     let query = parse_query(QUERY).unwrap();
     let _ = response_matches(query.id(), query.question(), response);
+    let _ = blocklist().cloaks_blocked_name(response);
     for size in [0, 12, 100, 512, 65535] {
         let mut out = vec![0u8; size];
         assert!(adapt_response(response, &query, &mut out) <= size);

@@ -4,6 +4,9 @@
 //! A blocked domain blocks itself and every name under it. A lookup hashes the
 //! question name and each of its parents: O(labels), whatever the list's size,
 //! and no allocation.
+//!
+//! An upstream answer whose CNAME leads to a blocked name is blocked too: that
+//! is how trackers hide under a site's own name ("CNAME cloaking").
 
 use core::fmt;
 use core::time::Duration;
@@ -11,10 +14,19 @@ use std::net::IpAddr;
 
 use crate::names::{self, NameSet, RecordError, Wildcard, error, parse_name};
 use crate::query::{Query, Question};
+use crate::sections::{Records, Section};
 use crate::synth::{
     self, CLASS_ANY, CLASS_IN, QUESTION_NAME, RCODE_NOERROR, RCODE_NXDOMAIN, Reply, TYPE_A,
-    TYPE_AAAA, TYPE_SOA,
+    TYPE_AAAA, TYPE_CNAME, TYPE_SOA,
 };
+use crate::wire::{self, NameBuf, NameCase};
+
+/// The records of a blocked answer fit in this many bytes: an SOA whose names
+/// point into the question, or one address record.
+const BLOCKED_BODY_LEN: usize = 64;
+
+/// A buffer this long always holds a whole blocked answer.
+pub const MAX_BLOCKED_LEN: usize = crate::MAX_SYNTHESIZED_LEN + BLOCKED_BODY_LEN;
 
 /// How a blocked name is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,15 +170,55 @@ impl BlockList {
     /// is owned by the blocked domain. `out`'s length is the size limit, as for
     /// [`LocalData::answer`](crate::LocalData::answer). Does not allocate.
     pub fn answer(&self, query: &Query<'_>, out: &mut [u8]) -> Option<usize> {
+        let offset = self.blocked_suffix(query.question().name_wire())?;
+        Some(self.write_blocked(query, offset, out))
+    }
+
+    /// Whether `response`, an upstream's answer, leads through a CNAME in its
+    /// answer section to a blocked name. A message that does not read is not
+    /// judged here. Does not allocate.
+    pub fn cloaks_blocked_name(&self, response: &[u8]) -> bool {
+        if self.domains.is_empty() {
+            return false;
+        }
+        let Some(records) = Records::new(response) else {
+            return false;
+        };
+        let mut target = NameBuf::new();
+        records
+            .map_while(Result::ok)
+            .take_while(|record| record.section == Section::Answer)
+            .filter(|record| record.rtype == TYPE_CNAME)
+            .any(|record| {
+                wire::copy_name(
+                    response,
+                    record.rdata_start(),
+                    NameCase::Lowercase,
+                    &mut target,
+                )
+                .is_some_and(|_| self.blocks_name(target.as_slice()))
+            })
+    }
+
+    /// The blocked answer to `query`, whose name is not itself blocked but
+    /// whose upstream answer [cloaks](Self::cloaks_blocked_name) a blocked one:
+    /// as [`answer`](Self::answer), with the question's name owning the SOA.
+    pub fn answer_cloaked(&self, query: &Query<'_>, out: &mut [u8]) -> usize {
+        self.write_blocked(query, 0, out)
+    }
+
+    /// Writes the blocked answer to `query`; the name at `zone_offset` in the
+    /// question name owns the SOA of a negative answer.
+    fn write_blocked(&self, query: &Query<'_>, zone_offset: usize, out: &mut [u8]) -> usize {
         let question = query.question();
-        let offset = self.blocked_suffix(question.name_wire())?;
+
         let class_in = question.qclass() == CLASS_IN || question.qclass() == CLASS_ANY;
         let null_address: Option<&[u8]> = match (self.mode, question.qtype()) {
             (BlockMode::Null, TYPE_A) if class_in => Some(&[0; 4]),
             (BlockMode::Null, TYPE_AAAA) if class_in => Some(&[0; 16]),
             _ => None,
         };
-        let mut body = [0u8; 64];
+        let mut body = [0u8; BLOCKED_BODY_LEN];
         let mut len = 0;
         let mut push = |bytes: &[u8]| {
             body[len..len + bytes.len()].copy_from_slice(bytes);
@@ -188,7 +240,7 @@ impl BlockList {
             }
         } else {
             // The blocked domain is a suffix of the question name: point into it.
-            let zone = synth::question_suffix_pointer(offset);
+            let zone = synth::question_suffix_pointer(zone_offset);
             push(&zone);
             push(&TYPE_SOA.to_be_bytes());
             push(&CLASS_IN.to_be_bytes());
@@ -211,7 +263,7 @@ impl BlockList {
                 nscount: 1,
             }
         };
-        Some(synth::write_reply(query, reply, &body[..len], out))
+        synth::write_reply(query, reply, &body[..len], out)
     }
 
     /// Number of blocked domains.

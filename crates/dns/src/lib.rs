@@ -37,7 +37,7 @@ mod synth;
 pub mod tcp;
 mod wire;
 
-pub use block::{BlockList, BlockMode};
+pub use block::{BlockList, BlockMode, MAX_BLOCKED_LEN};
 pub use chain::CnameChain;
 pub use domain::base::iana::{OptRcode, Rcode};
 pub use local::{DEFAULT_TTL, LocalAnswer, LocalData, LocalDataBuilder, NEGATIVE_TTL};

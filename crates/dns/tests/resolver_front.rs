@@ -7,8 +7,8 @@ use domain::base::iana::{Class, Rtype};
 use domain::base::{Message, MessageBuilder, Name, ParsedName};
 use domain::rdata::AllRecordData;
 use tundns_dns::{
-    BlockList, BlockMode, CnameChain, LocalAnswer, LocalData, LocalDataBuilder,
-    MAX_SYNTHESIZED_LEN, Rcode, RecordError, Routes, parse_query,
+    BlockList, BlockMode, CnameChain, LocalAnswer, LocalData, LocalDataBuilder, MAX_BLOCKED_LEN,
+    Rcode, RecordError, Routes, parse_query,
 };
 
 fn query_with(id: u16, qname: &str, qtype: Rtype, class: Class, edns: Option<bool>) -> Vec<u8> {
@@ -911,7 +911,7 @@ fn block_reply(list: &BlockList, qname: &str, qtype: Rtype) -> Option<Reply> {
         list.is_blocked(parsed.question()),
         list.answer(&parsed, &mut [0u8; 512]).is_some()
     );
-    let mut out = [0u8; MAX_SYNTHESIZED_LEN + 64];
+    let mut out = [0u8; MAX_BLOCKED_LEN];
     let len = list.answer(&parsed, &mut out)?;
     let reply = Reply::read(&out[..len]);
     assert_eq!(reply.message.header().id(), 0x4242);
@@ -964,6 +964,79 @@ fn null_mode_answers_unspecified_addresses() {
     assert!(reply.answer.is_empty());
     assert_eq!(reply.authority.len(), 1);
     assert!(reply.authority[0].ends_with("86400 90"));
+}
+
+#[test]
+fn a_cname_to_a_blocked_name_cloaks_it() {
+    let list = blocklist(BlockMode::NxDomain);
+    let client = query("metrics.news.example", Rtype::A);
+    let cloaked = |records: &[Upstream<'_>]| {
+        list.cloaks_blocked_name(&upstream_response(&client, Rcode::NOERROR, records))
+    };
+    // Directly, further down the chain, under the blocked domain, in any case.
+    assert!(cloaked(&[
+        Upstream::Cname("metrics.news.example", "t.ads.example"),
+        Upstream::A("t.ads.example", [203, 0, 113, 1]),
+    ]));
+    assert!(cloaked(&[
+        Upstream::Cname("metrics.news.example", "edge.cdn.example"),
+        Upstream::Cname("edge.cdn.example", "ADS.example"),
+        Upstream::A("ADS.example", [203, 0, 113, 1]),
+    ]));
+    // A chain that stays clear of it, and a plain answer, are not.
+    assert!(!cloaked(&[
+        Upstream::Cname("metrics.news.example", "edge.cdn.example"),
+        Upstream::A("edge.cdn.example", [203, 0, 113, 1]),
+    ]));
+    assert!(!cloaked(&[Upstream::A(
+        "metrics.news.example",
+        [203, 0, 113, 1]
+    )]));
+    assert!(!cloaked(&[Upstream::Cname(
+        "metrics.news.example",
+        "notads.example"
+    )]));
+    // A blocked name only in the authority section does not count.
+    assert!(!cloaked(&[
+        Upstream::A("metrics.news.example", [203, 0, 113, 1]),
+        Upstream::Soa("ads.example"),
+    ]));
+    // An empty list judges nothing; neither do bytes that do not read.
+    let empty = BlockList::new(BlockMode::NxDomain, Duration::from_secs(90));
+    let response = upstream_response(
+        &client,
+        Rcode::NOERROR,
+        &[Upstream::Cname("metrics.news.example", "ads.example")],
+    );
+    assert!(!empty.cloaks_blocked_name(&response));
+    assert!(!list.cloaks_blocked_name(&response[..response.len() - 3]));
+    assert!(!list.cloaks_blocked_name(&[]));
+}
+
+#[test]
+fn a_cloaked_name_is_answered_as_blocked_under_its_own_name() {
+    for (mode, rcode) in [
+        (BlockMode::NxDomain, Rcode::NXDOMAIN),
+        (BlockMode::Null, Rcode::NOERROR),
+    ] {
+        let list = blocklist(mode);
+        let message = query("Metrics.News.example", Rtype::A);
+        let mut out = [0u8; MAX_BLOCKED_LEN];
+        let len = list.answer_cloaked(&parse_query(&message).unwrap(), &mut out);
+        let reply = Reply::read(&out[..len]);
+        assert_eq!(reply.rcode(), rcode);
+        assert_eq!(reply.message.header().id(), 0x4242);
+        match mode {
+            BlockMode::NxDomain => assert_eq!(
+                reply.authority,
+                ["Metrics.News.example. 90 IN SOA Metrics.News.example. \
+                  hostmaster.Metrics.News.example. 1 3600 600 86400 90"]
+            ),
+            BlockMode::Null => {
+                assert_eq!(reply.answer, ["Metrics.News.example. 90 IN A 0.0.0.0"]);
+            }
+        }
+    }
 }
 
 #[test]

@@ -584,9 +584,13 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
         Verdict::Forward(forward) => {
             let index = proxy.upstreams().group_for(parsed.question()).0;
             let group = dns.sources().routes.group_entry(index);
-            let (answer, upstream) = forward.resolve_from().await;
-            let upstream = upstream.map(|upstream| upstream.to_string());
-            (answer, AnswerPath::Upstream, group, upstream)
+            let resolved = forward.resolve_from().await;
+            let upstream = resolved.upstream.map(|upstream| upstream.to_string());
+            let path = match resolved.path {
+                metrics::AnswerPath::Blocked => AnswerPath::Blocked,
+                _ => AnswerPath::Upstream,
+            };
+            (resolved.answer, path, group, upstream)
         }
     };
     let elapsed = started.elapsed();

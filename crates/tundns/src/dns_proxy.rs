@@ -102,6 +102,8 @@ impl CollapseKey {
 enum UpstreamAnswer {
     /// An answer to pass on, and the upstream that gave it.
     Answer(Bytes, Arc<str>),
+    /// The blocked answer, in place of one whose CNAME led to a blocked name.
+    Cloaked(Bytes),
     /// Every upstream failed; the last one's own SERVFAIL or REFUSED, if any, is kept to
     /// pass on when nothing stale can be served instead.
     Failed(Option<Bytes>),
@@ -405,6 +407,14 @@ impl DnsProxy {
         let upstreams = self.upstreams.load_full();
         let group = upstreams.group_for(parsed.question()).1;
         let (answer, cacheable) = match group.resolve_from(&query, protocol).await {
+            Ok(answer) if self.blocklist.load().cloaks_blocked_name(&answer.response) => {
+                // Cached as the blocked answer, so that the next asking is answered inline.
+                let mut out = vec![0; tundns_dns::MAX_BLOCKED_LEN];
+                let len = self.blocklist.load().answer_cloaked(&parsed, &mut out);
+                out.truncate(len);
+                let blocked = Bytes::from(out);
+                (UpstreamAnswer::Cloaked(blocked.clone()), Some(blocked))
+            }
             Ok(answer) => (
                 UpstreamAnswer::Answer(answer.response.clone(), answer.upstream),
                 Some(answer.response),
@@ -476,14 +486,19 @@ impl Forward {
     /// Resolves through the upstreams; the answer is always something to send: the
     /// upstream's answer, a stale one when every upstream failed, or SERVFAIL.
     pub async fn resolve(self) -> Vec<u8> {
-        self.resolve_from().await.0
+        self.resolve_from().await.answer
     }
 
-    /// [`resolve`](Self::resolve), with the upstream that answered, when one did.
-    pub async fn resolve_from(self) -> (Vec<u8>, Option<Arc<str>>) {
+    /// [`resolve`](Self::resolve), with how the answer was found and the upstream that
+    /// gave it, when one did.
+    pub async fn resolve_from(self) -> Resolved {
         let proxy = &self.proxy;
         let Ok(query) = tundns_dns::parse_query(&self.query) else {
-            return (error_answer(&self.query, Rcode::SERVFAIL), None);
+            return Resolved {
+                answer: error_answer(&self.query, Rcode::SERVFAIL),
+                path: AnswerPath::Servfail,
+                upstream: None,
+            };
         };
         let Found {
             mut out,
@@ -498,8 +513,23 @@ impl Forward {
         out.truncate(len);
         let question = Some(query.question());
         proxy.observe_from(&self.arrival, question, path, &out, upstream.clone());
-        (out, upstream)
+        Resolved {
+            answer: out,
+            path,
+            upstream,
+        }
     }
+}
+
+/// What [`Forward::resolve_from`] found.
+pub struct Resolved {
+    /// The answer to send.
+    pub answer: Vec<u8>,
+    /// How it was found: from an upstream, or blocked because the upstream's answer led
+    /// to a blocked name, or stale, or SERVFAIL.
+    pub path: AnswerPath,
+    /// The upstream that gave it, when one did.
+    pub upstream: Option<Arc<str>>,
 }
 
 /// What the forwarding task found for a query: `len` bytes of `out`, how they were found,
@@ -548,6 +578,10 @@ impl DnsProxy {
                     upstream: Some(upstream),
                     ..Found::new(answer, AnswerPath::Forwarded)
                 },
+                None => self.fallback(query, None),
+            },
+            UpstreamAnswer::Cloaked(blocked) => match adapted(&blocked, query) {
+                Some(answer) => Found::new(answer, AnswerPath::Blocked),
                 None => self.fallback(query, None),
             },
             UpstreamAnswer::Failed(soft) => self.fallback(query, soft.as_deref()),

@@ -882,6 +882,60 @@ fn block_answers_nxdomain_for_the_name_and_below() {
     );
 }
 
+/// A name the list does not hold, whose upstream answer leads by CNAME into a blocked
+/// domain, is blocked too; the blocked answer is cached, and `tundns dns query` says so.
+#[test]
+fn block_catches_a_cname_into_a_blocked_domain() {
+    let Some(lab) = resolver_lab("block_catches_a_cname_into_a_blocked_domain") else {
+        return;
+    };
+    const CLOAKED: &str = "metrics.lab.test";
+    // The lab's upstream does answer with the CNAME.
+    let direct = lab.dig(&lab.client_ns, UNBOUND_V4, &[CLOAKED, "A"]);
+    let records = section(&direct, "ANSWER");
+    assert!(
+        records
+            .iter()
+            .any(|record| record.data == "x.ads.lab.test."),
+        "{direct}"
+    );
+    let _tundns = start(&lab, &["Block = ads.lab.test"]);
+
+    for _ in 0..2 {
+        let run = ask(&lab, &[CLOAKED, "A"]);
+        assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
+        assert!(section(&run, "ANSWER").is_empty(), "{run}");
+    }
+    // Asked upstream once (the test's own dig straight to unbound is the other): the
+    // second answer came from the cache.
+    assert_eq!(lab.upstream_queries(CLOAKED, Some("A")), 2);
+
+    let report = lab.exec_in(
+        &lab.client_ns,
+        &[
+            tundns_bin(),
+            "dns",
+            "-i",
+            &lab.tundns_iface,
+            "query",
+            CLOAKED,
+            "AAAA",
+        ],
+    );
+    report.assert_success();
+    assert!(report.stdout.contains("blocked"), "{report}");
+
+    // A CNAME that stays clear of the list is passed on.
+    let clear = ask(&lab, &["assets.lab.test", "A"]);
+    assert_eq!(status(&clear).as_deref(), Some("NOERROR"), "{clear}");
+    assert!(
+        section(&clear, "ANSWER")
+            .iter()
+            .any(|record| record.data == "www.lab.test."),
+        "{clear}"
+    );
+}
+
 #[test]
 fn block_mode_null_answers_unspecified_addresses() {
     let Some(lab) = resolver_lab("block_mode_null_answers_unspecified_addresses") else {
