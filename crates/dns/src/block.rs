@@ -241,13 +241,20 @@ impl BlockList {
         } else {
             // The blocked domain is a suffix of the question name: point into it.
             let zone = synth::question_suffix_pointer(zone_offset);
+            // RNAME is hostmaster.<zone>, or the zone itself when that would be too long.
+            let zone_len = question.name_wire().len() - zone_offset;
+            let hostmaster: &[u8] = if zone_len + 11 <= wire::MAX_NAME_LEN {
+                b"\x0ahostmaster"
+            } else {
+                b""
+            };
             push(&zone);
             push(&TYPE_SOA.to_be_bytes());
             push(&CLASS_IN.to_be_bytes());
             push(&self.ttl.to_be_bytes());
-            push(&35u16.to_be_bytes());
+            push(&(24 + hostmaster.len() as u16).to_be_bytes());
             push(&zone);
-            push(b"\x0ahostmaster");
+            push(hostmaster);
             push(&zone);
             for value in [1, 3600, 600, 86400, self.ttl] {
                 push(&u32::to_be_bytes(value));

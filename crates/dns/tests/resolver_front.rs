@@ -376,6 +376,8 @@ enum Upstream<'a> {
     Cname(&'a str, &'a str),
     /// An SOA for the zone, in the authority section.
     Soa(&'a str),
+    /// A CNAME in the authority section, where no server puts one.
+    AuthorityCname(&'a str, &'a str),
 }
 
 /// An upstream's answer to `query` with `rcode` and `records`, written with name
@@ -401,11 +403,15 @@ fn upstream_response(query: &[u8], rcode: Rcode, records: &[Upstream<'_>]) -> Ve
                 let rdata = domain::rdata::Cname::new(name(target));
                 builder.push((name(owner), ttl, rdata)).unwrap();
             }
-            Upstream::Soa(_) => {}
+            Upstream::Soa(_) | Upstream::AuthorityCname(..) => {}
         }
     }
     let mut authority = builder.authority();
     for record in records {
+        if let Upstream::AuthorityCname(owner, target) = *record {
+            let rdata = domain::rdata::Cname::new(name(target));
+            authority.push((name(owner), ttl, rdata)).unwrap();
+        }
         if let Upstream::Soa(zone) = *record {
             let rdata = domain::rdata::Soa::new(
                 name(zone),
@@ -996,10 +1002,10 @@ fn a_cname_to_a_blocked_name_cloaks_it() {
         "metrics.news.example",
         "notads.example"
     )]));
-    // A blocked name only in the authority section does not count.
+    // A CNAME only in the authority section does not count.
     assert!(!cloaked(&[
         Upstream::A("metrics.news.example", [203, 0, 113, 1]),
-        Upstream::Soa("ads.example"),
+        Upstream::AuthorityCname("metrics.news.example", "ads.example"),
     ]));
     // An empty list judges nothing; neither do bytes that do not read.
     let empty = BlockList::new(BlockMode::NxDomain, Duration::from_secs(90));
@@ -1037,6 +1043,30 @@ fn a_cloaked_name_is_answered_as_blocked_under_its_own_name() {
             }
         }
     }
+}
+
+#[test]
+fn a_cloaked_long_name_gets_a_well_formed_soa() {
+    let list = blocklist(BlockMode::NxDomain);
+    // 252 bytes in wire form: "hostmaster." in front would make RNAME too long.
+    let long = format!(
+        "{}.{}.{}.{}.example",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(50)
+    );
+    let message = query(&long, Rtype::A);
+    let mut out = [0u8; MAX_BLOCKED_LEN];
+    let len = list.answer_cloaked(&parse_query(&message).unwrap(), &mut out);
+    let reply = Reply::read(&out[..len]);
+    assert_eq!(reply.rcode(), Rcode::NXDOMAIN);
+    assert_eq!(
+        reply.authority,
+        [format!(
+            "{long}. 90 IN SOA {long}. {long}. 1 3600 600 86400 90"
+        )]
+    );
 }
 
 #[test]

@@ -102,8 +102,9 @@ impl CollapseKey {
 enum UpstreamAnswer {
     /// An answer to pass on, and the upstream that gave it.
     Answer(Bytes, Arc<str>),
-    /// The blocked answer, in place of one whose CNAME led to a blocked name.
-    Cloaked(Bytes),
+    /// The blocked answer, in place of one whose CNAME led to a blocked name, and the
+    /// upstream that gave that one.
+    Cloaked(Bytes, Arc<str>),
     /// Every upstream failed; the last one's own SERVFAIL or REFUSED, if any, is kept to
     /// pass on when nothing stale can be served instead.
     Failed(Option<Bytes>),
@@ -245,9 +246,14 @@ impl DnsProxy {
         self.blocklist.load()
     }
 
-    /// Puts `blocklist` in use for every query from now on.
+    /// Puts `blocklist` in use for every query from now on. The cache is emptied: it may
+    /// hold answers blocked for a CNAME into a domain the new list lets through, or answers
+    /// with a CNAME into a domain it now blocks.
     pub fn set_blocklist(&self, blocklist: BlockList) {
         self.blocklist.store(Arc::new(blocklist));
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
     }
 
     /// The local data now in use.
@@ -406,14 +412,19 @@ impl DnsProxy {
         // Held to the end: a route removed meanwhile does not cancel this query.
         let upstreams = self.upstreams.load_full();
         let group = upstreams.group_for(parsed.question()).1;
-        let (answer, cacheable) = match group.resolve_from(&query, protocol).await {
-            Ok(answer) if self.blocklist.load().cloaks_blocked_name(&answer.response) => {
+        let answered = group.resolve_from(&query, protocol).await;
+        let blocklist = self.blocklist.load();
+        let (answer, cacheable) = match answered {
+            Ok(answer) if blocklist.cloaks_blocked_name(&answer.response) => {
                 // Cached as the blocked answer, so that the next asking is answered inline.
                 let mut out = vec![0; tundns_dns::MAX_BLOCKED_LEN];
-                let len = self.blocklist.load().answer_cloaked(&parsed, &mut out);
+                let len = blocklist.answer_cloaked(&parsed, &mut out);
                 out.truncate(len);
                 let blocked = Bytes::from(out);
-                (UpstreamAnswer::Cloaked(blocked.clone()), Some(blocked))
+                (
+                    UpstreamAnswer::Cloaked(blocked.clone(), answer.upstream),
+                    Some(blocked),
+                )
             }
             Ok(answer) => (
                 UpstreamAnswer::Answer(answer.response.clone(), answer.upstream),
@@ -580,8 +591,11 @@ impl DnsProxy {
                 },
                 None => self.fallback(query, None),
             },
-            UpstreamAnswer::Cloaked(blocked) => match adapted(&blocked, query) {
-                Some(answer) => Found::new(answer, AnswerPath::Blocked),
+            UpstreamAnswer::Cloaked(blocked, upstream) => match adapted(&blocked, query) {
+                Some(answer) => Found {
+                    upstream: Some(upstream),
+                    ..Found::new(answer, AnswerPath::Blocked)
+                },
                 None => self.fallback(query, None),
             },
             UpstreamAnswer::Failed(soft) => self.fallback(query, soft.as_deref()),
@@ -889,6 +903,35 @@ mod tests {
         assert_eq!(rcode(&out[..len]), 0);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         assert_eq!(proxy.stats().queries.by_path(AnswerPath::Cache), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_blocklist_empties_the_cache() {
+        let (upstream, seen) = fake_upstream(1).await;
+        let proxy = proxy(upstream, 8, true);
+        let ask = |id| {
+            let mut out = vec![0; MAX_MESSAGE];
+            match proxy.accept(&query(id, "www.lab.test"), Protocol::Udp, &mut out) {
+                Verdict::Forward(forward) => Some(forward),
+                _ => None,
+            }
+        };
+        ask(21)
+            .expect("the first query goes upstream")
+            .resolve()
+            .await;
+        assert!(ask(22).is_none(), "the second is a cache hit");
+        // Answers cached under the old list may now be blocked, or no longer.
+        proxy.set_blocklist(BlockList::new(
+            tundns_dns::BlockMode::NxDomain,
+            Duration::from_secs(60),
+        ));
+        assert_eq!(proxy.cache().unwrap().len(), 0);
+        ask(23)
+            .expect("upstream again after the reload")
+            .resolve()
+            .await;
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

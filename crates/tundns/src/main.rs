@@ -187,8 +187,10 @@ fn reset(target: &str) -> ExitCode {
         Ok(Some(PolicyRepair {
             rules,
             firewall_tables,
+            sysctls,
         })) => println!(
-            "{interface}: took back {rules} policy rules and {firewall_tables} nftables tables"
+            "{interface}: took back policy rules: {rules}, nftables tables: {firewall_tables}, \
+             sysctl values: {sysctls}"
         ),
         Err(error) => {
             eprintln!("tundns: {interface}: {error}");

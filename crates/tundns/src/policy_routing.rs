@@ -413,30 +413,37 @@ impl PolicyChanges {
 /// Deletes `state`'s nftables tables, then its rules newest first, and restores its sysctl
 /// values (only those this module changes, whatever the file says). A table that cannot be
 /// deleted is logged; the next `up` of the interface replaces it.
-async fn undo_recorded(handle: &Handle, state: &mut PolicyState) {
+async fn undo_recorded(handle: &Handle, state: &mut PolicyState) -> PolicyRepair {
+    let mut undone = PolicyRepair::default();
     while let Some(table) = state.firewall_tables.pop() {
-        if let Err(error) = table.delete().await {
-            tracing::warn!(
+        match table.delete().await {
+            Ok(()) => undone.firewall_tables += 1,
+            Err(error) => tracing::warn!(
                 table = %table.name,
                 %error,
                 "could not remove the nftables table; the next up of this interface replaces it"
-            );
+            ),
         }
     }
     while let Some((kind, priority)) = state.rules.pop() {
         let rule = kind.message(priority);
-        if let Err(error) = handle.rule().del(rule.clone()).execute().await {
-            tracing::warn!(rule = %describe(&rule), %error, "could not remove policy rule");
+        match handle.rule().del(rule.clone()).execute().await {
+            Ok(()) => undone.rules += 1,
+            Err(error) => {
+                tracing::warn!(rule = %describe(&rule), %error, "could not remove policy rule");
+            }
         }
     }
     while let Some((path, old)) = state.sysctls.pop() {
         if path != SRC_VALID_MARK {
             continue;
         }
-        if let Err(error) = std::fs::write(SRC_VALID_MARK, &old) {
-            tracing::warn!(path, %error, "could not restore sysctl");
+        match std::fs::write(SRC_VALID_MARK, &old) {
+            Ok(()) => undone.sysctls += 1,
+            Err(error) => tracing::warn!(path, %error, "could not restore sysctl"),
         }
     }
+    undone
 }
 
 fn remove_state(path: &Path) {
@@ -456,8 +463,10 @@ fn remove_state(path: &Path) {
 /// Failing to delete a recorded rule (already gone, say) is only logged.
 pub async fn repair(interface: &str) -> Result<Option<PolicyRepair>, SystemError> {
     let path = state_path(interface);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(FileError::of("reading", &path)(error).into()),
     };
     let refuse = |reason: String| SystemError::ForeignState {
         path: path.clone(),
@@ -467,7 +476,9 @@ pub async fn repair(interface: &str) -> Result<Option<PolicyRepair>, SystemError
         Ok(state) if state.format == STATE_FORMAT => state,
         _ => return Err(refuse("not a policy state file tundns wrote".into())),
     };
-    if process_is_tundns(state.pid) {
+    // This process is no other run, whatever the file says: a container's tundns is
+    // pid 1 in every run.
+    if state.pid != std::process::id() && process_is_tundns(state.pid) {
         return Err(refuse(format!(
             "tundns (pid {}) still runs {interface} with these rules; stop it first",
             state.pid
@@ -480,29 +491,28 @@ pub async fn repair(interface: &str) -> Result<Option<PolicyRepair>, SystemError
     }
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let connection = tokio::spawn(connection);
-    let repaired = PolicyRepair {
-        rules: state.rules.len(),
-        firewall_tables: state.firewall_tables.len(),
-    };
-    undo_recorded(&handle, &mut state).await;
+    let repaired = undo_recorded(&handle, &mut state).await;
     connection.abort();
     remove_state(&path);
     tracing::info!(
         interface,
         rules = repaired.rules,
         firewall_tables = repaired.firewall_tables,
+        sysctls = repaired.sysctls,
         "took back the policy rules of an earlier run that did not stop cleanly"
     );
     Ok(Some(repaired))
 }
 
 /// What [`repair`] took back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicyRepair {
     /// Policy rules deleted.
     pub rules: usize,
     /// nftables tables deleted.
     pub firewall_tables: usize,
+    /// Sysctl values restored.
+    pub sysctls: usize,
 }
 
 /// One less than the lowest non-zero priority among `family`'s rules: where the kernel

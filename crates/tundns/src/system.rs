@@ -47,7 +47,7 @@ pub enum SystemError {
     #[error(transparent)]
     State(#[from] crate::atomic_file::FileError),
     /// A state file this run must not act on, or overwrite.
-    #[error("{}: {reason}; it was left alone, and the tunnel was not started. Check `ip rule`, `ip -6 rule` and `nft list tables`, then remove the file", path.display())]
+    #[error("{}: {reason}; it was left alone. Check `ip rule`, `ip -6 rule` and `nft list tables`, then remove the file", path.display())]
     ForeignState {
         path: std::path::PathBuf,
         reason: String,

@@ -277,7 +277,7 @@ fn full_tunnel_after_sigkill_reset_takes_back_the_rules() {
         run.assert_success();
         assert!(run.stdout.contains(expected), "no {expected:?}:\n{run}");
     };
-    reset("took back 4 policy rules and 2 nftables tables");
+    reset("took back policy rules: 4, nftables tables: 2, sysctl values: 1");
     assert_policy_routing_gone(&lab, &rules_before);
     reset("no policy routing to undo");
 }
