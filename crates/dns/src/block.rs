@@ -56,6 +56,7 @@ const LOCAL_HOST_NAMES: [&str; 12] = [
 ];
 
 /// A set of blocked domains and how to answer them.
+#[derive(PartialEq, Eq)]
 pub struct BlockList {
     mode: BlockMode,
     ttl: u32,

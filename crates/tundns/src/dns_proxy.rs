@@ -246,12 +246,14 @@ impl DnsProxy {
         self.blocklist.load()
     }
 
-    /// Puts `blocklist` in use for every query from now on. The cache is emptied: it may
-    /// hold answers blocked for a CNAME into a domain the new list lets through, or answers
-    /// with a CNAME into a domain it now blocks.
+    /// Puts `blocklist` in use for every query from now on. A list that differs from the
+    /// one in use empties the cache: it may hold answers blocked for a CNAME into a domain
+    /// the new list lets through, or answers with a CNAME into a domain it now blocks. The
+    /// same list again (a SIGHUP to rotate the query log) keeps the cache.
     pub fn set_blocklist(&self, blocklist: BlockList) {
+        let changed = **self.blocklist.load() != blocklist;
         self.blocklist.store(Arc::new(blocklist));
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.as_ref().filter(|_| changed) {
             cache.clear();
         }
     }
@@ -906,7 +908,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_blocklist_empties_the_cache() {
+    async fn a_changed_blocklist_empties_the_cache() {
         let (upstream, seen) = fake_upstream(1).await;
         let proxy = proxy(upstream, 8, true);
         let ask = |id| {
@@ -916,18 +918,25 @@ mod tests {
                 _ => None,
             }
         };
+        let list = |domains: &[&str]| {
+            let mut list = BlockList::new(tundns_dns::BlockMode::NxDomain, Duration::from_secs(60));
+            for domain in domains {
+                list.add_domain(domain).unwrap();
+            }
+            list
+        };
         ask(21)
             .expect("the first query goes upstream")
             .resolve()
             .await;
         assert!(ask(22).is_none(), "the second is a cache hit");
+        // The same (empty) list again keeps the cache.
+        proxy.set_blocklist(list(&[]));
+        assert!(ask(23).is_none(), "still a cache hit");
         // Answers cached under the old list may now be blocked, or no longer.
-        proxy.set_blocklist(BlockList::new(
-            tundns_dns::BlockMode::NxDomain,
-            Duration::from_secs(60),
-        ));
+        proxy.set_blocklist(list(&["ads.example"]));
         assert_eq!(proxy.cache().unwrap().len(), 0);
-        ask(23)
+        ask(24)
             .expect("upstream again after the reload")
             .resolve()
             .await;
