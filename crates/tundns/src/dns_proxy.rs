@@ -585,22 +585,19 @@ impl DnsProxy {
         if let Some(hit) = self.late_cache_hit(query) {
             return Found::new(hit, AnswerPath::Cache);
         }
-        match self.upstream_answer(query, protocol).await {
-            UpstreamAnswer::Answer(response, upstream) => match adapted(&response, query) {
-                Some(answer) => Found {
-                    upstream: Some(upstream),
-                    ..Found::new(answer, AnswerPath::Forwarded)
-                },
-                None => self.fallback(query, None),
+        let (response, upstream, path) = match self.upstream_answer(query, protocol).await {
+            UpstreamAnswer::Answer(response, upstream) => {
+                (response, upstream, AnswerPath::Forwarded)
+            }
+            UpstreamAnswer::Cloaked(blocked, upstream) => (blocked, upstream, AnswerPath::Blocked),
+            UpstreamAnswer::Failed(soft) => return self.fallback(query, soft.as_deref()),
+        };
+        match adapted(&response, query) {
+            Some(answer) => Found {
+                upstream: Some(upstream),
+                ..Found::new(answer, path)
             },
-            UpstreamAnswer::Cloaked(blocked, upstream) => match adapted(&blocked, query) {
-                Some(answer) => Found {
-                    upstream: Some(upstream),
-                    ..Found::new(answer, AnswerPath::Blocked)
-                },
-                None => self.fallback(query, None),
-            },
-            UpstreamAnswer::Failed(soft) => self.fallback(query, soft.as_deref()),
+            None => self.fallback(query, None),
         }
     }
 
