@@ -337,13 +337,18 @@ impl Hangups {
 async fn reload_blocklist(state: &State, dns: &Dns) -> Result<Reply, String> {
     let _one_at_a_time = state.blocklist_reload.lock().await;
     let (config, path) = (state.config.clone(), state.config_path.clone());
-    // Lists run to hundreds of thousands of lines: read them off the runtime's workers.
-    let blocklist = tokio::task::spawn_blocking(move || dns_config::blocklist(&config, &path))
-        .await
-        .map_err(|error| format!("reading the blocklist: {error}"))?
-        .map_err(|error| format!("the blocklist is unchanged: {error}"))?;
-    let domains = blocklist.len();
-    dns.proxy.set_blocklist(blocklist);
+    let proxy = dns.proxy.clone();
+    // Lists run to hundreds of thousands of lines: read them, and compare them with the
+    // list in use (which decides whether the cache is emptied), off the runtime's workers.
+    let domains = tokio::task::spawn_blocking(move || {
+        let blocklist = dns_config::blocklist(&config, &path)?;
+        let domains = blocklist.len();
+        proxy.set_blocklist(blocklist);
+        Ok::<_, tundns_config::ConfigError>(domains)
+    })
+    .await
+    .map_err(|error| format!("reading the blocklist: {error}"))?
+    .map_err(|error| format!("the blocklist is unchanged: {error}"))?;
     Ok(done(format!(
         "blocklist reloaded: {domains} domain{}",
         if domains == 1 { "" } else { "s" }
