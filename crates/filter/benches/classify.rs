@@ -17,35 +17,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tundns_filter::{Rules, RulesReader, Service, TunWriter};
+use tundns_filter::{Rules, RulesReader};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{Nothing, udp_packet};
 
 const BURST: usize = 64;
 
-struct Nothing;
-impl Service for Nothing {
-    fn handle(&self, _packet: &[u8], _tun: &TunWriter) {}
-    fn name(&self) -> &str {
-        "nothing"
-    }
-}
-
-fn packet(src: IpAddr, dst: IpAddr) -> Vec<u8> {
-    let builder = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
-        }
-        _ => unreachable!("same family"),
-    };
-    let mut out = Vec::new();
-    builder
-        .udp(40000, 443)
-        .write(&mut out, &[0u8; 1200])
-        .unwrap();
-    out
-}
+/// Packets of a bulk transfer's size.
+const PAYLOAD: usize = 1200;
 
 /// What `FilteredTun` does with a batch: one load of the rule table, then every packet
 /// classified against it.
@@ -99,10 +80,18 @@ fn bench(c: &mut Criterion) {
     );
     let client_v4: IpAddr = Ipv4Addr::new(10, 99, 0, 2).into();
     let client_v6: IpAddr = "fd99::2".parse::<Ipv6Addr>().unwrap().into();
-    let miss_v4 = vec![packet(client_v4, Ipv4Addr::new(10, 99, 0, 1).into()); BURST];
-    let miss_v6 = vec![packet(client_v6, "fd99::1".parse::<Ipv6Addr>().unwrap().into()); BURST];
-    let hit_v4 = vec![packet(client_v4, Ipv4Addr::new(10, 30, 30, 30).into()); BURST];
-    let collision_v4 = vec![packet(client_v4, Ipv4Addr::new(10, 99, 0, 30 + 64).into()); BURST];
+    let miss_v4 = vec![udp_packet(client_v4, Ipv4Addr::new(10, 99, 0, 1).into(), PAYLOAD); BURST];
+    let miss_v6 = vec![
+        udp_packet(
+            client_v6,
+            "fd99::1".parse::<Ipv6Addr>().unwrap().into(),
+            PAYLOAD
+        );
+        BURST
+    ];
+    let hit_v4 = vec![udp_packet(client_v4, Ipv4Addr::new(10, 30, 30, 30).into(), PAYLOAD); BURST];
+    let collision_v4 =
+        vec![udp_packet(client_v4, Ipv4Addr::new(10, 99, 0, 30 + 64).into(), PAYLOAD); BURST];
 
     let mut group = c.benchmark_group("classify");
     group.throughput(Throughput::Elements(BURST as u64));

@@ -6,7 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tundns_filter::{Rules, Service, TunWriter};
+use tundns_filter::Rules;
+
+mod support;
+use support::{Nothing, udp_packet};
+
+const PAYLOAD: usize = 100;
 
 struct CountingAllocator;
 
@@ -28,32 +33,6 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-struct Nothing;
-impl Service for Nothing {
-    fn handle(&self, _packet: &[u8], _tun: &TunWriter) {}
-    fn name(&self) -> &str {
-        "nothing"
-    }
-}
-
-fn udp_packet(source: IpAddr, destination: IpAddr) -> Vec<u8> {
-    let builder = match (source, destination) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
-        }
-        _ => unreachable!("same family"),
-    };
-    let mut out = Vec::new();
-    builder
-        .udp(40000, 443)
-        .write(&mut out, &[0u8; 100])
-        .unwrap();
-    out
-}
-
 #[test]
 fn classifying_misses_and_hits_allocates_nothing() {
     let dns_v4: IpAddr = Ipv4Addr::new(10, 30, 30, 30).into();
@@ -65,10 +44,17 @@ fn classifying_misses_and_hits_allocates_nothing() {
     let client_v4: IpAddr = Ipv4Addr::new(10, 99, 0, 2).into();
     let client_v6: IpAddr = "fd99::2".parse::<Ipv6Addr>().unwrap().into();
     let misses = [
-        udp_packet(client_v4, Ipv4Addr::new(10, 99, 0, 1).into()),
-        udp_packet(client_v6, "fd99::1".parse::<Ipv6Addr>().unwrap().into()),
+        udp_packet(client_v4, Ipv4Addr::new(10, 99, 0, 1).into(), PAYLOAD),
+        udp_packet(
+            client_v6,
+            "fd99::1".parse::<Ipv6Addr>().unwrap().into(),
+            PAYLOAD,
+        ),
     ];
-    let hits = [udp_packet(client_v4, dns_v4), udp_packet(client_v6, dns_v6)];
+    let hits = [
+        udp_packet(client_v4, dns_v4, PAYLOAD),
+        udp_packet(client_v6, dns_v6, PAYLOAD),
+    ];
     // The reader's first load settles its cache.
     assert!(reader.load().classify(&hits[0]).is_some());
 
