@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 export TUNDNS_E2E=1
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
