@@ -23,13 +23,12 @@ use crate::names::is_at_or_below;
 use crate::query::Query;
 use crate::response::{opt_ttl, write_empty_opt};
 use crate::synth::{self, Reply};
-use crate::wire::{FLAGS_RD, FLAGS_TC, FLAGS2_AD, FLAGS2_CD, HEADER_LEN, OPT_RECORD_LEN};
+use crate::wire::{
+    FLAGS_RD, FLAGS_TC, FLAGS2_AD, FLAGS2_CD, HEADER_LEN, MAX_MESSAGE_LEN, OPT_RECORD_LEN,
+};
 
 /// The most CNAMEs of the upstream's followed after the local chain's end.
 const MAX_UPSTREAM_LINKS: usize = 8;
-
-/// The largest DNS message (the TCP length prefix is 16 bits).
-const MAX_MESSAGE_LEN: usize = u16::MAX as usize;
 
 /// A local CNAME chain whose last target lies outside local data.
 #[derive(Debug)]

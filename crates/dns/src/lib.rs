@@ -52,4 +52,4 @@ pub use response::{
 };
 pub use rewrite::{adapt_response, clamp_edns_udp_size};
 pub use routes::Routes;
-pub use wire::{HEADER_LEN, OPT_RECORD_LEN};
+pub use wire::{HEADER_LEN, MAX_MESSAGE_LEN, OPT_RECORD_LEN};

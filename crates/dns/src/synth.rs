@@ -10,7 +10,7 @@
 
 use crate::query::Query;
 use crate::response::{ADVERTISED_UDP_PAYLOAD, opt_ttl, write_empty_opt};
-use crate::wire::{self, FLAGS_AA, HEADER_LEN, OPT_RECORD_LEN};
+use crate::wire::{self, FLAGS_AA, HEADER_LEN, MAX_MESSAGE_LEN, OPT_RECORD_LEN};
 
 pub(crate) const CLASS_IN: u16 = 1;
 pub(crate) const CLASS_ANY: u16 = 255;
@@ -28,9 +28,6 @@ pub(crate) const RCODE_NXDOMAIN: u8 = 3;
 /// A compression pointer to the question name, which every answer written here
 /// carries uncompressed at offset 12.
 pub(crate) const QUESTION_NAME: [u8; 2] = [0xc0, HEADER_LEN as u8];
-
-/// Largest DNS message (the TCP length prefix is 16 bits).
-const MAX_MESSAGE_LEN: usize = u16::MAX as usize;
 
 /// SOA timers of the synthesised zones: serial, refresh, retry, expire.
 const SOA_TIMERS: [u32; 4] = [1, 3600, 600, 86400];

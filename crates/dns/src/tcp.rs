@@ -3,8 +3,7 @@
 
 use core::fmt;
 
-/// Largest DNS message a 2-byte length prefix can announce.
-pub const MAX_MESSAGE_LEN: usize = u16::MAX as usize;
+pub use crate::wire::MAX_MESSAGE_LEN;
 
 /// A framing violation. The stream cannot be resynchronised: close the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 
 /// Length of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
+/// The largest DNS message: the TCP length prefix is 16 bits, and no transport carries more.
+pub const MAX_MESSAGE_LEN: usize = u16::MAX as usize;
 /// Longest uncompressed name on the wire, root label included (RFC 1035 §2.3.4).
 pub const MAX_NAME_LEN: usize = 255;
 /// Fixed part of a resource record after its owner name: type, class, TTL, RDLENGTH.
