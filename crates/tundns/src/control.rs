@@ -26,10 +26,11 @@ use crate::control_protocol::{
     ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request, socket_path,
 };
 use crate::dns_config;
-use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
+use crate::dns_proxy::{DnsProxy, Verdict};
 use crate::dns_runtime::{LocalSource, RouteTable};
 use crate::metrics;
 use crate::wireguard_stats;
+use tundns_dns::MAX_MESSAGE_LEN;
 
 /// Clients served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 16;
@@ -563,7 +564,7 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
     let proxy = &dns.proxy;
     let (message, rtype) = build_query(name, qtype)?;
     let parsed = tundns_dns::parse_query(&message).map_err(|_| format!("bad query for {name}"))?;
-    let mut out = vec![0; MAX_MESSAGE];
+    let mut out = vec![0; MAX_MESSAGE_LEN];
     // What `accept` will find, looked at first without counting: blocklist and local data
     // are pure; a memory answer that is neither is the cache's.
     let from_list = if proxy.blocklist().is_blocked(parsed.question()) {

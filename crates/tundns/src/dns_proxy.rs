@@ -1,47 +1,37 @@
-//! The DNS proxy as a virtual service: the resolver pipeline, its UDP front end on the TUN
-//! reader, and the forwarding tasks. (The TCP front end is in `tcp_dns`.)
+//! The DNS proxy's driver: it runs the sans-IO [`tundns_resolver`] on the TUN reader and
+//! in tasks.
 //!
-//! Everything that can be answered from memory is answered inline, on the TUN reader, into a
-//! reused buffer: malformed queries, overload, the blocklist, local data and cache hits. Only
-//! a cache miss leaves the reader, for a task bounded by a semaphore (a flood turns into
-//! REFUSED answers, never into unbounded memory). Identical queries in flight share one
-//! upstream query. A local CNAME chain that leads out of local data is answered with the
-//! chain followed by its last target's answer: inline when the blocklist or the cache knows
-//! the target, else from a task that asks the upstreams for the target.
+//! Everything memory can answer is answered inline, on the TUN reader, into a reused
+//! buffer ([`Resolver::answer_inline`]): malformed queries, the blocklist, local data and
+//! cache hits. A miss goes to [`Forwarding`], behind a mutex the TUN reader takes only
+//! then; each upstream request it yields runs in a task through its group's
+//! [`UpstreamPool`], and the answers come back to their clients from that task: written
+//! into the TUN for UDP, or handed to whoever awaits a [`Forward`] (DNS over TCP, the
+//! control socket). Every answer is counted, and logged when the query log is on.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 #[cfg(test)]
 use std::time::Duration;
 use std::time::Instant;
 
-use arc_swap::{ArcSwap, Guard};
-use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use arc_swap::Guard;
+use tokio::sync::oneshot;
 use tundns_dns::cache::Cache;
-use tundns_dns::{
-    BlockList, CnameChain, LocalAnswer, LocalData, Query, QueryError, Question, Rcode, Routes,
-};
+use tundns_dns::{BlockList, LocalData, MAX_MESSAGE_LEN, Question, Routes};
 use tundns_filter::{Datagram, TunWriter, UdpService};
-use tundns_upstream::{Protocol, ResolveError, UpstreamPool};
+use tundns_resolver::{
+    Admission, AnswerPath, Finished, Forwarding, Inline, Resolver, UpstreamRequest,
+};
+use tundns_upstream::{Protocol, UpstreamPool};
 
-use crate::metrics::{AnswerPath, QueryCounters};
+use crate::metrics::QueryCounters;
 use crate::query_log::{Arrival, QueryLog};
 
-/// The largest DNS message (the TCP length prefix is 16 bits).
-pub const MAX_MESSAGE: usize = 65535;
-
-/// The EDNS UDP size passed to upstreams when the client asks for more: large enough for
-/// most answers, small enough to avoid IP fragmentation (DNS Flag Day 2020).
-const UPSTREAM_EDNS_SIZE: u16 = 1232;
-
-/// Room for a cache hit found after an inline miss; a larger entry is simply asked again.
-const LATE_HIT_BUFFER: usize = 4096;
+/// The upstream groups and which names each answers.
+pub type Upstreams = tundns_resolver::Upstreams<UpstreamPool>;
 
 /// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
 #[derive(Debug, Default)]
@@ -53,10 +43,6 @@ pub struct DnsStats {
     pub collapsed: AtomicU64,
     /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
     pub tcp_connections: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What the resolver is made of; built from the config by `dns_config`.
@@ -71,91 +57,32 @@ pub struct ResolverParts {
     pub routes: Routes<usize>,
     /// The upstream groups, indexed by `routes`.
     pub groups: Vec<UpstreamPool>,
-    /// Upstream queries in flight at once, at most.
+    /// Queries waiting for upstreams at once, at most.
     pub max_in_flight: usize,
 }
 
-/// Identical questions share one upstream query: same name (any case), type, class, and
-/// the DO and CD bits, which change the answer.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct CollapseKey {
-    question: Question,
-    dnssec_ok: bool,
-    checking_disabled: bool,
-    /// A UDP-started query may come back truncated; a TCP client must not share it.
-    over_tcp: bool,
+/// Where a waiting client's answer goes.
+enum ReplyTo {
+    /// Into the TUN, from the virtual IP the query went to.
+    Udp {
+        tun: TunWriter,
+        server: SocketAddr,
+        client: SocketAddr,
+    },
+    /// To whoever awaits the [`Forward`].
+    Waiter(oneshot::Sender<Resolved>),
 }
 
-impl CollapseKey {
-    fn of(query: &Query<'_>, protocol: Protocol) -> Self {
-        Self {
-            question: query.question().clone(),
-            dnssec_ok: query.edns().is_some_and(|edns| edns.dnssec_ok),
-            checking_disabled: query.checking_disabled(),
-            over_tcp: protocol == Protocol::Tcp,
-        }
-    }
+/// A client waiting for the upstreams.
+struct Client {
+    reply: ReplyTo,
+    arrival: Arrival,
 }
 
-/// What the upstreams said to one query.
-#[derive(Clone)]
-enum UpstreamAnswer {
-    /// An answer to pass on, and the upstream that gave it.
-    Answer(Bytes, Arc<str>),
-    /// The blocked answer, in place of one whose CNAME led to a blocked name, and the
-    /// upstream that gave that one.
-    Cloaked(Bytes, Arc<str>),
-    /// Every upstream failed; the last one's own SERVFAIL or REFUSED, if any, is kept to
-    /// pass on when nothing stale can be served instead.
-    Failed(Option<Bytes>),
-}
-
-/// An upstream answer several clients wait for.
-type SharedAnswer = Shared<BoxFuture<'static, UpstreamAnswer>>;
-
-/// Removes a finished query from the in-flight table however its task ends, so a panic
-/// or a cancellation never leaves later identical queries waiting on a dead entry.
-struct InFlightEntry<'a> {
-    table: &'a Mutex<HashMap<CollapseKey, SharedAnswer>>,
-    key: CollapseKey,
-}
-
-impl Drop for InFlightEntry<'_> {
-    fn drop(&mut self) {
-        self.table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
-    }
-}
-
-/// The upstream groups and which names each answers.
-pub struct Upstreams {
-    pub routes: Routes<usize>,
-    /// Indexed by `routes`; 0 is the `[DNSProxy] Upstream` group.
-    pub groups: Vec<UpstreamPool>,
-}
-
-impl Upstreams {
-    /// The group that answers `question`, with its index.
-    pub fn group_for(&self, question: &Question) -> (usize, &UpstreamPool) {
-        let index = *self.routes.lookup(question);
-        (index, &self.groups[index])
-    }
-}
-
-/// The resolver shared by the UDP and TCP front ends.
+/// The resolver shared by the UDP and TCP front ends and the control socket.
 pub struct DnsProxy {
-    /// Swapped whole when the control socket reloads the block lists.
-    blocklist: ArcSwap<BlockList>,
-    /// Swapped whole when the control socket changes records.
-    local: ArcSwap<LocalData>,
-    cache: Option<Cache>,
-    /// Swapped whole when the control socket changes routes.
-    upstreams: ArcSwap<Upstreams>,
-    in_flight: Mutex<HashMap<CollapseKey, SharedAnswer>>,
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
+    resolver: Resolver<UpstreamPool>,
+    forwarding: Mutex<Forwarding<Client, UpstreamPool>>,
     stats: DnsStats,
     query_log: OnceLock<QueryLog>,
 }
@@ -166,24 +93,27 @@ pub enum Verdict {
     Drop,
     /// The answer is in the caller's buffer, this many bytes long.
     Answered(usize),
-    /// Ask the upstreams, in a task.
+    /// Waiting for the upstreams: await the answer.
     Forward(Forward),
+}
+
+/// What a query came to before any answer: the inline answer, or a wait.
+enum Accepted<W> {
+    Drop,
+    Answered(usize),
+    Waiting(W),
 }
 
 impl DnsProxy {
     /// A resolver from its parts.
     pub fn new(parts: ResolverParts) -> Arc<Self> {
+        let upstreams = Upstreams {
+            routes: parts.routes,
+            groups: parts.groups,
+        };
         Arc::new(Self {
-            blocklist: ArcSwap::from_pointee(parts.blocklist),
-            local: ArcSwap::from_pointee(parts.local),
-            cache: parts.cache,
-            upstreams: ArcSwap::from_pointee(Upstreams {
-                routes: parts.routes,
-                groups: parts.groups,
-            }),
-            in_flight: Mutex::default(),
-            permits: Arc::new(Semaphore::new(parts.max_in_flight)),
-            max_in_flight: parts.max_in_flight,
+            resolver: Resolver::new(parts.blocklist, parts.local, parts.cache, upstreams),
+            forwarding: Mutex::new(Forwarding::new(parts.max_in_flight)),
             stats: DnsStats::default(),
             query_log: OnceLock::new(),
         })
@@ -196,26 +126,174 @@ impl DnsProxy {
 
     /// Queries being resolved upstream now, and the most allowed at once.
     pub fn upstream_in_flight(&self) -> (usize, usize) {
-        let available = self.permits.available_permits();
-        (
-            self.max_in_flight.saturating_sub(available),
-            self.max_in_flight,
-        )
+        self.forwarding().waiting()
+    }
+
+    /// The proxy's counters.
+    pub fn stats(&self) -> &DnsStats {
+        &self.stats
+    }
+
+    /// The answer cache, if on.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.resolver.cache()
+    }
+
+    /// The blocklist now in use.
+    pub fn blocklist(&self) -> Guard<Arc<BlockList>> {
+        self.resolver.blocklist()
+    }
+
+    /// Puts `blocklist` in use for every query from now on; a different list empties the
+    /// cache (see [`Resolver::set_blocklist`]).
+    pub fn set_blocklist(&self, blocklist: BlockList) {
+        self.resolver.set_blocklist(blocklist);
+    }
+
+    /// The local data now in use.
+    pub fn local(&self) -> Guard<Arc<LocalData>> {
+        self.resolver.local()
+    }
+
+    /// Puts `local` in use for every query from now on.
+    pub fn set_local(&self, local: LocalData) {
+        self.resolver.set_local(local);
+    }
+
+    /// The routes and upstream groups now in use.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.resolver.upstreams()
+    }
+
+    /// Puts `upstreams` in use for queries from now on; queries already asking keep theirs.
+    pub fn set_upstreams(&self, upstreams: Upstreams) {
+        self.resolver.set_upstreams(upstreams);
+    }
+
+    /// Answers `query` from memory into `out` if it can, or hands back a [`Forward`].
+    ///
+    /// `out` must hold [`MAX_MESSAGE_LEN`] bytes. UDP answers are cut to what the client
+    /// takes.
+    pub fn accept(self: &Arc<Self>, query: &[u8], protocol: Protocol, out: &mut [u8]) -> Verdict {
+        self.accept_from(None, query, protocol, out)
+    }
+
+    /// [`accept`](Self::accept) for a query from `client`, whom the query log names.
+    pub fn accept_from(
+        self: &Arc<Self>,
+        client: Option<SocketAddr>,
+        query: &[u8],
+        protocol: Protocol,
+        out: &mut [u8],
+    ) -> Verdict {
+        let waiter = || {
+            let (sender, receiver) = oneshot::channel();
+            (ReplyTo::Waiter(sender), Forward { receiver })
+        };
+        match self.accept_with(client, query, protocol, out, waiter) {
+            Accepted::Drop => Verdict::Drop,
+            Accepted::Answered(len) => Verdict::Answered(len),
+            Accepted::Waiting(forward) => Verdict::Forward(forward),
+        }
+    }
+
+    /// Answers from memory, or queues the query for the upstreams with the reply target
+    /// `reply` makes (only then, so an inline answer costs nothing more).
+    fn accept_with<W>(
+        self: &Arc<Self>,
+        client: Option<SocketAddr>,
+        query: &[u8],
+        protocol: Protocol,
+        out: &mut [u8],
+        reply: impl FnOnce() -> (ReplyTo, W),
+    ) -> Accepted<W> {
+        let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
+        let now = Instant::now();
+        let miss = match self.resolver.answer_inline(query, protocol, now, out) {
+            Inline::Dropped => {
+                self.observe(&arrival, None, AnswerPath::Dropped, &[], None);
+                return Accepted::Drop;
+            }
+            Inline::Answered(answered) => {
+                let question = answered.query.as_ref().map(|query| query.question());
+                let answer = &out[..answered.len];
+                self.observe(&arrival, question, answered.path, answer, None);
+                return Accepted::Answered(answered.len);
+            }
+            Inline::Miss(miss) => miss,
+        };
+        let question = miss.query().question().clone();
+        let (reply, waiter) = reply();
+        let client = Client { reply, arrival };
+        let mut forwarding = self.forwarding();
+        match forwarding.handle_miss(&self.resolver, client, miss, now, out) {
+            Admission::Answered { client, len, path } => {
+                drop(forwarding);
+                let answer = &out[..len];
+                self.observe(&client.arrival, Some(&question), path, answer, None);
+                Accepted::Answered(len)
+            }
+            Admission::Waiting { collapsed } => {
+                if collapsed {
+                    self.stats.collapsed.fetch_add(1, Ordering::Relaxed);
+                }
+                while let Some(request) = forwarding.poll_request() {
+                    tokio::spawn(self.clone().ask_upstream(request));
+                }
+                Accepted::Waiting(waiter)
+            }
+        }
+    }
+
+    /// Resolves one request through its upstream group, then answers everyone waiting.
+    async fn ask_upstream(self: Arc<Self>, request: UpstreamRequest<UpstreamPool>) {
+        let result = request
+            .group
+            .resolve_from(&request.query, request.protocol)
+            .await;
+        let mut finished = Vec::new();
+        {
+            let mut forwarding = self.forwarding();
+            let now = Instant::now();
+            forwarding.handle_upstream_answer(&self.resolver, request.id, result, now);
+            while let Some(answer) = forwarding.poll_answer() {
+                finished.push(answer);
+            }
+        }
+        for answer in finished {
+            self.deliver(answer);
+        }
+    }
+
+    /// Counts and logs an answer for a client that waited, and sends it.
+    fn deliver(&self, finished: Finished<Client>) {
+        let Finished {
+            client,
+            answer,
+            path,
+            question,
+            upstream,
+        } = finished;
+        let arrival = &client.arrival;
+        self.observe(arrival, Some(&question), path, &answer, upstream.clone());
+        match client.reply {
+            ReplyTo::Udp {
+                tun,
+                server,
+                client,
+            } => tun.send_udp(server, client, &answer),
+            ReplyTo::Waiter(sender) => {
+                let _ = sender.send(Resolved {
+                    answer,
+                    path,
+                    upstream,
+                });
+            }
+        }
     }
 
     /// Counts a finished query and, with the query log on, queues its line.
     fn observe(
-        &self,
-        arrival: &Arrival,
-        question: Option<&Question>,
-        path: AnswerPath,
-        answer: &[u8],
-    ) {
-        self.observe_from(arrival, question, path, answer, None);
-    }
-
-    /// [`observe`](Self::observe) for an answer `upstream` gave.
-    fn observe_from(
         &self,
         arrival: &Arrival,
         question: Option<&Question>,
@@ -231,273 +309,22 @@ impl DnsProxy {
         }
     }
 
-    /// The proxy's counters.
-    pub fn stats(&self) -> &DnsStats {
-        &self.stats
-    }
-
-    /// The answer cache, if on.
-    pub fn cache(&self) -> Option<&Cache> {
-        self.cache.as_ref()
-    }
-
-    /// The blocklist now in use.
-    pub fn blocklist(&self) -> Guard<Arc<BlockList>> {
-        self.blocklist.load()
-    }
-
-    /// Puts `blocklist` in use for every query from now on. A list that differs from the
-    /// one in use empties the cache: it may hold answers blocked for a CNAME into a domain
-    /// the new list lets through, or answers with a CNAME into a domain it now blocks. The
-    /// same list again (a SIGHUP to rotate the query log) keeps the cache.
-    pub fn set_blocklist(&self, blocklist: BlockList) {
-        let changed = **self.blocklist.load() != blocklist;
-        self.blocklist.store(Arc::new(blocklist));
-        if let Some(cache) = self.cache.as_ref().filter(|_| changed) {
-            cache.clear();
-        }
-    }
-
-    /// The local data now in use.
-    pub fn local(&self) -> Guard<Arc<LocalData>> {
-        self.local.load()
-    }
-
-    /// Puts `local` in use for every query from now on.
-    pub fn set_local(&self, local: LocalData) {
-        self.local.store(Arc::new(local));
-    }
-
-    /// The routes and upstream groups now in use.
-    pub fn upstreams(&self) -> Arc<Upstreams> {
-        self.upstreams.load_full()
-    }
-
-    /// Puts `upstreams` in use for queries from now on; queries already asking keep theirs.
-    pub fn set_upstreams(&self, upstreams: Upstreams) {
-        self.upstreams.store(Arc::new(upstreams));
-    }
-
-    /// Answers `query` from memory into `out` if it can, or hands back a [`Forward`].
-    ///
-    /// `out` must hold [`MAX_MESSAGE`] bytes. UDP answers are cut to what the client takes.
-    pub fn accept(self: &Arc<Self>, query: &[u8], protocol: Protocol, out: &mut [u8]) -> Verdict {
-        self.accept_from(None, query, protocol, out)
-    }
-
-    /// [`accept`](Self::accept) for a query from `client`, whom the query log names.
-    pub fn accept_from(
-        self: &Arc<Self>,
-        client: Option<SocketAddr>,
-        query: &[u8],
-        protocol: Protocol,
-        out: &mut [u8],
-    ) -> Verdict {
-        let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
-        let parsed = match tundns_dns::parse_query(query) {
-            Ok(parsed) => parsed,
-            Err(QueryError::Drop) => {
-                self.observe(&arrival, None, AnswerPath::Dropped, &[]);
-                return Verdict::Drop;
-            }
-            Err(QueryError::Answer(rcode)) => {
-                let len = tundns_dns::write_error_response(query, rcode, out);
-                self.observe(&arrival, None, AnswerPath::Formerr, &out[..len]);
-                return answered(len);
-            }
-        };
-        let chain = match self.answer_from_memory(&parsed, out) {
-            FromMemory::Answered(len, path) => {
-                let len = fit_for_client(&parsed, protocol, out, len);
-                self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
-                return answered(len);
-            }
-            FromMemory::Chain(chain_len, chain) => {
-                if let Some((answer, path)) = self.chain_from_memory(&parsed, &chain)
-                    && let Some(written) = out.get_mut(..answer.len())
-                {
-                    written.copy_from_slice(&answer);
-                    let len = fit_for_client(&parsed, protocol, out, answer.len());
-                    self.observe(&arrival, Some(parsed.question()), path, &out[..len]);
-                    return answered(len);
-                }
-                Some((chain_len, chain))
-            }
-            FromMemory::Unknown => None,
-        };
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            // Overloaded. A local chain still gets its local part, which `out` holds.
-            if let Some((chain_len, _)) = chain {
-                let len = fit_for_client(&parsed, protocol, out, chain_len);
-                let question = Some(parsed.question());
-                self.observe(&arrival, question, AnswerPath::Local, &out[..len]);
-                return answered(len);
-            }
-            let len = tundns_dns::write_error_response(query, Rcode::REFUSED, out);
-            let question = Some(parsed.question());
-            self.observe(&arrival, question, AnswerPath::Refused, &out[..len]);
-            return answered(len);
-        };
-        Verdict::Forward(Forward {
-            proxy: self.clone(),
-            query: query.to_vec(),
-            chain: chain.map(|(_, chain)| chain),
-            protocol,
-            arrival,
-            _permit: permit,
-        })
-    }
-
-    /// Blocklist, then local data, then the cache: the first that knows writes the answer.
-    fn answer_from_memory(&self, query: &Query<'_>, out: &mut [u8]) -> FromMemory {
-        if let Some(len) = self.blocklist.load().answer(query, out) {
-            return FromMemory::Answered(len, AnswerPath::Blocked);
-        }
-        match self.local.load().answer(query, out) {
-            Some(LocalAnswer::Complete(len)) => {
-                return FromMemory::Answered(len, AnswerPath::Local);
-            }
-            Some(LocalAnswer::Chain(len, chain)) => return FromMemory::Chain(len, chain),
-            None => {}
-        }
-        let cache = self.cache.as_ref();
-        match cache.and_then(|cache| cache.lookup(query, Instant::now(), out)) {
-            Some(len) => FromMemory::Answered(len, AnswerPath::Cache),
-            None => FromMemory::Unknown,
-        }
-    }
-
-    /// The upstream answer to `query`, sharing the upstream query with identical queries
-    /// already in flight.
-    async fn upstream_answer(
-        self: &Arc<Self>,
-        query: &Query<'_>,
-        protocol: Protocol,
-    ) -> UpstreamAnswer {
-        let key = CollapseKey::of(query, protocol);
-        let shared = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            match in_flight.get(&key) {
-                Some(shared) => {
-                    bump(&self.stats.collapsed);
-                    shared.clone()
-                }
-                None => {
-                    let ask =
-                        self.clone()
-                            .ask_upstream(key.clone(), query.bytes().to_vec(), protocol);
-                    let shared = ask.boxed().shared();
-                    in_flight.insert(key, shared.clone());
-                    shared
-                }
-            }
-        };
-        shared.await
-    }
-
-    /// One upstream query for everyone waiting on `key`; the answer goes into the cache.
-    async fn ask_upstream(
-        self: Arc<Self>,
-        key: CollapseKey,
-        mut query: Vec<u8>,
-        protocol: Protocol,
-    ) -> UpstreamAnswer {
-        // Later identical queries start afresh (or hit the cache) once this one is done.
-        let _entry = InFlightEntry {
-            table: &self.in_flight,
-            key,
-        };
-        tundns_dns::clamp_edns_udp_size(&mut query, UPSTREAM_EDNS_SIZE);
-        let Ok(parsed) = tundns_dns::parse_query(&query) else {
-            return UpstreamAnswer::Failed(None);
-        };
-        // Held to the end: a route removed meanwhile does not cancel this query.
-        let upstreams = self.upstreams.load_full();
-        let group = upstreams.group_for(parsed.question()).1;
-        let answered = group.resolve_from(&query, protocol).await;
-        let blocklist = self.blocklist.load();
-        let (answer, cacheable) = match answered {
-            Ok(answer) if blocklist.cloaks_blocked_name(&answer.response) => {
-                // Cached as the blocked answer, so that the next asking is answered inline.
-                let mut out = vec![0; tundns_dns::MAX_BLOCKED_LEN];
-                let len = blocklist.answer_cloaked(&parsed, &mut out);
-                out.truncate(len);
-                let blocked = Bytes::from(out);
-                (
-                    UpstreamAnswer::Cloaked(blocked.clone(), answer.upstream),
-                    Some(blocked),
-                )
-            }
-            Ok(answer) => (
-                UpstreamAnswer::Answer(answer.response.clone(), answer.upstream),
-                Some(answer.response),
-            ),
-            Err(ResolveError::AllFailed {
-                soft_answer: Some(soft),
-                ..
-            }) => {
-                // A SERVFAIL is cached briefly (the cache's rule), sparing a failing
-                // upstream the same question again and again.
-                (UpstreamAnswer::Failed(Some(soft.clone())), Some(soft))
-            }
-            Err(error) => {
-                tracing::debug!(%error, "every upstream failed");
-                (UpstreamAnswer::Failed(None), None)
-            }
-        };
-        if let (Some(cache), Some(response)) = (&self.cache, cacheable) {
-            cache.insert(&parsed, &response, Instant::now());
-        }
-        answer
+    fn forwarding(&self) -> MutexGuard<'_, Forwarding<Client, UpstreamPool>> {
+        // The table stays consistent even if a holder panicked.
+        self.forwarding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// What memory knows about a query.
-enum FromMemory {
-    /// The answer is written, `len` bytes.
-    Answered(usize, AnswerPath),
-    /// A local CNAME chain that leads out of local data, written alone (`len` bytes); the
-    /// rest is its target's answer.
-    Chain(usize, Arc<CnameChain>),
-    /// Nothing: ask upstream.
-    Unknown,
-}
-
-fn answered(len: usize) -> Verdict {
-    if len == 0 {
-        Verdict::Drop
-    } else {
-        Verdict::Answered(len)
-    }
-}
-
-/// Cuts a UDP answer in `out[..len]` to the client's limit, at a whole RRset, with TC set.
-fn fit_for_client(query: &Query<'_>, protocol: Protocol, out: &mut [u8], len: usize) -> usize {
-    let limit = match protocol {
-        Protocol::Udp => tundns_dns::max_udp_response(query),
-        Protocol::Tcp => return len,
-    };
-    if len <= limit {
-        return len;
-    }
-    let full = out[..len].to_vec();
-    tundns_dns::write_truncated(&full, &mut out[..limit])
-}
-
-/// One query on its way upstream; holds its in-flight permit until it is answered.
+/// One query waiting for the upstreams.
 pub struct Forward {
-    proxy: Arc<DnsProxy>,
-    query: Vec<u8>,
-    /// When set, upstream is asked for the chain's last target, not for `query`.
-    chain: Option<Arc<CnameChain>>,
-    protocol: Protocol,
-    arrival: Arrival,
-    _permit: OwnedSemaphorePermit,
+    receiver: oneshot::Receiver<Resolved>,
 }
 
 impl Forward {
-    /// Resolves through the upstreams; the answer is always something to send: the
-    /// upstream's answer, a stale one when every upstream failed, or SERVFAIL.
+    /// The answer, always something to send: the upstream's answer, a stale one when
+    /// every upstream failed, or SERVFAIL.
     pub async fn resolve(self) -> Vec<u8> {
         self.resolve_from().await.answer
     }
@@ -505,32 +332,11 @@ impl Forward {
     /// [`resolve`](Self::resolve), with how the answer was found and the upstream that
     /// gave it, when one did.
     pub async fn resolve_from(self) -> Resolved {
-        let proxy = &self.proxy;
-        let Ok(query) = tundns_dns::parse_query(&self.query) else {
-            return Resolved {
-                answer: error_answer(&self.query, Rcode::SERVFAIL),
-                path: AnswerPath::Servfail,
-                upstream: None,
-            };
-        };
-        let Found {
-            mut out,
-            len,
-            path,
-            upstream,
-        } = match &self.chain {
-            None => proxy.answer_from_upstream(&query, self.protocol).await,
-            Some(chain) => proxy.finish_chain(chain, &query, self.protocol).await,
-        };
-        let len = fit_for_client(&query, self.protocol, &mut out, len);
-        out.truncate(len);
-        let question = Some(query.question());
-        proxy.observe_from(&self.arrival, question, path, &out, upstream.clone());
-        Resolved {
-            answer: out,
-            path,
-            upstream,
-        }
+        self.receiver.await.unwrap_or_else(|_| Resolved {
+            answer: Vec::new(),
+            path: AnswerPath::Dropped,
+            upstream: None,
+        })
     }
 }
 
@@ -545,164 +351,11 @@ pub struct Resolved {
     pub upstream: Option<Arc<str>>,
 }
 
-/// What the forwarding task found for a query: `len` bytes of `out`, how they were found,
-/// and the upstream that gave them, when one did.
-struct Found {
-    out: Vec<u8>,
-    len: usize,
-    path: AnswerPath,
-    upstream: Option<Arc<str>>,
-}
-
-impl Found {
-    fn new((out, len): (Vec<u8>, usize), path: AnswerPath) -> Self {
-        Found {
-            out,
-            len,
-            path,
-            upstream: None,
-        }
-    }
-}
-
-/// `response` as the answer to `query` (its ID and spelling), or `None` if malformed.
-fn adapted(response: &[u8], query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
-    // Only the ID, the question's case and the OPT record change; an OPT record is
-    // added for a client that sent EDNS when the upstream's answer had none.
-    let mut out = vec![0; response.len() + tundns_dns::OPT_RECORD_LEN];
-    let len = tundns_dns::adapt_response(response, query, &mut out);
-    (len > 0).then_some((out, len))
-}
-
-impl DnsProxy {
-    /// The answer to `query` once memory had none: a cache hit after all, the upstream's
-    /// answer, or what [`fallback`](Self::fallback) gives when no upstream answered.
-    async fn answer_from_upstream(
-        self: &Arc<Self>,
-        query: &Query<'_>,
-        protocol: Protocol,
-    ) -> Found {
-        if let Some(hit) = self.late_cache_hit(query) {
-            return Found::new(hit, AnswerPath::Cache);
-        }
-        let (response, upstream, path) = match self.upstream_answer(query, protocol).await {
-            UpstreamAnswer::Answer(response, upstream) => {
-                (response, upstream, AnswerPath::Forwarded)
-            }
-            UpstreamAnswer::Cloaked(blocked, upstream) => (blocked, upstream, AnswerPath::Blocked),
-            UpstreamAnswer::Failed(soft) => return self.fallback(query, soft.as_deref()),
-        };
-        match adapted(&response, query) {
-            Some(answer) => Found {
-                upstream: Some(upstream),
-                ..Found::new(answer, path)
-            },
-            None => self.fallback(query, None),
-        }
-    }
-
-    /// The answer to `query`, whose local CNAME `chain` leads out of local data, when
-    /// memory knows the chain's target: the chain, then the target's blocked or cached
-    /// answer. The path is the target's.
-    fn chain_from_memory(
-        &self,
-        query: &Query<'_>,
-        chain: &CnameChain,
-    ) -> Option<(Vec<u8>, AnswerPath)> {
-        let asked = chain.target_query(query);
-        let target = tundns_dns::parse_query(&asked).ok()?;
-        let mut memory = vec![0; LATE_HIT_BUFFER];
-        let FromMemory::Answered(len, path) = self.answer_from_memory(&target, &mut memory) else {
-            return None;
-        };
-        let answer = chain.complete(query, &memory[..len], MAX_MESSAGE, |name| {
-            self.decides(name)
-        })?;
-        Some((answer, path))
-    }
-
-    /// [`chain_from_memory`](Self::chain_from_memory) once memory had nothing: the
-    /// chain, then the target's answer from the upstreams (or a stale one). SERVFAIL
-    /// when there is none to build on. The path is the target's.
-    async fn finish_chain(
-        self: &Arc<Self>,
-        chain: &CnameChain,
-        query: &Query<'_>,
-        protocol: Protocol,
-    ) -> Found {
-        let servfail = || {
-            let out = error_answer(query.bytes(), Rcode::SERVFAIL);
-            let len = out.len();
-            Found::new((out, len), AnswerPath::Servfail)
-        };
-        // Local data may have changed since the query arrived; its names never go upstream.
-        if self.local.load().holds_name(chain.target()) {
-            return servfail();
-        }
-        let asked = chain.target_query(query);
-        let Ok(target) = tundns_dns::parse_query(&asked) else {
-            return servfail();
-        };
-        let found = self.answer_from_upstream(&target, protocol).await;
-        match chain.complete(query, &found.out[..found.len], MAX_MESSAGE, |name| {
-            self.decides(name)
-        }) {
-            Some(out) => Found {
-                len: out.len(),
-                out,
-                ..found
-            },
-            None => servfail(),
-        }
-    }
-
-    /// Whether local data or the blocklist answers for `name`: an upstream's CNAME that
-    /// leads there ends the chain it completes.
-    fn decides(&self, name: &[u8]) -> bool {
-        self.local.load().holds_name(name) || self.blocklist.load().blocks_name(name)
-    }
-
-    /// A cache hit for a query that missed inline: an identical query may have been
-    /// answered in between, and asking again would be a second upstream query.
-    fn late_cache_hit(&self, query: &Query<'_>) -> Option<(Vec<u8>, usize)> {
-        let cache = self.cache.as_ref()?;
-        let mut out = vec![0; LATE_HIT_BUFFER];
-        let len = cache.lookup_again(query, Instant::now(), &mut out)?;
-        Some((out, len))
-    }
-
-    /// The answer when no upstream answered: a stale one if the cache still has it (RFC
-    /// 8767), else the last upstream's own SERVFAIL or REFUSED, else our SERVFAIL.
-    fn fallback(&self, query: &Query<'_>, soft: Option<&[u8]>) -> Found {
-        let mut out = vec![0; MAX_MESSAGE];
-        let stale = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.lookup_stale(query, Instant::now(), &mut out));
-        if let Some(len) = stale {
-            return Found::new((out, len), AnswerPath::Stale);
-        }
-        if let Some(answer) = soft.and_then(|soft| adapted(soft, query)) {
-            return Found::new(answer, AnswerPath::Servfail);
-        }
-        let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, &mut out);
-        Found::new((out, len), AnswerPath::Servfail)
-    }
-}
-
-/// An error answer to `query` as an owned message.
-pub fn error_answer(query: &[u8], rcode: Rcode) -> Vec<u8> {
-    let mut out = vec![0; tundns_dns::MAX_SYNTHESIZED_LEN];
-    let len = tundns_dns::write_error_response(query, rcode, &mut out);
-    out.truncate(len);
-    out
-}
-
 thread_local! {
     /// The inline answer buffer of each TUN reader thread: room for the IP and UDP headers
     /// and the largest message, allocated once.
     static UDP_REPLY: RefCell<Vec<u8>> =
-        RefCell::new(vec![0; tundns_packet::IPV6_UDP_HEADERS + MAX_MESSAGE]);
+        RefCell::new(vec![0; tundns_packet::IPV6_UDP_HEADERS + MAX_MESSAGE_LEN]);
 }
 
 /// DNS over UDP on the virtual IPs.
@@ -720,32 +373,30 @@ impl UdpDns {
 impl UdpService for UdpDns {
     fn on_datagram(&self, datagram: Datagram<'_>, tun: &TunWriter) {
         let (client, server) = (datagram.source, datagram.destination);
-        let forward = UDP_REPLY.with_borrow_mut(|buf| {
+        UDP_REPLY.with_borrow_mut(|buf| {
             // The answer is written where the UDP payload goes, then headers in front of it.
             let headers = tundns_packet::udp_headers_len(&client);
-            match self.proxy.accept_from(
-                Some(client),
-                datagram.payload,
-                Protocol::Udp,
-                &mut buf[headers..],
-            ) {
-                Verdict::Drop => None,
-                Verdict::Answered(len) => {
-                    if let Ok(total) = tundns_packet::write_udp_headers(buf, server, client, len) {
-                        tun.send(&buf[..total]);
-                    }
-                    None
-                }
-                Verdict::Forward(forward) => Some(forward),
+            let reply = || {
+                let tun = tun.clone();
+                (
+                    ReplyTo::Udp {
+                        tun,
+                        server,
+                        client,
+                    },
+                    (),
+                )
+            };
+            let out = &mut buf[headers..];
+            let accepted =
+                self.proxy
+                    .accept_with(Some(client), datagram.payload, Protocol::Udp, out, reply);
+            if let Accepted::Answered(len) = accepted
+                && let Ok(total) = tundns_packet::write_udp_headers(buf, server, client, len)
+            {
+                tun.send(&buf[..total]);
             }
         });
-        if let Some(forward) = forward {
-            let tun = tun.clone();
-            tokio::spawn(async move {
-                let answer = forward.resolve().await;
-                tun.send_udp(server, client, &answer);
-            });
-        }
     }
 }
 
@@ -823,7 +474,7 @@ mod tests {
     async fn beyond_the_in_flight_bound_the_answer_is_refused_at_once() {
         let (upstream, _) = fake_upstream(1).await;
         let proxy = proxy(upstream, 1, false);
-        let mut out = vec![0; MAX_MESSAGE];
+        let mut out = vec![0; MAX_MESSAGE_LEN];
         let first = proxy.accept(&query(1, "a.lab.test"), Protocol::Udp, &mut out);
         assert!(matches!(first, Verdict::Forward(_)));
         match proxy.accept(&query(2, "b.lab.test"), Protocol::Udp, &mut out) {
@@ -833,12 +484,13 @@ mod tests {
             }
             _ => panic!("the second query must be refused while the first holds the only permit"),
         }
-        drop(first);
+        // The slot is held until the upstream answers, not merely while someone waits.
+        let Verdict::Forward(first) = first else {
+            unreachable!("matched above")
+        };
+        first.resolve().await;
         let third = proxy.accept(&query(3, "c.lab.test"), Protocol::Udp, &mut out);
-        assert!(
-            matches!(third, Verdict::Forward(_)),
-            "the permit comes back"
-        );
+        assert!(matches!(third, Verdict::Forward(_)), "the slot comes back");
         assert_eq!(proxy.stats().queries.by_path(AnswerPath::Refused), 1);
     }
 
@@ -848,7 +500,7 @@ mod tests {
         let proxy = proxy(upstream, 8, false);
         let mut bad = query(7, "a.lab.test");
         bad[12] = 70; // a label longer than 63
-        let mut out = vec![0; MAX_MESSAGE];
+        let mut out = vec![0; MAX_MESSAGE_LEN];
         let Verdict::Answered(len) = proxy.accept(&bad, Protocol::Udp, &mut out) else {
             panic!("FORMERR expected");
         };
@@ -865,7 +517,7 @@ mod tests {
         // 40 records of 16 bytes: about 670 bytes, more than a client without EDNS takes.
         let (upstream, _) = fake_upstream(40).await;
         let proxy = proxy(upstream, 8, false);
-        let mut out = vec![0; MAX_MESSAGE];
+        let mut out = vec![0; MAX_MESSAGE_LEN];
         let Verdict::Forward(forward) =
             proxy.accept(&query(9, "big.lab.test"), Protocol::Udp, &mut out)
         else {
@@ -885,7 +537,7 @@ mod tests {
     async fn a_cached_answer_is_served_inline_with_the_new_clients_id() {
         let (upstream, seen) = fake_upstream(1).await;
         let proxy = proxy(upstream, 8, true);
-        let mut out = vec![0; MAX_MESSAGE];
+        let mut out = vec![0; MAX_MESSAGE_LEN];
         let Verdict::Forward(forward) =
             proxy.accept(&query(11, "www.lab.test"), Protocol::Udp, &mut out)
         else {
@@ -909,7 +561,7 @@ mod tests {
         let (upstream, seen) = fake_upstream(1).await;
         let proxy = proxy(upstream, 8, true);
         let ask = |id| {
-            let mut out = vec![0; MAX_MESSAGE];
+            let mut out = vec![0; MAX_MESSAGE_LEN];
             match proxy.accept(&query(id, "www.lab.test"), Protocol::Udp, &mut out) {
                 Verdict::Forward(forward) => Some(forward),
                 _ => None,
@@ -944,7 +596,7 @@ mod tests {
     async fn identical_queries_in_flight_share_one_upstream_query() {
         let (upstream, seen) = fake_upstream(1).await;
         let proxy = proxy(upstream, 64, false);
-        let mut out = vec![0; MAX_MESSAGE];
+        let mut out = vec![0; MAX_MESSAGE_LEN];
         let forwards: Vec<Forward> = (0..20)
             .map(|id| {
                 match proxy.accept(&query(100 + id, "same.lab.test"), Protocol::Udp, &mut out) {

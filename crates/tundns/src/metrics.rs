@@ -32,58 +32,7 @@ use crate::dns_proxy::DnsProxy;
 use crate::query_log::QueryLogStats;
 use crate::wireguard_stats::{self, PeerStats};
 
-/// How a query was answered, as counted and logged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AnswerPath {
-    /// From the blocklist.
-    Blocked,
-    /// From local records or local zones.
-    Local,
-    /// From the cache.
-    Cache,
-    /// By an upstream.
-    Forwarded,
-    /// With an expired cache entry, every upstream having failed (RFC 8767).
-    Stale,
-    /// SERVFAIL (or an upstream's own failure answer): every upstream failed.
-    Servfail,
-    /// REFUSED because too many queries were in flight.
-    Refused,
-    /// FORMERR, NOTIMP or BADVERS for a malformed query.
-    Formerr,
-    /// Not a query at all: no answer.
-    Dropped,
-}
-
-impl AnswerPath {
-    /// Every path, in label order.
-    pub const ALL: [AnswerPath; 9] = [
-        AnswerPath::Blocked,
-        AnswerPath::Local,
-        AnswerPath::Cache,
-        AnswerPath::Forwarded,
-        AnswerPath::Stale,
-        AnswerPath::Servfail,
-        AnswerPath::Refused,
-        AnswerPath::Formerr,
-        AnswerPath::Dropped,
-    ];
-
-    /// The label value, also used in the query log.
-    pub fn label(self) -> &'static str {
-        match self {
-            AnswerPath::Blocked => "blocked",
-            AnswerPath::Local => "local",
-            AnswerPath::Cache => "cache",
-            AnswerPath::Forwarded => "forwarded",
-            AnswerPath::Stale => "stale",
-            AnswerPath::Servfail => "servfail",
-            AnswerPath::Refused => "refused",
-            AnswerPath::Formerr => "formerr",
-            AnswerPath::Dropped => "dropped",
-        }
-    }
-}
+pub use tundns_resolver::AnswerPath;
 
 /// The query types counted on their own; every other type is counted as `other`.
 const COUNTED_TYPES: [(u16, &str); 12] = [

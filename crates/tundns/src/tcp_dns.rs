@@ -17,7 +17,8 @@ use tundns_filter::{Service, TunWriter};
 use tundns_netstack::{ConnectionId, Event, Limits, TcpStack};
 use tundns_upstream::Protocol;
 
-use crate::dns_proxy::{DnsProxy, MAX_MESSAGE, Verdict};
+use crate::dns_proxy::{DnsProxy, Verdict};
+use tundns_dns::MAX_MESSAGE_LEN;
 
 /// Largest query accepted over TCP. Real queries are a few hundred bytes; the bound keeps
 /// each connection's buffer small.
@@ -107,7 +108,7 @@ impl StackTask {
             answers_tx,
             answers_rx,
             events: Vec::new(),
-            answer: vec![0; MAX_MESSAGE],
+            answer: vec![0; MAX_MESSAGE_LEN],
         }
     }
 

@@ -13,9 +13,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tundns_dns::tcp::length_prefix;
-use tundns_dns::{Question, is_truncated, response_matches, set_message_id};
+use tundns_dns::{Question, response_matches, set_message_id};
 
-use crate::udp_sockets::UdpSockets;
 use crate::{Context, Counters, PoolConfig, PoolError, bump};
 
 /// Messages that fail the match before an attempt gives up on the upstream,
@@ -129,29 +128,6 @@ pub async fn tcp_connect(upstream: SocketAddr, config: &PoolConfig) -> io::Resul
     let stream = socket.connect(upstream).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
-}
-
-/// UDP, and when the answer is truncated, TCP to the same upstream. If the TCP
-/// retry fails, the truncated answer is still a valid answer: it is returned.
-pub async fn udp_then_tcp(
-    sockets: &UdpSockets,
-    upstream: SocketAddr,
-    query: &[u8],
-    question: &Question,
-    context: &Context,
-) -> Result<Vec<u8>, AttemptError> {
-    let response = sockets.exchange(query, question, context).await?;
-    if !is_truncated(&response) {
-        return Ok(response);
-    }
-    bump(&context.counters.tcp_retries);
-    match tcp(upstream, query, question, context).await {
-        Ok(full) => Ok(full),
-        Err(error) => {
-            tracing::debug!(%upstream, %question, %error, "TCP retry after TC failed");
-            Ok(response)
-        }
-    }
 }
 
 /// A fresh connection and a fresh random ID; the query in one write; answers

@@ -1,0 +1,474 @@
+//! The queries memory could not answer, on their way to the upstreams and back.
+//!
+//! A driver hands each inline miss to [`Forwarding::handle_miss`], executes the
+//! [`UpstreamRequest`]s it then yields, passes each request's result to
+//! [`Forwarding::handle_upstream_answer`], and sends the [`Finished`] answers it yields to
+//! their clients. `C` is the driver's token for a waiting client: where its answer goes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tundns_dns::{CnameChain, MAX_MESSAGE_LEN, Query, Question, Rcode};
+
+use crate::pool::{Answer, ResolveError};
+use crate::resolver::{Miss, Resolver, fit_for_client};
+use crate::{AnswerPath, Protocol};
+
+/// The EDNS UDP size passed to upstreams when the client asks for more: large enough for
+/// most answers, small enough to avoid IP fragmentation (DNS Flag Day 2020).
+const UPSTREAM_EDNS_SIZE: u16 = 1232;
+
+/// Room for a cache hit found after an inline miss; a larger entry is simply asked again.
+const LATE_HIT_BUFFER: usize = 4096;
+
+/// Names one upstream request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+/// A query for the driver to resolve through an upstream group.
+pub struct UpstreamRequest<G> {
+    pub id: RequestId,
+    /// The group the split-DNS routes chose, as they stood when the query came.
+    pub group: G,
+    /// The query, its EDNS UDP size clamped for the upstreams.
+    pub query: Vec<u8>,
+    pub protocol: Protocol,
+}
+
+/// What [`Forwarding::handle_miss`] did with a query.
+pub enum Admission<C> {
+    /// The answer is written in the caller's buffer, `len` bytes: REFUSED under
+    /// overload, or a cache hit that arrived since the inline look. The client is handed
+    /// back.
+    Answered {
+        client: C,
+        len: usize,
+        path: AnswerPath,
+    },
+    /// Waiting for an upstream request; `collapsed` when it joined an identical query
+    /// already in flight.
+    Waiting { collapsed: bool },
+}
+
+/// An answer for a client that waited.
+pub struct Finished<C> {
+    pub client: C,
+    pub answer: Vec<u8>,
+    pub path: AnswerPath,
+    /// The question it answers.
+    pub question: Question,
+    /// The upstream that gave it, when one did.
+    pub upstream: Option<Arc<str>>,
+}
+
+/// Identical questions share one upstream request: same name (any case), type, class,
+/// and the DO and CD bits, which change the answer.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CollapseKey {
+    question: Question,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+    /// A UDP-started query may come back truncated; a TCP client must not share it.
+    over_tcp: bool,
+}
+
+impl CollapseKey {
+    fn of(query: &Query<'_>, protocol: Protocol) -> Self {
+        Self {
+            question: query.question().clone(),
+            dnssec_ok: query.edns().is_some_and(|edns| edns.dnssec_ok),
+            checking_disabled: query.checking_disabled(),
+            over_tcp: protocol == Protocol::Tcp,
+        }
+    }
+}
+
+struct Waiter<C> {
+    client: C,
+    /// The client's query, as received.
+    query: Vec<u8>,
+    protocol: Protocol,
+    /// When set, upstream was asked for the chain's last target, not for `query`.
+    chain: Option<Arc<CnameChain>>,
+}
+
+struct InFlight<C> {
+    /// What was asked upstream, to cache the answer under.
+    asked: Vec<u8>,
+    waiters: Vec<Waiter<C>>,
+}
+
+/// What the upstreams said to one request.
+enum UpstreamAnswer {
+    /// An answer to pass on, and the upstream that gave it.
+    Answer(Bytes, Arc<str>),
+    /// The blocked answer, in place of one whose CNAME led to a blocked name, and the
+    /// upstream that gave that one.
+    Cloaked(Bytes, Arc<str>),
+    /// Every upstream failed; the last one's own SERVFAIL or REFUSED, if any, is kept to
+    /// pass on when nothing stale can be served instead.
+    Failed(Option<Bytes>),
+}
+
+/// The queries waiting for upstreams. See the module documentation.
+pub struct Forwarding<C, G> {
+    in_flight: HashMap<CollapseKey, InFlight<C>>,
+    requests: HashMap<RequestId, CollapseKey>,
+    outbox: VecDeque<UpstreamRequest<G>>,
+    finished: VecDeque<Finished<C>>,
+    /// Clients waiting, and the most allowed at once.
+    waiting: usize,
+    max_waiting: usize,
+    next_id: u64,
+}
+
+impl<C, G: Clone> Forwarding<C, G> {
+    /// At most `max_waiting` clients wait at once; the next is answered REFUSED.
+    pub fn new(max_waiting: usize) -> Self {
+        Forwarding {
+            in_flight: HashMap::new(),
+            requests: HashMap::new(),
+            outbox: VecDeque::new(),
+            finished: VecDeque::new(),
+            waiting: 0,
+            max_waiting,
+            next_id: 0,
+        }
+    }
+
+    /// Clients waiting for upstreams now, and the most allowed at once.
+    pub fn waiting(&self) -> (usize, usize) {
+        (self.waiting, self.max_waiting)
+    }
+
+    /// Takes a query [`Resolver::answer_inline`] missed, for `client`, at `now`. `out` is
+    /// the buffer the inline answer would have gone to, which may hold a local chain.
+    pub fn handle_miss(
+        &mut self,
+        resolver: &Resolver<G>,
+        client: C,
+        miss: Miss<'_>,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Admission<C> {
+        let Miss {
+            query,
+            protocol,
+            chain,
+        } = miss;
+        if self.waiting >= self.max_waiting {
+            // Overloaded. A local chain still gets its local part, which `out` holds.
+            if let Some((chain_len, _)) = chain {
+                let len = fit_for_client(&query, protocol, out, chain_len);
+                return Admission::Answered {
+                    client,
+                    len,
+                    path: AnswerPath::Local,
+                };
+            }
+            let len = tundns_dns::write_error_response(query.bytes(), Rcode::REFUSED, out);
+            return Admission::Answered {
+                client,
+                len,
+                path: AnswerPath::Refused,
+            };
+        }
+        let chain = chain.map(|(_, chain)| chain);
+        let asked = match &chain {
+            Some(chain) => chain.target_query(&query),
+            None => query.bytes().to_vec(),
+        };
+        let Ok(asked_query) = tundns_dns::parse_query(&asked) else {
+            let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, out);
+            return Admission::Answered {
+                client,
+                len,
+                path: AnswerPath::Servfail,
+            };
+        };
+        let key = CollapseKey::of(&asked_query, protocol);
+        let waiter = Waiter {
+            client,
+            query: query.bytes().to_vec(),
+            protocol,
+            chain,
+        };
+        if let Some(in_flight) = self.in_flight.get_mut(&key) {
+            in_flight.waiters.push(waiter);
+            self.waiting += 1;
+            return Admission::Waiting { collapsed: true };
+        }
+        // An identical query may have been answered since the inline look; asking again
+        // would be a second upstream query.
+        if let Some((len, path)) = late_hit(resolver, &waiter, &asked_query, now, out) {
+            return Admission::Answered {
+                client: waiter.client,
+                len,
+                path,
+            };
+        }
+        self.ask(resolver, key, asked, waiter);
+        Admission::Waiting { collapsed: false }
+    }
+
+    /// The next request to execute.
+    pub fn poll_request(&mut self) -> Option<UpstreamRequest<G>> {
+        self.outbox.pop_front()
+    }
+
+    /// The next answer to send.
+    pub fn poll_answer(&mut self) -> Option<Finished<C>> {
+        self.finished.pop_front()
+    }
+
+    /// The upstream group's result for request `id`, at `now`: every client waiting on it
+    /// gets its answer, and the cache learns it.
+    pub fn handle_upstream_answer(
+        &mut self,
+        resolver: &Resolver<G>,
+        id: RequestId,
+        result: Result<Answer, ResolveError>,
+        now: Instant,
+    ) {
+        let Some(key) = self.requests.remove(&id) else {
+            return;
+        };
+        let Some(in_flight) = self.in_flight.remove(&key) else {
+            return;
+        };
+        let shared = learn(resolver, &in_flight.asked, result, now);
+        for waiter in in_flight.waiters {
+            self.waiting -= 1;
+            let finished = finish(resolver, waiter, &shared, now);
+            self.finished.extend(finished);
+        }
+    }
+
+    fn ask(&mut self, resolver: &Resolver<G>, key: CollapseKey, asked: Vec<u8>, waiter: Waiter<C>) {
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        let mut query = asked.clone();
+        tundns_dns::clamp_edns_udp_size(&mut query, UPSTREAM_EDNS_SIZE);
+        let group = resolver.upstreams().group_for(&key.question).1.clone();
+        self.outbox.push_back(UpstreamRequest {
+            id,
+            group,
+            query,
+            protocol: waiter.protocol,
+        });
+        self.requests.insert(id, key.clone());
+        self.in_flight.insert(
+            key,
+            InFlight {
+                asked,
+                waiters: vec![waiter],
+            },
+        );
+        self.waiting += 1;
+    }
+}
+
+/// A cache hit for a query that missed inline, written into `out`: its length and path.
+fn late_hit<C, G>(
+    resolver: &Resolver<G>,
+    waiter: &Waiter<C>,
+    asked: &Query<'_>,
+    now: Instant,
+    out: &mut [u8],
+) -> Option<(usize, AnswerPath)> {
+    let cache = resolver.cache()?;
+    let mut hit = vec![0; LATE_HIT_BUFFER];
+    let len = cache.lookup_again(asked, now, &mut hit)?;
+    let query = tundns_dns::parse_query(&waiter.query).ok()?;
+    let answer = match &waiter.chain {
+        None => hit[..len].to_vec(),
+        Some(chain) => resolver.complete_chain(chain, &query, &hit[..len])?,
+    };
+    let written = out.get_mut(..answer.len())?;
+    written.copy_from_slice(&answer);
+    let len = fit_for_client(&query, waiter.protocol, out, answer.len());
+    Some((len, AnswerPath::Cache))
+}
+
+/// What the upstreams said, as every waiter shares it; the cache learns it first.
+fn learn<G>(
+    resolver: &Resolver<G>,
+    asked: &[u8],
+    result: Result<Answer, ResolveError>,
+    now: Instant,
+) -> UpstreamAnswer {
+    let Ok(parsed) = tundns_dns::parse_query(asked) else {
+        return UpstreamAnswer::Failed(None);
+    };
+    let blocklist = resolver.blocklist();
+    let (answer, cacheable) = match result {
+        Ok(answer) if blocklist.cloaks_blocked_name(&answer.response) => {
+            // Cached as the blocked answer, so that the next asking is answered inline.
+            let mut out = vec![0; tundns_dns::MAX_BLOCKED_LEN];
+            let len = blocklist.answer_cloaked(&parsed, &mut out);
+            out.truncate(len);
+            let blocked = Bytes::from(out);
+            (
+                UpstreamAnswer::Cloaked(blocked.clone(), answer.upstream),
+                Some(blocked),
+            )
+        }
+        Ok(answer) => (
+            UpstreamAnswer::Answer(answer.response.clone(), answer.upstream),
+            Some(answer.response),
+        ),
+        Err(ResolveError::AllFailed {
+            soft_answer: Some(soft),
+            ..
+        }) => {
+            // A SERVFAIL is cached briefly (the cache's rule), sparing a failing upstream
+            // the same question again and again.
+            (UpstreamAnswer::Failed(Some(soft.clone())), Some(soft))
+        }
+        Err(error) => {
+            tracing::debug!(%error, "every upstream failed");
+            (UpstreamAnswer::Failed(None), None)
+        }
+    };
+    if let (Some(cache), Some(response)) = (resolver.cache(), cacheable) {
+        cache.insert(&parsed, &response, now);
+    }
+    answer
+}
+
+/// One waiter's answer, from what the upstreams said.
+fn finish<C, G>(
+    resolver: &Resolver<G>,
+    waiter: Waiter<C>,
+    shared: &UpstreamAnswer,
+    now: Instant,
+) -> Option<Finished<C>> {
+    let query = tundns_dns::parse_query(&waiter.query).ok()?;
+    let found = match &waiter.chain {
+        None => for_query(resolver, &query, shared, now),
+        Some(chain) => finish_chain(resolver, chain, &query, shared, now),
+    };
+    let Found {
+        mut out,
+        path,
+        upstream,
+    } = found;
+    let len = out.len();
+    let len = fit_for_client(&query, waiter.protocol, &mut out, len);
+    out.truncate(len);
+    Some(Finished {
+        client: waiter.client,
+        answer: out,
+        path,
+        question: query.question().clone(),
+        upstream,
+    })
+}
+
+/// What a waiter's answer was found as.
+struct Found {
+    out: Vec<u8>,
+    path: AnswerPath,
+    upstream: Option<Arc<str>>,
+}
+
+/// `shared` as the answer to `query`, or the fallback when it is none.
+fn for_query<G>(
+    resolver: &Resolver<G>,
+    query: &Query<'_>,
+    shared: &UpstreamAnswer,
+    now: Instant,
+) -> Found {
+    let (response, upstream, path) = match shared {
+        UpstreamAnswer::Answer(response, upstream) => (response, upstream, AnswerPath::Forwarded),
+        UpstreamAnswer::Cloaked(blocked, upstream) => (blocked, upstream, AnswerPath::Blocked),
+        UpstreamAnswer::Failed(soft) => return fallback(resolver, query, soft.as_deref(), now),
+    };
+    match adapted(response, query) {
+        Some(out) => Found {
+            out,
+            path,
+            upstream: Some(upstream.clone()),
+        },
+        None => fallback(resolver, query, None, now),
+    }
+}
+
+/// The chain, then its target's answer from `shared` (or a stale one). SERVFAIL when
+/// there is none to build on. The path is the target's.
+fn finish_chain<G>(
+    resolver: &Resolver<G>,
+    chain: &CnameChain,
+    query: &Query<'_>,
+    shared: &UpstreamAnswer,
+    now: Instant,
+) -> Found {
+    let servfail = || Found {
+        out: error_answer(query.bytes(), Rcode::SERVFAIL),
+        path: AnswerPath::Servfail,
+        upstream: None,
+    };
+    // Local data may have changed since the query arrived; its names never go upstream.
+    if resolver.local().holds_name(chain.target()) {
+        return servfail();
+    }
+    let asked = chain.target_query(query);
+    let Ok(target) = tundns_dns::parse_query(&asked) else {
+        return servfail();
+    };
+    let found = for_query(resolver, &target, shared, now);
+    match resolver.complete_chain(chain, query, &found.out) {
+        Some(out) => Found { out, ..found },
+        None => servfail(),
+    }
+}
+
+/// The answer when no upstream answered: a stale one if the cache still has it (RFC
+/// 8767), else the last upstream's own SERVFAIL or REFUSED, else our SERVFAIL.
+fn fallback<G>(
+    resolver: &Resolver<G>,
+    query: &Query<'_>,
+    soft: Option<&[u8]>,
+    now: Instant,
+) -> Found {
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    let stale = resolver
+        .cache()
+        .and_then(|cache| cache.lookup_stale(query, now, &mut out));
+    let (out, path) = match (stale, soft.and_then(|soft| adapted(soft, query))) {
+        (Some(len), _) => {
+            out.truncate(len);
+            (out, AnswerPath::Stale)
+        }
+        (None, Some(soft)) => (soft, AnswerPath::Servfail),
+        (None, None) => (
+            error_answer(query.bytes(), Rcode::SERVFAIL),
+            AnswerPath::Servfail,
+        ),
+    };
+    Found {
+        out,
+        path,
+        upstream: None,
+    }
+}
+
+/// `response` as the answer to `query` (its ID and spelling), or `None` if malformed.
+fn adapted(response: &[u8], query: &Query<'_>) -> Option<Vec<u8>> {
+    // Only the ID, the question's case and the OPT record change; an OPT record is added
+    // for a client that sent EDNS when the upstream's answer had none.
+    let mut out = vec![0; response.len() + tundns_dns::OPT_RECORD_LEN];
+    let len = tundns_dns::adapt_response(response, query, &mut out);
+    out.truncate(len);
+    (len > 0).then_some(out)
+}
+
+/// An error answer to `query` as an owned message.
+pub fn error_answer(query: &[u8], rcode: Rcode) -> Vec<u8> {
+    let mut out = vec![0; tundns_dns::MAX_SYNTHESIZED_LEN];
+    let len = tundns_dns::write_error_response(query, rcode, &mut out);
+    out.truncate(len);
+    out
+}

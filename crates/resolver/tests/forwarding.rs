@@ -1,0 +1,351 @@
+//! The resolver's handling of inline misses, driven by hand: a fake clock and scripted
+//! group answers, no sockets, no sleeps.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Clock, answer, id_of, marker_of, query, rcode_of};
+use tundns_dns::cache::{Cache, CacheConfig};
+use tundns_dns::{BlockList, BlockMode, LocalDataBuilder, MAX_MESSAGE_LEN, Routes};
+use tundns_resolver::pool::{Answer, ResolveError};
+use tundns_resolver::{
+    Admission, AnswerPath, Finished, Forwarding, Inline, Protocol, Resolver, UpstreamRequest,
+    Upstreams,
+};
+
+/// Groups are named; the driver would hold sockets here.
+type Group = &'static str;
+
+fn resolver(cache: bool) -> Resolver<Group> {
+    let mut routes = Routes::new(0);
+    routes.add("corp.test", 1).unwrap();
+    Resolver::new(
+        BlockList::new(BlockMode::NxDomain, Duration::from_secs(60)),
+        LocalDataBuilder::new().build(),
+        cache.then(|| Cache::new(CacheConfig::default())),
+        Upstreams {
+            routes,
+            groups: vec!["public", "corp"],
+        },
+    )
+}
+
+/// Sends `query` through the resolver as a driver would; `client` names the asker.
+fn ask(
+    resolver: &Resolver<Group>,
+    forwarding: &mut Forwarding<u32, Group>,
+    client: u32,
+    query: &[u8],
+    now: std::time::Instant,
+) -> Result<Admission<u32>, (usize, AnswerPath)> {
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    match resolver.answer_inline(query, Protocol::Udp, now, &mut out) {
+        Inline::Miss(miss) => Ok(forwarding.handle_miss(resolver, client, miss, now, &mut out)),
+        Inline::Answered(answered) => Err((answered.len, answered.path)),
+        Inline::Dropped => panic!("dropped"),
+    }
+}
+
+fn requests(forwarding: &mut Forwarding<u32, Group>) -> Vec<UpstreamRequest<Group>> {
+    std::iter::from_fn(|| forwarding.poll_request()).collect()
+}
+
+fn finished(forwarding: &mut Forwarding<u32, Group>) -> Vec<Finished<u32>> {
+    std::iter::from_fn(|| forwarding.poll_answer()).collect()
+}
+
+fn upstream_answer(
+    request: &UpstreamRequest<Group>,
+    marker: u8,
+    ttl: u32,
+) -> Result<Answer, ResolveError> {
+    Ok(Answer {
+        response: Bytes::from(answer(&request.query, marker, ttl, 0, false)),
+        upstream: "udp://192.0.2.53:53".into(),
+    })
+}
+
+fn all_failed() -> Result<Answer, ResolveError> {
+    Err(ResolveError::AllFailed {
+        attempts: 2,
+        soft_answer: None,
+    })
+}
+
+#[test]
+fn identical_queries_in_flight_share_one_upstream_request() {
+    let clock = Clock::new();
+    let resolver = resolver(false);
+    let mut forwarding = Forwarding::new(64);
+    let now = clock.at_millis(0);
+    assert!(matches!(
+        ask(
+            &resolver,
+            &mut forwarding,
+            1,
+            &query(100, "same.lab.test"),
+            now
+        ),
+        Ok(Admission::Waiting { collapsed: false })
+    ));
+    assert!(matches!(
+        ask(
+            &resolver,
+            &mut forwarding,
+            2,
+            &query(101, "SAME.lab.test"),
+            now
+        ),
+        Ok(Admission::Waiting { collapsed: true })
+    ));
+    let asked = requests(&mut forwarding);
+    assert_eq!(asked.len(), 1, "one upstream request for both");
+    assert_eq!(asked[0].group, "public");
+    assert_eq!(forwarding.waiting(), (2, 64));
+
+    forwarding.handle_upstream_answer(
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 7, 300),
+        now,
+    );
+    let answers = finished(&mut forwarding);
+    let mut seen: Vec<(u32, u16)> = answers
+        .iter()
+        .map(|f| (f.client, id_of(&f.answer)))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(1, 100), (2, 101)], "each client gets its own ID");
+    assert_eq!(&answers[1].answer[13..17], b"SAME", "and its own spelling");
+    assert!(answers.iter().all(|f| f.path == AnswerPath::Forwarded));
+    assert_eq!(forwarding.waiting(), (0, 64));
+
+    // Once answered, the same question starts a new request.
+    ask(
+        &resolver,
+        &mut forwarding,
+        3,
+        &query(102, "same.lab.test"),
+        now,
+    )
+    .unwrap();
+    assert_eq!(requests(&mut forwarding).len(), 1);
+}
+
+#[test]
+fn split_dns_routes_pick_the_group() {
+    let clock = Clock::new();
+    let resolver = resolver(false);
+    let mut forwarding = Forwarding::new(64);
+    ask(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(1, "git.corp.test"),
+        clock.at_millis(0),
+    )
+    .unwrap();
+    assert_eq!(requests(&mut forwarding)[0].group, "corp");
+}
+
+#[test]
+fn beyond_the_bound_the_answer_is_refused_until_a_slot_comes_back() {
+    let clock = Clock::new();
+    let resolver = resolver(false);
+    let mut forwarding = Forwarding::new(1);
+    let now = clock.at_millis(0);
+    ask(&resolver, &mut forwarding, 1, &query(1, "a.lab.test"), now).unwrap();
+    match ask(&resolver, &mut forwarding, 2, &query(2, "b.lab.test"), now) {
+        Ok(Admission::Answered {
+            client: 2,
+            path: AnswerPath::Refused,
+            ..
+        }) => {}
+        _ => panic!("the second must be refused while the first waits"),
+    }
+    let asked = requests(&mut forwarding);
+    forwarding.handle_upstream_answer(
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 1, 60),
+        now,
+    );
+    assert!(matches!(
+        ask(&resolver, &mut forwarding, 3, &query(3, "c.lab.test"), now),
+        Ok(Admission::Waiting { .. })
+    ));
+}
+
+#[test]
+fn every_upstream_failing_without_a_stale_answer_gives_servfail() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut forwarding = Forwarding::new(64);
+    let now = clock.at_millis(0);
+    ask(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(9, "down.lab.test"),
+        now,
+    )
+    .unwrap();
+    let asked = requests(&mut forwarding);
+    forwarding.handle_upstream_answer(&resolver, asked[0].id, all_failed(), now);
+    let answers = finished(&mut forwarding);
+    assert_eq!(answers[0].path, AnswerPath::Servfail);
+    assert_eq!(rcode_of(&answers[0].answer), 2);
+    assert_eq!(id_of(&answers[0].answer), 9);
+    assert_eq!(answers[0].upstream, None);
+}
+
+#[test]
+fn a_stale_answer_is_served_only_when_every_upstream_fails() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut forwarding = Forwarding::new(64);
+    // Learned at 0 with a TTL of 1 s.
+    ask(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(1, "www.lab.test"),
+        clock.at_millis(0),
+    )
+    .unwrap();
+    let asked = requests(&mut forwarding);
+    forwarding.handle_upstream_answer(
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 1, 1),
+        clock.at_millis(0),
+    );
+    finished(&mut forwarding);
+    assert!(
+        ask(
+            &resolver,
+            &mut forwarding,
+            2,
+            &query(2, "www.lab.test"),
+            clock.at_millis(500)
+        )
+        .is_err(),
+        "fresh: a hit inline"
+    );
+
+    // Expired at 2 s: asked upstream again, which answers: the new answer, not the stale.
+    ask(
+        &resolver,
+        &mut forwarding,
+        3,
+        &query(3, "www.lab.test"),
+        clock.at_millis(2_000),
+    )
+    .unwrap();
+    let asked = requests(&mut forwarding);
+    forwarding.handle_upstream_answer(
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 2, 1),
+        clock.at_millis(2_000),
+    );
+    let fresh = finished(&mut forwarding);
+    assert_eq!(
+        (fresh[0].path, marker_of(&fresh[0].answer)),
+        (AnswerPath::Forwarded, 2)
+    );
+
+    // Expired again at 4 s and every upstream fails: the stale answer, not SERVFAIL.
+    ask(
+        &resolver,
+        &mut forwarding,
+        4,
+        &query(4, "www.lab.test"),
+        clock.at_millis(4_000),
+    )
+    .unwrap();
+    let asked = requests(&mut forwarding);
+    forwarding.handle_upstream_answer(&resolver, asked[0].id, all_failed(), clock.at_millis(4_000));
+    let stale = finished(&mut forwarding);
+    assert_eq!(stale[0].path, AnswerPath::Stale);
+    assert_eq!(
+        (rcode_of(&stale[0].answer), marker_of(&stale[0].answer)),
+        (0, 2)
+    );
+    assert_eq!(id_of(&stale[0].answer), 4);
+}
+
+#[test]
+fn the_upstreams_own_error_is_passed_on_when_nothing_stale_is_known() {
+    let clock = Clock::new();
+    let resolver = resolver(false);
+    let mut forwarding = Forwarding::new(64);
+    let now = clock.at_millis(0);
+    ask(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(5, "refused.lab.test"),
+        now,
+    )
+    .unwrap();
+    let asked = requests(&mut forwarding);
+    let refused = Err(ResolveError::AllFailed {
+        attempts: 1,
+        soft_answer: Some(Bytes::from(answer(
+            &query(5, "refused.lab.test"),
+            0,
+            0,
+            5,
+            false,
+        ))),
+    });
+    forwarding.handle_upstream_answer(&resolver, asked[0].id, refused, now);
+    let answers = finished(&mut forwarding);
+    assert_eq!(
+        (answers[0].path, rcode_of(&answers[0].answer)),
+        (AnswerPath::Servfail, 5)
+    );
+}
+
+#[test]
+fn a_cname_into_a_blocked_domain_is_answered_as_blocked_and_cached_so() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut list = BlockList::new(BlockMode::NxDomain, Duration::from_secs(60));
+    list.add_domain("tracker.test").unwrap();
+    resolver.set_blocklist(list);
+    let mut forwarding = Forwarding::new(64);
+    let now = clock.at_millis(0);
+    let asked_query = query(6, "metrics.lab.test");
+    ask(&resolver, &mut forwarding, 1, &asked_query, now).unwrap();
+    let asked = requests(&mut forwarding);
+    // metrics.lab.test CNAME tracker.test.
+    let mut cloaked = asked_query.clone();
+    cloaked[2] |= 0x80;
+    cloaked[3] = 0x80;
+    cloaked[6..8].copy_from_slice(&1u16.to_be_bytes());
+    cloaked.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 1, 44, 0, 14]);
+    cloaked.extend_from_slice(b"\x07tracker\x04test\x00");
+    let result = Ok(Answer {
+        response: Bytes::from(cloaked),
+        upstream: "udp://192.0.2.53:53".into(),
+    });
+    forwarding.handle_upstream_answer(&resolver, asked[0].id, result, now);
+    let answers = finished(&mut forwarding);
+    assert_eq!(answers[0].path, AnswerPath::Blocked);
+    assert_eq!(rcode_of(&answers[0].answer), 3, "NXDOMAIN");
+    let again = ask(
+        &resolver,
+        &mut forwarding,
+        2,
+        &query(7, "metrics.lab.test"),
+        now,
+    );
+    assert!(
+        matches!(again, Err((_, AnswerPath::Cache))),
+        "answered from memory next time"
+    );
+}

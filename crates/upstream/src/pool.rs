@@ -1,0 +1,363 @@
+//! [`UpstreamPool`]: one upstream group's sockets, and the driver of its
+//! [`Pool`](tundns_resolver::pool::Pool) state machine.
+//!
+//! The pool sits behind a mutex that is never held across an await. Each attempt it asks
+//! for runs in a task, bounded by the attempt timeout, and reports its outcome back with
+//! the time; each waiting query sleeps until the pool's next hedge deadline. An attempt
+//! whose query already ended runs on to its end, so its upstream's health still learns
+//! how it went.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tundns_dns::{Question, parse_query};
+use tundns_resolver::Protocol;
+use tundns_resolver::pool::{
+    Answer, AttemptFailure, ExchangeId, Pool, PoolPolicy, ResolveError, Transmit, UpstreamEntry,
+    UpstreamStats,
+};
+
+use crate::transport::{self, AttemptError};
+use crate::{
+    Context, Link, PoolConfig, PoolError, PoolStats, Transport, UpstreamHealth, UpstreamSpec, doh,
+    dot, missing_tls, tls, udp_sockets,
+};
+
+/// What an exchange's waiter is told.
+type Outcome = Result<Answer, ResolveError>;
+
+/// Upstream resolvers with health, hedging and failover; see
+/// [`Pool`](tundns_resolver::pool::Pool) for the policy.
+///
+/// `resolve` takes `&self`; cloning the pool is cheap and shares everything.
+#[derive(Clone)]
+pub struct UpstreamPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: Vec<Upstream>,
+    context: Context,
+    state: Mutex<State>,
+}
+
+struct State {
+    pool: Pool,
+    /// The queries waiting for their exchange's outcome.
+    waiting: HashMap<ExchangeId, oneshot::Sender<Outcome>>,
+}
+
+struct Upstream {
+    spec: UpstreamSpec,
+    link: Link,
+}
+
+impl UpstreamPool {
+    /// Builds the pool; TLS settings are loaded here (system roots and `ca_file`), so a
+    /// bad CA file fails at start-up, naming the file.
+    pub fn new(upstreams: Vec<UpstreamSpec>, config: PoolConfig) -> Result<Self, PoolError> {
+        let needs_tls = config.ca_file.is_some()
+            || upstreams.iter().any(|spec| {
+                matches!(
+                    spec.transport,
+                    Transport::Tls { .. } | Transport::Https { .. }
+                )
+            });
+        let tls = if needs_tls {
+            Some(tls::ClientConfigs::new(config.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        let mut built = Vec::with_capacity(upstreams.len());
+        for spec in upstreams {
+            if let Some(bind) = config.bind_address
+                && bind.is_ipv4() != spec.address.is_ipv4()
+            {
+                return Err(PoolError::BindFamily {
+                    bind,
+                    upstream: spec,
+                });
+            }
+            let link = match &spec.transport {
+                Transport::Udp => Link::Udp(udp_sockets::UdpSockets::new(spec.address)),
+                Transport::Tcp => Link::Tcp,
+                Transport::Tls { server_name } => {
+                    let tls = tls.as_ref().ok_or_else(missing_tls)?;
+                    Link::Tls(dot::DotClient::new(
+                        spec.address,
+                        server_name,
+                        tls.dot.clone(),
+                    )?)
+                }
+                Transport::Https { server_name, path } => {
+                    let tls = tls.as_ref().ok_or_else(missing_tls)?;
+                    Link::Https(doh::DohClient::new(
+                        spec.address,
+                        server_name,
+                        path,
+                        tls.doh.clone(),
+                    )?)
+                }
+            };
+            built.push(Upstream { spec, link });
+        }
+        let entries = built
+            .iter()
+            .map(|upstream| UpstreamEntry {
+                label: upstream.spec.to_string().into(),
+                datagram: matches!(upstream.link, Link::Udp(_)),
+            })
+            .collect();
+        let policy = PoolPolicy {
+            attempt_timeout: config.attempt_timeout,
+            hedge: config.hedge,
+        };
+        Ok(UpstreamPool {
+            inner: Arc::new(Inner {
+                upstreams: built,
+                state: Mutex::new(State {
+                    pool: Pool::new(entries, policy),
+                    waiting: HashMap::new(),
+                }),
+                context: Context {
+                    config,
+                    counters: Arc::default(),
+                },
+            }),
+        })
+    }
+
+    pub fn upstreams(&self) -> impl ExactSizeIterator<Item = &UpstreamSpec> {
+        self.inner.upstreams.iter().map(|upstream| &upstream.spec)
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.context.config
+    }
+
+    /// Forwards a client query (raw bytes, as received) and returns an upstream's answer
+    /// with the client's own ID restored.
+    ///
+    /// The first alive upstream is asked first. The next one is asked when an attempt
+    /// fails (timeout, refusal, error), answers SERVFAIL or REFUSED, or, with hedging, has
+    /// not answered within clamp(3 × its smoothed RTT, 20 ms, 500 ms). The first other
+    /// answer wins. Each attempt is bounded by `attempt_timeout`.
+    ///
+    /// The response is returned whatever its size: fitting it to the client
+    /// (`tundns_dns::write_truncated`) is the caller's job.
+    pub async fn resolve(
+        &self,
+        query: &[u8],
+        client_protocol: Protocol,
+    ) -> Result<bytes::Bytes, ResolveError> {
+        let answer = self.resolve_from(query, client_protocol).await?;
+        Ok(answer.response)
+    }
+
+    /// [`resolve`](Self::resolve), saying which upstream answered.
+    pub async fn resolve_from(
+        &self,
+        query: &[u8],
+        client_protocol: Protocol,
+    ) -> Result<Answer, ResolveError> {
+        let (exchange, mut outcome) = {
+            let mut state = self.inner.lock();
+            let exchange = state.pool.start(query, client_protocol, Instant::now())?;
+            let (sender, receiver) = oneshot::channel();
+            state.waiting.insert(exchange, sender);
+            self.inner.pump(&mut state);
+            (exchange, receiver)
+        };
+        let _abandon = Abandon {
+            inner: &self.inner,
+            exchange,
+        };
+        loop {
+            let hedge_at = self.inner.lock().pool.poll_timeout();
+            let hedge = async {
+                match hedge_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                outcome = &mut outcome => {
+                    return outcome.unwrap_or(Err(ResolveError::AllFailed {
+                        attempts: 0,
+                        soft_answer: None,
+                    }));
+                }
+                () = hedge => {
+                    let mut state = self.inner.lock();
+                    state.pool.handle_timeout(Instant::now());
+                    self.inner.pump(&mut state);
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let mut stats = self.inner.lock().pool.stats();
+        stats.mismatched_ignored = self
+            .inner
+            .context
+            .counters
+            .mismatched_ignored
+            .load(std::sync::atomic::Ordering::Relaxed);
+        stats
+    }
+
+    /// Each upstream's RTT histogram and errors, in configured order.
+    pub fn upstream_stats(&self) -> Vec<(UpstreamSpec, UpstreamStats)> {
+        let stats = self.inner.lock().pool.upstream_stats();
+        self.upstreams().cloned().zip(stats).collect()
+    }
+
+    pub fn health(&self) -> Vec<UpstreamHealth> {
+        let health = self.inner.lock().pool.health();
+        self.upstreams()
+            .zip(health)
+            .map(|(spec, health)| UpstreamHealth {
+                spec: spec.clone(),
+                srtt: health.srtt,
+                failures: health.failures,
+                alive: health.alive,
+            })
+            .collect()
+    }
+}
+
+/// Tells the pool a query gave up waiting (its future was dropped), so it stops hedging.
+struct Abandon<'a> {
+    inner: &'a Arc<Inner>,
+    exchange: ExchangeId,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        if state.waiting.remove(&self.exchange).is_some() {
+            state.pool.abandon(self.exchange);
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The pool stays consistent even if a holder panicked.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Does what the pool asks for: attempts, connection resets, outcomes.
+    fn pump(self: &Arc<Self>, state: &mut State) {
+        while let Some(transmit) = state.pool.poll_transmit() {
+            tokio::spawn(self.clone().attempt(transmit));
+        }
+        while let Some(index) = state.pool.poll_reset() {
+            self.upstreams[index].link.drop_connection();
+        }
+        while let Some((exchange, outcome)) = state.pool.poll_outcome() {
+            if let Some(waiting) = state.waiting.remove(&exchange) {
+                let _ = waiting.send(outcome);
+            }
+        }
+    }
+
+    /// One attempt, bounded by the attempt timeout; its outcome goes back to the pool.
+    async fn attempt(self: Arc<Self>, transmit: Transmit) {
+        let outcome = match parse_query(&transmit.query) {
+            Ok(parsed) => self.exchange(&transmit, parsed.question()).await,
+            Err(_) => Err(AttemptFailure::Failed),
+        };
+        let mut state = self.lock();
+        state
+            .pool
+            .handle_attempt(transmit.attempt, outcome, Instant::now());
+        self.pump(&mut state);
+    }
+
+    async fn exchange(
+        &self,
+        transmit: &Transmit,
+        question: &Question,
+    ) -> Result<Vec<u8>, AttemptFailure> {
+        let upstream = &self.upstreams[transmit.upstream];
+        let exchange = upstream.link.exchange(
+            &transmit.query,
+            question,
+            transmit.protocol,
+            &upstream.spec,
+            &self.context,
+        );
+        let outcome = tokio::time::timeout(self.context.config.attempt_timeout, exchange)
+            .await
+            .unwrap_or(Err(AttemptError::Timeout));
+        outcome.map(shrink).map_err(|error| {
+            tracing::debug!(
+                upstream = %upstream.spec,
+                protocol = ?transmit.protocol,
+                %question,
+                %error,
+                "upstream attempt failed"
+            );
+            error.failure()
+        })
+    }
+}
+
+impl Link {
+    /// One attempt, unbounded in time (the caller bounds it). Returns the matching
+    /// answer with the ID it had on the wire.
+    async fn exchange(
+        &self,
+        query: &[u8],
+        question: &Question,
+        protocol: Protocol,
+        spec: &UpstreamSpec,
+        context: &Context,
+    ) -> Result<Vec<u8>, AttemptError> {
+        match (self, protocol) {
+            (Link::Udp(sockets), Protocol::Udp) => sockets.exchange(query, question, context).await,
+            (Link::Udp(_) | Link::Tcp, _) => {
+                transport::tcp(spec.address, query, question, context).await
+            }
+            (Link::Tls(client), _) => client.exchange(query, question, context).await,
+            (Link::Https(client), _) => client.exchange(query, question, context).await,
+        }
+    }
+
+    /// Forgets a persistent connection, so the next attempt (a probe) starts afresh.
+    fn drop_connection(&self) {
+        match self {
+            Link::Tls(client) => client.drop_connection(),
+            Link::Https(client) => client.drop_connection(),
+            Link::Udp(sockets) => sockets.retire_all(),
+            Link::Tcp => {}
+        }
+    }
+}
+
+impl AttemptError {
+    /// What the pool's health makes of the error.
+    fn failure(&self) -> AttemptFailure {
+        match self {
+            AttemptError::Timeout => AttemptFailure::Timeout,
+            AttemptError::Refused => AttemptFailure::Refused,
+            AttemptError::ConnectFailed => AttemptFailure::SharedConnectFailed,
+            _ => AttemptFailure::Failed,
+        }
+    }
+}
+
+/// Receive buffers are sized for the largest message; the answer kept (and perhaps
+/// cached by the caller) should not be.
+fn shrink(mut response: Vec<u8>) -> Vec<u8> {
+    if response.capacity() > response.len() + response.len() / 2 {
+        response.shrink_to_fit();
+    }
+    response
+}
