@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tundns::control_client::{self, DnsCommand};
-use tundns::policy_routing::{self, PolicyRepair};
-use tundns::system::SystemError;
-use tundns::system_dns::{self, Repair};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
+use tundns_host::policy_routing::{self, PolicyRepair};
+use tundns_host::system::SystemError;
+use tundns_host::system_dns::{self, Repair};
 
 /// mimalloc: the forwarding path allocates a few small buffers per query, and glibc's
 /// allocator was a tenth of its CPU.

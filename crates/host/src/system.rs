@@ -12,10 +12,8 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+use crate::paths::MAIN_TABLE;
 use crate::policy_routing::PolicyChanges;
-
-/// The kernel's main routing table.
-const MAIN_TABLE: u32 = 254;
 
 /// A failed system change, with what was being attempted.
 #[derive(Debug, thiserror::Error)]

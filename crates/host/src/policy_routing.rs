@@ -40,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use tundns_config::{Config, RouteTable};
 
 use crate::atomic_file::{FileError, write_atomically};
-use crate::control_protocol::CONTROL_DIRECTORY;
 use crate::firewall::{Family, FirewallTable};
+use crate::paths::{MAIN_TABLE, RUN_DIRECTORY};
 use crate::system::{SystemChanges, SystemError, failed, list_routes};
 use crate::system_dns::process_is_tundns;
 
@@ -50,9 +50,6 @@ pub const DEFAULT_TABLE: u32 = 51820;
 
 /// How many tables after [`DEFAULT_TABLE`] are tried for an empty one.
 const TABLE_SEARCH_LIMIT: u32 = 1024;
-
-/// The kernel's main routing table.
-const MAIN_TABLE: u32 = 254;
 
 /// The priority the kernel gives the first rule added after its defaults.
 const FIRST_FREE_PRIORITY: u32 = 32765;
@@ -278,7 +275,7 @@ struct PolicyState {
 /// The state file of `interface`'s policy changes. Under `/run`, which a reboot empties
 /// as it empties the rules: a record that outlived its rules could match another tunnel's.
 fn state_path(interface: &str) -> PathBuf {
-    Path::new(CONTROL_DIRECTORY).join(format!("{interface}.policy-state"))
+    Path::new(RUN_DIRECTORY).join(format!("{interface}.policy-state"))
 }
 
 /// The network namespace this process runs in.
