@@ -12,8 +12,15 @@
 
 pub mod atomic_file;
 pub mod command_line;
+pub mod error;
 pub mod firewall;
+pub mod journal;
 pub mod paths;
 pub mod policy_routing;
+pub mod policy_rules;
+pub mod repair;
 pub mod system;
 pub mod system_dns;
+
+pub use error::SystemError;
+pub use repair::{CrashRepair, repair};

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 /// changes a reboot undoes anyway (`/run/tundns/<iface>.sock`, `<iface>.policy-state`).
 pub const RUN_DIRECTORY: &str = "/run/tundns";
 
+/// tundns's state directory, kept across reboots: the journal of changes that outlive one
+/// (`/var/lib/tundns/<iface>.dns-state` for a rewritten resolv.conf).
+pub const STATE_DIRECTORY: &str = "/var/lib/tundns";
+
 /// Where gotatun, like wireguard-go, puts the UAPI sockets, as `wg` expects them.
 pub const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 

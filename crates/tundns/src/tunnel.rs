@@ -16,8 +16,9 @@ use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service, VirtualHost};
 use tundns_host::paths::{MAIN_TABLE, uapi_socket_path};
 use tundns_host::policy_routing;
-use tundns_host::system::{SystemChanges, SystemError, host_route};
-use tundns_host::system_dns::{self, AppliedDns, SystemDnsError};
+use tundns_host::system::{SystemChanges, host_route};
+use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
+use tundns_host::{CrashRepair, SystemError};
 
 use crate::control::{ControlError, ControlServer};
 use crate::dns_config;
@@ -93,11 +94,14 @@ impl Tunnel {
     /// `path` is where `config` was read from, for errors about its lines.
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
         validate(config)?;
-        // A crashed run's policy rules would otherwise stay, beside the pair added below.
-        policy_routing::repair(&config.interface_name).await?;
+        // A crashed run's policy rules would otherwise stay, beside the pair added below,
+        // and its resolver change would be taken for the system's own.
+        let CrashRepair { policy, dns } = tundns_host::repair(&config.interface_name).await;
+        policy?;
+        dns?;
         let config = &policy_routing::with_fwmark(config).await?;
-        // Repairs what a crashed run left, and reads the system's resolvers before any change.
-        let system_dns = system_dns::Prepared::new(config)?;
+        // Reads the system's resolvers before any change.
+        let system_dns = DnsTakeover::prepare(config)?;
         let config = &system_dns.resolver_config(config);
         let resolver = config
             .dns_proxy
