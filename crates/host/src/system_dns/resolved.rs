@@ -14,35 +14,28 @@ pub const RESOLVED_SOCKET: &str = "/run/systemd/resolve/io.systemd.Resolve";
 
 /// The `resolvectl` commands that give `interface`'s link `settings`.
 pub fn apply_commands(interface: &str, settings: &ResolverSettings) -> Vec<CommandLine> {
+    let link_setting = |verb: &str, values: Vec<String>| {
+        let mut args = vec![verb.to_string(), interface.to_string()];
+        args.extend(values);
+        CommandLine {
+            program: "resolvectl",
+            args,
+            stdin: None,
+        }
+    };
     let servers: Vec<String> = settings.servers.iter().map(ToString::to_string).collect();
     let mut commands = Vec::new();
     let mut domains: Vec<String> = settings.search.clone();
     if !servers.is_empty() {
-        let mut args = vec!["dns".to_string(), interface.to_string()];
-        args.extend(servers);
-        commands.push(CommandLine {
-            program: "resolvectl",
-            args,
-            stdin: None,
-        });
+        commands.push(link_setting("dns", servers));
         // "~." routes every name to this link, as wg-quick's resolvconf shim does.
         domains.insert(0, "~.".to_string());
     }
     if !domains.is_empty() {
-        let mut args = vec!["domain".to_string(), interface.to_string()];
-        args.extend(domains);
-        commands.push(CommandLine {
-            program: "resolvectl",
-            args,
-            stdin: None,
-        });
+        commands.push(link_setting("domain", domains));
     }
     if !settings.servers.is_empty() {
-        commands.push(CommandLine::new(
-            "resolvectl",
-            &["default-route", interface, "true"],
-            None,
-        ));
+        commands.push(link_setting("default-route", vec!["true".to_string()]));
     }
     commands
 }
