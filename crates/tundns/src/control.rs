@@ -19,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tundns_config::Config;
+use tundns_host::paths::uapi_socket_path;
 use tundns_upstream::Protocol;
 
 use crate::control_protocol::{
@@ -40,8 +41,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const UAPI_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest UAPI answer read (many peers with many allowed IPs).
 const MAX_UAPI_ANSWER: u64 = 4 << 20;
-/// Where gotatun's UAPI sockets live.
-const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 
 /// Why the control socket could not start.
 #[derive(Debug, thiserror::Error)]
@@ -493,7 +492,7 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
 
 /// The answer of the interface's UAPI socket to `get=1`.
 async fn read_uapi(interface: &str) -> io::Result<String> {
-    let path = Path::new(UAPI_DIRECTORY).join(format!("{interface}.sock"));
+    let path = uapi_socket_path(interface);
     let exchange = async {
         let mut stream = UnixStream::connect(&path).await?;
         stream.write_all(b"get=1\n\n").await?;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// Where the control sockets live, one per interface: `/run/tundns/<iface>.sock`.
-pub const CONTROL_DIRECTORY: &str = "/run/tundns";
+pub const CONTROL_DIRECTORY: &str = tundns_host::paths::RUN_DIRECTORY;
 
 /// The longest request line taken; a longer one is an error and ends the connection.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;

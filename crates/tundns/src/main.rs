@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tundns::control_client::{self, DnsCommand};
-use tundns::policy_routing::{self, PolicyRepair};
-use tundns::system::SystemError;
-use tundns::system_dns::{self, Repair};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
+use tundns_host::CrashRepair;
+use tundns_host::policy_rules::PolicyRepair;
+use tundns_host::repair::interface_for;
 
 /// mimalloc: the forwarding path allocates a few small buffers per query, and glibc's
 /// allocator was a tenth of its CPU.
@@ -159,17 +159,28 @@ fn main() -> ExitCode {
 /// `tundns reset`: undoes what a run of the interface left behind, the DNS change and the
 /// full tunnel's policy routing, each on its own: a failure of one does not stop the other.
 fn reset(target: &str) -> ExitCode {
-    let interface = match system_dns::interface_for(target) {
+    let interface = match interface_for(target) {
         Ok(interface) => interface,
         Err(error) => {
             eprintln!("tundns: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tundns: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let CrashRepair { policy, dns } = runtime.block_on(tundns_host::repair(&interface));
     let mut status = ExitCode::SUCCESS;
-    match system_dns::repair(&interface) {
-        Ok(Repair::Nothing) => println!("{interface}: no DNS change to undo"),
-        Ok(Repair::Restored(backend)) => {
+    match dns {
+        Ok(None) => println!("{interface}: no DNS change to undo"),
+        Ok(Some(backend)) => {
             println!("{interface}: system resolver restored ({backend})");
         }
         Err(error) => {
@@ -177,11 +188,6 @@ fn reset(target: &str) -> ExitCode {
             status = ExitCode::FAILURE;
         }
     }
-    let policy = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(SystemError::from)
-        .and_then(|runtime| runtime.block_on(policy_routing::repair(&interface)));
     match policy {
         Ok(None) => println!("{interface}: no policy routing to undo"),
         Ok(Some(PolicyRepair {

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use gotatun::device::uapi::UapiServer;
@@ -14,14 +14,16 @@ use ipnet::IpNet;
 use tun_rs::AsyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service, VirtualHost};
+use tundns_host::paths::{MAIN_TABLE, uapi_socket_path};
+use tundns_host::policy_routing;
+use tundns_host::system::{SystemChanges, host_route};
+use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
+use tundns_host::{CrashRepair, SystemError};
 
 use crate::control::{ControlError, ControlServer};
 use crate::dns_config;
 use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::observability::{self, Observability, ObservabilityError};
-use crate::policy_routing;
-use crate::system::{SystemChanges, SystemError, host_route};
-use crate::system_dns::{self, AppliedDns, SystemDnsError};
 use crate::tcp_dns::TcpDns;
 
 /// gotatun's device with the filter on both sides of the TUN.
@@ -29,12 +31,6 @@ type WireGuard = gotatun::device::Device<(UdpSocketFactory, FilteredTunSender, F
 
 /// The largest packet the TUN reader takes: gotatun's packet buffers are 4 KiB.
 const MAX_MTU: u16 = 4096;
-
-/// The kernel's main routing table, where wg-quick's `Table = auto` puts routes.
-const MAIN_TABLE: u32 = 254;
-
-/// Where gotatun puts the UAPI socket, as wireguard-go and `wg` expect.
-const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 
 /// Why `tundns up` could not bring the tunnel up, or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +94,14 @@ impl Tunnel {
     /// `path` is where `config` was read from, for errors about its lines.
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
         validate(config)?;
-        // A crashed run's policy rules would otherwise stay, beside the pair added below.
-        policy_routing::repair(&config.interface_name).await?;
+        // A crashed run's policy rules would otherwise stay, beside the pair added below,
+        // and its resolver change would be taken for the system's own.
+        let CrashRepair { policy, dns } = tundns_host::repair(&config.interface_name).await;
+        policy?;
+        dns?;
         let config = &policy_routing::with_fwmark(config).await?;
-        // Repairs what a crashed run left, and reads the system's resolvers before any change.
-        let system_dns = system_dns::Prepared::new(config)?;
+        // Reads the system's resolvers before any change.
+        let system_dns = DnsTakeover::prepare(config)?;
         let config = &system_dns.resolver_config(config);
         let resolver = config
             .dns_proxy
@@ -486,7 +485,7 @@ async fn run_hooks(commands: &[String], interface: &str) -> Result<(), TunnelErr
 }
 
 fn remove_uapi_socket(name: &str) {
-    let path: PathBuf = [UAPI_DIRECTORY, &format!("{name}.sock")].iter().collect();
+    let path = uapi_socket_path(name);
     if let Err(error) = std::fs::remove_file(&path)
         && error.kind() != io::ErrorKind::NotFound
     {

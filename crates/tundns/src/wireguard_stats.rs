@@ -6,17 +6,14 @@
 //! once parsed.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-/// Where gotatun, like wireguard-go, puts the UAPI socket of `interface`.
-pub fn uapi_socket_path(interface: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/wireguard/{interface}.sock"))
-}
+pub use tundns_host::paths::uapi_socket_path;
 
 /// The UAPI answer is a few lines per peer; a larger one is not a WireGuard device.
 const MAX_ANSWER: usize = 1 << 20;

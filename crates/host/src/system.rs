@@ -1,5 +1,6 @@
 //! The system changes tundns makes: the interface's addresses, its routes, the link state
-//! (and, through [`crate::policy_routing`], a full tunnel's policy rules and sysctl).
+//! (and, through [`crate::policy_rules`], a full tunnel's policy rules, sysctl and nftables
+//! tables).
 //!
 //! Every change is recorded in a [`SystemChanges`] as it is made, so teardown — on a
 //! signal, or when setup fails half-way — undoes exactly what was done and nothing else.
@@ -12,52 +13,9 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use crate::policy_routing::PolicyChanges;
-
-/// The kernel's main routing table.
-const MAIN_TABLE: u32 = 254;
-
-/// A failed system change, with what was being attempted.
-#[derive(Debug, thiserror::Error)]
-pub enum SystemError {
-    /// The kernel refused a netlink request.
-    #[error("{action}: {source}")]
-    Netlink {
-        action: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    /// The netlink socket could not be opened.
-    #[error("opening a netlink socket: {0}")]
-    Socket(#[from] std::io::Error),
-    /// The interface vanished between its creation and its configuration.
-    #[error("interface {0} not found")]
-    NoSuchInterface(String),
-    /// Every candidate routing table for a full tunnel already holds routes.
-    #[error("no empty routing table from {0} on for the full tunnel; set FwMark to choose one")]
-    NoFreeTable(u32),
-    /// A sysctl could not be read or written.
-    #[error("setting {path}: {source}")]
-    Sysctl {
-        path: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The record of the changes to undo after a crash could not be written.
-    #[error(transparent)]
-    State(#[from] crate::atomic_file::FileError),
-    /// A state file this run must not act on, or overwrite.
-    #[error("{}: {reason}; it was left alone. Check `ip rule`, `ip -6 rule` and `nft list tables`, then remove the file", path.display())]
-    ForeignState {
-        path: std::path::PathBuf,
-        reason: String,
-    },
-}
-
-pub(crate) fn failed(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> SystemError {
-    let action = action.into();
-    move |source| SystemError::Netlink { action, source }
-}
+use crate::error::{SystemError, failed};
+use crate::paths::MAIN_TABLE;
+use crate::policy_rules::PolicyChanges;
 
 /// Every route of one family (IPv6 when `ipv6`), in all tables.
 pub(crate) async fn list_routes(

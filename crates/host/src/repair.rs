@@ -1,0 +1,59 @@
+//! The one way back after a run that could not stop cleanly: everything the crash journal
+//! ([`crate::journal`]) records for an interface is taken back, kind by kind.
+
+use crate::error::SystemError;
+use crate::policy_rules::{PolicyRepair, undo_left_policy};
+use crate::system_dns::apply::undo_left_dns;
+use crate::system_dns::backend::Backend;
+use crate::system_dns::error::SystemDnsError;
+
+/// What taking back an earlier run's changes came to, per kind of change. Each is taken
+/// back on its own: a record refused does not keep the other from being acted on.
+#[derive(Debug)]
+pub struct CrashRepair {
+    /// The full tunnel's policy rules, nftables tables and sysctl values; `None` when
+    /// nothing was recorded.
+    pub policy: Result<Option<PolicyRepair>, SystemError>,
+    /// The system resolver, with the backend that gave it back; `None` when nothing was
+    /// recorded.
+    pub dns: Result<Option<Backend>, SystemDnsError>,
+}
+
+/// Takes back what an earlier run of `interface` left, as the journal records it: called
+/// by `tundns up` before it changes anything, and by `tundns reset`.
+pub async fn repair(interface: &str) -> CrashRepair {
+    let policy = undo_left_policy(interface).await;
+    let dns = undo_left_dns(interface);
+    if let Ok(Some(backend)) = &dns {
+        tracing::warn!(%interface, %backend, "restored the system resolver an earlier run left changed");
+    }
+    CrashRepair { policy, dns }
+}
+
+/// The interface `tundns reset` means: a config path's file stem (`wg0.conf`,
+/// `/etc/wireguard/wg0.conf`), or an interface name as is.
+pub fn interface_for(target: &str) -> Result<String, tundns_config::ConfigError> {
+    if target.is_empty() || target.contains('/') || target.ends_with(".conf") {
+        tundns_config::interface_name_from_path(target)
+    } else {
+        tundns_config::interface_name_from_path(format!("{target}.conf"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_dns_takes_an_interface_or_a_config() {
+        assert_eq!(interface_for("wg0").unwrap(), "wg0");
+        assert_eq!(interface_for("tun.x").unwrap(), "tun.x");
+        assert_eq!(interface_for("wg0.conf").unwrap(), "wg0");
+        assert_eq!(
+            interface_for("/etc/wireguard/office.conf").unwrap(),
+            "office"
+        );
+        assert!(interface_for("much-too-long-for-linux").is_err());
+        assert!(interface_for("").is_err());
+    }
+}
