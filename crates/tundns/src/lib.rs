@@ -8,14 +8,7 @@
 //! system).
 
 pub mod control;
-pub mod control_client;
-pub mod control_protocol;
-pub mod dns_config;
-pub mod dns_proxy;
-pub mod dns_runtime;
-pub mod metrics;
+pub mod datapath;
+pub mod dns;
 pub mod observability;
-pub mod query_log;
-pub mod tcp_dns;
 pub mod tunnel;
-pub mod wireguard_stats;

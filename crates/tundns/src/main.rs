@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tundns::control_client::{self, DnsCommand};
+use tundns::control::client::{self as control_client, DnsCommand};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns_config::Config;
 use tundns_host::CrashRepair;

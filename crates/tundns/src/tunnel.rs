@@ -6,14 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use gotatun::device::uapi::UapiServer;
-use gotatun::device::{DeviceBuilder, Peer};
-use gotatun::udp::socket::UdpSocketFactory;
-use gotatun::x25519::{PublicKey, StaticSecret};
+use gotatun::device::Peer;
+use gotatun::x25519::PublicKey;
 use ipnet::IpNet;
 use tun_rs::AsyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
-use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service, VirtualHost};
+use tundns_filter::{FilterStats, Rules, Service};
 use tundns_host::paths::{MAIN_TABLE, uapi_socket_path};
 use tundns_host::policy_routing;
 use tundns_host::system::{SystemChanges, host_route};
@@ -21,13 +19,9 @@ use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
 use tundns_host::{CrashRepair, SystemError};
 
 use crate::control::{ControlError, ControlServer};
-use crate::dns_config;
-use crate::dns_proxy::{DnsProxy, ResolverParts, UdpDns};
+use crate::datapath::{self, WireGuard};
+use crate::dns::config as dns_config;
 use crate::observability::{self, Observability, ObservabilityError};
-use crate::tcp_dns::TcpDns;
-
-/// gotatun's device with the filter on both sides of the TUN.
-type WireGuard = gotatun::device::Device<(UdpSocketFactory, FilteredTunSender, FilteredTun)>;
 
 /// The largest packet the TUN reader takes: gotatun's packet buffers are 4 KiB.
 const MAX_MTU: u16 = 4096;
@@ -49,16 +43,14 @@ pub enum TunnelError {
         "AllowedIPs {0} with Table = main would route the tunnel's own traffic into itself; use Table = auto (policy routing, as wg-quick does) or another table"
     )]
     DefaultRoute(IpNet),
-    #[error("starting the UAPI socket: {0}")]
-    Uapi(String),
     #[error(transparent)]
     Config(#[from] tundns_config::ConfigError),
     #[error("MTU {0} is larger than tundns's packet buffers ({MAX_MTU})")]
     MtuTooLarge(u16),
     #[error("WireGuard stopped: {0}")]
     WireGuardFailed(String),
-    #[error("starting WireGuard: {0}")]
-    WireGuard(#[from] gotatun::device::Error),
+    #[error(transparent)]
+    WireGuard(#[from] datapath::StartError),
     #[error("waiting for signals: {0}")]
     Signals(io::Error),
     #[error("system resolver: {0}")]
@@ -135,7 +127,7 @@ impl Tunnel {
         let stats = Arc::new(FilterStats::default());
         let (proxy, local_source) = match resolver {
             Some((parts, local_source)) => (
-                Some(register_dns_proxy(config, parts, &rules, &tun, &stats)),
+                Some(datapath::serve_dns(config, parts, &rules, &tun, &stats)),
                 Some(local_source),
             ),
             None => (None, None),
@@ -144,12 +136,12 @@ impl Tunnel {
             proxy.set_query_log(log.clone());
         }
 
-        let device = match start_wireguard(config, peers, &tun, &rules, &stats).await {
+        let device = match datapath::start_wireguard(config, peers, &tun, &rules, &stats).await {
             Ok(device) => device,
             Err(error) => {
                 changes.undo().await;
                 remove_uapi_socket(&name);
-                return Err(error);
+                return Err(error.into());
             }
         };
         let mut tunnel = Self {
@@ -368,34 +360,6 @@ impl ShutdownSignals {
     }
 }
 
-fn register_dns_proxy(
-    config: &Config,
-    resolver: ResolverParts,
-    rules: &Rules,
-    tun: &Arc<AsyncDevice>,
-    stats: &Arc<FilterStats>,
-) -> Arc<DnsProxy> {
-    let settings = &config.dns_proxy;
-    let proxy = DnsProxy::new(resolver);
-    let tcp = TcpDns::spawn(
-        proxy.clone(),
-        &settings.addresses,
-        settings.max_tcp_connections,
-        settings.tcp_idle_timeout,
-        config.interface.mtu,
-        tundns_filter::TunWriter::new(tun.clone(), stats.clone()),
-    );
-    let host = Arc::new(
-        VirtualHost::new("dns")
-            .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
-            .with_tcp(53, Arc::new(tcp)),
-    );
-    for ip in &settings.addresses {
-        rules.insert(*ip, host.clone());
-    }
-    proxy
-}
-
 /// The gotatun peers of `config`, with host-name endpoints resolved.
 async fn wireguard_peers(config: &Config) -> Result<Vec<Peer>, TunnelError> {
     let mut peers = Vec::with_capacity(config.peers.len());
@@ -415,33 +379,6 @@ async fn wireguard_peers(config: &Config) -> Result<Vec<Peer>, TunnelError> {
         peers.push(wg_peer);
     }
     Ok(peers)
-}
-
-async fn start_wireguard(
-    config: &Config,
-    peers: Vec<Peer>,
-    tun: &Arc<AsyncDevice>,
-    rules: &Rules,
-    stats: &Arc<FilterStats>,
-) -> Result<WireGuard, TunnelError> {
-    let uapi = UapiServer::default_unix_socket(&config.interface_name, None, None)
-        .map_err(|error| TunnelError::Uapi(error.to_string()))?;
-    let mut builder = DeviceBuilder::new()
-        .with_default_udp()
-        .with_ip_pair(
-            FilteredTunSender::new(tun.clone(), rules, stats.clone()),
-            FilteredTun::new(tun.clone(), rules, config.interface.mtu, stats.clone()),
-        )
-        .with_private_key(StaticSecret::from(
-            *config.interface.private_key.expose_bytes(),
-        ))
-        .with_listen_port(config.interface.listen_port.unwrap_or(0))
-        .with_peers(peers)
-        .with_uapi(uapi);
-    if let Some(mark) = config.interface.fwmark {
-        builder = builder.with_fwmark(mark.get());
-    }
-    Ok(builder.build().await?)
 }
 
 async fn resolve_endpoint(endpoint: &Endpoint) -> Result<SocketAddr, TunnelError> {

@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 #[cfg(test)]
 use std::time::Duration;
@@ -27,23 +27,11 @@ use tundns_resolver::{
 };
 use tundns_upstream::{Protocol, UpstreamPool};
 
-use crate::metrics::QueryCounters;
-use crate::query_log::{Arrival, QueryLog};
+pub use crate::dns::counters::DnsStats;
+use crate::dns::query_log::{Arrival, QueryLog};
 
 /// The upstream groups and which names each answers.
 pub type Upstreams = tundns_resolver::Upstreams<UpstreamPool>;
-
-/// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
-#[derive(Debug, Default)]
-pub struct DnsStats {
-    /// Every query by transport, type and how it was answered (blocked, local, cache,
-    /// forwarded, stale, servfail, refused, formerr, dropped).
-    pub queries: QueryCounters,
-    /// Joined an identical query already in flight instead of asking again.
-    pub collapsed: AtomicU64,
-    /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
-    pub tcp_connections: AtomicU64,
-}
 
 /// What the resolver is made of; built from the config by `dns_config`.
 pub struct ResolverParts {

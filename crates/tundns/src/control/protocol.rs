@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::dns::runtime::{RecordEntry, RouteEntry, Source};
+
 /// Where the control sockets live, one per interface: `/run/tundns/<iface>.sock`.
 pub const CONTROL_DIRECTORY: &str = tundns_host::paths::RUN_DIRECTORY;
 
@@ -177,36 +179,10 @@ pub struct CacheStatus {
     pub hit_ratio: Option<f64>,
 }
 
-/// Where a record or a route comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// The config file (`Record =`, `[DNSRoute]`, `[DNSProxy] Upstream`).
-    Config,
-    /// Added through the control socket; gone at restart.
-    Runtime,
-}
-
-/// One local record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordEntry {
-    pub record: String,
-    pub source: Source,
-}
-
-/// One split-DNS route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteEntry {
-    pub domains: Vec<String>,
-    pub upstreams: Vec<String>,
-    pub through_tunnel: bool,
-    pub source: Source,
-}
-
 /// Which part of the resolver answered a `query` request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AnswerPath {
+pub enum AnsweredBy {
     Blocked,
     Local,
     Cache,
@@ -220,10 +196,10 @@ pub enum AnswerPath {
 pub struct QueryReport {
     pub name: String,
     pub qtype: String,
-    pub path: AnswerPath,
-    /// For [`AnswerPath::Upstream`]: the group asked, by its domains and upstreams.
+    pub path: AnsweredBy,
+    /// For [`AnsweredBy::Upstream`]: the group asked, by its domains and upstreams.
     pub group: Option<RouteEntry>,
-    /// For [`AnswerPath::Upstream`]: the upstream that answered, if one did (not when the
+    /// For [`AnsweredBy::Upstream`]: the upstream that answered, if one did (not when the
     /// answer is stale or SERVFAIL).
     #[serde(default)]
     pub upstream: Option<String>,

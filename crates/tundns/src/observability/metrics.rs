@@ -26,136 +26,13 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tundns_filter::FilterStats;
-use tundns_upstream::{Protocol, RTT_BUCKET_BOUNDS_MICROS};
+use tundns_upstream::RTT_BUCKET_BOUNDS_MICROS;
 
-use crate::dns_proxy::DnsProxy;
-use crate::query_log::QueryLogStats;
-use crate::wireguard_stats::{self, PeerStats};
+use crate::dns::proxy::DnsProxy;
+use crate::dns::query_log::QueryLogStats;
+use crate::observability::wireguard::{self, PeerStats};
 
 pub use tundns_resolver::AnswerPath;
-
-/// The query types counted on their own; every other type is counted as `other`.
-const COUNTED_TYPES: [(u16, &str); 12] = [
-    (1, "A"),
-    (2, "NS"),
-    (5, "CNAME"),
-    (6, "SOA"),
-    (12, "PTR"),
-    (15, "MX"),
-    (16, "TXT"),
-    (28, "AAAA"),
-    (33, "SRV"),
-    (64, "SVCB"),
-    (65, "HTTPS"),
-    (255, "ANY"),
-];
-const TYPE_SLOTS: usize = COUNTED_TYPES.len() + 1;
-const OTHER_TYPE: usize = COUNTED_TYPES.len();
-const TRANSPORTS: [(Protocol, &str); 2] = [(Protocol::Udp, "udp"), (Protocol::Tcp, "tcp")];
-
-/// The mnemonic of a query type, if it is one of the commonly counted ones.
-pub fn type_mnemonic(qtype: u16) -> Option<&'static str> {
-    COUNTED_TYPES
-        .iter()
-        .find(|(known, _)| *known == qtype)
-        .map(|(_, name)| *name)
-}
-
-fn type_slot(qtype: Option<u16>) -> usize {
-    qtype
-        .and_then(|qtype| COUNTED_TYPES.iter().position(|(known, _)| *known == qtype))
-        .unwrap_or(OTHER_TYPE)
-}
-
-fn transport_slot(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Udp => 0,
-        Protocol::Tcp => 1,
-    }
-}
-
-/// Queries by transport, path and type: a fixed array of relaxed atomics, so counting
-/// one query is an index computation and one increment.
-pub struct QueryCounters {
-    counts: [[[AtomicU64; TYPE_SLOTS]; AnswerPath::ALL.len()]; TRANSPORTS.len()],
-}
-
-impl Default for QueryCounters {
-    fn default() -> Self {
-        Self {
-            counts: std::array::from_fn(|_| {
-                std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-            }),
-        }
-    }
-}
-
-impl fmt::Debug for QueryCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueryCounters")
-            .field("total", &self.total())
-            .finish()
-    }
-}
-
-impl QueryCounters {
-    /// Counts one query; `qtype` is `None` when the query could not be read.
-    pub fn record(&self, protocol: Protocol, qtype: Option<u16>, path: AnswerPath) {
-        self.counts[transport_slot(protocol)][path as usize][type_slot(qtype)]
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Queries counted with this transport, path and type label.
-    pub fn get(&self, protocol: Protocol, path: AnswerPath, type_label: &str) -> u64 {
-        let slot = COUNTED_TYPES
-            .iter()
-            .position(|(_, name)| *name == type_label)
-            .unwrap_or(OTHER_TYPE);
-        self.counts[transport_slot(protocol)][path as usize][slot].load(Ordering::Relaxed)
-    }
-
-    /// Queries answered by `path`, over every transport and type.
-    pub fn by_path(&self, path: AnswerPath) -> u64 {
-        self.counts
-            .iter()
-            .flat_map(|by_path| &by_path[path as usize])
-            .map(|count| count.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Every query counted.
-    pub fn total(&self) -> u64 {
-        self.counts
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|count| count.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Every non-zero count with its labels: transport, path, type.
-    fn nonzero(&self) -> impl Iterator<Item = ([(&'static str, &'static str); 3], u64)> + '_ {
-        TRANSPORTS
-            .iter()
-            .enumerate()
-            .flat_map(move |(t, (_, transport))| {
-                AnswerPath::ALL.iter().flat_map(move |path| {
-                    (0..TYPE_SLOTS).filter_map(move |slot| {
-                        let count = self.counts[t][*path as usize][slot].load(Ordering::Relaxed);
-                        let qtype = COUNTED_TYPES.get(slot).map_or("other", |(_, name)| *name);
-                        (count > 0).then_some((
-                            [
-                                ("transport", *transport),
-                                ("type", qtype),
-                                ("result", path.label()),
-                            ],
-                            count,
-                        ))
-                    })
-                })
-            })
-    }
-}
 
 /// What the collector reads at scrape time.
 pub struct MetricsSources {
@@ -176,8 +53,8 @@ const UAPI_TIMEOUT: Duration = Duration::from_secs(1);
 /// the UAPI socket first; if that fails, the peers are left out and
 /// `tundns_wireguard_up` says so.
 pub async fn render(sources: &Arc<MetricsSources>) -> String {
-    let path = wireguard_stats::uapi_socket_path(&sources.interface);
-    let peers = match tokio::time::timeout(UAPI_TIMEOUT, wireguard_stats::read_peers(&path)).await {
+    let path = wireguard::uapi_socket_path(&sources.interface);
+    let peers = match tokio::time::timeout(UAPI_TIMEOUT, wireguard::read_peers(&path)).await {
         Ok(Ok(peers)) => Some(peers),
         Ok(Err(error)) => {
             tracing::debug!(%error, "metrics: reading the UAPI socket");
@@ -709,26 +586,6 @@ mod tests {
             query_log: None,
             interface: "wgtest0".into(),
         })
-    }
-
-    #[test]
-    fn query_counters_index_transport_path_and_type() {
-        let counters = QueryCounters::default();
-        counters.record(Protocol::Udp, Some(1), AnswerPath::Cache);
-        counters.record(Protocol::Udp, Some(1), AnswerPath::Cache);
-        counters.record(Protocol::Tcp, Some(28), AnswerPath::Forwarded);
-        counters.record(Protocol::Udp, Some(99), AnswerPath::Blocked);
-        counters.record(Protocol::Udp, None, AnswerPath::Dropped);
-        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Cache, "A"), 2);
-        assert_eq!(counters.get(Protocol::Tcp, AnswerPath::Cache, "A"), 0);
-        assert_eq!(
-            counters.get(Protocol::Tcp, AnswerPath::Forwarded, "AAAA"),
-            1
-        );
-        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Blocked, "other"), 1);
-        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Dropped, "other"), 1);
-        assert_eq!(counters.total(), 5);
-        assert_eq!(counters.nonzero().count(), 4);
     }
 
     #[test]

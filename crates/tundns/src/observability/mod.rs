@@ -5,6 +5,12 @@
 //! bound and the file opened, so an address in use or an unwritable path is a start-up
 //! error that leaves no interface behind. Serving starts once the tunnel is up
 //! ([`Prepared::start`]); dropping the [`Observability`] stops it.
+//!
+//! - [`metrics`]: the Prometheus endpoint, read at scrape time;
+//! - [`wireguard`]: the one reader of gotatun's UAPI socket, for peers' counters.
+
+pub mod metrics;
+pub mod wireguard;
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,9 +20,9 @@ use std::sync::Arc;
 use tundns_config::Config;
 use tundns_filter::FilterStats;
 
-use crate::dns_proxy::DnsProxy;
-use crate::metrics::{MetricsServer, MetricsSources};
-use crate::query_log::QueryLog;
+use crate::dns::proxy::DnsProxy;
+use crate::dns::query_log::QueryLog;
+use crate::observability::metrics::{MetricsServer, MetricsSources};
 
 /// Why the metrics endpoint or the query log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +87,13 @@ impl Prepared {
             .metrics_address
             .as_ref()
             .map(|address| {
-                crate::metrics::bind(address.value).map_err(|source| ObservabilityError::Metrics {
-                    config: path.to_path_buf(),
-                    line: address.line,
-                    address: address.value,
-                    source,
+                crate::observability::metrics::bind(address.value).map_err(|source| {
+                    ObservabilityError::Metrics {
+                        config: path.to_path_buf(),
+                        line: address.line,
+                        address: address.value,
+                        source,
+                    }
                 })
             })
             .transpose()?;

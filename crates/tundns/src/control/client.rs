@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
 
-use crate::control_protocol::{
+use crate::control::protocol::{
     CONTROL_DIRECTORY, Done, QueryReport, RecordEntry, Reply, Request, RouteEntry, Source, Status,
     socket_path,
 };
@@ -376,7 +376,7 @@ fn render_routes(routes: &[RouteEntry]) -> String {
 fn render_query(report: &QueryReport) -> String {
     let mut out = String::new();
     let path = match (&report.path, &report.group) {
-        (crate::control_protocol::AnswerPath::Upstream, Some(group)) => format!(
+        (crate::control::protocol::AnsweredBy::Upstream, Some(group)) => format!(
             "upstream ({} -> {}{})",
             group.domains.join(", "),
             group.upstreams.join(", "),
@@ -409,8 +409,8 @@ fn render_query(report: &QueryReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control_protocol::{
-        AnswerPath, CacheStatus, GroupStatus, PeerStatus, ProxyStatus, UpstreamStatus,
+    use crate::control::protocol::{
+        AnsweredBy, CacheStatus, GroupStatus, PeerStatus, ProxyStatus, UpstreamStatus,
     };
     use clap::Parser;
 
@@ -532,7 +532,7 @@ mod tests {
         let report = QueryReport {
             name: "db.corp".into(),
             qtype: "A".into(),
-            path: AnswerPath::Upstream,
+            path: AnsweredBy::Upstream,
             group: Some(RouteEntry {
                 domains: vec!["corp".into()],
                 upstreams: vec!["10.99.0.53".into()],
@@ -557,7 +557,7 @@ mod tests {
             "{text}"
         );
         let local = QueryReport {
-            path: AnswerPath::Local,
+            path: AnsweredBy::Local,
             group: None,
             upstream: None,
             ..report

@@ -31,6 +31,12 @@ pub struct PeerStats {
 
 /// Asks the UAPI socket at `path` for the device's state and returns its peers.
 pub async fn read_peers(path: &Path) -> io::Result<Vec<PeerStats>> {
+    parse_get(&get(path).await?)
+}
+
+/// The UAPI socket's answer to `get=1`: the one reader of gotatun's UAPI socket, for the
+/// metrics and the control socket alike. Zeroed when dropped: it holds the private key.
+pub async fn get(path: &Path) -> io::Result<Zeroizing<String>> {
     let mut stream = tokio::net::UnixStream::connect(path).await?;
     stream.write_all(b"get=1\n\n").await?;
     let mut answer = Zeroizing::new(Vec::with_capacity(4096));
@@ -49,9 +55,9 @@ pub async fn read_peers(path: &Path) -> io::Result<Vec<PeerStats>> {
         }
         answer.extend_from_slice(&chunk[..read]);
     }
-    let text = std::str::from_utf8(&answer)
+    let text = String::from_utf8(std::mem::take(&mut *answer))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "UAPI answer is not UTF-8"))?;
-    parse_get(text)
+    Ok(Zeroizing::new(text))
 }
 
 /// A device's state as its answer to `get=1` gives it; private and preshared keys are

@@ -20,17 +20,17 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tundns_config::Config;
 use tundns_host::paths::uapi_socket_path;
+use tundns_resolver::AnswerPath;
 use tundns_upstream::Protocol;
 
-use crate::control_protocol::{
-    AnswerPath, CONTROL_DIRECTORY, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
+use crate::control::protocol::{
+    AnsweredBy, CONTROL_DIRECTORY, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
     ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request, socket_path,
 };
-use crate::dns_config;
-use crate::dns_proxy::{DnsProxy, Verdict};
-use crate::dns_runtime::{LocalSource, RouteTable};
-use crate::metrics;
-use crate::wireguard_stats;
+use crate::dns::config as dns_config;
+use crate::dns::proxy::{DnsProxy, Verdict};
+use crate::dns::runtime::{LocalSource, RouteTable};
+use crate::observability::wireguard as wireguard_stats;
 use tundns_dns::MAX_MESSAGE_LEN;
 
 /// Clients served at once; more wait for a slot.
@@ -39,8 +39,6 @@ const MAX_CONNECTIONS: usize = 16;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the UAPI socket gets to answer `get=1`.
 const UAPI_TIMEOUT: Duration = Duration::from_secs(2);
-/// The largest UAPI answer read (many peers with many allowed IPs).
-const MAX_UAPI_ANSWER: u64 = 4 << 20;
 
 /// Why the control socket could not start.
 #[derive(Debug, thiserror::Error)]
@@ -464,19 +462,19 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
     let stats = proxy.stats();
     let by_path = |path| stats.queries.by_path(path);
     let queries = [
-        ("blocked", by_path(metrics::AnswerPath::Blocked)),
-        ("local", by_path(metrics::AnswerPath::Local)),
-        ("cache", by_path(metrics::AnswerPath::Cache)),
-        ("upstream", by_path(metrics::AnswerPath::Forwarded)),
+        ("blocked", by_path(AnswerPath::Blocked)),
+        ("local", by_path(AnswerPath::Local)),
+        ("cache", by_path(AnswerPath::Cache)),
+        ("upstream", by_path(AnswerPath::Forwarded)),
         (
             "collapsed",
             stats.collapsed.load(std::sync::atomic::Ordering::Relaxed),
         ),
-        ("stale", by_path(metrics::AnswerPath::Stale)),
-        ("servfail", by_path(metrics::AnswerPath::Servfail)),
-        ("refused_overload", by_path(metrics::AnswerPath::Refused)),
-        ("malformed", by_path(metrics::AnswerPath::Formerr)),
-        ("dropped", by_path(metrics::AnswerPath::Dropped)),
+        ("stale", by_path(AnswerPath::Stale)),
+        ("servfail", by_path(AnswerPath::Servfail)),
+        ("refused_overload", by_path(AnswerPath::Refused)),
+        ("malformed", by_path(AnswerPath::Formerr)),
+        ("dropped", by_path(AnswerPath::Dropped)),
     ]
     .into_iter()
     .map(|(name, count)| (name.to_owned(), count))
@@ -491,29 +489,9 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
 }
 
 /// The answer of the interface's UAPI socket to `get=1`.
-async fn read_uapi(interface: &str) -> io::Result<String> {
+async fn read_uapi(interface: &str) -> io::Result<zeroize::Zeroizing<String>> {
     let path = uapi_socket_path(interface);
-    let exchange = async {
-        let mut stream = UnixStream::connect(&path).await?;
-        stream.write_all(b"get=1\n\n").await?;
-        let mut reader = BufReader::new(stream).take(MAX_UAPI_ANSWER);
-        let mut text = String::new();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await? == 0 {
-                break;
-            }
-            // The answer ends with "errno=N" and an empty line.
-            let finished = line.starts_with("errno=");
-            text.push_str(&line);
-            if finished {
-                break;
-            }
-        }
-        Ok(text)
-    };
-    tokio::time::timeout(UAPI_TIMEOUT, exchange)
+    tokio::time::timeout(UAPI_TIMEOUT, wireguard_stats::get(&path))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the UAPI socket did not answer"))?
 }
@@ -567,9 +545,9 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
     // What `accept` will find, looked at first without counting: blocklist and local data
     // are pure; a memory answer that is neither is the cache's.
     let from_list = if proxy.blocklist().is_blocked(parsed.question()) {
-        Some(AnswerPath::Blocked)
+        Some(AnsweredBy::Blocked)
     } else if proxy.local().answer(&parsed, &mut out).is_some() {
-        Some(AnswerPath::Local)
+        Some(AnsweredBy::Local)
     } else {
         None
     };
@@ -580,9 +558,9 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
             let answer = out[..len].to_vec();
             // REFUSED is never cached: from memory, it is the overload answer.
             let path = from_list.unwrap_or(if rcode_of(&answer) == REFUSED {
-                AnswerPath::Overload
+                AnsweredBy::Overload
             } else {
-                AnswerPath::Cache
+                AnsweredBy::Cache
             });
             (answer, path, None, None)
         }
@@ -592,8 +570,8 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
             let resolved = forward.resolve_from().await;
             let upstream = resolved.upstream.map(|upstream| upstream.to_string());
             let path = match resolved.path {
-                metrics::AnswerPath::Blocked => AnswerPath::Blocked,
-                _ => AnswerPath::Upstream,
+                AnswerPath::Blocked => AnsweredBy::Blocked,
+                _ => AnsweredBy::Upstream,
             };
             (resolved.answer, path, group, upstream)
         }

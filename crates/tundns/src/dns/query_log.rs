@@ -30,7 +30,9 @@ use tokio::sync::mpsc;
 use tundns_dns::Question;
 use tundns_upstream::Protocol;
 
-use crate::metrics::{AnswerPath, type_mnemonic};
+use tundns_resolver::AnswerPath;
+
+use crate::dns::counters::type_mnemonic;
 
 /// Lines waiting for the writer; beyond this they are dropped.
 pub const QUEUE_LEN: usize = 4096;

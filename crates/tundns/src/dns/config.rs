@@ -5,16 +5,15 @@
 //! `LocalZone`, `Block` and `[DNSRoute]`, the list file's line for `HostsFile` and
 //! `BlockList` entries. Nothing here touches the network or the system.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use tundns_config::{Config, ConfigError, Spanned, Upstream};
+use tundns_config::{Config, ConfigError, Spanned};
 use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{BlockList, BlockMode, LocalData, LocalDataBuilder, RecordError, Routes};
-use tundns_upstream::{PoolConfig, Transport, UpstreamPool, UpstreamSpec};
 
-use crate::dns_proxy::ResolverParts;
-use crate::dns_runtime::LocalSource;
+use crate::dns::groups::{pool_config, tunnel_source, upstream_group};
+use crate::dns::proxy::ResolverParts;
+use crate::dns::runtime::LocalSource;
 
 /// Builds the resolver described by `config`, read from `path`, and the sources of its local
 /// data for the control socket.
@@ -70,103 +69,6 @@ pub fn resolver_parts(
         max_in_flight: settings.max_in_flight,
     };
     Ok((parts, local_source))
-}
-
-pub(crate) fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
-    PoolConfig {
-        attempt_timeout: config.dns_proxy.upstream_timeout,
-        // Queries through the tunnel must not carry the mark that keeps the others out of it.
-        fwmark: match bind_address {
-            Some(_) => None,
-            None => config.interface.fwmark.map(|mark| mark.get()),
-        },
-        bind_address,
-        ca_file: config
-            .dns_proxy
-            .ca_file
-            .as_ref()
-            .map(|file| file.value.clone()),
-        ..PoolConfig::default()
-    }
-}
-
-/// The interface address that sources queries to a group reached through the tunnel: the
-/// first `Address` of the family of the group's upstreams, which must share one family
-/// since every socket of the group is bound to that address.
-pub(crate) fn tunnel_source(
-    config: &Config,
-    upstreams: &[Upstream],
-    path: &Path,
-    line: usize,
-) -> Result<IpAddr, ConfigError> {
-    let family_v4 = upstreams.first().is_none_or(|up| up.address().is_ipv4());
-    if upstreams
-        .iter()
-        .any(|up| up.address().is_ipv4() != family_v4)
-    {
-        return Err(at(
-            path,
-            line,
-            "ThroughTunnel upstreams must all be IPv4 or all IPv6: they share one source address",
-        ));
-    }
-    config
-        .interface
-        .addresses
-        .iter()
-        .map(|net| net.addr())
-        .find(|addr| addr.is_ipv4() == family_v4)
-        .ok_or_else(|| {
-            at(
-                path,
-                line,
-                "ThroughTunnel needs an interface Address of the upstream's IP family",
-            )
-        })
-}
-
-fn upstream_group(
-    upstreams: &[Upstream],
-    pool: PoolConfig,
-    path: &Path,
-    line: Option<usize>,
-) -> Result<UpstreamPool, ConfigError> {
-    UpstreamPool::new(upstreams.iter().map(spec).collect(), pool).map_err(|error| {
-        let message = format!("upstreams: {error}");
-        match line {
-            Some(line) => at(path, line, message),
-            None => ConfigError::for_file(path, message),
-        }
-    })
-}
-
-/// The upstream crate's view of a configured upstream.
-pub(crate) fn spec(upstream: &Upstream) -> UpstreamSpec {
-    let (transport, address) = match upstream {
-        Upstream::Udp(address) => (Transport::Udp, *address),
-        Upstream::Tcp(address) => (Transport::Tcp, *address),
-        Upstream::Tls {
-            server_name,
-            address,
-        } => (
-            Transport::Tls {
-                server_name: server_name.clone(),
-            },
-            *address,
-        ),
-        Upstream::Https {
-            server_name,
-            address,
-            path,
-        } => (
-            Transport::Https {
-                server_name: server_name.clone(),
-                path: path.clone(),
-            },
-            *address,
-        ),
-    };
-    UpstreamSpec { transport, address }
 }
 
 /// The local data, and what it was built from, kept for changes through the control socket.

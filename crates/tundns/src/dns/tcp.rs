@@ -17,7 +17,7 @@ use tundns_filter::{Service, TunWriter};
 use tundns_netstack::{ConnectionId, Event, Limits, TcpStack};
 use tundns_upstream::Protocol;
 
-use crate::dns_proxy::{DnsProxy, Verdict};
+use crate::dns::proxy::{DnsProxy, Verdict};
 use tundns_dns::MAX_MESSAGE_LEN;
 
 /// Largest query accepted over TCP. Real queries are a few hundred bytes; the bound keeps

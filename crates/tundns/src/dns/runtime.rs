@@ -6,13 +6,39 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use tundns_config::{Config, Upstream};
 use tundns_dns::{LocalData, LocalDataBuilder, Routes};
 use tundns_upstream::UpstreamPool;
 
-use crate::control_protocol::{RecordEntry, RouteEntry, Source};
-use crate::dns_config;
-use crate::dns_proxy::Upstreams;
+use crate::dns::groups;
+use crate::dns::proxy::Upstreams;
+
+/// Where a record or a route comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The config file (`Record =`, `[DNSRoute]`, `[DNSProxy] Upstream`).
+    Config,
+    /// Added through the control socket; gone at restart.
+    Runtime,
+}
+
+/// One local record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordEntry {
+    pub record: String,
+    pub source: Source,
+}
+
+/// One split-DNS route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub domains: Vec<String>,
+    pub upstreams: Vec<String>,
+    pub through_tunnel: bool,
+    pub source: Source,
+}
 
 /// The sources of the local data, in the order the config's are read.
 #[derive(Debug, Clone, Default)]
@@ -297,15 +323,15 @@ impl RouteTable {
             .map(|text| text.parse::<Upstream>())
             .collect::<Result<Vec<_>, _>>()?;
         let bind_address = if through_tunnel {
-            let source = dns_config::tunnel_source(config, &upstreams, Path::new(""), 0)
+            let source = groups::tunnel_source(config, &upstreams, Path::new(""), 0)
                 .map_err(|error| error.message().to_owned())?;
             Some(source)
         } else {
             None
         };
         let pool = UpstreamPool::new(
-            upstreams.iter().map(dns_config::spec).collect(),
-            dns_config::pool_config(config, bind_address),
+            upstreams.iter().map(groups::spec).collect(),
+            groups::pool_config(config, bind_address),
         )
         .map_err(|error| format!("upstreams: {error}"))?;
         let mut next = self.clone();
@@ -399,7 +425,7 @@ mod tests {
 
     fn pool(address: &str) -> UpstreamPool {
         let upstream: Upstream = address.parse().unwrap();
-        UpstreamPool::new(vec![dns_config::spec(&upstream)], PoolConfig::default()).unwrap()
+        UpstreamPool::new(vec![groups::spec(&upstream)], PoolConfig::default()).unwrap()
     }
 
     fn table() -> RouteTable {

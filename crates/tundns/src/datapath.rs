@@ -1,0 +1,106 @@
+//! The data path, wired in one place: every packet tundns touches passes through what
+//! this file connects.
+//!
+//! ```text
+//!  apps ──► TUN ──► FilteredTun (tundns-filter) ── classify by destination ──┐
+//!                      │ virtual IP                                         │ anything else
+//!                      ▼                                                    ▼
+//!               VirtualHost "dns"                                 gotatun: encrypt ──► UDP ──► peer
+//!                 ├ UDP 53: UdpDns (dns::proxy), on the TUN reader:
+//!                 │    Resolver::answer_inline — blocklist, local data, cache:
+//!                 │      answered in place, written straight back into the TUN;
+//!                 │    a miss ─► Forwarding (collapsing, bound) ─► a task per upstream
+//!                 │      request: UpstreamPool (tundns-upstream) drives pool::Pool over
+//!                 │      host sockets ─► the answer is written into the TUN
+//!                 └ TCP 53: TcpDns (dns::tcp): smoltcp (tundns-netstack) in one task,
+//!                        queries through the same DnsProxy, segments back into the TUN
+//!  apps ◄── TUN ◄── FilteredTunSender (drops virtual IPs from the tunnel) ◄── gotatun: decrypt ◄── peer
+//! ```
+//!
+//! The filter runs inside gotatun's TUN reader and writer ([`FilteredTun`] and
+//! [`FilteredTunSender`] are its `IpRecv`/`IpSend`); services answer through a
+//! [`TunWriter`], never through WireGuard. `tunnel` calls this at start-up, after the
+//! interface exists and before anything is routed to it.
+
+use std::sync::Arc;
+
+use gotatun::device::DeviceBuilder;
+use gotatun::device::Peer;
+use gotatun::device::uapi::UapiServer;
+use gotatun::udp::socket::UdpSocketFactory;
+use gotatun::x25519::StaticSecret;
+use tun_rs::AsyncDevice;
+use tundns_config::Config;
+use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWriter, VirtualHost};
+
+use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
+use crate::dns::tcp::TcpDns;
+
+/// Why WireGuard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("starting the UAPI socket: {0}")]
+    Uapi(String),
+    #[error("starting WireGuard: {0}")]
+    WireGuard(#[from] gotatun::device::Error),
+}
+
+/// gotatun's device with the filter on both sides of the TUN.
+pub type WireGuard = gotatun::device::Device<(UdpSocketFactory, FilteredTunSender, FilteredTun)>;
+
+/// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack.
+pub fn serve_dns(
+    config: &Config,
+    resolver: ResolverParts,
+    rules: &Rules,
+    tun: &Arc<AsyncDevice>,
+    stats: &Arc<FilterStats>,
+) -> Arc<DnsProxy> {
+    let settings = &config.dns_proxy;
+    let proxy = DnsProxy::new(resolver);
+    let tcp = TcpDns::spawn(
+        proxy.clone(),
+        &settings.addresses,
+        settings.max_tcp_connections,
+        settings.tcp_idle_timeout,
+        config.interface.mtu,
+        TunWriter::new(tun.clone(), stats.clone()),
+    );
+    let host = Arc::new(
+        VirtualHost::new("dns")
+            .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
+            .with_tcp(53, Arc::new(tcp)),
+    );
+    for ip in &settings.addresses {
+        rules.insert(*ip, host.clone());
+    }
+    proxy
+}
+
+/// gotatun's device between the filtered TUN and its UDP sockets, with the UAPI socket.
+pub async fn start_wireguard(
+    config: &Config,
+    peers: Vec<Peer>,
+    tun: &Arc<AsyncDevice>,
+    rules: &Rules,
+    stats: &Arc<FilterStats>,
+) -> Result<WireGuard, StartError> {
+    let uapi = UapiServer::default_unix_socket(&config.interface_name, None, None)
+        .map_err(|error| StartError::Uapi(error.to_string()))?;
+    let mut builder = DeviceBuilder::new()
+        .with_default_udp()
+        .with_ip_pair(
+            FilteredTunSender::new(tun.clone(), rules, stats.clone()),
+            FilteredTun::new(tun.clone(), rules, config.interface.mtu, stats.clone()),
+        )
+        .with_private_key(StaticSecret::from(
+            *config.interface.private_key.expose_bytes(),
+        ))
+        .with_listen_port(config.interface.listen_port.unwrap_or(0))
+        .with_peers(peers)
+        .with_uapi(uapi);
+    if let Some(mark) = config.interface.fwmark {
+        builder = builder.with_fwmark(mark.get());
+    }
+    Ok(builder.build().await?)
+}

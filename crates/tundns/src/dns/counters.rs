@@ -1,0 +1,168 @@
+//! What the DNS proxy counts on the answer path: every query by transport, type and how
+//! it was answered, in a fixed array of relaxed atomics, so counting one query is an index
+//! computation and one increment. The metrics endpoint and the control socket read them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tundns_resolver::{AnswerPath, Protocol};
+
+/// Counters of the proxy, by how each query was answered. Relaxed atomics: statistics only.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    /// Every query by transport, type and how it was answered (blocked, local, cache,
+    /// forwarded, stale, servfail, refused, formerr, dropped).
+    pub queries: QueryCounters,
+    /// Joined an identical query already in flight instead of asking again.
+    pub collapsed: AtomicU64,
+    /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
+    pub tcp_connections: AtomicU64,
+}
+
+/// The query types counted on their own; every other type is counted as `other`.
+const COUNTED_TYPES: [(u16, &str); 12] = [
+    (1, "A"),
+    (2, "NS"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (12, "PTR"),
+    (15, "MX"),
+    (16, "TXT"),
+    (28, "AAAA"),
+    (33, "SRV"),
+    (64, "SVCB"),
+    (65, "HTTPS"),
+    (255, "ANY"),
+];
+const TYPE_SLOTS: usize = COUNTED_TYPES.len() + 1;
+const OTHER_TYPE: usize = COUNTED_TYPES.len();
+const TRANSPORTS: [(Protocol, &str); 2] = [(Protocol::Udp, "udp"), (Protocol::Tcp, "tcp")];
+
+/// The mnemonic of a query type, if it is one of the commonly counted ones.
+pub fn type_mnemonic(qtype: u16) -> Option<&'static str> {
+    COUNTED_TYPES
+        .iter()
+        .find(|(known, _)| *known == qtype)
+        .map(|(_, name)| *name)
+}
+
+fn type_slot(qtype: Option<u16>) -> usize {
+    qtype
+        .and_then(|qtype| COUNTED_TYPES.iter().position(|(known, _)| *known == qtype))
+        .unwrap_or(OTHER_TYPE)
+}
+
+fn transport_slot(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Udp => 0,
+        Protocol::Tcp => 1,
+    }
+}
+
+/// Queries by transport, path and type: a fixed array of relaxed atomics, so counting
+/// one query is an index computation and one increment.
+pub struct QueryCounters {
+    counts: [[[AtomicU64; TYPE_SLOTS]; AnswerPath::ALL.len()]; TRANSPORTS.len()],
+}
+
+impl Default for QueryCounters {
+    fn default() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| {
+                std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for QueryCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryCounters")
+            .field("total", &self.total())
+            .finish()
+    }
+}
+
+impl QueryCounters {
+    /// Counts one query; `qtype` is `None` when the query could not be read.
+    pub fn record(&self, protocol: Protocol, qtype: Option<u16>, path: AnswerPath) {
+        self.counts[transport_slot(protocol)][path as usize][type_slot(qtype)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queries counted with this transport, path and type label.
+    pub fn get(&self, protocol: Protocol, path: AnswerPath, type_label: &str) -> u64 {
+        let slot = COUNTED_TYPES
+            .iter()
+            .position(|(_, name)| *name == type_label)
+            .unwrap_or(OTHER_TYPE);
+        self.counts[transport_slot(protocol)][path as usize][slot].load(Ordering::Relaxed)
+    }
+
+    /// Queries answered by `path`, over every transport and type.
+    pub fn by_path(&self, path: AnswerPath) -> u64 {
+        self.counts
+            .iter()
+            .flat_map(|by_path| &by_path[path as usize])
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Every query counted.
+    pub fn total(&self) -> u64 {
+        self.counts
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Every non-zero count with its labels: transport, path, type.
+    pub fn nonzero(&self) -> impl Iterator<Item = ([(&'static str, &'static str); 3], u64)> + '_ {
+        TRANSPORTS
+            .iter()
+            .enumerate()
+            .flat_map(move |(t, (_, transport))| {
+                AnswerPath::ALL.iter().flat_map(move |path| {
+                    (0..TYPE_SLOTS).filter_map(move |slot| {
+                        let count = self.counts[t][*path as usize][slot].load(Ordering::Relaxed);
+                        let qtype = COUNTED_TYPES.get(slot).map_or("other", |(_, name)| *name);
+                        (count > 0).then_some((
+                            [
+                                ("transport", *transport),
+                                ("type", qtype),
+                                ("result", path.label()),
+                            ],
+                            count,
+                        ))
+                    })
+                })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_counters_index_transport_path_and_type() {
+        let counters = QueryCounters::default();
+        counters.record(Protocol::Udp, Some(1), AnswerPath::Cache);
+        counters.record(Protocol::Udp, Some(1), AnswerPath::Cache);
+        counters.record(Protocol::Tcp, Some(28), AnswerPath::Forwarded);
+        counters.record(Protocol::Udp, Some(99), AnswerPath::Blocked);
+        counters.record(Protocol::Udp, None, AnswerPath::Dropped);
+        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Cache, "A"), 2);
+        assert_eq!(counters.get(Protocol::Tcp, AnswerPath::Cache, "A"), 0);
+        assert_eq!(
+            counters.get(Protocol::Tcp, AnswerPath::Forwarded, "AAAA"),
+            1
+        );
+        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Blocked, "other"), 1);
+        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Dropped, "other"), 1);
+        assert_eq!(counters.total(), 5);
+        assert_eq!(counters.nonzero().count(), 4);
+    }
+}

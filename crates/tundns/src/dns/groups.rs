@@ -1,0 +1,107 @@
+//! Upstream groups: a pool per upstream list, with the settings every pool of a tunnel
+//! shares (timeout, mark, source address, CA file). Built at start from the config and at
+//! run time for routes added through the control socket.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use tundns_config::{Config, ConfigError, Upstream};
+use tundns_upstream::{PoolConfig, Transport, UpstreamPool, UpstreamSpec};
+
+pub fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
+    PoolConfig {
+        attempt_timeout: config.dns_proxy.upstream_timeout,
+        // Queries through the tunnel must not carry the mark that keeps the others out of it.
+        fwmark: match bind_address {
+            Some(_) => None,
+            None => config.interface.fwmark.map(|mark| mark.get()),
+        },
+        bind_address,
+        ca_file: config
+            .dns_proxy
+            .ca_file
+            .as_ref()
+            .map(|file| file.value.clone()),
+        ..PoolConfig::default()
+    }
+}
+
+/// The interface address that sources queries to a group reached through the tunnel: the
+/// first `Address` of the family of the group's upstreams, which must share one family
+/// since every socket of the group is bound to that address.
+pub fn tunnel_source(
+    config: &Config,
+    upstreams: &[Upstream],
+    path: &Path,
+    line: usize,
+) -> Result<IpAddr, ConfigError> {
+    let family_v4 = upstreams.first().is_none_or(|up| up.address().is_ipv4());
+    if upstreams
+        .iter()
+        .any(|up| up.address().is_ipv4() != family_v4)
+    {
+        return Err(ConfigError::at(
+            path,
+            line,
+            "ThroughTunnel upstreams must all be IPv4 or all IPv6: they share one source address"
+                .to_owned(),
+        ));
+    }
+    config
+        .interface
+        .addresses
+        .iter()
+        .map(|net| net.addr())
+        .find(|addr| addr.is_ipv4() == family_v4)
+        .ok_or_else(|| {
+            ConfigError::at(
+                path,
+                line,
+                "ThroughTunnel needs an interface Address of the upstream's IP family".to_owned(),
+            )
+        })
+}
+
+pub fn upstream_group(
+    upstreams: &[Upstream],
+    pool: PoolConfig,
+    path: &Path,
+    line: Option<usize>,
+) -> Result<UpstreamPool, ConfigError> {
+    UpstreamPool::new(upstreams.iter().map(spec).collect(), pool).map_err(|error| {
+        let message = format!("upstreams: {error}");
+        match line {
+            Some(line) => ConfigError::at(path, line, message),
+            None => ConfigError::for_file(path, message),
+        }
+    })
+}
+
+/// The upstream crate's view of a configured upstream.
+pub fn spec(upstream: &Upstream) -> UpstreamSpec {
+    let (transport, address) = match upstream {
+        Upstream::Udp(address) => (Transport::Udp, *address),
+        Upstream::Tcp(address) => (Transport::Tcp, *address),
+        Upstream::Tls {
+            server_name,
+            address,
+        } => (
+            Transport::Tls {
+                server_name: server_name.clone(),
+            },
+            *address,
+        ),
+        Upstream::Https {
+            server_name,
+            address,
+            path,
+        } => (
+            Transport::Https {
+                server_name: server_name.clone(),
+                path: path.clone(),
+            },
+            *address,
+        ),
+    };
+    UpstreamSpec { transport, address }
+}

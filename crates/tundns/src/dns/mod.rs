@@ -1,0 +1,17 @@
+//! The DNS proxy's drivers: they run the sans-IO `tundns-resolver` on the TUN reader and
+//! in tasks, and build it from the config.
+//!
+//! - [`proxy`]: the resolver's driver and its UDP front end, inline on the TUN reader;
+//! - [`tcp`]: DNS over TCP on the virtual IPs, through the userspace netstack;
+//! - [`config`]: the resolver's parts, built from the config;
+//! - [`groups`]: upstream groups (pools) built from upstream lists;
+//! - [`runtime`]: the local records and split-DNS routes that change at run time;
+//! - [`counters`] and [`query_log`]: what every answer is counted and logged as.
+
+pub mod config;
+pub mod counters;
+pub mod groups;
+pub mod proxy;
+pub mod query_log;
+pub mod runtime;
+pub mod tcp;
