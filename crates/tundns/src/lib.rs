@@ -1,11 +1,16 @@
 //! tundns: a userspace WireGuard client whose TUN device answers DNS itself.
 //!
-//! This crate is the wiring: it reads the config, creates the TUN device and its addresses
-//! and routes, registers the DNS proxy on the virtual IPs in the filter, runs WireGuard
-//! through gotatun and undoes every system change on the way down. The logic lives in the
-//! crates it wires: `tundns-packet`, `tundns-filter`, `tundns-dns`, `tundns-upstream`,
-//! `tundns-netstack`, `tundns-config` and `tundns-host` (every change to the operating
-//! system).
+//! This crate is the binary and a thin shell around the crates that own the logic:
+//! - [`datapath`]: the whole packet path, wired and documented in one file;
+//! - [`dns`]: the drivers that run the sans-IO `tundns-resolver` on the TUN reader and in
+//!   tasks, and build it from the config;
+//! - [`control`]: the control socket's server, client and protocol;
+//! - [`observability`]: the metrics endpoint and the query log's lifecycle;
+//! - [`tunnel`]: `tundns up`, brought up in order and torn down in reverse.
+//!
+//! It must never hold logic a library crate could own: packets are `tundns-packet`'s and
+//! `tundns-filter`'s, DNS decisions `tundns-dns`'s and `tundns-resolver`'s, upstream I/O
+//! `tundns-upstream`'s, and every change to the operating system `tundns-host`'s.
 
 pub mod control;
 pub mod datapath;
