@@ -94,6 +94,22 @@ struct Waiter<C> {
     chain: Option<Arc<CnameChain>>,
 }
 
+impl<C> Waiter<C> {
+    fn new(
+        client: C,
+        query: &Query<'_>,
+        protocol: Protocol,
+        chain: Option<Arc<CnameChain>>,
+    ) -> Self {
+        Waiter {
+            client,
+            query: query.bytes().to_vec(),
+            protocol,
+            chain,
+        }
+    }
+}
+
 struct InFlight<C> {
     /// What was asked upstream, to cache the answer under.
     asked: Vec<u8>,
@@ -176,39 +192,39 @@ impl<C, G: Clone> Forwarding<C, G> {
             };
         }
         let chain = chain.map(|(_, chain)| chain);
-        let asked = match &chain {
-            Some(chain) => chain.target_query(&query),
-            None => query.bytes().to_vec(),
+        // A chain asks upstream for its target; anything else is asked as it came.
+        let target = chain.as_ref().map(|chain| chain.target_query(&query));
+        let parsed_target = target.as_deref().map(tundns_dns::parse_query);
+        let asked_query = match &parsed_target {
+            None => &query,
+            Some(Ok(target)) => target,
+            Some(Err(_)) => {
+                let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, out);
+                return Admission::Answered {
+                    client,
+                    len,
+                    path: AnswerPath::Servfail,
+                };
+            }
         };
-        let Ok(asked_query) = tundns_dns::parse_query(&asked) else {
-            let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, out);
-            return Admission::Answered {
-                client,
-                len,
-                path: AnswerPath::Servfail,
-            };
-        };
-        let key = CollapseKey::of(&asked_query, protocol);
-        let waiter = Waiter {
-            client,
-            query: query.bytes().to_vec(),
-            protocol,
-            chain,
-        };
+        let key = CollapseKey::of(asked_query, protocol);
         if let Some(in_flight) = self.in_flight.get_mut(&key) {
-            in_flight.waiters.push(waiter);
+            in_flight
+                .waiters
+                .push(Waiter::new(client, &query, protocol, chain));
             self.waiting += 1;
             return Admission::Waiting { collapsed: true };
         }
         // An identical query may have been answered since the inline look; asking again
         // would be a second upstream query.
-        if let Some((len, path)) = late_hit(resolver, &waiter, &asked_query, now, out) {
-            return Admission::Answered {
-                client: waiter.client,
-                len,
-                path,
-            };
+        let chain_ref = chain.as_deref();
+        if let Some((len, path)) =
+            late_hit(resolver, &query, chain_ref, protocol, asked_query, now, out)
+        {
+            return Admission::Answered { client, len, path };
         }
+        let asked = target.unwrap_or_else(|| query.bytes().to_vec());
+        let waiter = Waiter::new(client, &query, protocol, chain);
         self.ask(resolver, key, asked, waiter);
         Admission::Waiting { collapsed: false }
     }
@@ -270,10 +286,13 @@ impl<C, G: Clone> Forwarding<C, G> {
     }
 }
 
-/// A cache hit for a query that missed inline, written into `out`: its length and path.
-fn late_hit<C, G>(
+/// A cache hit for `query`, which missed inline, written into `out`: its length and path.
+/// `asked` is what upstream would be asked: `query`, or its chain's target.
+fn late_hit<G>(
     resolver: &Resolver<G>,
-    waiter: &Waiter<C>,
+    query: &Query<'_>,
+    chain: Option<&CnameChain>,
+    protocol: Protocol,
     asked: &Query<'_>,
     now: Instant,
     out: &mut [u8],
@@ -281,14 +300,13 @@ fn late_hit<C, G>(
     let cache = resolver.cache()?;
     let mut hit = vec![0; LATE_HIT_BUFFER];
     let len = cache.lookup_again(asked, now, &mut hit)?;
-    let query = tundns_dns::parse_query(&waiter.query).ok()?;
-    let answer = match &waiter.chain {
+    let answer = match chain {
         None => hit[..len].to_vec(),
-        Some(chain) => resolver.complete_chain(chain, &query, &hit[..len])?,
+        Some(chain) => resolver.complete_chain(chain, query, &hit[..len])?,
     };
     let written = out.get_mut(..answer.len())?;
     written.copy_from_slice(&answer);
-    let len = fit_for_client(&query, waiter.protocol, out, answer.len());
+    let len = fit_for_client(query, protocol, out, answer.len());
     Some((len, AnswerPath::Cache))
 }
 

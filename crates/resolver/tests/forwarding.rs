@@ -349,3 +349,48 @@ fn a_cname_into_a_blocked_domain_is_answered_as_blocked_and_cached_so() {
         "answered from memory next time"
     );
 }
+
+#[test]
+fn a_query_that_missed_just_before_the_answer_arrived_is_answered_from_the_cache() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut forwarding = Forwarding::new(64);
+    let now = clock.at_millis(0);
+    ask(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(1, "race.lab.test"),
+        now,
+    )
+    .unwrap();
+    // The second query misses inline while the first is still asking...
+    let second = query(2, "race.lab.test");
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    let Inline::Miss(miss) = resolver.answer_inline(&second, Protocol::Udp, now, &mut out) else {
+        panic!("a miss: nothing is cached yet");
+    };
+    // ...and the answer lands before it reaches the forwarding table.
+    let asked = requests(&mut forwarding);
+    forwarding.handle_upstream_answer(
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 3, 300),
+        now,
+    );
+    match forwarding.handle_miss(&resolver, 2, miss, now, &mut out) {
+        Admission::Answered {
+            client: 2,
+            len,
+            path: AnswerPath::Cache,
+        } => {
+            assert_eq!(id_of(&out[..len]), 2);
+            assert_eq!(marker_of(&out[..len]), 3);
+        }
+        _ => panic!("expected the late cache hit"),
+    }
+    assert!(
+        requests(&mut forwarding).is_empty(),
+        "no second upstream request"
+    );
+}
