@@ -101,7 +101,7 @@ impl Tunnel {
             .then(|| dns_config::resolver_parts(config, path))
             .transpose()?;
         // Claimed before any change, so an address in use leaves nothing behind.
-        let observability = observability::Prepared::new(config, path)?;
+        let observability = observability::Claimed::new(config, path)?;
         // Endpoints are resolved before any route exists: once the virtual IPs are routed
         // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
         let peers = wireguard_peers(config).await?;

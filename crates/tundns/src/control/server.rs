@@ -29,7 +29,7 @@ use crate::control::protocol::{
 };
 use crate::dns::config as dns_config;
 use crate::dns::proxy::{DnsProxy, Verdict};
-use crate::dns::runtime::{LocalSource, RouteTable};
+use crate::dns::runtime::{LocalSource, SplitRoutes};
 use crate::observability::wireguard as wireguard_stats;
 use tundns_dns::MAX_MESSAGE_LEN;
 
@@ -78,7 +78,7 @@ impl Dns {
 
 struct Sources {
     local: LocalSource,
-    routes: RouteTable,
+    routes: SplitRoutes,
 }
 
 /// A serving control socket; [`ControlServer::shut_down`] (or drop) stops it and removes
@@ -103,7 +103,7 @@ impl ControlServer {
         let dns = dns.map(|(proxy, local)| Dns {
             sources: Mutex::new(Sources {
                 local,
-                routes: RouteTable::from_config(config, &proxy.upstreams()),
+                routes: SplitRoutes::from_config(config, &proxy.upstreams()),
             }),
             proxy,
         });

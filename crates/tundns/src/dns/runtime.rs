@@ -219,13 +219,13 @@ struct Route {
 
 /// The split-DNS route table: the `[DNSProxy] Upstream` group and the routes.
 #[derive(Clone)]
-pub struct RouteTable {
+pub struct SplitRoutes {
     default_upstreams: Vec<Upstream>,
     default_pool: UpstreamPool,
     routes: Vec<Route>,
 }
 
-impl RouteTable {
+impl SplitRoutes {
     /// The table `dns_config` built from `config`: group 0 is the default, group `i` the
     /// config's route `i - 1`.
     pub fn from_config(config: &Config, upstreams: &Upstreams) -> Self {
@@ -428,8 +428,8 @@ mod tests {
         UpstreamPool::new(vec![groups::spec(&upstream)], PoolConfig::default()).unwrap()
     }
 
-    fn table() -> RouteTable {
-        RouteTable {
+    fn table() -> SplitRoutes {
+        SplitRoutes {
             default_upstreams: vec!["192.0.2.53".parse().unwrap()],
             default_pool: pool("192.0.2.53"),
             routes: vec![Route {

@@ -1,10 +1,10 @@
 //! Bringing up what shows tundns at work: the metrics endpoint (`MetricsAddress`) and the
 //! query log (`QueryLog`), and reopening the log on SIGHUP.
 //!
-//! Both are claimed before the system is touched ([`Prepared::new`]): the address is
+//! Both are claimed before the system is touched ([`Claimed::new`]): the address is
 //! bound and the file opened, so an address in use or an unwritable path is a start-up
 //! error that leaves no interface behind. Serving starts once the tunnel is up
-//! ([`Prepared::start`]); dropping the [`Observability`] stops it.
+//! ([`Claimed::start`]); dropping the [`Observability`] stops it.
 //!
 //! - [`metrics`]: the Prometheus endpoint, read at scrape time;
 //! - [`wireguard`]: the one reader of gotatun's UAPI socket, for peers' counters.
@@ -72,12 +72,12 @@ pub fn check(config: &Config, path: &Path) -> Result<(), ObservabilityError> {
 }
 
 /// The metrics listener and the query log, claimed but not yet serving.
-pub struct Prepared {
+pub struct Claimed {
     listener: Option<std::net::TcpListener>,
     query_log: Option<QueryLog>,
 }
 
-impl Prepared {
+impl Claimed {
     /// Binds `MetricsAddress` and opens `QueryLog` (creating its directory if needed).
     /// On error nothing is left bound or running.
     pub fn new(config: &Config, path: &Path) -> Result<Self, ObservabilityError> {
