@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use tundns_dns::{Question, parse_query};
+use tundns_dns::Question;
 use tundns_resolver::Protocol;
 use tundns_resolver::pool::{
     Answer, AttemptFailure, ExchangeId, Pool, PoolPolicy, ResolveError, Transmit, UpstreamEntry,
@@ -269,10 +269,7 @@ impl Inner {
 
     /// One attempt, bounded by the attempt timeout; its outcome goes back to the pool.
     async fn attempt(self: Arc<Self>, transmit: Transmit) {
-        let outcome = match parse_query(&transmit.query) {
-            Ok(parsed) => self.exchange(&transmit, parsed.question()).await,
-            Err(_) => Err(AttemptFailure::Failed),
-        };
+        let outcome = self.exchange(&transmit).await;
         let mut state = self.lock();
         state
             .pool
@@ -280,11 +277,8 @@ impl Inner {
         self.pump(&mut state);
     }
 
-    async fn exchange(
-        &self,
-        transmit: &Transmit,
-        question: &Question,
-    ) -> Result<Vec<u8>, AttemptFailure> {
+    async fn exchange(&self, transmit: &Transmit) -> Result<Vec<u8>, AttemptFailure> {
+        let question = &transmit.question;
         let upstream = &self.upstreams[transmit.upstream];
         let exchange = upstream.link.exchange(
             &transmit.query,

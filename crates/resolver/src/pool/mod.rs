@@ -87,6 +87,8 @@ pub struct Transmit {
     pub protocol: Protocol,
     /// The query, with the client's ID (the transport picks its own).
     pub query: Bytes,
+    /// Its question, which the answer must match.
+    pub question: Question,
 }
 
 /// An upstream's answer to an exchange.
@@ -226,7 +228,7 @@ impl Pool {
         self.stats.queries += 1;
         let id = ExchangeId(self.fresh_id());
         let query = Bytes::copy_from_slice(query);
-        let order = self.plan(&query, protocol, now);
+        let order = self.plan(&query, parsed.question(), protocol, now);
         self.exchanges.insert(
             id,
             Exchange {
@@ -385,7 +387,13 @@ impl Pool {
 
     /// The upstreams to ask, in order: the alive ones, or all when none is (the query
     /// itself is then the probe). Otherwise dead upstreams due a probe get one.
-    fn plan(&mut self, query: &Bytes, protocol: Protocol, now: Instant) -> Vec<usize> {
+    fn plan(
+        &mut self,
+        query: &Bytes,
+        question: &Question,
+        protocol: Protocol,
+        now: Instant,
+    ) -> Vec<usize> {
         let alive: Vec<usize> = (0..self.upstreams.len())
             .filter(|&index| self.upstreams[index].health.alive())
             .collect();
@@ -396,7 +404,7 @@ impl Pool {
             if self.upstreams[index].health.claim_probe(now) {
                 self.stats.probes += 1;
                 let probe = self.attempt(Purpose::Probe, index, protocol, now);
-                self.transmit(probe, query.clone());
+                self.transmit(probe, query.clone(), question.clone());
             }
         }
         alive
@@ -438,8 +446,9 @@ impl Pool {
         exchange.hedge_at =
             (hedge && more).then(|| now + self.upstreams[index].health.hedge_delay());
         let (protocol, query) = (exchange.protocol, exchange.query.clone());
+        let question = exchange.question.clone();
         let attempt = self.attempt(Purpose::Exchange(id), index, protocol, now);
-        self.transmit(attempt, query);
+        self.transmit(attempt, query, question);
     }
 
     fn attempt(
@@ -459,13 +468,14 @@ impl Pool {
         }
     }
 
-    fn transmit(&mut self, attempt: Attempt, query: Bytes) {
+    fn transmit(&mut self, attempt: Attempt, query: Bytes, question: Question) {
         let id = AttemptId(self.fresh_id());
         self.transmits.push_back(Transmit {
             attempt: id,
             upstream: attempt.upstream,
             protocol: attempt.protocol,
             query,
+            question,
         });
         self.attempts.insert(id, attempt);
     }
@@ -473,16 +483,17 @@ impl Pool {
     /// A truncated UDP answer: the same upstream is asked over TCP, within the same
     /// attempt as far as health and the exchange are concerned.
     fn retry_over_tcp(&mut self, attempt: Attempt, exchange_id: ExchangeId, truncated: Vec<u8>) {
-        let Some(query) = self.exchanges.get(&exchange_id).map(|e| e.query.clone()) else {
+        let Some(exchange) = self.exchanges.get(&exchange_id) else {
             return;
         };
+        let (query, question) = (exchange.query.clone(), exchange.question.clone());
         self.stats.tcp_retries += 1;
         let retry = Attempt {
             protocol: Protocol::Tcp,
             truncated: Some(Bytes::from(truncated)),
             ..attempt
         };
-        self.transmit(retry, query);
+        self.transmit(retry, query, question);
     }
 
     fn settle_probe(&mut self, attempt: &Attempt, answered: bool, now: Instant) {
