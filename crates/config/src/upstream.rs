@@ -61,6 +61,27 @@ impl Upstream {
 }
 
 /// `name@` unless the name is just the address's IP (the form `tls://ip` gives).
+impl Upstream {
+    /// The full URL, every part spelled out (`udp://192.0.2.53:53`,
+    /// `tls://dns.example@192.0.2.53:853`): how the pool names the upstream in answers,
+    /// logs and metrics. [`Display`](fmt::Display) gives the short form, as written.
+    pub fn url(&self) -> String {
+        match self {
+            Upstream::Udp(address) => format!("udp://{address}"),
+            Upstream::Tcp(address) => format!("tcp://{address}"),
+            Upstream::Tls {
+                server_name,
+                address,
+            } => format!("tls://{server_name}@{address}"),
+            Upstream::Https {
+                server_name,
+                address,
+                path,
+            } => format!("https://{server_name}@{address}{path}"),
+        }
+    }
+}
+
 fn name_prefix(server_name: &str, address: SocketAddr) -> String {
     if server_name == address.ip().to_string() {
         String::new()
@@ -308,6 +329,18 @@ mod tests {
 
     fn sock(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_url_spells_every_part_out() {
+        let parse = |text: &str| text.parse::<Upstream>().unwrap().url();
+        assert_eq!(parse("192.0.2.53"), "udp://192.0.2.53:53");
+        assert_eq!(parse("tcp://[2001:db8::53]"), "tcp://[2001:db8::53]:53");
+        assert_eq!(parse("tls://192.0.2.53"), "tls://192.0.2.53@192.0.2.53:853");
+        assert_eq!(
+            parse("https://dns.lab.test@192.0.2.53"),
+            "https://dns.lab.test@192.0.2.53:443/dns-query"
+        );
     }
 
     #[test]

@@ -33,56 +33,18 @@ mod tls;
 mod transport;
 mod udp_sockets;
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use pool::UpstreamPool;
+pub use tundns_config::Upstream;
 pub use tundns_resolver::Protocol;
 pub use tundns_resolver::pool::{
     Answer, DEAD_AFTER_FAILURES, PoolStats, RTT_BUCKET_BOUNDS_MICROS, ResolveError, UpstreamStats,
 };
 pub use udp_sockets::{QUERIES_PER_SOCKET, SOCKET_LIFETIME, SOCKETS_PER_UPSTREAM};
-
-/// How the pool reaches one upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP; an answer with TC=1 is asked again over TCP from the same upstream.
-    Udp,
-    /// RFC 7766: a fresh connection per attempt.
-    Tcp,
-    /// DNS over TLS (RFC 7858). `server_name` is the SNI and the name the
-    /// certificate must carry (an IP address is allowed).
-    Tls { server_name: String },
-    /// DNS over HTTPS (RFC 8484), HTTP/2 POST. `path` starts with `/`.
-    Https { server_name: String, path: String },
-}
-
-/// One upstream resolver.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamSpec {
-    pub transport: Transport,
-    /// Where to connect. For DoH this is the bootstrap address, so reaching the
-    /// upstream needs no plain DNS (port 443 by convention).
-    pub address: SocketAddr,
-}
-
-/// The URL forms of the configuration (`udp://`, `tcp://`, `tls://name@ip:port`,
-/// `https://name@ip:port/path`).
-impl fmt::Display for UpstreamSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.transport {
-            Transport::Udp => write!(f, "udp://{}", self.address),
-            Transport::Tcp => write!(f, "tcp://{}", self.address),
-            Transport::Tls { server_name } => write!(f, "tls://{server_name}@{}", self.address),
-            Transport::Https { server_name, path } => {
-                write!(f, "https://{server_name}@{}{path}", self.address)
-            }
-        }
-    }
-}
 
 /// Settings shared by every upstream of a pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,11 +90,11 @@ pub enum PoolError {
     ServerName(String),
     #[error("invalid DoH path {0:?}: it must start with '/'")]
     DohPath(String),
-    #[error("bind address {bind} and upstream {upstream} are of different address families")]
-    BindFamily {
-        bind: IpAddr,
-        upstream: UpstreamSpec,
-    },
+    #[error(
+        "bind address {bind} and upstream {} are of different address families",
+        upstream.url()
+    )]
+    BindFamily { bind: IpAddr, upstream: Upstream },
     #[error("TLS setup: {0}")]
     Tls(String),
 }
@@ -140,7 +102,7 @@ pub enum PoolError {
 /// The health of one upstream, as [`UpstreamPool::health`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamHealth {
-    pub spec: UpstreamSpec,
+    pub upstream: Upstream,
     /// Smoothed RTT of successful attempts; `None` before the first.
     pub srtt: Option<Duration>,
     /// Consecutive failed attempts.

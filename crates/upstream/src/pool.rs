@@ -21,8 +21,8 @@ use tundns_resolver::pool::{
 
 use crate::transport::{self, AttemptError};
 use crate::{
-    Context, Link, PoolConfig, PoolError, PoolStats, Transport, UpstreamHealth, UpstreamSpec, doh,
-    dot, missing_tls, tls, udp_sockets,
+    Context, Link, PoolConfig, PoolError, PoolStats, Upstream, UpstreamHealth, doh, dot,
+    missing_tls, tls, udp_sockets,
 };
 
 /// What an exchange's waiter is told.
@@ -38,7 +38,7 @@ pub struct UpstreamPool {
 }
 
 struct Inner {
-    upstreams: Vec<Upstream>,
+    members: Vec<Member>,
     context: Context,
     state: Mutex<State>,
 }
@@ -49,65 +49,63 @@ struct State {
     waiting: HashMap<ExchangeId, oneshot::Sender<Outcome>>,
 }
 
-struct Upstream {
-    spec: UpstreamSpec,
+/// One upstream of the pool, and how it is reached.
+struct Member {
+    upstream: Upstream,
     link: Link,
 }
 
 impl UpstreamPool {
     /// Builds the pool; TLS settings are loaded here (system roots and `ca_file`), so a
     /// bad CA file fails at start-up, naming the file.
-    pub fn new(upstreams: Vec<UpstreamSpec>, config: PoolConfig) -> Result<Self, PoolError> {
+    pub fn new(upstreams: Vec<Upstream>, config: PoolConfig) -> Result<Self, PoolError> {
         let needs_tls = config.ca_file.is_some()
-            || upstreams.iter().any(|spec| {
-                matches!(
-                    spec.transport,
-                    Transport::Tls { .. } | Transport::Https { .. }
-                )
-            });
+            || upstreams
+                .iter()
+                .any(|upstream| matches!(upstream, Upstream::Tls { .. } | Upstream::Https { .. }));
         let tls = if needs_tls {
             Some(tls::ClientConfigs::new(config.ca_file.as_deref())?)
         } else {
             None
         };
         let mut built = Vec::with_capacity(upstreams.len());
-        for spec in upstreams {
+        for upstream in upstreams {
             if let Some(bind) = config.bind_address
-                && bind.is_ipv4() != spec.address.is_ipv4()
+                && bind.is_ipv4() != upstream.address().is_ipv4()
             {
-                return Err(PoolError::BindFamily {
-                    bind,
-                    upstream: spec,
-                });
+                return Err(PoolError::BindFamily { bind, upstream });
             }
-            let link = match &spec.transport {
-                Transport::Udp => Link::Udp(udp_sockets::UdpSockets::new(spec.address)),
-                Transport::Tcp => Link::Tcp,
-                Transport::Tls { server_name } => {
+            let link = match &upstream {
+                Upstream::Udp(address) => Link::Udp(udp_sockets::UdpSockets::new(*address)),
+                Upstream::Tcp(_) => Link::Tcp,
+                Upstream::Tls {
+                    server_name,
+                    address,
+                } => {
                     let tls = tls.as_ref().ok_or_else(missing_tls)?;
-                    Link::Tls(dot::DotClient::new(
-                        spec.address,
-                        server_name,
-                        tls.dot.clone(),
-                    )?)
+                    Link::Tls(dot::DotClient::new(*address, server_name, tls.dot.clone())?)
                 }
-                Transport::Https { server_name, path } => {
+                Upstream::Https {
+                    server_name,
+                    address,
+                    path,
+                } => {
                     let tls = tls.as_ref().ok_or_else(missing_tls)?;
                     Link::Https(doh::DohClient::new(
-                        spec.address,
+                        *address,
                         server_name,
                         path,
                         tls.doh.clone(),
                     )?)
                 }
             };
-            built.push(Upstream { spec, link });
+            built.push(Member { upstream, link });
         }
         let entries = built
             .iter()
-            .map(|upstream| UpstreamEntry {
-                label: upstream.spec.to_string().into(),
-                datagram: matches!(upstream.link, Link::Udp(_)),
+            .map(|member| UpstreamEntry {
+                label: member.upstream.url().into(),
+                datagram: matches!(member.link, Link::Udp(_)),
             })
             .collect();
         let policy = PoolPolicy {
@@ -116,7 +114,7 @@ impl UpstreamPool {
         };
         Ok(UpstreamPool {
             inner: Arc::new(Inner {
-                upstreams: built,
+                members: built,
                 state: Mutex::new(State {
                     pool: Pool::new(entries, policy),
                     waiting: HashMap::new(),
@@ -129,8 +127,8 @@ impl UpstreamPool {
         })
     }
 
-    pub fn upstreams(&self) -> impl ExactSizeIterator<Item = &UpstreamSpec> {
-        self.inner.upstreams.iter().map(|upstream| &upstream.spec)
+    pub fn upstreams(&self) -> impl ExactSizeIterator<Item = &Upstream> {
+        self.inner.members.iter().map(|member| &member.upstream)
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -210,7 +208,7 @@ impl UpstreamPool {
     }
 
     /// Each upstream's RTT histogram and errors, in configured order.
-    pub fn upstream_stats(&self) -> Vec<(UpstreamSpec, UpstreamStats)> {
+    pub fn upstream_stats(&self) -> Vec<(Upstream, UpstreamStats)> {
         let stats = self.inner.lock().pool.upstream_stats();
         self.upstreams().cloned().zip(stats).collect()
     }
@@ -219,8 +217,8 @@ impl UpstreamPool {
         let health = self.inner.lock().pool.health();
         self.upstreams()
             .zip(health)
-            .map(|(spec, health)| UpstreamHealth {
-                spec: spec.clone(),
+            .map(|(upstream, health)| UpstreamHealth {
+                upstream: upstream.clone(),
                 srtt: health.srtt,
                 failures: health.failures,
                 alive: health.alive,
@@ -258,7 +256,7 @@ impl Inner {
             tokio::spawn(self.clone().attempt(transmit));
         }
         while let Some(index) = state.pool.poll_reset() {
-            self.upstreams[index].link.drop_connection();
+            self.members[index].link.drop_connection();
         }
         while let Some((exchange, outcome)) = state.pool.poll_outcome() {
             if let Some(waiting) = state.waiting.remove(&exchange) {
@@ -279,12 +277,12 @@ impl Inner {
 
     async fn exchange(&self, transmit: &Transmit) -> Result<Vec<u8>, AttemptFailure> {
         let question = &transmit.question;
-        let upstream = &self.upstreams[transmit.upstream];
-        let exchange = upstream.link.exchange(
+        let member = &self.members[transmit.upstream];
+        let exchange = member.link.exchange(
             &transmit.query,
             question,
             transmit.protocol,
-            &upstream.spec,
+            member.upstream.address(),
             &self.context,
         );
         let outcome = tokio::time::timeout(self.context.config.attempt_timeout, exchange)
@@ -292,7 +290,7 @@ impl Inner {
             .unwrap_or(Err(AttemptError::Timeout));
         outcome.map(shrink).map_err(|error| {
             tracing::debug!(
-                upstream = %upstream.spec,
+                upstream = %member.upstream.url(),
                 protocol = ?transmit.protocol,
                 %question,
                 %error,
@@ -311,13 +309,13 @@ impl Link {
         query: &[u8],
         question: &Question,
         protocol: Protocol,
-        spec: &UpstreamSpec,
+        address: std::net::SocketAddr,
         context: &Context,
     ) -> Result<Vec<u8>, AttemptError> {
         match (self, protocol) {
             (Link::Udp(sockets), Protocol::Udp) => sockets.exchange(query, question, context).await,
             (Link::Udp(_) | Link::Tcp, _) => {
-                transport::tcp(spec.address, query, question, context).await
+                transport::tcp(address, query, question, context).await
             }
             (Link::Tls(client), _) => client.exchange(query, question, context).await,
             (Link::Https(client), _) => client.exchange(query, question, context).await,

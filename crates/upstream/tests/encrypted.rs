@@ -42,10 +42,8 @@ async fn dot_verifies_the_certificate_against_the_ca_file_only() {
 async fn dot_checks_the_server_name() {
     let pki = TestPki::new("dot-name");
     let (address, _) = dot_upstream(&pki, |request| immediate(request, 1)).await;
-    let wrong_name = tundns_upstream::UpstreamSpec {
-        transport: tundns_upstream::Transport::Tls {
-            server_name: "other.lab.test".into(),
-        },
+    let wrong_name = tundns_upstream::Upstream::Tls {
+        server_name: "other.lab.test".into(),
         address,
     };
     let pool = configured(vec![wrong_name], pki.pool_config(TIMEOUT));
@@ -318,7 +316,7 @@ async fn concurrent_queries_to_a_black_holed_doh_upstream_share_one_connect() {
 /// over when it gives up, and count one failure, not one each.
 async fn black_holed_upstream_fails_over_together(
     test: &str,
-    spec: fn(std::net::SocketAddr) -> tundns_upstream::UpstreamSpec,
+    spec: fn(std::net::SocketAddr) -> tundns_upstream::Upstream,
 ) {
     const QUERIES: u16 = 8;
     let pki = TestPki::new(test);
@@ -396,22 +394,18 @@ fn a_bad_ca_file_is_an_error_naming_the_file() {
 #[test]
 fn bad_names_and_paths_are_refused() {
     let address = "127.0.0.1:853".parse().unwrap();
-    let bad_name = tundns_upstream::UpstreamSpec {
-        transport: tundns_upstream::Transport::Tls {
-            server_name: "not a name!".into(),
-        },
+    let bad_name = tundns_upstream::Upstream::Tls {
+        server_name: "not a name!".into(),
         address,
     };
     assert!(matches!(
         UpstreamPool::new(vec![bad_name], PoolConfig::default()),
         Err(PoolError::ServerName(_))
     ));
-    let bad_path = tundns_upstream::UpstreamSpec {
-        transport: tundns_upstream::Transport::Https {
-            server_name: "dns.lab.test".into(),
-            path: "dns-query".into(),
-        },
+    let bad_path = tundns_upstream::Upstream::Https {
+        server_name: "dns.lab.test".into(),
         address,
+        path: "dns-query".into(),
     };
     assert!(matches!(
         UpstreamPool::new(vec![bad_path], PoolConfig::default()),

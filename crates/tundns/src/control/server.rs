@@ -437,7 +437,7 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
                     .health()
                     .into_iter()
                     .map(|health| UpstreamStatus {
-                        upstream: health.spec.to_string(),
+                        upstream: health.upstream.url(),
                         alive: health.alive,
                         rtt_ms: health.srtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
                         failures: health.failures,

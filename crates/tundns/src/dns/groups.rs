@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use tundns_config::{Config, ConfigError, Upstream};
-use tundns_upstream::{PoolConfig, Transport, UpstreamPool, UpstreamSpec};
+use tundns_upstream::{PoolConfig, UpstreamPool};
 
 pub fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
     PoolConfig {
@@ -68,40 +68,11 @@ pub fn upstream_group(
     path: &Path,
     line: Option<usize>,
 ) -> Result<UpstreamPool, ConfigError> {
-    UpstreamPool::new(upstreams.iter().map(spec).collect(), pool).map_err(|error| {
+    UpstreamPool::new(upstreams.to_vec(), pool).map_err(|error| {
         let message = format!("upstreams: {error}");
         match line {
             Some(line) => ConfigError::at(path, line, message),
             None => ConfigError::for_file(path, message),
         }
     })
-}
-
-/// The upstream crate's view of a configured upstream.
-pub fn spec(upstream: &Upstream) -> UpstreamSpec {
-    let (transport, address) = match upstream {
-        Upstream::Udp(address) => (Transport::Udp, *address),
-        Upstream::Tcp(address) => (Transport::Tcp, *address),
-        Upstream::Tls {
-            server_name,
-            address,
-        } => (
-            Transport::Tls {
-                server_name: server_name.clone(),
-            },
-            *address,
-        ),
-        Upstream::Https {
-            server_name,
-            address,
-            path,
-        } => (
-            Transport::Https {
-                server_name: server_name.clone(),
-                path: path.clone(),
-            },
-            *address,
-        ),
-    };
-    UpstreamSpec { transport, address }
 }

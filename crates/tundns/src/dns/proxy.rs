@@ -395,7 +395,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tokio::net::UdpSocket;
     use tundns_dns::cache::CacheConfig;
-    use tundns_upstream::{PoolConfig, Transport, UpstreamSpec};
+    use tundns_upstream::{PoolConfig, Upstream};
 
     /// A query for `name` A IN, without EDNS.
     fn query(id: u16, name: &str) -> Vec<u8> {
@@ -439,10 +439,7 @@ mod tests {
     }
 
     fn proxy(upstream: SocketAddr, max_in_flight: usize, cache: bool) -> Arc<DnsProxy> {
-        let spec = UpstreamSpec {
-            transport: Transport::Udp,
-            address: upstream,
-        };
+        let spec = Upstream::Udp(upstream);
         let pool = UpstreamPool::new(vec![spec], PoolConfig::default()).unwrap();
         DnsProxy::new(ResolverParts {
             blocklist: BlockList::new(tundns_dns::BlockMode::NxDomain, Duration::from_secs(60)),

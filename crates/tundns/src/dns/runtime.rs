@@ -329,11 +329,8 @@ impl SplitRoutes {
         } else {
             None
         };
-        let pool = UpstreamPool::new(
-            upstreams.iter().map(groups::spec).collect(),
-            groups::pool_config(config, bind_address),
-        )
-        .map_err(|error| format!("upstreams: {error}"))?;
+        let pool = UpstreamPool::new(upstreams.clone(), groups::pool_config(config, bind_address))
+            .map_err(|error| format!("upstreams: {error}"))?;
         let mut next = self.clone();
         next.routes.push(Route {
             domains: domains.iter().map(|d| normal_name(d)).collect(),
@@ -425,7 +422,7 @@ mod tests {
 
     fn pool(address: &str) -> UpstreamPool {
         let upstream: Upstream = address.parse().unwrap();
-        UpstreamPool::new(vec![groups::spec(&upstream)], PoolConfig::default()).unwrap()
+        UpstreamPool::new(vec![upstream], PoolConfig::default()).unwrap()
     }
 
     fn table() -> SplitRoutes {

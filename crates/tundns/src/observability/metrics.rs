@@ -283,7 +283,7 @@ fn encode_upstreams(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::R
                 .into_iter()
                 .zip(health)
                 .map(move |((spec, stats), health)| {
-                    let labels = vec![("group", group.clone()), ("upstream", spec.to_string())];
+                    let labels = vec![("group", group.clone()), ("upstream", spec.url())];
                     (labels, stats, health)
                 })
         })

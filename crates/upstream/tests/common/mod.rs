@@ -12,7 +12,7 @@ use domain::base::{Message, MessageBuilder, Name, Ttl};
 use domain::rdata::A;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tundns_upstream::{PoolConfig, Protocol, Transport, UpstreamPool, UpstreamSpec};
+use tundns_upstream::{PoolConfig, Protocol, Upstream, UpstreamPool};
 
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Upper bound on any fake server loop, on top of the tests' own timeouts.
@@ -81,40 +81,30 @@ pub fn first_label(msg: &[u8]) -> String {
     String::from_utf8_lossy(&msg[13..13 + len]).into_owned()
 }
 
-pub fn udp(address: SocketAddr) -> UpstreamSpec {
-    UpstreamSpec {
-        transport: Transport::Udp,
+pub fn udp(address: SocketAddr) -> Upstream {
+    Upstream::Udp(address)
+}
+
+pub fn tcp(address: SocketAddr) -> Upstream {
+    Upstream::Tcp(address)
+}
+
+pub fn tls(address: SocketAddr) -> Upstream {
+    Upstream::Tls {
+        server_name: SERVER_NAME.into(),
         address,
     }
 }
 
-pub fn tcp(address: SocketAddr) -> UpstreamSpec {
-    UpstreamSpec {
-        transport: Transport::Tcp,
+pub fn https(address: SocketAddr) -> Upstream {
+    Upstream::Https {
+        server_name: SERVER_NAME.into(),
         address,
+        path: "/dns-query".into(),
     }
 }
 
-pub fn tls(address: SocketAddr) -> UpstreamSpec {
-    UpstreamSpec {
-        transport: Transport::Tls {
-            server_name: SERVER_NAME.into(),
-        },
-        address,
-    }
-}
-
-pub fn https(address: SocketAddr) -> UpstreamSpec {
-    UpstreamSpec {
-        transport: Transport::Https {
-            server_name: SERVER_NAME.into(),
-            path: "/dns-query".into(),
-        },
-        address,
-    }
-}
-
-pub fn pool(upstreams: Vec<UpstreamSpec>, attempt_timeout: Duration) -> UpstreamPool {
+pub fn pool(upstreams: Vec<Upstream>, attempt_timeout: Duration) -> UpstreamPool {
     configured(
         upstreams,
         PoolConfig {
@@ -125,7 +115,7 @@ pub fn pool(upstreams: Vec<UpstreamSpec>, attempt_timeout: Duration) -> Upstream
 }
 
 /// A pool without hedging: upstreams are tried strictly one after the other.
-pub fn sequential(upstreams: Vec<UpstreamSpec>, attempt_timeout: Duration) -> UpstreamPool {
+pub fn sequential(upstreams: Vec<Upstream>, attempt_timeout: Duration) -> UpstreamPool {
     configured(
         upstreams,
         PoolConfig {
@@ -136,7 +126,7 @@ pub fn sequential(upstreams: Vec<UpstreamSpec>, attempt_timeout: Duration) -> Up
     )
 }
 
-pub fn configured(upstreams: Vec<UpstreamSpec>, config: PoolConfig) -> UpstreamPool {
+pub fn configured(upstreams: Vec<Upstream>, config: PoolConfig) -> UpstreamPool {
     UpstreamPool::new(upstreams, config).unwrap()
 }
 
