@@ -1,5 +1,5 @@
 //! DNS messages built by `domain`: a client's [`Query`] and an upstream's [`Answer`] to it,
-//! plus [`header`] for the malformed messages tests write byte by byte.
+//! plus [`header`] and [`question`] for the malformed messages tests write byte by byte.
 
 use domain::base::iana::{Class, OptionCode, Rcode, Rtype};
 use domain::base::message_builder::{AdditionalBuilder, RecordSectionBuilder, StaticCompressor};
@@ -176,6 +176,12 @@ struct Record {
     data: Data,
 }
 
+#[derive(Clone, Copy)]
+enum Section {
+    Answer,
+    Authority,
+}
+
 /// An upstream's answer to a request: its ID, RD, opcode and question copied, QR set.
 /// Written uncompressed unless [`Answer::compressed`].
 #[derive(Clone, Debug)]
@@ -242,32 +248,30 @@ impl<'a> Answer<'a> {
     }
 
     /// A record for the question's name in the answer section.
-    pub fn question_record(mut self, ttl: u32, data: Data) -> Answer<'a> {
-        self.answer.push(Record {
-            owner: None,
-            ttl,
-            data,
-        });
-        self
+    pub fn question_record(self, ttl: u32, data: Data) -> Answer<'a> {
+        self.add(Section::Answer, None, ttl, data)
     }
 
     /// A record for `owner` in the answer section.
-    pub fn record(mut self, owner: &str, ttl: u32, data: Data) -> Answer<'a> {
-        self.answer.push(Record {
-            owner: Some(owner.to_owned()),
-            ttl,
-            data,
-        });
-        self
+    pub fn record(self, owner: &str, ttl: u32, data: Data) -> Answer<'a> {
+        self.add(Section::Answer, Some(owner), ttl, data)
     }
 
     /// A record for `owner` in the authority section.
-    pub fn authority(mut self, owner: &str, ttl: u32, data: Data) -> Answer<'a> {
-        self.authority.push(Record {
-            owner: Some(owner.to_owned()),
+    pub fn authority(self, owner: &str, ttl: u32, data: Data) -> Answer<'a> {
+        self.add(Section::Authority, Some(owner), ttl, data)
+    }
+
+    fn add(mut self, section: Section, owner: Option<&str>, ttl: u32, data: Data) -> Answer<'a> {
+        let record = Record {
+            owner: owner.map(str::to_owned),
             ttl,
             data,
-        });
+        };
+        match section {
+            Section::Answer => self.answer.push(record),
+            Section::Authority => self.authority.push(record),
+        }
         self
     }
 
@@ -363,6 +367,12 @@ pub fn header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
         header.extend(count.to_be_bytes());
     }
     header
+}
+
+/// The question section's bytes for `name`, `qtype` and class IN, for messages written byte
+/// by byte after a [`header`].
+pub fn question(name: &str, qtype: Rtype) -> Vec<u8> {
+    Query::new(name, qtype).build().split_off(QUESTION_START)
 }
 
 fn name(text: &str) -> Name<Vec<u8>> {
