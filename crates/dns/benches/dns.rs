@@ -5,49 +5,25 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use domain::base::iana::Rtype;
-use domain::base::{Message, MessageBuilder, Name, Ttl};
-use domain::dep::octseq::OctetsBuilder;
-use domain::rdata::A;
+use domain::base::Message;
+use domain::base::iana::{OptionCode, Rtype};
 use std::time::{Duration, Instant};
 
 use tundns_dns::cache::{Cache, CacheConfig};
-use tundns_dns::{Rcode, adapt_response, parse_query, response_matches, set_message_id};
+use tundns_dns::{adapt_response, parse_query, response_matches, set_message_id};
+use tundns_test_support::dns::{Answer, Edns, Query};
 
 /// A query as dig sends it: `www.example.com A`, RD, EDNS 1232 with a cookie.
 fn typical_query() -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(0x1234);
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    question
-        .push((
-            Name::<Vec<u8>>::vec_from_str("www.example.com").unwrap(),
-            Rtype::A,
-        ))
-        .unwrap();
-    let mut additional = question.additional();
-    additional
-        .opt(|opt| {
-            opt.set_udp_payload_size(1232);
-            opt.push_raw_option(domain::base::iana::OptionCode::COOKIE, 8, |target| {
-                target.append_slice(&[1, 2, 3, 4, 5, 6, 7, 8])
-            })
-        })
-        .unwrap();
-    additional.finish()
+    let edns = Edns::new(1232).option(OptionCode::COOKIE, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    Query::new("www.example.com", Rtype::A)
+        .id(0x1234)
+        .edns(edns)
+        .build()
 }
 
 fn typical_answer(query: &[u8]) -> Vec<u8> {
-    let request = Message::from_octets(query).unwrap();
-    let mut answer = MessageBuilder::new_vec()
-        .start_answer(&request, Rcode::NOERROR)
-        .unwrap();
-    let owner = request.sole_question().unwrap().into_qname();
-    answer
-        .push((&owner, Ttl::from_secs(300), A::from_octets(192, 0, 2, 1)))
-        .unwrap();
-    answer.finish()
+    Answer::to(query).a(300, [192, 0, 2, 1]).build()
 }
 
 /// What `parse_query` checks, done through `domain`.
@@ -103,21 +79,10 @@ fn benches(c: &mut Criterion) {
 
 /// A query for `name` as dig sends it (RD, EDNS 1232).
 fn query_for(name: &str, qtype: Rtype) -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(0x1234);
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    question
-        .push((Name::<Vec<u8>>::vec_from_str(name).unwrap(), qtype))
-        .unwrap();
-    let mut additional = question.additional();
-    additional
-        .opt(|opt| {
-            opt.set_udp_payload_size(1232);
-            Ok(())
-        })
-        .unwrap();
-    additional.finish()
+    Query::new(name, qtype)
+        .id(0x1234)
+        .edns(Edns::new(1232))
+        .build()
 }
 
 /// The inline resolver-front checks: a local answer (hit and miss), a

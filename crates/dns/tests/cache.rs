@@ -2,21 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use domain::base::Message;
 use domain::base::iana::{Class, OptionCode, Rtype};
-use domain::base::message_builder::{AdditionalBuilder, AnswerBuilder, StaticCompressor};
-use domain::base::name::ToName;
-use domain::base::{Message, MessageBuilder, Name, Serial, Ttl};
-use domain::dep::octseq::OctetsBuilder;
-use domain::rdata::{A, Cname, Ns, Soa};
 use tundns_dns::cache::{Cache, CacheConfig, STALE_TTL};
 use tundns_dns::{
     ADVERTISED_UDP_PAYLOAD, HEADER_LEN, OptRcode, Query, Rcode, adapt_response,
     clamp_edns_udp_size, parse_query,
 };
-
-fn name(text: &str) -> Name<Vec<u8>> {
-    Name::vec_from_str(text).unwrap()
-}
+use tundns_test_support::dns::{self, Answer, Data, Edns};
 
 #[derive(Clone, Copy, Default)]
 struct Flags {
@@ -32,90 +25,58 @@ const EDNS: Flags = Flags {
 };
 
 fn query(id: u16, qname: &str, qtype: Rtype, flags: Flags) -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(id);
-    builder.header_mut().set_rd(true);
-    builder.header_mut().set_cd(flags.checking_disabled);
-    let mut question = builder.question();
-    question.push((name(qname), qtype)).unwrap();
-    let mut additional = question.additional();
+    let query = dns::Query::new(qname, qtype)
+        .id(id)
+        .checking_disabled(flags.checking_disabled);
     if flags.edns {
-        additional
-            .opt(|opt| {
-                opt.set_udp_payload_size(4096);
-                opt.set_dnssec_ok(flags.dnssec_ok);
-                opt.push_raw_option(OptionCode::COOKIE, 8, |target| target.append_slice(&[7; 8]))
-            })
-            .unwrap();
+        let edns = Edns::new(4096)
+            .dnssec_ok(flags.dnssec_ok)
+            .option(OptionCode::COOKIE, &[7; 8]);
+        query.edns(edns).build()
+    } else {
+        query.build()
     }
-    additional.finish()
 }
 
-type Answer = AnswerBuilder<StaticCompressor<Vec<u8>>>;
-type Additional = AdditionalBuilder<StaticCompressor<Vec<u8>>>;
-
-/// An upstream answer to `request`, compressed, AA set, with an OPT carrying a
-/// cookie when the request had EDNS; `body` fills the sections.
-fn response(
-    request: &[u8],
-    rcode: Rcode,
-    body: impl FnOnce(&Name<Vec<u8>>, Answer) -> Additional,
-) -> Vec<u8> {
-    let request = Message::from_octets(request).unwrap();
-    let mut builder = MessageBuilder::from_target(StaticCompressor::new(Vec::new()))
-        .unwrap()
-        .start_answer(&request, rcode)
-        .unwrap();
-    builder.header_mut().set_aa(true);
-    builder.header_mut().set_ra(true);
-    let owner: Name<Vec<u8>> = request.sole_question().unwrap().into_qname().to_vec();
-    let mut additional = body(&owner, builder);
-    if request.opt().is_some() {
-        additional
-            .opt(|opt| {
-                opt.set_udp_payload_size(1232);
-                opt.set_dnssec_ok(request.opt().unwrap().dnssec_ok());
-                opt.push_raw_option(OptionCode::COOKIE, 16, |target| {
-                    target.append_slice(&[8; 16])
-                })
-            })
-            .unwrap();
+/// An upstream answer to `request`, compressed, AA and RA set, with an OPT carrying a
+/// cookie when the request had EDNS; `body` adds the records.
+fn response(request: &[u8], rcode: Rcode, body: impl FnOnce(Answer<'_>) -> Answer<'_>) -> Vec<u8> {
+    let mut answer = Answer::to(request)
+        .rcode(rcode)
+        .compressed()
+        .authoritative()
+        .recursion_available();
+    if let Some(opt) = Message::from_octets(request).unwrap().opt() {
+        let edns = Edns::new(1232)
+            .dnssec_ok(opt.dnssec_ok())
+            .option(OptionCode::COOKIE, &[8; 16]);
+        answer = answer.edns(edns);
     }
-    additional.finish().into_target()
+    body(answer).build()
 }
 
 /// A records with these TTLs, owned by the question name.
 fn positive(request: &[u8], ttls: &[u32]) -> Vec<u8> {
-    response(request, Rcode::NOERROR, |owner, mut answer| {
-        for (i, &ttl) in ttls.iter().enumerate() {
-            answer
-                .push((owner, ttl, A::from_octets(192, 0, 2, i as u8)))
-                .unwrap();
-        }
-        answer.additional()
+    response(request, Rcode::NOERROR, |answer| {
+        ttls.iter().enumerate().fold(answer, |answer, (i, &ttl)| {
+            answer.a(ttl, [192, 0, 2, i as u8])
+        })
     })
 }
 
-fn soa(minimum: u32) -> Soa<Name<Vec<u8>>> {
-    Soa::new(
-        name("ns.example"),
-        name("hostmaster.example"),
-        Serial(1),
-        Ttl::from_secs(3600),
-        Ttl::from_secs(600),
-        Ttl::from_secs(86400),
-        Ttl::from_secs(minimum),
-    )
+/// The SOA of `example` with this MINIMUM.
+fn soa(minimum: u32) -> Data {
+    Data::Soa {
+        mname: "ns.example".into(),
+        rname: "hostmaster.example".into(),
+        minimum,
+    }
 }
 
 /// NXDOMAIN or NODATA with an SOA of this TTL and MINIMUM.
 fn negative(request: &[u8], rcode: Rcode, soa_ttl: u32, minimum: u32) -> Vec<u8> {
-    response(request, rcode, |_, answer| {
-        let mut authority = answer.authority();
-        authority
-            .push((name("example"), soa_ttl, soa(minimum)))
-            .unwrap();
-        authority.additional()
+    response(request, rcode, |answer| {
+        answer.authority("example", soa_ttl, soa(minimum))
     })
 }
 
@@ -228,15 +189,10 @@ fn hit_counts_ttls_down() {
 fn ttls_never_go_below_zero() {
     let lab = Lab::new(CacheConfig::default());
     let request = query(1, "example.com", Rtype::A, EDNS);
-    let upstream = response(&request, Rcode::NOERROR, |owner, mut answer| {
+    let upstream = response(&request, Rcode::NOERROR, |answer| {
         answer
-            .push((owner, 100, A::from_octets(192, 0, 2, 1)))
-            .unwrap();
-        let mut authority = answer.authority();
-        authority
-            .push((owner, 5, Ns::new(name("ns.example.com"))))
-            .unwrap();
-        authority.additional()
+            .a(100, [192, 0, 2, 1])
+            .authority("example.com", 5, Data::Ns("ns.example.com".into()))
     });
     assert!(lab.insert(&request, &upstream));
     assert_eq!(ttls(&lab.lookup(&request, 50.0).unwrap()), [50, 0]);
@@ -315,13 +271,10 @@ fn nodata_is_cached_like_nxdomain() {
 fn nodata_through_a_cname_expires_with_the_cname() {
     let lab = Lab::new(CacheConfig::default());
     let request = query(1, "alias.example", Rtype::AAAA, EDNS);
-    let upstream = response(&request, Rcode::NOERROR, |owner, mut answer| {
+    let upstream = response(&request, Rcode::NOERROR, |answer| {
         answer
-            .push((owner, 30, Cname::new(name("target.example"))))
-            .unwrap();
-        let mut authority = answer.authority();
-        authority.push((name("example"), 900, soa(300))).unwrap();
-        authority.additional()
+            .question_record(30, Data::Cname("target.example".into()))
+            .authority("example", 900, soa(300))
     });
     assert!(lab.insert(&request, &upstream));
     assert_eq!(ttls(&lab.lookup(&request, 0.0).unwrap()), [30, 300]);
@@ -334,11 +287,11 @@ fn negative_answers_without_soa_are_not_cached() {
     let request = query(1, "gone.example", Rtype::A, EDNS);
     assert!(!lab.insert(
         &request,
-        &response(&request, Rcode::NXDOMAIN, |_, a| a.additional())
+        &response(&request, Rcode::NXDOMAIN, |answer| answer)
     ));
     assert!(!lab.insert(
         &request,
-        &response(&request, Rcode::NOERROR, |_, a| a.additional())
+        &response(&request, Rcode::NOERROR, |answer| answer)
     ));
     assert!(lab.cache.is_empty());
 }
@@ -349,7 +302,7 @@ fn negative_answers_without_soa_are_not_cached() {
 fn servfail_is_short_lived() {
     let lab = Lab::new(CacheConfig::default());
     let request = query(1, "broken.example", Rtype::A, EDNS);
-    let servfail = response(&request, Rcode::SERVFAIL, |_, a| a.additional());
+    let servfail = response(&request, Rcode::SERVFAIL, |answer| answer);
     assert!(lab.insert(&request, &servfail));
     let hit = lab.lookup(&request, 4.9).unwrap();
     assert_eq!(
@@ -374,7 +327,7 @@ fn servfail_does_not_replace_a_servable_answer() {
         ..CacheConfig::default()
     });
     let request = query(1, "flaky.example", Rtype::A, EDNS);
-    let servfail = response(&request, Rcode::SERVFAIL, |_, a| a.additional());
+    let servfail = response(&request, Rcode::SERVFAIL, |answer| answer);
     assert!(lab.insert(&request, &positive(&request, &[60])));
     let mut parsed_request = parsed(&request);
     // Fresh, then stale but servable: the SERVFAIL is not stored.
@@ -409,7 +362,7 @@ fn truncated_and_other_answers_are_never_cached() {
         Rcode::YXDOMAIN,
     ] {
         assert!(
-            !lab.insert(&request, &response(&request, rcode, |_, a| a.additional())),
+            !lab.insert(&request, &response(&request, rcode, |answer| answer)),
             "{rcode}"
         );
     }

@@ -5,10 +5,9 @@
 use std::time::Instant;
 
 use domain::base::iana::Rtype;
-use domain::base::{Message, MessageBuilder, Name, Ttl};
-use domain::rdata::A;
 use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::parse_query;
+use tundns_test_support::dns::{Answer, Edns, Query};
 
 const ANSWERS: usize = 100_000;
 const BUDGET: u64 = 64 << 20;
@@ -21,34 +20,13 @@ fn resident_bytes() -> u64 {
 
 /// `host<i>.example.com A` with EDNS, and its answer: one A record and an OPT.
 fn exchange(i: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    let name = Name::<Vec<u8>>::vec_from_str(&format!("host{i}.example.com")).unwrap();
-    question.push((&name, Rtype::A)).unwrap();
-    let mut additional = question.additional();
-    additional
-        .opt(|opt| {
-            opt.set_udp_payload_size(1232);
-            Ok(())
-        })
-        .unwrap();
-    let query = additional.finish();
-    let request = Message::from_octets(&query[..]).unwrap();
-    let mut answer = MessageBuilder::new_vec()
-        .start_answer(&request, domain::base::iana::Rcode::NOERROR)
-        .unwrap();
-    answer
-        .push((&name, Ttl::from_secs(300), A::from_octets(10, 0, 0, 1)))
-        .unwrap();
-    let mut additional = answer.additional();
-    additional
-        .opt(|opt| {
-            opt.set_udp_payload_size(1232);
-            Ok(())
-        })
-        .unwrap();
-    let response = additional.finish();
+    let query = Query::new(&format!("host{i}.example.com"), Rtype::A)
+        .edns(Edns::new(1232))
+        .build();
+    let response = Answer::to(&query)
+        .a(300, [10, 0, 0, 1])
+        .edns(Edns::new(1232))
+        .build();
     (query, response)
 }
 

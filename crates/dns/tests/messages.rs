@@ -1,8 +1,6 @@
 //! Behaviour of the public API on queries built with `domain` and on
 //! hand-crafted malformed messages.
 
-mod common;
-
 use std::hash::{BuildHasher, RandomState};
 
 use domain::base::iana::{Class, Opcode, Rtype};
@@ -10,7 +8,7 @@ use std::net::Ipv6Addr;
 
 use domain::base::iana::OptionCode;
 use domain::base::message_builder::StaticCompressor;
-use domain::base::{Message, MessageBuilder, Name, Ttl};
+use domain::base::{Message, MessageBuilder, Name};
 use domain::dep::octseq::OctetsBuilder;
 use domain::rdata::{A, Aaaa, Ns, Txt};
 use tundns_dns::tcp::FrameDecoder;
@@ -19,52 +17,33 @@ use tundns_dns::{
     is_truncated, max_udp_response, message_id, parse_query, response_matches, set_message_id,
     write_error_response, write_truncated,
 };
+use tundns_test_support::dns::{Answer, Edns, Query, header};
 
 fn name(text: &str) -> Name<Vec<u8>> {
     Name::vec_from_str(text).unwrap()
 }
 
-/// A client query as dig sends it: RD set, optionally with an OPT record.
+/// A client query as dig sends it: RD set, optionally with an OPT record of this UDP payload
+/// size and DO bit.
 fn query(id: u16, qname: &str, qtype: Rtype, edns: Option<(u16, bool)>) -> Vec<u8> {
-    common::build_query(id, qname, qtype, true, edns)
+    let query = Query::new(qname, qtype).id(id);
+    match edns {
+        Some((size, dnssec_ok)) => query.edns(Edns::new(size).dnssec_ok(dnssec_ok)),
+        None => query,
+    }
+    .build()
 }
 
-/// An upstream answer to `request` with `count` A records.
+/// An upstream answer to `request` with `count` A records, and an OPT record if `with_opt`.
 fn answer(request: &[u8], count: usize, with_opt: bool) -> Vec<u8> {
-    let request = Message::from_octets(request).unwrap();
-    let mut builder = MessageBuilder::new_vec()
-        .start_answer(&request, Rcode::NOERROR)
-        .unwrap();
-    let owner = request.sole_question().unwrap().into_qname();
+    let mut answer = Answer::to(request);
     for i in 0..count {
-        builder
-            .push((
-                &owner,
-                Ttl::from_secs(60),
-                A::from_octets(192, 0, 2, i as u8),
-            ))
-            .unwrap();
+        answer = answer.a(60, [192, 0, 2, i as u8]);
     }
-    let mut additional = builder.additional();
     if with_opt {
-        additional
-            .opt(|opt| {
-                opt.set_udp_payload_size(1232);
-                Ok(())
-            })
-            .unwrap();
+        answer = answer.edns(Edns::new(1232));
     }
-    additional.finish()
-}
-
-fn header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
-    let mut msg = Vec::new();
-    msg.extend(id.to_be_bytes());
-    msg.extend(flags.to_be_bytes());
-    for count in counts {
-        msg.extend(count.to_be_bytes());
-    }
-    msg
+    answer.build()
 }
 
 const FORMERR: Result<(), QueryError> = Err(QueryError::Answer(OptRcode::FORMERR));
@@ -264,12 +243,7 @@ fn trailing_bytes_are_formerr() {
 
 #[test]
 fn bad_names_are_formerr() {
-    let with_name = |name: &[u8]| {
-        let mut msg = header(1, 0x0100, [1, 0, 0, 0]);
-        msg.extend(name);
-        msg.extend([0, 1, 0, 1]);
-        msg
-    };
+    let with_name = |name: &[u8]| Query::raw_name(name, Rtype::A).id(1).build();
     // Compression loop: the pointer at 12 points to itself.
     assert_eq!(verdict(&with_name(b"\xc0\x0c")), FORMERR);
     // Forward pointer (to the type field after it) and out of range.

@@ -1,17 +1,14 @@
 //! Property tests: no input panics, and what we accept or write agrees with
 //! `domain`'s independent parser.
 
-mod common;
-
+use domain::base::Message;
 use domain::base::iana::{Class, Rtype};
 use domain::base::name::ToLabelIter;
-use domain::base::{Message, MessageBuilder};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
 use tundns_dns::tcp::FrameDecoder;
+use tundns_test_support::dns::{Answer, Edns, Query};
 
-use domain::base::Ttl;
-use domain::rdata::A;
 use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{
     MAX_SYNTHESIZED_LEN, QueryError, Rcode, adapt_response, clamp_edns_udp_size, parse_query,
@@ -42,7 +39,12 @@ fn arb_query() -> impl Strategy<Value = Vec<u8>> {
             } else {
                 labels.join(".")
             };
-            common::build_query(id, &text, qtype, rd, edns)
+            let query = Query::new(&text, qtype).id(id).recursion_desired(rd);
+            match edns {
+                Some((size, dnssec_ok)) => query.edns(Edns::new(size).dnssec_ok(dnssec_ok)),
+                None => query,
+            }
+            .build()
         })
 }
 
@@ -161,21 +163,11 @@ fn check_error_response(query: &[u8], rcode: Rcode) {
 
 /// An upstream answer to `query`: `ttls.len()` A records with these TTLs.
 fn upstream_answer(query: &[u8], ttls: &[u32]) -> Vec<u8> {
-    let request = Message::from_octets(query).unwrap();
-    let mut answer = MessageBuilder::new_vec()
-        .start_answer(&request, Rcode::NOERROR)
-        .unwrap();
-    let owner = request.sole_question().unwrap().into_qname();
+    let mut answer = Answer::to(query);
     for (i, &ttl) in ttls.iter().enumerate() {
-        answer
-            .push((
-                &owner,
-                Ttl::from_secs(ttl),
-                A::from_octets(192, 0, 2, i as u8),
-            ))
-            .unwrap();
+        answer = answer.a(ttl, [192, 0, 2, i as u8]);
     }
-    answer.additional().finish()
+    answer.build()
 }
 
 /// The lowercase wire form of a name read by `domain`.

@@ -4,32 +4,21 @@
 use std::time::Duration;
 
 use domain::base::iana::{Class, Rtype};
-use domain::base::{Message, MessageBuilder, Name, ParsedName};
+use domain::base::{Message, MessageBuilder, ParsedName};
 use domain::rdata::AllRecordData;
 use tundns_dns::{
     BlockList, BlockMode, CnameChain, LocalAnswer, LocalData, LocalDataBuilder, MAX_BLOCKED_LEN,
     Rcode, RecordError, Routes, parse_query,
 };
+use tundns_test_support::dns::{self, Answer, Data, Edns};
 
 fn query_with(id: u16, qname: &str, qtype: Rtype, class: Class, edns: Option<bool>) -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(id);
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    question
-        .push((Name::<Vec<u8>>::vec_from_str(qname).unwrap(), qtype, class))
-        .unwrap();
-    let mut additional = question.additional();
-    if let Some(dnssec_ok) = edns {
-        additional
-            .opt(|opt| {
-                opt.set_udp_payload_size(4096);
-                opt.set_dnssec_ok(dnssec_ok);
-                Ok(())
-            })
-            .unwrap();
+    let query = dns::Query::new(qname, qtype).id(id).class(class);
+    match edns {
+        Some(dnssec_ok) => query.edns(Edns::new(4096).dnssec_ok(dnssec_ok)),
+        None => query,
     }
-    additional.finish()
+    .build()
 }
 
 fn query(qname: &str, qtype: Rtype) -> Vec<u8> {
@@ -383,51 +372,33 @@ enum Upstream<'a> {
 /// An upstream's answer to `query` with `rcode` and `records`, written with name
 /// compression as servers do.
 fn upstream_response(query: &[u8], rcode: Rcode, records: &[Upstream<'_>]) -> Vec<u8> {
-    use domain::base::{Serial, Ttl};
-    let name = |text: &str| Name::<Vec<u8>>::vec_from_str(text).unwrap();
-    let request = Message::from_octets(query).unwrap();
-    let target = domain::base::StaticCompressor::new(Vec::new());
-    let mut builder = MessageBuilder::from_target(target)
-        .unwrap()
-        .start_answer(&request, Rcode::NOERROR)
-        .unwrap();
-    builder.header_mut().set_rcode(rcode);
-    let ttl = Ttl::from_secs(120);
+    const TTL: u32 = 120;
+    let mut answer = Answer::to(query).rcode(rcode).compressed();
     for record in records {
-        match *record {
-            Upstream::A(owner, [a, b, c, d]) => {
-                let rdata = domain::rdata::A::from_octets(a, b, c, d);
-                builder.push((name(owner), ttl, rdata)).unwrap();
-            }
-            Upstream::Cname(owner, target) => {
-                let rdata = domain::rdata::Cname::new(name(target));
-                builder.push((name(owner), ttl, rdata)).unwrap();
-            }
-            Upstream::Soa(_) | Upstream::AuthorityCname(..) => {}
-        }
+        answer = match *record {
+            Upstream::A(owner, address) => answer.record(owner, TTL, Data::A(address)),
+            Upstream::Cname(owner, target) => answer.record(owner, TTL, Data::Cname(target.into())),
+            Upstream::Soa(_) | Upstream::AuthorityCname(..) => answer,
+        };
     }
-    let mut authority = builder.authority();
     for record in records {
-        if let Upstream::AuthorityCname(owner, target) = *record {
-            let rdata = domain::rdata::Cname::new(name(target));
-            authority.push((name(owner), ttl, rdata)).unwrap();
-        }
-        if let Upstream::Soa(zone) = *record {
-            let rdata = domain::rdata::Soa::new(
-                name(zone),
-                name(&format!("hostmaster.{zone}")),
-                Serial(1),
-                Ttl::from_secs(3600),
-                Ttl::from_secs(600),
-                Ttl::from_secs(86400),
-                Ttl::from_secs(30),
-            );
-            authority
-                .push((name(zone), Ttl::from_secs(30), rdata))
-                .unwrap();
-        }
+        answer = match *record {
+            Upstream::AuthorityCname(owner, target) => {
+                answer.authority(owner, TTL, Data::Cname(target.into()))
+            }
+            Upstream::Soa(zone) => answer.authority(
+                zone,
+                30,
+                Data::Soa {
+                    mname: zone.into(),
+                    rname: format!("hostmaster.{zone}"),
+                    minimum: 30,
+                },
+            ),
+            Upstream::A(..) | Upstream::Cname(..) => answer,
+        };
     }
-    authority.finish().into_target()
+    answer.build()
 }
 
 /// `chain` completed from `response` for `client`, read back; nothing is decided here.

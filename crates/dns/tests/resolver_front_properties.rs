@@ -5,13 +5,14 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use domain::base::iana::Rtype;
-use domain::base::{Message, MessageBuilder, Name, ParsedName};
+use domain::base::{Message, ParsedName};
 use domain::rdata::AllRecordData;
 use proptest::prelude::*;
 use tundns_dns::{
     BlockList, BlockMode, CnameChain, LocalAnswer, LocalData, LocalDataBuilder, Routes,
     parse_query, write_error_response,
 };
+use tundns_test_support::dns::{Answer, Data, Edns, Query};
 
 fn local_data() -> &'static LocalData {
     static DATA: OnceLock<LocalData> = OnceLock::new();
@@ -74,22 +75,13 @@ fn arb_query() -> impl Strategy<Value = Vec<u8>> {
         prop::option::of(any::<bool>()),
     )
         .prop_map(|(id, name, qtype, edns)| {
-            let mut builder = MessageBuilder::new_vec();
-            builder.header_mut().set_id(id);
-            let mut question = builder.question();
-            question
-                .push((Name::<Vec<u8>>::vec_from_str(&name).unwrap(), qtype))
-                .unwrap();
-            let mut additional = question.additional();
-            if let Some(dnssec_ok) = edns {
-                additional
-                    .opt(|opt| {
-                        opt.set_dnssec_ok(dnssec_ok);
-                        Ok(())
-                    })
-                    .unwrap();
+            // No RD; an OPT record keeps domain's default UDP payload size, 0.
+            let query = Query::new(&name, qtype).id(id).recursion_desired(false);
+            match edns {
+                Some(dnssec_ok) => query.edns(Edns::new(0).dnssec_ok(dnssec_ok)),
+                None => query,
             }
-            additional.finish()
+            .build()
         })
 }
 
@@ -143,14 +135,11 @@ fn exercise(bytes: &[u8]) {
 fn chain_exchange() -> &'static (Vec<u8>, std::sync::Arc<CnameChain>, Vec<u8>) {
     static EXCHANGE: OnceLock<(Vec<u8>, std::sync::Arc<CnameChain>, Vec<u8>)> = OnceLock::new();
     EXCHANGE.get_or_init(|| {
-        let mut builder = MessageBuilder::new_vec();
-        builder.header_mut().set_id(0x5151);
-        let mut question = builder.question();
-        let name = Name::<Vec<u8>>::vec_from_str("away.lab.internal").unwrap();
-        question.push((&name, Rtype::A)).unwrap();
-        let mut additional = question.additional();
-        additional.opt(|_| Ok(())).unwrap();
-        let query = additional.finish();
+        let query = Query::new("away.lab.internal", Rtype::A)
+            .id(0x5151)
+            .recursion_desired(false)
+            .edns(Edns::new(0))
+            .build();
         let mut out = [0u8; 512];
         let Some(LocalAnswer::Chain(_, chain)) =
             local_data().answer(&parse_query(&query).unwrap(), &mut out)
@@ -158,18 +147,12 @@ fn chain_exchange() -> &'static (Vec<u8>, std::sync::Arc<CnameChain>, Vec<u8>) {
             panic!("away.lab.internal leads out of local data");
         };
         let asked = chain.target_query(&parse_query(&query).unwrap());
-        let request = Message::from_octets(&asked[..]).unwrap();
-        let compressor = domain::base::StaticCompressor::new(Vec::new());
-        let mut answer = MessageBuilder::from_target(compressor)
-            .unwrap()
-            .start_answer(&request, domain::base::iana::Rcode::NOERROR)
-            .unwrap();
-        let target = Name::<Vec<u8>>::vec_from_str("www.example.org").unwrap();
-        for last in [1, 2] {
-            let rdata = domain::rdata::A::from_octets(192, 0, 2, last);
-            answer.push((&target, 60, rdata)).unwrap();
-        }
-        let response = answer.finish().into_target();
+        let response = [1, 2]
+            .into_iter()
+            .fold(Answer::to(&asked).compressed(), |answer, last| {
+                answer.record("www.example.org", 60, Data::A([192, 0, 2, last]))
+            })
+            .build();
         (query, chain, response)
     })
 }

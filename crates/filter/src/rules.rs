@@ -316,6 +316,7 @@ mod tests {
     use super::*;
     use crate::TunWriter;
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use tundns_test_support::packet::udp;
 
     struct Named(&'static str);
     impl Service for Named {
@@ -329,17 +330,11 @@ mod tests {
     const PAYLOAD: &[u8] = b"a payload of some thirty bytes..";
 
     fn v4_packet(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-        let builder = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(1000, 53);
-        let mut out = Vec::new();
-        builder.write(&mut out, PAYLOAD).unwrap();
-        out
+        udp(src, dst, 1000, 53, PAYLOAD)
     }
 
     fn v6_packet(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
-        let builder = etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64).udp(1000, 53);
-        let mut out = Vec::new();
-        builder.write(&mut out, PAYLOAD).unwrap();
-        out
+        udp(src, dst, 1000, 53, PAYLOAD)
     }
 
     const DNS_V4: Ipv4Addr = Ipv4Addr::new(10, 30, 30, 30);

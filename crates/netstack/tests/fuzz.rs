@@ -3,9 +3,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 use tundns_netstack::{Event, Limits, TcpStack};
+use tundns_test_support::packet::{Tcp, tcp};
+
+const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(10, 30, 30, 30);
+const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const SERVICE_V6: Ipv6Addr = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, 0x30);
 
 fn stack() -> TcpStack {
     let mut stack = TcpStack::new(Limits {
@@ -69,38 +77,23 @@ impl Segment {
             Number::Raw(raw) => raw,
             Number::NearStack(offset) => base.wrapping_add_signed(i32::from(offset)),
         };
-        let builder = if self.ipv6 {
-            PacketBuilder::ipv6(
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-                [
-                    0xfd, 0x30, 0, 0x30, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x30,
-                ],
-                64,
-            )
-        } else {
-            PacketBuilder::ipv4([10, 0, 0, 2], [10, 30, 30, 30], 64)
-        };
         let seq = resolve(self.seq, numbers.ack);
-        let mut builder = builder.tcp(self.client_port, self.port, seq, self.window);
-        if let Some(ack) = self.ack {
-            builder = builder.ack(resolve(ack, numbers.seq.wrapping_add(1)));
-        }
         let (syn, fin, rst, psh) = self.flags;
-        if syn {
-            builder = builder.syn();
+        let segment = Tcp {
+            ack: self
+                .ack
+                .map(|ack| resolve(ack, numbers.seq.wrapping_add(1))),
+            syn,
+            fin,
+            rst,
+            psh,
+            ..Tcp::new(self.client_port, self.port, seq, self.window)
+        };
+        if self.ipv6 {
+            tcp(CLIENT_V6, SERVICE_V6, &segment, &self.payload)
+        } else {
+            tcp(CLIENT_V4, SERVICE_V4, &segment, &self.payload)
         }
-        if fin {
-            builder = builder.fin();
-        }
-        if rst {
-            builder = builder.rst();
-        }
-        if psh {
-            builder = builder.psh();
-        }
-        let mut packet = Vec::new();
-        builder.write(&mut packet, &self.payload).unwrap();
-        packet
     }
 }
 

@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{SlicedPacket, TransportSlice};
 use smoltcp::socket::tcp;
 use tundns_netstack::{Error, Event, Limits, TcpStack};
+use tundns_test_support::packet;
 
 /// Two queries written back to back on one connection come back as two
 /// separately written answers, in order.
@@ -338,11 +339,7 @@ fn packets_to_unlistened_ips_or_other_protocols_are_dropped() {
     stack.listen(V4_SERVICE.parse().unwrap()).unwrap();
     let now = std::time::Instant::now();
     stack.receive(&tcp_syn([10, 30, 30, 31], 53), now);
-    let mut udp = Vec::new();
-    PacketBuilder::ipv4([10, 0, 0, 2], [10, 30, 30, 30], 64)
-        .udp(40000, 53)
-        .write(&mut udp, b"not tcp")
-        .unwrap();
+    let udp = packet::udp([10, 0, 0, 2], [10, 30, 30, 30], 40000, 53, b"not tcp");
     stack.receive(&udp, now);
     let mut events = Vec::new();
     stack.poll(now, &mut events);
@@ -373,13 +370,11 @@ fn listen_rejects_endpoints_it_cannot_serve() {
 }
 
 fn tcp_syn(destination: [u8; 4], port: u16) -> Vec<u8> {
-    let mut packet = Vec::new();
-    PacketBuilder::ipv4([10, 0, 0, 2], destination, 64)
-        .tcp(40000, port, 1000, 64240)
-        .syn()
-        .write(&mut packet, &[])
-        .unwrap();
-    packet
+    let syn = packet::Tcp {
+        syn: true,
+        ..packet::Tcp::new(40000, port, 1000, 64240)
+    };
+    packet::tcp([10, 0, 0, 2], destination, &syn, &[])
 }
 
 #[test]

@@ -11,6 +11,7 @@ use tundns_packet::{
     IpView, Refusal, build_echo_reply, build_port_unreachable, build_tcp_rst, build_udp,
     udp_headers_len, write_udp_headers,
 };
+use tundns_test_support::packet::udp;
 
 fn sock(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -181,7 +182,7 @@ fn echo_reply_v6_drops_extension_headers() {
 #[test]
 fn echo_reply_refusals() {
     let mut buf = [0u8; 128];
-    let udp = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, b"");
+    let udp = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, b"");
     let view = IpView::parse(&udp).unwrap();
     assert_eq!(
         build_echo_reply(&view, &mut buf),
@@ -222,7 +223,7 @@ fn echo_reply_refusals() {
 
 #[test]
 fn port_unreachable_v4_quotes_the_original() {
-    let original = udp_v4(CLIENT_V4, VIRTUAL_V4, 40000, 99, b"hello");
+    let original = udp(CLIENT_V4, VIRTUAL_V4, 40000, 99, b"hello");
     let view = IpView::parse(&original).unwrap();
     let mut buf = [0u8; 1500];
     let len = build_port_unreachable(&view, &mut buf).unwrap();
@@ -242,7 +243,7 @@ fn port_unreachable_v4_quotes_the_original() {
 #[test]
 fn port_unreachable_is_capped_at_the_minimum_mtu() {
     let mut buf = [0u8; 2000];
-    let big_v4 = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, &[0x11; 1400]);
+    let big_v4 = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, &[0x11; 1400]);
     let view = IpView::parse(&big_v4).unwrap();
     let len = build_port_unreachable(&view, &mut buf).unwrap();
     assert_eq!(len, ICMPV4_ERROR_MAX_LEN);
@@ -253,7 +254,7 @@ fn port_unreachable_is_capped_at_the_minimum_mtu() {
     assert_eq!(icmp.payload(), &big_v4[..ICMPV4_ERROR_MAX_LEN - 28]);
 
     let mut buf6 = [0u8; 2000];
-    let big_v6 = udp_v6(CLIENT_V6, VIRTUAL_V6, 1, 2, &[0x22; 1400]);
+    let big_v6 = udp(CLIENT_V6, VIRTUAL_V6, 1, 2, &[0x22; 1400]);
     let view = IpView::parse(&big_v6).unwrap();
     let len = build_port_unreachable(&view, &mut buf6).unwrap();
     assert_eq!(len, ICMPV6_ERROR_MAX_LEN);
@@ -274,7 +275,7 @@ fn port_unreachable_is_capped_at_the_minimum_mtu() {
 
 #[test]
 fn port_unreachable_for_first_fragment_with_extensions() {
-    let udp = udp_v6(CLIENT_V6, VIRTUAL_V6, 1, 2, &[0; 24]);
+    let udp = udp(CLIENT_V6, VIRTUAL_V6, 1, 2, &[0; 24]);
     let first = ipv6_with_extensions(
         &[
             Ext::HopByHop,
@@ -324,7 +325,7 @@ fn port_unreachable_refusals() {
     let echo6 = echo_request_v6(1, 1, &[0; 8]);
     assert!(build_port_unreachable(&IpView::parse(&echo6).unwrap(), &mut buf).is_ok());
 
-    let mut later = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, &[0; 16]);
+    let mut later = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, &[0; 16]);
     set_ipv4_fragment(&mut later, false, 2);
     assert_eq!(refused(&later, &mut buf), Refusal::NonFirstFragment);
     let later6 = ipv6_with_extensions(
@@ -336,7 +337,7 @@ fn port_unreachable_refusals() {
         &[0; 16],
     );
     assert_eq!(refused(&later6, &mut buf), Refusal::NonFirstFragment);
-    let mut first = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, &[0; 16]);
+    let mut first = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, &[0; 16]);
     set_ipv4_fragment(&mut first, true, 0);
     assert!(build_port_unreachable(&IpView::parse(&first).unwrap(), &mut buf).is_ok());
 
@@ -351,7 +352,7 @@ fn port_unreachable_refusals() {
         (CLIENT_V4, [240, 0, 0, 1]),
     ];
     for (src, dst) in not_single_hosts_v4 {
-        let packet = udp_v4(src, dst, 1, 2, b"");
+        let packet = udp(src, dst, 1, 2, b"");
         assert_eq!(
             refused(&packet, &mut buf),
             Refusal::NotUnicast,
@@ -364,7 +365,7 @@ fn port_unreachable_refusals() {
         (multicast6, VIRTUAL_V6),
         (CLIENT_V6, multicast6),
     ] {
-        let packet = udp_v6(src, dst, 1, 2, b"");
+        let packet = udp(src, dst, 1, 2, b"");
         assert_eq!(refused(&packet, &mut buf), Refusal::NotUnicast);
     }
 
@@ -438,7 +439,7 @@ fn rst_refusals() {
         build_tcp_rst(&view, &mut buf),
         Err(BuildError::Refused(Refusal::TcpReset))
     );
-    let udp = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, b"");
+    let udp = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, b"");
     assert_eq!(
         build_tcp_rst(&IpView::parse(&udp).unwrap(), &mut buf),
         Err(BuildError::NotTcp)

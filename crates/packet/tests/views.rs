@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::*;
 use etherparse::{Ipv6Slice, SlicedPacket, TransportSlice};
 use tundns_packet::{IpView, PacketError, TcpFlags, Transport, destination_port, protocol};
+use tundns_test_support::packet::udp;
 
 #[test]
 fn ipv4_udp_view() {
-    let mut packet = udp_v4(CLIENT_V4, VIRTUAL_V4, 40000, 53, b"query");
+    let mut packet = udp(CLIENT_V4, VIRTUAL_V4, 40000, 53, b"query");
     packet.extend_from_slice(b"trailing garbage");
     let view = IpView::parse(&packet).unwrap();
     assert_eq!(view.version(), 4);
@@ -34,7 +35,7 @@ fn ipv4_udp_view() {
 
 #[test]
 fn ipv6_udp_view() {
-    let packet = udp_v6(CLIENT_V6, VIRTUAL_V6, 40000, 53, b"query");
+    let packet = udp(CLIENT_V6, VIRTUAL_V6, 40000, 53, b"query");
     let view = IpView::parse(&packet).unwrap();
     assert_eq!(view.version(), 6);
     assert_eq!(view.src(), IpAddr::V6(Ipv6Addr::from(CLIENT_V6)));
@@ -50,7 +51,7 @@ fn ipv6_udp_view() {
 #[test]
 fn ipv4_options_move_the_transport() {
     // IHL 6: one 4-byte option (NOP x3 + EOL) before the UDP header.
-    let plain = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, b"x");
+    let plain = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, b"x");
     let mut packet = plain[..20].to_vec();
     packet[0] = 0x46;
     packet.extend_from_slice(&[1, 1, 1, 0]);
@@ -64,7 +65,7 @@ fn ipv4_options_move_the_transport() {
 
 #[test]
 fn udp_length_field_bounds_the_payload() {
-    let mut packet = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 53, b"abcdef");
+    let mut packet = udp(CLIENT_V4, VIRTUAL_V4, 1, 53, b"abcdef");
     // UDP length 10: two payload bytes, the rest is IP padding.
     packet[24..26].copy_from_slice(&10u16.to_be_bytes());
     let view = IpView::parse(&packet).unwrap();
@@ -136,7 +137,7 @@ fn icmp_numbers_only_count_in_their_own_version() {
 fn parse_errors() {
     assert_eq!(IpView::parse(&[]), Err(PacketError::Truncated));
     assert_eq!(IpView::parse(&[0x50; 40]), Err(PacketError::BadVersion));
-    let packet = udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 2, b"data");
+    let packet = udp(CLIENT_V4, VIRTUAL_V4, 1, 2, b"data");
 
     let mut short_ihl = packet.clone();
     short_ihl[0] = 0x44;
@@ -157,7 +158,7 @@ fn parse_errors() {
     big_total[2..4].copy_from_slice(&(packet.len() as u16 + 1).to_be_bytes());
     assert_eq!(IpView::parse(&big_total), Err(PacketError::Truncated));
 
-    let v6 = udp_v6(CLIENT_V6, VIRTUAL_V6, 1, 2, b"data");
+    let v6 = udp(CLIENT_V6, VIRTUAL_V6, 1, 2, b"data");
     assert_eq!(
         IpView::parse(&v6[..v6.len() - 1]),
         Err(PacketError::Truncated)
@@ -167,7 +168,7 @@ fn parse_errors() {
 
 #[test]
 fn ipv4_fragments_never_yield_ports() {
-    let whole = udp_v4(CLIENT_V4, VIRTUAL_V4, 40000, 53, &[0; 32]);
+    let whole = udp(CLIENT_V4, VIRTUAL_V4, 40000, 53, &[0; 32]);
     for (more, offset, first) in [(true, 0, true), (true, 4, false), (false, 4, false)] {
         let mut packet = whole.clone();
         set_ipv4_fragment(&mut packet, more, offset);
@@ -186,7 +187,7 @@ fn ipv4_fragments_never_yield_ports() {
 
 #[test]
 fn ipv6_extension_chain_walk_matches_etherparse() {
-    let udp = udp_v6(CLIENT_V6, VIRTUAL_V6, 40000, 53, b"q");
+    let udp = udp(CLIENT_V6, VIRTUAL_V6, 40000, 53, b"q");
     let udp_header_and_payload = &udp[40..];
     let chains: &[&[Ext]] = &[
         &[],
@@ -229,7 +230,7 @@ fn ipv6_extension_chain_walk_matches_etherparse() {
 
 #[test]
 fn ipv6_fragments_never_yield_ports() {
-    let udp = udp_v6(CLIENT_V6, VIRTUAL_V6, 40000, 53, b"q");
+    let udp = udp(CLIENT_V6, VIRTUAL_V6, 40000, 53, b"q");
     let udp_bytes = &udp[40..];
     let hbh_dst_frag = |offset_units, more| {
         [
@@ -277,7 +278,7 @@ fn ipv6_chain_stops_at_esp_and_no_next_header() {
 
 #[test]
 fn ipv6_chain_too_long_or_truncated_is_unknown() {
-    let udp = udp_v6(CLIENT_V6, VIRTUAL_V6, 1, 53, b"q");
+    let udp = udp(CLIENT_V6, VIRTUAL_V6, 1, 53, b"q");
     let eight = [Ext::DestinationOptions; 8];
     let packet = ipv6_with_extensions(&eight, protocol::UDP, &udp[40..]);
     assert_eq!(
@@ -300,8 +301,8 @@ fn ipv6_chain_too_long_or_truncated_is_unknown() {
 #[test]
 fn every_truncation_is_rejected_or_bounded() {
     let packets = [
-        udp_v4(CLIENT_V4, VIRTUAL_V4, 1, 53, b"payload"),
-        udp_v6(CLIENT_V6, VIRTUAL_V6, 1, 53, b"payload"),
+        udp(CLIENT_V4, VIRTUAL_V4, 1, 53, b"payload"),
+        udp(CLIENT_V6, VIRTUAL_V6, 1, 53, b"payload"),
         tcp_v4(1, Some(2), false, false, b"data"),
         echo_request_v6(1, 2, b"data"),
         ipv6_with_extensions(

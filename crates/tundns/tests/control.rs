@@ -70,15 +70,10 @@ fn raw_requests(lab: &Lab, lines: &[&str]) -> Vec<serde_json::Value> {
 
 #[test]
 fn control_changes_records_routes_and_cache_at_once() {
-    let Some(lab) = lab_or_skip_with(
-        "control_changes_records_routes_and_cache_at_once",
-        LabOptions {
-            tunnel_resolver: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions {
+        tunnel_resolver: true,
+        ..LabOptions::resolver()
+    });
     let config = lab.client_config(&ClientConfig {
         dns_proxy_lines: vec![
             "Cache = on".into(),
@@ -211,13 +206,8 @@ fn control_changes_records_routes_and_cache_at_once() {
 
 #[test]
 fn control_refuses_bad_requests_and_keeps_serving() {
-    let Some(lab) = lab_or_skip_with(
-        "control_refuses_bad_requests_and_keeps_serving",
-        LabOptions::resolver(),
-    ) else {
-        return;
-    };
-    let mut tundns_daemon = lab.start_default_tundns();
+    let (lab, mut tundns_daemon) =
+        lab_with_tundns!(LabOptions::resolver(), ClientConfig::default());
     let socket = control_socket(&lab);
     let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
     assert_eq!(mode(&socket) & 0o777, 0o600, "socket mode");
@@ -287,12 +277,7 @@ fn control_refuses_bad_requests_and_keeps_serving() {
 
 #[test]
 fn blocklist_reload_reads_the_files_again() {
-    let Some(lab) = lab_or_skip_with(
-        "blocklist_reload_reads_the_files_again",
-        LabOptions::resolver(),
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let host1 = ("host1.lab.test", "203.0.113.101");
     let host2 = ("host2.lab.test", "203.0.113.102");
     let list = lab.write_file("reloaded-blocklist.txt", format!("0.0.0.0 {WWW_NAME}\n"));

@@ -9,8 +9,11 @@
 
 mod common;
 
+use common::dig_output::{answer_count, header_flags, status};
 use common::*;
+use domain::base::iana::Rtype;
 use std::time::{Duration, Instant};
+use tundns_test_support::dns;
 
 const BURST_QUERIES: usize = 200;
 /// Slack for WireGuard keepalives (32 bytes each) when comparing counters; one leaked DNS query
@@ -24,9 +27,7 @@ const KEEPALIVE_BYTES: u64 = 32;
 
 #[test]
 fn lab_baseline_wireguard_go_pair() {
-    let Some(lab) = lab_or_skip("lab_baseline_wireguard_go_pair") else {
-        return;
-    };
+    let lab = lab!();
     lab.start_wireguard_go_client();
     let before = lab.peer_transfer_counters();
 
@@ -43,9 +44,7 @@ fn lab_baseline_wireguard_go_pair() {
 
 #[test]
 fn lab_baseline_unbound_fixtures() {
-    let Some(lab) = lab_or_skip("lab_baseline_unbound_fixtures") else {
-        return;
-    };
+    let lab = lab!();
     let c = &lab.client_ns;
     let aaaa = lab.dig(c, UNBOUND_V6, &[WWW_NAME, "AAAA", "+short"]);
     assert_eq!(aaaa.assert_success().stdout.trim(), WWW_AAAA, "{aaaa}");
@@ -71,9 +70,7 @@ fn lab_baseline_unbound_fixtures() {
 
 #[test]
 fn lab_baseline_dead_upstreams_and_refusal_detectors() {
-    let Some(lab) = lab_or_skip("lab_baseline_dead_upstreams_and_refusal_detectors") else {
-        return;
-    };
+    let lab = lab!();
     let c = &lab.client_ns;
     let refusing = lab.dig(c, DEAD_REFUSING, &[WWW_NAME]);
     assert!(refusing.stdout.contains("connection refused"), "{refusing}");
@@ -92,20 +89,14 @@ fn lab_baseline_dead_upstreams_and_refusal_detectors() {
 
 #[test]
 fn tunnel_carries_traffic_both_ways() {
-    let Some(lab) = lab_or_skip("tunnel_carries_traffic_both_ways") else {
-        return;
-    };
-    let mut tundns = lab.start_default_tundns();
+    let (lab, mut tundns) = lab_with_tundns!();
     assert_tunnel_carries_traffic_both_ways(&lab);
     assert!(tundns.is_running(), "tundns exited:\n{}", tundns.output());
 }
 
 #[test]
 fn wg_show_lists_peer_with_recent_handshake() {
-    let Some(lab) = lab_or_skip("wg_show_lists_peer_with_recent_handshake") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
 
     let iface = &lab.tundns_iface;
@@ -138,10 +129,7 @@ fn wg_show_lists_peer_with_recent_handshake() {
 
 #[test]
 fn wg_set_changes_the_running_tunnel() {
-    let Some(lab) = lab_or_skip("wg_set_changes_the_running_tunnel") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     let (c, iface) = (&lab.client_ns, &lab.tundns_iface);
     lab.exec_in(
         c,
@@ -170,9 +158,7 @@ fn wg_set_changes_the_running_tunnel() {
 
 #[test]
 fn preshared_key_listen_port_and_keepalive_take_effect() {
-    let Some(lab) = lab_or_skip("preshared_key_listen_port_and_keepalive_take_effect") else {
-        return;
-    };
+    let lab = lab!();
     const LISTEN_PORT: u16 = 51999;
     let (c, n) = (&lab.client_ns, &lab.network_ns);
     let psk = lab.exec_in(c, &["wg", "genpsk"]);
@@ -245,10 +231,7 @@ fn dns_over_tcp_on_virtual_ipv6() {
 
 #[test]
 fn dns_over_tcp_serves_several_queries_on_one_connection() {
-    let Some(lab) = lab_or_skip("dns_over_tcp_serves_several_queries_on_one_connection") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     let queries = [
         WWW_NAME,
         "A",
@@ -267,10 +250,7 @@ fn dns_over_tcp_serves_several_queries_on_one_connection() {
 
 #[test]
 fn big_answer_is_truncated_over_udp() {
-    let Some(lab) = lab_or_skip("big_answer_is_truncated_over_udp") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     for proxy in [PROXY_V4, PROXY_V6] {
         let udp = lab.dig(&lab.client_ns, proxy, &[BIG_TXT_NAME, "TXT", "+ignore"]);
         udp.assert_success();
@@ -283,10 +263,7 @@ fn big_answer_is_truncated_over_udp() {
 
 #[test]
 fn big_answer_is_complete_over_tcp() {
-    let Some(lab) = lab_or_skip("big_answer_is_complete_over_tcp") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     for proxy in [PROXY_V4, PROXY_V6] {
         let tcp = lab.dig(&lab.client_ns, proxy, &[BIG_TXT_NAME, "TXT", "+tcp"]);
         assert_eq!(answer_count(&tcp), Some(BIG_TXT_RECORDS), "{tcp}");
@@ -303,10 +280,7 @@ fn big_answer_is_complete_over_tcp() {
 
 #[test]
 fn getent_resolves_through_proxy() {
-    let Some(lab) = lab_or_skip("getent_resolves_through_proxy") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     // The lab points C's resolv.conf at 10.30.30.30; glibc sends A and AAAA together.
     let getent = lab.exec_in(&lab.client_ns, &["getent", "ahosts", WWW_NAME]);
     assert_getent_has_both_families(&getent);
@@ -314,9 +288,7 @@ fn getent_resolves_through_proxy() {
 
 #[test]
 fn dns_never_crosses_the_tunnel() {
-    let Some(lab) = lab_or_skip("dns_never_crosses_the_tunnel") else {
-        return;
-    };
+    let lab = lab!();
     // The peer is allowed the virtual IPs' networks too, so a query the filter failed to
     // divert would be encrypted and sent to it, and show in its counters. No
     // PersistentKeepalive: the only tunnel traffic left is passive keepalives, which the
@@ -398,9 +370,7 @@ fn failover_past_refusing_first_upstream() {
 
 #[test]
 fn all_upstreams_dead_gives_servfail_quickly() {
-    let Some(lab) = lab_or_skip("all_upstreams_dead_gives_servfail_quickly") else {
-        return;
-    };
+    let lab = lab!();
     let config = lab.client_config(&ClientConfig {
         upstreams: vec![DEAD_SILENT.into(), DEAD_REFUSING.into()],
         ..ClientConfig::default()
@@ -422,10 +392,7 @@ fn all_upstreams_dead_gives_servfail_quickly() {
 
 #[test]
 fn garbage_over_udp_leaves_proxy_serving() {
-    let Some(lab) = lab_or_skip("garbage_over_udp_leaves_proxy_serving") else {
-        return;
-    };
-    let mut tundns = lab.start_default_tundns();
+    let (lab, mut tundns) = lab_with_tundns!();
     let files = write_payloads(&lab, "udp", &udp_garbage());
     for proxy in [PROXY_V4, PROXY_V6] {
         let mut command = vec![
@@ -447,10 +414,7 @@ fn garbage_over_udp_leaves_proxy_serving() {
 /// FORMERR with the client's ID, over UDP and on both virtual IPs.
 #[test]
 fn malformed_query_with_readable_header_gets_formerr() {
-    let Some(lab) = lab_or_skip("malformed_query_with_readable_header_gets_formerr") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     let script = r#"
 import socket, sys
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
@@ -473,10 +437,7 @@ print(f"id={reply[0]:02x}{reply[1]:02x} qr={reply[2] >> 7} rcode={reply[3] & 15}
 
 #[test]
 fn garbage_over_tcp_leaves_proxy_serving() {
-    let Some(lab) = lab_or_skip("garbage_over_tcp_leaves_proxy_serving") else {
-        return;
-    };
-    let mut tundns = lab.start_default_tundns();
+    let (lab, mut tundns) = lab_with_tundns!();
     let files = write_payloads(&lab, "tcp", &tcp_garbage());
     for proxy in [PROXY_V4, PROXY_V6] {
         let mut command = vec![
@@ -505,10 +466,7 @@ fn garbage_over_tcp_leaves_proxy_serving() {
 
 #[test]
 fn proxy_does_not_serve_the_tunnel() {
-    let Some(lab) = lab_or_skip("proxy_does_not_serve_the_tunnel") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     // The client speaks first: until its handshake the peer knows no endpoint for it.
     lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
     lab.assert_ping(&lab.network_ns, CLIENT_TUNNEL_V4);
@@ -536,10 +494,7 @@ fn proxy_does_not_serve_the_tunnel() {
 
 #[test]
 fn icmp_echo_answered_on_both_virtual_ips() {
-    let Some(lab) = lab_or_skip("icmp_echo_answered_on_both_virtual_ips") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     for proxy in [PROXY_V4, PROXY_V6] {
         let ping = lab.exec_in(
             &lab.client_ns,
@@ -552,20 +507,14 @@ fn icmp_echo_answered_on_both_virtual_ips() {
 
 #[test]
 fn udp_to_other_port_gets_port_unreachable() {
-    let Some(lab) = lab_or_skip("udp_to_other_port_gets_port_unreachable") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     assert_udp_port_unreachable(&lab, PROXY_V4);
     assert_udp_port_unreachable(&lab, PROXY_V6);
 }
 
 #[test]
 fn tcp_to_other_port_gets_reset() {
-    let Some(lab) = lab_or_skip("tcp_to_other_port_gets_reset") else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+    let (lab, _tundns) = lab_with_tundns!();
     assert_tcp_refused(&lab, PROXY_V4);
     assert_tcp_refused(&lab, PROXY_V6);
 }
@@ -575,9 +524,7 @@ fn tcp_to_other_port_gets_reset() {
 
 #[test]
 fn sigterm_exits_cleanly_within_a_second() {
-    let Some(lab) = lab_or_skip("sigterm_exits_cleanly_within_a_second") else {
-        return;
-    };
+    let lab = lab!();
     let c = lab.client_ns.clone();
     let rules_before = routing_rules(&lab, &c);
     let mut tundns = lab.start_default_tundns();
@@ -622,9 +569,7 @@ fn sigterm_exits_cleanly_within_a_second() {
 
 #[test]
 fn config_error_unknown_key_names_the_line() {
-    let Some(lab) = lab_or_skip("config_error_unknown_key_names_the_line") else {
-        return;
-    };
+    let lab = lab!();
     let mut lines: Vec<String> = lab
         .client_config(&ClientConfig::default())
         .lines()
@@ -636,9 +581,7 @@ fn config_error_unknown_key_names_the_line() {
 
 #[test]
 fn config_error_unknown_section_names_the_line() {
-    let Some(lab) = lab_or_skip("config_error_unknown_section_names_the_line") else {
-        return;
-    };
+    let lab = lab!();
     let config = lab.client_config(&ClientConfig::default());
     let line = config.lines().count() + 2;
     assert_config_error_names_line(&lab, &format!("{config}\n[Bogus]\nKey = 1\n"), line);
@@ -649,9 +592,7 @@ fn config_error_unknown_section_names_the_line() {
 /// so the hook itself proves they existed.
 #[test]
 fn failure_after_start_up_leaves_nothing_behind() {
-    let Some(lab) = lab_or_skip("failure_after_start_up_leaves_nothing_behind") else {
-        return;
-    };
+    let lab = lab!();
     let c = lab.client_ns.clone();
     let marker = lab.write_file("post-up-saw-routes", "");
     let hook = format!(
@@ -813,39 +754,6 @@ fn assert_config_error_names_line(lab: &Lab, config: &str, line: usize) {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Reading dig's output.
-
-/// The flags of dig's ";; flags: qr aa tc rd ra;" line.
-fn header_flags(run: &Run) -> Vec<String> {
-    run.stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(";; flags: "))
-        .and_then(|rest| rest.split(';').next())
-        .map(|flags| flags.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-/// The rcode of the last answer dig printed ("NOERROR", "SERVFAIL", ...).
-fn status(run: &Run) -> Option<String> {
-    run.stdout
-        .lines()
-        .rev()
-        .find_map(|line| line.split("status: ").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .map(str::to_owned)
-}
-
-/// ANSWER: n from the last header dig printed.
-fn answer_count(run: &Run) -> Option<usize> {
-    run.stdout
-        .lines()
-        .rev()
-        .find_map(|line| line.split("ANSWER: ").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|count| count.parse().ok())
-}
-
 fn routing_rules(lab: &Lab, ns: &str) -> String {
     let v4 = lab.exec_in(ns, &["ip", "-4", "rule", "show"]);
     let v6 = lab.exec_in(ns, &["ip", "-6", "rule", "show"]);
@@ -867,24 +775,8 @@ fn write_payloads(lab: &Lab, kind: &str, payloads: &[Vec<u8>]) -> Vec<std::path:
         .collect()
 }
 
-fn dns_header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
-    let mut header = Vec::with_capacity(12);
-    header.extend(id.to_be_bytes());
-    header.extend(flags.to_be_bytes());
-    for count in counts {
-        header.extend(count.to_be_bytes());
-    }
-    header
-}
-
 fn www_question() -> Vec<u8> {
-    let mut question = Vec::new();
-    for label in WWW_NAME.split('.') {
-        question.push(label.len() as u8);
-        question.extend(label.as_bytes());
-    }
-    question.extend([0, 0, 1, 0, 1]);
-    question
+    dns::question(WWW_NAME, Rtype::A)
 }
 
 /// Malformed DNS messages: each is dropped or answered FORMERR, never a crash or a hang.
@@ -897,39 +789,39 @@ fn malformed_messages() -> Vec<Vec<u8>> {
     };
     vec![
         vec![0x12],
-        dns_header(1, query, one_question)[..11].to_vec(),
-        dns_header(2, query, one_question),
+        dns::header(1, query, one_question)[..11].to_vec(),
+        dns::header(2, query, one_question),
         // The name is a pointer to itself.
-        with(dns_header(3, query, one_question), &[0xc0, 12, 0, 1, 0, 1]),
+        with(dns::header(3, query, one_question), &[0xc0, 12, 0, 1, 0, 1]),
         // Two pointers pointing at each other.
         with(
-            dns_header(4, query, [2, 0, 0, 0]),
+            dns::header(4, query, [2, 0, 0, 0]),
             &[0xc0, 18, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1],
         ),
         // A pointer past the end.
         with(
-            dns_header(5, query, one_question),
+            dns::header(5, query, one_question),
             &[0xc0, 0xff, 0, 1, 0, 1],
         ),
         // A 63-byte label that the message cuts short.
-        with(dns_header(6, query, one_question), &[63, b'a', b'b']),
+        with(dns::header(6, query, one_question), &[63, b'a', b'b']),
         // A reserved label type (0x40).
         with(
-            dns_header(7, query, one_question),
+            dns::header(7, query, one_question),
             &[0x41, b'a', 0, 0, 1, 0, 1],
         ),
         // Counts far beyond the message.
         with(
-            dns_header(8, query, [65535, 65535, 65535, 65535]),
+            dns::header(8, query, [65535, 65535, 65535, 65535]),
             &www_question(),
         ),
         // A response, not a query.
-        with(dns_header(9, 0x8180, one_question), &www_question()),
+        with(dns::header(9, 0x8180, one_question), &www_question()),
         // Opcode UPDATE.
-        with(dns_header(10, 0x2800, one_question), &www_question()),
+        with(dns::header(10, 0x2800, one_question), &www_question()),
         // An OPT record whose RDLENGTH runs past the end.
         with(
-            dns_header(11, query, [1, 0, 0, 1]),
+            dns::header(11, query, [1, 0, 0, 1]),
             &[
                 &www_question()[..],
                 &[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0xff, 0xff, 1, 2],
@@ -937,7 +829,7 @@ fn malformed_messages() -> Vec<Vec<u8>> {
             .concat(),
         ),
         // No question at all.
-        dns_header(12, query, [0, 0, 0, 0]),
+        dns::header(12, query, [0, 0, 0, 0]),
     ]
 }
 
@@ -960,7 +852,7 @@ fn udp_garbage() -> Vec<Vec<u8>> {
     // Larger than the MTU (IP fragments on the TUN) and close to the UDP maximum.
     payloads.push(pseudo_random_bytes(101, 4000));
     payloads.push(pseudo_random_bytes(102, 65000));
-    let mut oversized_query = dns_header(13, 0x0100, [1, 0, 0, 0]);
+    let mut oversized_query = dns::header(13, 0x0100, [1, 0, 0, 0]);
     oversized_query.extend(www_question());
     oversized_query.resize(9000, 0);
     payloads.push(oversized_query);
@@ -978,7 +870,7 @@ fn tcp_garbage() -> Vec<Vec<u8>> {
         // A zero-length frame, then a valid-looking one.
         [
             &[0u8, 0][..],
-            &framed(&dns_header(20, 0x0100, [0, 0, 0, 0])),
+            &framed(&dns::header(20, 0x0100, [0, 0, 0, 0])),
         ]
         .concat(),
         // A frame announcing 65535 bytes that never come.

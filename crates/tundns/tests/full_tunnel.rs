@@ -91,9 +91,7 @@ fn full_tunnel_config(lab: &Lab) -> String {
 /// SIGTERM takes every rule, route and sysctl change back.
 #[test]
 fn full_tunnel_keeps_upstream_dns_outside() {
-    let Some(lab) = full_tunnel_lab("full_tunnel_keeps_upstream_dns_outside") else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
     assert!(lab.routes_in_table(&c, FULL_TUNNEL_TABLE).is_empty());
@@ -190,9 +188,7 @@ fn full_tunnel_keeps_upstream_dns_outside() {
 /// them, the tunnel's table and the sysctl.
 #[test]
 fn full_tunnel_start_up_failure_leaves_no_rules() {
-    let Some(lab) = full_tunnel_lab("full_tunnel_start_up_failure_leaves_no_rules") else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
     let marker = lab.write_file("post-up-saw-rules", "");
@@ -212,10 +208,7 @@ fn full_tunnel_start_up_failure_leaves_no_rules() {
 /// so there is one pair of rules per family again, and SIGTERM then leaves none.
 #[test]
 fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
-    let Some(lab) = full_tunnel_lab("full_tunnel_after_sigkill_next_up_takes_back_the_rules")
-    else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
     let state = std::path::PathBuf::from(format!("/run/tundns/{}.policy-state", lab.tundns_iface));
@@ -263,9 +256,7 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
 /// bringing the tunnel up; a second reset finds nothing to do.
 #[test]
 fn full_tunnel_after_sigkill_reset_takes_back_the_rules() {
-    let Some(lab) = full_tunnel_lab("full_tunnel_after_sigkill_reset_takes_back_the_rules") else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
     let mut killed = lab.start_tundns(&full_tunnel_config(&lab));
@@ -288,11 +279,7 @@ fn full_tunnel_after_sigkill_reset_takes_back_the_rules() {
 /// name, whose rule would drop the tunnel's own replies, is replaced at `up`.
 #[test]
 fn full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside() {
-    let Some(lab) =
-        full_tunnel_lab("full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside")
-    else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let (c, n) = (lab.client_ns.clone(), lab.network_ns.clone());
     let table = format!("tundns-{}", lab.tundns_iface);
     let stale = lab.write_file(
@@ -358,9 +345,7 @@ fn full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside() {
 /// Without nft the full tunnel still works, DNS included, and says what it lacks.
 #[test]
 fn full_tunnel_without_nft_runs_and_warns() {
-    let Some(lab) = full_tunnel_lab("full_tunnel_without_nft_runs_and_warns") else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
     const PATH_WITHOUT_NFT: &str = "/usr/bin:/bin";
@@ -413,9 +398,7 @@ fn full_tunnel_without_nft_runs_and_warns() {
 /// answers. Without the mark rules, the same query goes unanswered.
 #[test]
 fn full_tunnel_works_with_strict_reverse_path_filtering() {
-    let Some(lab) = full_tunnel_lab("full_tunnel_works_with_strict_reverse_path_filtering") else {
-        return;
-    };
+    let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let (veth_c, _) = lab.veths();
     for key in ["all", "default", veth_c.as_str()] {
@@ -463,9 +446,7 @@ fn full_tunnel_works_with_strict_reverse_path_filtering() {
 /// refused with a config error that says what to do instead. `Table = auto` is accepted.
 #[test]
 fn default_route_in_table_main_is_refused() {
-    let Some(lab) = lab_or_skip("default_route_in_table_main_is_refused") else {
-        return;
-    };
+    let lab = lab!();
     let full = lab.full_tunnel_client_config(&ClientConfig::default());
     let check = |config: &str| {
         let path = lab.write_client_config(config);

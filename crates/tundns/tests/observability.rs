@@ -107,11 +107,7 @@ fn wait_for_lines(path: &Path, count: usize) -> Vec<serde_json::Value> {
 
 #[test]
 fn metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query() {
-    let Some(lab) =
-        lab_or_skip("metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query")
-    else {
-        return;
-    };
+    let lab = lab!();
     let log_path = lab_dir(&lab).join("log").join("queries.jsonl");
     let tundns = lab.start_tundns(&config(&lab, &log_path));
     // Traffic through the tunnel: a handshake and bytes both ways.
@@ -325,11 +321,7 @@ fn metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query() {
 
 #[test]
 fn metrics_address_in_use_is_a_clear_start_up_error_that_leaves_no_interface() {
-    let Some(lab) =
-        lab_or_skip("metrics_address_in_use_is_a_clear_start_up_error_that_leaves_no_interface")
-    else {
-        return;
-    };
+    let lab = lab!();
     let c = &lab.client_ns;
     let (host, port) = METRICS_ADDRESS.rsplit_once(':').expect("ip:port");
     let _squatter = lab.spawn_in(

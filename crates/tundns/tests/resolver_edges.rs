@@ -44,10 +44,7 @@ const DOT_QUERIES: u64 = 20;
 
 #[test]
 fn cache_key_includes_the_do_and_cd_bits() {
-    let Some(lab) = resolver_lab("cache_key_includes_the_do_and_cd_bits") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Cache = on"]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&["Cache = on"]));
     let variants: [&[&str]; 4] = [&[], &["+dnssec"], &["+cd"], &["+dnssec", "+cd"]];
     // Each variant is a different key: each one's first query reaches unbound...
     for (asked, flags) in (1..).zip(variants) {
@@ -75,9 +72,7 @@ fn cache_key_includes_the_do_and_cd_bits() {
 
 #[test]
 fn cache_min_ttl_raises_a_short_upstream_ttl() {
-    let Some(lab) = resolver_lab("cache_min_ttl_raises_a_short_upstream_ttl") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let record = format!("{SHORT_NAME}. {SHORT_TTL} IN A {SHORT_A}");
     lab.unbound_control(&["local_data", &record])
         .assert_success();
@@ -113,10 +108,7 @@ fn cache_min_ttl_raises_a_short_upstream_ttl() {
 
 #[test]
 fn cache_never_keeps_a_truncated_answer() {
-    let Some(lab) = resolver_lab("cache_never_keeps_a_truncated_answer") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Cache = on"]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&["Cache = on"]));
     // Truncated for this client by tundns (512 bytes): what it sent must not be what it kept.
     let small = ask(&lab, &["+bufsize=512", "+ignore", BIG_TXT_NAME, "TXT"]);
     assert_eq!(status(&small).as_deref(), Some("NOERROR"), "{small}");
@@ -135,9 +127,7 @@ fn cache_never_keeps_a_truncated_answer() {
 
 #[test]
 fn servfail_is_cached_for_a_few_seconds_only() {
-    let Some(lab) = resolver_lab("servfail_is_cached_for_a_few_seconds_only") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let failing = start_failing_dnsdist(&lab);
     let _tundns = start_with_upstreams(&lab, &[SCRIPTED_DNSDIST_V4], &["Cache = on"]);
     for attempt in 0..2 {
@@ -168,10 +158,10 @@ fn servfail_is_cached_for_a_few_seconds_only() {
 
 #[test]
 fn serve_stale_stops_at_its_maximum() {
-    let Some(lab) = resolver_lab("serve_stale_stops_at_its_maximum") else {
-        return;
-    };
-    let _tundns = start(&lab, &["CacheMaxTTL = 1s", "ServeStale = 2s"]);
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["CacheMaxTTL = 1s", "ServeStale = 2s"])
+    );
     let cached_at = Instant::now();
     single_answer(&ask(&lab, &[STALE_NAME, "A"]), STALE_A);
     lab.stop_unbound();
@@ -196,9 +186,10 @@ fn serve_stale_stops_at_its_maximum() {
 
 #[test]
 fn doh_unreachable_first_upstream_fails_over_fast() {
-    let Some(lab) = encrypted_lab("doh_unreachable_first_upstream_fails_over_fast") else {
-        return;
-    };
+    let lab = lab!(LabOptions {
+        encrypted_upstream: true,
+        ..LabOptions::resolver()
+    });
     let ca = format!("CAFile = {}", lab.ca_file().display());
     // Nothing listens on that port: the connection is refused at once.
     let closed = format!("https://{TLS_NAME}@{UNBOUND_V4}:8443{DOH_PATH}");
@@ -228,9 +219,10 @@ fn doh_unreachable_first_upstream_fails_over_fast() {
 
 #[test]
 fn dot_reuses_its_connection_for_many_queries() {
-    let Some(lab) = encrypted_lab("dot_reuses_its_connection_for_many_queries") else {
-        return;
-    };
+    let lab = lab!(LabOptions {
+        encrypted_upstream: true,
+        ..LabOptions::resolver()
+    });
     if !tcpdump_or_skip("dot_reuses_its_connection_for_many_queries") {
         return;
     }
@@ -288,9 +280,7 @@ fn dot_reuses_its_connection_for_many_queries() {
 
 #[test]
 fn edns_size_sent_upstream_is_capped() {
-    let Some(lab) = resolver_lab("edns_size_sent_upstream_is_capped") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     if !tcpdump_or_skip("edns_size_sent_upstream_is_capped") {
         return;
     }
@@ -325,9 +315,7 @@ fn edns_size_sent_upstream_is_capped() {
 
 #[test]
 fn a_refused_first_upstream_moves_on_to_the_next() {
-    let Some(lab) = resolver_lab("a_refused_first_upstream_moves_on_to_the_next") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let refusing = start_failing_dnsdist(&lab);
     let _tundns = start_with_upstreams(&lab, &[SCRIPTED_DNSDIST_V4, UNBOUND_V4], &["Cache = off"]);
     let unbound_before = lab.upstream_queries(TTL_NAME, None);
@@ -349,9 +337,7 @@ fn a_refused_first_upstream_moves_on_to_the_next() {
 
 #[test]
 fn hosts_file_address_gets_a_ptr_to_its_canonical_name() {
-    let Some(lab) = resolver_lab("hosts_file_address_gets_a_ptr_to_its_canonical_name") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let hosts = lab.write_file(
         "hosts",
         "# lab hosts\n10.99.0.30 files.lab.internal files\nfd99::31 print.lab.internal\n",
@@ -376,9 +362,7 @@ fn hosts_file_address_gets_a_ptr_to_its_canonical_name() {
 
 #[test]
 fn blocklist_file_in_adblock_format() {
-    let Some(lab) = resolver_lab("blocklist_file_in_adblock_format") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let list = lab.write_file(
         "block-adblock.txt",
         "[Adblock Plus 2.0]\n! an adblock-style list\n||ads.lab.test^\n||tracker.lab.test^ # inline\n",
@@ -398,10 +382,10 @@ fn blocklist_file_in_adblock_format() {
 
 #[test]
 fn block_ttl_is_the_negative_ttl_of_a_blocked_nxdomain() {
-    let Some(lab) = resolver_lab("block_ttl_is_the_negative_ttl_of_a_blocked_nxdomain") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Block = ads.lab.test", "BlockTTL = 42s"]);
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["Block = ads.lab.test", "BlockTTL = 42s"])
+    );
     for name in ["ads.lab.test", "x.ads.lab.test"] {
         let run = ask(&lab, &[name, "A"]);
         assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
@@ -417,12 +401,9 @@ fn block_ttl_is_the_negative_ttl_of_a_blocked_nxdomain() {
 
 #[test]
 fn block_ttl_is_the_ttl_of_a_null_answer() {
-    let Some(lab) = resolver_lab("block_ttl_is_the_ttl_of_a_null_answer") else {
-        return;
-    };
-    let _tundns = start(
-        &lab,
-        &["Block = ads.lab.test", "BlockMode = null", "BlockTTL = 42s"],
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["Block = ads.lab.test", "BlockMode = null", "BlockTTL = 42s"])
     );
     for (rtype, null) in [("A", "0.0.0.0"), ("AAAA", "::")] {
         let run = ask(&lab, &["ads.lab.test", rtype]);

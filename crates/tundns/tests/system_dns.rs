@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    ClientConfig, Daemon, Lab, PROXY_V4, UNBOUND_V4, WWW_A, WWW_NAME, lab_or_skip, path_str,
+    ClientConfig, Daemon, Lab, PROXY_V4, UNBOUND_V4, WWW_A, WWW_NAME, lab, lab_or_skip, path_str,
     tundns_bin, wait_until,
 };
 
@@ -137,9 +137,7 @@ impl Drop for DnsLab {
 
 #[test]
 fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
-    let Some(lab) = DnsLab::new("up_points_the_system_at_the_proxy") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let mut tundns = lab.start(&lab.config());
 
     let written = lab.resolv_conf();
@@ -172,9 +170,7 @@ fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
 
 #[test]
 fn sigkill_then_reset_dns_restores_byte_for_byte() {
-    let Some(lab) = DnsLab::new("sigkill_then_reset_dns") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let mut tundns = lab.start(&lab.config());
     tundns.kill_without_cleanup();
     assert_ne!(
@@ -197,9 +193,7 @@ fn sigkill_then_reset_dns_restores_byte_for_byte() {
 
 #[test]
 fn reset_dns_takes_the_config_path_too() {
-    let Some(lab) = DnsLab::new("reset_dns_takes_the_config_path") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let config = lab.config();
     let mut tundns = lab.start(&config);
     tundns.kill_without_cleanup();
@@ -211,9 +205,7 @@ fn reset_dns_takes_the_config_path_too() {
 
 #[test]
 fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
-    let Some(lab) = DnsLab::new("sigkill_then_up_repairs") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let config = lab.config();
     let mut first = lab.start(&config);
     first.kill_without_cleanup();
@@ -235,9 +227,7 @@ fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
 
 #[test]
 fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
-    let Some(lab) = DnsLab::new("a_foreign_state_file_is_left_alone") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let foreign = "{\"backend\": \"file\", \"note\": \"written by someone else\"}\n";
     fs::create_dir_all("/var/lib/tundns").unwrap();
     fs::write(lab.state_path(), foreign).unwrap();
@@ -272,9 +262,7 @@ fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
 
 #[test]
 fn a_resolv_conf_rewritten_by_someone_else_is_not_overwritten() {
-    let Some(lab) = DnsLab::new("a_resolv_conf_rewritten_by_someone_else") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let mut tundns = lab.start(&lab.config());
     tundns.kill_without_cleanup();
     let theirs = "nameserver 198.51.100.1\n";
@@ -294,9 +282,7 @@ fn a_resolv_conf_rewritten_by_someone_else_is_not_overwritten() {
 
 #[test]
 fn without_upstream_the_proxy_forwards_to_the_resolvers_the_system_had() {
-    let Some(lab) = DnsLab::new("without_upstream_the_proxy_forwards") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let upstream_line = format!("Upstream = {UNBOUND_V4}\n");
     let config = lab.config();
     assert!(config.contains(&upstream_line));
@@ -323,9 +309,7 @@ fn without_upstream_the_proxy_forwards_to_the_resolvers_the_system_had() {
 
 #[test]
 fn a_start_up_failure_after_the_change_restores_the_resolver() {
-    let Some(lab) = DnsLab::new("a_start_up_failure_after_the_change") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     // PostUp runs after the resolver is pointed at the proxy; its failure undoes everything.
     let config = lab
         .config()
@@ -341,9 +325,7 @@ fn a_start_up_failure_after_the_change_restores_the_resolver() {
 
 #[test]
 fn set_system_dns_points_the_system_at_every_virtual_address() {
-    let Some(lab) = DnsLab::new("set_system_dns_points_the_system") else {
-        return;
-    };
+    let lab = lab!(with DnsLab::new);
     let config = lab
         .config()
         .replacen(&format!("DNS = {PROXY_V4}, lab.test\n"), "", 1)

@@ -37,9 +37,7 @@ fn udp_round_trip(lab: &Lab, port: u16, payload: &str) -> Run {
 
 #[test]
 fn example_serves_udp_echo_beside_the_dns_proxy() {
-    let Some(lab) = lab_or_skip("example_serves_udp_echo_beside_the_dns_proxy") else {
-        return;
-    };
+    let lab = lab!();
     let config = lab.client_config(&ClientConfig::default());
     let mut daemon = lab.start_tundns_with(&echo_example(), &config);
     let c = lab.client_ns.clone();

@@ -1,7 +1,9 @@
-//! Test helpers: packets built and checked by etherparse, an independent implementation.
+//! Test helpers: packets built (by the shared test-support builders) and checked by
+//! etherparse, an independent implementation.
 #![allow(dead_code)]
 
-use etherparse::{IpFragOffset, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{IpFragOffset, Ipv4Header, NetSlice, SlicedPacket, TransportSlice};
+use tundns_test_support::packet::{Tcp, echo_request, tcp};
 
 pub const CLIENT_V4: [u8; 4] = [10, 0, 0, 2];
 pub const VIRTUAL_V4: [u8; 4] = [10, 30, 30, 30];
@@ -10,81 +12,49 @@ pub const VIRTUAL_V6: [u8; 16] = [
     0xfd, 0x30, 0, 0x30, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x30,
 ];
 
-pub fn udp_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut out, payload)
-        .unwrap();
-    out
-}
-
-pub fn udp_v6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv6(src, dst, 64)
-        .udp(sport, dport)
-        .write(&mut out, payload)
-        .unwrap();
-    out
-}
-
 /// TCP segment from the client to the virtual IP. `ack` sets the ACK flag.
 pub fn tcp_v4(seq: u32, ack: Option<u32>, syn: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let builder = PacketBuilder::ipv4(CLIENT_V4, VIRTUAL_V4, 64).tcp(40000, 53, seq, 1024);
-    finish_tcp(builder, ack, syn, fin, false, payload)
+    tcp(
+        CLIENT_V4,
+        VIRTUAL_V4,
+        &dns_segment(seq, ack, syn, fin),
+        payload,
+    )
 }
 
 pub fn tcp_v6(seq: u32, ack: Option<u32>, syn: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let builder = PacketBuilder::ipv6(CLIENT_V6, VIRTUAL_V6, 64).tcp(40000, 53, seq, 1024);
-    finish_tcp(builder, ack, syn, fin, false, payload)
+    tcp(
+        CLIENT_V6,
+        VIRTUAL_V6,
+        &dns_segment(seq, ack, syn, fin),
+        payload,
+    )
 }
 
 pub fn tcp_rst_v4() -> Vec<u8> {
-    let builder = PacketBuilder::ipv4(CLIENT_V4, VIRTUAL_V4, 64).tcp(40000, 53, 7, 0);
-    finish_tcp(builder, None, false, false, true, &[])
+    let segment = Tcp {
+        rst: true,
+        ..Tcp::new(40000, 53, 7, 0)
+    };
+    tcp(CLIENT_V4, VIRTUAL_V4, &segment, &[])
 }
 
-fn finish_tcp(
-    mut builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
-    ack: Option<u32>,
-    syn: bool,
-    fin: bool,
-    rst: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    if let Some(ack) = ack {
-        builder = builder.ack(ack);
+/// A segment of the client's connection to port 53.
+fn dns_segment(seq: u32, ack: Option<u32>, syn: bool, fin: bool) -> Tcp {
+    Tcp {
+        ack,
+        syn,
+        fin,
+        ..Tcp::new(40000, 53, seq, 1024)
     }
-    if syn {
-        builder = builder.syn();
-    }
-    if fin {
-        builder = builder.fin();
-    }
-    if rst {
-        builder = builder.rst();
-    }
-    let mut out = Vec::new();
-    builder.write(&mut out, payload).unwrap();
-    out
 }
 
 pub fn echo_request_v4(id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(CLIENT_V4, VIRTUAL_V4, 64)
-        .icmpv4_echo_request(id, seq)
-        .write(&mut out, data)
-        .unwrap();
-    out
+    echo_request(CLIENT_V4, VIRTUAL_V4, id, seq, data)
 }
 
 pub fn echo_request_v6(id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv6(CLIENT_V6, VIRTUAL_V6, 64)
-        .icmpv6_echo_request(id, seq)
-        .write(&mut out, data)
-        .unwrap();
-    out
+    echo_request(CLIENT_V6, VIRTUAL_V6, id, seq, data)
 }
 
 /// Rewrites the IPv4 fragment fields of `packet` (etherparse recomputes the checksum).

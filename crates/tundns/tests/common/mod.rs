@@ -19,7 +19,9 @@
 //! DoH with a certificate from a throwaway lab CA, a tunnel-only resolver on 10.99.0.53, and
 //! dnsdist on 192.0.2.55 as a second upstream.
 //!
-//! Set `TUNDNS_E2E=1` to make missing prerequisites (root, tools) a failure instead of a skip.
+//! A test opens with [`lab!`] (the lab alone) or [`lab_with_tundns!`] (the lab with tundns
+//! running). Set `TUNDNS_E2E=1` to make missing prerequisites (root, tools) a failure instead
+//! of a skip.
 
 #![allow(
     dead_code,
@@ -105,6 +107,64 @@ pub fn lab_or_skip_with(test: &str, options: LabOptions) -> Option<Lab> {
         }
     }
 }
+
+/// The name of the test function this expands in (the last segment of its path).
+#[allow(unused_macros, reason = "not every test file uses every opening")]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+#[allow(unused_imports, reason = "not every test file uses every opening")]
+pub(crate) use test_name;
+
+/// Opens an end-to-end test: the lab with `options` (the default lab if none), or `return`
+/// from the test when this machine cannot build it. Under `TUNDNS_E2E=1` that is a failure
+/// instead, never a silent skip (see [`lab_or_skip_with`]). `lab!(with make)` opens a test
+/// file's own lab: `make(test_name)` returns `None` to skip, by the same rule.
+#[allow(unused_macros, reason = "not every test file uses every opening")]
+macro_rules! lab {
+    () => {
+        $crate::common::lab!($crate::common::LabOptions::default())
+    };
+    (with $make:path) => {
+        match $make($crate::common::test_name!()) {
+            Some(lab) => lab,
+            None => return,
+        }
+    };
+    ($options:expr) => {
+        match $crate::common::lab_or_skip_with($crate::common::test_name!(), $options) {
+            Some(lab) => lab,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports, reason = "not every test file uses every opening")]
+pub(crate) use lab;
+
+/// [`lab!`], then tundns running in C with the client config `config` (a [`ClientConfig`]):
+/// `(lab, tundns)`. Bind both (`let (lab, _tundns) = ...`): the daemon stops when dropped,
+/// and it drops before the lab.
+#[allow(unused_macros, reason = "not every test file uses every opening")]
+macro_rules! lab_with_tundns {
+    () => {
+        $crate::common::lab_with_tundns!(
+            $crate::common::LabOptions::default(),
+            $crate::common::ClientConfig::default()
+        )
+    };
+    ($options:expr, $config:expr) => {{
+        let lab = $crate::common::lab!($options);
+        let tundns = lab.start_tundns(&lab.client_config(&$config));
+        (lab, tundns)
+    }};
+}
+#[allow(unused_imports, reason = "not every test file uses every opening")]
+pub(crate) use lab_with_tundns;
 
 fn e2e_required() -> bool {
     std::env::var("TUNDNS_E2E").is_ok_and(|value| value == "1")

@@ -8,53 +8,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::base::iana::{Rcode, Rtype};
-use domain::base::{Message, MessageBuilder, Name, Ttl};
-use domain::rdata::A;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tundns_test_support::dns::{Answer, Query};
 use tundns_upstream::{PoolConfig, Protocol, Upstream, UpstreamPool};
 
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Upper bound on any fake server loop, on top of the tests' own timeouts.
 pub const MAX_SERVED: usize = 1000;
 
+/// `qname A` with RD and no EDNS.
 pub fn query(id: u16, qname: &str) -> Vec<u8> {
-    let mut builder = MessageBuilder::new_vec();
-    builder.header_mut().set_id(id);
-    builder.header_mut().set_rd(true);
-    let mut question = builder.question();
-    question
-        .push((Name::<Vec<u8>>::vec_from_str(qname).unwrap(), Rtype::A))
-        .unwrap();
-    question.finish()
+    Query::new(qname, Rtype::A).id(id).build()
 }
 
 /// An answer to `request` with `count` A records whose last octet is `marker`.
 pub fn answer(request: &[u8], count: usize, marker: u8) -> Vec<u8> {
-    let request = Message::from_octets(request).unwrap();
-    let mut builder = MessageBuilder::new_vec()
-        .start_answer(&request, Rcode::NOERROR)
-        .unwrap();
-    let owner = request.sole_question().unwrap().into_qname();
-    for _ in 0..count {
-        builder
-            .push((
-                &owner,
-                Ttl::from_secs(60),
-                A::from_octets(192, 0, 2, marker),
-            ))
-            .unwrap();
-    }
-    builder.finish()
+    (0..count)
+        .fold(Answer::to(request), |answer, _| {
+            answer.a(60, [192, 0, 2, marker])
+        })
+        .build()
 }
 
 /// An answer to `request` with no records and `rcode`.
 pub fn error_answer(request: &[u8], rcode: Rcode) -> Vec<u8> {
-    let request = Message::from_octets(request).unwrap();
-    MessageBuilder::new_vec()
-        .start_answer(&request, rcode)
-        .unwrap()
-        .finish()
+    Answer::to(request).rcode(rcode).build()
 }
 
 pub fn with_id(mut msg: Vec<u8>, id: u16) -> Vec<u8> {
