@@ -14,6 +14,7 @@ use tundns_resolver::{
     Admission, AnswerPath, Finished, Forwarding, Inline, Protocol, Resolver, UpstreamRequest,
     Upstreams,
 };
+use tundns_test_support::dns::{Answer as CannedAnswer, Data};
 
 /// Groups are named; the driver would hold sockets here.
 type Group = &'static str;
@@ -323,12 +324,9 @@ fn a_cname_into_a_blocked_domain_is_answered_as_blocked_and_cached_so() {
     ask(&resolver, &mut forwarding, 1, &asked_query, now).unwrap();
     let asked = requests(&mut forwarding);
     // metrics.lab.test CNAME tracker.test.
-    let mut cloaked = asked_query.clone();
-    cloaked[2] |= 0x80;
-    cloaked[3] = 0x80;
-    cloaked[6..8].copy_from_slice(&1u16.to_be_bytes());
-    cloaked.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 1, 44, 0, 14]);
-    cloaked.extend_from_slice(b"\x07tracker\x04test\x00");
+    let cloaked = CannedAnswer::to(&asked[0].query)
+        .question_record(300, Data::Cname("tracker.test".into()))
+        .build();
     let result = Ok(Answer {
         response: Bytes::from(cloaked),
         upstream: "udp://192.0.2.53:53".into(),

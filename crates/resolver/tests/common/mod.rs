@@ -4,31 +4,25 @@
 
 use std::time::{Duration, Instant};
 
+use domain::base::iana::{Rcode, Rtype};
+use tundns_test_support::dns::{Answer, Query};
+
 /// A query for `name` A IN with recursion desired, without EDNS.
 pub fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut message = id.to_be_bytes().to_vec();
-    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        message.push(label.len() as u8);
-        message.extend_from_slice(label.as_bytes());
-    }
-    message.extend_from_slice(&[0, 0, 1, 0, 1]);
-    message
+    Query::new(name, Rtype::A).id(id).build()
 }
 
-/// An answer to `query` with one A record 203.0.113.`marker`, TTL `ttl`; `flags` are
-/// OR-ed into the second flags byte (RCODE) and `tc` sets TC.
+/// An answer to `query`: with RCODE `rcode`, and for NOERROR one A record 203.0.113.`marker`
+/// with TTL `ttl`; `tc` sets TC.
 pub fn answer(query: &[u8], marker: u8, ttl: u32, rcode: u8, tc: bool) -> Vec<u8> {
-    let mut answer = query.to_vec();
-    answer[2] |= 0x80 | if tc { 0x02 } else { 0 };
-    answer[3] = 0x80 | rcode;
+    let mut answer = Answer::to(query).rcode(Rcode::checked_from_int(rcode).expect("an RCODE"));
     if rcode == 0 {
-        answer[6..8].copy_from_slice(&1u16.to_be_bytes());
-        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-        answer.extend_from_slice(&ttl.to_be_bytes());
-        answer.extend_from_slice(&[0, 4, 203, 0, 113, marker]);
+        answer = answer.a(ttl, [203, 0, 113, marker]);
     }
-    answer
+    if tc {
+        answer = answer.truncated();
+    }
+    answer.build()
 }
 
 pub fn id_of(message: &[u8]) -> u16 {

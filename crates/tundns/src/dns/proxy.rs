@@ -391,22 +391,17 @@ impl UdpService for UdpDns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::base::iana::Rtype;
     use std::net::SocketAddr;
     use std::sync::atomic::AtomicUsize;
     use tokio::net::UdpSocket;
     use tundns_dns::cache::CacheConfig;
+    use tundns_test_support::dns::{Answer, Query};
     use tundns_upstream::{PoolConfig, Upstream};
 
     /// A query for `name` A IN, without EDNS.
     fn query(id: u16, name: &str) -> Vec<u8> {
-        let mut msg = id.to_be_bytes().to_vec();
-        msg.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-        for label in name.split('.') {
-            msg.push(label.len() as u8);
-            msg.extend_from_slice(label.as_bytes());
-        }
-        msg.extend_from_slice(&[0, 0, 1, 0, 1]);
-        msg
+        Query::new(name, Rtype::A).id(id).build()
     }
 
     /// Answers every query with `records` A records (pointing at the question), TTL 300,
@@ -420,18 +415,12 @@ mod tests {
             let mut buf = [0u8; 2048];
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let mut answer = buf[..len].to_vec();
-                answer[2] |= 0x80; // QR
-                answer[3] |= 0x80; // RA
-                answer[6..8].copy_from_slice(&u16::from(records).to_be_bytes());
-                answer[10..12].copy_from_slice(&[0, 0]); // drop the client's OPT count
-                let question_end = 12 + answer[12..].iter().position(|&b| b == 0).unwrap() + 5;
-                answer.truncate(question_end);
-                for i in 0..records {
-                    answer.extend_from_slice(&[
-                        0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 203, 0, 113, i,
-                    ]);
-                }
+                let answer = (0..records)
+                    .fold(
+                        Answer::to(&buf[..len]).compressed().recursion_available(),
+                        |answer, i| answer.a(300, [203, 0, 113, i]),
+                    )
+                    .build();
                 let _ = socket.send_to(&answer, from).await;
             }
         });
