@@ -70,10 +70,7 @@ fn raw_requests(lab: &Lab, lines: &[&str]) -> Vec<serde_json::Value> {
 
 #[test]
 fn control_changes_records_routes_and_cache_at_once() {
-    let lab = lab!(LabOptions {
-        tunnel_resolver: true,
-        ..LabOptions::resolver()
-    });
+    let lab = lab!(LabOptions::split_dns());
     let config = lab.client_config(&ClientConfig {
         dns_proxy_lines: vec![
             "Cache = on".into(),

@@ -211,22 +211,26 @@ fn preshared_key_listen_port_and_keepalive_take_effect() {
 
 #[test]
 fn dns_over_udp_on_virtual_ipv4() {
-    assert_proxy_answers("dns_over_udp_on_virtual_ipv4", PROXY_V4, &[]);
+    let (lab, _tundns) = lab_with_tundns!();
+    assert_proxy_answers(&lab, PROXY_V4, &[]);
 }
 
 #[test]
 fn dns_over_udp_on_virtual_ipv6() {
-    assert_proxy_answers("dns_over_udp_on_virtual_ipv6", PROXY_V6, &[]);
+    let (lab, _tundns) = lab_with_tundns!();
+    assert_proxy_answers(&lab, PROXY_V6, &[]);
 }
 
 #[test]
 fn dns_over_tcp_on_virtual_ipv4() {
-    assert_proxy_answers("dns_over_tcp_on_virtual_ipv4", PROXY_V4, &["+tcp"]);
+    let (lab, _tundns) = lab_with_tundns!();
+    assert_proxy_answers(&lab, PROXY_V4, &["+tcp"]);
 }
 
 #[test]
 fn dns_over_tcp_on_virtual_ipv6() {
-    assert_proxy_answers("dns_over_tcp_on_virtual_ipv6", PROXY_V6, &["+tcp"]);
+    let (lab, _tundns) = lab_with_tundns!();
+    assert_proxy_answers(&lab, PROXY_V6, &["+tcp"]);
 }
 
 #[test]
@@ -360,12 +364,14 @@ fn dns_never_crosses_the_tunnel() {
 
 #[test]
 fn failover_past_silent_first_upstream() {
-    assert_failover("failover_past_silent_first_upstream", DEAD_SILENT);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::default(), dead_first(DEAD_SILENT));
+    assert_failover(&lab);
 }
 
 #[test]
 fn failover_past_refusing_first_upstream() {
-    assert_failover("failover_past_refusing_first_upstream", DEAD_REFUSING);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::default(), dead_first(DEAD_REFUSING));
+    assert_failover(&lab);
 }
 
 #[test]
@@ -658,11 +664,9 @@ fn assert_tunnel_carries_traffic_both_ways(lab: &Lab) {
     }
 }
 
-fn assert_proxy_answers(test: &str, proxy: &str, transport: &[&str]) {
-    let Some(lab) = lab_or_skip(test) else {
-        return;
-    };
-    let _tundns = lab.start_default_tundns();
+/// tundns, started with the default config, answers www.lab.test at `proxy` over
+/// `transport`, and passes on unbound's NXDOMAIN for a name outside the lab.
+fn assert_proxy_answers(lab: &Lab, proxy: &str, transport: &[&str]) {
     for (record, expected) in [("A", WWW_A), ("AAAA", WWW_AAAA)] {
         let mut args = vec![WWW_NAME, record, "+short"];
         args.extend_from_slice(transport);
@@ -677,15 +681,16 @@ fn assert_proxy_answers(test: &str, proxy: &str, transport: &[&str]) {
     assert_eq!(status(&outside).as_deref(), Some("NXDOMAIN"), "{outside}");
 }
 
-fn assert_failover(test: &str, dead_first: &str) {
-    let Some(lab) = lab_or_skip(test) else {
-        return;
-    };
-    let config = lab.client_config(&ClientConfig {
-        upstreams: vec![dead_first.into(), UNBOUND_V4.into()],
+/// The default config with `dead` as the first upstream, before unbound.
+fn dead_first(dead: &str) -> ClientConfig {
+    ClientConfig {
+        upstreams: vec![dead.into(), UNBOUND_V4.into()],
         ..ClientConfig::default()
-    });
-    let _tundns = lab.start_tundns(&config);
+    }
+}
+
+/// tundns, started with [`dead_first`], answers on both virtual IPs from the second upstream.
+fn assert_failover(lab: &Lab) {
     for proxy in [PROXY_V4, PROXY_V6] {
         let run = lab.dig(&lab.client_ns, proxy, &[WWW_NAME, "A", "+short", "+time=3"]);
         assert_eq!(run.assert_success().stdout.trim(), WWW_A, "{run}");

@@ -30,15 +30,7 @@ const BURST_QUERIES: usize = 20;
 
 #[test]
 fn lab_baseline_unbound_serves_dot_and_doh_with_the_lab_ca() {
-    let Some(lab) = lab_or_skip_with(
-        "lab_baseline_unbound_serves_dot_and_doh_with_the_lab_ca",
-        LabOptions {
-            encrypted_upstream: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let c = &lab.client_ns;
     let ca = format!("+tls-ca={}", lab.ca_file().display());
     let hostname = format!("+tls-hostname={TLS_NAME}");
@@ -98,15 +90,7 @@ fn lab_baseline_unbound_serves_dot_and_doh_with_the_lab_ca() {
 
 #[test]
 fn lab_baseline_tunnel_resolver_is_reachable_only_through_the_tunnel() {
-    let Some(lab) = lab_or_skip_with(
-        "lab_baseline_tunnel_resolver_is_reachable_only_through_the_tunnel",
-        LabOptions {
-            tunnel_resolver: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions::split_dns());
     let (c, n) = (&lab.client_ns, &lab.network_ns);
     // Without a tunnel, C has no route to it.
     let before_tunnel = lab.dig(c, TUNNEL_RESOLVER_V4, &[CORP_DB_NAME, "+short"]);
@@ -148,12 +132,7 @@ fn lab_baseline_tunnel_resolver_is_reachable_only_through_the_tunnel() {
 
 #[test]
 fn lab_baseline_query_log_counts_and_unbound_restarts() {
-    let Some(lab) = lab_or_skip_with(
-        "lab_baseline_query_log_counts_and_unbound_restarts",
-        LabOptions::resolver(),
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let c = &lab.client_ns;
     let name = "ttl.lab.test";
     assert_eq!(lab.upstream_queries(name, None), 0);
@@ -216,15 +195,10 @@ fn lab_baseline_query_log_counts_and_unbound_restarts() {
 
 #[test]
 fn lab_baseline_fixtures_for_blocks_edns_and_dnsdist() {
-    let Some(lab) = lab_or_skip_with(
-        "lab_baseline_fixtures_for_blocks_edns_and_dnsdist",
-        LabOptions {
-            dnsdist: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions {
+        dnsdist: true,
+        ..LabOptions::resolver()
+    });
     let c = &lab.client_ns;
     // The blocked names exist upstream, so a block is an answer unbound would not give.
     for (name, expected) in [
@@ -289,11 +263,7 @@ fn lab_baseline_fixtures_for_blocks_edns_and_dnsdist() {
 
 #[test]
 fn cache_answers_repeat_without_upstream_and_counts_ttl_down() {
-    let Some(lab) = resolver_lab("cache_answers_repeat_without_upstream_and_counts_ttl_down")
-    else {
-        return;
-    };
-    let _tundns = start(&lab, &["Cache = on"]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&["Cache = on"]));
     let name = "ttl.lab.test";
     let before = lab.upstream_queries(name, None);
     let first = ask(&lab, &[name, "A"]);
@@ -315,10 +285,7 @@ fn cache_answers_repeat_without_upstream_and_counts_ttl_down() {
 
 #[test]
 fn cache_preserves_the_question_case() {
-    let Some(lab) = resolver_lab("cache_preserves_the_question_case") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Cache = on"]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&["Cache = on"]));
     let before = lab.upstream_queries(WWW_NAME, Some("A"));
     // A miss (forwarded), then a hit, each in its own spelling.
     for spelling in ["WwW.LaB.TeSt", "wWw.lAb.tEsT"] {
@@ -335,10 +302,7 @@ fn cache_preserves_the_question_case() {
 
 #[test]
 fn cache_keeps_nxdomain() {
-    let Some(lab) = resolver_lab("cache_keeps_nxdomain") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Cache = on"]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&["Cache = on"]));
     let name = "nothing-here.lab.test";
     for _ in 0..2 {
         let run = ask(&lab, &[name, "A"]);
@@ -350,10 +314,7 @@ fn cache_keeps_nxdomain() {
 
 #[test]
 fn cache_keeps_nodata() {
-    let Some(lab) = resolver_lab("cache_keeps_nodata") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Cache = on"]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&["Cache = on"]));
     for _ in 0..2 {
         let run = ask(&lab, &[WWW_NAME, "MX"]);
         assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
@@ -365,13 +326,12 @@ fn cache_keeps_nodata() {
 
 #[test]
 fn cache_collapses_identical_queries_in_flight() {
-    let Some(lab) = resolver_lab("cache_collapses_identical_queries_in_flight") else {
-        return;
+    let options = ClientConfig {
+        // Longer than the pause below, so no attempt times out and is retried.
+        timeout: "3s".into(),
+        ..resolver_config(&["Cache = on"])
     };
-    let mut options = resolver_config(&["Cache = on"]);
-    // Longer than the pause below, so no attempt times out and is retried.
-    options.timeout = "3s".into();
-    let _tundns = lab.start_tundns(&lab.client_config(&options));
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), options);
     let name = "burst.lab.test";
     let before = lab.upstream_queries(name, None);
     // Frozen, unbound holds the first query, so every other one arrives while it is in flight.
@@ -401,10 +361,10 @@ fn cache_collapses_identical_queries_in_flight() {
 
 #[test]
 fn serve_stale_answers_when_every_upstream_is_down() {
-    let Some(lab) = resolver_lab("serve_stale_answers_when_every_upstream_is_down") else {
-        return;
-    };
-    let _tundns = start(&lab, &["CacheMaxTTL = 1s", "ServeStale = 1h"]);
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["CacheMaxTTL = 1s", "ServeStale = 1h"])
+    );
     let name = "stale.lab.test";
     single_answer(&ask(&lab, &[name, "A"]), "203.0.113.70");
     // Expired while unbound answers: refreshed, never served stale.
@@ -430,10 +390,10 @@ fn serve_stale_answers_when_every_upstream_is_down() {
 
 #[test]
 fn serve_stale_off_gives_servfail() {
-    let Some(lab) = resolver_lab("serve_stale_off_gives_servfail") else {
-        return;
-    };
-    let _tundns = start(&lab, &["CacheMaxTTL = 1s", "ServeStale = 0s"]);
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["CacheMaxTTL = 1s", "ServeStale = 0s"])
+    );
     let name = "stale.lab.test";
     single_answer(&ask(&lab, &[name, "A"]), "203.0.113.70");
     lab.stop_unbound();
@@ -459,10 +419,7 @@ const LOCAL_RECORDS: &[&str] = &[
 
 #[test]
 fn local_a_record_is_authoritative_on_both_virtual_ips() {
-    let Some(lab) = resolver_lab("local_a_record_is_authoritative_on_both_virtual_ips") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     for proxy in [PROXY_V4, PROXY_V6] {
         for transport in ["+notcp", "+tcp"] {
             let run = lab.dig(&lab.client_ns, proxy, &["app.lab.internal", "A", transport]);
@@ -476,10 +433,7 @@ fn local_a_record_is_authoritative_on_both_virtual_ips() {
 
 #[test]
 fn local_aaaa_record() {
-    let Some(lab) = resolver_lab("local_aaaa_record") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     let run = ask(&lab, &["app.lab.internal", "AAAA"]);
     single_answer(&run, "fd99::10");
     assert!(has_flag(&run, "aa"), "{run}");
@@ -487,10 +441,7 @@ fn local_aaaa_record() {
 
 #[test]
 fn local_cname_chain_is_followed() {
-    let Some(lab) = resolver_lab("local_cname_chain_is_followed") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     let run = ask(&lab, &["alias.lab.internal", "A"]);
     let answer = section(&run, "ANSWER");
     assert!(
@@ -511,15 +462,12 @@ fn local_cname_chain_is_followed() {
 
 #[test]
 fn local_cname_to_an_outside_name_is_finished_upstream() {
-    let Some(lab) = resolver_lab("local_cname_to_an_outside_name_is_finished_upstream") else {
-        return;
-    };
     let mut records = LOCAL_RECORDS.to_vec();
     records.push("Record = web.lab.internal CNAME www.lab.test");
     records.push("Record = gone.lab.internal CNAME missing.lab.test");
     records.push("Record = ads.lab.internal CNAME tracker.lab.test");
     records.push("Block = tracker.lab.test");
-    let _tundns = start(&lab, &records);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&records));
     // The lab's own readiness probe asks unbound for www.lab.test too.
     let asked_before = lab.upstream_queries("www.lab.test", Some("A"));
     for transport in ["+notcp", "+tcp"] {
@@ -575,10 +523,7 @@ fn local_cname_to_an_outside_name_is_finished_upstream() {
 
 #[test]
 fn local_txt_record_with_its_own_ttl() {
-    let Some(lab) = resolver_lab("local_txt_record_with_its_own_ttl") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     let run = ask(&lab, &["note.lab.internal", "TXT"]);
     let record = single_answer(&run, "\"hello world\"");
     assert_eq!(record.ttl, 60, "{run}");
@@ -586,38 +531,31 @@ fn local_txt_record_with_its_own_ttl() {
 
 #[test]
 fn local_ptr_explicit_v4() {
-    assert_reverse(
-        "local_ptr_explicit_v4",
-        "10.99.0.11",
-        "printer.lab.internal.",
-    );
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
+    assert_reverse(&lab, "10.99.0.11", "printer.lab.internal.");
 }
 
 #[test]
 fn local_ptr_explicit_v6() {
-    assert_reverse(
-        "local_ptr_explicit_v6",
-        "fd99::11",
-        "printer6.lab.internal.",
-    );
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
+    assert_reverse(&lab, "fd99::11", "printer6.lab.internal.");
 }
 
 #[test]
 fn local_ptr_automatic_v4() {
-    assert_reverse("local_ptr_automatic_v4", "10.99.0.10", "app.lab.internal.");
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
+    assert_reverse(&lab, "10.99.0.10", "app.lab.internal.");
 }
 
 #[test]
 fn local_ptr_automatic_v6() {
-    assert_reverse("local_ptr_automatic_v6", "fd99::10", "app.lab.internal.");
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
+    assert_reverse(&lab, "fd99::10", "app.lab.internal.");
 }
 
 #[test]
 fn local_wildcard_matches_below_but_not_the_parent() {
-    let Some(lab) = resolver_lab("local_wildcard_matches_below_but_not_the_parent") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     for name in ["x.dev.lab.internal", "a.b.dev.lab.internal"] {
         let run = ask(&lab, &[name, "AAAA"]);
         let record = single_answer(&run, "fd99::20");
@@ -641,11 +579,7 @@ fn local_wildcard_matches_below_but_not_the_parent() {
 
 #[test]
 fn local_name_missing_type_is_nodata_with_soa_and_never_forwarded() {
-    let Some(lab) = resolver_lab("local_name_missing_type_is_nodata_with_soa_and_never_forwarded")
-    else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     // The leak olm had (pangolin#2373): an AAAA for a private name asked upstream.
     for (name, rtype) in [("only4.lab.internal", "AAAA"), ("app.lab.internal", "MX")] {
         let run = ask(&lab, &[name, rtype]);
@@ -664,11 +598,8 @@ fn local_name_missing_type_is_nodata_with_soa_and_never_forwarded() {
 
 #[test]
 fn local_zone_unknown_name_is_nxdomain_with_soa() {
-    let Some(lab) = resolver_lab("local_zone_unknown_name_is_nxdomain_with_soa") else {
-        return;
-    };
     let lines = [LOCAL_RECORDS, &["LocalZone = lab.internal"]].concat();
-    let _tundns = start(&lab, &lines);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&lines));
     let run = ask(&lab, &["nothere.lab.internal", "A"]);
     assert_eq!(status(&run).as_deref(), Some("NXDOMAIN"), "{run}");
     assert!(has_flag(&run, "aa"), "{run}");
@@ -680,9 +611,7 @@ fn local_zone_unknown_name_is_nxdomain_with_soa() {
 
 #[test]
 fn hosts_file_names_are_answered() {
-    let Some(lab) = resolver_lab("hosts_file_names_are_answered") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let hosts = lab.write_file(
         "hosts",
         "# lab hosts\n10.99.0.30 files.lab.internal files\nfd99::30   files.lab.internal\n",
@@ -695,10 +624,7 @@ fn hosts_file_names_are_answered() {
 
 #[test]
 fn getent_resolves_a_local_name_through_glibc() {
-    let Some(lab) = resolver_lab("getent_resolves_a_local_name_through_glibc") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     assert_getent_finds(&lab, "app.lab.internal", &["10.99.0.10", "fd99::10"]);
 }
 
@@ -723,32 +649,19 @@ fn assert_getent_finds(lab: &Lab, name: &str, addresses: &[&str]) {
 
 #[test]
 fn split_dns_sends_corp_names_through_the_tunnel() {
-    assert_split_route(
-        "split_dns_sends_corp_names_through_the_tunnel",
-        TUNNEL_RESOLVER_V4,
-    );
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::split_dns(), corp_route(TUNNEL_RESOLVER_V4));
+    assert_split_route(&lab);
 }
 
 #[test]
 fn split_dns_sends_corp_names_through_the_tunnel_over_ipv6() {
-    assert_split_route(
-        "split_dns_sends_corp_names_through_the_tunnel_over_ipv6",
-        TUNNEL_RESOLVER_V6,
-    );
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::split_dns(), corp_route(TUNNEL_RESOLVER_V6));
+    assert_split_route(&lab);
 }
 
 #[test]
 fn split_dns_keeps_other_names_outside_the_tunnel() {
-    let Some(lab) = lab_or_skip_with(
-        "split_dns_keeps_other_names_outside_the_tunnel",
-        LabOptions {
-            tunnel_resolver: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
-    let _tundns = lab.start_tundns(&lab.client_config(&corp_route(TUNNEL_RESOLVER_V4)));
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::split_dns(), corp_route(TUNNEL_RESOLVER_V4));
     lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
     let name = "ttl.lab.test";
     let before = lab.peer_transfer_counters();
@@ -768,9 +681,7 @@ fn split_dns_keeps_other_names_outside_the_tunnel() {
 
 #[test]
 fn dot_upstream_answers() {
-    let Some(lab) = encrypted_lab("dot_upstream_answers") else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let ca = format!("CAFile = {}", lab.ca_file().display());
     let _tundns = start_with_upstreams(&lab, &[&lab.dot_upstream()], &[&ca]);
     let before = lab.upstream_stat("num.query.tls");
@@ -784,9 +695,7 @@ fn dot_upstream_answers() {
 
 #[test]
 fn doh_upstream_answers() {
-    let Some(lab) = encrypted_lab("doh_upstream_answers") else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let ca = format!("CAFile = {}", lab.ca_file().display());
     let _tundns = start_with_upstreams(&lab, &[&lab.doh_upstream()], &[&ca]);
     let before = lab.upstream_stat("num.query.https");
@@ -800,9 +709,7 @@ fn doh_upstream_answers() {
 
 #[test]
 fn dot_with_a_wrong_ca_gives_servfail() {
-    let Some(lab) = encrypted_lab("dot_with_a_wrong_ca_gives_servfail") else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let wrong = format!("CAFile = {}", lab.wrong_ca_file().display());
     let upstream = lab.dot_upstream();
     assert_untrusted_upstream_servfails(&lab, &upstream, Some(&wrong));
@@ -810,9 +717,7 @@ fn dot_with_a_wrong_ca_gives_servfail() {
 
 #[test]
 fn doh_with_a_wrong_ca_gives_servfail() {
-    let Some(lab) = encrypted_lab("doh_with_a_wrong_ca_gives_servfail") else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let wrong = format!("CAFile = {}", lab.wrong_ca_file().display());
     let upstream = lab.doh_upstream();
     assert_untrusted_upstream_servfails(&lab, &upstream, Some(&wrong));
@@ -820,18 +725,14 @@ fn doh_with_a_wrong_ca_gives_servfail() {
 
 #[test]
 fn dot_without_a_ca_file_trusts_only_system_roots() {
-    let Some(lab) = encrypted_lab("dot_without_a_ca_file_trusts_only_system_roots") else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let upstream = lab.dot_upstream();
     assert_untrusted_upstream_servfails(&lab, &upstream, None);
 }
 
 #[test]
 fn dot_unreachable_first_upstream_fails_over_fast() {
-    let Some(lab) = encrypted_lab("dot_unreachable_first_upstream_fails_over_fast") else {
-        return;
-    };
+    let lab = lab!(LabOptions::encrypted());
     let ca = format!("CAFile = {}", lab.ca_file().display());
     let silent = format!("tls://{TLS_NAME}@{DEAD_SILENT}:{DOT_PORT}");
     let _tundns = start_with_upstreams(&lab, &[&silent, &lab.dot_upstream()], &[&ca]);
@@ -848,15 +749,10 @@ fn dot_unreachable_first_upstream_fails_over_fast() {
 
 #[test]
 fn dnsdist_as_a_second_upstream_takes_over() {
-    let Some(lab) = lab_or_skip_with(
-        "dnsdist_as_a_second_upstream_takes_over",
-        LabOptions {
-            dnsdist: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
+    let lab = lab!(LabOptions {
+        dnsdist: true,
+        ..LabOptions::resolver()
+    });
     let _tundns = start_with_upstreams(&lab, &[DEAD_REFUSING, DNSDIST_V4], &["Cache = off"]);
     for _ in 0..3 {
         single_answer(&ask(&lab, &["ttl.lab.test", "A"]), "203.0.113.73");
@@ -868,10 +764,10 @@ fn dnsdist_as_a_second_upstream_takes_over() {
 
 #[test]
 fn block_answers_nxdomain_for_the_name_and_below() {
-    let Some(lab) = resolver_lab("block_answers_nxdomain_for_the_name_and_below") else {
-        return;
-    };
-    let _tundns = start(&lab, &["Block = ads.lab.test"]);
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["Block = ads.lab.test"])
+    );
     assert_blocked_nxdomain(&lab, &["ads.lab.test", "x.ads.lab.test"]);
     // A name that only ends like the blocked one is not under it.
     let unrelated = ask(&lab, &["notads.lab.test", "A"]);
@@ -886,9 +782,7 @@ fn block_answers_nxdomain_for_the_name_and_below() {
 /// domain, is blocked too; the blocked answer is cached, and `tundns dns query` says so.
 #[test]
 fn block_catches_a_cname_into_a_blocked_domain() {
-    let Some(lab) = resolver_lab("block_catches_a_cname_into_a_blocked_domain") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     const CLOAKED: &str = "metrics.lab.test";
     // The lab's upstream does answer with the CNAME.
     let direct = lab.dig(&lab.client_ns, UNBOUND_V4, &[CLOAKED, "A"]);
@@ -938,12 +832,9 @@ fn block_catches_a_cname_into_a_blocked_domain() {
 
 #[test]
 fn block_mode_null_answers_unspecified_addresses() {
-    let Some(lab) = resolver_lab("block_mode_null_answers_unspecified_addresses") else {
-        return;
-    };
-    let _tundns = start(
-        &lab,
-        &["Block = ads.lab.test", "BlockMode = null", "BlockTTL = 60s"],
+    let (lab, _tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["Block = ads.lab.test", "BlockMode = null", "BlockTTL = 60s"])
     );
     for name in ["ads.lab.test", "x.ads.lab.test"] {
         for (rtype, expected) in [("A", "0.0.0.0"), ("AAAA", "::")] {
@@ -957,9 +848,7 @@ fn block_mode_null_answers_unspecified_addresses() {
 
 #[test]
 fn blocklist_file_in_hosts_format() {
-    let Some(lab) = resolver_lab("blocklist_file_in_hosts_format") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let list = lab.write_file(
         "block-hosts.txt",
         "# a hosts-format blocklist\n0.0.0.0 tracker.lab.test\n0.0.0.0 ads.lab.test # inline\n",
@@ -973,9 +862,7 @@ fn blocklist_file_in_hosts_format() {
 
 #[test]
 fn blocklist_file_with_one_domain_per_line() {
-    let Some(lab) = resolver_lab("blocklist_file_with_one_domain_per_line") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let list = lab.write_file("block-domains.txt", "# domains\nlisted.lab.test\n\n");
     let _tundns = start(&lab, &[&format!("BlockList = {}", list.display())]);
     let run = ask(&lab, &["listed.lab.test", "A"]);
@@ -988,10 +875,7 @@ fn blocklist_file_with_one_domain_per_line() {
 
 #[test]
 fn edns_unknown_version_gets_badvers() {
-    let Some(lab) = resolver_lab("edns_unknown_version_gets_badvers") else {
-        return;
-    };
-    let _tundns = start(&lab, &[]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), ClientConfig::default());
     let run = ask(&lab, &["+edns=1", "+noednsnegotiation", WWW_NAME, "A"]);
     assert_eq!(status(&run).as_deref(), Some("BADVERS"), "{run}");
     assert_eq!(answer_count(&run), Some(0), "{run}");
@@ -999,10 +883,7 @@ fn edns_unknown_version_gets_badvers() {
 
 #[test]
 fn edns_small_buffer_truncates_at_whole_records() {
-    let Some(lab) = resolver_lab("edns_small_buffer_truncates_at_whole_records") else {
-        return;
-    };
-    let _tundns = start(&lab, &[]);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), ClientConfig::default());
     for buffer in ["+bufsize=512", "+noedns"] {
         let run = ask(&lab, &[buffer, "+ignore", BIG_TXT_NAME, "TXT"]);
         assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
@@ -1016,10 +897,7 @@ fn edns_small_buffer_truncates_at_whole_records() {
 
 #[test]
 fn edns_unknown_option_is_ignored() {
-    let Some(lab) = resolver_lab("edns_unknown_option_is_ignored") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     for name in [WWW_NAME, "app.lab.internal"] {
         let run = ask(&lab, &["+ednsopt=65001:00", name, "A"]);
         assert_eq!(status(&run).as_deref(), Some("NOERROR"), "{run}");
@@ -1032,9 +910,7 @@ fn edns_unknown_option_is_ignored() {
 
 #[test]
 fn config_error_malformed_record_names_the_line() {
-    let Some(lab) = resolver_lab("config_error_malformed_record_names_the_line") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let bad = "Record = broken.lab.internal A 10.99.0.999";
     let config = lab.client_config(&resolver_config(&[LOCAL_RECORDS[0], bad, LOCAL_RECORDS[1]]));
     let line = line_of(&config, bad);
@@ -1044,10 +920,7 @@ fn config_error_malformed_record_names_the_line() {
 
 #[test]
 fn config_error_bad_hosts_file_line_names_that_file_and_line() {
-    let Some(lab) = resolver_lab("config_error_bad_hosts_file_line_names_that_file_and_line")
-    else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let hosts = lab.write_file(
         "bad-hosts",
         "# line 1\n10.99.0.30 files.lab.internal\n10.99.0.999 broken.lab.internal\n",
@@ -1062,9 +935,7 @@ fn config_error_bad_hosts_file_line_names_that_file_and_line() {
 
 #[test]
 fn config_error_bad_route_domain_names_the_line() {
-    let Some(lab) = resolver_lab("config_error_bad_route_domain_names_the_line") else {
-        return;
-    };
+    let lab = lab!(LabOptions::resolver());
     let config = lab.client_config(&corp_route(TUNNEL_RESOLVER_V4));
     let config = config.replace("Domain = corp.internal", "Domain = corp..internal");
     let line = line_of(&config, "Domain = corp..internal");
@@ -1077,10 +948,7 @@ fn config_error_bad_route_domain_names_the_line() {
 
 #[test]
 fn kdig_over_tcp_and_udp_through_the_proxy() {
-    let Some(lab) = resolver_lab("kdig_over_tcp_and_udp_through_the_proxy") else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(LOCAL_RECORDS));
     let c = &lab.client_ns;
     let tcp = lab.kdig(c, PROXY_V4, &["+tcp", WWW_NAME, "A", "+short"]);
     assert_eq!(tcp.assert_success().stdout.trim(), WWW_A, "{tcp}");
@@ -1141,12 +1009,10 @@ fn assert_soa_in_authority(run: &Run, zone: &str) {
     );
 }
 
-fn assert_reverse(test: &str, address: &str, expected: &str) {
-    let Some(lab) = resolver_lab(test) else {
-        return;
-    };
-    let _tundns = start(&lab, LOCAL_RECORDS);
-    let run = ask(&lab, &["-x", address]);
+/// tundns, started with [`LOCAL_RECORDS`], answers the reverse lookup of `address` itself:
+/// `expected`, with authority, and unbound never sees a PTR query.
+fn assert_reverse(lab: &Lab, address: &str, expected: &str) {
+    let run = ask(lab, &["-x", address]);
     let record = single_answer(&run, expected);
     assert_eq!(record.rtype, "PTR", "{run}");
     assert!(has_flag(&run, "aa"), "{run}");
@@ -1158,22 +1024,14 @@ fn assert_reverse(test: &str, address: &str, expected: &str) {
     );
 }
 
-fn assert_split_route(test: &str, resolver: &str) {
-    let Some(lab) = lab_or_skip_with(
-        test,
-        LabOptions {
-            tunnel_resolver: true,
-            ..LabOptions::resolver()
-        },
-    ) else {
-        return;
-    };
-    let _tundns = lab.start_tundns(&lab.client_config(&corp_route(resolver)));
+/// tundns, started with [`corp_route`], sends corp.internal through the tunnel to the
+/// tunnel-only resolver and never to the outside unbound.
+fn assert_split_route(lab: &Lab) {
     lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
     let tunnel_before = lab.tunnel_resolver_queries(CORP_DB_NAME, None);
     let before = lab.peer_transfer_counters();
-    single_answer(&ask(&lab, &[CORP_DB_NAME, "A"]), CORP_DB_A);
-    single_answer(&ask(&lab, &[CORP_DB_NAME, "AAAA", "+tcp"]), CORP_DB_AAAA);
+    single_answer(&ask(lab, &[CORP_DB_NAME, "A"]), CORP_DB_A);
+    single_answer(&ask(lab, &[CORP_DB_NAME, "AAAA", "+tcp"]), CORP_DB_AAAA);
     let after = lab.peer_transfer_counters();
     assert!(
         after.since(before) > KEEPALIVE_SLACK_BYTES,

@@ -186,10 +186,7 @@ fn serve_stale_stops_at_its_maximum() {
 
 #[test]
 fn doh_unreachable_first_upstream_fails_over_fast() {
-    let lab = lab!(LabOptions {
-        encrypted_upstream: true,
-        ..LabOptions::resolver()
-    });
+    let lab = lab!(LabOptions::encrypted());
     let ca = format!("CAFile = {}", lab.ca_file().display());
     // Nothing listens on that port: the connection is refused at once.
     let closed = format!("https://{TLS_NAME}@{UNBOUND_V4}:8443{DOH_PATH}");
@@ -219,10 +216,7 @@ fn doh_unreachable_first_upstream_fails_over_fast() {
 
 #[test]
 fn dot_reuses_its_connection_for_many_queries() {
-    let lab = lab!(LabOptions {
-        encrypted_upstream: true,
-        ..LabOptions::resolver()
-    });
+    let lab = lab!(LabOptions::encrypted());
     if !tcpdump_or_skip("dot_reuses_its_connection_for_many_queries") {
         return;
     }

@@ -70,6 +70,22 @@ impl LabOptions {
         }
     }
 
+    /// [`LabOptions::resolver`] with the tunnel-only resolver too: the split DNS lab.
+    pub fn split_dns() -> LabOptions {
+        LabOptions {
+            tunnel_resolver: true,
+            ..LabOptions::resolver()
+        }
+    }
+
+    /// [`LabOptions::resolver`] with unbound serving DoT and DoH too.
+    pub fn encrypted() -> LabOptions {
+        LabOptions {
+            encrypted_upstream: true,
+            ..LabOptions::resolver()
+        }
+    }
+
     pub(crate) fn missing_tools(&self) -> Option<String> {
         let mut tools = vec!["kdig"];
         if self.instrumented {
@@ -376,22 +392,6 @@ openssl verify -CAfile lab-ca.pem server.pem
 
 // ---------------------------------------------------------------------------------------------
 // Helpers shared by the resolver test files (`resolver.rs`, `resolver_edges.rs`).
-
-/// The instrumented resolver lab (see [`LabOptions::resolver`]), or `None` when skipped.
-pub fn resolver_lab(test: &str) -> Option<Lab> {
-    lab_or_skip_with(test, LabOptions::resolver())
-}
-
-/// [`resolver_lab`] with unbound serving DoT and DoH too.
-pub fn encrypted_lab(test: &str) -> Option<Lab> {
-    lab_or_skip_with(
-        test,
-        LabOptions {
-            encrypted_upstream: true,
-            ..LabOptions::resolver()
-        },
-    )
-}
 
 /// The default client config with `lines` added to `[DNSProxy]`.
 pub fn resolver_config(lines: &[&str]) -> ClientConfig {
