@@ -5,11 +5,15 @@
 //! [`transport`](crate::transport), above the transport protocols' own modules.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 
 use crate::checksum::Checksum;
 use crate::error::{BuildError, PacketError, Refusal};
 use crate::field::read_array;
 use crate::{ipv4, ipv6};
+
+/// The byte whose high nibble is the IP version, in IPv4 and IPv6 headers alike.
+const VERSION_BYTE: usize = ipv4::field::VER_IHL;
 
 /// Hop limit (IPv6) and TTL (IPv4) of every packet built here.
 const DEFAULT_HOP_LIMIT: u8 = 64;
@@ -57,7 +61,7 @@ impl<'a> IpView<'a> {
     /// length against `buf`. Bytes beyond the stated length are ignored. An IPv6 payload
     /// length of 0 (jumbogram) is taken literally: jumbograms are not supported.
     pub fn parse(buf: &'a [u8]) -> Result<Self, PacketError> {
-        match buf.first().map(|b| b >> 4) {
+        match buf.get(VERSION_BYTE).map(|b| b >> 4) {
             None => Err(PacketError::Truncated),
             Some(4) => {
                 let header = ipv4::parse(buf)?;
@@ -85,36 +89,27 @@ impl<'a> IpView<'a> {
     /// 4 or 6.
     #[inline]
     pub fn version(&self) -> u8 {
-        self.bytes[0] >> 4
+        self.bytes[VERSION_BYTE] >> 4
     }
 
     /// Source address.
     #[inline]
     pub fn src(&self) -> IpAddr {
-        match self.version() {
-            4 => IpAddr::V4(Ipv4Addr::from(read_array::<4>(
-                self.bytes,
-                ipv4::field::SRC_ADDR,
-            ))),
-            _ => IpAddr::V6(Ipv6Addr::from(read_array::<16>(
-                self.bytes,
-                ipv6::field::SRC_ADDR,
-            ))),
-        }
+        self.address(ipv4::field::SRC_ADDR, ipv6::field::SRC_ADDR)
     }
 
     /// Destination address.
     #[inline]
     pub fn dst(&self) -> IpAddr {
+        self.address(ipv4::field::DST_ADDR, ipv6::field::DST_ADDR)
+    }
+
+    /// The address at `v4` or `v6`, whichever this packet's version has.
+    #[inline]
+    fn address(&self, v4: Range<usize>, v6: Range<usize>) -> IpAddr {
         match self.version() {
-            4 => IpAddr::V4(Ipv4Addr::from(read_array::<4>(
-                self.bytes,
-                ipv4::field::DST_ADDR,
-            ))),
-            _ => IpAddr::V6(Ipv6Addr::from(read_array::<16>(
-                self.bytes,
-                ipv6::field::DST_ADDR,
-            ))),
+            4 => IpAddr::V4(Ipv4Addr::from(read_array::<4>(self.bytes, v4))),
+            _ => IpAddr::V6(Ipv6Addr::from(read_array::<16>(self.bytes, v6))),
         }
     }
 
