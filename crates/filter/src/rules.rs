@@ -5,9 +5,11 @@
 //! and publish it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Cache};
+use tundns_packet::{ipv4, ipv6};
 
 use crate::Service;
 
@@ -107,9 +109,9 @@ fn filter_bit(key: impl AddressKey) -> u64 {
 }
 
 /// Offset of the destination address's last byte in an IPv4 header.
-const IPV4_DESTINATION_LAST: usize = 19;
+const IPV4_DESTINATION_LAST: usize = ipv4::field::DST_ADDR.end - 1;
 /// Offset of the destination address's last byte in an IPv6 header.
-const IPV6_DESTINATION_LAST: usize = 39;
+const IPV6_DESTINATION_LAST: usize = ipv6::field::DST_ADDR.end - 1;
 
 impl RuleTable {
     /// The service that owns the destination of this outbound packet, if any.
@@ -151,8 +153,8 @@ impl RuleTable {
     #[inline(never)]
     fn classify_exactly(&self, packet: &[u8]) -> Option<&Arc<dyn Service>> {
         match packet.first()? >> 4 {
-            4 => self.v4.service(read_v4(packet, 16)?),
-            6 => self.v6.service(read_v6(packet, 24)?),
+            4 => self.v4.service(read_v4(packet, ipv4::field::DST_ADDR)?),
+            6 => self.v6.service(read_v6(packet, ipv6::field::DST_ADDR)?),
             _ => None,
         }
     }
@@ -164,13 +166,19 @@ impl RuleTable {
     pub fn touches_virtual_ip(&self, packet: &[u8]) -> bool {
         match packet.first().map(|b| b >> 4) {
             Some(4) => {
-                let (Some(src), Some(dst)) = (read_v4(packet, 12), read_v4(packet, 16)) else {
+                let (Some(src), Some(dst)) = (
+                    read_v4(packet, ipv4::field::SRC_ADDR),
+                    read_v4(packet, ipv4::field::DST_ADDR),
+                ) else {
                     return false;
                 };
                 self.v4.position(src).is_some() || self.v4.position(dst).is_some()
             }
             Some(6) => {
-                let (Some(src), Some(dst)) = (read_v6(packet, 8), read_v6(packet, 24)) else {
+                let (Some(src), Some(dst)) = (
+                    read_v6(packet, ipv6::field::SRC_ADDR),
+                    read_v6(packet, ipv6::field::DST_ADDR),
+                ) else {
                     return false;
                 };
                 self.v6.position(src).is_some() || self.v6.position(dst).is_some()
@@ -237,16 +245,16 @@ fn ipv6_key(ip: Ipv6Addr) -> u128 {
     u128::from_ne_bytes(ip.octets())
 }
 
+/// The IPv4 address at `field` of `packet` as a key; `None` if the packet ends before it.
 #[inline(always)]
-fn read_v4(packet: &[u8], offset: usize) -> Option<u32> {
-    let bytes = packet.get(offset..offset + 4)?;
-    Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+fn read_v4(packet: &[u8], field: Range<usize>) -> Option<u32> {
+    Some(u32::from_ne_bytes(packet.get(field)?.try_into().ok()?))
 }
 
+/// The IPv6 address at `field` of `packet` as a key; `None` if the packet ends before it.
 #[inline(always)]
-fn read_v6(packet: &[u8], offset: usize) -> Option<u128> {
-    let bytes = packet.get(offset..offset + 16)?;
-    Some(u128::from_ne_bytes(bytes.try_into().ok()?))
+fn read_v6(packet: &[u8], field: Range<usize>) -> Option<u128> {
+    Some(u128::from_ne_bytes(packet.get(field)?.try_into().ok()?))
 }
 
 /// The live, shared rule table. Cheap to clone; every clone sees every change.
@@ -369,15 +377,15 @@ mod tests {
     fn short_or_foreign_packets_are_misses() {
         let table = rules_with_dns().snapshot();
         let full = v4_packet(CLIENT_V4, DNS_V4);
-        for len in 0..20 {
+        for len in 0..ipv4::HEADER_LEN {
             assert!(table.classify(&full[..len]).is_none(), "len {len}");
         }
         let full6 = v6_packet(CLIENT_V6, DNS_V6);
-        for len in 0..40 {
+        for len in 0..ipv6::HEADER_LEN {
             assert!(table.classify(&full6[..len]).is_none(), "len {len}");
         }
         let mut wrong_version = full.clone();
-        wrong_version[0] = 0x55;
+        wrong_version[ipv4::field::VER_IHL] = 0x55;
         assert!(table.classify(&wrong_version).is_none());
     }
 
@@ -385,9 +393,9 @@ mod tests {
     fn ipv4_packets_shorter_than_an_ipv6_header_are_classified() {
         let table = rules_with_dns().snapshot();
         let mut bare = v4_packet(CLIENT_V4, DNS_V4);
-        bare.truncate(28);
+        bare.truncate(tundns_packet::IPV4_UDP_HEADERS);
         assert_eq!(table.classify(&bare).unwrap().name(), "dns");
-        bare[16..20].copy_from_slice(&CLIENT_V4.octets());
+        bare[ipv4::field::DST_ADDR].copy_from_slice(&CLIENT_V4.octets());
         assert!(table.classify(&bare).is_none());
     }
 
@@ -411,10 +419,10 @@ mod tests {
         // Byte 39 of an IPv4 packet, or byte 19 of an IPv6 one, matching the other
         // family's filter.
         let mut v4 = v4_packet(CLIENT_V4, Ipv4Addr::new(10, 99, 0, 1));
-        v4[39] = DNS_V6.octets()[15];
+        v4[IPV6_DESTINATION_LAST] = DNS_V6.octets()[15];
         assert!(table.classify(&v4).is_none());
         let mut source = CLIENT_V6.octets();
-        source[11] = DNS_V4.octets()[3];
+        source[IPV4_DESTINATION_LAST - ipv6::field::SRC_ADDR.start] = DNS_V4.octets()[3];
         let v6 = v6_packet(
             Ipv6Addr::from(source),
             Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1),
@@ -508,10 +516,10 @@ mod tests {
     fn classify_by_scan<'t>(table: &'t RuleTable, packet: &[u8]) -> Option<&'t Arc<dyn Service>> {
         let destination = match packet.first()? >> 4 {
             4 => IpAddr::V4(Ipv4Addr::from(
-                <[u8; 4]>::try_from(packet.get(16..20)?).ok()?,
+                <[u8; 4]>::try_from(packet.get(ipv4::field::DST_ADDR)?).ok()?,
             )),
             6 => IpAddr::V6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(packet.get(24..40)?).ok()?,
+                <[u8; 16]>::try_from(packet.get(ipv6::field::DST_ADDR)?).ok()?,
             )),
             _ => return None,
         };
@@ -525,7 +533,7 @@ mod tests {
             pick in 0usize..16,
             other_end in proptest::num::u8::ANY,
             other_family_byte in proptest::num::u8::ANY,
-            len in 20usize..=80,
+            len in ipv4::HEADER_LEN..=80,
             ipv6 in proptest::bool::ANY,
         ) {
             let rules = Rules::new();
@@ -541,11 +549,11 @@ mod tests {
             let mut packet = if ipv6 {
                 let destination = Ipv6Addr::new(0xfd30, 0x30, 0x30, 0, 0, 0, 0, u16::from(end));
                 let mut packet = v6_packet(CLIENT_V6, destination);
-                packet[19] = other_family_byte;
+                packet[IPV4_DESTINATION_LAST] = other_family_byte;
                 packet
             } else {
                 let mut packet = v4_packet(CLIENT_V4, Ipv4Addr::new(10, 30, 30, end));
-                packet[39] = other_family_byte;
+                packet[IPV6_DESTINATION_LAST] = other_family_byte;
                 packet
             };
             packet.truncate(len);

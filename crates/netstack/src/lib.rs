@@ -48,6 +48,7 @@ use smoltcp::iface::{
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpEndpoint};
+use tundns_packet::{ipv4, ipv6, protocol};
 
 use device::{QUEUE_CAPACITY, QueueDevice};
 
@@ -651,16 +652,18 @@ fn endpoints_of(socket: &tcp::Socket) -> Option<(IpEndpoint, IpEndpoint)> {
     Some((socket.local_endpoint()?, socket.remote_endpoint()?))
 }
 
-/// The destination of a TCP-over-IP packet, read from fixed header offsets.
+/// The destination of a TCP-over-IP packet, read from the fixed IP header alone: an
+/// IPv6 packet with extension headers does not count as TCP.
 fn tcp_destination(packet: &[u8]) -> Option<IpAddr> {
-    const TCP: u8 = 6;
     match packet.first()? >> 4 {
-        4 if packet.len() >= 20 && packet[9] == TCP => {
-            let dst: [u8; 4] = packet[16..20].try_into().ok()?;
+        4 if packet.len() >= ipv4::HEADER_LEN && packet[ipv4::field::PROTOCOL] == protocol::TCP => {
+            let dst: [u8; 4] = packet[ipv4::field::DST_ADDR].try_into().ok()?;
             Some(IpAddr::from(dst))
         }
-        6 if packet.len() >= 40 && packet[6] == TCP => {
-            let dst: [u8; 16] = packet[24..40].try_into().ok()?;
+        6 if packet.len() >= ipv6::HEADER_LEN
+            && packet[ipv6::field::NEXT_HEADER] == protocol::TCP =>
+        {
+            let dst: [u8; 16] = packet[ipv6::field::DST_ADDR].try_into().ok()?;
             Some(IpAddr::from(dst))
         }
         _ => None,

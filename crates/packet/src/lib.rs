@@ -1,6 +1,10 @@
 //! Zero-copy packet views, Internet checksums and reply-packet builders for tundns.
 //!
-//! This crate owns everything tundns knows about the bytes of an IP packet:
+//! This crate owns everything tundns knows about the bytes of an IP packet, one module
+//! per protocol: [`ipv4`], [`ipv6`], [`udp`], [`tcp`] and [`icmp`] (ICMP and ICMPv6).
+//! Each has a `field` module that says where each header field sits (for example
+//! [`ipv4::field::DST_ADDR`]), so that no other crate reads a packet at a literal
+//! offset, its read-only view, and the reply it builds:
 //! - [`IpView`] and [`Transport`]: read-only views of one IPv4 or IPv6 packet and its
 //!   UDP, TCP or ICMP header, validated once at parse time;
 //! - [`checksum`] and [`Checksum`]: the Internet checksum (RFC 1071) with pseudo-headers;
@@ -31,18 +35,30 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod build;
 mod checksum;
 mod error;
-mod view;
+mod field;
+pub mod icmp;
+mod ip;
+pub mod ipv4;
+pub mod ipv6;
+pub mod protocol;
+pub mod tcp;
+mod transport;
+pub mod udp;
 
-pub use build::{
-    ICMP_HEADER_LEN, ICMPV4_ERROR_MAX_LEN, ICMPV6_ERROR_MAX_LEN, IPV4_HEADER_LEN, IPV4_UDP_HEADERS,
-    IPV6_HEADER_LEN, IPV6_UDP_HEADERS, TCP_HEADER_LEN, UDP_HEADER_LEN, build_echo_reply,
-    build_port_unreachable, build_tcp_rst, build_udp, udp_headers_len, write_udp_headers,
-};
 pub use checksum::{Checksum, checksum};
 pub use error::{BuildError, PacketError, Refusal};
-pub use view::{
-    IcmpView, IpView, TcpFlags, TcpView, Transport, UdpView, destination_port, protocol,
+pub use icmp::{
+    HEADER_LEN as ICMP_HEADER_LEN, ICMPV4_ERROR_MAX_LEN, ICMPV6_ERROR_MAX_LEN, IcmpView,
+    build_echo_reply, build_port_unreachable,
+};
+pub use ip::IpView;
+pub use ipv4::HEADER_LEN as IPV4_HEADER_LEN;
+pub use ipv6::HEADER_LEN as IPV6_HEADER_LEN;
+pub use tcp::{HEADER_LEN as TCP_HEADER_LEN, TcpFlags, TcpView, build_tcp_rst};
+pub use transport::{Transport, destination_port};
+pub use udp::{
+    HEADER_LEN as UDP_HEADER_LEN, IPV4_UDP_HEADERS, IPV6_UDP_HEADERS, UdpView, build_udp,
+    udp_headers_len, write_udp_headers,
 };
