@@ -71,6 +71,9 @@ measure_sparse() {
     timeout 60 ip netns exec "$LAB_C" dnsperf -s "$server" -d "$LAB_DIR/one-query.txt" \
         -n "$SPARSE" -l 40 -q 1 -t 1 -v >"$report" 2>&1 ||
         lab_die "dnsperf -v against ${LABEL[$key]} failed: $(tail -5 "$report")"
+    # A fast wrong answer is no answer: every one must be NOERROR.
+    ! awk '$1 == ">" && $2 != "NOERROR" { bad = 1 } END { exit !bad }' "$report" ||
+        lab_die "${LABEL[$key]} gave answers other than NOERROR: $(grep -m3 '^>' "$report")"
     read -r "SP50[$key]" "SP99[$key]" < <(awk '$1 == ">" { print $NF * 1e6 }' "$report" | sort -g |
         awk '{ v[NR] = $1 } END { if (NR) printf "%.0f %.0f\n", v[int(0.5 * (NR - 1)) + 1], v[int(0.99 * (NR - 1)) + 1]; else print "n/a n/a" }')
     printf '  %-34s sparse (dnsperf -q 1): n=%s p50=%s p99=%s\n' "${LABEL[$key]}" \
