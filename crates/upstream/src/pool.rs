@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 use tundns_dns::Question;
 use tundns_resolver::Protocol;
 use tundns_resolver::pool::{
-    Answer, AttemptFailure, ExchangeId, Pool, PoolPolicy, ResolveError, Transmit, UpstreamEntry,
-    UpstreamStats,
+    Answer, AttemptFailure, AttemptId, ExchangeId, Pool, PoolPolicy, ResolveError, Transmit,
+    UpstreamEntry, UpstreamStats,
 };
 
 use crate::transport::{self, AttemptError};
@@ -242,6 +242,21 @@ impl Drop for Abandon<'_> {
     }
 }
 
+/// Reports an attempt as failed if its task ends without reporting (a panic, or the
+/// runtime shutting down), so its exchange is never left waiting for it.
+struct Unsettled<'a> {
+    inner: &'a Arc<Inner>,
+    attempt: Option<AttemptId>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            self.inner.settle(attempt, Err(AttemptFailure::Failed));
+        }
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The pool stays consistent even if a holder panicked.
@@ -267,11 +282,18 @@ impl Inner {
 
     /// One attempt, bounded by the attempt timeout; its outcome goes back to the pool.
     async fn attempt(self: Arc<Self>, transmit: Transmit) {
+        let mut unsettled = Unsettled {
+            inner: &self,
+            attempt: Some(transmit.attempt),
+        };
         let outcome = self.exchange(&transmit).await;
+        unsettled.attempt = None;
+        self.settle(transmit.attempt, outcome);
+    }
+
+    fn settle(self: &Arc<Self>, attempt: AttemptId, outcome: Result<Vec<u8>, AttemptFailure>) {
         let mut state = self.lock();
-        state
-            .pool
-            .handle_attempt(transmit.attempt, outcome, Instant::now());
+        state.pool.handle_attempt(attempt, outcome, Instant::now());
         self.pump(&mut state);
     }
 

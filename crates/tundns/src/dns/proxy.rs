@@ -22,8 +22,9 @@ use tokio::sync::oneshot;
 use tundns_dns::cache::Cache;
 use tundns_dns::{BlockList, LocalData, MAX_MESSAGE_LEN, Question, Routes};
 use tundns_filter::{Datagram, TunWriter, UdpService};
+use tundns_resolver::pool::{Answer, ResolveError};
 use tundns_resolver::{
-    Admission, AnswerPath, Finished, Forwarding, Inline, Resolver, UpstreamRequest,
+    Admission, AnswerPath, Finished, Forwarding, Inline, RequestId, Resolver, UpstreamRequest,
 };
 use tundns_upstream::{Protocol, UpstreamPool};
 
@@ -235,15 +236,26 @@ impl DnsProxy {
 
     /// Resolves one request through its upstream group, then answers everyone waiting.
     async fn ask_upstream(self: Arc<Self>, request: UpstreamRequest<UpstreamPool>) {
+        let mut unanswered = Unanswered {
+            proxy: &self,
+            request: Some(request.id),
+        };
         let result = request
             .group
             .resolve_from(&request.query, request.protocol)
             .await;
+        unanswered.request = None;
+        self.answer(request.id, result);
+    }
+
+    /// Hands the group's result for `request` to the forwarding table, then answers
+    /// everyone who waited for it.
+    fn answer(&self, request: RequestId, result: Result<Answer, ResolveError>) {
         let mut finished = Vec::new();
         {
             let mut forwarding = self.forwarding();
             let now = Instant::now();
-            forwarding.handle_upstream_answer(&self.resolver, request.id, result, now);
+            forwarding.handle_upstream_answer(&self.resolver, request, result, now);
             while let Some(answer) = forwarding.poll_answer() {
                 finished.push(answer);
             }
@@ -302,6 +314,29 @@ impl DnsProxy {
         self.forwarding
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Answers a request's waiting clients as if every upstream failed when its task ends
+/// without an answer (a panic, or the runtime shutting down): they get SERVFAIL or a stale
+/// answer, and their slots come back.
+struct Unanswered<'a> {
+    proxy: &'a DnsProxy,
+    request: Option<RequestId>,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        // Answering may need the runtime (a TUN write that has to wait).
+        if let Some(request) = self.request.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let failed = ResolveError::AllFailed {
+                attempts: 0,
+                soft_answer: None,
+            };
+            self.proxy.answer(request, Err(failed));
+        }
     }
 }
 
@@ -585,5 +620,59 @@ mod tests {
             assert_eq!(rcode(answer), 0);
         }
         assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_request_whose_task_ends_unanswered_answers_its_clients_and_frees_their_slots() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (proxy, forward, _silent) = runtime.block_on(async {
+            // An upstream that never answers, and a timeout longer than the test.
+            let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let pool = UpstreamPool::new(
+                vec![Upstream::Udp(silent.local_addr().unwrap())],
+                PoolConfig {
+                    attempt_timeout: Duration::from_secs(60),
+                    ..PoolConfig::default()
+                },
+            )
+            .unwrap();
+            let proxy = DnsProxy::new(ResolverParts {
+                blocklist: BlockList::new(tundns_dns::BlockMode::NxDomain, Duration::from_secs(60)),
+                local: tundns_dns::LocalDataBuilder::new().build(),
+                cache: None,
+                routes: Routes::new(0),
+                groups: vec![pool],
+                max_in_flight: 8,
+            });
+            let mut out = vec![0; MAX_MESSAGE_LEN];
+            let Verdict::Forward(forward) =
+                proxy.accept(&query(31, "gone.lab.test"), Protocol::Udp, &mut out)
+            else {
+                panic!("must be forwarded");
+            };
+            // Let the request's task start and wait on the silent upstream.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            (proxy, forward, silent)
+        });
+        assert_eq!(proxy.upstream_in_flight().0, 1);
+        // Shutting the runtime down drops the request's task mid-wait.
+        drop(runtime);
+        let waiting = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let resolved = waiting
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), forward.resolve_from()).await
+            })
+            .expect("the waiting client is answered");
+        assert_eq!(resolved.path, AnswerPath::Servfail);
+        assert_eq!(rcode(&resolved.answer), 2);
+        assert_eq!(proxy.upstream_in_flight().0, 0, "the slot came back");
     }
 }
