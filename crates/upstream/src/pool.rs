@@ -3,15 +3,16 @@
 //!
 //! The pool sits behind a mutex that is never held across an await. Each attempt it asks
 //! for runs in a task, bounded by the attempt timeout, and reports its outcome back with
-//! the time; each waiting query sleeps until the pool's next hedge deadline. An attempt
+//! the time; one timer task per pool sleeps until the next hedge deadline. An attempt
 //! whose query already ended runs on to its end, so its upstream's health still learns
 //! how it went.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tundns_dns::Question;
 use tundns_resolver::Protocol;
 use tundns_resolver::pool::{
@@ -41,12 +42,18 @@ struct Inner {
     members: Vec<Member>,
     context: Context,
     state: Mutex<State>,
+    /// Wakes the hedge timer: a deadline earlier than the one it sleeps until, or the pool
+    /// gone. Shared with the timer, which holds the pool only weakly.
+    timer_wake: Arc<Notify>,
+    timer_started: AtomicBool,
 }
 
 struct State {
     pool: Pool,
     /// The queries waiting for their exchange's outcome.
     waiting: HashMap<ExchangeId, oneshot::Sender<Outcome>>,
+    /// The deadline the hedge timer sleeps until.
+    timer_at: Option<Instant>,
 }
 
 /// One upstream of the pool, and how it is reached.
@@ -118,7 +125,10 @@ impl UpstreamPool {
                 state: Mutex::new(State {
                     pool: Pool::new(entries, policy),
                     waiting: HashMap::new(),
+                    timer_at: None,
                 }),
+                timer_wake: Arc::default(),
+                timer_started: AtomicBool::new(false),
                 context: Context {
                     config,
                     counters: Arc::default(),
@@ -160,7 +170,10 @@ impl UpstreamPool {
         query: &[u8],
         client_protocol: Protocol,
     ) -> Result<Answer, ResolveError> {
-        let (exchange, mut outcome) = {
+        if self.inner.context.config.hedge {
+            self.inner.start_hedge_timer();
+        }
+        let (exchange, outcome) = {
             let mut state = self.inner.lock();
             let exchange = state.pool.start(query, client_protocol, Instant::now())?;
             let (sender, receiver) = oneshot::channel();
@@ -172,28 +185,10 @@ impl UpstreamPool {
             inner: &self.inner,
             exchange,
         };
-        loop {
-            let hedge_at = self.inner.lock().pool.poll_timeout();
-            let hedge = async {
-                match hedge_at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                outcome = &mut outcome => {
-                    return outcome.unwrap_or(Err(ResolveError::AllFailed {
-                        attempts: 0,
-                        soft_answer: None,
-                    }));
-                }
-                () = hedge => {
-                    let mut state = self.inner.lock();
-                    state.pool.handle_timeout(Instant::now());
-                    self.inner.pump(&mut state);
-                }
-            }
-        }
+        outcome.await.unwrap_or(Err(ResolveError::AllFailed {
+            attempts: 0,
+            soft_answer: None,
+        }))
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -203,7 +198,7 @@ impl UpstreamPool {
             .context
             .counters
             .mismatched_ignored
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .load(Ordering::Relaxed);
         stats
     }
 
@@ -224,6 +219,42 @@ impl UpstreamPool {
                 alive: health.alive,
             })
             .collect()
+    }
+}
+
+/// Sleeps until the pool's next hedge deadline and asks the next upstreams then: one
+/// wake-up per deadline for the whole pool, re-armed when an earlier deadline appears. Ends
+/// when the pool is dropped.
+async fn hedge_timer(pool: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = pool.upgrade() else { return };
+            let mut state = inner.lock();
+            state.timer_at = state.pool.poll_timeout();
+            state.timer_at
+        };
+        let deadline = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = deadline => {
+                let Some(inner) = pool.upgrade() else { return };
+                let mut state = inner.lock();
+                state.pool.handle_timeout(Instant::now());
+                inner.pump(&mut state);
+            }
+            () = wake.notified() => {}
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The timer sees the pool gone and ends.
+        self.timer_wake.notify_one();
     }
 }
 
@@ -277,6 +308,19 @@ impl Inner {
             if let Some(waiting) = state.waiting.remove(&exchange) {
                 let _ = waiting.send(outcome);
             }
+        }
+        if let Some(next) = state.pool.poll_timeout()
+            && state.timer_at.is_none_or(|armed| next < armed)
+        {
+            self.timer_wake.notify_one();
+        }
+    }
+
+    /// Starts the pool's hedge timer, once, on the runtime of the first query.
+    fn start_hedge_timer(self: &Arc<Self>) {
+        if !self.timer_started.swap(true, Ordering::Relaxed) {
+            let wake = self.timer_wake.clone();
+            tokio::spawn(hedge_timer(Arc::downgrade(self), wake));
         }
     }
 

@@ -711,3 +711,41 @@ fn a_bind_address_of_the_other_family_is_refused() {
     .unwrap();
     assert!(matches!(error, PoolError::BindFamily { .. }), "{error}");
 }
+
+/// A fast failure moves the hedge deadline earlier, to the next upstream's own delay: the
+/// one after it is asked then, not when the failed upstream's longer delay would have run out.
+#[tokio::test]
+async fn after_a_fast_failure_the_next_upstreams_hedge_delay_applies() {
+    let refusing = closed_port().await;
+    // Answers its first query at once (a small RTT: a 20 ms hedge delay), then goes silent.
+    let answered_once = Arc::new(AtomicBool::new(false));
+    let once = answered_once.clone();
+    let fast_then_silent = udp_upstream(move |request, _| {
+        if once.swap(true, Ordering::SeqCst) {
+            vec![]
+        } else {
+            vec![answer(request, 1, 2)]
+        }
+    })
+    .await;
+    let answering = udp_upstream(|request, _| vec![answer(request, 1, 3)]).await;
+    let pool = pool(
+        vec![udp(refusing), udp(fast_then_silent), udp(answering)],
+        Duration::from_secs(2),
+    );
+    // The first query teaches the pool the second upstream's RTT.
+    let first = pool
+        .resolve(&query(1, "first.lab.test"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!(marker_of(&first), 2);
+    // Now: the first refuses at once, the second stays silent, and the third is asked after
+    // the second's 20 ms delay, not the first's 300 ms (it has no RTT yet).
+    let started = Instant::now();
+    let second = pool
+        .resolve(&query(2, "second.lab.test"), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!(marker_of(&second), 3);
+    assert_elapsed_below(started, Duration::from_millis(200));
+}
