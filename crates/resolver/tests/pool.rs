@@ -384,3 +384,36 @@ fn invalid_queries_and_empty_pools_send_nothing() {
     );
     assert!(one.poll_transmit().is_none());
 }
+
+#[test]
+fn the_tcp_retry_shares_the_attempts_deadline_and_running_out_fails_the_attempt() {
+    let clock = Clock::new();
+    let mut pool = pool(2, false);
+    pool.start(&query(7, "big.lab.test"), Protocol::Udp, clock.at_millis(0))
+        .unwrap();
+    let udp = only_transmit(&mut pool);
+    assert_eq!(udp.deadline, clock.at_millis(2_000));
+    pool.handle_attempt(
+        udp.attempt,
+        Ok(answer(&udp.query, 1, 300, 0, true)),
+        clock.at_millis(1_500),
+    );
+    let tcp = only_transmit(&mut pool);
+    assert_eq!(
+        tcp.deadline,
+        clock.at_millis(2_000),
+        "what is left of the first attempt's time"
+    );
+    pool.handle_attempt(
+        tcp.attempt,
+        Err(AttemptFailure::Timeout),
+        clock.at_millis(2_000),
+    );
+    assert_eq!(
+        pool.health()[0].failures,
+        1,
+        "a timeout, as before the retry existed"
+    );
+    let next = only_transmit(&mut pool);
+    assert_eq!(next.upstream, 1, "the next upstream is asked");
+}

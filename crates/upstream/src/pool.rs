@@ -351,7 +351,7 @@ impl Inner {
             member.upstream.address(),
             &self.context,
         );
-        let outcome = tokio::time::timeout(self.context.config.attempt_timeout, exchange)
+        let outcome = tokio::time::timeout_at(transmit.deadline.into(), exchange)
             .await
             .unwrap_or(Err(AttemptError::Timeout));
         outcome.map(shrink).map_err(|error| {

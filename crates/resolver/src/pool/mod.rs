@@ -38,7 +38,8 @@ use crate::Protocol;
 /// What the pool's decisions depend on besides the upstreams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolPolicy {
-    /// How long one attempt may take; the driver enforces it and reports a timeout.
+    /// How long one attempt may take, a truncated answer's TCP retry included; the driver
+    /// enforces it ([`Transmit::deadline`]) and reports a timeout.
     pub attempt_timeout: Duration,
     /// Ask the next upstream too when the current one has not answered within a delay
     /// derived from its RTT (the first valid answer wins).
@@ -89,6 +90,8 @@ pub struct Transmit {
     pub query: Bytes,
     /// Its question, which the answer must match.
     pub question: Question,
+    /// When the attempt is reported as timed out if it has not ended.
+    pub deadline: Instant,
 }
 
 /// An upstream's answer to an exchange.
@@ -308,14 +311,15 @@ impl Pool {
         };
         let response = match (outcome, &attempt.truncated) {
             (Ok(response), _) => response,
-            (Err(failure), Some(truncated)) => {
+            // The retry shares the attempt's time: running out of it fails the attempt.
+            (Err(failure), Some(truncated)) if failure != AttemptFailure::Timeout => {
                 tracing::debug!(
                     ?failure,
                     "TCP retry after TC failed, the truncated answer stands"
                 );
                 truncated.to_vec()
             }
-            (Err(failure), None) => {
+            (Err(failure), _) => {
                 self.record_failure(&attempt, failure, now);
                 if let Some(exchange) = self.exchanges.get_mut(&exchange_id) {
                     exchange.outstanding -= 1;
@@ -476,12 +480,13 @@ impl Pool {
             protocol: attempt.protocol,
             query,
             question,
+            deadline: attempt.started + self.policy.attempt_timeout,
         });
         self.attempts.insert(id, attempt);
     }
 
     /// A truncated UDP answer: the same upstream is asked over TCP, within the same
-    /// attempt as far as health and the exchange are concerned.
+    /// attempt as far as health, the exchange and the attempt's deadline are concerned.
     fn retry_over_tcp(&mut self, attempt: Attempt, exchange_id: ExchangeId, truncated: Vec<u8>) {
         let Some(exchange) = self.exchanges.get(&exchange_id) else {
             return;
