@@ -52,6 +52,26 @@ pub enum Admission<C> {
     Waiting { collapsed: bool },
 }
 
+/// What the upstreams said to one request, and the clients that waited for it.
+pub struct Settled<C> {
+    shared: UpstreamAnswer,
+    waiters: Vec<Waiter<C>>,
+}
+
+impl<C> Settled<C> {
+    /// Each waiting client's answer, adapted to its own query (ID, spelling, EDNS, size).
+    pub fn answers<G>(
+        self,
+        resolver: &Resolver<G>,
+        now: Instant,
+    ) -> impl Iterator<Item = Finished<C>> {
+        let shared = self.shared;
+        self.waiters
+            .into_iter()
+            .map(move |waiter| finish(resolver, waiter, &shared, now))
+    }
+}
+
 /// An answer for a client that waited.
 pub struct Finished<C> {
     pub client: C,
@@ -92,6 +112,8 @@ struct Waiter<C> {
     protocol: Protocol,
     /// When set, upstream was asked for the chain's last target, not for `query`.
     chain: Option<Arc<CnameChain>>,
+    /// The question of `query`, for the answer's log line.
+    question: Question,
 }
 
 impl<C> Waiter<C> {
@@ -106,6 +128,7 @@ impl<C> Waiter<C> {
             query: query.bytes().to_vec(),
             protocol,
             chain,
+            question: query.question().clone(),
         }
     }
 }
@@ -133,7 +156,6 @@ pub struct Forwarding<C, G> {
     in_flight: HashMap<CollapseKey, InFlight<C>>,
     requests: HashMap<RequestId, CollapseKey>,
     outbox: VecDeque<UpstreamRequest<G>>,
-    finished: VecDeque<Finished<C>>,
     /// Clients waiting, and the most allowed at once.
     waiting: usize,
     max_waiting: usize,
@@ -147,7 +169,6 @@ impl<C, G: Clone> Forwarding<C, G> {
             in_flight: HashMap::new(),
             requests: HashMap::new(),
             outbox: VecDeque::new(),
-            finished: VecDeque::new(),
             waiting: 0,
             max_waiting,
             next_id: 0,
@@ -192,13 +213,16 @@ impl<C, G: Clone> Forwarding<C, G> {
             };
         }
         let chain = chain.map(|(_, chain)| chain);
-        // A chain asks upstream for its target; anything else is asked as it came.
+        // A chain asks upstream for its target; anything else is asked as it came. Local
+        // data may have changed since the inline look: its names never go upstream.
         let target = chain.as_ref().map(|chain| chain.target_query(&query));
         let parsed_target = target.as_deref().map(tundns_dns::parse_query);
         let asked_query = match &parsed_target {
             None => &query,
-            Some(Ok(target)) => target,
-            Some(Err(_)) => {
+            Some(Ok(target)) if !resolver.local().holds_name(target.question().name_wire()) => {
+                target
+            }
+            Some(_) => {
                 let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, out);
                 return Admission::Answered {
                     client,
@@ -207,24 +231,27 @@ impl<C, G: Clone> Forwarding<C, G> {
                 };
             }
         };
-        let key = CollapseKey::of(asked_query, protocol);
-        if let Some(in_flight) = self.in_flight.get_mut(&key) {
-            in_flight
-                .waiters
-                .push(Waiter::new(client, &query, protocol, chain));
-            self.waiting += 1;
-            return Admission::Waiting { collapsed: true };
-        }
         // An identical query may have been answered since the inline look; asking again
         // would be a second upstream query.
-        let chain_ref = chain.as_deref();
-        if let Some((len, path)) =
-            late_hit(resolver, &query, chain_ref, protocol, asked_query, now, out)
-        {
+        if let Some((len, path)) = late_hit(
+            resolver,
+            &query,
+            chain.as_deref(),
+            protocol,
+            asked_query,
+            now,
+            out,
+        ) {
             return Admission::Answered { client, len, path };
         }
-        let asked = target.unwrap_or_else(|| query.bytes().to_vec());
+        let key = CollapseKey::of(asked_query, protocol);
         let waiter = Waiter::new(client, &query, protocol, chain);
+        self.waiting += 1;
+        if let Some(in_flight) = self.in_flight.get_mut(&key) {
+            in_flight.waiters.push(waiter);
+            return Admission::Waiting { collapsed: true };
+        }
+        let asked = target.unwrap_or_else(|| query.bytes().to_vec());
         self.ask(resolver, key, asked, waiter);
         Admission::Waiting { collapsed: false }
     }
@@ -234,32 +261,23 @@ impl<C, G: Clone> Forwarding<C, G> {
         self.outbox.pop_front()
     }
 
-    /// The next answer to send.
-    pub fn poll_answer(&mut self) -> Option<Finished<C>> {
-        self.finished.pop_front()
-    }
-
-    /// The upstream group's result for request `id`, at `now`: every client waiting on it
-    /// gets its answer, and the cache learns it.
+    /// The upstream group's result for request `id`, at `now`: the cache learns it, and
+    /// the clients that waited on it are handed back with it, to be answered with
+    /// [`Settled::answers`] (outside whatever lock guards this table).
     pub fn handle_upstream_answer(
         &mut self,
         resolver: &Resolver<G>,
         id: RequestId,
         result: Result<Answer, ResolveError>,
         now: Instant,
-    ) {
-        let Some(key) = self.requests.remove(&id) else {
-            return;
-        };
-        let Some(in_flight) = self.in_flight.remove(&key) else {
-            return;
-        };
-        let shared = learn(resolver, &in_flight.asked, result, now);
-        for waiter in in_flight.waiters {
-            self.waiting -= 1;
-            let finished = finish(resolver, waiter, &shared, now);
-            self.finished.extend(finished);
-        }
+    ) -> Option<Settled<C>> {
+        let key = self.requests.remove(&id)?;
+        let in_flight = self.in_flight.remove(&key)?;
+        self.waiting -= in_flight.waiters.len();
+        Some(Settled {
+            shared: learn(resolver, &in_flight.asked, result, now),
+            waiters: in_flight.waiters,
+        })
     }
 
     fn ask(&mut self, resolver: &Resolver<G>, key: CollapseKey, asked: Vec<u8>, waiter: Waiter<C>) {
@@ -282,7 +300,6 @@ impl<C, G: Clone> Forwarding<C, G> {
                 waiters: vec![waiter],
             },
         );
-        self.waiting += 1;
     }
 }
 
@@ -298,16 +315,20 @@ fn late_hit<G>(
     out: &mut [u8],
 ) -> Option<(usize, AnswerPath)> {
     let cache = resolver.cache()?;
-    let mut hit = vec![0; LATE_HIT_BUFFER];
-    let len = cache.lookup_again(asked, now, &mut hit)?;
-    let answer = match chain {
-        None => hit[..len].to_vec(),
-        Some(chain) => resolver.complete_chain(chain, query, &hit[..len])?,
+    let len = match chain {
+        None => cache.lookup_again(asked, now, out)?,
+        Some(chain) => {
+            let mut hit = vec![0; LATE_HIT_BUFFER];
+            let len = cache.lookup_again(asked, now, &mut hit)?;
+            let Some(answer) = resolver.complete_chain(chain, query, &hit[..len]) else {
+                let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, out);
+                return Some((len, AnswerPath::Servfail));
+            };
+            out.get_mut(..answer.len())?.copy_from_slice(&answer);
+            answer.len()
+        }
     };
-    let written = out.get_mut(..answer.len())?;
-    written.copy_from_slice(&answer);
-    let len = fit_for_client(query, protocol, out, answer.len());
-    Some((len, AnswerPath::Cache))
+    Some((fit_for_client(query, protocol, out, len), AnswerPath::Cache))
 }
 
 /// What the upstreams said, as every waiter shares it; the cache learns it first.
@@ -362,8 +383,17 @@ fn finish<C, G>(
     waiter: Waiter<C>,
     shared: &UpstreamAnswer,
     now: Instant,
-) -> Option<Finished<C>> {
-    let query = tundns_dns::parse_query(&waiter.query).ok()?;
+) -> Finished<C> {
+    let Ok(query) = tundns_dns::parse_query(&waiter.query) else {
+        // It parsed when it came; an answer is owed all the same.
+        return Finished {
+            client: waiter.client,
+            answer: error_answer(&waiter.query, Rcode::SERVFAIL),
+            path: AnswerPath::Servfail,
+            question: waiter.question,
+            upstream: None,
+        };
+    };
     let found = match &waiter.chain {
         None => for_query(resolver, &query, shared, now),
         Some(chain) => finish_chain(resolver, chain, &query, shared, now),
@@ -376,13 +406,13 @@ fn finish<C, G>(
     let len = out.len();
     let len = fit_for_client(&query, waiter.protocol, &mut out, len);
     out.truncate(len);
-    Some(Finished {
+    Finished {
         client: waiter.client,
         answer: out,
         path,
-        question: query.question().clone(),
+        question: waiter.question,
         upstream,
-    })
+    }
 }
 
 /// What a waiter's answer was found as.
@@ -428,10 +458,6 @@ fn finish_chain<G>(
         path: AnswerPath::Servfail,
         upstream: None,
     };
-    // Local data may have changed since the query arrived; its names never go upstream.
-    if resolver.local().holds_name(chain.target()) {
-        return servfail();
-    }
     let asked = chain.target_query(query);
     let Ok(target) = tundns_dns::parse_query(&asked) else {
         return servfail();

@@ -11,8 +11,8 @@ use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{BlockList, BlockMode, LocalDataBuilder, MAX_MESSAGE_LEN, Routes};
 use tundns_resolver::pool::{Answer, ResolveError};
 use tundns_resolver::{
-    Admission, AnswerPath, Finished, Forwarding, Inline, Protocol, Resolver, UpstreamRequest,
-    Upstreams,
+    Admission, AnswerPath, Finished, Forwarding, Inline, Protocol, RequestId, Resolver,
+    UpstreamRequest, Upstreams,
 };
 use tundns_test_support::dns::{Answer as CannedAnswer, Data};
 
@@ -53,8 +53,18 @@ fn requests(forwarding: &mut Forwarding<u32, Group>) -> Vec<UpstreamRequest<Grou
     std::iter::from_fn(|| forwarding.poll_request()).collect()
 }
 
-fn finished(forwarding: &mut Forwarding<u32, Group>) -> Vec<Finished<u32>> {
-    std::iter::from_fn(|| forwarding.poll_answer()).collect()
+/// Hands the group's result to the table, as a driver would, and the answers it makes.
+fn settle(
+    forwarding: &mut Forwarding<u32, Group>,
+    resolver: &Resolver<Group>,
+    id: RequestId,
+    result: Result<Answer, ResolveError>,
+    now: std::time::Instant,
+) -> Vec<Finished<u32>> {
+    forwarding
+        .handle_upstream_answer(resolver, id, result, now)
+        .map(|settled| settled.answers(resolver, now).collect())
+        .unwrap_or_default()
 }
 
 fn upstream_answer(
@@ -106,13 +116,14 @@ fn identical_queries_in_flight_share_one_upstream_request() {
     assert_eq!(asked[0].group, "public");
     assert_eq!(forwarding.waiting(), (2, 64));
 
-    forwarding.handle_upstream_answer(
+    let settled = settle(
+        &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 7, 300),
         now,
     );
-    let answers = finished(&mut forwarding);
+    let answers = settled;
     let mut seen: Vec<(u32, u16)> = answers
         .iter()
         .map(|f| (f.client, id_of(&f.answer)))
@@ -167,7 +178,8 @@ fn beyond_the_bound_the_answer_is_refused_until_a_slot_comes_back() {
         _ => panic!("the second must be refused while the first waits"),
     }
     let asked = requests(&mut forwarding);
-    forwarding.handle_upstream_answer(
+    settle(
+        &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 1, 60),
@@ -194,8 +206,8 @@ fn every_upstream_failing_without_a_stale_answer_gives_servfail() {
     )
     .unwrap();
     let asked = requests(&mut forwarding);
-    forwarding.handle_upstream_answer(&resolver, asked[0].id, all_failed(), now);
-    let answers = finished(&mut forwarding);
+    let settled = settle(&mut forwarding, &resolver, asked[0].id, all_failed(), now);
+    let answers = settled;
     assert_eq!(answers[0].path, AnswerPath::Servfail);
     assert_eq!(rcode_of(&answers[0].answer), 2);
     assert_eq!(id_of(&answers[0].answer), 9);
@@ -217,13 +229,13 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
     )
     .unwrap();
     let asked = requests(&mut forwarding);
-    forwarding.handle_upstream_answer(
+    settle(
+        &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 1, 1),
         clock.at_millis(0),
     );
-    finished(&mut forwarding);
     assert!(
         ask(
             &resolver,
@@ -246,13 +258,14 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
     )
     .unwrap();
     let asked = requests(&mut forwarding);
-    forwarding.handle_upstream_answer(
+    let settled = settle(
+        &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 2, 1),
         clock.at_millis(2_000),
     );
-    let fresh = finished(&mut forwarding);
+    let fresh = settled;
     assert_eq!(
         (fresh[0].path, marker_of(&fresh[0].answer)),
         (AnswerPath::Forwarded, 2)
@@ -268,8 +281,14 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
     )
     .unwrap();
     let asked = requests(&mut forwarding);
-    forwarding.handle_upstream_answer(&resolver, asked[0].id, all_failed(), clock.at_millis(4_000));
-    let stale = finished(&mut forwarding);
+    let settled = settle(
+        &mut forwarding,
+        &resolver,
+        asked[0].id,
+        all_failed(),
+        clock.at_millis(4_000),
+    );
+    let stale = settled;
     assert_eq!(stale[0].path, AnswerPath::Stale);
     assert_eq!(
         (rcode_of(&stale[0].answer), marker_of(&stale[0].answer)),
@@ -303,8 +322,8 @@ fn the_upstreams_own_error_is_passed_on_when_nothing_stale_is_known() {
             false,
         ))),
     });
-    forwarding.handle_upstream_answer(&resolver, asked[0].id, refused, now);
-    let answers = finished(&mut forwarding);
+    let settled = settle(&mut forwarding, &resolver, asked[0].id, refused, now);
+    let answers = settled;
     assert_eq!(
         (answers[0].path, rcode_of(&answers[0].answer)),
         (AnswerPath::Servfail, 5)
@@ -331,8 +350,8 @@ fn a_cname_into_a_blocked_domain_is_answered_as_blocked_and_cached_so() {
         response: Bytes::from(cloaked),
         upstream: "udp://192.0.2.53:53".into(),
     });
-    forwarding.handle_upstream_answer(&resolver, asked[0].id, result, now);
-    let answers = finished(&mut forwarding);
+    let settled = settle(&mut forwarding, &resolver, asked[0].id, result, now);
+    let answers = settled;
     assert_eq!(answers[0].path, AnswerPath::Blocked);
     assert_eq!(rcode_of(&answers[0].answer), 3, "NXDOMAIN");
     let again = ask(
@@ -370,7 +389,8 @@ fn a_query_that_missed_just_before_the_answer_arrived_is_answered_from_the_cache
     };
     // ...and the answer lands before it reaches the forwarding table.
     let asked = requests(&mut forwarding);
-    forwarding.handle_upstream_answer(
+    settle(
+        &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 3, 300),
@@ -390,5 +410,42 @@ fn a_query_that_missed_just_before_the_answer_arrived_is_answered_from_the_cache
     assert!(
         requests(&mut forwarding).is_empty(),
         "no second upstream request"
+    );
+}
+
+#[test]
+fn a_local_chain_whose_target_became_local_is_never_asked_upstream() {
+    let clock = Clock::new();
+    let resolver = resolver(false);
+    let mut local = LocalDataBuilder::new();
+    local
+        .add_record("mail.home.test CNAME mail.example.test")
+        .unwrap();
+    resolver.set_local(local.build());
+    let mut forwarding = Forwarding::new(64);
+    let now = clock.at_millis(0);
+    let asked = query(8, "mail.home.test");
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    let Inline::Miss(miss) = resolver.answer_inline(&asked, Protocol::Udp, now, &mut out) else {
+        panic!("a chain leading out of local data misses inline");
+    };
+    // Between the inline look and the table, the chain's target became a local name.
+    let mut local = LocalDataBuilder::new();
+    local
+        .add_record("mail.home.test CNAME mail.example.test")
+        .unwrap();
+    local.add_record("mail.example.test A 192.0.2.25").unwrap();
+    resolver.set_local(local.build());
+    match forwarding.handle_miss(&resolver, 1, miss, now, &mut out) {
+        Admission::Answered {
+            path: AnswerPath::Servfail,
+            len,
+            ..
+        } => assert_eq!(rcode_of(&out[..len]), 2),
+        _ => panic!("expected SERVFAIL at once"),
+    }
+    assert!(
+        requests(&mut forwarding).is_empty(),
+        "nothing asked upstream"
     );
 }

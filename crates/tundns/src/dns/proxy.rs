@@ -251,16 +251,17 @@ impl DnsProxy {
     /// Hands the group's result for `request` to the forwarding table, then answers
     /// everyone who waited for it.
     fn answer(&self, request: RequestId, result: Result<Answer, ResolveError>) {
-        let mut finished = Vec::new();
+        let settled = self.forwarding().handle_upstream_answer(
+            &self.resolver,
+            request,
+            result,
+            Instant::now(),
+        );
+        // Each client's answer is made outside the lock the TUN reader takes on a miss.
+        for answer in settled
+            .into_iter()
+            .flat_map(|settled| settled.answers(&self.resolver, Instant::now()))
         {
-            let mut forwarding = self.forwarding();
-            let now = Instant::now();
-            forwarding.handle_upstream_answer(&self.resolver, request, result, now);
-            while let Some(answer) = forwarding.poll_answer() {
-                finished.push(answer);
-            }
-        }
-        for answer in finished {
             self.deliver(answer);
         }
     }

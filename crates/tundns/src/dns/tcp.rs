@@ -254,7 +254,8 @@ impl StackTask {
         if completes_query {
             connection.in_flight = connection.in_flight.saturating_sub(1);
         }
-        let Some(prefix) = length_prefix(answer.len()) else {
+        // Nothing to say (a query dropped unanswered) is not a zero-length message.
+        let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) else {
             return;
         };
         if connection.pending.len() + answer.len() > MAX_PENDING_ANSWERS {
