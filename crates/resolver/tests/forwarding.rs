@@ -53,6 +53,21 @@ fn requests(forwarding: &mut Forwarding<u32, Group>) -> Vec<UpstreamRequest<Grou
     std::iter::from_fn(|| forwarding.poll_request()).collect()
 }
 
+/// Sends `query` as [`ask`] does, expecting it to go upstream, and returns the requests.
+fn asked_upstream(
+    resolver: &Resolver<Group>,
+    forwarding: &mut Forwarding<u32, Group>,
+    client: u32,
+    query: &[u8],
+    now: std::time::Instant,
+) -> Vec<UpstreamRequest<Group>> {
+    assert!(matches!(
+        ask(resolver, forwarding, client, query, now),
+        Ok(Admission::Waiting { collapsed: false })
+    ));
+    requests(forwarding)
+}
+
 /// Hands the group's result to the table, as a driver would, and the answers it makes.
 fn settle(
     forwarding: &mut Forwarding<u32, Group>,
@@ -116,14 +131,13 @@ fn identical_queries_in_flight_share_one_upstream_request() {
     assert_eq!(asked[0].group, "public");
     assert_eq!(forwarding.waiting(), (2, 64));
 
-    let settled = settle(
+    let answers = settle(
         &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 7, 300),
         now,
     );
-    let answers = settled;
     let mut seen: Vec<(u32, u16)> = answers
         .iter()
         .map(|f| (f.client, id_of(&f.answer)))
@@ -197,17 +211,14 @@ fn every_upstream_failing_without_a_stale_answer_gives_servfail() {
     let resolver = resolver(true);
     let mut forwarding = Forwarding::new(64);
     let now = clock.at_millis(0);
-    ask(
+    let asked = asked_upstream(
         &resolver,
         &mut forwarding,
         1,
         &query(9, "down.lab.test"),
         now,
-    )
-    .unwrap();
-    let asked = requests(&mut forwarding);
-    let settled = settle(&mut forwarding, &resolver, asked[0].id, all_failed(), now);
-    let answers = settled;
+    );
+    let answers = settle(&mut forwarding, &resolver, asked[0].id, all_failed(), now);
     assert_eq!(answers[0].path, AnswerPath::Servfail);
     assert_eq!(rcode_of(&answers[0].answer), 2);
     assert_eq!(id_of(&answers[0].answer), 9);
@@ -220,15 +231,13 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
     let resolver = resolver(true);
     let mut forwarding = Forwarding::new(64);
     // Learned at 0 with a TTL of 1 s.
-    ask(
+    let asked = asked_upstream(
         &resolver,
         &mut forwarding,
         1,
         &query(1, "www.lab.test"),
         clock.at_millis(0),
-    )
-    .unwrap();
-    let asked = requests(&mut forwarding);
+    );
     settle(
         &mut forwarding,
         &resolver,
@@ -249,46 +258,40 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
     );
 
     // Expired at 2 s: asked upstream again, which answers: the new answer, not the stale.
-    ask(
+    let asked = asked_upstream(
         &resolver,
         &mut forwarding,
         3,
         &query(3, "www.lab.test"),
         clock.at_millis(2_000),
-    )
-    .unwrap();
-    let asked = requests(&mut forwarding);
-    let settled = settle(
+    );
+    let fresh = settle(
         &mut forwarding,
         &resolver,
         asked[0].id,
         upstream_answer(&asked[0], 2, 1),
         clock.at_millis(2_000),
     );
-    let fresh = settled;
     assert_eq!(
         (fresh[0].path, marker_of(&fresh[0].answer)),
         (AnswerPath::Forwarded, 2)
     );
 
     // Expired again at 4 s and every upstream fails: the stale answer, not SERVFAIL.
-    ask(
+    let asked = asked_upstream(
         &resolver,
         &mut forwarding,
         4,
         &query(4, "www.lab.test"),
         clock.at_millis(4_000),
-    )
-    .unwrap();
-    let asked = requests(&mut forwarding);
-    let settled = settle(
+    );
+    let stale = settle(
         &mut forwarding,
         &resolver,
         asked[0].id,
         all_failed(),
         clock.at_millis(4_000),
     );
-    let stale = settled;
     assert_eq!(stale[0].path, AnswerPath::Stale);
     assert_eq!(
         (rcode_of(&stale[0].answer), marker_of(&stale[0].answer)),
@@ -303,15 +306,13 @@ fn the_upstreams_own_error_is_passed_on_when_nothing_stale_is_known() {
     let resolver = resolver(false);
     let mut forwarding = Forwarding::new(64);
     let now = clock.at_millis(0);
-    ask(
+    let asked = asked_upstream(
         &resolver,
         &mut forwarding,
         1,
         &query(5, "refused.lab.test"),
         now,
-    )
-    .unwrap();
-    let asked = requests(&mut forwarding);
+    );
     let refused = Err(ResolveError::AllFailed {
         attempts: 1,
         soft_answer: Some(Bytes::from(answer(
@@ -322,8 +323,7 @@ fn the_upstreams_own_error_is_passed_on_when_nothing_stale_is_known() {
             false,
         ))),
     });
-    let settled = settle(&mut forwarding, &resolver, asked[0].id, refused, now);
-    let answers = settled;
+    let answers = settle(&mut forwarding, &resolver, asked[0].id, refused, now);
     assert_eq!(
         (answers[0].path, rcode_of(&answers[0].answer)),
         (AnswerPath::Servfail, 5)
@@ -350,8 +350,7 @@ fn a_cname_into_a_blocked_domain_is_answered_as_blocked_and_cached_so() {
         response: Bytes::from(cloaked),
         upstream: "udp://192.0.2.53:53".into(),
     });
-    let settled = settle(&mut forwarding, &resolver, asked[0].id, result, now);
-    let answers = settled;
+    let answers = settle(&mut forwarding, &resolver, asked[0].id, result, now);
     assert_eq!(answers[0].path, AnswerPath::Blocked);
     assert_eq!(rcode_of(&answers[0].answer), 3, "NXDOMAIN");
     let again = ask(
