@@ -29,20 +29,59 @@ impl FileError {
 }
 
 /// Writes `contents` to `path` with permissions `mode`: to a temporary name beside it,
-/// synced, then renamed over it.
+/// synced, then renamed over it, and the directory synced so the rename outlives a power
+/// cut too. A failed write leaves no temporary file behind.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
+    let written = write_synced(&temporary, contents, mode).and_then(|()| {
+        std::fs::rename(&temporary, path).map_err(FileError::of("renaming into", path))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
+    let directory = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(FileError::of("syncing the directory of", path))
+}
+
+fn write_synced(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(&temporary)
-        .map_err(FileError::of("creating", &temporary))?;
+        .open(path)
+        .map_err(FileError::of("creating", path))?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(FileError::of("writing", &temporary))?;
-    std::fs::rename(&temporary, path).map_err(FileError::of("renaming into", path))
+        .map_err(FileError::of("writing", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_write_replaces_the_file_whole_with_its_mode_and_leaves_no_temporary() {
+        let directory = std::env::temp_dir().join(format!("tundns-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("state");
+        write_atomically(&path, b"first", 0o600).unwrap();
+        write_atomically(&path, b"second", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!directory.join("state.tmp").exists());
+        // A rename that cannot happen (the target is a directory) leaves no temporary either.
+        let blocked = directory.join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        assert!(write_atomically(&blocked, b"x", 0o600).is_err());
+        assert!(!directory.join("blocked.tmp").exists());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
 }

@@ -19,15 +19,32 @@ pub struct CrashRepair {
     pub dns: Result<Option<Backend>, SystemDnsError>,
 }
 
-/// Takes back what an earlier run of `interface` left, as the journal records it: called
-/// by `tundns up` before it changes anything, and by `tundns reset`.
+/// Takes back what an earlier run of `interface` left, as the journal records it, kind by
+/// kind: what `tundns reset` does. `tundns up` calls the two parts itself, in order.
 pub async fn repair(interface: &str) -> CrashRepair {
-    let policy = undo_left_policy(interface).await;
+    CrashRepair {
+        policy: repair_policy(interface).await,
+        dns: repair_dns(interface),
+    }
+}
+
+/// Takes back a crashed full tunnel's policy rules, nftables tables and sysctl values.
+///
+/// `tundns up` runs this first and stops on an error before [`repair_dns`]: the resolver's
+/// record carries no network namespace (it must outlive a reboot), so a policy record
+/// refused as another namespace's or a running tundns's is what keeps one namespace's
+/// run from restoring another's resolver.
+pub async fn repair_policy(interface: &str) -> Result<Option<PolicyRepair>, SystemError> {
+    undo_left_policy(interface).await
+}
+
+/// Gives the system resolver back as a crashed run of `interface` left it recorded.
+pub fn repair_dns(interface: &str) -> Result<Option<Backend>, SystemDnsError> {
     let dns = undo_left_dns(interface);
     if let Ok(Some(backend)) = &dns {
         tracing::warn!(%interface, %backend, "restored the system resolver an earlier run left changed");
     }
-    CrashRepair { policy, dns }
+    dns
 }
 
 /// The interface `tundns reset` means: a config path's file stem (`wg0.conf`,

@@ -12,11 +12,11 @@ use ipnet::IpNet;
 use tun_rs::AsyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, Rules, Service};
+use tundns_host::SystemError;
 use tundns_host::paths::{MAIN_TABLE, uapi_socket_path};
 use tundns_host::policy_routing;
 use tundns_host::system::{SystemChanges, host_route};
 use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
-use tundns_host::{CrashRepair, SystemError};
 
 use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
@@ -88,9 +88,8 @@ impl Tunnel {
         validate(config)?;
         // A crashed run's policy rules would otherwise stay, beside the pair added below,
         // and its resolver change would be taken for the system's own.
-        let CrashRepair { policy, dns } = tundns_host::repair(&config.interface_name).await;
-        policy?;
-        dns?;
+        tundns_host::repair::repair_policy(&config.interface_name).await?;
+        tundns_host::repair::repair_dns(&config.interface_name)?;
         let config = &policy_routing::with_fwmark(config).await?;
         // Reads the system's resolvers before any change.
         let system_dns = DnsTakeover::prepare(config)?;
