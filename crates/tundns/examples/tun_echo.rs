@@ -10,12 +10,11 @@
 //! TUN's own ceiling is measured in the same run as tundns and unbound.
 
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::process::ExitCode;
 
-const IPV4_SOURCE: usize = 12;
-const IPV4_DESTINATION: usize = 16;
-const PROTOCOL_UDP: u8 = 17;
-const UDP_HEADER: usize = 8;
+use tundns_packet::{ipv4, protocol, udp};
+
 const DNS_FLAGS: usize = 2;
 const DNS_QR: u8 = 0x80;
 
@@ -25,23 +24,27 @@ fn reflect(packet: &mut [u8]) -> bool {
         return false;
     };
     let header = usize::from(first & 0x0f) * 4;
-    if first >> 4 != 4 || packet.len() < header + UDP_HEADER + DNS_FLAGS + 1 {
+    if first >> 4 != 4 || packet.len() < header + udp::HEADER_LEN + DNS_FLAGS + 1 {
         return false;
     }
-    if packet[9] != PROTOCOL_UDP {
+    if packet[ipv4::field::PROTOCOL] != protocol::UDP {
         return false;
     }
-    for offset in 0..4 {
-        packet.swap(IPV4_SOURCE + offset, IPV4_DESTINATION + offset);
-    }
-    let udp = &mut packet[header..];
-    udp.swap(0, 2);
-    udp.swap(1, 3);
+    swap_fields(packet, ipv4::field::SRC_ADDR, ipv4::field::DST_ADDR);
+    let datagram = &mut packet[header..];
+    swap_fields(datagram, udp::field::SRC_PORT, udp::field::DST_PORT);
     // A zero UDP checksum means "none" over IPv4, so the changed flags need no new sum;
     // swapping addresses leaves the IP header checksum as it was.
-    udp[6..8].fill(0);
-    udp[UDP_HEADER + DNS_FLAGS] |= DNS_QR;
+    datagram[udp::field::CHECKSUM].fill(0);
+    datagram[udp::HEADER_LEN + DNS_FLAGS] |= DNS_QR;
     true
+}
+
+/// Swaps two fields of the same length in place.
+fn swap_fields(bytes: &mut [u8], one: Range<usize>, other: Range<usize>) {
+    for (a, b) in one.zip(other) {
+        bytes.swap(a, b);
+    }
 }
 
 fn main() -> ExitCode {
