@@ -76,21 +76,16 @@ pub struct DnsProxy {
     query_log: OnceLock<QueryLog>,
 }
 
-/// What to do with one client query.
-pub enum Verdict {
+/// What to do with one client query. `W` is what the caller holds while the query
+/// waits for the upstreams: a [`Forward`] to await, or nothing when the answer goes
+/// straight into the TUN.
+pub enum Verdict<W = Forward> {
     /// Not a query: say nothing.
     Drop,
     /// The answer is in the caller's buffer, this many bytes long.
     Answered(usize),
-    /// Waiting for the upstreams: await the answer.
-    Forward(Forward),
-}
-
-/// What a query came to before any answer: the inline answer, or a wait.
-enum Accepted<W> {
-    Drop,
-    Answered(usize),
-    Waiting(W),
+    /// Waiting for the upstreams.
+    Forward(W),
 }
 
 impl DnsProxy {
@@ -179,11 +174,7 @@ impl DnsProxy {
             let (sender, receiver) = oneshot::channel();
             (ReplyTo::Waiter(sender), Forward { receiver })
         };
-        match self.accept_with(client, query, protocol, out, waiter) {
-            Accepted::Drop => Verdict::Drop,
-            Accepted::Answered(len) => Verdict::Answered(len),
-            Accepted::Waiting(forward) => Verdict::Forward(forward),
-        }
+        self.accept_with(client, query, protocol, out, waiter)
     }
 
     /// Answers from memory, or queues the query for the upstreams with the reply target
@@ -195,19 +186,19 @@ impl DnsProxy {
         protocol: Protocol,
         out: &mut [u8],
         reply: impl FnOnce() -> (ReplyTo, W),
-    ) -> Accepted<W> {
+    ) -> Verdict<W> {
         let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
         let now = Instant::now();
         let miss = match self.resolver.answer_inline(query, protocol, now, out) {
             Inline::Dropped => {
                 self.observe(&arrival, None, AnswerPath::Dropped, &[], None);
-                return Accepted::Drop;
+                return Verdict::Drop;
             }
             Inline::Answered(answered) => {
                 let question = answered.query.as_ref().map(|query| query.question());
                 let answer = &out[..answered.len];
                 self.observe(&arrival, question, answered.path, answer, None);
-                return Accepted::Answered(answered.len);
+                return Verdict::Answered(answered.len);
             }
             Inline::Miss(miss) => miss,
         };
@@ -220,7 +211,7 @@ impl DnsProxy {
                 drop(forwarding);
                 let answer = &out[..len];
                 self.observe(&client.arrival, Some(&question), path, answer, None);
-                Accepted::Answered(len)
+                Verdict::Answered(len)
             }
             Admission::Waiting { collapsed } => {
                 if collapsed {
@@ -229,7 +220,7 @@ impl DnsProxy {
                 while let Some(request) = forwarding.poll_request() {
                     tokio::spawn(self.clone().ask_upstream(request));
                 }
-                Accepted::Waiting(waiter)
+                Verdict::Forward(waiter)
             }
         }
     }
@@ -412,10 +403,10 @@ impl UdpService for UdpDns {
                 )
             };
             let out = &mut buf[headers..];
-            let accepted =
+            let verdict =
                 self.proxy
                     .accept_with(Some(client), datagram.payload, Protocol::Udp, out, reply);
-            if let Accepted::Answered(len) = accepted
+            if let Verdict::Answered(len) = verdict
                 && let Ok(total) = tundns_packet::write_udp_headers(buf, server, client, len)
             {
                 tun.send(&buf[..total]);
