@@ -199,18 +199,10 @@ impl<C, G: Clone> Forwarding<C, G> {
             // Overloaded. A local chain still gets its local part, which `out` holds.
             if let Some((chain_len, _)) = chain {
                 let len = fit_for_client(&query, protocol, out, chain_len);
-                return Admission::Answered {
-                    client,
-                    len,
-                    path: AnswerPath::Local,
-                };
+                return answered(client, len, AnswerPath::Local);
             }
             let len = tundns_dns::write_error_response(query.bytes(), Rcode::REFUSED, out);
-            return Admission::Answered {
-                client,
-                len,
-                path: AnswerPath::Refused,
-            };
+            return answered(client, len, AnswerPath::Refused);
         }
         let chain = chain.map(|(_, chain)| chain);
         // A chain asks upstream for its target; anything else is asked as it came. Local
@@ -224,11 +216,7 @@ impl<C, G: Clone> Forwarding<C, G> {
             }
             Some(_) => {
                 let len = tundns_dns::write_error_response(query.bytes(), Rcode::SERVFAIL, out);
-                return Admission::Answered {
-                    client,
-                    len,
-                    path: AnswerPath::Servfail,
-                };
+                return answered(client, len, AnswerPath::Servfail);
             }
         };
         // An identical query may have been answered since the inline look; asking again
@@ -242,7 +230,7 @@ impl<C, G: Clone> Forwarding<C, G> {
             now,
             out,
         ) {
-            return Admission::Answered { client, len, path };
+            return answered(client, len, path);
         }
         let key = CollapseKey::of(asked_query, protocol);
         let waiter = Waiter::new(client, &query, protocol, chain);
@@ -301,6 +289,10 @@ impl<C, G: Clone> Forwarding<C, G> {
             },
         );
     }
+}
+
+fn answered<C>(client: C, len: usize, path: AnswerPath) -> Admission<C> {
+    Admission::Answered { client, len, path }
 }
 
 /// A cache hit for `query`, which missed inline, written into `out`: its length and path.
@@ -510,7 +502,7 @@ fn adapted(response: &[u8], query: &Query<'_>) -> Option<Vec<u8>> {
 }
 
 /// An error answer to `query` as an owned message.
-pub fn error_answer(query: &[u8], rcode: Rcode) -> Vec<u8> {
+fn error_answer(query: &[u8], rcode: Rcode) -> Vec<u8> {
     let mut out = vec![0; tundns_dns::MAX_SYNTHESIZED_LEN];
     let len = tundns_dns::write_error_response(query, rcode, &mut out);
     out.truncate(len);
