@@ -330,9 +330,10 @@ impl Pool {
         };
         if attempt.protocol == Protocol::Udp
             && is_truncated(&response)
-            && self.exchanges.contains_key(&exchange_id)
+            && let Some(exchange) = self.exchanges.get(&exchange_id)
         {
-            return self.retry_over_tcp(attempt, exchange_id, response);
+            let asked = (exchange.query.clone(), exchange.question.clone());
+            return self.retry_over_tcp(attempt, asked, response);
         }
         self.record_answer(&attempt, &response, now);
         let Some(exchange) = self.exchanges.get_mut(&exchange_id) else {
@@ -487,11 +488,12 @@ impl Pool {
 
     /// A truncated UDP answer: the same upstream is asked over TCP, within the same
     /// attempt as far as health, the exchange and the attempt's deadline are concerned.
-    fn retry_over_tcp(&mut self, attempt: Attempt, exchange_id: ExchangeId, truncated: Vec<u8>) {
-        let Some(exchange) = self.exchanges.get(&exchange_id) else {
-            return;
-        };
-        let (query, question) = (exchange.query.clone(), exchange.question.clone());
+    fn retry_over_tcp(
+        &mut self,
+        attempt: Attempt,
+        (query, question): (Bytes, Question),
+        truncated: Vec<u8>,
+    ) {
         self.stats.tcp_retries += 1;
         let retry = Attempt {
             protocol: Protocol::Tcp,
