@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
+./scripts/check-patches.sh
 export TUNDNS_E2E=1
 cargo test --workspace --locked --no-fail-fast

@@ -6,10 +6,15 @@
 //! gotatun unchanged. Inbound, [`FilteredTunSender`] drops decrypted packets that name a
 //! virtual IP, so peers can neither spoof nor reach a service.
 //!
+//! On a TUN opened with offloads, reads are GSO super-packets, split into segments before
+//! any is classified, and writes coalesce one flow's packets after each is checked; the
+//! `offload` module owns that framing.
+//!
 //! This crate owns classification and dispatch. It never parses DNS and never touches a
 //! socket; the miss path takes no lock and makes no allocation.
 
 mod host;
+mod offload;
 mod rules;
 mod tun;
 

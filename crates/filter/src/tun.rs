@@ -9,14 +9,16 @@ use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use tun_rs::AsyncDevice;
 
+use crate::offload::{Coalescer, Framing, Read, SegmentReader, is_device_error};
 use crate::rules::{Rules, RulesReader};
 
 /// Packets up to this size are built on the stack; larger ones allocate.
 const SMALL_PACKET: usize = 1536;
 
-/// Most packets one [`FilteredTun::recv`] reads: enough to spread the rule-table load and
-/// the counter updates over many packets during a transfer, few enough that the first
-/// packet of a batch does not wait long for WireGuard.
+/// Packets after which one [`FilteredTun::recv`] stops reading: enough to spread the
+/// rule-table load and the counter updates over many packets during a transfer, few enough
+/// that the first packet of a batch does not wait long for WireGuard. One read may give up
+/// to a super-packet's worth of segments beyond it.
 const RECV_BATCH: usize = 64;
 
 /// Counters kept by the filter. Relaxed atomics: they are statistics, not synchronisation.
@@ -28,6 +30,9 @@ pub struct FilterStats {
     pub passed: AtomicU64,
     /// Outbound packets that are not IP and were dropped before WireGuard.
     pub dropped_malformed: AtomicU64,
+    /// Outbound super-packets whose virtio-net header or length did not add up, dropped
+    /// whole, and inbound batches the TUN refused to coalesce.
+    pub dropped_offload: AtomicU64,
     /// Inbound packets from the tunnel whose source or destination is a virtual IP.
     pub dropped_inbound_virtual: AtomicU64,
     /// Replies that could not be written into the TUN, or were dropped because too many
@@ -54,6 +59,7 @@ impl FilterStats {
 #[derive(Clone)]
 pub struct TunWriter {
     device: Arc<AsyncDevice>,
+    framing: Framing,
     stats: Arc<FilterStats>,
     /// Replies waiting in tasks for the device to become writable.
     waiting: Arc<AtomicUsize>,
@@ -67,6 +73,7 @@ impl TunWriter {
     /// A writer for `device` that counts failures in `stats`.
     pub fn new(device: Arc<AsyncDevice>, stats: Arc<FilterStats>) -> Self {
         Self {
+            framing: Framing::of(&device),
             device,
             stats,
             waiting: Arc::default(),
@@ -78,7 +85,7 @@ impl TunWriter {
     /// A TUN write practically never blocks; in the rare case the reactor has not yet
     /// seen the device writable, the packet is copied to a task that waits for it.
     pub fn send(&self, packet: &[u8]) {
-        match self.device.try_send(packet) {
+        match self.framing.try_send(&self.device, packet) {
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_REPLIES {
@@ -119,7 +126,7 @@ impl TunWriter {
 
     /// Writes one packet, waiting for the device if it must.
     pub async fn send_async(&self, packet: &[u8]) {
-        if let Err(error) = self.device.send(packet).await {
+        if let Err(error) = self.framing.send(&self.device, packet).await {
             self.count_error(&error);
         }
     }
@@ -138,16 +145,18 @@ impl TunWriter {
 /// gotatun's TUN reader: every outbound packet is classified; packets for a virtual IP go
 /// to their service inline, everything else goes on to WireGuard.
 ///
-/// Each [`IpRecv::recv`] waits for one packet, then takes whatever else the TUN already
-/// holds, up to [`RECV_BATCH`] packets, without waiting again. The whole batch is
-/// classified against one load of the rule table, so a rule changed at runtime applies
-/// from the next batch on.
+/// Each [`IpRecv::recv`] waits for one read, then takes whatever else the TUN already
+/// holds, until [`RECV_BATCH`] packets, without waiting again. A read gives one packet, or
+/// the segments of one GSO super-packet, each classified on its own: a virtual IP is never
+/// reached through an offloaded packet. The whole batch is classified against one load of
+/// the rule table, so a rule changed at runtime applies from the next batch on.
 pub struct FilteredTun {
     device: Arc<AsyncDevice>,
     rules: RulesReader,
     writer: TunWriter,
     mtu: MtuWatcher,
     stats: Arc<FilterStats>,
+    reader: SegmentReader,
     /// The current batch's packets for WireGuard; kept between calls for its allocation.
     passed: Vec<Packet<Ip>>,
 }
@@ -161,46 +170,57 @@ impl FilteredTun {
             rules: rules.reader(),
             mtu: MtuWatcher::new(mtu),
             stats,
-            passed: Vec::with_capacity(RECV_BATCH),
+            reader: SegmentReader::new(),
+            passed: Vec::with_capacity(RECV_BATCH + crate::offload::MAX_SEGMENTS),
         }
     }
 
-    /// Classifies `first` and every packet the TUN can give at once after it, up to
-    /// [`RECV_BATCH`] in all: diverted packets go to their service, the others into
-    /// `self.passed`.
+    /// Classifies the packets of `first` and of every read the TUN can give at once after
+    /// it, until [`RECV_BATCH`] packets: diverted packets go to their service, the others
+    /// into `self.passed`.
     ///
     /// Nothing here waits, so the only await in [`IpRecv::recv`] comes before a batch and
     /// a cancelled `recv` loses no packet it has read.
-    fn filter_batch(&mut self, first: Packet<[u8]>, pool: &PacketBufPool) {
+    fn filter_batch(&mut self, first: Read, pool: &PacketBufPool) {
         let rules = self.rules.load();
+        let mut read = first;
+        let mut packets = 0;
         let mut diverted = 0;
         let mut malformed = 0;
-        let mut packet = first;
-        for read in 1.. {
-            if let Some(service) = rules.classify(&packet) {
-                diverted += 1;
-                service.handle(&packet, &self.writer);
-            } else {
-                // A malformed packet must not end gotatun's reader task, so it is dropped
-                // here rather than reported as an error.
-                match packet.try_into_ip() {
-                    Ok(ip) => self.passed.push(ip),
-                    Err(_) => malformed += 1,
+        let mut malformed_offload = 0;
+        loop {
+            match read {
+                Read::Packets(count) => {
+                    packets += count;
+                    for packet in self.reader.take(count) {
+                        if let Some(service) = rules.classify(&packet) {
+                            diverted += 1;
+                            service.handle(&packet, &self.writer);
+                            continue;
+                        }
+                        // A malformed packet must not end gotatun's reader task, so it is
+                        // dropped here rather than reported as an error.
+                        match packet.try_into_ip() {
+                            Ok(ip) => self.passed.push(ip),
+                            Err(_) => malformed += 1,
+                        }
+                    }
                 }
+                Read::Malformed => malformed_offload += 1,
             }
-            if read == RECV_BATCH {
+            if packets >= RECV_BATCH {
                 break;
             }
-            packet = pool.get();
             // WouldBlock ends the batch; so does any other error, which the next awaited
             // read reports if it persists.
-            match self.device.try_recv(&mut packet) {
-                Ok(len) => packet.truncate(len),
+            match self.reader.try_read(&self.device, pool) {
+                Ok(next) => read = next,
                 Err(_) => break,
             }
         }
         FilterStats::add(&self.stats.diverted, diverted);
         FilterStats::add(&self.stats.dropped_malformed, malformed);
+        FilterStats::add(&self.stats.dropped_offload, malformed_offload);
         FilterStats::add(&self.stats.passed, self.passed.len() as u64);
     }
 }
@@ -212,10 +232,8 @@ impl IpRecv for FilteredTun {
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         // The previous batch's iterator has been dropped, which emptied `passed`.
         while self.passed.is_empty() {
-            let mut packet = pool.get();
-            let len = self.device.recv(&mut packet).await?;
-            packet.truncate(len);
-            self.filter_batch(packet, pool);
+            let read = self.reader.read(&self.device, pool).await?;
+            self.filter_batch(read, pool);
         }
         Ok(self.passed.drain(..))
     }
@@ -227,10 +245,15 @@ impl IpRecv for FilteredTun {
 
 /// gotatun's TUN writer: decrypted packets from the tunnel go to the host, except those
 /// that name a virtual IP.
+///
+/// gotatun hands over every packet waiting for the TUN at once ([`IpSend::send_many`]);
+/// each is checked on its own, then one flow's consecutive packets are coalesced into a
+/// super-packet, so the host's stack sees a few large packets rather than many small ones.
 pub struct FilteredTunSender {
     device: Arc<AsyncDevice>,
     rules: RulesReader,
     stats: Arc<FilterStats>,
+    coalescer: Coalescer,
 }
 
 impl FilteredTunSender {
@@ -240,18 +263,44 @@ impl FilteredTunSender {
             device,
             rules: rules.reader(),
             stats,
+            coalescer: Coalescer::new(),
+        }
+    }
+
+    /// Writes the coalescer's batch. A batch tun-rs refuses is dropped and counted, so that
+    /// gotatun, which ends its writer on such errors, goes on.
+    async fn flush(&mut self) -> io::Result<()> {
+        match self.coalescer.write(&self.device).await {
+            Err(error) if !is_device_error(&error) => {
+                FilterStats::bump(&self.stats.dropped_offload);
+                tracing::debug!(%error, "dropped a batch for the TUN");
+                Ok(())
+            }
+            result => result,
         }
     }
 }
 
 impl IpSend for FilteredTunSender {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
-        let packet = packet.into_bytes();
-        if self.rules.load().touches_virtual_ip(packet.as_ref()) {
-            FilterStats::bump(&self.stats.dropped_inbound_virtual);
-            return Ok(());
+        self.send_many(&mut vec![packet]).await
+    }
+
+    async fn send_many(&mut self, packets: &mut Vec<Packet<Ip>>) -> io::Result<()> {
+        let mut dropped = 0;
+        for packet in packets.drain(..) {
+            let packet = packet.into_bytes();
+            // Checked before coalescing, so the rule holds for every coalesced packet.
+            if self.rules.load().touches_virtual_ip(packet.as_ref()) {
+                dropped += 1;
+                continue;
+            }
+            self.coalescer.push(packet.as_ref());
+            if self.coalescer.is_full() {
+                self.flush().await?;
+            }
         }
-        self.device.send(packet.as_ref()).await?;
-        Ok(())
+        FilterStats::add(&self.stats.dropped_inbound_virtual, dropped);
+        self.flush().await
     }
 }

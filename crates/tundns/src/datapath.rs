@@ -17,11 +17,17 @@
 //!  apps ◄── TUN ◄── FilteredTunSender (drops virtual IPs from the tunnel) ◄── gotatun: decrypt ◄── peer
 //! ```
 //!
+//! The TUN is opened with the kernel's offloads ([`open_tun`]): the filter reads TCP and
+//! UDP super-packets of up to 64 KiB in one read and splits them into segments before it
+//! classifies them, and writes one flow's decrypted packets coalesced into super-packets,
+//! so the host's stack and the TUN pay per super-packet, not per packet.
+//!
 //! The filter runs inside gotatun's TUN reader and writer ([`FilteredTun`] and
 //! [`FilteredTunSender`] are its `IpRecv`/`IpSend`); services answer through a
 //! [`TunWriter`], never through WireGuard. `tunnel` calls this at start-up, after the
 //! interface exists and before anything is routed to it.
 
+use std::io;
 use std::sync::Arc;
 
 use gotatun::device::DeviceBuilder;
@@ -47,6 +53,21 @@ pub enum StartError {
 
 /// gotatun's device with the filter on both sides of the TUN.
 pub type WireGuard = gotatun::device::Device<(UdpSocketFactory, FilteredTunSender, FilteredTun)>;
+
+/// Creates the TUN interface `name`, with TSO and checksum offload (and USO where the
+/// kernel has it); on a kernel that refuses them, a plain one, with one log line.
+pub fn open_tun(name: &str, mtu: u16) -> io::Result<Arc<AsyncDevice>> {
+    let builder = || tun_rs::DeviceBuilder::new().name(name).mtu(mtu);
+    let device = match builder().offload(true).build_async() {
+        Ok(device) => device,
+        Err(error) => {
+            tracing::warn!(%error, "the TUN refused offloads; reading and writing plain packets");
+            builder().build_async()?
+        }
+    };
+    tracing::debug!(tcp = device.tcp_gso(), udp = device.udp_gso(), "TUN offloads");
+    Ok(Arc::new(device))
+}
 
 /// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack.
 pub fn serve_dns(

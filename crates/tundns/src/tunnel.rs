@@ -106,15 +106,12 @@ impl Tunnel {
         let peers = wireguard_peers(config).await?;
         let name = config.interface_name.clone();
         run_hooks(&config.interface.pre_up, &name).await?;
-        let tun = tun_rs::DeviceBuilder::new()
-            .name(&name)
-            .mtu(config.interface.mtu)
-            .build_async()
-            .map_err(|source| TunnelError::CreateTun {
+        let tun = datapath::open_tun(&name, config.interface.mtu).map_err(|source| {
+            TunnelError::CreateTun {
                 name: name.clone(),
                 source,
-            })?;
-        let tun = Arc::new(tun);
+            }
+        })?;
 
         let mut changes = SystemChanges::for_interface(&name).await?;
         if let Err(error) = configure_interface(config, &mut changes).await {

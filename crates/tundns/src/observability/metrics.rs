@@ -392,12 +392,16 @@ fn encode_filter(stats: &FilterStats, encoder: &mut DescriptorEncoder) -> fmt::R
     family(
         encoder,
         "tundns_filter_dropped_packets",
-        "Packets the filter dropped, by reason: not_ip (outbound, not an IP packet), inbound_virtual_ip (from the tunnel, to or from a virtual IP), reply_failed (a service's reply could not be written into the TUN).",
+        "Packets the filter dropped, by reason: not_ip (outbound, not an IP packet), bad_offload (outbound super-packets whose virtio-net header or length did not add up, and inbound batches the TUN refused), inbound_virtual_ip (from the tunnel, to or from a virtual IP), reply_failed (a service's reply could not be written into the TUN).",
         MetricType::Counter,
         [
             (
                 [("reason", "not_ip")],
                 Count(load(&stats.dropped_malformed)),
+            ),
+            (
+                [("reason", "bad_offload")],
+                Count(load(&stats.dropped_offload)),
             ),
             (
                 [("reason", "inbound_virtual_ip")],

@@ -1,0 +1,229 @@
+//! TUN I/O with the kernel's offloads: GSO super-packets split on the way out, one flow's
+//! packets coalesced (GRO) on the way in, and the virtio-net header every write carries.
+//!
+//! tun-rs does the splitting and the coalescing ([`AsyncDevice::recv_multiple`],
+//! [`AsyncDevice::send_multiple`] and its [`GROTable`]); this module owns the buffers they
+//! need and turns what they report into packets, drops and counts. On a device opened
+//! without offloads (`IFF_VNET_HDR` refused), the same calls read and write plain packets.
+
+use std::io::{self, IoSlice};
+
+use bytes::BytesMut;
+use gotatun::packet::{Packet, PacketBufPool};
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// Largest read from the TUN: a virtio-net header and the largest IP super-packet.
+const RAW_READ_LEN: usize = VIRTIO_NET_HDR_LEN + u16::MAX as usize;
+
+/// Segments one super-packet may split into. The kernel builds super-packets of at most
+/// 64 KiB, so this covers every segment size from 512 bytes up; a super-packet of smaller
+/// segments is dropped and counted, as a bogus one is.
+pub(crate) const MAX_SEGMENTS: usize = 128;
+
+/// Most packets one [`Coalescer::write`] hands to tun-rs at once; it bounds the memory of
+/// the coalescing buffers to this many 64 KiB buffers.
+const MAX_WRITE_BATCH: usize = IDEAL_BATCH_SIZE;
+
+/// Capacity of a coalescing buffer: tun-rs only coalesces into a buffer that can hold a
+/// whole super-packet with its headroom.
+const COALESCE_BUFFER_LEN: usize = 2 * VIRTIO_NET_HDR_LEN + u16::MAX as usize;
+
+/// The header of a packet that asks nothing of the kernel: no segmentation, checksums done.
+const PLAIN_HEADER: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
+
+/// How the device frames the packets read from and written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Each read and write starts with a virtio-net header (`IFF_VNET_HDR`).
+    VirtioHeader,
+    /// Bare IP packets.
+    Plain,
+}
+
+impl Framing {
+    /// The framing `device` was opened with.
+    pub(crate) fn of(device: &AsyncDevice) -> Self {
+        if device.tcp_gso() {
+            Self::VirtioHeader
+        } else {
+            Self::Plain
+        }
+    }
+
+    /// Writes one packet without waiting, with the header the framing needs.
+    pub(crate) fn try_send(self, device: &AsyncDevice, packet: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::VirtioHeader => {
+                device.try_send_vectored(&[IoSlice::new(&PLAIN_HEADER), IoSlice::new(packet)])
+            }
+            Self::Plain => device.try_send(packet),
+        }
+    }
+
+    /// Writes one packet, waiting for the device if it must.
+    pub(crate) async fn send(self, device: &AsyncDevice, packet: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::VirtioHeader => {
+                let parts = [IoSlice::new(&PLAIN_HEADER), IoSlice::new(packet)];
+                device.send_vectored(&parts).await
+            }
+            Self::Plain => device.send(packet).await,
+        }
+    }
+}
+
+/// Whether `error` came from the device (an OS error, or nothing to read yet) rather than
+/// from tun-rs refusing a packet or a batch, which it reports without an OS error code.
+pub(crate) fn is_device_error(error: &io::Error) -> bool {
+    error.raw_os_error().is_some() || error.kind() == io::ErrorKind::WouldBlock
+}
+
+/// What one read from the TUN gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// This many packets, ready in [`SegmentReader::take`].
+    Packets(usize),
+    /// A super-packet whose virtio-net header or length did not add up; nothing to take.
+    Malformed,
+}
+
+/// Reads the TUN into gotatun's packet buffers, one super-packet split into its segments.
+pub(crate) struct SegmentReader {
+    /// One raw read: the virtio-net header and the (super-)packet.
+    raw: Box<[u8]>,
+    /// Buffers for the segments of the next read, taken from gotatun's pool.
+    spare: Vec<SegmentBuffer>,
+    sizes: Vec<usize>,
+}
+
+impl SegmentReader {
+    pub(crate) fn new() -> Self {
+        Self {
+            raw: vec![0; RAW_READ_LEN].into_boxed_slice(),
+            spare: Vec::with_capacity(MAX_SEGMENTS),
+            sizes: vec![0; MAX_SEGMENTS],
+        }
+    }
+
+    /// Waits for the next read.
+    pub(crate) async fn read(
+        &mut self,
+        device: &AsyncDevice,
+        pool: &PacketBufPool,
+    ) -> io::Result<Read> {
+        self.refill(pool);
+        let result = device
+            .recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0)
+            .await;
+        Self::sort(result)
+    }
+
+    /// Reads what the device already holds; `WouldBlock` when it holds nothing.
+    pub(crate) fn try_read(
+        &mut self,
+        device: &AsyncDevice,
+        pool: &PacketBufPool,
+    ) -> io::Result<Read> {
+        self.refill(pool);
+        let result =
+            device.try_recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0);
+        Self::sort(result)
+    }
+
+    /// The `count` packets of the last read, each trimmed to its length.
+    pub(crate) fn take(&mut self, count: usize) -> impl Iterator<Item = Packet<[u8]>> + '_ {
+        self.spare
+            .drain(..count)
+            .zip(&self.sizes)
+            .map(|(SegmentBuffer(mut packet), &len)| {
+                packet.truncate(len);
+                packet
+            })
+    }
+
+    fn refill(&mut self, pool: &PacketBufPool) {
+        while self.spare.len() < MAX_SEGMENTS {
+            self.spare.push(SegmentBuffer(pool.get()));
+        }
+    }
+
+    /// A device error is returned; any other is tun-rs refusing what the kernel handed
+    /// over (a bogus `gso_size` or `csum_start`, a length that does not add up, more
+    /// segments than [`MAX_SEGMENTS`]), which costs that read only.
+    fn sort(result: io::Result<usize>) -> io::Result<Read> {
+        match result {
+            Ok(count) => Ok(Read::Packets(count)),
+            Err(error) if is_device_error(&error) => Err(error),
+            Err(error) => {
+                tracing::debug!(%error, "dropped a super-packet from the TUN");
+                Ok(Read::Malformed)
+            }
+        }
+    }
+}
+
+/// One of gotatun's packet buffers, as the byte buffer tun-rs splits into.
+struct SegmentBuffer(Packet<[u8]>);
+
+impl AsRef<[u8]> for SegmentBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for SegmentBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// Writes batches of packets into the TUN, one flow's consecutive TCP or UDP packets
+/// coalesced into one super-packet where the device allows it.
+pub(crate) struct Coalescer {
+    /// Each packet behind room for the virtio-net header, with capacity to grow into a
+    /// super-packet; kept between batches for their allocations.
+    buffers: Vec<BytesMut>,
+    /// Buffers of the current batch.
+    filled: usize,
+    table: GROTable,
+}
+
+impl Coalescer {
+    pub(crate) fn new() -> Self {
+        Self {
+            buffers: Vec::new(),
+            filled: 0,
+            table: GROTable::default(),
+        }
+    }
+
+    /// Adds `packet` to the batch; the batch is full at [`MAX_WRITE_BATCH`] packets.
+    pub(crate) fn push(&mut self, packet: &[u8]) {
+        if self.filled == self.buffers.len() {
+            self.buffers.push(BytesMut::with_capacity(COALESCE_BUFFER_LEN));
+        }
+        let buffer = &mut self.buffers[self.filled];
+        buffer.clear();
+        buffer.extend_from_slice(&PLAIN_HEADER);
+        buffer.extend_from_slice(packet);
+        self.filled += 1;
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.filled == MAX_WRITE_BATCH
+    }
+
+    /// Writes the batch, coalesced, and empties it; after an error too, the next batch
+    /// starts clean.
+    pub(crate) async fn write(&mut self, device: &AsyncDevice) -> io::Result<()> {
+        let filled = std::mem::take(&mut self.filled);
+        if filled == 0 {
+            return Ok(());
+        }
+        let batch = &mut self.buffers[..filled];
+        device
+            .send_multiple(&mut self.table, batch, VIRTIO_NET_HDR_LEN)
+            .await
+            .map(drop)
+    }
+}
