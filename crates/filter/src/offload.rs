@@ -125,8 +125,7 @@ impl SegmentReader {
         pool: &PacketBufPool,
     ) -> io::Result<Read> {
         self.refill(pool);
-        let result =
-            device.try_recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0);
+        let result = device.try_recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0);
         Self::sort(result)
     }
 
@@ -200,7 +199,8 @@ impl Coalescer {
     /// Adds `packet` to the batch; the batch is full at [`MAX_WRITE_BATCH`] packets.
     pub(crate) fn push(&mut self, packet: &[u8]) {
         if self.filled == self.buffers.len() {
-            self.buffers.push(BytesMut::with_capacity(COALESCE_BUFFER_LEN));
+            self.buffers
+                .push(BytesMut::with_capacity(COALESCE_BUFFER_LEN));
         }
         let buffer = &mut self.buffers[self.filled];
         buffer.clear();

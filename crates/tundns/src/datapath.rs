@@ -65,7 +65,11 @@ pub fn open_tun(name: &str, mtu: u16) -> io::Result<Arc<AsyncDevice>> {
             builder().build_async()?
         }
     };
-    tracing::debug!(tcp = device.tcp_gso(), udp = device.udp_gso(), "TUN offloads");
+    tracing::debug!(
+        tcp = device.tcp_gso(),
+        udp = device.udp_gso(),
+        "TUN offloads"
+    );
     Ok(Arc::new(device))
 }
 
