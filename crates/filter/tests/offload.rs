@@ -7,7 +7,9 @@
 //! kernel forwards those as super-packets, and [`FilteredTun`] reads them back and splits
 //! them. Every flow must come back exactly as it went, packet by packet, with only the TTL
 //! (hop limit) one lower (a TCP flow possibly in sequence order: see below); and a flow to
-//! a virtual IP must reach its service as whole segments, never through WireGuard.
+//! a virtual IP must reach its service as whole segments, never through WireGuard. A packet
+//! with a wrong checksum is never coalesced: it comes back bit for bit, bad checksum and
+//! all, for the host's stack to drop as it drops any such packet.
 //!
 //! Needs root; skipped without it unless `TUNDNS_E2E=1`, which makes it a failure.
 
@@ -53,6 +55,9 @@ struct Flow {
     swaps: Vec<usize>,
     /// Indexes of packets sent with PSH, which ends a coalesced run.
     pushes: Vec<usize>,
+    /// Indexes of packets sent with a wrong transport checksum: never coalesced, so they
+    /// come back with it, for the host's stack to drop as it drops any such packet.
+    corrupt: Vec<usize>,
 }
 
 impl Flow {
@@ -69,7 +74,7 @@ impl Flow {
             .enumerate()
             .map(|(index, &size)| {
                 let payload: Vec<u8> = (0..size).map(|byte| (byte + index) as u8).collect();
-                let packet = if self.udp {
+                let mut packet = if self.udp {
                     udp(source, destination, 4000, self.port, &payload)
                 } else {
                     let mut segment = Tcp::new(4000, self.port, seq, 512);
@@ -78,6 +83,9 @@ impl Flow {
                     tcp(source, destination, &segment, &payload)
                 };
                 seq = seq.wrapping_add(size as u32);
+                if self.corrupt.contains(&index) {
+                    corrupt_checksum(&mut packet);
+                }
                 packet
             })
             .collect();
@@ -106,6 +114,17 @@ fn fix_ipv4_checksum(packet: &mut [u8]) {
     let header_len = usize::from(packet[0] & 0x0f) * 4;
     let checksum = tundns_packet::checksum(&packet[..header_len]);
     packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// Flips a bit of the TCP or UDP checksum.
+fn corrupt_checksum(packet: &mut [u8]) {
+    let (protocol, transport) = if packet[0] >> 4 == 4 {
+        (packet[9], usize::from(packet[0] & 0x0f) * 4)
+    } else {
+        (packet[6], 40)
+    };
+    let checksum_at = transport + if protocol == 6 { 16 } else { 6 };
+    packet[checksum_at] ^= 0x10;
 }
 
 /// What the kernel's forwarding does to a packet: one hop less.
@@ -139,16 +158,20 @@ fn flow() -> impl Strategy<Value = Flow> {
         prop::collection::vec(prop_oneof![4 => Just(mss), 1 => 0..mss + 1], 1..48),
         prop::collection::vec(0usize..48, 0..3),
         prop::collection::vec(0usize..48, 0..3),
+        prop::collection::vec(0usize..48, 0..2),
     )
-        .prop_map(|(v6, udp, to_virtual_ip, sizes, swaps, pushes)| Flow {
-            v6: v6 && !to_virtual_ip,
-            udp,
-            to_virtual_ip,
-            port: 0,
-            sizes,
-            swaps,
-            pushes,
-        })
+        .prop_map(
+            |(v6, udp, to_virtual_ip, sizes, swaps, pushes, corrupt)| Flow {
+                v6: v6 && !to_virtual_ip,
+                udp,
+                to_virtual_ip,
+                port: 0,
+                sizes,
+                swaps,
+                pushes,
+                corrupt,
+            },
+        )
 }
 
 /// Collects what the filter diverts to the virtual IP.
