@@ -162,13 +162,18 @@ pub struct FilteredTun {
 }
 
 impl FilteredTun {
-    /// Wraps `device`, whose MTU is `mtu`, diverting by `rules`.
-    pub fn new(device: Arc<AsyncDevice>, rules: &Rules, mtu: u16, stats: Arc<FilterStats>) -> Self {
+    /// Wraps `device`, whose MTU `mtu` follows, diverting by `rules`.
+    pub fn new(
+        device: Arc<AsyncDevice>,
+        rules: &Rules,
+        mtu: MtuWatcher,
+        stats: Arc<FilterStats>,
+    ) -> Self {
         Self {
             writer: TunWriter::new(device.clone(), stats.clone()),
             device,
             rules: rules.reader(),
-            mtu: MtuWatcher::new(mtu),
+            mtu,
             stats,
             reader: SegmentReader::new(),
             passed: Vec::with_capacity(RECV_BATCH + crate::offload::MAX_SEGMENTS),

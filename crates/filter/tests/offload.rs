@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use gotatun::packet::{Ip, Packet, PacketBufPool};
-use gotatun::tun::{IpRecv, IpSend};
+use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, Service, TunWriter};
@@ -314,7 +314,7 @@ fn flows_come_back_from_the_kernel_as_they_went() {
     let reader = RefCell::new(FilteredTun::new(
         device.clone(),
         &reading_rules,
-        MTU,
+        MtuWatcher::new(MTU),
         stats.clone(),
     ));
     let pool = PacketBufPool::new(4096);

@@ -29,12 +29,15 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gotatun::device::DeviceBuilder;
 use gotatun::device::Peer;
 use gotatun::device::uapi::UapiServer;
+use gotatun::tun::MtuWatcher;
 use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::StaticSecret;
+use tokio::sync::watch;
 use tun_rs::AsyncDevice;
 use tundns_config::Config;
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWriter, VirtualHost};
@@ -71,6 +74,38 @@ pub fn open_tun(name: &str, mtu: u16) -> io::Result<Arc<AsyncDevice>> {
         "TUN offloads"
     );
     Ok(Arc::new(device))
+}
+
+/// How often the TUN's MTU is read back. gotatun pads each packet up to the MTU, so after
+/// `ip link set mtu` while running it must learn the new one; a read a second costs nothing.
+const MTU_POLL: Duration = Duration::from_secs(1);
+
+/// The TUN's MTU, starting at `configured` and following changes made while running. The
+/// poll ends with the last watcher, or with the device.
+fn watch_mtu(tun: &Arc<AsyncDevice>, configured: u16) -> MtuWatcher {
+    let (sender, receiver) = watch::channel(configured);
+    let tun = Arc::downgrade(tun);
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(MTU_POLL);
+        loop {
+            tokio::select! {
+                () = sender.closed() => return,
+                _ = poll.tick() => {}
+            }
+            let Some(tun) = tun.upgrade() else { return };
+            if let Ok(mtu) = tun.mtu() {
+                sender.send_if_modified(|current| {
+                    let changed = *current != mtu;
+                    if changed {
+                        tracing::info!(mtu, "the TUN's MTU changed");
+                    }
+                    *current = mtu;
+                    changed
+                });
+            }
+        }
+    });
+    receiver.into()
 }
 
 /// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack.
@@ -116,7 +151,12 @@ pub async fn start_wireguard(
         .with_default_udp()
         .with_ip_pair(
             FilteredTunSender::new(tun.clone(), rules, stats.clone()),
-            FilteredTun::new(tun.clone(), rules, config.interface.mtu, stats.clone()),
+            FilteredTun::new(
+                tun.clone(),
+                rules,
+                watch_mtu(tun, config.interface.mtu),
+                stats.clone(),
+            ),
         )
         .with_private_key(StaticSecret::from(
             *config.interface.private_key.expose_bytes(),
