@@ -190,21 +190,21 @@ for mode in "${modes[@]}"; do
     done
 done
 
-# ratio KIND A B MODE: the median of A over that of B in MODE (KIND gbits or cpu), or n/a.
-ratio() {
-    local -n runs=$1
-    [[ -n ${runs[$2/$4]:-} && -n ${runs[$3/$4]:-} ]] || { echo n/a; return; }
-    bench_ratio "$(median "${runs[$2/$4]}")" "$(median "${runs[$3/$4]}")"
+# goal MODE KIND A B OP GOAL WHAT: one line with the ratio of A's median to B's in MODE (KIND is
+# gbits or cpu) against the goal, when both pairs were measured.
+goal() {
+    local mode=$1 pair=$3 baseline=$4 op=$5 target=$6 what=$7 value
+    local -n runs=$2
+    [[ -n ${runs[$pair/$mode]:-} && -n ${runs[$baseline/$mode]:-} ]] || return 0
+    value=$(bench_ratio "$(median "${runs[$pair/$mode]}")" "$(median "${runs[$baseline/$mode]}")")
+    printf '%-10s %-40s %5s  (goal %s %s: %s)\n' "$mode" "$what" "$value" "$op" "$target" \
+        "$(bench_verdict "$value" "$op" "$target")"
 }
-printf '\nratios (goals from issue 11):\n'
+printf '\nratios of medians (goals from issue 11):\n'
 for mode in "${modes[@]}"; do
-    speedup=$(ratio gbits tundns-tundns wggo-wggo "$mode")
-    cpu_share=$(ratio cpu tundns-tundns wggo-wggo "$mode")
-    of_veth=$(ratio gbits tundns-tundns veth "$mode")
-    rules=$(ratio gbits tundns-tundns tundns-norules "$mode")
-    printf '%-10s tundns-tundns / wggo-wggo: throughput %s (goal >= 3: %s), CPU per GB %s (goal <= 0.33: %s)\n' \
-        "$mode" "$speedup" "$(bench_verdict "$speedup" '>=' 3)" "$cpu_share" "$(bench_verdict "$cpu_share" '<=' 0.33)"
-    printf '%-10s tundns-tundns / veth %s (goal >= 0.15: %s); rules / no rules %s (goal >= 0.99: %s)\n' \
-        "$mode" "$of_veth" "$(bench_verdict "$of_veth" '>=' 0.15)" "$rules" "$(bench_verdict "$rules" '>=' 0.99)"
+    goal "$mode" gbits tundns-tundns wggo-wggo '>=' 3 "throughput tundns-tundns / wggo-wggo"
+    goal "$mode" cpu tundns-tundns wggo-wggo '<=' 0.33 "CPU per GB tundns-tundns / wggo-wggo"
+    goal "$mode" gbits tundns-tundns veth '>=' 0.15 "throughput tundns-tundns / veth"
+    goal "$mode" gbits tundns-tundns tundns-norules '>=' 0.99 "throughput rules / no rules"
 done
 printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$load_end"
