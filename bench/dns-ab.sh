@@ -30,30 +30,16 @@ OUTSTANDING=${OUTSTANDING:-100}
 ((OUTSTANDING >= 1 && OUTSTANDING <= 1000)) || lab_die "OUTSTANDING must be 1..1000"
 declare -A binary=([A]=${TUNDNS_A:?set TUNDNS_A to the first build} [B]=${TUNDNS_B:?set TUNDNS_B to the second build})
 for build in A B; do [[ -x ${binary[$build]} ]] || lab_die "no tundns at ${binary[$build]}"; done
-TICKS_PER_SECOND=$(getconf CLK_TCK)
 
 bench_lab tdab
 
 queries="$LAB_DIR/queries.txt"
 bench_lab_zone_queries "$queries"
 
-# cpu_ticks PID: utime + stime of PID, in clock ticks (fields 14 and 15 of /proc/PID/stat,
-# counted after the command name, which may hold spaces).
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-
 # cpu_per_answer LABEL: one run at RATE queries/s; prints tundns's CPU µs per answer.
 cpu_per_answer() {
-    local label=$1 before after report answers
-    report="$LAB_DIR/dnsperf-cpu-${label// /-}.txt"
-    before=$(cpu_ticks "$LAB_TUNDNS_PID")
-    timeout $((DURATION + 20)) ip netns exec "$LAB_C" \
-        dnsperf -s "$LAB_PROXY_V4" -d "$queries" -l "$DURATION" -t 2 -Q "$RATE" -q "$OUTSTANDING" \
-        >"$report" 2>&1 || lab_die "dnsperf at $RATE qps against $label failed: $(cat "$report")"
-    after=$(cpu_ticks "$LAB_TUNDNS_PID")
-    answers=$(awk '/Queries completed:/ { print $3 }' "$report")
-    [[ -n $answers && $answers -gt 0 ]] || lab_die "no answers in dnsperf's report: $(cat "$report")"
-    awk -v t=$((after - before)) -v hz="$TICKS_PER_SECOND" -v n="$answers" -v label="$label" \
-        'BEGIN { us = t * 1e6 / hz / n; printf "  %-34s %10.2f us CPU per answer (%d answers)\n", label, us, n > "/dev/stderr"; printf "%.3f\n", us }'
+    bench_fixed_rate "$1" "$LAB_TUNDNS_PID" "$LAB_PROXY_V4" "$queries" "$DURATION" "$RATE" -q "$OUTSTANDING"
+    printf '%s\n' "$BENCH_CPU_US"
 }
 
 declare -A runs
@@ -61,13 +47,10 @@ lab_log "A: ${binary[A]}; B: ${binary[B]}; $ROUNDS rounds of $DURATION s runs; C
 load_start=$(bench_load)
 for ((round = 1; round <= ROUNDS; round++)); do
     lab_log "round $round"
-    # A first in odd rounds, B first in even ones, so neither always runs on a warmer machine.
-    order=(A B)
-    ((round % 2)) || order=(B A)
+    mapfile -t order < <(bench_round_order "$round" A B)
     for build in "${order[@]}"; do
         bench_start_tundns "${binary[$build]}" on
-        timeout 20 ip netns exec "$LAB_C" dnsperf -s "$LAB_PROXY_V4" -d "$queries" -n 2 -q 1 -t 2 \
-            >"$LAB_DIR/dnsperf-warm.txt" 2>&1 || lab_die "warming the cache failed: $(cat "$LAB_DIR/dnsperf-warm.txt")"
+        bench_warm "$LAB_PROXY_V4" "$queries"
         runs[$build-hits-qps]+="$(bench_dnsperf "$build cache hits" "$LAB_PROXY_V4" "$queries" "$DURATION" -q "$OUTSTANDING") "
         runs[$build-hits-cpu]+="$(cpu_per_answer "$build cache hits") "
         lab_stop "$LAB_TUNDNS_PID"

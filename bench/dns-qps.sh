@@ -73,9 +73,7 @@ dnsdist_runs=()
 for ((round = 1; round <= ROUNDS; round++)); do
     lab_log "round $round"
     bench_start_tundns "$TUNDNS_BIN" on
-    # Warm the cache: two bounded passes over the query file, one query at a time.
-    timeout 20 ip netns exec "$LAB_C" dnsperf -s "$LAB_PROXY_V4" -d "$queries" -n 2 -q 1 -t 2 \
-        >"$LAB_DIR/dnsperf-warm.txt" 2>&1 || lab_die "warming the cache failed: $(cat "$LAB_DIR/dnsperf-warm.txt")"
+    bench_warm "$LAB_PROXY_V4" "$queries"
     profile hits
     hits_runs+=("$(bench_dnsperf "tundns (cache hits)" "$LAB_PROXY_V4" "$queries" "$DURATION" "${load[@]}")")
     [[ -z $profile_pid ]] || wait "$profile_pid" || true

@@ -23,22 +23,66 @@ bench_lab() {
     lab_peer_network
 }
 
+# bench_run_dnsperf LABEL SERVER QUERYFILE SECONDS [DNSPERF_OPTION...]: one bounded dnsperf run
+# from C; its report goes to $LAB_DIR/dnsperf-LABEL.txt, whose path is in $BENCH_REPORT.
+bench_run_dnsperf() {
+    local label=$1 server=$2 queries=$3 seconds=$4
+    shift 4
+    BENCH_REPORT="$LAB_DIR/dnsperf-${label// /-}.txt"
+    # -l bounds the run; timeout bounds dnsperf itself should it hang.
+    timeout $((seconds + 20)) ip netns exec "$LAB_C" \
+        dnsperf -s "$server" -d "$queries" -l "$seconds" -t 2 "$@" >"$BENCH_REPORT" 2>&1 ||
+        lab_die "dnsperf against $label failed: $(cat "$BENCH_REPORT")"
+}
+
 # bench_dnsperf LABEL SERVER QUERYFILE SECONDS [DNSPERF_OPTION...]: one bounded dnsperf run
 # from C (100 outstanding unless the options say otherwise). Prints "LABEL QPS (lost ...)" to
 # stderr and the QPS on stdout; the report stays in $LAB_DIR/dnsperf-LABEL.txt.
 bench_dnsperf() {
-    local label=$1 server=$2 queries=$3 seconds=$4 report qps lost
-    shift 4
-    report="$LAB_DIR/dnsperf-${label// /-}.txt"
-    # -l bounds the run; timeout bounds dnsperf itself should it hang.
-    timeout $((seconds + 20)) ip netns exec "$LAB_C" \
-        dnsperf -s "$server" -d "$queries" -l "$seconds" -t 2 "$@" >"$report" 2>&1 ||
-        lab_die "dnsperf against $label failed: $(cat "$report")"
-    qps=$(awk '/Queries per second:/ { print $4 }' "$report")
-    lost=$(awk '/Queries lost:/ { print $3, $4 }' "$report")
-    [[ -n $qps ]] || lab_die "no QPS in dnsperf's report: $(cat "$report")"
+    local label=$1 qps lost
+    bench_run_dnsperf "$@"
+    qps=$(awk '/Queries per second:/ { print $4 }' "$BENCH_REPORT")
+    lost=$(awk '/Queries lost:/ { print $3, $4 }' "$BENCH_REPORT")
+    [[ -n $qps ]] || lab_die "no QPS in dnsperf's report: $(cat "$BENCH_REPORT")"
     printf '  %-34s %10.0f qps   (lost %s)\n' "$label" "$qps" "$lost" >&2
     printf "%.0f\n" "$qps"
+}
+
+# bench_cpu_ticks PID...: utime + stime of the PIDs together, in clock ticks (fields 14 and 15
+# of /proc/PID/stat, counted after the command name, which may hold spaces).
+bench_cpu_ticks() {
+    local pid total=0
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat ]] || lab_die "process $pid is gone"
+        total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+    done
+    printf '%s\n' "$total"
+}
+BENCH_TICKS_PER_SECOND=$(getconf CLK_TCK)
+
+# bench_fixed_rate LABEL PID SERVER QUERYFILE SECONDS RATE [DNSPERF_OPTION...]: one dnsperf run
+# offering RATE queries/s to SERVER, which PID serves. Sets BENCH_ANSWERS_PER_SECOND and
+# BENCH_CPU_US, the CPU microseconds PID spent per answer, and prints both to stderr.
+bench_fixed_rate() {
+    local label=$1 pid=$2 server=$3 queries=$4 seconds=$5 rate=$6 before after answers
+    shift 6
+    before=$(bench_cpu_ticks "$pid")
+    bench_run_dnsperf "$label at $rate qps" "$server" "$queries" "$seconds" -Q "$rate" "$@"
+    after=$(bench_cpu_ticks "$pid")
+    answers=$(awk '/Queries completed:/ { print $3 }' "$BENCH_REPORT")
+    [[ -n $answers && $answers -gt 0 ]] || lab_die "no answers in dnsperf's report: $(cat "$BENCH_REPORT")"
+    BENCH_ANSWERS_PER_SECOND=$(awk '/Queries per second:/ { printf "%.0f", $4 }' "$BENCH_REPORT")
+    BENCH_CPU_US=$(awk -v t=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" -v n="$answers" \
+        'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
+    printf '  %-34s %10s answers/s %8.2f us CPU per answer\n' \
+        "$label" "$BENCH_ANSWERS_PER_SECOND" "$BENCH_CPU_US" >&2
+}
+
+# bench_warm SERVER QUERYFILE: two bounded passes over the query file, one query at a time, so
+# that every later query of that file is a cache hit.
+bench_warm() {
+    timeout 20 ip netns exec "$LAB_C" dnsperf -s "$1" -d "$2" -n 2 -q 1 -t 2 \
+        >"$LAB_DIR/dnsperf-warm.txt" 2>&1 || lab_die "warming $1 failed: $(cat "$LAB_DIR/dnsperf-warm.txt")"
 }
 
 # bench_ratio A B: A / B to two decimals, or n/a.
@@ -49,8 +93,17 @@ bench_median() {
     sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# bench_verdict VALUE OP GOAL: "meets" or "MISSES" (OP is >= or <=).
+# bench_round_order ROUND ITEM...: the ITEMs, one per line, reversed in even rounds, so that
+# none always runs first, on a cooler or a warmer machine.
+bench_round_order() {
+    local round=$1
+    shift
+    if ((round % 2)); then printf '%s\n' "$@"; else printf '%s\n' "$@" | tac; fi
+}
+
+# bench_verdict VALUE OP GOAL: "meets" or "MISSES" (OP is >= or <=); "n/a" for a VALUE of n/a.
 bench_verdict() {
+    [[ $1 != n/a ]] || { echo n/a; return; }
     awk -v v="$1" -v op="$2" -v g="$3" \
         'BEGIN { ok = (op == ">=") ? (v >= g) : (v <= g); print ok ? "meets the goal" : "MISSES the goal" }'
 }
@@ -68,25 +121,30 @@ bench_start_tundns() {
     LAB_DNSPROXY_EXTRA="Cache = $2" lab_start_resolver_tundns "$1"
 }
 
-# bench_start_dnsdist ADDR: dnsdist on ADDR:53 in C forwarding to N's unbound, no packet cache
-# and no security polling (which would send a query for secpoll.powerdns.com).
+# bench_start_dnsdist ADDR [CACHE_ENTRIES]: dnsdist on ADDR:53 in C forwarding to N's unbound,
+# with no security polling (which would send a query for secpoll.powerdns.com) and a packet
+# cache of CACHE_ENTRIES answers if given, none otherwise. Its pid is $BENCH_DNSDIST_PID.
 bench_start_dnsdist() {
-    local addr=$1
+    local addr=$1 cache_entries=${2:-}
     cat >"$LAB_DIR/dnsdist-bench.conf" <<CONF
 setLocal("$addr:53")
 newServer({address="$LAB_UNBOUND_V4:53"})
 setSecurityPollSuffix("")
 CONF
+    [[ -z $cache_entries ]] ||
+        printf 'getPool(""):setCache(newPacketCache(%d))\n' "$cache_entries" >>"$LAB_DIR/dnsdist-bench.conf"
     lab_spawn "$LAB_C" dnsdist-bench dnsdist --supervised --disable-syslog -C "$LAB_DIR/dnsdist-bench.conf"
+    BENCH_DNSDIST_PID=$LAB_LAST_PID
     lab_wait 10 ip netns exec "$LAB_C" dig +time=1 +tries=1 +short "@$addr" www.lab.test A ||
         lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist-bench.log")"
 }
 
 # bench_start_tun_echo BIN: the bare TUN echo (crates/tundns/examples/tun_echo) in C, on its own
-# TUN; sets BENCH_ECHO_SERVER to the documentation address it answers for.
+# TUN; sets BENCH_ECHO_SERVER to the documentation address it answers for and BENCH_ECHO_PID.
 bench_start_tun_echo() {
     BENCH_ECHO_SERVER=203.0.113.53
     lab_spawn "$LAB_C" tun-echo "$1" tdecho 203.0.113.1/24
+    BENCH_ECHO_PID=$LAB_LAST_PID
     lab_wait 10 ip -n "$LAB_C" route get "$BENCH_ECHO_SERVER" ||
         lab_die "tun_echo did not come up: $(cat "$LAB_DIR/tun-echo.log")"
 }

@@ -1,78 +1,210 @@
 #!/usr/bin/env bash
-# TCP throughput through the tunnel, with a same-run baseline:
-#   tundns       iperf3 in C -> tundns -> wireguard-go in N -> iperf3 server
-#   no rules     as tundns, with the DNS proxy off: the filter has no rules to check
-#   wireguard-go iperf3 in C -> wireguard-go (same keys, addresses) -> the same peer and server
-# The two alternate for ROUNDS rounds (the shared machines are noisy); prints each run, the
-# medians in Gbit/s and their ratio. Everything runs in throwaway namespaces (lab/lib.sh).
+# TCP throughput through userspace WireGuard, with same-run baselines (issue 11). iperf3 runs
+# from C to the server in N over one of these pairs (C's end ↔ N's end):
+#   tundns-tundns        tundns with its DNS proxy (so the filter has rules) ↔ tundns, proxy off
+#   tundns-norules       as tundns-tundns, C's proxy off too: the filter has no rules to check
+#   tundns-wggo          tundns with its DNS proxy ↔ wireguard-go
+#   wggo-wggo            wireguard-go ↔ wireguard-go (Debian's)
+#   boringtun-boringtun  boringtun-cli ↔ boringtun-cli (installed under target/ when missing)
+#   veth                 the veth itself, no tunnel
+# each with 1 and with 4 parallel streams (iperf3 -P), C sending and C receiving (iperf3 -R).
+# For each run: Gbit/s (iperf3's receiver figure) and the CPU-seconds both tunnel processes
+# spent (utime + stime from /proc/PID/stat, before and after) per GB (10^9 bytes) iperf3 moved.
+# Both ends start fresh for every run. Runs alternate, pair by pair within each mode, for ROUNDS
+# rounds, the order reversed in even rounds (the shared machines are noisy); prints each run,
+# the medians and the ratios against the issue's goals. Everything runs in throwaway namespaces
+# (lab/lib.sh), torn down on exit.
 #
 # Usage: bench/tunnel-throughput.sh  (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
-# Env:   TUNDNS_BIN, DURATION (seconds per run, default 10, at most 60), ROUNDS (default 3),
-#        IPERF_ARGS (extra iperf3 client options, e.g. "-P 4" or "-R")
+# Env:   TUNDNS_BIN, DURATION (seconds per run, default 8, at most 60), ROUNDS (default 2, at
+#        most 9), PAIRS (a subset of the pairs above, space-separated; default all), STREAMS
+#        (default "1 4"), DIRECTIONS ("send" from C and/or "receive" in C; default both),
+#        BORINGTUN_BIN (default: on PATH, else target/bench-tools/bin/boringtun-cli, which the
+#        script installs with `cargo install boringtun-cli --locked` when a pair needs it)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=../lab/lib.sh
-source "$ROOT/lab/lib.sh"
+# shellcheck source=lib.sh
+source "$ROOT/bench/lib.sh"
 
-TUNDNS_BIN=${TUNDNS_BIN:-$ROOT/target/release/tundns}
-DURATION=${DURATION:-10}
-IPERF_ARGS=${IPERF_ARGS:-}
-ROUNDS=${ROUNDS:-3}
+ALL_PAIRS="tundns-tundns tundns-norules tundns-wggo wggo-wggo boringtun-boringtun veth"
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-2}
+read -ra pairs <<<"${PAIRS:-$ALL_PAIRS}"
+read -ra streams <<<"${STREAMS:-1 4}"
+read -ra directions <<<"${DIRECTIONS:-send receive}"
 ((DURATION >= 1 && DURATION <= 60)) || lab_die "DURATION must be 1..60 seconds"
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
-
-lab_require_tools ip wg wireguard-go unbound dig iperf3 ping
-lab_init tdi
-lab_network
-lab_peer_network
-lab_spawn "$LAB_N" iperf3-server iperf3 -s -B "$LAB_PEER_TUNNEL_V4"
-
-# run_iperf LABEL: prints "LABEL Gbit/s" to stderr and the Gbit/s on stdout.
-run_iperf() {
-    local label=$1 report="$LAB_DIR/iperf3-$1.txt" gbits
-    # shellcheck disable=SC2086 # IPERF_ARGS is a list of options
-    timeout $((DURATION + 20)) ip netns exec "$LAB_C" \
-        iperf3 -c "$LAB_PEER_TUNNEL_V4" -t "$DURATION" -f g $IPERF_ARGS >"$report" 2>&1 ||
-        lab_die "iperf3 through $label failed: $(cat "$report")"
-    gbits=$(awk '/receiver/ && /Gbits\/sec/ { v = $(NF - 2) } END { print v }' "$report")
-    [[ -n $gbits ]] || lab_die "no receiver figure in iperf3's report: $(cat "$report")"
-    printf '%-13s %8s Gbit/s\n' "$label" "$gbits" >&2
-    printf '%s\n' "$gbits"
-}
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of $DURATION s each, alternating${IPERF_ARGS:+; iperf3 $IPERF_ARGS}"
-tundns_runs=()
-norules_runs=()
-wggo_runs=()
-for ((round = 1; round <= ROUNDS; round++)); do
-    lab_start_tundns "$TUNDNS_BIN"
-    lab_wait 10 ip netns exec "$LAB_C" iperf3 -c "$LAB_PEER_TUNNEL_V4" -t 1 ||
-        lab_die "the iperf3 server in N does not answer: $(cat "$LAB_DIR/iperf3-server.log")"
-    tundns_runs+=("$(run_iperf tundns)")
-    lab_stop "$LAB_TUNDNS_PID"
-
-    LAB_DNSPROXY=off lab_start_tundns "$TUNDNS_BIN"
-    norules_runs+=("$(run_iperf no-rules)")
-    lab_stop "$LAB_TUNDNS_PID"
-
-    lab_start_wireguard_go_client
-    wggo_client_pid=$LAB_LAST_PID
-    wggo_runs+=("$(run_iperf wireguard-go)")
-    lab_stop "$wggo_client_pid"
+for pair in "${pairs[@]}"; do
+    [[ " $ALL_PAIRS " == *" $pair "* ]] || lab_die "unknown pair $pair (pairs: $ALL_PAIRS)"
+done
+for count in "${streams[@]}"; do
+    [[ $count =~ ^[1-8]$ ]] || lab_die "STREAMS must list counts of 1..8"
+done
+for direction in "${directions[@]}"; do
+    [[ $direction == send || $direction == receive ]] || lab_die "DIRECTIONS must list send and/or receive"
 done
 
-gbits_tundns=$(printf '%s\n' "${tundns_runs[@]}" | median)
-gbits_norules=$(printf '%s\n' "${norules_runs[@]}" | median)
-gbits_wggo=$(printf '%s\n' "${wggo_runs[@]}" | median)
-printf '\n'
-printf 'median of %d runs:\n' "$ROUNDS"
-printf 'tundns        %8.2f Gbit/s   (runs: %s)\n' "$gbits_tundns" "${tundns_runs[*]}"
-printf 'no rules      %8.2f Gbit/s   (runs: %s)\n' "$gbits_norules" "${norules_runs[*]}"
-printf 'wireguard-go  %8.2f Gbit/s   (runs: %s)\n' "$gbits_wggo" "${wggo_runs[*]}"
-awk -v a="$gbits_tundns" -v b="$gbits_wggo" \
-    'BEGIN { if (b > 0) printf "ratio tundns/wireguard-go = %.2f\n", a / b; else print "ratio n/a" }'
-awk -v a="$gbits_tundns" -v b="$gbits_norules" \
-    'BEGIN { if (b > 0) printf "ratio rules/no rules = %.3f\n", a / b; else print "ratio n/a" }'
+lab_require_tools ip wg wireguard-go unbound dig iperf3 ping jq
+if [[ " ${pairs[*]} " == *" boringtun-boringtun "* ]]; then
+    BORINGTUN_BIN=${BORINGTUN_BIN:-$(command -v boringtun-cli || echo "$ROOT/target/bench-tools/bin/boringtun-cli")}
+    if [[ ! -x $BORINGTUN_BIN ]]; then
+        lab_log "installing boringtun-cli under target/bench-tools (a few minutes, once)"
+        timeout 1200 cargo install boringtun-cli --locked --root "$ROOT/target/bench-tools" >&2 ||
+            lab_die "cargo install boringtun-cli failed"
+        BORINGTUN_BIN=$ROOT/target/bench-tools/bin/boringtun-cli
+    fi
+fi
+
+lab_init tdi
+lab_network
+lab_keypair peer
+lab_keypair client
+# N's unbound is the upstream of C's DNS proxy, idle during the runs.
+lab_start_unbound "$LAB_N" "$LAB_UNBOUND_V4"
+lab_spawn "$LAB_N" iperf3-server iperf3 -s
+lab_wait 10 ip netns exec "$LAB_C" iperf3 -c 192.0.2.1 -t 1 ||
+    lab_die "the iperf3 server in N does not answer: $(cat "$LAB_DIR/iperf3-server.log")"
+
+# start_uapi_end SIDE LOGNAME IFACE CMD...: a UAPI WireGuard (wireguard-go, boringtun) as SIDE
+# (c or n) of the tunnel, with the keys, addresses and peer the lab gives that side.
+start_uapi_end() {
+    local side=$1 log=$2 iface=$3
+    shift 3
+    if [[ $side == n ]]; then
+        lab_start_uapi_wireguard "$log" "$LAB_N" "$iface" peer 10.99.0.1/24 fd99::1/64 "$LAB_WG_PORT" "$@"
+        lab_wg_peer "$LAB_N" "$iface" client 10.99.0.2/32,fd99::2/128
+    else
+        lab_start_uapi_wireguard "$log" "$LAB_C" "$iface" client 10.99.0.2/24 fd99::2/64 "" "$@"
+        lab_wg_peer "$LAB_C" "$iface" peer 10.99.0.0/24,fd99::/64 "192.0.2.1:$LAB_WG_PORT"
+    fi
+}
+
+# start_tundns_peer: tundns as N's end, listening on the lab's port, its DNS proxy off.
+start_tundns_peer() {
+    local iface="${LAB_ID}nt"
+    LAB_IFACES+=("$iface")
+    cat >"$LAB_DIR/$iface.conf" <<EOF
+[Interface]
+PrivateKey = $(cat "$LAB_DIR/peer.key")
+ListenPort = $LAB_WG_PORT
+Address = 10.99.0.1/24, fd99::1/64
+MTU = 1420
+
+[Peer]
+PublicKey = $(cat "$LAB_DIR/client.pub")
+AllowedIPs = 10.99.0.2/32, fd99::2/128
+
+[DNSProxy]
+Enabled = false
+EOF
+    lab_spawn "$LAB_N" tundns-peer "$TUNDNS_BIN" up "$LAB_DIR/$iface.conf"
+    lab_wait 10 ip netns exec "$LAB_N" wg show "$iface" ||
+        lab_die "tundns did not come up in N: $(cat "$LAB_DIR/tundns-peer.log")"
+}
+
+# start_end IMPL SIDE: one end of the tunnel; its pid joins end_pids.
+start_end() {
+    local impl=$1 side=$2
+    case $impl-$side in
+        tundns-c) lab_start_tundns "$TUNDNS_BIN" ;;
+        norules-c) LAB_DNSPROXY=off lab_start_tundns "$TUNDNS_BIN" ;;
+        tundns-n) start_tundns_peer ;;
+        wggo-*)
+            start_uapi_end "$side" "wireguard-go-$side" "${LAB_ID}${side}g" \
+                env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${LAB_ID}${side}g"
+            ;;
+        boringtun-*)
+            start_uapi_end "$side" "boringtun-$side" "${LAB_ID}${side}b" \
+                env WG_SUDO=1 "$BORINGTUN_BIN" --foreground --disable-drop-privileges \
+                --log "$LAB_DIR/boringtun-$side.out" "${LAB_ID}${side}b"
+            ;;
+    esac
+    end_pids+=("$LAB_LAST_PID")
+}
+
+# measure PAIR STREAMS DIRECTION: one iperf3 run over PAIR, both ends fresh; appends Gbit/s and
+# CPU-seconds per GB to the runs of PAIR in that mode (no CPU for the veth: no tunnel).
+measure() {
+    local pair=$1 count=$2 direction=$3 target=$LAB_PEER_TUNNEL_V4 report before after pid
+    local key="$1/$2 $3" reverse=() bytes bits rate cpu_per_gb=-
+    [[ $direction == receive ]] && reverse=(-R)
+    end_pids=()
+    case $pair in
+        veth) target=192.0.2.1 ;;
+        tundns-norules) start_end tundns n && start_end norules c ;;
+        *) start_end "${pair#*-}" n && start_end "${pair%-*}" c ;;
+    esac
+    # wireguard-go and boringtun are up once `wg` configured them; wait for the handshake.
+    lab_wait 10 ip netns exec "$LAB_C" ping -n -c 1 -W 1 "$target" || lab_die "no ping over $pair to $target"
+    report="$LAB_DIR/iperf3-$pair-$count-$direction.json"
+    before=$(bench_cpu_ticks "${end_pids[@]}")
+    timeout $((DURATION + 20)) ip netns exec "$LAB_C" \
+        iperf3 -c "$target" -t "$DURATION" -P "$count" "${reverse[@]}" -J >"$report" 2>&1 ||
+        lab_die "iperf3 over $pair ($count $direction) failed: $(cat "$report")"
+    after=$(bench_cpu_ticks "${end_pids[@]}")
+    for pid in "${end_pids[@]}"; do lab_stop "$pid"; done
+    read -r bytes bits < <(jq -r '.end.sum_received | "\(.bytes) \(.bits_per_second)"' "$report")
+    ((bytes > 0)) || lab_die "iperf3 moved nothing over $pair ($count $direction): $(cat "$report")"
+    rate=$(awk -v b="$bits" 'BEGIN { printf "%.3f", b / 1e9 }')
+    gbits[$key]+="$rate "
+    if ((${#end_pids[@]})); then
+        cpu_per_gb=$(awk -v t=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" -v b="$bytes" \
+            'BEGIN { printf "%.2f", t / hz / (b / 1e9) }')
+        cpu[$key]+="$cpu_per_gb "
+    fi
+    printf '  %-20s %-10s %8.2f Gbit/s %8s CPU-s/GB\n' "$pair" "$count $direction" "$rate" "$cpu_per_gb" >&2
+}
+
+declare -A gbits cpu
+modes=()
+for count in "${streams[@]}"; do
+    for direction in "${directions[@]}"; do modes+=("$count $direction"); done
+done
+load_start=$(bench_load)
+lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of ${#pairs[@]} pairs × ${#modes[@]} modes, $DURATION s each"
+for ((round = 1; round <= ROUNDS; round++)); do
+    lab_log "round $round (load $(bench_load))"
+    for mode in "${modes[@]}"; do
+        mapfile -t order < <(bench_round_order "$round" "${pairs[@]}")
+        for pair in "${order[@]}"; do
+            # shellcheck disable=SC2086 # mode is "STREAMS DIRECTION"
+            measure "$pair" $mode
+        done
+    done
+done
+load_end=$(bench_load)
+
+median() { printf '%s\n' $1 | bench_median; }
+printf '\nmedian of %d rounds, %d s each (streams, direction from C):\n' "$ROUNDS" "$DURATION"
+printf '%-20s %-10s %8s %9s   %s\n' pair mode Gbit/s CPU-s/GB "(runs: Gbit/s; CPU-s/GB)"
+for mode in "${modes[@]}"; do
+    for pair in "${pairs[@]}"; do
+        key="$pair/$mode" cpu_median=- cpu_runs=-
+        if [[ -n ${cpu[$key]:-} ]]; then
+            cpu_median=$(median "${cpu[$key]}")
+            cpu_runs=${cpu[$key]% }
+        fi
+        printf '%-20s %-10s %8.2f %9s   (%s; %s)\n' "$pair" "$mode" "$(median "${gbits[$key]}")" \
+            "$cpu_median" "${gbits[$key]% }" "$cpu_runs"
+    done
+done
+
+# goal MODE KIND A B OP GOAL WHAT: one line with the ratio of A's median to B's in MODE (KIND is
+# gbits or cpu) against the goal, when both pairs were measured.
+goal() {
+    local mode=$1 pair=$3 baseline=$4 op=$5 target=$6 what=$7 value
+    local -n runs=$2
+    [[ -n ${runs[$pair/$mode]:-} && -n ${runs[$baseline/$mode]:-} ]] || return 0
+    value=$(bench_ratio "$(median "${runs[$pair/$mode]}")" "$(median "${runs[$baseline/$mode]}")")
+    printf '%-10s %-40s %5s  (goal %s %s: %s)\n' "$mode" "$what" "$value" "$op" "$target" \
+        "$(bench_verdict "$value" "$op" "$target")"
+}
+printf '\nratios of medians (goals from issue 11):\n'
+for mode in "${modes[@]}"; do
+    goal "$mode" gbits tundns-tundns wggo-wggo '>=' 3 "throughput tundns-tundns / wggo-wggo"
+    goal "$mode" cpu tundns-tundns wggo-wggo '<=' 0.33 "CPU per GB tundns-tundns / wggo-wggo"
+    goal "$mode" gbits tundns-tundns veth '>=' 0.15 "throughput tundns-tundns / veth"
+    goal "$mode" gbits tundns-tundns tundns-norules '>=' 0.99 "throughput rules / no rules"
+done
+printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$load_end"

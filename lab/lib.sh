@@ -182,17 +182,28 @@ lab_keypair() {
     wg pubkey <"$LAB_DIR/$1.key" >"$LAB_DIR/$1.pub"
 }
 
-# lab_start_wireguard_go NS IFACE KEYNAME ADDR4/LEN ADDR6/LEN [LISTEN_PORT]
-lab_start_wireguard_go() {
-    local ns=$1 iface=$2 key=$3 addr4=$4 addr6=$5 port=${6:-}
+# lab_start_uapi_wireguard LOGNAME NS IFACE KEYNAME ADDR4/LEN ADDR6/LEN LISTEN_PORT CMD...: a
+# userspace WireGuard that serves UAPI on /var/run/wireguard/IFACE.sock (wireguard-go,
+# boringtun-cli), started as CMD inside NS and configured with `wg`. LISTEN_PORT may be empty.
+# Its pid is $LAB_LAST_PID.
+lab_start_uapi_wireguard() {
+    local log=$1 ns=$2 iface=$3 key=$4 addr4=$5 addr6=$6 port=$7
+    shift 7
     LAB_IFACES+=("$iface")
-    lab_spawn "$ns" "wireguard-go-$iface" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$iface"
+    lab_spawn "$ns" "$log" "$@"
     lab_wait 10 test -S "/var/run/wireguard/$iface.sock" ||
-        lab_die "wireguard-go $iface did not start: $(cat "$LAB_DIR/wireguard-go-$iface.log")"
+        lab_die "$log did not start: $(cat "$LAB_DIR/$log.log")"
     ip netns exec "$ns" wg set "$iface" private-key "$LAB_DIR/$key.key" ${port:+listen-port "$port"}
     ip -n "$ns" addr add "$addr4" dev "$iface"
     ip -n "$ns" addr add "$addr6" dev "$iface" nodad
-    ip -n "$ns" link set "$iface" up
+    # wg-quick's MTU, as tundns's config has it; not every implementation sets one itself.
+    ip -n "$ns" link set "$iface" mtu 1420 up
+}
+
+# lab_start_wireguard_go NS IFACE KEYNAME ADDR4/LEN ADDR6/LEN [LISTEN_PORT]
+lab_start_wireguard_go() {
+    lab_start_uapi_wireguard "wireguard-go-$2" "$1" "$2" "$3" "$4" "$5" "${6:-}" \
+        env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$2"
 }
 
 # lab_wg_peer NS IFACE PEER_KEYNAME ALLOWED_IPS [ENDPOINT]
