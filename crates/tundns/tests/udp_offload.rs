@@ -3,100 +3,18 @@
 //! of its own, entered on a thread of its own: no packet leaves it. Needs root; set
 //! `TUNDNS_E2E=1` to make its absence a failure instead of a skip.
 
-use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use gotatun::packet::Packet;
 use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
-use nix::sched::{CloneFlags, setns};
 use tundns::udp_offload::{GsoUdpFactory, GsoUdpSend, MAX_SEGMENTS};
 
-/// A network namespace this test created, with `lo` up; deleted on drop.
-struct Namespace {
-    name: String,
-}
-
-impl Namespace {
-    /// The namespace for `test`, or `None` (after saying why) when this machine cannot make
-    /// one and `TUNDNS_E2E` is not `1`.
-    fn create_or_skip(test: &str) -> Option<Self> {
-        let name = format!("tundns-gso-{}-{test}", std::process::id());
-        let missing = if nix::unistd::geteuid().is_root() {
-            ip(&["netns", "add", &name]).err()
-        } else {
-            Some("not running as root (needs network namespaces)".to_owned())
-        };
-        match missing {
-            None => {
-                let namespace = Self { name };
-                namespace.ip(&["link", "set", "lo", "up"]);
-                Some(namespace)
-            }
-            Some(reason) if std::env::var("TUNDNS_E2E").is_ok_and(|value| value == "1") => {
-                panic!("TUNDNS_E2E=1 but {test} cannot run: {reason}")
-            }
-            Some(reason) => {
-                eprintln!("skipped: {test}: {reason} (set TUNDNS_E2E=1 to make this a failure)");
-                None
-            }
-        }
-    }
-
-    /// Runs `ip -n <namespace> <args>`.
-    fn ip(&self, args: &[&str]) {
-        let mut namespaced = vec!["-n", &self.name];
-        namespaced.extend_from_slice(args);
-        ip(&namespaced).unwrap_or_else(|error| panic!("{error}"));
-    }
-
-    /// Runs `body` on a thread that entered the namespace, on a single-threaded runtime, so
-    /// every socket it opens lives there.
-    fn run(&self, body: impl AsyncFnOnce() + Send) {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let namespace = File::open(format!("/run/netns/{}", self.name))
-                        .expect("the namespace's file");
-                    setns(namespace, CloneFlags::CLONE_NEWNET).expect("setns into the namespace");
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a runtime")
-                        .block_on(body());
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        });
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        if let Err(error) = ip(&["netns", "del", &self.name]) {
-            eprintln!("{error}");
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|error| format!("ip {args:?}: {error}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
+mod netns;
+use netns::Namespace;
 
 /// The sender as gotatun's device binds it: dual-stack, any port.
 async fn bind_sender() -> GsoUdpSend {
@@ -192,7 +110,8 @@ fn drain(socket: &UdpSocket) -> Vec<Vec<u8>> {
     received
 }
 
-fn run(len: usize, count: usize, to: usize) -> impl Iterator<Item = (usize, usize)> {
+/// `count` packets of `len` bytes to receiver `to`.
+fn repeated(len: usize, count: usize, to: usize) -> impl Iterator<Item = (usize, usize)> {
     std::iter::repeat_n((len, to), count)
 }
 
@@ -211,12 +130,12 @@ fn segmented_batches_arrive_intact_in_order() {
         for family in [&first, &v6] {
             let receivers = [family];
             // More than one send's segments, then a shorter tail.
-            let over_segments: Vec<_> = run(1200, MAX_SEGMENTS + 6, 0)
-                .chain(run(300, 1, 0))
+            let over_segments: Vec<_> = repeated(1200, MAX_SEGMENTS + 6, 0)
+                .chain(repeated(300, 1, 0))
                 .collect();
             send_and_check(&sender, &receivers, &over_segments).await;
             // More bytes than one UDP datagram holds.
-            let over_bytes: Vec<_> = run(1400, 60, 0).collect();
+            let over_bytes: Vec<_> = repeated(1400, 60, 0).collect();
             send_and_check(&sender, &receivers, &over_bytes).await;
             // Lengths that change, grow, repeat and stand alone.
             let mixed: Vec<_> = [
@@ -228,11 +147,11 @@ fn segmented_batches_arrive_intact_in_order() {
             send_and_check(&sender, &receivers, &mixed).await;
         }
 
-        let two_destinations: Vec<_> = run(1000, 10, 0)
-            .chain(run(1000, 10, 1))
-            .chain(run(500, 5, 0))
-            .chain(run(1000, 1, 1))
-            .chain(run(1000, 10, 0))
+        let two_destinations: Vec<_> = repeated(1000, 10, 0)
+            .chain(repeated(1000, 10, 1))
+            .chain(repeated(500, 5, 0))
+            .chain(repeated(1000, 1, 1))
+            .chain(repeated(1000, 10, 0))
             .chain([(1000, 1), (1000, 0), (1000, 1)])
             .collect();
         send_and_check(&sender, &[&first, &second], &two_destinations).await;
@@ -273,15 +192,15 @@ fn a_refused_first_segmented_send_falls_back_for_good() {
         let target = receiver(Ipv4Addr::LOCALHOST);
         let batch: Vec<_> = [(7, 0)]
             .into_iter()
-            .chain(run(1400, 10, 0))
-            .chain(run(100, 3, 0))
+            .chain(repeated(1400, 10, 0))
+            .chain(repeated(100, 3, 0))
             .collect();
         send_and_check(&sender, &[&target], &batch).await;
         assert!(
             !sender.segments(),
             "a refusal before any success turns GSO off"
         );
-        let small: Vec<_> = run(200, 10, 0).collect();
+        let small: Vec<_> = repeated(200, 10, 0).collect();
         send_and_check(&sender, &[&target], &small).await;
         assert!(!sender.segments(), "GSO stays off");
     });
@@ -296,9 +215,9 @@ fn a_refused_run_after_gso_worked_falls_back_for_that_run() {
     namespace.run(async || {
         let sender = bind_sender().await;
         let target = receiver(Ipv6Addr::LOCALHOST);
-        let batch: Vec<_> = run(1000, 10, 0)
-            .chain(run(1400, 10, 0))
-            .chain(run(1000, 10, 0))
+        let batch: Vec<_> = repeated(1000, 10, 0)
+            .chain(repeated(1400, 10, 0))
+            .chain(repeated(1000, 10, 0))
             .collect();
         send_and_check(&sender, &[&target], &batch).await;
         assert!(sender.segments(), "one refused run keeps GSO on");
