@@ -104,8 +104,8 @@ impl GsoUdpSend {
         Ok(())
     }
 
-    /// Sends the front `count` packets of `packets` with gotatun's `sendmmsg`; on error the
-    /// unsent ones go back to the front, so `packets` keeps its order.
+    /// Sends the front `count` packets of `packets` with gotatun's `sendmmsg`; on error they
+    /// go back to the front (gotatun's leaves its whole group), so `packets` keeps its order.
     async fn send_unsegmented(
         &self,
         buf: &mut GsoSendBuf,
@@ -143,8 +143,9 @@ impl UdpSend for GsoUdpSend {
         self.socket.max_number_of_packets_to_send()
     }
 
-    /// Sends `packets` in order, as segmented runs and `sendmmsg` groups. Per gotatun's
-    /// contract, on error `packets` holds what was not sent (here: exactly that).
+    /// Sends `packets` in order, as segmented runs and `sendmmsg` groups. As gotatun's
+    /// contract allows, on error `packets` keeps, in order, every packet not known to be sent:
+    /// none of a failed segmented run, all of a failed `sendmmsg` group.
     async fn send_many_to(
         &self,
         buf: &mut GsoSendBuf,
