@@ -17,3 +17,4 @@ pub mod datapath;
 pub mod dns;
 pub mod observability;
 pub mod tunnel;
+pub mod udp_offload;
