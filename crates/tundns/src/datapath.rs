@@ -5,7 +5,7 @@
 //!  apps ──► TUN ──► FilteredTun (tundns-filter) ── classify by destination ──┐
 //!                      │ virtual IP                                         │ anything else
 //!                      ▼                                                    ▼
-//!               VirtualHost "dns"                                 gotatun: encrypt ──► UDP ──► peer
+//!               VirtualHost "dns"                          gotatun: encrypt ──► UDP (GSO) ──► peer
 //!                 ├ UDP 53: UdpDns (dns::proxy), on the TUN reader:
 //!                 │    Resolver::answer_inline — blocklist, local data, cache:
 //!                 │      answered in place, written straight back into the TUN;
@@ -20,7 +20,9 @@
 //! The TUN is opened with the kernel's offloads ([`open_tun`]): the filter reads TCP and
 //! UDP super-packets of up to 64 KiB in one read and splits them into segments before it
 //! classifies them, and writes one flow's decrypted packets coalesced into super-packets,
-//! so the host's stack and the TUN pay per super-packet, not per packet.
+//! so the host's stack and the TUN pay per super-packet, not per packet. The encrypted
+//! packets leave in runs of one size to one peer with `UDP_SEGMENT` ([`GsoUdpFactory`]),
+//! and arrive through gotatun's UDP GRO, so the UDP socket pays per run too.
 //!
 //! The filter runs inside gotatun's TUN reader and writer ([`FilteredTun`] and
 //! [`FilteredTunSender`] are its `IpRecv`/`IpSend`); services answer through a
@@ -35,7 +37,6 @@ use gotatun::device::DeviceBuilder;
 use gotatun::device::Peer;
 use gotatun::device::uapi::UapiServer;
 use gotatun::tun::MtuWatcher;
-use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::StaticSecret;
 use tokio::sync::watch;
 use tun_rs::AsyncDevice;
@@ -44,6 +45,7 @@ use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWrite
 
 use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::dns::tcp::TcpDns;
+use crate::udp_offload::GsoUdpFactory;
 
 /// Why WireGuard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ pub enum StartError {
 }
 
 /// gotatun's device with the filter on both sides of the TUN.
-pub type WireGuard = gotatun::device::Device<(UdpSocketFactory, FilteredTunSender, FilteredTun)>;
+pub type WireGuard = gotatun::device::Device<(GsoUdpFactory, FilteredTunSender, FilteredTun)>;
 
 /// Creates the TUN interface `name`, with TSO and checksum offload (and USO where the
 /// kernel has it); on a kernel that refuses them, a plain one, with one log line.
@@ -148,7 +150,7 @@ pub async fn start_wireguard(
     let uapi = UapiServer::default_unix_socket(&config.interface_name, None, None)
         .map_err(|error| StartError::Uapi(error.to_string()))?;
     let mut builder = DeviceBuilder::new()
-        .with_default_udp()
+        .with_udp(GsoUdpFactory::default())
         .with_ip_pair(
             FilteredTunSender::new(tun.clone(), rules, stats.clone()),
             FilteredTun::new(
