@@ -24,7 +24,7 @@ mod common;
 use common::*;
 use std::sync::{Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const TRAFFIC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/data_plane.py");
 const DNS_LATENCY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/dns-latency.py");
@@ -61,8 +61,11 @@ const EDGE_RATE: &str = "20";
 /// Queries back to back to each virtual IP while the bulk transfer runs, and idle before.
 const LOADED_DNS_SECONDS: &str = "2.5";
 const IDLE_DNS_SECONDS: &str = "1";
-/// Covers a second to ramp up, the loaded probes of both virtual IPs, and slack.
-const BULK_SECONDS: &str = "9";
+/// An upper bound only: the test stops the bulk transfer once the loaded probes are done.
+const BULK_SECONDS: &str = "60";
+/// What the bulk transfer must at least move while the loaded probes run, to count as
+/// load: a debug build moves 50 MB and more here in that time, even on a busy machine.
+const BULK_MIN_BYTES: u64 = 5_000_000;
 /// An answer later than this counts as lost: the generous sanity bound on latency.
 const DNS_TIMEOUT_SECONDS: &str = "2";
 
@@ -136,21 +139,23 @@ impl Direction {
 #[test]
 fn tcp_over_ipv4_carries_200_mib_each_way_intact() {
     let (_turn, lab, _tundns) = tunnel_lab!();
-    for direction in Direction::BOTH {
-        assert_tcp_transfer_intact(&lab, &IPV4, direction);
-    }
+    assert_tcp_transfers_intact(&lab, &IPV4);
 }
 
 #[test]
 fn tcp_over_ipv6_carries_200_mib_each_way_intact() {
     let (_turn, lab, _tundns) = tunnel_lab!();
+    assert_tcp_transfers_intact(&lab, &IPV6);
+}
+
+/// Sends [`TCP_BYTES`] over one TCP connection each way; the receiver's `sha256sum` of
+/// what it read must equal the sender's hash of what it wrote.
+fn assert_tcp_transfers_intact(lab: &Lab, family: &Family) {
     for direction in Direction::BOTH {
-        assert_tcp_transfer_intact(&lab, &IPV6, direction);
+        assert_tcp_transfer_intact(lab, family, direction);
     }
 }
 
-/// Sends [`TCP_BYTES`] over one TCP connection; the receiver's `sha256sum` of what it read
-/// must equal the sender's hash of what it wrote.
 fn assert_tcp_transfer_intact(lab: &Lab, family: &Family, direction: Direction) {
     let (from, to, address) = direction.ends(lab, family);
     let receive =
@@ -194,46 +199,44 @@ fn assert_tcp_transfer_intact(lab: &Lab, family: &Family, direction: Direction) 
 #[test]
 fn udp_stream_over_ipv4_arrives_intact() {
     let (_turn, lab, _tundns) = tunnel_lab!();
-    for direction in Direction::BOTH {
-        assert_udp_stream_intact(&lab, &IPV4, direction);
-    }
+    assert_udp_stream_intact(&lab, &IPV4);
 }
 
 #[test]
 fn udp_stream_over_ipv6_arrives_intact() {
     let (_turn, lab, _tundns) = tunnel_lab!();
-    for direction in Direction::BOTH {
-        assert_udp_stream_intact(&lab, &IPV6, direction);
-    }
+    assert_udp_stream_intact(&lab, &IPV6);
 }
 
-/// [`UDP_STREAM_DATAGRAMS`] datagrams of every size up to the path MTU, paced: none may
-/// arrive changed or twice, and at most [`UDP_STREAM_MAX_LOST`] may go missing.
-fn assert_udp_stream_intact(lab: &Lab, family: &Family, direction: Direction) {
+/// [`UDP_STREAM_DATAGRAMS`] datagrams of every size up to the path MTU, paced, each way:
+/// none may arrive changed or twice, and at most [`UDP_STREAM_MAX_LOST`] may go missing.
+fn assert_udp_stream_intact(lab: &Lab, family: &Family) {
     let plan = format!(
         "stream:{UDP_STREAM_DATAGRAMS}:{}",
         family.largest_unfragmented()
     );
-    let report = send_udp_plan(lab, family, direction, &plan, UDP_STREAM_RATE, "1");
-    assert!(
-        report.corrupt == 0 && report.duplicates == 0 && report.sizes_never_arrived == 0,
-        "{} UDP {direction:?}: datagrams arrived changed or twice, or some sizes never: {}",
-        family.name,
-        report.line
-    );
-    let lost = report.expected - report.distinct;
-    assert!(
-        lost <= UDP_STREAM_MAX_LOST,
-        "{} UDP {direction:?}: {lost} datagrams lost (at most {UDP_STREAM_MAX_LOST} allowed): \
-         {}\n{}",
-        family.name,
-        report.line,
-        drop_counters(lab)
-    );
-    println!(
-        "{} UDP stream {direction:?}: {} of {} datagrams intact, {lost} lost",
-        family.name, report.distinct, report.expected
-    );
+    for direction in Direction::BOTH {
+        let report = send_udp_plan(lab, family, direction, &plan, UDP_STREAM_RATE, "1");
+        assert!(
+            report.corrupt == 0 && report.duplicates == 0 && report.sizes_never_arrived == 0,
+            "{} UDP {direction:?}: datagrams arrived changed or twice, or some sizes never: {}",
+            family.name,
+            report.line
+        );
+        let lost = report.expected - report.distinct;
+        assert!(
+            lost <= UDP_STREAM_MAX_LOST,
+            "{} UDP {direction:?}: {lost} datagrams lost (at most {UDP_STREAM_MAX_LOST} \
+             allowed): {}\n{}",
+            family.name,
+            report.line,
+            drop_counters(lab)
+        );
+        println!(
+            "{} UDP stream {direction:?}: {} of {} datagrams intact, {lost} lost",
+            family.name, report.distinct, report.expected
+        );
+    }
 }
 
 /// Empty, one byte, exactly the MTU, one byte over (two fragments), 8000 bytes and the
@@ -424,23 +427,26 @@ fn dns_answers_keep_coming_during_a_bulk_transfer() {
         ],
     );
     thread::sleep(Duration::from_secs(1));
+    let (counters_before, started) = (lab.peer_transfer_counters(), Instant::now());
     for proxy in [PROXY_V4, PROXY_V6] {
         probe_dns(&lab, proxy, LOADED_DNS_SECONDS, "during bulk TCP");
     }
+    let (moved, elapsed) = (
+        lab.peer_transfer_counters().since(counters_before),
+        started.elapsed(),
+    );
     assert!(
-        bulk.is_running(),
-        "the bulk transfer ended before the queries did:\n{}",
+        bulk.is_running() && moved >= BULK_MIN_BYTES,
+        "the bulk transfer did not run all along the queries ({moved} bytes moved):\n{}",
         bulk.output()
     );
-    let status = bulk.wait_for_exit(Duration::from_secs(20));
-    let report = bulk.output();
-    assert!(
-        status.is_some_and(|status| status.success()) && report.contains("receiver"),
-        "the bulk transfer failed ({status:?}):\n{report}"
+    println!(
+        "bulk: {:.0} MB through the tunnel in {elapsed:.1?} ({:.0} Mbit/s, both ways) while \
+         the queries ran",
+        moved as f64 / 1e6,
+        moved as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
     );
-    for line in report.lines().filter(|line| line.contains("receiver")) {
-        println!("bulk: {line}");
-    }
+    drop(bulk);
     let after = lab.dig(c, PROXY_V4, &[WWW_NAME, "A", "+short"]);
     assert_eq!(after.stdout.trim(), WWW_A, "{after}");
 }

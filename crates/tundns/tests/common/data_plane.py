@@ -157,35 +157,30 @@ def udp_receive(args) -> None:
     )
 
 
+def add_command(commands, run, endpoint: str, last=None):
+    """A subcommand named after `run`: ENDPOINT PORT, then `last` (name, type) if any."""
+    parser = commands.add_parser(run.__name__.replace("_", "-"))
+    parser.add_argument(endpoint)
+    parser.add_argument("port", type=int)
+    if last:
+        parser.add_argument(last[0], type=last[1])
+    parser.set_defaults(run=run)
+    return parser
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    send = commands.add_parser("tcp-send")
-    send.add_argument("host")
-    send.add_argument("port", type=int)
-    send.add_argument("bytes", type=int)
-    send.set_defaults(run=tcp_send)
-    receive = commands.add_parser("tcp-receive")
-    receive.add_argument("address")
-    receive.add_argument("port", type=int)
-    receive.set_defaults(run=tcp_receive)
-    send = commands.add_parser("udp-send")
-    send.add_argument("host")
-    send.add_argument("port", type=int)
-    send.add_argument("plan")
+    add_command(commands, tcp_send, "host", ("bytes", int))
+    add_command(commands, tcp_receive, "address")
+    send = add_command(commands, udp_send, "host", ("plan", str))
     send.add_argument("--rate", type=float, default=5000.0, help="datagrams per second")
     send.add_argument("--copies", type=int, default=1, help="times the plan is sent")
-    send.set_defaults(run=udp_send)
-    receive = commands.add_parser("udp-receive")
-    receive.add_argument("address")
-    receive.add_argument("port", type=int)
-    receive.add_argument("plan")
+    receive = add_command(commands, udp_receive, "address", ("plan", str))
     receive.add_argument("--seconds", type=float, default=30.0, help="at most this long")
     receive.add_argument("--idle", type=float, default=2.0, help="stop after a silence this long")
-    receive.set_defaults(run=udp_receive)
     args = parser.parse_args()
     args.run(args)
-
 
 if __name__ == "__main__":
     main()
