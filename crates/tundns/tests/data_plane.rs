@@ -337,14 +337,20 @@ fn drop_counters(lab: &Lab) -> String {
 // ---------------------------------------------------------------------------------------------
 // Ping.
 
-/// `bash PING_ONE_SIZE TARGET SIZE`: prints "lost SIZE" when the first echo goes
-/// unanswered, and "fail SIZE: ..." when the retry fails too or comes back with other bytes.
-const PING_ONE_SIZE: &str = r#"
-for try in 1 2; do
-    out=$(ping -n -c 1 -W 2 -s "$2" "$1" 2>&1) && [[ $out != *"wrong data"* ]] && exit 0
-    [[ $try == 1 ]] && echo "lost $2"
+/// `bash PING_SIZES TARGET SIZE...`: pings TARGET once with each size; prints "lost SIZE"
+/// when the first echo goes unanswered, and "fail SIZE: ..." when the retry fails too or
+/// comes back with other bytes.
+const PING_SIZES: &str = r#"
+target=$1
+shift
+for size; do
+    for try in 1 2; do
+        out=$(ping -n -c 1 -W 2 -s "$size" "$target" 2>&1) && [[ $out != *"wrong data"* ]] &&
+            continue 2
+        [[ $try == 1 ]] && echo "lost $size"
+    done
+    echo "fail $size: $out"
 done
-echo "fail $2: $out"
 "#;
 
 /// Every ICMP payload size from 0 to what fills the MTU, over both families, from C to the
@@ -358,12 +364,12 @@ fn ping_of_every_size_up_to_the_mtu() {
         &["cat", &format!("/sys/class/net/{}/mtu", lab.tundns_iface)],
     );
     assert_eq!(mtu.assert_success().stdout.trim(), TUNNEL_MTU.to_string());
-    let ping_one_size = lab.write_file("ping-one-size.sh", PING_ONE_SIZE);
+    let ping_sizes = lab.write_file("ping-sizes.sh", PING_SIZES);
     for family in [&IPV4, &IPV6] {
         let sweep = format!(
-            "seq 0 {} | xargs -P 8 -n 1 bash {} {}",
+            "seq 0 {} | xargs -P 8 -n 50 bash {} {}",
             family.largest_unfragmented(),
-            path_str(&ping_one_size),
+            path_str(&ping_sizes),
             family.peer
         );
         let run = lab.exec_in_with_timeout(c, &["bash", "-c", &sweep], Duration::from_secs(60));
