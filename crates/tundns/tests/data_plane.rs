@@ -252,9 +252,10 @@ fn udp_datagrams_of_edge_sizes_arrive_intact_both_ways() {
             let report = send_udp_plan(&lab, family, direction, &plan, EDGE_RATE, EDGE_COPIES);
             assert!(
                 report.corrupt == 0 && report.distinct == report.expected,
-                "{} UDP {direction:?}, sizes {sizes:?}: not every size arrived intact: {}",
+                "{} UDP {direction:?}, sizes {sizes:?}: not every size arrived intact: {}\n{}",
                 family.name,
-                report.line
+                report.line,
+                drop_counters(&lab)
             );
             println!("{} UDP {direction:?}: sizes {sizes:?} intact", family.name);
         }
@@ -312,9 +313,10 @@ fn send_udp_plan(
     }
 }
 
-/// Where datagrams can be dropped on the way: the tunnel interfaces' queues, and every UDP
-/// socket's buffer and drop count (`skmem:(... rb<buffer> ... d<drops>)`) in both namespaces:
-/// the tunnel's own sockets and the receiver's.
+/// Where datagrams can be dropped on the way: the tunnel interfaces' queues, and the
+/// buffer and drop count (`skmem:(... rb<buffer> ... d<drops>)`) of every UDP socket still
+/// open in both namespaces, the tunnel's own. (The receiver has closed its socket by then;
+/// its 16 MiB buffer holds a whole stream.)
 fn drop_counters(lab: &Lab) -> String {
     let counters = [
         (
