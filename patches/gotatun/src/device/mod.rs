@@ -30,7 +30,7 @@ use builder::Nul;
 use futures::TryFutureExt;
 use std::collections::HashMap;
 use std::io::{self};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::BitOrAssign;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -46,7 +46,7 @@ use crate::noise::{Tunn, TunnResult};
 use crate::packet::{PacketBufPool, WgKind};
 use crate::task::Task;
 use crate::tun::{IpRecv, IpSend, MtuWatcher};
-use crate::udp::buffer::{BufferedUdpReceive, BufferedUdpSend};
+use crate::udp::buffer::BufferedUdpSend;
 use crate::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use crate::x25519;
 use allowed_ips::AllowedIps;
@@ -200,17 +200,13 @@ impl<T: DeviceTransports> Connection<T> {
             device.port = addr.port();
         }
 
-        let (buffered_ip_tx, buffered_ip_rx) = crate::tun::buffer::channel(
-            MAX_PACKET_BUFS,
-            pool.clone(),
-            Arc::clone(&device.tun_tx),
-            Arc::clone(&device.tun_rx),
-        )
-        .await;
+        // tundns patch (see patches/README.md): the data tasks own the TUN's ends and use
+        // the UDP socket directly, so that a batch goes TUN -> encrypt -> socket, and
+        // socket -> decrypt -> TUN, within one task, with no channel between stages.
+        let tun_tx = take_tun_end(&device.tun_tx, "IpSend").await;
+        let tun_rx = take_tun_end(&device.tun_rx, "IpRecv").await;
 
         let buffered_udp_tx = BufferedUdpSend::new(MAX_PACKET_BUFS, udp_tx.clone());
-
-        let buffered_udp_rx = BufferedUdpReceive::new(MAX_PACKET_BUFS, udp_rx, pool.clone());
 
         // Start DAITA/hooks tasks
         #[cfg(feature = "daita")]
@@ -240,8 +236,8 @@ impl<T: DeviceTransports> Connection<T> {
             "handle_outgoing",
             DeviceState::handle_outgoing(
                 Arc::downgrade(&device_arc),
-                buffered_ip_rx,
-                buffered_udp_tx.clone(),
+                tun_rx,
+                udp_tx.clone(),
                 pool.clone(),
             )
             .map_err(register_fatal_error.clone()),
@@ -254,9 +250,9 @@ impl<T: DeviceTransports> Connection<T> {
             "handle_incoming",
             DeviceState::handle_incoming(
                 Arc::downgrade(&device_arc),
-                buffered_ip_tx.clone(),
-                buffered_udp_tx,
-                buffered_udp_rx,
+                tun_tx,
+                udp_tx.clone(),
+                udp_rx,
                 pool.clone(),
             )
             .map_err(register_fatal_error.clone()),
@@ -272,6 +268,55 @@ impl<T: DeviceTransports> Connection<T> {
 
         Ok(())
     }
+}
+
+/// Sends a batch of encrypted packets of one address family; on error, as gotatun's
+/// buffered sender did, the batch is dropped. tundns patch (see patches/README.md).
+async fn send_to_udp<U: UdpSend>(
+    udp: &U,
+    send_many_buf: &mut U::SendManyBuf,
+    packets: &mut Vec<(crate::packet::Packet, SocketAddr)>,
+) {
+    if packets.is_empty() {
+        return;
+    }
+    if let Err(e) = udp.send_many_to(send_many_buf, packets).await {
+        tracing::trace!("send_many_to dropping {} packets: {e:#}", packets.len());
+    }
+    packets.clear();
+}
+
+/// Writes a batch of decrypted packets into the TUN. A fatal TUN error ends the incoming
+/// task, as it ended gotatun's buffered writer; any other is logged. tundns patch (see
+/// patches/README.md).
+async fn send_to_tun(
+    tun_tx: &mut impl IpSend,
+    packets: &mut Vec<crate::packet::Packet<crate::packet::Ip>>,
+) -> Result<(), Error> {
+    if packets.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = tun_tx.send_many(packets).await {
+        if crate::tun::buffer::is_fatal_tun_error(&e) {
+            tracing::error!("TUN device was deleted: {e}");
+            return Err(Error::IoError(e));
+        }
+        tracing::error!("Error sending IP packet: {e}");
+    }
+    packets.clear();
+    Ok(())
+}
+
+/// Takes one end of the TUN for a data task, which holds it until it stops.
+///
+/// A timeout rather than a `try_lock`, because the previous connection's task may still be
+/// stopping. tundns patch (see patches/README.md).
+async fn take_tun_end<I>(end: &Arc<Mutex<I>>, what: &str) -> tokio::sync::OwnedMutexGuard<I> {
+    tokio::time::timeout(Duration::from_secs(5), Arc::clone(end).lock_owned())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("Deadlock on {what}. There must be no more than one {what} active at any given time.")
+        })
 }
 
 impl<T: DeviceTransports> Device<T> {
@@ -667,7 +712,7 @@ impl<T: DeviceTransports> DeviceState<T> {
     #[instrument(level = Level::TRACE, skip_all)]
     async fn handle_incoming(
         device: Weak<RwLock<Self>>,
-        mut tun_tx: impl IpSend,
+        mut tun_tx: tokio::sync::OwnedMutexGuard<impl IpSend>,
         udp_tx: impl UdpSend,
         mut udp_rx: impl UdpRecv,
         mut packet_pool: PacketBufPool,
@@ -684,11 +729,22 @@ impl<T: DeviceTransports> DeviceState<T> {
             (private_key, public_key, rate_limiter, tun_mtu)
         };
 
+        // tundns patch (see patches/README.md): datagrams are read in batches (recvmmsg, GRO)
+        // and each batch's packets for the TUN are handed over in one `send_many`.
+        let mut recv_many_buf = Default::default();
+        let mut received = Vec::new();
+        let mut to_tun = Vec::new();
         loop {
-            let (src_buf, addr) = udp_rx
-                .recv_from(&mut packet_pool)
-                .await
-                .map_err(Error::IoError)?;
+            let Some((src_buf, addr)) = received.pop() else {
+                send_to_tun(&mut *tun_tx, &mut to_tun).await?;
+                udp_rx
+                    .recv_many_from(&mut recv_many_buf, &mut packet_pool, &mut received)
+                    .await
+                    .map_err(Error::IoError)?;
+                // Popped from the back, in the order they arrived.
+                received.reverse();
+                continue;
+            };
             let parsed_packet = match rate_limiter.verify_packet(addr, src_buf) {
                 Ok(packet) => packet,
                 Err(TunnResult::WriteToNetwork(WgKind::CookieReply(cookie))) => {
@@ -804,10 +860,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                         continue;
                     }
 
-                    if let Err(e) = tun_tx.send(packet).await {
-                        tracing::trace!("buffered_tun_send.send failed");
-                        return Err(Error::IoError(e));
-                    }
+                    to_tun.push(packet);
                 }
             }
         }
@@ -815,10 +868,10 @@ impl<T: DeviceTransports> DeviceState<T> {
 
     /// Read from tunnel device, encapsulate, and write to UDP socket for the corresponding peer
     #[instrument(level = Level::TRACE, skip_all)]
-    async fn handle_outgoing(
+    async fn handle_outgoing<U: UdpSend>(
         device: Weak<RwLock<Self>>,
-        mut tun_rx: impl IpRecv,
-        udp: impl UdpSend,
+        mut tun_rx: tokio::sync::OwnedMutexGuard<impl IpRecv>,
+        udp: U,
         mut packet_pool: PacketBufPool,
     ) -> Result<(), Error> {
         let mut tun_mtu = {
@@ -829,6 +882,12 @@ impl<T: DeviceTransports> DeviceState<T> {
             device.tun_rx_mtu.clone()
         };
 
+        // tundns patch (see patches/README.md): each batch's encrypted packets leave in one
+        // `send_many_to` per address family, as many at once as the socket takes.
+        let mut send_many_buf = Default::default();
+        let mut to_v4 = Vec::new();
+        let mut to_v6 = Vec::new();
+        let max_send = udp.max_number_of_packets_to_send().max(1);
         loop {
             let packets = match tun_rx.recv(&mut packet_pool).await {
                 Ok(packets) => packets,
@@ -904,10 +963,17 @@ impl<T: DeviceTransports> DeviceState<T> {
                 drop(peer); // release lock
                 drop(device_guard);
 
-                if udp.send_to(packet, peer_addr).await.is_err() {
-                    break;
+                let to_family = match peer_addr {
+                    SocketAddr::V4(..) => &mut to_v4,
+                    SocketAddr::V6(..) => &mut to_v6,
+                };
+                to_family.push((packet, peer_addr));
+                if to_family.len() == max_send {
+                    send_to_udp(&udp, &mut send_many_buf, to_family).await;
                 }
             }
+            send_to_udp(&udp, &mut send_many_buf, &mut to_v4).await;
+            send_to_udp(&udp, &mut send_many_buf, &mut to_v6).await;
         }
     }
 }

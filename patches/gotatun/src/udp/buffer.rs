@@ -10,15 +10,18 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! Generic buffered `UdpTransport` implementation.
+//!
+//! tundns patch (see patches/README.md): only the sender is left, for the timers; the
+//! incoming data task reads the socket itself.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use futures::{FutureExt, select};
 use tokio::{io, sync::mpsc};
 
-use crate::packet::{Packet, PacketBufPool};
+use crate::packet::Packet;
 use crate::task::Task;
-use crate::udp::{UdpRecv, UdpSend};
+use crate::udp::UdpSend;
 
 /// A [`UdpSend`] that wraps another [`UdpSend`] to provide buffering.
 ///
@@ -110,100 +113,5 @@ impl UdpSend for BufferedUdpSend {
             self.send_tx_v6.max_capacity(),
         );
         self.send_tx_v4.max_capacity()
-    }
-}
-
-/// A [`UdpRecv`] that wraps another [`UdpRecv`] to provide buffering.
-///
-/// This will spawn a background task that continuously calls [`UdpRecv::recv_from`] until the
-/// buffer is full. Any call to [`UdpRecv::recv_from`] on _this_ object will not block unless the
-/// buffer is empty.
-pub struct BufferedUdpReceive {
-    _recv_task: Arc<Task>,
-    recv_rx: mpsc::Receiver<io::Result<(Packet, SocketAddr)>>,
-}
-
-impl BufferedUdpReceive {
-    /// Wrap a [`UdpRecv`] into a [`BufferedUdpReceive`] with `capacity`.
-    pub fn new(
-        capacity: usize,
-        mut udp_rx: impl UdpRecv + 'static,
-        mut recv_pool: PacketBufPool,
-    ) -> Self {
-        let (recv_tx, recv_rx) = mpsc::channel(capacity);
-
-        let recv_task = Task::spawn("buffered UDP receive", async move {
-            let mut recv_many_buf = Default::default();
-            let mut packet_bufs = vec![];
-
-            loop {
-                // Read packets from the socket.
-                if let Err(err) = udp_rx
-                    .recv_many_from(&mut recv_many_buf, &mut recv_pool, &mut packet_bufs)
-                    .await
-                {
-                    let _ = recv_tx.send(Err(err)).await;
-                    return;
-                }
-
-                for (packet_buf, src) in packet_bufs.drain(..) {
-                    match recv_tx.try_send(Ok((packet_buf, src))) {
-                        Ok(()) => (),
-                        Err(mpsc::error::TrySendError::Full(packet)) => {
-                            if recv_tx.send(packet).await.is_err() {
-                                // Buffer dropped
-                                return;
-                            }
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-            }
-        });
-
-        Self {
-            _recv_task: Arc::new(recv_task),
-            recv_rx,
-        }
-    }
-}
-
-impl UdpRecv for BufferedUdpReceive {
-    type RecvManyBuf = ();
-
-    async fn recv_from(&mut self, _pool: &mut PacketBufPool) -> io::Result<(Packet, SocketAddr)> {
-        let Some(packet) = self.recv_rx.recv().await else {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "UDP receive task stopped",
-            ));
-        };
-        packet
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod test {
-    use super::*;
-    use crate::udp::socket::{SockOpt, UdpSocket};
-
-    #[tokio::test]
-    /// Regression test for security advisory GHSA-6gxq-8xp9-742r.
-    async fn empty_loopback_datagram_mustnt_stop_buffered_udp_receive() {
-        let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), SockOpt::default()).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let mut receiver = BufferedUdpReceive::new(16, socket, PacketBufPool::new(16));
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-
-        sender.send_to(&[], addr).unwrap();
-        sender.send_to(b"after-empty", addr).unwrap();
-
-        tokio::time::timeout(
-            std::time::Duration::from_secs(3),
-            receiver.recv_from(&mut PacketBufPool::new(1)),
-        )
-        .await
-        .expect("the receive task must stop promptly")
-        .expect("the panicked receive task must not close its channel");
     }
 }
