@@ -227,3 +227,25 @@ impl Coalescer {
             .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_super_packet_costs_that_read_only() {
+        let refused = io::Error::new(io::ErrorKind::InvalidInput, "gso_size must be non-zero");
+        assert_eq!(SegmentReader::sort(Err(refused)).unwrap(), Read::Malformed);
+        let short = io::Error::other("length of packet (9) <= VIRTIO_NET_HDR_LEN (10)");
+        assert_eq!(SegmentReader::sort(Err(short)).unwrap(), Read::Malformed);
+    }
+
+    #[test]
+    fn device_errors_and_an_empty_device_are_returned() {
+        let empty = io::Error::from(io::ErrorKind::WouldBlock);
+        assert!(SegmentReader::sort(Err(empty)).is_err());
+        let gone = io::Error::from_raw_os_error(libc::ENODEV);
+        assert!(SegmentReader::sort(Err(gone)).is_err());
+        assert_eq!(SegmentReader::sort(Ok(3)).unwrap(), Read::Packets(3));
+    }
+}
