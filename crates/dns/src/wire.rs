@@ -133,17 +133,32 @@ pub fn skip_name(msg: &[u8], start: usize) -> Option<usize> {
 }
 
 /// Decompresses the name at `start` into `out`; returns the offset just past it.
+///
+/// On the answer path every query's name goes through here, so an uncompressed name (every
+/// question in practice) is copied and lowercased as one run of bytes rather than label by
+/// label. Lowercasing leaves the length bytes alone: they are below 64.
 pub fn copy_name(msg: &[u8], start: usize, case: NameCase, out: &mut NameBuf) -> Option<usize> {
     let mut len = 0;
     let end = walk_labels(msg, start, |label| {
-        let dest = &mut out.bytes[len..len + label.len()];
-        dest.copy_from_slice(label);
-        if case == NameCase::Lowercase {
-            dest.make_ascii_lowercase();
-        }
         len += label.len();
         true
     })?;
+    // Uncompressed, the name is exactly `msg[start..end]`. Through a pointer, `end` is two
+    // bytes past the labels before it and `len` adds the target's length, which is 1 (the
+    // root) or at least 3, never 2: the two cannot meet.
+    if end == start + len {
+        out.bytes[..len].copy_from_slice(&msg[start..end]);
+    } else {
+        let mut copied = 0;
+        walk_labels(msg, start, |label| {
+            out.bytes[copied..copied + label.len()].copy_from_slice(label);
+            copied += label.len();
+            true
+        })?;
+    }
+    if case == NameCase::Lowercase {
+        out.bytes[..len].make_ascii_lowercase();
+    }
     out.len = len;
     Some(end)
 }
@@ -244,6 +259,20 @@ mod tests {
         let (end, name) = walk(msg, 13).unwrap();
         assert_eq!(end, msg.len());
         assert_eq!(name, b"\x03www\x07example\x03com\x00");
+    }
+
+    #[test]
+    fn compressed_name_is_copied_label_by_label_and_lowercased() {
+        // "Example.COM" at 0; "WWW" + pointer to it at 13; "A" + pointer to the root at 19.
+        let msg = b"\x07Example\x03COM\x00\x03WWW\xc0\x00\x01A\xc0\x0c";
+        let (end, name) = walk(msg, 13).unwrap();
+        assert_eq!(end, 19);
+        assert_eq!(name, b"\x03www\x07example\x03com\x00");
+        // Two bytes of labels, then a pointer to a one-byte name: `end - start` (4) and the
+        // name's length (3) differ, so this is not taken for an uncompressed name.
+        let (end, name) = walk(msg, 19).unwrap();
+        assert_eq!(end, msg.len());
+        assert_eq!(name, b"\x01a\x00");
     }
 
     #[test]
