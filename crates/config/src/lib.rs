@@ -30,7 +30,7 @@
 //! ListenPort = 51820             # 0..=65535
 //! FwMark = 0xca6c                # decimal, 0x-hex, or off (0 also means off)
 //! Address = 10.0.0.2/24, fd00::2/64   # list; a bare IP means /32 or /128
-//! MTU = 1420                     # default 1420; >= 576, >= 1280 with an IPv6 Address
+//! MTU = 1420                     # default 1420; 576..=4064, >= 1280 with an IPv6 Address
 //! DNS = 192.0.2.53, corp.example # list: IPs are servers, names are search domains
 //! Table = auto                   # off, auto, main, local, default or a number
 //! PreUp / PostUp / PreDown / PostDown = <command>   # may repeat, order kept
@@ -146,6 +146,10 @@ pub use upstream::{DEFAULT_DOH_PATH, DNS_PORT, DOH_PORT, DOT_PORT, Upstream};
 pub const DEFAULT_MTU: u16 = 1420;
 /// Smallest MTU accepted without IPv6 addresses (the IPv4 minimum datagram size).
 pub const MIN_MTU_IPV4: u16 = 576;
+
+/// The largest MTU: gotatun receives each WireGuard datagram into a 4096-byte buffer, which
+/// holds a 16-byte header and a 16-byte tag besides the packet.
+pub const MAX_MTU: u16 = 4096 - 32;
 /// Smallest MTU accepted when the interface has an IPv6 address (RFC 8200).
 pub const MIN_MTU_IPV6: u16 = 1280;
 /// Default virtual IPv4 address of the DNS proxy.

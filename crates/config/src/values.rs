@@ -102,11 +102,12 @@ pub(crate) fn parse_fwmark(value: &str) -> Result<Option<NonZeroU32>, String> {
 pub(crate) fn parse_mtu(value: &str) -> Result<u16, String> {
     parse_decimal(value)
         .and_then(|n| u16::try_from(n).ok())
-        .filter(|mtu| *mtu >= crate::MIN_MTU_IPV4)
+        .filter(|mtu| (crate::MIN_MTU_IPV4..=crate::MAX_MTU).contains(mtu))
         .ok_or_else(|| {
             format!(
-                "MTU must be a number in {}..=65535, found {}",
+                "MTU must be a number in {}..={}, found {}",
                 crate::MIN_MTU_IPV4,
+                crate::MAX_MTU,
                 shown(value)
             )
         })
@@ -515,6 +516,15 @@ mod tests {
             "18446744073709551615d",
         ] {
             assert!(parse_ttl(bad, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mtus_fit_gotatun_buffers() {
+        assert_eq!(parse_mtu("576"), Ok(576));
+        assert_eq!(parse_mtu("4064"), Ok(4064));
+        for bad in ["575", "4065", "9000", "65535", "70000", "", "1420 bytes"] {
+            assert!(parse_mtu(bad).is_err(), "{bad}");
         }
     }
 

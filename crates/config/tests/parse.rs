@@ -362,8 +362,8 @@ fn value_variants() {
     assert_eq!(low_mtu.interface.mtu, 576);
     let v6_mtu = parse(&format!("{}Address = fd00::2/64\nMTU = 1280\n", minimal())).unwrap();
     assert_eq!(v6_mtu.interface.mtu, 1280);
-    let max_mtu = parse(&format!("{}MTU = 65535\n", minimal())).unwrap();
-    assert_eq!(max_mtu.interface.mtu, 65535);
+    let max_mtu = parse(&format!("{}MTU = 4064\n", minimal())).unwrap();
+    assert_eq!(max_mtu.interface.mtu, 4064);
 }
 
 #[test]
@@ -668,11 +668,11 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}MTU = 575\n"),
-            "wg0.conf:3: MTU must be a number in 576..=65535, found \"575\"",
+            "wg0.conf:3: MTU must be a number in 576..=4064, found \"575\"",
         ),
         (
-            format!("{m}MTU = 65536\n"),
-            "wg0.conf:3: MTU must be a number in 576..=65535, found \"65536\"",
+            format!("{m}MTU = 4065\n"),
+            "wg0.conf:3: MTU must be a number in 576..=4064, found \"4065\"",
         ),
         (
             format!("{m}MTU = 1279\nAddress = 10.0.0.2/24\nAddress = fd00::2/64\n"),
@@ -1097,7 +1097,7 @@ fn first_error_in_the_file_wins() {
     let text = format!("{}MTU = 1\n[Nope]\nFoo = 1\n", minimal());
     assert_eq!(
         parse_err(&text),
-        "wg0.conf:3: MTU must be a number in 576..=65535, found \"1\""
+        "wg0.conf:3: MTU must be a number in 576..=4064, found \"1\""
     );
 }
 

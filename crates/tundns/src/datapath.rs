@@ -40,7 +40,7 @@ use gotatun::tun::MtuWatcher;
 use gotatun::x25519::StaticSecret;
 use tokio::sync::watch;
 use tun_rs::AsyncDevice;
-use tundns_config::Config;
+use tundns_config::{Config, MAX_MTU};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWriter, VirtualHost};
 
 use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
@@ -65,10 +65,13 @@ pub fn open_tun(name: &str, mtu: u16) -> io::Result<Arc<AsyncDevice>> {
     let builder = || tun_rs::DeviceBuilder::new().name(name).mtu(mtu);
     let device = match builder().offload(true).build_async() {
         Ok(device) => device,
-        Err(error) => {
+        // What a kernel without IFF_VNET_HDR or TSO answers; any other error is not about
+        // offloads, and a plain TUN would fail the same way.
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(%error, "the TUN refused offloads; reading and writing plain packets");
             builder().build_async()?
         }
+        Err(error) => return Err(error),
     };
     tracing::debug!(
         tcp = device.tcp_gso(),
@@ -98,10 +101,16 @@ fn watch_mtu(tun: &Arc<AsyncDevice>, configured: u16) -> MtuWatcher {
             if let Ok(mtu) = tun.mtu() {
                 sender.send_if_modified(|current| {
                     let changed = *current != mtu;
-                    if changed {
+                    if changed && mtu > MAX_MTU {
+                        tracing::warn!(
+                            mtu,
+                            max = MAX_MTU,
+                            "the TUN's MTU changed beyond what WireGuard carries; larger packets are dropped"
+                        );
+                    } else if changed {
                         tracing::info!(mtu, "the TUN's MTU changed");
                     }
-                    *current = mtu;
+                    *current = mtu.min(MAX_MTU);
                     changed
                 });
             }

@@ -251,7 +251,7 @@ impl<T: DeviceTransports> Connection<T> {
             DeviceState::handle_incoming(
                 Arc::downgrade(&device_arc),
                 tun_tx,
-                udp_tx.clone(),
+                buffered_udp_tx,
                 udp_rx,
                 pool.clone(),
             )
@@ -891,9 +891,15 @@ impl<T: DeviceTransports> DeviceState<T> {
         loop {
             let packets = match tun_rx.recv(&mut packet_pool).await {
                 Ok(packets) => packets,
-                Err(e) => {
+                // tundns patch (see patches/README.md): as gotatun's buffered reader did, only
+                // a fatal error ends the task; any other costs that read.
+                Err(e) if crate::tun::buffer::is_fatal_tun_error(&e) => {
                     tracing::error!("Unexpected error on tun interface: {e:?}");
                     return Err(Error::IoError(e));
+                }
+                Err(e) => {
+                    tracing::error!("Error receiving IP packet: {e}");
+                    continue;
                 }
             };
 

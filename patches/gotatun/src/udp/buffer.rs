@@ -11,8 +11,8 @@
 
 //! Generic buffered `UdpTransport` implementation.
 //!
-//! tundns patch (see patches/README.md): only the sender is left, for the timers; the
-//! incoming data task reads the socket itself.
+//! tundns patch (see patches/README.md): only the sender is left, for the timers and for
+//! the handshake and cookie replies of the incoming task, which reads the socket itself.
 
 use std::{net::SocketAddr, sync::Arc};
 
