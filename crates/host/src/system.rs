@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -99,6 +100,22 @@ impl SystemChanges {
             .execute()
             .await
             .map_err(failed(format!("bringing {} up", self.interface)))
+    }
+
+    /// Caps the segments of one GSO super-packet the kernel hands the interface, so that
+    /// none has more than its reader can split; the kernel then segments larger ones itself.
+    pub async fn set_gso_max_segments(&self, segments: u32) -> Result<(), SystemError> {
+        let mut link = LinkUnspec::new_with_index(self.index).build();
+        link.attributes.push(LinkAttribute::GsoMaxSegs(segments));
+        self.handle
+            .link()
+            .set(link)
+            .execute()
+            .await
+            .map_err(failed(format!(
+                "capping {}'s GSO segments at {segments}",
+                self.interface
+            )))
     }
 
     /// Routes `network` into the interface and remembers it for teardown.
