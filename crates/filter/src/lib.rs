@@ -19,6 +19,7 @@ mod rules;
 mod tun;
 
 pub use host::{Datagram, UdpService, VirtualHost};
+pub use offload::TUN_MAX_SEGMENTS;
 pub use rules::{RuleTable, Rules, RulesReader};
 pub use tun::{FilterStats, FilteredTun, FilteredTunSender, TunWriter};
 

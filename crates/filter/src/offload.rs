@@ -15,10 +15,11 @@ use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 /// Largest read from the TUN: a virtio-net header and the largest IP super-packet.
 const RAW_READ_LEN: usize = VIRTIO_NET_HDR_LEN + u16::MAX as usize;
 
-/// Segments one super-packet may split into. The kernel builds super-packets of at most
-/// 64 KiB, so this covers every segment size from 512 bytes up; a super-packet of smaller
-/// segments is dropped and counted, as a bogus one is.
-pub(crate) const MAX_SEGMENTS: usize = 128;
+/// Segments one super-packet may split into. tundns caps the TUN's `gso_max_segs` at this
+/// (`SystemChanges::set_gso_max_segments`), so the kernel segments larger ones itself; a
+/// super-packet of more, which only a kernel ignoring the cap would build, is dropped and
+/// counted, as a bogus one is.
+pub const TUN_MAX_SEGMENTS: usize = 128;
 
 /// Most packets one [`Coalescer::write`] hands to tun-rs at once; it bounds the memory of
 /// the coalescing buffers to this many 64 KiB buffers.
@@ -100,8 +101,8 @@ impl SegmentReader {
     pub(crate) fn new() -> Self {
         Self {
             raw: vec![0; RAW_READ_LEN].into_boxed_slice(),
-            spare: Vec::with_capacity(MAX_SEGMENTS),
-            sizes: vec![0; MAX_SEGMENTS],
+            spare: Vec::with_capacity(TUN_MAX_SEGMENTS),
+            sizes: vec![0; TUN_MAX_SEGMENTS],
         }
     }
 
@@ -141,14 +142,14 @@ impl SegmentReader {
     }
 
     fn refill(&mut self, pool: &PacketBufPool) {
-        while self.spare.len() < MAX_SEGMENTS {
+        while self.spare.len() < TUN_MAX_SEGMENTS {
             self.spare.push(SegmentBuffer(pool.get()));
         }
     }
 
     /// A device error is returned; any other is tun-rs refusing what the kernel handed
     /// over (a bogus `gso_size` or `csum_start`, a length that does not add up, more
-    /// segments than [`MAX_SEGMENTS`]), which costs that read only.
+    /// segments than [`TUN_MAX_SEGMENTS`]), which costs that read only.
     fn sort(result: io::Result<usize>) -> io::Result<Read> {
         match result {
             Ok(count) => Ok(Read::Packets(count)),

@@ -9,7 +9,7 @@ use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use tun_rs::AsyncDevice;
 
-use crate::offload::{Coalescer, Framing, Read, SegmentReader, is_device_error};
+use crate::offload::{Coalescer, Framing, Read, SegmentReader, TUN_MAX_SEGMENTS, is_device_error};
 use crate::rules::{Rules, RulesReader};
 
 /// Packets up to this size are built on the stack; larger ones allocate.
@@ -176,7 +176,7 @@ impl FilteredTun {
             mtu,
             stats,
             reader: SegmentReader::new(),
-            passed: Vec::with_capacity(RECV_BATCH + crate::offload::MAX_SEGMENTS),
+            passed: Vec::with_capacity(RECV_BATCH + TUN_MAX_SEGMENTS),
         }
     }
 
@@ -288,24 +288,35 @@ impl FilteredTunSender {
 
 impl IpSend for FilteredTunSender {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
-        self.send_many(&mut vec![packet]).await
+        self.send_many(&mut Vec::from([packet])).await
     }
 
+    /// Checks and writes every packet of the batch, whatever a write answers; the first
+    /// error is returned at the end, so that one failed write costs its own packets only.
     async fn send_many(&mut self, packets: &mut Vec<Packet<Ip>>) -> io::Result<()> {
         let mut dropped = 0;
-        for packet in packets.drain(..) {
-            let packet = packet.into_bytes();
-            // Checked before coalescing, so the rule holds for every coalesced packet.
-            if self.rules.load().touches_virtual_ip(packet.as_ref()) {
-                dropped += 1;
-                continue;
+        let mut first_error = Ok(());
+        // One load of the rule table for the batch; the rule is checked on every packet
+        // before coalescing, so it holds for every coalesced packet too.
+        let mut batch = packets.drain(..).map(Packet::into_bytes).peekable();
+        while batch.peek().is_some() {
+            let rules = self.rules.load();
+            for packet in batch.by_ref() {
+                if rules.touches_virtual_ip(packet.as_ref()) {
+                    dropped += 1;
+                    continue;
+                }
+                self.coalescer.push(packet.as_ref());
+                if self.coalescer.is_full() {
+                    break;
+                }
             }
-            self.coalescer.push(packet.as_ref());
-            if self.coalescer.is_full() {
-                self.flush().await?;
+            let written = self.flush().await;
+            if first_error.is_ok() {
+                first_error = written;
             }
         }
         FilterStats::add(&self.stats.dropped_inbound_virtual, dropped);
-        self.flush().await
+        first_error
     }
 }

@@ -265,6 +265,9 @@ async fn configure_interface(
         changes.add_address(*address).await?;
     }
     changes.set_up().await?;
+    changes
+        .set_gso_max_segments(tundns_filter::TUN_MAX_SEGMENTS as u32)
+        .await?;
     let table = match config.interface.table {
         RouteTable::Off => None,
         RouteTable::Auto => Some(MAIN_TABLE),

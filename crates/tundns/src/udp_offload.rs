@@ -23,7 +23,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, getsockopt, se
 use tokio::io::Interest;
 
 /// The kernel's cap on segments per send (`UDP_MAX_SEGMENTS`; 128 only since Linux 6.9).
-pub const MAX_SEGMENTS: usize = 64;
+pub const UDP_MAX_SEGMENTS: usize = 64;
 
 const UDP_HEADER_LEN: usize = 8;
 const IPV4_HEADER_LEN: usize = 20;
@@ -83,7 +83,7 @@ impl GsoUdpSend {
         let segment_size = u16::try_from(first.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment over 64 KiB"))?;
         let destination = SockaddrStorage::from(*destination);
-        let mut payload = [IoSlice::new(&[]); MAX_SEGMENTS];
+        let mut payload = [IoSlice::new(&[]); UDP_MAX_SEGMENTS];
         for (slice, (packet, _)) in payload.iter_mut().zip(run) {
             *slice = IoSlice::new(packet);
         }
@@ -254,7 +254,7 @@ fn segment_run<P: Deref<Target = [u8]>>(packets: &[(P, SocketAddr)]) -> usize {
     let max_bytes = usize::from(u16::MAX) - UDP_HEADER_LEN - ip_header_len;
     let mut bytes = 0;
     let mut count = 0;
-    for (packet, to) in packets.iter().take(MAX_SEGMENTS) {
+    for (packet, to) in packets.iter().take(UDP_MAX_SEGMENTS) {
         let len = packet.len();
         if to != destination || len == 0 || len > segment_size || bytes + len > max_bytes {
             break;
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_run_stays_within_the_kernels_limits() {
-        assert_eq!(segment_run(&batch(&[(100, A); 100])), MAX_SEGMENTS);
+        assert_eq!(segment_run(&batch(&[(100, A); 100])), UDP_MAX_SEGMENTS);
         // 65535 - 8 - 20 = 65507 bytes: 46 packets of 1400 and a tail of up to 1107.
         assert_eq!(segment_run(&batch(&[(1400, A); 60])), 46);
         let with_tail = |len, to| {

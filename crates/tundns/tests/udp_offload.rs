@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use gotatun::packet::Packet;
 use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
-use tundns::udp_offload::{GsoUdpFactory, GsoUdpSend, MAX_SEGMENTS};
+use tundns::udp_offload::{GsoUdpFactory, GsoUdpSend, UDP_MAX_SEGMENTS};
 
 mod netns;
 use netns::Namespace;
@@ -130,7 +130,7 @@ fn segmented_batches_arrive_intact_in_order() {
         for family in [&first, &v6] {
             let receivers = [family];
             // More than one send's segments, then a shorter tail.
-            let over_segments: Vec<_> = repeated(1200, MAX_SEGMENTS + 6, 0)
+            let over_segments: Vec<_> = repeated(1200, UDP_MAX_SEGMENTS + 6, 0)
                 .chain(repeated(300, 1, 0))
                 .collect();
             send_and_check(&sender, &receivers, &over_segments).await;
