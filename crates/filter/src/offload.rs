@@ -51,6 +51,14 @@ impl Framing {
         }
     }
 
+    /// The bytes in front of each packet read or written: the virtio-net header, or none.
+    pub(crate) fn header_len(self) -> usize {
+        match self {
+            Self::VirtioHeader => VIRTIO_NET_HDR_LEN,
+            Self::Plain => 0,
+        }
+    }
+
     /// Writes one packet without waiting, with the header the framing needs.
     pub(crate) fn try_send(self, device: &AsyncDevice, packet: &[u8]) -> io::Result<usize> {
         match self {
@@ -92,7 +100,8 @@ pub(crate) enum Read {
 pub(crate) struct SegmentReader {
     /// One raw read: the virtio-net header and the (super-)packet.
     raw: Box<[u8]>,
-    /// Buffers for the segments of the next read, taken from gotatun's pool.
+    /// Buffers for the segments of the next read, taken from gotatun's pool; always
+    /// [`TUN_MAX_SEGMENTS`] of them once the first read has filled it.
     spare: Vec<SegmentBuffer>,
     sizes: Vec<usize>,
 }
@@ -130,15 +139,19 @@ impl SegmentReader {
         Self::sort(result)
     }
 
-    /// The `count` packets of the last read, each trimmed to its length.
-    pub(crate) fn take(&mut self, count: usize) -> impl Iterator<Item = Packet<[u8]>> + '_ {
-        self.spare
-            .drain(..count)
-            .zip(&self.sizes)
-            .map(|(SegmentBuffer(mut packet), &len)| {
-                packet.truncate(len);
-                packet
-            })
+    /// The `index`th packet of the last read.
+    pub(crate) fn packet(&self, index: usize) -> &[u8] {
+        &self.spare[index].0[..self.sizes[index]]
+    }
+
+    /// Takes the `index`th packet of the last read, trimmed to its length, leaving a fresh
+    /// buffer from `pool` in its place. A packet only looked at (a service's) keeps its
+    /// buffer for the next read, and costs the pool nothing.
+    pub(crate) fn take(&mut self, index: usize, pool: &PacketBufPool) -> Packet<[u8]> {
+        let SegmentBuffer(mut packet) =
+            std::mem::replace(&mut self.spare[index], SegmentBuffer(pool.get()));
+        packet.truncate(self.sizes[index]);
+        packet
     }
 
     fn refill(&mut self, pool: &PacketBufPool) {

@@ -12,7 +12,8 @@ use tun_rs::AsyncDevice;
 use crate::offload::{Coalescer, Framing, Read, SegmentReader, TUN_MAX_SEGMENTS, is_device_error};
 use crate::rules::{Rules, RulesReader};
 
-/// Packets up to this size are built on the stack; larger ones allocate.
+/// Packets (with the framing's header) up to this size are built on the stack; larger ones
+/// allocate.
 const SMALL_PACKET: usize = 1536;
 
 /// Packets after which one [`FilteredTun::recv`] stops reading: enough to spread the
@@ -85,7 +86,13 @@ impl TunWriter {
     /// A TUN write practically never blocks; in the rare case the reactor has not yet
     /// seen the device writable, the packet is copied to a task that waits for it.
     pub fn send(&self, packet: &[u8]) {
-        match self.framing.try_send(&self.device, packet) {
+        self.finish_send(self.framing.try_send(&self.device, packet), packet);
+    }
+
+    /// Acts on a write of `packet` that did not wait: done, handed to a task that waits for
+    /// the device, or counted.
+    fn finish_send(&self, written: io::Result<usize>, packet: &[u8]) {
+        match written {
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_REPLIES {
@@ -105,8 +112,12 @@ impl TunWriter {
     }
 
     /// Builds an IP/UDP packet around `payload` and writes it without waiting.
+    ///
+    /// The packet is built behind room for the framing's header (zeroed: nothing asked of
+    /// the kernel), so that the reply to a cached query is one plain write.
     pub fn send_udp(&self, source: SocketAddr, destination: SocketAddr, payload: &[u8]) {
-        let needed = tundns_packet::udp_headers_len(&destination) + payload.len();
+        let header = self.framing.header_len();
+        let needed = header + tundns_packet::udp_headers_len(&destination) + payload.len();
         let mut small = [0u8; SMALL_PACKET];
         let mut large = Vec::new();
         let buf = if needed <= SMALL_PACKET {
@@ -115,8 +126,11 @@ impl TunWriter {
             large.resize(needed, 0);
             &mut large[..]
         };
-        match tundns_packet::build_udp(buf, source, destination, payload) {
-            Ok(len) => self.send(&buf[..len]),
+        match tundns_packet::build_udp(&mut buf[header..], source, destination, payload) {
+            Ok(len) => {
+                let frame = &buf[..header + len];
+                self.finish_send(self.device.try_send(frame), &frame[header..]);
+            }
             Err(error) => {
                 FilterStats::bump(&self.stats.reply_errors);
                 tracing::debug!(?error, "could not build a UDP reply");
@@ -197,15 +211,16 @@ impl FilteredTun {
             match read {
                 Read::Packets(count) => {
                     packets += count;
-                    for packet in self.reader.take(count) {
-                        if let Some(service) = rules.classify(&packet) {
+                    for index in 0..count {
+                        let packet = self.reader.packet(index);
+                        if let Some(service) = rules.classify(packet) {
                             diverted += 1;
-                            service.handle(&packet, &self.writer);
+                            service.handle(packet, &self.writer);
                             continue;
                         }
                         // A malformed packet must not end gotatun's reader task, so it is
                         // dropped here rather than reported as an error.
-                        match packet.try_into_ip() {
+                        match self.reader.take(index, pool).try_into_ip() {
                             Ok(ip) => self.passed.push(ip),
                             Err(_) => malformed += 1,
                         }
