@@ -265,9 +265,14 @@ async fn configure_interface(
         changes.add_address(*address).await?;
     }
     changes.set_up().await?;
-    changes
+    // Best effort: a kernel that cannot cap it hands over a rare super-packet of more
+    // segments (a tiny MSS), which the filter drops and counts.
+    if let Err(error) = changes
         .set_gso_max_segments(tundns_filter::TUN_MAX_SEGMENTS as u32)
-        .await?;
+        .await
+    {
+        tracing::warn!(%error, "could not cap the TUN's GSO segments");
+    }
     let table = match config.interface.table {
         RouteTable::Off => None,
         RouteTable::Auto => Some(MAIN_TABLE),
