@@ -366,6 +366,17 @@ fn ping_of_every_size_up_to_the_mtu() {
         &["cat", &format!("/sys/class/net/{}/mtu", lab.tundns_iface)],
     );
     assert_eq!(mtu.assert_success().stdout.trim(), TUNNEL_MTU.to_string());
+    // The TUN runs with offloads, and the kernel builds no super-packet the filter cannot split.
+    let link = lab.exec_in(c, &["ip", "-d", "link", "show", &lab.tundns_iface]);
+    let link = &link.assert_success().stdout;
+    assert!(
+        link.contains("vnet_hdr on"),
+        "TUN without offloads:\n{link}"
+    );
+    assert!(
+        link.contains(&format!("gso_max_segs {}", tundns_filter::TUN_MAX_SEGMENTS)),
+        "GSO segments not capped:\n{link}"
+    );
     let ping_sizes = lab.write_file("ping-sizes.sh", PING_SIZES);
     for family in [&IPV4, &IPV6] {
         let sweep = format!(
