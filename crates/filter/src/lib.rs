@@ -15,6 +15,7 @@
 
 mod host;
 mod offload;
+mod reader;
 mod rules;
 mod tun;
 

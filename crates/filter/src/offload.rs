@@ -1,8 +1,8 @@
 //! TUN I/O with the kernel's offloads: GSO super-packets split on the way out, one flow's
 //! packets coalesced (GRO) on the way in, and the virtio-net header every write carries.
 //!
-//! tun-rs does the splitting and the coalescing ([`AsyncDevice::recv_multiple`],
-//! [`AsyncDevice::send_multiple`] and its [`GROTable`]); this module owns the buffers they
+//! tun-rs does the splitting and the coalescing (`recv_multiple`, `send_multiple` and its
+//! [`GROTable`]); this module owns the buffers they
 //! need and turns what they report into packets, drops and counts. On a device opened
 //! without offloads (`IFF_VNET_HDR` refused), the same calls read and write plain packets.
 
@@ -10,7 +10,7 @@ use std::io::{self, IoSlice};
 
 use bytes::BytesMut;
 use gotatun::packet::{Packet, PacketBufPool};
-use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// Largest read from the TUN: a virtio-net header and the largest IP super-packet.
 const RAW_READ_LEN: usize = VIRTIO_NET_HDR_LEN + u16::MAX as usize;
@@ -43,7 +43,7 @@ pub(crate) enum Framing {
 
 impl Framing {
     /// The framing `device` was opened with.
-    pub(crate) fn of(device: &AsyncDevice) -> Self {
+    pub(crate) fn of(device: &SyncDevice) -> Self {
         if device.tcp_gso() {
             Self::VirtioHeader
         } else {
@@ -59,24 +59,14 @@ impl Framing {
         }
     }
 
-    /// Writes one packet without waiting, with the header the framing needs.
-    pub(crate) fn try_send(self, device: &AsyncDevice, packet: &[u8]) -> io::Result<usize> {
+    /// Writes one packet, with the header the framing needs. A TUN write never waits: the
+    /// kernel takes the packet into its stack, or refuses it.
+    pub(crate) fn send(self, device: &SyncDevice, packet: &[u8]) -> io::Result<usize> {
         match self {
             Self::VirtioHeader => {
-                device.try_send_vectored(&[IoSlice::new(&PLAIN_HEADER), IoSlice::new(packet)])
+                device.send_vectored(&[IoSlice::new(&PLAIN_HEADER), IoSlice::new(packet)])
             }
-            Self::Plain => device.try_send(packet),
-        }
-    }
-
-    /// Writes one packet, waiting for the device if it must.
-    pub(crate) async fn send(self, device: &AsyncDevice, packet: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::VirtioHeader => {
-                let parts = [IoSlice::new(&PLAIN_HEADER), IoSlice::new(packet)];
-                device.send_vectored(&parts).await
-            }
-            Self::Plain => device.send(packet).await,
+            Self::Plain => device.send(packet),
         }
     }
 }
@@ -96,14 +86,19 @@ pub(crate) enum Read {
     Malformed,
 }
 
+/// Packet buffers the reader keeps for reuse: those of the packets on their way to
+/// WireGuard come back to it once sent.
+const POOL_CAPACITY: usize = 1024;
+
 /// Reads the TUN into gotatun's packet buffers, one super-packet split into its segments.
 pub(crate) struct SegmentReader {
     /// One raw read: the virtio-net header and the (super-)packet.
     raw: Box<[u8]>,
-    /// Buffers for the segments of the next read, taken from gotatun's pool; always
-    /// [`TUN_MAX_SEGMENTS`] of them once the first read has filled it.
+    /// Buffers for the segments of the next read, always [`TUN_MAX_SEGMENTS`] of them once
+    /// the first read has filled it.
     spare: Vec<SegmentBuffer>,
     sizes: Vec<usize>,
+    pool: PacketBufPool,
 }
 
 impl SegmentReader {
@@ -112,30 +107,16 @@ impl SegmentReader {
             raw: vec![0; RAW_READ_LEN].into_boxed_slice(),
             spare: Vec::with_capacity(TUN_MAX_SEGMENTS),
             sizes: vec![0; TUN_MAX_SEGMENTS],
+            pool: PacketBufPool::new(POOL_CAPACITY),
         }
     }
 
-    /// Waits for the next read.
-    pub(crate) async fn read(
-        &mut self,
-        device: &AsyncDevice,
-        pool: &PacketBufPool,
-    ) -> io::Result<Read> {
-        self.refill(pool);
-        let result = device
-            .recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0)
-            .await;
-        Self::sort(result)
-    }
-
-    /// Reads what the device already holds; `WouldBlock` when it holds nothing.
-    pub(crate) fn try_read(
-        &mut self,
-        device: &AsyncDevice,
-        pool: &PacketBufPool,
-    ) -> io::Result<Read> {
-        self.refill(pool);
-        let result = device.try_recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0);
+    /// Waits for the next read, in the device's own (blocking) mode.
+    pub(crate) fn read(&mut self, device: &SyncDevice) -> io::Result<Read> {
+        while self.spare.len() < TUN_MAX_SEGMENTS {
+            self.spare.push(SegmentBuffer(self.pool.get()));
+        }
+        let result = device.recv_multiple(&mut self.raw, &mut self.spare, &mut self.sizes, 0);
         Self::sort(result)
     }
 
@@ -145,19 +126,13 @@ impl SegmentReader {
     }
 
     /// Takes the `index`th packet of the last read, trimmed to its length, leaving a fresh
-    /// buffer from `pool` in its place. A packet only looked at (a service's) keeps its
-    /// buffer for the next read, and costs the pool nothing.
-    pub(crate) fn take(&mut self, index: usize, pool: &PacketBufPool) -> Packet<[u8]> {
+    /// buffer in its place. A packet only looked at (a service's) keeps its buffer for the
+    /// next read, and costs the pool nothing.
+    pub(crate) fn take(&mut self, index: usize) -> Packet<[u8]> {
         let SegmentBuffer(mut packet) =
-            std::mem::replace(&mut self.spare[index], SegmentBuffer(pool.get()));
+            std::mem::replace(&mut self.spare[index], SegmentBuffer(self.pool.get()));
         packet.truncate(self.sizes[index]);
         packet
-    }
-
-    fn refill(&mut self, pool: &PacketBufPool) {
-        while self.spare.len() < TUN_MAX_SEGMENTS {
-            self.spare.push(SegmentBuffer(pool.get()));
-        }
     }
 
     /// A device error is returned; any other is tun-rs refusing what the kernel handed
@@ -229,7 +204,7 @@ impl Coalescer {
 
     /// Writes the batch, coalesced, and empties it; after an error too, the next batch
     /// starts clean.
-    pub(crate) async fn write(&mut self, device: &AsyncDevice) -> io::Result<()> {
+    pub(crate) fn write(&mut self, device: &SyncDevice) -> io::Result<()> {
         let filled = std::mem::take(&mut self.filled);
         if filled == 0 {
             return Ok(());
@@ -237,7 +212,6 @@ impl Coalescer {
         let batch = &mut self.buffers[..filled];
         device
             .send_multiple(&mut self.table, batch, VIRTIO_NET_HDR_LEN)
-            .await
             .map(drop)
     }
 }

@@ -3,24 +3,19 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
-use tun_rs::AsyncDevice;
+use tun_rs::SyncDevice;
 
-use crate::offload::{Coalescer, Framing, Read, SegmentReader, TUN_MAX_SEGMENTS, is_device_error};
+use crate::offload::{Coalescer, Framing, is_device_error};
+use crate::reader::TunReader;
 use crate::rules::{Rules, RulesReader};
 
 /// Packets (with the framing's header) up to this size are built on the stack; larger ones
 /// allocate.
 const SMALL_PACKET: usize = 1536;
-
-/// Packets after which one [`FilteredTun::recv`] stops reading: enough to spread the
-/// rule-table load and the counter updates over many packets during a transfer, few enough
-/// that the first packet of a batch does not wait long for WireGuard. One read may give up
-/// to a super-packet's worth of segments beyond it.
-const RECV_BATCH: usize = 64;
 
 /// Counters kept by the filter. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
@@ -36,18 +31,17 @@ pub struct FilterStats {
     pub dropped_offload: AtomicU64,
     /// Inbound packets from the tunnel whose source or destination is a virtual IP.
     pub dropped_inbound_virtual: AtomicU64,
-    /// Replies that could not be written into the TUN, or were dropped because too many
-    /// were already waiting for it.
+    /// Replies that could not be written into the TUN.
     pub reply_errors: AtomicU64,
 }
 
 impl FilterStats {
-    fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds a batch's count, skipping the atomic operation when there is nothing to add.
-    fn add(counter: &AtomicU64, count: u64) {
+    pub(crate) fn add(counter: &AtomicU64, count: u64) {
         if count > 0 {
             counter.fetch_add(count, Ordering::Relaxed);
         }
@@ -59,59 +53,30 @@ impl FilterStats {
 /// Services use it to answer; it is cheap to clone into tasks.
 #[derive(Clone)]
 pub struct TunWriter {
-    device: Arc<AsyncDevice>,
+    device: Arc<SyncDevice>,
     framing: Framing,
     stats: Arc<FilterStats>,
-    /// Replies waiting in tasks for the device to become writable.
-    waiting: Arc<AtomicUsize>,
 }
-
-/// Replies allowed to wait for a busy TUN at once; beyond, they are dropped as a full
-/// NIC queue drops them, rather than piling up tasks.
-const MAX_WAITING_REPLIES: usize = 256;
 
 impl TunWriter {
     /// A writer for `device` that counts failures in `stats`.
-    pub fn new(device: Arc<AsyncDevice>, stats: Arc<FilterStats>) -> Self {
+    pub fn new(device: Arc<SyncDevice>, stats: Arc<FilterStats>) -> Self {
         Self {
             framing: Framing::of(&device),
             device,
             stats,
-            waiting: Arc::default(),
         }
     }
 
-    /// Writes one packet without waiting. Safe to call inline on the TUN reader.
-    ///
-    /// A TUN write practically never blocks; in the rare case the reactor has not yet
-    /// seen the device writable, the packet is copied to a task that waits for it.
+    /// Writes one packet. A TUN write never waits (the kernel takes the packet into its
+    /// stack or refuses it), so this is safe inline on the TUN reader and in tasks.
     pub fn send(&self, packet: &[u8]) {
-        self.finish_send(self.framing.try_send(&self.device, packet), packet);
-    }
-
-    /// Acts on a write of `packet` that did not wait: done, handed to a task that waits for
-    /// the device, or counted.
-    fn finish_send(&self, written: io::Result<usize>, packet: &[u8]) {
-        match written {
-            Ok(_) => {}
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_REPLIES {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
-                    FilterStats::bump(&self.stats.reply_errors);
-                    return;
-                }
-                let writer = self.clone();
-                let packet = packet.to_vec();
-                tokio::spawn(async move {
-                    writer.send_async(&packet).await;
-                    writer.waiting.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Err(error) => self.count_error(&error),
+        if let Err(error) = self.framing.send(&self.device, packet) {
+            self.count_error(&error);
         }
     }
 
-    /// Builds an IP/UDP packet around `payload` and writes it without waiting.
+    /// Builds an IP/UDP packet around `payload` and writes it.
     ///
     /// The packet is built behind room for the framing's header (zeroed: nothing asked of
     /// the kernel), so that the reply to a cached query is one plain write.
@@ -128,20 +93,14 @@ impl TunWriter {
         };
         match tundns_packet::build_udp(&mut buf[header..], source, destination, payload) {
             Ok(len) => {
-                let frame = &buf[..header + len];
-                self.finish_send(self.device.try_send(frame), &frame[header..]);
+                if let Err(error) = self.device.send(&buf[..header + len]) {
+                    self.count_error(&error);
+                }
             }
             Err(error) => {
                 FilterStats::bump(&self.stats.reply_errors);
                 tracing::debug!(?error, "could not build a UDP reply");
             }
-        }
-    }
-
-    /// Writes one packet, waiting for the device if it must.
-    pub async fn send_async(&self, packet: &[u8]) {
-        if let Err(error) = self.framing.send(&self.device, packet).await {
-            self.count_error(&error);
         }
     }
 
@@ -159,102 +118,44 @@ impl TunWriter {
 /// gotatun's TUN reader: every outbound packet is classified; packets for a virtual IP go
 /// to their service inline, everything else goes on to WireGuard.
 ///
-/// Each [`IpRecv::recv`] waits for one read, then takes whatever else the TUN already
-/// holds, until [`RECV_BATCH`] packets, without waiting again. A read gives one packet, or
-/// the segments of one GSO super-packet, each classified on its own: a virtual IP is never
-/// reached through an offloaded packet. The whole batch is classified against one load of
-/// the rule table, so a rule changed at runtime applies from the next batch on.
+/// The reading and the classifying happen on a thread of its own (the `reader` module),
+/// which answers the services' packets there and then; [`IpRecv::recv`] returns every
+/// packet for WireGuard the thread has read since the last call. A read gives one packet,
+/// or the segments of one GSO super-packet, each classified on its own: a virtual IP is
+/// never reached through an offloaded packet. Dropping it stops the thread.
 pub struct FilteredTun {
-    device: Arc<AsyncDevice>,
-    rules: RulesReader,
-    writer: TunWriter,
+    reader: TunReader,
     mtu: MtuWatcher,
-    stats: Arc<FilterStats>,
-    reader: SegmentReader,
     /// The current batch's packets for WireGuard; kept between calls for its allocation.
     passed: Vec<Packet<Ip>>,
 }
 
 impl FilteredTun {
-    /// Wraps `device`, whose MTU `mtu` follows, diverting by `rules`.
+    /// Starts reading `device` on a thread of its own; the device must be in blocking mode
+    /// (as tun-rs builds a `SyncDevice`). Its MTU follows `mtu`; packets are diverted by
+    /// `rules`. Services run inside the tokio runtime `new` is called in, if any.
     pub fn new(
-        device: Arc<AsyncDevice>,
+        device: Arc<SyncDevice>,
         rules: &Rules,
         mtu: MtuWatcher,
         stats: Arc<FilterStats>,
-    ) -> Self {
-        Self {
-            writer: TunWriter::new(device.clone(), stats.clone()),
-            device,
-            rules: rules.reader(),
+    ) -> io::Result<Self> {
+        let writer = TunWriter::new(device.clone(), stats.clone());
+        Ok(Self {
+            reader: TunReader::spawn(device, rules.reader(), writer, stats)?,
             mtu,
-            stats,
-            reader: SegmentReader::new(),
-            passed: Vec::with_capacity(RECV_BATCH + TUN_MAX_SEGMENTS),
-        }
-    }
-
-    /// Classifies the packets of `first` and of every read the TUN can give at once after
-    /// it, until [`RECV_BATCH`] packets: diverted packets go to their service, the others
-    /// into `self.passed`.
-    ///
-    /// Nothing here waits, so the only await in [`IpRecv::recv`] comes before a batch and
-    /// a cancelled `recv` loses no packet it has read.
-    fn filter_batch(&mut self, first: Read, pool: &PacketBufPool) {
-        let rules = self.rules.load();
-        let mut read = first;
-        let mut packets = 0;
-        let mut diverted = 0;
-        let mut malformed = 0;
-        let mut malformed_offload = 0;
-        loop {
-            match read {
-                Read::Packets(count) => {
-                    packets += count;
-                    for index in 0..count {
-                        let packet = self.reader.packet(index);
-                        if let Some(service) = rules.classify(packet) {
-                            diverted += 1;
-                            service.handle(packet, &self.writer);
-                            continue;
-                        }
-                        // A malformed packet must not end gotatun's reader task, so it is
-                        // dropped here rather than reported as an error.
-                        match self.reader.take(index, pool).try_into_ip() {
-                            Ok(ip) => self.passed.push(ip),
-                            Err(_) => malformed += 1,
-                        }
-                    }
-                }
-                Read::Malformed => malformed_offload += 1,
-            }
-            if packets >= RECV_BATCH {
-                break;
-            }
-            // WouldBlock ends the batch; so does any other error, which the next awaited
-            // read reports if it persists.
-            match self.reader.try_read(&self.device, pool) {
-                Ok(next) => read = next,
-                Err(_) => break,
-            }
-        }
-        FilterStats::add(&self.stats.diverted, diverted);
-        FilterStats::add(&self.stats.dropped_malformed, malformed);
-        FilterStats::add(&self.stats.dropped_offload, malformed_offload);
-        FilterStats::add(&self.stats.passed, self.passed.len() as u64);
+            passed: Vec::new(),
+        })
     }
 }
 
 impl IpRecv for FilteredTun {
     async fn recv<'a>(
         &'a mut self,
-        pool: &mut PacketBufPool,
+        _pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         // The previous batch's iterator has been dropped, which emptied `passed`.
-        while self.passed.is_empty() {
-            let read = self.reader.read(&self.device, pool).await?;
-            self.filter_batch(read, pool);
-        }
+        self.reader.next(&mut self.passed).await?;
         Ok(self.passed.drain(..))
     }
 
@@ -270,7 +171,7 @@ impl IpRecv for FilteredTun {
 /// each is checked on its own, then one flow's consecutive packets are coalesced into a
 /// super-packet, so the host's stack sees a few large packets rather than many small ones.
 pub struct FilteredTunSender {
-    device: Arc<AsyncDevice>,
+    device: Arc<SyncDevice>,
     rules: RulesReader,
     stats: Arc<FilterStats>,
     coalescer: Coalescer,
@@ -278,7 +179,7 @@ pub struct FilteredTunSender {
 
 impl FilteredTunSender {
     /// Wraps `device`, dropping by `rules`.
-    pub fn new(device: Arc<AsyncDevice>, rules: &Rules, stats: Arc<FilterStats>) -> Self {
+    pub fn new(device: Arc<SyncDevice>, rules: &Rules, stats: Arc<FilterStats>) -> Self {
         Self {
             device,
             rules: rules.reader(),
@@ -289,8 +190,8 @@ impl FilteredTunSender {
 
     /// Writes the coalescer's batch. A batch tun-rs refuses is dropped and counted, so that
     /// gotatun, which ends its writer on such errors, goes on.
-    async fn flush(&mut self) -> io::Result<()> {
-        match self.coalescer.write(&self.device).await {
+    fn flush(&mut self) -> io::Result<()> {
+        match self.coalescer.write(&self.device) {
             Err(error) if !is_device_error(&error) => {
                 FilterStats::bump(&self.stats.dropped_offload);
                 tracing::debug!(%error, "dropped a batch for the TUN");
@@ -326,7 +227,7 @@ impl IpSend for FilteredTunSender {
                     break;
                 }
             }
-            let written = self.flush().await;
+            let written = self.flush();
             if first_error.is_ok() {
                 first_error = written;
             }

@@ -336,16 +336,14 @@ fn round_trip(framing: Framing) {
         .enable_all()
         .build()
         .unwrap();
-    let device = runtime.block_on(async {
-        Arc::new(
-            tun_rs::DeviceBuilder::new()
-                .name("tdoff0")
-                .mtu(MTU)
-                .offload(framing == Framing::Offloads)
-                .build_async()
-                .unwrap(),
-        )
-    });
+    let device = Arc::new(
+        tun_rs::DeviceBuilder::new()
+            .name("tdoff0")
+            .mtu(MTU)
+            .offload(framing == Framing::Offloads)
+            .build_sync()
+            .unwrap(),
+    );
     assert_eq!(
         device.tcp_gso(),
         framing == Framing::Offloads,
@@ -393,12 +391,15 @@ fn round_trip(framing: Framing) {
         &Rules::new(),
         stats.clone(),
     ));
-    let reader = RefCell::new(FilteredTun::new(
-        device.clone(),
-        &reading_rules,
-        MtuWatcher::new(MTU),
-        stats.clone(),
-    ));
+    let reader = RefCell::new(
+        FilteredTun::new(
+            device.clone(),
+            &reading_rules,
+            MtuWatcher::new(MTU),
+            stats.clone(),
+        )
+        .unwrap(),
+    );
     let pool = PacketBufPool::new(4096);
 
     let mut runner = TestRunner::new(ProptestConfig {
@@ -535,6 +536,22 @@ fn round_trip(framing: Framing) {
         ),
         Framing::Plain => assert_eq!(kernel_received, written, "packets written one by one"),
     }
+
+    // The reader thread blocks in `read` on a device that is now quiet; dropping the reader
+    // must stop it at once and release the device.
+    let stopping = std::time::Instant::now();
+    drop(reader);
+    let stopped_in = stopping.elapsed();
+    drop(sender);
+    assert!(
+        stopped_in < Duration::from_millis(500),
+        "the reader took {stopped_in:?} to stop"
+    );
+    assert_eq!(
+        Arc::strong_count(&device),
+        1,
+        "the reader thread still holds the device"
+    );
 }
 
 fn is_tcp_or_udp(packet: &[u8]) -> bool {

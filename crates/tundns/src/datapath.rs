@@ -24,9 +24,11 @@
 //! packets leave in runs of one size to one peer with `UDP_SEGMENT` ([`GsoUdpFactory`]),
 //! and arrive through gotatun's UDP GRO, so the UDP socket pays per run too.
 //!
-//! The filter runs inside gotatun's TUN reader and writer ([`FilteredTun`] and
-//! [`FilteredTunSender`] are its `IpRecv`/`IpSend`); services answer through a
-//! [`TunWriter`], never through WireGuard. `tunnel` calls this at start-up, after the
+//! The filter runs beside gotatun's TUN reader and inside its writer ([`FilteredTun`] and
+//! [`FilteredTunSender`] are its `IpRecv`/`IpSend`): [`FilteredTun`] reads the TUN on a
+//! thread of its own that blocks in `read`, so a cached DNS answer costs one read and one
+//! write and no wake-up of the runtime, and hands WireGuard its packets in batches.
+//! Services answer through a [`TunWriter`], never through WireGuard. `tunnel` calls this at start-up, after the
 //! interface exists and before anything is routed to it.
 
 use std::io;
@@ -39,7 +41,7 @@ use gotatun::device::uapi::UapiServer;
 use gotatun::tun::MtuWatcher;
 use gotatun::x25519::StaticSecret;
 use tokio::sync::watch;
-use tun_rs::AsyncDevice;
+use tun_rs::SyncDevice;
 use tundns_config::{Config, MAX_MTU};
 use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWriter, VirtualHost};
 
@@ -52,6 +54,8 @@ use crate::udp_offload::GsoUdpFactory;
 pub enum StartError {
     #[error("starting the UAPI socket: {0}")]
     Uapi(String),
+    #[error("starting the TUN reader: {0}")]
+    TunReader(io::Error),
     #[error("starting WireGuard: {0}")]
     WireGuard(#[from] gotatun::device::Error),
 }
@@ -61,15 +65,15 @@ pub type WireGuard = gotatun::device::Device<(GsoUdpFactory, FilteredTunSender, 
 
 /// Creates the TUN interface `name`, with TSO and checksum offload (and USO where the
 /// kernel has it); on a kernel that refuses them, a plain one, with one log line.
-pub fn open_tun(name: &str, mtu: u16) -> io::Result<Arc<AsyncDevice>> {
+pub fn open_tun(name: &str, mtu: u16) -> io::Result<Arc<SyncDevice>> {
     let builder = || tun_rs::DeviceBuilder::new().name(name).mtu(mtu);
-    let device = match builder().offload(true).build_async() {
+    let device = match builder().offload(true).build_sync() {
         Ok(device) => device,
         // What a kernel without IFF_VNET_HDR or TSO answers; any other error is not about
         // offloads, and a plain TUN would fail the same way.
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(%error, "the TUN refused offloads; reading and writing plain packets");
-            builder().build_async()?
+            builder().build_sync()?
         }
         Err(error) => return Err(error),
     };
@@ -87,7 +91,7 @@ const MTU_POLL: Duration = Duration::from_secs(1);
 
 /// The TUN's MTU, starting at `configured` and following changes made while running. The
 /// poll ends with the last watcher, or with the device.
-fn watch_mtu(tun: &Arc<AsyncDevice>, configured: u16) -> MtuWatcher {
+fn watch_mtu(tun: &Arc<SyncDevice>, configured: u16) -> MtuWatcher {
     let (sender, receiver) = watch::channel(configured);
     let tun = Arc::downgrade(tun);
     tokio::spawn(async move {
@@ -124,7 +128,7 @@ pub fn serve_dns(
     config: &Config,
     resolver: ResolverParts,
     rules: &Rules,
-    tun: &Arc<AsyncDevice>,
+    tun: &Arc<SyncDevice>,
     stats: &Arc<FilterStats>,
 ) -> Arc<DnsProxy> {
     let settings = &config.dns_proxy;
@@ -152,7 +156,7 @@ pub fn serve_dns(
 pub async fn start_wireguard(
     config: &Config,
     peers: Vec<Peer>,
-    tun: &Arc<AsyncDevice>,
+    tun: &Arc<SyncDevice>,
     rules: &Rules,
     stats: &Arc<FilterStats>,
 ) -> Result<WireGuard, StartError> {
@@ -167,7 +171,8 @@ pub async fn start_wireguard(
                 rules,
                 watch_mtu(tun, config.interface.mtu),
                 stats.clone(),
-            ),
+            )
+            .map_err(StartError::TunReader)?,
         )
         .with_private_key(StaticSecret::from(
             *config.interface.private_key.expose_bytes(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use gotatun::device::Peer;
 use gotatun::x25519::PublicKey;
 use ipnet::IpNet;
-use tun_rs::AsyncDevice;
+use tun_rs::SyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, Rules, Service};
 use tundns_host::SystemError;
@@ -69,7 +69,7 @@ pub struct Tunnel {
     name: String,
     device: WireGuard,
     changes: SystemChanges,
-    tun: Arc<AsyncDevice>,
+    tun: Arc<SyncDevice>,
     rules: Rules,
     pre_down: Vec<String>,
     post_down: Vec<String>,
