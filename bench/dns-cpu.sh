@@ -6,17 +6,25 @@
 #   dnsdist (packet cache) dnsperf in C -> dnsdist on C's loopback, its packet cache warmed
 #   bare TUN echo          dnsperf in C -> tun_echo (crates/tundns/examples) on its own TUN:
 #                          one blocking read and one write per query, the floor behind a TUN
+#   TUN echo, offloads     the same echo on a TUN opened as tundns opens its own, with the
+#                          virtio-net header that the tunnel's offloads need on every read
+#                          and write: the floor behind a TUN framed that way
 # dnsperf offers RATE queries/s, below every server's ceiling, so that dnsperf (which saturates
 # a core here) is not what is measured. For each server: answers/s and the CPU microseconds
 # the serving process spent per answer (utime + stime from /proc/PID/stat, before and after).
-# The four alternate for ROUNDS rounds, the order reversed in even rounds; prints each run, the
+# The five alternate for ROUNDS rounds, the order reversed in even rounds; prints each run, the
 # medians and the ratios against the issue's goals: tundns / echo <= 1.1, tundns / unbound
-# <= 0.6. Everything runs in throwaway namespaces (lab/lib.sh), torn down on exit.
+# <= 0.6, and tundns against the echo framed as it is. Everything runs in throwaway
+# namespaces (lab/lib.sh), torn down on exit.
 #
 # Usage: bench/dns-cpu.sh   (as root; cargo build --release -p tundns --bin tundns --example tun_echo)
 # Env:   TUNDNS_BIN (default target/release/tundns), TUN_ECHO_BIN (default
 #        target/release/examples/tun_echo), DURATION (seconds per run, default 5, at most 60),
-#        ROUNDS (default 3, at most 9), RATE (queries/s, default 40000), OUTSTANDING (default 100)
+#        ROUNDS (default 3, at most 9), RATE (queries/s, default 40000), OUTSTANDING (default 100),
+#        PROFILE_DIR (if set: `perf record -e cpu-clock` of each server during its run in
+#        round 1, into PROFILE_DIR/perf-SERVER.data, with PROFILE_CALL_GRAPH (perf's
+#        --call-graph, default fp; dwarf for Rust's frames); profiling costs CPU, so do not record
+#        that round's figures)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,14 +60,30 @@ bench_warm 127.0.0.2 "$queries"
 server_addr[dnsdist]=127.0.0.2 server_pid[dnsdist]=$BENCH_DNSDIST_PID
 bench_start_tun_echo "$TUN_ECHO_BIN"
 server_addr[echo]=$BENCH_ECHO_SERVER server_pid[echo]=$BENCH_ECHO_PID
+bench_start_tun_echo "$TUN_ECHO_BIN" --offload
+server_addr[echo_offload]=$BENCH_ECHO_SERVER server_pid[echo_offload]=$BENCH_ECHO_PID
 
-servers=(tundns unbound dnsdist echo)
+servers=(tundns unbound dnsdist echo echo_offload)
 declare -A label=(
     [tundns]="tundns (cache hits)"
     [unbound]="unbound (local-data)"
     [dnsdist]="dnsdist (packet cache)"
     [echo]="bare TUN echo"
+    [echo_offload]="TUN echo, offloads"
 )
+# profile SERVER: with PROFILE_DIR set, perf samples SERVER in the background during round 1.
+profile() {
+    profile_pid=
+    [[ -n ${PROFILE_DIR:-} ]] && ((round == 1)) || return 0
+    timeout $((DURATION + 10)) perf record -q -e cpu-clock --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "${server_pid[$1]}" \
+        -o "$PROFILE_DIR/perf-$1.data" -- sleep $(((DURATION + 1) / 2)) >/dev/null 2>&1 &
+    profile_pid=$!
+}
+if [[ -n ${PROFILE_DIR:-} ]]; then
+    lab_require_tools perf
+    mkdir -p "$PROFILE_DIR"
+fi
+
 declare -A answers_runs cpu_runs
 load_start=$(bench_load)
 lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of ${#servers[@]} runs of $DURATION s at $RATE qps, $OUTSTANDING outstanding"
@@ -67,10 +91,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     lab_log "round $round (load $(bench_load))"
     mapfile -t order < <(bench_round_order "$round" "${servers[@]}")
     for server in "${order[@]}"; do
+        profile "$server"
         bench_fixed_rate "${label[$server]}" "${server_pid[$server]}" "${server_addr[$server]}" \
             "$queries" "$DURATION" "$RATE" -q "$OUTSTANDING"
         answers_runs[$server]+="$BENCH_ANSWERS_PER_SECOND "
         cpu_runs[$server]+="$BENCH_CPU_US "
+        [[ -z $profile_pid ]] || wait "$profile_pid" || true
     done
 done
 load_end=$(bench_load)
@@ -92,4 +118,7 @@ printf 'CPU per answer, tundns / bare TUN echo = %s (goal <= 1.1: %s)\n' \
 printf 'CPU per answer, tundns / unbound       = %s (goal <= 0.6: %s)\n' \
     "$unbound_ratio" "$(bench_verdict "$unbound_ratio" '<=' 0.6)"
 printf 'CPU per answer, tundns / dnsdist       = %s\n' "$(bench_ratio "${cpu[tundns]}" "${cpu[dnsdist]}")"
+printf 'CPU per answer, tundns / TUN echo with offloads = %s; that echo / bare echo = %s\n' \
+    "$(bench_ratio "${cpu[tundns]}" "${cpu[echo_offload]}")" \
+    "$(bench_ratio "${cpu[echo_offload]}" "${cpu[echo]}")"
 printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$load_end"

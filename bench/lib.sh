@@ -139,14 +139,21 @@ CONF
         lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist-bench.log")"
 }
 
-# bench_start_tun_echo BIN: the bare TUN echo (crates/tundns/examples/tun_echo) in C, on its own
-# TUN; sets BENCH_ECHO_SERVER to the documentation address it answers for and BENCH_ECHO_PID.
+# bench_start_tun_echo BIN [--offload]: the bare TUN echo (crates/tundns/examples/tun_echo) in C,
+# on its own TUN (with --offload, framed with the virtio-net header as tundns's is, on another
+# TUN and network); sets BENCH_ECHO_SERVER to the documentation address it answers for and
+# BENCH_ECHO_PID.
 bench_start_tun_echo() {
+    local name=tdecho network=203.0.113.1/25
     BENCH_ECHO_SERVER=203.0.113.53
-    lab_spawn "$LAB_C" tun-echo "$1" tdecho 203.0.113.1/24
+    if [[ ${2:-} == --offload ]]; then
+        name=tdechoo network=203.0.113.129/25
+        BENCH_ECHO_SERVER=203.0.113.153
+    fi
+    lab_spawn "$LAB_C" "$name" "$1" "$name" "$network" "${@:2}"
     BENCH_ECHO_PID=$LAB_LAST_PID
     lab_wait 10 ip -n "$LAB_C" route get "$BENCH_ECHO_SERVER" ||
-        lab_die "tun_echo did not come up: $(cat "$LAB_DIR/tun-echo.log")"
+        lab_die "tun_echo did not come up: $(cat "$LAB_DIR/$name.log")"
 }
 
 # bench_rss_kib PID [FIELD]: VmRSS (or FIELD, e.g. VmHWM) of PID in KiB.

@@ -17,6 +17,9 @@ use crate::rules::{Rules, RulesReader};
 /// allocate.
 const SMALL_PACKET: usize = 1536;
 
+/// Room for the largest framing header in front of a packet built in place.
+const FRAME_ROOM: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+
 /// Counters kept by the filter. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct FilterStats {
@@ -59,6 +62,9 @@ pub struct TunWriter {
 }
 
 impl TunWriter {
+    /// The largest [`udp_payload_offset`](Self::udp_payload_offset), an IPv6 reply's.
+    pub const MAX_UDP_PAYLOAD_OFFSET: usize = FRAME_ROOM + tundns_packet::IPV6_UDP_HEADERS;
+
     /// A writer for `device` that counts failures in `stats`.
     pub fn new(device: Arc<SyncDevice>, stats: Arc<FilterStats>) -> Self {
         Self {
@@ -77,12 +83,9 @@ impl TunWriter {
     }
 
     /// Builds an IP/UDP packet around `payload` and writes it.
-    ///
-    /// The packet is built behind room for the framing's header (zeroed: nothing asked of
-    /// the kernel), so that the reply to a cached query is one plain write.
     pub fn send_udp(&self, source: SocketAddr, destination: SocketAddr, payload: &[u8]) {
-        let header = self.framing.header_len();
-        let needed = header + tundns_packet::udp_headers_len(&destination) + payload.len();
+        let offset = Self::udp_payload_offset(&destination);
+        let needed = offset + payload.len();
         let mut small = [0u8; SMALL_PACKET];
         let mut large = Vec::new();
         let buf = if needed <= SMALL_PACKET {
@@ -91,9 +94,40 @@ impl TunWriter {
             large.resize(needed, 0);
             &mut large[..]
         };
-        match tundns_packet::build_udp(&mut buf[header..], source, destination, payload) {
+        buf[offset..needed].copy_from_slice(payload);
+        self.send_udp_in_place(buf, source, destination, payload.len());
+    }
+
+    /// Where [`send_udp_in_place`](Self::send_udp_in_place) wants the payload of a reply to
+    /// `destination`: behind room for the IP and UDP headers and the TUN's framing.
+    pub fn udp_payload_offset(destination: &SocketAddr) -> usize {
+        FRAME_ROOM + tundns_packet::udp_headers_len(destination)
+    }
+
+    /// Writes the IP/UDP packet whose payload is already at
+    /// `buf[udp_payload_offset(&destination)..][..payload_len]`: the headers are written
+    /// in front of it, and the TUN's framing header (zeroed: nothing asked of the kernel)
+    /// in front of those, so that the reply is built without a copy and sent in one plain
+    /// write.
+    pub fn send_udp_in_place(
+        &self,
+        buf: &mut [u8],
+        source: SocketAddr,
+        destination: SocketAddr,
+        payload_len: usize,
+    ) {
+        let header = self.framing.header_len();
+        // The framing's header sits right in front of the IP header.
+        let start = FRAME_ROOM - header;
+        match tundns_packet::write_udp_headers(
+            &mut buf[FRAME_ROOM..],
+            source,
+            destination,
+            payload_len,
+        ) {
             Ok(len) => {
-                if let Err(error) = self.device.send(&buf[..header + len]) {
+                buf[start..FRAME_ROOM].fill(0);
+                if let Err(error) = self.device.send(&buf[start..FRAME_ROOM + len]) {
                     self.count_error(&error);
                 }
             }

@@ -1,18 +1,25 @@
 //! A benchmark baseline, not a service: the least any DNS server behind a TUN can do.
 //!
 //! ```sh
-//! tun_echo techo 10.40.40.1/24     # then: dnsperf -s 10.40.40.40 ...
+//! tun_echo techo 10.40.40.1/24 [--offload]    # then: dnsperf -s 10.40.40.40 ...
 //! ```
 //!
 //! It reads every packet from a TUN in a blocking loop and sends each IPv4 UDP datagram back
 //! with addresses and ports swapped and the DNS QR bit set: a one-read, one-write answer with
 //! no lookup, no checksum and no runtime. `bench/dns-qps.sh` runs it beside tundns so that the
 //! TUN's own ceiling is measured in the same run as tundns and unbound.
+//!
+//! With `--offload` the TUN is opened as tundns opens its own (`IFF_VNET_HDR`, TSO and
+//! checksum offload): every read and write then carries a virtio-net header, and the kernel
+//! hands over queries whose checksum it left to the reader. The echo still answers with one
+//! read and one write, behind a zeroed header: the floor for a server behind a TUN framed
+//! the way the tunnel's offloads need.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::process::ExitCode;
 
+use tun_rs::VIRTIO_NET_HDR_LEN;
 use tundns_packet::{ipv4, protocol, udp};
 
 const DNS_FLAGS: usize = 2;
@@ -50,8 +57,16 @@ fn swap_fields(bytes: &mut [u8], one: Range<usize>, other: Range<usize>) {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(name), Some(network)) = (args.next(), args.next()) else {
-        eprintln!("usage: tun_echo <interface> <ipv4-address>/<prefix>");
+        eprintln!("usage: tun_echo <interface> <ipv4-address>/<prefix> [--offload]");
         return ExitCode::from(2);
+    };
+    let offload = match args.next().as_deref() {
+        None => false,
+        Some("--offload") => true,
+        Some(other) => {
+            eprintln!("tun_echo: unknown option {other:?}");
+            return ExitCode::from(2);
+        }
     };
     let Some((address, prefix)) = network
         .split_once('/')
@@ -63,6 +78,7 @@ fn main() -> ExitCode {
     let device = match tun_rs::DeviceBuilder::new()
         .name(name)
         .ipv4(address, prefix, None)
+        .offload(offload)
         .build_sync()
     {
         Ok(device) => device,
@@ -71,18 +87,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut packet = vec![0; 65536];
+    if offload && !device.tcp_gso() {
+        eprintln!("tun_echo: the kernel refused the TUN's offloads");
+        return ExitCode::FAILURE;
+    }
+    // The virtio-net header in front of each packet read and written, if any.
+    let header = if offload { VIRTIO_NET_HDR_LEN } else { 0 };
+    let mut frame = vec![0; header + 65536];
     loop {
-        let len = match device.recv(&mut packet) {
+        let len = match device.recv(&mut frame) {
             Ok(len) => len,
             Err(error) => {
                 eprintln!("tun_echo: reading the TUN: {error}");
                 return ExitCode::FAILURE;
             }
         };
-        if reflect(&mut packet[..len]) && device.send(&packet[..len]).is_err() {
+        // A query is never a GSO super-packet; the echo's zeroed header asks the kernel for
+        // nothing, and its zero UDP checksum needs no completing.
+        if len > header && reflect(&mut frame[header..len]) {
+            frame[..header].fill(0);
             // A full queue drops the echo as a NIC would; the client counts it lost.
-            continue;
+            let _ = device.send(&frame[..len]);
         }
     }
 }

@@ -367,10 +367,10 @@ pub struct Resolved {
 }
 
 thread_local! {
-    /// The inline answer buffer of each TUN reader thread: room for the IP and UDP headers
-    /// and the largest message, allocated once.
+    /// The inline answer buffer of each TUN reader thread: room for the TUN's framing, the
+    /// IP and UDP headers and the largest message, allocated once.
     static UDP_REPLY: RefCell<Vec<u8>> =
-        RefCell::new(vec![0; tundns_packet::IPV6_UDP_HEADERS + MAX_MESSAGE_LEN]);
+        RefCell::new(vec![0; TunWriter::MAX_UDP_PAYLOAD_OFFSET + MAX_MESSAGE_LEN]);
 }
 
 /// DNS over UDP on the virtual IPs.
@@ -390,7 +390,7 @@ impl UdpService for UdpDns {
         let (client, server) = (datagram.source, datagram.destination);
         UDP_REPLY.with_borrow_mut(|buf| {
             // The answer is written where the UDP payload goes, then headers in front of it.
-            let headers = tundns_packet::udp_headers_len(&client);
+            let offset = TunWriter::udp_payload_offset(&client);
             let reply = || {
                 let tun = tun.clone();
                 (
@@ -402,14 +402,12 @@ impl UdpService for UdpDns {
                     (),
                 )
             };
-            let out = &mut buf[headers..];
+            let out = &mut buf[offset..];
             let verdict =
                 self.proxy
                     .accept_with(Some(client), datagram.payload, Protocol::Udp, out, reply);
-            if let Verdict::Answered(len) = verdict
-                && let Ok(total) = tundns_packet::write_udp_headers(buf, server, client, len)
-            {
-                tun.send(&buf[..total]);
+            if let Verdict::Answered(len) = verdict {
+                tun.send_udp_in_place(buf, server, client, len);
             }
         });
     }
