@@ -3,7 +3,8 @@
 //! Outbound, [`FilteredTun`] reads each packet from the TUN and classifies it by destination
 //! against the [`Rules`]: a packet for a virtual IP goes, inline, to the [`Service`]
 //! registered there, which answers through a [`TunWriter`]; every other packet goes to
-//! gotatun unchanged. Inbound, [`FilteredTunSender`] drops decrypted packets that name a
+//! gotatun unchanged. gotatun's reading task runs on the reader's own thread, where it
+//! blocks in `read` (the `reader` module), so that an answer costs a read and a write. Inbound, [`FilteredTunSender`] drops decrypted packets that name a
 //! virtual IP, so peers can neither spoof nor reach a service.
 //!
 //! On a TUN opened with offloads, reads are GSO super-packets, split into segments before
@@ -11,7 +12,8 @@
 //! `offload` module owns that framing.
 //!
 //! This crate owns classification and dispatch. It never parses DNS and never touches a
-//! socket; the miss path takes no lock and makes no allocation.
+//! socket; the path to WireGuard takes no lock of its own and makes no allocation (the
+//! packet buffers come from a pool).
 
 mod host;
 mod offload;

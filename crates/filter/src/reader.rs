@@ -1,187 +1,152 @@
-//! The TUN reader: a thread of its own that blocks in `read` on the TUN, classifies every
-//! packet, answers the virtual IPs' packets there and then, and hands the rest to
-//! WireGuard.
+//! The TUN reader's thread: a runtime of its own, on which gotatun's task that reads the
+//! TUN runs, so that the read can block in the kernel.
 //!
-//! A thread that blocks in `read`, rather than a task woken by the runtime, because a DNS
-//! answer is one read and one write: as a task, each read also paid the reactor's
-//! `epoll_wait`, the scheduler's round trip and a last read that found the device empty,
-//! more CPU than the answer itself. WireGuard's packets cross to gotatun's task through a
-//! [`Handoff`] that gotatun drains whole, so a burst read while gotatun was busy reaches it
-//! as one batch.
+//! A DNS answer is one read and one write. Woken by a runtime's reactor, each read also
+//! paid an `epoll_wait`, the scheduler's round trip and a last read that found the TUN
+//! empty: more CPU than the answer itself. Reading on a thread of its own and handing the
+//! packets to WireGuard's task cost the tunnel a second thread on every batch. So gotatun
+//! runs its reading task here ([`gotatun::tun::IpRecv::runtime`]): the task blocks in
+//! `read`, answers the services' packets inline, and encrypts and sends the others itself,
+//! as it did when the runtime woke it.
 //!
-//! A thread blocked in `read` does not see a flag, so stopping it takes a signal: the
-//! reader's handler does nothing, and is installed without `SA_RESTART`, so the `read`
-//! returns `EINTR` and the loop sees the stop.
+//! A task blocked in `read` cannot be aborted, so gotatun interrupts it first
+//! ([`ReadControl`], a [`RecvInterrupter`]): a flag, and a signal whose handler does
+//! nothing, installed without `SA_RESTART`, so that the `read` returns `EINTR`.
 
 use std::io;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gotatun::packet::{Ip, Packet};
+use gotatun::tun::RecvInterrupter;
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
-use tun_rs::SyncDevice;
+use tokio::sync::oneshot;
 
-use crate::offload::{Read, SegmentReader, TUN_MAX_SEGMENTS};
-use crate::rules::RulesReader;
-use crate::tun::{FilterStats, TunWriter};
+/// How often an interrupt repeats its signal while the read goes on: a signal that lands
+/// just before the thread enters `read` is not seen there.
+const INTERRUPT_KICK: Duration = Duration::from_millis(1);
 
-/// Packets waiting for WireGuard beyond which the reader waits too: a slow WireGuard then
-/// holds packets back in the TUN's queue, as it did when it read the TUN itself, rather
-/// than in memory here.
-const MAX_PENDING: usize = 4 * TUN_MAX_SEGMENTS;
+/// How long an interrupt waits for the read to end before giving up, with an error line.
+const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often a stop repeats its signal while the reader has not ended: a signal that
-/// lands just before the thread enters `read` is not seen there.
-const STOP_KICK: Duration = Duration::from_millis(2);
-
-/// How long a stop waits for the reader before leaving it behind, with an error line.
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Packets on their way from the reader thread to gotatun's task.
+/// Between the task's blocking read and whoever must stop that task.
 #[derive(Default)]
-struct Handoff {
-    pending: Mutex<Pending>,
-    /// Wakes gotatun's task when `pending` gets packets or an end.
-    filled: Notify,
-    /// Wakes the reader when `pending` has room again, or the stop is asked.
-    drained: Condvar,
+pub(crate) struct ReadControl {
+    /// Set by [`RecvInterrupter::interrupt`]: no read may start.
+    interrupted: AtomicBool,
+    /// Set while the task is in, or about to enter, a blocking read.
+    in_read: AtomicBool,
+    /// The reader thread, to signal.
+    thread: OnceLock<libc::pthread_t>,
 }
 
-#[derive(Default)]
-struct Pending {
-    packets: Vec<Packet<Ip>>,
-    /// Set once the reader has ended: the error that ended it, or none for a stop.
-    ended: Option<io::Error>,
-    /// Set by [`TunReader`]'s drop.
-    stopping: bool,
-}
-
-impl Handoff {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        // A panic while holding it leaves nothing half-done: a Vec push or a flag.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Moves `batch` to the pending packets, first waiting for room. False once the
-    /// reader is asked to stop.
-    fn push(&self, batch: &mut Vec<Packet<Ip>>) -> bool {
-        let mut pending = self.lock();
-        while pending.packets.len() >= MAX_PENDING && !pending.stopping {
-            pending = self
-                .drained
-                .wait(pending)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        if pending.stopping {
+impl ReadControl {
+    /// Called before a blocking read: false once interrupted, and then the read must not
+    /// start.
+    pub(crate) fn enter_read(&self) -> bool {
+        // SeqCst on both sides: either this sees the interrupt, or the interrupt sees the
+        // read and signals it.
+        self.in_read.store(true, Ordering::SeqCst);
+        if self.interrupted.load(Ordering::SeqCst) {
+            self.in_read.store(false, Ordering::SeqCst);
             return false;
         }
-        pending.packets.append(batch);
-        drop(pending);
-        self.filled.notify_one();
         true
     }
 
-    fn end(&self, error: io::Error) {
-        self.lock().ended = Some(error);
-        self.filled.notify_one();
+    /// Called when the read has returned.
+    pub(crate) fn leave_read(&self) {
+        self.in_read.store(false, Ordering::SeqCst);
     }
 }
 
-/// The reader thread, seen from [`crate::FilteredTun`]: its packets, and its stop.
-///
-/// Dropping it stops the thread and waits for it, so that the device goes with it.
-pub(crate) struct TunReader {
-    handoff: Arc<Handoff>,
-    stop: Arc<AtomicBool>,
+impl RecvInterrupter for ReadControl {
+    fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        let Some(&thread) = self.thread.get() else {
+            return;
+        };
+        let started = Instant::now();
+        while self.in_read.load(Ordering::SeqCst) {
+            if started.elapsed() > INTERRUPT_TIMEOUT {
+                tracing::error!("the TUN reader did not leave its read");
+                return;
+            }
+            // SAFETY: the thread is alive: it is in its read loop (`in_read`), and only
+            // `ReaderThread`'s drop, which interrupts first, ends it. The signal's handler
+            // is installed and does nothing.
+            unsafe { libc::pthread_kill(thread, stop_signal()) };
+            std::thread::sleep(INTERRUPT_KICK);
+        }
+    }
+
+    fn resume(&self) {
+        self.interrupted.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The reader's thread and its runtime. Dropping it interrupts any read, stops the runtime
+/// (dropping any task left on it) and waits for the thread, unless dropped on it.
+pub(crate) struct ReaderThread {
+    runtime: Handle,
+    control: Arc<ReadControl>,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl TunReader {
-    /// Starts reading `device`, which must be in blocking mode. Services run on the thread
-    /// inside the tokio runtime `spawn` is called in, if any, so that they may spawn tasks.
-    pub(crate) fn spawn(
-        device: Arc<SyncDevice>,
-        rules: RulesReader,
-        writer: TunWriter,
-        stats: Arc<FilterStats>,
-    ) -> io::Result<Self> {
+impl ReaderThread {
+    pub(crate) fn spawn() -> io::Result<Self> {
         install_stop_handler()?;
-        let handoff = Arc::new(Handoff::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let reading = ReadLoop {
-            device,
-            rules,
-            writer,
-            stats,
-            segments: SegmentReader::new(),
-            handoff: handoff.clone(),
-            stop: stop.clone(),
-        };
-        let runtime = Handle::try_current().ok();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tun-reader".into())
             .spawn(move || {
-                let _runtime = runtime.as_ref().map(Handle::enter);
-                reading.run();
+                // A thread inherits its creator's mask, which may block the signal.
+                unblock_stop_signal();
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
             })?;
+        let control = Arc::new(ReadControl::default());
+        let _ = control.thread.set(thread.as_pthread_t());
         Ok(Self {
-            handoff,
-            stop,
+            runtime: handle,
+            control,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// Waits for packets for WireGuard and moves all of them into `into` (which is empty);
-    /// the error that ended the reader once it has ended.
-    ///
-    /// Waiting is the only await, so a cancelled call loses nothing.
-    pub(crate) async fn next(&self, into: &mut Vec<Packet<Ip>>) -> io::Result<()> {
-        loop {
-            {
-                let mut pending = self.handoff.lock();
-                if !pending.packets.is_empty() {
-                    std::mem::swap(&mut pending.packets, into);
-                    drop(pending);
-                    self.handoff.drained.notify_one();
-                    return Ok(());
-                }
-                if let Some(error) = &pending.ended {
-                    return Err(io::Error::new(error.kind(), error.to_string()));
-                }
-            }
-            // A notification sent since the check above is kept as a permit, so this
-            // returns at once rather than missing it.
-            self.handoff.filled.notified().await;
-        }
+    /// The runtime the reading task runs on.
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
+    pub(crate) fn control(&self) -> &Arc<ReadControl> {
+        &self.control
     }
 }
 
-impl Drop for TunReader {
+impl Drop for ReaderThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.handoff.lock().stopping = true;
-        self.handoff.drained.notify_one();
+        self.control.interrupt();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         let Some(thread) = self.thread.take() else {
             return;
         };
-        let started = Instant::now();
-        while !thread.is_finished() {
-            if started.elapsed() > STOP_TIMEOUT {
-                tracing::error!("the TUN reader did not stop; leaving it behind");
-                return;
-            }
-            // SAFETY: the thread has not been joined or detached (its handle is here), so
-            // its pthread_t is valid; the signal's handler is installed and does nothing.
-            unsafe { libc::pthread_kill(thread.as_pthread_t(), stop_signal()) };
-            std::thread::sleep(STOP_KICK);
+        // Dropped on the thread itself (the last task there held the last reference): the
+        // runtime ends once this returns, and the thread with it.
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
         }
-        let _ = thread.join();
     }
 }
 
@@ -192,96 +157,55 @@ fn stop_signal() -> libc::c_int {
 }
 
 /// Installs the stop signal's handler, once per process: it does nothing, and without
-/// `SA_RESTART` a `read` it interrupts returns `EINTR` rather than going on.
+/// `SA_RESTART` a `read` it interrupts returns `EINTR` rather than going on. A handler
+/// someone else installed first is an error rather than silently replaced.
 fn install_stop_handler() -> io::Result<()> {
     extern "C" fn interrupt(_: libc::c_int) {}
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
-        // SAFETY: a zeroed sigaction is valid, and the handler is async-signal-safe: it
-        // does nothing.
-        let result = unsafe {
+        // SAFETY: zeroed sigactions are valid; the handler is async-signal-safe (it does
+        // nothing).
+        unsafe {
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(stop_signal(), std::ptr::null(), &mut previous) != 0 {
+                return Err(errno());
+            }
+            if previous.sa_sigaction != libc::SIG_DFL {
+                return Err(libc::EBUSY);
+            }
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(stop_signal(), &action, std::ptr::null_mut())
-        };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL))
+            if libc::sigaction(stop_signal(), &action, std::ptr::null_mut()) != 0 {
+                return Err(errno());
+            }
         }
+        Ok(())
     });
-    installed.map_err(io::Error::from_raw_os_error)
+    installed.map_err(|code| {
+        io::Error::new(
+            io::Error::from_raw_os_error(code).kind(),
+            format!(
+                "installing the TUN reader's signal handler (SIGRTMIN): {}",
+                io::Error::from_raw_os_error(code)
+            ),
+        )
+    })
 }
 
-/// The thread's side.
-struct ReadLoop {
-    device: Arc<SyncDevice>,
-    rules: RulesReader,
-    writer: TunWriter,
-    stats: Arc<FilterStats>,
-    segments: SegmentReader,
-    handoff: Arc<Handoff>,
-    stop: Arc<AtomicBool>,
+/// Unblocks the stop signal for the calling thread.
+fn unblock_stop_signal() {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, stop_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
 }
 
-impl ReadLoop {
-    fn run(mut self) {
-        let mut batch = Vec::with_capacity(TUN_MAX_SEGMENTS);
-        while !self.stop.load(Ordering::Acquire) {
-            match self.segments.read(&self.device) {
-                Ok(read) => self.classify(read, &mut batch),
-                // The stop signal, or another one delivered to this thread.
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    // gotatun learns of it on its next read, and stops as it stopped on a
-                    // failed read.
-                    self.handoff.end(error);
-                    return;
-                }
-            }
-            if !batch.is_empty() && !self.handoff.push(&mut batch) {
-                return;
-            }
-        }
-    }
-
-    /// Sends the services' packets of one read to their service and the others to
-    /// `batch`. The read is classified against one load of the rule table, so a rule
-    /// changed at runtime applies from the next read on.
-    fn classify(&mut self, read: Read, batch: &mut Vec<Packet<Ip>>) {
-        let count = match read {
-            Read::Packets(count) => count,
-            Read::Malformed => {
-                FilterStats::add(&self.stats.dropped_offload, 1);
-                return;
-            }
-        };
-        let rules = self.rules.load();
-        let mut diverted = 0;
-        let mut malformed = 0;
-        let mut passed = 0;
-        for index in 0..count {
-            let packet = self.segments.packet(index);
-            if let Some(service) = rules.classify(packet) {
-                diverted += 1;
-                service.handle(packet, &self.writer);
-                continue;
-            }
-            // A malformed packet must not end gotatun's reader task, so it is dropped here
-            // rather than handed over.
-            match self.segments.take(index).try_into_ip() {
-                Ok(ip) => {
-                    passed += 1;
-                    batch.push(ip);
-                }
-                Err(_) => malformed += 1,
-            }
-        }
-        FilterStats::add(&self.stats.diverted, diverted);
-        FilterStats::add(&self.stats.dropped_malformed, malformed);
-        FilterStats::add(&self.stats.passed, passed);
-    }
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EINVAL)
 }

@@ -2,15 +2,17 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gotatun::packet::{Ip, Packet, PacketBufPool};
-use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
+use gotatun::tun::{IpRecv, IpSend, MtuWatcher, RecvInterrupter};
+use tokio::runtime::Handle;
 use tun_rs::SyncDevice;
 
-use crate::offload::{Coalescer, Framing, is_device_error};
-use crate::reader::TunReader;
+use crate::offload::{Coalescer, Framing, Read, SegmentReader, TUN_MAX_SEGMENTS, is_device_error};
+use crate::reader::ReaderThread;
 use crate::rules::{Rules, RulesReader};
 
 /// Packets (with the framing's header) up to this size are built on the stack; larger ones
@@ -149,38 +151,119 @@ impl TunWriter {
     }
 }
 
+/// Packets after which one [`FilteredTun::recv`] stops reading: enough to spread the
+/// rule-table load and the counter updates over many packets during a transfer, few enough
+/// that the first packet of a batch does not wait long for WireGuard. One read may give up
+/// to a super-packet's worth of segments beyond it.
+const RECV_BATCH: usize = 64;
+
 /// gotatun's TUN reader: every outbound packet is classified; packets for a virtual IP go
 /// to their service inline, everything else goes on to WireGuard.
 ///
-/// The reading and the classifying happen on a thread of its own (the `reader` module),
-/// which answers the services' packets there and then; [`IpRecv::recv`] returns every
-/// packet for WireGuard the thread has read since the last call. A read gives one packet,
-/// or the segments of one GSO super-packet, each classified on its own: a virtual IP is
-/// never reached through an offloaded packet. Dropping it stops the thread.
+/// gotatun runs the task that calls [`IpRecv::recv`] on the reader's own thread and
+/// runtime (the `reader` module), where `recv` blocks in `read`. Once a read has given
+/// packets for WireGuard, `recv` takes whatever else the TUN already holds, until
+/// [`RECV_BATCH`] packets, without blocking again. A read gives one packet, or the segments
+/// of one GSO super-packet, each classified on its own: a virtual IP is never reached
+/// through an offloaded packet. Each read is classified against one load of the rule
+/// table, so a rule changed at runtime applies from the next read on.
+///
+/// Services run inside the runtime [`FilteredTun::new`] was called in, so that what they
+/// spawn (an upstream query) runs there, not on the reader's thread.
 pub struct FilteredTun {
-    reader: TunReader,
+    device: Arc<SyncDevice>,
+    rules: RulesReader,
+    writer: TunWriter,
     mtu: MtuWatcher,
+    stats: Arc<FilterStats>,
+    reader: SegmentReader,
     /// The current batch's packets for WireGuard; kept between calls for its allocation.
     passed: Vec<Packet<Ip>>,
+    services_runtime: Option<Handle>,
+    thread: ReaderThread,
 }
 
 impl FilteredTun {
-    /// Starts reading `device` on a thread of its own; the device must be in blocking mode
-    /// (as tun-rs builds a `SyncDevice`). Its MTU follows `mtu`; packets are diverted by
-    /// `rules`. Services run inside the tokio runtime `new` is called in, if any.
+    /// Wraps `device`, which must be in blocking mode (as tun-rs builds a `SyncDevice`),
+    /// whose MTU `mtu` follows, diverting by `rules`, and starts the reader's thread.
     pub fn new(
         device: Arc<SyncDevice>,
         rules: &Rules,
         mtu: MtuWatcher,
         stats: Arc<FilterStats>,
     ) -> io::Result<Self> {
-        let writer = TunWriter::new(device.clone(), stats.clone());
         Ok(Self {
-            reader: TunReader::spawn(device, rules.reader(), writer, stats)?,
+            writer: TunWriter::new(device.clone(), stats.clone()),
+            device,
+            rules: rules.reader(),
             mtu,
-            passed: Vec::new(),
+            stats,
+            reader: SegmentReader::new(),
+            passed: Vec::with_capacity(RECV_BATCH + TUN_MAX_SEGMENTS),
+            services_runtime: Handle::try_current().ok(),
+            thread: ReaderThread::spawn()?,
         })
     }
+
+    /// Classifies one read: diverted packets go to their service, the others into
+    /// `self.passed`.
+    fn filter_read(&mut self, read: Read) {
+        let count = match read {
+            Read::Packets(count) => count,
+            Read::Malformed => {
+                FilterStats::bump(&self.stats.dropped_offload);
+                return;
+            }
+        };
+        let _services = self.services_runtime.as_ref().map(Handle::enter);
+        let rules = self.rules.load();
+        let mut diverted = 0;
+        let mut malformed = 0;
+        let mut passed = 0;
+        for index in 0..count {
+            let packet = self.reader.packet(index);
+            if let Some(service) = rules.classify(packet) {
+                diverted += 1;
+                service.handle(packet, &self.writer);
+                continue;
+            }
+            // A malformed packet must not end gotatun's reader task, so it is dropped here
+            // rather than reported as an error.
+            match self.reader.take(index).try_into_ip() {
+                Ok(ip) => {
+                    passed += 1;
+                    self.passed.push(ip);
+                }
+                Err(_) => malformed += 1,
+            }
+        }
+        FilterStats::add(&self.stats.diverted, diverted);
+        FilterStats::add(&self.stats.dropped_malformed, malformed);
+        FilterStats::add(&self.stats.passed, passed);
+    }
+
+    /// Reads on, without blocking, while the TUN holds packets and the batch has room.
+    fn read_more(&mut self) {
+        while self.passed.len() < RECV_BATCH && readable_now(&self.device) {
+            match self.reader.read(&self.device) {
+                Ok(read) => self.filter_read(read),
+                // What the next blocking read meets again, if it persists.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Whether a read from `device` would not block.
+fn readable_now(device: &SyncDevice) -> bool {
+    let mut poll = libc::pollfd {
+        fd: device.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready == 1 && poll.revents & libc::POLLIN != 0
 }
 
 impl IpRecv for FilteredTun {
@@ -189,12 +272,38 @@ impl IpRecv for FilteredTun {
         _pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         // The previous batch's iterator has been dropped, which emptied `passed`.
-        self.reader.next(&mut self.passed).await?;
+        while self.passed.is_empty() {
+            let control = self.thread.control().clone();
+            if !control.enter_read() {
+                // Interrupted: the task awaiting this is being stopped.
+                std::future::pending::<()>().await;
+            }
+            let read = self.reader.read(&self.device);
+            control.leave_read();
+            match read {
+                Ok(read) => self.filter_read(read),
+                // The interrupt's signal, or another: the task yields, so that an abort
+                // lands, and reads again unless interrupted.
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.read_more();
         Ok(self.passed.drain(..))
     }
 
     fn mtu(&self) -> MtuWatcher {
         self.mtu.clone()
+    }
+
+    fn runtime(&self) -> Option<Handle> {
+        Some(self.thread.runtime().clone())
+    }
+
+    fn interrupter(&self) -> Option<Arc<dyn RecvInterrupter>> {
+        Some(self.thread.control().clone())
     }
 }
 

@@ -391,16 +391,19 @@ fn round_trip(framing: Framing) {
         &Rules::new(),
         stats.clone(),
     ));
-    let reader = RefCell::new(
-        FilteredTun::new(
-            device.clone(),
-            &reading_rules,
-            MtuWatcher::new(MTU),
-            stats.clone(),
-        )
-        .unwrap(),
-    );
-    let pool = PacketBufPool::new(4096);
+    let reader = FilteredTun::new(
+        device.clone(),
+        &reading_rules,
+        MtuWatcher::new(MTU),
+        stats.clone(),
+    )
+    .unwrap();
+    // As gotatun does: the task that reads runs on the reader's own runtime, where `recv`
+    // blocks in `read`, and is interrupted before it is stopped.
+    let reader_runtime = reader.runtime().unwrap();
+    let interrupter = reader.interrupter().unwrap();
+    let (read_packets, packets_read) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reading = reader_runtime.spawn(read_into(reader, read_packets));
 
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 48,
@@ -428,29 +431,19 @@ fn round_trip(framing: Framing) {
             }
             collector.0.lock().unwrap().clear();
             written.set(written.get() + total as u64);
-            let (mut sender, mut reader) = (sender.borrow_mut(), reader.borrow_mut());
-            let (sender, reader) = (&mut *sender, &mut *reader);
-            let received = runtime.block_on(async {
-                sender.send_many(&mut batch).await.unwrap();
-                let mut received: Vec<Vec<u8>> = Vec::new();
-                let mut pool = pool.clone();
-                while received.len() + collector.0.lock().unwrap().len() < total {
-                    let Ok(packets) =
-                        tokio::time::timeout(Duration::from_secs(2), reader.recv(&mut pool)).await
-                    else {
-                        break;
-                    };
-                    // The kernel's own packets (ICMPv6 redirects, router solicitations) are
-                    // no flow's.
-                    received.extend(
-                        packets
-                            .unwrap()
-                            .map(|packet| packet.into_bytes().to_vec())
-                            .filter(|packet| is_tcp_or_udp(packet)),
-                    );
+            let mut sender = sender.borrow_mut();
+            runtime.block_on(sender.send_many(&mut batch)).unwrap();
+            let mut received: Vec<Vec<u8>> = Vec::new();
+            while received.len() + collector.0.lock().unwrap().len() < total {
+                let Ok(packet) = packets_read.recv_timeout(Duration::from_secs(2)) else {
+                    break;
+                };
+                // The kernel's own packets (ICMPv6 redirects, router solicitations) are no
+                // flow's.
+                if is_tcp_or_udp(&packet) {
+                    received.push(packet);
                 }
-                received
-            });
+            }
             let diverted = collector.0.lock().unwrap().clone();
 
             // Each flow's packets, and whether they came through the service or the filter
@@ -537,21 +530,36 @@ fn round_trip(framing: Framing) {
         Framing::Plain => assert_eq!(kernel_received, written, "packets written one by one"),
     }
 
-    // The reader thread blocks in `read` on a device that is now quiet; dropping the reader
-    // must stop it at once and release the device.
+    // The reading task blocks in `read` on a device that is now quiet; interrupting it and
+    // aborting it, as gotatun stops it, must end it at once, and with it the reader's
+    // thread, which releases the device.
     let stopping = std::time::Instant::now();
-    drop(reader);
-    let stopped_in = stopping.elapsed();
+    interrupter.interrupt();
+    reading.abort();
     drop(sender);
+    while Arc::strong_count(&device) > 1 && stopping.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stopped_in = stopping.elapsed();
+    assert_eq!(
+        Arc::strong_count(&device),
+        1,
+        "the reader still holds the device after {stopped_in:?}"
+    );
     assert!(
         stopped_in < Duration::from_millis(500),
         "the reader took {stopped_in:?} to stop"
     );
-    assert_eq!(
-        Arc::strong_count(&device),
-        1,
-        "the reader thread still holds the device"
-    );
+}
+
+/// Reads `reader` for ever, sending each packet for WireGuard to `packets`.
+async fn read_into(mut reader: FilteredTun, packets: std::sync::mpsc::Sender<Vec<u8>>) {
+    let mut pool = PacketBufPool::new(16);
+    loop {
+        for packet in reader.recv(&mut pool).await.unwrap() {
+            let _ = packets.send(packet.into_bytes().to_vec());
+        }
+    }
 }
 
 fn is_tcp_or_udp(packet: &[u8]) -> bool {

@@ -24,11 +24,12 @@
 //! packets leave in runs of one size to one peer with `UDP_SEGMENT` ([`GsoUdpFactory`]),
 //! and arrive through gotatun's UDP GRO, so the UDP socket pays per run too.
 //!
-//! The filter runs beside gotatun's TUN reader and inside its writer ([`FilteredTun`] and
-//! [`FilteredTunSender`] are its `IpRecv`/`IpSend`): [`FilteredTun`] reads the TUN on a
-//! thread of its own that blocks in `read`, so a cached DNS answer costs one read and one
-//! write and no wake-up of the runtime, and hands WireGuard its packets in batches.
-//! Services answer through a [`TunWriter`], never through WireGuard. `tunnel` calls this at start-up, after the
+//! The filter runs inside gotatun's TUN reader and writer ([`FilteredTun`] and
+//! [`FilteredTunSender`] are its `IpRecv`/`IpSend`). gotatun runs its reading task on the
+//! reader's own thread, where it blocks in `read`: a cached DNS answer costs one read and
+//! one write and no wake-up of the runtime, and WireGuard's packets are encrypted and sent
+//! on that thread, batch by batch. Services answer through a [`TunWriter`], never through
+//! WireGuard. `tunnel` calls this at start-up, after the
 //! interface exists and before anything is routed to it.
 
 use std::io;

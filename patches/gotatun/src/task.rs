@@ -66,6 +66,32 @@ impl Task {
         }
     }
 
+    /// [`Task::spawn`] on `runtime`, or on the current runtime without one.
+    // tundns patch: see patches/README.md.
+    #[cfg(feature = "device")]
+    #[track_caller]
+    pub fn spawn_on<Fut, O>(
+        runtime: Option<&tokio::runtime::Handle>,
+        name: &'static str,
+        fut: Fut,
+    ) -> Self
+    where
+        Fut: Future<Output = O> + Send + 'static,
+        O: TaskOutput,
+    {
+        let Some(runtime) = runtime else {
+            return Self::spawn(name, fut);
+        };
+        let handle = runtime.spawn(async move {
+            let output = fut.await;
+            TaskOutput::handle(output, name);
+        });
+        Task {
+            name,
+            handle: Some(handle),
+        }
+    }
+
     #[cfg(feature = "device")]
     pub async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {

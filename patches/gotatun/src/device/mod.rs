@@ -170,6 +170,10 @@ pub(crate) struct Connection<T: DeviceTransports> {
 
     /// The task that reads traffic from the TUN device.
     outgoing: Task,
+
+    /// Wakes the TUN reader's blocking `recv`, if it has one, before `outgoing` stops.
+    // tundns patch: see patches/README.md.
+    interrupt_outgoing: Option<Arc<dyn crate::tun::RecvInterrupter>>,
 }
 
 impl<T: DeviceTransports> Connection<T> {
@@ -232,7 +236,12 @@ impl<T: DeviceTransports> Connection<T> {
         };
 
         // Start device tasks
-        let outgoing = Task::spawn(
+        // tundns patch (see patches/README.md): a TUN reader that blocks in `recv` runs its
+        // task on a runtime of its own, and is interrupted before that task is stopped.
+        let outgoing_runtime = tun_rx.runtime();
+        let interrupt_outgoing = tun_rx.interrupter();
+        let outgoing = Task::spawn_on(
+            outgoing_runtime.as_ref(),
             "handle_outgoing",
             DeviceState::handle_outgoing(
                 Arc::downgrade(&device_arc),
@@ -264,6 +273,7 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
+            interrupt_outgoing,
         });
 
         Ok(())
@@ -991,9 +1001,18 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
+            interrupt_outgoing,
         } = self;
         drop(udp);
 
+        // tundns patch (see patches/README.md): a blocking TUN reader is woken first, so
+        // that its task can be aborted, and may block again once that task has ended.
+        if let Some(interrupter) = &interrupt_outgoing {
+            interrupter.interrupt();
+        }
         join!(incoming.stop(), timers.stop(), outgoing.stop(),);
+        if let Some(interrupter) = &interrupt_outgoing {
+            interrupter.resume();
+        }
     }
 }

@@ -78,6 +78,35 @@ pub trait IpRecv: Send + Sync + 'static {
     /// The maximum transfer unit is the max size of packets returned from [`IpRecv::recv`].
     /// Don't rely on this being true though. Since the MTU might change, it is inherently racey.
     fn mtu(&self) -> MtuWatcher;
+
+    /// Where the task that reads this device must run: `None` for the device's own runtime.
+    ///
+    /// A reader whose [`IpRecv::recv`] blocks in a system call (one blocking `read` per
+    /// packet costs less than a readiness wake-up and a read) gives a runtime of its own,
+    /// on a thread it owns, and an [`IpRecv::interrupter`].
+    // tundns patch: see patches/README.md.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
+
+    /// What wakes a [`IpRecv::recv`] blocked in a system call, so that the task reading can
+    /// be stopped: `None` for a reader that never blocks.
+    // tundns patch: see patches/README.md.
+    fn interrupter(&self) -> Option<std::sync::Arc<dyn RecvInterrupter>> {
+        None
+    }
+}
+
+/// Stops and resumes a blocking [`IpRecv`] around the stop of the task that reads it.
+// tundns patch: see patches/README.md.
+pub trait RecvInterrupter: Send + Sync {
+    /// Returns once `recv` no longer blocks and will not block again: the pending `recv`
+    /// and any later one wait forever, so that aborting the task that awaits it ends it.
+    fn interrupt(&self);
+
+    /// Lets `recv` block again, for the next task that reads: called once the task that
+    /// was interrupted has ended.
+    fn resume(&self);
 }
 
 /// This watches for MTU changes on an [`IpRecv`] (e.g. a TUN device).
