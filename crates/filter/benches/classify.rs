@@ -2,7 +2,8 @@
 //!
 //! Each iteration classifies a burst of packets, as the TUN reader does during a transfer,
 //! so criterion's per-iteration overhead does not swamp a cost of a nanosecond or two. The
-//! rule table is loaded once per burst, as `FilteredTun` loads it once per batch it reads.
+//! rule table is loaded once per burst, as `FilteredTun` loads it once per read (a packet or a
+//! super-packet's segments).
 //! The burst goes through `black_box` whole, so the compiler knows nothing of any packet's
 //! bytes and must classify each one.
 //!

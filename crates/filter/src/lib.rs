@@ -4,8 +4,9 @@
 //! against the [`Rules`]: a packet for a virtual IP goes, inline, to the [`Service`]
 //! registered there, which answers through a [`TunWriter`]; every other packet goes to
 //! gotatun unchanged. gotatun's reading task runs on the reader's own thread, where it
-//! blocks in `read` (the `reader` module), so that an answer costs a read and a write. Inbound, [`FilteredTunSender`] drops decrypted packets that name a
-//! virtual IP, so peers can neither spoof nor reach a service.
+//! blocks in `read` (the `reader` module), so that an answer costs a read and a write.
+//! Inbound, [`FilteredTunSender`] drops decrypted packets that name a virtual IP, so peers
+//! can neither spoof nor reach a service.
 //!
 //! On a TUN opened with offloads, reads are GSO super-packets, split into segments before
 //! any is classified, and writes coalesce one flow's packets after each is checked; the

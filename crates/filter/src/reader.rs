@@ -29,6 +29,8 @@ use tokio::sync::oneshot;
 const INTERRUPT_KICK: Duration = Duration::from_millis(1);
 
 /// How long an interrupt waits for the read to end before giving up, with an error line.
+/// It runs in gotatun's connection stop, under the device's lock; a reader that does not
+/// answer in this time has its task left blocked until the TUN's next packet.
 const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Between the task's blocking read and whoever must stop that task.
@@ -43,22 +45,27 @@ pub(crate) struct ReadControl {
 }
 
 impl ReadControl {
-    /// Called before a blocking read: false once interrupted, and then the read must not
-    /// start.
-    pub(crate) fn enter_read(&self) -> bool {
+    /// Called before a blocking read, and held until it returns: `None` once interrupted,
+    /// and then the read must not start.
+    pub(crate) fn enter_read(&self) -> Option<ReadGuard<'_>> {
         // SeqCst on both sides: either this sees the interrupt, or the interrupt sees the
         // read and signals it.
         self.in_read.store(true, Ordering::SeqCst);
-        if self.interrupted.load(Ordering::SeqCst) {
-            self.in_read.store(false, Ordering::SeqCst);
-            return false;
-        }
-        true
+        let guard = ReadGuard(self);
+        (!self.is_interrupted()).then_some(guard)
     }
 
-    /// Called when the read has returned.
-    pub(crate) fn leave_read(&self) {
-        self.in_read.store(false, Ordering::SeqCst);
+    pub(crate) fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}
+
+/// A blocking read in progress; dropping it, when the read returns or unwinds, says so.
+pub(crate) struct ReadGuard<'a>(&'a ReadControl);
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_read.store(false, Ordering::SeqCst);
     }
 }
 
@@ -208,4 +215,88 @@ fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// A pipe nobody writes to: a read from it blocks until a signal interrupts it.
+    fn silent_pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe returned two fresh descriptors that nothing else owns.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// What the reading task does, on a pipe: reads while not interrupted, then reports.
+    async fn read_until_interrupted(control: Arc<ReadControl>, pipe: OwnedFd) -> io::Error {
+        loop {
+            let Some(_reading) = control.enter_read() else {
+                return io::Error::other("interrupted before a read");
+            };
+            let mut byte = [0u8; 1];
+            // SAFETY: one valid byte of buffer for a valid descriptor.
+            let read = unsafe { libc::read(pipe.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            assert!(read < 0, "nobody writes to the pipe");
+            let error = io::Error::last_os_error();
+            if control.is_interrupted() {
+                return error;
+            }
+        }
+    }
+
+    #[test]
+    fn an_interrupt_ends_a_blocking_read_on_the_readers_thread() {
+        let thread = ReaderThread::spawn().unwrap();
+        let control = thread.control().clone();
+        let (read_end, _write_end) = silent_pipe();
+        let task = thread
+            .runtime()
+            .spawn(read_until_interrupted(control.clone(), read_end));
+        // Let the task block in its read.
+        let started = Instant::now();
+        while !control.in_read.load(Ordering::SeqCst) {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the task never read"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+
+        let interrupting = Instant::now();
+        control.interrupt();
+        assert!(
+            interrupting.elapsed() < Duration::from_millis(500),
+            "the interrupt took {:?}",
+            interrupting.elapsed()
+        );
+        let ended = thread.runtime().block_on(task);
+        assert_eq!(ended.unwrap().kind(), io::ErrorKind::Interrupted);
+        assert!(
+            control.enter_read().is_none(),
+            "no read starts once interrupted"
+        );
+        control.resume();
+        assert!(
+            control.enter_read().is_some(),
+            "reads start again once resumed"
+        );
+    }
+
+    #[test]
+    fn an_interrupt_without_a_read_in_progress_returns_at_once() {
+        let thread = ReaderThread::spawn().unwrap();
+        let started = Instant::now();
+        thread.control().interrupt();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(thread.control().enter_read().is_none());
+        // Dropping the thread joins it: it must end though nothing runs on it.
+        let dropping = Instant::now();
+        drop(thread);
+        assert!(dropping.elapsed() < Duration::from_millis(500));
+    }
 }

@@ -151,10 +151,10 @@ impl TunWriter {
     }
 }
 
-/// Packets after which one [`FilteredTun::recv`] stops reading: enough to spread the
-/// rule-table load and the counter updates over many packets during a transfer, few enough
-/// that the first packet of a batch does not wait long for WireGuard. One read may give up
-/// to a super-packet's worth of segments beyond it.
+/// Packets after which one [`FilteredTun::recv`] stops reading: enough for gotatun to
+/// send them in runs (`UDP_SEGMENT`) and with one lock of the device, few enough that the
+/// first packet of a batch does not wait long for WireGuard. One read may give up to a
+/// super-packet's worth of segments beyond it.
 const RECV_BATCH: usize = 64;
 
 /// gotatun's TUN reader: every outbound packet is classified; packets for a virtual IP go
@@ -242,9 +242,17 @@ impl FilteredTun {
         FilterStats::add(&self.stats.passed, passed);
     }
 
-    /// Reads on, without blocking, while the TUN holds packets and the batch has room.
+    /// Reads on, without blocking, while the TUN holds packets and the batch has room: at
+    /// most [`RECV_BATCH`] reads, so that a flood of packets for a service cannot hold a
+    /// batch back, and none once interrupted.
     fn read_more(&mut self) {
-        while self.passed.len() < RECV_BATCH && readable_now(&self.device) {
+        for _ in 0..RECV_BATCH {
+            if self.passed.len() >= RECV_BATCH
+                || self.thread.control().is_interrupted()
+                || !readable_now(&self.device)
+            {
+                return;
+            }
             match self.reader.read(&self.device) {
                 Ok(read) => self.filter_read(read),
                 // What the next blocking read meets again, if it persists.
@@ -273,19 +281,23 @@ impl IpRecv for FilteredTun {
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         // The previous batch's iterator has been dropped, which emptied `passed`.
         while self.passed.is_empty() {
-            let control = self.thread.control().clone();
-            if !control.enter_read() {
+            let read = match self.thread.control().enter_read() {
+                Some(_reading) => self.reader.read(&self.device),
                 // Interrupted: the task awaiting this is being stopped.
-                std::future::pending::<()>().await;
-            }
-            let read = self.reader.read(&self.device);
-            control.leave_read();
+                None => std::future::pending().await,
+            };
             match read {
                 Ok(read) => self.filter_read(read),
                 // The interrupt's signal, or another: the task yields, so that an abort
                 // lands, and reads again unless interrupted.
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {
                     tokio::task::yield_now().await;
+                }
+                // A read blocked when the interface is deleted ends with EFAULT (the
+                // queue shut down); gotatun ends its task on ENODEV, as on the EBADFD the
+                // next read would give, without logging a spurious error first.
+                Err(error) if error.raw_os_error() == Some(libc::EFAULT) => {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
                 }
                 Err(error) => return Err(error),
             }

@@ -160,6 +160,11 @@ pub(crate) struct DeviceState<T: DeviceTransports> {
 }
 
 pub(crate) struct Connection<T: DeviceTransports> {
+    /// Wakes the TUN reader's blocking `recv`, if it has one, whenever the connection
+    /// stops or is dropped: declared first, so that it is dropped before `outgoing` aborts.
+    // tundns patch: see patches/README.md.
+    interrupt_outgoing: InterruptOnDrop,
+
     udp: <T::UdpTransportFactory as UdpTransportFactory>::Send,
 
     /// The task that reads IPv4 traffic from the UDP socket.
@@ -170,10 +175,24 @@ pub(crate) struct Connection<T: DeviceTransports> {
 
     /// The task that reads traffic from the TUN device.
     outgoing: Task,
+}
 
-    /// Wakes the TUN reader's blocking `recv`, if it has one, before `outgoing` stops.
-    // tundns patch: see patches/README.md.
-    interrupt_outgoing: Option<Arc<dyn crate::tun::RecvInterrupter>>,
+/// Interrupts a blocking TUN reader when dropped, and on demand. tundns patch (see
+/// patches/README.md).
+struct InterruptOnDrop(Option<Arc<dyn crate::tun::RecvInterrupter>>);
+
+impl InterruptOnDrop {
+    fn interrupt(&self) {
+        if let Some(interrupter) = &self.0 {
+            interrupter.interrupt();
+        }
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        self.interrupt();
+    }
 }
 
 impl<T: DeviceTransports> Connection<T> {
@@ -209,6 +228,11 @@ impl<T: DeviceTransports> Connection<T> {
         // socket -> decrypt -> TUN, within one task, with no channel between stages.
         let tun_tx = take_tun_end(&device.tun_tx, "IpSend").await;
         let tun_rx = take_tun_end(&device.tun_rx, "IpRecv").await;
+        // tundns patch (see patches/README.md): holding the reader proves the previous
+        // task that read it has ended, so a blocking reader may block again.
+        if let Some(interrupter) = tun_rx.interrupter() {
+            interrupter.resume();
+        }
 
         let buffered_udp_tx = BufferedUdpSend::new(MAX_PACKET_BUFS, udp_tx.clone());
 
@@ -239,7 +263,7 @@ impl<T: DeviceTransports> Connection<T> {
         // tundns patch (see patches/README.md): a TUN reader that blocks in `recv` runs its
         // task on a runtime of its own, and is interrupted before that task is stopped.
         let outgoing_runtime = tun_rx.runtime();
-        let interrupt_outgoing = tun_rx.interrupter();
+        let interrupt_outgoing = InterruptOnDrop(tun_rx.interrupter());
         let outgoing = Task::spawn_on(
             outgoing_runtime.as_ref(),
             "handle_outgoing",
@@ -269,11 +293,11 @@ impl<T: DeviceTransports> Connection<T> {
 
         debug_assert!(device.connection.is_none());
         device.connection = Some(Connection {
+            interrupt_outgoing,
             udp: udp_tx,
             incoming,
             timers,
             outgoing,
-            interrupt_outgoing,
         });
 
         Ok(())
@@ -1006,13 +1030,8 @@ impl<T: DeviceTransports> Connection<T> {
         drop(udp);
 
         // tundns patch (see patches/README.md): a blocking TUN reader is woken first, so
-        // that its task can be aborted, and may block again once that task has ended.
-        if let Some(interrupter) = &interrupt_outgoing {
-            interrupter.interrupt();
-        }
+        // that its task can be aborted; the next `set_up` lets it block again.
+        interrupt_outgoing.interrupt();
         join!(incoming.stop(), timers.stop(), outgoing.stop(),);
-        if let Some(interrupter) = &interrupt_outgoing {
-            interrupter.resume();
-        }
     }
 }

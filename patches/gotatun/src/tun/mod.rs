@@ -100,12 +100,14 @@ pub trait IpRecv: Send + Sync + 'static {
 /// Stops and resumes a blocking [`IpRecv`] around the stop of the task that reads it.
 // tundns patch: see patches/README.md.
 pub trait RecvInterrupter: Send + Sync {
-    /// Returns once `recv` no longer blocks and will not block again: the pending `recv`
-    /// and any later one wait forever, so that aborting the task that awaits it ends it.
+    /// Returns once `recv` no longer blocks and will not block again (or, should the
+    /// reader not answer, after a bound the implementation sets and reports): the pending
+    /// `recv` and any later one wait forever, so that aborting the task that awaits it
+    /// ends it. gotatun calls it when a connection stops or is dropped.
     fn interrupt(&self);
 
-    /// Lets `recv` block again, for the next task that reads: called once the task that
-    /// was interrupted has ended.
+    /// Lets `recv` block again: gotatun calls it when a new connection has taken the
+    /// reader, which proves the task that was interrupted has ended.
     fn resume(&self);
 }
 
