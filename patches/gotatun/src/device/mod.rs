@@ -768,8 +768,12 @@ impl<T: DeviceTransports> DeviceState<T> {
         let mut recv_many_buf = Default::default();
         let mut received = Vec::new();
         let mut to_tun = Vec::new();
+        // The device, locked once per batch (tundns patch, see patches/README.md); never
+        // held while waiting for the socket or the TUN.
+        let mut batch_guard: Option<tokio::sync::OwnedRwLockReadGuard<Self>> = None;
         loop {
             let Some((src_buf, addr)) = received.pop() else {
+                batch_guard = None;
                 send_to_tun(&mut *tun_tx, &mut to_tun).await?;
                 udp_rx
                     .recv_many_from(&mut recv_many_buf, &mut packet_pool, &mut received)
@@ -792,11 +796,15 @@ impl<T: DeviceTransports> DeviceState<T> {
                 Err(_) => continue,
             };
 
-            let Some(device) = device.upgrade() else {
-                return Ok(());
+            let device_guard = match &mut batch_guard {
+                Some(guard) => guard,
+                empty => {
+                    let Some(device) = device.upgrade() else {
+                        return Ok(());
+                    };
+                    empty.insert(device.read_owned().await)
+                }
             };
-
-            let device_guard = device.read().await;
             let peers = &device_guard.peers;
             let peer = match &parsed_packet {
                 WgKind::HandshakeInit(p) => parse_handshake_anon(&private_key, &public_key, p)
@@ -937,26 +945,34 @@ impl<T: DeviceTransports> DeviceState<T> {
                 }
             };
 
+            // tundns patch (see patches/README.md): the device is locked once per batch, and
+            // a run of packets to one destination (a bulk flow) looks its peer up once.
+            let Some(device_arc) = device.upgrade() else {
+                return Ok(());
+            };
+            let device_guard = device_arc.read().await;
+            let mut last_peer: Option<(IpAddr, Arc<Mutex<PeerState>>)> = None;
             for packet in packets {
                 // Determine peer to use from the destination address
                 let Some(dst_addr) = packet.destination() else {
                     continue;
                 };
 
-                let Some(device_arc) = device.upgrade() else {
-                    return Ok(());
-                };
+                let peer_arc = match &last_peer {
+                    Some((last_dst, peer)) if *last_dst == dst_addr => Arc::clone(peer),
+                    _ => {
+                        let Some(peer) = device_guard.peers_by_ip.find(dst_addr).cloned() else {
+                            if cfg!(debug_assertions) {
+                                tracing::trace!("Dropping packet with no routable peer");
+                            }
 
-                let device_guard = device_arc.read().await;
-
-                let Some(peer_arc) = device_guard.peers_by_ip.find(dst_addr).cloned() else {
-                    if cfg!(debug_assertions) {
-                        tracing::trace!("Dropping packet with no routable peer");
+                            // Drop packet if no peer has allowed IPs for destination
+                            drop(packet);
+                            continue;
+                        };
+                        last_peer = Some((dst_addr, Arc::clone(&peer)));
+                        peer
                     }
-
-                    // Drop packet if no peer has allowed IPs for destination
-                    drop(packet);
-                    continue;
                 };
 
                 let mut peer = peer_arc.lock().await;
@@ -1001,7 +1017,6 @@ impl<T: DeviceTransports> DeviceState<T> {
                 let packet = packet.into();
 
                 drop(peer); // release lock
-                drop(device_guard);
 
                 let to_family = match peer_addr {
                     SocketAddr::V4(..) => &mut to_v4,
@@ -1012,6 +1027,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                     send_to_udp(&udp, &mut send_many_buf, to_family).await;
                 }
             }
+            drop(device_guard);
             send_to_udp(&udp, &mut send_many_buf, &mut to_v4).await;
             send_to_udp(&udp, &mut send_many_buf, &mut to_v6).await;
         }
