@@ -94,6 +94,72 @@ fn tunnel_carries_traffic_both_ways() {
     assert!(tundns.is_running(), "tundns exited:\n{}", tundns.output());
 }
 
+/// The packets tundns has written into its TUN: what the host's stack received from it.
+fn tun_rx_packets(lab: &Lab) -> u64 {
+    let path = format!("/sys/class/net/{}/statistics/rx_packets", lab.tundns_iface);
+    let run = lab.exec_in(&lab.client_ns, &["cat", &path]);
+    run.assert_success();
+    run.stdout.trim().parse().expect("a packet count")
+}
+
+#[test]
+fn a_peer_cannot_send_from_outside_its_allowed_ips_between_allowed_packets() {
+    let (lab, mut tundns) = lab_with_tundns!();
+    lab.assert_ping(&lab.client_ns, PEER_TUNNEL_V4);
+    // A source the peer holds but tundns's AllowedIPs for it (10.99.0.0/24) do not: the
+    // peer's wireguard-go encrypts it towards tundns, which must drop it after decrypting,
+    // whatever the allowed packets before and after it were.
+    let outside = "10.98.0.1";
+    lab.exec_in(
+        &lab.network_ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{outside}/32"),
+            "dev",
+            &lab.peer_iface,
+        ],
+    )
+    .assert_success();
+    let ping_from = |source: &str| {
+        lab.exec_in(
+            &lab.network_ns,
+            &[
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                source,
+                CLIENT_TUNNEL_V4,
+            ],
+        )
+    };
+    for _ in 0..3 {
+        let before = tun_rx_packets(&lab);
+        ping_from(PEER_TUNNEL_V4).assert_success();
+        let after_allowed = tun_rx_packets(&lab);
+        assert!(
+            after_allowed > before,
+            "the allowed ping never reached the TUN ({before} -> {after_allowed})"
+        );
+        let spoofed = ping_from(outside);
+        assert!(
+            !spoofed.succeeded(),
+            "a ping from {outside} was answered:\n{spoofed}"
+        );
+        let after_outside = tun_rx_packets(&lab);
+        assert_eq!(
+            after_outside, after_allowed,
+            "a packet from {outside} reached the TUN"
+        );
+    }
+    assert!(tundns.is_running(), "tundns exited:\n{}", tundns.output());
+}
+
 #[test]
 fn wg_show_lists_peer_with_recent_handshake() {
     let (lab, _tundns) = lab_with_tundns!();

@@ -771,9 +771,13 @@ impl<T: DeviceTransports> DeviceState<T> {
         // The device, locked once per batch (tundns patch, see patches/README.md); never
         // held while waiting for the socket or the TUN.
         let mut batch_guard: Option<tokio::sync::OwnedRwLockReadGuard<Self>> = None;
+        // The last source address found routed to its sender, valid while `batch_guard`
+        // keeps the table as it was: a bulk flow's batch checks its source once.
+        let mut allowed_source: Option<(IpAddr, Arc<Mutex<PeerState>>)> = None;
         loop {
             let Some((src_buf, addr)) = received.pop() else {
                 batch_guard = None;
+                allowed_source = None;
                 send_to_tun(&mut *tun_tx, &mut to_tun).await?;
                 udp_rx
                     .recv_many_from(&mut recv_many_buf, &mut packet_pool, &mut received)
@@ -887,10 +891,18 @@ impl<T: DeviceTransports> DeviceState<T> {
                         |ipv4| (ipv4.header.source().into(), ipv4.into()),
                         |ipv6| (ipv6.header.source().into(), ipv6.into()),
                     );
-                    let routed_to_this_peer = device_guard
-                        .peers_by_ip
-                        .find(source)
-                        .is_some_and(|owner| Arc::ptr_eq(owner, &peer_arc));
+                    let checked_before = matches!(
+                        &allowed_source,
+                        Some((allowed, owner)) if *allowed == source && Arc::ptr_eq(owner, &peer_arc)
+                    );
+                    let routed_to_this_peer = checked_before
+                        || device_guard
+                            .peers_by_ip
+                            .find(source)
+                            .is_some_and(|owner| Arc::ptr_eq(owner, &peer_arc));
+                    if routed_to_this_peer && !checked_before {
+                        allowed_source = Some((source, Arc::clone(&peer_arc)));
+                    }
                     if !routed_to_this_peer {
                         if cfg!(debug_assertions) {
                             let unspecified = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into();
