@@ -769,7 +769,7 @@ impl<T: DeviceTransports> DeviceState<T> {
         let mut received = Vec::new();
         let mut to_tun = Vec::new();
         // The device, locked once per batch (tundns patch, see patches/README.md); never
-        // held while waiting for the socket or the TUN.
+        // held across `recv_many_from` or `send_to_tun`.
         let mut batch_guard: Option<tokio::sync::OwnedRwLockReadGuard<Self>> = None;
         // The last source address found routed to its sender, valid while `batch_guard`
         // keeps the table as it was: a bulk flow's batch checks its source once.
@@ -962,7 +962,7 @@ impl<T: DeviceTransports> DeviceState<T> {
             let Some(device_arc) = device.upgrade() else {
                 return Ok(());
             };
-            let device_guard = device_arc.read().await;
+            let mut device_guard = device_arc.read().await;
             let mut last_peer: Option<(IpAddr, Arc<Mutex<PeerState>>)> = None;
             for packet in packets {
                 // Determine peer to use from the destination address
@@ -1036,10 +1036,16 @@ impl<T: DeviceTransports> DeviceState<T> {
                 };
                 to_family.push((packet, peer_addr));
                 if to_family.len() == max_send {
+                    // Not locked while the socket may make it wait: a writer (a UAPI `set`)
+                    // must not wait on the network. The table may change meanwhile.
+                    drop(device_guard);
                     send_to_udp(&udp, &mut send_many_buf, to_family).await;
+                    device_guard = device_arc.read().await;
+                    last_peer = None;
                 }
             }
             drop(device_guard);
+            drop(device_arc);
             send_to_udp(&udp, &mut send_many_buf, &mut to_v4).await;
             send_to_udp(&udp, &mut send_many_buf, &mut to_v6).await;
         }
