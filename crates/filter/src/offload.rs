@@ -2,9 +2,9 @@
 //! packets coalesced (GRO) on the way in, and the virtio-net header every write carries.
 //!
 //! tun-rs does the splitting and the coalescing (`recv_multiple`, `send_multiple` and its
-//! [`GROTable`]); this module owns the buffers they
-//! need and turns what they report into packets, drops and counts. On a device opened
-//! without offloads (`IFF_VNET_HDR` refused), the same calls read and write plain packets.
+//! [`GROTable`]); this module owns the buffers they need and turns what they report into
+//! packets, drops and counts. On a device opened without offloads (`IFF_VNET_HDR`
+//! refused), the same calls read and write plain packets.
 
 use std::io::{self, IoSlice};
 

@@ -41,12 +41,12 @@ pub struct FilterStats {
 }
 
 impl FilterStats {
-    pub(crate) fn bump(counter: &AtomicU64) {
+    fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds a batch's count, skipping the atomic operation when there is nothing to add.
-    pub(crate) fn add(counter: &AtomicU64, count: u64) {
+    fn add(counter: &AtomicU64, count: u64) {
         if count > 0 {
             counter.fetch_add(count, Ordering::Relaxed);
         }

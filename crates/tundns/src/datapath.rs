@@ -29,8 +29,8 @@
 //! reader's own thread, where it blocks in `read`: a cached DNS answer costs one read and
 //! one write and no wake-up of the runtime, and WireGuard's packets are encrypted and sent
 //! on that thread, batch by batch. Services answer through a [`TunWriter`], never through
-//! WireGuard. `tunnel` calls this at start-up, after the
-//! interface exists and before anything is routed to it.
+//! WireGuard. `tunnel` calls this at start-up, after the interface exists and before
+//! anything is routed to it.
 
 use std::io;
 use std::sync::Arc;

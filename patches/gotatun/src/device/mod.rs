@@ -187,6 +187,12 @@ impl InterruptOnDrop {
             interrupter.interrupt();
         }
     }
+
+    fn resume(&self) {
+        if let Some(interrupter) = &self.0 {
+            interrupter.resume();
+        }
+    }
 }
 
 impl Drop for InterruptOnDrop {
@@ -230,9 +236,8 @@ impl<T: DeviceTransports> Connection<T> {
         let tun_rx = take_tun_end(&device.tun_rx, "IpRecv").await;
         // tundns patch (see patches/README.md): holding the reader proves the previous
         // task that read it has ended, so a blocking reader may block again.
-        if let Some(interrupter) = tun_rx.interrupter() {
-            interrupter.resume();
-        }
+        let interrupt_outgoing = InterruptOnDrop(tun_rx.interrupter());
+        interrupt_outgoing.resume();
 
         let buffered_udp_tx = BufferedUdpSend::new(MAX_PACKET_BUFS, udp_tx.clone());
 
@@ -263,7 +268,6 @@ impl<T: DeviceTransports> Connection<T> {
         // tundns patch (see patches/README.md): a TUN reader that blocks in `recv` runs its
         // task on a runtime of its own, and is interrupted before that task is stopped.
         let outgoing_runtime = tun_rx.runtime();
-        let interrupt_outgoing = InterruptOnDrop(tun_rx.interrupter());
         let outgoing = Task::spawn_on(
             outgoing_runtime.as_ref(),
             "handle_outgoing",
