@@ -48,34 +48,42 @@ bench_dnsperf() {
     printf "%.0f\n" "$qps"
 }
 
-# bench_cpu_ticks PID...: utime + stime of the PIDs together, in clock ticks (fields 14 and 15
-# of /proc/PID/stat, counted after the command name, which may hold spaces).
+# bench_cpu_ticks [--system] PID...: utime + stime (with --system, stime alone) of the PIDs
+# together, in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after the command name,
+# which may hold spaces).
 bench_cpu_ticks() {
-    local pid total=0
+    local pid total=0 fields='$12 + $13'
+    [[ $1 != --system ]] || { fields='$13'; shift; }
     for pid in "$@"; do
         [[ -r /proc/$pid/stat ]] || lab_die "process $pid is gone"
-        total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+        total=$((total + $(awk "{ sub(/^.*\\) /, \"\"); print $fields }" "/proc/$pid/stat")))
     done
     printf '%s\n' "$total"
 }
 BENCH_TICKS_PER_SECOND=$(getconf CLK_TCK)
 
 # bench_fixed_rate LABEL PID SERVER QUERYFILE SECONDS RATE [DNSPERF_OPTION...]: one dnsperf run
-# offering RATE queries/s to SERVER, which PID serves. Sets BENCH_ANSWERS_PER_SECOND and
-# BENCH_CPU_US, the CPU microseconds PID spent per answer, and prints both to stderr.
+# offering RATE queries/s to SERVER, which PID serves. Sets BENCH_ANSWERS_PER_SECOND,
+# BENCH_CPU_US, the CPU microseconds PID spent per answer, and BENCH_SYSTEM_US, the part of
+# them spent in the kernel (stime), and prints them to stderr.
 bench_fixed_rate() {
     local label=$1 pid=$2 server=$3 queries=$4 seconds=$5 rate=$6 before after answers
+    local system_before system_after
     shift 6
     before=$(bench_cpu_ticks "$pid")
+    system_before=$(bench_cpu_ticks --system "$pid")
     bench_run_dnsperf "$label at $rate qps" "$server" "$queries" "$seconds" -Q "$rate" "$@"
     after=$(bench_cpu_ticks "$pid")
+    system_after=$(bench_cpu_ticks --system "$pid")
     answers=$(awk '/Queries completed:/ { print $3 }' "$BENCH_REPORT")
     [[ -n $answers && $answers -gt 0 ]] || lab_die "no answers in dnsperf's report: $(cat "$BENCH_REPORT")"
     BENCH_ANSWERS_PER_SECOND=$(awk '/Queries per second:/ { printf "%.0f", $4 }' "$BENCH_REPORT")
     BENCH_CPU_US=$(awk -v t=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" -v n="$answers" \
         'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
-    printf '  %-34s %10s answers/s %8.2f us CPU per answer\n' \
-        "$label" "$BENCH_ANSWERS_PER_SECOND" "$BENCH_CPU_US" >&2
+    BENCH_SYSTEM_US=$(awk -v t=$((system_after - system_before)) -v hz="$BENCH_TICKS_PER_SECOND" -v n="$answers" \
+        'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
+    printf '  %-34s %10s answers/s %8.2f us CPU per answer (%.2f in the kernel)\n' \
+        "$label" "$BENCH_ANSWERS_PER_SECOND" "$BENCH_CPU_US" "$BENCH_SYSTEM_US" >&2
 }
 
 # bench_warm SERVER QUERYFILE: two bounded passes over the query file, one query at a time, so
@@ -159,6 +167,12 @@ bench_start_tun_echo() {
 # bench_rss_kib PID [FIELD]: VmRSS (or FIELD, e.g. VmHWM) of PID in KiB.
 bench_rss_kib() {
     awk -v field="${2:-VmRSS}:" '$1 == field { print $2 }' "/proc/$1/status"
+}
+
+# bench_machine_ticks: the machine's busy and total CPU time so far, in clock ticks over all
+# CPUs ("BUSY TOTAL", from /proc/stat's first line; busy is everything but idle and iowait).
+bench_machine_ticks() {
+    awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
 }
 
 # bench_load: the 1-minute load average. On these 2-core machines anything much above 1 before

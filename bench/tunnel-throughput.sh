@@ -8,8 +8,11 @@
 #   boringtun-boringtun  boringtun-cli ↔ boringtun-cli (installed under target/ when missing)
 #   veth                 the veth itself, no tunnel
 # each with 1 and with 4 parallel streams (iperf3 -P), C sending and C receiving (iperf3 -R).
-# For each run: Gbit/s (iperf3's receiver figure) and the CPU-seconds both tunnel processes
-# spent (utime + stime from /proc/PID/stat, before and after) per GB (10^9 bytes) iperf3 moved.
+# For each run: Gbit/s (iperf3's receiver figure), the CPU-seconds both tunnel processes
+# spent (utime + stime from /proc/PID/stat, before and after) per GB (10^9 bytes) iperf3 moved,
+# and the whole machine's: its busy CPU-seconds per GB (tunnels, iperf3s and the kernel's work
+# for them, from /proc/stat) and how busy its CPUs were. A machine near 100 % busy is at its
+# ceiling: the pair's rate is then 2 cores / the machine's CPU-s per GB.
 # Both ends start fresh for every run. Runs alternate, pair by pair within each mode, for ROUNDS
 # rounds, the order reversed in even rounds (the shared machines are noisy); prints each run,
 # the medians and the ratios against the issue's goals. Everything runs in throwaway namespaces
@@ -127,7 +130,7 @@ start_end() {
 # CPU-seconds per GB to the runs of PAIR in that mode (no CPU for the veth: no tunnel).
 measure() {
     local pair=$1 count=$2 direction=$3 target=$LAB_PEER_TUNNEL_V4 report before after pid
-    local key="$1/$2 $3" reverse=() bytes bits rate cpu_per_gb=-
+    local key="$1/$2 $3" reverse=() bytes bits rate cpu_per_gb=- machine_before machine_after
     [[ $direction == receive ]] && reverse=(-R)
     end_pids=()
     case $pair in
@@ -139,24 +142,33 @@ measure() {
     lab_wait 10 ip netns exec "$LAB_C" ping -n -c 1 -W 1 "$target" || lab_die "no ping over $pair to $target"
     report="$LAB_DIR/iperf3-$pair-$count-$direction.json"
     before=$(bench_cpu_ticks "${end_pids[@]}")
+    machine_before=$(bench_machine_ticks)
     timeout $((DURATION + 20)) ip netns exec "$LAB_C" \
         iperf3 -c "$target" -t "$DURATION" -P "$count" "${reverse[@]}" -J >"$report" 2>&1 ||
         lab_die "iperf3 over $pair ($count $direction) failed: $(cat "$report")"
     after=$(bench_cpu_ticks "${end_pids[@]}")
+    machine_after=$(bench_machine_ticks)
     for pid in "${end_pids[@]}"; do lab_stop "$pid"; done
     read -r bytes bits < <(jq -r '.end.sum_received | "\(.bytes) \(.bits_per_second)"' "$report")
     ((bytes > 0)) || lab_die "iperf3 moved nothing over $pair ($count $direction): $(cat "$report")"
     rate=$(awk -v b="$bits" 'BEGIN { printf "%.3f", b / 1e9 }')
     gbits[$key]+="$rate "
+    read -r machine_cpu machine_busy < <(awk -v before="$machine_before" -v after="$machine_after" \
+        -v hz="$BENCH_TICKS_PER_SECOND" -v bytes="$bytes" 'BEGIN {
+            split(before, b0, " "); split(after, b1, " ")
+            printf "%.2f %.0f\n", (b1[1] - b0[1]) / hz / (bytes / 1e9), 100 * (b1[1] - b0[1]) / (b1[2] - b0[2]) }')
+    machine[$key]+="$machine_cpu "
+    busy[$key]+="$machine_busy "
     if ((${#end_pids[@]})); then
         cpu_per_gb=$(awk -v t=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" -v b="$bytes" \
             'BEGIN { printf "%.2f", t / hz / (b / 1e9) }')
         cpu[$key]+="$cpu_per_gb "
     fi
-    printf '  %-20s %-10s %8.2f Gbit/s %8s CPU-s/GB\n' "$pair" "$count $direction" "$rate" "$cpu_per_gb" >&2
+    printf '  %-20s %-10s %8.2f Gbit/s %8s CPU-s/GB   machine: %s CPU-s/GB, %s %% busy\n' \
+        "$pair" "$count $direction" "$rate" "$cpu_per_gb" "$machine_cpu" "$machine_busy" >&2
 }
 
-declare -A gbits cpu
+declare -A gbits cpu machine busy
 modes=()
 for count in "${streams[@]}"; do
     for direction in "${directions[@]}"; do modes+=("$count $direction"); done
@@ -177,7 +189,8 @@ load_end=$(bench_load)
 
 median() { printf '%s\n' $1 | bench_median; }
 printf '\nmedian of %d rounds, %d s each (streams, direction from C):\n' "$ROUNDS" "$DURATION"
-printf '%-20s %-10s %8s %9s   %s\n' pair mode Gbit/s CPU-s/GB "(runs: Gbit/s; CPU-s/GB)"
+printf '%-20s %-10s %8s %9s %9s %6s   %s\n' pair mode Gbit/s CPU-s/GB "machine¹" "busy²" \
+    "(runs: Gbit/s; CPU-s/GB)"
 for mode in "${modes[@]}"; do
     for pair in "${pairs[@]}"; do
         key="$pair/$mode" cpu_median=- cpu_runs=-
@@ -185,10 +198,17 @@ for mode in "${modes[@]}"; do
             cpu_median=$(median "${cpu[$key]}")
             cpu_runs=${cpu[$key]% }
         fi
-        printf '%-20s %-10s %8.2f %9s   (%s; %s)\n' "$pair" "$mode" "$(median "${gbits[$key]}")" \
-            "$cpu_median" "${gbits[$key]% }" "$cpu_runs"
+        printf '%-20s %-10s %8.2f %9s %9s %6s   (%s; %s)\n' "$pair" "$mode" "$(median "${gbits[$key]}")" \
+            "$cpu_median" "$(median "${machine[$key]}")" "$(median "${busy[$key]}")" "${gbits[$key]% }" "$cpu_runs"
     done
 done
+printf '¹ busy CPU-seconds of the whole machine per GB; ² share of both CPUs busy during the run\n'
+# The cipher's own floor: OpenSSL's ChaCha20-Poly1305 on hot 1420-byte buffers, one core.
+if command -v openssl >/dev/null; then
+    cipher_kbps=$(openssl speed -evp chacha20-poly1305 -bytes 1420 -seconds 2 2>/dev/null |
+        awk '/^ChaCha20-Poly1305/ { sub(/k$/, "", $2); print $2 }')
+    [[ -z $cipher_kbps ]] || awk -v k="$cipher_kbps" 'BEGIN { printf "cipher floor: ChaCha20-Poly1305 at %.2f GB/s per core (openssl speed, 1420 B), %.2f CPU-s/GB to seal and open\n", k / 1e6, 2 / (k / 1e6) }'
+fi
 
 # goal MODE KIND A B OP GOAL WHAT: one line with the ratio of A's median to B's in MODE (KIND is
 # gbits or cpu) against the goal, when both pairs were measured.
