@@ -53,7 +53,7 @@ bench_dnsperf() {
 # which may hold spaces).
 bench_cpu_ticks() {
     local pid total=0 fields='$12 + $13'
-    [[ $1 != --system ]] || { fields='$13'; shift; }
+    [[ ${1:-} != --system ]] || { fields='$13'; shift; }
     for pid in "$@"; do
         [[ -r /proc/$pid/stat ]] || lab_die "process $pid is gone"
         total=$((total + $(awk "{ sub(/^.*\\) /, \"\"); print $fields }" "/proc/$pid/stat")))
@@ -169,10 +169,11 @@ bench_rss_kib() {
     awk -v field="${2:-VmRSS}:" '$1 == field { print $2 }' "/proc/$1/status"
 }
 
-# bench_machine_ticks: the machine's busy and total CPU time so far, in clock ticks over all
-# CPUs ("BUSY TOTAL", from /proc/stat's first line; busy is everything but idle and iowait).
+# bench_machine_ticks: the machine's CPU time so far, in clock ticks over all CPUs, as
+# "BUSY STEAL TOTAL" from /proc/stat's first line: busy is the work done (user, system and
+# interrupts), steal the time the hypervisor gave to other guests, total everything.
 bench_machine_ticks() {
-    awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
+    awk '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8; print busy, $9, busy + $5 + $6 + $9; exit }' /proc/stat
 }
 
 # bench_load: the 1-minute load average. On these 2-core machines anything much above 1 before

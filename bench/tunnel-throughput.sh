@@ -10,9 +10,10 @@
 # each with 1 and with 4 parallel streams (iperf3 -P), C sending and C receiving (iperf3 -R).
 # For each run: Gbit/s (iperf3's receiver figure), the CPU-seconds both tunnel processes
 # spent (utime + stime from /proc/PID/stat, before and after) per GB (10^9 bytes) iperf3 moved,
-# and the whole machine's: its busy CPU-seconds per GB (tunnels, iperf3s and the kernel's work
-# for them, from /proc/stat) and how busy its CPUs were. A machine near 100 % busy is at its
-# ceiling: the pair's rate is then 2 cores / the machine's CPU-s per GB.
+# and the whole machine's: its CPU-seconds of work per GB (tunnels, iperf3s and the kernel's work
+# for them, from /proc/stat), the share of its CPUs' time that work took, and the share the
+# hypervisor gave to other guests. A machine whose busy and stolen shares add up to about 100 %
+# is at its ceiling: the pair's rate is then what is left of 2 cores / the machine's CPU-s per GB.
 # Both ends start fresh for every run. Runs alternate, pair by pair within each mode, for ROUNDS
 # rounds, the order reversed in even rounds (the shared machines are noisy); prints each run,
 # the medians and the ratios against the issue's goals. Everything runs in throwaway namespaces
@@ -153,22 +154,24 @@ measure() {
     ((bytes > 0)) || lab_die "iperf3 moved nothing over $pair ($count $direction): $(cat "$report")"
     rate=$(awk -v b="$bits" 'BEGIN { printf "%.3f", b / 1e9 }')
     gbits[$key]+="$rate "
-    read -r machine_cpu machine_busy < <(awk -v before="$machine_before" -v after="$machine_after" \
+    read -r machine_cpu machine_busy machine_steal < <(awk -v before="$machine_before" -v after="$machine_after" \
         -v hz="$BENCH_TICKS_PER_SECOND" -v bytes="$bytes" 'BEGIN {
-            split(before, b0, " "); split(after, b1, " ")
-            printf "%.2f %.0f\n", (b1[1] - b0[1]) / hz / (bytes / 1e9), 100 * (b1[1] - b0[1]) / (b1[2] - b0[2]) }')
+            split(before, b0, " "); split(after, b1, " "); total = b1[3] - b0[3]
+            printf "%.2f %.0f %.0f\n", (b1[1] - b0[1]) / hz / (bytes / 1e9),
+                100 * (b1[1] - b0[1]) / total, 100 * (b1[2] - b0[2]) / total }')
     machine[$key]+="$machine_cpu "
     busy[$key]+="$machine_busy "
+    steal[$key]+="$machine_steal "
     if ((${#end_pids[@]})); then
         cpu_per_gb=$(awk -v t=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" -v b="$bytes" \
             'BEGIN { printf "%.2f", t / hz / (b / 1e9) }')
         cpu[$key]+="$cpu_per_gb "
     fi
-    printf '  %-20s %-10s %8.2f Gbit/s %8s CPU-s/GB   machine: %s CPU-s/GB, %s %% busy\n' \
-        "$pair" "$count $direction" "$rate" "$cpu_per_gb" "$machine_cpu" "$machine_busy" >&2
+    printf '  %-20s %-10s %8.2f Gbit/s %8s CPU-s/GB   machine: %s CPU-s/GB, %s %% busy, %s %% stolen\n' \
+        "$pair" "$count $direction" "$rate" "$cpu_per_gb" "$machine_cpu" "$machine_busy" "$machine_steal" >&2
 }
 
-declare -A gbits cpu machine busy
+declare -A gbits cpu machine busy steal
 modes=()
 for count in "${streams[@]}"; do
     for direction in "${directions[@]}"; do modes+=("$count $direction"); done
@@ -189,7 +192,7 @@ load_end=$(bench_load)
 
 median() { printf '%s\n' $1 | bench_median; }
 printf '\nmedian of %d rounds, %d s each (streams, direction from C):\n' "$ROUNDS" "$DURATION"
-printf '%-20s %-10s %8s %9s %9s %6s   %s\n' pair mode Gbit/s CPU-s/GB "machine¹" "busy²" \
+printf '%-20s %-10s %8s %9s %9s %6s %7s   %s\n' pair mode Gbit/s CPU-s/GB "machine¹" "busy²" "stolen³" \
     "(runs: Gbit/s; CPU-s/GB)"
 for mode in "${modes[@]}"; do
     for pair in "${pairs[@]}"; do
@@ -198,11 +201,13 @@ for mode in "${modes[@]}"; do
             cpu_median=$(median "${cpu[$key]}")
             cpu_runs=${cpu[$key]% }
         fi
-        printf '%-20s %-10s %8.2f %9s %9s %6s   (%s; %s)\n' "$pair" "$mode" "$(median "${gbits[$key]}")" \
-            "$cpu_median" "$(median "${machine[$key]}")" "$(median "${busy[$key]}")" "${gbits[$key]% }" "$cpu_runs"
+        printf '%-20s %-10s %8.2f %9s %9s %6s %7s   (%s; %s)\n' "$pair" "$mode" "$(median "${gbits[$key]}")" \
+            "$cpu_median" "$(median "${machine[$key]}")" "$(median "${busy[$key]}")" "$(median "${steal[$key]}")" \
+            "${gbits[$key]% }" "$cpu_runs"
     done
 done
-printf '¹ busy CPU-seconds of the whole machine per GB; ² share of both CPUs busy during the run\n'
+printf '%s\n' "¹ CPU-seconds of work on the whole machine per GB; ² % of both CPUs' time spent on that work;" \
+    "³ % taken by the hypervisor for other guests (time this machine could not use)"
 # The cipher's own floor: OpenSSL's ChaCha20-Poly1305 on hot 1420-byte buffers, one core.
 if command -v openssl >/dev/null; then
     cipher_kbps=$(openssl speed -evp chacha20-poly1305 -bytes 1420 -seconds 2 2>/dev/null |
