@@ -21,7 +21,7 @@ use crate::tun::tun_async_device::TunDevice;
 use crate::{
     device::{Device, DeviceState, allowed_ips::AllowedIps, peer::Peer, uapi::UapiServer},
     task::Task,
-    tun::{IpRecv, IpSend},
+    tun::{IpRecv, IpSend, channel::IpChannelRx},
     udp::{UdpTransportFactory, socket::UdpSocketFactory},
 };
 
@@ -47,6 +47,8 @@ pub struct DeviceBuilder<Udp, TunTx, TunRx> {
     peers: Vec<Peer>,
     index_table: Option<IndexTable>,
     suspended: bool,
+    // tundns patch: see patches/README.md.
+    second_ip_recv: Option<IpChannelRx>,
 
     #[cfg(target_os = "linux")]
     fwmark: Option<u32>,
@@ -82,6 +84,7 @@ impl DeviceBuilder<Nul, Nul, Nul> {
             peers: Vec::new(),
             index_table: None,
             suspended: false,
+            second_ip_recv: None,
             #[cfg(target_os = "linux")]
             fwmark: None,
         }
@@ -109,6 +112,7 @@ impl<X, Y> DeviceBuilder<Nul, X, Y> {
             peers: self.peers,
             index_table: self.index_table,
             suspended: self.suspended,
+            second_ip_recv: self.second_ip_recv,
             #[cfg(target_os = "linux")]
             fwmark: self.fwmark,
         }
@@ -185,6 +189,7 @@ impl<X> DeviceBuilder<X, Nul, Nul> {
             peers: self.peers,
             index_table: self.index_table,
             suspended: self.suspended,
+            second_ip_recv: self.second_ip_recv,
             #[cfg(target_os = "linux")]
             fwmark: self.fwmark,
         }
@@ -246,6 +251,15 @@ impl<X, Y, Z> DeviceBuilder<X, Y, Z> {
         self
     }
 
+    /// Add a second source of IP packets for the tunnel besides the TUN (a userspace
+    /// network stack's, say), read by a task of its own on the device's runtime, so that
+    /// a TUN reader blocked in a system call never delays them.
+    // tundns patch: see patches/README.md.
+    pub fn with_second_ip_recv(mut self, ip_rx: IpChannelRx) -> Self {
+        self.second_ip_recv = Some(ip_rx);
+        self
+    }
+
     /// Specify the `SO_MARK` argument to the [`UdpTransportFactory`].
     ///
     /// You probably only want this when using [`with_default_udp`](Self::with_default_udp).
@@ -281,6 +295,7 @@ impl<Udp: UdpTransportFactory, TunTx: IpSend, TunRx: IpRecv> DeviceBuilder<Udp, 
             tun_tx: Arc::new(Mutex::new(self.tun_tx)),
             tun_rx_mtu: self.tun_rx.mtu(),
             tun_rx: Arc::new(Mutex::new(self.tun_rx)),
+            second_tun_rx: self.second_ip_recv.map(|rx| Arc::new(Mutex::new(rx))),
             fwmark,
             key_pair: None,
             index_table: self.index_table.unwrap_or_else(IndexTable::from_os_rng),

@@ -45,6 +45,7 @@ use crate::noise::rate_limiter::RateLimiter;
 use crate::noise::{Tunn, TunnResult};
 use crate::packet::{PacketBufPool, WgKind};
 use crate::task::Task;
+use crate::tun::channel::IpChannelRx;
 use crate::tun::{IpRecv, IpSend, MtuWatcher};
 use crate::udp::buffer::BufferedUdpSend;
 use crate::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
@@ -131,6 +132,10 @@ pub(crate) struct DeviceState<T: DeviceTransports> {
     /// stopped.
     tun_rx: Arc<Mutex<T::IpRecv>>,
 
+    /// A second source of IP packets for the tunnel, read by a task of its own, held as
+    /// `tun_rx` is. tundns patch: see patches/README.md.
+    second_tun_rx: Option<Arc<Mutex<IpChannelRx>>>,
+
     /// MTU watcher of the TUN device.
     tun_rx_mtu: MtuWatcher,
 
@@ -175,6 +180,10 @@ pub(crate) struct Connection<T: DeviceTransports> {
 
     /// The task that reads traffic from the TUN device.
     outgoing: Task,
+
+    /// The task that reads the second source of IP packets, if there is one. tundns
+    /// patch: see patches/README.md.
+    second_outgoing: Option<Task>,
 }
 
 /// Interrupts a blocking TUN reader when dropped, and on demand. tundns patch (see
@@ -279,6 +288,24 @@ impl<T: DeviceTransports> Connection<T> {
             )
             .map_err(register_fatal_error.clone()),
         );
+        // tundns patch (see patches/README.md): a second source's packets are encrypted and
+        // sent as the TUN's are, by a task of their own.
+        let second_outgoing = match &device.second_tun_rx {
+            Some(second_tun_rx) => {
+                let second_tun_rx = take_tun_end(second_tun_rx, "second IpRecv").await;
+                Some(Task::spawn(
+                    "handle_second_outgoing",
+                    DeviceState::handle_outgoing(
+                        Arc::downgrade(&device_arc),
+                        second_tun_rx,
+                        udp_tx.clone(),
+                        pool.clone(),
+                    )
+                    .map_err(register_fatal_error.clone()),
+                ))
+            }
+            None => None,
+        };
         let timers = Task::spawn(
             "handle_timers",
             DeviceState::handle_timers(Arc::downgrade(&device_arc), buffered_udp_tx.clone()),
@@ -302,6 +329,7 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
+            second_outgoing,
         });
 
         Ok(())
@@ -1063,6 +1091,7 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
+            second_outgoing,
             interrupt_outgoing,
         } = self;
         drop(udp);
@@ -1070,6 +1099,16 @@ impl<T: DeviceTransports> Connection<T> {
         // tundns patch (see patches/README.md): a blocking TUN reader is woken first, so
         // that its task can be aborted; the next `set_up` lets it block again.
         interrupt_outgoing.interrupt();
-        join!(incoming.stop(), timers.stop(), outgoing.stop(),);
+        let second_outgoing = async {
+            if let Some(task) = second_outgoing {
+                task.stop().await;
+            }
+        };
+        join!(
+            incoming.stop(),
+            timers.stop(),
+            outgoing.stop(),
+            second_outgoing
+        );
     }
 }

@@ -113,6 +113,49 @@ impl IpRecv for TunChannelRx {
     }
 }
 
+/// IP packets from a source other than the TUN (a userspace network stack, say), read
+/// by a task of their own: see [`DeviceBuilder::with_second_ip_recv`]. Create using
+/// [`ip_channel`].
+///
+/// [`DeviceBuilder::with_second_ip_recv`]: crate::device::DeviceBuilder::with_second_ip_recv
+// tundns patch: see patches/README.md.
+pub struct IpChannelRx {
+    rx: mpsc::Receiver<Packet<Ip>>,
+    mtu: MtuWatcher,
+}
+
+/// Most packets one [`IpChannelRx::recv`] hands over: a batch, as a TUN read gives one.
+// tundns patch: see patches/README.md.
+const IP_CHANNEL_BATCH: usize = 64;
+
+/// A channel of IP packets for the tunnel, holding at most `capacity` of them, whose
+/// packets are at most `mtu` long.
+// tundns patch: see patches/README.md.
+pub fn ip_channel(capacity: usize, mtu: MtuWatcher) -> (mpsc::Sender<Packet<Ip>>, IpChannelRx) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, IpChannelRx { rx, mtu })
+}
+
+impl IpRecv for IpChannelRx {
+    async fn recv<'a>(
+        &'a mut self,
+        _pool: &mut PacketBufPool,
+    ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        let Some(first) = self.rx.recv().await else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "channel closed",
+            ));
+        };
+        let rest = iter::from_fn(|| self.rx.try_recv().ok()).take(IP_CHANNEL_BATCH - 1);
+        Ok(iter::once(first).chain(rest))
+    }
+
+    fn mtu(&self) -> MtuWatcher {
+        self.mtu.clone()
+    }
+}
+
 mod fragmentation {
     use zerocopy::{FromBytes, FromZeros};
 
