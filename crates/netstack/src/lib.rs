@@ -1,12 +1,15 @@
-//! Userspace TCP for tundns's virtual services (DNS over TCP, RFC 7766, first).
+//! Userspace TCP for tundns's virtual services (DNS over TCP, RFC 7766) and
+//! for the proxies' connections into the tunnel.
 //!
 //! This crate owns a smoltcp interface over an in-memory device and turns it
 //! into connections and byte streams: it accepts TCP connections on listened
-//! `(virtual IP, port)` endpoints, bounds their number, closes idle ones and
-//! reports what happened as [`Event`]s. It is sans-IO: the caller feeds the raw
-//! IP packets that the filter diverted from the TUN into [`TcpStack::receive`],
-//! drives time through [`TcpStack::poll`] and writes what
-//! [`TcpStack::drain_transmit`] hands back into the TUN.
+//! `(virtual IP, port)` endpoints, opens connections from a local address
+//! ([`TcpStack::connect`], telling why one failed: a RST, an ICMP error or no
+//! answer), bounds their number, closes idle ones and reports what happened as
+//! [`Event`]s. It is sans-IO: the caller feeds the raw IP packets meant for it
+//! (diverted from the TUN, or from the tunnel) into [`TcpStack::receive`],
+//! drives time through [`TcpStack::poll`] and sends what
+//! [`TcpStack::drain_transmit`] hands back.
 //!
 //! It must never touch a socket, a clock, a thread or an async runtime, never
 //! know which protocol runs over its streams, and never panic on any input.
@@ -37,6 +40,7 @@
 //! ```
 
 mod device;
+mod icmp;
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -69,6 +73,9 @@ pub struct Limits {
     pub tx_buffer: usize,
     /// Largest IP packet the stack emits; set it to the TUN MTU.
     pub mtu: usize,
+    /// How long a connection opened with [`TcpStack::connect`] may take to be
+    /// established before it fails with [`ConnectFailure::TimedOut`].
+    pub connect_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -79,6 +86,7 @@ impl Default for Limits {
             rx_buffer: 4 * 1024,
             tx_buffer: 16 * 1024,
             mtu: 1420,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -117,6 +125,28 @@ pub enum Event {
     /// The connection is gone (peer reset, idle timeout, or the peer vanished)
     /// and its id is now stale. Not emitted after [`TcpStack::close`].
     Closed(ConnectionId),
+    /// A connection opened with [`TcpStack::connect`] is established.
+    Connected(ConnectionId),
+    /// A connection opened with [`TcpStack::connect`] failed; its id is now stale.
+    ConnectFailed {
+        id: ConnectionId,
+        reason: ConnectFailure,
+    },
+}
+
+/// Why a connection opened with [`TcpStack::connect`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The far side answered with a RST, or an ICMP "port unreachable".
+    Refused,
+    /// An ICMP error said no route leads to the destination's network.
+    NetworkUnreachable,
+    /// An ICMP error said the destination host cannot be reached.
+    HostUnreachable,
+    /// An ICMP "time exceeded": the SYN ran out of hops.
+    TtlExpired,
+    /// No answer within [`Limits::connect_timeout`].
+    TimedOut,
 }
 
 /// Why a call was refused.
@@ -128,9 +158,16 @@ pub enum Error {
     /// The connection can no longer send (it was reset).
     #[error("connection can no longer send")]
     SendClosed,
-    /// Only a specific unicast address with a non-zero port can be listened on.
-    #[error("cannot listen on {0}")]
+    /// Only a specific unicast address with a non-zero port can be listened on
+    /// or connected from and to.
+    #[error("cannot use endpoint {0}")]
     InvalidEndpoint(SocketAddr),
+    /// [`Limits::max_connections`] are held already.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// The local endpoint of a [`TcpStack::connect`] is in use towards that destination.
+    #[error("{0} is in use")]
+    InUse(SocketAddr),
 }
 
 /// A listened endpoint and its spare listening socket, if any.
@@ -142,6 +179,12 @@ struct Endpoint {
 enum Phase {
     /// A listener took a SYN; not yet reported to the caller.
     Handshake,
+    /// Opened by [`TcpStack::connect`], not yet established: it fails at
+    /// `deadline`, or earlier with the reason an ICMP error gave.
+    Connecting {
+        deadline: SmolInstant,
+        icmp_failure: Option<ConnectFailure>,
+    },
     /// Reported with [`Event::Accepted`]; the caller owns it.
     Open,
     /// Given up by the caller or the idle timer; finishing its FIN exchange
@@ -161,6 +204,20 @@ struct Connection {
     write_blocked: bool,
 }
 
+impl Connection {
+    fn new(socket: SocketHandle, phase: Phase, now: SmolInstant) -> Self {
+        Self {
+            socket,
+            phase,
+            last_activity: now,
+            rx_seen: 0,
+            tx_seen: 0,
+            peer_finished_reported: false,
+            write_blocked: false,
+        }
+    }
+}
+
 struct Slot {
     generation: u64,
     connection: Option<Connection>,
@@ -173,6 +230,8 @@ pub struct TcpStack {
     device: QueueDevice,
     sockets: SocketSet<'static>,
     endpoints: Vec<Endpoint>,
+    /// The local IPs [`TcpStack::connect`] opened connections from.
+    connect_ips: Vec<IpAddr>,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     connection_count: usize,
@@ -221,6 +280,7 @@ impl TcpStack {
             device,
             sockets: SocketSet::new(Vec::new()),
             endpoints: Vec::new(),
+            connect_ips: Vec::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             connection_count: 0,
@@ -256,18 +316,67 @@ impl TcpStack {
         Ok(())
     }
 
-    /// Queues an inbound IP packet from the TUN; [`TcpStack::poll`] processes it.
+    /// Opens a connection from `local` to `remote`; [`Event::Connected`] or
+    /// [`Event::ConnectFailed`] follows. Packets for `local`'s IP are accepted
+    /// by [`TcpStack::receive`] from now on. Choosing a local port no other
+    /// connection to `remote` uses is the caller's part.
+    pub fn connect(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<ConnectionId, Error> {
+        let (local, remote) = (canonical(local), canonical(remote));
+        for endpoint in [local, remote] {
+            if endpoint.port() == 0 || !is_unicast(endpoint.ip()) {
+                return Err(Error::InvalidEndpoint(endpoint));
+            }
+        }
+        if self.connection_count >= self.limits.max_connections {
+            return Err(Error::TooManyConnections);
+        }
+        let tuple = Some((IpEndpoint::from(local), IpEndpoint::from(remote)));
+        if self
+            .connections()
+            .any(|c| endpoints_of(self.sockets.get(c.socket)) == tuple)
+        {
+            return Err(Error::InUse(local));
+        }
+        let mut socket = new_socket(&self.limits);
+        socket
+            .connect(self.iface.context(), remote, local)
+            .map_err(|_| Error::InvalidEndpoint(remote))?;
+        if !self.connect_ips.contains(&local.ip()) {
+            self.connect_ips.push(local.ip());
+        }
+        let socket = self.sockets.add(socket);
+        let deadline = deadline_after(self.now, self.limits.connect_timeout);
+        Ok(self.add_connection(Connection::new(
+            socket,
+            Phase::Connecting {
+                deadline,
+                icmp_failure: None,
+            },
+            self.now,
+        )))
+    }
+
+    /// Queues an inbound IP packet (from the TUN, or the tunnel);
+    /// [`TcpStack::poll`] processes it.
     ///
-    /// Only TCP packets addressed to a listened IP are kept (IPv6 ones with
-    /// extension headers are not). Everything else is dropped silently, so a
-    /// misrouted packet never makes the stack answer for an address it does
-    /// not serve. A TCP packet to a listened IP but an unlistened port is
+    /// Only TCP packets addressed to a listened IP or to a local IP of
+    /// [`TcpStack::connect`] are kept (IPv6 ones with extension headers are
+    /// not), and ICMP errors about a connection being opened, whose reason
+    /// that connection then fails with. Everything else is dropped silently,
+    /// so a misrouted packet never makes the stack answer for an address it
+    /// does not serve. A TCP packet to a listened IP but an unlistened port is
     /// answered with a RST by the next poll. When the inbound queue is full
     /// (1024 packets) the packet is dropped and TCP retransmits it.
     pub fn receive(&mut self, packet: &[u8], now: Instant) {
         self.advance_clock(now);
-        if tcp_destination(packet).is_some_and(|dst| self.is_listened_ip(dst)) {
+        if tcp_destination(packet).is_some_and(|dst| self.is_local_ip(dst)) {
             self.device.push_rx(packet);
+        } else if let Some(error) = icmp::connect_error(packet) {
+            self.fail_connecting(error);
         }
     }
 
@@ -405,26 +514,72 @@ impl TcpStack {
     fn expiry(&self, connection: &Connection) -> SmolInstant {
         match connection.phase {
             Phase::Handshake | Phase::Open => self.deadline(connection.last_activity),
-            Phase::Closing { deadline } => deadline,
+            Phase::Connecting { deadline, .. } | Phase::Closing { deadline } => deadline,
         }
     }
 
-    fn is_listened_ip(&self, ip: IpAddr) -> bool {
-        self.endpoints
+    fn is_local_ip(&self, ip: IpAddr) -> bool {
+        self.connect_ips.contains(&ip)
+            || self
+                .endpoints
+                .iter()
+                .any(|endpoint| endpoint.local.ip() == ip)
+    }
+
+    fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.slots
             .iter()
-            .any(|endpoint| endpoint.local.ip() == ip)
+            .filter_map(|slot| slot.connection.as_ref())
+    }
+
+    /// Records an ICMP error's reason on the connection being opened that it
+    /// names; the next poll fails it.
+    fn fail_connecting(&mut self, error: icmp::ConnectError) {
+        let tuple = Some((
+            IpEndpoint::from(error.local),
+            IpEndpoint::from(error.remote),
+        ));
+        for slot in &mut self.slots {
+            if let Some(connection) = &mut slot.connection
+                && let Phase::Connecting { icmp_failure, .. } = &mut connection.phase
+                && endpoints_of(self.sockets.get(connection.socket)) == tuple
+            {
+                *icmp_failure = Some(error.reason);
+            }
+        }
+    }
+
+    fn add_connection(&mut self, connection: Connection) -> ConnectionId {
+        self.connection_count += 1;
+        let index = match self.free_slots.pop() {
+            Some(index) => {
+                self.slots[index].connection = Some(connection);
+                index
+            }
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    connection: Some(connection),
+                });
+                self.slots.len() - 1
+            }
+        };
+        ConnectionId {
+            index,
+            generation: self.slots[index].generation,
+        }
     }
 
     /// Turns listeners that took a SYN into (half-open) connections.
     fn promote_listeners(&mut self) {
-        for endpoint in &mut self.endpoints {
-            let Some(handle) = endpoint.listener else {
+        for index in 0..self.endpoints.len() {
+            let Some(handle) = self.endpoints[index].listener else {
                 continue;
             };
             if self.sockets.get::<tcp::Socket>(handle).is_listening() {
                 continue;
             }
-            endpoint.listener = None;
+            self.endpoints[index].listener = None;
             // smoltcp offers a segment to sockets in set order, and a spare
             // listener may sit in a freed slot before an existing connection.
             // A retransmitted SYN would then open a second connection on the
@@ -432,31 +587,13 @@ impl TcpStack {
             // the existing connection retransmits its own SYN-ACK.
             let tuple = endpoints_of(self.sockets.get(handle));
             let duplicate = self
-                .slots
-                .iter()
-                .filter_map(|slot| slot.connection.as_ref())
+                .connections()
                 .any(|existing| endpoints_of(self.sockets.get(existing.socket)) == tuple);
             if duplicate {
                 self.sockets.remove(handle);
                 continue;
             }
-            let connection = Connection {
-                socket: handle,
-                phase: Phase::Handshake,
-                last_activity: self.now,
-                rx_seen: 0,
-                tx_seen: 0,
-                peer_finished_reported: false,
-                write_blocked: false,
-            };
-            match self.free_slots.pop() {
-                Some(index) => self.slots[index].connection = Some(connection),
-                None => self.slots.push(Slot {
-                    generation: 0,
-                    connection: Some(connection),
-                }),
-            }
-            self.connection_count += 1;
+            self.add_connection(Connection::new(handle, Phase::Handshake, self.now));
         }
     }
 
@@ -467,13 +604,7 @@ impl TcpStack {
         for endpoint in &mut self.endpoints {
             match (endpoint.listener, below_bound) {
                 (None, true) => {
-                    let mut socket = tcp::Socket::new(
-                        tcp::SocketBuffer::new(vec![0; self.limits.rx_buffer]),
-                        tcp::SocketBuffer::new(vec![0; self.limits.tx_buffer]),
-                    );
-                    // DNS answers are written whole; waiting for the ACK of the
-                    // previous answer would stall pipelined queries.
-                    socket.set_nagle_enabled(false);
+                    let mut socket = new_socket(&self.limits);
                     if socket.listen(endpoint.local).is_ok() {
                         endpoint.listener = Some(self.sockets.add(socket));
                     }
@@ -535,6 +666,31 @@ impl TcpStack {
                         });
                     }
                 }
+            }
+            if let Phase::Connecting {
+                deadline,
+                icmp_failure,
+            } = connection.phase
+            {
+                let failure = match socket.state() {
+                    tcp::State::SynSent if icmp_failure.is_some() => icmp_failure,
+                    tcp::State::SynSent if now >= deadline => Some(ConnectFailure::TimedOut),
+                    tcp::State::SynSent => continue,
+                    // A RST in SYN-SENT closes the socket.
+                    tcp::State::Closed => Some(ConnectFailure::Refused),
+                    _ => None,
+                };
+                if let Some(reason) = failure {
+                    socket.abort();
+                    connection.phase = Phase::Closing {
+                        deadline: linger_deadline,
+                    };
+                    events.push(Event::ConnectFailed { id, reason });
+                    continue;
+                }
+                connection.phase = Phase::Open;
+                connection.last_activity = now;
+                events.push(Event::Connected(id));
             }
             if !matches!(connection.phase, Phase::Open) {
                 continue;
@@ -630,6 +786,18 @@ impl TcpStack {
             }
         }
     }
+}
+
+/// A socket with the stack's buffers.
+fn new_socket(limits: &Limits) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; limits.rx_buffer]),
+        tcp::SocketBuffer::new(vec![0; limits.tx_buffer]),
+    );
+    // DNS answers are written whole; waiting for the ACK of the previous answer
+    // would stall pipelined queries. A proxy relays what it has at once.
+    socket.set_nagle_enabled(false);
+    socket
 }
 
 fn deadline_after(since: SmolInstant, timeout: Duration) -> SmolInstant {

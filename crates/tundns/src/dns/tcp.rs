@@ -179,6 +179,8 @@ impl StackTask {
             Event::Closed(id) => {
                 self.connections.remove(&id);
             }
+            // This stack only listens.
+            Event::Connected(_) | Event::ConnectFailed { .. } => {}
         }
     }
 
