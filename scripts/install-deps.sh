@@ -9,6 +9,7 @@ packages=(
     dnsutils knot-dnsutils         # dig, kdig
     dnsperf iperf3 dnsdist         # benchmarks
     iproute2 iputils-ping tcpdump netcat-openbsd procps openssl python3
+    curl                           # the proxies' real client
     nftables                       # full tunnels' anti-spoofing and mark rules, as wg-quick
     systemd                        # systemd-analyze verifies packaging/tundns@.service
 )

@@ -212,6 +212,8 @@ pub struct Config {
     /// The `[DNSProxy]` section, or its defaults when the file has none, with the
     /// `[DNSRoute]` sections.
     pub dns_proxy: DnsProxyConfig,
+    /// The `[Proxy]` section, if the file has one.
+    pub proxy: Option<ProxyConfig>,
     /// Things accepted but worth logging, in file order.
     pub warnings: Vec<ConfigWarning>,
 }
@@ -352,6 +354,17 @@ pub struct DnsProxyConfig {
     /// Whether `Upstream` was written. When it was not, `upstreams` holds
     /// [`DEFAULT_UPSTREAMS`], and tundns prefers the resolvers the system already had.
     pub upstreams_configured: bool,
+}
+
+/// The `[Proxy]` section: proxies whose connections leave through the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyConfig {
+    /// `SOCKS5`: host addresses to serve SOCKS5 on, in order, without duplicates; at
+    /// least one. One that is not loopback requires `credentials`.
+    pub socks5: Vec<Spanned<SocketAddr>>,
+    /// `Credentials`: the file of `user:password` lines, the path as written; `None`
+    /// means no authentication. Not read here.
+    pub credentials: Option<Spanned<PathBuf>>,
 }
 
 /// A value with the 1-based line of the config file it came from, for checks made

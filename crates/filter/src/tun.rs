@@ -330,6 +330,14 @@ pub struct FilteredTunSender {
     rules: RulesReader,
     stats: Arc<FilterStats>,
     coalescer: Coalescer,
+    tap: Option<Arc<dyn InboundTap>>,
+}
+
+/// Takes packets from the tunnel that belong to an in-process network stack (the
+/// proxies' connections from the interface address) before they reach the TUN.
+pub trait InboundTap: Send + Sync {
+    /// Whether the tap took `packet`; a packet it leaves goes on to the TUN.
+    fn take(&self, packet: &[u8]) -> bool;
 }
 
 impl FilteredTunSender {
@@ -340,7 +348,14 @@ impl FilteredTunSender {
             rules: rules.reader(),
             stats,
             coalescer: Coalescer::new(),
+            tap: None,
         }
+    }
+
+    /// Lets `tap` take what it owns of the tunnel's packets, after the virtual-IP check.
+    pub fn with_tap(mut self, tap: Arc<dyn InboundTap>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Writes the coalescer's batch. A batch tun-rs refuses is dropped and counted, so that
@@ -375,6 +390,13 @@ impl IpSend for FilteredTunSender {
             for packet in batch.by_ref() {
                 if rules.touches_virtual_ip(packet.as_ref()) {
                     dropped += 1;
+                    continue;
+                }
+                if self
+                    .tap
+                    .as_ref()
+                    .is_some_and(|tap| tap.take(packet.as_ref()))
+                {
                     continue;
                 }
                 self.coalescer.push(packet.as_ref());

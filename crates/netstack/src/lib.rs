@@ -44,6 +44,7 @@ mod icmp;
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{
@@ -441,6 +442,17 @@ impl TcpStack {
         Ok(written)
     }
 
+    /// Half-closes `id`: queued bytes are sent, then FIN, while bytes from the
+    /// peer can still be read. [`Event::Closed`] follows once both sides are
+    /// done. Unknown ids are ignored.
+    pub fn shutdown(&mut self, id: ConnectionId) {
+        if let Ok(connection) = open_connection(&mut self.slots, id) {
+            self.sockets
+                .get_mut::<tcp::Socket>(connection.socket)
+                .close();
+        }
+    }
+
     /// Closes `id` gracefully: queued bytes are sent, then FIN. The id becomes
     /// stale at once and no [`Event::Closed`] follows. Unknown ids are ignored.
     pub fn close(&mut self, id: ConnectionId) {
@@ -786,6 +798,28 @@ impl TcpStack {
             }
         }
     }
+}
+
+/// Whether `packet`, from the network, belongs to a connection opened with
+/// [`TcpStack::connect`] from one of `local_ips` with a local port in `ports`:
+/// a TCP segment to such an endpoint, or an ICMP error about a segment from one.
+/// Whoever shares those addresses with the stack (the host's kernel, on the
+/// interface address) keeps every other packet.
+pub fn is_for_connections(packet: &[u8], local_ips: &[IpAddr], ports: RangeInclusive<u16>) -> bool {
+    if let Some(error) = icmp::connect_error(packet) {
+        return local_ips.contains(&error.local.ip()) && ports.contains(&error.local.port());
+    }
+    let Some(dst) = tcp_destination(packet) else {
+        return false;
+    };
+    let Ok(view) = tundns_packet::IpView::parse(packet) else {
+        return false;
+    };
+    let port = view
+        .transport_offset()
+        .and_then(|offset| packet.get(offset + 2..offset + 4))
+        .map(|port| u16::from_be_bytes([port[0], port[1]]));
+    local_ips.contains(&dst) && port.is_some_and(|port| ports.contains(&port))
 }
 
 /// A socket with the stack's buffers.

@@ -48,6 +48,7 @@ use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWrite
 
 use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::dns::tcp::TcpDns;
+use crate::proxy::ProxyStack;
 use crate::udp_offload::GsoUdpFactory;
 
 /// Why WireGuard could not start.
@@ -92,7 +93,7 @@ const MTU_POLL: Duration = Duration::from_secs(1);
 
 /// The TUN's MTU, starting at `configured` and following changes made while running. The
 /// poll ends with the last watcher, or with the device.
-fn watch_mtu(tun: &Arc<SyncDevice>, configured: u16) -> MtuWatcher {
+pub fn watch_mtu(tun: &Arc<SyncDevice>, configured: u16) -> MtuWatcher {
     let (sender, receiver) = watch::channel(configured);
     let tun = Arc::downgrade(tun);
     tokio::spawn(async move {
@@ -153,27 +154,32 @@ pub fn serve_dns(
     proxy
 }
 
-/// gotatun's device between the filtered TUN and its UDP sockets, with the UAPI socket.
+/// gotatun's device between the filtered TUN and its UDP sockets, with the UAPI socket;
+/// with `proxies`, the proxies' stack has its own way in and out of the tunnel: its packets
+/// are WireGuard's second source, and the tap takes its packets before the TUN.
 pub async fn start_wireguard(
     config: &Config,
     peers: Vec<Peer>,
     tun: &Arc<SyncDevice>,
+    mtu: MtuWatcher,
+    proxies: Option<ProxyStack>,
     rules: &Rules,
     stats: &Arc<FilterStats>,
 ) -> Result<WireGuard, StartError> {
     let uapi = UapiServer::default_unix_socket(&config.interface_name, None, None)
         .map_err(|error| StartError::Uapi(error.to_string()))?;
+    let mut sender = FilteredTunSender::new(tun.clone(), rules, stats.clone());
+    let mut second_source = None;
+    if let Some(proxies) = proxies {
+        sender = sender.with_tap(proxies.tap);
+        second_source = Some(proxies.packets);
+    }
     let mut builder = DeviceBuilder::new()
         .with_udp(GsoUdpFactory::default())
         .with_ip_pair(
-            FilteredTunSender::new(tun.clone(), rules, stats.clone()),
-            FilteredTun::new(
-                tun.clone(),
-                rules,
-                watch_mtu(tun, config.interface.mtu),
-                stats.clone(),
-            )
-            .map_err(StartError::TunReader)?,
+            sender,
+            FilteredTun::new(tun.clone(), rules, mtu, stats.clone())
+                .map_err(StartError::TunReader)?,
         )
         .with_private_key(StaticSecret::from(
             *config.interface.private_key.expose_bytes(),
@@ -183,6 +189,9 @@ pub async fn start_wireguard(
         .with_uapi(uapi);
     if let Some(mark) = config.interface.fwmark {
         builder = builder.with_fwmark(mark.get());
+    }
+    if let Some(packets) = second_source {
+        builder = builder.with_second_ip_recv(packets);
     }
     Ok(builder.build().await?)
 }

@@ -6,6 +6,8 @@
 //!   tasks, and build it from the config;
 //! - [`control`]: the control socket's server, client and protocol;
 //! - [`observability`]: the metrics endpoint and the query log's lifecycle;
+//! - [`proxy`]: the SOCKS5 proxy, whose connections leave through the tunnel from a
+//!   userspace stack;
 //! - [`tunnel`]: `tundns up`, brought up in order and torn down in reverse.
 //!
 //! It must never hold logic a library crate could own: packets are `tundns-packet`'s and
@@ -16,5 +18,6 @@ pub mod control;
 pub mod datapath;
 pub mod dns;
 pub mod observability;
+pub mod proxy;
 pub mod tunnel;
 pub mod udp_offload;

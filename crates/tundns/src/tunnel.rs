@@ -22,6 +22,7 @@ use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
 use crate::dns::config as dns_config;
 use crate::observability::{self, Observability, ObservabilityError};
+use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies};
 
 /// The largest packet the TUN reader takes: gotatun's packet buffers are 4 KiB.
 const MAX_MTU: u16 = 4096;
@@ -79,6 +80,8 @@ pub struct Tunnel {
     control: Option<ControlServer>,
     /// The metrics endpoint and the query log's SIGHUP handler.
     observability: Option<Observability>,
+    /// The proxies' listeners, closed with the tunnel.
+    proxies: Option<RunningProxies>,
 }
 
 impl Tunnel {
@@ -101,6 +104,7 @@ impl Tunnel {
             .transpose()?;
         // Claimed before any change, so an address in use leaves nothing behind.
         let observability = observability::Claimed::new(config, path)?;
+        let proxies = ClaimedProxies::claim(config, path).await?;
         // Endpoints are resolved before any route exists: once the virtual IPs are routed
         // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
         let peers = wireguard_peers(config).await?;
@@ -132,7 +136,14 @@ impl Tunnel {
             proxy.set_query_log(log.clone());
         }
 
-        let device = match datapath::start_wireguard(config, peers, &tun, &rules, &stats).await {
+        let mtu = datapath::watch_mtu(&tun, config.interface.mtu);
+        let proxy_stack = proxies
+            .as_ref()
+            .map(|_| ProxyStack::new(config, mtu.clone()));
+        let proxy_connections = proxy_stack.as_ref().map(|stack| stack.stack.clone());
+        let started =
+            datapath::start_wireguard(config, peers, &tun, mtu, proxy_stack, &rules, &stats).await;
+        let device = match started {
             Ok(device) => device,
             Err(error) => {
                 changes.undo().await;
@@ -151,7 +162,11 @@ impl Tunnel {
             system_dns: None,
             control: None,
             observability: None,
+            proxies: None,
         };
+        if let (Some(claimed), Some(stack)) = (proxies, proxy_connections) {
+            tunnel.proxies = Some(claimed.serve(config, stack, proxy.clone()));
+        }
         match observability.start(proxy.clone(), stats, &tunnel.name) {
             Ok(running) => tunnel.observability = Some(running),
             Err(error) => {
@@ -243,6 +258,7 @@ impl Tunnel {
         if let Some(control) = self.control.take() {
             control.shut_down();
         }
+        drop(self.proxies.take());
         self.device.stop().await;
         for ip in self.rules.snapshot().addresses().collect::<Vec<_>>() {
             self.rules.remove(ip);

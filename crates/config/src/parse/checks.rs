@@ -9,7 +9,8 @@ use ipnet::IpNet;
 
 use super::{DnsProxyDraft, Parser, PeerDraft, RouteDraft};
 use crate::{
-    Config, ConfigError, ConfigWarning, DnsProxyConfig, DnsRouteConfig, InterfaceConfig, PeerConfig,
+    Config, ConfigError, ConfigWarning, DnsProxyConfig, DnsRouteConfig, InterfaceConfig,
+    PeerConfig, ProxyConfig,
 };
 
 impl Parser<'_> {
@@ -170,6 +171,10 @@ impl Parser<'_> {
             })
             .collect();
         let dns_proxy = dns_proxy.proxy;
+        let proxy = match self.proxy.take() {
+            Some(draft) => Some(check_proxy(path, draft.config, &dns_proxy)?),
+            None => None,
+        };
 
         self.warn_shared_allowed_ips();
 
@@ -207,6 +212,7 @@ impl Parser<'_> {
                 })
                 .collect(),
             dns_proxy,
+            proxy,
             warnings: self.warnings,
         })
     }
@@ -232,6 +238,42 @@ impl Parser<'_> {
         }
         self.warnings.sort_by_key(ConfigWarning::line);
     }
+}
+
+/// The `[Proxy]` section against the rest of the file: its listeners are host sockets
+/// (the virtual IPs are not served by the proxies yet), and one that other hosts can reach
+/// needs `Credentials`.
+fn check_proxy(
+    path: &Path,
+    proxy: ProxyConfig,
+    dns_proxy: &DnsProxyConfig,
+) -> Result<ProxyConfig, ConfigError> {
+    for listen in &proxy.socks5 {
+        let ip = listen.value.ip();
+        if dns_proxy.addresses.contains(&ip) {
+            return Err(ConfigError::at(
+                path,
+                listen.line,
+                format!(
+                    "SOCKS5 {}: serving the proxy on a virtual IP is not supported yet; \
+                     listen on a host address such as 127.0.0.1:{}",
+                    listen.value,
+                    listen.value.port()
+                ),
+            ));
+        }
+        if !ip.is_loopback() && proxy.credentials.is_none() {
+            return Err(ConfigError::at(
+                path,
+                listen.line,
+                format!(
+                    "SOCKS5 {} is reachable from other hosts: set Credentials, or listen on a loopback address",
+                    listen.value
+                ),
+            ));
+        }
+    }
+    Ok(proxy)
 }
 
 /// The `[DNSProxy]` section once closed, with the lines the route checks cite.

@@ -256,6 +256,31 @@ impl Parser<'_> {
         Ok(())
     }
 
+    pub(super) fn proxy_key(&mut self, line: usize, key: &str, value: &str) -> Result<(), String> {
+        let config = &mut self.proxy.as_mut().expect("proxy draft").config;
+        match key {
+            "SOCKS5" => {
+                for item in values::list_items(value)? {
+                    let address = values::parse_listen_address(key, item)?
+                        .ok_or_else(|| format!("{key} takes ip:port addresses, not off"))?;
+                    let all = config.socks5.iter();
+                    if let Some(first) = all.clone().find(|known| known.value == address) {
+                        return Err(format!(
+                            "{key} {address} is listed twice (first on line {})",
+                            first.line
+                        ));
+                    }
+                    config.socks5.push(Spanned::new(address, line));
+                }
+            }
+            "Credentials" => {
+                config.credentials = Some(Spanned::new(values::parse_path(key, value)?, line));
+            }
+            _ => unreachable!("every [Proxy] key is handled"),
+        }
+        Ok(())
+    }
+
     pub(super) fn route_key(&mut self, line: usize, key: &str, value: &str) -> Result<(), String> {
         let draft = self.routes.last_mut().expect("route draft");
         match key {

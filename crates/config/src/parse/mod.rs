@@ -17,8 +17,8 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::{
-    Config, ConfigError, ConfigWarning, DnsProxyConfig, Endpoint, PublicKey, RouteTable, SecretKey,
-    Upstream,
+    Config, ConfigError, ConfigWarning, DnsProxyConfig, Endpoint, ProxyConfig, PublicKey,
+    RouteTable, SecretKey, Upstream,
 };
 use sections::{
     EXPECTED_SECTIONS, Repeat, SECTIONS, Section, Seen, printable_name, unknown_key_message,
@@ -73,6 +73,12 @@ struct DnsProxyDraft {
     upstreams: Option<(Vec<Upstream>, usize)>,
 }
 
+struct ProxyDraft {
+    header_line: usize,
+    seen: Seen,
+    config: ProxyConfig,
+}
+
 struct RouteDraft {
     header_line: usize,
     seen: Seen,
@@ -88,6 +94,7 @@ struct Parser<'p> {
     peers: Vec<PeerDraft>,
     dns_proxy: Option<DnsProxyDraft>,
     routes: Vec<RouteDraft>,
+    proxy: Option<ProxyDraft>,
     public_key_lines: HashMap<PublicKey, usize>,
     /// Each routed domain and the line that routed it.
     routed_domains: HashMap<String, usize>,
@@ -103,6 +110,7 @@ impl<'p> Parser<'p> {
             peers: Vec::new(),
             dns_proxy: None,
             routes: Vec::new(),
+            proxy: None,
             public_key_lines: HashMap::new(),
             routed_domains: HashMap::new(),
             warnings: Vec::new(),
@@ -151,6 +159,7 @@ impl<'p> Parser<'p> {
                 Section::Peer => self.peers.last_mut().map(|d| &mut d.seen),
                 Section::DnsProxy => self.dns_proxy.as_mut().map(|d| &mut d.seen),
                 Section::DnsRoute => self.routes.last_mut().map(|d| &mut d.seen),
+                Section::Proxy => self.proxy.as_mut().map(|d| &mut d.seen),
             }
             .expect("the current section has a draft");
             if let Some(first) = seen.first_line(canonical) {
@@ -169,6 +178,7 @@ impl<'p> Parser<'p> {
             Section::Peer => self.peer_key(number, canonical, value),
             Section::DnsProxy => self.dns_proxy_key(number, canonical, value),
             Section::DnsRoute => self.route_key(number, canonical, value),
+            Section::Proxy => self.proxy_key(number, canonical, value),
         };
         result.map_err(|message| self.error(number, message))
     }
@@ -257,6 +267,22 @@ impl<'p> Parser<'p> {
                 upstreams: Vec::new(),
                 through_tunnel: false,
             }),
+            Section::Proxy => {
+                if let Some(first) = &self.proxy {
+                    return Err(self.error(
+                        number,
+                        format!(
+                            "duplicate [Proxy] section (first on line {})",
+                            first.header_line
+                        ),
+                    ));
+                }
+                self.proxy = Some(ProxyDraft {
+                    header_line: number,
+                    seen: Seen::default(),
+                    config: ProxyConfig::default(),
+                });
+            }
         }
         self.current = Some(section);
         Ok(())
@@ -301,6 +327,16 @@ impl<'p> Parser<'p> {
                             "[DNSProxy] Upstream lists no resolver (set Enabled = false to turn the proxy off)",
                         ));
                     }
+                }
+                Ok(())
+            }
+            Some(Section::Proxy) => {
+                let draft = self.proxy.as_ref().expect("proxy draft");
+                if draft.config.socks5.is_empty() {
+                    return Err(self.error(
+                        draft.header_line,
+                        "[Proxy] has no listen address: set SOCKS5 = ip:port",
+                    ));
                 }
                 Ok(())
             }

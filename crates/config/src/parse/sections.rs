@@ -7,10 +7,12 @@ pub(super) enum Section {
     Peer,
     DnsProxy,
     DnsRoute,
+    Proxy,
 }
 
 /// What a header must be, for messages about one that is not.
-pub(super) const EXPECTED_SECTIONS: &str = "expected [Interface], [Peer], [DNSProxy] or [DNSRoute]";
+pub(super) const EXPECTED_SECTIONS: &str =
+    "expected [Interface], [Peer], [DNSProxy], [DNSRoute] or [Proxy]";
 
 impl Section {
     pub(super) fn header(self) -> &'static str {
@@ -19,6 +21,7 @@ impl Section {
             Section::Peer => "[Peer]",
             Section::DnsProxy => "[DNSProxy]",
             Section::DnsRoute => "[DNSRoute]",
+            Section::Proxy => "[Proxy]",
         }
     }
 
@@ -77,15 +80,17 @@ impl Section {
                 ("Upstream", Many),
                 ("ThroughTunnel", Once),
             ],
+            Section::Proxy => &[("SOCKS5", Many), ("Credentials", Once)],
         }
     }
 }
 
-pub(super) const SECTIONS: [Section; 4] = [
+pub(super) const SECTIONS: [Section; 5] = [
     Section::Interface,
     Section::Peer,
     Section::DnsProxy,
     Section::DnsRoute,
+    Section::Proxy,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,81 @@
+//! `[Proxy]`: the SOCKS5 listeners and the credentials file, and what the file gets for
+//! a listener others could reach, a virtual IP, an empty section or a repeat.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tundns_config::{Config, Spanned};
+
+const HEAD: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n";
+
+fn parse(extra: &str) -> Result<Config, String> {
+    Config::parse(&format!("{HEAD}{extra}"), "wg0.conf").map_err(|error| error.to_string())
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn no_section_means_no_proxy() {
+    assert_eq!(parse("").unwrap().proxy, None);
+}
+
+#[test]
+fn loopback_listeners_need_no_credentials() {
+    let proxy = parse("[Proxy]\nSOCKS5 = 127.0.0.1:1080, [::1]:1080\n")
+        .unwrap()
+        .proxy
+        .unwrap();
+    assert_eq!(
+        proxy.socks5,
+        [
+            Spanned::new(addr("127.0.0.1:1080"), 4),
+            Spanned::new(addr("[::1]:1080"), 4)
+        ]
+    );
+    assert_eq!(proxy.credentials, None);
+}
+
+#[test]
+fn a_listener_other_hosts_reach_requires_credentials() {
+    let error = parse("[Proxy]\nSOCKS5 = 127.0.0.1:1080\nSOCKS5 = 0.0.0.0:1080\n").unwrap_err();
+    assert!(error.starts_with("wg0.conf:5:"), "{error}");
+    assert!(error.contains("set Credentials"), "{error}");
+
+    let proxy = parse("[Proxy]\nSOCKS5 = 192.0.2.2:1080\nCredentials = /etc/tundns/proxy-users\n")
+        .unwrap()
+        .proxy
+        .unwrap();
+    assert_eq!(
+        proxy.credentials,
+        Some(Spanned::new(PathBuf::from("/etc/tundns/proxy-users"), 5))
+    );
+}
+
+#[test]
+fn bad_sections_and_values_name_their_line() {
+    let line_of = |extra: &str| {
+        let error = parse(extra).unwrap_err();
+        error
+            .split(':')
+            .nth(1)
+            .and_then(|line| line.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no line in {error}"))
+    };
+    // An empty section is reported on its header.
+    assert_eq!(line_of("[Proxy]\nCredentials = /etc/users\n"), 3);
+    assert_eq!(line_of("[Proxy]\nSOCKS5 = 127.0.0.1:0\n"), 4);
+    assert_eq!(line_of("[Proxy]\nSOCKS5 = localhost:1080\n"), 4);
+    assert_eq!(
+        line_of("[Proxy]\nSOCKS5 = 127.0.0.1:1080\nSOCKS5 = 127.0.0.1:1080\n"),
+        5
+    );
+    assert_eq!(line_of("[Proxy]\nSOCKS5 = 127.0.0.1:1080\n[Proxy]\n"), 5);
+    assert_eq!(
+        line_of("[Proxy]\nSOCKS5 = 127.0.0.1:1080\nCredentials = /a\nCredentials = /b\n"),
+        6
+    );
+    // The virtual IPs are the DNS proxy's, defaults included.
+    assert_eq!(line_of("[Proxy]\nSOCKS5 = 10.30.30.30:1080\n"), 4);
+}

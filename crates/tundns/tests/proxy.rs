@@ -1,0 +1,229 @@
+//! The SOCKS5 proxy end to end (issue 12): tundns in C serves SOCKS5 on C's loopback, and
+//! its connections reach an HTTP server in N only through the tunnel (the server listens
+//! on N's tunnel addresses, which C's host reaches through no route but tundns's own).
+//!
+//! Real clients: `curl --socks5-hostname` and `curl --socks5`, and a raw SOCKS5 client
+//! (Python) for the reply codes: a blocked name, a closed port, a destination outside
+//! every peer's AllowedIPs, an unsupported command and address type, and credentials.
+//!
+//! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test proxy`. Without root or the lab
+//! tools the tests print "skipped: ..." and pass, unless `TUNDNS_E2E=1`.
+
+mod common;
+
+use common::*;
+
+const SOCKS: &str = "127.0.0.1:1080";
+const WEB_NAME: &str = "web.lab.internal";
+const WEB_PORT: &str = "8080";
+const BLOCKED_NAME: &str = "blocked.lab.test";
+
+/// A raw SOCKS5 client: greets (with `user:password` when given), sends `request` (hex)
+/// and prints the reply code, or `closed` when the server hung up.
+const SOCKS_CLIENT: &str = r#"
+import socket, sys
+request, login = bytes.fromhex(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+s = socket.create_connection(("127.0.0.1", 1080), timeout=15)
+s.sendall(b"\x05\x01" + (b"\x02" if login else b"\x00"))
+method = s.recv(2)
+if login:
+    user, password = login.split(":")
+    s.sendall(bytes([1, len(user)]) + user.encode() + bytes([len(password)]) + password.encode())
+    status = s.recv(2)
+    if status[1:] != b"\x00":
+        print("auth-failed"); sys.exit(0)
+elif method[1:] != b"\x00":
+    print("method-refused"); sys.exit(0)
+s.sendall(request)
+reply = s.recv(262)
+print(reply[1] if len(reply) > 1 else "closed")
+"#;
+
+/// A SOCKS5 CONNECT request (hex) for `host` (a name) and `port`.
+fn connect_to_name(host: &str, port: u16) -> String {
+    let mut request = vec![5, 1, 0, 3, host.len() as u8];
+    request.extend_from_slice(host.as_bytes());
+    request.extend_from_slice(&port.to_be_bytes());
+    hex(&request)
+}
+
+/// A SOCKS5 request (hex) with `command` for the IPv4 address `ip` and `port`.
+fn request_to_ipv4(command: u8, ip: [u8; 4], port: u16) -> String {
+    let mut request = vec![5, command, 0, 1];
+    request.extend_from_slice(&ip);
+    request.extend_from_slice(&port.to_be_bytes());
+    hex(&request)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The lab with an HTTP server on N's tunnel addresses serving `page`, and tundns in C
+/// serving SOCKS5 on C's loopback, with a credentials file of `users` if given.
+fn lab_with_proxy(test: &str, page: &str, users: Option<&str>) -> Option<(Lab, Daemon)> {
+    let lab = lab_or_skip(test)?;
+    let credentials = users
+        .map(|users| {
+            format!(
+                "Credentials = {}\n",
+                lab.write_file("proxy-users", users).display()
+            )
+        })
+        .unwrap_or_default();
+    let site = lab.write_file("index.html", page);
+    let root = site
+        .parent()
+        .expect("site dir")
+        .to_string_lossy()
+        .into_owned();
+    lab.spawn_daemon_in(
+        &lab.network_ns,
+        "http server",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            WEB_PORT,
+            "--bind",
+            "::",
+            "--directory",
+            &root,
+        ],
+    );
+    let options = ClientConfig {
+        dns_proxy_lines: vec![
+            format!("Record = {WEB_NAME} A {PEER_TUNNEL_V4}"),
+            format!("Record = {WEB_NAME} AAAA {PEER_TUNNEL_V6}"),
+            format!("Block = {BLOCKED_NAME}"),
+        ],
+        ..ClientConfig::default()
+    };
+    let config = format!(
+        "{}\n[Proxy]\nSOCKS5 = {SOCKS}\n{credentials}",
+        lab.client_config(&options)
+    );
+    let tundns = lab.start_tundns(&config);
+    let web = format!("{PEER_TUNNEL_V4}:{WEB_PORT}");
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            lab.exec_in(&lab.network_ns, &["python3", "-c", &format!(
+                "import socket; socket.create_connection(('{PEER_TUNNEL_V4}', {WEB_PORT}), timeout=1)"
+            )])
+            .succeeded()
+        }),
+        "the HTTP server in N did not come up at {web}"
+    );
+    Some((lab, tundns))
+}
+
+fn socks_reply(lab: &Lab, request: &str, login: Option<&str>) -> String {
+    let mut command = vec!["python3", "-c", SOCKS_CLIENT, request];
+    command.extend(login);
+    let run = lab.exec_in(&lab.client_ns, &command);
+    run.assert_success();
+    run.stdout.trim().to_owned()
+}
+
+#[test]
+fn curl_fetches_through_the_tunnel_by_name_and_by_address() {
+    let page = "served only inside the tunnel\n".repeat(2000);
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_curl", &page, None) else {
+        return;
+    };
+    // Without the proxy, C's host has no way to N's tunnel address but the tunnel's route;
+    // the proxy must not need that route at all, so it is taken away.
+    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
+        .assert_success();
+    lab.exec_in(&lab.client_ns, &["ip", "-6", "route", "del", "fd99::/64"])
+        .assert_success();
+    let direct = lab.exec_in(
+        &lab.client_ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{PEER_TUNNEL_V4}:{WEB_PORT}/"),
+        ],
+    );
+    assert!(
+        !direct.succeeded(),
+        "C reached N's tunnel address without the proxy:\n{direct}"
+    );
+
+    for (proxy_flag, url) in [
+        (
+            "--socks5-hostname",
+            format!("http://{WEB_NAME}:{WEB_PORT}/index.html"),
+        ),
+        (
+            "--socks5",
+            format!("http://{PEER_TUNNEL_V4}:{WEB_PORT}/index.html"),
+        ),
+        (
+            "--socks5",
+            format!("http://[{PEER_TUNNEL_V6}]:{WEB_PORT}/index.html"),
+        ),
+    ] {
+        let run = lab.exec_in(
+            &lab.client_ns,
+            &["curl", "-sS", "--max-time", "10", proxy_flag, SOCKS, &url],
+        );
+        run.assert_success();
+        assert!(
+            run.stdout == page,
+            "{url} through {proxy_flag}: the page differs"
+        );
+    }
+}
+
+#[test]
+fn each_failure_gets_its_socks5_reply_code() {
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_replies", "ok\n", None) else {
+        return;
+    };
+    let web_port: u16 = WEB_PORT.parse().unwrap();
+    // Succeeded, for comparison.
+    assert_eq!(
+        socks_reply(&lab, &connect_to_name(WEB_NAME, web_port), None),
+        "0"
+    );
+    // Rule set: a blocked name.
+    assert_eq!(
+        socks_reply(&lab, &connect_to_name(BLOCKED_NAME, 80), None),
+        "2"
+    );
+    // Network unreachable: outside every peer's AllowedIPs.
+    assert_eq!(
+        socks_reply(&lab, &request_to_ipv4(1, [198, 51, 100, 7], 80), None),
+        "3"
+    );
+    // Connection refused: nothing listens on the peer's port; its kernel answers RST.
+    assert_eq!(
+        socks_reply(&lab, &request_to_ipv4(1, [10, 99, 0, 1], 8081), None),
+        "5"
+    );
+    // Command not supported: BIND.
+    assert_eq!(
+        socks_reply(&lab, &request_to_ipv4(2, [10, 99, 0, 1], 80), None),
+        "7"
+    );
+    // Address type not supported.
+    assert_eq!(socks_reply(&lab, "05010002aabbccdd0050", None), "8");
+}
+
+#[test]
+fn credentials_are_required_when_configured() {
+    let users = Some("# proxy users\nalice:s3cret\n");
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_credentials", "ok\n", users) else {
+        return;
+    };
+    let request = connect_to_name(WEB_NAME, WEB_PORT.parse().unwrap());
+    assert_eq!(socks_reply(&lab, &request, None), "method-refused");
+    assert_eq!(
+        socks_reply(&lab, &request, Some("alice:wrong")),
+        "auth-failed"
+    );
+    assert_eq!(socks_reply(&lab, &request, Some("alice:s3cret")), "0");
+}
