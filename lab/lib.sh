@@ -230,7 +230,8 @@ lab_peer_network() {
 }
 
 # lab_tundns_conf UPSTREAMS: a wg-quick config for the client side, with the [DNSProxy] section.
-# LAB_DNSPROXY=off turns the proxy off, leaving the filter with no rules.
+# LAB_DNSPROXY=off turns the proxy off, leaving the filter with no rules; LAB_TUNDNS_EXTRA is
+# appended (more sections, such as [Proxy]).
 lab_tundns_conf() {
     local upstreams=${1:-$LAB_UNBOUND_V4}
     cat <<EOF
@@ -249,6 +250,7 @@ Enabled = $([[ ${LAB_DNSPROXY:-on} == off ]] && echo false || echo true)
 Address = $LAB_PROXY_V4, $LAB_PROXY_V6
 Upstream = $upstreams
 Timeout = 500ms
+${LAB_TUNDNS_EXTRA:-}
 EOF
 }
 

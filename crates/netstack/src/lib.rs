@@ -725,11 +725,21 @@ impl TcpStack {
                 events.push(Event::Writable(id));
             }
 
+            // Both sides finished (TIME-WAIT), or smoltcp's TIME-WAIT already ran out,
+            // with bytes still unread: they stay readable until the caller has them, and
+            // only then is the connection reported gone.
+            let unread = socket.recv_queue() > 0 && socket.may_recv();
+            let unreported = !connection.peer_finished_reported;
             match socket.state() {
-                tcp::State::CloseWait if !connection.peer_finished_reported => {
+                tcp::State::CloseWait if unreported => {
                     connection.peer_finished_reported = true;
                     events.push(Event::PeerFinished(id));
                 }
+                tcp::State::Closed | tcp::State::TimeWait if unread && unreported => {
+                    connection.peer_finished_reported = true;
+                    events.push(Event::PeerFinished(id));
+                }
+                tcp::State::Closed | tcp::State::TimeWait if unread => {}
                 tcp::State::Closed | tcp::State::TimeWait => {
                     // Reset by the peer, or smoltcp gave up retransmitting.
                     events.push(Event::Closed(id));

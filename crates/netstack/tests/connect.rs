@@ -252,3 +252,79 @@ fn connecting_is_bounded_and_a_used_endpoint_is_refused() {
         Err(Error::InvalidEndpoint(_))
     ));
 }
+
+#[test]
+fn bytes_left_unread_when_both_sides_finish_are_still_read_before_closed() {
+    let mut pair = Pair::new(Limits::default());
+    pair.server.listen("10.99.0.1:80".parse().unwrap()).unwrap();
+    let id = pair.connect("10.99.0.2:61000", "10.99.0.1:80");
+    assert!(pair.run_until(50, |p| {
+        p.outcome(id).is_some() && accepted(&p.server_events).is_some()
+    }));
+    let (server_id, _) = accepted(&pair.server_events).unwrap();
+    // The client finishes first; the server answers and finishes too, and the client
+    // reaches TIME-WAIT before it reads a byte.
+    pair.client.shutdown(id);
+    let answer = vec![7u8; 3000];
+    assert_eq!(pair.server.write(server_id, &answer), Ok(answer.len()));
+    pair.server.close(server_id);
+    assert!(pair.run_until(100, |p| p.client_events.contains(&Event::PeerFinished(id))));
+    for _ in 0..20 {
+        pair.step();
+    }
+    assert!(
+        !pair.client_events.contains(&Event::Closed(id)),
+        "closed with bytes unread"
+    );
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(read @ 1..) = pair.client.read(id, &mut buf) {
+        received.extend_from_slice(&buf[..read]);
+    }
+    assert_eq!(received, answer);
+    assert!(pair.run_until(10, |p| p.client_events.contains(&Event::Closed(id))));
+}
+
+#[test]
+fn only_the_connections_packets_are_claimed_from_the_tunnel() {
+    use tundns_netstack::is_for_connections;
+    let local = ["10.99.0.2".parse().unwrap()];
+    let ports = 61000..=65535;
+    let tcp_to = |port: u16| {
+        let mut packet = Vec::new();
+        PacketBuilder::ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64)
+            .tcp(80, port, 1, 1000)
+            .write(&mut packet, b"")
+            .unwrap();
+        packet
+    };
+    assert!(is_for_connections(&tcp_to(61000), &local, ports.clone()));
+    // The host's own connection from the interface address keeps its packets.
+    assert!(!is_for_connections(&tcp_to(40000), &local, ports.clone()));
+    let mut udp = Vec::new();
+    PacketBuilder::ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64)
+        .udp(53, 61000)
+        .write(&mut udp, b"x")
+        .unwrap();
+    assert!(!is_for_connections(&udp, &local, ports.clone()));
+
+    // An ICMP error quoting the stack's SYN is claimed; one quoting the host's is not.
+    let mut pair = Pair::new(Limits::default());
+    pair.deliver_to_server = false;
+    pair.connect("10.99.0.2:61000", "10.99.0.1:80");
+    pair.step();
+    let syn = pair.client_sent.first().expect("a SYN").clone();
+    let unreachable = Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Host);
+    assert!(is_for_connections(
+        &icmpv4_error(&syn, [192, 0, 2, 9], unreachable.clone()),
+        &local,
+        ports.clone()
+    ));
+    let mut hosts = syn.clone();
+    hosts[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    assert!(!is_for_connections(
+        &icmpv4_error(&hosts, [192, 0, 2, 9], unreachable),
+        &local,
+        ports
+    ));
+}

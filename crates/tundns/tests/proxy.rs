@@ -227,3 +227,63 @@ fn credentials_are_required_when_configured() {
     );
     assert_eq!(socks_reply(&lab, &request, Some("alice:s3cret")), "0");
 }
+
+#[test]
+fn a_download_arrives_whole_when_the_client_finishes_sending_first() {
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_half_close", "ok\n", None) else {
+        return;
+    };
+    // 64 MB of a counting pattern from N's tunnel address, then the sender closes.
+    let sender = r#"
+import socket
+srv = socket.create_server(("10.99.0.1", 5400))
+block = bytes(range(256)) * 4096
+while True:
+    c, _ = srv.accept()
+    try:
+        for _ in range(64):
+            c.sendall(block)
+    except OSError:
+        pass  # the readiness probe hangs up at once
+    c.close()
+"#;
+    lab.spawn_daemon_in(&lab.network_ns, "sender", &["python3", "-c", sender]);
+    let expected = lab
+        .exec_in(
+            &lab.network_ns,
+            &[
+                "sh",
+                "-c",
+                "python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 4096 * 64)' | sha256sum",
+            ],
+        )
+        .assert_success()
+        .stdout
+        .clone();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        lab.exec_in(
+            &lab.network_ns,
+            &[
+                "python3",
+                "-c",
+                "import socket; socket.create_connection(('10.99.0.1', 5400), timeout=1)",
+            ],
+        )
+        .succeeded()
+    }));
+    // `nc -N` sends its FIN at once (stdin is empty): the proxy half-closes towards the
+    // sender, which finishes and closes, so both sides are done while bytes are in flight.
+    for _ in 0..3 {
+        let run = lab.exec_in_with_timeout(
+            &lab.client_ns,
+            &[
+                "sh",
+                "-c",
+                "nc -N -X 5 -x 127.0.0.1:1080 10.99.0.1 5400 </dev/null | sha256sum",
+            ],
+            std::time::Duration::from_secs(60),
+        );
+        run.assert_success();
+        assert_eq!(run.stdout, expected, "the download through SOCKS5 differs");
+    }
+}
