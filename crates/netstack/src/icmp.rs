@@ -28,6 +28,8 @@ pub(crate) fn connect_error(packet: &[u8]) -> Option<ConnectError> {
         (protocol::ICMP, 3) => match code {
             2 | 3 => ConnectFailure::Refused,
             0 | 6 | 11 => ConnectFailure::NetworkUnreachable,
+            // "Fragmentation needed" is about the path's MTU, not the destination.
+            4 => return None,
             _ => ConnectFailure::HostUnreachable,
         },
         (protocol::ICMP, 11) | (protocol::ICMPV6, 3) => ConnectFailure::TtlExpired,

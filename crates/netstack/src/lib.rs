@@ -44,7 +44,6 @@ mod icmp;
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{
@@ -133,6 +132,9 @@ pub enum Event {
         id: ConnectionId,
         reason: ConnectFailure,
     },
+    /// A connection opened with [`TcpStack::connect`] from this local endpoint is
+    /// freed: no packet for it will be taken any more.
+    Released(SocketAddr),
 }
 
 /// Why a connection opened with [`TcpStack::connect`] failed.
@@ -203,6 +205,9 @@ struct Connection {
     tx_seen: usize,
     peer_finished_reported: bool,
     write_blocked: bool,
+    /// The local endpoint of a connection opened with [`TcpStack::connect`],
+    /// reported with [`Event::Released`] when the connection is freed.
+    opened_from: Option<SocketAddr>,
 }
 
 impl Connection {
@@ -215,6 +220,7 @@ impl Connection {
             tx_seen: 0,
             peer_finished_reported: false,
             write_blocked: false,
+            opened_from: None,
         }
     }
 }
@@ -317,15 +323,18 @@ impl TcpStack {
         Ok(())
     }
 
-    /// Opens a connection from `local` to `remote`; [`Event::Connected`] or
-    /// [`Event::ConnectFailed`] follows. Packets for `local`'s IP are accepted
-    /// by [`TcpStack::receive`] from now on. Choosing a local port no other
-    /// connection to `remote` uses is the caller's part.
+    /// Opens a connection from `local` to `remote` at `now`; [`Event::Connected`]
+    /// or [`Event::ConnectFailed`] follows, and [`Event::Released`] once the
+    /// connection is gone and `local` is free again. Packets for `local`'s IP are
+    /// accepted by [`TcpStack::receive`] from now on. Choosing a local port no
+    /// other connection to `remote` uses is the caller's part.
     pub fn connect(
         &mut self,
         local: SocketAddr,
         remote: SocketAddr,
+        now: Instant,
     ) -> Result<ConnectionId, Error> {
+        self.advance_clock(now);
         let (local, remote) = (canonical(local), canonical(remote));
         for endpoint in [local, remote] {
             if endpoint.port() == 0 || !is_unicast(endpoint.ip()) {
@@ -351,14 +360,16 @@ impl TcpStack {
         }
         let socket = self.sockets.add(socket);
         let deadline = deadline_after(self.now, self.limits.connect_timeout);
-        Ok(self.add_connection(Connection::new(
+        let mut connection = Connection::new(
             socket,
             Phase::Connecting {
                 deadline,
                 icmp_failure: None,
             },
             self.now,
-        )))
+        );
+        connection.opened_from = Some(local);
+        Ok(self.add_connection(connection))
     }
 
     /// Queues an inbound IP packet (from the TUN, or the tunnel);
@@ -401,7 +412,7 @@ impl TcpStack {
         }
         self.report_and_expire(events);
         self.flush();
-        self.sweep_closing();
+        self.sweep_closing(events);
         self.reconcile_listeners();
     }
 
@@ -453,16 +464,27 @@ impl TcpStack {
         }
     }
 
-    /// Closes `id` gracefully: queued bytes are sent, then FIN. The id becomes
+    /// Closes `id` gracefully: queued bytes are sent, then FIN; a connection
+    /// still being opened is reset instead. The id becomes
     /// stale at once and no [`Event::Closed`] follows. Unknown ids are ignored.
     pub fn close(&mut self, id: ConnectionId) {
         let deadline = self.deadline(self.now);
-        if let Ok(connection) = open_connection(&mut self.slots, id) {
-            self.sockets
-                .get_mut::<tcp::Socket>(connection.socket)
-                .close();
-            connection.phase = Phase::Closing { deadline };
+        let Some(connection) = self
+            .slots
+            .get_mut(id.index)
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.connection.as_mut())
+        else {
+            return;
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket>(connection.socket);
+        match connection.phase {
+            Phase::Open => socket.close(),
+            // Given up before it was established: nobody will ever use it.
+            Phase::Connecting { .. } => socket.abort(),
+            Phase::Handshake | Phase::Closing { .. } => return,
         }
+        connection.phase = Phase::Closing { deadline };
     }
 
     /// Hands every outbound IP packet to `emit`, in order, for the TUN. It
@@ -788,7 +810,7 @@ impl TcpStack {
 
     /// Frees closing connections that finished (or were reset, which `flush`
     /// has now sent).
-    fn sweep_closing(&mut self) {
+    fn sweep_closing(&mut self, events: &mut Vec<Event>) {
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let Some(connection) = &slot.connection else {
                 continue;
@@ -801,6 +823,9 @@ impl TcpStack {
                 // Leaving TIME-WAIT early frees the slot; a late retransmitted
                 // FIN then gets a RST, which the peer treats as closed too.
                 self.sockets.remove(connection.socket);
+                if let Some(local) = connection.opened_from {
+                    events.push(Event::Released(local));
+                }
                 slot.connection = None;
                 slot.generation += 1;
                 self.free_slots.push(index);
@@ -810,26 +835,24 @@ impl TcpStack {
     }
 }
 
-/// Whether `packet`, from the network, belongs to a connection opened with
-/// [`TcpStack::connect`] from one of `local_ips` with a local port in `ports`:
-/// a TCP segment to such an endpoint, or an ICMP error about a segment from one.
-/// Whoever shares those addresses with the stack (the host's kernel, on the
-/// interface address) keeps every other packet.
-pub fn is_for_connections(packet: &[u8], local_ips: &[IpAddr], ports: RangeInclusive<u16>) -> bool {
+/// The local port `packet`, from the network, is about, when it is a TCP
+/// segment to one of `local_ips` or an ICMP error about a segment from one:
+/// what a caller that shares those addresses with the stack (the host's kernel,
+/// on the interface address) needs to tell the stack's packets from its own.
+pub fn local_tcp_port(packet: &[u8], local_ips: &[IpAddr]) -> Option<u16> {
     if let Some(error) = icmp::connect_error(packet) {
-        return local_ips.contains(&error.local.ip()) && ports.contains(&error.local.port());
+        return local_ips
+            .contains(&error.local.ip())
+            .then_some(error.local.port());
     }
-    let Some(dst) = tcp_destination(packet) else {
-        return false;
-    };
-    let Ok(view) = tundns_packet::IpView::parse(packet) else {
-        return false;
-    };
-    let port = view
-        .transport_offset()
-        .and_then(|offset| packet.get(offset + 2..offset + 4))
-        .map(|port| u16::from_be_bytes([port[0], port[1]]));
-    local_ips.contains(&dst) && port.is_some_and(|port| ports.contains(&port))
+    let dst = tcp_destination(packet)?;
+    if !local_ips.contains(&dst) {
+        return None;
+    }
+    let view = tundns_packet::IpView::parse(packet).ok()?;
+    let offset = view.transport_offset()?;
+    let port = packet.get(offset + 2..offset + 4)?;
+    Some(u16::from_be_bytes([port[0], port[1]]))
 }
 
 /// A socket with the stack's buffers.

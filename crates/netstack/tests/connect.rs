@@ -75,7 +75,7 @@ impl Pair {
 
     fn connect(&mut self, local: &str, remote: &str) -> ConnectionId {
         self.client
-            .connect(local.parse().unwrap(), remote.parse().unwrap())
+            .connect(local.parse().unwrap(), remote.parse().unwrap(), self.now())
             .unwrap()
     }
 
@@ -237,18 +237,23 @@ fn connecting_is_bounded_and_a_used_endpoint_is_refused() {
     let mut pair = Pair::new(limits);
     let remote: SocketAddr = "10.99.0.1:80".parse().unwrap();
     let local: SocketAddr = "10.99.0.2:61000".parse().unwrap();
-    pair.client.connect(local, remote).unwrap();
-    assert_eq!(pair.client.connect(local, remote), Err(Error::InUse(local)));
+    let now = pair.now();
+    pair.client.connect(local, remote, now).unwrap();
+    assert_eq!(
+        pair.client.connect(local, remote, now),
+        Err(Error::InUse(local))
+    );
     pair.client
-        .connect("10.99.0.2:61001".parse().unwrap(), remote)
+        .connect("10.99.0.2:61001".parse().unwrap(), remote, now)
         .unwrap();
     assert_eq!(
         pair.client
-            .connect("10.99.0.2:61002".parse().unwrap(), remote),
+            .connect("10.99.0.2:61002".parse().unwrap(), remote, now),
         Err(Error::TooManyConnections)
     );
     assert!(matches!(
-        pair.client.connect("10.99.0.2:0".parse().unwrap(), remote),
+        pair.client
+            .connect("10.99.0.2:0".parse().unwrap(), remote, now),
         Err(Error::InvalidEndpoint(_))
     ));
 }
@@ -286,10 +291,9 @@ fn bytes_left_unread_when_both_sides_finish_are_still_read_before_closed() {
 }
 
 #[test]
-fn only_the_connections_packets_are_claimed_from_the_tunnel() {
-    use tundns_netstack::is_for_connections;
+fn the_local_port_of_a_segment_or_an_icmp_error_is_read() {
+    use tundns_netstack::local_tcp_port;
     let local = ["10.99.0.2".parse().unwrap()];
-    let ports = 61000..=65535;
     let tcp_to = |port: u16| {
         let mut packet = Vec::new();
         PacketBuilder::ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64)
@@ -298,33 +302,77 @@ fn only_the_connections_packets_are_claimed_from_the_tunnel() {
             .unwrap();
         packet
     };
-    assert!(is_for_connections(&tcp_to(61000), &local, ports.clone()));
-    // The host's own connection from the interface address keeps its packets.
-    assert!(!is_for_connections(&tcp_to(40000), &local, ports.clone()));
+    assert_eq!(local_tcp_port(&tcp_to(61000), &local), Some(61000));
+    assert_eq!(
+        local_tcp_port(&tcp_to(61000), &["10.99.0.3".parse().unwrap()]),
+        None
+    );
     let mut udp = Vec::new();
     PacketBuilder::ipv4([10, 99, 0, 1], [10, 99, 0, 2], 64)
         .udp(53, 61000)
         .write(&mut udp, b"x")
         .unwrap();
-    assert!(!is_for_connections(&udp, &local, ports.clone()));
+    assert_eq!(local_tcp_port(&udp, &local), None);
 
-    // An ICMP error quoting the stack's SYN is claimed; one quoting the host's is not.
+    // An ICMP error quoting a SYN from the local address names the SYN's source port.
     let mut pair = Pair::new(Limits::default());
     pair.deliver_to_server = false;
     pair.connect("10.99.0.2:61000", "10.99.0.1:80");
     pair.step();
     let syn = pair.client_sent.first().expect("a SYN").clone();
     let unreachable = Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Host);
-    assert!(is_for_connections(
-        &icmpv4_error(&syn, [192, 0, 2, 9], unreachable.clone()),
-        &local,
-        ports.clone()
-    ));
-    let mut hosts = syn.clone();
-    hosts[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    assert!(!is_for_connections(
-        &icmpv4_error(&hosts, [192, 0, 2, 9], unreachable),
-        &local,
-        ports
-    ));
+    assert_eq!(
+        local_tcp_port(
+            &icmpv4_error(&syn, [192, 0, 2, 9], unreachable.clone()),
+            &local
+        ),
+        Some(61000)
+    );
+    let mut other = syn.clone();
+    other[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    assert_eq!(
+        local_tcp_port(&icmpv4_error(&other, [192, 0, 2, 9], unreachable), &local),
+        Some(40000)
+    );
+}
+
+#[test]
+fn a_connection_opened_after_a_long_idle_spell_gets_its_whole_timeout() {
+    let mut pair = Pair::new(Limits::default());
+    pair.server.listen("10.99.0.1:80".parse().unwrap()).unwrap();
+    pair.step();
+    // Nothing polls the stacks for a minute, far beyond the connect timeout.
+    pair.elapsed += Duration::from_secs(60);
+    let id = pair.connect("10.99.0.2:61000", "10.99.0.1:80");
+    assert!(pair.run_until(50, |p| p.outcome(id).is_some()));
+    assert_eq!(pair.outcome(id), Some(Ok(())));
+}
+
+#[test]
+fn a_local_endpoint_is_released_once_its_connection_is_gone() {
+    let local: SocketAddr = "10.99.0.2:61000".parse().unwrap();
+    // Given up while being opened: reset at once, and freed.
+    let mut pair = Pair::new(Limits::default());
+    pair.deliver_to_server = false;
+    let id = pair.connect("10.99.0.2:61000", "10.99.0.1:80");
+    pair.step();
+    pair.client.close(id);
+    assert!(pair.run_until(5, |p| p.client_events.contains(&Event::Released(local))));
+    assert_eq!(pair.client.connection_count(), 0);
+
+    // Closed after use: released once the FIN exchange is over.
+    let mut pair = Pair::new(Limits::default());
+    pair.server.listen("10.99.0.1:80".parse().unwrap()).unwrap();
+    let id = pair.connect("10.99.0.2:61000", "10.99.0.1:80");
+    assert!(pair.run_until(50, |p| {
+        p.outcome(id).is_some() && accepted(&p.server_events).is_some()
+    }));
+    let (server_id, _) = accepted(&pair.server_events).unwrap();
+    pair.client.close(id);
+    assert!(pair.run_until(50, |p| {
+        p.server_events.contains(&Event::PeerFinished(server_id))
+    }));
+    assert!(!pair.client_events.contains(&Event::Released(local)));
+    pair.server.close(server_id);
+    assert!(pair.run_until(50, |p| p.client_events.contains(&Event::Released(local))));
 }

@@ -38,8 +38,10 @@ impl Credentials {
             let (user, password) = line
                 .split_once(':')
                 .ok_or_else(|| error("expected user:password"))?;
-            if user.is_empty() {
-                return Err(error("empty username"));
+            if user.is_empty() || password.is_empty() {
+                return Err(error(
+                    "empty username or password (RFC 1929 needs 1 to 255 bytes)",
+                ));
             }
             if user.len() > MAX_FIELD_LEN || password.len() > MAX_FIELD_LEN {
                 return Err(error(
@@ -115,6 +117,7 @@ mod tests {
         let line_of = |text: &str| Credentials::parse(text).unwrap_err().line;
         assert_eq!(line_of("alice:x\nbob\n"), 2);
         assert_eq!(line_of("alice:x\n:nobody\n"), 2);
+        assert_eq!(line_of("alice:\n"), 1);
         assert_eq!(line_of("alice:x\n\nalice:y\n"), 3);
         assert_eq!(line_of(&format!("{}:x", "u".repeat(256))), 1);
         assert_eq!(line_of("# nobody\n"), 1);

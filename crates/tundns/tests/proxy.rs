@@ -287,3 +287,35 @@ while True:
         assert_eq!(run.stdout, expected, "the download through SOCKS5 differs");
     }
 }
+
+#[test]
+fn the_hosts_own_listener_in_the_stacks_port_range_keeps_its_packets() {
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_host_ports", "ok\n", None) else {
+        return;
+    };
+    // The stack has connections from the interface address...
+    let web_port: u16 = WEB_PORT.parse().unwrap();
+    assert_eq!(
+        socks_reply(&lab, &connect_to_name(WEB_NAME, web_port), None),
+        "0"
+    );
+    // ...and the host listens on that address, on a port of the stack's range: a peer's
+    // connection to it must reach the host's kernel, not the stack.
+    let listener = "import socket\n\
+                    s = socket.create_server(('10.99.0.2', 62000))\n\
+                    c, _ = s.accept(); c.sendall(b'host listener'); c.close()";
+    lab.spawn_daemon_in(
+        &lab.client_ns,
+        "host listener",
+        &["python3", "-c", listener],
+    );
+    let fetch = "import socket, time\n\
+                 for _ in range(50):\n\
+                 \x20   try:\n\
+                 \x20       s = socket.create_connection(('10.99.0.2', 62000), timeout=2); break\n\
+                 \x20   except OSError: time.sleep(0.1)\n\
+                 print(s.recv(100).decode())";
+    let run = lab.exec_in(&lab.network_ns, &["python3", "-c", fetch]);
+    run.assert_success();
+    assert_eq!(run.stdout.trim(), "host listener");
+}

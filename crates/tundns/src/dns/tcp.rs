@@ -180,7 +180,7 @@ impl StackTask {
                 self.connections.remove(&id);
             }
             // This stack only listens.
-            Event::Connected(_) | Event::ConnectFailed { .. } => {}
+            Event::Connected(_) | Event::ConnectFailed { .. } | Event::Released(_) => {}
         }
     }
 

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tundns_netstack::ConnectFailure;
 use tundns_proxy::socks5::{self, Command, Header, Reply};
 use tundns_proxy::{Credentials, Destination};
@@ -38,11 +39,14 @@ pub struct Socks5 {
 }
 
 impl Socks5 {
-    /// Serves `listener` until the task is aborted.
+    /// Serves `listener` until the task is aborted, which ends every client's task too.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let mut clients = JoinSet::new();
         loop {
-            let Ok(permit) = clients.clone().acquire_owned().await else {
+            // Finished clients' results are collected as new ones come.
+            while clients.try_join_next().is_some() {}
+            let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
             let (client, peer) = match listener.accept().await {
@@ -54,7 +58,7 @@ impl Socks5 {
                 }
             };
             let server = self.clone();
-            tokio::spawn(async move {
+            clients.spawn(async move {
                 if let Err(error) = server.serve_client(client).await {
                     tracing::debug!(%peer, %error, "SOCKS5 client");
                 }
@@ -70,7 +74,7 @@ impl Socks5 {
                 Ok(result) => result?,
                 Err(_) => return Err(io::ErrorKind::TimedOut.into()),
             };
-        let Some(request) = request else {
+        let Some((request, early_data)) = request else {
             return Ok(());
         };
         if request.command != Command::Connect {
@@ -84,12 +88,18 @@ impl Socks5 {
         client
             .write_all(socks5::reply(Reply::Succeeded, unspecified).as_bytes())
             .await?;
+        // What the client sent right behind its request (a TLS ClientHello, say).
+        tunnel.write_all(&early_data).await?;
         tokio::io::copy_bidirectional(&mut client, &mut tunnel).await?;
         Ok(())
     }
 
-    /// Greeting, authentication and request; `None` once the client was told no.
-    async fn handshake(&self, client: &mut TcpStream) -> io::Result<Option<socks5::Request>> {
+    /// Greeting, authentication and request, and the bytes that came behind the request;
+    /// `None` once the client was told no.
+    async fn handshake(
+        &self,
+        client: &mut TcpStream,
+    ) -> io::Result<Option<(socks5::Request, Vec<u8>)>> {
         let mut buffer = Vec::with_capacity(512);
         let greeting = read_message(client, &mut buffer, |bytes| {
             socks5::parse_greeting(bytes).map_err(|_| Reply::GeneralFailure)
@@ -132,7 +142,7 @@ impl Socks5 {
         })
         .await?;
         match request {
-            Ok(request) => Ok(Some(request)),
+            Ok(request) => Ok(Some((request, buffer))),
             Err(reply) => refuse(client, reply).await.map(|()| None),
         }
     }

@@ -14,6 +14,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -69,6 +70,45 @@ struct Shared {
     /// Wakes the task: a stream wrote or closed, or a connection was opened.
     work: Arc<Notify>,
     local_ips: Vec<IpAddr>,
+    /// The local ports the stack's connections hold, which the tap takes packets for.
+    ports: Arc<PortSet>,
+}
+
+/// Ports of [`LOCAL_PORTS`] in use, readable without a lock by the tunnel's writer.
+struct PortSet {
+    bits: Vec<AtomicU64>,
+}
+
+impl PortSet {
+    fn new() -> Self {
+        let ports = usize::from(LOCAL_PORTS.end() - LOCAL_PORTS.start()) + 1;
+        Self {
+            bits: (0..ports.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The word and bit of `port`, if it is one of [`LOCAL_PORTS`].
+    fn slot(&self, port: u16) -> Option<(&AtomicU64, u64)> {
+        let index = usize::from(port.checked_sub(*LOCAL_PORTS.start())?);
+        Some((self.bits.get(index / 64)?, 1 << (index % 64)))
+    }
+
+    /// Takes `port` if it is free.
+    fn claim(&self, port: u16) -> bool {
+        self.slot(port)
+            .is_some_and(|(word, bit)| word.fetch_or(bit, Ordering::AcqRel) & bit == 0)
+    }
+
+    fn release(&self, port: u16) {
+        if let Some((word, bit)) = self.slot(port) {
+            word.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        self.slot(port)
+            .is_some_and(|(word, bit)| word.load(Ordering::Acquire) & bit != 0)
+    }
 }
 
 struct State {
@@ -114,6 +154,7 @@ impl TunnelStack {
             }),
             work: Arc::new(Notify::new()),
             local_ips,
+            ports: Arc::new(PortSet::new()),
         });
         tokio::spawn(drive(Arc::downgrade(&shared), shared.work.clone(), io));
         Self { shared }
@@ -130,7 +171,7 @@ impl TunnelStack {
             .ok_or(OpenError::NoLocalAddress(remote))?;
         let id = {
             let mut state = self.shared.lock();
-            let id = state.open(local_ip, remote)?;
+            let id = state.open(local_ip, remote, &self.shared.ports)?;
             state.connections.insert(id, Connection::default());
             id
         };
@@ -148,7 +189,9 @@ impl TunnelStack {
                     Poll::Pending
                 }
                 Status::Failed(reason) => Poll::Ready(Err(reason)),
-                Status::Open { .. } | Status::Closed => Poll::Ready(Ok(())),
+                // Reset as soon as it was established.
+                Status::Closed => Poll::Ready(Err(ConnectFailure::Refused)),
+                Status::Open { .. } => Poll::Ready(Ok(())),
             }
         })
         .await;
@@ -170,6 +213,7 @@ impl TunnelStack {
     pub fn tap(&self, inbound: mpsc::Sender<Vec<u8>>) -> Arc<dyn InboundTap> {
         Arc::new(StackTap {
             local_ips: self.shared.local_ips.clone(),
+            ports: self.shared.ports.clone(),
             inbound,
         })
     }
@@ -190,28 +234,42 @@ impl Shared {
 }
 
 impl State {
-    /// Opens a connection from the next free local port.
-    fn open(&mut self, local_ip: IpAddr, remote: SocketAddr) -> Result<ConnectionId, OpenError> {
-        let ports = usize::from(LOCAL_PORTS.end() - LOCAL_PORTS.start()) + 1;
-        for _ in 0..ports {
+    /// Opens a connection from the next free local port, which `ports` then holds until
+    /// the stack releases it.
+    fn open(
+        &mut self,
+        local_ip: IpAddr,
+        remote: SocketAddr,
+        ports: &PortSet,
+    ) -> Result<ConnectionId, OpenError> {
+        let count = usize::from(LOCAL_PORTS.end() - LOCAL_PORTS.start()) + 1;
+        for _ in 0..count {
             let port = self.next_port;
             self.next_port = if port == *LOCAL_PORTS.end() {
                 *LOCAL_PORTS.start()
             } else {
                 port + 1
             };
-            match self.stack.connect(SocketAddr::new(local_ip, port), remote) {
+            if !ports.claim(port) {
+                continue;
+            }
+            let local = SocketAddr::new(local_ip, port);
+            match self.stack.connect(local, remote, Instant::now()) {
                 Ok(id) => return Ok(id),
-                Err(Error::InUse(_)) => continue,
-                Err(Error::TooManyConnections) => return Err(OpenError::TooMany),
-                Err(_) => return Err(OpenError::NoLocalAddress(remote)),
+                Err(error) => {
+                    ports.release(port);
+                    return Err(match error {
+                        Error::TooManyConnections => OpenError::TooMany,
+                        _ => OpenError::NoLocalAddress(remote),
+                    });
+                }
             }
         }
         Err(OpenError::NoLocalAddress(remote))
     }
 
     /// Records what the stack reported and wakes whoever waits on it.
-    fn apply(&mut self, event: Event) {
+    fn apply(&mut self, event: Event, ports: &PortSet) {
         let (id, status, wake_reader, wake_writer) = match event {
             Event::Connected(id) => (
                 id,
@@ -233,14 +291,27 @@ impl State {
                 false,
             ),
             Event::Closed(id) => (id, Some(Status::Closed), true, true),
+            Event::Released(local) => {
+                ports.release(local.port());
+                return;
+            }
             // This stack only connects.
             Event::Accepted { .. } => return,
         };
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        if let Some(status) = status {
-            connection.status = status;
+        match (connection.status, status) {
+            // Once the peer finished, the end of the connection reads as the end of the
+            // stream, not as a reset.
+            (
+                Status::Open {
+                    peer_finished: true,
+                },
+                Some(Status::Closed),
+            ) => {}
+            (_, Some(status)) => connection.status = status,
+            (_, None) => {}
         }
         if wake_reader && let Some(waker) = connection.reader.take() {
             waker.wake();
@@ -295,7 +366,7 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut io: StackIo) {
         }
         state.stack.poll(now, &mut events);
         for event in events.drain(..) {
-            state.apply(event);
+            state.apply(event, &shared.ports);
         }
         state.stack.drain_transmit(|packet| {
             let Ok(packet) = Packet::from_bytes(BytesMut::from(packet)).try_into_ip() else {
@@ -316,15 +387,19 @@ async fn sleep(delay: Option<Duration>) {
 }
 
 /// Takes the tunnel's packets for the stack's connections: TCP to an interface address
-/// and a port in [`LOCAL_PORTS`], and ICMP errors about such segments.
+/// and a local port one of them holds, and ICMP errors about such segments. The host's
+/// own connections from the interface address, and its listeners, keep theirs.
 struct StackTap {
     local_ips: Vec<IpAddr>,
+    ports: Arc<PortSet>,
     inbound: mpsc::Sender<Vec<u8>>,
 }
 
 impl InboundTap for StackTap {
     fn take(&self, packet: &[u8]) -> bool {
-        if !tundns_netstack::is_for_connections(packet, &self.local_ips, LOCAL_PORTS) {
+        let ours = tundns_netstack::local_tcp_port(packet, &self.local_ips)
+            .is_some_and(|port| self.ports.contains(port));
+        if !ours {
             return false;
         }
         // Dropped when the task lags this far behind; TCP resends it.
@@ -360,6 +435,9 @@ impl AsyncRead for TunnelStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         let id = self.id;
         self.poll_with(cx, |state, cx| {
             let read = state.stack.read(id, buf.initialize_unfilled());

@@ -141,11 +141,10 @@ impl IpRecv for IpChannelRx {
         &'a mut self,
         _pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        // A closed channel is a source with nothing more to say, not a failure: the task
+        // reading it waits until it is stopped.
         let Some(first) = self.rx.recv().await else {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "channel closed",
-            ));
+            return std::future::pending().await;
         };
         let rest = iter::from_fn(|| self.rx.try_recv().ok()).take(IP_CHANNEL_BATCH - 1);
         Ok(iter::once(first).chain(rest))
