@@ -586,11 +586,11 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}[Peers]\n"),
-            "wg0.conf:3: unknown section [Peers]: expected [Interface], [Peer], [DNSProxy] or [DNSRoute]",
+            "wg0.conf:3: unknown section [Peers]: expected [Interface], [Peer], [DNSProxy], [DNSRoute] or [Proxy]",
         ),
         (
             format!("{m}[Peer\n"),
-            "wg0.conf:3: malformed section header: expected [Interface], [Peer], [DNSProxy] or [DNSRoute]",
+            "wg0.conf:3: malformed section header: expected [Interface], [Peer], [DNSProxy], [DNSRoute] or [Proxy]",
         ),
         (
             format!("{m}ListenPort 51820\n"),
