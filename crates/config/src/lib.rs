@@ -359,9 +359,13 @@ pub struct DnsProxyConfig {
 /// The `[Proxy]` section: proxies whose connections leave through the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProxyConfig {
-    /// `SOCKS5`: host addresses to serve SOCKS5 on, in order, without duplicates; at
-    /// least one. One that is not loopback requires `credentials`.
+    /// `SOCKS5`: host addresses to serve SOCKS5 on, in order. One that is not loopback
+    /// requires `credentials`. No address is in this list and `http` twice, and the two
+    /// together hold at least one.
     pub socks5: Vec<Spanned<SocketAddr>>,
+    /// `HTTP`: host addresses to serve the HTTP proxy (CONNECT and `http://`) on, as
+    /// `socks5`.
+    pub http: Vec<Spanned<SocketAddr>>,
     /// `Credentials`: the file of `user:password` lines, the path as written; `None`
     /// means no authentication. Not read here.
     pub credentials: Option<Spanned<PathBuf>>,

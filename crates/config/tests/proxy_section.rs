@@ -38,6 +38,16 @@ fn loopback_listeners_need_no_credentials() {
 }
 
 #[test]
+fn the_http_proxy_listens_beside_or_without_socks5() {
+    let proxy = parse("[Proxy]\nHTTP = 127.0.0.1:3128\n")
+        .unwrap()
+        .proxy
+        .unwrap();
+    assert!(proxy.socks5.is_empty());
+    assert_eq!(proxy.http, [Spanned::new(addr("127.0.0.1:3128"), 4)]);
+}
+
+#[test]
 fn a_listener_other_hosts_reach_requires_credentials() {
     let error = parse("[Proxy]\nSOCKS5 = 127.0.0.1:1080\nSOCKS5 = 0.0.0.0:1080\n").unwrap_err();
     assert!(error.starts_with("wg0.conf:5:"), "{error}");

@@ -1,10 +1,12 @@
-//! The SOCKS5 proxy end to end (issue 12): tundns in C serves SOCKS5 on C's loopback, and
-//! its connections reach an HTTP server in N only through the tunnel (the server listens
-//! on N's tunnel addresses, which C's host reaches through no route but tundns's own).
+//! The proxies end to end (issue 12): tundns in C serves SOCKS5 and the HTTP proxy on C's
+//! loopback, and their connections reach an HTTP server in N only through the tunnel (the
+//! server listens on N's tunnel addresses, which C's host reaches through no route but
+//! tundns's own).
 //!
-//! Real clients: `curl --socks5-hostname` and `curl --socks5`, and a raw SOCKS5 client
-//! (Python) for the reply codes: a blocked name, a closed port, a destination outside
-//! every peer's AllowedIPs, an unsupported command and address type, and credentials.
+//! Real clients: `curl --socks5-hostname`, `curl --socks5`, `curl -x` (forwarding) and
+//! `curl -p -x` (CONNECT), and a raw SOCKS5 client (Python) for the reply codes: a blocked
+//! name, a closed port, a destination outside every peer's AllowedIPs, an unsupported
+//! command and address type, and credentials; the HTTP proxy's statuses for the same.
 //!
 //! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test proxy`. Without root or the lab
 //! tools the tests print "skipped: ..." and pass, unless `TUNDNS_E2E=1`.
@@ -14,6 +16,7 @@ mod common;
 use common::*;
 
 const SOCKS: &str = "127.0.0.1:1080";
+const HTTP_PROXY: &str = "http://127.0.0.1:3128";
 const WEB_NAME: &str = "web.lab.internal";
 const WEB_PORT: &str = "8080";
 const BLOCKED_NAME: &str = "blocked.lab.test";
@@ -100,7 +103,7 @@ fn lab_with_proxy(test: &str, page: &str, users: Option<&str>) -> Option<(Lab, D
         ..ClientConfig::default()
     };
     let config = format!(
-        "{}\n[Proxy]\nSOCKS5 = {SOCKS}\n{credentials}",
+        "{}\n[Proxy]\nSOCKS5 = {SOCKS}\nHTTP = 127.0.0.1:3128\n{credentials}",
         lab.client_config(&options)
     );
     let tundns = lab.start_tundns(&config);
@@ -318,4 +321,109 @@ fn the_hosts_own_listener_in_the_stacks_port_range_keeps_its_packets() {
     let run = lab.exec_in(&lab.network_ns, &["python3", "-c", fetch]);
     run.assert_success();
     assert_eq!(run.stdout.trim(), "host listener");
+}
+
+/// curl through the HTTP proxy: what it printed, with `-w` appending the status code.
+fn curl_via_http_proxy(lab: &Lab, extra: &[&str], url: &str) -> Run {
+    let mut command = vec!["curl", "-sS", "--max-time", "15", "-x", HTTP_PROXY];
+    command.extend_from_slice(extra);
+    command.extend_from_slice(&["-w", "\n%{http_code}", url]);
+    lab.exec_in(&lab.client_ns, &command)
+}
+
+#[test]
+fn the_http_proxy_forwards_and_tunnels_through_the_tunnel() {
+    let page = "served only inside the tunnel\n".repeat(2000);
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_http", &page, None) else {
+        return;
+    };
+    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
+        .assert_success();
+    let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
+    // Forwarded in origin form, and through CONNECT (-p).
+    for extra in [&[][..], &["-p"][..]] {
+        let run = curl_via_http_proxy(&lab, extra, &url);
+        run.assert_success();
+        assert_eq!(run.stdout, format!("{page}\n200"), "{extra:?}");
+    }
+    // Two requests on one kept-alive connection to the proxy.
+    let run = lab.exec_in(
+        &lab.client_ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "15",
+            "-x",
+            HTTP_PROXY,
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &url,
+            &url,
+        ],
+    );
+    run.assert_success();
+    assert_eq!(
+        run.stdout, "200 1\n200 0\n",
+        "the second request reuses the connection"
+    );
+
+    // The statuses the issue names.
+    let status = |url: &str| {
+        let run = curl_via_http_proxy(&lab, &[], url);
+        run.stdout.lines().last().unwrap_or_default().to_owned()
+    };
+    assert_eq!(status(&format!("http://{BLOCKED_NAME}/")), "403");
+    assert_eq!(status("http://10.99.0.1:8081/"), "502", "refused");
+    assert_eq!(status("http://198.51.100.7/"), "502", "outside AllowedIPs");
+    // CONNECT to a closed port: the tunnel's RST becomes 502 for the CONNECT itself.
+    let run = lab.exec_in(
+        &lab.client_ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "15",
+            "-p",
+            "-x",
+            HTTP_PROXY,
+            "-w",
+            "%{http_connect}",
+            "http://10.99.0.1:8081/",
+        ],
+    );
+    assert_eq!(run.stdout, "502", "{run}");
+    // An https:// URL in absolute form (a client must use CONNECT for it) is refused.
+    let raw = "import socket\n\
+               s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n\
+               s.sendall(b'GET https://web.lab.internal/ HTTP/1.1\\r\\nHost: web.lab.internal\\r\\n\\r\\n')\n\
+               print(s.recv(100).split(b'\\r\\n')[0].decode())";
+    let run = lab.exec_in(&lab.client_ns, &["python3", "-c", raw]);
+    run.assert_success();
+    assert_eq!(run.stdout.trim(), "HTTP/1.1 400 Bad Request");
+}
+
+#[test]
+fn the_http_proxy_asks_for_credentials_when_configured() {
+    let users = Some("alice:s3cret\n");
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_http_credentials", "ok\n", users) else {
+        return;
+    };
+    let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
+    let run = curl_via_http_proxy(&lab, &["-D", "-"], &url);
+    assert!(run.stdout.ends_with("\n407"), "{run}");
+    assert!(
+        run.stdout
+            .to_ascii_lowercase()
+            .contains("proxy-authenticate: basic"),
+        "{run}"
+    );
+    let run = curl_via_http_proxy(&lab, &["-U", "alice:wrong"], &url);
+    assert!(run.stdout.ends_with("407"), "{run}");
+    let run = curl_via_http_proxy(&lab, &["-U", "alice:s3cret"], &url);
+    assert_eq!(run.stdout, "ok\n\n200");
 }

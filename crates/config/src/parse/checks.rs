@@ -248,14 +248,15 @@ fn check_proxy(
     proxy: ProxyConfig,
     dns_proxy: &DnsProxyConfig,
 ) -> Result<ProxyConfig, ConfigError> {
-    for listen in &proxy.socks5 {
+    let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
+    for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
         let ip = listen.value.ip();
         if dns_proxy.addresses.contains(&ip) {
             return Err(ConfigError::at(
                 path,
                 listen.line,
                 format!(
-                    "SOCKS5 {}: serving the proxy on a virtual IP is not supported yet; \
+                    "{key} {}: serving the proxy on a virtual IP is not supported yet; \
                      listen on a host address such as 127.0.0.1:{}",
                     listen.value,
                     listen.value.port()
@@ -267,7 +268,7 @@ fn check_proxy(
                 path,
                 listen.line,
                 format!(
-                    "SOCKS5 {} is reachable from other hosts: set Credentials, or listen on a loopback address",
+                    "{key} {} is reachable from other hosts: set Credentials, or listen on a loopback address",
                     listen.value
                 ),
             ));

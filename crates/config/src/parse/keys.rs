@@ -259,18 +259,22 @@ impl Parser<'_> {
     pub(super) fn proxy_key(&mut self, line: usize, key: &str, value: &str) -> Result<(), String> {
         let config = &mut self.proxy.as_mut().expect("proxy draft").config;
         match key {
-            "SOCKS5" => {
+            "SOCKS5" | "HTTP" => {
                 for item in values::list_items(value)? {
                     let address = values::parse_listen_address(key, item)?
                         .ok_or_else(|| format!("{key} takes ip:port addresses, not off"))?;
-                    let all = config.socks5.iter();
-                    if let Some(first) = all.clone().find(|known| known.value == address) {
+                    let mut all = config.socks5.iter().chain(&config.http);
+                    if let Some(first) = all.find(|known| known.value == address) {
                         return Err(format!(
-                            "{key} {address} is listed twice (first on line {})",
+                            "{address} is already a proxy's listen address (line {})",
                             first.line
                         ));
                     }
-                    config.socks5.push(Spanned::new(address, line));
+                    let listeners = match key {
+                        "SOCKS5" => &mut config.socks5,
+                        _ => &mut config.http,
+                    };
+                    listeners.push(Spanned::new(address, line));
                 }
             }
             "Credentials" => {

@@ -332,10 +332,10 @@ impl<'p> Parser<'p> {
             }
             Some(Section::Proxy) => {
                 let draft = self.proxy.as_ref().expect("proxy draft");
-                if draft.config.socks5.is_empty() {
+                if draft.config.socks5.is_empty() && draft.config.http.is_empty() {
                     return Err(self.error(
                         draft.header_line,
-                        "[Proxy] has no listen address: set SOCKS5 = ip:port",
+                        "[Proxy] has no listen address: set SOCKS5 = ip:port and/or HTTP = ip:port",
                     ));
                 }
                 Ok(())

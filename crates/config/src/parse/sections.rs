@@ -80,7 +80,7 @@ impl Section {
                 ("Upstream", Many),
                 ("ThroughTunnel", Once),
             ],
-            Section::Proxy => &[("SOCKS5", Many), ("Credentials", Once)],
+            Section::Proxy => &[("SOCKS5", Many), ("HTTP", Many), ("Credentials", Once)],
         }
     }
 }

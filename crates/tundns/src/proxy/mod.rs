@@ -6,34 +6,45 @@
 //! ([`ClaimedProxies::claim`]), builds the stack's packet paths before WireGuard starts
 //! ([`ProxyStack::new`]), and serves once the tunnel is up ([`ClaimedProxies::serve`]).
 
+pub mod http;
 pub mod lookup;
+pub mod open;
 pub mod socks5;
 pub mod tunnel_stack;
 
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gotatun::tun::MtuWatcher;
 use gotatun::tun::channel::{IpChannelRx, ip_channel};
 use ipnet::IpNet;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tundns_config::{Config, ConfigError};
 use tundns_filter::InboundTap;
 use tundns_proxy::Credentials;
 
 use crate::dns::proxy::DnsProxy;
+use http::HttpProxy;
+use open::Opener;
 use socks5::Socks5;
 use tunnel_stack::{StackIo, TunnelStack, proxy_limits};
 
 /// Packets of the stack waiting for WireGuard.
 const OUTBOUND_QUEUE: usize = 4096;
 
+/// Clients served at once by one listener; more wait for a slot.
+const MAX_CLIENTS: usize = 2048;
+
 /// The `[Proxy]` listeners, bound, and the credentials, read: what can fail on the
 /// config's account, done before tundns changes anything.
 pub struct ClaimedProxies {
     socks5: Vec<TcpListener>,
+    http: Vec<TcpListener>,
     credentials: Option<Credentials>,
 }
 
@@ -56,19 +67,26 @@ impl ClaimedProxies {
             })?),
             None => None,
         };
-        let mut socks5 = Vec::with_capacity(proxy.socks5.len());
-        for listen in &proxy.socks5 {
-            let listener = TcpListener::bind(listen.value).await.map_err(|error| {
-                ConfigError::at(
-                    path,
-                    listen.line,
-                    format!("SOCKS5 {}: cannot listen: {error}", listen.value),
-                )
-            })?;
-            socks5.push(listener);
+        let mut listeners = Vec::new();
+        for (key, addresses) in [("SOCKS5", &proxy.socks5), ("HTTP", &proxy.http)] {
+            let mut bound = Vec::with_capacity(addresses.len());
+            for listen in addresses {
+                let listener = TcpListener::bind(listen.value).await.map_err(|error| {
+                    ConfigError::at(
+                        path,
+                        listen.line,
+                        format!("{key} {}: cannot listen: {error}", listen.value),
+                    )
+                })?;
+                bound.push(listener);
+            }
+            listeners.push(bound);
         }
+        let http = listeners.pop().unwrap_or_default();
+        let socks5 = listeners.pop().unwrap_or_default();
         Ok(Some(Self {
             socks5,
+            http,
             credentials,
         }))
     }
@@ -85,23 +103,71 @@ impl ClaimedProxies {
             .iter()
             .flat_map(|peer| peer.allowed_ips.iter().copied())
             .collect();
-        let server = Arc::new(Socks5 {
+        let opener = Arc::new(Opener {
             stack,
             resolver,
             allowed_ips,
             credentials: self.credentials,
         });
-        let tasks = self
-            .socks5
-            .into_iter()
-            .map(|listener| {
-                if let Ok(address) = listener.local_addr() {
-                    tracing::info!(%address, "SOCKS5 proxy listening");
-                }
-                tokio::spawn(server.clone().serve(listener))
-            })
-            .collect();
+        let socks5 = Arc::new(Socks5 {
+            opener: opener.clone(),
+        });
+        let http = Arc::new(HttpProxy { opener });
+        let mut tasks = Vec::new();
+        for listener in self.socks5 {
+            let socks5 = socks5.clone();
+            tasks.push(tokio::spawn(serve_clients(
+                listener,
+                "SOCKS5",
+                move |client| socks5.clone().serve_client(client),
+            )));
+        }
+        for listener in self.http {
+            let http = http.clone();
+            tasks.push(tokio::spawn(serve_clients(
+                listener,
+                "HTTP",
+                move |client| http.clone().serve_client(client),
+            )));
+        }
         RunningProxies(tasks)
+    }
+}
+
+/// Accepts clients on `listener` and serves each with `serve` in a task of its own, at
+/// most [`MAX_CLIENTS`] at once, until this is aborted, which ends every client's task too.
+async fn serve_clients<F, Fut>(listener: TcpListener, proxy: &'static str, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "{proxy} proxy listening");
+    }
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut clients = JoinSet::new();
+    loop {
+        // Finished clients' results are collected as new ones come.
+        while clients.try_join_next().is_some() {}
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, peer): (TcpStream, SocketAddr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "{proxy} proxy: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = client.set_nodelay(true);
+        let served = serve(client);
+        clients.spawn(async move {
+            if let Err(error) = served.await {
+                tracing::debug!(%peer, %error, "{proxy} proxy client");
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -2,73 +2,31 @@
 //! RFC 1929's username and password when credentials are configured.
 //!
 //! The protocol is `tundns-proxy`'s; this is its driver: a task per client that reads
-//! the handshake within a deadline, resolves names through tundns's resolver, opens the
-//! connection through the [`TunnelStack`] and relays bytes both ways.
+//! the handshake within a deadline, opens the connection through the tunnel with the
+//! [`Opener`] and relays bytes both ways.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tundns_netstack::ConnectFailure;
+use tokio::net::TcpStream;
 use tundns_proxy::socks5::{self, Command, Header, Reply};
-use tundns_proxy::{Credentials, Destination};
 
-use super::lookup::{self, LookupError};
-use super::tunnel_stack::{OpenError, TunnelStack, TunnelStream};
-use crate::dns::proxy::DnsProxy;
+use super::open::Opener;
 
 /// How long a client may take to greet, authenticate and ask.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients served at once; more wait for a slot.
-const MAX_CLIENTS: usize = 2048;
 
 /// What every SOCKS5 client's task shares.
 pub struct Socks5 {
-    pub stack: TunnelStack,
-    /// Names are resolved here; without the DNS proxy, only addresses can be asked for.
-    pub resolver: Option<Arc<DnsProxy>>,
-    /// Every peer's AllowedIPs: a destination outside all of them is unreachable.
-    pub allowed_ips: Vec<IpNet>,
-    pub credentials: Option<Credentials>,
+    pub opener: Arc<Opener>,
 }
 
 impl Socks5 {
-    /// Serves `listener` until the task is aborted, which ends every client's task too.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-        let mut clients = JoinSet::new();
-        loop {
-            // Finished clients' results are collected as new ones come.
-            while clients.try_join_next().is_some() {}
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (client, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::debug!(%error, "SOCKS5 accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let server = self.clone();
-            clients.spawn(async move {
-                if let Err(error) = server.serve_client(client).await {
-                    tracing::debug!(%peer, %error, "SOCKS5 client");
-                }
-                drop(permit);
-            });
-        }
-    }
-
-    async fn serve_client(&self, mut client: TcpStream) -> io::Result<()> {
-        client.set_nodelay(true)?;
+    /// Serves one client: handshake, CONNECT, then bytes both ways until either side ends.
+    pub async fn serve_client(self: Arc<Self>, mut client: TcpStream) -> io::Result<()> {
         let request =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut client)).await {
                 Ok(result) => result?,
@@ -80,7 +38,7 @@ impl Socks5 {
         if request.command != Command::Connect {
             return refuse(&mut client, Reply::CommandNotSupported).await;
         }
-        let mut tunnel = match self.open(&request.destination).await {
+        let mut tunnel = match self.opener.open(&request.destination).await {
             Ok(stream) => stream,
             Err(reply) => return refuse(&mut client, reply).await,
         };
@@ -108,12 +66,13 @@ impl Socks5 {
         let Ok(greeting) = greeting else {
             return Ok(None);
         };
-        let method = greeting.select(self.credentials.is_some());
+        let method = greeting.select(self.opener.credentials.is_some());
         client.write_all(&socks5::method_selection(method)).await?;
         match method {
             None => return Ok(None),
             Some(socks5::Method::UsernamePassword) => {
                 let credentials = self
+                    .opener
                     .credentials
                     .as_ref()
                     .expect("selected with credentials");
@@ -145,51 +104,6 @@ impl Socks5 {
             Ok(request) => Ok(Some((request, buffer))),
             Err(reply) => refuse(client, reply).await.map(|()| None),
         }
-    }
-
-    /// A connection through the tunnel to `destination`, or the reply that says why not.
-    async fn open(&self, destination: &Destination) -> Result<TunnelStream, Reply> {
-        let candidates = match destination {
-            Destination::Addr(addr) => vec![*addr],
-            Destination::Name { name, port } => {
-                let resolver = self.resolver.as_ref().ok_or(Reply::HostUnreachable)?;
-                lookup::resolve(resolver, name, *port)
-                    .await
-                    .map_err(|error| match error {
-                        LookupError::Blocked => Reply::NotAllowed,
-                        LookupError::NoAddress | LookupError::Failed => Reply::HostUnreachable,
-                    })?
-            }
-        };
-        let mut reply = Reply::NetworkUnreachable;
-        for candidate in candidates {
-            if !self
-                .allowed_ips
-                .iter()
-                .any(|net| net.contains(&candidate.ip()))
-            {
-                continue;
-            }
-            match self.stack.connect(candidate).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) => reply = reply_for(error),
-            }
-        }
-        Err(reply)
-    }
-}
-
-/// The SOCKS5 reply for a connection that could not be opened.
-fn reply_for(error: OpenError) -> Reply {
-    match error {
-        OpenError::Failed(ConnectFailure::Refused) => Reply::ConnectionRefused,
-        OpenError::Failed(ConnectFailure::NetworkUnreachable) => Reply::NetworkUnreachable,
-        OpenError::Failed(ConnectFailure::HostUnreachable) => Reply::HostUnreachable,
-        OpenError::Failed(ConnectFailure::TtlExpired | ConnectFailure::TimedOut) => {
-            Reply::TtlExpired
-        }
-        OpenError::NoLocalAddress(_) => Reply::NetworkUnreachable,
-        OpenError::TooMany => Reply::GeneralFailure,
     }
 }
 
