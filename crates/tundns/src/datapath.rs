@@ -162,7 +162,7 @@ pub async fn start_wireguard(
     peers: Vec<Peer>,
     tun: &Arc<SyncDevice>,
     mtu: MtuWatcher,
-    proxies: Option<ProxyStack>,
+    proxies: Option<&mut ProxyStack>,
     rules: &Rules,
     stats: &Arc<FilterStats>,
 ) -> Result<WireGuard, StartError> {
@@ -170,9 +170,9 @@ pub async fn start_wireguard(
         .map_err(|error| StartError::Uapi(error.to_string()))?;
     let mut sender = FilteredTunSender::new(tun.clone(), rules, stats.clone());
     let mut second_source = None;
-    if let Some(proxies) = proxies {
-        sender = sender.with_tap(proxies.tap);
-        second_source = Some(proxies.packets);
+    if let Some((tap, packets)) = proxies.and_then(ProxyStack::packet_paths) {
+        sender = sender.with_tap(tap);
+        second_source = Some(packets);
     }
     let mut builder = DeviceBuilder::new()
         .with_udp(GsoUdpFactory::default())

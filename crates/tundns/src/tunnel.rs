@@ -137,12 +137,19 @@ impl Tunnel {
         }
 
         let mtu = datapath::watch_mtu(&tun, config.interface.mtu);
-        let proxy_stack = proxies
+        let mut proxy_stack = proxies
             .as_ref()
             .map(|_| ProxyStack::new(config, mtu.clone()));
-        let proxy_connections = proxy_stack.as_ref().map(|stack| stack.stack.clone());
-        let started =
-            datapath::start_wireguard(config, peers, &tun, mtu, proxy_stack, &rules, &stats).await;
+        let started = datapath::start_wireguard(
+            config,
+            peers,
+            &tun,
+            mtu,
+            proxy_stack.as_mut(),
+            &rules,
+            &stats,
+        )
+        .await;
         let device = match started {
             Ok(device) => device,
             Err(error) => {
@@ -164,7 +171,7 @@ impl Tunnel {
             observability: None,
             proxies: None,
         };
-        if let (Some(claimed), Some(stack)) = (proxies, proxy_connections) {
+        if let (Some(claimed), Some(stack)) = (proxies, &proxy_stack) {
             tunnel.proxies = Some(claimed.serve(config, stack, proxy.clone()));
         }
         match observability.start(proxy.clone(), stats, &tunnel.name) {

@@ -427,3 +427,59 @@ fn the_http_proxy_asks_for_credentials_when_configured() {
     let run = curl_via_http_proxy(&lab, &["-U", "alice:s3cret"], &url);
     assert_eq!(run.stdout, "ok\n\n200");
 }
+
+/// A SOCKS5 UDP client: associates, sends `payload` to each destination (`name:port` or
+/// `ip:port`) through the relay, and prints each answer's source and payload.
+const UDP_CLIENT: &str = r#"
+import socket, struct, sys
+tcp = socket.create_connection(("127.0.0.1", 1080), timeout=10)
+tcp.sendall(b"\x05\x01\x00"); assert tcp.recv(2) == b"\x05\x00"
+tcp.sendall(b"\x05\x03\x00\x01" + bytes(4) + bytes(2))
+reply = tcp.recv(10)
+assert reply[1] == 0, reply
+relay = (socket.inet_ntoa(reply[4:8]), struct.unpack(">H", reply[8:10])[0])
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.settimeout(5)
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        address = b"\x01" + socket.inet_aton(host)
+    except OSError:
+        address = b"\x03" + bytes([len(host)]) + host.encode()
+    udp.sendto(b"\x00\x00\x00" + address + struct.pack(">H", int(port)) + b"ping " + target.encode(), relay)
+    answer = udp.recv(2048)
+    if answer[3] == 1:
+        source, rest = socket.inet_ntoa(answer[4:8]), answer[8:]
+    else:
+        source, rest = "[" + socket.inet_ntop(socket.AF_INET6, answer[4:20]) + "]", answer[20:]
+    print(source + ":" + str(struct.unpack(">H", rest[:2])[0]), rest[2:].decode())
+"#;
+
+#[test]
+fn udp_associate_relays_datagrams_through_the_tunnel() {
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_udp", "ok\n", None) else {
+        return;
+    };
+    // Dual-stack: a name with both A and AAAA records is sent to its IPv6 address first.
+    let echo = "import socket\n\
+                s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+                s.bind(('::', 5301))\n\
+                while True:\n\
+                \x20   data, peer = s.recvfrom(2048); s.sendto(data, peer)";
+    lab.spawn_daemon_in(&lab.network_ns, "udp echo", &["python3", "-c", echo]);
+    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
+        .assert_success();
+    let by_address = format!("{PEER_TUNNEL_V4}:5301");
+    let by_name = format!("{WEB_NAME}:5301");
+    let run = lab.exec_in(
+        &lab.client_ns,
+        &["python3", "-c", UDP_CLIENT, &by_address, &by_name],
+    );
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "{PEER_TUNNEL_V4}:5301 ping {by_address}\n[{PEER_TUNNEL_V6}]:5301 ping {by_name}\n"
+        )
+    );
+}

@@ -9,8 +9,10 @@
 pub mod http;
 pub mod lookup;
 pub mod open;
+pub mod ports;
 pub mod socks5;
 pub mod tunnel_stack;
+pub mod udp_relay;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -31,8 +33,10 @@ use tundns_proxy::Credentials;
 use crate::dns::proxy::DnsProxy;
 use http::HttpProxy;
 use open::Opener;
+use ports::PortSet;
 use socks5::Socks5;
 use tunnel_stack::{StackIo, TunnelStack, proxy_limits};
+use udp_relay::UdpRelay;
 
 /// Packets of the stack waiting for WireGuard.
 const OUTBOUND_QUEUE: usize = 4096;
@@ -95,7 +99,7 @@ impl ClaimedProxies {
     pub fn serve(
         self,
         config: &Config,
-        stack: TunnelStack,
+        stack: &ProxyStack,
         resolver: Option<Arc<DnsProxy>>,
     ) -> RunningProxies {
         let allowed_ips: Vec<IpNet> = config
@@ -104,7 +108,8 @@ impl ClaimedProxies {
             .flat_map(|peer| peer.allowed_ips.iter().copied())
             .collect();
         let opener = Arc::new(Opener {
-            stack,
+            stack: stack.stack.clone(),
+            udp: stack.udp.clone(),
             resolver,
             allowed_ips,
             credentials: self.credentials,
@@ -182,12 +187,13 @@ fn read_credentials(file: &Path) -> Result<Credentials, CredentialsFileError> {
     Credentials::parse(&text).map_err(CredentialsFileError::Line)
 }
 
-/// The proxies' userspace stack and its two packet paths: the tap that takes its packets
-/// from the tunnel's writer, and the channel gotatun reads its packets from.
+/// The proxies' userspace stack and UDP relay, and their two packet paths: the tap that
+/// takes their packets from the tunnel's writer, and the channel gotatun reads their
+/// packets from (given to WireGuard with [`ProxyStack::packet_paths`]).
 pub struct ProxyStack {
     pub stack: TunnelStack,
-    pub tap: Arc<dyn InboundTap>,
-    pub packets: IpChannelRx,
+    pub udp: Arc<UdpRelay>,
+    paths: Option<(Arc<dyn InboundTap>, IpChannelRx)>,
 }
 
 impl ProxyStack {
@@ -196,17 +202,29 @@ impl ProxyStack {
         let local_ips: Vec<IpAddr> = config.interface.addresses.iter().map(IpNet::addr).collect();
         let (outbound, packets) = ip_channel(OUTBOUND_QUEUE, mtu);
         let (inbound_tx, inbound) = TunnelStack::inbound_channel();
+        let ports = Arc::new(PortSet::default());
+        let udp = Arc::new(UdpRelay::new(
+            local_ips.clone(),
+            ports.clone(),
+            outbound.clone(),
+        ));
         let stack = TunnelStack::spawn(
             local_ips,
+            ports,
             proxy_limits(config.interface.mtu),
             StackIo { inbound, outbound },
         );
-        let tap = stack.tap(inbound_tx);
+        let tap = stack.tap(inbound_tx, udp.clone());
         Self {
             stack,
-            tap,
-            packets,
+            udp,
+            paths: Some((tap, packets)),
         }
+    }
+
+    /// The tap and the packet channel, for WireGuard's start; taken once.
+    pub fn packet_paths(&mut self) -> Option<(Arc<dyn InboundTap>, IpChannelRx)> {
+        self.paths.take()
     }
 }
 

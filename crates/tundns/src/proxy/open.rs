@@ -2,6 +2,7 @@
 //! resolved by tundns's resolver, each address checked against the peers' AllowedIPs,
 //! then tried through the tunnel in happy-eyeballs order.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -11,11 +12,14 @@ use tundns_proxy::{Credentials, Destination};
 
 use super::lookup::{self, LookupError};
 use super::tunnel_stack::{OpenError, TunnelStack, TunnelStream};
+use super::udp_relay::UdpRelay;
 use crate::dns::proxy::DnsProxy;
 
 /// What every proxy needs to open connections and to admit clients.
 pub struct Opener {
     pub stack: TunnelStack,
+    /// Where UDP associations get their port and their way into the tunnel.
+    pub udp: Arc<UdpRelay>,
     /// Names are resolved here; without the DNS proxy, only addresses can be asked for.
     pub resolver: Option<Arc<DnsProxy>>,
     /// Every peer's AllowedIPs: a destination outside all of them is unreachable.
@@ -28,6 +32,18 @@ impl Opener {
     /// A connection through the tunnel to `destination`, or the SOCKS5 reply that says
     /// why not (the HTTP proxy turns it into a status).
     pub async fn open(&self, destination: &Destination) -> Result<TunnelStream, Reply> {
+        let mut reply = Reply::NetworkUnreachable;
+        for candidate in self.reachable(destination).await? {
+            match self.stack.connect(candidate).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => reply = reply_for(error),
+            }
+        }
+        Err(reply)
+    }
+
+    /// The addresses of `destination` the tunnel reaches, in the order to try them.
+    pub async fn reachable(&self, destination: &Destination) -> Result<Vec<SocketAddr>, Reply> {
         let candidates = match destination {
             Destination::Addr(addr) => vec![*addr],
             Destination::Name { name, port } => {
@@ -40,21 +56,18 @@ impl Opener {
                     })?
             }
         };
-        let mut reply = Reply::NetworkUnreachable;
-        for candidate in candidates {
-            if !self
-                .allowed_ips
-                .iter()
-                .any(|net| net.contains(&candidate.ip()))
-            {
-                continue;
-            }
-            match self.stack.connect(candidate).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) => reply = reply_for(error),
-            }
+        let reachable: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|candidate| {
+                self.allowed_ips
+                    .iter()
+                    .any(|net| net.contains(&candidate.ip()))
+            })
+            .collect();
+        if reachable.is_empty() {
+            return Err(Reply::NetworkUnreachable);
         }
-        Err(reply)
+        Ok(reachable)
     }
 }
 

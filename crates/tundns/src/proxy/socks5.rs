@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tundns_proxy::socks5::{self, Command, Header, Reply};
 
 use super::open::Opener;
@@ -25,7 +25,8 @@ pub struct Socks5 {
 }
 
 impl Socks5 {
-    /// Serves one client: handshake, CONNECT, then bytes both ways until either side ends.
+    /// Serves one client: the handshake, then a CONNECT's bytes both ways until either
+    /// side ends, or a UDP association for as long as the client's connection lasts.
     pub async fn serve_client(self: Arc<Self>, mut client: TcpStream) -> io::Result<()> {
         let request =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut client)).await {
@@ -35,8 +36,10 @@ impl Socks5 {
         let Some((request, early_data)) = request else {
             return Ok(());
         };
-        if request.command != Command::Connect {
-            return refuse(&mut client, Reply::CommandNotSupported).await;
+        match request.command {
+            Command::Connect => {}
+            Command::UdpAssociate => return self.associate(client).await,
+            Command::Bind => return refuse(&mut client, Reply::CommandNotSupported).await,
         }
         let mut tunnel = match self.opener.open(&request.destination).await {
             Ok(stream) => stream,
@@ -50,6 +53,56 @@ impl Socks5 {
         tunnel.write_all(&early_data).await?;
         tokio::io::copy_bidirectional(&mut client, &mut tunnel).await?;
         Ok(())
+    }
+
+    /// UDP ASSOCIATE (RFC 1928 §7): a relay socket on the address the client reached,
+    /// taking datagrams from the client's address only, for as long as the client's TCP
+    /// connection stays open.
+    async fn associate(&self, mut client: TcpStream) -> io::Result<()> {
+        let Some(mut association) = self.opener.udp.associate() else {
+            return refuse(&mut client, Reply::GeneralFailure).await;
+        };
+        let client_ip = client.peer_addr()?.ip();
+        let relay = UdpSocket::bind(SocketAddr::new(client.local_addr()?.ip(), 0)).await?;
+        client
+            .write_all(socks5::reply(Reply::Succeeded, relay.local_addr()?).as_bytes())
+            .await?;
+        // The client's own UDP address, learnt from its first datagram.
+        let mut client_udp: Option<SocketAddr> = None;
+        let mut datagram = vec![0u8; 65536];
+        let mut control = [0u8; 64];
+        loop {
+            tokio::select! {
+                // The end of the control connection ends the association.
+                read = client.read(&mut control) => match read {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => continue,
+                },
+                received = relay.recv_from(&mut datagram) => {
+                    let (len, from) = received?;
+                    if from.ip() != client_ip || client_udp.is_some_and(|known| known != from) {
+                        continue;
+                    }
+                    let Ok(parsed) = socks5::parse_udp_datagram(&datagram[..len]) else {
+                        continue;
+                    };
+                    // Names and AllowedIPs as for CONNECT; a datagram that cannot go is
+                    // dropped, as UDP may drop it.
+                    let Ok(reachable) = self.opener.reachable(&parsed.destination).await else {
+                        continue;
+                    };
+                    client_udp = Some(from);
+                    let _ = association.send(reachable[0], parsed.payload);
+                }
+                inbound = association.recv() => {
+                    let Some(inbound) = inbound else { return Ok(()) };
+                    let Some(to) = client_udp else { continue };
+                    let mut reply = socks5::write_udp_header(inbound.from).as_bytes().to_vec();
+                    reply.extend_from_slice(&inbound.payload);
+                    relay.send_to(&reply, to).await?;
+                }
+            }
+        }
     }
 
     /// Greeting, authentication and request, and the bytes that came behind the request;

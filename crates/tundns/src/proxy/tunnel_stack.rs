@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -26,10 +24,8 @@ use tokio::sync::{Notify, mpsc};
 use tundns_filter::InboundTap;
 use tundns_netstack::{ConnectFailure, ConnectionId, Error, Event, Limits, TcpStack};
 
-/// Local ports of the stack's connections: above Linux's default ephemeral range
-/// (`net.ipv4.ip_local_port_range`, 32768–60999), so that the host's own connections
-/// from the interface address never collide with the stack's.
-pub const LOCAL_PORTS: RangeInclusive<u16> = 61000..=65535;
+use super::ports::{LOCAL_PORTS, PortSet};
+use super::udp_relay::UdpRelay;
 
 /// Packets from the tunnel waiting for the stack's task.
 const INBOUND_QUEUE: usize = 4096;
@@ -74,43 +70,6 @@ struct Shared {
     ports: Arc<PortSet>,
 }
 
-/// Ports of [`LOCAL_PORTS`] in use, readable without a lock by the tunnel's writer.
-struct PortSet {
-    bits: Vec<AtomicU64>,
-}
-
-impl PortSet {
-    fn new() -> Self {
-        let ports = usize::from(LOCAL_PORTS.end() - LOCAL_PORTS.start()) + 1;
-        Self {
-            bits: (0..ports.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// The word and bit of `port`, if it is one of [`LOCAL_PORTS`].
-    fn slot(&self, port: u16) -> Option<(&AtomicU64, u64)> {
-        let index = usize::from(port.checked_sub(*LOCAL_PORTS.start())?);
-        Some((self.bits.get(index / 64)?, 1 << (index % 64)))
-    }
-
-    /// Takes `port` if it is free.
-    fn claim(&self, port: u16) -> bool {
-        self.slot(port)
-            .is_some_and(|(word, bit)| word.fetch_or(bit, Ordering::AcqRel) & bit == 0)
-    }
-
-    fn release(&self, port: u16) {
-        if let Some((word, bit)) = self.slot(port) {
-            word.fetch_and(!bit, Ordering::AcqRel);
-        }
-    }
-
-    fn contains(&self, port: u16) -> bool {
-        self.slot(port)
-            .is_some_and(|(word, bit)| word.load(Ordering::Acquire) & bit != 0)
-    }
-}
-
 struct State {
     stack: TcpStack,
     connections: HashMap<ConnectionId, Connection>,
@@ -145,7 +104,7 @@ pub struct StackIo {
 impl TunnelStack {
     /// A stack opening connections from `local_ips` (the interface addresses), driven by
     /// a task spawned here, and the tap that diverts the tunnel's packets to it.
-    pub fn spawn(local_ips: Vec<IpAddr>, limits: Limits, io: StackIo) -> Self {
+    pub fn spawn(local_ips: Vec<IpAddr>, ports: Arc<PortSet>, limits: Limits, io: StackIo) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stack: TcpStack::new(limits),
@@ -154,7 +113,7 @@ impl TunnelStack {
             }),
             work: Arc::new(Notify::new()),
             local_ips,
-            ports: Arc::new(PortSet::new()),
+            ports,
         });
         tokio::spawn(drive(Arc::downgrade(&shared), shared.work.clone(), io));
         Self { shared }
@@ -209,12 +168,14 @@ impl TunnelStack {
     }
 
     /// The tap to give the tunnel's writer: it takes the packets of this stack's
-    /// connections and queues them for the task.
-    pub fn tap(&self, inbound: mpsc::Sender<Vec<u8>>) -> Arc<dyn InboundTap> {
+    /// connections and queues them for the task, and gives `udp` the datagrams of its
+    /// associations.
+    pub fn tap(&self, inbound: mpsc::Sender<Vec<u8>>, udp: Arc<UdpRelay>) -> Arc<dyn InboundTap> {
         Arc::new(StackTap {
             local_ips: self.shared.local_ips.clone(),
             ports: self.shared.ports.clone(),
             inbound,
+            udp,
         })
     }
 
@@ -393,10 +354,14 @@ struct StackTap {
     local_ips: Vec<IpAddr>,
     ports: Arc<PortSet>,
     inbound: mpsc::Sender<Vec<u8>>,
+    udp: Arc<UdpRelay>,
 }
 
 impl InboundTap for StackTap {
     fn take(&self, packet: &[u8]) -> bool {
+        if self.udp.take(packet) {
+            return true;
+        }
         let ours = tundns_netstack::local_tcp_port(packet, &self.local_ips)
             .is_some_and(|port| self.ports.contains(port));
         if !ours {

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Download throughput through tundns's SOCKS5 proxy (issue 12), against the same download
+# through the kernel's route over the same tunnel, alternating, in one run:
+#   direct   nc in C -> N's tunnel address, routed by C's kernel into tundns's TUN
+#   socks5   nc -X 5 in C -> tundns's SOCKS5 proxy on C's loopback -> tundns's userspace
+#            stack -> WireGuard (no route involved)
+# A sender in N (Python) writes SIZE_MB megabytes of a counting pattern on each connection and
+# closes; the receiving end checks the SHA-256 of what arrived against the sender's. For each
+# run: Gbit/s and tundns's CPU-seconds per GB (utime + stime from /proc/PID/stat). Everything
+# runs in throwaway namespaces (lab/lib.sh), torn down on exit.
+#
+# Usage: bench/proxy-throughput.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
+# Env:   SIZE_MB (default 1000, at most 4000), ROUNDS (default 3, at most 9)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib.sh
+source "$ROOT/bench/lib.sh"
+
+SIZE_MB=${SIZE_MB:-1000}
+ROUNDS=${ROUNDS:-3}
+((SIZE_MB >= 1 && SIZE_MB <= 4000)) || lab_die "SIZE_MB must be 1..4000"
+((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
+PORT=5400
+
+lab_require_tools ip wg wireguard-go unbound nc python3 sha256sum
+lab_init tdpx
+lab_network
+lab_peer_network
+LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080' lab_start_tundns "$TUNDNS_BIN"
+
+pattern="bytes(range(256)) * 4096"   # 1 MiB
+lab_spawn "$LAB_N" sender python3 -c "
+import socket
+srv = socket.create_server(('$LAB_PEER_TUNNEL_V4', $PORT))
+block = $pattern
+while True:
+    c, _ = srv.accept()
+    try:
+        for _ in range($SIZE_MB):
+            c.sendall(block)
+    except OSError:
+        pass
+    c.close()
+"
+expected=$(python3 -c "import sys; [sys.stdout.buffer.write($pattern) for _ in range($SIZE_MB)]" | sha256sum)
+lab_wait 10 ip netns exec "$LAB_N" python3 -c \
+    "import socket; socket.create_connection(('$LAB_PEER_TUNNEL_V4', $PORT), timeout=1)" ||
+    lab_die "the sender in N did not start: $(cat "$LAB_DIR/sender.log")"
+
+declare -A gbits cpu
+# measure PATH: one download over PATH; appends Gbit/s and CPU-s/GB.
+measure() {
+    local path=$1 via=() before after start end got
+    [[ $path == socks5 ]] && via=(-X 5 -x 127.0.0.1:1080)
+    before=$(bench_cpu_ticks "$LAB_TUNDNS_PID")
+    start=$(date +%s.%N)
+    got=$(timeout 300 ip netns exec "$LAB_C" sh -c \
+        "nc -N ${via[*]} $LAB_PEER_TUNNEL_V4 $PORT </dev/null | sha256sum")
+    end=$(date +%s.%N)
+    after=$(bench_cpu_ticks "$LAB_TUNDNS_PID")
+    [[ $got == "$expected" ]] || lab_die "the download over $path arrived changed or short"
+    read -r rate cost < <(awk -v b=$((SIZE_MB * 1048576)) -v t0="$start" -v t1="$end" \
+        -v c=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" \
+        'BEGIN { printf "%.3f %.2f\n", b * 8 / (t1 - t0) / 1e9, c / hz / (b / 1e9) }')
+    gbits[$path]+="$rate "
+    cpu[$path]+="$cost "
+    printf '  %-7s %8.2f Gbit/s %6.2f CPU-s/GB of tundns (SHA-256 checked)\n' "$path" "$rate" "$cost" >&2
+}
+
+lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of a $SIZE_MB MiB download each way"
+load_start=$(bench_load)
+for ((round = 1; round <= ROUNDS; round++)); do
+    mapfile -t order < <(bench_round_order "$round" direct socks5)
+    for path in "${order[@]}"; do measure "$path"; done
+done
+median() { printf '%s\n' $1 | bench_median; }
+printf '\nmedian of %d rounds, %d MiB each:\n' "$ROUNDS" "$SIZE_MB"
+for path in direct socks5; do
+    printf '%-8s %8.2f Gbit/s %6.2f CPU-s/GB   (runs: %s; %s)\n' "$path" "$(median "${gbits[$path]}")" \
+        "$(median "${cpu[$path]}")" "${gbits[$path]% }" "${cpu[$path]% }"
+done
+ratio=$(bench_ratio "$(median "${gbits[socks5]}")" "$(median "${gbits[direct]}")")
+printf 'throughput, SOCKS5 / kernel route = %s (goal >= 0.8: %s)\n' "$ratio" "$(bench_verdict "$ratio" '>=' 0.8)"
+printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$(bench_load)"

@@ -1,0 +1,164 @@
+//! UDP for the proxies (SOCKS5's UDP ASSOCIATE): each association holds a local port on
+//! the interface address; datagrams leave from it as IP packets built here and handed to
+//! WireGuard, and datagrams to it are taken from the tunnel before the TUN.
+//!
+//! UDP needs no stack: a datagram is one packet each way, so the relay builds and parses
+//! them with `tundns-packet`, and fragments are not reassembled (like most relays, it
+//! carries datagrams up to the tunnel's MTU).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use gotatun::packet::{Ip, Packet};
+use tokio::sync::mpsc;
+use tundns_packet::udp::{udp_headers_len, write_udp_headers};
+use tundns_packet::{IpView, Transport};
+
+use super::ports::{LOCAL_PORTS, PortSet};
+
+/// Datagrams waiting for an association's task.
+const ASSOCIATION_QUEUE: usize = 256;
+/// Associations at once.
+const MAX_ASSOCIATIONS: usize = 512;
+
+/// A datagram from the tunnel for an association.
+pub struct Inbound {
+    pub from: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// The associations and their way into and out of the tunnel.
+pub struct UdpRelay {
+    local_ips: Vec<IpAddr>,
+    ports: Arc<PortSet>,
+    outbound: mpsc::Sender<Packet<Ip>>,
+    associations: Mutex<HashMap<u16, mpsc::Sender<Inbound>>>,
+    next_port: AtomicU16,
+}
+
+impl UdpRelay {
+    /// A relay on the interface addresses `local_ips`, sending into `outbound`.
+    pub fn new(
+        local_ips: Vec<IpAddr>,
+        ports: Arc<PortSet>,
+        outbound: mpsc::Sender<Packet<Ip>>,
+    ) -> Self {
+        Self {
+            local_ips,
+            ports,
+            outbound,
+            associations: Mutex::new(HashMap::new()),
+            next_port: AtomicU16::new(*LOCAL_PORTS.end()),
+        }
+    }
+
+    /// A new association on a free local port; `None` when all are taken.
+    pub fn associate(self: &Arc<Self>) -> Option<Association> {
+        let mut associations = self.lock();
+        if associations.len() >= MAX_ASSOCIATIONS {
+            return None;
+        }
+        let count = usize::from(LOCAL_PORTS.end() - LOCAL_PORTS.start()) + 1;
+        // Counting down from the top, away from the TCP connections counting up.
+        let port = (0..count).find_map(|_| {
+            let port = self.next_port.fetch_sub(1, Ordering::Relaxed);
+            let port = if LOCAL_PORTS.contains(&port) {
+                port
+            } else {
+                self.next_port.store(*LOCAL_PORTS.end(), Ordering::Relaxed);
+                *LOCAL_PORTS.end()
+            };
+            self.ports.claim(port).then_some(port)
+        })?;
+        let (sender, inbound) = mpsc::channel(ASSOCIATION_QUEUE);
+        associations.insert(port, sender);
+        Some(Association {
+            relay: self.clone(),
+            port,
+            inbound,
+        })
+    }
+
+    /// Takes `packet` from the tunnel if it is a datagram to an association's port.
+    pub fn take(&self, packet: &[u8]) -> bool {
+        let Ok(ip) = IpView::parse(packet) else {
+            return false;
+        };
+        let Some(Transport::Udp(udp)) = ip.transport() else {
+            return false;
+        };
+        if !self.local_ips.contains(&ip.dst()) || !self.ports.contains(udp.dst_port()) {
+            return false;
+        }
+        let associations = self.lock();
+        let Some(association) = associations.get(&udp.dst_port()) else {
+            return false;
+        };
+        // Dropped when the association lags this far behind, as UDP may be.
+        let _ = association.try_send(Inbound {
+            from: SocketAddr::new(ip.src(), udp.src_port()),
+            payload: udp.payload().to_vec(),
+        });
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, mpsc::Sender<Inbound>>> {
+        self.associations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One association: its port, and the datagrams that arrive for it.
+pub struct Association {
+    relay: Arc<UdpRelay>,
+    port: u16,
+    inbound: mpsc::Receiver<Inbound>,
+}
+
+/// Why a datagram was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no interface address of the destination's family")]
+    NoLocalAddress,
+    #[error("too large for one packet")]
+    TooLarge,
+}
+
+impl Association {
+    /// Sends `payload` to `to` through the tunnel. A full queue drops it, as UDP may.
+    pub fn send(&self, to: SocketAddr, payload: &[u8]) -> Result<(), SendError> {
+        let local_ip = self
+            .relay
+            .local_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == to.is_ipv4())
+            .ok_or(SendError::NoLocalAddress)?;
+        let from = SocketAddr::new(*local_ip, self.port);
+        let offset = udp_headers_len(&to);
+        let mut buf = BytesMut::zeroed(offset + payload.len());
+        buf[offset..].copy_from_slice(payload);
+        let len = write_udp_headers(&mut buf, from, to, payload.len())
+            .map_err(|_| SendError::TooLarge)?;
+        buf.truncate(len);
+        if let Ok(packet) = Packet::from_bytes(buf).try_into_ip() {
+            let _ = self.relay.outbound.try_send(packet);
+        }
+        Ok(())
+    }
+
+    /// The next datagram from the tunnel; `None` once the relay is gone.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.inbound.recv().await
+    }
+}
+
+impl Drop for Association {
+    fn drop(&mut self) {
+        self.relay.lock().remove(&self.port);
+        self.relay.ports.release(self.port);
+    }
+}
