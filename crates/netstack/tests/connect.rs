@@ -79,6 +79,18 @@ impl Pair {
             .unwrap()
     }
 
+    /// A connection from 10.99.0.2:61000 to the server listening on 10.99.0.1:80, once
+    /// both ends have it: the client's id and the server's.
+    fn established(&mut self) -> (ConnectionId, ConnectionId) {
+        self.server.listen("10.99.0.1:80".parse().unwrap()).unwrap();
+        let id = self.connect("10.99.0.2:61000", "10.99.0.1:80");
+        assert!(self.run_until(50, |p| {
+            p.outcome(id).is_some() && accepted(&p.server_events).is_some()
+        }));
+        assert_eq!(self.outcome(id), Some(Ok(())));
+        (id, accepted(&self.server_events).unwrap().0)
+    }
+
     fn outcome(&self, id: ConnectionId) -> Option<Result<(), ConnectFailure>> {
         self.client_events.iter().find_map(|event| match *event {
             Event::Connected(connected) if connected == id => Some(Ok(())),
@@ -261,12 +273,7 @@ fn connecting_is_bounded_and_a_used_endpoint_is_refused() {
 #[test]
 fn bytes_left_unread_when_both_sides_finish_are_still_read_before_closed() {
     let mut pair = Pair::new(Limits::default());
-    pair.server.listen("10.99.0.1:80".parse().unwrap()).unwrap();
-    let id = pair.connect("10.99.0.2:61000", "10.99.0.1:80");
-    assert!(pair.run_until(50, |p| {
-        p.outcome(id).is_some() && accepted(&p.server_events).is_some()
-    }));
-    let (server_id, _) = accepted(&pair.server_events).unwrap();
+    let (id, server_id) = pair.established();
     // The client finishes first; the server answers and finishes too, and the client
     // reaches TIME-WAIT before it reads a byte.
     pair.client.shutdown(id);
@@ -362,12 +369,7 @@ fn a_local_endpoint_is_released_once_its_connection_is_gone() {
 
     // Closed after use: released once the FIN exchange is over.
     let mut pair = Pair::new(Limits::default());
-    pair.server.listen("10.99.0.1:80".parse().unwrap()).unwrap();
-    let id = pair.connect("10.99.0.2:61000", "10.99.0.1:80");
-    assert!(pair.run_until(50, |p| {
-        p.outcome(id).is_some() && accepted(&p.server_events).is_some()
-    }));
-    let (server_id, _) = accepted(&pair.server_events).unwrap();
+    let (id, server_id) = pair.established();
     pair.client.close(id);
     assert!(pair.run_until(50, |p| {
         p.server_events.contains(&Event::PeerFinished(server_id))

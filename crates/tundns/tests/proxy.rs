@@ -120,6 +120,15 @@ fn lab_with_proxy(test: &str, page: &str, users: Option<&str>) -> Option<(Lab, D
     Some((lab, tundns))
 }
 
+/// Takes away C's routes to the tunnel's networks: the proxies must not need them, and
+/// nothing else in C can reach N's tunnel addresses without them.
+fn remove_routes_to_the_tunnel(lab: &Lab) {
+    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
+        .assert_success();
+    lab.exec_in(&lab.client_ns, &["ip", "-6", "route", "del", "fd99::/64"])
+        .assert_success();
+}
+
 fn socks_reply(lab: &Lab, request: &str, login: Option<&str>) -> String {
     let mut command = vec!["python3", "-c", SOCKS_CLIENT, request];
     command.extend(login);
@@ -134,12 +143,7 @@ fn curl_fetches_through_the_tunnel_by_name_and_by_address() {
     let Some((lab, _tundns)) = lab_with_proxy("proxy_curl", &page, None) else {
         return;
     };
-    // Without the proxy, C's host has no way to N's tunnel address but the tunnel's route;
-    // the proxy must not need that route at all, so it is taken away.
-    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
-        .assert_success();
-    lab.exec_in(&lab.client_ns, &["ip", "-6", "route", "del", "fd99::/64"])
-        .assert_success();
+    remove_routes_to_the_tunnel(&lab);
     let direct = lab.exec_in(
         &lab.client_ns,
         &[
@@ -337,8 +341,7 @@ fn the_http_proxy_forwards_and_tunnels_through_the_tunnel() {
     let Some((lab, _tundns)) = lab_with_proxy("proxy_http", &page, None) else {
         return;
     };
-    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
-        .assert_success();
+    remove_routes_to_the_tunnel(&lab);
     let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
     // Forwarded in origin form, and through CONNECT (-p).
     for extra in [&[][..], &["-p"][..]] {
@@ -467,8 +470,7 @@ fn udp_associate_relays_datagrams_through_the_tunnel() {
                 while True:\n\
                 \x20   data, peer = s.recvfrom(2048); s.sendto(data, peer)";
     lab.spawn_daemon_in(&lab.network_ns, "udp echo", &["python3", "-c", echo]);
-    lab.exec_in(&lab.client_ns, &["ip", "route", "del", "10.99.0.0/24"])
-        .assert_success();
+    remove_routes_to_the_tunnel(&lab);
     let by_address = format!("{PEER_TUNNEL_V4}:5301");
     let by_name = format!("{WEB_NAME}:5301");
     let run = lab.exec_in(
