@@ -78,7 +78,14 @@ pub fn target(method: &Method, uri: &Uri) -> Result<Target, TargetError> {
     if authority.as_str().contains('@') {
         return Err(TargetError::bad_request("user information in the URL"));
     }
-    let destination = destination(authority, authority.port_u16().unwrap_or(80))?;
+    // A port that is written but is no port (`host:99999`) is refused, not taken as 80;
+    // an empty one (`host:`) is the default (RFC 3986 §3.2.3).
+    let port = match (written_port(authority.as_str()), authority.port_u16()) {
+        (None, _) => 80,
+        (Some(_), Some(port)) => port,
+        (Some(_), None) => return Err(TargetError::bad_request("the port is not a port")),
+    };
+    let destination = destination(authority, port)?;
     let path = uri
         .path_and_query()
         .map_or("/", |path| path.as_str())
@@ -93,6 +100,19 @@ pub fn target(method: &Method, uri: &Uri) -> Result<Target, TargetError> {
         path,
         authority: authority.as_str().to_owned(),
     })
+}
+
+/// The port an authority spells out, if any: what follows the last `:` after the host
+/// (a bracketed IPv6 literal's own colons do not count), when it is not empty.
+fn written_port(authority: &str) -> Option<&str> {
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority,
+    };
+    after_host
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .filter(|port| !port.is_empty())
 }
 
 fn destination(authority: &http::uri::Authority, port: u16) -> Result<Destination, TargetError> {
@@ -137,7 +157,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {
@@ -205,6 +224,7 @@ mod tests {
             "/index.html",
             "https://web.lab.test/",
             "http://user:pw@web.lab.test/",
+            "http://web.lab.test:99999/",
         ] {
             assert!(target(&Method::GET, &uri(bad)).is_err(), "{bad}");
         }

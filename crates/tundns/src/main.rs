@@ -76,6 +76,26 @@ const DEFAULT_LOG_FILTER: &str = "info,gotatun::device::uapi=warn";
 /// Exit status for a config that does not parse, as distinct from a runtime failure.
 const EXIT_CONFIG: u8 = 2;
 
+/// Raises the soft limit on open files to the hard one: each proxied connection holds a
+/// socket, and the default soft limit (1024) would otherwise run out under a browser's load
+/// and take the DNS proxy's upstream sockets with it.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -102,6 +122,7 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,6 +7,8 @@
 //! [`super::open::Opener`] as the SOCKS5 proxy opens its own.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use hyper::header::{HOST, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tundns_proxy::http::{self as proxy_http, PROXY_AUTHENTICATE as CHALLENGE, Target};
 use tundns_proxy::socks5::Reply;
 
@@ -28,6 +32,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Work that outlives a request's answer (a CONNECT tunnel, an origin connection still
+/// sending a body), run by the client's own task so that it counts against the client's
+/// slot and ends with it.
+type Relay = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// What every HTTP proxy client's task shares.
 pub struct HttpProxy {
     pub opener: Arc<Opener>,
@@ -37,20 +46,40 @@ impl HttpProxy {
     /// Serves one client's connection: its requests, one after another (keep-alive),
     /// and its CONNECT tunnels.
     pub async fn serve_client(self: Arc<Self>, client: TcpStream) -> std::io::Result<()> {
+        let (relays, mut relay_queue) = mpsc::unbounded_channel::<Relay>();
         let service = hyper::service::service_fn(move |request| {
-            let proxy = self.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+            let (proxy, relays) = (self.clone(), relays.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(request, &relays).await) }
         });
-        hyper::server::conn::http1::Builder::new()
+        let served = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(client), service)
-            .with_upgrades()
-            .await
-            .map_err(std::io::Error::other)
+            .with_upgrades();
+        // The relays run beside the connection and after it, until the last one ends; the
+        // queue closes with the service, which ends with the connection.
+        let relaying = async {
+            let mut running = JoinSet::new();
+            loop {
+                tokio::select! {
+                    relay = relay_queue.recv() => match relay {
+                        Some(relay) => { running.spawn(relay); }
+                        None => break,
+                    },
+                    Some(_) = running.join_next(), if !running.is_empty() => {}
+                }
+            }
+            while running.join_next().await.is_some() {}
+        };
+        let (served, ()) = tokio::join!(served, relaying);
+        served.map_err(std::io::Error::other)
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        relays: &mpsc::UnboundedSender<Relay>,
+    ) -> Response<ProxyBody> {
         if let Some(credentials) = &self.opener.credentials {
             let login = request
                 .headers()
@@ -70,7 +99,7 @@ impl HttpProxy {
         match proxy_http::target(request.method(), request.uri()) {
             Ok(Target::Tunnel(destination)) => match self.opener.open(&destination).await {
                 Ok(tunnel) => {
-                    tokio::spawn(async move {
+                    let _ = relays.send(Box::pin(async move {
                         let mut tunnel = tunnel;
                         match hyper::upgrade::on(request).await {
                             Ok(upgraded) => {
@@ -80,7 +109,7 @@ impl HttpProxy {
                             }
                             Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
                         }
-                    });
+                    }));
                     status(StatusCode::OK)
                 }
                 Err(reply) => status(status_for(reply)),
@@ -90,7 +119,7 @@ impl HttpProxy {
                 path,
                 authority,
             }) => match self.opener.open(&destination).await {
-                Ok(tunnel) => forward(request, tunnel, &path, &authority).await,
+                Ok(tunnel) => forward(request, tunnel, &path, &authority, relays).await,
                 Err(reply) => status(status_for(reply)),
             },
             Err(error) => status(error.status),
@@ -104,29 +133,32 @@ async fn forward(
     tunnel: super::tunnel_stack::TunnelStream,
     path: &str,
     authority: &str,
+    relays: &mpsc::UnboundedSender<Relay>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     let Ok(uri) = path.parse() else {
         return status(StatusCode::BAD_REQUEST);
     };
     parts.uri = uri;
+    // The proxy speaks its own version to the origin (RFC 9110 §2.5).
+    parts.version = Version::HTTP_11;
     proxy_http::strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(HOST) {
-        let Ok(host) = HeaderValue::from_str(authority) else {
-            return status(StatusCode::BAD_REQUEST);
-        };
-        parts.headers.insert(HOST, host);
-    }
+    // The absolute-form target names the origin; a client's own Host (which could name a
+    // blocked host behind the same address) is replaced (RFC 9112 §3.2.2).
+    let Ok(host) = HeaderValue::from_str(authority) else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    parts.headers.insert(HOST, host);
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake(TokioIo::new(tunnel)).await {
             Ok(pair) => pair,
             Err(_) => return status(StatusCode::BAD_GATEWAY),
         };
-    tokio::spawn(async move {
+    let _ = relays.send(Box::pin(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "HTTP proxy origin connection");
         }
-    });
+    }));
     match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();

@@ -205,6 +205,7 @@ impl ProxyStack {
         let ports = Arc::new(PortSet::default());
         let udp = Arc::new(UdpRelay::new(
             local_ips.clone(),
+            config.interface.mtu,
             ports.clone(),
             outbound.clone(),
         ));

@@ -58,6 +58,9 @@ impl Opener {
         };
         let reachable: Vec<SocketAddr> = candidates
             .into_iter()
+            // An IPv4-mapped IPv6 address is the IPv4 address it maps.
+            .map(|candidate| SocketAddr::new(candidate.ip().to_canonical(), candidate.port()))
+            .filter(is_connectable)
             .filter(|candidate| {
                 self.allowed_ips
                     .iter()
@@ -69,6 +72,15 @@ impl Opener {
         }
         Ok(reachable)
     }
+}
+
+/// A unicast address and a port: where a connection or a datagram can go.
+fn is_connectable(destination: &SocketAddr) -> bool {
+    let ip = destination.ip();
+    destination.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && ip != std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
 }
 
 /// The SOCKS5 reply for a connection that could not be opened.

@@ -12,12 +12,18 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tundns_proxy::Destination;
 use tundns_proxy::socks5::{self, Command, Header, Reply};
 
 use super::open::Opener;
+use super::udp_relay::SendError;
 
 /// How long a client may take to greet, authenticate and ask.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A UDP association with no datagram either way for this long ends.
+const ASSOCIATION_IDLE: Duration = Duration::from_secs(300);
+/// The largest datagram a client may send to the relay (a UDP payload over IPv6).
+const MAX_DATAGRAM: usize = 65536;
 
 /// What every SOCKS5 client's task shares.
 pub struct Socks5 {
@@ -38,7 +44,7 @@ impl Socks5 {
         };
         match request.command {
             Command::Connect => {}
-            Command::UdpAssociate => return self.associate(client).await,
+            Command::UdpAssociate => return self.associate(client, &request.destination).await,
             Command::Bind => return refuse(&mut client, Reply::CommandNotSupported).await,
         }
         let mut tunnel = match self.opener.open(&request.destination).await {
@@ -56,21 +62,29 @@ impl Socks5 {
     }
 
     /// UDP ASSOCIATE (RFC 1928 §7): a relay socket on the address the client reached,
-    /// taking datagrams from the client's address only, for as long as the client's TCP
-    /// connection stays open.
-    async fn associate(&self, mut client: TcpStream) -> io::Result<()> {
+    /// taking datagrams from the client's address only (the port its request named, or the
+    /// one its first datagram came from), for as long as the client's TCP connection stays
+    /// open and datagrams keep moving.
+    async fn associate(&self, mut client: TcpStream, expected: &Destination) -> io::Result<()> {
         let Some(mut association) = self.opener.udp.associate() else {
             return refuse(&mut client, Reply::GeneralFailure).await;
         };
-        let client_ip = client.peer_addr()?.ip();
-        let relay = UdpSocket::bind(SocketAddr::new(client.local_addr()?.ip(), 0)).await?;
+        let client_ip = client.peer_addr()?.ip().to_canonical();
+        let local_ip = client.local_addr()?.ip().to_canonical();
+        let relay = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
         client
             .write_all(socks5::reply(Reply::Succeeded, relay.local_addr()?).as_bytes())
             .await?;
-        // The client's own UDP address, learnt from its first datagram.
-        let mut client_udp: Option<SocketAddr> = None;
-        let mut datagram = vec![0u8; 65536];
+        let mut client_udp = match expected {
+            Destination::Addr(addr) if addr.port() != 0 => {
+                Some(SocketAddr::new(client_ip, addr.port()))
+            }
+            _ => None,
+        };
+        let mut datagram = vec![0u8; MAX_DATAGRAM];
         let mut control = [0u8; 64];
+        let idle = tokio::time::sleep(ASSOCIATION_IDLE);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 // The end of the control connection ends the association.
@@ -78,8 +92,11 @@ impl Socks5 {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(_) => continue,
                 },
+                () = &mut idle => return Ok(()),
                 received = relay.recv_from(&mut datagram) => {
-                    let (len, from) = received?;
+                    // A failed receive costs that datagram, never the association.
+                    let Ok((len, from)) = received else { continue };
+                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                     if from.ip() != client_ip || client_udp.is_some_and(|known| known != from) {
                         continue;
                     }
@@ -92,14 +109,22 @@ impl Socks5 {
                         continue;
                     };
                     client_udp = Some(from);
-                    let _ = association.send(reachable[0], parsed.payload);
+                    idle.as_mut().reset(tokio::time::Instant::now() + ASSOCIATION_IDLE);
+                    // The first address of a family the tunnel has an address of.
+                    for to in reachable {
+                        if association.send(to, parsed.payload) != Err(SendError::NoLocalAddress) {
+                            break;
+                        }
+                    }
                 }
                 inbound = association.recv() => {
                     let Some(inbound) = inbound else { return Ok(()) };
                     let Some(to) = client_udp else { continue };
+                    idle.as_mut().reset(tokio::time::Instant::now() + ASSOCIATION_IDLE);
                     let mut reply = socks5::write_udp_header(inbound.from).as_bytes().to_vec();
                     reply.extend_from_slice(&inbound.payload);
-                    relay.send_to(&reply, to).await?;
+                    // A failed send costs that datagram, never the association.
+                    let _ = relay.send_to(&reply, to).await;
                 }
             }
         }

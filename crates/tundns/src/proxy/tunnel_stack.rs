@@ -229,6 +229,22 @@ impl State {
         Err(OpenError::NoLocalAddress(remote))
     }
 
+    /// Marks every connection gone and wakes whoever waits on one.
+    fn close_all(&mut self) {
+        for connection in self.connections.values_mut() {
+            connection.status = match connection.status {
+                Status::Connecting => Status::Failed(ConnectFailure::NetworkUnreachable),
+                _ => Status::Closed,
+            };
+            for waker in [connection.reader.take(), connection.writer.take()]
+                .into_iter()
+                .flatten()
+            {
+                waker.wake();
+            }
+        }
+    }
+
     /// Records what the stack reported and wakes whoever waits on it.
     fn apply(&mut self, event: Event, ports: &PortSet) {
         let (id, status, wake_reader, wake_writer) = match event {
@@ -311,6 +327,10 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut io: StackIo) {
         tokio::select! {
             received = io.inbound.recv_many(&mut batch, INBOUND_QUEUE) => {
                 if received == 0 {
+                    // The tunnel is gone: no connection will move again.
+                    if let Some(shared) = shared.upgrade() {
+                        shared.lock().close_all();
+                    }
                     return;
                 }
             }

@@ -33,6 +33,8 @@ pub struct Inbound {
 /// The associations and their way into and out of the tunnel.
 pub struct UdpRelay {
     local_ips: Vec<IpAddr>,
+    /// The tunnel's MTU: a datagram whose packet is larger is not sent.
+    mtu: usize,
     ports: Arc<PortSet>,
     outbound: mpsc::Sender<Packet<Ip>>,
     associations: Mutex<HashMap<u16, mpsc::Sender<Inbound>>>,
@@ -43,11 +45,13 @@ impl UdpRelay {
     /// A relay on the interface addresses `local_ips`, sending into `outbound`.
     pub fn new(
         local_ips: Vec<IpAddr>,
+        mtu: u16,
         ports: Arc<PortSet>,
         outbound: mpsc::Sender<Packet<Ip>>,
     ) -> Self {
         Self {
             local_ips,
+            mtu: usize::from(mtu),
             ports,
             outbound,
             associations: Mutex::new(HashMap::new()),
@@ -124,7 +128,7 @@ pub struct Association {
 pub enum SendError {
     #[error("no interface address of the destination's family")]
     NoLocalAddress,
-    #[error("too large for one packet")]
+    #[error("larger than the tunnel's MTU")]
     TooLarge,
 }
 
@@ -139,6 +143,11 @@ impl Association {
             .ok_or(SendError::NoLocalAddress)?;
         let from = SocketAddr::new(*local_ip, self.port);
         let offset = udp_headers_len(&to);
+        // IPv4 packets are sent with Don't Fragment: one larger than the tunnel's MTU
+        // would be lost on the way, so it is refused here.
+        if offset + payload.len() > self.relay.mtu {
+            return Err(SendError::TooLarge);
+        }
         let mut buf = BytesMut::zeroed(offset + payload.len());
         buf[offset..].copy_from_slice(payload);
         let len = write_udp_headers(&mut buf, from, to, payload.len())
