@@ -65,6 +65,16 @@ fn hex(bytes: &[u8]) -> String {
 /// The lab with an HTTP server on N's tunnel addresses serving `page`, and tundns in C
 /// serving SOCKS5 on C's loopback, with a credentials file of `users` if given.
 fn lab_with_proxy(test: &str, page: &str, users: Option<&str>) -> Option<(Lab, Daemon)> {
+    lab_with_proxy_and(test, page, users, Vec::new())
+}
+
+/// As [`lab_with_proxy`], with more `[Interface]` lines.
+fn lab_with_proxy_and(
+    test: &str,
+    page: &str,
+    users: Option<&str>,
+    interface_lines: Vec<String>,
+) -> Option<(Lab, Daemon)> {
     let lab = lab_or_skip(test)?;
     let credentials = users
         .map(|users| {
@@ -100,6 +110,7 @@ fn lab_with_proxy(test: &str, page: &str, users: Option<&str>) -> Option<(Lab, D
             format!("Record = {WEB_NAME} AAAA {PEER_TUNNEL_V6}"),
             format!("Block = {BLOCKED_NAME}"),
         ],
+        interface_lines,
         ..ClientConfig::default()
     };
     let config = format!(
@@ -484,4 +495,47 @@ fn udp_associate_relays_datagrams_through_the_tunnel() {
             "{PEER_TUNNEL_V4}:5301 ping {by_address}\n[{PEER_TUNNEL_V6}]:5301 ping {by_name}\n"
         )
     );
+}
+
+#[test]
+fn with_table_off_only_the_proxies_reach_the_tunnel() {
+    let page = "no routes needed\n";
+    let lines = vec!["Table = off".to_owned()];
+    let Some((lab, _tundns)) = lab_with_proxy_and("proxy_table_off", page, None, lines) else {
+        return;
+    };
+    // tundns adds no route for the peer's AllowedIPs; the kernel's route for the interface
+    // address's own prefix goes too, so that nothing but the proxies reaches the tunnel.
+    let routes = lab.exec_in(&lab.client_ns, &["ip", "route", "show", "10.99.0.0/24"]);
+    assert!(
+        routes
+            .stdout
+            .lines()
+            .all(|route| route.contains("proto kernel")),
+        "Table = off added a route:\n{routes}"
+    );
+    remove_routes_to_the_tunnel(&lab);
+    let direct = lab.exec_in(
+        &lab.client_ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{PEER_TUNNEL_V4}:{WEB_PORT}/"),
+        ],
+    );
+    assert!(
+        !direct.succeeded(),
+        "C reached the tunnel without a route:\n{direct}"
+    );
+    let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
+    for proxy in [&["--socks5-hostname", SOCKS][..], &["-x", HTTP_PROXY][..]] {
+        let mut command = vec!["curl", "-sS", "--max-time", "10"];
+        command.extend_from_slice(proxy);
+        command.push(&url);
+        let run = lab.exec_in(&lab.client_ns, &command);
+        run.assert_success();
+        assert_eq!(run.stdout, page, "{proxy:?}");
+    }
 }
