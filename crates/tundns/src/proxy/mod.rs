@@ -14,10 +14,11 @@ pub mod socks5;
 pub mod tunnel_stack;
 pub mod udp_relay;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gotatun::tun::MtuWatcher;
@@ -41,8 +42,11 @@ use udp_relay::UdpRelay;
 /// Packets of the stack waiting for WireGuard.
 const OUTBOUND_QUEUE: usize = 4096;
 
-/// Clients served at once by one listener; more wait for a slot.
+/// Client connections served at once by all the proxies together; more wait for a slot.
 const MAX_CLIENTS: usize = 2048;
+/// Client connections one address may hold at once (a browser opens many); more are
+/// closed at once, so that one client cannot take every slot.
+const MAX_CLIENTS_PER_ADDRESS: usize = 512;
 
 /// The `[Proxy]` listeners, bound, and the credentials, read: what can fail on the
 /// config's account, done before tundns changes anything.
@@ -118,12 +122,14 @@ impl ClaimedProxies {
             opener: opener.clone(),
         });
         let http = Arc::new(HttpProxy { opener });
+        let slots = Arc::new(ClientSlots::default());
         let mut tasks = Vec::new();
         for listener in self.socks5 {
             let socks5 = socks5.clone();
             tasks.push(tokio::spawn(serve_clients(
                 listener,
                 "SOCKS5",
+                slots.clone(),
                 move |client| socks5.clone().serve_client(client),
             )));
         }
@@ -132,6 +138,7 @@ impl ClaimedProxies {
             tasks.push(tokio::spawn(serve_clients(
                 listener,
                 "HTTP",
+                slots.clone(),
                 move |client| http.clone().serve_client(client),
             )));
         }
@@ -139,22 +146,80 @@ impl ClaimedProxies {
     }
 }
 
-/// Accepts clients on `listener` and serves each with `serve` in a task of its own, at
-/// most [`MAX_CLIENTS`] at once, until this is aborted, which ends every client's task too.
-async fn serve_clients<F, Fut>(listener: TcpListener, proxy: &'static str, serve: F)
-where
+/// The bounds on client connections all the proxies share.
+struct ClientSlots {
+    total: Arc<Semaphore>,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Default for ClientSlots {
+    fn default() -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            per_address: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ClientSlots {
+    /// Counts a connection from `address`; `None` when that address holds its maximum.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        let mut counts = self.lock();
+        let count = counts.entry(address).or_default();
+        if *count >= MAX_CLIENTS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: self.clone(),
+            address,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One address's count for one connection, given back when dropped.
+struct AddressSlot {
+    slots: Arc<ClientSlots>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.lock();
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Accepts clients on `listener` and serves each with `serve` in a task of its own, within
+/// the shared `slots`, until this is aborted, which ends every client's task too.
+async fn serve_clients<F, Fut>(
+    listener: TcpListener,
+    proxy: &'static str,
+    slots: Arc<ClientSlots>,
+    serve: F,
+) where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "{proxy} proxy listening");
     }
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut clients = JoinSet::new();
     loop {
         // Finished clients' results are collected as new ones come.
         while clients.try_join_next().is_some() {}
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let Ok(permit) = slots.total.clone().acquire_owned().await else {
             return;
         };
         let (client, peer): (TcpStream, SocketAddr) = match listener.accept().await {
@@ -165,13 +230,17 @@ where
                 continue;
             }
         };
+        let Some(address_slot) = slots.admit(peer.ip()) else {
+            tracing::debug!(%peer, "{proxy} proxy: too many connections from this address");
+            continue;
+        };
         let _ = client.set_nodelay(true);
         let served = serve(client);
         clients.spawn(async move {
             if let Err(error) = served.await {
                 tracing::debug!(%peer, %error, "{proxy} proxy client");
             }
-            drop(permit);
+            drop((permit, address_slot));
         });
     }
 }
@@ -237,5 +306,31 @@ impl Drop for RunningProxies {
         for task in &self.0 {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_the_client_slots() {
+        let slots = Arc::new(ClientSlots::default());
+        let (one, other): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        let mut held: Vec<AddressSlot> = (0..MAX_CLIENTS_PER_ADDRESS)
+            .map(|_| slots.admit(one).expect("below the bound"))
+            .collect();
+        assert!(slots.admit(one).is_none());
+        assert!(
+            slots.admit(other).is_some(),
+            "another address is not held back"
+        );
+        held.pop();
+        assert!(
+            slots.admit(one).is_some(),
+            "a closed connection frees its slot"
+        );
+        drop(held);
+        assert!(slots.lock().get(&one).is_none_or(|count| *count <= 1));
     }
 }
