@@ -432,6 +432,19 @@ impl TcpStack {
         Ok(read)
     }
 
+    /// Bytes of `id` received and not yet read; 0 for an unknown id.
+    pub fn recv_queue(&self, id: ConnectionId) -> usize {
+        self.slots
+            .get(id.index)
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.connection.as_ref())
+            .map_or(0, |connection| {
+                self.sockets
+                    .get::<tcp::Socket>(connection.socket)
+                    .recv_queue()
+            })
+    }
+
     /// Queues bytes of `data` for sending and returns how many were taken.
     ///
     /// Back-pressure: when the send buffer ([`Limits::tx_buffer`]) is full the

@@ -26,6 +26,7 @@ use tundns_proxy::http::{self as proxy_http, PROXY_AUTHENTICATE as CHALLENGE, Ta
 use tundns_proxy::socks5::Reply;
 
 use super::open::Opener;
+use super::tunnel_stack::relay;
 
 /// How long a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,8 +105,7 @@ impl HttpProxy {
                         match hyper::upgrade::on(request).await {
                             Ok(upgraded) => {
                                 let mut client = TokioIo::new(upgraded);
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                                let _ = relay(&mut client, &mut tunnel).await;
                             }
                             Err(error) => tracing::debug!(%error, "CONNECT upgrade failed"),
                         }

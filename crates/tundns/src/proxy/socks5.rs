@@ -16,6 +16,7 @@ use tundns_proxy::Destination;
 use tundns_proxy::socks5::{self, Command, Header, Reply};
 
 use super::open::Opener;
+use super::tunnel_stack::relay;
 use super::udp_relay::SendError;
 
 /// How long a client may take to greet, authenticate and ask.
@@ -57,7 +58,7 @@ impl Socks5 {
             .await?;
         // What the client sent right behind its request (a TLS ClientHello, say).
         tunnel.write_all(&early_data).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut tunnel).await?;
+        relay(&mut client, &mut tunnel).await?;
         Ok(())
     }
 

@@ -393,6 +393,19 @@ impl InboundTap for StackTap {
     }
 }
 
+/// Relays bytes both ways between a proxy's `client` and `tunnel` until both ends have
+/// finished, in 64 KiB steps: each step is a lock of the stack, so fewer, larger ones cost
+/// less than tokio's default 8 KiB.
+pub async fn relay<C>(client: &mut C, tunnel: &mut TunnelStream) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    const STEP: usize = 64 * 1024;
+    tokio::io::copy_bidirectional_with_sizes(client, tunnel, STEP, STEP)
+        .await
+        .map(drop)
+}
+
 /// A TCP connection through the tunnel, as a byte stream.
 pub struct TunnelStream {
     shared: Arc<Shared>,
@@ -400,16 +413,19 @@ pub struct TunnelStream {
 }
 
 impl TunnelStream {
+    /// Runs `act` on the stack; when it returns `true` beside its result, something moved
+    /// that the task must send (bytes written, a window reopened), and it is woken.
     fn poll_with<T>(
         &self,
         cx: &mut Context<'_>,
-        act: impl FnOnce(&mut State, &mut Context<'_>) -> Poll<io::Result<T>>,
+        act: impl FnOnce(&mut State, &mut Context<'_>) -> (Poll<io::Result<T>>, bool),
     ) -> Poll<io::Result<T>> {
         let mut state = self.shared.lock();
-        let result = act(&mut state, cx);
+        let (result, wake) = act(&mut state, cx);
         drop(state);
-        // Whatever moved (bytes written, a window opened by a read) is the task's to send.
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
         result
     }
 }
@@ -425,31 +441,32 @@ impl AsyncRead for TunnelStream {
         }
         let id = self.id;
         self.poll_with(cx, |state, cx| {
+            // A read from a receive buffer at least half full reopens a window the peer
+            // may be waiting on: the task sends the update at once. Below that, the update
+            // rides on the next ACK, and a read costs no wake-up.
+            let window_was_small = state.stack.recv_queue(id) * 2 >= state.stack.limits().rx_buffer;
             let read = state.stack.read(id, buf.initialize_unfilled());
             let connection = state.connections.get_mut(&id).expect("held by the stream");
-            match (read, connection.status) {
-                (
-                    Ok(0),
-                    Status::Open {
-                        peer_finished: false,
-                    },
-                ) => {
+            let peer_finished = matches!(
+                connection.status,
+                Status::Open {
+                    peer_finished: true
+                }
+            );
+            let result = match read {
+                Ok(0) if matches!(connection.status, Status::Open { .. }) && !peer_finished => {
                     connection.reader = Some(cx.waker().clone());
                     Poll::Pending
                 }
-                (Ok(read), _) => {
+                Ok(read) => {
                     buf.advance(read);
                     Poll::Ready(Ok(()))
                 }
                 // Closed: whatever was buffered has been read.
-                (
-                    Err(_),
-                    Status::Open {
-                        peer_finished: true,
-                    },
-                ) => Poll::Ready(Ok(())),
-                (Err(_), _) => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
-            }
+                Err(_) if peer_finished => Poll::Ready(Ok(())),
+                Err(_) => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+            };
+            (result, window_was_small)
         })
     }
 }
@@ -466,10 +483,10 @@ impl AsyncWrite for TunnelStream {
                 if let Some(connection) = state.connections.get_mut(&id) {
                     connection.writer = Some(cx.waker().clone());
                 }
-                Poll::Pending
+                (Poll::Pending, false)
             }
-            Ok(written) => Poll::Ready(Ok(written)),
-            Err(_) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Ok(written) => (Poll::Ready(Ok(written)), true),
+            Err(_) => (Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())), false),
         })
     }
 
@@ -482,7 +499,7 @@ impl AsyncWrite for TunnelStream {
         let id = self.id;
         self.poll_with(cx, |state, _| {
             state.stack.shutdown(id);
-            Poll::Ready(Ok(()))
+            (Poll::Ready(Ok(())), true)
         })
     }
 }
