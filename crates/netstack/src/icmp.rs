@@ -18,11 +18,10 @@ pub(crate) struct ConnectError {
 /// ICMP's fixed header before the invoking packet (RFC 792, RFC 4443).
 const ICMP_HEADER_LEN: usize = 8;
 
-/// The error `packet` carries, if it is an ICMP or ICMPv6 error whose invoking
+/// The error `view` carries, if it is an ICMP or ICMPv6 error whose invoking
 /// packet is a TCP segment (its IP header and ports are all that is read).
-pub(crate) fn connect_error(packet: &[u8]) -> Option<ConnectError> {
-    let view = IpView::parse(packet).ok()?;
-    let message = packet.get(view.transport_offset()?..)?;
+pub(crate) fn connect_error(view: &IpView<'_>) -> Option<ConnectError> {
+    let message = view.bytes().get(view.transport_offset()?..)?;
     let (&kind, &code) = (message.first()?, message.get(1)?);
     let reason = match (view.protocol()?, kind) {
         (protocol::ICMP, 3) => match code {

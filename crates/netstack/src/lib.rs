@@ -52,7 +52,7 @@ use smoltcp::iface::{
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpEndpoint};
-use tundns_packet::{ipv4, ipv6, protocol};
+use tundns_packet::{IpView, Transport, ipv4, ipv6, protocol};
 
 use device::{QUEUE_CAPACITY, QueueDevice};
 
@@ -387,7 +387,10 @@ impl TcpStack {
         self.advance_clock(now);
         if tcp_destination(packet).is_some_and(|dst| self.is_local_ip(dst)) {
             self.device.push_rx(packet);
-        } else if let Some(error) = icmp::connect_error(packet) {
+        } else if let Some(error) = IpView::parse(packet)
+            .ok()
+            .and_then(|view| icmp::connect_error(&view))
+        {
             self.fail_connecting(error);
         }
     }
@@ -852,20 +855,21 @@ impl TcpStack {
 /// segment to one of `local_ips` or an ICMP error about a segment from one:
 /// what a caller that shares those addresses with the stack (the host's kernel,
 /// on the interface address) needs to tell the stack's packets from its own.
-pub fn local_tcp_port(packet: &[u8], local_ips: &[IpAddr]) -> Option<u16> {
-    if let Some(error) = icmp::connect_error(packet) {
-        return local_ips
-            .contains(&error.local.ip())
-            .then_some(error.local.port());
+/// The caller has the packet parsed already, for its other checks.
+pub fn local_tcp_port(packet: &IpView<'_>, local_ips: &[IpAddr]) -> Option<u16> {
+    match packet.transport()? {
+        // Read from the fixed header alone, as `receive` reads it.
+        Transport::Tcp(tcp) => tcp_destination(packet.bytes())
+            .filter(|dst| local_ips.contains(dst))
+            .map(|_| tcp.dst_port()),
+        Transport::Icmpv4(_) | Transport::Icmpv6(_) => {
+            let error = icmp::connect_error(packet)?;
+            local_ips
+                .contains(&error.local.ip())
+                .then_some(error.local.port())
+        }
+        Transport::Udp(_) => None,
     }
-    let dst = tcp_destination(packet)?;
-    if !local_ips.contains(&dst) {
-        return None;
-    }
-    let view = tundns_packet::IpView::parse(packet).ok()?;
-    let offset = view.transport_offset()?;
-    let port = packet.get(offset + 2..offset + 4)?;
-    Some(u16::from_be_bytes([port[0], port[1]]))
 }
 
 /// A socket with the stack's buffers.

@@ -299,7 +299,10 @@ fn bytes_left_unread_when_both_sides_finish_are_still_read_before_closed() {
 
 #[test]
 fn the_local_port_of_a_segment_or_an_icmp_error_is_read() {
-    use tundns_netstack::local_tcp_port;
+    use tundns_packet::IpView;
+    let local_tcp_port = |packet: &[u8], local: &[std::net::IpAddr]| -> Option<u16> {
+        tundns_netstack::local_tcp_port(&IpView::parse(packet).ok()?, local)
+    };
     let local = ["10.99.0.2".parse().unwrap()];
     let tcp_to = |port: u16| {
         let mut packet = Vec::new();

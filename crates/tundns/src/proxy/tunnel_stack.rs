@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc};
 use tundns_filter::InboundTap;
 use tundns_netstack::{ConnectFailure, ConnectionId, Error, Event, Limits, TcpStack};
+use tundns_packet::{IpView, Transport};
 
 use super::ports::{LOCAL_PORTS, PortSet};
 use super::udp_relay::UdpRelay;
@@ -379,10 +380,14 @@ struct StackTap {
 
 impl InboundTap for StackTap {
     fn take(&self, packet: &[u8]) -> bool {
-        if self.udp.take(packet) {
-            return true;
+        // Parsed once: the tap sees every packet from the tunnel.
+        let Ok(ip) = IpView::parse(packet) else {
+            return false;
+        };
+        if let Some(Transport::Udp(udp)) = ip.transport() {
+            return self.udp.take(&ip, &udp);
         }
-        let ours = tundns_netstack::local_tcp_port(packet, &self.local_ips)
+        let ours = tundns_netstack::local_tcp_port(&ip, &self.local_ips)
             .is_some_and(|port| self.ports.contains(port));
         if !ours {
             return false;

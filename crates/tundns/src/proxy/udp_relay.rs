@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use gotatun::packet::{Ip, Packet};
 use tokio::sync::mpsc;
 use tundns_packet::udp::{udp_headers_len, write_udp_headers};
-use tundns_packet::{IpView, Transport};
+use tundns_packet::{IpView, UdpView};
 
 use super::ports::{LOCAL_PORTS, PortSet};
 
@@ -86,14 +86,9 @@ impl UdpRelay {
         })
     }
 
-    /// Takes `packet` from the tunnel if it is a datagram to an association's port.
-    pub fn take(&self, packet: &[u8]) -> bool {
-        let Ok(ip) = IpView::parse(packet) else {
-            return false;
-        };
-        let Some(Transport::Udp(udp)) = ip.transport() else {
-            return false;
-        };
+    /// Takes the datagram `udp` of the packet `ip` from the tunnel if it is to an
+    /// association's port.
+    pub fn take(&self, ip: &IpView<'_>, udp: &UdpView<'_>) -> bool {
         if !self.local_ips.contains(&ip.dst()) || !self.ports.contains(udp.dst_port()) {
             return false;
         }
