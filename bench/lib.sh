@@ -147,6 +147,27 @@ CONF
         lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist-bench.log")"
 }
 
+# bench_proxy_lab PREFIX [TOOL...]: the lab the proxy benchmarks start from: C and N with
+# N's wireguard-go and unbound, and tundns ($TUNDNS_BIN) in C serving SOCKS5 on 127.0.0.1:1080.
+bench_proxy_lab() {
+    local prefix=$1
+    shift
+    lab_require_tools ip wg wireguard-go unbound python3 "$@"
+    lab_init "$prefix"
+    lab_network
+    lab_peer_network
+    LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080' lab_start_tundns "$TUNDNS_BIN"
+}
+
+# bench_wait_peer_server NAME PORT: waits (10 s at most) until the server N runs under the
+# log name NAME accepts connections on N's tunnel address and PORT.
+bench_wait_peer_server() {
+    local name=$1 port=$2
+    lab_wait 10 ip netns exec "$LAB_N" python3 -c \
+        "import socket; socket.create_connection(('$LAB_PEER_TUNNEL_V4', $port), timeout=1)" ||
+        lab_die "the $name in N did not start: $(cat "$LAB_DIR/$name.log")"
+}
+
 # bench_start_tun_echo BIN [--offload]: the bare TUN echo (crates/tundns/examples/tun_echo) in C,
 # on its own TUN (with --offload, framed with the virtio-net header as tundns's is, on another
 # TUN and network); sets BENCH_ECHO_SERVER to the documentation address it answers for and

@@ -19,11 +19,7 @@ SIZE_KB=${SIZE_KB:-1024}
 ((SIZE_KB >= 1 && SIZE_KB <= 16384)) || lab_die "SIZE_KB must be 1..16384"
 PORT=5400
 
-lab_require_tools ip wg wireguard-go unbound python3
-lab_init tdpc
-lab_network
-lab_peer_network
-LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080' lab_start_tundns "$TUNDNS_BIN"
+bench_proxy_lab tdpc
 
 # A server in N: each connection gets SIZE_KB KiB of a counting pattern, then is closed.
 lab_spawn "$LAB_N" sender python3 -c "
@@ -39,9 +35,7 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 "
-lab_wait 10 ip netns exec "$LAB_N" python3 -c \
-    "import socket; socket.create_connection(('$LAB_PEER_TUNNEL_V4', $PORT), timeout=1)" ||
-    lab_die "the sender in N did not start: $(cat "$LAB_DIR/sender.log")"
+bench_wait_peer_server sender "$PORT"
 
 # measure PATH: all downloads at once over PATH (socks5 or direct); prints one line.
 measure() {

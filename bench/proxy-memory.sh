@@ -17,11 +17,7 @@ CONNECTIONS=${CONNECTIONS:-1000}
 ((CONNECTIONS >= 1 && CONNECTIONS <= 2000)) || lab_die "CONNECTIONS must be 1..2000"
 PORT=5400
 
-lab_require_tools ip wg wireguard-go unbound python3
-lab_init tdpm
-lab_network
-lab_peer_network
-LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080' lab_start_tundns "$TUNDNS_BIN"
+bench_proxy_lab tdpm
 
 # A server in N that answers each connection's first bytes and then holds it open.
 lab_spawn "$LAB_N" holder python3 -c "
@@ -37,9 +33,7 @@ while True:
             if data: key.fileobj.sendall(b'held')
             else: sel.unregister(key.fileobj); key.fileobj.close()
 "
-lab_wait 10 ip netns exec "$LAB_N" python3 -c \
-    "import socket; socket.create_connection(('$LAB_PEER_TUNNEL_V4', $PORT), timeout=1)" ||
-    lab_die "the holder in N did not start: $(cat "$LAB_DIR/holder.log")"
+bench_wait_peer_server holder "$PORT"
 sleep 1
 idle=$(bench_rss_kib "$LAB_TUNDNS_PID")
 

@@ -23,11 +23,7 @@ ROUNDS=${ROUNDS:-3}
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
 PORT=5400
 
-lab_require_tools ip wg wireguard-go unbound nc python3 sha256sum
-lab_init tdpx
-lab_network
-lab_peer_network
-LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080' lab_start_tundns "$TUNDNS_BIN"
+bench_proxy_lab tdpx nc sha256sum
 
 pattern="bytes(range(256)) * 4096"   # 1 MiB
 lab_spawn "$LAB_N" sender python3 -c "
@@ -44,9 +40,7 @@ while True:
     c.close()
 "
 expected=$(python3 -c "import sys; [sys.stdout.buffer.write($pattern) for _ in range($SIZE_MB)]" | sha256sum)
-lab_wait 10 ip netns exec "$LAB_N" python3 -c \
-    "import socket; socket.create_connection(('$LAB_PEER_TUNNEL_V4', $PORT), timeout=1)" ||
-    lab_die "the sender in N did not start: $(cat "$LAB_DIR/sender.log")"
+bench_wait_peer_server sender "$PORT"
 
 declare -A gbits cpu
 # measure PATH: one download over PATH; appends Gbit/s and CPU-s/GB.

@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use tundns_config::{Config, ConfigError};
+use tundns_config::{Config, ConfigError, Spanned};
 use tundns_filter::InboundTap;
 use tundns_proxy::Credentials;
 
@@ -75,26 +75,9 @@ impl ClaimedProxies {
             })?),
             None => None,
         };
-        let mut listeners = Vec::new();
-        for (key, addresses) in [("SOCKS5", &proxy.socks5), ("HTTP", &proxy.http)] {
-            let mut bound = Vec::with_capacity(addresses.len());
-            for listen in addresses {
-                let listener = TcpListener::bind(listen.value).await.map_err(|error| {
-                    ConfigError::at(
-                        path,
-                        listen.line,
-                        format!("{key} {}: cannot listen: {error}", listen.value),
-                    )
-                })?;
-                bound.push(listener);
-            }
-            listeners.push(bound);
-        }
-        let http = listeners.pop().unwrap_or_default();
-        let socks5 = listeners.pop().unwrap_or_default();
         Ok(Some(Self {
-            socks5,
-            http,
+            socks5: bind_all("SOCKS5", &proxy.socks5, path).await?,
+            http: bind_all("HTTP", &proxy.http, path).await?,
             credentials,
         }))
     }
@@ -199,6 +182,27 @@ impl Drop for AddressSlot {
             }
         }
     }
+}
+
+/// Binds each of `key`'s listen addresses; an address that cannot be bound is an error on
+/// its line.
+async fn bind_all(
+    key: &str,
+    addresses: &[Spanned<SocketAddr>],
+    path: &Path,
+) -> Result<Vec<TcpListener>, ConfigError> {
+    let mut bound = Vec::with_capacity(addresses.len());
+    for listen in addresses {
+        let listener = TcpListener::bind(listen.value).await.map_err(|error| {
+            ConfigError::at(
+                path,
+                listen.line,
+                format!("{key} {}: cannot listen: {error}", listen.value),
+            )
+        })?;
+        bound.push(listener);
+    }
+    Ok(bound)
 }
 
 /// Accepts clients on `listener` and serves each with `serve` in a task of its own, within

@@ -6,7 +6,7 @@
 //! [`Opener`] and relays bytes both ways.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ use super::udp_relay::SendError;
 
 /// How long a client may take to greet, authenticate and ask.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bound address of a reply that has none to report: a CONNECT's local endpoint
+/// means nothing to a client outside the tunnel, and a failure has none.
+const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 /// A UDP association with no datagram either way for this long ends.
 const ASSOCIATION_IDLE: Duration = Duration::from_secs(300);
 /// The largest datagram a client may send to the relay (a UDP payload over IPv6).
@@ -52,9 +55,8 @@ impl Socks5 {
             Ok(stream) => stream,
             Err(reply) => return refuse(&mut client, reply).await,
         };
-        let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
         client
-            .write_all(socks5::reply(Reply::Succeeded, unspecified).as_bytes())
+            .write_all(socks5::reply(Reply::Succeeded, UNSPECIFIED).as_bytes())
             .await?;
         // What the client sent right behind its request (a TLS ClientHello, say).
         tunnel.write_all(&early_data).await?;
@@ -187,8 +189,7 @@ impl Socks5 {
 }
 
 async fn refuse(client: &mut TcpStream, reply: Reply) -> io::Result<()> {
-    let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    let header: Header = socks5::reply(reply, unspecified);
+    let header: Header = socks5::reply(reply, UNSPECIFIED);
     client.write_all(header.as_bytes()).await?;
     client.shutdown().await
 }
