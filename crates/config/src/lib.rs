@@ -359,11 +359,12 @@ pub struct DnsProxyConfig {
 /// The `[Proxy]` section: proxies whose connections leave through the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProxyConfig {
-    /// `SOCKS5`: host addresses to serve SOCKS5 on, in order. One that is not loopback
-    /// requires `credentials`. No address is in this list and `http` twice, and the two
+    /// `SOCKS5`: addresses to serve SOCKS5 on, in order: virtual IPs (of
+    /// [`DnsProxyConfig::addresses`], the DNS proxy enabled, not port 53) or host
+    /// addresses. A host address that is not loopback requires `credentials`. No address is in this list and `http` twice, and the two
     /// together hold at least one.
     pub socks5: Vec<Spanned<SocketAddr>>,
-    /// `HTTP`: host addresses to serve the HTTP proxy (CONNECT and `http://`) on, as
+    /// `HTTP`: addresses to serve the HTTP proxy (CONNECT and `http://`) on, as
     /// `socks5`.
     pub http: Vec<Spanned<SocketAddr>>,
     /// `Credentials`: the file of `user:password` lines, the path as written; `None`

@@ -1,5 +1,6 @@
 //! `[Proxy]`: the SOCKS5 listeners and the credentials file, and what the file gets for
-//! a listener others could reach, a virtual IP, an empty section or a repeat.
+//! a listener others could reach, a virtual IP without the DNS proxy or on its port, an
+//! empty section or a repeat.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,28 @@ fn bad_sections_and_values_name_their_line() {
         line_of("[Proxy]\nSOCKS5 = 127.0.0.1:1080\nCredentials = /a\nCredentials = /b\n"),
         6
     );
-    // The virtual IPs are the DNS proxy's, defaults included.
-    assert_eq!(line_of("[Proxy]\nSOCKS5 = 10.30.30.30:1080\n"), 4);
+    // The virtual IPs exist only with the DNS proxy, whose port 53 they keep.
+    assert_eq!(
+        line_of("[DNSProxy]\nEnabled = false\n[Proxy]\nSOCKS5 = 10.30.30.30:1080\n"),
+        6
+    );
+    assert_eq!(line_of("[Proxy]\nHTTP = 10.30.30.30:53\n"), 4);
+}
+
+#[test]
+fn a_virtual_ip_serves_the_proxies_to_this_host_without_credentials() {
+    let config = parse(
+        "[DNSProxy]\nAddress = 10.30.30.30, fd00:30:30::30\n\
+         [Proxy]\nSOCKS5 = 10.30.30.30:1080, [fd00:30:30::30]:1080\nHTTP = 10.30.30.30:3128\n",
+    )
+    .unwrap();
+    let proxy = config.proxy.unwrap();
+    assert_eq!(
+        proxy.socks5,
+        [
+            Spanned::new(addr("10.30.30.30:1080"), 6),
+            Spanned::new(addr("[fd00:30:30::30]:1080"), 6)
+        ]
+    );
+    assert_eq!(proxy.http, [Spanned::new(addr("10.30.30.30:3128"), 7)]);
 }

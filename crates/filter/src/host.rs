@@ -4,6 +4,7 @@
 //! TCP ports nobody listens on with a RST, and hands everything else to the port's service.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use tundns_packet::{IpView, Transport};
@@ -44,7 +45,7 @@ pub trait UdpService: Send + Sync + 'static {
 /// TCP services receive whole IP packets, usually for a userspace TCP stack.
 pub struct VirtualHost {
     name: String,
-    udp: Vec<(u16, Arc<dyn UdpService>)>,
+    udp: Vec<(RangeInclusive<u16>, Arc<dyn UdpService>)>,
     tcp: Vec<(u16, Arc<dyn Service>)>,
 }
 
@@ -59,9 +60,19 @@ impl VirtualHost {
     }
 
     /// Opens a UDP port.
-    pub fn with_udp(mut self, port: u16, service: Arc<dyn UdpService>) -> Self {
-        self.udp.retain(|(p, _)| *p != port);
-        self.udp.push((port, service));
+    pub fn with_udp(self, port: u16, service: Arc<dyn UdpService>) -> Self {
+        self.with_udp_ports(port..=port, service)
+    }
+
+    /// Opens a range of UDP ports to one service (sockets it binds as it goes, say);
+    /// ranges opened before keep the ports they share with it.
+    pub fn with_udp_ports(
+        mut self,
+        ports: RangeInclusive<u16>,
+        service: Arc<dyn UdpService>,
+    ) -> Self {
+        self.udp.retain(|(opened, _)| *opened != ports);
+        self.udp.push((ports, service));
         self
     }
 
@@ -73,7 +84,10 @@ impl VirtualHost {
     }
 
     fn udp_service(&self, port: u16) -> Option<&Arc<dyn UdpService>> {
-        self.udp.iter().find(|(p, _)| *p == port).map(|(_, s)| s)
+        self.udp
+            .iter()
+            .find(|(ports, _)| ports.contains(&port))
+            .map(|(_, s)| s)
     }
 
     fn tcp_service(&self, port: u16) -> Option<&Arc<dyn Service>> {

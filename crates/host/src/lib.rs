@@ -15,6 +15,7 @@ pub mod command_line;
 pub mod error;
 pub mod firewall;
 pub mod journal;
+pub mod local_addresses;
 pub mod paths;
 pub mod policy_routing;
 pub mod policy_rules;

@@ -12,8 +12,13 @@
 //!                 │    a miss ─► Forwarding (collapsing, bound) ─► a task per upstream
 //!                 │      request: UpstreamPool (tundns-upstream) drives pool::Pool over
 //!                 │      host sockets ─► the answer is written into the TUN
-//!                 └ TCP 53: TcpDns (dns::tcp): smoltcp (tundns-netstack) in one task,
-//!                        queries through the same DnsProxy, segments back into the TUN
+//!                 ├ TCP 53: TcpDns (dns::tcp): smoltcp (tundns-netstack) in one task,
+//!                 │      queries through the same DnsProxy, segments back into the TUN
+//!                 └ the proxies' ports (proxy::on_virtual_ip), from this host only:
+//!                        a stack of their own; what they open goes out through the
+//!                        proxies' stack on the interface address, straight into
+//!                        WireGuard (gotatun's second packet source), and comes back
+//!                        through the tap in FilteredTunSender
 //!  apps ◄── TUN ◄── FilteredTunSender (drops virtual IPs from the tunnel) ◄── gotatun: decrypt ◄── peer
 //! ```
 //!
@@ -125,10 +130,12 @@ pub fn watch_mtu(tun: &Arc<SyncDevice>, configured: u16) -> MtuWatcher {
     receiver.into()
 }
 
-/// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack.
+/// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack;
+/// and the proxies' listeners there, if any.
 pub fn serve_dns(
     config: &Config,
     resolver: ResolverParts,
+    proxies: Option<&ProxyStack>,
     rules: &Rules,
     tun: &Arc<SyncDevice>,
     stats: &Arc<FilterStats>,
@@ -143,11 +150,13 @@ pub fn serve_dns(
         config.interface.mtu,
         TunWriter::new(tun.clone(), stats.clone()),
     );
-    let host = Arc::new(
-        VirtualHost::new("dns")
-            .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
-            .with_tcp(53, Arc::new(tcp)),
-    );
+    let host = VirtualHost::new("dns")
+        .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
+        .with_tcp(53, Arc::new(tcp));
+    let host = Arc::new(match proxies {
+        Some(proxies) => proxies.open_virtual_ports(host),
+        None => host,
+    });
     for ip in &settings.addresses {
         rules.insert(*ip, host.clone());
     }

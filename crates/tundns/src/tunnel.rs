@@ -11,8 +11,9 @@ use gotatun::x25519::PublicKey;
 use ipnet::IpNet;
 use tun_rs::SyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
-use tundns_filter::{FilterStats, Rules, Service};
+use tundns_filter::{FilterStats, Rules, Service, TunWriter};
 use tundns_host::SystemError;
+use tundns_host::local_addresses::LocalAddresses;
 use tundns_host::paths::{MAIN_TABLE, uapi_socket_path};
 use tundns_host::policy_routing;
 use tundns_host::system::{SystemChanges, host_route};
@@ -22,7 +23,7 @@ use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
 use crate::dns::config as dns_config;
 use crate::observability::{self, Observability, ObservabilityError};
-use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies};
+use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies, TunSide};
 
 /// The largest packet the TUN reader takes: gotatun's packet buffers are 4 KiB.
 const MAX_MTU: u16 = 4096;
@@ -62,6 +63,8 @@ pub enum TunnelError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Observability(#[from] ObservabilityError),
+    #[error("reading the host's addresses: {0}")]
+    LocalAddresses(io::Error),
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -105,6 +108,15 @@ impl Tunnel {
         // Claimed before any change, so an address in use leaves nothing behind.
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;
+        // Who may use the proxies' listeners on the virtual IPs: this host only.
+        let local_addresses = match &proxies {
+            Some(claimed) if !claimed.virtual_addresses().is_empty() => Some(Arc::new(
+                LocalAddresses::watch()
+                    .await
+                    .map_err(TunnelError::LocalAddresses)?,
+            )),
+            _ => None,
+        };
         // Endpoints are resolved before any route exists: once the virtual IPs are routed
         // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
         let peers = wireguard_peers(config).await?;
@@ -125,9 +137,24 @@ impl Tunnel {
 
         let rules = Rules::new();
         let stats = Arc::new(FilterStats::default());
+        let mtu = datapath::watch_mtu(&tun, config.interface.mtu);
+        let mut proxy_stack = proxies.as_ref().map(|claimed| {
+            let tun_side = local_addresses.map(|local| TunSide {
+                writer: TunWriter::new(tun.clone(), stats.clone()),
+                local,
+            });
+            ProxyStack::new(config, mtu.clone(), claimed, tun_side)
+        });
         let (proxy, local_source) = match resolver {
             Some((parts, local_source)) => (
-                Some(datapath::serve_dns(config, parts, &rules, &tun, &stats)),
+                Some(datapath::serve_dns(
+                    config,
+                    parts,
+                    proxy_stack.as_ref(),
+                    &rules,
+                    &tun,
+                    &stats,
+                )),
                 Some(local_source),
             ),
             None => (None, None),
@@ -136,10 +163,6 @@ impl Tunnel {
             proxy.set_query_log(log.clone());
         }
 
-        let mtu = datapath::watch_mtu(&tun, config.interface.mtu);
-        let mut proxy_stack = proxies
-            .as_ref()
-            .map(|_| ProxyStack::new(config, mtu.clone()));
         let started = datapath::start_wireguard(
             config,
             peers,
@@ -171,7 +194,7 @@ impl Tunnel {
             observability: None,
             proxies: None,
         };
-        if let (Some(claimed), Some(stack)) = (proxies, &proxy_stack) {
+        if let (Some(claimed), Some(stack)) = (proxies, proxy_stack) {
             tunnel.proxies = Some(claimed.serve(config, stack, proxy.clone()));
         }
         match observability.start(proxy.clone(), stats, &tunnel.name) {

@@ -1,7 +1,8 @@
 //! The proxies end to end (issue 12): tundns in C serves SOCKS5 and the HTTP proxy on C's
-//! loopback, and their connections reach an HTTP server in N only through the tunnel (the
-//! server listens on N's tunnel addresses, which C's host reaches through no route but
-//! tundns's own).
+//! loopback and on the virtual IPs, and their connections reach an HTTP server in N only
+//! through the tunnel (the server listens on N's tunnel addresses, which C's host reaches
+//! through no route but tundns's own). The listeners on the virtual IPs serve C alone:
+//! neither a LAN host whose packets C forwards there nor the tunnel's far side gets in.
 //!
 //! Real clients: `curl --socks5-hostname`, `curl --socks5`, `curl -x` (forwarding) and
 //! `curl -p -x` (CONNECT), and a raw SOCKS5 client (Python) for the reply codes: a blocked
@@ -17,6 +18,9 @@ use common::*;
 
 const SOCKS: &str = "127.0.0.1:1080";
 const HTTP_PROXY: &str = "http://127.0.0.1:3128";
+const VIRTUAL_SOCKS: &str = "10.30.30.30:1080";
+const VIRTUAL_SOCKS_V6: &str = "[fd30:30:30::30]:1080";
+const VIRTUAL_HTTP_PROXY: &str = "http://10.30.30.30:3128";
 const WEB_NAME: &str = "web.lab.internal";
 const WEB_PORT: &str = "8080";
 const BLOCKED_NAME: &str = "blocked.lab.test";
@@ -114,7 +118,8 @@ fn lab_with_proxy_and(
         ..ClientConfig::default()
     };
     let config = format!(
-        "{}\n[Proxy]\nSOCKS5 = {SOCKS}\nHTTP = 127.0.0.1:3128\n{credentials}",
+        "{}\n[Proxy]\nSOCKS5 = {SOCKS}, {VIRTUAL_SOCKS}, {VIRTUAL_SOCKS_V6}\n\
+         HTTP = 127.0.0.1:3128, 10.30.30.30:3128\n{credentials}",
         lab.client_config(&options)
     );
     let tundns = lab.start_tundns(&config);
@@ -445,8 +450,8 @@ fn the_http_proxy_asks_for_credentials_when_configured() {
 /// A SOCKS5 UDP client: associates, sends `payload` to each destination (`name:port` or
 /// `ip:port`) through the relay, and prints each answer's source and payload.
 const UDP_CLIENT: &str = r#"
-import socket, struct, sys
-tcp = socket.create_connection(("127.0.0.1", 1080), timeout=10)
+import os, socket, struct, sys
+tcp = socket.create_connection((os.environ.get("SOCKS_HOST", "127.0.0.1"), 1080), timeout=10)
 tcp.sendall(b"\x05\x01\x00"); assert tcp.recv(2) == b"\x05\x00"
 tcp.sendall(b"\x05\x03\x00\x01" + bytes(4) + bytes(2))
 reply = tcp.recv(10)
@@ -484,17 +489,30 @@ fn udp_associate_relays_datagrams_through_the_tunnel() {
     remove_routes_to_the_tunnel(&lab);
     let by_address = format!("{PEER_TUNNEL_V4}:5301");
     let by_name = format!("{WEB_NAME}:5301");
-    let run = lab.exec_in(
-        &lab.client_ns,
-        &["python3", "-c", UDP_CLIENT, &by_address, &by_name],
-    );
-    run.assert_success();
-    assert_eq!(
-        run.stdout,
-        format!(
-            "{PEER_TUNNEL_V4}:5301 ping {by_address}\n[{PEER_TUNNEL_V6}]:5301 ping {by_name}\n"
-        )
-    );
+    // On the loopback listener the relay is a host socket; on the virtual IP's, a port of
+    // the virtual IP.
+    for proxy_host in ["127.0.0.1", PROXY_V4] {
+        let run = lab.exec_in(
+            &lab.client_ns,
+            &[
+                "env",
+                &format!("SOCKS_HOST={proxy_host}"),
+                "python3",
+                "-c",
+                UDP_CLIENT,
+                &by_address,
+                &by_name,
+            ],
+        );
+        run.assert_success();
+        assert_eq!(
+            run.stdout,
+            format!(
+                "{PEER_TUNNEL_V4}:5301 ping {by_address}\n[{PEER_TUNNEL_V6}]:5301 ping {by_name}\n"
+            ),
+            "through the listener on {proxy_host}"
+        );
+    }
 }
 
 #[test]
@@ -524,4 +542,95 @@ fn with_table_off_only_the_proxies_reach_the_tunnel() {
         run.assert_success();
         assert_eq!(run.stdout, page, "{proxy:?}");
     }
+}
+
+#[test]
+fn the_listeners_on_the_virtual_ips_serve_this_host_only() {
+    let page = "for this host only\n";
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_virtual_ip", page, None) else {
+        return;
+    };
+    remove_routes_to_the_tunnel(&lab);
+    let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
+    let curl_in = |ns: &str, proxy: &[&str]| {
+        let mut command = vec!["curl", "-sS", "--max-time", "5"];
+        command.extend_from_slice(proxy);
+        command.push(&url);
+        lab.exec_in(ns, &command)
+    };
+    for proxy in [
+        &["--socks5-hostname", VIRTUAL_SOCKS][..],
+        &["--socks5-hostname", VIRTUAL_SOCKS_V6][..],
+        &["-x", VIRTUAL_HTTP_PROXY][..],
+        &["-p", "-x", VIRTUAL_HTTP_PROXY][..],
+    ] {
+        let run = curl_in(&lab.client_ns, proxy);
+        run.assert_success();
+        assert_eq!(run.stdout, page, "{proxy:?}");
+    }
+
+    // N as a LAN host of C: C forwards, and N routes the virtual IP through C.
+    lab.exec_in(&lab.client_ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .assert_success();
+    lab.exec_in(
+        &lab.network_ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{PROXY_V4}/32"),
+            "via",
+            "192.0.2.2",
+        ],
+    )
+    .assert_success();
+    let forwarded = curl_in(&lab.network_ns, &["--socks5-hostname", VIRTUAL_SOCKS]);
+    assert!(
+        !forwarded.succeeded(),
+        "a host whose packets C forwards used the proxy:\n{forwarded}"
+    );
+    // The far side of the tunnel, with the virtual IP routed to C's peer.
+    let allowed = lab
+        .exec_in(
+            &lab.network_ns,
+            &["wg", "show", &lab.peer_iface, "allowed-ips"],
+        )
+        .assert_success()
+        .stdout
+        .clone();
+    let (client_key, networks) = allowed.trim().split_once('\t').expect("one peer");
+    let networks = format!("{},{PROXY_V4}/32", networks.replace(' ', ","));
+    lab.exec_in(
+        &lab.network_ns,
+        &[
+            "wg",
+            "set",
+            &lab.peer_iface,
+            "peer",
+            client_key,
+            "allowed-ips",
+            &networks,
+        ],
+    )
+    .assert_success();
+    lab.exec_in(
+        &lab.network_ns,
+        &[
+            "ip",
+            "route",
+            "replace",
+            &format!("{PROXY_V4}/32"),
+            "dev",
+            &lab.peer_iface,
+        ],
+    )
+    .assert_success();
+    let through_tunnel = curl_in(&lab.network_ns, &["--socks5-hostname", VIRTUAL_SOCKS]);
+    assert!(
+        !through_tunnel.succeeded(),
+        "the tunnel's far side used the proxy:\n{through_tunnel}"
+    );
+    // This host still is served.
+    let run = curl_in(&lab.client_ns, &["--socks5-hostname", VIRTUAL_SOCKS]);
+    run.assert_success();
 }

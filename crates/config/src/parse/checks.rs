@@ -240,9 +240,9 @@ impl Parser<'_> {
     }
 }
 
-/// The `[Proxy]` section against the rest of the file: its listeners are host sockets
-/// (the virtual IPs are not served by the proxies yet), and one that other hosts can reach
-/// needs `Credentials`.
+/// The `[Proxy]` section against the rest of the file: a listener on a virtual IP needs
+/// the virtual IPs (the DNS proxy enabled), and one that other hosts can reach needs
+/// `Credentials`.
 fn check_proxy(
     path: &Path,
     proxy: ProxyConfig,
@@ -251,19 +251,31 @@ fn check_proxy(
     let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
     for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
         let ip = listen.value.ip();
-        if dns_proxy.addresses.contains(&ip) {
+        let on_virtual_ip = dns_proxy.addresses.contains(&ip);
+        if on_virtual_ip && !dns_proxy.enabled {
             return Err(ConfigError::at(
                 path,
                 listen.line,
                 format!(
-                    "{key} {}: serving the proxy on a virtual IP is not supported yet; \
-                     listen on a host address such as 127.0.0.1:{}",
+                    "{key} {}: the virtual IPs exist only with the DNS proxy enabled; \
+                     enable it, or listen on a host address such as 127.0.0.1:{}",
                     listen.value,
                     listen.value.port()
                 ),
             ));
         }
-        if !ip.is_loopback() && proxy.credentials.is_none() {
+        if on_virtual_ip && listen.value.port() == 53 {
+            return Err(ConfigError::at(
+                path,
+                listen.line,
+                format!(
+                    "{key} {}: port 53 of the virtual IPs is the DNS proxy's",
+                    listen.value
+                ),
+            ));
+        }
+        // A virtual IP is this host's alone; a host address may be reachable from others.
+        if !on_virtual_ip && !ip.is_loopback() && proxy.credentials.is_none() {
             return Err(ConfigError::at(
                 path,
                 listen.line,

@@ -1,9 +1,9 @@
-//! The HTTP proxy on host addresses: `CONNECT` to any port, and absolute-form `http://`
+//! The HTTP proxy, on host addresses and on the virtual IPs: `CONNECT` to any port, and absolute-form `http://`
 //! requests forwarded in origin form, both through the tunnel.
 //!
 //! hyper drives the client's connection (keep-alive, bodies streamed both ways, never
 //! buffered whole); `tundns-proxy` decides where a request goes and who sent it; each
-//! request's connection to the origin is a [`TunnelStream`], opened by
+//! request's connection to the origin is a [`StackStream`], opened by
 //! [`super::open::Opener`] as the SOCKS5 proxy opens its own.
 
 use std::convert::Infallible;
@@ -19,14 +19,14 @@ use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tundns_proxy::http::{self as proxy_http, PROXY_AUTHENTICATE as CHALLENGE, Target};
 use tundns_proxy::socks5::Reply;
 
 use super::open::Opener;
-use super::tunnel_stack::relay;
+use super::stack::relay;
+use super::{Client, ClientStream};
 
 /// How long a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,10 @@ pub struct HttpProxy {
 impl HttpProxy {
     /// Serves one client's connection: its requests, one after another (keep-alive),
     /// and its CONNECT tunnels.
-    pub async fn serve_client(self: Arc<Self>, client: TcpStream) -> std::io::Result<()> {
+    pub async fn serve_client<S: ClientStream>(
+        self: Arc<Self>,
+        client: Client<S>,
+    ) -> std::io::Result<()> {
         let (relays, mut relay_queue) = mpsc::unbounded_channel::<Relay>();
         let service = hyper::service::service_fn(move |request| {
             let (proxy, relays) = (self.clone(), relays.clone());
@@ -55,7 +58,7 @@ impl HttpProxy {
         let served = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(client), service)
+            .serve_connection(TokioIo::new(client.stream), service)
             .with_upgrades();
         // The relays run beside the connection and after it, until the last one ends; the
         // queue closes with the service, which ends with the connection.
@@ -130,7 +133,7 @@ impl HttpProxy {
 /// Sends `request` to the origin over `tunnel` in origin form, and its answer back.
 async fn forward(
     request: Request<Incoming>,
-    tunnel: super::tunnel_stack::TunnelStream,
+    tunnel: super::stack::StackStream,
     path: &str,
     authority: &str,
     relays: &mpsc::UnboundedSender<Relay>,

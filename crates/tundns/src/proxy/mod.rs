@@ -1,21 +1,25 @@
-//! The proxies: SOCKS5 on host addresses, whose connections leave through WireGuard from
-//! a userspace stack on the interface address ([`tunnel_stack`]), never through the
-//! host's routing table, and whose names tundns's own resolver answers ([`lookup`]).
+//! The proxies: SOCKS5 and HTTP on host addresses and on the virtual IPs
+//! ([`on_virtual_ip`]), whose connections leave through WireGuard from a userspace stack
+//! on the interface address ([`stack`]), never through the host's routing table, and
+//! whose names tundns's own resolver answers ([`lookup`]).
 //!
 //! `tunnel` claims the listeners and reads the credentials before it changes anything
-//! ([`ClaimedProxies::claim`]), builds the stack's packet paths before WireGuard starts
-//! ([`ProxyStack::new`]), and serves once the tunnel is up ([`ClaimedProxies::serve`]).
+//! ([`ClaimedProxies::claim`]), builds the stacks and their packet paths before WireGuard
+//! starts ([`ProxyStack::new`]), and serves once the tunnel is up
+//! ([`ClaimedProxies::serve`]).
 
 pub mod http;
 pub mod lookup;
+pub mod on_virtual_ip;
 pub mod open;
 pub mod ports;
 pub mod socks5;
-pub mod tunnel_stack;
+pub mod stack;
 pub mod udp_relay;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,19 +28,22 @@ use std::time::Duration;
 use gotatun::tun::MtuWatcher;
 use gotatun::tun::channel::{IpChannelRx, ip_channel};
 use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tundns_config::{Config, ConfigError, Spanned};
-use tundns_filter::InboundTap;
+use tundns_filter::{InboundTap, TunWriter, VirtualHost};
+use tundns_host::local_addresses::LocalAddresses;
 use tundns_proxy::Credentials;
 
 use crate::dns::proxy::DnsProxy;
 use http::HttpProxy;
+use on_virtual_ip::VirtualListeners;
 use open::Opener;
 use ports::PortSet;
 use socks5::Socks5;
-use tunnel_stack::{StackIo, TunnelStack, proxy_limits};
+use stack::{Accepted, StackIo, UserStack, into_tunnel, proxy_limits};
 use udp_relay::UdpRelay;
 
 /// Packets of the stack waiting for WireGuard.
@@ -48,11 +55,65 @@ const MAX_CLIENTS: usize = 2048;
 /// closed at once, so that one client cannot take every slot.
 const MAX_CLIENTS_PER_ADDRESS: usize = 512;
 
-/// The `[Proxy]` listeners, bound, and the credentials, read: what can fail on the
-/// config's account, done before tundns changes anything.
+/// A proxy client's connection, from a host socket or from the virtual IPs' stack.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for T {}
+
+/// A client a listener accepted.
+pub struct Client<S> {
+    pub stream: S,
+    pub peer: SocketAddr,
+    /// The listener's address, where a SOCKS5 association's relay is bound too.
+    pub local: SocketAddr,
+}
+
+/// A listener of either kind: a host socket, or listen addresses on the virtual IPs.
+trait Listener: Send + 'static {
+    type Stream: ClientStream;
+
+    /// The next client; `None` once the listener is gone.
+    fn accept(&mut self) -> impl Future<Output = Option<io::Result<Client<Self::Stream>>>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&mut self) -> Option<io::Result<Client<TcpStream>>> {
+        let accepted = TcpListener::accept(self).await.and_then(|(stream, peer)| {
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr()?;
+            Ok(Client {
+                stream,
+                peer,
+                local,
+            })
+        });
+        Some(accepted)
+    }
+}
+
+impl Listener for mpsc::Receiver<Accepted> {
+    type Stream = stack::StackStream;
+
+    async fn accept(&mut self) -> Option<io::Result<Client<stack::StackStream>>> {
+        let accepted = self.recv().await?;
+        Some(Ok(Client {
+            stream: accepted.stream,
+            peer: accepted.peer,
+            local: accepted.local,
+        }))
+    }
+}
+
+/// The `[Proxy]` listeners, bound (host sockets) or noted (virtual IPs), and the
+/// credentials, read: what can fail on the config's account, done before tundns changes
+/// anything.
 pub struct ClaimedProxies {
     socks5: Vec<TcpListener>,
     http: Vec<TcpListener>,
+    virtual_socks5: Vec<SocketAddr>,
+    virtual_http: Vec<SocketAddr>,
     credentials: Option<Credentials>,
 }
 
@@ -75,18 +136,37 @@ impl ClaimedProxies {
             })?),
             None => None,
         };
+        let on_virtual_ip = |listen: &&Spanned<SocketAddr>| {
+            config.dns_proxy.enabled && config.dns_proxy.addresses.contains(&listen.value.ip())
+        };
+        let (virtual_socks5, host_socks5): (Vec<_>, Vec<_>) =
+            proxy.socks5.iter().partition(on_virtual_ip);
+        let (virtual_http, host_http): (Vec<_>, Vec<_>) =
+            proxy.http.iter().partition(on_virtual_ip);
         Ok(Some(Self {
-            socks5: bind_all("SOCKS5", &proxy.socks5, path).await?,
-            http: bind_all("HTTP", &proxy.http, path).await?,
+            socks5: bind_all("SOCKS5", &host_socks5, path).await?,
+            http: bind_all("HTTP", &host_http, path).await?,
+            virtual_socks5: virtual_socks5.iter().map(|listen| listen.value).collect(),
+            virtual_http: virtual_http.iter().map(|listen| listen.value).collect(),
             credentials,
         }))
     }
 
-    /// Serves every listener through `stack`; the tasks end when the handle is dropped.
+    /// The listen addresses on the virtual IPs.
+    pub fn virtual_addresses(&self) -> Vec<SocketAddr> {
+        [&self.virtual_socks5, &self.virtual_http]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Serves every listener through `stack`; the tasks and the virtual IPs' listeners
+    /// end when the handle is dropped.
     pub fn serve(
         self,
         config: &Config,
-        stack: &ProxyStack,
+        stack: ProxyStack,
         resolver: Option<Arc<DnsProxy>>,
     ) -> RunningProxies {
         let allowed_ips: Vec<IpNet> = config
@@ -101,31 +181,72 @@ impl ClaimedProxies {
             allowed_ips,
             credentials: self.credentials,
         });
-        let socks5 = Arc::new(Socks5 {
+        let http = Arc::new(HttpProxy {
             opener: opener.clone(),
         });
-        let http = Arc::new(HttpProxy { opener });
-        let slots = Arc::new(ClientSlots::default());
-        let mut tasks = Vec::new();
+        let socks5 = Arc::new(Socks5 {
+            opener: opener.clone(),
+            virtual_relays: None,
+        });
+        let mut serving = Serving {
+            slots: Arc::new(ClientSlots::default()),
+            tasks: Vec::new(),
+        };
         for listener in self.socks5 {
             let socks5 = socks5.clone();
-            tasks.push(tokio::spawn(serve_clients(
-                listener,
-                "SOCKS5",
-                slots.clone(),
-                move |client| socks5.clone().serve_client(client),
-            )));
+            serving.spawn(listener, "SOCKS5", move |client| {
+                socks5.clone().serve_client(client)
+            });
         }
         for listener in self.http {
             let http = http.clone();
-            tasks.push(tokio::spawn(serve_clients(
-                listener,
-                "HTTP",
-                slots.clone(),
-                move |client| http.clone().serve_client(client),
-            )));
+            serving.spawn(listener, "HTTP", move |client| {
+                http.clone().serve_client(client)
+            });
         }
-        RunningProxies(tasks)
+        if let Some(listeners) = &stack.on_virtual_ips {
+            let socks5 = Arc::new(Socks5 {
+                opener,
+                virtual_relays: Some(listeners.relays.clone()),
+            });
+            for address in self.virtual_socks5 {
+                let socks5 = socks5.clone();
+                tracing::info!(%address, "SOCKS5 proxy listening");
+                serving.spawn(listeners.listen(&[address]), "SOCKS5", move |client| {
+                    socks5.clone().serve_client(client)
+                });
+            }
+            for address in self.virtual_http {
+                let http = http.clone();
+                tracing::info!(%address, "HTTP proxy listening");
+                serving.spawn(listeners.listen(&[address]), "HTTP", move |client| {
+                    http.clone().serve_client(client)
+                });
+            }
+        }
+        RunningProxies {
+            tasks: serving.tasks,
+            _on_virtual_ips: stack.on_virtual_ips,
+        }
+    }
+}
+
+/// The listeners' tasks, and the client slots they share.
+struct Serving {
+    slots: Arc<ClientSlots>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Serving {
+    fn spawn<L, F, Fut>(&mut self, listener: L, proxy: &'static str, serve: F)
+    where
+        L: Listener,
+        F: Fn(Client<L::Stream>) -> Fut + Send + 'static,
+        Fut: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        let slots = self.slots.clone();
+        self.tasks
+            .push(tokio::spawn(serve_clients(listener, proxy, slots, serve)));
     }
 }
 
@@ -188,7 +309,7 @@ impl Drop for AddressSlot {
 /// its line.
 async fn bind_all(
     key: &str,
-    addresses: &[Spanned<SocketAddr>],
+    addresses: &[&Spanned<SocketAddr>],
     path: &Path,
 ) -> Result<Vec<TcpListener>, ConfigError> {
     let mut bound = Vec::with_capacity(addresses.len());
@@ -200,6 +321,9 @@ async fn bind_all(
                 format!("{key} {}: cannot listen: {error}", listen.value),
             )
         })?;
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "{key} proxy listening");
+        }
         bound.push(listener);
     }
     Ok(bound)
@@ -207,18 +331,16 @@ async fn bind_all(
 
 /// Accepts clients on `listener` and serves each with `serve` in a task of its own, within
 /// the shared `slots`, until this is aborted, which ends every client's task too.
-async fn serve_clients<F, Fut>(
-    listener: TcpListener,
+async fn serve_clients<L, F, Fut>(
+    mut listener: L,
     proxy: &'static str,
     slots: Arc<ClientSlots>,
     serve: F,
 ) where
-    F: Fn(TcpStream) -> Fut,
-    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+    L: Listener,
+    F: Fn(Client<L::Stream>) -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
 {
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "{proxy} proxy listening");
-    }
     let mut clients = JoinSet::new();
     loop {
         // Finished clients' results are collected as new ones come.
@@ -226,19 +348,20 @@ async fn serve_clients<F, Fut>(
         let Ok(permit) = slots.total.clone().acquire_owned().await else {
             return;
         };
-        let (client, peer): (TcpStream, SocketAddr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
+        let client = match listener.accept().await {
+            None => return,
+            Some(Ok(client)) => client,
+            Some(Err(error)) => {
                 tracing::debug!(%error, "{proxy} proxy: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let peer = client.peer;
         let Some(address_slot) = slots.admit(peer.ip()) else {
             tracing::debug!(%peer, "{proxy} proxy: too many connections from this address");
             continue;
         };
-        let _ = client.set_nodelay(true);
         let served = serve(client);
         clients.spawn(async move {
             if let Err(error) = served.await {
@@ -260,21 +383,35 @@ fn read_credentials(file: &Path) -> Result<Credentials, CredentialsFileError> {
     Credentials::parse(&text).map_err(CredentialsFileError::Line)
 }
 
-/// The proxies' userspace stack and UDP relay, and their two packet paths: the tap that
-/// takes their packets from the tunnel's writer, and the channel gotatun reads their
-/// packets from (given to WireGuard with [`ProxyStack::packet_paths`]).
+/// The proxies' userspace stacks and UDP relay: the stack towards the tunnel, with its
+/// two packet paths (the tap that takes its packets from the tunnel's writer, and the
+/// channel gotatun reads its packets from, given to WireGuard with
+/// [`ProxyStack::packet_paths`]), and the listeners on the virtual IPs, if any.
 pub struct ProxyStack {
-    pub stack: TunnelStack,
+    pub stack: UserStack,
     pub udp: Arc<UdpRelay>,
     paths: Option<(Arc<dyn InboundTap>, IpChannelRx)>,
+    on_virtual_ips: Option<VirtualListeners>,
+}
+
+/// What the listeners on the virtual IPs need of the TUN side.
+pub struct TunSide {
+    pub writer: TunWriter,
+    pub local: Arc<LocalAddresses>,
 }
 
 impl ProxyStack {
-    /// A stack on the interface addresses, its packets at most the TUN's MTU.
-    pub fn new(config: &Config, mtu: MtuWatcher) -> Self {
+    /// A stack on the interface addresses, its packets at most the TUN's MTU, and one for
+    /// `claimed`'s listeners on the virtual IPs, answering through `tun`.
+    pub fn new(
+        config: &Config,
+        mtu: MtuWatcher,
+        claimed: &ClaimedProxies,
+        tun: Option<TunSide>,
+    ) -> Self {
         let local_ips: Vec<IpAddr> = config.interface.addresses.iter().map(IpNet::addr).collect();
         let (outbound, packets) = ip_channel(OUTBOUND_QUEUE, mtu);
-        let (inbound_tx, inbound) = TunnelStack::inbound_channel();
+        let (inbound_tx, inbound) = UserStack::inbound_channel();
         let ports = Arc::new(PortSet::default());
         let udp = Arc::new(UdpRelay::new(
             local_ips.clone(),
@@ -282,17 +419,38 @@ impl ProxyStack {
             ports.clone(),
             outbound.clone(),
         ));
-        let stack = TunnelStack::spawn(
+        let stack = UserStack::spawn(
             local_ips,
             ports,
             proxy_limits(config.interface.mtu),
-            StackIo { inbound, outbound },
+            StackIo {
+                inbound,
+                outbound: into_tunnel(outbound),
+            },
         );
         let tap = stack.tap(inbound_tx, udp.clone());
+        let virtual_addresses = claimed.virtual_addresses();
+        let on_virtual_ips = tun.filter(|_| !virtual_addresses.is_empty()).map(|tun| {
+            VirtualListeners::new(
+                &virtual_addresses,
+                config.interface.mtu,
+                tun.writer,
+                tun.local,
+            )
+        });
         Self {
             stack,
             udp,
             paths: Some((tap, packets)),
+            on_virtual_ips,
+        }
+    }
+
+    /// `host` with the ports of the listeners on the virtual IPs opened.
+    pub fn open_virtual_ports(&self, host: VirtualHost) -> VirtualHost {
+        match &self.on_virtual_ips {
+            Some(listeners) => listeners.open_ports(host),
+            None => host,
         }
     }
 
@@ -302,12 +460,16 @@ impl ProxyStack {
     }
 }
 
-/// The proxies' tasks, aborted when this is dropped.
-pub struct RunningProxies(Vec<JoinHandle<()>>);
+/// The proxies' tasks, aborted when this is dropped, and the stack of their listeners on
+/// the virtual IPs, which ends with it.
+pub struct RunningProxies {
+    tasks: Vec<JoinHandle<()>>,
+    _on_virtual_ips: Option<VirtualListeners>,
+}
 
 impl Drop for RunningProxies {
     fn drop(&mut self) {
-        for task in &self.0 {
+        for task in &self.tasks {
             task.abort();
         }
     }

@@ -11,13 +11,13 @@ use tundns_proxy::socks5::Reply;
 use tundns_proxy::{Credentials, Destination};
 
 use super::lookup::{self, LookupError};
-use super::tunnel_stack::{OpenError, TunnelStack, TunnelStream};
+use super::stack::{OpenError, StackStream, UserStack};
 use super::udp_relay::UdpRelay;
 use crate::dns::proxy::DnsProxy;
 
 /// What every proxy needs to open connections and to admit clients.
 pub struct Opener {
-    pub stack: TunnelStack,
+    pub stack: UserStack,
     /// Where UDP associations get their port and their way into the tunnel.
     pub udp: Arc<UdpRelay>,
     /// Names are resolved here; without the DNS proxy, only addresses can be asked for.
@@ -31,7 +31,7 @@ pub struct Opener {
 impl Opener {
     /// A connection through the tunnel to `destination`, or the SOCKS5 reply that says
     /// why not (the HTTP proxy turns it into a status).
-    pub async fn open(&self, destination: &Destination) -> Result<TunnelStream, Reply> {
+    pub async fn open(&self, destination: &Destination) -> Result<StackStream, Reply> {
         let mut reply = Reply::NetworkUnreachable;
         for candidate in self.reachable(destination).await? {
             match self.stack.connect(candidate).await {

@@ -1,5 +1,6 @@
-//! The SOCKS5 server on host addresses: RFC 1928's CONNECT through the tunnel, with
-//! RFC 1929's username and password when credentials are configured.
+//! The SOCKS5 server: RFC 1928's CONNECT and UDP ASSOCIATE through the tunnel, with
+//! RFC 1929's username and password when credentials are configured, on host addresses
+//! and on the virtual IPs alike.
 //!
 //! The protocol is `tundns-proxy`'s; this is its driver: a task per client that reads
 //! the handshake within a deadline, opens the connection through the tunnel with the
@@ -11,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tundns_proxy::Destination;
 use tundns_proxy::socks5::{self, Command, Header, Reply};
 
+use super::on_virtual_ip::{RelayPorts, RelaySocket};
 use super::open::Opener;
-use super::tunnel_stack::relay;
+use super::stack::relay;
 use super::udp_relay::SendError;
+use super::{Client, ClientStream};
 
 /// How long a client may take to greet, authenticate and ask.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,15 +32,26 @@ const ASSOCIATION_IDLE: Duration = Duration::from_secs(300);
 /// The largest datagram a client may send to the relay (a UDP payload over IPv6).
 const MAX_DATAGRAM: usize = 65536;
 
-/// What every SOCKS5 client's task shares.
+/// What every SOCKS5 client's task of one kind of listener shares.
 pub struct Socks5 {
     pub opener: Arc<Opener>,
+    /// Where associations bind their relay: the virtual IPs' relay ports for listeners
+    /// there, a host socket otherwise.
+    pub virtual_relays: Option<Arc<RelayPorts>>,
 }
 
 impl Socks5 {
     /// Serves one client: the handshake, then a CONNECT's bytes both ways until either
     /// side ends, or a UDP association for as long as the client's connection lasts.
-    pub async fn serve_client(self: Arc<Self>, mut client: TcpStream) -> io::Result<()> {
+    pub async fn serve_client<S: ClientStream>(
+        self: Arc<Self>,
+        client: Client<S>,
+    ) -> io::Result<()> {
+        let Client {
+            stream: mut client,
+            peer,
+            local,
+        } = client;
         let request =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut client)).await {
                 Ok(result) => result?,
@@ -48,7 +62,11 @@ impl Socks5 {
         };
         match request.command {
             Command::Connect => {}
-            Command::UdpAssociate => return self.associate(client, &request.destination).await,
+            Command::UdpAssociate => {
+                return self
+                    .associate(client, peer.ip(), local.ip(), &request.destination)
+                    .await;
+            }
             Command::Bind => return refuse(&mut client, Reply::CommandNotSupported).await,
         }
         let mut tunnel = match self.opener.open(&request.destination).await {
@@ -68,13 +86,24 @@ impl Socks5 {
     /// taking datagrams from the client's address only (the port its request named, or the
     /// one its first datagram came from), for as long as the client's TCP connection stays
     /// open and datagrams keep moving.
-    async fn associate(&self, mut client: TcpStream, expected: &Destination) -> io::Result<()> {
-        let Some(mut association) = self.opener.udp.associate() else {
+    async fn associate(
+        &self,
+        mut client: impl ClientStream,
+        client_ip: IpAddr,
+        local_ip: IpAddr,
+        expected: &Destination,
+    ) -> io::Result<()> {
+        let client_ip = client_ip.to_canonical();
+        let relay = match &self.virtual_relays {
+            Some(relays) => relays.bind(local_ip).map(Relay::Virtual),
+            None => UdpSocket::bind(SocketAddr::new(local_ip.to_canonical(), 0))
+                .await
+                .ok()
+                .map(Relay::Host),
+        };
+        let (Some(mut association), Some(mut relay)) = (self.opener.udp.associate(), relay) else {
             return refuse(&mut client, Reply::GeneralFailure).await;
         };
-        let client_ip = client.peer_addr()?.ip().to_canonical();
-        let local_ip = client.local_addr()?.ip().to_canonical();
-        let relay = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
         client
             .write_all(socks5::reply(Reply::Succeeded, relay.local_addr()?).as_bytes())
             .await?;
@@ -126,8 +155,7 @@ impl Socks5 {
                     idle.as_mut().reset(tokio::time::Instant::now() + ASSOCIATION_IDLE);
                     let mut reply = socks5::write_udp_header(inbound.from).as_bytes().to_vec();
                     reply.extend_from_slice(&inbound.payload);
-                    // A failed send costs that datagram, never the association.
-                    let _ = relay.send_to(&reply, to).await;
+                    relay.send_to(&reply, to).await;
                 }
             }
         }
@@ -137,7 +165,7 @@ impl Socks5 {
     /// `None` once the client was told no.
     async fn handshake(
         &self,
-        client: &mut TcpStream,
+        client: &mut impl ClientStream,
     ) -> io::Result<Option<(socks5::Request, Vec<u8>)>> {
         let mut buffer = Vec::with_capacity(512);
         let greeting = read_message(client, &mut buffer, |bytes| {
@@ -188,7 +216,7 @@ impl Socks5 {
     }
 }
 
-async fn refuse(client: &mut TcpStream, reply: Reply) -> io::Result<()> {
+async fn refuse(client: &mut impl ClientStream, reply: Reply) -> io::Result<()> {
     let header: Header = socks5::reply(reply, UNSPECIFIED);
     client.write_all(header.as_bytes()).await?;
     client.shutdown().await
@@ -197,7 +225,7 @@ async fn refuse(client: &mut TcpStream, reply: Reply) -> io::Result<()> {
 /// Reads until `parse` finds a whole message at the front of `buffer`, which it then
 /// removes; `Err(reply)` when the message is refused.
 async fn read_message<T>(
-    client: &mut TcpStream,
+    client: &mut impl ClientStream,
     buffer: &mut Vec<u8>,
     parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, Reply>,
 ) -> io::Result<Result<T, Reply>> {
@@ -219,5 +247,37 @@ async fn read_message<T>(
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// An association's relay socket: a host socket, or a port on a virtual IP.
+enum Relay {
+    Host(UdpSocket),
+    Virtual(RelaySocket),
+}
+
+impl Relay {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Host(socket) => socket.local_addr(),
+            Self::Virtual(socket) => Ok(socket.local_addr()),
+        }
+    }
+
+    async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        match self {
+            Self::Host(socket) => socket.recv_from(buf).await,
+            Self::Virtual(socket) => socket.recv_from(buf).await,
+        }
+    }
+
+    /// Sends a datagram; one that fails is lost, as UDP may lose it.
+    async fn send_to(&self, payload: &[u8], to: SocketAddr) {
+        match self {
+            Self::Host(socket) => {
+                let _ = socket.send_to(payload, to).await;
+            }
+            Self::Virtual(socket) => socket.send_to(payload, to),
+        }
     }
 }

@@ -1,12 +1,17 @@
-//! The proxies' way into the tunnel: TCP connections from the interface address, made
-//! by a userspace stack (`tundns-netstack`) whose packets go straight into WireGuard and
-//! come back from it, never through the host's routing table.
+//! The proxies' userspace TCP (`tundns-netstack`) as byte streams, on either side of
+//! tundns:
 //!
-//! One task drives the stack: it takes the packets the [`StackTap`] diverted from the
-//! tunnel, polls, wakes the streams whose connection moved, and hands what the stack
-//! sends to gotatun's second packet source. A [`TunnelStream`] reads and writes the
-//! stack's buffers directly, under the stack's lock, so its buffers are the only ones
-//! and a slow reader closes the TCP window rather than growing memory.
+//! - towards the tunnel, connections from the interface address whose packets go
+//!   straight into WireGuard and come back from it (diverted by the [`StackTap`]), never
+//!   through the host's routing table;
+//! - towards the host, the proxies' listeners on the virtual IPs, whose packets come from
+//!   the TUN through the filter and are written back into it.
+//!
+//! One task drives each stack: it takes the packets that arrived, polls, wakes the
+//! streams whose connection moved, queues accepted connections, and hands what the stack
+//! sends to its [`PacketSink`]. A [`StackStream`] reads and writes the stack's buffers
+//! directly, under the stack's lock, so its buffers are the only ones and a slow reader
+//! closes the TCP window rather than growing memory.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use gotatun::packet::{Ip, Packet};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 use tundns_filter::InboundTap;
 use tundns_netstack::{ConnectFailure, ConnectionId, Error, Event, Limits, TcpStack};
@@ -28,8 +34,11 @@ use tundns_packet::{IpView, Transport};
 use super::ports::{LOCAL_PORTS, PortSet};
 use super::udp_relay::UdpRelay;
 
-/// Packets from the tunnel waiting for the stack's task.
+/// Packets waiting for the stack's task.
 const INBOUND_QUEUE: usize = 4096;
+/// Accepted connections waiting for a proxy to take them; beyond this, new ones are
+/// reset, as a full listen backlog would.
+const ACCEPT_BACKLOG: usize = 128;
 
 /// The stack's resource bounds for proxied connections.
 pub fn proxy_limits(mtu: u16) -> Limits {
@@ -58,7 +67,7 @@ pub enum OpenError {
 
 /// Connections from the interface addresses through the tunnel.
 #[derive(Clone)]
-pub struct TunnelStack {
+pub struct UserStack {
     shared: Arc<Shared>,
 }
 
@@ -75,6 +84,15 @@ struct State {
     stack: TcpStack,
     connections: HashMap<ConnectionId, Connection>,
     next_port: u16,
+    /// Where the connections accepted on each listen address go.
+    accepted: HashMap<SocketAddr, mpsc::Sender<Accepted>>,
+}
+
+/// A connection a listener of the stack accepted.
+pub struct Accepted {
+    pub stream: StackStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
 }
 
 #[derive(Default)]
@@ -95,14 +113,27 @@ enum Status {
     Closed,
 }
 
-/// What the task needs besides the stack: where diverted packets arrive, and where the
-/// stack's own go (gotatun's second packet source).
+/// Where the stack's packets go: gotatun's second packet source, or the TUN.
+pub type PacketSink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// What the task needs besides the stack: where its packets arrive, and where its own go.
 pub struct StackIo {
     pub inbound: mpsc::Receiver<Vec<u8>>,
-    pub outbound: mpsc::Sender<Packet<Ip>>,
+    pub outbound: PacketSink,
 }
 
-impl TunnelStack {
+/// The sink for a stack whose packets go into WireGuard.
+pub fn into_tunnel(channel: mpsc::Sender<Packet<Ip>>) -> PacketSink {
+    Box::new(move |packet| {
+        let Ok(packet) = Packet::from_bytes(BytesMut::from(packet)).try_into_ip() else {
+            return;
+        };
+        // A full channel drops the packet, as a full NIC queue would; TCP resends it.
+        let _ = channel.try_send(packet);
+    })
+}
+
+impl UserStack {
     /// A stack opening connections from `local_ips` (the interface addresses), driven by
     /// a task spawned here, and the tap that diverts the tunnel's packets to it.
     pub fn spawn(local_ips: Vec<IpAddr>, ports: Arc<PortSet>, limits: Limits, io: StackIo) -> Self {
@@ -111,6 +142,7 @@ impl TunnelStack {
                 stack: TcpStack::new(limits),
                 connections: HashMap::new(),
                 next_port: *LOCAL_PORTS.start(),
+                accepted: HashMap::new(),
             }),
             work: Arc::new(Notify::new()),
             local_ips,
@@ -120,8 +152,24 @@ impl TunnelStack {
         Self { shared }
     }
 
+    /// Listens on each of `addresses`; the connections accepted there arrive on the
+    /// receiver. An address that cannot be listened on is logged and skipped.
+    pub fn listen(&self, addresses: &[SocketAddr]) -> mpsc::Receiver<Accepted> {
+        let (sender, receiver) = mpsc::channel(ACCEPT_BACKLOG);
+        let mut state = self.shared.lock();
+        for address in addresses {
+            match state.stack.listen(*address) {
+                Ok(()) => {
+                    state.accepted.insert(*address, sender.clone());
+                }
+                Err(error) => tracing::warn!(%address, %error, "the proxy cannot listen here"),
+            }
+        }
+        receiver
+    }
+
     /// Opens a TCP connection to `remote` through the tunnel.
-    pub async fn connect(&self, remote: SocketAddr) -> Result<TunnelStream, OpenError> {
+    pub async fn connect(&self, remote: SocketAddr) -> Result<StackStream, OpenError> {
         let local_ip = self
             .shared
             .local_ips
@@ -157,7 +205,7 @@ impl TunnelStack {
         .await;
         pending.id = None;
         match outcome {
-            Ok(()) => Ok(TunnelStream {
+            Ok(()) => Ok(StackStream {
                 shared: self.shared.clone(),
                 id,
             }),
@@ -230,6 +278,41 @@ impl State {
         Err(OpenError::NoLocalAddress(remote))
     }
 
+    /// Hands an accepted connection to the listener's queue, or resets it when the queue
+    /// is full or no proxy takes connections any more.
+    fn accept(
+        &mut self,
+        shared: &Arc<Shared>,
+        id: ConnectionId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) {
+        let queued = match self.accepted.get(&local).map(mpsc::Sender::try_reserve) {
+            Some(Ok(slot)) => slot,
+            Some(Err(TrySendError::Full(()) | TrySendError::Closed(()))) | None => {
+                self.stack.close(id);
+                return;
+            }
+        };
+        self.connections.insert(
+            id,
+            Connection {
+                status: Status::Open {
+                    peer_finished: false,
+                },
+                ..Connection::default()
+            },
+        );
+        queued.send(Accepted {
+            stream: StackStream {
+                shared: shared.clone(),
+                id,
+            },
+            peer,
+            local,
+        });
+    }
+
     /// Marks every connection gone and wakes whoever waits on one.
     fn close_all(&mut self) {
         for connection in self.connections.values_mut() {
@@ -273,7 +356,7 @@ impl State {
                 ports.release(local.port());
                 return;
             }
-            // This stack only connects.
+            // Taken by `accept`, which holds the stack's `Shared`.
             Event::Accepted { .. } => return,
         };
         let Some(connection) = self.connections.get_mut(&id) else {
@@ -348,15 +431,12 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut io: StackIo) {
         }
         state.stack.poll(now, &mut events);
         for event in events.drain(..) {
+            if let Event::Accepted { id, peer, local } = event {
+                state.accept(&shared, id, peer, local);
+            }
             state.apply(event, &shared.ports);
         }
-        state.stack.drain_transmit(|packet| {
-            let Ok(packet) = Packet::from_bytes(BytesMut::from(packet)).try_into_ip() else {
-                return;
-            };
-            // A full channel drops the packet, as a full NIC queue would; TCP resends it.
-            let _ = io.outbound.try_send(packet);
-        });
+        state.stack.drain_transmit(&mut io.outbound);
         delay = state.stack.poll_delay(now);
     }
 }
@@ -401,7 +481,7 @@ impl InboundTap for StackTap {
 /// Relays bytes both ways between a proxy's `client` and `tunnel` until both ends have
 /// finished, in 64 KiB steps: each step is a lock of the stack, so fewer, larger ones cost
 /// less than tokio's default 8 KiB.
-pub async fn relay<C>(client: &mut C, tunnel: &mut TunnelStream) -> io::Result<()>
+pub async fn relay<C>(client: &mut C, tunnel: &mut StackStream) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
@@ -412,12 +492,12 @@ where
 }
 
 /// A TCP connection through the tunnel, as a byte stream.
-pub struct TunnelStream {
+pub struct StackStream {
     shared: Arc<Shared>,
     id: ConnectionId,
 }
 
-impl TunnelStream {
+impl StackStream {
     /// Runs `act` on the stack; when it returns `true` beside its result, something moved
     /// that the task must send (bytes written, a window reopened), and it is woken.
     fn poll_with<T>(
@@ -435,7 +515,7 @@ impl TunnelStream {
     }
 }
 
-impl AsyncRead for TunnelStream {
+impl AsyncRead for StackStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -476,7 +556,7 @@ impl AsyncRead for TunnelStream {
     }
 }
 
-impl AsyncWrite for TunnelStream {
+impl AsyncWrite for StackStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -509,7 +589,7 @@ impl AsyncWrite for TunnelStream {
     }
 }
 
-impl Drop for TunnelStream {
+impl Drop for StackStream {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.connections.remove(&self.id);

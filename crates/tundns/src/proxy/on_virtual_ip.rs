@@ -1,0 +1,192 @@
+//! The proxies' listeners on the virtual IPs: their TCP served by a userspace stack of
+//! their own, fed from the TUN and answering into it, and the UDP relay sockets of SOCKS5
+//! associations made there.
+//!
+//! Only this host may use them: a packet whose source is not one of the host's own
+//! addresses (a LAN or container host that routed the virtual IP through this machine) is
+//! dropped before any stack sees it. The tunnel side never gets here: the filter drops
+//! every decrypted packet that names a virtual IP.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tundns_filter::{Datagram, Service, TunWriter, UdpService, VirtualHost};
+use tundns_host::local_addresses::LocalAddresses;
+use tundns_packet::IpView;
+
+use super::ports::LOCAL_PORTS;
+use super::stack::{Accepted, StackIo, UserStack, proxy_limits};
+
+/// Datagrams waiting for one relay socket's association.
+const RELAY_QUEUE: usize = 256;
+
+/// A datagram to a relay socket: its sender and payload.
+type RelayDatagram = (SocketAddr, Vec<u8>);
+/// The bound relay sockets, by address.
+type RelaySockets = HashMap<SocketAddr, mpsc::Sender<RelayDatagram>>;
+
+/// The proxies' side of the virtual IPs: a stack listening on their ports, and the relay
+/// ports of the associations made there.
+pub struct VirtualListeners {
+    stack: UserStack,
+    tcp: Arc<HostOnlyTcp>,
+    tcp_ports: Vec<u16>,
+    pub relays: Arc<RelayPorts>,
+}
+
+impl VirtualListeners {
+    /// A stack for listeners on `addresses` (which the caller then [`listen`]s on),
+    /// answering through `tun`, for packets from `local` sources only.
+    ///
+    /// [`listen`]: Self::listen
+    pub fn new(
+        addresses: &[SocketAddr],
+        mtu: u16,
+        tun: TunWriter,
+        local: Arc<LocalAddresses>,
+    ) -> Self {
+        let (inbound_tx, inbound) = UserStack::inbound_channel();
+        let writer = tun.clone();
+        let stack = UserStack::spawn(
+            Vec::new(),
+            Arc::default(),
+            proxy_limits(mtu),
+            StackIo {
+                inbound,
+                outbound: Box::new(move |packet| writer.send(packet)),
+            },
+        );
+        let mut tcp_ports: Vec<u16> = addresses.iter().map(SocketAddr::port).collect();
+        tcp_ports.sort_unstable();
+        tcp_ports.dedup();
+        Self {
+            stack,
+            tcp: Arc::new(HostOnlyTcp {
+                inbound: inbound_tx,
+                local: local.clone(),
+            }),
+            tcp_ports,
+            relays: Arc::new(RelayPorts {
+                tun,
+                local,
+                sockets: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Listens on `addresses`, which must be among those given to [`new`](Self::new).
+    pub fn listen(&self, addresses: &[SocketAddr]) -> mpsc::Receiver<Accepted> {
+        self.stack.listen(addresses)
+    }
+
+    /// `host` with the listeners' TCP ports and the relays' UDP ports opened.
+    pub fn open_ports(&self, mut host: VirtualHost) -> VirtualHost {
+        for port in &self.tcp_ports {
+            host = host.with_tcp(*port, self.tcp.clone());
+        }
+        host.with_udp_ports(LOCAL_PORTS, self.relays.clone())
+    }
+}
+
+/// The listeners' TCP ports: segments from this host go to the stack.
+struct HostOnlyTcp {
+    inbound: mpsc::Sender<Vec<u8>>,
+    local: Arc<LocalAddresses>,
+}
+
+impl Service for HostOnlyTcp {
+    fn handle(&self, packet: &[u8], _tun: &TunWriter) {
+        let from_this_host = IpView::parse(packet).is_ok_and(|ip| self.local.contains(ip.src()));
+        if !from_this_host {
+            tracing::trace!("proxy: dropped a segment from another host");
+            return;
+        }
+        // Dropped when the stack's task lags this far behind; TCP resends it.
+        let _ = self.inbound.try_send(packet.to_vec());
+    }
+
+    fn name(&self) -> &str {
+        "proxy-tcp"
+    }
+}
+
+/// The UDP relay ports on the virtual IPs, one per association, from [`LOCAL_PORTS`].
+pub struct RelayPorts {
+    tun: TunWriter,
+    local: Arc<LocalAddresses>,
+    sockets: Mutex<RelaySockets>,
+}
+
+impl RelayPorts {
+    /// A relay socket on a free port of `ip`; `None` when every port is taken.
+    pub fn bind(self: &Arc<Self>, ip: IpAddr) -> Option<RelaySocket> {
+        let mut sockets = self.lock();
+        let local = LOCAL_PORTS
+            .map(|port| SocketAddr::new(ip, port))
+            .find(|address| !sockets.contains_key(address))?;
+        let (sender, datagrams) = mpsc::channel(RELAY_QUEUE);
+        sockets.insert(local, sender);
+        Some(RelaySocket {
+            ports: self.clone(),
+            local,
+            datagrams,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RelaySockets> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl UdpService for RelayPorts {
+    fn on_datagram(&self, datagram: Datagram<'_>, _tun: &TunWriter) {
+        if !self.local.contains(datagram.source.ip()) {
+            return;
+        }
+        if let Some(socket) = self.lock().get(&datagram.destination) {
+            // A full queue costs that datagram, as a full socket buffer would.
+            let _ = socket.try_send((datagram.source, datagram.payload.to_vec()));
+        }
+    }
+}
+
+/// A UDP relay socket on a virtual IP, as a SOCKS5 association uses it.
+pub struct RelaySocket {
+    ports: Arc<RelayPorts>,
+    local: SocketAddr,
+    datagrams: mpsc::Receiver<RelayDatagram>,
+}
+
+impl RelaySocket {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The next datagram sent to this socket, copied into `buf` (cut to its length).
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (from, payload) = self
+            .datagrams
+            .recv()
+            .await
+            .ok_or(io::ErrorKind::BrokenPipe)?;
+        let len = payload.len().min(buf.len());
+        buf[..len].copy_from_slice(&payload[..len]);
+        Ok((len, from))
+    }
+
+    /// Writes a datagram from this socket to `to` into the TUN.
+    pub fn send_to(&self, payload: &[u8], to: SocketAddr) {
+        self.ports.tun.send_udp(self.local, to, payload);
+    }
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        self.ports.lock().remove(&self.local);
+    }
+}
