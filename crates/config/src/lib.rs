@@ -216,6 +216,29 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// Things accepted but worth logging, in file order.
     pub warnings: Vec<ConfigWarning>,
+    /// Every key written, with its section and line, in file order: for checks made by
+    /// whoever uses the config (the rootless mode's refusals, say).
+    pub key_lines: Vec<KeyLine>,
+}
+
+impl Config {
+    /// The first line `key` was written on in `section` (`"[Interface]"`), if it was.
+    pub fn line_of(&self, section: &str, key: &str) -> Option<usize> {
+        self.key_lines
+            .iter()
+            .find(|written| written.section == section && written.key == key)
+            .map(|written| written.line)
+    }
+}
+
+/// One key as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLine {
+    /// The section's header, canonically spelled (`"[Interface]"`).
+    pub section: &'static str,
+    /// The key, canonically spelled (`"FwMark"`).
+    pub key: &'static str,
+    pub line: usize,
 }
 
 /// The `[Interface]` section.
@@ -294,8 +317,12 @@ pub struct DnsProxyConfig {
     /// `Enabled`, default true.
     pub enabled: bool,
     /// `Address`: the virtual IPs, in order, without duplicates. Default
-    /// [`DEFAULT_VIRTUAL_IPV4`] and [`DEFAULT_VIRTUAL_IPV6`].
+    /// [`DEFAULT_VIRTUAL_IPV4`] and [`DEFAULT_VIRTUAL_IPV6`]; empty when `Address` lists
+    /// host addresses only.
     pub addresses: Vec<IpAddr>,
+    /// The `ip:port` items of `Address`: host sockets the proxy also serves DNS on, over
+    /// UDP and TCP (the only ones in the rootless mode). Not bound here.
+    pub listen: Vec<Spanned<SocketAddr>>,
     /// `Upstream`: resolvers to try in order, for names no route in `routes` matches.
     /// Default [`DEFAULT_UPSTREAMS`].
     pub upstreams: Vec<Upstream>,
@@ -422,6 +449,7 @@ impl Default for DnsProxyConfig {
                 IpAddr::V4(DEFAULT_VIRTUAL_IPV4),
                 IpAddr::V6(DEFAULT_VIRTUAL_IPV6),
             ],
+            listen: Vec::new(),
             upstreams: DEFAULT_UPSTREAMS.to_vec(),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,

@@ -202,6 +202,7 @@ fn realistic_file_with_every_key() {
         DnsProxyConfig {
             enabled: true,
             addresses: vec![ip("10.30.30.30"), ip("fd30:30:30::30"), ip("10.30.30.31")],
+            listen: Vec::new(),
             upstreams: vec![
                 udp("192.0.2.53:53"),
                 udp("198.51.100.53:5353"),
@@ -742,7 +743,7 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}[DNSProxy]\nAddress = 10.30.30.30/32\n"),
-            "wg0.conf:4: expected a virtual IP address (no /prefix), found \"10.30.30.30/32\"",
+            "wg0.conf:4: expected a virtual IP address (no /prefix) or a host address to listen on (ip:port), found \"10.30.30.30/32\"",
         ),
         (
             format!("{m}[DNSProxy]\nAddress = 0.0.0.0\n"),
@@ -791,7 +792,7 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}[DNSProxy]\nAddress =\n"),
-            "wg0.conf:4: [DNSProxy] Address lists no virtual IP (set Enabled = false to turn the proxy off)",
+            "wg0.conf:4: [DNSProxy] Address lists no virtual IP and no host address (set Enabled = false to turn the proxy off)",
         ),
         (
             format!("{m}[DNSProxy]\nUpstream =\n[Peer]\nPublicKey = {PEER_A}\n"),

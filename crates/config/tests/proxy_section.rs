@@ -112,3 +112,27 @@ fn a_virtual_ip_serves_the_proxies_to_this_host_without_credentials() {
     );
     assert_eq!(proxy.http, [Spanned::new(addr("10.30.30.30:3128"), 7)]);
 }
+
+#[test]
+fn the_dns_proxy_listens_on_host_addresses_beside_or_without_virtual_ips() {
+    let config =
+        parse("[DNSProxy]\nAddress = 10.30.30.30, 127.0.0.1:5353\nAddress = [::1]:5353\n").unwrap();
+    assert_eq!(
+        config.dns_proxy.addresses,
+        ["10.30.30.30".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        config.dns_proxy.listen,
+        [
+            Spanned::new(addr("127.0.0.1:5353"), 4),
+            Spanned::new(addr("[::1]:5353"), 5)
+        ]
+    );
+    // Host addresses alone: no virtual IP, which the system resolver cannot then point at.
+    let config = parse("[DNSProxy]\nAddress = 127.0.0.1:5353\n").unwrap();
+    assert!(config.dns_proxy.addresses.is_empty());
+    let error = parse("DNS = 10.99.0.1\n[DNSProxy]\nAddress = 127.0.0.1:5353\n").unwrap_err();
+    assert!(error.contains(":5:"), "{error}");
+    let error = parse("[DNSProxy]\nAddress = 127.0.0.1:5353, 127.0.0.1:5353\n").unwrap_err();
+    assert!(error.contains("listed twice"), "{error}");
+}

@@ -20,3 +20,49 @@ pub const MAIN_TABLE: u32 = 254;
 pub fn uapi_socket_path(interface: &str) -> PathBuf {
     Path::new(UAPI_DIRECTORY).join(format!("{interface}.sock"))
 }
+
+/// Where one run keeps its sockets: the system's directories for `tundns up`, and one
+/// under `$XDG_RUNTIME_DIR` for the rootless mode, which cannot write those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketDirectories {
+    /// The control sockets, `<iface>.sock`.
+    pub control: PathBuf,
+    /// The UAPI sockets, `<iface>.sock`.
+    pub uapi: PathBuf,
+}
+
+impl SocketDirectories {
+    /// `/run/tundns` and `/var/run/wireguard`, where `wg` finds the UAPI socket.
+    pub fn system() -> Self {
+        Self {
+            control: PathBuf::from(RUN_DIRECTORY),
+            uapi: PathBuf::from(UAPI_DIRECTORY),
+        }
+    }
+
+    /// `$XDG_RUNTIME_DIR/tundns` and its `wireguard` subdirectory; `None` without
+    /// `XDG_RUNTIME_DIR`.
+    pub fn user() -> Option<Self> {
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty())?;
+        let control = Path::new(&runtime).join("tundns");
+        Some(Self {
+            uapi: control.join("wireguard"),
+            control,
+        })
+    }
+
+    /// Every directory a control socket may be in: the system's, then the user's.
+    pub fn all() -> Vec<Self> {
+        std::iter::once(Self::system())
+            .chain(Self::user())
+            .collect()
+    }
+
+    pub fn control_socket(&self, interface: &str) -> PathBuf {
+        self.control.join(format!("{interface}.sock"))
+    }
+
+    pub fn uapi_socket(&self, interface: &str) -> PathBuf {
+        self.uapi.join(format!("{interface}.sock"))
+    }
+}

@@ -36,6 +36,10 @@
 //! on that thread, batch by batch. Services answer through a [`TunWriter`], never through
 //! WireGuard. `tunnel` calls this at start-up, after the interface exists and before
 //! anything is routed to it.
+//!
+//! The rootless mode (`tundns up --userspace`) has no TUN: the proxies' stack is
+//! WireGuard's only packet source, and every decrypted packet goes to its tap
+//! ([`start_userspace_wireguard`]).
 
 use std::io;
 use std::sync::Arc;
@@ -44,12 +48,16 @@ use std::time::Duration;
 use gotatun::device::DeviceBuilder;
 use gotatun::device::Peer;
 use gotatun::device::uapi::UapiServer;
-use gotatun::tun::MtuWatcher;
+use gotatun::packet::{Ip, Packet};
+use gotatun::tun::channel::IpChannelRx;
+use gotatun::tun::{IpSend, MtuWatcher};
 use gotatun::x25519::StaticSecret;
 use tokio::sync::watch;
 use tun_rs::SyncDevice;
 use tundns_config::{Config, MAX_MTU};
-use tundns_filter::{FilterStats, FilteredTun, FilteredTunSender, Rules, TunWriter, VirtualHost};
+use tundns_filter::{
+    FilterStats, FilteredTun, FilteredTunSender, InboundTap, Rules, TunWriter, VirtualHost,
+};
 
 use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::dns::tcp::TcpDns;
@@ -66,6 +74,9 @@ pub enum StartError {
     #[error("starting WireGuard: {0}")]
     WireGuard(#[from] gotatun::device::Error),
 }
+
+/// gotatun's device in the rootless mode: the proxies' stack on both sides.
+pub type UserspaceWireGuard = gotatun::device::Device<(GsoUdpFactory, TapOnly, IpChannelRx)>;
 
 /// gotatun's device with the filter on both sides of the TUN.
 pub type WireGuard = gotatun::device::Device<(GsoUdpFactory, FilteredTunSender, FilteredTun)>;
@@ -203,4 +214,40 @@ pub async fn start_wireguard(
         builder = builder.with_second_ip_recv(packets);
     }
     Ok(builder.build().await?)
+}
+
+/// Where decrypted packets go without a TUN: to the proxies' tap, which takes its own;
+/// anything else has nowhere to go and is dropped, as a host without the address would.
+pub struct TapOnly(Arc<dyn InboundTap>);
+
+impl IpSend for TapOnly {
+    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        self.0.take(packet.into_bytes().as_ref());
+        Ok(())
+    }
+}
+
+/// gotatun's device for the rootless mode: the proxies' stack is its only packet source
+/// and sink, over an ordinary UDP socket; `uapi` is served on a socket of the caller's.
+pub async fn start_userspace_wireguard(
+    config: &Config,
+    peers: Vec<Peer>,
+    proxies: &mut ProxyStack,
+    uapi: UapiServer,
+) -> Result<UserspaceWireGuard, StartError> {
+    let (tap, packets) = proxies
+        .packet_paths()
+        .expect("the stack's packet paths are taken once");
+    let device = DeviceBuilder::new()
+        .with_udp(GsoUdpFactory::default())
+        .with_ip_pair(TapOnly(tap), packets)
+        .with_private_key(StaticSecret::from(
+            *config.interface.private_key.expose_bytes(),
+        ))
+        .with_listen_port(config.interface.listen_port.unwrap_or(0))
+        .with_peers(peers)
+        .with_uapi(uapi)
+        .build()
+        .await?;
+    Ok(device)
 }

@@ -6,9 +6,11 @@
 //!   tasks, and build it from the config;
 //! - [`control`]: the control socket's server, client and protocol;
 //! - [`observability`]: the metrics endpoint and the query log's lifecycle;
-//! - [`proxy`]: the SOCKS5 proxy, whose connections leave through the tunnel from a
-//!   userspace stack;
-//! - [`tunnel`]: `tundns up`, brought up in order and torn down in reverse.
+//! - [`proxy`]: the SOCKS5 and HTTP proxies, whose connections leave through the tunnel
+//!   from a userspace stack;
+//! - [`tunnel`]: `tundns up`, brought up in order and torn down in reverse;
+//! - [`userspace`]: `tundns up --userspace`, the rootless mode: no TUN, nothing changed on
+//!   the host.
 //!
 //! It must never hold logic a library crate could own: packets are `tundns-packet`'s and
 //! `tundns-filter`'s, DNS decisions `tundns-dns`'s and `tundns-resolver`'s, upstream I/O
@@ -21,3 +23,4 @@ pub mod observability;
 pub mod proxy;
 pub mod tunnel;
 pub mod udp_offload;
+pub mod userspace;

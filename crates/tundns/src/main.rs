@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tundns::control::client::{self as control_client, DnsCommand};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
+use tundns::userspace::UserspaceTunnel;
 use tundns_config::Config;
 use tundns_host::CrashRepair;
 use tundns_host::policy_rules::PolicyRepair;
@@ -34,6 +35,11 @@ enum Command {
     Up {
         /// Path to the config, e.g. /etc/wireguard/wg0.conf.
         config: PathBuf,
+        /// Run rootless: no TUN, routes or system resolver change; WireGuard over an
+        /// ordinary UDP socket, reached only through the proxies on host addresses and the
+        /// DNS proxy on [DNSProxy] Address ip:port. Sockets go under $XDG_RUNTIME_DIR.
+        #[arg(long)]
+        userspace: bool,
     },
     /// Validate a config without touching the system.
     Check {
@@ -108,7 +114,7 @@ fn main() -> ExitCode {
         .init();
 
     let path = match &cli.command {
-        Command::Up { config } | Command::Check { config } => config,
+        Command::Up { config, .. } | Command::Check { config } => config,
         Command::Reset { target } => return reset(target),
         Command::Status { .. } | Command::Dns { .. } => return control(cli.command),
     };
@@ -146,14 +152,19 @@ fn main() -> ExitCode {
                     config.interface_name
                 );
             }),
-        Command::Up { .. } => {
+        Command::Up { userspace, .. } => {
             // As wireguard-go does: the UAPI socket hands out the private key, so nothing
             // this process creates may be readable by others.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             runtime.block_on(async {
                 let mut signals = ShutdownSignals::install()?;
-                let tunnel = Tunnel::up(&config, path).await?;
-                tunnel.run_until(&mut signals).await
+                if userspace {
+                    let tunnel = UserspaceTunnel::up(&config, path).await?;
+                    tunnel.run_until(&mut signals).await
+                } else {
+                    let tunnel = Tunnel::up(&config, path).await?;
+                    tunnel.run_until(&mut signals).await
+                }
             })
         }
     };

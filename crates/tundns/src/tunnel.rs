@@ -14,7 +14,7 @@ use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, Rules, Service, TunWriter};
 use tundns_host::SystemError;
 use tundns_host::local_addresses::LocalAddresses;
-use tundns_host::paths::{MAIN_TABLE, uapi_socket_path};
+use tundns_host::paths::{MAIN_TABLE, SocketDirectories, uapi_socket_path};
 use tundns_host::policy_routing;
 use tundns_host::system::{SystemChanges, host_route};
 use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
@@ -22,6 +22,7 @@ use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
 use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
 use crate::dns::config as dns_config;
+use crate::dns::host_sockets::{ClaimedDnsSockets, RunningDnsSockets};
 use crate::observability::{self, Observability, ObservabilityError};
 use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies, TunSide};
 
@@ -65,6 +66,8 @@ pub enum TunnelError {
     Observability(#[from] ObservabilityError),
     #[error("reading the host's addresses: {0}")]
     LocalAddresses(io::Error),
+    #[error("{0}")]
+    Userspace(String),
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -85,6 +88,8 @@ pub struct Tunnel {
     observability: Option<Observability>,
     /// The proxies' listeners, closed with the tunnel.
     proxies: Option<RunningProxies>,
+    /// The DNS proxy's host sockets, closed with the tunnel.
+    dns_sockets: Option<RunningDnsSockets>,
 }
 
 impl Tunnel {
@@ -108,6 +113,7 @@ impl Tunnel {
         // Claimed before any change, so an address in use leaves nothing behind.
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;
+        let dns_sockets = ClaimedDnsSockets::bind(config, path).await?;
         // Who may use the proxies' listeners on the virtual IPs: this host only.
         let local_addresses = match &proxies {
             Some(claimed) if !claimed.virtual_addresses().is_empty() => Some(Arc::new(
@@ -140,10 +146,11 @@ impl Tunnel {
         let mtu = datapath::watch_mtu(&tun, config.interface.mtu);
         let mut proxy_stack = proxies.as_ref().map(|claimed| {
             let tun_side = local_addresses.map(|local| TunSide {
+                addresses: claimed.virtual_addresses(),
                 writer: TunWriter::new(tun.clone(), stats.clone()),
                 local,
             });
-            ProxyStack::new(config, mtu.clone(), claimed, tun_side)
+            ProxyStack::new(config, mtu.clone(), tun_side)
         });
         let (proxy, local_source) = match resolver {
             Some((parts, local_source)) => (
@@ -193,11 +200,13 @@ impl Tunnel {
             control: None,
             observability: None,
             proxies: None,
+            dns_sockets: proxy.as_ref().map(|proxy| dns_sockets.serve(proxy, config)),
         };
         if let (Some(claimed), Some(stack)) = (proxies, proxy_stack) {
             tunnel.proxies = Some(claimed.serve(config, stack, proxy.clone()));
         }
-        match observability.start(proxy.clone(), stats, &tunnel.name) {
+        let sockets = SocketDirectories::system();
+        match observability.start(proxy.clone(), stats, &tunnel.name, &sockets) {
             Ok(running) => tunnel.observability = Some(running),
             Err(error) => {
                 tunnel.shut_down().await;
@@ -205,7 +214,7 @@ impl Tunnel {
             }
         }
         // Before PostUp, so a hook may already push records and routes.
-        match ControlServer::start(config, path, proxy.zip(local_source)) {
+        match ControlServer::start(config, path, proxy.zip(local_source), &sockets) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;
@@ -289,6 +298,7 @@ impl Tunnel {
             control.shut_down();
         }
         drop(self.proxies.take());
+        drop(self.dns_sockets.take());
         self.device.stop().await;
         for ip in self.rules.snapshot().addresses().collect::<Vec<_>>() {
             self.rules.remove(ip);
@@ -353,7 +363,7 @@ pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
 
 /// Checks what the config parser cannot: what this build of tundns supports, and setups
 /// that would work but surprise.
-fn validate(config: &Config) -> Result<(), TunnelError> {
+pub(crate) fn validate(config: &Config) -> Result<(), TunnelError> {
     if config.interface.mtu > MAX_MTU {
         return Err(TunnelError::MtuTooLarge(config.interface.mtu));
     }
@@ -411,7 +421,7 @@ impl ShutdownSignals {
 }
 
 /// The gotatun peers of `config`, with host-name endpoints resolved.
-async fn wireguard_peers(config: &Config) -> Result<Vec<Peer>, TunnelError> {
+pub(crate) async fn wireguard_peers(config: &Config) -> Result<Vec<Peer>, TunnelError> {
     let mut peers = Vec::with_capacity(config.peers.len());
     for peer in &config.peers {
         let mut wg_peer = Peer::new(PublicKey::from(*peer.public_key.as_bytes())).with_allowed_ips(

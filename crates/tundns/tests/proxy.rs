@@ -88,6 +88,28 @@ fn lab_with_proxy_and(
             )
         })
         .unwrap_or_default();
+    serve_page(&lab, page);
+    let options = ClientConfig {
+        dns_proxy_lines: vec![
+            format!("Record = {WEB_NAME} A {PEER_TUNNEL_V4}"),
+            format!("Record = {WEB_NAME} AAAA {PEER_TUNNEL_V6}"),
+            format!("Block = {BLOCKED_NAME}"),
+        ],
+        interface_lines,
+        ..ClientConfig::default()
+    };
+    let config = format!(
+        "{}\n[Proxy]\nSOCKS5 = {SOCKS}, {VIRTUAL_SOCKS}, {VIRTUAL_SOCKS_V6}\n\
+         HTTP = 127.0.0.1:3128, 10.30.30.30:3128\n{credentials}",
+        lab.client_config(&options)
+    );
+    let tundns = lab.start_tundns(&config);
+    Some((lab, tundns))
+}
+
+/// Starts an HTTP server on N's tunnel addresses serving `page` as `/index.html`, and
+/// waits until it answers in N.
+fn serve_page(lab: &Lab, page: &str) {
     let site = lab.write_file("index.html", page);
     let root = site
         .parent()
@@ -108,21 +130,6 @@ fn lab_with_proxy_and(
             &root,
         ],
     );
-    let options = ClientConfig {
-        dns_proxy_lines: vec![
-            format!("Record = {WEB_NAME} A {PEER_TUNNEL_V4}"),
-            format!("Record = {WEB_NAME} AAAA {PEER_TUNNEL_V6}"),
-            format!("Block = {BLOCKED_NAME}"),
-        ],
-        interface_lines,
-        ..ClientConfig::default()
-    };
-    let config = format!(
-        "{}\n[Proxy]\nSOCKS5 = {SOCKS}, {VIRTUAL_SOCKS}, {VIRTUAL_SOCKS_V6}\n\
-         HTTP = 127.0.0.1:3128, 10.30.30.30:3128\n{credentials}",
-        lab.client_config(&options)
-    );
-    let tundns = lab.start_tundns(&config);
     let web = format!("{PEER_TUNNEL_V4}:{WEB_PORT}");
     assert!(
         wait_until(std::time::Duration::from_secs(10), || {
@@ -133,7 +140,6 @@ fn lab_with_proxy_and(
         }),
         "the HTTP server in N did not come up at {web}"
     );
-    Some((lab, tundns))
 }
 
 /// Takes away C's routes to the tunnel's networks, and checks that C can no longer reach
@@ -633,4 +639,129 @@ fn the_listeners_on_the_virtual_ips_serve_this_host_only() {
     // This host still is served.
     let run = curl_in(&lab.client_ns, &["--socks5-hostname", VIRTUAL_SOCKS]);
     run.assert_success();
+}
+
+/// `tundns up --userspace` as `nobody` (through `setpriv`, which execs, so that the exit
+/// status is tundns's own) in C: the proxies on loopback and DNS on
+/// `127.0.0.1:5353` work, and nothing on the host changed (no interface, no route, no
+/// system socket); `tundns status` finds it under `$XDG_RUNTIME_DIR`; SIGTERM cleans up.
+#[test]
+fn the_rootless_mode_serves_as_nobody_and_changes_nothing() {
+    let page = "no root needed\n";
+    let Some(lab) = lab_or_skip("proxy_userspace") else {
+        return;
+    };
+    serve_page(&lab, page);
+    let options = ClientConfig {
+        dns_proxy_lines: vec![
+            "Address = 127.0.0.1:5353".to_owned(),
+            format!("Record = {WEB_NAME} A {PEER_TUNNEL_V4}"),
+        ],
+        ..ClientConfig::default()
+    };
+    let config = format!(
+        "{}\n[Proxy]\nSOCKS5 = {SOCKS}\nHTTP = 127.0.0.1:3128\n",
+        lab.client_config(&options)
+    );
+    let path = lab.write_client_config(&config);
+    let runtime_dir = &path.parent().expect("the lab directory").join("xdg");
+    std::fs::create_dir(runtime_dir).expect("create the runtime directory");
+    for owned in [&path, runtime_dir.as_path()] {
+        std::os::unix::fs::chown(owned, Some(65534), Some(65534)).expect("chown to nobody");
+    }
+    let xdg = format!("XDG_RUNTIME_DIR={}", runtime_dir.display());
+    let as_nobody = |command: &[&str]| -> Vec<String> {
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "env",
+            &xdg,
+        ]
+        .iter()
+        .chain(command)
+        .map(|part| part.to_string())
+        .collect()
+    };
+    let up = as_nobody(&[tundns_bin(), "up", "--userspace", path.to_str().unwrap()]);
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    let mut tundns = lab.spawn_in(&lab.client_ns, "tundns userspace", &up);
+    let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
+    let fetched = wait_until(std::time::Duration::from_secs(15), || {
+        lab.exec_in(
+            &lab.client_ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "--socks5-hostname",
+                SOCKS,
+                &url,
+            ],
+        )
+        .stdout
+            == page
+    });
+    assert!(fetched, "no page through SOCKS5:\n{}", tundns.output());
+    let run = lab.exec_in(
+        &lab.client_ns,
+        &["curl", "-sS", "--max-time", "5", "-x", HTTP_PROXY, &url],
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, page);
+    for transport in ["+notcp", "+tcp"] {
+        let answer = lab.dig(
+            &lab.client_ns,
+            "127.0.0.1",
+            &["-p", "5353", transport, "+short", WEB_NAME],
+        );
+        answer.assert_success();
+        assert_eq!(answer.stdout.trim(), PEER_TUNNEL_V4, "DNS over {transport}");
+    }
+    let status = as_nobody(&[tundns_bin(), "status"]);
+    let status: Vec<&str> = status.iter().map(String::as_str).collect();
+    let status = lab.exec_in(&lab.client_ns, &status);
+    status.assert_success();
+    assert!(status.stdout.contains(&lab.tundns_iface), "{status}");
+
+    // Nothing on the host: no interface, no route into the tunnel, no system socket.
+    let links = lab.exec_in(&lab.client_ns, &["ip", "-o", "link"]);
+    assert!(
+        !links.stdout.contains(&lab.tundns_iface),
+        "an interface appeared:\n{links}"
+    );
+    let routes = lab.exec_in(&lab.client_ns, &["ip", "route", "get", PEER_TUNNEL_V4]);
+    assert!(!routes.stdout.contains(&lab.tundns_iface), "{routes}");
+    let system_socket = format!("/run/tundns/{}.sock", lab.tundns_iface);
+    assert!(!std::path::Path::new(&system_socket).exists());
+
+    tundns.send_sigterm();
+    let status = tundns.wait_for_exit(std::time::Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "tundns did not stop cleanly: {status:?}\n{}",
+        tundns.output()
+    );
+    let left: Vec<_> = walk(runtime_dir)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))
+        .collect();
+    assert!(left.is_empty(), "sockets left behind: {left:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

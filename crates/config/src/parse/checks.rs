@@ -71,6 +71,10 @@ impl Parser<'_> {
         let mut dns_proxy = match self.dns_proxy.take() {
             Some(draft) => {
                 let header_line = draft.header_line;
+                let address_line = draft
+                    .addresses
+                    .as_ref()
+                    .map_or(header_line, |(_, line)| *line);
                 let addresses = match draft.addresses {
                     Some((addresses, _)) => addresses,
                     None => draft
@@ -90,6 +94,17 @@ impl Parser<'_> {
                 }
                 if proxy.enabled {
                     check_virtual_addresses(path, &addresses, &interface.addresses, &proxy)?;
+                    let takes_over_system_dns = proxy
+                        .set_system_dns
+                        .unwrap_or(!interface.dns_servers.is_empty());
+                    if addresses.is_empty() && takes_over_system_dns {
+                        return Err(ConfigError::at(
+                            path,
+                            address_line,
+                            "the system resolver is pointed at the virtual IPs, and Address lists none: \
+                             add one, or set SetSystemDNS = false",
+                        ));
+                    }
                 } else if proxy.set_system_dns == Some(true) {
                     let line = draft.seen.first_line("SetSystemDNS").unwrap_or(header_line);
                     let disabled = enabled_line
@@ -214,6 +229,7 @@ impl Parser<'_> {
             dns_proxy,
             proxy,
             warnings: self.warnings,
+            key_lines: self.key_lines,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Each section's keys: reads a value and stores it in the section's draft, with the
 //! checks one line can answer on its own.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::Parser;
 use crate::upstream::parse_upstream;
@@ -155,9 +155,25 @@ impl Parser<'_> {
                     draft.addresses.get_or_insert_with(|| (Vec::new(), line));
                 *last_line = line;
                 for item in values::list_items(value)? {
+                    // ip:port is a host socket to serve DNS on, beside the virtual IPs.
+                    if let Ok(listen) = item.parse::<SocketAddr>() {
+                        if listen.port() == 0 {
+                            return Err(format!("{listen}: a listen address needs a port"));
+                        }
+                        if let Some(first) =
+                            config.listen.iter().find(|known| known.value == listen)
+                        {
+                            return Err(format!(
+                                "{listen} is listed twice (first on line {})",
+                                first.line
+                            ));
+                        }
+                        config.listen.push(Spanned::new(listen, line));
+                        continue;
+                    }
                     let ip: IpAddr = item.parse().map_err(|_| {
                         format!(
-                            "expected a virtual IP address (no /prefix), found {}",
+                            "expected a virtual IP address (no /prefix) or a host address to listen on (ip:port), found {}",
                             shown(item)
                         )
                     })?;

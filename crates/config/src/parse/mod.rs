@@ -17,7 +17,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::{
-    Config, ConfigError, ConfigWarning, DnsProxyConfig, Endpoint, ProxyConfig, PublicKey,
+    Config, ConfigError, ConfigWarning, DnsProxyConfig, Endpoint, KeyLine, ProxyConfig, PublicKey,
     RouteTable, SecretKey, Upstream,
 };
 use sections::{
@@ -99,6 +99,7 @@ struct Parser<'p> {
     /// Each routed domain and the line that routed it.
     routed_domains: HashMap<String, usize>,
     warnings: Vec<ConfigWarning>,
+    key_lines: Vec<KeyLine>,
 }
 
 impl<'p> Parser<'p> {
@@ -113,6 +114,7 @@ impl<'p> Parser<'p> {
             proxy: None,
             public_key_lines: HashMap::new(),
             routed_domains: HashMap::new(),
+            key_lines: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -153,6 +155,11 @@ impl<'p> Parser<'p> {
         else {
             return Err(self.error(number, unknown_key_message(section, key)));
         };
+        self.key_lines.push(KeyLine {
+            section: section.header(),
+            key: canonical,
+            line: number,
+        });
         if repeat == Repeat::Once {
             let seen = match section {
                 Section::Interface => self.interface.as_mut().map(|d| &mut d.seen),
@@ -313,10 +320,11 @@ impl<'p> Parser<'p> {
                 if draft.config.enabled {
                     if let Some((addresses, line)) = &draft.addresses
                         && addresses.is_empty()
+                        && draft.config.listen.is_empty()
                     {
                         return Err(self.error(
                             *line,
-                            "[DNSProxy] Address lists no virtual IP (set Enabled = false to turn the proxy off)",
+                            "[DNSProxy] Address lists no virtual IP and no host address (set Enabled = false to turn the proxy off)",
                         ));
                     }
                     if let Some((upstreams, line)) = &draft.upstreams

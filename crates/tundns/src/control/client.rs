@@ -12,9 +12,9 @@ use clap::Subcommand;
 use serde::de::DeserializeOwned;
 
 use crate::control::protocol::{
-    CONTROL_DIRECTORY, Done, QueryReport, RecordEntry, Reply, Request, RouteEntry, Source, Status,
-    socket_path,
+    Done, QueryReport, RecordEntry, Reply, Request, RouteEntry, Source, Status,
 };
+use tundns_host::paths::SocketDirectories;
 
 /// A reply takes at most this long: a traced query may wait for every upstream in turn.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,25 +152,36 @@ fn request_of(command: DnsCommand) -> Request {
     }
 }
 
-/// The socket of `interface`, or the only one there is.
+/// The socket of `interface`, or the only one there is: in the system's directory
+/// (`tundns up`), or in the user's (`tundns up --userspace`).
 pub fn find_socket(interface: Option<&str>) -> Result<PathBuf, String> {
+    let directories = SocketDirectories::all();
+    let searched = || {
+        directories
+            .iter()
+            .map(|directories| directories.control.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
     if let Some(interface) = interface {
-        let path = socket_path(interface);
-        return if path.exists() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "no control socket for {interface} ({}): is `tundns up` running?",
-                path.display()
-            ))
-        };
+        return directories
+            .iter()
+            .map(|directories| directories.control_socket(interface))
+            .find(|path| path.exists())
+            .ok_or_else(|| {
+                format!(
+                    "no control socket for {interface} in {}: is `tundns up` running?",
+                    searched()
+                )
+            });
     }
-    let sockets = list_sockets(Path::new(CONTROL_DIRECTORY));
+    let sockets: Vec<PathBuf> = directories
+        .iter()
+        .flat_map(|directories| list_sockets(&directories.control))
+        .collect();
     match sockets.as_slice() {
         [only] => Ok(only.clone()),
-        [] => Err(format!(
-            "no tundns is running (nothing in {CONTROL_DIRECTORY})"
-        )),
+        [] => Err(format!("no tundns is running (nothing in {})", searched())),
         several => Err(format!(
             "several tunnels are running ({}): name one",
             several

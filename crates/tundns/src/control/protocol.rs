@@ -8,16 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::dns::runtime::{RecordEntry, RouteEntry, Source};
 
-/// Where the control sockets live, one per interface: `/run/tundns/<iface>.sock`.
-pub const CONTROL_DIRECTORY: &str = tundns_host::paths::RUN_DIRECTORY;
-
 /// The longest request line taken; a longer one is an error and ends the connection.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
-
-/// The control socket of interface `iface`.
-pub fn socket_path(iface: &str) -> std::path::PathBuf {
-    std::path::Path::new(CONTROL_DIRECTORY).join(format!("{iface}.sock"))
-}
 
 /// One request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,13 +291,5 @@ mod tests {
         assert_eq!(error.to_line(), "{\"error\":\"no such route\"}\n");
         let back: Reply = serde_json::from_str(ok.to_line().trim()).unwrap();
         assert_eq!(back, ok);
-    }
-
-    #[test]
-    fn the_socket_is_named_after_the_interface() {
-        assert_eq!(
-            socket_path("wg0"),
-            std::path::PathBuf::from("/run/tundns/wg0.sock")
-        );
     }
 }

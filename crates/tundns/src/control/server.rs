@@ -19,13 +19,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tundns_config::Config;
-use tundns_host::paths::uapi_socket_path;
+use tundns_host::paths::SocketDirectories;
 use tundns_resolver::AnswerPath;
 use tundns_upstream::Protocol;
 
 use crate::control::protocol::{
-    AnsweredBy, CONTROL_DIRECTORY, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
-    ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request, socket_path,
+    AnsweredBy, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus, ProxyStatus,
+    QueryReport, Reply, Request, Status, UpstreamStatus, parse_request,
 };
 use crate::dns::config as dns_config;
 use crate::dns::proxy::{DnsProxy, Verdict};
@@ -54,6 +54,7 @@ pub enum ControlError {
 /// What the requests act on.
 struct State {
     interface: String,
+    uapi_socket: PathBuf,
     config: Config,
     /// Where `config` was read from, for errors about its lines.
     config_path: PathBuf,
@@ -98,8 +99,9 @@ impl ControlServer {
         config: &Config,
         config_path: &Path,
         dns: Option<(Arc<DnsProxy>, LocalSource)>,
+        sockets: &SocketDirectories,
     ) -> Result<Self, ControlError> {
-        let path = socket_path(&config.interface_name);
+        let path = sockets.control_socket(&config.interface_name);
         let dns = dns.map(|(proxy, local)| Dns {
             sources: Mutex::new(Sources {
                 local,
@@ -110,6 +112,7 @@ impl ControlServer {
         let listener = bind(&path)?;
         let state = Arc::new(State {
             interface: config.interface_name.clone(),
+            uapi_socket: sockets.uapi_socket(&config.interface_name),
             config: config.clone(),
             config_path: config_path.to_owned(),
             blocklist_reload: tokio::sync::Mutex::new(()),
@@ -165,8 +168,12 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_owned(),
         source,
     };
-    let directory = Path::new(CONTROL_DIRECTORY);
-    match fs::DirBuilder::new().mode(0o700).create(directory) {
+    let directory = path.parent().unwrap_or(Path::new("/"));
+    match fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(directory)
+    {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
         Err(error) => return Err(io_error(error)),
@@ -174,7 +181,8 @@ fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let metadata = fs::symlink_metadata(directory).map_err(io_error)?;
     if !metadata.is_dir() || metadata.uid() != nix::unistd::geteuid().as_raw() {
         return Err(unsafe_path(format!(
-            "{CONTROL_DIRECTORY} is not a directory owned by this user"
+            "{} is not a directory owned by this user",
+            directory.display()
         )));
     }
     if metadata.mode() & 0o077 != 0 {
@@ -398,7 +406,7 @@ fn flush(proxy: &DnsProxy) -> Reply {
 }
 
 async fn status(state: &State) -> Status {
-    let (listen_port, peers) = match read_uapi(&state.interface).await {
+    let (listen_port, peers) = match read_uapi(&state.uapi_socket).await {
         Ok(text) => parse_uapi(&text),
         Err(error) => {
             tracing::debug!(%error, "reading the UAPI socket");
@@ -489,9 +497,8 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
 }
 
 /// The answer of the interface's UAPI socket to `get=1`.
-async fn read_uapi(interface: &str) -> io::Result<zeroize::Zeroizing<String>> {
-    let path = uapi_socket_path(interface);
-    tokio::time::timeout(UAPI_TIMEOUT, wireguard_stats::get(&path))
+async fn read_uapi(path: &Path) -> io::Result<zeroize::Zeroizing<String>> {
+    tokio::time::timeout(UAPI_TIMEOUT, wireguard_stats::get(path))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the UAPI socket did not answer"))?
 }

@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,8 +43,10 @@ pub struct MetricsSources {
     pub filter: Arc<FilterStats>,
     /// The query log's counters, when it is on.
     pub query_log: Option<Arc<QueryLogStats>>,
-    /// The WireGuard interface, whose UAPI socket gives the peers' counters.
+    /// The WireGuard interface.
     pub interface: String,
+    /// Its UAPI socket, which gives the peers' counters.
+    pub uapi_socket: PathBuf,
 }
 
 /// How long a scrape waits for the UAPI socket before leaving the peers out.
@@ -53,15 +56,16 @@ const UAPI_TIMEOUT: Duration = Duration::from_secs(1);
 /// the UAPI socket first; if that fails, the peers are left out and
 /// `tundns_wireguard_up` says so.
 pub async fn render(sources: &Arc<MetricsSources>) -> String {
-    let path = wireguard::uapi_socket_path(&sources.interface);
-    let peers = match tokio::time::timeout(UAPI_TIMEOUT, wireguard::read_peers(&path)).await {
-        Ok(Ok(peers)) => Some(peers),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "metrics: reading the UAPI socket");
-            None
-        }
-        Err(_) => None,
-    };
+    let peers =
+        match tokio::time::timeout(UAPI_TIMEOUT, wireguard::read_peers(&sources.uapi_socket)).await
+        {
+            Ok(Ok(peers)) => Some(peers),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "metrics: reading the UAPI socket");
+                None
+            }
+            Err(_) => None,
+        };
     render_with_peers(sources.clone(), peers)
 }
 
@@ -589,6 +593,7 @@ mod tests {
             filter,
             query_log: None,
             interface: "wgtest0".into(),
+            uapi_socket: "/nonexistent/wgtest0.sock".into(),
         })
     }
 

@@ -16,6 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tundns_host::paths::SocketDirectories;
 
 use tundns_config::Config;
 use tundns_filter::FilterStats;
@@ -130,13 +131,14 @@ impl Claimed {
     }
 
     /// Starts serving metrics about `proxy` (if the resolver runs), the filter's `filter`
-    /// counters and the WireGuard device `interface`, and reopening the log on SIGHUP.
-    /// Needs a running tokio runtime.
+    /// counters and the WireGuard device `interface` (whose UAPI socket is in `sockets`),
+    /// and reopening the log on SIGHUP. Needs a running tokio runtime.
     pub fn start(
         self,
         proxy: Option<Arc<DnsProxy>>,
         filter: Arc<FilterStats>,
         interface: &str,
+        sockets: &SocketDirectories,
     ) -> Result<Observability, ObservabilityError> {
         let server = match self.listener {
             Some(listener) => {
@@ -146,6 +148,7 @@ impl Claimed {
                     filter,
                     query_log: self.query_log.as_ref().map(|log| log.stats().clone()),
                     interface: interface.to_string(),
+                    uapi_socket: sockets.uapi_socket(interface),
                 });
                 let server =
                     MetricsServer::spawn(listener, sources).map_err(ObservabilityError::Start)?;

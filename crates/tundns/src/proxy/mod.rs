@@ -394,21 +394,17 @@ pub struct ProxyStack {
     on_virtual_ips: Option<VirtualListeners>,
 }
 
-/// What the listeners on the virtual IPs need of the TUN side.
+/// The listeners on the virtual IPs, and what they need of the TUN side.
 pub struct TunSide {
+    pub addresses: Vec<SocketAddr>,
     pub writer: TunWriter,
     pub local: Arc<LocalAddresses>,
 }
 
 impl ProxyStack {
     /// A stack on the interface addresses, its packets at most the TUN's MTU, and one for
-    /// `claimed`'s listeners on the virtual IPs, answering through `tun`.
-    pub fn new(
-        config: &Config,
-        mtu: MtuWatcher,
-        claimed: &ClaimedProxies,
-        tun: Option<TunSide>,
-    ) -> Self {
+    /// the listeners on the virtual IPs, answering through the TUN, if there are any.
+    pub fn new(config: &Config, mtu: MtuWatcher, tun: Option<TunSide>) -> Self {
         let local_ips: Vec<IpAddr> = config.interface.addresses.iter().map(IpNet::addr).collect();
         let (outbound, packets) = ip_channel(OUTBOUND_QUEUE, mtu);
         let (inbound_tx, inbound) = UserStack::inbound_channel();
@@ -429,14 +425,8 @@ impl ProxyStack {
             },
         );
         let tap = stack.tap(inbound_tx, udp.clone());
-        let virtual_addresses = claimed.virtual_addresses();
-        let on_virtual_ips = tun.filter(|_| !virtual_addresses.is_empty()).map(|tun| {
-            VirtualListeners::new(
-                &virtual_addresses,
-                config.interface.mtu,
-                tun.writer,
-                tun.local,
-            )
+        let on_virtual_ips = tun.filter(|tun| !tun.addresses.is_empty()).map(|tun| {
+            VirtualListeners::new(&tun.addresses, config.interface.mtu, tun.writer, tun.local)
         });
         Self {
             stack,

@@ -1,0 +1,322 @@
+//! `tundns up --userspace`: the rootless mode. No TUN, no routes, no change to the system
+//! resolver; WireGuard runs over an ordinary UDP socket, the proxies' userspace stack is
+//! the only thing inside the tunnel, the proxies listen on host addresses and the DNS proxy
+//! on the host sockets of `[DNSProxy] Address`. The control and UAPI sockets live under
+//! `$XDG_RUNTIME_DIR/tundns`.
+//!
+//! The same config file works in both modes: keys that would change the host are refused,
+//! naming their line ([`refuse_privileged`]); the virtual IPs, which have no TUN to be
+//! served from, are left out with one log line.
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use gotatun::device::uapi::UapiServer;
+use gotatun::tun::MtuWatcher;
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+use tundns_config::{Config, ConfigError, RouteTable};
+use tundns_filter::FilterStats;
+use tundns_host::paths::SocketDirectories;
+use tundns_host::system_dns::DnsTakeover;
+
+use crate::control::ControlServer;
+use crate::datapath::{self, UserspaceWireGuard};
+use crate::dns::config as dns_config;
+use crate::dns::host_sockets::{ClaimedDnsSockets, RunningDnsSockets};
+use crate::observability::{self, Observability};
+use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies};
+use crate::tunnel::{ShutdownSignals, TunnelError, validate, wireguard_peers};
+
+/// A running rootless tunnel.
+pub struct UserspaceTunnel {
+    name: String,
+    device: UserspaceWireGuard,
+    sockets: SocketDirectories,
+    uapi: JoinHandle<()>,
+    control: Option<ControlServer>,
+    observability: Option<Observability>,
+    proxies: Option<RunningProxies>,
+    dns_sockets: Option<RunningDnsSockets>,
+}
+
+impl UserspaceTunnel {
+    /// Brings the tunnel up as `config` says, changing nothing on the host.
+    pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
+        validate(config)?;
+        refuse_privileged(config, path)?;
+        let sockets = SocketDirectories::user().ok_or_else(|| {
+            TunnelError::Userspace(
+                "XDG_RUNTIME_DIR is not set: the control socket has nowhere to go".into(),
+            )
+        })?;
+        if config.dns_proxy.enabled && !config.dns_proxy.addresses.is_empty() {
+            tracing::info!(
+                "[DNSProxy] Address: the virtual IPs are served only through a TUN; --userspace serves DNS on its host addresses (ip:port) alone"
+            );
+        }
+        // Reads the system's resolvers as upstreams when the config names none.
+        let takeover = DnsTakeover::prepare(config)?;
+        let config = &takeover.resolver_config(config);
+        let resolver = config
+            .dns_proxy
+            .enabled
+            .then(|| dns_config::resolver_parts(config, path))
+            .transpose()?;
+        let observability = observability::Claimed::new(config, path)?;
+        let proxies = ClaimedProxies::claim(config, path).await?;
+        let dns_sockets = ClaimedDnsSockets::bind(config, path).await?;
+        let peers = wireguard_peers(config).await?;
+        let name = config.interface_name.clone();
+
+        let mut stack = ProxyStack::new(config, MtuWatcher::new(config.interface.mtu), None);
+        let (uapi_server, uapi) = serve_uapi(&sockets, &name)?;
+        let device =
+            datapath::start_userspace_wireguard(config, peers, &mut stack, uapi_server).await?;
+        let proxy = resolver.map(|(parts, local_source)| {
+            let proxy = crate::dns::proxy::DnsProxy::new(parts);
+            (proxy, local_source)
+        });
+        if let (Some((proxy, _)), Some(log)) = (&proxy, observability.query_log()) {
+            proxy.set_query_log(log.clone());
+        }
+        let resolver = proxy.as_ref().map(|(proxy, _)| proxy.clone());
+        let mut tunnel = Self {
+            name,
+            device,
+            uapi,
+            control: None,
+            observability: None,
+            dns_sockets: resolver
+                .as_ref()
+                .map(|resolver| dns_sockets.serve(resolver, config)),
+            proxies: proxies.map(|claimed| claimed.serve(config, stack, resolver.clone())),
+            sockets,
+        };
+        let stats = Arc::new(FilterStats::default());
+        match observability.start(resolver, stats, &tunnel.name, &tunnel.sockets) {
+            Ok(running) => tunnel.observability = Some(running),
+            Err(error) => {
+                tunnel.shut_down().await;
+                return Err(error.into());
+            }
+        }
+        match ControlServer::start(config, path, proxy, &tunnel.sockets) {
+            Ok(control) => tunnel.control = Some(control),
+            Err(error) => {
+                tunnel.shut_down().await;
+                return Err(error.into());
+            }
+        }
+        tracing::info!(interface = %tunnel.name, "tunnel up (userspace)");
+        Ok(tunnel)
+    }
+
+    /// Runs until one of `signals` arrives or WireGuard fails, then shuts down.
+    pub async fn run_until(mut self, signals: &mut ShutdownSignals) -> Result<(), TunnelError> {
+        let failure = tokio::select! {
+            signal = signals.recv() => {
+                tracing::info!("{signal}: shutting down");
+                None
+            }
+            () = self.device.wait() => Some(TunnelError::WireGuardFailed("fatal device error".into())),
+        };
+        self.shut_down().await;
+        failure.map_or(Ok(()), Err)
+    }
+
+    async fn shut_down(mut self) {
+        if let Some(control) = self.control.take() {
+            control.shut_down();
+        }
+        drop(self.proxies.take());
+        drop(self.dns_sockets.take());
+        drop(self.observability.take());
+        self.device.stop().await;
+        self.uapi.abort();
+        let uapi_socket = self.sockets.uapi_socket(&self.name);
+        if let Err(error) = std::fs::remove_file(&uapi_socket)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %uapi_socket.display(), %error, "could not remove the UAPI socket");
+        }
+        tracing::info!(interface = %self.name, "tunnel down");
+    }
+}
+
+/// Refuses, naming the line, what would change the host, which the rootless mode never
+/// does.
+pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError> {
+    let refuse = |section: &str, key: &str, reason: &str| {
+        let line = config.line_of(section, key).unwrap_or(1);
+        Err(ConfigError::at(
+            path,
+            line,
+            format!("{key}: {reason}; --userspace changes nothing on the host"),
+        ))
+    };
+    let interface = &config.interface;
+    if interface.table != RouteTable::Off && config.line_of("[Interface]", "Table").is_some() {
+        return refuse(
+            "[Interface]",
+            "Table",
+            "routes need the TUN (Table = off is accepted)",
+        );
+    }
+    if interface.fwmark.is_some() {
+        return refuse(
+            "[Interface]",
+            "FwMark",
+            "marking packets needs CAP_NET_ADMIN",
+        );
+    }
+    for hook in ["PreUp", "PostUp", "PreDown", "PostDown"] {
+        if config.line_of("[Interface]", hook).is_some() {
+            return refuse(
+                "[Interface]",
+                hook,
+                "hooks are for the interface, and there is none",
+            );
+        }
+    }
+    match config.dns_proxy.set_system_dns {
+        Some(true) => {
+            return refuse(
+                "[DNSProxy]",
+                "SetSystemDNS",
+                "the system resolver is not changed",
+            );
+        }
+        None if !interface.dns_servers.is_empty() || !interface.dns_search.is_empty() => {
+            return refuse(
+                "[Interface]",
+                "DNS",
+                "it would point the system resolver at tundns (set SetSystemDNS = false in [DNSProxy] to keep it for the other mode)",
+            );
+        }
+        _ => {}
+    }
+    if let Some(route) = config
+        .dns_proxy
+        .routes
+        .iter()
+        .find(|route| route.through_tunnel)
+    {
+        return Err(ConfigError::at(
+            path,
+            route.line,
+            "ThroughTunnel: its queries are sent from the interface address through the TUN; --userspace has neither",
+        ));
+    }
+    if let Some(proxy) = &config.proxy {
+        let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
+        for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
+            if config.dns_proxy.addresses.contains(&listen.value.ip()) {
+                return Err(ConfigError::at(
+                    path,
+                    listen.line,
+                    format!(
+                        "{key} {}: a virtual IP is served through the TUN, which --userspace does not have; listen on a host address such as 127.0.0.1:{}",
+                        listen.value,
+                        listen.value.port()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The UAPI socket at `$XDG_RUNTIME_DIR/tundns/wireguard/<name>.sock`, speaking WireGuard's
+/// configuration protocol as the system one does; its task ends when aborted.
+fn serve_uapi(
+    sockets: &SocketDirectories,
+    name: &str,
+) -> Result<(UapiServer, JoinHandle<()>), TunnelError> {
+    let failure = |error: io::Error| {
+        TunnelError::Userspace(format!(
+            "UAPI socket in {}: {error}",
+            sockets.uapi.display()
+        ))
+    };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&sockets.uapi)
+        .map_err(failure)?;
+    let path = sockets.uapi_socket(name);
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(TunnelError::Userspace(format!(
+            "{} is in use: is this tunnel already running?",
+            path.display()
+        )));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(failure)?;
+    let (client, server) = UapiServer::new();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            // gotatun's protocol driver reads and writes blocking, on a thread of its own.
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            if stream.set_nonblocking(false).is_ok() {
+                client.clone().wrap_read_write(stream);
+            }
+        }
+    });
+    Ok((server, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.99.0.2/24\n";
+
+    /// The line `refuse_privileged` names for `HEAD` plus `extra`, or `None` if it accepts.
+    fn refused_line(extra: &str) -> Option<usize> {
+        let config = Config::parse(&format!("{HEAD}{extra}"), "wg0.conf").expect("parses");
+        let error = refuse_privileged(&config, Path::new("wg0.conf")).err()?;
+        let text = error.to_string();
+        assert!(text.contains("wg0.conf"), "{text}");
+        text.split(':').nth(1).and_then(|line| line.parse().ok())
+    }
+
+    #[test]
+    fn what_would_change_the_host_is_refused_on_its_line() {
+        assert_eq!(refused_line("Table = 1234\n"), Some(4));
+        assert_eq!(refused_line("FwMark = 0x1234\n"), Some(4));
+        assert_eq!(refused_line("MTU = 1400\nPostUp = echo up\n"), Some(5));
+        assert_eq!(refused_line("DNS = 10.99.0.1\n"), Some(4));
+        assert_eq!(refused_line("[DNSProxy]\nSetSystemDNS = true\n"), Some(5));
+        assert_eq!(
+            refused_line(
+                "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n\
+                 [DNSRoute]\nDomain = corp\nUpstream = 10.99.0.1\nThroughTunnel = true\n"
+            ),
+            Some(7)
+        );
+        assert_eq!(
+            refused_line("[Proxy]\nSOCKS5 = 127.0.0.1:1080, 10.30.30.30:1080\n"),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn what_changes_nothing_is_accepted() {
+        assert_eq!(
+            refused_line("Table = off\nFwMark = off\nMTU = 1380\n"),
+            None
+        );
+        assert_eq!(
+            refused_line(
+                "DNS = 10.99.0.1\n[DNSProxy]\nSetSystemDNS = false\nAddress = 127.0.0.1:5353\n"
+            ),
+            None
+        );
+        assert_eq!(refused_line("[Proxy]\nSOCKS5 = 127.0.0.1:1080\n"), None);
+    }
+}
