@@ -10,6 +10,7 @@ packages=(
     dnsperf iperf3 dnsdist         # benchmarks
     iproute2 iputils-ping tcpdump netcat-openbsd procps openssl python3
     curl                           # the proxies' real client
+    openssh-client openssh-server  # ssh through the SOCKS5 proxy (nc -X 5), to a lab sshd
     nftables                       # full tunnels' anti-spoofing and mark rules, as wg-quick
     systemd                        # systemd-analyze verifies packaging/tundns@.service
 )
@@ -24,10 +25,10 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# unbound's Debian package starts a system-wide instance; the labs run their own, in
-# their own namespaces, and never need it.
+# unbound's and openssh-server's Debian packages start system-wide instances; the labs run
+# their own, in their own namespaces, and never need them.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now unbound >/dev/null 2>&1 || true
+    systemctl disable --now unbound ssh >/dev/null 2>&1 || true
 fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }

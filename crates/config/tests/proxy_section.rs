@@ -131,8 +131,13 @@ fn the_dns_proxy_listens_on_host_addresses_beside_or_without_virtual_ips() {
     // Host addresses alone: no virtual IP, which the system resolver cannot then point at.
     let config = parse("[DNSProxy]\nAddress = 127.0.0.1:5353\n").unwrap();
     assert!(config.dns_proxy.addresses.is_empty());
-    let error = parse("DNS = 10.99.0.1\n[DNSProxy]\nAddress = 127.0.0.1:5353\n").unwrap_err();
-    assert!(error.contains(":5:"), "{error}");
+    let error = parse("[DNSProxy]\nAddress = 127.0.0.1:5353\nSetSystemDNS = true\n").unwrap_err();
+    assert!(error.contains(":4:"), "{error}");
+    let error = parse("[DNSProxy]\nAddress = 192.0.2.2:53\n").unwrap_err();
+    assert!(
+        error.contains(":4:") && error.contains("loopback"),
+        "{error}"
+    );
     let error = parse("[DNSProxy]\nAddress = 127.0.0.1:5353, 127.0.0.1:5353\n").unwrap_err();
     assert!(error.contains("listed twice"), "{error}");
 }

@@ -95,6 +95,59 @@ impl FirewallTable {
         )
     }
 
+    /// The table that keeps forwarded packets off the proxies' listeners on the virtual
+    /// IPs of `interface`, in `family`. Its name starts `tundns_`, which no full tunnel's
+    /// table has (an `_` in an interface name is escaped).
+    pub fn for_virtual_listeners(interface: &str, family: Family) -> Self {
+        let full_tunnel = Self::for_interface(interface, family);
+        FirewallTable {
+            family,
+            name: full_tunnel.name.replacen("tundns-", "tundns_listeners-", 1),
+        }
+    }
+
+    /// The ruleset that creates the listeners' table, replacing any of the same name: it
+    /// drops forwarded packets to the `tcp` listen addresses of this table's family and to
+    /// the UDP `relay_ports` of their IPs. This host's own packets are never forwarded, so
+    /// they pass; a routed host's are dropped before any masquerade makes them look local.
+    pub fn listeners_ruleset(
+        &self,
+        tcp: &[std::net::SocketAddr],
+        relay_ports: (u16, u16),
+    ) -> String {
+        let family = self.family.keyword();
+        let mut rules = String::new();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for listen in tcp.iter().filter(|listen| self.family.holds(&listen.ip())) {
+            rules.push_str(&format!(
+                "    {family} daddr {} tcp dport {} drop
+",
+                listen.ip(),
+                listen.port()
+            ));
+            if !ips.contains(&listen.ip()) {
+                ips.push(listen.ip());
+            }
+        }
+        for ip in ips {
+            rules.push_str(&format!(
+                "    {family} daddr {ip} udp dport {}-{} drop
+",
+                relay_ports.0, relay_ports.1
+            ));
+        }
+        format!(
+            "{removal}table {family} {name} {{
+               chain forward {{
+    type filter hook forward priority filter; policy accept;
+{rules}  }}
+}}
+",
+            removal = self.removal(),
+            name = self.name,
+        )
+    }
+
     /// The ruleset that deletes this table, and succeeds when there is none: declaring the
     /// table first makes sure there is one to delete.
     fn removal(&self) -> String {

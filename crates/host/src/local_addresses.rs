@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 pub struct LocalAddresses {
     current: Arc<ArcSwap<Vec<IpAddr>>>,
     watcher: JoinHandle<()>,
+    connection: JoinHandle<()>,
 }
 
 impl LocalAddresses {
@@ -28,7 +29,7 @@ impl LocalAddresses {
             .socket_mut()
             .socket_mut()
             .bind(&SocketAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))?;
-        tokio::spawn(connection);
+        let connection = tokio::spawn(connection);
         let current = Arc::new(ArcSwap::from_pointee(dump(&handle).await?));
         let watched = current.clone();
         let watcher = tokio::spawn(async move {
@@ -40,8 +41,13 @@ impl LocalAddresses {
                     Err(error) => tracing::warn!(%error, "reading the host's addresses"),
                 }
             }
+            tracing::warn!("netlink stopped: the host's addresses are no longer followed");
         });
-        Ok(Self { current, watcher })
+        Ok(Self {
+            current,
+            watcher,
+            connection,
+        })
     }
 
     /// Whether `ip` is one of this host's addresses (an IPv4-mapped address counts as
@@ -55,6 +61,7 @@ impl LocalAddresses {
 impl Drop for LocalAddresses {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.connection.abort();
     }
 }
 

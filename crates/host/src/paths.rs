@@ -43,7 +43,8 @@ impl SocketDirectories {
     /// `$XDG_RUNTIME_DIR/tundns` and its `wireguard` subdirectory; `None` without
     /// `XDG_RUNTIME_DIR`.
     pub fn user() -> Option<Self> {
-        let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty())?;
+        let runtime =
+            std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| Path::new(dir).is_absolute())?;
         let control = Path::new(&runtime).join("tundns");
         Some(Self {
             uapi: control.join("wireguard"),

@@ -13,6 +13,7 @@ use tun_rs::SyncDevice;
 use tundns_config::{Config, Endpoint, RouteTable};
 use tundns_filter::{FilterStats, Rules, Service, TunWriter};
 use tundns_host::SystemError;
+use tundns_host::firewall::{Family, FirewallTable};
 use tundns_host::local_addresses::LocalAddresses;
 use tundns_host::paths::{MAIN_TABLE, SocketDirectories, uapi_socket_path};
 use tundns_host::policy_routing;
@@ -68,6 +69,8 @@ pub enum TunnelError {
     LocalAddresses(io::Error),
     #[error("{0}")]
     Userspace(String),
+    #[error("nftables: {0}")]
+    Firewall(String),
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -90,6 +93,9 @@ pub struct Tunnel {
     proxies: Option<RunningProxies>,
     /// The DNS proxy's host sockets, closed with the tunnel.
     dns_sockets: Option<RunningDnsSockets>,
+    /// The nftables tables that keep forwarded packets off the proxies' listeners on the
+    /// virtual IPs, deleted at shutdown (replaced at the next start if a crash left them).
+    listener_guards: Vec<FirewallTable>,
 }
 
 impl Tunnel {
@@ -201,7 +207,17 @@ impl Tunnel {
             observability: None,
             proxies: None,
             dns_sockets: proxy.as_ref().map(|proxy| dns_sockets.serve(proxy, config)),
+            listener_guards: Vec::new(),
         };
+        if let Some(claimed) = &proxies {
+            let listeners = claimed.virtual_addresses();
+            if !listeners.is_empty()
+                && let Err(error) = tunnel.guard_virtual_listeners(&listeners).await
+            {
+                tunnel.shut_down().await;
+                return Err(error);
+            }
+        }
         if let (Some(claimed), Some(stack)) = (proxies, proxy_stack) {
             tunnel.proxies = Some(claimed.serve(config, stack, proxy.clone()));
         }
@@ -235,6 +251,34 @@ impl Tunnel {
         }
         tracing::info!(interface = %tunnel.name, "tunnel up");
         Ok(tunnel)
+    }
+
+    /// Keeps forwarded packets off the proxies' `listeners` on the virtual IPs, in the
+    /// kernel: a host that routes a virtual IP through this machine, even behind a
+    /// masquerade that gives its packets this host's address, never reaches them.
+    async fn guard_virtual_listeners(
+        &mut self,
+        listeners: &[SocketAddr],
+    ) -> Result<(), TunnelError> {
+        let relay_ports = (
+            *crate::proxy::ports::LOCAL_PORTS.start(),
+            *crate::proxy::ports::LOCAL_PORTS.end(),
+        );
+        for family in [Family::Ip, Family::Ip6] {
+            if !listeners
+                .iter()
+                .any(|listen| listen.is_ipv6() == (family == Family::Ip6))
+            {
+                continue;
+            }
+            let table = FirewallTable::for_virtual_listeners(&self.name, family);
+            table
+                .create(table.listeners_ruleset(listeners, relay_ports))
+                .await
+                .map_err(|error| TunnelError::Firewall(error.to_string()))?;
+            self.listener_guards.push(table);
+        }
+        Ok(())
     }
 
     /// The live rule table.
@@ -299,6 +343,11 @@ impl Tunnel {
         }
         drop(self.proxies.take());
         drop(self.dns_sockets.take());
+        for table in std::mem::take(&mut self.listener_guards) {
+            if let Err(error) = table.delete().await {
+                tracing::warn!(%error, table = %table.name, "deleting the listeners' table");
+            }
+        }
         self.device.stop().await;
         for ip in self.rules.snapshot().addresses().collect::<Vec<_>>() {
             self.rules.remove(ip);

@@ -9,7 +9,7 @@
 //! served from, are left out with one log line.
 
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -57,6 +57,10 @@ impl UserspaceTunnel {
                 "[DNSProxy] Address: the virtual IPs are served only through a TUN; --userspace serves DNS on its host addresses (ip:port) alone"
             );
         }
+        // The virtual IPs do not exist here: nothing is served on them, or reported.
+        let mut config = config.clone();
+        config.dns_proxy.addresses.clear();
+        let config = &config;
         // Reads the system's resolvers as upstreams when the config names none.
         let takeover = DnsTakeover::prepare(config)?;
         let config = &takeover.resolver_config(config);
@@ -246,6 +250,19 @@ fn serve_uapi(
         .recursive(true)
         .create(&sockets.uapi)
         .map_err(failure)?;
+    // Made 0700 here, or someone else's: only then is a socket in it this user's alone.
+    for directory in [&sockets.control, &sockets.uapi] {
+        let metadata = std::fs::symlink_metadata(directory).map_err(failure)?;
+        if !metadata.is_dir()
+            || metadata.uid() != nix::unistd::geteuid().as_raw()
+            || metadata.mode() & 0o077 != 0
+        {
+            return Err(TunnelError::Userspace(format!(
+                "{} must be a directory of this user's alone (mode 0700)",
+                directory.display()
+            )));
+        }
+    }
     let path = sockets.uapi_socket(name);
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(TunnelError::Userspace(format!(
@@ -255,6 +272,8 @@ fn serve_uapi(
     }
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(failure)?;
+    // It hands out the private key: the owner alone, whatever the umask.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failure)?;
     let (client, server) = UapiServer::new();
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

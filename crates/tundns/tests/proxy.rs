@@ -595,6 +595,21 @@ fn the_listeners_on_the_virtual_ips_serve_this_host_only() {
         !forwarded.succeeded(),
         "a host whose packets C forwards used the proxy:\n{forwarded}"
     );
+    // The same behind a masquerade into the TUN (as Docker's or libvirt's NAT would do),
+    // which gives the forwarded packets C's own tunnel address.
+    let masquerade = format!(
+        "table ip tdnat {{\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    \
+         oifname \"{}\" masquerade\n  }}\n}}\n",
+        lab.tundns_iface
+    );
+    let masquerade = lab.write_file("masquerade.nft", masquerade);
+    lab.exec_in(&lab.client_ns, &["nft", "-f", masquerade.to_str().unwrap()])
+        .assert_success();
+    let masqueraded = curl_in(&lab.network_ns, &["--socks5-hostname", VIRTUAL_SOCKS]);
+    assert!(
+        !masqueraded.succeeded(),
+        "a host behind C's masquerade used the proxy:\n{masqueraded}"
+    );
     // The far side of the tunnel, with the virtual IP routed to C's peer.
     let allowed = lab
         .exec_in(
@@ -764,4 +779,96 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// `ssh` with `ProxyCommand='nc -X 5 -x …'`, to an sshd on N's tunnel address, through the
+/// SOCKS5 proxy on the virtual IP, by name.
+#[test]
+fn ssh_reaches_the_far_side_through_nc_and_the_socks5_proxy() {
+    let Some((lab, _tundns)) = lab_with_proxy("proxy_ssh", "ok\n", None) else {
+        return;
+    };
+    let dir = lab
+        .write_file("ssh.keep", "")
+        .parent()
+        .expect("the lab directory")
+        .join("ssh");
+    std::fs::create_dir(&dir).expect("create the ssh directory");
+    let key = |name: &str| {
+        let path = dir.join(name);
+        lab.exec_in(
+            &lab.network_ns,
+            &[
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        )
+        .assert_success();
+        path
+    };
+    let (host_key, client_key) = (key("host"), key("client"));
+    let authorized = dir.join("client.pub");
+    std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
+    let listen = format!("ListenAddress={PEER_TUNNEL_V4}:2222");
+    let host_key_option = format!("HostKey={}", host_key.display());
+    let authorized_option = format!("AuthorizedKeysFile={}", authorized.display());
+    lab.spawn_daemon_in(
+        &lab.network_ns,
+        "sshd",
+        &[
+            "/usr/sbin/sshd",
+            "-D",
+            "-e",
+            "-f",
+            "/dev/null",
+            "-o",
+            &listen,
+            "-o",
+            &host_key_option,
+            "-o",
+            &authorized_option,
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            "PidFile=none",
+        ],
+    );
+    remove_routes_to_the_tunnel(&lab);
+    let proxy_command = format!("ProxyCommand=nc -X 5 -x {VIRTUAL_SOCKS} %h %p");
+    let ran = wait_until(std::time::Duration::from_secs(10), || {
+        let run = lab.exec_in(
+            &lab.client_ns,
+            &[
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                client_key.to_str().unwrap(),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                &proxy_command,
+                "-p",
+                "2222",
+                &format!("root@{WEB_NAME}"),
+                "echo through-the-tunnel",
+            ],
+        );
+        run.stdout.trim() == "through-the-tunnel"
+    });
+    assert!(ran, "ssh through nc -X 5 did not run the command");
 }

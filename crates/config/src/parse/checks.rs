@@ -94,10 +94,8 @@ impl Parser<'_> {
                 }
                 if proxy.enabled {
                     check_virtual_addresses(path, &addresses, &interface.addresses, &proxy)?;
-                    let takes_over_system_dns = proxy
-                        .set_system_dns
-                        .unwrap_or(!interface.dns_servers.is_empty());
-                    if addresses.is_empty() && takes_over_system_dns {
+                    // Without SetSystemDNS, `DNS =` points the system at its own servers.
+                    if addresses.is_empty() && proxy.set_system_dns == Some(true) {
                         return Err(ConfigError::at(
                             path,
                             address_line,

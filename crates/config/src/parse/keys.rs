@@ -160,6 +160,12 @@ impl Parser<'_> {
                         if listen.port() == 0 {
                             return Err(format!("{listen}: a listen address needs a port"));
                         }
+                        // Other hosts would get an open resolver, with the tunnel's names.
+                        if !listen.ip().is_loopback() {
+                            return Err(format!(
+                                "{listen}: DNS on a host address is served on loopback only"
+                            ));
+                        }
                         if let Some(first) =
                             config.listen.iter().find(|known| known.value == listen)
                         {

@@ -265,7 +265,12 @@ fn render_status(status: &Status) -> String {
         let _ = writeln!(out, "\ndns proxy: off");
         return out;
     };
-    let addresses: Vec<String> = proxy.addresses.iter().map(|a| a.to_string()).collect();
+    let addresses: Vec<String> = proxy
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .chain(proxy.listen.iter().map(ToString::to_string))
+        .collect();
     let _ = writeln!(out, "\ndns proxy: {}", addresses.join(", "));
     let _ = writeln!(out, "  local records: {}", proxy.local_records);
     for group in &proxy.groups {
@@ -498,6 +503,7 @@ mod tests {
             }],
             proxy: Some(ProxyStatus {
                 addresses: vec!["10.30.30.30".parse().unwrap()],
+                listen: vec!["127.0.0.1:5353".parse().unwrap()],
                 local_records: 2,
                 groups: vec![GroupStatus {
                     domains: vec![".".into()],
@@ -529,7 +535,7 @@ mod tests {
             "endpoint: 192.0.2.1:51820",
             "latest handshake: none yet",
             "2.00 KiB received, 10 B sent",
-            "dns proxy: 10.30.30.30",
+            "dns proxy: 10.30.30.30, 127.0.0.1:5353",
             "udp://192.0.2.53:53: up, rtt 1.2 ms",
             "hit ratio 25.0%",
             "queries: local 4, upstream 3",

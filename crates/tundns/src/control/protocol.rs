@@ -2,7 +2,7 @@
 //! line, `{"ok": ...}` or `{"error": "..."}`. Pure types, shared by the server (`control`)
 //! and the CLI (`control_client`); no I/O here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,11 @@ pub struct PeerStatus {
 /// The DNS proxy's part of the status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStatus {
+    /// The virtual IPs.
     pub addresses: Vec<IpAddr>,
+    /// The host sockets (`Address = ip:port`).
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
     pub local_records: usize,
     pub groups: Vec<GroupStatus>,
     pub cache: Option<CacheStatus>,

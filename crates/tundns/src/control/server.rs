@@ -489,6 +489,12 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
     .collect();
     ProxyStatus {
         addresses: config.dns_proxy.addresses.clone(),
+        listen: config
+            .dns_proxy
+            .listen
+            .iter()
+            .map(|listen| listen.value)
+            .collect(),
         local_records: proxy.local().len(),
         groups,
         cache,

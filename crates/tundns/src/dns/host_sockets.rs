@@ -189,21 +189,29 @@ async fn serve_connection(
                         match proxy.accept_from(Some(client), query, Protocol::Tcp, &mut answer) {
                             Verdict::Drop => {}
                             Verdict::Answered(len) => {
-                                write_framed(&mut stream, &answer[..len]).await?;
+                                write_framed(&mut stream, &answer[..len], idle_timeout).await?;
                             }
                             Verdict::Forward(forward) => waiting.push(forward.resolve()),
+                        }
+                        // A burst of queries waits for an answer before the next is taken.
+                        if waiting.len() >= MAX_PIPELINED
+                            && let Some(resolved) = waiting.next().await
+                        {
+                            write_framed(&mut stream, &resolved, idle_timeout).await?;
                         }
                     }
                 }
             }
             Some(resolved) = waiting.next(), if !waiting.is_empty() => {
-                write_framed(&mut stream, &resolved).await?;
+                write_framed(&mut stream, &resolved, idle_timeout).await?;
             }
         }
     }
 }
 
-async fn write_framed(stream: &mut TcpStream, answer: &[u8]) -> io::Result<()> {
+/// Writes one answer with its length; a client that does not read it within `timeout`
+/// loses the connection rather than holding its slot.
+async fn write_framed(stream: &mut TcpStream, answer: &[u8], timeout: Duration) -> io::Result<()> {
     // Nothing to say (a query dropped unanswered) is not a zero-length message.
     let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) else {
         return Ok(());
@@ -211,5 +219,7 @@ async fn write_framed(stream: &mut TcpStream, answer: &[u8]) -> io::Result<()> {
     let mut framed = Vec::with_capacity(2 + answer.len());
     framed.extend_from_slice(&prefix);
     framed.extend_from_slice(answer);
-    stream.write_all(&framed).await
+    tokio::time::timeout(timeout, stream.write_all(&framed))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
