@@ -214,6 +214,31 @@ pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError
             "ThroughTunnel: its queries are sent from the interface address through the TUN; --userspace has neither",
         ));
     }
+    // Without a TUN, an upstream's packets follow the host's routes: one inside AllowedIPs
+    // would leave outside the tunnel, in the clear.
+    let in_tunnel = |upstream: &tundns_config::Upstream| {
+        config
+            .peers
+            .iter()
+            .flat_map(|peer| &peer.allowed_ips)
+            .any(|network| network.contains(&upstream.address().ip()))
+    };
+    let reason = |upstream: &tundns_config::Upstream| {
+        format!(
+            "upstream {upstream} is inside AllowedIPs: --userspace has no TUN to send it through, and would send it outside the tunnel"
+        )
+    };
+    if config.dns_proxy.enabled {
+        if let Some(upstream) = config.dns_proxy.upstreams.iter().find(|u| in_tunnel(u)) {
+            let line = config.line_of("[DNSProxy]", "Upstream").unwrap_or(1);
+            return Err(ConfigError::at(path, line, reason(upstream)));
+        }
+        for route in &config.dns_proxy.routes {
+            if let Some(upstream) = route.upstreams.iter().find(|u| in_tunnel(u)) {
+                return Err(ConfigError::at(path, route.line, reason(upstream)));
+            }
+        }
+    }
     if let Some(proxy) = &config.proxy {
         let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
         for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
@@ -321,6 +346,19 @@ mod tests {
         assert_eq!(
             refused_line("[Proxy]\nSOCKS5 = 127.0.0.1:1080, 10.30.30.30:1080\n"),
             Some(5)
+        );
+        let peer = "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n";
+        assert_eq!(
+            refused_line(&format!(
+                "{peer}[DNSProxy]\nUpstream = 192.0.2.53, 10.99.0.53\n"
+            )),
+            Some(8)
+        );
+        assert_eq!(
+            refused_line(&format!(
+                "{peer}[DNSRoute]\nDomain = corp\nUpstream = 10.99.0.53\n"
+            )),
+            Some(7)
         );
     }
 
