@@ -148,7 +148,8 @@ CONF
 }
 
 # bench_proxy_lab PREFIX [TOOL...]: the lab the proxy benchmarks start from: C and N with
-# N's wireguard-go and unbound, and tundns ($TUNDNS_BIN) in C serving SOCKS5 on 127.0.0.1:1080.
+# N's wireguard-go and unbound, and tundns ($TUNDNS_BIN) in C serving SOCKS5 on 127.0.0.1:1080
+# and on the virtual IP (10.30.30.30:1080), and the HTTP proxy on 127.0.0.1:3128.
 bench_proxy_lab() {
     local prefix=$1
     shift
@@ -156,7 +157,8 @@ bench_proxy_lab() {
     lab_init "$prefix"
     lab_network
     lab_peer_network
-    LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080' lab_start_tundns "$TUNDNS_BIN"
+    LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080, 10.30.30.30:1080\nHTTP = 127.0.0.1:3128' \
+        lab_start_tundns "$TUNDNS_BIN"
 }
 
 # bench_wait_peer_server NAME PORT: waits (10 s at most) until the server N runs under the

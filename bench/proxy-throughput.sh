@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Download throughput through tundns's SOCKS5 proxy (issue 12), against the same download
-# through the kernel's route over the same tunnel, alternating, in one run:
+# Download throughput through tundns's SOCKS5 and HTTP CONNECT proxies (issue 12), against
+# the same download through the kernel's route over the same tunnel, alternating, in one run:
 #   direct   nc in C -> N's tunnel address, routed by C's kernel into tundns's TUN
 #   socks5   nc -X 5 in C -> tundns's SOCKS5 proxy on C's loopback -> tundns's userspace
 #            stack -> WireGuard (no route involved)
+#   connect  nc -X connect -> the HTTP proxy on C's loopback (CONNECT) -> the same stack
+#   vip      nc -X 5 -> the SOCKS5 proxy on the virtual IP 10.30.30.30, through the TUN and
+#            the listeners' own userspace stack -> the same stack
 # A sender in N (Python) writes SIZE_MB megabytes of a counting pattern on each connection and
 # closes; the receiving end checks the SHA-256 of what arrived against the sender's. For each
 # run: Gbit/s and tundns's CPU-seconds per GB (utime + stime from /proc/PID/stat). Everything
@@ -46,7 +49,11 @@ declare -A gbits cpu
 # measure PATH: one download over PATH; appends Gbit/s and CPU-s/GB.
 measure() {
     local path=$1 via=() before after start end got
-    [[ $path == socks5 ]] && via=(-X 5 -x 127.0.0.1:1080)
+    case $path in
+        socks5) via=(-X 5 -x 127.0.0.1:1080) ;;
+        connect) via=(-X connect -x 127.0.0.1:3128) ;;
+        vip) via=(-X 5 -x "$LAB_PROXY_V4:1080") ;;
+    esac
     before=$(bench_cpu_ticks "$LAB_TUNDNS_PID")
     start=$(date +%s.%N)
     got=$(timeout 300 ip netns exec "$LAB_C" sh -c \
@@ -65,15 +72,17 @@ measure() {
 lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of a $SIZE_MB MiB download each way"
 load_start=$(bench_load)
 for ((round = 1; round <= ROUNDS; round++)); do
-    mapfile -t order < <(bench_round_order "$round" direct socks5)
+    mapfile -t order < <(bench_round_order "$round" direct socks5 connect vip)
     for path in "${order[@]}"; do measure "$path"; done
 done
 median() { printf '%s\n' $1 | bench_median; }
 printf '\nmedian of %d rounds, %d MiB each:\n' "$ROUNDS" "$SIZE_MB"
-for path in direct socks5; do
+for path in direct socks5 connect vip; do
     printf '%-8s %8.2f Gbit/s %6.2f CPU-s/GB   (runs: %s; %s)\n' "$path" "$(median "${gbits[$path]}")" \
         "$(median "${cpu[$path]}")" "${gbits[$path]% }" "${cpu[$path]% }"
 done
-ratio=$(bench_ratio "$(median "${gbits[socks5]}")" "$(median "${gbits[direct]}")")
-printf 'throughput, SOCKS5 / kernel route = %s (goal >= 0.8: %s)\n' "$ratio" "$(bench_verdict "$ratio" '>=' 0.8)"
+for path in socks5 connect vip; do
+    ratio=$(bench_ratio "$(median "${gbits[$path]}")" "$(median "${gbits[direct]}")")
+    printf 'throughput, %s / kernel route = %s (goal >= 0.8: %s)\n' "$path" "$ratio" "$(bench_verdict "$ratio" '>=' 0.8)"
+done
 printf 'load average (1 min) at the start %s, at the end %s (2 cores)\n' "$load_start" "$(bench_load)"

@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::resolver_lab::{CORP_DB_A, CORP_DB_NAME, TUNNEL_RESOLVER_V4};
 use common::*;
 
 const SOCKS: &str = "127.0.0.1:1080";
@@ -871,4 +872,97 @@ fn ssh_reaches_the_far_side_through_nc_and_the_socks5_proxy() {
         run.stdout.trim() == "through-the-tunnel"
     });
     assert!(ran, "ssh through nc -X 5 did not run the command");
+}
+
+/// Names as the DNS proxy resolves them, for the proxies too: a split-DNS route through
+/// the tunnel (to the tunnel-only resolver in N), and one cache for both: a name resolved
+/// by either costs the other no new upstream query.
+#[test]
+fn the_proxies_resolve_through_split_dns_and_share_the_dns_proxys_cache() {
+    let page = "on an internal host\n";
+    let Some(lab) = lab_or_skip_with("proxy_split_dns", LabOptions::split_dns()) else {
+        return;
+    };
+    // The names exist only in the tunnel-only resolver's zone; N holds their addresses.
+    for address in ["10.99.0.80/32", "fd99::80/128", "10.99.0.81/32"] {
+        lab.exec_in(
+            &lab.network_ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                address,
+                "dev",
+                &lab.peer_iface,
+                "nodad",
+            ],
+        )
+        .assert_success();
+    }
+    serve_page(&lab, page);
+    let options = ClientConfig {
+        routes: vec![DnsRoute {
+            domains: vec!["corp.internal".into()],
+            upstreams: vec![TUNNEL_RESOLVER_V4.into()],
+            through_tunnel: true,
+        }],
+        ..ClientConfig::default()
+    };
+    let config = format!(
+        "{}\n[Proxy]\nSOCKS5 = {VIRTUAL_SOCKS}\n",
+        lab.client_config(&options)
+    );
+    let _tundns = lab.start_tundns(&config);
+    let fetch = |name: &str| {
+        lab.exec_in(
+            &lab.client_ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--socks5-hostname",
+                VIRTUAL_SOCKS,
+                &format!("http://{name}:{WEB_PORT}/index.html"),
+            ],
+        )
+    };
+    let dig_a = |name: &str| {
+        let run = lab.dig(&lab.client_ns, PROXY_V4, &[name, "A", "+short"]);
+        run.assert_success();
+        run.stdout.trim().to_owned()
+    };
+
+    // The lab asked the tunnel resolver itself when it started it: count from here.
+    let asked = |name: &str| lab.tunnel_resolver_queries(name, Some("A"));
+    let (db_before, wiki_before) = (asked(CORP_DB_NAME), asked("wiki.corp.internal"));
+
+    // The proxy first: its lookup fills the cache the DNS proxy answers from.
+    let run = fetch(CORP_DB_NAME);
+    run.assert_success();
+    assert_eq!(run.stdout, page);
+    assert_eq!(
+        asked(CORP_DB_NAME),
+        db_before + 1,
+        "{}",
+        lab.tunnel_resolver_log()
+    );
+    assert_eq!(dig_a(CORP_DB_NAME), CORP_DB_A);
+    assert_eq!(
+        asked(CORP_DB_NAME),
+        db_before + 1,
+        "the DNS proxy asked again for a name the SOCKS5 proxy had resolved"
+    );
+
+    // The DNS proxy first: the proxy's lookup is a cache hit.
+    let wiki = "wiki.corp.internal";
+    assert_eq!(dig_a(wiki), "10.99.0.81");
+    let run = fetch(wiki);
+    run.assert_success();
+    assert_eq!(run.stdout, page);
+    assert_eq!(
+        asked(wiki),
+        wiki_before + 1,
+        "the SOCKS5 proxy asked again for a name the DNS proxy had resolved"
+    );
 }
