@@ -13,7 +13,8 @@
 # runs in throwaway namespaces (lab/lib.sh), torn down on exit.
 #
 # Usage: bench/proxy-throughput.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
-# Env:   SIZE_MB (default 1000, at most 4000), ROUNDS (default 3, at most 9)
+# Env:   SIZE_MB (default 1000, at most 4000), ROUNDS (default 3, at most 9),
+#        PATHS (default "direct socks5 connect vip"; the ratios need direct)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,11 @@ ROUNDS=${ROUNDS:-3}
 ((SIZE_MB >= 1 && SIZE_MB <= 4000)) || lab_die "SIZE_MB must be 1..4000"
 ((ROUNDS >= 1 && ROUNDS <= 9)) || lab_die "ROUNDS must be 1..9"
 PORT=5400
+read -ra paths <<<"${PATHS:-direct socks5 connect vip}"
+((${#paths[@]})) || lab_die "PATHS lists no path"
+for path in "${paths[@]}"; do
+    [[ $path =~ ^(direct|socks5|connect|vip)$ ]] || lab_die "PATHS: unknown path $path (direct, socks5, connect, vip)"
+done
 
 bench_proxy_lab tdpx nc sha256sum
 
@@ -72,16 +78,17 @@ measure() {
 lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of a $SIZE_MB MiB download each way"
 load_start=$(bench_load)
 for ((round = 1; round <= ROUNDS; round++)); do
-    mapfile -t order < <(bench_round_order "$round" direct socks5 connect vip)
+    mapfile -t order < <(bench_round_order "$round" "${paths[@]}")
     for path in "${order[@]}"; do measure "$path"; done
 done
 median() { printf '%s\n' $1 | bench_median; }
 printf '\nmedian of %d rounds, %d MiB each:\n' "$ROUNDS" "$SIZE_MB"
-for path in direct socks5 connect vip; do
+for path in "${paths[@]}"; do
     printf '%-8s %8.2f Gbit/s %6.2f CPU-s/GB   (runs: %s; %s)\n' "$path" "$(median "${gbits[$path]}")" \
         "$(median "${cpu[$path]}")" "${gbits[$path]% }" "${cpu[$path]% }"
 done
-for path in socks5 connect vip; do
+for path in "${paths[@]}"; do
+    [[ $path == direct || -z ${gbits[direct]:-} ]] && continue
     ratio=$(bench_ratio "$(median "${gbits[$path]}")" "$(median "${gbits[direct]}")")
     printf 'throughput, %s / kernel route = %s (goal >= 0.8: %s)\n' "$path" "$ratio" "$(bench_verdict "$ratio" '>=' 0.8)"
 done

@@ -18,7 +18,7 @@ source "$ROOT/lab/lib.sh"
 TUNDNS_BIN=${TUNDNS_BIN:-$ROOT/target/release/tundns}
 WEB=web.lab.internal
 
-lab_require_tools ip wg wireguard-go unbound dig curl python3 setpriv
+lab_require_tools ip wg wireguard-go unbound dig curl python3 setpriv nft
 lab_init tdp
 lab_network
 lab_peer_network
@@ -51,6 +51,7 @@ lab_spawn "$LAB_C" tundns "$TUNDNS_BIN" up "$LAB_DIR/$LAB_C_IF.conf"
 LAB_TUNDNS_PID=$LAB_LAST_PID
 lab_wait 10 lab_tundns_ready || lab_die "tundns did not come up: $(cat "$LAB_DIR/tundns.log")"
 ip -n "$LAB_C" route del 10.99.0.0/24 2>/dev/null || true
+ip -n "$LAB_C" -6 route del fd99::/64 2>/dev/null || true
 
 printf '\n# 1. tundns up, Table = off: only the proxies reach the tunnel\n'
 grep -A3 '^\[Proxy\]' "$LAB_DIR/$LAB_C_IF.conf"

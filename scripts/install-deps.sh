@@ -28,7 +28,7 @@ fi
 # unbound's and openssh-server's Debian packages start system-wide instances; the labs run
 # their own, in their own namespaces, and never need them.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now unbound ssh >/dev/null 2>&1 || true
+    systemctl disable --now unbound ssh ssh.socket >/dev/null 2>&1 || true
 fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -2,6 +2,7 @@
 //! ([`crate::journal`]) records for an interface is taken back, kind by kind.
 
 use crate::error::SystemError;
+use crate::firewall::{Family, FirewallTable};
 use crate::policy_rules::{PolicyRepair, undo_left_policy};
 use crate::system_dns::apply::undo_left_dns;
 use crate::system_dns::backend::Backend;
@@ -22,9 +23,23 @@ pub struct CrashRepair {
 /// Takes back what an earlier run of `interface` left, as the journal records it, kind by
 /// kind: what `tundns reset` does. `tundns up` calls the two parts itself, in order.
 pub async fn repair(interface: &str) -> CrashRepair {
+    remove_listener_tables(interface).await;
     CrashRepair {
         policy: repair_policy(interface).await,
         dns: repair_dns(interface),
+    }
+}
+
+/// Deletes the proxies' listener tables a crashed run of `interface` left (see
+/// [`FirewallTable::for_virtual_listeners`]); without `nft`, or without tables, nothing.
+pub async fn remove_listener_tables(interface: &str) {
+    for family in [Family::Ip, Family::Ip6] {
+        let table = FirewallTable::for_virtual_listeners(interface, family);
+        if let Err(error) = table.delete().await
+            && !error.not_found
+        {
+            tracing::warn!(%error, table = %table.name, "deleting a listeners' table");
+        }
     }
 }
 

@@ -265,18 +265,28 @@ impl Tunnel {
             *crate::proxy::ports::LOCAL_PORTS.end(),
         );
         for family in [Family::Ip, Family::Ip6] {
+            let table = FirewallTable::for_virtual_listeners(&self.name, family);
             if !listeners
                 .iter()
                 .any(|listen| listen.is_ipv6() == (family == Family::Ip6))
             {
+                // A crashed run's table of this family, for listeners no longer configured.
+                let _ = table.delete().await;
                 continue;
             }
-            let table = FirewallTable::for_virtual_listeners(&self.name, family);
-            table
+            match table
                 .create(table.listeners_ruleset(listeners, relay_ports))
                 .await
-                .map_err(|error| TunnelError::Firewall(error.to_string()))?;
-            self.listener_guards.push(table);
+            {
+                Ok(()) => self.listener_guards.push(table),
+                Err(error) if error.not_found => {
+                    tracing::warn!(
+                        "nft not found: the proxies on the virtual IPs rely on their source check alone, which a host behind a masquerade into the TUN passes"
+                    );
+                    return Ok(());
+                }
+                Err(error) => return Err(TunnelError::Firewall(error.to_string())),
+            }
         }
         Ok(())
     }

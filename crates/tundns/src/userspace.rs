@@ -64,6 +64,7 @@ impl UserspaceTunnel {
         // Reads the system's resolvers as upstreams when the config names none.
         let takeover = DnsTakeover::prepare(config)?;
         let config = &takeover.resolver_config(config);
+        refuse_upstreams_in_tunnel(config, path)?;
         let resolver = config
             .dns_proxy
             .enabled
@@ -78,7 +79,15 @@ impl UserspaceTunnel {
         let mut stack = ProxyStack::new(config, MtuWatcher::new(config.interface.mtu), None);
         let (uapi_server, uapi) = serve_uapi(&sockets, &name)?;
         let device =
-            datapath::start_userspace_wireguard(config, peers, &mut stack, uapi_server).await?;
+            match datapath::start_userspace_wireguard(config, peers, &mut stack, uapi_server).await
+            {
+                Ok(device) => device,
+                Err(error) => {
+                    uapi.abort();
+                    remove_uapi_socket(&sockets, &name);
+                    return Err(error.into());
+                }
+            };
         let proxy = resolver.map(|(parts, local_source)| {
             let proxy = crate::dns::proxy::DnsProxy::new(parts);
             (proxy, local_source)
@@ -140,12 +149,7 @@ impl UserspaceTunnel {
         drop(self.observability.take());
         self.device.stop().await;
         self.uapi.abort();
-        let uapi_socket = self.sockets.uapi_socket(&self.name);
-        if let Err(error) = std::fs::remove_file(&uapi_socket)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %uapi_socket.display(), %error, "could not remove the UAPI socket");
-        }
+        remove_uapi_socket(&self.sockets, &self.name);
         tracing::info!(interface = %self.name, "tunnel down");
     }
 }
@@ -214,31 +218,6 @@ pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError
             "ThroughTunnel: its queries are sent from the interface address through the TUN; --userspace has neither",
         ));
     }
-    // Without a TUN, an upstream's packets follow the host's routes: one inside AllowedIPs
-    // would leave outside the tunnel, in the clear.
-    let in_tunnel = |upstream: &tundns_config::Upstream| {
-        config
-            .peers
-            .iter()
-            .flat_map(|peer| &peer.allowed_ips)
-            .any(|network| network.contains(&upstream.address().ip()))
-    };
-    let reason = |upstream: &tundns_config::Upstream| {
-        format!(
-            "upstream {upstream} is inside AllowedIPs: --userspace has no TUN to send it through, and would send it outside the tunnel"
-        )
-    };
-    if config.dns_proxy.enabled {
-        if let Some(upstream) = config.dns_proxy.upstreams.iter().find(|u| in_tunnel(u)) {
-            let line = config.line_of("[DNSProxy]", "Upstream").unwrap_or(1);
-            return Err(ConfigError::at(path, line, reason(upstream)));
-        }
-        for route in &config.dns_proxy.routes {
-            if let Some(upstream) = route.upstreams.iter().find(|u| in_tunnel(u)) {
-                return Err(ConfigError::at(path, route.line, reason(upstream)));
-            }
-        }
-    }
     if let Some(proxy) = &config.proxy {
         let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
         for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
@@ -253,6 +232,53 @@ pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError
                     ),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+fn remove_uapi_socket(sockets: &SocketDirectories, name: &str) {
+    let path = sockets.uapi_socket(name);
+    if let Err(error) = std::fs::remove_file(&path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "could not remove the UAPI socket");
+    }
+}
+
+/// Refuses upstreams inside a peer's AllowedIPs, of `config` as it will run (with the
+/// system's resolvers in place of the defaults when it names none): without a TUN their
+/// queries follow the host's routes, and would leave outside the tunnel, in the clear.
+fn refuse_upstreams_in_tunnel(config: &Config, path: &Path) -> Result<(), TunnelError> {
+    if !config.dns_proxy.enabled {
+        return Ok(());
+    }
+    let in_tunnel = |upstream: &&tundns_config::Upstream| {
+        config
+            .peers
+            .iter()
+            .flat_map(|peer| &peer.allowed_ips)
+            .any(|network| network.contains(&upstream.address().ip()))
+    };
+    let reason = |upstream: &tundns_config::Upstream| {
+        format!(
+            "upstream {upstream} is inside AllowedIPs: --userspace has no TUN to send it through, and would send it outside the tunnel"
+        )
+    };
+    if let Some(upstream) = config.dns_proxy.upstreams.iter().find(in_tunnel) {
+        return Err(match config.line_of("[DNSProxy]", "Upstream") {
+            Some(line) if config.dns_proxy.upstreams_configured => {
+                ConfigError::at(path, line, reason(upstream)).into()
+            }
+            _ => TunnelError::Userspace(format!(
+                "{} (it is the system's, or the default: set [DNSProxy] Upstream to one outside)",
+                reason(upstream)
+            )),
+        });
+    }
+    for route in &config.dns_proxy.routes {
+        if let Some(upstream) = route.upstreams.iter().find(in_tunnel) {
+            return Err(ConfigError::at(path, route.line, reason(upstream)).into());
         }
     }
     Ok(())
@@ -275,17 +301,19 @@ fn serve_uapi(
         .recursive(true)
         .create(&sockets.uapi)
         .map_err(failure)?;
-    // Made 0700 here, or someone else's: only then is a socket in it this user's alone.
+    // A socket in them is this user's alone only if they are: this user's own
+    // directories, made 0700 (as the control socket's are).
     for directory in [&sockets.control, &sockets.uapi] {
         let metadata = std::fs::symlink_metadata(directory).map_err(failure)?;
-        if !metadata.is_dir()
-            || metadata.uid() != nix::unistd::geteuid().as_raw()
-            || metadata.mode() & 0o077 != 0
-        {
+        if !metadata.is_dir() || metadata.uid() != nix::unistd::geteuid().as_raw() {
             return Err(TunnelError::Userspace(format!(
-                "{} must be a directory of this user's alone (mode 0700)",
+                "{} is not a directory owned by this user",
                 directory.display()
             )));
+        }
+        if metadata.mode() & 0o077 != 0 {
+            std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o700))
+                .map_err(failure)?;
         }
     }
     let path = sockets.uapi_socket(name);
@@ -323,8 +351,12 @@ mod tests {
     /// The line `refuse_privileged` names for `HEAD` plus `extra`, or `None` if it accepts.
     fn refused_line(extra: &str) -> Option<usize> {
         let config = Config::parse(&format!("{HEAD}{extra}"), "wg0.conf").expect("parses");
-        let error = refuse_privileged(&config, Path::new("wg0.conf")).err()?;
-        let text = error.to_string();
+        let path = Path::new("wg0.conf");
+        let error = match refuse_privileged(&config, path) {
+            Err(error) => error.to_string(),
+            Ok(()) => refuse_upstreams_in_tunnel(&config, path).err()?.to_string(),
+        };
+        let text = error;
         assert!(text.contains("wg0.conf"), "{text}");
         text.split(':').nth(1).and_then(|line| line.parse().ok())
     }

@@ -241,6 +241,27 @@ fn each_failure_gets_its_socks5_reply_code() {
     );
     // Address type not supported.
     assert_eq!(socks_reply(&lab, "05010002aabbccdd0050", None), "8");
+    // As the far side answers: N routes one tunnel address as unreachable (ICMP host
+    // unreachable back through the tunnel) and drops another without a word.
+    for command in [
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"][..],
+        &["ip", "route", "add", "unreachable", "10.99.0.77/32"][..],
+        &["ip", "route", "add", "blackhole", "10.99.0.78/32"][..],
+    ] {
+        lab.exec_in(&lab.network_ns, command).assert_success();
+    }
+    // Host unreachable: the ICMP error, at once rather than after the timeout.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        socks_reply(&lab, &request_to_ipv4(1, [10, 99, 0, 77], 80), None),
+        "4"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // TTL expired: no answer within the connect timeout (10 s).
+    assert_eq!(
+        socks_reply(&lab, &request_to_ipv4(1, [10, 99, 0, 78], 80), None),
+        "6"
+    );
 }
 
 #[test]
@@ -554,7 +575,7 @@ fn with_table_off_only_the_proxies_reach_the_tunnel() {
 #[test]
 fn the_listeners_on_the_virtual_ips_serve_this_host_only() {
     let page = "for this host only\n";
-    let Some((lab, _tundns)) = lab_with_proxy("proxy_virtual_ip", page, None) else {
+    let Some((lab, mut tundns)) = lab_with_proxy("proxy_virtual_ip", page, None) else {
         return;
     };
     remove_routes_to_the_tunnel(&lab);
@@ -655,6 +676,19 @@ fn the_listeners_on_the_virtual_ips_serve_this_host_only() {
     // This host still is served.
     let run = curl_in(&lab.client_ns, &["--socks5-hostname", VIRTUAL_SOCKS]);
     run.assert_success();
+    let tables = || {
+        lab.exec_in(&lab.client_ns, &["nft", "list", "tables"])
+            .assert_success()
+            .stdout
+            .clone()
+    };
+    assert!(tables().contains("tundns_listeners-"), "{}", tables());
+    tundns.stop_cleanly(std::time::Duration::from_secs(10));
+    assert!(
+        !tables().contains("tundns_listeners-"),
+        "the listeners' table outlived tundns:\n{}",
+        tables()
+    );
 }
 
 /// `tundns up --userspace` as `nobody` (through `setpriv`, which execs, so that the exit

@@ -68,6 +68,11 @@ pub const BIG_TXT_RECORDS: usize = 24;
 const UNBOUND_ZONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lab/unbound-zone.conf");
 const REQUIRED_TOOLS: &[&str] = &[
     "ip",
+    "nft",
+    "ssh",
+    "ssh-keygen",
+    "sshd",
+    "setpriv",
     "wg",
     "wireguard-go",
     "unbound",
