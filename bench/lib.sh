@@ -148,7 +148,7 @@ CONF
 }
 
 # bench_proxy_lab PREFIX [TOOL...]: the lab the proxy benchmarks start from: C and N with
-# N's wireguard-go and unbound, and tundns ($TUNDNS_BIN) in C serving SOCKS5 on 127.0.0.1:1080
+# N's wireguard-go (with PEER=tundns, tundns in its place) and unbound, and tundns ($TUNDNS_BIN) in C serving SOCKS5 on 127.0.0.1:1080
 # and on the virtual IP (10.30.30.30:1080), and the HTTP proxy on 127.0.0.1:3128.
 bench_proxy_lab() {
     local prefix=$1
@@ -157,6 +157,11 @@ bench_proxy_lab() {
     lab_init "$prefix"
     lab_network
     lab_peer_network
+    if [[ ${PEER:-wireguard-go} == tundns ]]; then
+        # wireguard-go exits with its interface; tundns takes N's end with the same keys.
+        ip -n "$LAB_N" link del "$LAB_N_WG"
+        bench_start_tundns_peer
+    fi
     LAB_TUNDNS_EXTRA=$'[Proxy]\nSOCKS5 = 127.0.0.1:1080, 10.30.30.30:1080\nHTTP = 127.0.0.1:3128' \
         lab_start_tundns "$TUNDNS_BIN"
 }
@@ -202,3 +207,27 @@ bench_machine_ticks() {
 # bench_load: the 1-minute load average. On these 2-core machines anything much above 1 before
 # a run means another workload shares the CPUs, and the figures (latency above all) suffer.
 bench_load() { cut -d' ' -f1 /proc/loadavg; }
+
+# bench_start_tundns_peer: tundns ($TUNDNS_BIN) as N's end of the tunnel, listening on the
+# lab's port with the peer's keys and addresses, its DNS proxy off.
+bench_start_tundns_peer() {
+    local iface="${LAB_ID}nt"
+    LAB_IFACES+=("$iface")
+    cat >"$LAB_DIR/$iface.conf" <<EOF
+[Interface]
+PrivateKey = $(cat "$LAB_DIR/peer.key")
+ListenPort = $LAB_WG_PORT
+Address = 10.99.0.1/24, fd99::1/64
+MTU = 1420
+
+[Peer]
+PublicKey = $(cat "$LAB_DIR/client.pub")
+AllowedIPs = 10.99.0.2/32, fd99::2/128
+
+[DNSProxy]
+Enabled = false
+EOF
+    lab_spawn "$LAB_N" tundns-peer "$TUNDNS_BIN" up "$LAB_DIR/$iface.conf"
+    lab_wait 10 ip netns exec "$LAB_N" wg show "$iface" ||
+        lab_die "tundns did not come up in N: $(cat "$LAB_DIR/tundns-peer.log")"
+}

@@ -84,36 +84,13 @@ start_uapi_end() {
     fi
 }
 
-# start_tundns_peer: tundns as N's end, listening on the lab's port, its DNS proxy off.
-start_tundns_peer() {
-    local iface="${LAB_ID}nt"
-    LAB_IFACES+=("$iface")
-    cat >"$LAB_DIR/$iface.conf" <<EOF
-[Interface]
-PrivateKey = $(cat "$LAB_DIR/peer.key")
-ListenPort = $LAB_WG_PORT
-Address = 10.99.0.1/24, fd99::1/64
-MTU = 1420
-
-[Peer]
-PublicKey = $(cat "$LAB_DIR/client.pub")
-AllowedIPs = 10.99.0.2/32, fd99::2/128
-
-[DNSProxy]
-Enabled = false
-EOF
-    lab_spawn "$LAB_N" tundns-peer "$TUNDNS_BIN" up "$LAB_DIR/$iface.conf"
-    lab_wait 10 ip netns exec "$LAB_N" wg show "$iface" ||
-        lab_die "tundns did not come up in N: $(cat "$LAB_DIR/tundns-peer.log")"
-}
-
 # start_end IMPL SIDE: one end of the tunnel; its pid joins end_pids.
 start_end() {
     local impl=$1 side=$2
     case $impl-$side in
         tundns-c) lab_start_tundns "$TUNDNS_BIN" ;;
         norules-c) LAB_DNSPROXY=off lab_start_tundns "$TUNDNS_BIN" ;;
-        tundns-n) start_tundns_peer ;;
+        tundns-n) bench_start_tundns_peer ;;
         wggo-*)
             start_uapi_end "$side" "wireguard-go-$side" "${LAB_ID}${side}g" \
                 env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${LAB_ID}${side}g"
