@@ -338,6 +338,10 @@ pub struct FilteredTunSender {
 pub trait InboundTap: Send + Sync {
     /// Whether the tap took `packet`; a packet it leaves goes on to the TUN.
     fn take(&self, packet: &[u8]) -> bool;
+
+    /// Called once the packets of a batch have been offered: a tap that gathers what it
+    /// took acts on it here.
+    fn flush(&self) {}
 }
 
 impl FilteredTunSender {
@@ -408,6 +412,9 @@ impl IpSend for FilteredTunSender {
             if first_error.is_ok() {
                 first_error = written;
             }
+        }
+        if let Some(tap) = &self.tap {
+            tap.flush();
         }
         FilterStats::add(&self.stats.dropped_inbound_virtual, dropped);
         first_error

@@ -223,6 +223,15 @@ pub struct TapOnly(Arc<dyn InboundTap>);
 impl IpSend for TapOnly {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
         self.0.take(packet.into_bytes().as_ref());
+        self.0.flush();
+        Ok(())
+    }
+
+    async fn send_many(&mut self, packets: &mut Vec<Packet<Ip>>) -> io::Result<()> {
+        for packet in packets.drain(..) {
+            self.0.take(packet.into_bytes().as_ref());
+        }
+        self.0.flush();
         Ok(())
     }
 }

@@ -7,9 +7,10 @@
 //! - towards the host, the proxies' listeners on the virtual IPs, whose packets come from
 //!   the TUN through the filter and are written back into it.
 //!
-//! One task drives each stack: it takes the packets that arrived, polls, wakes the
-//! streams whose connection moved, queues accepted connections, and hands what the stack
-//! sends to its [`PacketSink`]. A [`StackStream`] reads and writes the stack's buffers
+//! The tunnel's packets are handed to the stack by its tap, on the tunnel's writer, which
+//! settles the stack once per batch: polls it, wakes the streams whose connection moved,
+//! and hands what the stack sends to its [`PacketSink`]. A task does the same for the
+//! virtual IPs' packets (queued by the filter), for the streams' writes, and for timers. A [`StackStream`] reads and writes the stack's buffers
 //! directly, under the stack's lock, so its buffers are the only ones and a slow reader
 //! closes the TCP window rather than growing memory.
 
@@ -18,6 +19,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -86,6 +88,10 @@ struct State {
     next_port: u16,
     /// Where the connections accepted on each listen address go.
     accepted: HashMap<SocketAddr, mpsc::Sender<Accepted>>,
+    /// Where the stack's packets go.
+    outbound: PacketSink,
+    /// The stack's events, reused.
+    events: Vec<Event>,
 }
 
 /// A connection a listener of the stack accepted.
@@ -143,12 +149,18 @@ impl UserStack {
                 connections: HashMap::new(),
                 next_port: *LOCAL_PORTS.start(),
                 accepted: HashMap::new(),
+                outbound: io.outbound,
+                events: Vec::new(),
             }),
             work: Arc::new(Notify::new()),
             local_ips,
             ports,
         });
-        tokio::spawn(drive(Arc::downgrade(&shared), shared.work.clone(), io));
+        tokio::spawn(drive(
+            Arc::downgrade(&shared),
+            shared.work.clone(),
+            io.inbound,
+        ));
         Self { shared }
     }
 
@@ -221,9 +233,9 @@ impl UserStack {
     /// associations.
     pub fn tap(&self, inbound: mpsc::Sender<Vec<u8>>, udp: Arc<UdpRelay>) -> Arc<dyn InboundTap> {
         Arc::new(StackTap {
-            local_ips: self.shared.local_ips.clone(),
-            ports: self.shared.ports.clone(),
-            inbound,
+            shared: self.shared.clone(),
+            received: AtomicBool::new(false),
+            _tunnel_alive: inbound,
             udp,
         })
     }
@@ -311,6 +323,22 @@ impl State {
             peer,
             local,
         });
+    }
+
+    /// Polls the stack until what it received is processed: accepted connections queued,
+    /// streams woken, its packets sent. Returns when it next needs polling.
+    fn settle(&mut self, shared: &Arc<Shared>, now: Instant) -> Option<Duration> {
+        let mut events = std::mem::take(&mut self.events);
+        self.stack.poll(now, &mut events);
+        for event in events.drain(..) {
+            if let Event::Accepted { id, peer, local } = event {
+                self.accept(shared, id, peer, local);
+            }
+            self.apply(event, &shared.ports);
+        }
+        self.events = events;
+        self.stack.drain_transmit(&mut self.outbound);
+        self.stack.poll_delay(now)
     }
 
     /// Marks every connection gone and wakes whoever waits on one.
@@ -401,15 +429,15 @@ impl Drop for PendingConnect<'_> {
     }
 }
 
-/// The stack's task. It ends when the last handle to the stack is gone.
-async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut io: StackIo) {
-    let mut events = Vec::new();
+/// The stack's task: packets from `inbound`, streams' writes, timers. It ends when the last
+/// handle to the stack is gone, or when `inbound`'s senders are (the tunnel or the TUN is).
+async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut inbound: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
     let mut delay = None;
     loop {
         let notified = work.notified();
         tokio::select! {
-            received = io.inbound.recv_many(&mut batch, INBOUND_QUEUE) => {
+            received = inbound.recv_many(&mut batch, INBOUND_QUEUE) => {
                 if received == 0 {
                     // The tunnel is gone: no connection will move again.
                     if let Some(shared) = shared.upgrade() {
@@ -429,15 +457,7 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut io: StackIo) {
         for packet in batch.drain(..) {
             state.stack.receive(&packet, now);
         }
-        state.stack.poll(now, &mut events);
-        for event in events.drain(..) {
-            if let Event::Accepted { id, peer, local } = event {
-                state.accept(&shared, id, peer, local);
-            }
-            state.apply(event, &shared.ports);
-        }
-        state.stack.drain_transmit(&mut io.outbound);
-        delay = state.stack.poll_delay(now);
+        delay = state.settle(&shared, now);
     }
 }
 
@@ -451,10 +471,17 @@ async fn sleep(delay: Option<Duration>) {
 /// Takes the tunnel's packets for the stack's connections: TCP to an interface address
 /// and a local port one of them holds, and ICMP errors about such segments. The host's
 /// own connections from the interface address, and its listeners, keep theirs.
+///
+/// It hands them to the stack itself, on the tunnel's writer, and settles the stack once
+/// per batch ([`InboundTap::flush`]): the bytes reach the relays with no hand-over to the
+/// stack's task, which is only told to look at its timers again.
 struct StackTap {
-    local_ips: Vec<IpAddr>,
-    ports: Arc<PortSet>,
-    inbound: mpsc::Sender<Vec<u8>>,
+    shared: Arc<Shared>,
+    /// Whether the stack received packets since the last flush.
+    received: AtomicBool,
+    /// Dropped with the tap, when the tunnel stops: the stack's task then closes every
+    /// connection.
+    _tunnel_alive: mpsc::Sender<Vec<u8>>,
     udp: Arc<UdpRelay>,
 }
 
@@ -467,14 +494,22 @@ impl InboundTap for StackTap {
         if let Some(Transport::Udp(udp)) = ip.transport() {
             return self.udp.take(&ip, &udp);
         }
-        let ours = tundns_netstack::local_tcp_port(&ip, &self.local_ips)
-            .is_some_and(|port| self.ports.contains(port));
+        let ours = tundns_netstack::local_tcp_port(&ip, &self.shared.local_ips)
+            .is_some_and(|port| self.shared.ports.contains(port));
         if !ours {
             return false;
         }
-        // Dropped when the task lags this far behind; TCP resends it.
-        let _ = self.inbound.try_send(packet.to_vec());
+        self.shared.lock().stack.receive(packet, Instant::now());
+        self.received.store(true, Ordering::Relaxed);
         true
+    }
+
+    fn flush(&self) {
+        if self.received.swap(false, Ordering::Relaxed) {
+            self.shared.lock().settle(&self.shared, Instant::now());
+            // Its timers may have moved.
+            self.shared.work.notify_one();
+        }
     }
 }
 
