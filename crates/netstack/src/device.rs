@@ -34,6 +34,10 @@ impl QueueDevice {
         true
     }
 
+    pub(crate) fn rx_is_full(&self) -> bool {
+        self.rx.len() >= QUEUE_CAPACITY
+    }
+
     pub(crate) fn has_rx(&self) -> bool {
         !self.rx.is_empty()
     }

@@ -383,6 +383,12 @@ impl TcpStack {
     /// does not serve. A TCP packet to a listened IP but an unlistened port is
     /// answered with a RST by the next poll. When the inbound queue is full
     /// (1024 packets) the packet is dropped and TCP retransmits it.
+    /// Whether [`receive`](Self::receive) would drop a packet for want of room: a caller
+    /// handing over a large batch polls first.
+    pub fn receive_queue_is_full(&self) -> bool {
+        self.device.rx_is_full()
+    }
+
     pub fn receive(&mut self, packet: &[u8], now: Instant) {
         self.advance_clock(now);
         if tcp_destination(packet).is_some_and(|dst| self.is_local_ip(dst)) {

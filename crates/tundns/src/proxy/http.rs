@@ -1,5 +1,5 @@
-//! The HTTP proxy, on host addresses and on the virtual IPs: `CONNECT` to any port, and absolute-form `http://`
-//! requests forwarded in origin form, both through the tunnel.
+//! The HTTP proxy, on host addresses and on the virtual IPs: `CONNECT` to any port, and
+//! absolute-form `http://` requests forwarded in origin form, both through the tunnel.
 //!
 //! hyper drives the client's connection (keep-alive, bodies streamed both ways, never
 //! buffered whole); `tundns-proxy` decides where a request goes and who sent it; each

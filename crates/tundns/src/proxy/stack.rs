@@ -10,9 +10,10 @@
 //! The tunnel's packets are handed to the stack by its tap, on the tunnel's writer, which
 //! settles the stack once per batch: polls it, wakes the streams whose connection moved,
 //! and hands what the stack sends to its [`PacketSink`]. A task does the same for the
-//! virtual IPs' packets (queued by the filter), for the streams' writes, and for timers. A [`StackStream`] reads and writes the stack's buffers
-//! directly, under the stack's lock, so its buffers are the only ones and a slow reader
-//! closes the TCP window rather than growing memory.
+//! virtual IPs' packets (queued by the filter), for the streams' writes, and for timers.
+//! A [`StackStream`] reads and writes the stack's buffers directly, under the stack's
+//! lock, so its buffers are the only ones and a slow reader closes the TCP window rather
+//! than growing memory.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -75,7 +76,8 @@ pub struct UserStack {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the task: a stream wrote or closed, or a connection was opened.
+    /// Wakes the task: a stream wrote or closed, a connection was opened, or the tap
+    /// settled the stack (its timers may have moved).
     work: Arc<Notify>,
     local_ips: Vec<IpAddr>,
     /// The local ports the stack's connections hold, which the tap takes packets for.
@@ -228,9 +230,10 @@ impl UserStack {
         }
     }
 
-    /// The tap to give the tunnel's writer: it takes the packets of this stack's
-    /// connections and queues them for the task, and gives `udp` the datagrams of its
-    /// associations.
+    /// The tap to give the tunnel's writer: it hands the packets of this stack's
+    /// connections to the stack and settles it once per batch, and gives `udp` the
+    /// datagrams of its associations. It only holds `inbound`, whose drop (with gotatun's
+    /// device) tells the task that the tunnel is gone.
     pub fn tap(&self, inbound: mpsc::Sender<Vec<u8>>, udp: Arc<UdpRelay>) -> Arc<dyn InboundTap> {
         Arc::new(StackTap {
             shared: self.shared.clone(),
@@ -240,7 +243,8 @@ impl UserStack {
         })
     }
 
-    /// The channel the tap fills and the task drains.
+    /// The channel the task drains: the virtual IPs' listeners fill it; the tunnel's tap
+    /// only holds its sender.
     pub fn inbound_channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
         mpsc::channel(INBOUND_QUEUE)
     }
@@ -474,12 +478,12 @@ async fn sleep(delay: Option<Duration>) {
 ///
 /// It hands them to the stack itself, on the tunnel's writer, and settles the stack once
 /// per batch ([`InboundTap::flush`]): the bytes reach the relays with no hand-over to the
-/// stack's task, which is only told to look at its timers again.
+/// stack's task, which is then woken once per batch to re-arm its timers.
 struct StackTap {
     shared: Arc<Shared>,
     /// Whether the stack received packets since the last flush.
     received: AtomicBool,
-    /// Dropped with the tap, when the tunnel stops: the stack's task then closes every
+    /// Dropped with the tap, with gotatun's device: the stack's task then closes every
     /// connection.
     _tunnel_alive: mpsc::Sender<Vec<u8>>,
     udp: Arc<UdpRelay>,
@@ -499,7 +503,13 @@ impl InboundTap for StackTap {
         if !ours {
             return false;
         }
-        self.shared.lock().stack.receive(packet, Instant::now());
+        let mut state = self.shared.lock();
+        // A batch can hold more packets than the stack's queue: what is queued goes first.
+        if state.stack.receive_queue_is_full() {
+            state.settle(&self.shared, Instant::now());
+        }
+        state.stack.receive(packet, Instant::now());
+        drop(state);
         self.received.store(true, Ordering::Relaxed);
         true
     }
