@@ -222,6 +222,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every peer's `AllowedIPs`, in file order.
+    pub fn allowed_ips(&self) -> impl Iterator<Item = &IpNet> {
+        self.peers.iter().flat_map(|peer| &peer.allowed_ips)
+    }
+
     /// The first line `key` was written on in `section` (`"[Interface]"`), if it was.
     pub fn line_of(&self, section: &str, key: &str) -> Option<usize> {
         self.key_lines
@@ -397,6 +402,14 @@ pub struct ProxyConfig {
     /// `Credentials`: the file of `user:password` lines, the path as written; `None`
     /// means no authentication. Not read here.
     pub credentials: Option<Spanned<PathBuf>>,
+}
+
+impl ProxyConfig {
+    /// Every listen address with its key (`"SOCKS5"` or `"HTTP"`), SOCKS5's first.
+    pub fn listeners(&self) -> impl Iterator<Item = (&'static str, &Spanned<SocketAddr>)> {
+        let socks5 = self.socks5.iter().map(|listen| ("SOCKS5", listen));
+        socks5.chain(self.http.iter().map(|listen| ("HTTP", listen)))
+    }
 }
 
 /// A value with the 1-based line of the config file it came from, for checks made

@@ -37,7 +37,8 @@ impl Family {
         }
     }
 
-    fn holds(self, address: &IpAddr) -> bool {
+    /// Whether `address` is of this family.
+    pub fn holds(self, address: &IpAddr) -> bool {
         address.is_ipv6() == (self == Family::Ip6)
     }
 }

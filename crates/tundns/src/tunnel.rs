@@ -190,7 +190,7 @@ impl Tunnel {
             Ok(device) => device,
             Err(error) => {
                 changes.undo().await;
-                remove_uapi_socket(&name);
+                remove_uapi_socket(&uapi_socket_path(&name));
                 return Err(error.into());
             }
         };
@@ -266,10 +266,7 @@ impl Tunnel {
         );
         for family in [Family::Ip, Family::Ip6] {
             let table = FirewallTable::for_virtual_listeners(&self.name, family);
-            if !listeners
-                .iter()
-                .any(|listen| listen.is_ipv6() == (family == Family::Ip6))
-            {
+            if !listeners.iter().any(|listen| family.holds(&listen.ip())) {
                 // A crashed run's table of this family, for listeners no longer configured.
                 let _ = table.delete().await;
                 continue;
@@ -326,13 +323,7 @@ impl Tunnel {
     /// Runs until one of `signals` arrives (even one that arrived during start-up), or
     /// until WireGuard fails, then shuts down.
     pub async fn run_until(mut self, signals: &mut ShutdownSignals) -> Result<(), TunnelError> {
-        let failure = tokio::select! {
-            signal = signals.recv() => {
-                tracing::info!("{signal}: shutting down");
-                None
-            }
-            () = self.device.wait() => Some(TunnelError::WireGuardFailed("fatal device error".into())),
-        };
+        let failure = signals.until(self.device.wait()).await;
         self.shut_down().await;
         failure.map_or(Ok(()), Err)
     }
@@ -363,7 +354,7 @@ impl Tunnel {
             self.rules.remove(ip);
         }
         self.changes.undo().await;
-        remove_uapi_socket(&self.name);
+        remove_uapi_socket(&uapi_socket_path(&self.name));
         drop(self.tun);
         if let Err(error) = run_hooks(&self.post_down, &self.name).await {
             tracing::warn!(%error, "PostDown");
@@ -394,7 +385,7 @@ async fn configure_interface(
         RouteTable::Id(id) => Some(id),
     };
     if let Some(table) = table {
-        for network in config.peers.iter().flat_map(|peer| &peer.allowed_ips) {
+        for network in config.allowed_ips() {
             if !policy_routing::is_policy_routed(config, network) {
                 changes.add_route_in(*network, table).await?;
             }
@@ -432,9 +423,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), TunnelError> {
     // Full-tunnel default routes do not catch the upstreams: their sockets carry the mark.
     let allowed_ips = || {
         config
-            .peers
-            .iter()
-            .flat_map(|peer| &peer.allowed_ips)
+            .allowed_ips()
             .filter(|network| !policy_routing::is_policy_routed(config, network))
     };
     if config.dns_proxy.enabled {
@@ -468,6 +457,18 @@ impl ShutdownSignals {
             interrupt: signal(SignalKind::interrupt()).map_err(TunnelError::Signals)?,
             _hangup: signal(SignalKind::hangup()).map_err(TunnelError::Signals)?,
         })
+    }
+
+    /// Waits for the next signal, or for `device` (WireGuard's `wait`) to end; the error
+    /// when WireGuard ended it.
+    pub(crate) async fn until(&mut self, device: impl Future<Output = ()>) -> Option<TunnelError> {
+        tokio::select! {
+            signal = self.recv() => {
+                tracing::info!("{signal}: shutting down");
+                None
+            }
+            () = device => Some(TunnelError::WireGuardFailed("fatal device error".into())),
+        }
     }
 
     /// Waits for the next signal and names it.
@@ -540,9 +541,9 @@ async fn run_hooks(commands: &[String], interface: &str) -> Result<(), TunnelErr
     Ok(())
 }
 
-fn remove_uapi_socket(name: &str) {
-    let path = uapi_socket_path(name);
-    if let Err(error) = std::fs::remove_file(&path)
+/// Removes the UAPI socket at `path`, which gotatun leaves behind.
+pub(crate) fn remove_uapi_socket(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
         && error.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), %error, "could not remove the UAPI socket");

@@ -28,7 +28,7 @@ use crate::dns::config as dns_config;
 use crate::dns::host_sockets::{ClaimedDnsSockets, RunningDnsSockets};
 use crate::observability::{self, Observability};
 use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies};
-use crate::tunnel::{ShutdownSignals, TunnelError, validate, wireguard_peers};
+use crate::tunnel::{ShutdownSignals, TunnelError, remove_uapi_socket, validate, wireguard_peers};
 
 /// A running rootless tunnel.
 pub struct UserspaceTunnel {
@@ -84,7 +84,7 @@ impl UserspaceTunnel {
                 Ok(device) => device,
                 Err(error) => {
                     uapi.abort();
-                    remove_uapi_socket(&sockets, &name);
+                    remove_uapi_socket(&sockets.uapi_socket(&name));
                     return Err(error.into());
                 }
             };
@@ -129,13 +129,7 @@ impl UserspaceTunnel {
 
     /// Runs until one of `signals` arrives or WireGuard fails, then shuts down.
     pub async fn run_until(mut self, signals: &mut ShutdownSignals) -> Result<(), TunnelError> {
-        let failure = tokio::select! {
-            signal = signals.recv() => {
-                tracing::info!("{signal}: shutting down");
-                None
-            }
-            () = self.device.wait() => Some(TunnelError::WireGuardFailed("fatal device error".into())),
-        };
+        let failure = signals.until(self.device.wait()).await;
         self.shut_down().await;
         failure.map_or(Ok(()), Err)
     }
@@ -149,7 +143,7 @@ impl UserspaceTunnel {
         drop(self.observability.take());
         self.device.stop().await;
         self.uapi.abort();
-        remove_uapi_socket(&self.sockets, &self.name);
+        remove_uapi_socket(&self.sockets.uapi_socket(&self.name));
         tracing::info!(interface = %self.name, "tunnel down");
     }
 }
@@ -219,8 +213,7 @@ pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError
         ));
     }
     if let Some(proxy) = &config.proxy {
-        let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
-        for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
+        for (key, listen) in proxy.listeners() {
             if config.dns_proxy.addresses.contains(&listen.value.ip()) {
                 return Err(ConfigError::at(
                     path,
@@ -237,15 +230,6 @@ pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError
     Ok(())
 }
 
-fn remove_uapi_socket(sockets: &SocketDirectories, name: &str) {
-    let path = sockets.uapi_socket(name);
-    if let Err(error) = std::fs::remove_file(&path)
-        && error.kind() != io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), %error, "could not remove the UAPI socket");
-    }
-}
-
 /// Refuses upstreams inside a peer's AllowedIPs, of `config` as it will run (with the
 /// system's resolvers in place of the defaults when it names none): without a TUN their
 /// queries follow the host's routes, and would leave outside the tunnel, in the clear.
@@ -255,9 +239,7 @@ fn refuse_upstreams_in_tunnel(config: &Config, path: &Path) -> Result<(), Tunnel
     }
     let in_tunnel = |upstream: &&tundns_config::Upstream| {
         config
-            .peers
-            .iter()
-            .flat_map(|peer| &peer.allowed_ips)
+            .allowed_ips()
             .any(|network| network.contains(&upstream.address().ip()))
     };
     let reason = |upstream: &tundns_config::Upstream| {

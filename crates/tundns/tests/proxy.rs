@@ -23,7 +23,7 @@ const VIRTUAL_SOCKS: &str = "10.30.30.30:1080";
 const VIRTUAL_SOCKS_V6: &str = "[fd30:30:30::30]:1080";
 const VIRTUAL_HTTP_PROXY: &str = "http://10.30.30.30:3128";
 const WEB_NAME: &str = "web.lab.internal";
-const WEB_PORT: &str = "8080";
+const WEB_PORT: u16 = 8080;
 const BLOCKED_NAME: &str = "blocked.lab.test";
 
 /// A raw SOCKS5 client: greets (with `user:password` when given), sends `request` (hex)
@@ -124,7 +124,7 @@ fn serve_page(lab: &Lab, page: &str) {
             "python3",
             "-m",
             "http.server",
-            WEB_PORT,
+            &WEB_PORT.to_string(),
             "--bind",
             "::",
             "--directory",
@@ -213,10 +213,9 @@ fn each_failure_gets_its_socks5_reply_code() {
     let Some((lab, _tundns)) = lab_with_proxy("proxy_replies", "ok\n", None) else {
         return;
     };
-    let web_port: u16 = WEB_PORT.parse().unwrap();
     // Succeeded, for comparison.
     assert_eq!(
-        socks_reply(&lab, &connect_to_name(WEB_NAME, web_port), None),
+        socks_reply(&lab, &connect_to_name(WEB_NAME, WEB_PORT), None),
         "0"
     );
     // Rule set: a blocked name.
@@ -270,7 +269,7 @@ fn credentials_are_required_when_configured() {
     let Some((lab, _tundns)) = lab_with_proxy("proxy_credentials", "ok\n", users) else {
         return;
     };
-    let request = connect_to_name(WEB_NAME, WEB_PORT.parse().unwrap());
+    let request = connect_to_name(WEB_NAME, WEB_PORT);
     assert_eq!(socks_reply(&lab, &request, None), "method-refused");
     assert_eq!(
         socks_reply(&lab, &request, Some("alice:wrong")),
@@ -345,9 +344,8 @@ fn the_hosts_own_listener_in_the_stacks_port_range_keeps_its_packets() {
         return;
     };
     // The stack has connections from the interface address...
-    let web_port: u16 = WEB_PORT.parse().unwrap();
     assert_eq!(
-        socks_reply(&lab, &connect_to_name(WEB_NAME, web_port), None),
+        socks_reply(&lab, &connect_to_name(WEB_NAME, WEB_PORT), None),
         "0"
     );
     // ...and the host listens on that address, on a port of the stack's range: a peer's
@@ -788,13 +786,7 @@ fn the_rootless_mode_serves_as_nobody_and_changes_nothing() {
     let system_socket = format!("/run/tundns/{}.sock", lab.tundns_iface);
     assert!(!std::path::Path::new(&system_socket).exists());
 
-    tundns.send_sigterm();
-    let status = tundns.wait_for_exit(std::time::Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|status| status.success()),
-        "tundns did not stop cleanly: {status:?}\n{}",
-        tundns.output()
-    );
+    tundns.stop_cleanly(std::time::Duration::from_secs(10));
     let left: Vec<_> = walk(runtime_dir)
         .into_iter()
         .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))

@@ -262,8 +262,7 @@ fn check_proxy(
     proxy: ProxyConfig,
     dns_proxy: &DnsProxyConfig,
 ) -> Result<ProxyConfig, ConfigError> {
-    let listeners = proxy.socks5.iter().map(|listen| ("SOCKS5", listen));
-    for (key, listen) in listeners.chain(proxy.http.iter().map(|listen| ("HTTP", listen))) {
+    for (key, listen) in proxy.listeners() {
         let ip = listen.value.ip();
         let on_virtual_ip = dns_proxy.addresses.contains(&ip);
         if on_virtual_ip && !dns_proxy.enabled {

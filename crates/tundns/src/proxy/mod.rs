@@ -169,11 +169,7 @@ impl ClaimedProxies {
         stack: ProxyStack,
         resolver: Option<Arc<DnsProxy>>,
     ) -> RunningProxies {
-        let allowed_ips: Vec<IpNet> = config
-            .peers
-            .iter()
-            .flat_map(|peer| peer.allowed_ips.iter().copied())
-            .collect();
+        let allowed_ips: Vec<IpNet> = config.allowed_ips().copied().collect();
         let opener = Arc::new(Opener {
             stack: stack.stack.clone(),
             udp: stack.udp.clone(),
