@@ -8,6 +8,10 @@
 //!
 //! A kernel or route that refuses segmentation before it ever worked switches the socket to
 //! gotatun's path for good, with one log line.
+//!
+//! The socket's buffers are sized for a tunnel, not for a DNS client: the kernel's default
+//! receive buffer (208 KiB) holds only a few GRO batches, and a burst beyond it is lost
+//! whole, which TCP inside the tunnel pays for with retransmissions.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -19,8 +23,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use gotatun::packet::Packet;
 use gotatun::udp::socket::{UdpSocket, UdpSocketFactory};
 use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
-use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, getsockopt, sendmsg, sockopt};
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, SockaddrStorage, getsockopt, sendmsg, setsockopt, sockopt,
+};
 use tokio::io::Interest;
+
+/// The WireGuard socket's send and receive buffers, as wireguard-go sizes them.
+const SOCKET_BUFFER: usize = 7 << 20;
 
 /// The kernel's cap on segments per send (`UDP_MAX_SEGMENTS`; 128 only since Linux 6.9).
 pub const UDP_MAX_SEGMENTS: usize = 64;
@@ -51,6 +60,7 @@ impl UdpTransportFactory for GsoUdpFactory {
         params: &UdpTransportFactoryParams,
     ) -> io::Result<(Self::Send, Self::Recv)> {
         let (socket, receiver) = self.sockets.bind(params).await?;
+        size_buffers(&socket);
         let segmentation = Segmentation::default();
         // Kernels before 4.18 have no UDP_SEGMENT and answer ENOPROTOOPT.
         if let Err(error) = getsockopt(&socket, sockopt::UdpGsoSegment) {
@@ -190,6 +200,19 @@ impl UdpSend for GsoUdpSend {
 impl AsFd for GsoUdpSend {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+}
+
+/// Gives `socket` [`SOCKET_BUFFER`]-sized buffers: past `net.core.[rw]mem_max` where tundns
+/// may (`CAP_NET_ADMIN`), else as far as that cap allows. A refusal costs speed, not the
+/// tunnel, so it is only logged.
+fn size_buffers(socket: &impl AsFd) {
+    let receive = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER));
+    let send = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER));
+    if let Err(error) = receive.and(send) {
+        tracing::debug!("WireGuard's socket keeps smaller buffers: {error}");
     }
 }
 
