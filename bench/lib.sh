@@ -62,6 +62,12 @@ bench_cpu_ticks() {
 }
 BENCH_TICKS_PER_SECOND=$(getconf CLK_TCK)
 
+# bench_tcp_retransmits NS: the TCP segments NS's kernel has retransmitted so far (RetransSegs
+# in /proc/net/snmp): lost packets, which a throughput figure alone hides.
+bench_tcp_retransmits() {
+    ip netns exec "$1" awk '/^Tcp:/ { if (!column) { for (i = 1; i <= NF; i++) if ($i == "RetransSegs") column = i } else print $column }' /proc/net/snmp
+}
+
 # bench_fixed_rate LABEL PID SERVER QUERYFILE SECONDS RATE [DNSPERF_OPTION...]: one dnsperf run
 # offering RATE queries/s to SERVER, which PID serves. Sets BENCH_ANSWERS_PER_SECOND,
 # BENCH_CPU_US, the CPU microseconds PID spent per answer, and BENCH_SYSTEM_US, the part of

@@ -12,7 +12,8 @@
 # buffer and OpenSSL's SHA-256 through hashlib, SHA-NI) checks what arrived against the
 # sender's. On these 2-core machines the load generator shares the cores with the tunnel, so
 # it is kept lean: coreutils' sha256sum alone takes 5.8 CPU-s/GB here, hashlib 0.9. For each
-# run: Gbit/s and tundns's CPU-seconds per GB (utime + stime from /proc/PID/stat). Everything
+# run: Gbit/s, tundns's CPU-seconds per GB (utime + stime from /proc/PID/stat) and the
+# segments the sender retransmitted (lost on the way, /proc/net/snmp in N). Everything
 # runs in throwaway namespaces (lab/lib.sh), torn down on exit.
 #
 # Usage: bench/proxy-throughput.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
@@ -87,27 +88,31 @@ print(digest.hexdigest())
 '
 bench_wait_peer_server sender "$PORT"
 
-declare -A gbits cpu
-# measure PATH: one download over PATH; appends Gbit/s and CPU-s/GB.
+declare -A gbits cpu resent
+# measure PATH: one download over PATH; appends Gbit/s, CPU-s/GB and segments resent.
 measure() {
-    local path=$1 via=none before after start end got
+    local path=$1 via=none before after start end got resent_before lost
     case $path in
         socks5) via=socks5:127.0.0.1:1080 ;;
         connect) via=connect:127.0.0.1:3128 ;;
         vip) via=socks5:$LAB_PROXY_V4:1080 ;;
     esac
+    resent_before=$(bench_tcp_retransmits "$LAB_N")
     before=$(bench_cpu_ticks "$LAB_TUNDNS_PID")
     start=$(date +%s.%N)
     got=$(timeout 300 ip netns exec "$LAB_C" python3 -c "$receiver" "$via" "$LAB_PEER_TUNNEL_V4" "$PORT")
     end=$(date +%s.%N)
     after=$(bench_cpu_ticks "$LAB_TUNDNS_PID")
+    lost=$(($(bench_tcp_retransmits "$LAB_N") - resent_before))
     [[ $got == "$expected" ]] || lab_die "the download over $path arrived changed or short"
     read -r rate cost < <(awk -v b=$((SIZE_MB * 1048576)) -v t0="$start" -v t1="$end" \
         -v c=$((after - before)) -v hz="$BENCH_TICKS_PER_SECOND" \
         'BEGIN { printf "%.3f %.2f\n", b * 8 / (t1 - t0) / 1e9, c / hz / (b / 1e9) }')
     gbits[$path]+="$rate "
     cpu[$path]+="$cost "
-    printf '  %-7s %8.2f Gbit/s %6.2f CPU-s/GB of tundns (SHA-256 checked)\n' "$path" "$rate" "$cost" >&2
+    resent[$path]+="$lost "
+    printf '  %-7s %8.2f Gbit/s %6.2f CPU-s/GB of tundns, %s segments resent (SHA-256 checked)\n' \
+        "$path" "$rate" "$cost" "$lost" >&2
 }
 
 lab_log "tundns: $TUNDNS_BIN; $ROUNDS rounds of a $SIZE_MB MiB download each way"
@@ -119,8 +124,9 @@ done
 median() { printf '%s\n' $1 | bench_median; }
 printf '\nmedian of %d rounds, %d MiB each:\n' "$ROUNDS" "$SIZE_MB"
 for path in "${paths[@]}"; do
-    printf '%-8s %8.2f Gbit/s %6.2f CPU-s/GB   (runs: %s; %s)\n' "$path" "$(median "${gbits[$path]}")" \
-        "$(median "${cpu[$path]}")" "${gbits[$path]% }" "${cpu[$path]% }"
+    printf '%-8s %8.2f Gbit/s %6.2f CPU-s/GB   (runs: %s; %s; segments resent: %s)\n' "$path" \
+        "$(median "${gbits[$path]}")" "$(median "${cpu[$path]}")" "${gbits[$path]% }" \
+        "${cpu[$path]% }" "${resent[$path]% }"
 done
 for path in "${paths[@]}"; do
     [[ $path == direct || -z ${gbits[direct]:-} ]] && continue
