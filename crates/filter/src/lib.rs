@@ -25,7 +25,7 @@ mod tun;
 pub use host::{Datagram, UdpService, VirtualHost};
 pub use offload::TUN_MAX_SEGMENTS;
 pub use rules::{RuleTable, Rules, RulesReader};
-pub use tun::{FilterStats, FilteredTun, FilteredTunSender, InboundTap, TunWriter};
+pub use tun::{FilterStats, FilteredTun, FilteredTunSender, InboundTap, TunBatch, TunWriter};
 
 /// A service living on a virtual IP.
 ///

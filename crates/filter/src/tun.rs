@@ -140,6 +140,12 @@ impl TunWriter {
         }
     }
 
+    /// A writer of batches into the same device: one flow's consecutive packets leave as
+    /// one super-packet, where a packet at a time would cost a write each.
+    pub fn batch(&self) -> TunBatch {
+        TunBatch::new(self.device.clone(), self.stats.clone())
+    }
+
     /// The filter's counters.
     pub fn stats(&self) -> &Arc<FilterStats> {
         &self.stats
@@ -148,6 +154,47 @@ impl TunWriter {
     fn count_error(&self, error: &io::Error) {
         FilterStats::bump(&self.stats.reply_errors);
         tracing::debug!(%error, "could not write a reply into the TUN");
+    }
+}
+
+/// Packets gathered for the TUN and written together, one flow's consecutive packets
+/// coalesced into a super-packet, so the host's stack sees a few large packets rather than
+/// many small ones.
+pub struct TunBatch {
+    device: Arc<SyncDevice>,
+    coalescer: Coalescer,
+    stats: Arc<FilterStats>,
+}
+
+impl TunBatch {
+    fn new(device: Arc<SyncDevice>, stats: Arc<FilterStats>) -> Self {
+        Self {
+            device,
+            coalescer: Coalescer::new(),
+            stats,
+        }
+    }
+
+    /// Adds `packet` to the batch; returns whether the batch is now full, and must be
+    /// written before the next push.
+    #[must_use]
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        self.coalescer.push(packet);
+        self.coalescer.is_full()
+    }
+
+    /// Writes the batch and empties it. A batch tun-rs refuses is dropped and counted, so
+    /// that one bad packet costs its batch only (and gotatun, which ends its writer on
+    /// such errors, goes on); the device's own errors are returned.
+    pub fn write(&mut self) -> io::Result<()> {
+        match self.coalescer.write(&self.device) {
+            Err(error) if !is_device_error(&error) => {
+                FilterStats::bump(&self.stats.dropped_offload);
+                tracing::debug!(%error, "dropped a batch for the TUN");
+                Ok(())
+            }
+            result => result,
+        }
     }
 }
 
@@ -326,10 +373,9 @@ impl IpRecv for FilteredTun {
 /// each is checked on its own, then one flow's consecutive packets are coalesced into a
 /// super-packet, so the host's stack sees a few large packets rather than many small ones.
 pub struct FilteredTunSender {
-    device: Arc<SyncDevice>,
     rules: RulesReader,
     stats: Arc<FilterStats>,
-    coalescer: Coalescer,
+    batch: TunBatch,
     tap: Option<Arc<dyn InboundTap>>,
 }
 
@@ -348,10 +394,9 @@ impl FilteredTunSender {
     /// Wraps `device`, dropping by `rules`.
     pub fn new(device: Arc<SyncDevice>, rules: &Rules, stats: Arc<FilterStats>) -> Self {
         Self {
-            device,
             rules: rules.reader(),
+            batch: TunBatch::new(device, stats.clone()),
             stats,
-            coalescer: Coalescer::new(),
             tap: None,
         }
     }
@@ -360,19 +405,6 @@ impl FilteredTunSender {
     pub fn with_tap(mut self, tap: Arc<dyn InboundTap>) -> Self {
         self.tap = Some(tap);
         self
-    }
-
-    /// Writes the coalescer's batch. A batch tun-rs refuses is dropped and counted, so that
-    /// gotatun, which ends its writer on such errors, goes on.
-    fn flush(&mut self) -> io::Result<()> {
-        match self.coalescer.write(&self.device) {
-            Err(error) if !is_device_error(&error) => {
-                FilterStats::bump(&self.stats.dropped_offload);
-                tracing::debug!(%error, "dropped a batch for the TUN");
-                Ok(())
-            }
-            result => result,
-        }
     }
 }
 
@@ -403,12 +435,11 @@ impl IpSend for FilteredTunSender {
                 {
                     continue;
                 }
-                self.coalescer.push(packet.as_ref());
-                if self.coalescer.is_full() {
+                if self.batch.push(packet.as_ref()) {
                     break;
                 }
             }
-            let written = self.flush();
+            let written = self.batch.write();
             if first_error.is_ok() {
                 first_error = written;
             }

@@ -93,7 +93,7 @@ struct State {
     /// Where the connections accepted on each listen address go.
     accepted: HashMap<SocketAddr, mpsc::Sender<Accepted>>,
     /// Where the stack's packets go.
-    outbound: PacketSink,
+    outbound: Box<dyn PacketSink>,
     /// The stack's events, reused.
     events: Vec<Event>,
 }
@@ -124,23 +124,35 @@ enum Status {
 }
 
 /// Where the stack's packets go: gotatun's second packet source, or the TUN.
-pub type PacketSink = Box<dyn FnMut(&[u8]) + Send>;
+pub trait PacketSink: Send {
+    fn send(&mut self, packet: &[u8]);
+
+    /// The end of what one settling of the stack sent: a sink that gathers packets writes
+    /// them here.
+    fn flush(&mut self) {}
+}
 
 /// What the task needs besides the stack: where its packets arrive, and where its own go.
 pub struct StackIo {
     pub inbound: mpsc::Receiver<Vec<u8>>,
-    pub outbound: PacketSink,
+    pub outbound: Box<dyn PacketSink>,
 }
 
 /// The sink for a stack whose packets go into WireGuard.
-pub fn into_tunnel(channel: mpsc::Sender<Packet<Ip>>) -> PacketSink {
-    Box::new(move |packet| {
+pub fn into_tunnel(channel: mpsc::Sender<Packet<Ip>>) -> Box<dyn PacketSink> {
+    Box::new(IntoTunnel(channel))
+}
+
+struct IntoTunnel(mpsc::Sender<Packet<Ip>>);
+
+impl PacketSink for IntoTunnel {
+    fn send(&mut self, packet: &[u8]) {
         let Ok(packet) = Packet::from_bytes(BytesMut::from(packet)).try_into_ip() else {
             return;
         };
         // A full channel drops the packet, as a full NIC queue would; TCP resends it.
-        let _ = channel.try_send(packet);
-    })
+        let _ = self.0.try_send(packet);
+    }
 }
 
 impl UserStack {
@@ -343,7 +355,9 @@ impl State {
             self.apply(event, &shared.ports);
         }
         self.events = events;
-        self.stack.drain_transmit(&mut self.outbound);
+        self.stack
+            .drain_transmit(|packet| self.outbound.send(packet));
+        self.outbound.flush();
         self.stack.poll_delay(now)
     }
 
