@@ -18,7 +18,8 @@
 //! certificates are always verified, against the system roots plus an optional CA file;
 //! there is no way to turn verification off. Sockets carry the configured `SO_MARK` and
 //! source address, so policy routing decides whether DNS goes around the tunnel or
-//! through it.
+//! through it; without a TUN, a pool given a [`Tunnel`] sends through it instead (UDP and
+//! TCP, with the same matching).
 //!
 //! It must never decide what a message means beyond that match (validation, truncation
 //! for the client and error answers live in `tundns-dns`), never send to anything but
@@ -31,6 +32,7 @@ mod pool;
 mod shared_connection;
 mod tls;
 mod transport;
+mod tunnel;
 mod udp_sockets;
 
 use std::net::IpAddr;
@@ -44,6 +46,7 @@ pub use tundns_resolver::Protocol;
 pub use tundns_resolver::pool::{
     Answer, DEAD_AFTER_FAILURES, PoolStats, RTT_BUCKET_BOUNDS_MICROS, ResolveError, UpstreamStats,
 };
+pub use tunnel::{DialFuture, Tunnel, TunnelDial, TunnelPort, TunnelStream};
 pub use udp_sockets::{QUERIES_PER_SOCKET, SOCKET_LIFETIME, SOCKETS_PER_UPSTREAM};
 
 /// Settings shared by every upstream of a pool.
@@ -66,6 +69,9 @@ pub struct PoolConfig {
     pub hedge: bool,
     /// An idle DoT or DoH connection (nothing in flight) is closed after this long.
     pub idle_timeout: Duration,
+    /// Send every query through this userspace tunnel instead of the host's sockets
+    /// (the rootless mode's `ThroughTunnel` groups); plain UDP and TCP only.
+    pub tunnel: Option<Tunnel>,
 }
 
 impl Default for PoolConfig {
@@ -77,6 +83,7 @@ impl Default for PoolConfig {
             ca_file: None,
             hedge: true,
             idle_timeout: Duration::from_secs(30),
+            tunnel: None,
         }
     }
 }
@@ -97,6 +104,11 @@ pub enum PoolError {
     BindFamily { bind: IpAddr, upstream: Upstream },
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error(
+        "upstream {} is encrypted, but through the userspace tunnel only plain DNS (UDP, TCP) is sent: WireGuard already encrypts it",
+        .0.url()
+    )]
+    EncryptedThroughTunnel(Upstream),
 }
 
 /// The health of one upstream, as [`UpstreamPool::health`] reports it.
@@ -128,6 +140,11 @@ enum Link {
     Tcp,
     Tls(dot::DotClient),
     Https(doh::DohClient),
+    /// Through a userspace tunnel; over UDP first when `datagram`, else over TCP.
+    Tunnel {
+        tunnel: tunnel::Tunnel,
+        datagram: bool,
+    },
 }
 
 /// What every attempt needs besides the query.

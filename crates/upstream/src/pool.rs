@@ -23,7 +23,7 @@ use tundns_resolver::pool::{
 use crate::transport::{self, AttemptError};
 use crate::{
     Context, Link, PoolConfig, PoolError, PoolStats, Upstream, UpstreamHealth, doh, dot,
-    missing_tls, tls, udp_sockets,
+    missing_tls, tls, tunnel, udp_sockets,
 };
 
 /// What an exchange's waiter is told.
@@ -82,21 +82,38 @@ impl UpstreamPool {
             {
                 return Err(PoolError::BindFamily { bind, upstream });
             }
-            let link = match &upstream {
-                Upstream::Udp(address) => Link::Udp(udp_sockets::UdpSockets::new(*address)),
-                Upstream::Tcp(_) => Link::Tcp,
-                Upstream::Tls {
-                    server_name,
-                    address,
-                } => {
+            let link = match (&upstream, &config.tunnel) {
+                (Upstream::Udp(_), Some(tunnel)) => Link::Tunnel {
+                    tunnel: tunnel.clone(),
+                    datagram: true,
+                },
+                (Upstream::Tcp(_), Some(tunnel)) => Link::Tunnel {
+                    tunnel: tunnel.clone(),
+                    datagram: false,
+                },
+                (Upstream::Tls { .. } | Upstream::Https { .. }, Some(_)) => {
+                    return Err(PoolError::EncryptedThroughTunnel(upstream));
+                }
+                (Upstream::Udp(address), None) => Link::Udp(udp_sockets::UdpSockets::new(*address)),
+                (Upstream::Tcp(_), None) => Link::Tcp,
+                (
+                    Upstream::Tls {
+                        server_name,
+                        address,
+                    },
+                    None,
+                ) => {
                     let tls = tls.as_ref().ok_or_else(missing_tls)?;
                     Link::Tls(dot::DotClient::new(*address, server_name, tls.dot.clone())?)
                 }
-                Upstream::Https {
-                    server_name,
-                    address,
-                    path,
-                } => {
+                (
+                    Upstream::Https {
+                        server_name,
+                        address,
+                        path,
+                    },
+                    None,
+                ) => {
                     let tls = tls.as_ref().ok_or_else(missing_tls)?;
                     Link::Https(doh::DohClient::new(
                         *address,
@@ -112,7 +129,10 @@ impl UpstreamPool {
             .iter()
             .map(|member| UpstreamEntry {
                 label: member.upstream.url().into(),
-                datagram: matches!(member.link, Link::Udp(_)),
+                datagram: matches!(
+                    member.link,
+                    Link::Udp(_) | Link::Tunnel { datagram: true, .. }
+                ),
             })
             .collect();
         let policy = PoolPolicy {
@@ -385,6 +405,16 @@ impl Link {
             }
             (Link::Tls(client), _) => client.exchange(query, question, context).await,
             (Link::Https(client), _) => client.exchange(query, question, context).await,
+            (
+                Link::Tunnel {
+                    tunnel,
+                    datagram: true,
+                },
+                Protocol::Udp,
+            ) => tunnel::udp(tunnel, address, query, question, context).await,
+            (Link::Tunnel { tunnel, .. }, _) => {
+                tunnel::tcp(tunnel, address, query, question, context).await
+            }
         }
     }
 
@@ -394,7 +424,7 @@ impl Link {
             Link::Tls(client) => client.drop_connection(),
             Link::Https(client) => client.drop_connection(),
             Link::Udp(sockets) => sockets.retire_all(),
-            Link::Tcp => {}
+            Link::Tcp | Link::Tunnel { .. } => {}
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -138,9 +138,21 @@ pub async fn tcp(
     question: &Question,
     context: &Context,
 ) -> Result<Vec<u8>, AttemptError> {
+    let stream = tcp_connect(upstream, &context.config).await?;
+    framed_exchange(stream, upstream, query, question, context).await
+}
+
+/// The query, with a fresh random ID, in one write on `stream`, a fresh connection to
+/// `upstream`; answers read frame by frame until the matching one.
+pub async fn framed_exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    upstream: SocketAddr,
+    query: &[u8],
+    question: &Question,
+    context: &Context,
+) -> Result<Vec<u8>, AttemptError> {
     let id = rand::random::<u16>();
     let outgoing = framed(query, id)?;
-    let mut stream = tcp_connect(upstream, &context.config).await?;
     stream.write_all(&outgoing).await?;
     for _ in 0..MAX_IGNORED_PER_ATTEMPT {
         let mut prefix = [0u8; 2];
