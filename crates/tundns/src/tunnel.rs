@@ -114,7 +114,7 @@ impl Tunnel {
         let resolver = config
             .dns_proxy
             .enabled
-            .then(|| dns_config::resolver_parts(config, path))
+            .then(|| dns_config::resolver_parts(config, path, None))
             .transpose()?;
         // Claimed before any change, so an address in use leaves nothing behind.
         let observability = observability::Claimed::new(config, path)?;
@@ -230,7 +230,7 @@ impl Tunnel {
             }
         }
         // Before PostUp, so a hook may already push records and routes.
-        match ControlServer::start(config, path, proxy.zip(local_source), &sockets) {
+        match ControlServer::start(config, path, proxy.zip(local_source), None, &sockets) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;
@@ -406,7 +406,7 @@ pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
     validate(config)?;
     observability::check(config, path)?;
     if config.dns_proxy.enabled {
-        dns_config::resolver_parts(config, path)?;
+        dns_config::resolver_parts(config, path, None)?;
     }
     Ok(())
 }

@@ -65,10 +65,14 @@ impl UserspaceTunnel {
         let takeover = DnsTakeover::prepare(config)?;
         let config = &takeover.resolver_config(config);
         refuse_upstreams_in_tunnel(config, path)?;
+        // The proxies' stack is WireGuard's only packet source and sink, and the way into
+        // the tunnel of the resolver's ThroughTunnel groups.
+        let mut stack = ProxyStack::new(config, MtuWatcher::new(config.interface.mtu), None);
+        let tunnel_way = stack.tunnel();
         let resolver = config
             .dns_proxy
             .enabled
-            .then(|| dns_config::resolver_parts(config, path))
+            .then(|| dns_config::resolver_parts(config, path, Some(&tunnel_way)))
             .transpose()?;
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;
@@ -76,7 +80,6 @@ impl UserspaceTunnel {
         let peers = wireguard_peers(config).await?;
         let name = config.interface_name.clone();
 
-        let mut stack = ProxyStack::new(config, MtuWatcher::new(config.interface.mtu), None);
         let (uapi_server, uapi) = serve_uapi(&sockets, &name)?;
         let device =
             match datapath::start_userspace_wireguard(config, peers, &mut stack, uapi_server).await
@@ -116,7 +119,7 @@ impl UserspaceTunnel {
                 return Err(error.into());
             }
         }
-        match ControlServer::start(config, path, proxy, &tunnel.sockets) {
+        match ControlServer::start(config, path, proxy, Some(tunnel_way), &tunnel.sockets) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;
@@ -200,18 +203,6 @@ pub fn refuse_privileged(config: &Config, path: &Path) -> Result<(), ConfigError
         }
         _ => {}
     }
-    if let Some(route) = config
-        .dns_proxy
-        .routes
-        .iter()
-        .find(|route| route.through_tunnel)
-    {
-        return Err(ConfigError::at(
-            path,
-            route.line,
-            "ThroughTunnel: its queries are sent from the interface address through the TUN; --userspace has neither",
-        ));
-    }
     if let Some(proxy) = &config.proxy {
         for (key, listen) in proxy.listeners() {
             if config.dns_proxy.addresses.contains(&listen.value.ip()) {
@@ -244,7 +235,7 @@ fn refuse_upstreams_in_tunnel(config: &Config, path: &Path) -> Result<(), Tunnel
     };
     let reason = |upstream: &tundns_config::Upstream| {
         format!(
-            "upstream {upstream} is inside AllowedIPs: --userspace has no TUN to send it through, and would send it outside the tunnel"
+            "upstream {upstream} is inside AllowedIPs: --userspace has no TUN to route it through, and would send it outside the tunnel"
         )
     };
     if let Some(upstream) = config.dns_proxy.upstreams.iter().find(in_tunnel) {
@@ -258,9 +249,13 @@ fn refuse_upstreams_in_tunnel(config: &Config, path: &Path) -> Result<(), Tunnel
             )),
         });
     }
-    for route in &config.dns_proxy.routes {
+    for route in config.dns_proxy.routes.iter().filter(|r| !r.through_tunnel) {
         if let Some(upstream) = route.upstreams.iter().find(in_tunnel) {
-            return Err(ConfigError::at(path, route.line, reason(upstream)).into());
+            let message = format!(
+                "{}; ThroughTunnel = true sends it through the tunnel",
+                reason(upstream)
+            );
+            return Err(ConfigError::at(path, route.line, message).into());
         }
     }
     Ok(())
@@ -351,13 +346,6 @@ mod tests {
         assert_eq!(refused_line("DNS = 10.99.0.1\n"), Some(4));
         assert_eq!(refused_line("[DNSProxy]\nSetSystemDNS = true\n"), Some(5));
         assert_eq!(
-            refused_line(
-                "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n\
-                 [DNSRoute]\nDomain = corp\nUpstream = 10.99.0.1\nThroughTunnel = true\n"
-            ),
-            Some(7)
-        );
-        assert_eq!(
             refused_line("[Proxy]\nSOCKS5 = 127.0.0.1:1080, 10.30.30.30:1080\n"),
             Some(5)
         );
@@ -389,5 +377,13 @@ mod tests {
             None
         );
         assert_eq!(refused_line("[Proxy]\nSOCKS5 = 127.0.0.1:1080\n"), None);
+        // Sent through the proxies' stack.
+        assert_eq!(
+            refused_line(
+                "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n\
+                 [DNSRoute]\nDomain = corp\nUpstream = 10.99.0.1\nThroughTunnel = true\n"
+            ),
+            None
+        );
     }
 }

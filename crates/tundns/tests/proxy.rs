@@ -14,7 +14,9 @@
 
 mod common;
 
-use common::resolver_lab::{CORP_DB_A, CORP_DB_NAME, TUNNEL_RESOLVER_V4};
+use common::resolver_lab::{
+    CORP_DB_A, CORP_DB_AAAA, CORP_DB_NAME, TUNNEL_RESOLVER_V4, TUNNEL_RESOLVER_V6,
+};
 use common::*;
 
 const SOCKS: &str = "127.0.0.1:1080";
@@ -711,31 +713,8 @@ fn the_rootless_mode_serves_as_nobody_and_changes_nothing() {
         "{}\n[Proxy]\nSOCKS5 = {SOCKS}\nHTTP = 127.0.0.1:3128\n",
         lab.client_config(&options)
     );
-    let path = lab.write_client_config(&config);
-    let runtime_dir = &path.parent().expect("the lab directory").join("xdg");
-    std::fs::create_dir(runtime_dir).expect("create the runtime directory");
-    for owned in [&path, runtime_dir.as_path()] {
-        std::os::unix::fs::chown(owned, Some(65534), Some(65534)).expect("chown to nobody");
-    }
-    let xdg = format!("XDG_RUNTIME_DIR={}", runtime_dir.display());
-    let as_nobody = |command: &[&str]| -> Vec<String> {
-        [
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "env",
-            &xdg,
-        ]
-        .iter()
-        .chain(command)
-        .map(|part| part.to_string())
-        .collect()
-    };
-    let up = as_nobody(&[tundns_bin(), "up", "--userspace", path.to_str().unwrap()]);
-    let up: Vec<&str> = up.iter().map(String::as_str).collect();
-    let mut tundns = lab.spawn_in(&lab.client_ns, "tundns userspace", &up);
+    let rootless = Rootless::new(&lab, &config);
+    let mut tundns = rootless.start(&lab);
     let url = format!("http://{WEB_NAME}:{WEB_PORT}/index.html");
     let fetched = wait_until(std::time::Duration::from_secs(15), || {
         lab.exec_in(
@@ -769,9 +748,7 @@ fn the_rootless_mode_serves_as_nobody_and_changes_nothing() {
         answer.assert_success();
         assert_eq!(answer.stdout.trim(), PEER_TUNNEL_V4, "DNS over {transport}");
     }
-    let status = as_nobody(&[tundns_bin(), "status"]);
-    let status: Vec<&str> = status.iter().map(String::as_str).collect();
-    let status = lab.exec_in(&lab.client_ns, &status);
+    let status = rootless.run(&lab, &[tundns_bin(), "status"]);
     status.assert_success();
     assert!(status.stdout.contains(&lab.tundns_iface), "{status}");
 
@@ -787,11 +764,130 @@ fn the_rootless_mode_serves_as_nobody_and_changes_nothing() {
     assert!(!std::path::Path::new(&system_socket).exists());
 
     tundns.stop_cleanly(std::time::Duration::from_secs(10));
-    let left: Vec<_> = walk(runtime_dir)
+    let left: Vec<_> = walk(&rootless.runtime_dir)
         .into_iter()
         .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))
         .collect();
     assert!(left.is_empty(), "sockets left behind: {left:?}");
+}
+
+/// Names only the tunnel's resolver knows, in the rootless mode: a `ThroughTunnel` route's
+/// queries leave through the proxies' userspace stack, over UDP and over TCP, and so do
+/// those of a route added at run time (here over IPv6).
+#[test]
+fn the_rootless_mode_resolves_through_the_tunnel() {
+    let Some(lab) = lab_or_skip_with("proxy_userspace_dns", LabOptions::split_dns()) else {
+        return;
+    };
+    let options = ClientConfig {
+        dns_proxy_lines: vec!["Address = 127.0.0.1:5353".to_owned()],
+        routes: vec![DnsRoute {
+            domains: vec!["corp.internal".into()],
+            upstreams: vec![TUNNEL_RESOLVER_V4.into()],
+            through_tunnel: true,
+        }],
+        ..ClientConfig::default()
+    };
+    let rootless = Rootless::new(&lab, &lab.client_config(&options));
+    let mut tundns = rootless.start(&lab);
+    let resolve = |transport: &str, name: &str, qtype: &str| {
+        let run = lab.dig(
+            &lab.client_ns,
+            "127.0.0.1",
+            &["-p", "5353", transport, "+short", name, qtype],
+        );
+        run.assert_success();
+        run.stdout.trim().to_owned()
+    };
+    // The lab asked the tunnel resolver itself when it started it: count from here.
+    let asked = |name: &str, qtype: &str| lab.tunnel_resolver_queries(name, Some(qtype));
+    let db_before = asked(CORP_DB_NAME, "A");
+    // The first query waits for WireGuard's handshake, and may be asked again meanwhile.
+    let up = wait_until(std::time::Duration::from_secs(15), || {
+        resolve("+notcp", "corp.internal", "SOA").contains("ns.corp.internal")
+    });
+    assert!(
+        up,
+        "no answer from the tunnel's resolver:\n{}\n{}",
+        lab.tunnel_resolver_log(),
+        tundns.output()
+    );
+    assert_eq!(resolve("+notcp", CORP_DB_NAME, "A"), CORP_DB_A);
+    assert_eq!(asked(CORP_DB_NAME, "A"), db_before + 1);
+    // A TCP client's query goes to the upstream over TCP, through the stack's TCP.
+    assert_eq!(resolve("+tcp", "wiki.corp.internal", "A"), "10.99.0.81");
+    assert_eq!(asked("wiki.corp.internal", "A"), 1);
+
+    let control = |args: &[&str]| {
+        let command: Vec<&str> = [tundns_bin(), "dns"].iter().chain(args).copied().collect();
+        let run = rootless.run(&lab, &command);
+        run.assert_success();
+    };
+    control(&["routes", "remove", "corp.internal"]);
+    control(&[
+        "routes",
+        "add",
+        "corp.internal",
+        TUNNEL_RESOLVER_V6,
+        "--through-tunnel",
+    ]);
+    let aaaa_before = asked(CORP_DB_NAME, "AAAA");
+    assert_eq!(resolve("+notcp", CORP_DB_NAME, "AAAA"), CORP_DB_AAAA);
+    assert_eq!(asked(CORP_DB_NAME, "AAAA"), aaaa_before + 1);
+    tundns.stop_cleanly(std::time::Duration::from_secs(10));
+}
+
+/// tundns in the rootless mode as `nobody`, with no capabilities, its config and
+/// `$XDG_RUNTIME_DIR` in the lab's directory.
+struct Rootless {
+    config: std::path::PathBuf,
+    runtime_dir: std::path::PathBuf,
+}
+
+impl Rootless {
+    fn new(lab: &Lab, config: &str) -> Self {
+        let config = lab.write_client_config(config);
+        let runtime_dir = config.parent().expect("the lab directory").join("xdg");
+        std::fs::create_dir(&runtime_dir).expect("create the runtime directory");
+        for owned in [&config, &runtime_dir] {
+            std::os::unix::fs::chown(owned, Some(65534), Some(65534)).expect("chown to nobody");
+        }
+        Self {
+            config,
+            runtime_dir,
+        }
+    }
+
+    /// `command` as run by `nobody`, with this `XDG_RUNTIME_DIR`.
+    fn as_nobody(&self, command: &[&str]) -> Vec<String> {
+        let xdg = format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display());
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "env",
+            &xdg,
+        ]
+        .iter()
+        .chain(command)
+        .map(|part| part.to_string())
+        .collect()
+    }
+
+    fn start(&self, lab: &Lab) -> Daemon {
+        let config = self.config.to_str().expect("a UTF-8 path");
+        let up = self.as_nobody(&[tundns_bin(), "up", "--userspace", config]);
+        let up: Vec<&str> = up.iter().map(String::as_str).collect();
+        lab.spawn_in(&lab.client_ns, "tundns userspace", &up)
+    }
+
+    fn run(&self, lab: &Lab, command: &[&str]) -> Run {
+        let command = self.as_nobody(command);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        lab.exec_in(&lab.client_ns, &command)
+    }
 }
 
 /// Every file under `dir`.

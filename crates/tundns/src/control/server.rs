@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tundns_config::Config;
 use tundns_host::paths::SocketDirectories;
 use tundns_resolver::AnswerPath;
-use tundns_upstream::Protocol;
+use tundns_upstream::{Protocol, Tunnel};
 
 use crate::control::protocol::{
     AnsweredBy, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus, ProxyStatus,
@@ -94,18 +94,20 @@ pub struct ControlServer {
 impl ControlServer {
     /// Starts serving `/run/tundns/<iface>.sock` for the tunnel of `config`. `dns` is the
     /// proxy and what its local data was built from, or `None` when the DNS proxy is off;
-    /// DNS requests then get an error.
+    /// DNS requests then get an error. Routes added through the tunnel go through
+    /// `userspace` when tundns runs without a TUN.
     pub fn start(
         config: &Config,
         config_path: &Path,
         dns: Option<(Arc<DnsProxy>, LocalSource)>,
+        userspace: Option<Tunnel>,
         sockets: &SocketDirectories,
     ) -> Result<Self, ControlError> {
         let path = sockets.control_socket(&config.interface_name);
         let dns = dns.map(|(proxy, local)| Dns {
             sources: Mutex::new(Sources {
                 local,
-                routes: SplitRoutes::from_config(config, &proxy.upstreams()),
+                routes: SplitRoutes::from_config(config, &proxy.upstreams(), userspace),
             }),
             proxy,
         });

@@ -10,16 +10,19 @@ use std::path::{Path, PathBuf};
 use tundns_config::{Config, ConfigError, Spanned};
 use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{BlockList, BlockMode, LocalData, LocalDataBuilder, RecordError, Routes};
+use tundns_upstream::Tunnel;
 
-use crate::dns::groups::{pool_config, tunnel_source, upstream_group};
+use crate::dns::groups::{Reach, pool_config, upstream_group};
 use crate::dns::proxy::ResolverParts;
 use crate::dns::runtime::LocalSource;
 
 /// Builds the resolver described by `config`, read from `path`, and the sources of its local
-/// data for the control socket.
+/// data for the control socket. `ThroughTunnel` groups send through `userspace` when tundns
+/// runs without a TUN.
 pub fn resolver_parts(
     config: &Config,
     path: &Path,
+    userspace: Option<&Tunnel>,
 ) -> Result<(ResolverParts, LocalSource), ConfigError> {
     let settings = &config.dns_proxy;
     // The default group's upstreams carry no line of their own; a CA file is what usually
@@ -27,20 +30,20 @@ pub fn resolver_parts(
     let default_line = settings.ca_file.as_ref().map(|file| file.line);
     let mut groups = vec![upstream_group(
         &settings.upstreams,
-        pool_config(config, None),
+        pool_config(config, Reach::Host),
         path,
         default_line,
     )?];
     let mut routes = Routes::new(0);
     for route in &settings.routes {
-        let bind_address = if route.through_tunnel {
-            Some(tunnel_source(config, &route.upstreams, path, route.line)?)
+        let reach = if route.through_tunnel {
+            Reach::through_tunnel(config, &route.upstreams, userspace, path, route.line)?
         } else {
-            None
+            Reach::Host
         };
         let group = upstream_group(
             &route.upstreams,
-            pool_config(config, bind_address),
+            pool_config(config, reach),
             path,
             Some(route.line),
         )?;

@@ -6,17 +6,49 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use tundns_config::{Config, ConfigError, Upstream};
-use tundns_upstream::{PoolConfig, UpstreamPool};
+use tundns_upstream::{PoolConfig, Tunnel, UpstreamPool};
 
-pub fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig {
+/// How a group's queries reach its upstreams.
+#[derive(Clone)]
+pub enum Reach {
+    /// The host's sockets, with the interface's mark: around the tunnel.
+    Host,
+    /// Sockets bound to this interface address, which the host's routes send into the TUN.
+    TunnelRoute(IpAddr),
+    /// The rootless mode's userspace stack, from the interface address.
+    Userspace(Tunnel),
+}
+
+impl Reach {
+    /// How a `ThroughTunnel` group of `upstreams` reaches them: through `userspace` when
+    /// tundns runs without a TUN, else from the interface address over the host's routes.
+    pub fn through_tunnel(
+        config: &Config,
+        upstreams: &[Upstream],
+        userspace: Option<&Tunnel>,
+        path: &Path,
+        line: usize,
+    ) -> Result<Self, ConfigError> {
+        let source = tunnel_source(config, upstreams, path, line)?;
+        Ok(match userspace {
+            Some(tunnel) => Reach::Userspace(tunnel.clone()),
+            None => Reach::TunnelRoute(source),
+        })
+    }
+}
+
+pub fn pool_config(config: &Config, reach: Reach) -> PoolConfig {
+    let (fwmark, bind_address, tunnel) = match reach {
+        Reach::Host => (config.interface.fwmark.map(|mark| mark.get()), None, None),
+        // Queries through the tunnel must not carry the mark that keeps the others out of it.
+        Reach::TunnelRoute(source) => (None, Some(source), None),
+        Reach::Userspace(tunnel) => (None, None, Some(tunnel)),
+    };
     PoolConfig {
         attempt_timeout: config.dns_proxy.upstream_timeout,
-        // Queries through the tunnel must not carry the mark that keeps the others out of it.
-        fwmark: match bind_address {
-            Some(_) => None,
-            None => config.interface.fwmark.map(|mark| mark.get()),
-        },
+        fwmark,
         bind_address,
+        tunnel,
         ca_file: config
             .dns_proxy
             .ca_file
@@ -29,7 +61,7 @@ pub fn pool_config(config: &Config, bind_address: Option<IpAddr>) -> PoolConfig 
 /// The interface address that sources queries to a group reached through the tunnel: the
 /// first `Address` of the family of the group's upstreams, which must share one family
 /// since every socket of the group is bound to that address.
-pub fn tunnel_source(
+fn tunnel_source(
     config: &Config,
     upstreams: &[Upstream],
     path: &Path,

@@ -9,9 +9,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tundns_config::{Config, Upstream};
 use tundns_dns::{LocalData, LocalDataBuilder, Routes};
-use tundns_upstream::UpstreamPool;
+use tundns_upstream::{Tunnel, UpstreamPool};
 
-use crate::dns::groups;
+use crate::dns::groups::{self, Reach};
 use crate::dns::proxy::Upstreams;
 
 /// Where a record or a route comes from.
@@ -223,12 +223,15 @@ pub struct SplitRoutes {
     default_upstreams: Vec<Upstream>,
     default_pool: UpstreamPool,
     routes: Vec<Route>,
+    /// The way into the tunnel of `ThroughTunnel` routes when tundns runs without a TUN.
+    userspace: Option<Tunnel>,
 }
 
 impl SplitRoutes {
     /// The table `dns_config` built from `config`: group 0 is the default, group `i` the
-    /// config's route `i - 1`.
-    pub fn from_config(config: &Config, upstreams: &Upstreams) -> Self {
+    /// config's route `i - 1`. Routes added later through the tunnel go through
+    /// `userspace` when tundns runs without a TUN.
+    pub fn from_config(config: &Config, upstreams: &Upstreams, userspace: Option<Tunnel>) -> Self {
         let routes = config
             .dns_proxy
             .routes
@@ -246,6 +249,7 @@ impl SplitRoutes {
             default_upstreams: config.dns_proxy.upstreams.clone(),
             default_pool: upstreams.groups[0].clone(),
             routes,
+            userspace,
         }
     }
 
@@ -322,14 +326,30 @@ impl SplitRoutes {
             .iter()
             .map(|text| text.parse::<Upstream>())
             .collect::<Result<Vec<_>, _>>()?;
-        let bind_address = if through_tunnel {
-            let source = groups::tunnel_source(config, &upstreams, Path::new(""), 0)
-                .map_err(|error| error.message().to_owned())?;
-            Some(source)
+        let reach = if through_tunnel {
+            Reach::through_tunnel(
+                config,
+                &upstreams,
+                self.userspace.as_ref(),
+                Path::new(""),
+                0,
+            )
+            .map_err(|error| error.message().to_owned())?
         } else {
-            None
+            if self.userspace.is_some()
+                && let Some(upstream) = upstreams.iter().find(|upstream| {
+                    let ip = upstream.address().ip();
+                    config.allowed_ips().any(|network| network.contains(&ip))
+                })
+            {
+                // Without a TUN, the host's routes would send it outside the tunnel.
+                return Err(format!(
+                    "upstream {upstream} is inside AllowedIPs: route it through the tunnel"
+                ));
+            }
+            Reach::Host
         };
-        let pool = UpstreamPool::new(upstreams.clone(), groups::pool_config(config, bind_address))
+        let pool = UpstreamPool::new(upstreams.clone(), groups::pool_config(config, reach))
             .map_err(|error| format!("upstreams: {error}"))?;
         let mut next = self.clone();
         next.routes.push(Route {
@@ -436,6 +456,7 @@ mod tests {
                 source: Source::Config,
                 pool: pool("10.0.0.53"),
             }],
+            userspace: None,
         }
     }
 
@@ -501,6 +522,48 @@ mod tests {
         assert!(add(&["bad..name"], &["10.0.0.1"], false).len() > 3);
         // No IPv6 interface address to source a tunnel query from.
         assert!(add(&["x.example"], &["[fd99::53]:53"], true).contains("IP family"));
+    }
+
+    /// A way into the tunnel that is never used: these tests only build pools.
+    struct Unused;
+
+    impl tundns_upstream::TunnelDial for Unused {
+        fn port(&self) -> std::io::Result<Box<dyn tundns_upstream::TunnelPort>> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+
+        fn connect(
+            &self,
+            _: std::net::SocketAddr,
+        ) -> tundns_upstream::DialFuture<'_, std::io::Result<Box<dyn tundns_upstream::TunnelStream>>>
+        {
+            Box::pin(async { Err(std::io::ErrorKind::Unsupported.into()) })
+        }
+    }
+
+    #[test]
+    fn without_a_tun_routes_into_the_tunnel_must_go_through_it() {
+        let base = SplitRoutes {
+            userspace: Some(Tunnel::new(std::sync::Arc::new(Unused))),
+            ..table()
+        };
+        let config = Config::parse(
+            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.99.0.2/24\n\
+             [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n",
+            "wg0.conf",
+        )
+        .unwrap();
+        let add = |upstream: &str, tunnel: bool| {
+            base.with_route(&config, &["x.example".into()], &[upstream.into()], tunnel)
+                .err()
+        };
+        let outside = add("10.99.0.53", false).expect("refused");
+        assert!(outside.contains("inside AllowedIPs"), "{outside}");
+        let encrypted = add("tls://dns.corp@10.99.0.53", true).expect("refused");
+        assert!(encrypted.contains("only plain DNS"), "{encrypted}");
+        assert_eq!(add("10.99.0.53", true), None);
+        assert_eq!(add("tcp://10.99.0.53", true), None);
+        assert_eq!(add("192.0.2.53", false), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! starts ([`ProxyStack::new`]), and serves once the tunnel is up
 //! ([`ClaimedProxies::serve`]).
 
+pub mod dial;
 pub mod http;
 pub mod lookup;
 pub mod on_virtual_ip;
@@ -36,6 +37,7 @@ use tundns_config::{Config, ConfigError, Spanned};
 use tundns_filter::{InboundTap, TunWriter, VirtualHost};
 use tundns_host::local_addresses::LocalAddresses;
 use tundns_proxy::Credentials;
+use tundns_upstream::Tunnel;
 
 use crate::dns::proxy::DnsProxy;
 use http::HttpProxy;
@@ -438,6 +440,14 @@ impl ProxyStack {
             Some(listeners) => listeners.open_ports(host),
             None => host,
         }
+    }
+
+    /// The stack as a way into the tunnel for the resolver's `ThroughTunnel` groups.
+    pub fn tunnel(&self) -> Tunnel {
+        Tunnel::new(Arc::new(dial::StackDial {
+            stack: self.stack.clone(),
+            udp: self.udp.clone(),
+        }))
     }
 
     /// The tap and the packet channel, for WireGuard's start; taken once.
