@@ -227,6 +227,11 @@ impl Config {
         self.peers.iter().flat_map(|peer| &peer.allowed_ips)
     }
 
+    /// Whether `ip` is inside some peer's `AllowedIPs`: WireGuard takes packets to it.
+    pub fn in_allowed_ips(&self, ip: IpAddr) -> bool {
+        self.allowed_ips().any(|network| network.contains(&ip))
+    }
+
     /// The first line `key` was written on in `section` (`"[Interface]"`), if it was.
     pub fn line_of(&self, section: &str, key: &str) -> Option<usize> {
         self.key_lines

@@ -32,11 +32,13 @@ pub struct FilterStats {
     /// Outbound packets that are not IP and were dropped before WireGuard.
     pub dropped_malformed: AtomicU64,
     /// Outbound super-packets whose virtio-net header or length did not add up, dropped
-    /// whole, and inbound batches the TUN refused to coalesce.
+    /// whole, and batches for the TUN (from the tunnel, or a service's) that it refused to
+    /// coalesce.
     pub dropped_offload: AtomicU64,
     /// Inbound packets from the tunnel whose source or destination is a virtual IP.
     pub dropped_inbound_virtual: AtomicU64,
-    /// Replies that could not be written into the TUN.
+    /// Replies (single packets or a service's batches) that could not be written into the
+    /// TUN.
     pub reply_errors: AtomicU64,
 }
 
@@ -194,6 +196,15 @@ impl TunBatch {
                 Ok(())
             }
             result => result,
+        }
+    }
+
+    /// Writes the batch as a service's reply: a failure is counted and logged, as
+    /// [`TunWriter::send`]'s is.
+    pub fn write_reply(&mut self) {
+        if let Err(error) = self.write() {
+            FilterStats::bump(&self.stats.reply_errors);
+            tracing::debug!(%error, "could not write a batch into the TUN");
         }
     }
 }

@@ -394,3 +394,13 @@ fn the_tcp_retry_shares_the_attempts_deadline_and_running_out_fails_the_attempt(
     let next = only_transmit(&mut pool);
     assert_eq!(next.upstream, 1, "the next upstream is asked");
 }
+
+#[test]
+fn a_shortage_on_tundns_side_does_not_kill_the_upstream() {
+    let clock = Clock::new();
+    let mut pool = pool(2, false);
+    kill_the_first_upstream(&mut pool, &clock, AttemptFailure::LocalShortage, 10);
+    assert!(pool.health()[0].alive);
+    assert_eq!(pool.health()[0].failures, 0);
+    assert_eq!(pool.poll_reset(), None);
+}

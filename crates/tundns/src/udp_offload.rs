@@ -44,13 +44,6 @@ pub struct GsoUdpFactory {
     sockets: UdpSocketFactory,
 }
 
-impl GsoUdpFactory {
-    /// Segmenting sends over sockets that `sockets` binds (its buffer sizes apply).
-    pub fn new(sockets: UdpSocketFactory) -> Self {
-        Self { sockets }
-    }
-}
-
 impl UdpTransportFactory for GsoUdpFactory {
     type Send = GsoUdpSend;
     type Recv = UdpSocket;
@@ -213,6 +206,17 @@ fn size_buffers(socket: &impl AsFd) {
         .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER));
     if let Err(error) = receive.and(send) {
         tracing::debug!("WireGuard's socket keeps smaller buffers: {error}");
+    }
+    // Without the capability the kernel caps the size silently; the kernel reports twice
+    // what it grants.
+    if let Ok(granted) = getsockopt(socket, sockopt::RcvBuf)
+        && granted / 2 < SOCKET_BUFFER
+    {
+        tracing::info!(
+            "WireGuard's socket receives into {} KiB, not {} KiB: net.core.rmem_max caps it without CAP_NET_ADMIN, and a fast tunnel loses bursts beyond it",
+            granted / 2 / 1024,
+            SOCKET_BUFFER / 1024
+        );
     }
 }
 

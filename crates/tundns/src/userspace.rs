@@ -6,7 +6,8 @@
 //!
 //! The same config file works in both modes: keys that would change the host are refused,
 //! naming their line ([`refuse_privileged`]); the virtual IPs, which have no TUN to be
-//! served from, are left out with one log line.
+//! served from, are left out with one log line. `ThroughTunnel` routes go through the
+//! proxies' stack, which carries plain DNS only: a DoT or DoH upstream there is refused.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -228,11 +229,8 @@ fn refuse_upstreams_in_tunnel(config: &Config, path: &Path) -> Result<(), Tunnel
     if !config.dns_proxy.enabled {
         return Ok(());
     }
-    let in_tunnel = |upstream: &&tundns_config::Upstream| {
-        config
-            .allowed_ips()
-            .any(|network| network.contains(&upstream.address().ip()))
-    };
+    let in_tunnel =
+        |upstream: &&tundns_config::Upstream| config.in_allowed_ips(upstream.address().ip());
     let reason = |upstream: &tundns_config::Upstream| {
         format!(
             "upstream {upstream} is inside AllowedIPs: --userspace has no TUN to route it through, and would send it outside the tunnel"

@@ -45,7 +45,7 @@ const UDP_STREAM_RATE: &str = "2500";
 /// Datagrams of the stream that may go missing: 10 %. The pace is far below capacity, so
 /// on an idle machine nothing should be lost. But on a shared 2-core machine tundns or
 /// wireguard-go can be off the CPU for a few hundred milliseconds, and the TUN's queue (500
-/// packets) and the tunnel sockets' buffers (208 KiB) are all that bridges such a gap: at a
+/// packets) and the tunnel sockets' buffers are all that bridges such a gap: at a
 /// load average of 8 to 10, runs here lost up to 5 %, every time in the TUN's queue or a
 /// tunnel socket's buffer (the failure message shows their drop counters). The margin only
 /// catches a collapse; a bug that loses datagrams of some sizes is caught anyway, as every

@@ -436,6 +436,7 @@ impl AttemptError {
             AttemptError::Timeout => AttemptFailure::Timeout,
             AttemptError::Refused => AttemptFailure::Refused,
             AttemptError::ConnectFailed => AttemptFailure::SharedConnectFailed,
+            AttemptError::LocalShortage(_) => AttemptFailure::LocalShortage,
             _ => AttemptFailure::Failed,
         }
     }

@@ -43,6 +43,9 @@ pub enum AttemptError {
     ConnectFailed,
     #[error("HTTP: {0}")]
     Http(String),
+    /// tundns's side could not make the attempt: no local port, too many connections.
+    #[error("no local resources: {0}")]
+    LocalShortage(io::Error),
     #[error("{0}")]
     Io(io::Error),
 }
@@ -54,6 +57,7 @@ impl From<io::Error> for AttemptError {
                 AttemptError::Refused
             }
             io::ErrorKind::UnexpectedEof => AttemptError::Closed,
+            io::ErrorKind::TimedOut => AttemptError::Timeout,
             _ => AttemptError::Io(error),
         }
     }

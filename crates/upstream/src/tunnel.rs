@@ -40,10 +40,12 @@ pub trait TunnelPort: Send {
 
 /// A way into the tunnel from the interface address.
 pub trait TunnelDial: Send + Sync {
-    /// A fresh local UDP port.
+    /// A fresh local UDP port; an error is a shortage on this side (no port free).
     fn port(&self) -> io::Result<Box<dyn TunnelPort>>;
 
-    /// A TCP connection to `upstream`; a reset from the far side is `ConnectionRefused`.
+    /// A TCP connection to `upstream`. A reset from the far side is `ConnectionRefused`;
+    /// a shortage on this side (no port or address, too many connections) is
+    /// `AddrNotAvailable` or `ResourceBusy`, which does not count against the upstream.
     fn connect(&self, upstream: SocketAddr) -> DialFuture<'_, io::Result<Box<dyn TunnelStream>>>;
 }
 
@@ -83,7 +85,7 @@ pub(crate) async fn udp(
     question: &Question,
     context: &Context,
 ) -> Result<Vec<u8>, AttemptError> {
-    let mut port = tunnel.0.port()?;
+    let mut port = tunnel.0.port().map_err(AttemptError::LocalShortage)?;
     let id = rand::random::<u16>();
     let mut outgoing = query.to_vec();
     set_message_id(&mut outgoing, id);
@@ -106,7 +108,16 @@ pub(crate) async fn tcp(
     question: &Question,
     context: &Context,
 ) -> Result<Vec<u8>, AttemptError> {
-    let stream = tunnel.0.connect(upstream).await?;
+    let stream = tunnel
+        .0
+        .connect(upstream)
+        .await
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::AddrNotAvailable | io::ErrorKind::ResourceBusy => {
+                AttemptError::LocalShortage(error)
+            }
+            _ => error.into(),
+        })?;
     framed_exchange(stream, upstream, query, question, context).await
 }
 

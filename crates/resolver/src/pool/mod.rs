@@ -68,6 +68,9 @@ pub enum AttemptFailure {
     /// A connection that another attempt started failed; that attempt counts the failure
     /// against the upstream's health, this one does not.
     SharedConnectFailed,
+    /// tundns's own side could not make the attempt (no local port free, too many
+    /// connections): not the upstream's fault, and not counted against its health.
+    LocalShortage,
 }
 
 /// Names an exchange: one client query through the pool.
@@ -531,8 +534,12 @@ impl Pool {
         upstream.stats.record_failure(failure);
         self.stats.record_failure(failure);
         // A failed connect that several queries waited for counts once: for the query
-        // that started it.
-        if failure != AttemptFailure::SharedConnectFailed && upstream.health.record_failure(now) {
+        // that started it. A shortage on tundns's side does not count.
+        let upstreams_fault = !matches!(
+            failure,
+            AttemptFailure::SharedConnectFailed | AttemptFailure::LocalShortage
+        );
+        if upstreams_fault && upstream.health.record_failure(now) {
             tracing::warn!(upstream = %upstream.entry.label, "upstream marked dead");
             self.resets.push_back(attempt.upstream);
         }

@@ -100,7 +100,9 @@ fn count_failure(failure: AttemptFailure, [timeouts, refusals, failures]: [&mut 
     *match failure {
         AttemptFailure::Timeout => timeouts,
         AttemptFailure::Refused => refusals,
-        AttemptFailure::Failed | AttemptFailure::SharedConnectFailed => failures,
+        AttemptFailure::Failed
+        | AttemptFailure::SharedConnectFailed
+        | AttemptFailure::LocalShortage => failures,
     } += 1;
 }
 

@@ -30,6 +30,19 @@ impl Reach {
         line: usize,
     ) -> Result<Self, ConfigError> {
         let source = tunnel_source(config, upstreams, path, line)?;
+        if let Some(upstream) = upstreams
+            .iter()
+            .find(|upstream| !config.in_allowed_ips(upstream.address().ip()))
+        {
+            // WireGuard would not take its queries: they would follow the host's routes.
+            return Err(ConfigError::at(
+                path,
+                line,
+                format!(
+                    "upstream {upstream} is routed ThroughTunnel but is in no [Peer] AllowedIPs"
+                ),
+            ));
+        }
         Ok(match userspace {
             Some(tunnel) => Reach::Userspace(tunnel.clone()),
             None => Reach::TunnelRoute(source),

@@ -337,10 +337,9 @@ impl SplitRoutes {
             .map_err(|error| error.message().to_owned())?
         } else {
             if self.userspace.is_some()
-                && let Some(upstream) = upstreams.iter().find(|upstream| {
-                    let ip = upstream.address().ip();
-                    config.allowed_ips().any(|network| network.contains(&ip))
-                })
+                && let Some(upstream) = upstreams
+                    .iter()
+                    .find(|upstream| config.in_allowed_ips(upstream.address().ip()))
             {
                 // Without a TUN, the host's routes would send it outside the tunnel.
                 return Err(format!(
@@ -462,7 +461,8 @@ mod tests {
 
     fn config() -> Config {
         Config::parse(
-            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.99.0.2/24\n",
+            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.99.0.2/24\n\
+             [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n",
             "/etc/wireguard/wg0.conf",
         )
         .unwrap()
@@ -522,6 +522,8 @@ mod tests {
         assert!(add(&["bad..name"], &["10.0.0.1"], false).len() > 3);
         // No IPv6 interface address to source a tunnel query from.
         assert!(add(&["x.example"], &["[fd99::53]:53"], true).contains("IP family"));
+        // WireGuard would not take it: it would leave by the host's routes.
+        assert!(add(&["x.example"], &["192.0.2.53"], true).contains("no [Peer] AllowedIPs"));
     }
 
     /// A way into the tunnel that is never used: these tests only build pools.
@@ -547,12 +549,7 @@ mod tests {
             userspace: Some(Tunnel::new(std::sync::Arc::new(Unused))),
             ..table()
         };
-        let config = Config::parse(
-            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.99.0.2/24\n\
-             [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.99.0.0/24\n",
-            "wg0.conf",
-        )
-        .unwrap();
+        let config = config();
         let add = |upstream: &str, tunnel: bool| {
             base.with_route(&config, &["x.example".into()], &[upstream.into()], tunnel)
                 .err()

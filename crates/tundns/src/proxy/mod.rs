@@ -444,10 +444,10 @@ impl ProxyStack {
 
     /// The stack as a way into the tunnel for the resolver's `ThroughTunnel` groups.
     pub fn tunnel(&self) -> Tunnel {
-        Tunnel::new(Arc::new(dial::StackDial {
-            stack: self.stack.clone(),
-            udp: self.udp.clone(),
-        }))
+        Tunnel::new(Arc::new(dial::StackDial::new(
+            self.stack.clone(),
+            self.udp.clone(),
+        )))
     }
 
     /// The tap and the packet channel, for WireGuard's start; taken once.

@@ -101,9 +101,7 @@ impl PacketSink for TunBatch {
     }
 
     fn flush(&mut self) {
-        if let Err(error) = self.write() {
-            tracing::debug!(%error, "proxy: could not write into the TUN");
-        }
+        self.write_reply();
     }
 }
 

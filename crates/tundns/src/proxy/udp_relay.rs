@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -22,7 +21,7 @@ use super::ports::{LOCAL_PORTS, PortSet};
 /// Datagrams waiting for an association's task.
 const ASSOCIATION_QUEUE: usize = 256;
 /// Associations at once.
-const MAX_ASSOCIATIONS: usize = 512;
+pub const MAX_ASSOCIATIONS: usize = 512;
 
 /// A datagram from the tunnel for an association.
 pub struct Inbound {
@@ -38,7 +37,6 @@ pub struct UdpRelay {
     ports: Arc<PortSet>,
     outbound: mpsc::Sender<Packet<Ip>>,
     associations: Mutex<HashMap<u16, mpsc::Sender<Inbound>>>,
-    next_port: AtomicU16,
 }
 
 impl UdpRelay {
@@ -55,7 +53,6 @@ impl UdpRelay {
             ports,
             outbound,
             associations: Mutex::new(HashMap::new()),
-            next_port: AtomicU16::new(*LOCAL_PORTS.end()),
         }
     }
 
@@ -65,18 +62,13 @@ impl UdpRelay {
         if associations.len() >= MAX_ASSOCIATIONS {
             return None;
         }
+        // A random free port: a forged datagram must guess it as well as the DNS ID or the
+        // SOCKS client's traffic. The scan from a random start finds the last ones free.
         let count = usize::from(LOCAL_PORTS.end() - LOCAL_PORTS.start()) + 1;
-        // Counting down from the top, away from the TCP connections counting up.
-        let port = (0..count).find_map(|_| {
-            let port = self.next_port.fetch_sub(1, Ordering::Relaxed);
-            let port = if LOCAL_PORTS.contains(&port) {
-                port
-            } else {
-                self.next_port.store(*LOCAL_PORTS.end(), Ordering::Relaxed);
-                *LOCAL_PORTS.end()
-            };
-            self.ports.claim(port).then_some(port)
-        })?;
+        let start = rand::random_range(0..count);
+        let port = (0..count)
+            .map(|step| *LOCAL_PORTS.start() + ((start + step) % count) as u16)
+            .find(|port| self.ports.claim(*port))?;
         let (sender, inbound) = mpsc::channel(ASSOCIATION_QUEUE);
         associations.insert(port, sender);
         Some(Association {
