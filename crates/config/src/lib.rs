@@ -46,6 +46,8 @@
 //! [DNSProxy]                     # at most once; tundns's own
 //! Enabled = true                 # default true
 //! Address = 10.30.30.30, fd30:30:30::30   # list of virtual IPs (these are the defaults)
+//! AllowFrom = 192.168.1.0/24     # list of networks whose hosts may use the virtual IPs
+//!                                # besides this host's own addresses; default none
 //! Upstream = 192.0.2.53, tls://dns.lab.test@192.0.2.53   # ordered list of URLs, below
 //! Timeout = 2s                   # per upstream attempt; ms, s or m; default 2s
 //! MaxInFlight = 1024             # default 1024
@@ -333,6 +335,9 @@ pub struct DnsProxyConfig {
     /// The `ip:port` items of `Address`: host sockets the proxy also serves DNS on, over
     /// UDP and TCP (the only ones in the rootless mode). Not bound here.
     pub listen: Vec<Spanned<SocketAddr>>,
+    /// `AllowFrom`: networks whose hosts may use the virtual IPs' services, besides this
+    /// host's own addresses (the proxies' listeners excepted: they serve this host only).
+    pub allow_from: Vec<IpNet>,
     /// `Upstream`: resolvers to try in order, for names no route in `routes` matches.
     /// Default [`DEFAULT_UPSTREAMS`].
     pub upstreams: Vec<Upstream>,
@@ -468,6 +473,7 @@ impl Default for DnsProxyConfig {
                 IpAddr::V6(DEFAULT_VIRTUAL_IPV6),
             ],
             listen: Vec::new(),
+            allow_from: Vec::new(),
             upstreams: DEFAULT_UPSTREAMS.to_vec(),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,

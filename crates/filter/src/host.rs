@@ -2,14 +2,16 @@
 //!
 //! It answers ICMP echo, refuses UDP ports nobody listens on with ICMP port unreachable and
 //! TCP ports nobody listens on with a RST, and hands everything else to the port's service.
+//! A host given a [`SourcePolicy`] does all of that only for the sources it admits, and
+//! drops everything else without a word.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use tundns_packet::{IpView, Transport};
 
-use crate::{Service, TunWriter};
+use crate::{FilterStats, Service, TunWriter};
 
 /// Largest reply the host builds inline: an echo reply is as long as its request, and the
 /// TUN reader's buffers are 4 KiB.
@@ -40,6 +42,13 @@ pub trait UdpService: Send + Sync + 'static {
     fn on_datagram(&self, datagram: Datagram<'_>, tun: &TunWriter);
 }
 
+/// Who may use a [`VirtualHost`]. Whatever routes a packet into the TUN (a LAN host with a
+/// route through this machine, a container behind it) reaches the virtual IPs; the policy
+/// decides whom they answer.
+pub trait SourcePolicy: Send + Sync + 'static {
+    fn admits(&self, source: IpAddr) -> bool;
+}
+
 /// A virtual IP with services on some UDP and TCP ports.
 ///
 /// TCP services receive whole IP packets, usually for a userspace TCP stack.
@@ -47,6 +56,7 @@ pub struct VirtualHost {
     name: String,
     udp: Vec<(RangeInclusive<u16>, Arc<dyn UdpService>)>,
     tcp: Vec<(u16, Arc<dyn Service>)>,
+    sources: Option<Arc<dyn SourcePolicy>>,
 }
 
 impl VirtualHost {
@@ -56,7 +66,14 @@ impl VirtualHost {
             name: name.into(),
             udp: Vec::new(),
             tcp: Vec::new(),
+            sources: None,
         }
+    }
+
+    /// Serves only the sources `policy` admits; by default, every source.
+    pub fn admitting(mut self, policy: Arc<dyn SourcePolicy>) -> Self {
+        self.sources = Some(policy);
+        self
     }
 
     /// Opens a UDP port.
@@ -107,6 +124,12 @@ impl Service for VirtualHost {
         let Ok(ip) = IpView::parse(packet) else {
             return;
         };
+        if let Some(policy) = &self.sources
+            && !policy.admits(ip.src())
+        {
+            FilterStats::bump(&tun.stats().dropped_foreign_source);
+            return;
+        }
         // Fragments carry no reliable ports and the services' messages are small: a client
         // that fragments towards a virtual IP is retried over TCP by its resolver.
         if ip.is_fragment() {

@@ -22,7 +22,7 @@ mod reader;
 mod rules;
 mod tun;
 
-pub use host::{Datagram, UdpService, VirtualHost};
+pub use host::{Datagram, SourcePolicy, UdpService, VirtualHost};
 pub use offload::TUN_MAX_SEGMENTS;
 pub use rules::{RuleTable, Rules, RulesReader};
 pub use tun::{FilterStats, FilteredTun, FilteredTunSender, InboundTap, TunBatch, TunWriter};

@@ -37,13 +37,16 @@ pub struct FilterStats {
     pub dropped_offload: AtomicU64,
     /// Inbound packets from the tunnel whose source or destination is a virtual IP.
     pub dropped_inbound_virtual: AtomicU64,
+    /// Outbound packets to a virtual IP from a source its host does not admit: another
+    /// host whose packets were routed or forwarded into the TUN.
+    pub dropped_foreign_source: AtomicU64,
     /// Replies (single packets or a service's batches) that could not be written into the
     /// TUN.
     pub reply_errors: AtomicU64,
 }
 
 impl FilterStats {
-    fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 

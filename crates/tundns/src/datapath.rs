@@ -42,6 +42,7 @@
 //! ([`start_userspace_wireguard`]).
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,12 +53,15 @@ use gotatun::packet::{Ip, Packet};
 use gotatun::tun::channel::IpChannelRx;
 use gotatun::tun::{IpSend, MtuWatcher};
 use gotatun::x25519::StaticSecret;
+use ipnet::IpNet;
 use tokio::sync::watch;
 use tun_rs::SyncDevice;
 use tundns_config::{Config, MAX_MTU};
 use tundns_filter::{
-    FilterStats, FilteredTun, FilteredTunSender, InboundTap, Rules, TunWriter, VirtualHost,
+    FilterStats, FilteredTun, FilteredTunSender, InboundTap, Rules, SourcePolicy, TunWriter,
+    VirtualHost,
 };
+use tundns_host::local_addresses::LocalAddresses;
 
 use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::dns::tcp::TcpDns;
@@ -147,6 +151,7 @@ pub fn serve_dns(
     config: &Config,
     resolver: ResolverParts,
     proxies: Option<&ProxyStack>,
+    local: Option<Arc<LocalAddresses>>,
     rules: &Rules,
     tun: &Arc<SyncDevice>,
     stats: &Arc<FilterStats>,
@@ -161,9 +166,16 @@ pub fn serve_dns(
         config.interface.mtu,
         TunWriter::new(tun.clone(), stats.clone()),
     );
-    let host = VirtualHost::new("dns")
+    let mut host = VirtualHost::new("dns")
         .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
         .with_tcp(53, Arc::new(tcp));
+    if let Some(local) = local {
+        host = host.admitting(Arc::new(ThisHostAndAllowed {
+            tunnel: config.interface.addresses.iter().map(IpNet::addr).collect(),
+            local,
+            allow_from: settings.allow_from.clone(),
+        }));
+    }
     let host = Arc::new(match proxies {
         Some(proxies) => proxies.open_virtual_ports(host),
         None => host,
@@ -172,6 +184,25 @@ pub fn serve_dns(
         rules.insert(*ip, host.clone());
     }
     proxy
+}
+
+/// Who may use the virtual IPs: this host's own addresses, kept current from netlink, and
+/// the `AllowFrom` networks. Anyone else who routes a packet into the TUN gets silence: no
+/// answers to reflect at a spoofed victim, no share of `MaxInFlight`, no look at the cache.
+struct ThisHostAndAllowed {
+    /// The interface's own addresses, the source the host picks for the virtual IPs: known
+    /// from the start, before netlink reports them.
+    tunnel: Vec<IpAddr>,
+    local: Arc<LocalAddresses>,
+    allow_from: Vec<IpNet>,
+}
+
+impl SourcePolicy for ThisHostAndAllowed {
+    fn admits(&self, source: IpAddr) -> bool {
+        self.tunnel.contains(&source)
+            || self.local.contains(source)
+            || self.allow_from.iter().any(|net| net.contains(&source))
+    }
 }
 
 /// gotatun's device between the filtered TUN and its UDP sockets, with the UAPI socket;

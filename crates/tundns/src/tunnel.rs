@@ -120,14 +120,14 @@ impl Tunnel {
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;
         let dns_sockets = ClaimedDnsSockets::bind(config, path).await?;
-        // Who may use the proxies' listeners on the virtual IPs: this host only.
-        let local_addresses = match &proxies {
-            Some(claimed) if !claimed.virtual_addresses().is_empty() => Some(Arc::new(
-                LocalAddresses::watch()
-                    .await
-                    .map_err(TunnelError::LocalAddresses)?,
-            )),
-            _ => None,
+        // Who may use the virtual IPs: this host (and the AllowFrom networks, but never for
+        // the proxies' listeners there).
+        let serves_virtual_ips = config.dns_proxy.enabled && !config.dns_proxy.addresses.is_empty();
+        let local_addresses = if serves_virtual_ips {
+            let watched = LocalAddresses::watch().await;
+            Some(Arc::new(watched.map_err(TunnelError::LocalAddresses)?))
+        } else {
+            None
         };
         // Endpoints are resolved before any route exists: once the virtual IPs are routed
         // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
@@ -151,7 +151,7 @@ impl Tunnel {
         let stats = Arc::new(FilterStats::default());
         let mtu = datapath::watch_mtu(&tun, config.interface.mtu);
         let mut proxy_stack = proxies.as_ref().map(|claimed| {
-            let tun_side = local_addresses.map(|local| TunSide {
+            let tun_side = local_addresses.clone().map(|local| TunSide {
                 addresses: claimed.virtual_addresses(),
                 writer: TunWriter::new(tun.clone(), stats.clone()),
                 local,
@@ -164,6 +164,7 @@ impl Tunnel {
                     config,
                     parts,
                     proxy_stack.as_ref(),
+                    local_addresses,
                     &rules,
                     &tun,
                     &stats,

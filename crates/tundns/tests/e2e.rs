@@ -299,6 +299,57 @@ fn dns_over_tcp_on_virtual_ipv6() {
     assert_proxy_answers(&lab, PROXY_V6, &["+tcp"]);
 }
 
+/// Only this host and the `AllowFrom` networks may use the virtual IPs. N, as a LAN host
+/// whose packets C forwards into the TUN, gets silence (no answer over UDP or TCP, no echo
+/// reply), so it cannot reflect answers at a spoofed victim; once its network is allowed,
+/// it is answered.
+#[test]
+fn the_virtual_ips_serve_this_host_and_allow_from_only() {
+    let Some(lab) = lab_or_skip("foreign_source") else {
+        return;
+    };
+    lab.exec_in(&lab.client_ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .assert_success();
+    let route = format!("{PROXY_V4}/32");
+    lab.exec_in(
+        &lab.network_ns,
+        &["ip", "route", "add", &route, "via", "192.0.2.2"],
+    )
+    .assert_success();
+    let from_lan =
+        |transport: &str| lab.dig(&lab.network_ns, PROXY_V4, &[transport, "+short", WWW_NAME]);
+
+    let mut tundns = lab.start_tundns(&lab.client_config(&ClientConfig::default()));
+    assert_proxy_answers(&lab, PROXY_V4, &[]);
+    for transport in ["+notcp", "+tcp"] {
+        let run = from_lan(transport);
+        assert!(
+            !run.stdout.contains(WWW_A),
+            "a host C forwards was answered over {transport}:\n{run}"
+        );
+    }
+    let ping = lab.exec_in(
+        &lab.network_ns,
+        &["ping", "-n", "-c", "1", "-W", "1", PROXY_V4],
+    );
+    assert!(
+        !ping.succeeded(),
+        "a host C forwards got an echo reply:\n{ping}"
+    );
+    tundns.stop_cleanly(Duration::from_secs(10));
+
+    let allowed = ClientConfig {
+        dns_proxy_lines: vec!["AllowFrom = 192.0.2.0/24".to_owned()],
+        ..ClientConfig::default()
+    };
+    let _tundns = lab.start_tundns(&lab.client_config(&allowed));
+    for transport in ["+notcp", "+tcp"] {
+        let run = from_lan(transport);
+        assert_eq!(run.stdout.trim(), WWW_A, "{run}");
+    }
+    assert_proxy_answers(&lab, PROXY_V4, &[]);
+}
+
 #[test]
 fn dns_over_tcp_serves_several_queries_on_one_connection() {
     let (lab, _tundns) = lab_with_tundns!();

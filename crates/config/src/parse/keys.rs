@@ -150,6 +150,18 @@ impl Parser<'_> {
         let config = &mut draft.config;
         match key {
             "Enabled" => config.enabled = values::parse_bool(value)?,
+            "AllowFrom" => {
+                for item in values::list_items(value)? {
+                    let net = values::parse_ip_net(item)?;
+                    if net.prefix_len() == 0 {
+                        // Every host on every network: an open resolver.
+                        return Err(format!(
+                            "AllowFrom {net} would let any host use the virtual IPs; name the networks"
+                        ));
+                    }
+                    config.allow_from.push(net.trunc());
+                }
+            }
             "Address" => {
                 let (addresses, last_line) =
                     draft.addresses.get_or_insert_with(|| (Vec::new(), line));

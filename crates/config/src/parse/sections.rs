@@ -53,6 +53,7 @@ impl Section {
             Section::DnsProxy => &[
                 ("Enabled", Once),
                 ("Address", Many),
+                ("AllowFrom", Many),
                 ("Upstream", Many),
                 ("Timeout", Once),
                 ("MaxInFlight", Once),

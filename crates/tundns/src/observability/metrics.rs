@@ -396,7 +396,7 @@ fn encode_filter(stats: &FilterStats, encoder: &mut DescriptorEncoder) -> fmt::R
     family(
         encoder,
         "tundns_filter_dropped_packets",
-        "Packets the filter dropped, by reason: not_ip (outbound, not an IP packet), bad_offload (outbound super-packets whose virtio-net header or length did not add up, and inbound batches the TUN refused), inbound_virtual_ip (from the tunnel, to or from a virtual IP), reply_failed (a service's reply could not be written into the TUN).",
+        "Packets the filter dropped, by reason: not_ip (outbound, not an IP packet), bad_offload (outbound super-packets whose virtio-net header or length did not add up, and inbound batches the TUN refused), inbound_virtual_ip (from the tunnel, to or from a virtual IP), foreign_source (to a virtual IP from a host it does not serve), reply_failed (a service's reply could not be written into the TUN).",
         MetricType::Counter,
         [
             (
@@ -410,6 +410,10 @@ fn encode_filter(stats: &FilterStats, encoder: &mut DescriptorEncoder) -> fmt::R
             (
                 [("reason", "inbound_virtual_ip")],
                 Count(load(&stats.dropped_inbound_virtual)),
+            ),
+            (
+                [("reason", "foreign_source")],
+                Count(load(&stats.dropped_foreign_source)),
             ),
             (
                 [("reason", "reply_failed")],
