@@ -203,6 +203,7 @@ fn realistic_file_with_every_key() {
             enabled: true,
             addresses: vec![ip("10.30.30.30"), ip("fd30:30:30::30"), ip("10.30.30.31")],
             listen: Vec::new(),
+            allow_from: Vec::new(),
             upstreams: vec![
                 udp("192.0.2.53:53"),
                 udp("198.51.100.53:5353"),
