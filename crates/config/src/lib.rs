@@ -539,9 +539,10 @@ impl Config {
     }
 }
 
-/// The interface name a config path gives: its file stem, checked as Linux checks
-/// interface names (1..=15 bytes; not `.` or `..`; no `/`, `:`, whitespace or control
-/// characters).
+/// The interface name a config path gives: its file stem, checked as wg-quick checks it:
+/// 1..=15 of `A-Z a-z 0-9 _ = + . -`, and not `.` or `..`. The name reaches hooks (`%i`),
+/// `ip`, `nft` and `resolvectl` command lines, so nothing else passes, and no leading `-`
+/// either, which those tools would read as an option.
 pub fn interface_name_from_path(path: impl AsRef<Path>) -> Result<String, ConfigError> {
     let path = path.as_ref();
     let stem = path.file_stem().ok_or_else(|| {
@@ -556,23 +557,7 @@ pub fn interface_name_from_path(path: impl AsRef<Path>) -> Result<String, Config
             "the file name is not valid UTF-8, so it cannot name the interface",
         )
     })?;
-    let problem = if name.is_empty() {
-        Some("it is empty".to_string())
-    } else if name.len() > MAX_INTERFACE_NAME_LEN {
-        Some(format!(
-            "it is {} bytes long, the limit is {MAX_INTERFACE_NAME_LEN}",
-            name.len()
-        ))
-    } else if name == "." || name == ".." {
-        Some("it cannot be . or ..".to_string())
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        Some("it contains '/', ':', whitespace or a control character".to_string())
-    } else {
-        None
-    };
+    let problem = interface_name_problem(name);
     match problem {
         Some(problem) => Err(ConfigError::for_file(
             path,
@@ -582,5 +567,31 @@ pub fn interface_name_from_path(path: impl AsRef<Path>) -> Result<String, Config
             ),
         )),
         None => Ok(name.to_string()),
+    }
+}
+
+/// Why `name` cannot name an interface (see [`interface_name_from_path`]), if it cannot.
+pub fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name.len() > MAX_INTERFACE_NAME_LEN {
+        Some(format!(
+            "it is {} bytes long, the limit is {MAX_INTERFACE_NAME_LEN}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("it cannot be . or ..".to_string())
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_=+.-".contains(*c)))
+    {
+        Some(format!(
+            "it contains {}, and only A-Z a-z 0-9 _ = + . - may name an interface, as in wg-quick",
+            values::shown(&c.to_string())
+        ))
+    } else if name.starts_with('-') {
+        Some("it starts with '-', which commands would take for an option".to_string())
+    } else {
+        None
     }
 }

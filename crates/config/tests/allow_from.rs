@@ -27,7 +27,12 @@ fn networks_are_listed_repeated_and_masked() {
     .unwrap();
     assert_eq!(
         config.dns_proxy.allow_from,
-        nets(&["192.168.1.0/24", "fd00:1::/64", "10.1.0.0/16", "172.16.0.9/32"])
+        nets(&[
+            "192.168.1.0/24",
+            "fd00:1::/64",
+            "10.1.0.0/16",
+            "172.16.0.9/32"
+        ])
     );
 }
 
@@ -38,8 +43,10 @@ fn everyone_or_nonsense_is_refused_on_its_line() {
         ("::/0", "any host"),
         ("lan", "lan"),
     ] {
-        let error = parse(&format!("[DNSProxy]\nEnabled = true\nAllowFrom = {value}\n"))
-            .expect_err(value);
+        let error = parse(&format!(
+            "[DNSProxy]\nEnabled = true\nAllowFrom = {value}\n"
+        ))
+        .expect_err(value);
         assert!(error.contains("wg0.conf:5"), "{error}");
         assert!(error.contains(says), "{error}");
     }

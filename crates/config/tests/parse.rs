@@ -1177,6 +1177,10 @@ fn interface_name_comes_from_the_file_stem() {
     assert_eq!(config.interface_name, "office-1");
     assert_eq!(interface_name_from_path("wg0.conf").unwrap(), "wg0");
     assert_eq!(interface_name_from_path("a.b.conf").unwrap(), "a.b");
+    assert_eq!(
+        interface_name_from_path("w_g=0+x-1.conf").unwrap(),
+        "w_g=0+x-1"
+    );
     assert_eq!(interface_name_from_path("wg0").unwrap(), "wg0");
     assert_eq!(
         interface_name_from_path("x234567890abcde.conf").unwrap(),
@@ -1190,11 +1194,19 @@ fn interface_name_comes_from_the_file_stem() {
         ),
         (
             "wg 0.conf",
-            "wg 0.conf: invalid interface name \"wg 0\" (taken from the file name): it contains '/', ':', whitespace or a control character",
+            "wg 0.conf: invalid interface name \"wg 0\" (taken from the file name): it contains \" \", and only A-Z a-z 0-9 _ = + . - may name an interface, as in wg-quick",
         ),
         (
             "wg:0.conf",
-            "wg:0.conf: invalid interface name \"wg:0\" (taken from the file name): it contains '/', ':', whitespace or a control character",
+            "wg:0.conf: invalid interface name \"wg:0\" (taken from the file name): it contains \":\", and only A-Z a-z 0-9 _ = + . - may name an interface, as in wg-quick",
+        ),
+        (
+            "w$(id>x).conf",
+            "w$(id>x).conf: invalid interface name \"w$(id>x)\" (taken from the file name): it contains \"$\", and only A-Z a-z 0-9 _ = + . - may name an interface, as in wg-quick",
+        ),
+        (
+            "-wg0.conf",
+            "-wg0.conf: invalid interface name \"-wg0\" (taken from the file name): it starts with '-', which commands would take for an option",
         ),
         (
             "...conf",

@@ -164,6 +164,9 @@ pub fn find_socket(interface: Option<&str>) -> Result<PathBuf, String> {
             .join(" or ")
     };
     if let Some(interface) = interface {
+        if let Some(problem) = tundns_config::interface_name_problem(interface) {
+            return Err(format!("invalid interface name {interface:?}: {problem}"));
+        }
         return directories
             .iter()
             .map(|directories| directories.control_socket(interface))
@@ -439,6 +442,14 @@ mod tests {
     fn request(args: &[&str]) -> Request {
         let cli = Cli::try_parse_from(std::iter::once("dns").chain(args.iter().copied())).unwrap();
         request_of(cli.command)
+    }
+
+    #[test]
+    fn a_name_that_is_no_interface_reaches_no_socket() {
+        for name in ["../../tmp/x", "-wg0", "w$(id)"] {
+            let error = find_socket(Some(name)).unwrap_err();
+            assert!(error.starts_with("invalid interface name"), "{error}");
+        }
     }
 
     #[test]
