@@ -58,6 +58,7 @@
 //! CacheSize = 32MiB              # bytes, KiB, MiB or GiB; 64KiB..=1GiB; default 32MiB
 //! CacheMinTTL = 0s               # s, m, h or d; 0s..=7d; default 0s
 //! CacheMaxTTL = 1d               # 1s..=7d, not below CacheMinTTL; default 1d
+//! CacheMaxNegativeTTL = 1h       # NXDOMAIN and NODATA; 0s..=7d (0s: never); default 1h
 //! ServeStale = 1d                # maximum staleness; 0s or off turns it off; default 1d
 //! Record = app.lab.internal A 10.99.0.10   # repeatable; NAME [TTL] TYPE DATA, kept as text
 //! HostsFile = /etc/tundns/hosts  # repeatable; hosts(5) format
@@ -191,6 +192,8 @@ pub const MAX_CACHE_SIZE: usize = 1 << 30;
 pub const DEFAULT_CACHE_MIN_TTL: Duration = Duration::ZERO;
 /// Default `CacheMaxTTL`.
 pub const DEFAULT_CACHE_MAX_TTL: Duration = Duration::from_secs(86_400);
+/// Default `CacheMaxNegativeTTL`: an hour, as unbound's `cache-max-negative-ttl`.
+pub const DEFAULT_CACHE_MAX_NEGATIVE_TTL: Duration = Duration::from_secs(3600);
 /// Default `ServeStale`: the longest an expired answer is served (RFC 8767).
 pub const DEFAULT_SERVE_STALE: Duration = Duration::from_secs(86_400);
 /// Default `BlockTTL`.
@@ -360,6 +363,8 @@ pub struct DnsProxyConfig {
     pub cache_min_ttl: Duration,
     /// `CacheMaxTTL`: cached TTLs are cut to at most this; never below `cache_min_ttl`.
     pub cache_max_ttl: Duration,
+    /// `CacheMaxNegativeTTL`: longest an NXDOMAIN or NODATA is cached.
+    pub cache_max_negative_ttl: Duration,
     /// `ServeStale`: how long past expiry an answer may still be served when every
     /// upstream fails; `None` when `0s` or `off`.
     pub serve_stale: Option<Duration>,
@@ -484,6 +489,7 @@ impl Default for DnsProxyConfig {
             cache_size: DEFAULT_CACHE_SIZE,
             cache_min_ttl: DEFAULT_CACHE_MIN_TTL,
             cache_max_ttl: DEFAULT_CACHE_MAX_TTL,
+            cache_max_negative_ttl: DEFAULT_CACHE_MAX_NEGATIVE_TTL,
             serve_stale: Some(DEFAULT_SERVE_STALE),
             records: Vec::new(),
             hosts_files: Vec::new(),

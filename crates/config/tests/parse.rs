@@ -72,6 +72,7 @@ Cache = on
 CacheSize = 64MiB
 CacheMinTTL = 30s
 CacheMaxTTL = 12h
+CacheMaxNegativeTTL = 10m
 ServeStale = 2d
 Record = app.lab.internal A 10.99.0.10
 Record = *.dev.lab.internal 60 AAAA fd99::20
@@ -229,22 +230,23 @@ fn realistic_file_with_every_key() {
             cache_size: 64 << 20,
             cache_min_ttl: Duration::from_secs(30),
             cache_max_ttl: Duration::from_secs(12 * 3600),
+            cache_max_negative_ttl: Duration::from_secs(600),
             serve_stale: Some(Duration::from_secs(2 * 86_400)),
             records: vec![
-                spanned("app.lab.internal A 10.99.0.10", 50),
-                spanned("*.dev.lab.internal 60 AAAA fd99::20", 51),
-                spanned("note.lab.internal TXT \"hello, world\"", 52),
+                spanned("app.lab.internal A 10.99.0.10", 51),
+                spanned("*.dev.lab.internal 60 AAAA fd99::20", 52),
+                spanned("note.lab.internal TXT \"hello, world\"", 53),
             ],
             hosts_files: vec![
-                spanned("/etc/tundns/hosts", 53),
-                spanned("relative hosts, with a comma", 54),
+                spanned("/etc/tundns/hosts", 54),
+                spanned("relative hosts, with a comma", 55),
             ],
             local_zones: vec![
-                spanned("lab.internal", 55),
-                spanned("99.10.in-addr.arpa", 55),
+                spanned("lab.internal", 56),
+                spanned("99.10.in-addr.arpa", 56),
             ],
             blocked: vec!["ads.example".into(), "tracker.example".into()],
-            block_lists: vec![spanned("/etc/tundns/block.txt", 58)],
+            block_lists: vec![spanned("/etc/tundns/block.txt", 59)],
             block_mode: BlockMode::Null,
             block_ttl: Duration::from_secs(300),
             routes: vec![
@@ -258,13 +260,13 @@ fn realistic_file_with_every_key() {
                         },
                     ],
                     through_tunnel: true,
-                    line: 62,
+                    line: 63,
                 },
                 DnsRouteConfig {
                     domains: vec!["10.in-addr.arpa".into(), "d.f.ip6.arpa".into()],
                     upstreams: vec![Upstream::Tcp(sock("[2001:db8::5353]:5353"))],
                     through_tunnel: false,
-                    line: 67,
+                    line: 68,
                 },
             ],
             metrics_address: None,
@@ -553,9 +555,9 @@ fn callers_report_at_a_config_line() {
     let error = ConfigError::at("wg0.conf", record.line, "unknown record type \"AAAAA\"");
     assert_eq!(
         error.to_string(),
-        "wg0.conf:51: unknown record type \"AAAAA\""
+        "wg0.conf:52: unknown record type \"AAAAA\""
     );
-    assert_eq!(error.line(), Some(51));
+    assert_eq!(error.line(), Some(52));
     assert_eq!(error.path(), std::path::Path::new("wg0.conf"));
     assert_eq!(error.message(), "unknown record type \"AAAAA\"");
 }

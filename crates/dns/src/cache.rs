@@ -6,8 +6,9 @@
 //! - positive answers, for the smallest answer TTL clamped to
 //!   [`CacheConfig::min_ttl`, `max_ttl`]; each record's TTL is clamped likewise;
 //! - NXDOMAIN and NODATA with an SOA in the authority section, for the SOA's
-//!   MINIMUM capped by the SOA's own TTL (and by any CNAME in the answer, and
-//!   `max_ttl`); the stored SOA's TTL becomes that negative TTL;
+//!   MINIMUM capped by the SOA's own TTL (and by any CNAME in the answer,
+//!   [`CacheConfig::max_negative_ttl`] and `max_ttl`); the stored SOA's TTL becomes
+//!   that negative TTL;
 //! - SERVFAIL, for [`CacheConfig::servfail_ttl`] at most, and never in place of
 //!   an entry that can still be served fresh or stale.
 //!
@@ -63,6 +64,9 @@ pub struct CacheConfig {
     pub min_ttl: Duration,
     /// Longest time any answer is kept (its TTLs are lowered to this).
     pub max_ttl: Duration,
+    /// Longest time an NXDOMAIN or NODATA is kept, as unbound's
+    /// `cache-max-negative-ttl`: a name that appears upstream shows within this.
+    pub max_negative_ttl: Duration,
     /// How long past its expiry an answer may still be served when every
     /// upstream fails (RFC 8767); zero turns serve-stale off.
     pub serve_stale: Duration,
@@ -76,6 +80,7 @@ impl Default for CacheConfig {
             max_bytes: 32 << 20,
             min_ttl: Duration::ZERO,
             max_ttl: Duration::from_secs(86_400),
+            max_negative_ttl: Duration::from_secs(3600),
             serve_stale: Duration::from_secs(86_400),
             servfail_ttl: Duration::from_secs(5),
         }
@@ -403,6 +408,7 @@ fn prepare(config: &CacheConfig, question: &Question, response: &[u8]) -> Option
     let message_len = walk.end_without_opt();
 
     let (min_ttl, max_ttl) = (secs(config.min_ttl), secs(config.max_ttl));
+    let max_negative_ttl = secs(config.max_negative_ttl).min(max_ttl);
     let positive_ttl = |ttl: u32| effective_ttl(ttl).clamp(min_ttl.min(max_ttl), max_ttl);
     let mut answer_ttl = u32::MAX;
     let mut has_answer = false;
@@ -424,9 +430,10 @@ fn prepare(config: &CacheConfig, question: &Question, response: &[u8]) -> Option
     let (kind, lifetime) = match rcode {
         RCODE_SERVFAIL => (Kind::ServFail, secs(config.servfail_ttl)),
         RCODE_NOERROR if has_answer => (Kind::Positive, positive_ttl(answer_ttl)),
-        RCODE_NOERROR | RCODE_NXDOMAIN => {
-            (Kind::Negative, negative_ttl?.min(answer_ttl).min(max_ttl))
-        }
+        RCODE_NOERROR | RCODE_NXDOMAIN => (
+            Kind::Negative,
+            negative_ttl?.min(answer_ttl).min(max_negative_ttl),
+        ),
         _ => return None,
     };
     if lifetime == 0 {
@@ -451,9 +458,10 @@ fn prepare(config: &CacheConfig, question: &Question, response: &[u8]) -> Option
         let ttl = match kind {
             Kind::Positive => positive_ttl(ttl),
             Kind::Negative if record.section == Section::Authority && record.rtype == TYPE_SOA => {
-                ttl.min(soa_negative_ttl(response, &record)?).min(max_ttl)
+                ttl.min(soa_negative_ttl(response, &record)?)
+                    .min(max_negative_ttl)
             }
-            Kind::Negative => ttl.min(max_ttl),
+            Kind::Negative => ttl.min(max_negative_ttl),
             Kind::ServFail => ttl.min(lifetime),
         };
         let at = record.ttl_at();

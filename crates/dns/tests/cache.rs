@@ -255,6 +255,27 @@ fn negative_ttl_is_capped_by_the_soa_ttl() {
 }
 
 #[test]
+fn negative_ttl_is_capped_at_an_hour_unless_configured() {
+    let lab = Lab::new(CacheConfig::default());
+    let request = query(1, "gone.example", Rtype::A, EDNS);
+    assert!(lab.insert(
+        &request,
+        &negative(&request, Rcode::NXDOMAIN, 86_400, 86_400)
+    ));
+    assert_eq!(ttls(&lab.lookup(&request, 0.0).unwrap()), [3600]);
+    assert_eq!(lab.lookup(&request, 3600.0), None);
+
+    let lab = Lab::new(CacheConfig {
+        max_negative_ttl: std::time::Duration::from_secs(30),
+        ..CacheConfig::default()
+    });
+    let request = query(1, "v4only.example", Rtype::AAAA, EDNS);
+    assert!(lab.insert(&request, &negative(&request, Rcode::NOERROR, 900, 120)));
+    assert_eq!(ttls(&lab.lookup(&request, 0.0).unwrap()), [30]);
+    assert_eq!(lab.lookup(&request, 30.0), None);
+}
+
+#[test]
 fn nodata_is_cached_like_nxdomain() {
     let lab = Lab::new(CacheConfig::default());
     let request = query(1, "v4only.example", Rtype::AAAA, EDNS);

@@ -235,6 +235,9 @@ impl Parser<'_> {
             "CacheSize" => config.cache_size = values::parse_cache_size(value)?,
             "CacheMinTTL" => config.cache_min_ttl = values::parse_ttl(value, true)?,
             "CacheMaxTTL" => config.cache_max_ttl = values::parse_ttl(value, false)?,
+            "CacheMaxNegativeTTL" => {
+                config.cache_max_negative_ttl = values::parse_ttl(value, true)?;
+            }
             "ServeStale" => {
                 config.serve_stale = if value.eq_ignore_ascii_case("off") {
                     None

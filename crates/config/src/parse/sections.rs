@@ -64,6 +64,7 @@ impl Section {
                 ("CacheSize", Once),
                 ("CacheMinTTL", Once),
                 ("CacheMaxTTL", Once),
+                ("CacheMaxNegativeTTL", Once),
                 ("ServeStale", Once),
                 ("Record", Many),
                 ("HostsFile", Many),

@@ -63,6 +63,7 @@ pub fn resolver_parts(
                 max_bytes: settings.cache_size,
                 min_ttl: settings.cache_min_ttl,
                 max_ttl: settings.cache_max_ttl,
+                max_negative_ttl: settings.cache_max_negative_ttl,
                 serve_stale: settings.serve_stale.unwrap_or_default(),
                 ..CacheConfig::default()
             })
