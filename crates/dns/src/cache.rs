@@ -253,6 +253,23 @@ impl Cache {
         Some(len)
     }
 
+    /// `response` to `query` with each record's TTL as the cache keeps it
+    /// (`min_ttl`, `max_ttl`, the negative caps), so that the first, forwarded answer
+    /// tells a downstream cache what later hits will; `None` when the cache would not
+    /// keep it, and the upstream's TTLs stand.
+    pub fn with_cached_ttls(&self, query: &Query<'_>, response: &[u8]) -> Option<Vec<u8>> {
+        let prepared = prepare(&self.config, query.question(), response)?;
+        let message_len = usize::from(prepared.message_len);
+        let mut clamped = response.to_vec();
+        // The stored message has the response's layout up to its OPT record; the
+        // offsets of its TTLs follow it.
+        for at in prepared.stored[message_len..].chunks_exact(2) {
+            let at = usize::from(u16::from_be_bytes([at[0], at[1]]));
+            clamped[at..at + 4].copy_from_slice(&prepared.stored[at..at + 4]);
+        }
+        Some(clamped)
+    }
+
     /// Stores an upstream `response` to `query` (see the module doc for what is
     /// kept and for how long). Returns whether it was stored.
     pub fn insert(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {

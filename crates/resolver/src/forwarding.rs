@@ -346,10 +346,17 @@ fn learn<G>(
                 Some(blocked),
             )
         }
-        Ok(answer) => (
-            UpstreamAnswer::Answer(answer.response.clone(), answer.upstream),
-            Some(answer.response),
-        ),
+        Ok(answer) => {
+            // Every client sees the TTLs the cache will serve, the first one included.
+            let response = resolver
+                .cache()
+                .and_then(|cache| cache.with_cached_ttls(&parsed, &answer.response))
+                .map_or(answer.response, Bytes::from);
+            (
+                UpstreamAnswer::Answer(response.clone(), answer.upstream),
+                Some(response),
+            )
+        }
         Err(ResolveError::AllFailed {
             soft_answer: Some(soft),
             ..

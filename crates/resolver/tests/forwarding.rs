@@ -448,3 +448,68 @@ fn a_local_chain_whose_target_became_local_is_never_asked_upstream() {
         "nothing asked upstream"
     );
 }
+
+/// The TTL of the answer's one A record, as the client sees it.
+fn answer_ttl(message: &[u8]) -> u32 {
+    let message = domain::base::Message::from_octets(message).unwrap();
+    let record = message.answer().unwrap().next().unwrap().unwrap();
+    record.ttl().as_secs()
+}
+
+#[test]
+fn the_first_forwarded_answer_carries_the_ttls_the_cache_will_serve() {
+    for (config, upstream_ttl, expected) in [
+        (
+            CacheConfig {
+                max_ttl: Duration::from_secs(60),
+                ..CacheConfig::default()
+            },
+            300,
+            60,
+        ),
+        (
+            CacheConfig {
+                min_ttl: Duration::from_secs(600),
+                ..CacheConfig::default()
+            },
+            300,
+            600,
+        ),
+    ] {
+        let clock = Clock::new();
+        let resolver = Resolver::new(
+            BlockList::new(BlockMode::NxDomain, Duration::from_secs(60)),
+            LocalDataBuilder::new().build(),
+            Some(Cache::new(config)),
+            Upstreams {
+                routes: Routes::new(0),
+                groups: vec!["public"],
+            },
+        );
+        let mut forwarding = Forwarding::new(64);
+        let now = clock.at_millis(0);
+        let asked = asked_upstream(
+            &resolver,
+            &mut forwarding,
+            1,
+            &query(7, "ttl.lab.test"),
+            now,
+        );
+        let answers = settle(
+            &mut forwarding,
+            &resolver,
+            asked[0].id,
+            upstream_answer(&asked[0], 1, upstream_ttl),
+            now,
+        );
+        assert_eq!(answer_ttl(&answers[0].answer), expected, "forwarded");
+        let hit = ask(
+            &resolver,
+            &mut forwarding,
+            2,
+            &query(8, "ttl.lab.test"),
+            now,
+        );
+        assert!(matches!(hit, Err((_, AnswerPath::Cache))));
+    }
+}
