@@ -47,8 +47,9 @@ pub use query::{
     parse_query,
 };
 pub use response::{
-    ADVERTISED_UDP_PAYLOAD, MAX_SYNTHESIZED_LEN, is_truncated, message_id, response_matches,
-    set_message_id, write_error_response, write_truncated,
+    ADVERTISED_UDP_PAYLOAD, ExtendedError, MAX_SYNTHESIZED_LEN, is_truncated, message_id,
+    response_matches, set_message_id, write_error_response, write_error_response_explained,
+    write_truncated,
 };
 pub use rewrite::{adapt_response, clamp_edns_udp_size};
 pub use routes::Routes;

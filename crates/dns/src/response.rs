@@ -110,6 +110,51 @@ pub fn write_error_response(
     len
 }
 
+/// An Extended DNS Error (RFC 8914): why tundns answered as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtendedError<'a> {
+    /// The INFO-CODE (RFC 8914 §4).
+    pub code: u16,
+    /// The EXTRA-TEXT, for a human reading the answer.
+    pub text: &'a str,
+}
+
+impl ExtendedError<'_> {
+    /// INFO-CODE 22: no upstream could be reached, or none gave a usable answer.
+    pub const NO_REACHABLE_AUTHORITY: u16 = 22;
+}
+
+/// The EDNS option code of an Extended DNS Error.
+const OPTION_EXTENDED_ERROR: u16 = 15;
+
+/// [`write_error_response`], with `error` in its OPT record. A client that sent no EDNS
+/// gets no OPT record (RFC 6891), so no extended error either.
+pub fn write_error_response_explained(
+    query_bytes: &[u8],
+    rcode: impl Into<OptRcode>,
+    error: ExtendedError<'_>,
+    buf: &mut [u8],
+) -> usize {
+    let len = write_error_response(query_bytes, rcode, buf);
+    let option_len = 6 + error.text.len();
+    // The OPT record, when written, is the message's last and only additional record.
+    if len < HEADER_LEN || wire::read_u16(buf, 10) != Some(1) || buf.len() < len + option_len {
+        return len;
+    }
+    let (Ok(rdlen), Ok(data_len)) = (u16::try_from(option_len), u16::try_from(option_len - 4))
+    else {
+        return len;
+    };
+    let option = &mut buf[len..len + option_len];
+    wire::write_u16(option, 0, OPTION_EXTENDED_ERROR);
+    wire::write_u16(option, 2, data_len);
+    wire::write_u16(option, 4, error.code);
+    option[6..].copy_from_slice(error.text.as_bytes());
+    // The OPT's RDLEN is its last two bytes.
+    wire::write_u16(buf, len - 2, rdlen);
+    len + option_len
+}
+
 /// The TTL field of an OPT record: extended rcode, version 0, the DO flag.
 pub(crate) fn opt_ttl(extended_rcode: u8, dnssec_ok: bool) -> u32 {
     u32::from(extended_rcode) << 24 | if dnssec_ok { 0x8000 } else { 0 }

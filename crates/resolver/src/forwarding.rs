@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tundns_dns::{CnameChain, MAX_MESSAGE_LEN, Query, Question, Rcode};
+use tundns_dns::{CnameChain, ExtendedError, MAX_MESSAGE_LEN, Query, Question, Rcode};
 
 use crate::pool::{Answer, ResolveError};
 use crate::resolver::{Miss, Resolver, fit_for_client};
@@ -480,14 +480,30 @@ fn fallback<G>(
     let stale = resolver
         .cache()
         .and_then(|cache| cache.lookup_stale(query, now, &mut out));
-    let (out, path) = match (stale, soft.and_then(|soft| adapted(soft, query))) {
+    let soft_rcode = soft.and_then(|soft| soft.get(3)).map(|flags| flags & 0x0f);
+    let (out, path) = match (stale, soft_rcode) {
         (Some(len), _) => {
             out.truncate(len);
             (out, AnswerPath::Stale)
         }
-        (None, Some(soft)) => (soft, AnswerPath::Servfail),
+        // An upstream's SERVFAIL is passed on, with whatever extended error it carries.
+        (None, Some(rcode)) if rcode == Rcode::SERVFAIL.to_int() => {
+            match soft.and_then(|soft| adapted(soft, query)) {
+                Some(soft) => (soft, AnswerPath::Servfail),
+                None => (
+                    unreachable_answer(query, "no upstream answered"),
+                    AnswerPath::Servfail,
+                ),
+            }
+        }
+        // Any other error (REFUSED, NOTIMP, ...) was the upstream's, not tundns's: passed
+        // on, it would tell the client that tundns refused.
+        (None, Some(rcode)) => {
+            let text = format!("every upstream answered {}", Rcode::masked_from_int(rcode));
+            (unreachable_answer(query, &text), AnswerPath::Servfail)
+        }
         (None, None) => (
-            error_answer(query.bytes(), Rcode::SERVFAIL),
+            unreachable_answer(query, "no upstream answered"),
             AnswerPath::Servfail,
         ),
     };
@@ -506,6 +522,19 @@ fn adapted(response: &[u8], query: &Query<'_>) -> Option<Vec<u8>> {
     let len = tundns_dns::adapt_response(response, query, &mut out);
     out.truncate(len);
     (len > 0).then_some(out)
+}
+
+/// SERVFAIL for `query`, saying why: Extended DNS Error 22 (No Reachable Authority).
+fn unreachable_answer(query: &Query<'_>, why: &str) -> Vec<u8> {
+    let mut out = vec![0; tundns_dns::MAX_SYNTHESIZED_LEN + 6 + why.len()];
+    let error = ExtendedError {
+        code: ExtendedError::NO_REACHABLE_AUTHORITY,
+        text: why,
+    };
+    let len =
+        tundns_dns::write_error_response_explained(query.bytes(), Rcode::SERVFAIL, error, &mut out);
+    out.truncate(len);
+    out
 }
 
 /// An error answer to `query` as an owned message.

@@ -300,34 +300,80 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
     assert_eq!(id_of(&stale[0].answer), 4);
 }
 
+/// The first EDE option of `message`'s OPT record: its INFO-CODE and EXTRA-TEXT.
+fn extended_error(message: &[u8]) -> Option<(u16, String)> {
+    let message = domain::base::Message::from_octets(message).unwrap();
+    let opt = message.opt()?;
+    opt.opt()
+        .iter::<domain::base::opt::AllOptData<_, _>>()
+        .find_map(|option| match option {
+            Ok(domain::base::opt::AllOptData::ExtendedError(error)) => Some((
+                error.code().to_int(),
+                error
+                    .text()
+                    .and_then(|text| text.ok())
+                    .map(|text| text.to_string())
+                    .unwrap_or_default(),
+            )),
+            _ => None,
+        })
+}
+
+/// When nothing stale is known: an upstream's own error other than SERVFAIL (REFUSED here)
+/// becomes SERVFAIL with Extended DNS Error 22 saying so, since passed on it would say
+/// that tundns refused; an upstream's SERVFAIL is passed on as it came.
 #[test]
-fn the_upstreams_own_error_is_passed_on_when_nothing_stale_is_known() {
+fn every_upstream_failing_with_an_error_gives_servfail_that_says_why() {
     let clock = Clock::new();
     let resolver = resolver(false);
-    let mut forwarding = Forwarding::new(64);
     let now = clock.at_millis(0);
-    let asked = asked_upstream(
-        &resolver,
-        &mut forwarding,
-        1,
-        &query(5, "refused.lab.test"),
-        now,
-    );
-    let refused = Err(ResolveError::AllFailed {
-        attempts: 1,
-        soft_answer: Some(Bytes::from(answer(
-            &query(5, "refused.lab.test"),
-            0,
-            0,
-            5,
-            false,
-        ))),
-    });
-    let answers = settle(&mut forwarding, &resolver, asked[0].id, refused, now);
+    let edns_query = |id: u16, name: &str| {
+        tundns_test_support::dns::Query::new(name, domain::base::iana::Rtype::A)
+            .id(id)
+            .edns(tundns_test_support::dns::Edns::new(1232))
+            .build()
+    };
+    for (rcode, expected_text) in [
+        (5, Some("every upstream answered REFUSED")),
+        (4, Some("every upstream answered NOTIMP")),
+        (2, None),
+    ] {
+        let mut forwarding = Forwarding::new(64);
+        let request = edns_query(5, "error.lab.test");
+        let asked = asked_upstream(&resolver, &mut forwarding, 1, &request, now);
+        let failed = Err(ResolveError::AllFailed {
+            attempts: 1,
+            soft_answer: Some(Bytes::from(answer(&request, 0, 0, rcode, false))),
+        });
+        let answers = settle(&mut forwarding, &resolver, asked[0].id, failed, now);
+        let answer = &answers[0].answer;
+        assert_eq!(
+            (answers[0].path, rcode_of(answer)),
+            (AnswerPath::Servfail, 2),
+            "upstream rcode {rcode}"
+        );
+        assert_eq!(id_of(answer), 5);
+        assert_eq!(
+            extended_error(answer),
+            expected_text.map(|text| (22, text.to_owned())),
+            "upstream rcode {rcode}"
+        );
+    }
+
+    // Timeouts alone: SERVFAIL with the same code; no EDE for a client without EDNS.
+    let mut forwarding = Forwarding::new(64);
+    let request = edns_query(6, "silent.lab.test");
+    let asked = asked_upstream(&resolver, &mut forwarding, 1, &request, now);
+    let answers = settle(&mut forwarding, &resolver, asked[0].id, all_failed(), now);
     assert_eq!(
-        (answers[0].path, rcode_of(&answers[0].answer)),
-        (AnswerPath::Servfail, 5)
+        extended_error(&answers[0].answer),
+        Some((22, "no upstream answered".to_owned()))
     );
+    let request = query(7, "silent.lab.test");
+    let asked = asked_upstream(&resolver, &mut forwarding, 1, &request, now);
+    let answers = settle(&mut forwarding, &resolver, asked[0].id, all_failed(), now);
+    assert_eq!(rcode_of(&answers[0].answer), 2);
+    assert_eq!(extended_error(&answers[0].answer), None);
 }
 
 #[test]

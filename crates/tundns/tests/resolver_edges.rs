@@ -326,6 +326,23 @@ fn a_refused_first_upstream_moves_on_to_the_next() {
     assert_eq!(lab.upstream_queries(TTL_NAME, None) - unbound_before, 3);
 }
 
+/// An upstream that refuses everything: tundns answers SERVFAIL with Extended DNS Error 22
+/// saying why, not the upstream's REFUSED, which would read as tundns refusing the client.
+#[test]
+fn an_upstream_that_refuses_everything_gives_servfail_that_says_why() {
+    let lab = lab!(LabOptions::resolver());
+    let refusing = start_failing_dnsdist(&lab);
+    let _tundns = start_with_upstreams(&lab, &[SCRIPTED_DNSDIST_V4], &["Cache = off"]);
+    let run = ask(&lab, &[WWW_NAME, "A"]);
+    assert_eq!(status(&run).as_deref(), Some("SERVFAIL"), "{run}");
+    assert!(
+        run.stdout
+            .contains("EDE: 22 (No Reachable Authority): (every upstream answered REFUSED)"),
+        "{run}"
+    );
+    assert!(refusing.queries(WWW_NAME) >= 1, "{}", refusing.log());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Local data and blocklists.
 

@@ -116,9 +116,9 @@ pub enum ResolveError {
     /// The pool has no upstream.
     #[error("no upstream resolver configured")]
     NoUpstreams,
-    /// Every attempt timed out, failed, or answered SERVFAIL or REFUSED. `soft_answer` is
-    /// the last SERVFAIL or REFUSED answer (client's ID restored), which the caller may
-    /// pass on when it has nothing stale.
+    /// Every attempt timed out, failed, or answered an error other than NXDOMAIN.
+    /// `soft_answer` is the last such error answer (client's ID restored), from which the
+    /// caller tells the client why when it has nothing stale.
     #[error("all {attempts} upstream attempts failed")]
     AllFailed {
         attempts: usize,
@@ -546,8 +546,9 @@ impl Pool {
     }
 }
 
-/// SERVFAIL and REFUSED say "not from me": another upstream may do better.
+/// Any error but NXDOMAIN (SERVFAIL, REFUSED, NOTIMP, FORMERR, ...) says "not from me":
+/// another upstream may do better.
 pub fn is_soft_error(response: &[u8]) -> bool {
     let rcode = response.get(3).map_or(0, |flags| flags & 0x0f);
-    rcode == Rcode::SERVFAIL.to_int() || rcode == Rcode::REFUSED.to_int()
+    rcode != Rcode::NOERROR.to_int() && rcode != Rcode::NXDOMAIN.to_int()
 }
