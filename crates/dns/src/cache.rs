@@ -31,6 +31,7 @@ use quick_cache::{DefaultHashBuilder, Weighter};
 
 use crate::query::{Query, Question};
 use crate::rewrite::{append_client_opt, patch_for_client};
+use crate::routes::Routes;
 use crate::sections::{self, Record, Records, Section, effective_ttl};
 use crate::synth::{TYPE_ANY, TYPE_SOA};
 use crate::wire::{self, FLAGS_AA, HEADER_LEN};
@@ -305,6 +306,22 @@ impl Cache {
 
     pub fn clear(&self) {
         self.entries.clear();
+    }
+
+    /// Forgets every entry for a name at or under one of `domains` (`"."` is every
+    /// name): what a split-DNS route's old upstreams said must not shadow its new ones.
+    /// Returns how many were forgotten; a domain that is not a name forgets nothing.
+    pub fn forget_under(&self, domains: &[impl AsRef<str>]) -> usize {
+        let mut under = Routes::new(false);
+        for domain in domains {
+            let _ = under.add(domain.as_ref(), true);
+        }
+        let before = self.entries.len();
+        self.entries.retain(|_, entry| {
+            Question::read(&entry.stored, HEADER_LEN)
+                .is_none_or(|(question, _)| !*under.lookup(&question))
+        });
+        before - self.entries.len()
     }
 
     /// Number of entries, expired ones included.

@@ -676,3 +676,39 @@ fn clamps_the_advertised_udp_size() {
     clamp_edns_udp_size(&mut garbage, 512);
     assert_eq!(garbage, vec![0xff; 40]);
 }
+
+#[test]
+fn a_changed_route_forgets_the_names_under_it() {
+    let lab = Lab::new(CacheConfig::default());
+    let names = [
+        "corp.test",
+        "db.corp.test",
+        "DB.Corp.Test",
+        "x.other.test",
+        "corp.test.example",
+    ];
+    let requests: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| query(1, name, Rtype::A, EDNS))
+        .collect();
+    for request in &requests[..2] {
+        assert!(lab.insert(request, &negative(request, Rcode::NXDOMAIN, 3600, 300)));
+    }
+    for request in &requests[3..] {
+        assert!(lab.insert(request, &positive(request, &[300])));
+    }
+    assert_eq!(lab.cache.forget_under(&["Corp.Test."]), 2);
+    assert_eq!(lab.lookup(&requests[1], 0.0), None);
+    assert_eq!(lab.lookup(&requests[2], 0.0), None, "any spelling");
+    assert!(
+        lab.lookup(&requests[3], 0.0).is_some(),
+        "another domain stays"
+    );
+    assert!(
+        lab.lookup(&requests[4], 0.0).is_some(),
+        "a name that only starts alike stays"
+    );
+    assert_eq!(lab.cache.forget_under(&["not a name!"]), 0);
+    assert_eq!(lab.cache.forget_under(&["."]), 2);
+    assert!(lab.cache.is_empty());
+}

@@ -377,15 +377,26 @@ fn add_route(
     dns.proxy.set_upstreams(built);
     sources.routes = next;
     Ok(done(format!(
-        "routed {} to {}{}",
+        "routed {} to {}{}{}",
         domains.join(", "),
         upstreams.join(", "),
         if through_tunnel {
             " through the tunnel"
         } else {
             ""
-        }
+        },
+        forget_under(&dns.proxy, domains)
     )))
+}
+
+/// Forgets what the cache learnt of names under `domains`, whose upstreams just changed
+/// (an NXDOMAIN from the old ones would hide the new ones' names for up to a day); says
+/// how much, for the reply.
+fn forget_under(proxy: &DnsProxy, domains: &[String]) -> String {
+    match proxy.cache().map(|cache| cache.forget_under(domains)) {
+        Some(0) | None => String::new(),
+        Some(forgotten) => format!("; forgot {forgotten} cached answers under it"),
+    }
 }
 
 fn remove_route(dns: &Dns, domain: &str) -> Result<Reply, String> {
@@ -393,7 +404,11 @@ fn remove_route(dns: &Dns, domain: &str) -> Result<Reply, String> {
     let (next, built) = sources.routes.without_route(domain)?;
     dns.proxy.set_upstreams(built);
     sources.routes = next;
-    Ok(done(format!("removed the route of {}", domain.trim())))
+    Ok(done(format!(
+        "removed the route of {}{}",
+        domain.trim(),
+        forget_under(&dns.proxy, &[domain.trim().to_owned()])
+    )))
 }
 
 fn flush(proxy: &DnsProxy) -> Reply {
