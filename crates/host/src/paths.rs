@@ -13,6 +13,41 @@ pub const STATE_DIRECTORY: &str = "/var/lib/tundns";
 /// Where gotatun, like wireguard-go, puts the UAPI sockets, as `wg` expects them.
 pub const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 
+/// Where `tundns up wg0` looks for `wg0.conf`, in order: tundns's own, then wg-quick's.
+pub const CONFIG_DIRECTORIES: [&str; 2] = ["/etc/tundns", "/etc/wireguard"];
+
+/// The config file `argument` names: a path as given when it looks like one (it holds a
+/// `/` or ends in `.conf`), else an interface name, whose `<name>.conf` is looked for in
+/// `directories` in order, as wg-quick does.
+pub fn config_file(argument: &str, directories: &[impl AsRef<Path>]) -> Result<PathBuf, String> {
+    if argument.contains('/') || argument.ends_with(".conf") {
+        return Ok(PathBuf::from(argument));
+    }
+    if let Some(problem) = tundns_config::interface_name_problem(argument) {
+        return Err(format!(
+            "{argument:?} is neither a config path nor an interface name: {problem}"
+        ));
+    }
+    let candidates: Vec<PathBuf> = directories
+        .iter()
+        .map(|directory| directory.as_ref().join(format!("{argument}.conf")))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let looked: Vec<String> = candidates
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect();
+            format!(
+                "no config for {argument}: looked for {}",
+                looked.join(" and ")
+            )
+        })
+}
+
 /// The kernel's main routing table, where wg-quick's `Table = auto` puts routes.
 pub const MAIN_TABLE: u32 = 254;
 
@@ -65,5 +100,53 @@ impl SocketDirectories {
 
     pub fn uapi_socket(&self, interface: &str) -> PathBuf {
         self.uapi.join(format!("{interface}.sock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two config directories under a fresh temporary one, as `/etc/tundns` and
+    /// `/etc/wireguard` would be.
+    fn directories(test: &str) -> [PathBuf; 2] {
+        let root = std::env::temp_dir().join(format!("tundns-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let both = [root.join("tundns"), root.join("wireguard")];
+        for directory in &both {
+            std::fs::create_dir_all(directory).unwrap();
+        }
+        both
+    }
+
+    #[test]
+    fn a_name_is_looked_for_in_tundns_then_wireguard() {
+        let [tundns, wireguard] = directories("config-lookup");
+        let dirs = [&tundns, &wireguard];
+        std::fs::write(wireguard.join("wg0.conf"), "").unwrap();
+        assert_eq!(
+            config_file("wg0", &dirs).unwrap(),
+            wireguard.join("wg0.conf")
+        );
+        std::fs::write(tundns.join("wg0.conf"), "").unwrap();
+        assert_eq!(config_file("wg0", &dirs).unwrap(), tundns.join("wg0.conf"));
+        let missing = config_file("wg1", &dirs).unwrap_err();
+        assert!(missing.contains("wg1.conf and"), "{missing}");
+        let _ = std::fs::remove_dir_all(tundns.parent().unwrap());
+    }
+
+    #[test]
+    fn a_path_is_taken_as_given() {
+        let none: [&str; 0] = [];
+        assert_eq!(config_file("./wg0", &none).unwrap(), PathBuf::from("./wg0"));
+        assert_eq!(
+            config_file("wg0.conf", &none).unwrap(),
+            PathBuf::from("wg0.conf")
+        );
+        assert_eq!(
+            config_file("/etc/wireguard/wg0.conf", &none).unwrap(),
+            PathBuf::from("/etc/wireguard/wg0.conf")
+        );
+        assert!(config_file("-wg0", &none).unwrap_err().contains("neither"));
     }
 }

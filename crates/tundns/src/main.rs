@@ -1,7 +1,7 @@
 //! The `tundns` command line.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,6 +10,7 @@ use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns::userspace::UserspaceTunnel;
 use tundns_config::Config;
 use tundns_host::CrashRepair;
+use tundns_host::paths::{CONFIG_DIRECTORIES, config_file};
 use tundns_host::policy_rules::PolicyRepair;
 use tundns_host::repair::interface_for;
 
@@ -33,8 +34,9 @@ enum Command {
     /// Bring a tunnel up from a wg-quick file (plus [DNSProxy]) and run it in the
     /// foreground until SIGINT or SIGTERM. The interface is named after the file.
     Up {
-        /// Path to the config, e.g. /etc/wireguard/wg0.conf.
-        config: PathBuf,
+        /// The config: a path (/etc/wireguard/wg0.conf), or an interface name (wg0) whose
+        /// file is looked for in /etc/tundns, then /etc/wireguard.
+        config: String,
         /// Run rootless: no TUN, routes or system resolver change; WireGuard over an
         /// ordinary UDP socket, reached only through the proxies on host addresses and the
         /// DNS proxy on [DNSProxy] Address ip:port. Sockets go under $XDG_RUNTIME_DIR.
@@ -43,8 +45,8 @@ enum Command {
     },
     /// Validate a config without touching the system.
     Check {
-        /// Path to the config.
-        config: PathBuf,
+        /// The config: a path, or an interface name (as for `up`).
+        config: String,
     },
     /// Take back what a run that could not stop cleanly (a crash, SIGKILL, a reboot) left:
     /// its change to the system resolver, and a full tunnel's policy rules, nftables tables
@@ -113,11 +115,20 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let path = match &cli.command {
+    let argument = match &cli.command {
         Command::Up { config, .. } | Command::Check { config } => config,
         Command::Reset { target } => return reset(target),
         Command::Status { .. } | Command::Dns { .. } => return control(cli.command),
     };
+    let path = match config_file(argument, &CONFIG_DIRECTORIES) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("tundns: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let path = path.as_path();
+    warn_if_world_accessible(path);
     let config = match Config::from_file(path) {
         Ok(config) => config,
         Err(error) => {
@@ -185,6 +196,19 @@ fn main() -> ExitCode {
             eprintln!("tundns: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Warns, as wg-quick does, when others may read the config: it holds the private key.
+fn warn_if_world_accessible(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o007 != 0
+    {
+        eprintln!(
+            "tundns: warning: {} is world accessible, and holds a private key (chmod 600 it)",
+            path.display()
+        );
     }
 }
 
