@@ -63,6 +63,11 @@ impl FrameDecoder {
         }
     }
 
+    /// How many bytes the next [`push`](Self::push) takes at most.
+    pub fn room(&self) -> usize {
+        self.buf.len() - (self.end - self.start)
+    }
+
     /// Buffers as much of `data` as fits; returns the number of bytes taken.
     pub fn push(&mut self, data: &[u8]) -> usize {
         if self.start > 0 {

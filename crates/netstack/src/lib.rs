@@ -62,10 +62,12 @@ pub struct Limits {
     /// Connections held at once, counting half-open and closing ones. When
     /// reached, no socket listens, so new SYNs are answered with a RST.
     pub max_connections: usize,
-    /// A connection with no byte moving in either direction for this long is
-    /// closed (RFC 7766 §6.2.3 suggests seconds). It is also how long a
-    /// closing connection may linger before it is reset.
+    /// A connection idle this long is closed (RFC 7766 §6.2.3 suggests
+    /// seconds); what counts as activity is [`Limits::idle_reset`]'s. It is also
+    /// how long a closing connection may linger before it is reset.
     pub idle_timeout: Duration,
+    /// What keeps a connection from idling out.
+    pub idle_reset: IdleReset,
     /// Receive buffer per connection, in bytes (the advertised window).
     pub rx_buffer: usize,
     /// Send buffer per connection, in bytes: how much [`TcpStack::write`]
@@ -83,12 +85,23 @@ impl Default for Limits {
         Self {
             max_connections: 256,
             idle_timeout: Duration::from_secs(10),
+            idle_reset: IdleReset::Traffic,
             rx_buffer: 4 * 1024,
             tx_buffer: 16 * 1024,
             mtu: 1420,
             connect_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// What resets a connection's idle timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleReset {
+    /// Any byte moving either way: for byte streams such as a proxied connection.
+    Traffic,
+    /// Only [`TcpStack::keep_alive`]: for a protocol of messages, whose client must
+    /// not keep a connection by trickling a byte at a time (slowloris).
+    Explicit,
 }
 
 /// IPv6 requires links to carry 1280-byte packets (RFC 8200 §5).
@@ -435,10 +448,20 @@ impl TcpStack {
         // matching event tells which.
         let read = socket.recv_slice(buf).unwrap_or(0);
         connection.rx_seen = socket.recv_queue();
-        if read > 0 {
+        if read > 0 && self.limits.idle_reset == IdleReset::Traffic {
             connection.last_activity = now;
         }
         Ok(read)
+    }
+
+    /// Restarts `id`'s idle timer: with [`IdleReset::Explicit`], the owner's word that
+    /// the connection did something worth keeping it for (a whole message). Unknown
+    /// ids are ignored.
+    pub fn keep_alive(&mut self, id: ConnectionId) {
+        let now = self.now;
+        if let Ok(connection) = open_connection(&mut self.slots, id) {
+            connection.last_activity = now;
+        }
     }
 
     /// Bytes of `id` received and not yet read; 0 for an unknown id.
@@ -466,7 +489,7 @@ impl TcpStack {
         let socket = self.sockets.get_mut::<tcp::Socket>(connection.socket);
         let written = socket.send_slice(data).map_err(|_| Error::SendClosed)?;
         connection.tx_seen = socket.send_queue();
-        if written > 0 {
+        if written > 0 && self.limits.idle_reset == IdleReset::Traffic {
             connection.last_activity = now;
         }
         if written < data.len() {
@@ -678,6 +701,7 @@ impl TcpStack {
     fn report_and_expire(&mut self, events: &mut Vec<Event>) {
         let now = self.now;
         let idle_timeout = self.limits.idle_timeout;
+        let traffic_keeps_alive = self.limits.idle_reset == IdleReset::Traffic;
         let linger_deadline = self.deadline(now);
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let id = ConnectionId {
@@ -754,12 +778,14 @@ impl TcpStack {
 
             let rx_queue = socket.recv_queue();
             if rx_queue > connection.rx_seen {
-                connection.last_activity = now;
+                if traffic_keeps_alive {
+                    connection.last_activity = now;
+                }
                 events.push(Event::Data(id));
             }
             connection.rx_seen = rx_queue;
             let tx_queue = socket.send_queue();
-            if tx_queue < connection.tx_seen {
+            if tx_queue < connection.tx_seen && traffic_keeps_alive {
                 connection.last_activity = now;
             }
             connection.tx_seen = tx_queue;

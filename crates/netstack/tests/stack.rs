@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use etherparse::{SlicedPacket, TransportSlice};
 use smoltcp::socket::tcp;
-use tundns_netstack::{Error, Event, Limits, TcpStack};
+use tundns_netstack::{Error, Event, IdleReset, Limits, TcpStack};
 use tundns_test_support::packet;
 
 /// Two queries written back to back on one connection come back as two
@@ -82,6 +82,41 @@ fn concurrent_connections_are_kept_apart() {
             .all(|(r, m)| r.len() >= m.len())
     }));
     assert_eq!(received, messages);
+}
+
+/// With `IdleReset::Explicit` a byte trickled now and then keeps nothing open (slowloris);
+/// only the owner's `keep_alive` does.
+#[test]
+fn a_trickle_of_bytes_does_not_keep_an_explicit_connection() {
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(2),
+        idle_reset: IdleReset::Explicit,
+        ..Limits::default()
+    };
+    let mut harness = Harness::new(limits);
+    let mut server = Silent;
+    let client = harness.connect(V4_SERVICE);
+    let id = harness.establish(&mut FramedEcho::default(), client);
+
+    // The owner's word restarts the timer...
+    harness.elapsed += Duration::from_millis(1500);
+    harness.step();
+    harness.stack.keep_alive(id);
+    harness.elapsed += Duration::from_millis(1500);
+    harness.step();
+    assert!(
+        !harness.closed(id),
+        "keep_alive must restart the idle timer"
+    );
+    // ...and a byte at a time, read or not, does not.
+    for _ in 0..2 {
+        harness.client_socket(client).send_slice(b"\x00").unwrap();
+        harness.settle(&mut server);
+        let mut byte = [0u8; 1];
+        let _ = harness.stack.read(id, &mut byte);
+        harness.elapsed += Duration::from_millis(300);
+    }
+    assert!(harness.run_until(&mut server, 100, |h| h.closed(id)));
 }
 
 #[test]

@@ -350,6 +350,62 @@ fn the_virtual_ips_serve_this_host_and_allow_from_only() {
     assert_proxy_answers(&lab, PROXY_V4, &[]);
 }
 
+/// A client that trickles a byte at a time (slowloris) keeps no DNS/TCP connection past
+/// `TcpIdleTimeout`; one that sends whole queries keeps its connection.
+#[test]
+fn dns_over_tcp_closes_a_connection_that_only_trickles_bytes() {
+    let options = ClientConfig {
+        dns_proxy_lines: vec!["TcpIdleTimeout = 2s".to_owned()],
+        ..ClientConfig::default()
+    };
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::default(), options);
+    // Sends STEP's bytes every 0.5 s for at most 8 s; prints how long the server kept the
+    // connection, or "open" if it never closed it.
+    const CLIENT: &str = r#"
+import socket, struct, time
+query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+query += b"".join(bytes([len(label)]) + label.encode() for label in "NAME".split("."))
+query += b"\x00\x00\x01\x00\x01"
+framed = struct.pack(">H", len(query)) + query
+step = STEP
+s = socket.create_connection(("SERVER", 53), timeout=1)
+start, sent = time.monotonic(), 0
+try:
+    while time.monotonic() - start < 8:
+        s.sendall(step(framed, sent))
+        sent += 1
+        time.sleep(0.5)
+        s.setblocking(False)
+        try:
+            if s.recv(65535) == b"":
+                raise ConnectionResetError
+        except BlockingIOError:
+            pass
+        s.setblocking(True)
+except (ConnectionResetError, BrokenPipeError):
+    print(round(time.monotonic() - start, 1))
+    raise SystemExit
+print("open")
+"#;
+    let client = |step: &str| {
+        let script = CLIENT
+            .replace("NAME", WWW_NAME)
+            .replace("SERVER", PROXY_V4)
+            .replace("STEP", step);
+        let run = lab.exec_in(&lab.client_ns, &["python3", "-c", &script]);
+        run.assert_success();
+        run.stdout.trim().to_owned()
+    };
+    // One byte of a query at a time: never a whole one.
+    let trickled = client(r#"lambda framed, i: framed[:1] if i == 0 else b"\x00""#);
+    let closed_after: f64 = trickled
+        .parse()
+        .unwrap_or_else(|_| panic!("kept open: {trickled}"));
+    assert!(closed_after <= 4.0, "closed after {closed_after} s");
+    // A whole query each time: kept.
+    assert_eq!(client("lambda framed, i: framed"), "open");
+}
+
 #[test]
 fn dns_over_tcp_serves_several_queries_on_one_connection() {
     let (lab, _tundns) = lab_with_tundns!();

@@ -4,6 +4,12 @@
 //! splits each connection's stream into queries, forwards them through the shared
 //! [`DnsProxy`] (several at once per connection: answers go back in completion order, as
 //! RFC 7766 §6.2.1.1 allows), and writes the stack's segments back into the TUN.
+//!
+//! A client cannot hold connections by trickling bytes (slowloris): only a whole query
+//! or a whole answer restarts a connection's idle timer. One client address holds at most
+//! a quarter of the connections, and one connection at most
+//! [`MAX_IN_FLIGHT_PER_CONNECTION`] queries; beyond that its bytes wait in the stack and
+//! its TCP window closes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tundns_dns::tcp::{FrameDecoder, length_prefix};
 use tundns_filter::{Service, TunWriter};
-use tundns_netstack::{ConnectionId, Event, Limits, TcpStack};
+use tundns_netstack::{ConnectionId, Event, IdleReset, Limits, TcpStack};
 use tundns_upstream::Protocol;
 
 use crate::dns::proxy::{DnsProxy, Verdict};
@@ -28,6 +34,10 @@ const SEGMENT_QUEUE: usize = 4096;
 /// Answers written but not yet taken by the stack, per connection, before it is closed
 /// as a client that does not read.
 const MAX_PENDING_ANSWERS: usize = 256 * 1024;
+/// Queries one connection may have upstream at once; the rest wait unread.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// The share of the connections one client address may hold: a quarter.
+const CONNECTIONS_PER_SOURCE_DIVISOR: usize = 4;
 /// How long to sleep when smoltcp has no timer running.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -49,6 +59,7 @@ impl TcpDns {
         let mut stack = TcpStack::new(Limits {
             max_connections,
             idle_timeout,
+            idle_reset: IdleReset::Explicit,
             mtu: usize::from(mtu),
             ..Limits::default()
         });
@@ -58,7 +69,8 @@ impl TcpDns {
             }
         }
         let (segments, inbox) = mpsc::channel(SEGMENT_QUEUE);
-        tokio::spawn(StackTask::new(stack, proxy, tun).run(inbox));
+        let per_source = (max_connections / CONNECTIONS_PER_SOURCE_DIVISOR).max(1);
+        tokio::spawn(StackTask::new(stack, proxy, tun, per_source).run(inbox));
         Self { segments }
     }
 }
@@ -95,10 +107,13 @@ struct StackTask {
     events: Vec<Event>,
     /// Where answers from memory are written, reused for every query.
     answer: Vec<u8>,
+    /// Open connections by client address, and the most one may hold.
+    per_source: HashMap<IpAddr, usize>,
+    max_per_source: usize,
 }
 
 impl StackTask {
-    fn new(stack: TcpStack, proxy: Arc<DnsProxy>, tun: TunWriter) -> Self {
+    fn new(stack: TcpStack, proxy: Arc<DnsProxy>, tun: TunWriter, max_per_source: usize) -> Self {
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();
         Self {
             stack,
@@ -109,6 +124,20 @@ impl StackTask {
             answers_rx,
             events: Vec::new(),
             answer: vec![0; MAX_MESSAGE_LEN],
+            per_source: HashMap::new(),
+            max_per_source,
+        }
+    }
+
+    /// Forgets connection `id`, and its share of its client's connections.
+    fn remove(&mut self, id: ConnectionId) {
+        if let Some(connection) = self.connections.remove(&id)
+            && let Some(count) = self.per_source.get_mut(&connection.peer.ip())
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&connection.peer.ip());
+            }
         }
     }
 
@@ -157,6 +186,13 @@ impl StackTask {
     fn handle_event(&mut self, event: Event) {
         match event {
             Event::Accepted { id, peer, .. } => {
+                let held = self.per_source.entry(peer.ip()).or_default();
+                if *held >= self.max_per_source {
+                    tracing::debug!(%peer, "DNS/TCP: this client holds its share of connections");
+                    self.stack.close(id);
+                    return;
+                }
+                *held += 1;
                 self.connections.insert(
                     id,
                     Connection {
@@ -176,34 +212,38 @@ impl StackTask {
                 }
                 self.close_if_done(id);
             }
-            Event::Closed(id) => {
-                self.connections.remove(&id);
-            }
+            Event::Closed(id) => self.remove(id),
             // This stack only listens.
             Event::Connected(_) | Event::ConnectFailed { .. } | Event::Released(_) => {}
         }
     }
 
+    /// Reads what the decoder has room for and starts the whole queries in it, until the
+    /// stack holds no more or the connection is at its bound of queries in flight: then
+    /// the rest waits in the stack, and the client's window closes.
     fn read_queries(&mut self, id: ConnectionId) {
         let mut chunk = [0u8; 4096];
         loop {
-            let Ok(read) = self.stack.read(id, &mut chunk) else {
-                self.connections.remove(&id);
+            let Some(connection) = self.connections.get(&id) else {
+                return;
+            };
+            let room = connection.decoder.room().min(chunk.len());
+            if room == 0 || connection.in_flight >= MAX_IN_FLIGHT_PER_CONNECTION {
+                return;
+            }
+            let Ok(read) = self.stack.read(id, &mut chunk[..room]) else {
+                self.remove(id);
                 return;
             };
             if read == 0 {
                 return;
             }
-            let mut offered = &chunk[..read];
-            while !offered.is_empty() {
-                let Some(connection) = self.connections.get_mut(&id) else {
-                    return;
-                };
-                let taken = connection.decoder.push(offered);
-                offered = &offered[taken..];
-                if !self.dispatch_queries(id) {
-                    return;
-                }
+            let Some(connection) = self.connections.get_mut(&id) else {
+                return;
+            };
+            connection.decoder.push(&chunk[..read]);
+            if !self.dispatch_queries(id) {
+                return;
             }
         }
     }
@@ -215,8 +255,13 @@ impl StackTask {
             let Some(connection) = self.connections.get_mut(&id) else {
                 return false;
             };
+            if connection.in_flight >= MAX_IN_FLIGHT_PER_CONNECTION {
+                return true;
+            }
             let verdict = match connection.decoder.next_message() {
                 Ok(Some(query)) => {
+                    // A whole query: the one thing from the client that keeps it open.
+                    self.stack.keep_alive(id);
                     let peer = Some(connection.peer);
                     self.proxy
                         .accept_from(peer, query, Protocol::Tcp, &mut self.answer)
@@ -224,7 +269,7 @@ impl StackTask {
                 Ok(None) => return true,
                 Err(error) => {
                     tracing::debug!(%error, "closing DNS/TCP connection");
-                    self.connections.remove(&id);
+                    self.remove(id);
                     self.stack.close(id);
                     return false;
                 }
@@ -253,20 +298,34 @@ impl StackTask {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
+        let was_full = connection.in_flight >= MAX_IN_FLIGHT_PER_CONNECTION;
         if completes_query {
             connection.in_flight = connection.in_flight.saturating_sub(1);
         }
+        self.queue_framed(id, answer);
+        // Room again: what waited in the decoder and the stack goes on.
+        if completes_query && was_full && self.dispatch_queries(id) {
+            self.read_queries(id);
+        }
+    }
+
+    fn queue_framed(&mut self, id: ConnectionId, answer: &[u8]) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
         // Nothing to say (a query dropped unanswered) is not a zero-length message.
         let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) else {
             return;
         };
         if connection.pending.len() + answer.len() > MAX_PENDING_ANSWERS {
-            self.connections.remove(&id);
+            self.remove(id);
             self.stack.close(id);
             return;
         }
         connection.pending.extend_from_slice(&prefix);
         connection.pending.extend_from_slice(answer);
+        // A whole answer out: the connection is doing what it is for.
+        self.stack.keep_alive(id);
         self.flush(id);
     }
 
@@ -280,7 +339,7 @@ impl StackTask {
                     connection.pending.drain(..written);
                 }
                 Err(_) => {
-                    self.connections.remove(&id);
+                    self.remove(id);
                     return;
                 }
             }
@@ -294,7 +353,7 @@ impl StackTask {
             return;
         };
         if connection.peer_finished && connection.in_flight == 0 && connection.pending.is_empty() {
-            self.connections.remove(&id);
+            self.remove(id);
             self.stack.close(id);
         }
     }

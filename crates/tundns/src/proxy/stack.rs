@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 use tundns_filter::InboundTap;
-use tundns_netstack::{ConnectFailure, ConnectionId, Error, Event, Limits, TcpStack};
+use tundns_netstack::{ConnectFailure, ConnectionId, Error, Event, IdleReset, Limits, TcpStack};
 use tundns_packet::{IpView, Transport};
 
 use super::ports::{LOCAL_PORTS, PortSet};
@@ -48,6 +48,7 @@ pub fn proxy_limits(mtu: u16) -> Limits {
     Limits {
         max_connections: 4096,
         idle_timeout: Duration::from_secs(600),
+        idle_reset: IdleReset::Traffic,
         // The advertised window, which must cover the tunnel's round trip under load: on
         // two busy cores 256 KiB held a download to 0.75 of the kernel's route, 512 KiB
         // carries it at 0.85-0.9. It is reserved, not touched, while a connection idles.
