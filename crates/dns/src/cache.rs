@@ -316,12 +316,18 @@ impl Cache {
         for domain in domains {
             let _ = under.add(domain.as_ref(), true);
         }
-        let before = self.entries.len();
+        // Counted here: entries come and go meanwhile, so lengths before and after say
+        // nothing.
+        let forgotten = core::cell::Cell::new(0);
         self.entries.retain(|_, entry| {
-            Question::read(&entry.stored, HEADER_LEN)
-                .is_none_or(|(question, _)| !*under.lookup(&question))
+            let keep = Question::read(&entry.stored, HEADER_LEN)
+                .is_none_or(|(question, _)| !*under.lookup(&question));
+            if !keep {
+                forgotten.set(forgotten.get() + 1);
+            }
+            keep
         });
-        before - self.entries.len()
+        forgotten.get()
     }
 
     /// Number of entries, expired ones included.

@@ -17,10 +17,10 @@ pub const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 pub const CONFIG_DIRECTORIES: [&str; 2] = ["/etc/tundns", "/etc/wireguard"];
 
 /// The config file `argument` names: a path as given when it looks like one (it holds a
-/// `/` or ends in `.conf`), else an interface name, whose `<name>.conf` is looked for in
-/// `directories` in order, as wg-quick does.
+/// `/`, ends in `.conf` or is a file here), else an interface name, whose `<name>.conf` is
+/// looked for in `directories` in order, as wg-quick does.
 pub fn config_file(argument: &str, directories: &[impl AsRef<Path>]) -> Result<PathBuf, String> {
-    if argument.contains('/') || argument.ends_with(".conf") {
+    if argument.contains('/') || argument.ends_with(".conf") || Path::new(argument).is_file() {
         return Ok(PathBuf::from(argument));
     }
     if let Some(problem) = tundns_config::interface_name_problem(argument) {

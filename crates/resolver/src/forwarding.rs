@@ -469,7 +469,7 @@ fn finish_chain<G>(
 }
 
 /// The answer when no upstream answered: a stale one if the cache still has it (RFC
-/// 8767), else the last upstream's own SERVFAIL or REFUSED, else our SERVFAIL.
+/// 8767), else the last upstream's own SERVFAIL, else our SERVFAIL saying why.
 fn fallback<G>(
     resolver: &Resolver<G>,
     query: &Query<'_>,
@@ -499,7 +499,10 @@ fn fallback<G>(
         // Any other error (REFUSED, NOTIMP, ...) was the upstream's, not tundns's: passed
         // on, it would tell the client that tundns refused.
         (None, Some(rcode)) => {
-            let text = format!("every upstream answered {}", Rcode::masked_from_int(rcode));
+            let text = format!(
+                "no upstream answered; the last said {}",
+                Rcode::masked_from_int(rcode)
+            );
             (unreachable_answer(query, &text), AnswerPath::Servfail)
         }
         (None, None) => (

@@ -334,8 +334,8 @@ fn every_upstream_failing_with_an_error_gives_servfail_that_says_why() {
             .build()
     };
     for (rcode, expected_text) in [
-        (5, Some("every upstream answered REFUSED")),
-        (4, Some("every upstream answered NOTIMP")),
+        (5, Some("no upstream answered; the last said REFUSED")),
+        (4, Some("no upstream answered; the last said NOTIMP")),
         (2, None),
     ] {
         let mut forwarding = Forwarding::new(64);

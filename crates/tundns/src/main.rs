@@ -199,11 +199,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Warns, as wg-quick does, when others may read the config: it holds the private key.
+/// Warns, as wg-quick does, when others may read the config (it holds the private key):
+/// when both the file and its directory let them in.
 fn warn_if_world_accessible(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(metadata) = std::fs::metadata(path)
-        && metadata.permissions().mode() & 0o007 != 0
+    let mode = |path: &Path| std::fs::metadata(path).map(|m| m.permissions().mode());
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if let (Ok(file), Ok(directory)) = (mode(path), mode(directory))
+        && file & directory & 0o007 != 0
     {
         eprintln!(
             "tundns: warning: {} is world accessible, and holds a private key (chmod 600 it)",

@@ -116,7 +116,7 @@ pub enum ResolveError {
     /// The pool has no upstream.
     #[error("no upstream resolver configured")]
     NoUpstreams,
-    /// Every attempt timed out, failed, or answered an error other than NXDOMAIN.
+    /// Every attempt timed out, failed, or answered an error ([`is_soft_error`]).
     /// `soft_answer` is the last such error answer (client's ID restored), from which the
     /// caller tells the client why when it has nothing stale.
     #[error("all {attempts} upstream attempts failed")]
@@ -546,9 +546,16 @@ impl Pool {
     }
 }
 
-/// Any error but NXDOMAIN (SERVFAIL, REFUSED, NOTIMP, FORMERR, ...) says "not from me":
-/// another upstream may do better.
+/// SERVFAIL, REFUSED, NOTIMP and FORMERR say "not from me": another upstream may do
+/// better. Other codes (YXDOMAIN for a DNAME that overflows, say) are answers.
 pub fn is_soft_error(response: &[u8]) -> bool {
     let rcode = response.get(3).map_or(0, |flags| flags & 0x0f);
-    rcode != Rcode::NOERROR.to_int() && rcode != Rcode::NXDOMAIN.to_int()
+    [
+        Rcode::SERVFAIL,
+        Rcode::REFUSED,
+        Rcode::NOTIMP,
+        Rcode::FORMERR,
+    ]
+    .iter()
+    .any(|soft| soft.to_int() == rcode)
 }

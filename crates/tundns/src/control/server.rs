@@ -280,8 +280,8 @@ async fn handle(state: &State, request: Request) -> Reply {
                 through_tunnel,
             },
             Some(dns),
-        ) => add_route(&state.config, dns, &domains, &upstreams, through_tunnel),
-        (Request::RoutesRemove { domain }, Some(dns)) => remove_route(dns, &domain),
+        ) => add_route(&state.config, dns, &domains, &upstreams, through_tunnel).await,
+        (Request::RoutesRemove { domain }, Some(dns)) => remove_route(dns, &domain).await,
         (Request::BlocklistReload, Some(dns)) => reload_blocklist(state, dns).await,
         (Request::Flush, Some(dns)) => Ok(flush(&dns.proxy)),
         (Request::Query { name, qtype }, Some(dns)) => query(dns, &name, &qtype).await,
@@ -363,19 +363,22 @@ async fn reload_blocklist(state: &State, dns: &Dns) -> Result<Reply, String> {
     )))
 }
 
-fn add_route(
+async fn add_route(
     config: &Config,
     dns: &Dns,
     domains: &[String],
     upstreams: &[String],
     through_tunnel: bool,
 ) -> Result<Reply, String> {
-    let mut sources = dns.sources();
-    let (next, built) = sources
-        .routes
-        .with_route(config, domains, upstreams, through_tunnel)?;
-    dns.proxy.set_upstreams(built);
-    sources.routes = next;
+    {
+        let mut sources = dns.sources();
+        let (next, built) =
+            sources
+                .routes
+                .with_route(config, domains, upstreams, through_tunnel)?;
+        dns.proxy.set_upstreams(built);
+        sources.routes = next;
+    }
     Ok(done(format!(
         "routed {} to {}{}{}",
         domains.join(", "),
@@ -385,29 +388,39 @@ fn add_route(
         } else {
             ""
         },
-        forget_under(&dns.proxy, domains)
+        forget_under(&dns.proxy, domains.to_vec()).await
     )))
 }
 
 /// Forgets what the cache learnt of names under `domains`, whose upstreams just changed
 /// (an NXDOMAIN from the old ones would hide the new ones' names for up to a day); says
-/// how much, for the reply.
-fn forget_under(proxy: &DnsProxy, domains: &[String]) -> String {
-    match proxy.cache().map(|cache| cache.forget_under(domains)) {
+/// how much, for the reply. A large cache takes a while to walk: off the runtime, and
+/// with the control lock free.
+async fn forget_under(proxy: &Arc<DnsProxy>, domains: Vec<String>) -> String {
+    let proxy = proxy.clone();
+    let forgotten = tokio::task::spawn_blocking(move || {
+        proxy.cache().map(|cache| cache.forget_under(&domains))
+    })
+    .await
+    .ok()
+    .flatten();
+    match forgotten {
         Some(0) | None => String::new(),
         Some(forgotten) => format!("; forgot {forgotten} cached answers under it"),
     }
 }
 
-fn remove_route(dns: &Dns, domain: &str) -> Result<Reply, String> {
-    let mut sources = dns.sources();
-    let (next, built) = sources.routes.without_route(domain)?;
-    dns.proxy.set_upstreams(built);
-    sources.routes = next;
+async fn remove_route(dns: &Dns, domain: &str) -> Result<Reply, String> {
+    {
+        let mut sources = dns.sources();
+        let (next, built) = sources.routes.without_route(domain)?;
+        dns.proxy.set_upstreams(built);
+        sources.routes = next;
+    }
     Ok(done(format!(
         "removed the route of {}{}",
         domain.trim(),
-        forget_under(&dns.proxy, &[domain.trim().to_owned()])
+        forget_under(&dns.proxy, vec![domain.trim().to_owned()]).await
     )))
 }
 

@@ -318,7 +318,7 @@ fn encode_upstreams(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::R
     family(
         encoder,
         "tundns_dns_upstream_errors",
-        "Failed upstream attempts by kind: timeout, refused (ICMP or RST), error (socket, TLS, HTTP, framing), servfail (a SERVFAIL or REFUSED answer).",
+        "Failed upstream attempts by kind: timeout, refused (ICMP or RST), error (socket, TLS, HTTP, framing), servfail (an error answer: SERVFAIL, REFUSED, NOTIMP or FORMERR).",
         MetricType::Counter,
         per_upstream.iter().flat_map(|(labels, stats, _)| {
             [
