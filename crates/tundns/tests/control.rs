@@ -216,6 +216,27 @@ fn control_refuses_bad_requests_and_keeps_serving() {
         0o700,
         "directory mode"
     );
+    // Another user is told why, not that nothing runs.
+    let as_nobody = lab.exec_in(
+        &lab.client_ns,
+        &[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "env",
+            "-u",
+            "XDG_RUNTIME_DIR",
+            tundns_bin(),
+            "status",
+            &lab.tundns_iface,
+        ],
+    );
+    assert!(!as_nobody.succeeded(), "{as_nobody}");
+    assert!(
+        as_nobody.stderr.contains("permission denied"),
+        "{as_nobody}"
+    );
 
     let replies = raw_requests(
         &lab,

@@ -163,28 +163,53 @@ pub fn find_socket(interface: Option<&str>) -> Result<PathBuf, String> {
             .collect::<Vec<_>>()
             .join(" or ")
     };
+    // A directory this user may not look into (a root tunnel's, for anyone else) is
+    // said so, rather than taken for no tunnel at all.
+    let denied = |directory: &Path| {
+        format!(
+            "{}: permission denied: a tunnel started by root is controlled by root",
+            directory.display()
+        )
+    };
     if let Some(interface) = interface {
         if let Some(problem) = tundns_config::interface_name_problem(interface) {
             return Err(format!("invalid interface name {interface:?}: {problem}"));
         }
-        return directories
-            .iter()
-            .map(|directories| directories.control_socket(interface))
-            .find(|path| path.exists())
-            .ok_or_else(|| {
-                format!(
-                    "no control socket for {interface} in {}: is `tundns up` running?",
-                    searched()
-                )
-            });
+        let mut refused = None;
+        for directories in &directories {
+            let socket = directories.control_socket(interface);
+            match socket.try_exists() {
+                Ok(true) => return Ok(socket),
+                Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                    refused.get_or_insert_with(|| denied(&directories.control));
+                }
+                _ => {}
+            }
+        }
+        return Err(refused.unwrap_or_else(|| {
+            format!(
+                "no control socket for {interface} in {}: is `tundns up` running?",
+                searched()
+            )
+        }));
     }
-    let sockets: Vec<PathBuf> = directories
-        .iter()
-        .flat_map(|directories| list_sockets(&directories.control))
-        .collect();
+    let mut refused = None;
+    let mut sockets = Vec::new();
+    for directories in &directories {
+        match list_sockets(&directories.control) {
+            Ok(found) => sockets.extend(found),
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                refused.get_or_insert_with(|| denied(&directories.control));
+            }
+            Err(_) => {}
+        }
+    }
     match sockets.as_slice() {
         [only] => Ok(only.clone()),
-        [] => Err(format!("no tundns is running (nothing in {})", searched())),
+        [] => {
+            Err(refused
+                .unwrap_or_else(|| format!("no tundns is running (nothing in {})", searched())))
+        }
         several => Err(format!(
             "several tunnels are running ({}): name one",
             several
@@ -196,9 +221,12 @@ pub fn find_socket(interface: Option<&str>) -> Result<PathBuf, String> {
     }
 }
 
-fn list_sockets(directory: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return Vec::new();
+/// The sockets in `directory`; none when it does not exist.
+fn list_sockets(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
     };
     let mut sockets: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -206,7 +234,7 @@ fn list_sockets(directory: &Path) -> Vec<PathBuf> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))
         .collect();
     sockets.sort();
-    sockets
+    Ok(sockets)
 }
 
 /// Sends `request` and reads the reply line.
@@ -489,12 +517,12 @@ mod tests {
     fn a_lone_socket_is_found_and_several_need_a_name() {
         let dir = std::env::temp_dir().join(format!("tundns-sockets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(list_sockets(&dir).is_empty());
+        assert!(list_sockets(&dir).unwrap().is_empty());
         std::fs::write(dir.join("wg0.sock"), "").unwrap();
         std::fs::write(dir.join("notes.txt"), "").unwrap();
-        assert_eq!(list_sockets(&dir), [dir.join("wg0.sock")]);
+        assert_eq!(list_sockets(&dir).unwrap(), [dir.join("wg0.sock")]);
         std::fs::write(dir.join("wg1.sock"), "").unwrap();
-        assert_eq!(list_sockets(&dir).len(), 2);
+        assert_eq!(list_sockets(&dir).unwrap().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
