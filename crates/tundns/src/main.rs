@@ -56,6 +56,11 @@ enum Command {
         /// The interface (wg0) or its config (/etc/wireguard/wg0.conf).
         target: String,
     },
+    /// Stop a running tunnel cleanly, as SIGTERM would, through its control socket.
+    Down {
+        /// The interface; may be left out when one tunnel runs.
+        interface: Option<String>,
+    },
     /// Show a running tunnel: peers, the DNS proxy's upstreams, cache and query counters.
     Status {
         /// The interface; may be left out when one tunnel runs.
@@ -80,6 +85,9 @@ enum Command {
 /// Logging without `RUST_LOG`: gotatun logs every UAPI connection at info, which each
 /// metrics scrape and `tundns status` would repeat.
 const DEFAULT_LOG_FILTER: &str = "info,gotatun::device::uapi=warn";
+
+/// How long `tundns down` waits for the tunnel to be gone.
+const DOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Exit status for a config that does not parse, as distinct from a runtime failure.
 const EXIT_CONFIG: u8 = 2;
@@ -118,7 +126,9 @@ fn main() -> ExitCode {
     let argument = match &cli.command {
         Command::Up { config, .. } | Command::Check { config } => config,
         Command::Reset { target } => return reset(target),
-        Command::Status { .. } | Command::Dns { .. } => return control(cli.command),
+        Command::Status { .. } | Command::Dns { .. } | Command::Down { .. } => {
+            return control(cli.command);
+        }
     };
     let path = match config_file(argument, &CONFIG_DIRECTORIES) {
         Ok(path) => path,
@@ -151,9 +161,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Reset { .. } | Command::Status { .. } | Command::Dns { .. } => {
-            unreachable!("returned above")
-        }
+        Command::Reset { .. }
+        | Command::Status { .. }
+        | Command::Dns { .. }
+        | Command::Down { .. } => unreachable!("returned above"),
         Command::Check { .. } => runtime
             .block_on(async { tunnel::check(&config, path) })
             .map(|()| {
@@ -272,6 +283,7 @@ fn reset(target: &str) -> ExitCode {
 fn control(command: Command) -> ExitCode {
     let result = match command {
         Command::Status { interface, json } => control_client::status(interface.as_deref(), json),
+        Command::Down { interface } => control_client::down(interface.as_deref(), DOWN_WAIT),
         Command::Dns {
             interface,
             json,

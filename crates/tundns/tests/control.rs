@@ -360,3 +360,25 @@ fn blocklist_reload_reads_the_files_again() {
     assert_eq!(short(&lab, host2.0, "A"), "", "still blocked");
     assert_eq!(short(&lab, host1.0, "A"), host1.1, "not blocked again");
 }
+
+/// `tundns down IFACE` stops the tunnel as SIGTERM would: exit 0, interface gone, and it
+/// returns once the teardown is done.
+#[test]
+fn down_stops_a_running_tunnel_cleanly() {
+    let (lab, mut daemon) = lab_with_tundns!(LabOptions::default(), ClientConfig::default());
+    let down = lab.exec_in(&lab.client_ns, &[tundns_bin(), "down", &lab.tundns_iface]);
+    down.assert_success();
+    assert!(
+        down.stdout
+            .contains(&format!("{}: stopped", lab.tundns_iface)),
+        "{down}"
+    );
+    let status = daemon
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("tundns stopped");
+    assert!(status.success(), "{status:?}:\n{}", daemon.output());
+    let link = lab.exec_in(&lab.client_ns, &["ip", "link", "show", &lab.tundns_iface]);
+    assert!(!link.succeeded(), "the interface outlived `down`:\n{link}");
+    let again = lab.exec_in(&lab.client_ns, &[tundns_bin(), "down", &lab.tundns_iface]);
+    assert!(!again.succeeded(), "{again}");
+}

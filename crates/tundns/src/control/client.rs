@@ -97,6 +97,31 @@ pub fn status(interface: Option<&str>, json: bool) -> Result<String, String> {
     Ok(render_status(&payload(reply)?))
 }
 
+/// Runs `tundns down`: asks the tunnel to stop, then waits (at most `wait`) until its
+/// UAPI socket is gone too, which shutdown removes once the interface and routes are.
+pub fn down(interface: Option<&str>, wait: std::time::Duration) -> Result<String, String> {
+    let socket = find_socket(interface)?;
+    let uapi = socket.file_stem().and_then(|name| {
+        let name = name.to_str()?;
+        SocketDirectories::all()
+            .into_iter()
+            .find(|directories| directories.control_socket(name) == socket)
+            .map(|directories| directories.uapi_socket(name))
+    });
+    let message = payload::<Done>(call(&socket, &Request::Stop)?)?.message;
+    let deadline = std::time::Instant::now() + wait;
+    while socket.exists() || uapi.as_ref().is_some_and(|uapi| uapi.exists()) {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{message}, but still running after {wait:?}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(format!(
+        "{}: stopped\n",
+        message.trim_end_matches(": stopping")
+    ))
+}
+
 /// Runs one `tundns dns ...` command; the output to print, or the error.
 pub fn dns(interface: Option<&str>, json: bool, command: DnsCommand) -> Result<String, String> {
     let request = request_of(command);

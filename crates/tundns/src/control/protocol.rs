@@ -17,6 +17,8 @@ pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 pub enum Request {
     /// Interface, peers, proxy addresses, upstream health, cache and query counters.
     Status,
+    /// Stops the tunnel, as SIGTERM does: `tundns down`.
+    Stop,
     /// Every local record, from the config and added at run time.
     RecordsList,
     /// Adds one record, written as the config's `Record =` value.
@@ -261,6 +263,7 @@ mod tests {
     fn requests_round_trip_through_json() {
         let requests = [
             Request::Status,
+            Request::Stop,
             Request::RecordsList,
             Request::RecordsRemove {
                 record: "a.lab A".into(),

@@ -268,6 +268,7 @@ async fn serve_connection(stream: UnixStream, state: &State) -> io::Result<()> {
 async fn handle(state: &State, request: Request) -> Reply {
     let result = match (request, &state.dns) {
         (Request::Status, _) => Ok(Reply::ok(status(state).await)),
+        (Request::Stop, _) => stop(state),
         (_, None) => Err("the DNS proxy is off ([DNSProxy] Enabled = false)".into()),
         (Request::RecordsList, Some(dns)) => Ok(Reply::ok(dns.sources().local.entries())),
         (Request::RecordsAdd { record }, Some(dns)) => add_record(dns, &record),
@@ -287,6 +288,14 @@ async fn handle(state: &State, request: Request) -> Reply {
         (Request::Query { name, qtype }, Some(dns)) => query(dns, &name, &qtype).await,
     };
     result.unwrap_or_else(Reply::Error)
+}
+
+/// Stops the tunnel the way SIGTERM does, so that one path takes everything down: the
+/// process signals itself, and the reply goes out while shutdown begins.
+fn stop(state: &State) -> Result<Reply, String> {
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM)
+        .map_err(|error| format!("could not stop: {error}"))?;
+    Ok(done(format!("{}: stopping", state.interface)))
 }
 
 fn done(message: String) -> Reply {
