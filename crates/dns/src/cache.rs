@@ -254,11 +254,16 @@ impl Cache {
         Some(len)
     }
 
-    /// `response` to `query` with each record's TTL as the cache keeps it
-    /// (`min_ttl`, `max_ttl`, the negative caps), so that the first, forwarded answer
-    /// tells a downstream cache what later hits will; `None` when the cache would not
-    /// keep it, and the upstream's TTLs stand.
-    pub fn with_cached_ttls(&self, query: &Query<'_>, response: &[u8]) -> Option<Vec<u8>> {
+    /// [`insert`](Self::insert)s `response` and returns it with each record's TTL as the
+    /// cache keeps it (`min_ttl`, `max_ttl`, the negative caps), so that the first,
+    /// forwarded answer tells a downstream cache what later hits will; `None` when the
+    /// cache would not keep it, and the upstream's TTLs stand.
+    pub fn insert_with_cached_ttls(
+        &self,
+        query: &Query<'_>,
+        response: &[u8],
+        now: Instant,
+    ) -> Option<Vec<u8>> {
         let prepared = prepare(&self.config, query.question(), response)?;
         let message_len = usize::from(prepared.message_len);
         let mut clamped = response.to_vec();
@@ -268,15 +273,20 @@ impl Cache {
             let at = usize::from(u16::from_be_bytes([at[0], at[1]]));
             clamped[at..at + 4].copy_from_slice(&prepared.stored[at..at + 4]);
         }
+        self.store(query, prepared, now);
         Some(clamped)
     }
 
     /// Stores an upstream `response` to `query` (see the module doc for what is
     /// kept and for how long). Returns whether it was stored.
     pub fn insert(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {
-        let Some(prepared) = prepare(&self.config, query.question(), response) else {
-            return false;
-        };
+        prepare(&self.config, query.question(), response)
+            .is_some_and(|prepared| self.store(query, prepared, now))
+    }
+
+    /// Stores `prepared`, unless it is a SERVFAIL and a servable answer is kept, or it
+    /// would not fit a shard. Returns whether it was stored.
+    fn store(&self, query: &Query<'_>, prepared: Prepared, now: Instant) -> bool {
         let key_flags = key_flags(query);
         let key = self.key(query.question(), key_flags);
         if prepared.servfail

@@ -347,15 +347,13 @@ fn learn<G>(
             )
         }
         Ok(answer) => {
-            // Every client sees the TTLs the cache will serve, the first one included.
+            // Cached here, and every client sees the TTLs the cache will serve, the first
+            // one included.
             let response = resolver
                 .cache()
-                .and_then(|cache| cache.with_cached_ttls(&parsed, &answer.response))
+                .and_then(|cache| cache.insert_with_cached_ttls(&parsed, &answer.response, now))
                 .map_or(answer.response, Bytes::from);
-            (
-                UpstreamAnswer::Answer(response.clone(), answer.upstream),
-                Some(response),
-            )
+            (UpstreamAnswer::Answer(response, answer.upstream), None)
         }
         Err(ResolveError::AllFailed {
             soft_answer: Some(soft),
