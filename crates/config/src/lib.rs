@@ -30,7 +30,7 @@
 //! ListenPort = 51820             # 0..=65535
 //! FwMark = 0xca6c                # decimal, 0x-hex, or off (0 also means off)
 //! Address = 10.0.0.2/24, fd00::2/64   # list; a bare IP means /32 or /128
-//! MTU = 1420                     # default 1420; 576..=4064, >= 1280 with an IPv6 Address
+//! MTU = 1420                     # default 1420; 576 to 4064, >= 1280 with an IPv6 Address
 //! DNS = 192.0.2.53, corp.example # list: IPs are servers, names are search domains
 //! Table = auto                   # off, auto, main, local, default or a number
 //! PreUp / PostUp / PreDown / PostDown = <command>   # may repeat, order kept
@@ -276,14 +276,14 @@ pub struct InterfaceConfig {
     pub dns_search: Vec<String>,
     /// `Table`, [`RouteTable::Auto`] when absent.
     pub table: RouteTable,
-    /// `PreUp` commands, in order, verbatim.
-    pub pre_up: Vec<String>,
-    /// `PostUp` commands, in order, verbatim.
-    pub post_up: Vec<String>,
-    /// `PreDown` commands, in order, verbatim.
-    pub pre_down: Vec<String>,
-    /// `PostDown` commands, in order, verbatim.
-    pub post_down: Vec<String>,
+    /// `PreUp` commands, in order, verbatim, with their lines.
+    pub pre_up: Vec<Spanned<String>>,
+    /// `PostUp` commands, in order, verbatim, with their lines.
+    pub post_up: Vec<Spanned<String>>,
+    /// `PreDown` commands, in order, verbatim, with their lines.
+    pub pre_down: Vec<Spanned<String>>,
+    /// `PostDown` commands, in order, verbatim, with their lines.
+    pub post_down: Vec<Spanned<String>>,
 }
 
 /// The routing table wg-quick's `Table` selects.

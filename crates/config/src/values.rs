@@ -105,7 +105,7 @@ pub(crate) fn parse_mtu(value: &str) -> Result<u16, String> {
         .filter(|mtu| (crate::MIN_MTU_IPV4..=crate::MAX_MTU).contains(mtu))
         .ok_or_else(|| {
             format!(
-                "MTU must be a number in {}..={}, found {}",
+                "MTU must be a number from {} to {}, found {}",
                 crate::MIN_MTU_IPV4,
                 crate::MAX_MTU,
                 shown(value)

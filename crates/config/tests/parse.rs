@@ -160,13 +160,25 @@ fn realistic_file_with_every_key() {
     );
     assert_eq!(interface.dns_search, vec!["corp.example", "lab.example."]);
     assert_eq!(interface.table, RouteTable::Id(1234));
-    assert_eq!(interface.pre_up, vec!["echo pre-up %i"]);
+    assert_eq!(commands(&interface.pre_up), vec!["echo pre-up %i"]);
     assert_eq!(
-        interface.post_up,
+        commands(&interface.post_up),
         vec!["iptables -A FORWARD -i %i -j ACCEPT", "echo second"]
     );
-    assert_eq!(interface.pre_down, vec!["echo pre-down"]);
-    assert_eq!(interface.post_down, vec!["echo post-down"]);
+    assert_eq!(commands(&interface.pre_down), vec!["echo pre-down"]);
+    assert_eq!(commands(&interface.post_down), vec!["echo post-down"]);
+    // Each hook keeps its own line, for the message when it fails.
+    let lines: Vec<usize> = interface.post_up.iter().map(|hook| hook.line).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0] < lines[1], "{lines:?}");
+    assert!(
+        realistic()
+            .lines()
+            .nth(lines[1] - 1)
+            .unwrap()
+            .contains("echo second"),
+        "{lines:?}"
+    );
 
     assert_eq!(config.peers.len(), 2);
     let a = &config.peers[0];
@@ -402,7 +414,12 @@ fn comments_blank_lines_and_whitespace() {
     let config = parse(&text).unwrap();
     assert_eq!(config.interface.listen_port, Some(51820));
     assert!(config.interface.addresses.is_empty());
-    assert_eq!(config.interface.post_up, vec!["echo a"]);
+    assert_eq!(commands(&config.interface.post_up), vec!["echo a"]);
+}
+
+/// The commands of hooks, without their lines.
+fn commands(hooks: &[tundns_config::Spanned<String>]) -> Vec<&str> {
+    hooks.iter().map(|hook| hook.value.as_str()).collect()
 }
 
 #[test]
@@ -672,11 +689,11 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}MTU = 575\n"),
-            "wg0.conf:3: MTU must be a number in 576..=4064, found \"575\"",
+            "wg0.conf:3: MTU must be a number from 576 to 4064, found \"575\"",
         ),
         (
             format!("{m}MTU = 4065\n"),
-            "wg0.conf:3: MTU must be a number in 576..=4064, found \"4065\"",
+            "wg0.conf:3: MTU must be a number from 576 to 4064, found \"4065\"",
         ),
         (
             format!("{m}MTU = 1279\nAddress = 10.0.0.2/24\nAddress = fd00::2/64\n"),
@@ -1101,7 +1118,7 @@ fn first_error_in_the_file_wins() {
     let text = format!("{}MTU = 1\n[Nope]\nFoo = 1\n", minimal());
     assert_eq!(
         parse_err(&text),
-        "wg0.conf:3: MTU must be a number in 576..=4064, found \"1\""
+        "wg0.conf:3: MTU must be a number from 576 to 4064, found \"1\""
     );
 }
 

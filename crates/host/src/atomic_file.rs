@@ -31,10 +31,20 @@ impl FileError {
 /// Writes `contents` to `path` with permissions `mode`: to a temporary name beside it,
 /// synced, then renamed over it, and the directory synced so the rename outlives a power
 /// cut too. A failed write leaves no temporary file behind.
+///
+/// The temporary file is created new (`O_EXCL|O_NOFOLLOW`): whatever was at its name (a
+/// crashed write's leftover, or a link planted there) is removed first, never written
+/// through.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
+    match std::fs::remove_file(&temporary) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            return Err(FileError::of("removing", &temporary)(error));
+        }
+        _ => {}
+    }
     let written = write_synced(&temporary, contents, mode).and_then(|()| {
         std::fs::rename(&temporary, path).map_err(FileError::of("renaming into", path))
     });
@@ -51,8 +61,8 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), F
 fn write_synced(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(mode)
         .open(path)
         .map_err(FileError::of("creating", path))?;
@@ -82,6 +92,13 @@ mod tests {
         std::fs::create_dir_all(blocked.join("inside")).unwrap();
         assert!(write_atomically(&blocked, b"x", 0o600).is_err());
         assert!(!directory.join("blocked.tmp").exists());
+        // A link planted at the temporary name is removed, not written through.
+        let target = directory.join("target");
+        std::fs::write(&target, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&target, directory.join("state.tmp")).unwrap();
+        write_atomically(&path, b"third", 0o600).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(&path).unwrap(), b"third");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -101,6 +101,23 @@ impl SocketDirectories {
     pub fn uapi_socket(&self, interface: &str) -> PathBuf {
         self.uapi.join(format!("{interface}.sock"))
     }
+
+    /// Removes `interface`'s control and UAPI sockets when no one listens on them any more
+    /// (a run that was killed left them); returns those removed.
+    pub fn remove_stale_sockets(&self, interface: &str) -> Vec<PathBuf> {
+        [self.control_socket(interface), self.uapi_socket(interface)]
+            .into_iter()
+            .filter(|socket| is_stale_socket(socket) && std::fs::remove_file(socket).is_ok())
+            .collect()
+    }
+}
+
+/// A socket file whose listener is gone: connecting is refused.
+pub fn is_stale_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 #[cfg(test)]

@@ -100,6 +100,31 @@ impl Entry for PolicyEntry {
         left_alone: "the policy routing",
         check: "`ip rule`, `ip -6 rule` and `nft list tables`",
     };
+
+    fn validate(&self, interface: &str) -> Result<(), String> {
+        if let Some(table) = self
+            .firewall_tables
+            .iter()
+            .find(|table| **table != FirewallTable::for_interface(interface, table.family))
+        {
+            return Err(format!(
+                "the nftables table {:?} is not one tundns names for {interface}",
+                table.name
+            ));
+        }
+        let restorable = |(path, old): &(String, String)| {
+            path == SRC_VALID_MARK
+                && !old.trim().is_empty()
+                && old.trim().len() <= 8
+                && old.trim().bytes().all(|b| b.is_ascii_digit())
+        };
+        match self.sysctls.iter().find(|sysctl| !restorable(sysctl)) {
+            Some((path, old)) => Err(format!(
+                "the sysctl {path:?} = {old:?} is not one tundns changes"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The policy rules, sysctl values and nftables tables a full tunnel changed, for teardown.
@@ -372,6 +397,8 @@ mod tests {
             interface: Some("wg0".into()),
             pid: 42,
             netns: Some(4026531840),
+            boot_id: None,
+            started: None,
             entry: PolicyEntry {
                 rules: vec![
                     (
@@ -431,5 +458,34 @@ mod tests {
             read.entry.rules,
             [(RuleKind::MainWithoutDefault { ipv6: true }, 32764)]
         );
+    }
+
+    #[test]
+    fn a_record_names_only_this_interfaces_tables_and_the_one_sysctl() {
+        let record = |tables: &str, sysctls: &str| {
+            format!(
+                r#"{{"format":"tundns-policy-state/1","interface":"wg0","pid":42,"netns":1,"rules":[],"sysctls":{sysctls},"firewall_tables":{tables}}}"#
+            )
+        };
+        let parse = |json: String| Record::<PolicyEntry>::parse(json.as_bytes(), "wg0");
+        let ours = r#"[{"family":"ip","name":"tundns-wg0"}]"#;
+        let mark = format!(r#"[["{SRC_VALID_MARK}","0"]]"#);
+        assert!(parse(record(ours, &mark)).is_ok());
+        for tables in [
+            r#"[{"family":"ip","name":"filter"}]"#,
+            r#"[{"family":"ip","name":"tundns-wg1"}]"#,
+            r#"[{"family":"ip","name":"tundns-wg0; flush ruleset"}]"#,
+        ] {
+            let refused = parse(record(tables, "[]")).unwrap_err();
+            assert!(refused.contains("nftables table"), "{refused}");
+        }
+        for sysctls in [
+            r#"[["/proc/sys/net/ipv4/ip_forward","0"]]"#.to_string(),
+            format!(r#"[["{SRC_VALID_MARK}","1 x"]]"#),
+            format!(r#"[["{SRC_VALID_MARK}",""]]"#),
+        ] {
+            let refused = parse(record("[]", &sysctls)).unwrap_err();
+            assert!(refused.contains("sysctl"), "{refused}");
+        }
     }
 }

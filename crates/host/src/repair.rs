@@ -4,8 +4,8 @@
 use crate::error::SystemError;
 use crate::firewall::{Family, FirewallTable};
 use crate::policy_rules::{PolicyRepair, undo_left_policy};
+use crate::system_dns::apply::DnsRestore;
 use crate::system_dns::apply::undo_left_dns;
-use crate::system_dns::backend::Backend;
 use crate::system_dns::error::SystemDnsError;
 
 /// What taking back an earlier run's changes came to, per kind of change. Each is taken
@@ -15,9 +15,9 @@ pub struct CrashRepair {
     /// The full tunnel's policy rules, nftables tables and sysctl values; `None` when
     /// nothing was recorded.
     pub policy: Result<Option<PolicyRepair>, SystemError>,
-    /// The system resolver, with the backend that gave it back; `None` when nothing was
-    /// recorded.
-    pub dns: Result<Option<Backend>, SystemDnsError>,
+    /// The system resolver: given back, or left as someone else changed it; `None` when
+    /// nothing was recorded.
+    pub dns: Result<Option<DnsRestore>, SystemDnsError>,
 }
 
 /// Takes back what an earlier run of `interface` left, as the journal records it, kind by
@@ -54,10 +54,16 @@ pub async fn repair_policy(interface: &str) -> Result<Option<PolicyRepair>, Syst
 }
 
 /// Gives the system resolver back as a crashed run of `interface` left it recorded.
-pub fn repair_dns(interface: &str) -> Result<Option<Backend>, SystemDnsError> {
+pub fn repair_dns(interface: &str) -> Result<Option<DnsRestore>, SystemDnsError> {
     let dns = undo_left_dns(interface);
-    if let Ok(Some(backend)) = &dns {
-        tracing::warn!(%interface, %backend, "restored the system resolver an earlier run left changed");
+    match &dns {
+        Ok(Some(restore @ DnsRestore::Restored(_))) => {
+            tracing::warn!(%interface, "{restore}: an earlier run left it changed");
+        }
+        Ok(Some(restore @ DnsRestore::LeftAsChanged { .. })) => {
+            tracing::warn!(%interface, "after an earlier run: {restore}");
+        }
+        _ => {}
     }
     dns
 }

@@ -10,7 +10,8 @@
 //!   from a userspace stack;
 //! - [`tunnel`]: `tundns up`, brought up in order and torn down in reverse;
 //! - [`userspace`]: `tundns up --userspace`, the rootless mode: no TUN, nothing changed on
-//!   the host.
+//!   the host;
+//! - [`watchdog`]: the process beside `tundns up` that gives the system back if it dies.
 //!
 //! It must never hold logic a library crate could own: packets are `tundns-packet`'s and
 //! `tundns-filter`'s, DNS decisions `tundns-dns`'s and `tundns-resolver`'s, upstream I/O
@@ -24,3 +25,4 @@ pub mod proxy;
 pub mod tunnel;
 pub mod udp_offload;
 pub mod userspace;
+pub mod watchdog;

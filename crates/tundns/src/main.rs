@@ -8,9 +8,11 @@ use clap::{Parser, Subcommand};
 use tundns::control::client::{self as control_client, DnsCommand};
 use tundns::tunnel::{self, ShutdownSignals, Tunnel, TunnelError};
 use tundns::userspace::UserspaceTunnel;
+use tundns::watchdog::{self, Watchdog};
 use tundns_config::Config;
 use tundns_host::CrashRepair;
-use tundns_host::paths::{CONFIG_DIRECTORIES, config_file};
+use tundns_host::instance::InstanceLock;
+use tundns_host::paths::{CONFIG_DIRECTORIES, SocketDirectories, config_file};
 use tundns_host::policy_rules::PolicyRepair;
 use tundns_host::repair::interface_for;
 
@@ -80,6 +82,14 @@ enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// `tundns up` starts this beside itself: it restores the system if `up` dies.
+    #[command(hide = true)]
+    Watchdog {
+        /// The `tundns up` it watches.
+        #[arg(long)]
+        parent: u32,
+        interface: String,
+    },
 }
 
 /// Logging without `RUST_LOG`: gotatun logs every UAPI connection at info, which each
@@ -88,6 +98,9 @@ const DEFAULT_LOG_FILTER: &str = "info,gotatun::device::uapi=warn";
 
 /// How long `tundns down` waits for the tunnel to be gone.
 const DOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long `tundns reset` waits for a watchdog still restoring the interface.
+const RESET_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exit status for a config that does not parse, as distinct from a runtime failure.
 const EXIT_CONFIG: u8 = 2;
@@ -126,6 +139,9 @@ fn main() -> ExitCode {
     let argument = match &cli.command {
         Command::Up { config, .. } | Command::Check { config } => config,
         Command::Reset { target } => return reset(target),
+        Command::Watchdog { parent, interface } => {
+            return ExitCode::from(watchdog::watch(interface, *parent));
+        }
         Command::Status { .. } | Command::Dns { .. } | Command::Down { .. } => {
             return control(cli.command);
         }
@@ -160,11 +176,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::Up { .. }) {
+        // As wireguard-go does: the UAPI socket hands out the private key, so nothing
+        // this process creates may be readable by others.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    }
     let result = match cli.command {
         Command::Reset { .. }
         | Command::Status { .. }
         | Command::Dns { .. }
-        | Command::Down { .. } => unreachable!("returned above"),
+        | Command::Down { .. }
+        | Command::Watchdog { .. } => unreachable!("returned above"),
         Command::Check { .. } => runtime
             .block_on(async { tunnel::check(&config, path) })
             .map(|()| {
@@ -174,34 +196,52 @@ fn main() -> ExitCode {
                     config.interface_name
                 );
             }),
-        Command::Up { userspace, .. } => {
-            // As wireguard-go does: the UAPI socket hands out the private key, so nothing
-            // this process creates may be readable by others.
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-            runtime.block_on(async {
-                let mut signals = ShutdownSignals::install()?;
-                if userspace {
-                    let tunnel = UserspaceTunnel::up(&config, path).await?;
-                    tunnel.run_until(&mut signals).await
-                } else {
-                    let tunnel = Tunnel::up(&config, path).await?;
-                    tunnel.run_until(&mut signals).await
+        Command::Up {
+            userspace: true, ..
+        } => runtime.block_on(async {
+            let mut signals = ShutdownSignals::install()?;
+            let tunnel = UserspaceTunnel::up(&config, path).await?;
+            tunnel.run_until(&mut signals).await
+        }),
+        Command::Up {
+            userspace: false, ..
+        } => {
+            // Before any change: from here on, a death of this process is repaired.
+            let watchdog = match Watchdog::spawn(&config.interface_name) {
+                Ok(watchdog) => watchdog,
+                Err(error) => {
+                    eprintln!("tundns: {error}");
+                    return ExitCode::FAILURE;
                 }
-            })
+            };
+            let result = runtime.block_on(async {
+                let mut signals = ShutdownSignals::install()?;
+                let tunnel = Tunnel::up(&config, path).await?;
+                tunnel.run_until(&mut signals).await
+            });
+            // Whatever the result, start-up failures and shutdowns undo their own changes.
+            runtime.shutdown_background();
+            watchdog.stand_down();
+            return exit_status(result, path);
         }
     };
     // Tasks still holding the TUN or sockets are dropped here rather than awaited, so a
     // stuck upstream query cannot delay the exit.
     runtime.shutdown_background();
+    exit_status(result, path)
+}
+
+/// The exit status of `up` or `check`, after printing its error.
+fn exit_status(result: Result<(), TunnelError>, path: &Path) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(TunnelError::Config(error)) => {
             eprintln!("tundns: {error}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(error @ (TunnelError::MtuTooLarge(_) | TunnelError::DefaultRoute(_))) => {
+        Err(error @ TunnelError::Hook { .. }) => {
             eprintln!("tundns: {}: {error}", path.display());
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::FAILURE
         }
         Err(error) => {
             eprintln!("tundns: {error}");
@@ -249,13 +289,25 @@ fn reset(target: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Held while repairing: a running tunnel is refused, and an `up` meanwhile waits.
+    let _lock = match InstanceLock::acquire(&interface, RESET_PATIENCE) {
+        Ok(lock) => lock,
+        Err(error) => {
+            eprintln!("tundns: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let CrashRepair { policy, dns } = runtime.block_on(tundns_host::repair(&interface));
+    for socket in SocketDirectories::system().remove_stale_sockets(&interface) {
+        println!(
+            "{interface}: removed {}, left by a run that died",
+            socket.display()
+        );
+    }
     let mut status = ExitCode::SUCCESS;
     match dns {
         Ok(None) => println!("{interface}: no DNS change to undo"),
-        Ok(Some(backend)) => {
-            println!("{interface}: system resolver restored ({backend})");
-        }
+        Ok(Some(restore)) => println!("{interface}: {restore}"),
         Err(error) => {
             eprintln!("tundns: {interface}: {error}");
             status = ExitCode::FAILURE;

@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use gotatun::device::Peer;
 use gotatun::x25519::PublicKey;
-use ipnet::IpNet;
 use tun_rs::SyncDevice;
-use tundns_config::{Config, Endpoint, RouteTable};
+use tundns_config::{Config, Endpoint, RouteTable, Spanned};
 use tundns_filter::{FilterStats, Rules, Service, TunWriter};
 use tundns_host::SystemError;
 use tundns_host::firewall::{Family, FirewallTable};
@@ -18,7 +17,7 @@ use tundns_host::local_addresses::LocalAddresses;
 use tundns_host::paths::{MAIN_TABLE, SocketDirectories, uapi_socket_path};
 use tundns_host::policy_routing;
 use tundns_host::system::{SystemChanges, host_route};
-use tundns_host::system_dns::{AppliedDns, DnsTakeover, SystemDnsError};
+use tundns_host::system_dns::{AppliedDns, DnsRestore, DnsTakeover, SystemDnsError};
 
 use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
@@ -27,8 +26,10 @@ use crate::dns::host_sockets::{ClaimedDnsSockets, RunningDnsSockets};
 use crate::observability::{self, Observability, ObservabilityError};
 use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies, TunSide};
 
-/// The largest packet the TUN reader takes: gotatun's packet buffers are 4 KiB.
-const MAX_MTU: u16 = 4096;
+/// How long a PreUp, PostUp, PreDown or PostDown command may run before it is killed
+/// (with what it started) and counted as failed: a hook that hangs must not hold the
+/// tunnel, or its teardown, for ever.
+const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why `tundns up` could not bring the tunnel up, or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +44,8 @@ pub enum TunnelError {
         port: u16,
         reason: String,
     },
-    #[error(
-        "AllowedIPs {0} with Table = main would route the tunnel's own traffic into itself; use Table = auto (policy routing, as wg-quick does) or another table"
-    )]
-    DefaultRoute(IpNet),
     #[error(transparent)]
     Config(#[from] tundns_config::ConfigError),
-    #[error("MTU {0} is larger than tundns's packet buffers ({MAX_MTU})")]
-    MtuTooLarge(u16),
     #[error("WireGuard stopped: {0}")]
     WireGuardFailed(String),
     #[error(transparent)]
@@ -59,8 +54,14 @@ pub enum TunnelError {
     Signals(io::Error),
     #[error("system resolver: {0}")]
     SystemDns(#[from] SystemDnsError),
-    #[error("hook `{command}` failed: {reason}")]
-    Hook { command: String, reason: String },
+    #[error("{hook} on line {line} (`{command}`) failed: {reason}")]
+    Hook {
+        /// `PreUp`, `PostUp`, `PreDown` or `PostDown`.
+        hook: &'static str,
+        line: usize,
+        command: String,
+        reason: String,
+    },
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
@@ -81,8 +82,8 @@ pub struct Tunnel {
     changes: SystemChanges,
     tun: Arc<SyncDevice>,
     rules: Rules,
-    pre_down: Vec<String>,
-    post_down: Vec<String>,
+    pre_down: Vec<Spanned<String>>,
+    post_down: Vec<Spanned<String>>,
     /// The system resolver's change, undone first at shutdown.
     system_dns: Option<AppliedDns>,
     /// The control socket, closed first at shutdown.
@@ -102,7 +103,7 @@ impl Tunnel {
     /// Brings the tunnel up as `config` says. On failure, whatever was set up is undone.
     /// `path` is where `config` was read from, for errors about its lines.
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
-        validate(config)?;
+        validate(config, path)?;
         // A crashed run's policy rules would otherwise stay, beside the pair added below,
         // and its resolver change would be taken for the system's own.
         tundns_host::repair::repair_policy(&config.interface_name).await?;
@@ -133,7 +134,7 @@ impl Tunnel {
         // into the TUN, a resolver pointing at them would wait for a tunnel not yet running.
         let peers = wireguard_peers(config).await?;
         let name = config.interface_name.clone();
-        run_hooks(&config.interface.pre_up, &name).await?;
+        run_hooks("PreUp", &config.interface.pre_up, &name).await?;
         let tun = datapath::open_tun(&name, config.interface.mtu).map_err(|source| {
             TunnelError::CreateTun {
                 name: name.clone(),
@@ -246,7 +247,7 @@ impl Tunnel {
                 return Err(error.into());
             }
         }
-        if let Err(error) = run_hooks(&config.interface.post_up, &tunnel.name).await {
+        if let Err(error) = run_hooks("PostUp", &config.interface.post_up, &tunnel.name).await {
             tunnel.shut_down().await;
             return Err(error);
         }
@@ -331,14 +332,19 @@ impl Tunnel {
 
     /// Stops WireGuard and removes every route, the interface and the UAPI socket.
     pub async fn shut_down(mut self) {
-        // Teardown goes on whatever the hooks say: a failing PreDown must not leave routes.
-        if let Err(error) = run_hooks(&self.pre_down, &self.name).await {
-            tracing::warn!(%error, "PreDown");
+        // First, so the host resolves again even if a hook hangs or the process is killed
+        // meanwhile.
+        match self.system_dns.take().map(AppliedDns::restore) {
+            Some(Ok(DnsRestore::Restored(backend))) => {
+                tracing::info!(%backend, "system resolver restored");
+            }
+            Some(Ok(left @ DnsRestore::LeftAsChanged { .. })) => tracing::warn!("{left}"),
+            Some(Err(error)) => tracing::error!(%error, "restoring the system resolver"),
+            None => {}
         }
-        if let Some(applied) = self.system_dns.take()
-            && let Err(error) = applied.restore()
-        {
-            tracing::error!(%error, "restoring the system resolver");
+        // Teardown goes on whatever the hooks say: a failing PreDown must not leave routes.
+        if let Err(error) = run_hooks("PreDown", &self.pre_down, &self.name).await {
+            tracing::warn!(%error, "PreDown");
         }
         if let Some(control) = self.control.take() {
             control.shut_down();
@@ -357,7 +363,7 @@ impl Tunnel {
         self.changes.undo().await;
         remove_uapi_socket(&uapi_socket_path(&self.name));
         drop(self.tun);
-        if let Err(error) = run_hooks(&self.post_down, &self.name).await {
+        if let Err(error) = run_hooks("PostDown", &self.post_down, &self.name).await {
             tracing::warn!(%error, "PostDown");
         }
         tracing::info!(interface = %self.name, "tunnel down");
@@ -404,7 +410,7 @@ async fn configure_interface(
 /// Checks everything `tundns up` would check before touching the system: the config
 /// against what this build supports, every record, list file and upstream.
 pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
-    validate(config)?;
+    validate(config, path)?;
     observability::check(config, path)?;
     if config.dns_proxy.enabled {
         dns_config::resolver_parts(config, path, None)?;
@@ -412,14 +418,20 @@ pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
     Ok(())
 }
 
-/// Checks what the config parser cannot: what this build of tundns supports, and setups
-/// that would work but surprise.
-pub(crate) fn validate(config: &Config) -> Result<(), TunnelError> {
-    if config.interface.mtu > MAX_MTU {
-        return Err(TunnelError::MtuTooLarge(config.interface.mtu));
-    }
+/// Checks what the config parser cannot: setups that cannot work on this host, and those
+/// that would work but surprise. `path` is the config's file, for the lines of errors.
+pub(crate) fn validate(config: &Config, path: &Path) -> Result<(), TunnelError> {
     if let Some(default) = policy_routing::unsupported_default_route(config) {
-        return Err(TunnelError::DefaultRoute(default));
+        let line = config.line_of("[Interface]", "Table").unwrap_or(1);
+        return Err(tundns_config::ConfigError::at(
+            path,
+            line,
+            format!(
+                "Table = main with AllowedIPs {default} would route the tunnel's own packets into \
+                 itself; use Table = auto (policy routing, as wg-quick does) or another table"
+            ),
+        )
+        .into());
     }
     // Full-tunnel default routes do not catch the upstreams: their sockets carry the mark.
     let allowed_ips = || {
@@ -520,21 +532,46 @@ async fn resolve_endpoint(endpoint: &Endpoint) -> Result<SocketAddr, TunnelError
     }
 }
 
-/// Runs wg-quick hooks in order with `bash -c`, `%i` standing for the interface name, as
-/// wg-quick does. The first failure stops the rest.
-async fn run_hooks(commands: &[String], interface: &str) -> Result<(), TunnelError> {
-    for command in commands {
-        let command = command.replace("%i", interface);
+/// Runs wg-quick hooks (`hook` names which) in order with `bash -c`, `%i` standing for the
+/// interface name, as wg-quick does. The first failure stops the rest. Each runs in its own
+/// process group, killed whole when it overruns [`HOOK_TIMEOUT`].
+async fn run_hooks(
+    hook: &'static str,
+    commands: &[Spanned<String>],
+    interface: &str,
+) -> Result<(), TunnelError> {
+    for Spanned { value, line } in commands {
+        let command = value.replace("%i", interface);
+        tracing::info!("[#] {command}");
         let failure = |reason: String| TunnelError::Hook {
+            hook,
+            line: *line,
             command: command.clone(),
             reason,
         };
-        let status = tokio::process::Command::new("bash")
+        let mut child = tokio::process::Command::new("bash")
             .arg("-c")
             .arg(&command)
-            .status()
-            .await
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
             .map_err(|error| failure(error.to_string()))?;
+        let status = match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
+            Ok(status) => status.map_err(|error| failure(error.to_string()))?,
+            Err(_) => {
+                if let Some(group) = child.id() {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(group as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.wait().await;
+                return Err(failure(format!(
+                    "still running after {} s, killed",
+                    HOOK_TIMEOUT.as_secs()
+                )));
+            }
+        };
         if !status.success() {
             return Err(failure(status.to_string()));
         }

@@ -46,7 +46,7 @@ pub struct UserspaceTunnel {
 impl UserspaceTunnel {
     /// Brings the tunnel up as `config` says, changing nothing on the host.
     pub async fn up(config: &Config, path: &Path) -> Result<Self, TunnelError> {
-        validate(config)?;
+        validate(config, path)?;
         refuse_privileged(config, path)?;
         let sockets = SocketDirectories::user().ok_or_else(|| {
             TunnelError::Userspace(

@@ -239,14 +239,28 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     assert!(!state.exists(), "{} left behind", state.display());
 
     // A state file tundns did not write is neither acted on nor overwritten: `up` refuses.
-    std::fs::write(&state, "not json").unwrap();
-    let refused = lab.up_fails(&lab.write_client_config(&config));
-    assert!(
-        refused
-            .stderr
-            .contains("not a policy state file tundns wrote"),
-        "{refused}"
-    );
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&state)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"not json").unwrap();
+        let refused = lab.up_fails(&lab.write_client_config(&config));
+        assert!(
+            refused
+                .stderr
+                .contains("not a policy state file tundns wrote"),
+            "{refused}"
+        );
+        // Nor is one others could have written.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = lab.up_fails(&lab.write_client_config(&config));
+        assert!(refused.stderr.contains("mode 644"), "{refused}");
+    }
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "not json");
     assert_policy_routing_gone(&lab, &rules_before);
     std::fs::remove_file(&state).unwrap();
@@ -462,6 +476,11 @@ fn default_route_in_table_main_is_refused() {
     );
     assert!(
         refused.stderr.contains("0.0.0.0/0") && refused.stderr.contains("Table = auto"),
+        "{refused}"
+    );
+    // The line of `Table = main`: the second of the file.
+    assert!(
+        refused.stderr.contains(".conf:2: Table = main"),
         "{refused}"
     );
 }

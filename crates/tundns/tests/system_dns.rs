@@ -95,6 +95,11 @@ impl DnsLab {
         tundns
     }
 
+    /// Where `path` goes when tundns retires it.
+    fn retired(&self, path: &std::path::Path) -> PathBuf {
+        PathBuf::from(format!("{}.retired", path.display()))
+    }
+
     fn tundns(&self, args: &[&str]) -> common::Run {
         let mut command = vec![tundns_bin()];
         command.extend_from_slice(args);
@@ -130,8 +135,10 @@ impl DnsLab {
 
 impl Drop for DnsLab {
     fn drop(&mut self) {
-        let _ = fs::remove_file(self.state_path());
-        let _ = fs::remove_file(self.backup_path());
+        for path in [self.state_path(), self.backup_path()] {
+            let _ = fs::remove_file(self.retired(&path));
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -214,7 +221,7 @@ fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
     assert!(
         second
             .output()
-            .contains("restored the system resolver an earlier run left changed"),
+            .contains("system resolver restored (resolv.conf): an earlier run left it changed"),
         "{}",
         second.output()
     );
@@ -260,8 +267,12 @@ fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
     assert!(!lab.backup_path().exists());
 }
 
+/// A resolv.conf rewritten since a crashed run wrote it (dhclient does on every lease) is
+/// never overwritten, and never blocks the interface for good: `reset`, or the next `up`,
+/// leaves it as it is, keeps tundns's copy of the original and its record as `.retired`,
+/// and goes on.
 #[test]
-fn a_resolv_conf_rewritten_by_someone_else_is_not_overwritten() {
+fn a_resolv_conf_rewritten_after_a_crash_is_kept_and_up_goes_on() {
     let lab = lab!(with DnsLab::new);
     let mut tundns = lab.start(&lab.config());
     tundns.kill_without_cleanup();
@@ -269,15 +280,95 @@ fn a_resolv_conf_rewritten_by_someone_else_is_not_overwritten() {
     lab.write_resolv_conf(theirs);
 
     let run = lab.tundns(&["reset", &lab.lab.tundns_iface]);
-    assert!(!run.succeeded(), "{run}");
+    run.assert_success();
     assert!(
-        run.stderr.contains("changed since tundns wrote it"),
+        run.stdout.contains("changed since tundns wrote it"),
         "{run}"
     );
     assert_eq!(lab.resolv_conf(), theirs);
-    // The original stays where the message says, for the operator to use.
-    assert_eq!(fs::read_to_string(lab.backup_path()).unwrap(), ORIGINAL);
-    assert!(run.stderr.contains(path_str(&lab.backup_path())), "{run}");
+    // The original is kept where the message says, for the operator to use.
+    let original = lab.retired(&lab.backup_path());
+    assert_eq!(fs::read_to_string(&original).unwrap(), ORIGINAL);
+    assert!(run.stdout.contains(path_str(&original)), "{run}");
+    assert!(!lab.state_path().exists() && lab.retired(&lab.state_path()).exists());
+
+    // The same met by `up` itself: it goes on, from the resolv.conf it finds.
+    let mut crashed = lab.start(&lab.config());
+    crashed.kill_without_cleanup();
+    let theirs_again = "nameserver 198.51.100.2\n";
+    lab.write_resolv_conf(theirs_again);
+    let mut next = lab.start(&lab.config());
+    assert!(
+        next.output().contains("changed since tundns wrote it"),
+        "{}",
+        next.output()
+    );
+    assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
+    next.stop_cleanly(EXIT_TIMEOUT);
+    assert_eq!(lab.resolv_conf(), theirs_again);
+    assert!(!lab.state_path().exists());
+}
+
+/// SIGKILL of tundns alone, as the OOM killer does: its watchdog gives the resolver back
+/// byte for byte within 2 s, with no one running `up` or `reset`, and removes the sockets;
+/// `tundns status` then says the tunnel is not running.
+#[test]
+fn after_sigkill_the_watchdog_restores_the_resolver_within_two_seconds() {
+    let lab = lab!(with DnsLab::new);
+    let mut tundns = lab.start(&lab.config());
+    let control = PathBuf::from(format!("/run/tundns/{}.sock", lab.lab.tundns_iface));
+    assert!(control.exists());
+    tundns.kill_alone();
+    let restored = wait_until(Duration::from_secs(2), || {
+        lab.resolv_conf() == ORIGINAL && !lab.state_path().exists() && !control.exists()
+    });
+    assert!(
+        restored,
+        "not restored within 2 s of SIGKILL:\n{}\n--- tundns\n{}",
+        lab.resolv_conf(),
+        tundns.output()
+    );
+    lab.assert_restored();
+    assert!(
+        tundns.output().contains("tundns ended without stopping"),
+        "{}",
+        tundns.output()
+    );
+    let status = lab.tundns(&["status", &lab.lab.tundns_iface]);
+    assert!(
+        !status.succeeded() && status.stderr.contains("is not running"),
+        "{status}"
+    );
+    // The interface is free again at once.
+    let mut again = lab.start(&lab.config());
+    again.stop_cleanly(EXIT_TIMEOUT);
+    lab.assert_restored();
+}
+
+/// One tundns per interface: a second `up` is refused with the running one's pid, and so
+/// is `reset` while it runs, without touching anything or advising to delete a live file.
+#[test]
+fn a_second_up_and_a_reset_are_refused_while_the_tunnel_runs() {
+    let lab = lab!(with DnsLab::new);
+    let config = lab.config();
+    let mut tundns = lab.start(&config);
+    let written = lab.resolv_conf();
+    let pid = format!("pid {}", tundns.pid());
+
+    let second = lab.lab.up_fails(&lab.lab.write_client_config(&config));
+    assert!(second.stderr.contains(&pid), "{second}");
+    let reset = lab.tundns(&["reset", &lab.lab.tundns_iface]);
+    assert!(!reset.succeeded(), "{reset}");
+    assert!(
+        reset.stderr.contains(&pid)
+            && reset.stderr.contains("tundns down")
+            && !reset.stderr.contains("remove"),
+        "{reset}"
+    );
+    assert_eq!(lab.resolv_conf(), written);
+    assert!(lab.state_path().exists());
+    tundns.stop_cleanly(EXIT_TIMEOUT);
+    lab.assert_restored();
 }
 
 #[test]

@@ -72,7 +72,7 @@ impl Parser<'_> {
                     "PreDown" => &mut draft.pre_down,
                     _ => &mut draft.post_down,
                 };
-                commands.push(value.to_string());
+                commands.push(Spanned::new(value.to_string(), line));
             }
             "SaveConfig" => {
                 if values::parse_bool(value)? {

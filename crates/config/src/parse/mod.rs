@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use crate::{
     Config, ConfigError, ConfigWarning, DnsProxyConfig, Endpoint, KeyLine, ProxyConfig, PublicKey,
-    RouteTable, SecretKey, Upstream,
+    RouteTable, SecretKey, Spanned, Upstream,
 };
 use sections::{
     EXPECTED_SECTIONS, Repeat, SECTIONS, Section, Seen, printable_name, unknown_key_message,
@@ -45,10 +45,10 @@ struct InterfaceDraft {
     dns_servers: Vec<IpAddr>,
     dns_search: Vec<String>,
     table: RouteTable,
-    pre_up: Vec<String>,
-    post_up: Vec<String>,
-    pre_down: Vec<String>,
-    post_down: Vec<String>,
+    pre_up: Vec<Spanned<String>>,
+    post_up: Vec<Spanned<String>>,
+    pre_down: Vec<Spanned<String>>,
+    post_down: Vec<Spanned<String>>,
 }
 
 struct PeerDraft {

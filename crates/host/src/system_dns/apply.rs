@@ -22,7 +22,7 @@ use super::resolv_conf::{
 use super::resolvconf::{RESOLVCONF_INTERFACE_ORDER, resolvconf_record_name};
 use crate::atomic_file::{FileError, write_atomically};
 use crate::command_line::CommandLine;
-use crate::journal::{self, Entry as _, Journal, JournalError};
+use crate::journal::{self, Entry as _, Journal, JournalError, retired_path};
 
 /// A resolv.conf larger than this is not one tundns will keep a copy of.
 const MAX_RESOLV_CONF_BYTES: u64 = 64 << 10;
@@ -131,6 +131,49 @@ impl DnsTakeover {
     }
 }
 
+/// What giving the system resolver back came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsRestore {
+    /// Given back as it was, through this backend.
+    Restored(Backend),
+    /// Someone rewrote the file since tundns did (dhclient does on every lease): theirs is
+    /// the system's resolver now, and stays. tundns's copy of the original and its record
+    /// are retired, kept beside for people, so that nothing waits on them.
+    LeftAsChanged {
+        file: PathBuf,
+        /// The original, when there was one.
+        original: Option<PathBuf>,
+        record: PathBuf,
+    },
+}
+
+impl std::fmt::Display for DnsRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsRestore::Restored(backend) => write!(f, "system resolver restored ({backend})"),
+            DnsRestore::LeftAsChanged {
+                file,
+                original,
+                record,
+            } => {
+                write!(
+                    f,
+                    "{} changed since tundns wrote it, so it stays as it is now",
+                    file.display()
+                )?;
+                if let Some(original) = original {
+                    write!(
+                        f,
+                        "; the original is kept in {} (put it back yourself if you want it)",
+                        original.display()
+                    )?;
+                }
+                write!(f, "; tundns's record is retired to {}", record.display())
+            }
+        }
+    }
+}
+
 /// A change made to the system resolver, undone by [`AppliedDns::restore`].
 #[derive(Debug)]
 pub struct AppliedDns {
@@ -139,14 +182,14 @@ pub struct AppliedDns {
 
 impl AppliedDns {
     /// Gives the system resolver back and removes the journal's record.
-    pub fn restore(mut self) -> Result<Backend, SystemDnsError> {
+    pub fn restore(mut self) -> Result<DnsRestore, SystemDnsError> {
         undo(&mut self.journal, Undo::OwnStop)
     }
 }
 
 /// Undoes the change an earlier run of `interface` left behind, if the journal records one
 /// it may act on; `None` when there is none.
-pub(crate) fn undo_left_dns(interface: &str) -> Result<Option<Backend>, SystemDnsError> {
+pub(crate) fn undo_left_dns(interface: &str) -> Result<Option<DnsRestore>, SystemDnsError> {
     let Some(mut journal) = journal::left_behind::<DnsEntry>(interface)? else {
         return Ok(None);
     };
@@ -186,9 +229,9 @@ fn make_change(
     }
 }
 
-/// Undoes the journaled change and removes its files. The record stays when the resolver
-/// is not tundns's to restore any more.
-fn undo(journal: &mut Journal<DnsEntry>, by: Undo) -> Result<Backend, SystemDnsError> {
+/// Undoes the journaled change and removes its files. When the resolver is not tundns's to
+/// restore any more, it stays as it is, and the record and backup are retired.
+fn undo(journal: &mut Journal<DnsEntry>, by: Undo) -> Result<DnsRestore, SystemDnsError> {
     let interface = journal.interface();
     let change = &journal.entry().change;
     match change {
@@ -229,10 +272,17 @@ fn undo(journal: &mut Journal<DnsEntry>, by: Undo) -> Result<Backend, SystemDnsE
                 FileRestore::PutBack => overwrite_in_place(path, original.as_deref())?,
                 FileRestore::AlreadyOriginal => {}
                 FileRestore::ChangedByOthers => {
-                    return Err(SystemDnsError::ChangedByOthers {
-                        file: path.clone(),
-                        backup: backup.clone(),
-                        state: journal.path().to_path_buf(),
+                    let (file, backup) = (path.clone(), backup.clone());
+                    let original = match std::fs::rename(&backup, retired_path(&backup)) {
+                        Ok(()) => Some(retired_path(&backup)),
+                        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+                        Err(error) => return Err(io_error("retiring", &backup)(error)),
+                    };
+                    let record = journal.retire()?;
+                    return Ok(DnsRestore::LeftAsChanged {
+                        file,
+                        original,
+                        record,
                     });
                 }
             }
@@ -241,7 +291,7 @@ fn undo(journal: &mut Journal<DnsEntry>, by: Undo) -> Result<Backend, SystemDnsE
     }
     let backend = change.backend();
     journal.remove()?;
-    Ok(backend)
+    Ok(DnsRestore::Restored(backend))
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SystemDnsError {

@@ -1,13 +1,14 @@
 //! The system resolver's record in the crash journal: the change made, with what it takes
 //! to undo it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
+use super::resolv_conf::{RESOLV_CONF, backup_path};
 use crate::journal::{Entry, Kind, Lifetime};
 
 /// The journal entry of a change to the system resolver, written before the change is made.
@@ -28,15 +29,51 @@ impl Entry for DnsEntry {
         check: "the resolver",
     };
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, interface: &str) -> Result<(), String> {
         match &self.change {
-            DnsChange::File {
-                original_base64: Some(original),
-                ..
-            } if BASE64.decode(original).is_err() => {
-                Err("original_base64 is not base64".to_string())
+            DnsChange::Resolved => Ok(()),
+            DnsChange::Resolvconf { record, .. } => {
+                // What `up` names it: the interface, or an interface-order prefix and it.
+                let prefix = record
+                    .strip_suffix(interface)
+                    .and_then(|rest| rest.is_empty().then_some("").or(rest.strip_suffix('.')));
+                match prefix {
+                    Some(prefix)
+                        if prefix
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            && !prefix.starts_with('-') =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(format!(
+                        "the resolvconf record {record:?} is not one tundns names for {interface}"
+                    )),
+                }
             }
-            _ => Ok(()),
+            DnsChange::File {
+                path,
+                backup,
+                original_base64,
+                ..
+            } => {
+                let managed = Path::new(RESOLV_CONF);
+                if path != managed || *backup != backup_path(managed, interface) {
+                    return Err(format!(
+                        "it names {} and {}, but tundns only ever rewrites {RESOLV_CONF}, backed up \
+                         to {}",
+                        path.display(),
+                        backup.display(),
+                        backup_path(managed, interface).display()
+                    ));
+                }
+                match original_base64 {
+                    Some(original) if BASE64.decode(original).is_err() => {
+                        Err("original_base64 is not base64".to_string())
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
@@ -77,11 +114,8 @@ impl DnsChange {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::journal::Record;
-    use crate::system_dns::resolv_conf::{RESOLV_CONF, backup_path};
 
     type DnsState = Record<DnsEntry>;
     const STATE_FORMAT: &str = DnsEntry::KIND.format;
@@ -92,6 +126,8 @@ mod tests {
             interface: Some("wg0".to_string()),
             pid: 42,
             netns: None,
+            boot_id: None,
+            started: None,
             entry: DnsEntry {
                 change: DnsChange::File {
                     path: RESOLV_CONF.into(),
@@ -151,6 +187,48 @@ mod tests {
         })
         .unwrap();
         assert!(refused(bad_base64.as_bytes(), "wg0"));
+        // A record names only the file tundns manages, and its backup for this interface.
+        let elsewhere = |path: &str, backup: &str| DnsState {
+            entry: DnsEntry {
+                change: DnsChange::File {
+                    path: path.into(),
+                    backup: backup.into(),
+                    original_base64: None,
+                    written: String::new(),
+                },
+            },
+            ..file_state()
+        };
+        for (path, backup) in [
+            ("/etc/shadow", "/etc/resolv.conf.tundns-wg0"),
+            (RESOLV_CONF, "/etc/shadow"),
+            (RESOLV_CONF, "/etc/resolv.conf.tundns-wg1"),
+        ] {
+            let json = elsewhere(path, backup).to_json();
+            assert!(refused(json.as_bytes(), "wg0"), "{path} {backup}");
+        }
+        let resolvconf = |record: &str| DnsState {
+            entry: DnsEntry {
+                change: DnsChange::Resolvconf {
+                    record: record.into(),
+                    openresolv: false,
+                },
+            },
+            ..file_state()
+        };
+        for record in ["wg0", "tun.wg0"] {
+            let json = resolvconf(record).to_json();
+            assert_eq!(
+                DnsState::parse(json.as_bytes(), "wg0"),
+                Ok(resolvconf(record))
+            );
+        }
+        for record in ["-d", "-a.wg0", "wg1", "x/y.wg0", "tun.wg0 -x"] {
+            assert!(
+                refused(resolvconf(record).to_json().as_bytes(), "wg0"),
+                "{record}"
+            );
+        }
     }
 
     #[test]

@@ -14,15 +14,6 @@ pub enum SystemDnsError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(
-        "{file} changed since tundns wrote it, so tundns leaves it alone; the original is in {backup} \
-         (restore it yourself if you want it back), then remove {state}"
-    )]
-    ChangedByOthers {
-        file: PathBuf,
-        backup: PathBuf,
-        state: PathBuf,
-    },
-    #[error(
         "this network namespace shares the host's /etc/resolv.conf; tundns will not point the host \
          at a proxy it cannot reach (give the namespace its own: /etc/netns/<ns>/resolv.conf)"
     )]

@@ -11,9 +11,9 @@
 //! record), or `/etc/resolv.conf` itself, rewritten in place with the original kept next to
 //! it. Every change is recorded in the crash journal ([`DnsEntry`], [`crate::journal`])
 //! *before* it is made, so the next `tundns up` of the interface, or `tundns reset`, can
-//! undo it after a crash. A record tundns cannot vouch for, or a resolv.conf that no longer
-//! holds what tundns wrote, is reported and left alone: tundns never overwrites a resolver
-//! config it did not write.
+//! undo it after a crash. A record tundns cannot vouch for is reported and left alone, and
+//! a resolv.conf that no longer holds what tundns wrote stays as it is, its record retired:
+//! tundns never overwrites a resolver config it did not write.
 //!
 //! The decisions are pure functions with unit tests: what the config asks ([`plan`]), which
 //! backend ([`backend`]), each backend's commands and parsing ([`resolved`], [`resolvconf`],
@@ -30,7 +30,7 @@ pub mod resolv_conf;
 pub mod resolvconf;
 pub mod resolved;
 
-pub use apply::{AppliedDns, DnsTakeover};
+pub use apply::{AppliedDns, DnsRestore, DnsTakeover};
 pub use backend::{Backend, Probe, choose_backend};
 pub use entry::{DnsChange, DnsEntry};
 pub use error::SystemDnsError;

@@ -213,7 +213,7 @@ pub fn find_socket(interface: Option<&str>) -> Result<PathBuf, String> {
         }
         return Err(refused.unwrap_or_else(|| {
             format!(
-                "no control socket for {interface} in {}: is `tundns up` running?",
+                "{interface} is not running (no control socket in {})",
                 searched()
             )
         }));
@@ -231,10 +231,9 @@ pub fn find_socket(interface: Option<&str>) -> Result<PathBuf, String> {
     }
     match sockets.as_slice() {
         [only] => Ok(only.clone()),
-        [] => {
-            Err(refused
-                .unwrap_or_else(|| format!("no tundns is running (nothing in {})", searched())))
-        }
+        [] => Err(refused.unwrap_or_else(|| {
+            format!("no tundns is running (no control socket in {})", searched())
+        })),
         several => Err(format!(
             "several tunnels are running ({}): name one",
             several
@@ -265,7 +264,18 @@ fn list_sockets(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Sends `request` and reads the reply line.
 pub fn call(socket: &Path, request: &Request) -> Result<Reply, String> {
     let failure = |error: std::io::Error| format!("{}: {error}", socket.display());
-    let mut stream = UnixStream::connect(socket).map_err(failure)?;
+    let mut stream = UnixStream::connect(socket).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::ConnectionRefused {
+            let interface = socket.file_stem().unwrap_or_default().to_string_lossy();
+            format!(
+                "{interface} is not running: {} is a stale socket from a run that died \
+                 (`tundns reset {interface}` removes it)",
+                socket.display()
+            )
+        } else {
+            failure(error)
+        }
+    })?;
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(failure)?;

@@ -38,6 +38,7 @@ pub use resolver_lab::{DnsRoute, LabOptions};
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::{self, File};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -298,9 +299,25 @@ impl Daemon {
         self.signal("TERM");
     }
 
-    /// Sends SIGKILL, which leaves the process no chance to clean up, and waits for it to go.
+    /// Sends SIGKILL to the process and everything it started (its process group: tundns's
+    /// watchdog too), as a power cut would: nothing is left to clean up. Waits for it to go.
     #[track_caller]
     pub fn kill_without_cleanup(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pid())])
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            self.wait_for_exit(Duration::from_secs(5)).is_some(),
+            "{} survived SIGKILL",
+            self.name
+        );
+    }
+
+    /// Sends SIGKILL to the process alone, and waits for it to go: tundns's watchdog
+    /// lives on, to restore what tundns changed.
+    #[track_caller]
+    pub fn kill_alone(&mut self) {
         self.signal("KILL");
         assert!(
             self.wait_for_exit(Duration::from_secs(5)).is_some(),
@@ -910,12 +927,14 @@ remote-control:
         let log = self.dir.join(format!("{}.log", name.replace(' ', "-")));
         let out = File::create(&log).expect("create a daemon log");
         let err = out.try_clone().expect("clone a log handle");
+        // Its own process group, so that a power cut can be played by killing it whole.
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(command)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|error| panic!("spawn {command:?} in {ns}: {error}"));
         Daemon {
