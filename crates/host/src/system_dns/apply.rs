@@ -91,6 +91,8 @@ impl DnsTakeover {
         let Some(settings) = &self.plan.settings else {
             return Ok(None);
         };
+        // The original's copy for people, written only once the record names it.
+        let mut copy = None;
         let change = match (self.backend, self.backend.resolvconf_flavor()) {
             (Backend::Resolved, _) => DnsChange::Resolved,
             (_, Some(flavor)) => {
@@ -107,9 +109,7 @@ impl DnsTakeover {
                 let parsed =
                     parse_resolv_conf(&String::from_utf8_lossy(original.as_deref().unwrap_or(&[])));
                 let written = render_resolv_conf(&parsed, settings, interface, &backup);
-                if let Some(original) = &original {
-                    write_atomically(&backup, original, 0o644)?;
-                }
+                copy = original.clone().map(|original| (backup.clone(), original));
                 DnsChange::File {
                     path,
                     backup,
@@ -120,7 +120,12 @@ impl DnsTakeover {
         };
         let mut journal = Journal::new(interface, DnsEntry { change });
         journal.write()?;
-        if let Err(error) = make_change(&journal, settings) {
+        let changed = copy
+            .map_or(Ok(()), |(backup, original)| {
+                write_atomically(&backup, &original, 0o644).map_err(SystemDnsError::from)
+            })
+            .and_then(|()| make_change(&journal, settings));
+        if let Err(error) = changed {
             if let Err(undo_error) = undo(&mut journal, Undo::OwnStop) {
                 tracing::warn!(%undo_error, "undoing a half-made DNS change");
             }

@@ -82,7 +82,8 @@ pub fn render_resolv_conf(
 /// What restoring a rewritten file comes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileRestore {
-    /// The file holds what tundns wrote: put the original back.
+    /// The file holds what tundns wrote, or the start of what it was writing when it was
+    /// killed (the file is rewritten in place, truncated first): put the original back.
     PutBack,
     /// The file already holds the original (the change never happened, or was undone).
     AlreadyOriginal,
@@ -93,12 +94,18 @@ pub enum FileRestore {
 /// Decides whether a file tundns rewrote is still tundns's to restore. `None` is a
 /// missing file.
 pub fn file_restore(current: Option<&[u8]>, original: Option<&[u8]>, written: &str) -> FileRestore {
-    if current == Some(written.as_bytes()) {
-        FileRestore::PutBack
-    } else if current == original {
-        FileRestore::AlreadyOriginal
-    } else {
-        FileRestore::ChangedByOthers
+    let interrupted =
+        |current: &[u8], whole: &[u8]| current.len() < whole.len() && whole.starts_with(current);
+    match current {
+        Some(current) if current == written.as_bytes() => FileRestore::PutBack,
+        _ if current == original => FileRestore::AlreadyOriginal,
+        Some(current)
+            if interrupted(current, written.as_bytes())
+                || original.is_some_and(|original| interrupted(current, original)) =>
+        {
+            FileRestore::PutBack
+        }
+        _ => FileRestore::ChangedByOthers,
     }
 }
 
@@ -187,6 +194,15 @@ mod tests {
             file_restore(None, Some(original), written),
             FileRestore::ChangedByOthers
         );
+        // A write of tundns's own, cut short by a SIGKILL between the truncation and the
+        // write, or halfway, whichever way it was going.
+        for interrupted in [&b""[..], &written.as_bytes()[..10], &original[..5]] {
+            assert_eq!(
+                file_restore(Some(interrupted), Some(original), written),
+                FileRestore::PutBack,
+                "{interrupted:?}"
+            );
+        }
     }
 
     #[test]

@@ -326,16 +326,25 @@ impl Daemon {
         );
     }
 
-    /// Sends SIGTERM and asserts that the process exits with status 0 within `timeout`.
+    /// Sends SIGTERM and asserts that the process exits with status 0 within `timeout`,
+    /// and that the stop logged no error: a clean stop is quiet.
     #[track_caller]
     pub fn stop_cleanly(&mut self, timeout: Duration) {
         self.send_sigterm();
         let status = self.wait_for_exit(timeout);
+        let output = self.output();
         assert!(
             status.is_some_and(|status| status.success()),
-            "{} did not stop cleanly ({status:?}):\n{}",
+            "{} did not stop cleanly ({status:?}):\n{output}",
             self.name,
-            self.output()
+        );
+        let stop = output
+            .find("shutting down")
+            .map_or("", |start| &output[start..]);
+        assert!(
+            !stop.contains(" ERROR "),
+            "{} logged an error while stopping:\n{output}",
+            self.name,
         );
     }
 
