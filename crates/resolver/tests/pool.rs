@@ -404,3 +404,108 @@ fn a_shortage_on_tundns_side_does_not_kill_the_upstream() {
     assert_eq!(pool.health()[0].failures, 0);
     assert_eq!(pool.poll_reset(), None);
 }
+
+/// A page's worth of names at once: one the primary answers, and as many as kill an
+/// upstream under a zone whose authority never answers. Hedging gets the second upstream's
+/// answer for those; the primary's attempts run on and time out. Round after round, the
+/// primary stays alive: it answered another name after each timed-out attempt was sent.
+#[test]
+fn timeouts_on_names_it_cannot_resolve_do_not_kill_an_upstream_that_answers_others() {
+    let clock = Clock::new();
+    let mut pool = pool(2, true);
+    let rounds = 3;
+    let mut id = 0;
+    let mut next_id = || {
+        id += 1;
+        id
+    };
+    for round in 0..rounds {
+        let now = u64::from(round) * 3_000;
+        let answered_name = start(&mut pool, next_id(), "www.lab.test", clock.at_millis(now));
+        let silent: Vec<Transmit> = (0..DEAD_AFTER_FAILURES)
+            .map(|n| {
+                let name = format!("n{n}.slow.lab.test");
+                start(&mut pool, next_id(), &name, clock.at_millis(now + 1))
+            })
+            .collect();
+        assert_eq!(answered_name.upstream, 0);
+        assert!(silent.iter().all(|attempt| attempt.upstream == 0));
+        // Sent before the silent names, answered after they were sent.
+        pool.handle_attempt(
+            answered_name.attempt,
+            answered(&answered_name, 1),
+            clock.at_millis(now + 5),
+        );
+        assert!(pool.poll_outcome().unwrap().1.is_ok());
+
+        pool.handle_timeout(clock.at_millis(now + 400));
+        let hedges = transmits(&mut pool);
+        assert_eq!(hedges.len(), silent.len(), "round {round}");
+        for hedge in hedges {
+            assert_eq!(hedge.upstream, 1, "round {round}");
+            pool.handle_attempt(
+                hedge.attempt,
+                answered(&hedge, 2),
+                clock.at_millis(now + 410),
+            );
+        }
+        for outcome in std::iter::from_fn(|| pool.poll_outcome()) {
+            assert_eq!(marker_of(&outcome.1.unwrap().response), 2);
+        }
+        for attempt in silent {
+            pool.handle_attempt(
+                attempt.attempt,
+                Err(AttemptFailure::Timeout),
+                clock.at_millis(now + 2_001),
+            );
+        }
+        assert!(pool.health()[0].alive, "round {round}: {:?}", pool.health());
+    }
+    assert_eq!(pool.poll_reset(), None, "no connection dropped");
+    assert_eq!(pool.health()[0].failures, 0, "none held against it");
+    assert_eq!(
+        pool.upstream_stats()[0].timeouts,
+        u64::from(rounds * DEAD_AFTER_FAILURES),
+        "the timeouts still show in the statistics"
+    );
+    let next = start(&mut pool, next_id(), "www.lab.test", clock.at_millis(9_000));
+    assert_eq!(next.upstream, 0, "still asked first");
+}
+
+/// The rule above does not slow down noticing a dead upstream: once it stops answering,
+/// the attempts sent after its last answer kill it after as many timeouts as ever, even
+/// when they were all in flight at once.
+#[test]
+fn an_upstream_that_falls_silent_dies_after_as_many_timeouts_as_before() {
+    let clock = Clock::new();
+    let mut pool = pool(2, false);
+    let last = start(&mut pool, 1, "www.lab.test", clock.at_millis(0));
+    pool.handle_attempt(last.attempt, answered(&last, 1), clock.at_millis(5));
+    assert!(pool.poll_outcome().unwrap().1.is_ok());
+
+    let unanswered: Vec<Transmit> = (0..DEAD_AFTER_FAILURES)
+        .map(|n| {
+            let name = format!("n{n}.lab.test");
+            start(&mut pool, 10 + n as u16, &name, clock.at_millis(10))
+        })
+        .collect();
+    for (n, attempt) in (1..).zip(unanswered) {
+        assert_eq!(attempt.upstream, 0);
+        pool.handle_attempt(
+            attempt.attempt,
+            Err(AttemptFailure::Timeout),
+            clock.at_millis(2_010),
+        );
+        assert_eq!(pool.health()[0].failures, n);
+        assert_eq!(pool.health()[0].alive, n < DEAD_AFTER_FAILURES, "after {n}");
+        let failover = only_transmit(&mut pool);
+        assert_eq!(failover.upstream, 1);
+        pool.handle_attempt(
+            failover.attempt,
+            answered(&failover, 2),
+            clock.at_millis(2_011),
+        );
+        assert!(pool.poll_outcome().unwrap().1.is_ok());
+    }
+    assert_eq!(pool.poll_reset(), Some(0), "its connection is dropped");
+}

@@ -2,7 +2,8 @@
 //! or checks only loosely: the cache key's DO and CD bits, `CacheMinTTL`, truncated and
 //! SERVFAIL answers in the cache, serve-stale's maximum, failover from a dead DoH upstream,
 //! DoT connection reuse, the EDNS size upstream, PTR for hosts-file names, adblock lists,
-//! `BlockTTL`, and moving on from a REFUSED upstream.
+//! `BlockTTL`, moving on from a REFUSED upstream, and names whose authority never answers,
+//! which must not make an upstream that answers everything else dead.
 //!
 //! tundns runs in C against real servers in N (see `common::resolver_lab` and
 //! `common::edges_lab`): the instrumented unbound, whose query log and statistics show what
@@ -38,6 +39,15 @@ const SHORT_TTL: u32 = 5;
 /// The README: "The client's EDNS size is passed on, capped at 1232."
 const UPSTREAM_EDNS_CAP: u32 = 1232;
 const DOT_QUERIES: u64 = 20;
+/// Only the internal upstream (a scripted dnsdist) knows this name; unbound, the public
+/// upstream, answers NXDOMAIN for it.
+const INTRANET_NAME: &str = "intranet.lab.test";
+const INTRANET_A: &str = "203.0.113.90";
+/// The internal upstream never answers names under this zone, as a resolver whose
+/// authority for them is unreachable; unbound answers NXDOMAIN at once.
+const SILENT_ZONE: &str = "silent.lab.test";
+/// More silent names than the timeouts in a row that used to mark an upstream dead (3).
+const SILENT_NAMES: usize = 4;
 
 // ---------------------------------------------------------------------------------------------
 // The cache.
@@ -344,6 +354,77 @@ fn an_upstream_that_refuses_everything_gives_servfail_that_says_why() {
     assert!(refusing.queries(WWW_NAME) >= 1, "{}", refusing.log());
 }
 
+/// Issue 13, item 2: a page asks a few names under a zone whose authority never answers.
+/// The internal upstream (asked first) stays silent on them while it answers its own names;
+/// hedging gets unbound's NXDOMAIN for them at once. When the internal upstream's attempts
+/// time out, it must not be marked dead. Before the fix, three timeouts in a row marked it
+/// dead, and the next internal name went to unbound and got NXDOMAIN.
+#[test]
+fn names_whose_authority_never_answers_do_not_kill_an_upstream_that_answers_others() {
+    let lab = lab!(LabOptions::resolver());
+    let internal = start_internal_dnsdist(&lab);
+    let mut options = ClientConfig {
+        upstreams: vec![SCRIPTED_DNSDIST_V4.into(), UNBOUND_V4.into()],
+        ..resolver_config(&["Cache = off"])
+    };
+    // The default: ample time for one dig to ask everything below before any attempt ends.
+    options.timeout = "2s".into();
+    let _tundns = lab.start_tundns(&lab.client_config(&options));
+    let public_before = lab.upstream_queries(INTRANET_NAME, None);
+    single_answer(&ask(&lab, &[INTRANET_NAME, "A"]), INTRANET_A);
+
+    // One dig, one query after another: the silent names, then an internal one.
+    let silent: Vec<String> = (0..SILENT_NAMES)
+        .map(|n| format!("n{n}.{SILENT_ZONE}"))
+        .collect();
+    let mut args: Vec<&str> = silent
+        .iter()
+        .flat_map(|name| [name.as_str(), "A"])
+        .collect();
+    args.extend([INTRANET_NAME, "A"]);
+    let page = ask(&lab, &args);
+    assert_eq!(
+        page.stdout.matches("status: NXDOMAIN").count(),
+        SILENT_NAMES,
+        "unbound answers the silent names, thanks to hedging:\n{page}"
+    );
+    assert!(page.stdout.contains(INTRANET_A), "{page}");
+    for name in &silent {
+        assert_eq!(internal.queries(name), 1, "{}", internal.log());
+    }
+
+    // Every attempt on a silent name times out at the internal upstream...
+    let timed_out = wait_until(Duration::from_secs(5), || {
+        let timeouts = upstream_group(&lab)["timeouts"].as_u64();
+        timeouts.is_some_and(|count| count >= SILENT_NAMES as u64)
+    });
+    assert!(timed_out, "{:#}", upstream_group(&lab));
+    // ...and it still answers the next internal name, which unbound never hears of.
+    let after = ask(&lab, &[INTRANET_NAME, "A"]);
+    assert_eq!(
+        status(&after).as_deref(),
+        Some("NOERROR"),
+        "the internal name went to the public upstream:\n{after}\n{:#}",
+        upstream_group(&lab)
+    );
+    single_answer(&after, INTRANET_A);
+    assert_eq!(internal.queries(INTRANET_NAME), 3, "{}", internal.log());
+    assert_eq!(
+        lab.upstream_queries(INTRANET_NAME, None),
+        public_before,
+        "{}",
+        lab.unbound_log()
+    );
+    let health = &upstream_group(&lab)["upstreams"][0];
+    assert_eq!(
+        health["upstream"].as_str(),
+        Some(format!("udp://{SCRIPTED_DNSDIST_V4}:53").as_str()),
+        "{health:#}"
+    );
+    assert_eq!(health["alive"], true, "{health:#}");
+    assert_eq!(health["failures"], 0, "{health:#}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Local data and blocklists.
 
@@ -462,6 +543,46 @@ fn start_failing_dnsdist(lab: &Lab) -> ScriptedDnsdist {
     // The tests count from zero.
     dnsdist.forget_queries();
     dnsdist
+}
+
+/// The internal upstream: a dnsdist in N that answers [`INTRANET_NAME`], drops every query
+/// under [`SILENT_ZONE`] and refuses the rest, logging each query.
+fn start_internal_dnsdist(lab: &Lab) -> ScriptedDnsdist {
+    lab.add_network_address(SCRIPTED_DNSDIST_V4_CIDR);
+    let rules = format!(
+        "addAction(AllRule(), LogAction(QUERY_LOG, false, true, false))\n\
+         addAction(makeRule(\"{SILENT_ZONE}.\"), DropAction())\n\
+         addAction(QNameRule(\"{INTRANET_NAME}.\"), SpoofAction(\"{INTRANET_A}\"))\n\
+         addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))\n"
+    );
+    let dnsdist = lab.start_scripted_dnsdist(SCRIPTED_DNSDIST_V4, &rules, "ready.lab.test");
+    // The baseline: it really answers that way, and unbound does not know the name.
+    let c = &lab.client_ns;
+    single_answer(
+        &lab.dig(c, SCRIPTED_DNSDIST_V4, &[INTRANET_NAME, "A"]),
+        INTRANET_A,
+    );
+    let silent = lab.dig(
+        c,
+        SCRIPTED_DNSDIST_V4,
+        &["+time=1", &format!("baseline.{SILENT_ZONE}"), "A"],
+    );
+    assert_eq!(status(&silent), None, "no answer expected:\n{silent}");
+    let public = lab.dig(c, UNBOUND_V4, &[INTRANET_NAME, "A"]);
+    assert_eq!(status(&public).as_deref(), Some("NXDOMAIN"), "{public}");
+    dnsdist.forget_queries();
+    dnsdist
+}
+
+/// The default upstream group in `tundns status --json`.
+fn upstream_group(lab: &Lab) -> serde_json::Value {
+    let run = lab.exec_in(
+        &lab.client_ns,
+        &[tundns_bin(), "status", &lab.tundns_iface, "--json"],
+    );
+    run.assert_success();
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON status");
+    status["ok"]["proxy"]["groups"][0].clone()
 }
 
 /// TCP SYNs to unbound's DoT port in tcpdump's output: one per connection opened.

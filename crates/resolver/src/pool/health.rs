@@ -1,9 +1,11 @@
-//! One upstream's health: smoothed RTT, consecutive failures, dead or alive, and the probe
-//! back-off of a dead upstream. Every method takes the time it happens at.
+//! One upstream's health: smoothed RTT, consecutive failures, when it last answered, dead or
+//! alive, and the probe back-off of a dead upstream. Every method takes the time it happens
+//! at.
 
 use std::time::{Duration, Instant};
 
-/// Consecutive failures that mark an upstream dead.
+/// Consecutive failures that mark an upstream dead. A timeout counts only when the upstream
+/// answered nothing else after the attempt was sent (see `Pool::record_failure`).
 pub const DEAD_AFTER_FAILURES: u32 = 3;
 
 /// Assumed before the first sample: hedging then waits 3 × this.
@@ -19,6 +21,8 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub(crate) struct Health {
     srtt: Option<Duration>,
     failures: u32,
+    /// When the upstream last answered anything, a probe included.
+    last_answer: Option<Instant>,
     /// Set while the upstream is dead: when it may be probed next.
     probe: Option<Probe>,
 }
@@ -48,15 +52,21 @@ impl Health {
         (self.srtt.unwrap_or(INITIAL_SRTT) * 3).clamp(HEDGE_MIN, HEDGE_MAX)
     }
 
-    /// An answer came back in `rtt`: fold it into the SRTT (gain 1/8, as TCP does) and
-    /// revive the upstream.
-    pub(crate) fn record_success(&mut self, rtt: Duration) {
+    /// Whether the upstream answered anything at or after `instant`.
+    pub(crate) fn answered_since(&self, instant: Instant) -> bool {
+        self.last_answer.is_some_and(|answered| answered >= instant)
+    }
+
+    /// An answer came back at `now`, `rtt` after its attempt was sent: fold the RTT into the
+    /// SRTT (gain 1/8, as TCP does) and revive the upstream.
+    pub(crate) fn record_success(&mut self, rtt: Duration, now: Instant) {
         let sample = rtt.max(Duration::from_micros(1));
         self.srtt = Some(match self.srtt {
             None => sample,
             Some(old) => old - old / 8 + sample / 8,
         });
         self.failures = 0;
+        self.last_answer = Some(now);
         self.probe = None;
     }
 
@@ -103,10 +113,10 @@ mod tests {
     fn hedge_delay_follows_the_srtt_within_bounds() {
         let mut health = Health::default();
         assert_eq!(health.hedge_delay(), INITIAL_SRTT * 3);
-        health.record_success(Duration::from_millis(1));
+        health.record_success(Duration::from_millis(1), Instant::now());
         assert_eq!(health.hedge_delay(), HEDGE_MIN);
         for _ in 0..100 {
-            health.record_success(Duration::from_secs(2));
+            health.record_success(Duration::from_secs(2), Instant::now());
         }
         assert_eq!(health.hedge_delay(), HEDGE_MAX);
     }
@@ -114,8 +124,8 @@ mod tests {
     #[test]
     fn srtt_is_an_ewma() {
         let mut health = Health::default();
-        health.record_success(Duration::from_millis(80));
-        health.record_success(Duration::from_millis(160));
+        health.record_success(Duration::from_millis(80), Instant::now());
+        health.record_success(Duration::from_millis(160), Instant::now());
         assert_eq!(health.srtt(), Some(Duration::from_millis(90)));
     }
 
@@ -124,7 +134,7 @@ mod tests {
         let now = Instant::now();
         let mut health = Health::default();
         assert!(!health.record_failure(now));
-        health.record_success(Duration::from_millis(1));
+        health.record_success(Duration::from_millis(1), Instant::now());
         for _ in 1..DEAD_AFTER_FAILURES {
             assert!(!health.record_failure(now));
         }
@@ -133,7 +143,7 @@ mod tests {
         assert!(!health.alive());
         assert!(!health.record_failure(now), "reported dead only once");
         assert_eq!(health.failures(), DEAD_AFTER_FAILURES + 1);
-        health.record_success(Duration::from_millis(1));
+        health.record_success(Duration::from_millis(1), Instant::now());
         assert!(health.alive());
         assert_eq!(health.failures(), 0);
     }
@@ -152,5 +162,16 @@ mod tests {
         health.probe_failed(due);
         assert!(!health.claim_probe(due + PROBE_BACKOFF_INITIAL));
         assert!(health.claim_probe(due + PROBE_BACKOFF_INITIAL * 2));
+    }
+
+    #[test]
+    fn answered_since_looks_at_the_last_answer() {
+        let sent = Instant::now();
+        let mut health = Health::default();
+        assert!(!health.answered_since(sent), "never answered");
+        health.record_success(Duration::from_millis(5), sent + Duration::from_millis(5));
+        assert!(health.answered_since(sent));
+        assert!(health.answered_since(sent + Duration::from_millis(5)));
+        assert!(!health.answered_since(sent + Duration::from_millis(6)));
     }
 }

@@ -18,6 +18,10 @@
 //! order, so the pool recovers as soon as the network does. An attempt runs on after its
 //! exchange ended (another upstream won, or the exchange was abandoned), so a black-holed
 //! upstream that keeps losing to hedging is still seen to fail.
+//!
+//! Health: consecutive failures mark an upstream dead, but a timeout counts only if the
+//! upstream answered nothing after that attempt was sent. An upstream that answers other
+//! names meanwhile is alive; the silent name's own authority is what fails.
 
 mod health;
 mod stats;
@@ -186,7 +190,8 @@ pub struct UpstreamHealth {
     pub label: Arc<str>,
     /// Smoothed RTT of successful attempts; `None` before the first.
     pub srtt: Option<Duration>,
-    /// Consecutive failed attempts.
+    /// Consecutive failed attempts held against the upstream: not a timeout while it
+    /// answered other queries, nor a failure on tundns's side.
     pub failures: u32,
     /// False once `failures` reached [`DEAD_AFTER_FAILURES`], until a probe or an attempt
     /// succeeds.
@@ -511,7 +516,7 @@ impl Pool {
         if answered {
             upstream
                 .health
-                .record_success(now.saturating_duration_since(attempt.started));
+                .record_success(now.saturating_duration_since(attempt.started), now);
             tracing::info!(upstream = %upstream.entry.label, "upstream is back");
         } else {
             upstream.health.probe_failed(now);
@@ -522,7 +527,7 @@ impl Pool {
     fn record_answer(&mut self, attempt: &Attempt, response: &[u8], now: Instant) {
         let upstream = &mut self.upstreams[attempt.upstream];
         let rtt = now.saturating_duration_since(attempt.started);
-        upstream.health.record_success(rtt);
+        upstream.health.record_success(rtt, now);
         upstream.stats.record_rtt(rtt);
         if is_soft_error(response) {
             upstream.stats.soft_errors += 1;
@@ -533,12 +538,16 @@ impl Pool {
         let upstream = &mut self.upstreams[attempt.upstream];
         upstream.stats.record_failure(failure);
         self.stats.record_failure(failure);
-        // A failed connect that several queries waited for counts once: for the query
-        // that started it. A shortage on tundns's side does not count.
-        let upstreams_fault = !matches!(
-            failure,
-            AttemptFailure::SharedConnectFailed | AttemptFailure::LocalShortage
-        );
+        let upstreams_fault = match failure {
+            AttemptFailure::Refused | AttemptFailure::Failed => true,
+            // Silence is the upstream's fault only if it answered nothing else meanwhile.
+            // If it did, this name is slow (its authority never answers, say), and a web
+            // page asking a few such names must not send every other name elsewhere.
+            AttemptFailure::Timeout => !upstream.health.answered_since(attempt.started),
+            // A failed connect that several queries waited for counts once: for the query
+            // that started it. A shortage on tundns's side does not count.
+            AttemptFailure::SharedConnectFailed | AttemptFailure::LocalShortage => false,
+        };
         if upstreams_fault && upstream.health.record_failure(now) {
             tracing::warn!(upstream = %upstream.entry.label, "upstream marked dead");
             self.resets.push_back(attempt.upstream);
