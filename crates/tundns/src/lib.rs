@@ -8,6 +8,7 @@
 //! - [`observability`]: the metrics endpoint and the query log's lifecycle;
 //! - [`proxy`]: the SOCKS5 and HTTP proxies, whose connections leave through the tunnel
 //!   from a userspace stack;
+//! - [`supervise`]: the tasks a running tunnel cannot do without, whose end stops it;
 //! - [`tunnel`]: `tundns up`, brought up in order and torn down in reverse;
 //! - [`userspace`]: `tundns up --userspace`, the rootless mode: no TUN, nothing changed on
 //!   the host;
@@ -22,6 +23,7 @@ pub mod datapath;
 pub mod dns;
 pub mod observability;
 pub mod proxy;
+pub mod supervise;
 pub mod tunnel;
 pub mod udp_offload;
 pub mod userspace;

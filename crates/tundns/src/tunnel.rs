@@ -48,6 +48,8 @@ pub enum TunnelError {
     Config(#[from] tundns_config::ConfigError),
     #[error("WireGuard stopped: {0}")]
     WireGuardFailed(String),
+    #[error("{0}")]
+    TaskFailed(crate::supervise::TaskFailure),
     #[error(transparent)]
     WireGuard(#[from] datapath::StartError),
     #[error("waiting for signals: {0}")]
@@ -472,8 +474,8 @@ impl ShutdownSignals {
         })
     }
 
-    /// Waits for the next signal, or for `device` (WireGuard's `wait`) to end; the error
-    /// when WireGuard ended it.
+    /// Waits for the next signal, for `device` (WireGuard's `wait`) to end, or for an
+    /// essential task to fail; the error when it was not a signal.
     pub(crate) async fn until(&mut self, device: impl Future<Output = ()>) -> Option<TunnelError> {
         tokio::select! {
             signal = self.recv() => {
@@ -481,6 +483,10 @@ impl ShutdownSignals {
                 None
             }
             () = device => Some(TunnelError::WireGuardFailed("fatal device error".into())),
+            failure = crate::supervise::failed() => {
+                tracing::error!(%failure, "shutting down");
+                Some(TunnelError::TaskFailed(failure))
+            }
         }
     }
 

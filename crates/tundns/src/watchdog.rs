@@ -28,6 +28,9 @@ const STOPPED: &str = "stopped\n";
 /// What the watchdog says once it holds the lock.
 const READY: &str = "ready";
 
+/// How long the watchdog waits for its dying parent to finish exiting.
+const EXIT_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How long a new watchdog waits for an earlier one to finish restoring.
 const RESTORE_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -113,6 +116,7 @@ pub fn watch(interface: &str, parent: u32) -> u8 {
         return 0;
     }
     tracing::warn!(%interface, pid = parent, "tundns ended without stopping: restoring what it changed");
+    wait_for_exit(parent);
     restore(interface);
     drop(lock);
     0
@@ -149,6 +153,16 @@ fn restore(interface: &str) {
     }
     for socket in SocketDirectories::system().remove_stale_sockets(interface) {
         tracing::info!(socket = %socket.display(), "removed a socket the run left");
+    }
+}
+
+/// Waits until `parent` has finished exiting: its files close (ending the pipe) before it
+/// is a zombie, and until then the journal takes it for a running tundns. It has once the
+/// watchdog is handed to another parent.
+fn wait_for_exit(parent: u32) {
+    let deadline = std::time::Instant::now() + EXIT_PATIENCE;
+    while nix::unistd::getppid().as_raw() as u32 == parent && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -89,6 +89,7 @@ fn the_unit_passes_systemd_analyze_verify() {
     }
     let unit = std::fs::read_to_string(Path::new(PACKAGING).join("tundns@.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/lib/tundns/tundns-up %i"));
+    assert!(unit.contains("ExecStopPost=/usr/lib/tundns/tundns-up --reset %i"));
     assert!(unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN\n"));
     // verify checks that ExecStart exists: point it at the wrapper in this checkout.
     let wrapper = Path::new(PACKAGING).join("tundns-up");

@@ -130,7 +130,7 @@ impl ControlServer {
             }
             None => None,
         };
-        let task = tokio::spawn(serve(listener, state));
+        let task = crate::supervise::spawn_essential("the control socket", serve(listener, state));
         tracing::info!(path = %path.display(), "control socket");
         Ok(Self {
             path,

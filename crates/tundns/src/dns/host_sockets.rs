@@ -72,19 +72,25 @@ impl ClaimedDnsSockets {
             if let Ok(address) = socket.local_addr() {
                 tracing::info!(%address, "DNS proxy listening (UDP)");
             }
-            tasks.push(tokio::spawn(serve_udp(Arc::new(socket), proxy.clone())));
+            tasks.push(crate::supervise::spawn_essential(
+                "the DNS proxy on a host address (UDP)",
+                serve_udp(Arc::new(socket), proxy.clone()),
+            ));
         }
         let connections = Arc::new(Semaphore::new(config.dns_proxy.max_tcp_connections));
         for listener in self.tcp {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, "DNS proxy listening (TCP)");
             }
-            tasks.push(tokio::spawn(serve_tcp(
-                listener,
-                proxy.clone(),
-                connections.clone(),
-                config.dns_proxy.tcp_idle_timeout,
-            )));
+            tasks.push(crate::supervise::spawn_essential(
+                "the DNS proxy on a host address (TCP)",
+                serve_tcp(
+                    listener,
+                    proxy.clone(),
+                    connections.clone(),
+                    config.dns_proxy.tcp_idle_timeout,
+                ),
+            ));
         }
         RunningDnsSockets(tasks)
     }

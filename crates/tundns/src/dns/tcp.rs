@@ -70,7 +70,10 @@ impl TcpDns {
         }
         let (segments, inbox) = mpsc::channel(SEGMENT_QUEUE);
         let per_source = (max_connections / CONNECTIONS_PER_SOURCE_DIVISOR).max(1);
-        tokio::spawn(StackTask::new(stack, proxy, tun, per_source).run(inbox));
+        crate::supervise::spawn_essential(
+            "DNS over TCP on the virtual IPs",
+            StackTask::new(stack, proxy, tun, per_source).run(inbox),
+        );
         Self { segments }
     }
 }

@@ -502,7 +502,7 @@ impl MetricsServer {
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let task = tokio::spawn(async move {
+        let task = crate::supervise::spawn_essential("the metrics endpoint", async move {
             loop {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;

@@ -243,8 +243,10 @@ impl Serving {
         Fut: Future<Output = io::Result<()>> + Send + 'static,
     {
         let slots = self.slots.clone();
-        self.tasks
-            .push(tokio::spawn(serve_clients(listener, proxy, slots, serve)));
+        self.tasks.push(crate::supervise::spawn_essential(
+            "a proxy's listener",
+            serve_clients(listener, proxy, slots, serve),
+        ));
     }
 }
 

@@ -173,11 +173,10 @@ impl UserStack {
             local_ips,
             ports,
         });
-        tokio::spawn(drive(
-            Arc::downgrade(&shared),
-            shared.work.clone(),
-            io.inbound,
-        ));
+        crate::supervise::spawn_essential(
+            "the proxies' userspace stack",
+            drive(Arc::downgrade(&shared), shared.work.clone(), io.inbound),
+        );
         Self { shared }
     }
 
