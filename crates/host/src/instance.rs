@@ -95,6 +95,31 @@ impl InstanceLock {
         }
     }
 
+    /// Waits until no one holds `interface`'s lock, up to `patience`: a stopping `up` has
+    /// let go once its watchdog has, after every hook and undo. False if it is still held.
+    pub fn wait_until_free(interface: &str, patience: Duration) -> bool {
+        let path = Self::path(interface);
+        let deadline = Instant::now() + patience;
+        loop {
+            let file = match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(_) => return true,
+            };
+            // SAFETY: flock on a descriptor this function owns; it touches nothing else.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(RETRY_INTERVAL);
+        }
+    }
+
     /// Records `pid` as the `up` this lock guards, for others' messages.
     pub fn guard(&mut self, pid: u32) -> Result<(), FileError> {
         let failed = FileError::of("writing", &self.path);

@@ -53,14 +53,19 @@ where
                     |m| format!("it panicked: {m}"),
                 ),
         };
-        let failure = TaskFailure { task, reason };
-        tracing::debug!(%failure, "essential task ended");
-        failures().send_if_modified(|first| {
-            let unset = first.is_none();
-            first.get_or_insert(failure);
-            unset
-        });
+        report(TaskFailure { task, reason });
     })
+}
+
+/// Records that `failure` happened; the first one recorded is what [`failed`] returns. For
+/// essential work that is not a task (a thread, another process).
+pub fn report(failure: TaskFailure) {
+    tracing::debug!(%failure, "essential task ended");
+    failures().send_if_modified(|first| {
+        let unset = first.is_none();
+        first.get_or_insert(failure);
+        unset
+    });
 }
 
 /// Waits until an essential task fails, and returns the first failure.

@@ -1,7 +1,7 @@
 //! `tundns up`: the TUN device, its addresses and routes, the filter, the services and the
 //! gotatun device, brought up in order and torn down in reverse.
 
-use std::io;
+use std::io::{self, IsTerminal as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -555,21 +555,28 @@ async fn run_hooks(
             command: command.clone(),
             reason,
         };
-        let mut child = tokio::process::Command::new("bash")
-            .arg("-c")
-            .arg(&command)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| failure(error.to_string()))?;
+        let mut bash = tokio::process::Command::new("bash");
+        bash.arg("-c").arg(&command).kill_on_drop(true);
+        // Its own group, to be killed whole, unless it may ask at the terminal (sudo, ssh):
+        // there it stays in the foreground group, as wg-quick's do.
+        let own_group = !std::io::stdin().is_terminal();
+        if own_group {
+            bash.process_group(0);
+        }
+        let mut child = bash.spawn().map_err(|error| failure(error.to_string()))?;
         let status = match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
             Ok(status) => status.map_err(|error| failure(error.to_string()))?,
             Err(_) => {
-                if let Some(group) = child.id() {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(group as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                match child.id() {
+                    Some(group) if own_group => {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(group as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    _ => {
+                        let _ = child.start_kill();
+                    }
                 }
                 let _ = child.wait().await;
                 return Err(failure(format!(

@@ -20,6 +20,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use tundns_host::instance::InstanceLock;
+
+use crate::supervise::TaskFailure;
 use tundns_host::paths::SocketDirectories;
 
 /// What `up` writes when it stopped cleanly and undid everything itself.
@@ -27,9 +29,6 @@ const STOPPED: &str = "stopped\n";
 
 /// What the watchdog says once it holds the lock.
 const READY: &str = "ready";
-
-/// How long the watchdog waits for its dying parent to finish exiting.
-const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long a new watchdog waits for an earlier one to finish restoring.
 const RESTORE_PATIENCE: Duration = Duration::from_secs(10);
@@ -70,9 +69,19 @@ impl Watchdog {
             unreachable!("both were asked for as pipes");
         };
         let mut said = String::new();
+        let mut stdout = BufReader::new(stdout);
         // The watchdog answers within RESTORE_PATIENCE, or exits, which ends the line.
-        let read = BufReader::new(stdout).read_line(&mut said);
+        let read = stdout.read_line(&mut said);
         if said.trim_end() == READY {
+            // Its end while the tunnel runs (someone killed it) leaves the tunnel without
+            // its repair and the interface without its lock: the tunnel stops.
+            std::thread::spawn(move || {
+                let _ = stdout.read_to_end(&mut Vec::new());
+                crate::supervise::report(TaskFailure {
+                    task: "the watchdog",
+                    reason: "it ended".to_string(),
+                });
+            });
             return Ok(Watchdog { child, pipe });
         }
         let _ = child.wait();
@@ -157,11 +166,10 @@ fn restore(interface: &str) {
 }
 
 /// Waits until `parent` has finished exiting: its files close (ending the pipe) before it
-/// is a zombie, and until then the journal takes it for a running tundns. It has once the
-/// watchdog is handed to another parent.
+/// is a zombie, and until then the journal takes it for a running tundns (a panic unwinding
+/// may take long). It has once the watchdog is handed to another parent.
 fn wait_for_exit(parent: u32) {
-    let deadline = std::time::Instant::now() + EXIT_PATIENCE;
-    while nix::unistd::getppid().as_raw() as u32 == parent && std::time::Instant::now() < deadline {
+    while nix::unistd::getppid().as_raw() as u32 == parent {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -171,10 +179,16 @@ fn say(line: &str) {
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
-/// SIGINT, SIGTERM and SIGHUP come with `up`'s, which stops on them and tells the watchdog.
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT come with `up`'s, from a terminal or a service
+/// manager: `up` stops on them and tells the watchdog.
 fn ignore_stop_signals() {
     use nix::sys::signal::{SigHandler, Signal, signal};
-    for stop in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+    for stop in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         // SAFETY: SIG_IGN installs no handler code.
         if let Err(error) = unsafe { signal(stop, SigHandler::SigIgn) } {
             tracing::warn!(%error, signal = %stop, "could not ignore");

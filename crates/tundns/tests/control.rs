@@ -361,7 +361,14 @@ fn blocklist_reload_reads_the_files_again() {
 /// returns once the teardown is done.
 #[test]
 fn down_stops_a_running_tunnel_cleanly() {
-    let (lab, mut daemon) = lab_with_tundns!(LabOptions::default(), ClientConfig::default());
+    let lab = lab!();
+    // A slow PostDown: `down` returns only once the tunnel has let go of the interface.
+    let config = lab.client_config(&ClientConfig::default()).replacen(
+        "MTU = 1420\n",
+        "MTU = 1420\nPostDown = sleep 1\n",
+        1,
+    );
+    let mut daemon = lab.start_tundns(&config);
     let down = lab.exec_in(&lab.client_ns, &[tundns_bin(), "down", &lab.tundns_iface]);
     down.assert_success();
     assert!(
@@ -369,10 +376,13 @@ fn down_stops_a_running_tunnel_cleanly() {
             .contains(&format!("{}: stopped", lab.tundns_iface)),
         "{down}"
     );
+    // As with wg-quick, `up` right after `down` finds the interface free.
+    let mut up = lab.start_tundns(&config);
     let status = daemon
         .wait_for_exit(Duration::from_secs(10))
         .expect("tundns stopped");
     assert!(status.success(), "{status:?}:\n{}", daemon.output());
+    up.stop_cleanly(Duration::from_secs(10));
     let link = lab.exec_in(&lab.client_ns, &["ip", "link", "show", &lab.tundns_iface]);
     assert!(!link.succeeded(), "the interface outlived `down`:\n{link}");
     let again = lab.exec_in(&lab.client_ns, &[tundns_bin(), "down", &lab.tundns_iface]);

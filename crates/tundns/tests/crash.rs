@@ -19,6 +19,9 @@ use common::full_tunnel_lab::*;
 use common::*;
 
 const KILLS: usize = 100;
+/// Kills that must land on a tunnel fully up, with the resolver pointed at it: the matrix
+/// proves nothing if `up` never got that far.
+const MIN_KILLS_WHILE_UP: usize = 20;
 /// A kill lands this long after `tundns up` is started, at most: start-up takes a few
 /// hundred milliseconds here, so about a third of the kills hit it.
 const LATEST_KILL_MS: u64 = 1_500;
@@ -187,6 +190,7 @@ fn a_hundred_sigkills_at_random_moments_each_leave_nothing_within_two_seconds() 
 
     let mut slowest = Duration::ZERO;
     let mut during_reload = 0;
+    let mut while_up = 0;
     for kill in 0..KILLS {
         let mut tundns = lab.lab.spawn_in(
             &c,
@@ -204,8 +208,17 @@ fn a_hundred_sigkills_at_random_moments_each_leave_nothing_within_two_seconds() 
             thread::sleep(moment);
         }
         let was_running = tundns.is_running();
-        tundns.kill_alone();
         let killed = Instant::now();
+        tundns.kill_alone();
+        let output = tundns.output();
+        // Each `up` must get the interface: the last one's watchdog has let go.
+        assert!(
+            !output.contains("still restoring") && !output.contains(" runs "),
+            "kill {kill}: `up` was refused:\n{output}"
+        );
+        if output.contains("system resolver points at the tunnel") {
+            while_up += 1;
+        }
         let mut left = Vec::new();
         let restored = wait_until(RESTORE_DEADLINE, || {
             left = lab.left_behind();
@@ -232,6 +245,11 @@ fn a_hundred_sigkills_at_random_moments_each_leave_nothing_within_two_seconds() 
         );
     }
     eprintln!(
-        "{KILLS} kills ({during_reload} during a reload): everything given back, the slowest in {slowest:?}"
+        "{KILLS} kills ({while_up} with the tunnel up, {during_reload} during a reload): \
+         everything given back, the slowest in {slowest:?}"
+    );
+    assert!(
+        while_up >= MIN_KILLS_WHILE_UP,
+        "only {while_up} kills landed on a tunnel that was up"
     );
 }

@@ -65,6 +65,7 @@ pub fn resolvconf_record_name(
         (ResolvconfFlavor::Debian, Some(order)) => order.lines().map(str::trim).find_map(|line| {
             line.strip_suffix('*').filter(|prefix| {
                 !prefix.is_empty()
+                    && !prefix.starts_with('-')
                     && prefix
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-')

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::control::protocol::{
     Done, QueryReport, RecordEntry, Reply, Request, RouteEntry, Source, Status,
 };
+use tundns_host::instance::InstanceLock;
 use tundns_host::paths::SocketDirectories;
 
 /// A reply takes at most this long: a traced query may wait for every upstream in turn.
@@ -115,6 +116,17 @@ pub fn down(interface: Option<&str>, wait: std::time::Duration) -> Result<String
             return Err(format!("{message}, but still running after {wait:?}"));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A root tunnel is gone once its lock is free: after PostDown and the watchdog, so that
+    // an `up` right after `down` finds the interface free.
+    let system = SocketDirectories::system();
+    if let Some(name) = socket.file_stem().and_then(|name| name.to_str())
+        && socket == system.control_socket(name)
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !InstanceLock::wait_until_free(name, left) {
+            return Err(format!("{message}, but still stopping after {wait:?}"));
+        }
     }
     Ok(format!(
         "{}: stopped\n",
