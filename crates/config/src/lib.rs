@@ -51,6 +51,8 @@
 //! Upstream = 192.0.2.53, tls://dns.lab.test@192.0.2.53   # ordered list of URLs, below
 //! Timeout = 2s                   # per upstream attempt; ms, s or m; default 2s
 //! MaxInFlight = 1024             # default 1024
+//! RateLimit = 1000               # UDP answers a second per client network (/24, /56) other
+//!                                # than this host; 0 = off; default 1000
 //! TcpIdleTimeout = 10s           # default 10s
 //! MaxTcpConnections = 256        # default 256
 //! CAFile = /etc/tundns/lab-ca.pem     # extra trust anchors for tls:// and https://
@@ -174,6 +176,10 @@ pub const DEFAULT_UPSTREAMS: [Upstream; 2] = [
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default bound on DNS queries being worked on at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default `RateLimit`: UDP answers a second to one client network other than this host.
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
+/// Upper bound accepted for `RateLimit`.
+pub const MAX_RATE_LIMIT: usize = 1_000_000;
 /// Default idle timeout of a DNS-over-TCP client connection.
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on concurrent DNS-over-TCP client connections.
@@ -348,6 +354,9 @@ pub struct DnsProxyConfig {
     pub upstream_timeout: Duration,
     /// `MaxInFlight`: queries worked on at once, at least 1.
     pub max_in_flight: usize,
+    /// `RateLimit`: UDP answers a second to one client network (/24 or /56) other than this
+    /// host, so that no allowed source can make the proxy an amplifier; `None` is off.
+    pub rate_limit: Option<std::num::NonZeroU32>,
     /// `TcpIdleTimeout`: idle time after which a client TCP connection is closed.
     pub tcp_idle_timeout: Duration,
     /// `MaxTcpConnections`: concurrent client TCP connections, at least 1.
@@ -482,6 +491,7 @@ impl Default for DnsProxyConfig {
             upstreams: DEFAULT_UPSTREAMS.to_vec(),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            rate_limit: std::num::NonZeroU32::new(DEFAULT_RATE_LIMIT),
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
             ca_file: None,

@@ -235,6 +235,7 @@ fn realistic_file_with_every_key() {
             ],
             upstream_timeout: Duration::from_millis(500),
             max_in_flight: 64,
+            rate_limit: std::num::NonZeroU32::new(1000),
             tcp_idle_timeout: Duration::from_secs(30),
             max_tcp_connections: 16,
             ca_file: Some(spanned("/etc/tundns/lab-ca.pem", 44)),
@@ -1328,4 +1329,19 @@ fn from_file_errors() {
             huge.display()
         )
     );
+}
+
+#[test]
+fn rate_limit_defaults_to_a_thousand_and_can_be_turned_off() {
+    let m = minimal();
+    let default = parse(&format!("{m}[DNSProxy]\n")).unwrap();
+    assert_eq!(default.dns_proxy.rate_limit.map(|n| n.get()), Some(1000));
+    let set = parse(&format!("{m}[DNSProxy]\nRateLimit = 50\n")).unwrap();
+    assert_eq!(set.dns_proxy.rate_limit.map(|n| n.get()), Some(50));
+    for off in ["0", "off"] {
+        let config = parse(&format!("{m}[DNSProxy]\nRateLimit = {off}\n")).unwrap();
+        assert_eq!(config.dns_proxy.rate_limit, None, "{off}");
+    }
+    let bad = parse_err(&format!("{m}[DNSProxy]\nRateLimit = fast\n"));
+    assert!(bad.contains("wg0.conf:4: RateLimit"), "{bad}");
 }

@@ -29,6 +29,7 @@ mod chain;
 mod local;
 mod names;
 mod query;
+pub mod rate_limit;
 mod response;
 mod rewrite;
 mod routes;

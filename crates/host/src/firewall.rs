@@ -5,7 +5,10 @@
 //!   interface from a source that is not this host. Without it a neighbour on the LAN can
 //!   reach the tunnel's address and probe what the tunnel carries (CVE-2019-14899). The
 //!   virtual IPs are left out: this host owns no address there, and a host that forwards
-//!   (containers, VMs) may mean its guests to use the proxy.
+//!   (containers, VMs) may mean its guests to use the proxy. The reverse too: a packet from
+//!   the tunnel for one of this host's *other* addresses is dropped, so the peer cannot
+//!   reach the sockets that are meant to bypass the tunnel (WireGuard's own, the DNS
+//!   upstreams': it could sweep their ports with ICMP errors and mark upstreams dead).
 //! - `postmangle` copies the mark of WireGuard's and the upstreams' packets (UDP and TCP)
 //!   into conntrack, and `premangle` puts it back on their replies. With the mark the
 //!   reply's reverse-path lookup skips the tunnel's table and finds the way it came, so
@@ -30,7 +33,8 @@ pub enum Family {
 }
 
 impl Family {
-    fn keyword(self) -> &'static str {
+    /// How nft names the family: `ip` or `ip6`.
+    pub fn keyword(self) -> &'static str {
         match self {
             Family::Ip => "ip",
             Family::Ip6 => "ip6",
@@ -67,24 +71,43 @@ impl FirewallTable {
     }
 
     /// The ruleset that creates this table, replacing any of the same name, for the
-    /// interface with index `interface_index`, packets marked `mark`, and the addresses in
-    /// `protected` of this table's family.
-    pub fn ruleset(&self, interface_index: u32, mark: u32, protected: &[IpAddr]) -> String {
+    /// interface with index `interface_index`, packets marked `mark`, the tunnel's own
+    /// addresses `protected` and the `virtual_ips` (whose answers come out of the TUN to
+    /// any of this host's addresses), each of this table's family.
+    pub fn ruleset(
+        &self,
+        interface_index: u32,
+        mark: u32,
+        protected: &[IpAddr],
+        virtual_ips: &[IpAddr],
+    ) -> String {
         let family = self.family.keyword();
-        let addresses: Vec<String> = protected
-            .iter()
-            .filter(|address| self.family.holds(address))
-            .map(IpAddr::to_string)
-            .collect();
-        let preraw = if addresses.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "  chain preraw {{\n    type filter hook prerouting priority raw; policy accept;\n    \
-                 iif != {interface_index} {family} daddr {{ {} }} fib saddr type != local counter drop\n  }}\n",
-                addresses.join(", ")
-            )
+        let set = |addresses: &[IpAddr]| {
+            let listed: Vec<String> = addresses
+                .iter()
+                .filter(|address| self.family.holds(address))
+                .map(IpAddr::to_string)
+                .collect();
+            (!listed.is_empty()).then(|| format!("{{ {} }}", listed.join(", ")))
         };
+        let from_outside = set(protected).map_or(String::new(), |protected| {
+            format!(
+                "iif != {interface_index} {family} daddr {protected} fib saddr type != local counter drop\n    "
+            )
+        });
+        let not_virtual = set(virtual_ips).map_or(String::new(), |virtual_ips| {
+            format!("{family} saddr != {virtual_ips} ")
+        });
+        let not_protected = set(protected).map_or(String::new(), |protected| {
+            format!(" {family} daddr != {protected}")
+        });
+        let from_the_tunnel = format!(
+            "iif {interface_index} {not_virtual}fib daddr type local{not_protected} counter drop"
+        );
+        let preraw = format!(
+            "  chain preraw {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+             {from_outside}{from_the_tunnel}\n  }}\n"
+        );
         format!(
             "{removal}table {family} {name} {{\n{preraw}  \
              chain premangle {{\n    type filter hook prerouting priority mangle; policy accept;\n    \
@@ -205,7 +228,7 @@ mod tests {
             .iter()
             .map(|address| address.parse().unwrap())
             .collect();
-        let v4 = FirewallTable::for_interface("wg0", Family::Ip).ruleset(7, 51820, &protected);
+        let v4 = FirewallTable::for_interface("wg0", Family::Ip).ruleset(7, 51820, &protected, &[]);
         assert!(
             v4.starts_with(
                 "table ip tundns-wg0 {}\ndelete table ip tundns-wg0\ntable ip tundns-wg0 {\n"
@@ -226,7 +249,8 @@ mod tests {
             v4.contains("meta l4proto { tcp, udp } ct mark 51820 meta mark set ct mark"),
             "{v4}"
         );
-        let v6 = FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected);
+        let v6 =
+            FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected, &[]);
         assert!(
             v6.contains("iif != 7 ip6 daddr { fd99::2, fd30:30:30::30 }"),
             "{v6}"
@@ -235,10 +259,34 @@ mod tests {
     }
 
     #[test]
-    fn no_address_of_the_family_no_drop_rule() {
+    fn no_address_of_the_family_only_the_tunnels_packets_for_the_host_are_dropped() {
         let protected: Vec<IpAddr> = vec!["10.99.0.2".parse().unwrap()];
-        let v6 = FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected);
-        assert!(!v6.contains("preraw"), "{v6}");
+        let v6 =
+            FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected, &[]);
+        assert!(!v6.contains("iif != 7"), "{v6}");
+        assert!(
+            v6.contains("iif 7 fib daddr type local counter drop"),
+            "{v6}"
+        );
         assert!(v6.contains("chain premangle"), "{v6}");
+    }
+
+    #[test]
+    fn the_peer_reaches_only_the_tunnels_own_addresses_on_this_host() {
+        let protected: Vec<IpAddr> = vec!["10.99.0.2".parse().unwrap()];
+        let virtual_ips: Vec<IpAddr> = vec!["10.30.30.30".parse().unwrap()];
+        let v4 = FirewallTable::for_interface("wg0", Family::Ip).ruleset(
+            7,
+            51820,
+            &protected,
+            &virtual_ips,
+        );
+        // The virtual IPs' answers, to whichever address of this host asked, pass.
+        assert!(
+            v4.contains(
+                "iif 7 ip saddr != { 10.30.30.30 } fib daddr type local ip daddr != { 10.99.0.2 } counter drop"
+            ),
+            "{v4}"
+        );
     }
 }

@@ -136,6 +136,11 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         .map_or(DEFAULT_TABLE, NonZeroU32::get);
     let tunnel_addresses: Vec<IpAddr> =
         config.interface.addresses.iter().map(IpNet::addr).collect();
+    let virtual_ips: &[IpAddr] = if config.dns_proxy.enabled {
+        &config.dns_proxy.addresses
+    } else {
+        &[]
+    };
     let interface_index = changes.interface_index();
     for default in defaults {
         let (family, firewall_family) = match default {
@@ -155,7 +160,7 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         changes.add_route_in(default, table).await?;
         let policy = changes.policy().1;
         let firewall = FirewallTable::for_interface(&config.interface_name, firewall_family);
-        let ruleset = firewall.ruleset(interface_index, table, &tunnel_addresses);
+        let ruleset = firewall.ruleset(interface_index, table, &tunnel_addresses, &virtual_ips);
         let filtered = policy.add_firewall_table(firewall, ruleset).await?;
         if family == AddressFamily::Inet {
             policy.set_sysctl(SRC_VALID_MARK, "1")?;

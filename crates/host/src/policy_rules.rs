@@ -152,6 +152,9 @@ impl PolicyChanges {
         let rule = kind.message(priority);
         self.journal.entry_mut().rules.push((kind, priority));
         self.journal.write()?;
+        if let Some((family, rest)) = describe(&rule).split_once(' ') {
+            tracing::info!("[#] ip {family} rule add {rest}");
+        }
         let mut request = handle.rule().add();
         *request.message_mut() = rule.clone();
         if let Err(source) = request.execute().await {
@@ -176,6 +179,11 @@ impl PolicyChanges {
     ) -> Result<bool, SystemError> {
         self.journal.entry_mut().firewall_tables.push(table.clone());
         self.journal.write()?;
+        tracing::info!(
+            "[#] nft -f (table {} {})",
+            table.family.keyword(),
+            table.name
+        );
         if let Err(error) = table.create(ruleset).await {
             self.journal.entry_mut().firewall_tables.pop();
             self.journal.write()?;
@@ -220,6 +228,8 @@ impl PolicyChanges {
             .sysctls
             .push((path.into(), old.to_string()));
         self.journal.write()?;
+        let key = path.trim_start_matches("/proc/sys/").replace('/', ".");
+        tracing::info!("[#] sysctl -q {key}={value}");
         std::fs::write(path, value).map_err(|source| SystemError::Sysctl { path, source })
     }
 

@@ -86,6 +86,11 @@ impl SystemChanges {
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
+        tracing::info!(
+            "[#] ip {} address add {address} dev {}",
+            family_flag(address),
+            self.interface
+        );
         request.execute().await.map_err(failed(format!(
             "adding address {address} to {}",
             self.interface
@@ -94,6 +99,7 @@ impl SystemChanges {
 
     /// Brings the link up.
     pub async fn set_up(&self) -> Result<(), SystemError> {
+        tracing::info!("[#] ip link set up dev {}", self.interface);
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(self.index).up().build())
@@ -132,6 +138,16 @@ impl SystemChanges {
         let request = self.handle.route().add(self.route_message(network, table));
         match request.execute().await {
             Ok(()) => {
+                let in_table = if table == MAIN_TABLE {
+                    String::new()
+                } else {
+                    format!(" table {table}")
+                };
+                tracing::info!(
+                    "[#] ip {} route add {network} dev {}{in_table}",
+                    family_flag(network),
+                    self.interface
+                );
                 self.routes.push((network, table));
                 Ok(())
             }
@@ -232,6 +248,14 @@ impl SystemChanges {
 }
 
 /// The host route for a single virtual IP.
+/// `-4` or `-6`, as `ip` takes it, for the `[#]` lines.
+fn family_flag(network: IpNet) -> &'static str {
+    match network {
+        IpNet::V4(_) => "-4",
+        IpNet::V6(_) => "-6",
+    }
+}
+
 pub fn host_route(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }

@@ -170,9 +170,13 @@ pub fn serve_dns(
         .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
         .with_tcp(53, Arc::new(tcp));
     if let Some(local) = local {
-        host = host.admitting(Arc::new(ThisHostAndAllowed {
+        let this_host = Arc::new(ThisHost {
             tunnel: config.interface.addresses.iter().map(IpNet::addr).collect(),
             local,
+        });
+        proxy.set_this_host(this_host.clone());
+        host = host.admitting(Arc::new(ThisHostAndAllowed {
+            this_host,
             allow_from: settings.allow_from.clone(),
         }));
     }
@@ -190,18 +194,28 @@ pub fn serve_dns(
 /// the `AllowFrom` networks. Anyone else who routes a packet into the TUN gets silence: no
 /// answers to reflect at a spoofed victim, no share of `MaxInFlight`, no look at the cache.
 struct ThisHostAndAllowed {
-    /// The interface's own addresses, the source the host picks for the virtual IPs: known
-    /// from the start, before netlink reports them.
-    tunnel: Vec<IpAddr>,
-    local: Arc<LocalAddresses>,
+    this_host: Arc<ThisHost>,
     allow_from: Vec<IpNet>,
 }
 
 impl SourcePolicy for ThisHostAndAllowed {
     fn admits(&self, source: IpAddr) -> bool {
-        self.tunnel.contains(&source)
-            || self.local.contains(source)
-            || self.allow_from.iter().any(|net| net.contains(&source))
+        self.this_host.admits(source) || self.allow_from.iter().any(|net| net.contains(&source))
+    }
+}
+
+/// This host's own addresses: exempt from the DNS rate limit too, as answers to it amplify
+/// nothing.
+struct ThisHost {
+    /// The interface's own addresses, the source the host picks for the virtual IPs: known
+    /// from the start, before netlink reports them.
+    tunnel: Vec<IpAddr>,
+    local: Arc<LocalAddresses>,
+}
+
+impl SourcePolicy for ThisHost {
+    fn admits(&self, source: IpAddr) -> bool {
+        self.tunnel.contains(&source) || self.local.contains(source)
     }
 }
 

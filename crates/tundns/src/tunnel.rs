@@ -137,6 +137,10 @@ impl Tunnel {
         let peers = wireguard_peers(config).await?;
         let name = config.interface_name.clone();
         run_hooks("PreUp", &config.interface.pre_up, &name).await?;
+        tracing::info!(
+            "[#] ip tuntap add mode tun {name}; ip link set mtu {} dev {name}",
+            config.interface.mtu
+        );
         let tun = datapath::open_tun(&name, config.interface.mtu).map_err(|source| {
             TunnelError::CreateTun {
                 name: name.clone(),

@@ -339,7 +339,10 @@ fn the_virtual_ips_serve_this_host_and_allow_from_only() {
     tundns.stop_cleanly(Duration::from_secs(10));
 
     let allowed = ClientConfig {
-        dns_proxy_lines: vec!["AllowFrom = 192.0.2.0/24".to_owned()],
+        dns_proxy_lines: vec![
+            "AllowFrom = 192.0.2.0/24".to_owned(),
+            "RateLimit = 20".to_owned(),
+        ],
         ..ClientConfig::default()
     };
     let _tundns = lab.start_tundns(&lab.client_config(&allowed));
@@ -348,7 +351,62 @@ fn the_virtual_ips_serve_this_host_and_allow_from_only() {
         assert_eq!(run.stdout.trim(), WWW_A, "{run}");
     }
     assert_proxy_answers(&lab, PROXY_V4, &[]);
+
+    // Even an allowed source is no amplifier: 200 queries at once from the LAN get about
+    // RateLimit full answers, then empty truncated ones (fewer bytes than asked), while
+    // this host itself is never limited.
+    let burst = |ns: &str| {
+        let run = lab.exec_in(ns, &["python3", "-c", &BURST.replace("SERVER", PROXY_V4)]);
+        run.assert_success();
+        let counts: Vec<u64> = run
+            .stdout
+            .split_whitespace()
+            .map(|count| count.parse().unwrap())
+            .collect();
+        (counts[0], counts[1], counts[2], counts[3])
+    };
+    let (full, truncated, bytes_in, bytes_out) = burst(&lab.network_ns);
+    assert!(
+        full <= 30 && truncated >= 50,
+        "the LAN got {full} full and {truncated} truncated answers to 200 queries"
+    );
+    assert!(
+        bytes_out < bytes_in,
+        "{bytes_out} bytes answered to {bytes_in} asked"
+    );
+    let (full, truncated, _, _) = burst(&lab.client_ns);
+    assert!(
+        full >= 190 && truncated == 0,
+        "this host got {full} full and {truncated} truncated answers to 200 queries"
+    );
 }
+
+/// Sends 200 UDP queries to SERVER:53 at once, then prints the full answers, the truncated
+/// ones, the bytes sent and the bytes received.
+const BURST: &str = r#"
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+name = b"".join(bytes([len(l)]) + l.encode() for l in "www.lab.test".split(".")) + b"\0"
+sent = 0
+for i in range(200):
+    query = struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + name + b"\0\1\0\1"
+    sent += s.sendto(query, ("SERVER", 53))
+full = truncated = received = 0
+s.settimeout(1)
+deadline = time.monotonic() + 3
+try:
+    while time.monotonic() < deadline:
+        answer = s.recv(65535)
+        received += len(answer)
+        if answer[2] & 0x02:
+            truncated += 1
+        elif struct.unpack(">H", answer[6:8])[0] > 0:
+            full += 1
+except socket.timeout:
+    pass
+print(full, truncated, sent, received)
+"#;
 
 /// A client that trickles a byte at a time (slowloris) keeps no DNS/TCP connection past
 /// `TcpIdleTimeout`; one that sends whole queries keeps its connection.
@@ -785,8 +843,9 @@ fn failure_after_start_up_leaves_nothing_behind() {
         .collect();
     lines.insert(1, hook);
     let run = lab.up_fails(&lab.write_client_config(&lines.join("\n")));
+    // The hook and its line: the second of the file.
     assert!(
-        run.stderr.contains("hook"),
+        run.stderr.contains(".conf: PostUp on line 2 ("),
         "the error names the hook:\n{run}"
     );
     let seen = std::fs::read_to_string(&marker).unwrap_or_default();

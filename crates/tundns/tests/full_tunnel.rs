@@ -229,6 +229,19 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
 
     let mut tundns = lab.start_tundns(&config);
     assert_policy_routing_installed(&lab, &rules_before);
+    for step in [
+        "[#] ip -4 rule add priority ".to_string(),
+        "not fwmark 0xca6c table 51820".to_string(),
+        "[#] ip -6 route add ::/0 dev".to_string(),
+        "[#] sysctl -q net.ipv4.conf.all.src_valid_mark=1".to_string(),
+        format!("[#] nft -f (table ip tundns-{})", lab.tundns_iface),
+    ] {
+        assert!(
+            tundns.output().contains(&step),
+            "no {step:?}:\n{}",
+            tundns.output()
+        );
+    }
     assert!(
         tundns.output().contains("took back the policy rules"),
         "{}",
@@ -336,8 +349,8 @@ fn full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside() {
         let listed = lab.firewall_table(family).expect("the table");
         assert_eq!(
             listed.matches(" drop").count(),
-            1,
-            "the stale rule was not replaced:\n{listed}"
+            2,
+            "the stale rule was not replaced (ours are two):\n{listed}"
         );
         let counted: Option<u64> = listed
             .split_once("counter packets ")
@@ -354,6 +367,82 @@ fn full_tunnel_drops_packets_for_the_tunnel_addresses_from_outside() {
             "the control ping was not answered:\n{answered}"
         );
     }
+}
+
+/// The reverse of wg-quick's rule: the peer cannot reach this host's other addresses
+/// through the tunnel (the sockets meant to bypass it: WireGuard's, the upstreams'), while
+/// its packets for the tunnel's own address, and the virtual IPs' answers to any address
+/// of this host, pass. With the rule flushed the peer's pings are answered.
+#[test]
+fn full_tunnel_drops_the_peers_packets_for_the_hosts_other_addresses() {
+    let lab = lab!(with full_tunnel_lab);
+    let (c, n) = (lab.client_ns.clone(), lab.network_ns.clone());
+    let (veth_c, _) = lab.veths();
+    // An address of C's own outside the tunnel, as a LAN address would be.
+    let other = "198.18.0.77";
+    lab.exec_in(
+        &c,
+        &["ip", "addr", "add", &format!("{other}/32"), "dev", &veth_c],
+    )
+    .assert_success();
+    let _tundns = lab.start_tundns(&full_tunnel_config(&lab));
+    // The peer routes that address into its tunnel, as a hostile one would.
+    lab.exec_in(
+        &n,
+        &[
+            "wg",
+            "set",
+            &lab.peer_iface,
+            "peer",
+            lab.client_public_key(),
+            "allowed-ips",
+            &format!("10.99.0.2/32,fd99::2/128,{other}/32"),
+        ],
+    )
+    .assert_success();
+    lab.exec_in(
+        &n,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{other}/32"),
+            "dev",
+            &lab.peer_iface,
+        ],
+    )
+    .assert_success();
+    let ping = |target: &str| {
+        lab.exec_in(
+            &n,
+            &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", target],
+        )
+    };
+
+    let dropped = ping(other);
+    assert!(!dropped.succeeded(), "the peer reached {other}:\n{dropped}");
+    ping(CLIENT_TUNNEL_V4).assert_success();
+    let listed = lab.firewall_table("ip").expect("the table");
+    let counted: Option<u64> = listed
+        .lines()
+        .find(|rule| rule.contains("fib daddr type local ip daddr != 10.99.0.2"))
+        .and_then(|rule| rule.split_once("counter packets "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+    assert!(
+        counted.is_some_and(|packets| packets >= 2),
+        "the rule did not count the peer's pings:\n{listed}"
+    );
+    // A client on that address still gets the virtual IP's answers out of the TUN.
+    let dig = lab.dig(&c, PROXY_V4, &["-b", other, WWW_NAME, "A", "+short"]);
+    assert_eq!(dig.stdout.trim(), WWW_A, "{dig}");
+
+    let table = format!("tundns-{}", lab.tundns_iface);
+    lab.nft(&["flush", "chain", "ip", &table, "preraw"]);
+    let answered = ping(other);
+    assert!(
+        answered.succeeded(),
+        "the control ping was not answered:\n{answered}"
+    );
 }
 
 /// Without nft the full tunnel still works, DNS included, and says what it lacks.

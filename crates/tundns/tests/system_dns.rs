@@ -170,6 +170,23 @@ fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
     assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
     assert!(lab.getent("www").contains(WWW_A));
 
+    // Each step is said, as wg-quick says it.
+    let iface = &lab.lab.tundns_iface;
+    for step in [
+        format!("[#] ip tuntap add mode tun {iface}; ip link set mtu 1420 dev {iface}"),
+        format!("[#] ip -4 address add 10.99.0.2/24 dev {iface}"),
+        format!("[#] ip link set up dev {iface}"),
+        format!("[#] ip -4 route add 10.30.30.30/32 dev {iface}"),
+        "[#] rewrite /etc/resolv.conf (the original is kept in /etc/resolv.conf.tundns-"
+            .to_string(),
+    ] {
+        assert!(
+            tundns.output().contains(&step),
+            "no {step:?}:\n{}",
+            tundns.output()
+        );
+    }
+
     tundns.stop_cleanly(EXIT_TIMEOUT);
     lab.assert_restored();
     assert!(tundns.output().contains("tunnel down"));

@@ -223,6 +223,23 @@ impl Parser<'_> {
             "MaxInFlight" => {
                 config.max_in_flight = values::parse_count(value, crate::MAX_IN_FLIGHT_LIMIT)?;
             }
+            "RateLimit" => {
+                config.rate_limit = match value {
+                    "0" | "off" => None,
+                    _ => values::parse_count(value, crate::MAX_RATE_LIMIT)
+                        .ok()
+                        .and_then(|count| std::num::NonZeroU32::new(count as u32))
+                        .map(Some)
+                        .ok_or_else(|| {
+                            format!(
+                                "RateLimit: expected answers a second from 1 to {}, or 0 or off, \
+                                 found {}",
+                                crate::MAX_RATE_LIMIT,
+                                shown(value)
+                            )
+                        })?,
+                };
+            }
             "TcpIdleTimeout" => config.tcp_idle_timeout = values::parse_duration(value)?,
             "MaxTcpConnections" => {
                 config.max_tcp_connections =

@@ -57,6 +57,7 @@ impl Section {
                 ("Upstream", Many),
                 ("Timeout", Once),
                 ("MaxInFlight", Once),
+                ("RateLimit", Once),
                 ("TcpIdleTimeout", Once),
                 ("MaxTcpConnections", Once),
                 ("CAFile", Once),

@@ -230,7 +230,19 @@ fn make_change(
         DnsChange::Resolvconf { record, .. } => {
             run_all(&apply_commands(change.backend(), record, settings))
         }
-        DnsChange::File { path, written, .. } => overwrite_in_place(path, Some(written.as_bytes())),
+        DnsChange::File {
+            path,
+            written,
+            backup,
+            ..
+        } => {
+            tracing::info!(
+                "[#] rewrite {} (the original is kept in {})",
+                path.display(),
+                backup.display()
+            );
+            overwrite_in_place(path, Some(written.as_bytes()))
+        }
     }
 }
 
@@ -306,6 +318,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Syst
 
 fn run_all(commands: &[CommandLine]) -> Result<(), SystemDnsError> {
     for command in commands {
+        tracing::info!("[#] {command}");
         command.run()?;
     }
     Ok(())

@@ -71,6 +71,7 @@ pub fn resolver_parts(
         routes,
         groups,
         max_in_flight: settings.max_in_flight,
+        rate_limit: settings.rate_limit,
     };
     Ok((parts, local_source))
 }

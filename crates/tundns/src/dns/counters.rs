@@ -17,6 +17,8 @@ pub struct DnsStats {
     pub collapsed: AtomicU64,
     /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
     pub tcp_connections: AtomicU64,
+    /// UDP queries over the rate limit: slipped (an empty truncated answer) or dropped.
+    pub rate_limited: AtomicU64,
 }
 
 /// The query types counted on their own; every other type is counted as `other`.

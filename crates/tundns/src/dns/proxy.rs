@@ -10,7 +10,8 @@
 //! control socket). Every answer is counted, and logged when the query log is on.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 #[cfg(test)]
@@ -20,8 +21,9 @@ use std::time::Instant;
 use arc_swap::Guard;
 use tokio::sync::oneshot;
 use tundns_dns::cache::Cache;
+use tundns_dns::rate_limit::{RateLimiter, RateVerdict, write_slip};
 use tundns_dns::{BlockList, LocalData, MAX_MESSAGE_LEN, Question, Routes};
-use tundns_filter::{Datagram, TunWriter, UdpService};
+use tundns_filter::{Datagram, SourcePolicy, TunWriter, UdpService};
 use tundns_resolver::pool::{Answer, ResolveError};
 use tundns_resolver::{
     Admission, AnswerPath, Finished, Forwarding, Inline, RequestId, Resolver, UpstreamRequest,
@@ -48,6 +50,8 @@ pub struct ResolverParts {
     pub groups: Vec<UpstreamPool>,
     /// Queries waiting for upstreams at once, at most.
     pub max_in_flight: usize,
+    /// UDP answers a second to one client network other than this host; `None` is off.
+    pub rate_limit: Option<NonZeroU32>,
 }
 
 /// Where a waiting client's answer goes.
@@ -74,6 +78,9 @@ pub struct DnsProxy {
     forwarding: Mutex<Forwarding<Client, UpstreamPool>>,
     stats: DnsStats,
     query_log: OnceLock<QueryLog>,
+    rate_limit: Option<Mutex<RateLimiter>>,
+    /// Who is exempt from the rate limit beside loopback: this host's own addresses.
+    this_host: OnceLock<Arc<dyn SourcePolicy>>,
 }
 
 /// What to do with one client query. `W` is what the caller holds while the query
@@ -100,7 +107,36 @@ impl DnsProxy {
             forwarding: Mutex::new(Forwarding::new(parts.max_in_flight)),
             stats: DnsStats::default(),
             query_log: OnceLock::new(),
+            rate_limit: parts
+                .rate_limit
+                .map(|rate| Mutex::new(RateLimiter::new(rate))),
+            this_host: OnceLock::new(),
         })
+    }
+
+    /// Exempts `this_host`'s addresses from the rate limit, as loopback is: answers to this
+    /// host amplify nothing. Only the first policy set is kept.
+    pub fn set_this_host(&self, this_host: Arc<dyn SourcePolicy>) {
+        let _ = self.this_host.set(this_host);
+    }
+
+    /// Whether a UDP query from `source` may be answered now, by the rate limit.
+    fn rate_verdict(&self, source: IpAddr, now: Instant) -> RateVerdict {
+        let Some(limiter) = &self.rate_limit else {
+            return RateVerdict::Answer;
+        };
+        let exempt = source.to_canonical().is_loopback()
+            || self
+                .this_host
+                .get()
+                .is_some_and(|this_host| this_host.admits(source));
+        if exempt {
+            return RateVerdict::Answer;
+        }
+        limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(source, now)
     }
 
     /// Logs every query from now on to `log`. Only the first log set is kept.
@@ -187,8 +223,26 @@ impl DnsProxy {
         out: &mut [u8],
         reply: impl FnOnce() -> (ReplyTo, W),
     ) -> Verdict<W> {
-        let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
         let now = Instant::now();
+        if protocol == Protocol::Udp
+            && let Some(client) = client
+        {
+            match self.rate_verdict(client.ip(), now) {
+                RateVerdict::Answer => {}
+                RateVerdict::Slip => {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    return match write_slip(query, out) {
+                        0 => Verdict::Drop,
+                        len => Verdict::Answered(len),
+                    };
+                }
+                RateVerdict::Drop => {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    return Verdict::Drop;
+                }
+            }
+        }
+        let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
         let miss = match self.resolver.answer_inline(query, protocol, now, out) {
             Inline::Dropped => {
                 self.observe(&arrival, None, AnswerPath::Dropped, &[], None);
@@ -452,16 +506,26 @@ mod tests {
     }
 
     fn proxy(upstream: SocketAddr, max_in_flight: usize, cache: bool) -> Arc<DnsProxy> {
+        DnsProxy::new(ResolverParts {
+            cache: cache.then(|| Cache::new(CacheConfig::default())),
+            max_in_flight,
+            ..parts(upstream)
+        })
+    }
+
+    /// A resolver with one UDP upstream, no cache and no rate limit.
+    fn parts(upstream: SocketAddr) -> ResolverParts {
         let spec = Upstream::Udp(upstream);
         let pool = UpstreamPool::new(vec![spec], PoolConfig::default()).unwrap();
-        DnsProxy::new(ResolverParts {
+        ResolverParts {
             blocklist: BlockList::new(tundns_dns::BlockMode::NxDomain, Duration::from_secs(60)),
             local: tundns_dns::LocalDataBuilder::new().build(),
-            cache: cache.then(|| Cache::new(CacheConfig::default())),
+            cache: None,
             routes: Routes::new(0),
             groups: vec![pool],
-            max_in_flight,
-        })
+            max_in_flight: 8,
+            rate_limit: None,
+        }
     }
 
     fn rcode(answer: &[u8]) -> u8 {
@@ -490,6 +554,50 @@ mod tests {
         let third = proxy.accept(&query(3, "c.lab.test"), Protocol::Udp, &mut out);
         assert!(matches!(third, Verdict::Forward(_)), "the slot comes back");
         assert_eq!(proxy.stats().queries.by_path(AnswerPath::Refused), 1);
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_limit_a_network_is_slipped_then_dropped_but_this_host_never() {
+        struct Only(IpAddr);
+        impl SourcePolicy for Only {
+            fn admits(&self, source: IpAddr) -> bool {
+                source == self.0
+            }
+        }
+        let (upstream, _) = fake_upstream(1).await;
+        let proxy = DnsProxy::new(ResolverParts {
+            rate_limit: NonZeroU32::new(2),
+            max_in_flight: 64,
+            ..parts(upstream)
+        });
+        let this_host: IpAddr = "192.0.2.2".parse().unwrap();
+        proxy.set_this_host(Arc::new(Only(this_host)));
+        let mut out = vec![0; MAX_MESSAGE_LEN];
+        let mut ask = |client: IpAddr, id: u16| {
+            let query = query(id, "a.lab.test");
+            let from = Some(SocketAddr::new(client, 5353));
+            match proxy.accept_from(from, &query, Protocol::Udp, &mut out) {
+                Verdict::Answered(len) if out[2] & 0x02 != 0 && len <= query.len() => "slip",
+                Verdict::Drop => "drop",
+                _ => "answer",
+            }
+        };
+        let lan: IpAddr = "198.51.100.7".parse().unwrap();
+        let seen: Vec<&str> = (0..5).map(|id| ask(lan, id)).collect();
+        assert_eq!(seen, ["answer", "answer", "slip", "drop", "slip"]);
+        for id in 0..5 {
+            assert_eq!(ask(this_host, 10 + id), "answer");
+            assert_eq!(ask("127.0.0.1".parse().unwrap(), 20 + id), "answer");
+        }
+        assert_eq!(proxy.stats().rate_limited.load(Ordering::Relaxed), 3);
+        // Over TCP there is nothing to amplify: never limited.
+        let tcp = proxy.accept_from(
+            Some(SocketAddr::new(lan, 5353)),
+            &query(30, "a.lab.test"),
+            Protocol::Tcp,
+            &mut out,
+        );
+        assert!(matches!(tcp, Verdict::Forward(_)));
     }
 
     #[tokio::test]
@@ -635,6 +743,7 @@ mod tests {
                 routes: Routes::new(0),
                 groups: vec![pool],
                 max_in_flight: 8,
+                rate_limit: None,
             });
             let mut out = vec![0; MAX_MESSAGE_LEN];
             let Verdict::Forward(forward) =

@@ -200,6 +200,13 @@ fn encode_resolver(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::Re
         MetricType::Counter,
         Count(load(&stats.collapsed)),
     )?;
+    single(
+        encoder,
+        "tundns_dns_rate_limited_queries",
+        "UDP queries over RateLimit from one client network: slipped (TC=1) or dropped.",
+        MetricType::Counter,
+        Count(load(&stats.rate_limited)),
+    )?;
     let (in_flight, limit) = proxy.upstream_in_flight();
     single(
         encoder,
