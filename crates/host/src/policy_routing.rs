@@ -160,7 +160,7 @@ pub async fn install(config: &Config, changes: &mut SystemChanges) -> Result<(),
         changes.add_route_in(default, table).await?;
         let policy = changes.policy().1;
         let firewall = FirewallTable::for_interface(&config.interface_name, firewall_family);
-        let ruleset = firewall.ruleset(interface_index, table, &tunnel_addresses, &virtual_ips);
+        let ruleset = firewall.ruleset(interface_index, table, &tunnel_addresses, virtual_ips);
         let filtered = policy.add_firewall_table(firewall, ruleset).await?;
         if family == AddressFamily::Inet {
             policy.set_sysctl(SRC_VALID_MARK, "1")?;
