@@ -265,6 +265,13 @@ fn a_truncated_udp_answer_is_asked_again_over_tcp() {
     let answer = pool.poll_outcome().unwrap().1.unwrap();
     assert_eq!(marker_of(&answer.response), 2, "the full answer, over TCP");
     assert_eq!(answer.response[2] & 0x02, 0, "not truncated");
+    assert!(
+        answer
+            .upstream
+            .ends_with("(over TCP: its UDP answer was truncated)"),
+        "the answer says how it came: {}",
+        answer.upstream
+    );
 }
 
 #[test]

@@ -388,3 +388,51 @@ fn down_stops_a_running_tunnel_cleanly() {
     let again = lab.exec_in(&lab.client_ns, &[tundns_bin(), "down", &lab.tundns_iface]);
     assert!(!again.succeeded(), "{again}");
 }
+
+/// `tundns dns query` asks as a client does, over UDP with EDNS: an upstream that answers
+/// clients over UDP only answers it too, and the report says how it was asked. `--no-cache`
+/// goes past the cache to the route's upstreams.
+#[test]
+fn dns_query_asks_as_a_client_would() {
+    let lab = lab!(LabOptions::resolver());
+    let config = lab.client_config(&ClientConfig {
+        dns_proxy_lines: vec!["Cache = on".into()],
+        ..ClientConfig::default()
+    });
+    let _tundns = lab.start_tundns(&config);
+    // unbound answers over UDP only from now on.
+    let udp_only = lab.write_file(
+        "udp-only.nft",
+        "table inet udp_only {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    \
+         tcp dport 53 reject with tcp reset\n  }\n}\n",
+    );
+    lab.exec_in(&lab.network_ns, &["nft", "-f", path_str(&udp_only)])
+        .assert_success();
+    let over_tcp = lab.dig(&lab.network_ns, UNBOUND_V4, &["+tcp", WWW_NAME, "A"]);
+    assert!(
+        !over_tcp.stdout.contains(WWW_A),
+        "unbound still answers TCP:\n{over_tcp}"
+    );
+
+    let asked = dns(&lab, &["query", WWW_NAME]);
+    assert!(asked.contains(&format!("answer: {WWW_NAME}. ")), "{asked}");
+    assert!(asked.contains(WWW_A), "{asked}");
+    assert!(asked.contains("asked over: udp\n"), "{asked}");
+    assert!(
+        asked.contains(&format!("answered by: udp://{UNBOUND_V4}:53\n")),
+        "{asked}"
+    );
+    let cached = dns(&lab, &["query", WWW_NAME]);
+    assert!(cached.contains("path: cache"), "{cached}");
+
+    let before = lab.upstream_queries(WWW_NAME, Some("A"));
+    let fresh = dns(&lab, &["query", "--no-cache", WWW_NAME]);
+    assert!(fresh.contains("path: upstream"), "{fresh}");
+    assert!(fresh.contains(WWW_A), "{fresh}");
+    assert!(
+        wait_until(Duration::from_secs(5), || lab
+            .upstream_queries(WWW_NAME, Some("A"))
+            > before),
+        "--no-cache did not reach unbound"
+    );
+}

@@ -359,10 +359,13 @@ impl Pool {
             return self.move_on(exchange_id, now);
         }
         self.stats.answered += 1;
-        let answer = Answer {
-            response,
-            upstream: label.clone(),
+        // Said as it happened: a datagram upstream's answer that came over TCP.
+        let upstream = if attempt.truncated.is_some() {
+            Arc::from(format!("{label} (over TCP: its UDP answer was truncated)"))
+        } else {
+            label.clone()
         };
+        let answer = Answer { response, upstream };
         self.exchanges.remove(&exchange_id);
         self.outcomes.push_back((exchange_id, Ok(answer)));
     }

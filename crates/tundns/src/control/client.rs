@@ -46,6 +46,9 @@ pub enum DnsCommand {
         /// A, AAAA, TXT, MX, ... or TYPEnnn.
         #[arg(default_value = "A")]
         qtype: String,
+        /// Ask the route's upstreams directly, past the cache, the blocklist and local data.
+        #[arg(long)]
+        no_cache: bool,
     },
 }
 
@@ -185,7 +188,15 @@ fn request_of(command: DnsCommand) -> Request {
             command: BlocklistCommand::Reload,
         } => Request::BlocklistReload,
         DnsCommand::Flush => Request::Flush,
-        DnsCommand::Query { name, qtype } => Request::Query { name, qtype },
+        DnsCommand::Query {
+            name,
+            qtype,
+            no_cache,
+        } => Request::Query {
+            name,
+            qtype,
+            fresh: no_cache,
+        },
     }
 }
 
@@ -490,6 +501,9 @@ fn render_query(report: &QueryReport) -> String {
     if let Some(upstream) = &report.upstream {
         let _ = writeln!(out, "answered by: {upstream}");
     }
+    if !report.transport.is_empty() {
+        let _ = writeln!(out, "asked over: {}", report.transport);
+    }
     let _ = writeln!(out, "time: {:.3} ms", report.elapsed_us as f64 / 1000.0);
     for record in &report.answers {
         let _ = writeln!(out, "answer: {record}");
@@ -553,7 +567,16 @@ mod tests {
             request(&["query", "www.lab"]),
             Request::Query {
                 name: "www.lab".into(),
-                qtype: "A".into()
+                qtype: "A".into(),
+                fresh: false,
+            }
+        );
+        assert_eq!(
+            request(&["query", "--no-cache", "www.lab", "TXT"]),
+            Request::Query {
+                name: "www.lab".into(),
+                qtype: "TXT".into(),
+                fresh: true,
             }
         );
         assert_eq!(request(&["flush"]), Request::Flush);
@@ -647,6 +670,7 @@ mod tests {
             answers: vec!["db.corp. 300 IN A 10.99.0.80".into()],
             authority: vec![],
             elapsed_us: 1500,
+            transport: "udp".into(),
         };
         let text = render_query(&report);
         assert!(

@@ -46,6 +46,10 @@ pub enum Request {
         name: String,
         #[serde(default = "default_qtype")]
         qtype: String,
+        /// Ask the route's upstreams directly: the cache is neither read nor written, and
+        /// the blocklist and local data are passed by.
+        #[serde(default)]
+        fresh: bool,
     },
 }
 
@@ -205,6 +209,10 @@ pub struct QueryReport {
     pub answers: Vec<String>,
     pub authority: Vec<String>,
     pub elapsed_us: u64,
+    /// How the query was asked, as a client asks: `udp`, or `udp, then tcp` after a
+    /// truncated answer.
+    #[serde(default)]
+    pub transport: String,
 }
 
 #[cfg(test)]
@@ -227,7 +235,8 @@ mod tests {
             parse_request(r#"{"command":"query","name":"a.lab"}"#),
             Ok(Request::Query {
                 name: "a.lab".into(),
-                qtype: "A".into()
+                qtype: "A".into(),
+                fresh: false,
             })
         );
         assert_eq!(
@@ -280,6 +289,7 @@ mod tests {
             Request::Query {
                 name: "x".into(),
                 qtype: "AAAA".into(),
+                fresh: true,
             },
         ];
         for request in requests {

@@ -29,9 +29,9 @@ use crate::control::protocol::{
 };
 use crate::dns::config as dns_config;
 use crate::dns::proxy::{DnsProxy, Verdict};
-use crate::dns::runtime::{LocalSource, SplitRoutes};
+use crate::dns::runtime::{LocalSource, RouteEntry, SplitRoutes};
 use crate::observability::wireguard as wireguard_stats;
-use tundns_dns::MAX_MESSAGE_LEN;
+use tundns_dns::{MAX_MESSAGE_LEN, Query, is_truncated};
 
 /// Clients served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 16;
@@ -285,7 +285,9 @@ async fn handle(state: &State, request: Request) -> Reply {
         (Request::RoutesRemove { domain }, Some(dns)) => remove_route(dns, &domain).await,
         (Request::BlocklistReload, Some(dns)) => reload_blocklist(state, dns).await,
         (Request::Flush, Some(dns)) => Ok(flush(&dns.proxy)),
-        (Request::Query { name, qtype }, Some(dns)) => query(dns, &name, &qtype).await,
+        (Request::Query { name, qtype, fresh }, Some(dns)) => {
+            query(dns, &name, &qtype, fresh).await
+        }
     };
     result.unwrap_or_else(Reply::Error)
 }
@@ -568,7 +570,10 @@ fn parse_uapi(text: &str) -> (Option<u16>, Vec<PeerStatus>) {
     (device.listen_port, peers)
 }
 
-/// A query for `name` `qtype` with RD set, as a client would send it.
+/// The EDNS payload size `tundns dns query` offers, as dig and the DNS flag day's clients do.
+const QUERY_UDP_PAYLOAD: u16 = 1232;
+
+/// A query for `name` `qtype` with RD set and EDNS, as a client would send it.
 fn build_query(name: &str, qtype: &str) -> Result<(Vec<u8>, Rtype), String> {
     let owner: Name<Vec<u8>> = name
         .trim()
@@ -586,13 +591,83 @@ fn build_query(name: &str, qtype: &str) -> Result<(Vec<u8>, Rtype), String> {
     question
         .push((&owner, rtype))
         .map_err(|error| format!("building the query: {error}"))?;
-    Ok((question.into_message().into_octets(), rtype))
+    let mut additional = question.additional();
+    additional
+        .opt(|opt| {
+            opt.set_udp_payload_size(QUERY_UDP_PAYLOAD);
+            Ok(())
+        })
+        .map_err(|error| format!("building the query: {error}"))?;
+    Ok((additional.into_message().into_octets(), rtype))
 }
 
-async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
-    let proxy = &dns.proxy;
+/// `tundns dns query`: asks as a client would (UDP with EDNS, then TCP if the answer comes
+/// back truncated) and says how it was answered; `fresh` asks the route's upstreams past
+/// everything the proxy keeps.
+async fn query(dns: &Dns, name: &str, qtype: &str, fresh: bool) -> Result<Reply, String> {
     let (message, rtype) = build_query(name, qtype)?;
     let parsed = tundns_dns::parse_query(&message).map_err(|_| format!("bad query for {name}"))?;
+    let started = Instant::now();
+    let (asked, transport) = if fresh {
+        (ask_upstreams(dns, &parsed, &message).await?, "udp")
+    } else {
+        let asked = ask_proxy(dns, &parsed, &message, Protocol::Udp).await?;
+        if is_truncated(&asked.answer) {
+            let asked = ask_proxy(dns, &parsed, &message, Protocol::Tcp).await?;
+            (asked, "udp, then tcp: the answer was truncated")
+        } else {
+            (asked, "udp")
+        }
+    };
+    let elapsed = started.elapsed();
+    let (rcode, answers, authority) = describe_answer(&asked.answer)?;
+    Ok(Reply::ok(QueryReport {
+        name: name.trim().to_owned(),
+        qtype: rtype.to_string(),
+        path: asked.path,
+        group: asked.group,
+        upstream: asked.upstream,
+        rcode,
+        answers,
+        authority,
+        elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        transport: transport.to_owned(),
+    }))
+}
+
+/// One answer to `tundns dns query`, with where it came from.
+struct Asked {
+    answer: Vec<u8>,
+    path: AnsweredBy,
+    group: Option<RouteEntry>,
+    upstream: Option<String>,
+}
+
+/// Asks the route's upstream group directly.
+async fn ask_upstreams(dns: &Dns, parsed: &Query<'_>, message: &[u8]) -> Result<Asked, String> {
+    let upstreams = dns.proxy.upstreams();
+    let (index, group) = upstreams.group_for(parsed.question());
+    let answer = group
+        .resolve_from(message, Protocol::Udp)
+        .await
+        .map_err(|error| format!("no upstream answered: {error}"))?;
+    Ok(Asked {
+        answer: answer.response.to_vec(),
+        path: AnsweredBy::Upstream,
+        group: dns.sources().routes.group_entry(index),
+        upstream: Some(answer.upstream.to_string()),
+    })
+}
+
+/// Asks the proxy as a client of `protocol` would.
+async fn ask_proxy(
+    dns: &Dns,
+    parsed: &Query<'_>,
+    message: &[u8],
+    protocol: Protocol,
+) -> Result<Asked, String> {
+    let proxy = &dns.proxy;
+    let name = parsed.question();
     let mut out = vec![0; MAX_MESSAGE_LEN];
     // What `accept` will find, looked at first without counting: blocklist and local data
     // are pure; a memory answer that is neither is the cache's.
@@ -603,8 +678,7 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
     } else {
         None
     };
-    let started = Instant::now();
-    let (answer, path, group, upstream) = match proxy.accept(&message, Protocol::Tcp, &mut out) {
+    let (answer, path, group, upstream) = match proxy.accept(message, protocol, &mut out) {
         Verdict::Drop => return Err(format!("the proxy dropped the query for {name}")),
         Verdict::Answered(len) => {
             let answer = out[..len].to_vec();
@@ -628,19 +702,12 @@ async fn query(dns: &Dns, name: &str, qtype: &str) -> Result<Reply, String> {
             (resolved.answer, path, group, upstream)
         }
     };
-    let elapsed = started.elapsed();
-    let (rcode, answers, authority) = describe_answer(&answer)?;
-    Ok(Reply::ok(QueryReport {
-        name: name.trim().to_owned(),
-        qtype: rtype.to_string(),
+    Ok(Asked {
+        answer,
         path,
         group,
         upstream,
-        rcode,
-        answers,
-        authority,
-        elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-    }))
+    })
 }
 
 const REFUSED: u8 = 5;
