@@ -673,7 +673,7 @@ async fn ask_proxy(
     // are pure; a memory answer that is neither is the cache's.
     let from_list = if proxy.blocklist().is_blocked(parsed.question()) {
         Some(AnsweredBy::Blocked)
-    } else if proxy.local().answer(&parsed, &mut out).is_some() {
+    } else if proxy.local().answer(parsed, &mut out).is_some() {
         Some(AnsweredBy::Local)
     } else {
         None
