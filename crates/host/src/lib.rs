@@ -12,6 +12,7 @@
 //! create the TUN device either; it configures one that exists.
 
 pub mod atomic_file;
+pub mod busy_interface;
 pub mod command_line;
 pub mod error;
 pub mod firewall;

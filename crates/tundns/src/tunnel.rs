@@ -36,6 +36,13 @@ const HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub enum TunnelError {
     #[error("creating TUN device {name}: {source}")]
     CreateTun { name: String, source: io::Error },
+    #[error("creating TUN device {name}: {source}: {holder}")]
+    Busy {
+        name: String,
+        source: io::Error,
+        /// Who has the name: a process, or the kind of interface.
+        holder: String,
+    },
     #[error(transparent)]
     System(#[from] SystemError),
     #[error("resolving endpoint {host}:{port}: {reason}")]
@@ -142,9 +149,16 @@ impl Tunnel {
             config.interface.mtu
         );
         let tun = datapath::open_tun(&name, config.interface.mtu).map_err(|source| {
-            TunnelError::CreateTun {
-                name: name.clone(),
-                source,
+            match tundns_host::busy_interface::describe(&name) {
+                Some(holder) => TunnelError::Busy {
+                    name: name.clone(),
+                    source,
+                    holder,
+                },
+                None => TunnelError::CreateTun {
+                    name: name.clone(),
+                    source,
+                },
             }
         })?;
 

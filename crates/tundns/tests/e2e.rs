@@ -1123,3 +1123,36 @@ fn tcp_garbage() -> Vec<Vec<u8>> {
     ]);
     streams
 }
+
+/// A TUN of the same name held by another program: `up` fails, names the program and its
+/// pid, and leaves that TUN alone.
+#[test]
+fn a_busy_interface_names_the_process_holding_it() {
+    let lab = lab!();
+    let holder_script = format!(
+        "import fcntl, os, struct, time\n\
+         fd = os.open('/dev/net/tun', os.O_RDWR)\n\
+         fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'{}', 0x0001 | 0x1000))\n\
+         print('holding', flush=True)\n\
+         time.sleep(30)\n",
+        lab.tundns_iface
+    );
+    let holder = lab.spawn_in(
+        &lab.client_ns,
+        "tun holder",
+        &["python3", "-c", &holder_script],
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || holder
+            .output()
+            .contains("holding")),
+        "{}",
+        holder.output()
+    );
+    let config = lab.write_client_config(&lab.client_config(&ClientConfig::default()));
+    let refused = lab.up_fails(&config);
+    let named = format!("held by python3 (pid {})", holder.pid());
+    assert!(refused.stderr.contains(&named), "no {named:?}:\n{refused}");
+    lab.exec_in(&lab.client_ns, &["ip", "link", "show", &lab.tundns_iface])
+        .assert_success();
+}
