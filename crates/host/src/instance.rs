@@ -14,12 +14,12 @@ use std::fs::File;
 use std::io::{self, Read as _, Seek as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::atomic_file::FileError;
 use crate::journal::{live_tundns_start, private_directory};
-use crate::paths::RUN_DIRECTORY;
+use crate::paths::run_directory;
 
 /// How often a waiting acquirer tries the lock again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -50,7 +50,7 @@ pub enum LockError {
 impl InstanceLock {
     /// The lock file of `interface`.
     pub fn path(interface: &str) -> PathBuf {
-        Path::new(RUN_DIRECTORY).join(format!("{interface}.lock"))
+        run_directory().join(format!("{interface}.lock"))
     }
 
     /// Takes `interface`'s lock. A running `up` holding it is refused at once; any other

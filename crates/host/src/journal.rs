@@ -33,23 +33,23 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{FileError, write_atomically};
-use crate::paths::{RUN_DIRECTORY, STATE_DIRECTORY};
+use crate::paths::{run_directory, state_directory};
 
 /// How long a recorded change lives, which decides where its record is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {
-    /// Kernel state, gone after a reboot: recorded under [`RUN_DIRECTORY`].
+    /// Kernel state, gone after a reboot: recorded under [`run_directory`].
     UntilReboot,
-    /// Files, which survive a reboot: recorded under [`STATE_DIRECTORY`].
+    /// Files, which survive a reboot: recorded under [`state_directory`].
     Persistent,
 }
 
 impl Lifetime {
-    fn directory(self) -> &'static Path {
-        Path::new(match self {
-            Lifetime::UntilReboot => RUN_DIRECTORY,
-            Lifetime::Persistent => STATE_DIRECTORY,
-        })
+    fn directory(self) -> PathBuf {
+        match self {
+            Lifetime::UntilReboot => run_directory(),
+            Lifetime::Persistent => state_directory(),
+        }
     }
 }
 

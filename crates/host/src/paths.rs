@@ -1,6 +1,8 @@
 //! The places and numbers tundns shares with the rest of the system, defined once.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// tundns's runtime directory, emptied by a reboot: the control sockets and the journal of
 /// changes a reboot undoes anyway (`/run/tundns/<iface>.sock`, `<iface>.policy-state`).
@@ -9,6 +11,61 @@ pub const RUN_DIRECTORY: &str = "/run/tundns";
 /// tundns's state directory, kept across reboots: the journal of changes that outlive one
 /// (`/var/lib/tundns/<iface>.dns-state` for a rewritten resolv.conf).
 pub const STATE_DIRECTORY: &str = "/var/lib/tundns";
+
+/// Where `ip netns add` names network namespaces.
+const NAMED_NAMESPACES: &str = "/run/netns";
+
+/// The network namespace this process runs in, when it is not the one pid 1 runs in: its
+/// `ip netns` name, or `netns-<inode>` for an unnamed one. `None` in pid 1's namespace (the
+/// host's, or a container's own, whose `/run` and `/var` are its own too).
+///
+/// Tunnels in two namespaces may use the same interface name, so everything tundns keeps
+/// per interface (lock, control socket, crash journal, resolv.conf backup) goes in a
+/// directory of the namespace's ([`run_directory`], [`state_directory`]). Only the UAPI
+/// socket stays where `wg` looks for it.
+pub fn network_namespace() -> Option<&'static str> {
+    static NAMESPACE: OnceLock<Option<String>> = OnceLock::new();
+    NAMESPACE.get_or_init(find_network_namespace).as_deref()
+}
+
+fn find_network_namespace() -> Option<String> {
+    let identity = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|metadata| (metadata.dev(), metadata.ino()))
+    };
+    let mine = identity(Path::new("/proc/self/ns/net"))?;
+    // Unreadable (not root): no tundns of another user's namespace to collide with.
+    if identity(Path::new("/proc/1/ns/net")).is_none_or(|init| init == mine) {
+        return None;
+    }
+    let named = std::fs::read_dir(NAMED_NAMESPACES)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .find(|entry| identity(&entry.path()) == Some(mine))
+        .and_then(|entry| entry.file_name().into_string().ok())
+        .filter(|name| !name.is_empty() && !name.starts_with('.') && !name.contains('/'));
+    Some(named.unwrap_or_else(|| format!("netns-{}", mine.1)))
+}
+
+/// `base`, or its directory for this process's network namespace.
+fn scoped(base: &str) -> PathBuf {
+    match network_namespace() {
+        None => PathBuf::from(base),
+        Some(namespace) => Path::new(base).join("netns").join(namespace),
+    }
+}
+
+/// [`RUN_DIRECTORY`], or its directory for this network namespace.
+pub fn run_directory() -> PathBuf {
+    scoped(RUN_DIRECTORY)
+}
+
+/// [`STATE_DIRECTORY`], or its directory for this network namespace.
+pub fn state_directory() -> PathBuf {
+    scoped(STATE_DIRECTORY)
+}
 
 /// Where gotatun, like wireguard-go, puts the UAPI sockets, as `wg` expects them.
 pub const UAPI_DIRECTORY: &str = "/var/run/wireguard";
@@ -67,10 +124,10 @@ pub struct SocketDirectories {
 }
 
 impl SocketDirectories {
-    /// `/run/tundns` and `/var/run/wireguard`, where `wg` finds the UAPI socket.
+    /// [`run_directory`] and `/var/run/wireguard`, where `wg` finds the UAPI socket.
     pub fn system() -> Self {
         Self {
-            control: PathBuf::from(RUN_DIRECTORY),
+            control: run_directory(),
             uapi: PathBuf::from(UAPI_DIRECTORY),
         }
     }

@@ -17,7 +17,7 @@ use tundns_host::local_addresses::LocalAddresses;
 use tundns_host::paths::{MAIN_TABLE, SocketDirectories, uapi_socket_path};
 use tundns_host::policy_routing;
 use tundns_host::system::{SystemChanges, host_route};
-use tundns_host::system_dns::{AppliedDns, DnsRestore, DnsTakeover, SystemDnsError};
+use tundns_host::system_dns::{AppliedDns, DnsPlan, DnsRestore, DnsTakeover, SystemDnsError};
 
 use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
@@ -106,6 +106,7 @@ pub struct Tunnel {
     /// The nftables tables that keep forwarded packets off the proxies' listeners on the
     /// virtual IPs, deleted at shutdown (replaced at the next start if a crash left them).
     listener_guards: Vec<FirewallTable>,
+    uapi: UapiSocket,
 }
 
 impl Tunnel {
@@ -116,7 +117,14 @@ impl Tunnel {
         // A crashed run's policy rules would otherwise stay, beside the pair added below,
         // and its resolver change would be taken for the system's own.
         tundns_host::repair::repair_policy(&config.interface_name).await?;
-        tundns_host::repair::repair_dns(&config.interface_name)?;
+        if let Err(error) = tundns_host::repair::repair_dns(&config.interface_name) {
+            // A record it may not act on stops only a run that would change the resolver
+            // itself; any other is told and goes on.
+            if DnsPlan::for_config(config).settings.is_some() {
+                return Err(error.into());
+            }
+            tracing::warn!("{error} (this run leaves the system resolver alone, so it goes on)");
+        }
         let config = &policy_routing::with_fwmark(config).await?;
         // Reads the system's resolvers before any change.
         let system_dns = DnsTakeover::prepare(config)?;
@@ -216,7 +224,9 @@ impl Tunnel {
                 return Err(error.into());
             }
         };
+        let uapi = UapiSocket::bound(uapi_socket_path(&name));
         let mut tunnel = Self {
+            uapi,
             name,
             device,
             changes,
@@ -381,7 +391,7 @@ impl Tunnel {
             self.rules.remove(ip);
         }
         self.changes.undo().await;
-        remove_uapi_socket(&uapi_socket_path(&self.name));
+        self.uapi.remove();
         drop(self.tun);
         if let Err(error) = run_hooks("PostDown", &self.post_down, &self.name).await {
             tracing::warn!(%error, "PostDown");
@@ -608,6 +618,39 @@ async fn run_hooks(
         }
     }
     Ok(())
+}
+
+/// The UAPI socket gotatun bound. `wg` knows one path per interface name, so a tunnel of
+/// the same name in another network namespace takes the path over when it starts; it is
+/// removed at shutdown only while it is still this run's.
+struct UapiSocket {
+    path: std::path::PathBuf,
+    inode: Option<u64>,
+}
+
+impl UapiSocket {
+    fn bound(path: std::path::PathBuf) -> Self {
+        let inode = inode_of(&path);
+        Self { path, inode }
+    }
+
+    fn remove(&self) {
+        match inode_of(&self.path) {
+            Some(inode) if Some(inode) == self.inode => remove_uapi_socket(&self.path),
+            Some(_) => tracing::info!(
+                path = %self.path.display(),
+                "left the UAPI socket: a tunnel of the same name (in another network namespace) holds it now"
+            ),
+            None => {}
+        }
+    }
+}
+
+fn inode_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|metadata| metadata.ino())
 }
 
 /// Removes the UAPI socket at `path`, which gotatun leaves behind.

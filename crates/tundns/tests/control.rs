@@ -22,7 +22,7 @@ const SITE_A: &str = "10.99.0.77";
 const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
 
 fn control_socket(lab: &Lab) -> PathBuf {
-    PathBuf::from(format!("/run/tundns/{}.sock", lab.tundns_iface))
+    lab.run_dir().join(format!("{}.sock", lab.tundns_iface))
 }
 
 /// `tundns ARGS...` inside the client namespace.

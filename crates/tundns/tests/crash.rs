@@ -112,14 +112,16 @@ impl CrashLab {
             left.push(format!("resolv.conf:\n{resolv_conf}"));
         }
         for file in [
-            format!("/run/tundns/{iface}.policy-state"),
-            format!("/var/lib/tundns/{iface}.dns-state"),
-            format!("/etc/resolv.conf.tundns-{iface}"),
-            format!("/run/tundns/{iface}.sock"),
-            format!("/var/run/wireguard/{iface}.sock"),
+            self.lab.run_dir().join(format!("{iface}.policy-state")),
+            self.lab.state_dir().join(format!("{iface}.dns-state")),
+            self.lab
+                .state_dir()
+                .join(format!("resolv.conf.tundns-{iface}")),
+            self.lab.run_dir().join(format!("{iface}.sock")),
+            PathBuf::from(format!("/var/run/wireguard/{iface}.sock")),
         ] {
             if fs::symlink_metadata(&file).is_ok() {
-                left.push(file);
+                left.push(file.display().to_string());
             }
         }
         let rules = self.lab.policy_rules(c);
@@ -145,19 +147,6 @@ impl CrashLab {
             left.push(format!("routes: {routes:#?}"));
         }
         left
-    }
-}
-
-impl Drop for CrashLab {
-    fn drop(&mut self) {
-        let iface = &self.lab.tundns_iface;
-        for path in [
-            format!("/var/lib/tundns/{iface}.dns-state"),
-            format!("/etc/resolv.conf.tundns-{iface}"),
-        ] {
-            let _ = fs::remove_file(format!("{path}.retired"));
-            let _ = fs::remove_file(path);
-        }
     }
 }
 

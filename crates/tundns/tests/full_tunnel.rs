@@ -211,7 +211,9 @@ fn full_tunnel_after_sigkill_next_up_takes_back_the_rules() {
     let lab = lab!(with full_tunnel_lab);
     let c = lab.client_ns.clone();
     let rules_before = lab.policy_rules(&c);
-    let state = std::path::PathBuf::from(format!("/run/tundns/{}.policy-state", lab.tundns_iface));
+    let state = lab
+        .run_dir()
+        .join(format!("{}.policy-state", lab.tundns_iface));
     let config = full_tunnel_config(&lab);
 
     let mut killed = lab.start_tundns(&config);

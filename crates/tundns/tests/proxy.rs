@@ -760,7 +760,7 @@ fn the_rootless_mode_serves_as_nobody_and_changes_nothing() {
     );
     let routes = lab.exec_in(&lab.client_ns, &["ip", "route", "get", PEER_TUNNEL_V4]);
     assert!(!routes.stdout.contains(&lab.tundns_iface), "{routes}");
-    let system_socket = format!("/run/tundns/{}.sock", lab.tundns_iface);
+    let system_socket = lab.run_dir().join(format!("{}.sock", lab.tundns_iface));
     assert!(!std::path::Path::new(&system_socket).exists());
 
     tundns.stop_cleanly(std::time::Duration::from_secs(10));

@@ -27,8 +27,7 @@ const PROXY_ONLY_A: &str = "10.99.0.77";
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The lab plus the files tundns keeps outside the namespace, removed at the end whatever
-/// happens.
+/// The lab with its resolv.conf; the files tundns keeps go with the lab's directories.
 struct DnsLab {
     lab: Lab,
 }
@@ -56,14 +55,15 @@ impl DnsLab {
     }
 
     fn state_path(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/var/lib/tundns/{}.dns-state",
-            self.lab.tundns_iface
-        ))
+        self.lab
+            .state_dir()
+            .join(format!("{}.dns-state", self.lab.tundns_iface))
     }
 
     fn backup_path(&self) -> PathBuf {
-        PathBuf::from(format!("/etc/resolv.conf.tundns-{}", self.lab.tundns_iface))
+        self.lab
+            .state_dir()
+            .join(format!("resolv.conf.tundns-{}", self.lab.tundns_iface))
     }
 
     /// The lab's client config with `DNS = <proxy>, lab.test` and a proxy-only record.
@@ -133,15 +133,6 @@ impl DnsLab {
     }
 }
 
-impl Drop for DnsLab {
-    fn drop(&mut self) {
-        for path in [self.state_path(), self.backup_path()] {
-            let _ = fs::remove_file(self.retired(&path));
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
 #[test]
 fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
     let lab = lab!(with DnsLab::new);
@@ -177,8 +168,10 @@ fn up_points_the_system_at_the_proxy_and_sigterm_restores_it_byte_for_byte() {
         format!("[#] ip -4 address add 10.99.0.2/24 dev {iface}"),
         format!("[#] ip link set up dev {iface}"),
         format!("[#] ip -4 route add 10.30.30.30/32 dev {iface}"),
-        "[#] rewrite /etc/resolv.conf (the original is kept in /etc/resolv.conf.tundns-"
-            .to_string(),
+        format!(
+            "[#] rewrite /etc/resolv.conf (the original is kept in {})",
+            lab.backup_path().display()
+        ),
     ] {
         assert!(
             tundns.output().contains(&step),
@@ -253,7 +246,7 @@ fn sigkill_then_up_repairs_at_start_and_restores_at_stop() {
 fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
     let lab = lab!(with DnsLab::new);
     let foreign = "{\"backend\": \"file\", \"note\": \"written by someone else\"}\n";
-    fs::create_dir_all("/var/lib/tundns").unwrap();
+    fs::create_dir_all(lab.lab.state_dir()).unwrap();
     fs::write(lab.state_path(), foreign).unwrap();
 
     let run = lab.tundns(&["reset", &lab.lab.tundns_iface]);
@@ -282,6 +275,21 @@ fn a_foreign_state_file_is_left_alone_with_a_clear_message() {
     assert_eq!(fs::read_to_string(lab.state_path()).unwrap(), foreign);
     assert_eq!(lab.resolv_conf(), ORIGINAL);
     assert!(!lab.backup_path().exists());
+
+    // A config that changes no DNS is not held back by it: told, and up.
+    let mut untouched = lab
+        .lab
+        .start_tundns(&lab.lab.client_config(&ClientConfig::default()));
+    assert!(
+        untouched
+            .output()
+            .contains("leaves the system resolver alone, so it goes on"),
+        "{}",
+        untouched.output()
+    );
+    untouched.stop_cleanly(EXIT_TIMEOUT);
+    assert_eq!(fs::read_to_string(lab.state_path()).unwrap(), foreign);
+    assert_eq!(lab.resolv_conf(), ORIGINAL);
 }
 
 /// A resolv.conf rewritten since a crashed run wrote it (dhclient does on every lease) is
@@ -333,7 +341,10 @@ fn a_resolv_conf_rewritten_after_a_crash_is_kept_and_up_goes_on() {
 fn after_sigkill_the_watchdog_restores_the_resolver_within_two_seconds() {
     let lab = lab!(with DnsLab::new);
     let mut tundns = lab.start(&lab.config());
-    let control = PathBuf::from(format!("/run/tundns/{}.sock", lab.lab.tundns_iface));
+    let control = lab
+        .lab
+        .run_dir()
+        .join(format!("{}.sock", lab.lab.tundns_iface));
     assert!(control.exists());
     tundns.kill_alone();
     let restored = wait_until(Duration::from_secs(2), || {
@@ -448,4 +459,56 @@ fn set_system_dns_points_the_system_at_every_virtual_address() {
     assert!(lab.getent(PROXY_ONLY_NAME).contains(PROXY_ONLY_A));
     tundns.stop_cleanly(EXIT_TIMEOUT);
     lab.assert_restored();
+}
+
+/// Two network namespaces, one interface name: each tunnel keeps its lock, control socket,
+/// journal and resolv.conf backup in its own namespace's directories, so both run, each
+/// `tundns status` finds its own, and each stop gives back its own resolv.conf only.
+#[test]
+fn two_namespaces_may_run_the_same_interface_name() {
+    let first = lab!(with DnsLab::new);
+    let second = lab!(with DnsLab::new);
+    let iface = first.lab.tundns_iface.clone();
+    let mut one = first.start(&first.config());
+    // The second lab's tunnel, from a file named as the first's interface.
+    let path = second
+        .lab
+        .write_file(&format!("{iface}.conf"), second.config());
+    let mut two = second.lab.spawn_in(
+        &second.lab.client_ns,
+        "tundns second",
+        &[tundns_bin(), "up", path_str(&path)],
+    );
+    let applied = wait_until(APPLY_TIMEOUT, || {
+        second
+            .resolv_conf()
+            .contains(&format!("nameserver {PROXY_V4}\n"))
+    });
+    assert!(
+        applied,
+        "the second tunnel did not come up:\n{}",
+        two.output()
+    );
+    for lab in [&first, &second] {
+        let status = lab.tundns(&["status", &iface]);
+        status.assert_success();
+        assert!(
+            lab.lab
+                .state_dir()
+                .join(format!("{iface}.dns-state"))
+                .exists()
+        );
+    }
+
+    two.stop_cleanly(EXIT_TIMEOUT);
+    assert_eq!(second.resolv_conf(), ORIGINAL);
+    assert!(
+        first
+            .resolv_conf()
+            .contains(&format!("nameserver {PROXY_V4}\n")),
+        "stopping the second touched the first's resolver"
+    );
+    first.tundns(&["status", &iface]).assert_success();
+    one.stop_cleanly(EXIT_TIMEOUT);
+    first.assert_restored();
 }

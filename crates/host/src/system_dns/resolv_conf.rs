@@ -104,11 +104,23 @@ pub fn file_restore(current: Option<&[u8]>, original: Option<&[u8]>, written: &s
     }
 }
 
-/// The backup kept next to a rewritten resolv.conf.
+/// The backup kept of a rewritten resolv.conf: next to it, or in another network
+/// namespace (whose resolv.conf is a bind mount over the host's `/etc`), in that
+/// namespace's state directory.
 pub fn backup_path(resolv_conf: &Path, interface: &str) -> PathBuf {
-    let mut name = resolv_conf.as_os_str().to_owned();
-    name.push(format!(".tundns-{interface}"));
-    PathBuf::from(name)
+    let suffix = format!(".tundns-{interface}");
+    match crate::paths::network_namespace() {
+        None => {
+            let mut name = resolv_conf.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        }
+        Some(_) => {
+            let mut name = resolv_conf.file_name().unwrap_or_default().to_owned();
+            name.push(suffix);
+            crate::paths::state_directory().join(name)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1013,6 +1013,17 @@ remote-control:
             .collect()
     }
 
+    /// Where tundns in C keeps its lock, control socket and kernel-state journal: C is a
+    /// named network namespace, which gets its own directory.
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new("/run/tundns/netns").join(&self.client_ns)
+    }
+
+    /// Where tundns in C keeps its DNS journal and resolv.conf backup.
+    pub fn state_dir(&self) -> PathBuf {
+        Path::new("/var/lib/tundns/netns").join(&self.client_ns)
+    }
+
     fn etc_netns(&self, ns: &str) -> PathBuf {
         Path::new("/etc/netns").join(ns)
     }
@@ -1031,14 +1042,11 @@ impl Drop for Lab {
         }
         for iface in self.uapi_ifaces.borrow().iter() {
             let _ = fs::remove_file(uapi_socket(iface));
-            // A tundns a test SIGKILLed leaves its control socket (and maybe state files):
-            // the lab cleans up after it as an operator would.
-            for file in ["sock", "policy-state"] {
-                let _ = fs::remove_file(Path::new("/run/tundns").join(format!("{iface}.{file}")));
-            }
-            let _ =
-                fs::remove_file(Path::new("/var/lib/tundns").join(format!("{iface}.dns-state")));
         }
+        // What tundns in C kept (a test that SIGKILLed it leaves its control socket and maybe
+        // state files): C's own directories, removed as an operator would.
+        let _ = fs::remove_dir_all(self.run_dir());
+        let _ = fs::remove_dir_all(self.state_dir());
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
