@@ -10,27 +10,24 @@
 //! cannot follow; the others are dropped.
 //!
 //! The table of networks is bounded. When it is full, networks whose bucket has refilled
-//! (idle a second or more) make room; if none has, a new network is slipped.
+//! (idle a second or more) make room, looked for at most once a second (a sweep walks the
+//! whole table); until room is made, a new network is slipped.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-/// Writes the answer to a query that slips: NOERROR, TC=1, the question and nothing else
-/// (no OPT record: it would make the answer larger than the query). Returns its length;
-/// 0 when the query must not be answered.
+/// Writes the answer to a query that slips: NOERROR, TC=1, the question and an empty OPT
+/// record if the query had one. Returns its length; 0 when the query must not be answered,
+/// or when the answer would be larger than the query (a question compressed into the
+/// header, say): a slip amplifies nothing.
 pub fn write_slip(query: &[u8], buf: &mut [u8]) -> usize {
     let len = crate::write_error_response(query, crate::Rcode::NOERROR, buf);
-    if len < crate::HEADER_LEN {
+    if len < crate::HEADER_LEN || len > query.len() {
         return 0;
     }
     buf[2] |= crate::wire::FLAGS_TC;
-    // The OPT record, if any, is the last one written: drop it.
-    if crate::wire::read_u16(buf, 10) == Some(1) {
-        crate::wire::write_u16(buf, 10, 0);
-        return len - crate::OPT_RECORD_LEN;
-    }
     len
 }
 
@@ -51,7 +48,8 @@ const MAX_NETWORKS: usize = 65_536;
 /// One client network's bucket.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    /// Answers left, in millionths of an answer, so that refills are exact.
+    /// Answers left, in billionths of an answer, so that refills are exact to the
+    /// nanosecond.
     tokens: u64,
     refilled: Instant,
     /// Queries over the limit so far, for the slip every second time.
@@ -61,13 +59,16 @@ struct Bucket {
 /// Per-network token buckets; see the module docs.
 #[derive(Debug)]
 pub struct RateLimiter {
-    /// Answers a second, in millionths.
+    /// Answers a second, in billionths.
     rate: u64,
     networks: HashMap<[u8; 8], Bucket>,
     max_networks: usize,
+    /// When the full table was last swept for idle networks.
+    swept: Option<Instant>,
 }
 
-const MICROS: u64 = 1_000_000;
+/// One answer, in the buckets' unit.
+const ANSWER: u64 = 1_000_000_000;
 
 impl RateLimiter {
     /// A limiter of `rate` answers a second per network.
@@ -77,9 +78,10 @@ impl RateLimiter {
 
     fn with_capacity(rate: NonZeroU32, max_networks: usize) -> Self {
         Self {
-            rate: u64::from(rate.get()) * MICROS,
+            rate: u64::from(rate.get()) * ANSWER,
             networks: HashMap::new(),
             max_networks,
+            swept: None,
         }
     }
 
@@ -87,7 +89,13 @@ impl RateLimiter {
     pub fn check(&mut self, source: IpAddr, now: Instant) -> RateVerdict {
         let network = network_of(source);
         if !self.networks.contains_key(&network) && self.networks.len() >= self.max_networks {
-            self.forget_idle(now);
+            let due = self
+                .swept
+                .is_none_or(|swept| now.saturating_duration_since(swept) >= Duration::from_secs(1));
+            if due {
+                self.swept = Some(now);
+                self.forget_idle(now);
+            }
             if self.networks.len() >= self.max_networks {
                 return RateVerdict::Slip;
             }
@@ -98,14 +106,15 @@ impl RateLimiter {
             refilled: now,
             over: 0,
         });
-        let elapsed = now.saturating_duration_since(bucket.refilled);
-        let refill = (elapsed.as_micros().min(u128::from(u64::MAX / rate.max(1))) as u64)
-            .saturating_mul(rate)
-            / MICROS;
+        // Past a second the bucket is full whatever the rate: no overflow to fear.
+        let elapsed = now
+            .saturating_duration_since(bucket.refilled)
+            .min(Duration::from_secs(1));
+        let refill = elapsed.as_nanos() as u64 * (rate / ANSWER);
         bucket.tokens = bucket.tokens.saturating_add(refill).min(rate);
         bucket.refilled = now;
-        if bucket.tokens >= MICROS {
-            bucket.tokens -= MICROS;
+        if bucket.tokens >= ANSWER {
+            bucket.tokens -= ANSWER;
             bucket.over = 0;
             return RateVerdict::Answer;
         }
@@ -229,7 +238,8 @@ mod tests {
         assert!(answer.header().tc() && answer.header().qr());
         assert_eq!(answer.header().id(), 0x1234);
         assert_eq!(answer.header_counts().ancount(), 0);
-        assert_eq!(answer.header_counts().arcount(), 0);
+        // The query's EDNS is answered with EDNS, so the client keeps it.
+        assert_eq!(answer.header_counts().arcount(), 1);
         assert_eq!(
             write_slip(&buf[..len], &mut [0u8; 512]),
             0,

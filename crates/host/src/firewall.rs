@@ -98,11 +98,9 @@ impl FirewallTable {
         let not_virtual = set(virtual_ips).map_or(String::new(), |virtual_ips| {
             format!("{family} saddr != {virtual_ips} ")
         });
-        let not_protected = set(protected).map_or(String::new(), |protected| {
-            format!(" {family} daddr != {protected}")
-        });
+        // Local to this host, but not an address of the tunnel's own (whenever it was added).
         let from_the_tunnel = format!(
-            "iif {interface_index} {not_virtual}fib daddr type local{not_protected} counter drop"
+            "iif {interface_index} {not_virtual}fib daddr type local fib daddr . iif type != local counter drop"
         );
         let preraw = format!(
             "  chain preraw {{\n    type filter hook prerouting priority raw; policy accept;\n    \
@@ -265,7 +263,7 @@ mod tests {
             FirewallTable::for_interface("wg0", Family::Ip6).ruleset(7, 51820, &protected, &[]);
         assert!(!v6.contains("iif != 7"), "{v6}");
         assert!(
-            v6.contains("iif 7 fib daddr type local counter drop"),
+            v6.contains("iif 7 fib daddr type local fib daddr . iif type != local counter drop"),
             "{v6}"
         );
         assert!(v6.contains("chain premangle"), "{v6}");
@@ -284,7 +282,7 @@ mod tests {
         // The virtual IPs' answers, to whichever address of this host asked, pass.
         assert!(
             v4.contains(
-                "iif 7 ip saddr != { 10.30.30.30 } fib daddr type local ip daddr != { 10.99.0.2 } counter drop"
+                "iif 7 ip saddr != { 10.30.30.30 } fib daddr type local fib daddr . iif type != local counter drop"
             ),
             "{v4}"
         );

@@ -35,10 +35,7 @@ fn find_network_namespace() -> Option<String> {
             .map(|metadata| (metadata.dev(), metadata.ino()))
     };
     let mine = identity(Path::new("/proc/self/ns/net"))?;
-    // Unreadable (not root): no tundns of another user's namespace to collide with.
-    if identity(Path::new("/proc/1/ns/net")).is_none_or(|init| init == mine) {
-        return None;
-    }
+    // A name `ip netns` gave it first: pid 1's namespace may not be readable, even by root.
     let named = std::fs::read_dir(NAMED_NAMESPACES)
         .into_iter()
         .flatten()
@@ -46,7 +43,14 @@ fn find_network_namespace() -> Option<String> {
         .find(|entry| identity(&entry.path()) == Some(mine))
         .and_then(|entry| entry.file_name().into_string().ok())
         .filter(|name| !name.is_empty() && !name.starts_with('.') && !name.contains('/'));
-    Some(named.unwrap_or_else(|| format!("netns-{}", mine.1)))
+    if named.is_some() {
+        return named;
+    }
+    match identity(Path::new("/proc/1/ns/net")) {
+        Some(init) if init != mine => Some(format!("netns-{}", mine.1)),
+        // Pid 1's, or one that cannot be told apart from it.
+        _ => None,
+    }
 }
 
 /// `base`, or its directory for this process's network namespace.

@@ -45,10 +45,9 @@ pub async fn remove_listener_tables(interface: &str) {
 
 /// Takes back a crashed full tunnel's policy rules, nftables tables and sysctl values.
 ///
-/// `tundns up` runs this first and stops on an error before [`repair_dns`]: the resolver's
-/// record carries no network namespace (it must outlive a reboot), so a policy record
-/// refused as another namespace's or a running tundns's is what keeps one namespace's
-/// run from restoring another's resolver.
+/// `tundns up` runs this first and stops on an error before [`repair_dns`]: a policy record
+/// refused (a running tundns's, or an unnamed namespace's whose directory is shared) keeps
+/// the run from touching a resolver that is not its own either.
 pub async fn repair_policy(interface: &str) -> Result<Option<PolicyRepair>, SystemError> {
     undo_left_policy(interface).await
 }

@@ -247,7 +247,6 @@ impl SystemChanges {
     }
 }
 
-/// The host route for a single virtual IP.
 /// `-4` or `-6`, as `ip` takes it, for the `[#]` lines.
 fn family_flag(network: IpNet) -> &'static str {
     match network {
@@ -256,6 +255,7 @@ fn family_flag(network: IpNet) -> &'static str {
     }
 }
 
+/// The host route for a single virtual IP.
 pub fn host_route(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }

@@ -512,3 +512,32 @@ fn two_namespaces_may_run_the_same_interface_name() {
     one.stop_cleanly(EXIT_TIMEOUT);
     first.assert_restored();
 }
+
+/// A supervised part that dies stops the tunnel rather than leaving it running without it:
+/// with its watchdog killed (and with it the repair and the interface's lock), tundns stops,
+/// undoes everything and exits 1, naming what ended.
+#[test]
+fn the_tunnel_stops_when_its_watchdog_dies() {
+    let lab = lab!(with DnsLab::new);
+    let mut tundns = lab.start(&lab.config());
+    let pid = tundns.pid();
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let watchdog = children.trim().to_owned();
+    assert!(
+        !watchdog.is_empty() && !watchdog.contains(' '),
+        "one child, the watchdog: {children:?}"
+    );
+    lab.lab
+        .exec_in(&lab.lab.client_ns, &["kill", "-KILL", &watchdog])
+        .assert_success();
+    let status = tundns
+        .wait_for_exit(EXIT_TIMEOUT)
+        .expect("tundns stops when its watchdog dies");
+    assert_eq!(status.code(), Some(1), "{}", tundns.output());
+    assert!(
+        tundns.output().contains("the watchdog stopped: it ended"),
+        "{}",
+        tundns.output()
+    );
+    lab.assert_restored();
+}

@@ -101,34 +101,42 @@ pub fn status(interface: Option<&str>, json: bool) -> Result<String, String> {
     Ok(render_status(&payload(reply)?))
 }
 
-/// Runs `tundns down`: asks the tunnel to stop, then waits (at most `wait`) until its
-/// UAPI socket is gone too, which shutdown removes once the interface and routes are.
+/// Runs `tundns down`: asks the tunnel to stop, then waits (at most `wait`) until it is
+/// gone: a root tunnel once its lock is free (after PostDown and its watchdog, so that an
+/// `up` right after finds the interface free), a rootless one once its UAPI socket is
+/// (shutdown removes it last).
 pub fn down(interface: Option<&str>, wait: std::time::Duration) -> Result<String, String> {
     let socket = find_socket(interface)?;
-    let uapi = socket.file_stem().and_then(|name| {
-        let name = name.to_str()?;
-        SocketDirectories::all()
-            .into_iter()
-            .find(|directories| directories.control_socket(name) == socket)
-            .map(|directories| directories.uapi_socket(name))
-    });
+    let name = socket
+        .file_stem()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| format!("{}: not a control socket", socket.display()))?
+        .to_owned();
     let message = payload::<Done>(call(&socket, &Request::Stop)?)?.message;
     let deadline = std::time::Instant::now() + wait;
-    while socket.exists() || uapi.as_ref().is_some_and(|uapi| uapi.exists()) {
-        if std::time::Instant::now() >= deadline {
-            return Err(format!("{message}, but still running after {wait:?}"));
+    let still_running = || Err(format!("{message}, but still running after {wait:?}"));
+    let wait_while = |present: &dyn Fn() -> bool| {
+        while present() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        true
+    };
+    if !wait_while(&|| socket.exists()) {
+        return still_running();
     }
-    // A root tunnel is gone once its lock is free: after PostDown and the watchdog, so that
-    // an `up` right after `down` finds the interface free.
-    let system = SocketDirectories::system();
-    if let Some(name) = socket.file_stem().and_then(|name| name.to_str())
-        && socket == system.control_socket(name)
-    {
+    if socket == SocketDirectories::system().control_socket(&name) {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !InstanceLock::wait_until_free(name, left) {
-            return Err(format!("{message}, but still stopping after {wait:?}"));
+        if !InstanceLock::wait_until_free(&name, left) {
+            return still_running();
+        }
+    } else if let Some(user) = SocketDirectories::user() {
+        // The UAPI socket in the user's own directory, which no other tunnel shares.
+        let uapi = user.uapi_socket(&name);
+        if !wait_while(&|| uapi.exists()) {
+            return still_running();
         }
     }
     Ok(format!(

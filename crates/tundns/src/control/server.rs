@@ -801,7 +801,9 @@ errno=0\n";
     #[test]
     fn answers_are_described_record_by_record() {
         let (query, _) = build_query("x.test", "A").unwrap();
-        let mut answer = query.clone();
+        // The question alone: the query's OPT record (11 bytes) is its last.
+        let mut answer = query[..query.len() - 11].to_vec();
+        answer[11] = 0;
         answer[2] |= 0x80;
         answer[3] = (answer[3] & 0xf0) | 3;
         answer[7] = 1;

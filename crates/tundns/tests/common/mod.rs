@@ -812,9 +812,14 @@ remote-control:
             vec![program, path_str(&path)]
         };
         let mut tundns = self.spawn_in(ns, "tundns", &command);
+        // Up once tundns says so (after the control socket and PostUp), `wg` answers and
+        // both virtual IPs are routable. (An example may log nothing.)
+        let says_up =
+            |tundns: &Daemon| program != tundns_bin() || tundns.output().contains("tunnel up");
         let up = wait_until(DAEMON_START_TIMEOUT, || {
             !tundns.is_running()
-                || (self.exec_in(ns, &["wg", "show", iface]).succeeded()
+                || (says_up(&tundns)
+                    && self.exec_in(ns, &["wg", "show", iface]).succeeded()
                     && [PROXY_V4, PROXY_V6]
                         .iter()
                         .all(|vip| self.exec_in(ns, &["ip", "route", "get", vip]).succeeded()))
