@@ -33,10 +33,14 @@ pub fn describe(name: &str) -> Option<String> {
     })
 }
 
-/// The processes with a file descriptor attached to the TUN `name`, as `comm (pid N)`: the
-/// kernel shows the attached interface as `iff:` in each TUN descriptor's fdinfo.
+/// The processes in this network namespace with a file descriptor attached to the TUN
+/// `name`, as `comm (pid N)`: the kernel shows the attached interface as `iff:` in each TUN
+/// descriptor's fdinfo. (A TUN belongs to the namespace its holder opened it in.)
 fn tun_holders(name: &str) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
     let wanted = format!("iff:\t{name}\n");
+    let namespace_of = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let ours = namespace_of(Path::new("/proc/self/ns/net"));
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -49,6 +53,9 @@ fn tun_holders(name: &str) -> Vec<String> {
         else {
             continue;
         };
+        if namespace_of(&process.path().join("ns/net")) != ours {
+            continue;
+        }
         let Ok(descriptors) = std::fs::read_dir(process.path().join("fdinfo")) else {
             continue;
         };

@@ -346,6 +346,18 @@ pub fn left_behind<E: Entry>(interface: &str) -> Result<Option<Journal<E>>, Jour
     if kind.lifetime == Lifetime::UntilReboot
         && (journal.record.netns.is_none() || journal.record.netns != current_netns())
     {
+        // A named namespace's directory is that name's: a record of another namespace there
+        // is from one of the same name deleted since, whose kernel state went with it.
+        if crate::paths::network_namespace().is_some_and(|name| !name.starts_with("netns-")) {
+            let retired = journal.retire()?;
+            tracing::warn!(
+                record = %retired.display(),
+                "a {} from a namespace of this name deleted since, which took its {}s with it: retired",
+                kind.name,
+                kind.changes
+            );
+            return Ok(None);
+        }
         return Err(refuse(format!(
             "left by a tundns in another network namespace, whose {} it lists",
             kind.changes

@@ -609,7 +609,10 @@ async fn query(dns: &Dns, name: &str, qtype: &str, fresh: bool) -> Result<Reply,
     let parsed = tundns_dns::parse_query(&message).map_err(|_| format!("bad query for {name}"))?;
     let started = Instant::now();
     let (asked, transport) = if fresh {
-        (ask_upstreams(dns, &parsed, &message).await?, "udp")
+        (
+            ask_upstreams(dns, &parsed, &message).await?,
+            "straight to the route's upstreams, as the pool asks them",
+        )
     } else {
         let asked = ask_proxy(dns, &parsed, &message, Protocol::Udp).await?;
         if is_truncated(&asked.answer) {
