@@ -73,6 +73,10 @@
 //! QueryLog = /var/log/tundns/queries.jsonl   # one JSON line per query; default off
 //! SetSystemDNS = true           # point the system resolver at the proxy; false: never
 //!                               # touch it; default: follow [Interface] DNS
+//! Encrypted = tls, https         # encrypted DNS served on the virtual IPs: tls (DoT, TCP
+//!                                # 853), https (DoH, TCP 443), or off; default tls, https
+//! TLSCertificate = /etc/tundns/dns.pem   # its certificate chain (PEM), with TLSKey; default:
+//! TLSKey = /etc/tundns/dns.key   # a self-signed one tundns makes once and keeps
 //!
 //! [DNSRoute]                     # zero or more: split DNS, longest suffix wins
 //! Domain = corp.internal, corp.example    # required list; "." is the default route
@@ -157,6 +161,36 @@ pub const MIN_MTU_IPV4: u16 = 576;
 pub const MAX_MTU: u16 = 4096 - 32;
 /// Smallest MTU accepted when the interface has an IPv6 address (RFC 8200).
 pub const MIN_MTU_IPV6: u16 = 1280;
+/// Encrypted DNS the proxy serves on its virtual IPs (`Encrypted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EncryptedDns {
+    /// `tls`: DNS over TLS (RFC 7858) on TCP port 853.
+    Tls,
+    /// `https`: DNS over HTTPS (RFC 8484) on TCP port 443.
+    Https,
+}
+
+impl EncryptedDns {
+    /// Every protocol, as `Encrypted` names them.
+    pub const ALL: [EncryptedDns; 2] = [EncryptedDns::Tls, EncryptedDns::Https];
+
+    /// The port it is served on.
+    pub const fn port(self) -> u16 {
+        match self {
+            EncryptedDns::Tls => DOT_PORT,
+            EncryptedDns::Https => DOH_PORT,
+        }
+    }
+
+    /// Its name in `Encrypted`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EncryptedDns::Tls => "tls",
+            EncryptedDns::Https => "https",
+        }
+    }
+}
+
 /// Default virtual IPv4 address of the DNS proxy.
 pub const DEFAULT_VIRTUAL_IPV4: Ipv4Addr = Ipv4Addr::new(10, 30, 30, 30);
 /// Default virtual IPv6 address of the DNS proxy (a ULA mirroring the IPv4 one).
@@ -407,6 +441,15 @@ pub struct DnsProxyConfig {
     /// `Some(false)` leaves it alone even when `[Interface] DNS` is set, `None` (the
     /// default) applies `DNS` as wg-quick does. `true` needs the proxy enabled.
     pub set_system_dns: Option<bool>,
+    /// `Encrypted`: what encrypted DNS is served on the virtual IPs, without duplicates;
+    /// default [`EncryptedDns::ALL`], empty when `off`.
+    pub encrypted: Vec<EncryptedDns>,
+    /// `TLSCertificate`: the certificate chain (PEM) encrypted DNS presents, the path as
+    /// written; set together with `tls_key` or not at all. `None`: tundns makes a
+    /// self-signed one. Not read here.
+    pub tls_certificate: Option<Spanned<PathBuf>>,
+    /// `TLSKey`: the private key (PEM) of `tls_certificate`. Not read here.
+    pub tls_key: Option<Spanned<PathBuf>>,
     /// Whether `Upstream` was written. When it was not, `upstreams` holds
     /// [`DEFAULT_UPSTREAMS`], and tundns prefers the resolvers the system already had.
     pub upstreams_configured: bool,
@@ -512,6 +555,9 @@ impl Default for DnsProxyConfig {
             metrics_address: None,
             query_log: None,
             set_system_dns: None,
+            encrypted: EncryptedDns::ALL.to_vec(),
+            tls_certificate: None,
+            tls_key: None,
             upstreams_configured: false,
         }
     }

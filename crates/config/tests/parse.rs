@@ -9,8 +9,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tundns_config::{
     BlockMode, Config, ConfigError, DEFAULT_UPSTREAMS, DEFAULT_VIRTUAL_IPV4, DEFAULT_VIRTUAL_IPV6,
-    DnsProxyConfig, DnsRouteConfig, Endpoint, PublicKey, RouteTable, Spanned, Upstream,
-    interface_name_from_path,
+    DnsProxyConfig, DnsRouteConfig, EncryptedDns, Endpoint, PublicKey, RouteTable, Spanned,
+    Upstream, interface_name_from_path,
 };
 
 const PRIVATE_KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
@@ -285,6 +285,9 @@ fn realistic_file_with_every_key() {
             metrics_address: None,
             query_log: None,
             set_system_dns: None,
+            encrypted: EncryptedDns::ALL.to_vec(),
+            tls_certificate: None,
+            tls_key: None,
             upstreams_configured: true,
         }
     );
@@ -1344,4 +1347,60 @@ fn rate_limit_defaults_to_a_thousand_and_can_be_turned_off() {
     }
     let bad = parse_err(&format!("{m}[DNSProxy]\nRateLimit = fast\n"));
     assert!(bad.contains("wg0.conf:4: RateLimit"), "{bad}");
+}
+
+#[test]
+fn encrypted_dns_defaults_to_tls_and_https_and_takes_its_certificate_in_pairs() {
+    let config = parse(&minimal()).unwrap();
+    assert_eq!(config.dns_proxy.encrypted, EncryptedDns::ALL);
+    assert_eq!(config.dns_proxy.tls_certificate, None);
+
+    let text = format!(
+        "{}[DNSProxy]\nEncrypted = HTTPS, https\nTLSCertificate = /etc/tundns/dns.pem\nTLSKey = /etc/tundns/dns.key\n",
+        minimal()
+    );
+    let proxy = parse(&text).unwrap().dns_proxy;
+    assert_eq!(proxy.encrypted, [EncryptedDns::Https]);
+    assert_eq!(
+        proxy.tls_certificate,
+        Some(spanned("/etc/tundns/dns.pem", 5))
+    );
+    assert_eq!(proxy.tls_key, Some(spanned("/etc/tundns/dns.key", 6)));
+
+    let off = format!("{}[DNSProxy]\nEncrypted = off\n", minimal());
+    assert!(parse(&off).unwrap().dns_proxy.encrypted.is_empty());
+
+    assert_eq!(
+        parse_err(&format!(
+            "{}[DNSProxy]\nEncrypted = tls, quick\n",
+            minimal()
+        )),
+        r#"wg0.conf:4: Encrypted: expected tls, https or off, found "quick""#
+    );
+    assert_eq!(
+        parse_err(&format!(
+            "{}[DNSProxy]\nTLSCertificate = /c.pem\n",
+            minimal()
+        )),
+        "wg0.conf:4: TLSCertificate needs TLSKey, the certificate's private key"
+    );
+    assert_eq!(
+        parse_err(&format!("{}[DNSProxy]\nTLSKey = /k.pem\n", minimal())),
+        "wg0.conf:4: TLSKey needs TLSCertificate, the key's certificate chain"
+    );
+}
+
+#[test]
+fn a_proxy_cannot_take_the_port_encrypted_dns_serves() {
+    let text = format!("{}[Proxy]\nHTTP = 10.30.30.30:443\n", minimal());
+    assert_eq!(
+        parse_err(&text),
+        "wg0.conf:4: HTTP 10.30.30.30:443: port 443 of the virtual IPs serves encrypted DNS; \
+         pick another port, or leave https out of [DNSProxy] Encrypted"
+    );
+    let text = format!(
+        "{}[DNSProxy]\nEncrypted = tls\n[Proxy]\nHTTP = 10.30.30.30:443\n",
+        minimal()
+    );
+    assert!(parse(&text).is_ok());
 }

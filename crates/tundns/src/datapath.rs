@@ -63,6 +63,8 @@ use tundns_filter::{
 };
 use tundns_host::local_addresses::LocalAddresses;
 
+use crate::dns::encrypted::EncryptedServers;
+use crate::dns::encrypted::certificate::TlsIdentity;
 use crate::dns::proxy::{DnsProxy, ResolverParts, UdpDns};
 use crate::dns::tcp::TcpDns;
 use crate::proxy::ProxyStack;
@@ -145,40 +147,62 @@ pub fn watch_mtu(tun: &Arc<SyncDevice>, configured: u16) -> MtuWatcher {
     receiver.into()
 }
 
-/// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack;
-/// and the proxies' listeners there, if any.
+/// Serves DNS on the virtual IPs: UDP inline on the TUN reader, TCP through the netstack,
+/// DNS over TLS and HTTPS with `identity` through a netstack of their own; and the
+/// proxies' listeners there, if any.
+#[allow(clippy::too_many_arguments)]
 pub fn serve_dns(
     config: &Config,
     resolver: ResolverParts,
+    identity: Option<&TlsIdentity>,
     proxies: Option<&ProxyStack>,
     local: Option<Arc<LocalAddresses>>,
     rules: &Rules,
     tun: &Arc<SyncDevice>,
     stats: &Arc<FilterStats>,
-) -> Arc<DnsProxy> {
+) -> (Arc<DnsProxy>, Option<EncryptedServers>) {
     let settings = &config.dns_proxy;
     let proxy = DnsProxy::new(resolver);
+    let writer = || TunWriter::new(tun.clone(), stats.clone());
     let tcp = TcpDns::spawn(
         proxy.clone(),
         &settings.addresses,
         settings.max_tcp_connections,
         settings.tcp_idle_timeout,
         config.interface.mtu,
-        TunWriter::new(tun.clone(), stats.clone()),
+        writer(),
     );
     let mut host = VirtualHost::new("dns")
         .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
         .with_tcp(53, Arc::new(tcp));
-    if let Some(local) = local {
-        let this_host = Arc::new(ThisHost {
-            tunnel: config.interface.addresses.iter().map(IpNet::addr).collect(),
-            local,
-        });
-        proxy.set_this_host(this_host.clone());
-        host = host.admitting(Arc::new(ThisHostAndAllowed {
-            this_host,
-            allow_from: settings.allow_from.clone(),
-        }));
+    let admitted: Arc<dyn SourcePolicy> = match local {
+        Some(local) => {
+            let this_host = Arc::new(ThisHost {
+                tunnel: config.interface.addresses.iter().map(IpNet::addr).collect(),
+                local,
+            });
+            proxy.set_this_host(this_host.clone());
+            let admitted = Arc::new(ThisHostAndAllowed {
+                this_host,
+                allow_from: settings.allow_from.clone(),
+            });
+            host = host.admitting(admitted.clone());
+            admitted
+        }
+        None => Arc::new(Everyone),
+    };
+    let encrypted = identity.and_then(|identity| {
+        EncryptedServers::spawn(
+            &proxy,
+            settings,
+            identity,
+            config.interface.mtu,
+            writer(),
+            admitted,
+        )
+    });
+    if let Some(encrypted) = &encrypted {
+        host = encrypted.open_ports(host);
     }
     let host = Arc::new(match proxies {
         Some(proxies) => proxies.open_virtual_ports(host),
@@ -187,7 +211,17 @@ pub fn serve_dns(
     for ip in &settings.addresses {
         rules.insert(*ip, host.clone());
     }
-    proxy
+    (proxy, encrypted)
+}
+
+/// Every source: what the virtual IPs admit when this host's addresses are not watched
+/// (no virtual IP needs them).
+struct Everyone;
+
+impl SourcePolicy for Everyone {
+    fn admits(&self, _: IpAddr) -> bool {
+        true
+    }
 }
 
 /// Who may use the virtual IPs: this host's own addresses, kept current from netlink, and

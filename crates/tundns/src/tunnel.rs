@@ -22,6 +22,8 @@ use tundns_host::system_dns::{AppliedDns, DnsPlan, DnsRestore, DnsTakeover, Syst
 use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
 use crate::dns::config as dns_config;
+use crate::dns::encrypted::EncryptedServers;
+use crate::dns::encrypted::certificate::{IdentityError, IdentitySource, TlsIdentity};
 use crate::dns::host_sockets::{ClaimedDnsSockets, RunningDnsSockets};
 use crate::observability::{self, Observability, ObservabilityError};
 use crate::proxy::{ClaimedProxies, ProxyStack, RunningProxies, TunSide};
@@ -81,6 +83,8 @@ pub enum TunnelError {
     Userspace(String),
     #[error("nftables: {0}")]
     Firewall(String),
+    #[error(transparent)]
+    TlsIdentity(#[from] IdentityError),
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shut_down`] leaves the kernel to remove
@@ -103,6 +107,8 @@ pub struct Tunnel {
     proxies: Option<RunningProxies>,
     /// The DNS proxy's host sockets, closed with the tunnel.
     dns_sockets: Option<RunningDnsSockets>,
+    /// DNS over TLS and HTTPS on the virtual IPs, stopped with the tunnel.
+    encrypted_dns: Option<EncryptedServers>,
     /// The nftables tables that keep forwarded packets off the proxies' listeners on the
     /// virtual IPs, deleted at shutdown (replaced at the next start if a crash left them).
     listener_guards: Vec<FirewallTable>,
@@ -134,6 +140,8 @@ impl Tunnel {
             .enabled
             .then(|| dns_config::resolver_parts(config, path, None))
             .transpose()?;
+        // Read (or made) before any change, so a bad certificate leaves nothing behind.
+        let identity = tls_identity(config, path)?;
         // Claimed before any change, so an address in use leaves nothing behind.
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;
@@ -187,20 +195,21 @@ impl Tunnel {
             });
             ProxyStack::new(config, mtu.clone(), tun_side)
         });
-        let (proxy, local_source) = match resolver {
-            Some((parts, local_source)) => (
-                Some(datapath::serve_dns(
+        let (proxy, encrypted_dns, local_source) = match resolver {
+            Some((parts, local_source)) => {
+                let (proxy, encrypted) = datapath::serve_dns(
                     config,
                     parts,
+                    identity.as_ref(),
                     proxy_stack.as_ref(),
                     local_addresses,
                     &rules,
                     &tun,
                     &stats,
-                )),
-                Some(local_source),
-            ),
-            None => (None, None),
+                );
+                (Some(proxy), encrypted, Some(local_source))
+            }
+            None => (None, None, None),
         };
         if let (Some(proxy), Some(log)) = (&proxy, observability.query_log()) {
             proxy.set_query_log(log.clone());
@@ -239,6 +248,7 @@ impl Tunnel {
             observability: None,
             proxies: None,
             dns_sockets: proxy.as_ref().map(|proxy| dns_sockets.serve(proxy, config)),
+            encrypted_dns,
             listener_guards: Vec::new(),
         };
         if let Some(claimed) = &proxies {
@@ -262,7 +272,14 @@ impl Tunnel {
             }
         }
         // Before PostUp, so a hook may already push records and routes.
-        match ControlServer::start(config, path, proxy.zip(local_source), None, &sockets) {
+        match ControlServer::start(
+            config,
+            path,
+            proxy.zip(local_source),
+            tunnel.encrypted_dns.as_ref().map(EncryptedServers::status),
+            None,
+            &sockets,
+        ) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;
@@ -381,6 +398,7 @@ impl Tunnel {
         }
         drop(self.proxies.take());
         drop(self.dns_sockets.take());
+        drop(self.encrypted_dns.take());
         for table in std::mem::take(&mut self.listener_guards) {
             if let Err(error) = table.delete().await {
                 tracing::warn!(%error, table = %table.name, "deleting the listeners' table");
@@ -398,6 +416,24 @@ impl Tunnel {
         }
         tracing::info!(interface = %self.name, "tunnel down");
     }
+}
+
+/// The identity encrypted DNS presents, when the virtual IPs serve it.
+fn tls_identity(config: &Config, path: &Path) -> Result<Option<TlsIdentity>, TunnelError> {
+    let settings = &config.dns_proxy;
+    if !settings.enabled || settings.addresses.is_empty() || settings.encrypted.is_empty() {
+        return Ok(None);
+    }
+    let state = tundns_host::paths::state_directory();
+    let identity = TlsIdentity::load(settings, path, &config.interface_name, &state)?;
+    if let IdentitySource::SelfSigned(file) = &identity.source {
+        tracing::info!(
+            "[#] encrypted DNS presents the self-signed certificate in {}; pin sha256/{}",
+            file.display(),
+            identity.pin
+        );
+    }
+    Ok(Some(identity))
 }
 
 async fn configure_interface(

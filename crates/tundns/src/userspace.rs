@@ -120,7 +120,7 @@ impl UserspaceTunnel {
                 return Err(error.into());
             }
         }
-        match ControlServer::start(config, path, proxy, Some(tunnel_way), &tunnel.sockets) {
+        match ControlServer::start(config, path, proxy, None, Some(tunnel_way), &tunnel.sockets) {
             Ok(control) => tunnel.control = Some(control),
             Err(error) => {
                 tunnel.shut_down().await;

@@ -277,7 +277,24 @@ fn check_proxy(
                 ),
             ));
         }
-        if on_virtual_ip && listen.value.port() == 53 {
+        let port = listen.value.port();
+        if let Some(encrypted) = dns_proxy
+            .encrypted
+            .iter()
+            .find(|encrypted| on_virtual_ip && encrypted.port() == port)
+        {
+            return Err(ConfigError::at(
+                path,
+                listen.line,
+                format!(
+                    "{key} {}: port {port} of the virtual IPs serves encrypted DNS; \
+                     pick another port, or leave {} out of [DNSProxy] Encrypted",
+                    listen.value,
+                    encrypted.name()
+                ),
+            ));
+        }
+        if on_virtual_ip && port == 53 {
             return Err(ConfigError::at(
                 path,
                 listen.line,

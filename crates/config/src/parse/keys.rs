@@ -305,6 +305,30 @@ impl Parser<'_> {
                     .map(|path| Spanned::new(path, line));
             }
             "SetSystemDNS" => config.set_system_dns = Some(values::parse_bool(value)?),
+            "Encrypted" => {
+                config.encrypted.clear();
+                if value.eq_ignore_ascii_case("off") {
+                    return Ok(());
+                }
+                for item in values::list_items(value)? {
+                    let protocol = crate::EncryptedDns::ALL
+                        .into_iter()
+                        .find(|protocol| item.eq_ignore_ascii_case(protocol.name()))
+                        .ok_or_else(|| {
+                            format!(
+                                "Encrypted: expected tls, https or off, found {}",
+                                shown(item)
+                            )
+                        })?;
+                    if !config.encrypted.contains(&protocol) {
+                        config.encrypted.push(protocol);
+                    }
+                }
+            }
+            "TLSCertificate" => {
+                config.tls_certificate = Some(Spanned::new(values::parse_path(key, value)?, line));
+            }
+            "TLSKey" => config.tls_key = Some(Spanned::new(values::parse_path(key, value)?, line)),
             _ => unreachable!("every [DNSProxy] key is handled"),
         }
         Ok(())

@@ -317,6 +317,22 @@ impl<'p> Parser<'p> {
             Some(Section::DnsProxy) => {
                 let draft = self.dns_proxy.as_ref().expect("dns proxy draft");
                 self.check_ttl_bounds(draft)?;
+                let proxy = &draft.config;
+                match (&proxy.tls_certificate, &proxy.tls_key) {
+                    (Some(certificate), None) => {
+                        return Err(self.error(
+                            certificate.line,
+                            "TLSCertificate needs TLSKey, the certificate's private key",
+                        ));
+                    }
+                    (None, Some(key)) => {
+                        return Err(self.error(
+                            key.line,
+                            "TLSKey needs TLSCertificate, the key's certificate chain",
+                        ));
+                    }
+                    _ => {}
+                }
                 if draft.config.enabled {
                     if let Some((addresses, line)) = &draft.addresses
                         && addresses.is_empty()

@@ -77,6 +77,9 @@ impl Section {
                 ("MetricsAddress", Once),
                 ("QueryLog", Once),
                 ("SetSystemDNS", Once),
+                ("Encrypted", Once),
+                ("TLSCertificate", Once),
+                ("TLSKey", Once),
             ],
             Section::DnsRoute => &[
                 ("Domain", Many),

@@ -425,6 +425,15 @@ fn render_status(status: &Status) -> String {
         .map(|(name, count)| format!("{name} {count}"))
         .collect();
     let _ = writeln!(out, "  queries: {}", counts.join(", "));
+    if let Some(encrypted) = &proxy.encrypted {
+        let _ = writeln!(out, "  encrypted: {}", encrypted.endpoints.join(", "));
+        let certificate = match &encrypted.self_signed {
+            Some(path) => format!("self-signed, {}", path.display()),
+            None => "TLSCertificate".to_string(),
+        };
+        let _ = writeln!(out, "  certificate: {certificate}");
+        let _ = writeln!(out, "  pin: sha256/{}", encrypted.pin);
+    }
     out
 }
 
@@ -526,7 +535,8 @@ fn render_query(report: &QueryReport) -> String {
 mod tests {
     use super::*;
     use crate::control::protocol::{
-        AnsweredBy, CacheStatus, GroupStatus, PeerStatus, ProxyStatus, UpstreamStatus,
+        AnsweredBy, CacheStatus, EncryptedStatus, GroupStatus, PeerStatus, ProxyStatus,
+        UpstreamStatus,
     };
     use clap::Parser;
 
@@ -643,6 +653,14 @@ mod tests {
                     hit_ratio: Some(0.25),
                 }),
                 queries: vec![("local".into(), 4), ("upstream".into(), 3)],
+                encrypted: Some(EncryptedStatus {
+                    endpoints: vec![
+                        "tls://10.30.30.30".into(),
+                        "https://10.30.30.30/dns-query".into(),
+                    ],
+                    pin: "PIN=".into(),
+                    self_signed: Some("/var/lib/tundns/wg0.dns-identity.pem".into()),
+                }),
             }),
         };
         let text = render_status(&status);
@@ -656,6 +674,9 @@ mod tests {
             "udp://192.0.2.53:53: up, rtt 1.2 ms",
             "hit ratio 25.0%",
             "queries: local 4, upstream 3",
+            "encrypted: tls://10.30.30.30, https://10.30.30.30/dns-query",
+            "certificate: self-signed, /var/lib/tundns/wg0.dns-identity.pem",
+            "pin: sha256/PIN=",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
         }

@@ -3,6 +3,7 @@
 //! and the CLI (`control_client`); no I/O here.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +147,20 @@ pub struct ProxyStatus {
     pub cache: Option<CacheStatus>,
     /// Queries by how they were answered, in a fixed order.
     pub queries: Vec<(String, u64)>,
+    /// Encrypted DNS on the virtual IPs, when served.
+    #[serde(default)]
+    pub encrypted: Option<EncryptedStatus>,
+}
+
+/// Encrypted DNS on the virtual IPs, as a client configures it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedStatus {
+    /// Where it is served, as URLs: `tls://10.30.30.30`, `https://10.30.30.30/dns-query`.
+    pub endpoints: Vec<String>,
+    /// The SPKI pin: base64 of the SHA-256 of the key's SubjectPublicKeyInfo.
+    pub pin: String,
+    /// The self-signed certificate's file; `None` for `TLSCertificate`.
+    pub self_signed: Option<PathBuf>,
 }
 
 /// One upstream group and the domains routed to it.

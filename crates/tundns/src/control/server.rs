@@ -23,9 +23,11 @@ use tundns_host::paths::SocketDirectories;
 use tundns_resolver::AnswerPath;
 use tundns_upstream::{Protocol, Tunnel};
 
+use crate::dns::counters::Transport;
+
 use crate::control::protocol::{
-    AnsweredBy, CacheStatus, Done, GroupStatus, MAX_REQUEST_LINE, PeerStatus, ProxyStatus,
-    QueryReport, Reply, Request, Status, UpstreamStatus, parse_request,
+    AnsweredBy, CacheStatus, Done, EncryptedStatus, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
+    ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request,
 };
 use crate::dns::config as dns_config;
 use crate::dns::proxy::{DnsProxy, Verdict};
@@ -63,6 +65,8 @@ struct State {
     blocklist_reload: tokio::sync::Mutex<()>,
     /// `None` when the DNS proxy is off.
     dns: Option<Dns>,
+    /// `None` when the virtual IPs serve no encrypted DNS.
+    encrypted: Option<EncryptedStatus>,
 }
 
 struct Dns {
@@ -100,6 +104,7 @@ impl ControlServer {
         config: &Config,
         config_path: &Path,
         dns: Option<(Arc<DnsProxy>, LocalSource)>,
+        encrypted: Option<EncryptedStatus>,
         userspace: Option<Tunnel>,
         sockets: &SocketDirectories,
     ) -> Result<Self, ControlError> {
@@ -119,6 +124,7 @@ impl ControlServer {
             config_path: config_path.to_owned(),
             blocklist_reload: tokio::sync::Mutex::new(()),
             dns,
+            encrypted,
         });
         let hangups = match &state.dns {
             Some(_) => {
@@ -461,11 +467,11 @@ async fn status(state: &State) -> Status {
         proxy: state
             .dns
             .as_ref()
-            .map(|dns| proxy_status(&state.config, dns)),
+            .map(|dns| proxy_status(&state.config, dns, state.encrypted.clone())),
     }
 }
 
-fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
+fn proxy_status(config: &Config, dns: &Dns, encrypted: Option<EncryptedStatus>) -> ProxyStatus {
     let proxy = &dns.proxy;
     let upstreams = proxy.upstreams();
     let routes = dns.sources().routes.clone();
@@ -540,6 +546,7 @@ fn proxy_status(config: &Config, dns: &Dns) -> ProxyStatus {
         groups,
         cache,
         queries,
+        encrypted,
     }
 }
 
@@ -614,9 +621,9 @@ async fn query(dns: &Dns, name: &str, qtype: &str, fresh: bool) -> Result<Reply,
             "straight to the route's upstreams, as the pool asks them",
         )
     } else {
-        let asked = ask_proxy(dns, &parsed, &message, Protocol::Udp).await?;
+        let asked = ask_proxy(dns, &parsed, &message, Transport::Udp).await?;
         if is_truncated(&asked.answer) {
-            let asked = ask_proxy(dns, &parsed, &message, Protocol::Tcp).await?;
+            let asked = ask_proxy(dns, &parsed, &message, Transport::Tcp).await?;
             (asked, "udp, then tcp: the answer was truncated")
         } else {
             (asked, "udp")
@@ -662,12 +669,12 @@ async fn ask_upstreams(dns: &Dns, parsed: &Query<'_>, message: &[u8]) -> Result<
     })
 }
 
-/// Asks the proxy as a client of `protocol` would.
+/// Asks the proxy as a client over `transport` would.
 async fn ask_proxy(
     dns: &Dns,
     parsed: &Query<'_>,
     message: &[u8],
-    protocol: Protocol,
+    transport: Transport,
 ) -> Result<Asked, String> {
     let proxy = &dns.proxy;
     let name = parsed.question();
@@ -681,7 +688,7 @@ async fn ask_proxy(
     } else {
         None
     };
-    let (answer, path, group, upstream) = match proxy.accept(message, protocol, &mut out) {
+    let (answer, path, group, upstream) = match proxy.accept(message, transport, &mut out) {
         Verdict::Drop => return Err(format!("the proxy dropped the query for {name}")),
         Verdict::Answered(len) => {
             let answer = out[..len].to_vec();

@@ -38,7 +38,43 @@ const COUNTED_TYPES: [(u16, &str); 12] = [
 ];
 const TYPE_SLOTS: usize = COUNTED_TYPES.len() + 1;
 const OTHER_TYPE: usize = COUNTED_TYPES.len();
-const TRANSPORTS: [(Protocol, &str); 2] = [(Protocol::Udp, "udp"), (Protocol::Tcp, "tcp")];
+/// How a client's query reached the proxy: the `transport` of the metrics and the query log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484).
+    Https,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Https,
+    ];
+
+    /// What the resolver needs to know of it: a datagram, whose answer must fit the
+    /// client's UDP size, or a stream.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp | Transport::Tls | Transport::Https => Protocol::Tcp,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Https => "https",
+        }
+    }
+}
 
 /// The mnemonic of a query type, if it is one of the commonly counted ones.
 pub fn type_mnemonic(qtype: u16) -> Option<&'static str> {
@@ -54,17 +90,14 @@ fn type_slot(qtype: Option<u16>) -> usize {
         .unwrap_or(OTHER_TYPE)
 }
 
-fn transport_slot(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Udp => 0,
-        Protocol::Tcp => 1,
-    }
+fn transport_slot(transport: Transport) -> usize {
+    transport as usize
 }
 
 /// Queries by transport, path and type: a fixed array of relaxed atomics, so counting
 /// one query is an index computation and one increment.
 pub struct QueryCounters {
-    counts: [[[AtomicU64; TYPE_SLOTS]; AnswerPath::ALL.len()]; TRANSPORTS.len()],
+    counts: [[[AtomicU64; TYPE_SLOTS]; AnswerPath::ALL.len()]; Transport::ALL.len()],
 }
 
 impl Default for QueryCounters {
@@ -87,18 +120,18 @@ impl fmt::Debug for QueryCounters {
 
 impl QueryCounters {
     /// Counts one query; `qtype` is `None` when the query could not be read.
-    pub fn record(&self, protocol: Protocol, qtype: Option<u16>, path: AnswerPath) {
-        self.counts[transport_slot(protocol)][path as usize][type_slot(qtype)]
+    pub fn record(&self, transport: Transport, qtype: Option<u16>, path: AnswerPath) {
+        self.counts[transport_slot(transport)][path as usize][type_slot(qtype)]
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queries counted with this transport, path and type label.
-    pub fn get(&self, protocol: Protocol, path: AnswerPath, type_label: &str) -> u64 {
+    pub fn get(&self, transport: Transport, path: AnswerPath, type_label: &str) -> u64 {
         let slot = COUNTED_TYPES
             .iter()
             .position(|(_, name)| *name == type_label)
             .unwrap_or(OTHER_TYPE);
-        self.counts[transport_slot(protocol)][path as usize][slot].load(Ordering::Relaxed)
+        self.counts[transport_slot(transport)][path as usize][slot].load(Ordering::Relaxed)
     }
 
     /// Queries answered by `path`, over every transport and type.
@@ -122,17 +155,17 @@ impl QueryCounters {
 
     /// Every non-zero count with its labels: transport, path, type.
     pub fn nonzero(&self) -> impl Iterator<Item = ([(&'static str, &'static str); 3], u64)> + '_ {
-        TRANSPORTS
+        Transport::ALL
             .iter()
             .enumerate()
-            .flat_map(move |(t, (_, transport))| {
+            .flat_map(move |(t, transport)| {
                 AnswerPath::ALL.iter().flat_map(move |path| {
                     (0..TYPE_SLOTS).filter_map(move |slot| {
                         let count = self.counts[t][*path as usize][slot].load(Ordering::Relaxed);
                         let qtype = COUNTED_TYPES.get(slot).map_or("other", |(_, name)| *name);
                         (count > 0).then_some((
                             [
-                                ("transport", *transport),
+                                ("transport", transport.label()),
                                 ("type", qtype),
                                 ("result", path.label()),
                             ],
@@ -151,19 +184,25 @@ mod tests {
     #[test]
     fn query_counters_index_transport_path_and_type() {
         let counters = QueryCounters::default();
-        counters.record(Protocol::Udp, Some(1), AnswerPath::Cache);
-        counters.record(Protocol::Udp, Some(1), AnswerPath::Cache);
-        counters.record(Protocol::Tcp, Some(28), AnswerPath::Forwarded);
-        counters.record(Protocol::Udp, Some(99), AnswerPath::Blocked);
-        counters.record(Protocol::Udp, None, AnswerPath::Dropped);
-        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Cache, "A"), 2);
-        assert_eq!(counters.get(Protocol::Tcp, AnswerPath::Cache, "A"), 0);
+        counters.record(Transport::Udp, Some(1), AnswerPath::Cache);
+        counters.record(Transport::Udp, Some(1), AnswerPath::Cache);
+        counters.record(Transport::Tcp, Some(28), AnswerPath::Forwarded);
+        counters.record(Transport::Udp, Some(99), AnswerPath::Blocked);
+        counters.record(Transport::Udp, None, AnswerPath::Dropped);
+        assert_eq!(counters.get(Transport::Udp, AnswerPath::Cache, "A"), 2);
+        assert_eq!(counters.get(Transport::Tcp, AnswerPath::Cache, "A"), 0);
         assert_eq!(
-            counters.get(Protocol::Tcp, AnswerPath::Forwarded, "AAAA"),
+            counters.get(Transport::Tcp, AnswerPath::Forwarded, "AAAA"),
             1
         );
-        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Blocked, "other"), 1);
-        assert_eq!(counters.get(Protocol::Udp, AnswerPath::Dropped, "other"), 1);
+        assert_eq!(
+            counters.get(Transport::Udp, AnswerPath::Blocked, "other"),
+            1
+        );
+        assert_eq!(
+            counters.get(Transport::Udp, AnswerPath::Dropped, "other"),
+            1
+        );
         assert_eq!(counters.total(), 5);
         assert_eq!(counters.nonzero().count(), 4);
     }

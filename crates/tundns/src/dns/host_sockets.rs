@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dns::counters::Transport;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +21,6 @@ use tokio::task::{JoinHandle, JoinSet};
 use tundns_config::{Config, ConfigError};
 use tundns_dns::MAX_MESSAGE_LEN;
 use tundns_dns::tcp::{FrameDecoder, length_prefix};
-use tundns_upstream::Protocol;
 
 use crate::dns::proxy::{DnsProxy, Verdict};
 
@@ -115,7 +115,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<DnsProxy>) {
         let Ok((len, client)) = socket.recv_from(&mut query).await else {
             continue;
         };
-        match proxy.accept_from(Some(client), &query[..len], Protocol::Udp, &mut answer) {
+        match proxy.accept_from(Some(client), &query[..len], Transport::Udp, &mut answer) {
             Verdict::Drop => {}
             Verdict::Answered(len) => {
                 let _ = socket.send_to(&answer[..len], client).await;
@@ -192,7 +192,7 @@ async fn serve_connection(
                     let taken = decoder.push(offered);
                     offered = &offered[taken..];
                     while let Some(query) = decoder.next_message().map_err(io::Error::other)? {
-                        match proxy.accept_from(Some(client), query, Protocol::Tcp, &mut answer) {
+                        match proxy.accept_from(Some(client), query, Transport::Tcp, &mut answer) {
                             Verdict::Drop => {}
                             Verdict::Answered(len) => {
                                 write_framed(&mut stream, &answer[..len], idle_timeout).await?;

@@ -3,6 +3,7 @@
 //!
 //! - [`proxy`]: the resolver's driver and its UDP front end, inline on the TUN reader;
 //! - [`tcp`]: DNS over TCP on the virtual IPs, through the userspace netstack;
+//! - [`encrypted`]: DNS over TLS and over HTTPS on the virtual IPs, with their identity;
 //! - [`host_sockets`]: DNS over UDP and TCP on host addresses (`Address = ip:port`);
 //! - [`config`]: the resolver's parts, built from the config;
 //! - [`groups`]: upstream groups (pools) built from upstream lists;
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod encrypted;
 pub mod groups;
 pub mod host_sockets;
 pub mod proxy;

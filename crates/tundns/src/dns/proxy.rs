@@ -28,7 +28,9 @@ use tundns_resolver::pool::{Answer, ResolveError};
 use tundns_resolver::{
     Admission, AnswerPath, Finished, Forwarding, Inline, RequestId, Resolver, UpstreamRequest,
 };
-use tundns_upstream::{Protocol, UpstreamPool};
+use tundns_upstream::UpstreamPool;
+
+use crate::dns::counters::Transport;
 
 pub use crate::dns::counters::DnsStats;
 use crate::dns::query_log::{Arrival, QueryLog};
@@ -194,8 +196,8 @@ impl DnsProxy {
     ///
     /// `out` must hold [`MAX_MESSAGE_LEN`] bytes. UDP answers are cut to what the client
     /// takes.
-    pub fn accept(self: &Arc<Self>, query: &[u8], protocol: Protocol, out: &mut [u8]) -> Verdict {
-        self.accept_from(None, query, protocol, out)
+    pub fn accept(self: &Arc<Self>, query: &[u8], transport: Transport, out: &mut [u8]) -> Verdict {
+        self.accept_from(None, query, transport, out)
     }
 
     /// [`accept`](Self::accept) for a query from `client`, whom the query log names.
@@ -203,14 +205,14 @@ impl DnsProxy {
         self: &Arc<Self>,
         client: Option<SocketAddr>,
         query: &[u8],
-        protocol: Protocol,
+        transport: Transport,
         out: &mut [u8],
     ) -> Verdict {
         let waiter = || {
             let (sender, receiver) = oneshot::channel();
             (ReplyTo::Waiter(sender), Forward { receiver })
         };
-        self.accept_with(client, query, protocol, out, waiter)
+        self.accept_with(client, query, transport, out, waiter)
     }
 
     /// Answers from memory, or queues the query for the upstreams with the reply target
@@ -219,12 +221,12 @@ impl DnsProxy {
         self: &Arc<Self>,
         client: Option<SocketAddr>,
         query: &[u8],
-        protocol: Protocol,
+        transport: Transport,
         out: &mut [u8],
         reply: impl FnOnce() -> (ReplyTo, W),
     ) -> Verdict<W> {
         let now = Instant::now();
-        if protocol == Protocol::Udp
+        if transport == Transport::Udp
             && let Some(client) = client
         {
             match self.rate_verdict(client.ip(), now) {
@@ -242,8 +244,11 @@ impl DnsProxy {
                 }
             }
         }
-        let arrival = Arrival::now(client, protocol, self.query_log.get().is_some());
-        let miss = match self.resolver.answer_inline(query, protocol, now, out) {
+        let arrival = Arrival::now(client, transport, self.query_log.get().is_some());
+        let miss = match self
+            .resolver
+            .answer_inline(query, transport.protocol(), now, out)
+        {
             Inline::Dropped => {
                 self.observe(&arrival, None, AnswerPath::Dropped, &[], None);
                 return Verdict::Drop;
@@ -458,7 +463,7 @@ impl UdpService for UdpDns {
             let out = &mut buf[offset..];
             let verdict =
                 self.proxy
-                    .accept_with(Some(client), datagram.payload, Protocol::Udp, out, reply);
+                    .accept_with(Some(client), datagram.payload, Transport::Udp, out, reply);
             if let Verdict::Answered(len) = verdict {
                 tun.send_udp_in_place(buf, server, client, len);
             }
@@ -537,9 +542,9 @@ mod tests {
         let (upstream, _) = fake_upstream(1).await;
         let proxy = proxy(upstream, 1, false);
         let mut out = vec![0; MAX_MESSAGE_LEN];
-        let first = proxy.accept(&query(1, "a.lab.test"), Protocol::Udp, &mut out);
+        let first = proxy.accept(&query(1, "a.lab.test"), Transport::Udp, &mut out);
         assert!(matches!(first, Verdict::Forward(_)));
-        match proxy.accept(&query(2, "b.lab.test"), Protocol::Udp, &mut out) {
+        match proxy.accept(&query(2, "b.lab.test"), Transport::Udp, &mut out) {
             Verdict::Answered(len) => {
                 assert_eq!(&out[..2], &2u16.to_be_bytes());
                 assert_eq!(rcode(&out[..len]), 5, "REFUSED");
@@ -551,7 +556,7 @@ mod tests {
             unreachable!("matched above")
         };
         first.resolve().await;
-        let third = proxy.accept(&query(3, "c.lab.test"), Protocol::Udp, &mut out);
+        let third = proxy.accept(&query(3, "c.lab.test"), Transport::Udp, &mut out);
         assert!(matches!(third, Verdict::Forward(_)), "the slot comes back");
         assert_eq!(proxy.stats().queries.by_path(AnswerPath::Refused), 1);
     }
@@ -576,7 +581,7 @@ mod tests {
         let mut ask = |client: IpAddr, id: u16| {
             let query = query(id, "a.lab.test");
             let from = Some(SocketAddr::new(client, 5353));
-            match proxy.accept_from(from, &query, Protocol::Udp, &mut out) {
+            match proxy.accept_from(from, &query, Transport::Udp, &mut out) {
                 Verdict::Answered(len) if out[2] & 0x02 != 0 && len <= query.len() => "slip",
                 Verdict::Drop => "drop",
                 _ => "answer",
@@ -594,7 +599,7 @@ mod tests {
         let tcp = proxy.accept_from(
             Some(SocketAddr::new(lan, 5353)),
             &query(30, "a.lab.test"),
-            Protocol::Tcp,
+            Transport::Tcp,
             &mut out,
         );
         assert!(matches!(tcp, Verdict::Forward(_)));
@@ -607,12 +612,12 @@ mod tests {
         let mut bad = query(7, "a.lab.test");
         bad[12] = 70; // a label longer than 63
         let mut out = vec![0; MAX_MESSAGE_LEN];
-        let Verdict::Answered(len) = proxy.accept(&bad, Protocol::Udp, &mut out) else {
+        let Verdict::Answered(len) = proxy.accept(&bad, Transport::Udp, &mut out) else {
             panic!("FORMERR expected");
         };
         assert_eq!(rcode(&out[..len]), 1);
         assert!(matches!(
-            proxy.accept(&bad[..5], Protocol::Udp, &mut out),
+            proxy.accept(&bad[..5], Transport::Udp, &mut out),
             Verdict::Drop
         ));
         assert_eq!(seen.load(Ordering::SeqCst), 0);
@@ -625,7 +630,7 @@ mod tests {
         let proxy = proxy(upstream, 8, false);
         let mut out = vec![0; MAX_MESSAGE_LEN];
         let Verdict::Forward(forward) =
-            proxy.accept(&query(9, "big.lab.test"), Protocol::Udp, &mut out)
+            proxy.accept(&query(9, "big.lab.test"), Transport::Udp, &mut out)
         else {
             panic!("must be forwarded");
         };
@@ -645,13 +650,13 @@ mod tests {
         let proxy = proxy(upstream, 8, true);
         let mut out = vec![0; MAX_MESSAGE_LEN];
         let Verdict::Forward(forward) =
-            proxy.accept(&query(11, "www.lab.test"), Protocol::Udp, &mut out)
+            proxy.accept(&query(11, "www.lab.test"), Transport::Udp, &mut out)
         else {
             panic!("the first query goes upstream");
         };
         forward.resolve().await;
         let Verdict::Answered(len) =
-            proxy.accept(&query(12, "WWW.lab.test"), Protocol::Udp, &mut out)
+            proxy.accept(&query(12, "WWW.lab.test"), Transport::Udp, &mut out)
         else {
             panic!("the second is a cache hit");
         };
@@ -668,7 +673,7 @@ mod tests {
         let proxy = proxy(upstream, 8, true);
         let ask = |id| {
             let mut out = vec![0; MAX_MESSAGE_LEN];
-            match proxy.accept(&query(id, "www.lab.test"), Protocol::Udp, &mut out) {
+            match proxy.accept(&query(id, "www.lab.test"), Transport::Udp, &mut out) {
                 Verdict::Forward(forward) => Some(forward),
                 _ => None,
             }
@@ -705,7 +710,7 @@ mod tests {
         let mut out = vec![0; MAX_MESSAGE_LEN];
         let forwards: Vec<Forward> = (0..20)
             .map(|id| {
-                match proxy.accept(&query(100 + id, "same.lab.test"), Protocol::Udp, &mut out) {
+                match proxy.accept(&query(100 + id, "same.lab.test"), Transport::Udp, &mut out) {
                     Verdict::Forward(forward) => forward,
                     _ => panic!("all go upstream"),
                 }
@@ -747,7 +752,7 @@ mod tests {
             });
             let mut out = vec![0; MAX_MESSAGE_LEN];
             let Verdict::Forward(forward) =
-                proxy.accept(&query(31, "gone.lab.test"), Protocol::Udp, &mut out)
+                proxy.accept(&query(31, "gone.lab.test"), Transport::Udp, &mut out)
             else {
                 panic!("must be forwarded");
             };

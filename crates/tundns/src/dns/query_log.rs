@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::dns::counters::Transport;
 use tokio::sync::mpsc;
 use tundns_dns::Question;
-use tundns_upstream::Protocol;
 
 use tundns_resolver::AnswerPath;
 
@@ -42,14 +42,14 @@ pub const QUEUE_LEN: usize = 4096;
 pub struct Arrival {
     /// Who asked, when it came from the network.
     pub client: Option<SocketAddr>,
-    pub transport: Protocol,
+    pub transport: Transport,
     /// Taken only while the query log is on: the clock is not read for nothing.
     pub started: Option<Instant>,
 }
 
 impl Arrival {
     /// A query arriving now; `timed` says whether its latency will be logged.
-    pub fn now(client: Option<SocketAddr>, transport: Protocol, timed: bool) -> Self {
+    pub fn now(client: Option<SocketAddr>, transport: Transport, timed: bool) -> Self {
         Self {
             client,
             transport,
@@ -87,7 +87,7 @@ pub struct QueryEvent {
     pub time: SystemTime,
     /// Who asked, when it came from the network.
     pub client: Option<SocketAddr>,
-    pub transport: Protocol,
+    pub transport: Transport,
     /// The question, when the message could be read.
     pub question: Option<Question>,
     /// The answer's RCODE (header bits), or `None` when nothing was answered.
@@ -221,10 +221,7 @@ pub fn format_line(event: &QueryEvent, out: &mut String) {
         None => out.push_str("null"),
     }
     out.push_str(",\"transport\":\"");
-    out.push_str(match event.transport {
-        Protocol::Udp => "udp",
-        Protocol::Tcp => "tcp",
-    });
+    out.push_str(event.transport.label());
     out.push_str("\",\"name\":");
     match &event.question {
         Some(question) => {
@@ -379,7 +376,7 @@ mod tests {
         QueryEvent {
             time: UNIX_EPOCH + Duration::from_millis(1_735_787_045_678),
             client: Some("10.99.0.2:41000".parse().unwrap()),
-            transport: Protocol::Udp,
+            transport: Transport::Udp,
             question: Some(question(b"\x03www\x07Example\x00", 1)),
             rcode: Some(0),
             path: AnswerPath::Cache,
@@ -407,7 +404,7 @@ mod tests {
         let mut event = event();
         event.question = Some(question(b"\x05a\"b\\c\x03\xff.\x00\x00", 4242));
         event.client = None;
-        event.transport = Protocol::Tcp;
+        event.transport = Transport::Tcp;
         event.rcode = Some(9);
         event.path = AnswerPath::Forwarded;
         event.upstream = Some("https://dns.example@192.0.2.53:443/q?\"x\"\u{1}".into());

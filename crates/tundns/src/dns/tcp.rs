@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tundns_dns::tcp::{FrameDecoder, length_prefix};
 use tundns_filter::{Service, TunWriter};
 use tundns_netstack::{ConnectionId, Event, IdleReset, Limits, TcpStack};
-use tundns_upstream::Protocol;
 
+use crate::dns::counters::Transport;
 use crate::dns::proxy::{DnsProxy, Verdict};
 use tundns_dns::MAX_MESSAGE_LEN;
 
@@ -267,7 +267,7 @@ impl StackTask {
                     self.stack.keep_alive(id);
                     let peer = Some(connection.peer);
                     self.proxy
-                        .accept_from(peer, query, Protocol::Tcp, &mut self.answer)
+                        .accept_from(peer, query, Transport::Tcp, &mut self.answer)
                 }
                 Ok(None) => return true,
                 Err(error) => {

@@ -5,11 +5,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::dns::counters::Transport;
 use domain::base::iana::Rcode;
 use domain::base::{Message, MessageBuilder, Name, Rtype};
 use domain::rdata::{A, Aaaa};
 use tundns_dns::MAX_MESSAGE_LEN;
-use tundns_resolver::Protocol;
 
 use crate::dns::proxy::{DnsProxy, Verdict};
 
@@ -75,7 +75,7 @@ async fn addresses(
         .map_err(|_| LookupError::NoAddress)?;
     let query = question.into_message().into_octets();
     let mut out = vec![0; MAX_MESSAGE_LEN];
-    let answer = match proxy.accept(&query, Protocol::Tcp, &mut out) {
+    let answer = match proxy.accept(&query, Transport::Tcp, &mut out) {
         Verdict::Drop => return Err(LookupError::Failed),
         Verdict::Answered(len) => out[..len].to_vec(),
         Verdict::Forward(forward) => forward.resolve().await,

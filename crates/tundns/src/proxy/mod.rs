@@ -416,6 +416,7 @@ impl ProxyStack {
             outbound.clone(),
         ));
         let stack = UserStack::spawn(
+            "the proxies' userspace stack",
             local_ips,
             ports,
             proxy_limits(config.interface.mtu),

@@ -1,8 +1,9 @@
-//! The proxies' listeners on the virtual IPs: their TCP served by a userspace stack of
-//! their own, fed from the TUN and answering into it, and the UDP relay sockets of SOCKS5
+//! Listeners on the virtual IPs: TCP served by a userspace stack of their own
+//! ([`StackListeners`], which encrypted DNS uses too), fed from the TUN and answering into
+//! it, and for the proxies ([`VirtualListeners`]) the UDP relay sockets of SOCKS5
 //! associations made there.
 //!
-//! Only this host may use them: a packet whose source is not one of the host's own
+//! The proxies serve only this host: a packet whose source is not one of the host's own
 //! addresses (a LAN or container host that routed the virtual IP through this machine) is
 //! dropped before any stack sees it. The tunnel side never gets here: the filter drops
 //! every decrypted packet that names a virtual IP.
@@ -13,8 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tundns_filter::{Datagram, Service, TunBatch, TunWriter, UdpService, VirtualHost};
+use tundns_filter::{
+    Datagram, Service, SourcePolicy, TunBatch, TunWriter, UdpService, VirtualHost,
+};
 use tundns_host::local_addresses::LocalAddresses;
+use tundns_netstack::Limits;
 use tundns_packet::IpView;
 
 use super::ports::LOCAL_PORTS;
@@ -28,31 +32,32 @@ type RelayDatagram = (SocketAddr, Vec<u8>);
 /// The bound relay sockets, by address.
 type RelaySockets = HashMap<SocketAddr, mpsc::Sender<RelayDatagram>>;
 
-/// The proxies' side of the virtual IPs: a stack listening on their ports, and the relay
-/// ports of the associations made there.
-pub struct VirtualListeners {
+/// A userspace stack of its own accepting TCP connections on ports of the virtual IPs.
+pub struct StackListeners {
     stack: UserStack,
-    tcp: Arc<HostOnlyTcp>,
+    tcp: Arc<AdmittedTcp>,
     tcp_ports: Vec<u16>,
-    pub relays: Arc<RelayPorts>,
 }
 
-impl VirtualListeners {
-    /// A stack for listeners on `addresses` (which the caller then [`listen`]s on),
-    /// answering through `tun`, for packets from `local` sources only.
+impl StackListeners {
+    /// A stack named `name` for listeners on `addresses` (which the caller then
+    /// [`listen`]s on), answering through `tun`, taking the segments of the sources
+    /// `admits` takes.
     ///
     /// [`listen`]: Self::listen
     pub fn new(
+        name: &'static str,
         addresses: &[SocketAddr],
-        mtu: u16,
+        limits: Limits,
         tun: TunWriter,
-        local: Arc<LocalAddresses>,
+        admits: Arc<dyn SourcePolicy>,
     ) -> Self {
         let (inbound_tx, inbound) = UserStack::inbound_channel();
         let stack = UserStack::spawn(
+            name,
             Vec::new(),
             Arc::default(),
-            proxy_limits(mtu),
+            limits,
             StackIo {
                 inbound,
                 outbound: Box::new(tun.batch()),
@@ -63,11 +68,53 @@ impl VirtualListeners {
         tcp_ports.dedup();
         Self {
             stack,
-            tcp: Arc::new(HostOnlyTcp {
+            tcp: Arc::new(AdmittedTcp {
                 inbound: inbound_tx,
-                local: local.clone(),
+                admits,
             }),
             tcp_ports,
+        }
+    }
+
+    /// Listens on `addresses`, which must be among those given to [`new`](Self::new).
+    pub fn listen(&self, addresses: &[SocketAddr]) -> mpsc::Receiver<Accepted> {
+        self.stack.listen(addresses)
+    }
+
+    /// `host` with the listeners' TCP ports opened.
+    pub fn open_ports(&self, mut host: VirtualHost) -> VirtualHost {
+        for port in &self.tcp_ports {
+            host = host.with_tcp(*port, self.tcp.clone());
+        }
+        host
+    }
+}
+
+/// The proxies' side of the virtual IPs: a stack listening on their ports, and the relay
+/// ports of the associations made there, for this host only.
+pub struct VirtualListeners {
+    tcp: StackListeners,
+    pub relays: Arc<RelayPorts>,
+}
+
+impl VirtualListeners {
+    /// Listeners on `addresses`, answering through `tun`, for packets from `local` sources
+    /// only.
+    pub fn new(
+        addresses: &[SocketAddr],
+        mtu: u16,
+        tun: TunWriter,
+        local: Arc<LocalAddresses>,
+    ) -> Self {
+        let tcp = StackListeners::new(
+            "the proxies' listeners on the virtual IPs",
+            addresses,
+            proxy_limits(mtu),
+            tun.clone(),
+            Arc::new(ThisHostOnly(local.clone())),
+        );
+        Self {
+            tcp,
             relays: Arc::new(RelayPorts {
                 tun,
                 local,
@@ -78,15 +125,23 @@ impl VirtualListeners {
 
     /// Listens on `addresses`, which must be among those given to [`new`](Self::new).
     pub fn listen(&self, addresses: &[SocketAddr]) -> mpsc::Receiver<Accepted> {
-        self.stack.listen(addresses)
+        self.tcp.listen(addresses)
     }
 
     /// `host` with the listeners' TCP ports and the relays' UDP ports opened.
-    pub fn open_ports(&self, mut host: VirtualHost) -> VirtualHost {
-        for port in &self.tcp_ports {
-            host = host.with_tcp(*port, self.tcp.clone());
-        }
-        host.with_udp_ports(LOCAL_PORTS, self.relays.clone())
+    pub fn open_ports(&self, host: VirtualHost) -> VirtualHost {
+        self.tcp
+            .open_ports(host)
+            .with_udp_ports(LOCAL_PORTS, self.relays.clone())
+    }
+}
+
+/// This host's own addresses.
+struct ThisHostOnly(Arc<LocalAddresses>);
+
+impl SourcePolicy for ThisHostOnly {
+    fn admits(&self, source: IpAddr) -> bool {
+        self.0.contains(source)
     }
 }
 
@@ -105,17 +160,17 @@ impl PacketSink for TunBatch {
     }
 }
 
-/// The listeners' TCP ports: segments from this host go to the stack.
-struct HostOnlyTcp {
+/// The listeners' TCP ports: segments from admitted sources go to the stack.
+struct AdmittedTcp {
     inbound: mpsc::Sender<Vec<u8>>,
-    local: Arc<LocalAddresses>,
+    admits: Arc<dyn SourcePolicy>,
 }
 
-impl Service for HostOnlyTcp {
+impl Service for AdmittedTcp {
     fn handle(&self, packet: &[u8], _tun: &TunWriter) {
-        let from_this_host = IpView::parse(packet).is_ok_and(|ip| self.local.contains(ip.src()));
-        if !from_this_host {
-            tracing::trace!("proxy: dropped a segment from another host");
+        let admitted = IpView::parse(packet).is_ok_and(|ip| self.admits.admits(ip.src()));
+        if !admitted {
+            tracing::trace!("dropped a segment from a source these listeners do not serve");
             return;
         }
         // Dropped when the stack's task lags this far behind; TCP resends it.
@@ -123,7 +178,7 @@ impl Service for HostOnlyTcp {
     }
 
     fn name(&self) -> &str {
-        "proxy-tcp"
+        "stack-tcp"
     }
 }
 

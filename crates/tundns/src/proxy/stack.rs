@@ -158,8 +158,14 @@ impl PacketSink for IntoTunnel {
 
 impl UserStack {
     /// A stack opening connections from `local_ips` (the interface addresses), driven by
-    /// a task spawned here, and the tap that diverts the tunnel's packets to it.
-    pub fn spawn(local_ips: Vec<IpAddr>, ports: Arc<PortSet>, limits: Limits, io: StackIo) -> Self {
+    /// a task spawned here, which `name`s it if it ever fails.
+    pub fn spawn(
+        name: &'static str,
+        local_ips: Vec<IpAddr>,
+        ports: Arc<PortSet>,
+        limits: Limits,
+        io: StackIo,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stack: TcpStack::new(limits),
@@ -174,7 +180,7 @@ impl UserStack {
             ports,
         });
         crate::supervise::spawn_essential(
-            "the proxies' userspace stack",
+            name,
             drive(Arc::downgrade(&shared), shared.work.clone(), io.inbound),
         );
         Self { shared }

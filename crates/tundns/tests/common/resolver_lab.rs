@@ -142,6 +142,17 @@ impl Lab {
         self.dir.join("lab-ca.pem")
     }
 
+    /// unbound's certificate for dns.lab.test (and its IPs), signed by the lab CA, and its
+    /// key: what a `TLSCertificate` and `TLSKey` may name.
+    pub fn server_certificate(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("server.pem"), self.dir.join("server.key"))
+    }
+
+    /// The lab CA's key: a key that is not the server certificate's.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("lab-ca.key")
+    }
+
     /// Another CA, which did not sign unbound's certificate.
     pub fn wrong_ca_file(&self) -> PathBuf {
         self.dir.join("wrong-ca.pem")

@@ -1,0 +1,206 @@
+//! DNS over HTTPS (RFC 8484): `GET` with the query in `?dns=` and `POST` with it as the
+//! body, both as `application/dns-message`, on [`PATH`], over HTTP/2 or HTTP/1.1 as ALPN
+//! chose. Each request is a query through the proxy; the answer is the response body,
+//! with a `Cache-Control` `max-age` of its lowest TTL.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tundns_dns::MAX_MESSAGE_LEN;
+use tundns_dns::doh::{MEDIA_TYPE, PATH, max_age, query_from_get};
+
+use super::{Bounds, MAX_IN_FLIGHT_PER_CONNECTION};
+use crate::dns::counters::Transport;
+use crate::dns::proxy::{DnsProxy, Verdict};
+
+/// Serves one connection's requests until the client closes it or it idles: no request
+/// for `bounds.idle` while none is being answered.
+pub(super) async fn serve<S>(stream: S, peer: SocketAddr, proxy: &Arc<DnsProxy>, bounds: Bounds)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let proxy = proxy.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request| {
+            let proxy = proxy.clone();
+            let activity = activity.clone();
+            async move {
+                activity.begin();
+                let response = answer(request, peer, &proxy, bounds).await;
+                activity.end();
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.idle)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_IN_FLIGHT_PER_CONNECTION as u32)
+        .max_header_list_size(16 * 1024)
+        .max_send_buf_size(64 * 1024);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    loop {
+        let idle_until = activity.idle_since().map_or(Instant::now(), |since| since) + bounds.idle;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "DNS over HTTPS: connection ended");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(idle_until) => {
+                let idle = activity
+                    .idle_since()
+                    .is_some_and(|since| since + bounds.idle <= Instant::now());
+                if idle {
+                    tracing::debug!(%peer, "DNS over HTTPS: idle, closing");
+                    connection.as_mut().graceful_shutdown();
+                    // Whatever the client does now, the connection ends in bounded time.
+                    let _ = tokio::time::timeout(bounds.idle, connection.as_mut()).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Requests being answered, and when the last one finished: a connection idles only with
+/// none in hand, and only whole requests count (a client trickling bytes keeps nothing).
+struct Activity {
+    origin: Instant,
+    in_hand: AtomicU64,
+    /// Milliseconds from `origin` to the end of the last request.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            in_hand: AtomicU64::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_hand.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        let since_origin = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_end_ms.store(since_origin, Ordering::Relaxed);
+        self.in_hand.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// When the connection became idle (its start, or the end of its last request);
+    /// `None` while a request is in hand.
+    fn idle_since(&self) -> Option<Instant> {
+        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        (self.in_hand.load(Ordering::Relaxed) == 0).then(|| self.origin + last_end)
+    }
+}
+
+/// The response to one request.
+async fn answer(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    proxy: &Arc<DnsProxy>,
+    bounds: Bounds,
+) -> Response<Full<Bytes>> {
+    if request.uri().path() != PATH {
+        return status(
+            StatusCode::NOT_FOUND,
+            "DNS over HTTPS is served on /dns-query",
+        );
+    }
+    let query = match *request.method() {
+        Method::GET => match query_from_get(request.uri().query()) {
+            Ok(query) => query,
+            Err(error) => return status(StatusCode::BAD_REQUEST, &error.to_string()),
+        },
+        Method::POST => {
+            let media_type_is_dns = request
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(';').next())
+                .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case(MEDIA_TYPE));
+            // Read whatever the type: a response before the body would reset the stream,
+            // and the client would see no status.
+            let body = Limited::new(request.into_body(), MAX_MESSAGE_LEN).collect();
+            let body = match tokio::time::timeout(bounds.idle, body).await {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(_)) => {
+                    return status(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the body is larger than a DNS message, or was cut",
+                    );
+                }
+                Err(_) => return status(StatusCode::REQUEST_TIMEOUT, "the body came too slowly"),
+            };
+            if !media_type_is_dns {
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "the body must be application/dns-message",
+                );
+            }
+            body.to_vec()
+        }
+        _ => {
+            let mut response = status(StatusCode::METHOD_NOT_ALLOWED, "GET or POST");
+            response
+                .headers_mut()
+                .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, POST"));
+            return response;
+        }
+    };
+    let mut out = vec![0u8; MAX_MESSAGE_LEN];
+    let answer = match proxy.accept_from(Some(peer), &query, Transport::Https, &mut out) {
+        Verdict::Answered(len) => {
+            out.truncate(len);
+            out
+        }
+        Verdict::Forward(forward) => forward.resolve().await,
+        Verdict::Drop => Vec::new(),
+    };
+    if answer.is_empty() {
+        return status(StatusCode::BAD_REQUEST, "not a DNS query");
+    }
+    let max_age = max_age(&answer);
+    Response::builder()
+        .header(CONTENT_TYPE, MEDIA_TYPE)
+        .header(CACHE_CONTROL, format!("max-age={max_age}"))
+        .body(Full::new(Bytes::from(answer)))
+        .expect("a valid response")
+}
+
+fn status(status: StatusCode, why: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}

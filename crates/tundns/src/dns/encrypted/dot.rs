@@ -1,0 +1,124 @@
+//! DNS over TLS (RFC 7858): RFC 7766's framing inside TLS. Queries are answered as they
+//! complete, several at once per connection, as on TCP 53.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tundns_dns::MAX_MESSAGE_LEN;
+use tundns_dns::tcp::{FrameDecoder, length_prefix};
+
+use super::{Bounds, MAX_IN_FLIGHT_PER_CONNECTION};
+use crate::dns::counters::Transport;
+use crate::dns::proxy::{DnsProxy, Verdict};
+
+/// Largest query accepted; real ones are a few hundred bytes.
+const MAX_QUERY: usize = 16 * 1024;
+
+/// Serves the queries of one connection until the client closes it, idles, sends what
+/// is not DNS framing, or stops reading its answers.
+pub(super) async fn serve<S>(stream: S, peer: SocketAddr, proxy: &Arc<DnsProxy>, bounds: Bounds)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let (answers, outbox) = mpsc::channel(MAX_IN_FLIGHT_PER_CONNECTION);
+    // The writer ends when every sender is gone (the reader and its forwards), or the
+    // client stops taking answers; either way the reader then stops at its next send.
+    tokio::join!(
+        read_queries(reader, peer, proxy, bounds, answers),
+        write_answers(writer, outbox)
+    );
+}
+
+async fn read_queries<R: AsyncRead>(
+    reader: R,
+    peer: SocketAddr,
+    proxy: &Arc<DnsProxy>,
+    bounds: Bounds,
+    answers: mpsc::Sender<Vec<u8>>,
+) {
+    tokio::pin!(reader);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let mut decoder = FrameDecoder::new(MAX_QUERY);
+    let mut chunk = vec![0u8; 4096];
+    let mut out = vec![0u8; MAX_MESSAGE_LEN];
+    let mut deadline = Instant::now() + bounds.idle;
+    loop {
+        loop {
+            let query = match decoder.next_message() {
+                Ok(Some(query)) => query,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "DNS over TLS: closing");
+                    return;
+                }
+            };
+            // A whole query: the one thing from the client that keeps it open.
+            deadline = Instant::now() + bounds.idle;
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            match proxy.accept_from(Some(peer), query, Transport::Tls, &mut out) {
+                Verdict::Drop => {}
+                Verdict::Answered(len) => {
+                    if answers.send(out[..len].to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+                Verdict::Forward(forward) => {
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        let answer = forward.resolve().await;
+                        let _ = answers.send(answer).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        let room = decoder.room().min(chunk.len());
+        match tokio::time::timeout_at(deadline, reader.read(&mut chunk[..room])).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(read)) => {
+                decoder.push(&chunk[..read]);
+            }
+            // Idle, unless an answer is still being worked on.
+            Err(_) if in_flight.available_permits() < MAX_IN_FLIGHT_PER_CONNECTION => {
+                deadline = Instant::now() + bounds.idle;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "DNS over TLS: idle, closing");
+                return;
+            }
+        }
+    }
+}
+
+/// Writes the answers as they come, framed; those that came together go in one TLS
+/// flush.
+async fn write_answers<W: AsyncWrite>(writer: W, mut outbox: mpsc::Receiver<Vec<u8>>) {
+    tokio::pin!(writer);
+    let mut framed = Vec::new();
+    while let Some(answer) = outbox.recv().await {
+        frame(&mut framed, &answer);
+        while let Ok(answer) = outbox.try_recv() {
+            frame(&mut framed, &answer);
+        }
+        if writer.write_all(&framed).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        framed.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Appends `answer` with its length prefix; nothing for an empty one (a query dropped
+/// unanswered).
+fn frame(framed: &mut Vec<u8>, answer: &[u8]) {
+    if let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) {
+        framed.extend_from_slice(&prefix);
+        framed.extend_from_slice(answer);
+    }
+}

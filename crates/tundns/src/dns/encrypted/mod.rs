@@ -1,0 +1,316 @@
+//! Encrypted DNS on the virtual IPs: DNS over TLS (RFC 7858) on TCP 853 and DNS over
+//! HTTPS (RFC 8484) on TCP 443, through the same [`DnsProxy`] as UDP and TCP 53.
+//!
+//! Their TCP is a userspace stack of their own ([`StackListeners`]), fed from the TUN for
+//! the sources the virtual IPs admit; TLS is rustls with the identity of [`certificate`].
+//! Everything a client can hold is bounded: connections (`MaxTcpConnections`, and a
+//! quarter of them per client address), the handshake's time, queries or streams in
+//! flight per connection, and idle time, which only a whole query restarts, as for DNS over
+//! TCP. Input that is not TLS, HTTP or DNS closes the connection or gets an HTTP error.
+
+pub mod certificate;
+mod doh;
+mod dot;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tundns_config::{DnsProxyConfig, EncryptedDns};
+use tundns_filter::{SourcePolicy, TunWriter, VirtualHost};
+use tundns_netstack::{IdleReset, Limits};
+
+use crate::control::protocol::EncryptedStatus;
+use crate::dns::proxy::DnsProxy;
+use crate::proxy::on_virtual_ip::StackListeners;
+use crate::proxy::stack::Accepted;
+use certificate::{IdentitySource, TlsIdentity};
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The share of the connections one client address may hold: a quarter, as for TCP 53.
+const CONNECTIONS_PER_SOURCE_DIVISOR: usize = 4;
+/// Queries (DoT) or requests (DoH) one connection may have unanswered at once; the rest
+/// wait unread, and the client's window closes.
+pub(crate) const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+
+/// The bounds every connection is served under.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// A connection with nothing unanswered and no whole query for this long is closed.
+    pub idle: Duration,
+}
+
+/// The encrypted DNS servers of the virtual IPs; dropping them stops them.
+pub struct EncryptedServers {
+    listeners: StackListeners,
+    tasks: Vec<JoinHandle<()>>,
+    status: EncryptedStatus,
+}
+
+impl EncryptedServers {
+    /// Serves `settings.encrypted` on every virtual IP with `identity`, answering through
+    /// `tun` the sources `admits` takes; `None` when there is nothing to serve.
+    pub fn spawn(
+        proxy: &Arc<DnsProxy>,
+        settings: &DnsProxyConfig,
+        identity: &TlsIdentity,
+        mtu: u16,
+        tun: TunWriter,
+        admits: Arc<dyn SourcePolicy>,
+    ) -> Option<Self> {
+        if settings.encrypted.is_empty() || settings.addresses.is_empty() {
+            return None;
+        }
+        let endpoints = |protocol: EncryptedDns| -> Vec<SocketAddr> {
+            let port = protocol.port();
+            settings
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()
+        };
+        let every_endpoint: Vec<SocketAddr> = settings
+            .encrypted
+            .iter()
+            .flat_map(|p| endpoints(*p))
+            .collect();
+        let limits = Limits {
+            max_connections: settings.max_tcp_connections,
+            // The servers close idle connections themselves, on whole messages; the stack
+            // only ends what they left behind.
+            idle_timeout: settings.tcp_idle_timeout * 2,
+            idle_reset: IdleReset::Traffic,
+            rx_buffer: 16 * 1024,
+            tx_buffer: 64 * 1024,
+            mtu: usize::from(mtu),
+            ..Limits::default()
+        };
+        let listeners = StackListeners::new(
+            "encrypted DNS on the virtual IPs",
+            &every_endpoint,
+            limits,
+            tun,
+            admits,
+        );
+        let quota = Arc::new(SourceQuota::new(
+            (settings.max_tcp_connections / CONNECTIONS_PER_SOURCE_DIVISOR).max(1),
+        ));
+        let bounds = Bounds {
+            idle: settings.tcp_idle_timeout,
+        };
+        let tasks = settings
+            .encrypted
+            .iter()
+            .map(|protocol| {
+                let accepted = listeners.listen(&endpoints(*protocol));
+                let acceptor = TlsAcceptor::from(Arc::new(server_config(identity, *protocol)));
+                let server = Server {
+                    protocol: *protocol,
+                    proxy: proxy.clone(),
+                    acceptor,
+                    quota: quota.clone(),
+                    bounds,
+                };
+                let name = match protocol {
+                    EncryptedDns::Tls => "DNS over TLS on the virtual IPs",
+                    EncryptedDns::Https => "DNS over HTTPS on the virtual IPs",
+                };
+                crate::supervise::spawn_essential(name, server.accept(accepted))
+            })
+            .collect();
+        for protocol in &settings.encrypted {
+            tracing::info!(
+                protocol = protocol.name(),
+                port = protocol.port(),
+                pin = %identity.pin,
+                "serving encrypted DNS on the virtual IPs"
+            );
+        }
+        let status =
+            EncryptedStatus {
+                endpoints: settings
+                    .encrypted
+                    .iter()
+                    .flat_map(|protocol| endpoints(*protocol))
+                    .zip(settings.encrypted.iter().flat_map(|protocol| {
+                        std::iter::repeat_n(*protocol, settings.addresses.len())
+                    }))
+                    .map(|(endpoint, protocol)| endpoint_url(protocol, endpoint.ip()))
+                    .collect(),
+                pin: identity.pin.clone(),
+                self_signed: match &identity.source {
+                    IdentitySource::SelfSigned(path) => Some(path.clone()),
+                    IdentitySource::Configured => None,
+                },
+            };
+        Some(Self {
+            listeners,
+            tasks,
+            status,
+        })
+    }
+
+    /// Where and with what pin the servers are reached, for `tundns status`.
+    pub fn status(&self) -> EncryptedStatus {
+        self.status.clone()
+    }
+
+    /// `host` with the encrypted DNS ports opened.
+    pub fn open_ports(&self, host: VirtualHost) -> VirtualHost {
+        self.listeners.open_ports(host)
+    }
+}
+
+impl Drop for EncryptedServers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A client's URL for `protocol` on `ip`, in the form of tundns's own upstreams.
+fn endpoint_url(protocol: EncryptedDns, ip: IpAddr) -> String {
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    match protocol {
+        EncryptedDns::Tls => format!("tls://{host}"),
+        EncryptedDns::Https => format!("https://{host}{}", tundns_dns::doh::PATH),
+    }
+}
+
+/// rustls's server side with `identity`, offering the ALPN of `protocol`: `dot` (RFC
+/// 7858 §3.2), or `h2` and `http/1.1` for DoH.
+fn server_config(identity: &TlsIdentity, protocol: EncryptedDns) -> rustls::ServerConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            identity.certified.clone(),
+        )));
+    config.alpn_protocols = match protocol {
+        EncryptedDns::Tls => vec![b"dot".to_vec()],
+        EncryptedDns::Https => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    config
+}
+
+/// One protocol's accepting side.
+struct Server {
+    protocol: EncryptedDns,
+    proxy: Arc<DnsProxy>,
+    acceptor: TlsAcceptor,
+    quota: Arc<SourceQuota>,
+    bounds: Bounds,
+}
+
+impl Server {
+    async fn accept(self, mut accepted: mpsc::Receiver<Accepted>) {
+        let server = Arc::new(self);
+        while let Some(connection) = accepted.recv().await {
+            let Some(share) = server.quota.take(connection.peer.ip()) else {
+                tracing::debug!(peer = %connection.peer, "encrypted DNS: this client holds its share of connections");
+                continue;
+            };
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _share = share;
+                server.serve(connection).await;
+            });
+        }
+    }
+
+    async fn serve(&self, connection: Accepted) {
+        let peer = connection.peer;
+        let handshake = self.acceptor.accept(connection.stream);
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "encrypted DNS: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "encrypted DNS: TLS handshake timed out");
+                return;
+            }
+        };
+        match self.protocol {
+            EncryptedDns::Tls => dot::serve(stream, peer, &self.proxy, self.bounds).await,
+            EncryptedDns::Https => doh::serve(stream, peer, &self.proxy, self.bounds).await,
+        }
+    }
+}
+
+/// Connections held per client address, and the most one may hold.
+struct SourceQuota {
+    held: Mutex<HashMap<IpAddr, usize>>,
+    max_per_source: usize,
+}
+
+impl SourceQuota {
+    fn new(max_per_source: usize) -> Self {
+        Self {
+            held: Mutex::default(),
+            max_per_source,
+        }
+    }
+
+    /// A share for one more connection from `source`, or `None` when it holds its share.
+    fn take(self: &Arc<Self>, source: IpAddr) -> Option<QuotaShare> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(source).or_default();
+        if *count >= self.max_per_source {
+            return None;
+        }
+        *count += 1;
+        Some(QuotaShare {
+            quota: self.clone(),
+            source,
+        })
+    }
+}
+
+/// One connection's part of its client's share; given back on drop.
+struct QuotaShare {
+    quota: Arc<SourceQuota>,
+    source: IpAddr,
+}
+
+impl Drop for QuotaShare {
+    fn drop(&mut self) {
+        let mut held = self.quota.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_holds_at_most_its_share_and_gets_it_back() {
+        let quota = Arc::new(SourceQuota::new(2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = quota.take(a).unwrap();
+        let _second = quota.take(a).unwrap();
+        assert!(quota.take(a).is_none());
+        assert!(quota.take(b).is_some());
+        drop(first);
+        assert!(quota.take(a).is_some());
+    }
+}
