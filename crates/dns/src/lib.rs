@@ -26,6 +26,7 @@
 mod block;
 pub mod cache;
 mod chain;
+pub mod discovery;
 pub mod doh;
 mod local;
 mod names;

@@ -73,6 +73,8 @@ pub struct LocalDataBuilder {
     /// the first name given for an address gets the automatic PTR.
     addresses: Vec<(IpAddr, Vec<u8>, u32)>,
     records: usize,
+    /// Names answered NXDOMAIN whatever the type, unless they hold data.
+    nonexistent: Vec<Vec<u8>>,
     /// Filled by `build`: see [`empty_non_terminals`](Self::empty_non_terminals).
     empty_non_terminals: NameSet,
 }
@@ -246,6 +248,13 @@ impl LocalDataBuilder {
             };
             exact.insert(name.clone(), node);
         }
+        for name in &self.nonexistent {
+            let node = Node {
+                by_type: Box::new([]),
+                otherwise: self.negative(Vec::new(), 0, name, RCODE_NXDOMAIN),
+            };
+            exact.entry(name.as_slice().into()).or_insert(node);
+        }
         let zones = self
             .zones
             .iter()
@@ -293,6 +302,27 @@ impl LocalDataBuilder {
     }
 
     /// Adds a record that passed [`check_insert`](Self::check_insert).
+    /// Answers `name` NXDOMAIN for every type, unless data is added for it.
+    pub(crate) fn add_nonexistent(&mut self, name: &str) -> Result<(), RecordError> {
+        self.nonexistent
+            .push(parse_name(name, Wildcard::Forbidden)?);
+        Ok(())
+    }
+
+    /// Adds a record tundns writes itself (wire owner and RDATA), with the checks a
+    /// written one gets.
+    pub(crate) fn insert_record(
+        &mut self,
+        owner: Vec<u8>,
+        rtype: u16,
+        ttl: u32,
+        rdata: Vec<u8>,
+    ) -> Result<(), RecordError> {
+        self.check_insert(&owner, rtype, &rdata)?;
+        self.insert(owner, rtype, ttl, rdata);
+        Ok(())
+    }
+
     fn insert(&mut self, owner: Vec<u8>, rtype: u16, ttl: u32, rdata: Vec<u8>) {
         let sets = self.names.entry(owner).or_default();
         let set = match sets.iter().position(|set| set.rtype == rtype) {

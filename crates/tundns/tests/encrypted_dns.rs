@@ -288,3 +288,34 @@ fn a_key_that_is_not_the_certificates_stops_up_with_the_line() {
         "{run}"
     );
 }
+
+#[test]
+fn ddr_designates_the_encrypted_endpoints_and_kdig_reads_them() {
+    let (lab, _tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&[]));
+    let c = &lab.client_ns;
+    let ddr = lab.kdig(c, PROXY_V4, &["_dns.resolver.arpa", "SVCB", "+short"]);
+    let lines: Vec<&str> = ddr.assert_success().stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "1 dns.tundns.internal. alpn=dot port=853 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30",
+            // Knot 3.2's kdig shows dohpath (key 7, RFC 9461) by number.
+            "2 dns.tundns.internal. alpn=h2 port=443 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30 key7=\"/dns-query{?dns}\"",
+        ],
+        "{ddr}"
+    );
+    // A client following the designation opportunistically (RFC 9462 §4.2, the virtual
+    // IPs are private): DoT to the IPv6 hint, the server known by its pin.
+    let pin = format!("+tls-pin={}", printed_pin(&lab));
+    let followed = lab.kdig(c, PROXY_V6, &["+tls", &pin, WWW_NAME, "A", "+short"]);
+    assert_eq!(followed.assert_success().stdout.trim(), WWW_A, "{followed}");
+
+    // With Encrypted = off there is nothing to designate: the name is not local, and goes
+    // upstream like any other.
+    drop(_tundns);
+    let lab = lab!(LabOptions::resolver());
+    let _tundns = start(&lab, &["Encrypted = off"]);
+    let none = lab.kdig(&lab.client_ns, PROXY_V4, &["_dns.resolver.arpa", "SVCB"]);
+    assert!(!none.stdout.contains("alpn="), "{none}");
+    assert!(!none.stdout.contains("flags: qr aa"), "{none}");
+}

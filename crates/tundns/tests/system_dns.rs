@@ -461,6 +461,27 @@ fn set_system_dns_points_the_system_at_every_virtual_address() {
     lab.assert_restored();
 }
 
+/// While tundns is the system resolver, Firefox's canary domain is NXDOMAIN from the proxy
+/// itself, so Firefox keeps to the system resolver rather than its own DoH.
+#[test]
+fn while_tundns_is_the_system_resolver_the_firefox_canary_is_nxdomain() {
+    let lab = lab!(with DnsLab::new);
+    let mut tundns = lab.start(&lab.config());
+    for qtype in ["A", "AAAA"] {
+        let run = lab.lab.dig(
+            &lab.lab.client_ns,
+            PROXY_V4,
+            &["use-application-dns.net", qtype],
+        );
+        assert!(
+            run.stdout.contains("status: NXDOMAIN") && run.stdout.contains(" aa "),
+            "an authoritative NXDOMAIN from the proxy:\n{run}"
+        );
+    }
+    tundns.stop_cleanly(EXIT_TIMEOUT);
+    lab.assert_restored();
+}
+
 /// Two network namespaces, one interface name: each tunnel keeps its lock, control socket,
 /// journal and resolv.conf backup in its own namespace's directories, so both run, each
 /// `tundns status` finds its own, and each stop gives back its own resolv.conf only.

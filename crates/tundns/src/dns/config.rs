@@ -97,10 +97,12 @@ fn local_data(config: &Config, path: &Path) -> Result<(LocalData, LocalSource), 
             builder.add_hosts_line(line)
         })?;
     }
-    Ok((
-        builder.build(),
-        LocalSource::from_config(config, hosts_lines),
-    ))
+    let source = LocalSource::from_config(config, hosts_lines);
+    source
+        .about_itself()
+        .add_to(&mut builder)
+        .map_err(|error| ConfigError::for_file(path, error.0))?;
+    Ok((builder.build(), source))
 }
 
 /// The blocklist of `config`, read from `path`: its `Block` domains and the `BlockList`

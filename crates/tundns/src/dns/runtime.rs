@@ -7,8 +7,10 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tundns_config::{Config, Upstream};
-use tundns_dns::{LocalData, LocalDataBuilder, Routes};
+use tundns_config::{Config, EncryptedDns, Upstream};
+use tundns_dns::discovery::EncryptedEndpoint;
+use tundns_dns::{LocalData, LocalDataBuilder, RecordError, Routes};
+use tundns_host::system_dns::DnsPlan;
 use tundns_upstream::{Tunnel, UpstreamPool};
 
 use crate::dns::groups::{self, Reach};
@@ -47,12 +49,63 @@ pub struct LocalSource {
     records: Vec<(String, Source)>,
     zones: Vec<String>,
     hosts_lines: Vec<String>,
+    about_itself: AboutItself,
+}
+
+/// What the proxy says about itself through DNS: the designations of its encrypted
+/// endpoints (DDR), and the canary that keeps Firefox on the system resolver while tundns
+/// is it.
+#[derive(Debug, Clone, Default)]
+pub struct AboutItself {
+    designated: Vec<EncryptedEndpoint>,
+    addresses: Vec<IpAddr>,
+    canary: bool,
+}
+
+impl AboutItself {
+    pub fn from_config(config: &Config) -> Self {
+        let settings = &config.dns_proxy;
+        let designated = if settings.addresses.is_empty() {
+            Vec::new()
+        } else {
+            settings
+                .encrypted
+                .iter()
+                .map(|protocol| match protocol {
+                    EncryptedDns::Tls => EncryptedEndpoint::Tls {
+                        port: protocol.port(),
+                    },
+                    EncryptedDns::Https => EncryptedEndpoint::Https {
+                        port: protocol.port(),
+                        path: tundns_dns::doh::PATH.to_string(),
+                    },
+                })
+                .collect()
+        };
+        Self {
+            designated,
+            addresses: settings.addresses.clone(),
+            canary: DnsPlan::for_config(config).settings.is_some(),
+        }
+    }
+
+    /// Adds it to `builder`, after the config's own data, which wins.
+    pub fn add_to(&self, builder: &mut LocalDataBuilder) -> Result<(), RecordError> {
+        if !self.designated.is_empty() {
+            builder.add_designated_resolvers(&self.designated, &self.addresses)?;
+        }
+        if self.canary {
+            builder.add_canary()?;
+        }
+        Ok(())
+    }
 }
 
 impl LocalSource {
     /// The config's records and local zones, and the lines of its hosts files as read when
     /// the local data was first built (`dns_config` reads each file once).
     pub fn from_config(config: &Config, hosts_lines: Vec<String>) -> Self {
+        let about_itself = AboutItself::from_config(config);
         let settings = &config.dns_proxy;
         Self {
             records: settings
@@ -66,7 +119,13 @@ impl LocalSource {
                 .map(|zone| zone.value.clone())
                 .collect(),
             hosts_lines,
+            about_itself,
         }
+    }
+
+    /// What the proxy says about itself.
+    pub fn about_itself(&self) -> &AboutItself {
+        &self.about_itself
     }
 
     /// The local data these sources make.
@@ -87,6 +146,9 @@ impl LocalSource {
                 .add_hosts_line(line)
                 .map_err(|error| error.to_string())?;
         }
+        self.about_itself
+            .add_to(&mut builder)
+            .map_err(|error| error.to_string())?;
         Ok(builder.build())
     }
 

@@ -157,7 +157,12 @@ fn self_signed(path: &Path, addresses: &[IpAddr]) -> Result<TlsIdentity, String>
         }
         tracing::warn!(path = %path.display(), "the kept self-signed identity does not read; making a new one");
     }
-    let names: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+    // The virtual IPs, and the name DDR designates them by.
+    let names: Vec<String> = addresses
+        .iter()
+        .map(IpAddr::to_string)
+        .chain([tundns_dns::discovery::RESOLVER_NAME.to_string()])
+        .collect();
     let made = rcgen::generate_simple_self_signed(names).map_err(|error| error.to_string())?;
     let contents = format!(
         "{header}\n{}{}",
