@@ -37,7 +37,15 @@ pub fn query_from_get(query_string: Option<&str>) -> Result<Vec<u8>, GetError> {
         .flat_map(|query| query.split('&'))
         .find_map(|pair| pair.strip_prefix("dns="))
         .ok_or(GetError::Missing)?;
-    let value = value.trim_end_matches("%3D").trim_end_matches('=');
+    // Padding, maybe percent-encoded (in either case), which base64url leaves out.
+    let mut value = value;
+    while let Some(rest) = value
+        .strip_suffix('=')
+        .or_else(|| value.strip_suffix("%3D"))
+        .or_else(|| value.strip_suffix("%3d"))
+    {
+        value = rest;
+    }
     // Encoded, a largest message is 4/3 of it: refuse more before decoding.
     if value.len() > MAX_MESSAGE_LEN.div_ceil(3) * 4 {
         return Err(GetError::TooLarge);
@@ -92,8 +100,10 @@ mod tests {
         let example = "AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB";
         let query = query_from_get(Some(&format!("ct=x&dns={example}"))).unwrap();
         assert_eq!(&query[12..29], b"\x03www\x07example\x03com\x00");
-        let padded = format!("dns={example}%3D%3D");
-        assert_eq!(query_from_get(Some(&padded)).unwrap(), query);
+        for padding in ["%3D%3D", "%3d%3d", "=="] {
+            let padded = format!("dns={example}{padding}");
+            assert_eq!(query_from_get(Some(&padded)).unwrap(), query);
+        }
         assert_eq!(query_from_get(Some("x=1")), Err(GetError::Missing));
         assert_eq!(query_from_get(None), Err(GetError::Missing));
         assert_eq!(

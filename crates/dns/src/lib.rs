@@ -23,6 +23,8 @@
 //! `domain`'s `Message` (see `benches/dns.rs`). `domain` serves as the
 //! independent oracle in the tests, and provides the [`Rcode`] type.
 
+#![forbid(unsafe_code)]
+
 mod block;
 pub mod cache;
 mod chain;

@@ -39,6 +39,8 @@
 //! let _next_poll = stack.poll_delay(now);
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod device;
 mod icmp;
 
@@ -529,6 +531,26 @@ impl TcpStack {
             Phase::Connecting { .. } => socket.abort(),
             Phase::Handshake | Phase::Closing { .. } => return,
         }
+        connection.phase = Phase::Closing { deadline };
+    }
+
+    /// Resets `id` at once (RST), dropping what is queued: for a connection refused
+    /// after it was accepted, whose slot must not linger in a FIN exchange the peer may
+    /// never finish. The id becomes stale at once and no [`Event::Closed`] follows.
+    /// Unknown ids are ignored.
+    pub fn reset(&mut self, id: ConnectionId) {
+        let deadline = self.deadline(self.now);
+        let Some(connection) = self
+            .slots
+            .get_mut(id.index)
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.connection.as_mut())
+        else {
+            return;
+        };
+        self.sockets
+            .get_mut::<tcp::Socket>(connection.socket)
+            .abort();
         connection.phase = Phase::Closing { deadline };
     }
 

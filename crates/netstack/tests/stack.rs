@@ -446,3 +446,24 @@ fn retransmitted_syn_does_not_open_a_second_connection() {
     assert_eq!(harness.stack.connection_count(), 1);
     assert_eq!(harness.accepted().len(), 2);
 }
+
+/// A connection reset by its owner is gone at once, for both sides: its slot is free for
+/// the next client without waiting on a FIN exchange the peer may never finish.
+#[test]
+fn a_reset_connection_frees_its_slot_at_once() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let mut harness = Harness::new(limits);
+    let mut server = FramedEcho::default();
+    let client = harness.connect(V4_SERVICE);
+    let id = harness.establish(&mut server, client);
+    harness.stack.reset(id);
+    assert!(harness.run_until(&mut server, 100, |h| {
+        h.client_socket(client).state() == tcp::State::Closed && h.stack.connection_count() == 0
+    }));
+    let next = harness.connect(V4_SERVICE);
+    harness.establish(&mut server, next);
+    assert_eq!(harness.accepted().len(), 2);
+}

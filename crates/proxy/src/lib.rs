@@ -11,6 +11,8 @@
 //! It must never do I/O: no sockets, no clocks, no async, no threads, no name lookups;
 //! and no input, however malformed, makes it panic.
 
+#![forbid(unsafe_code)]
+
 mod credentials;
 mod destination;
 pub mod http;

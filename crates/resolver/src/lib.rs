@@ -17,6 +17,8 @@
 //! (the `tundns` binary, `tundns-upstream`'s pool) execute what it asks for and pass in
 //! the time. Its tests drive it with a fake clock and scripted upstream answers.
 
+#![forbid(unsafe_code)]
+
 mod forwarding;
 pub mod pool;
 mod resolver;

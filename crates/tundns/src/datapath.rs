@@ -175,23 +175,22 @@ pub fn serve_dns(
     let mut host = VirtualHost::new("dns")
         .with_udp(53, Arc::new(UdpDns::new(proxy.clone())))
         .with_tcp(53, Arc::new(tcp));
-    let admitted: Arc<dyn SourcePolicy> = match local {
-        Some(local) => {
-            let this_host = Arc::new(ThisHost {
-                tunnel: config.interface.addresses.iter().map(IpNet::addr).collect(),
-                local,
-            });
-            proxy.set_this_host(this_host.clone());
-            let admitted = Arc::new(ThisHostAndAllowed {
-                this_host,
-                allow_from: settings.allow_from.clone(),
-            });
-            host = host.admitting(admitted.clone());
-            admitted
-        }
-        None => Arc::new(Everyone),
-    };
-    let encrypted = identity.and_then(|identity| {
+    let admitted = local.map(|local| {
+        let this_host = Arc::new(ThisHost {
+            tunnel: config.interface.addresses.iter().map(IpNet::addr).collect(),
+            local,
+        });
+        proxy.set_this_host(this_host.clone());
+        Arc::new(ThisHostAndAllowed {
+            this_host,
+            allow_from: settings.allow_from.clone(),
+        })
+    });
+    if let Some(admitted) = &admitted {
+        host = host.admitting(admitted.clone());
+    }
+    // Only with the sources known: encrypted DNS never serves everyone.
+    let encrypted = identity.zip(admitted).and_then(|(identity, admitted)| {
         EncryptedServers::spawn(
             &proxy,
             settings,
@@ -212,16 +211,6 @@ pub fn serve_dns(
         rules.insert(*ip, host.clone());
     }
     (proxy, encrypted)
-}
-
-/// Every source: what the virtual IPs admit when this host's addresses are not watched
-/// (no virtual IP needs them).
-struct Everyone;
-
-impl SourcePolicy for Everyone {
-    fn admits(&self, _: IpAddr) -> bool {
-        true
-    }
 }
 
 /// Who may use the virtual IPs: this host's own addresses, kept current from netlink, and

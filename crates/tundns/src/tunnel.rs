@@ -480,6 +480,7 @@ pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
     observability::check(config, path)?;
     if config.dns_proxy.enabled {
         dns_config::resolver_parts(config, path, None)?;
+        TlsIdentity::check_configured(&config.dns_proxy, path)?;
     }
     Ok(())
 }

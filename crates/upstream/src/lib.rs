@@ -26,6 +26,8 @@
 //! the configured upstreams, and never re-encode a message: the client's bytes go out
 //! with only the ID rewritten, and the answer comes back with only the ID restored.
 
+#![forbid(unsafe_code)]
+
 mod doh;
 mod dot;
 mod pool;

@@ -192,7 +192,7 @@ impl StackTask {
                 let held = self.per_source.entry(peer.ip()).or_default();
                 if *held >= self.max_per_source {
                     tracing::debug!(%peer, "DNS/TCP: this client holds its share of connections");
-                    self.stack.close(id);
+                    self.stack.reset(id);
                     return;
                 }
                 *held += 1;

@@ -656,6 +656,14 @@ impl AsyncWrite for StackStream {
     }
 }
 
+impl StackStream {
+    /// Refuses the connection with a RST: its slot is free at once, whatever the peer
+    /// does.
+    pub fn reset(self) {
+        self.shared.lock().stack.reset(self.id);
+    }
+}
+
 impl Drop for StackStream {
     fn drop(&mut self) {
         let mut state = self.shared.lock();

@@ -17,9 +17,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tundns_config::{ConfigError, DnsProxyConfig, Spanned};
 
-/// The first line of a self-signed identity's file: the virtual IPs it was made for. A
-/// file made for other IPs is replaced; PEM readers skip the line.
-const SELF_SIGNED_HEADER: &str = "# tundns self-signed identity for";
+/// The first line of a self-signed identity's file, before the names it was made for. A
+/// file made by another version or for other names is replaced; PEM readers skip the line.
+const SELF_SIGNED_HEADER: &str = "# tundns self-signed identity v1 for";
 
 /// A certificate chain with its key, and the key's pin.
 #[derive(Clone, Debug)]
@@ -52,6 +52,18 @@ impl TlsIdentity {
     /// The configured certificate and key, or else the self-signed identity for
     /// `addresses` kept as `<state_directory>/<interface>.dns-identity.pem`, made when
     /// missing, unreadable or made for other addresses.
+    /// Checks the configured certificate and key, if any, as [`load`](Self::load) would;
+    /// makes nothing.
+    pub fn check_configured(
+        settings: &DnsProxyConfig,
+        config_path: &Path,
+    ) -> Result<(), ConfigError> {
+        if let (Some(certificate), Some(key)) = (&settings.tls_certificate, &settings.tls_key) {
+            configured(config_path, certificate, key)?;
+        }
+        Ok(())
+    }
+
     pub fn load(
         settings: &DnsProxyConfig,
         config_path: &Path,
@@ -133,19 +145,53 @@ fn configured(
     })
 }
 
-/// The header line naming `addresses`.
-fn header(addresses: &[IpAddr]) -> String {
+/// The names of a self-signed identity: the virtual IPs, and the name DDR designates
+/// them by.
+fn names(addresses: &[IpAddr]) -> Vec<String> {
+    addresses
+        .iter()
+        .map(IpAddr::to_string)
+        .chain([tundns_dns::discovery::RESOLVER_NAME.to_string()])
+        .collect()
+}
+
+/// The header line naming `names`.
+fn header(names: &[String]) -> String {
     let mut line = SELF_SIGNED_HEADER.to_string();
-    for address in addresses {
-        let _ = write!(line, " {address}");
+    for name in names {
+        let _ = write!(line, " {name}");
     }
     line
 }
 
+/// The kept identity file, if it is a private file of this user's (not a link, no access
+/// for others): anything else is replaced, never trusted.
+fn read_kept(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let metadata = file.metadata().ok()?;
+    let private = metadata.is_file()
+        && metadata.uid() == nix::unistd::geteuid().as_raw()
+        && metadata.mode() & 0o077 == 0;
+    if !private {
+        tracing::warn!(path = %path.display(), "the kept self-signed identity is not a private file; making a new one");
+        return None;
+    }
+    let mut kept = Vec::new();
+    file.take(64 * 1024).read_to_end(&mut kept).ok()?;
+    Some(kept)
+}
+
 fn self_signed(path: &Path, addresses: &[IpAddr]) -> Result<TlsIdentity, String> {
-    let header = header(addresses);
+    let names = names(addresses);
+    let header = header(&names);
     let source = IdentitySource::SelfSigned(path.to_path_buf());
-    if let Ok(kept) = std::fs::read(path)
+    if let Some(kept) = read_kept(path)
         && kept.split(|&b| b == b'\n').next() == Some(header.as_bytes())
     {
         let chain = CertificateDer::pem_slice_iter(&kept).collect::<Result<Vec<_>, _>>();
@@ -157,12 +203,6 @@ fn self_signed(path: &Path, addresses: &[IpAddr]) -> Result<TlsIdentity, String>
         }
         tracing::warn!(path = %path.display(), "the kept self-signed identity does not read; making a new one");
     }
-    // The virtual IPs, and the name DDR designates them by.
-    let names: Vec<String> = addresses
-        .iter()
-        .map(IpAddr::to_string)
-        .chain([tundns_dns::discovery::RESOLVER_NAME.to_string()])
-        .collect();
     let made = rcgen::generate_simple_self_signed(names).map_err(|error| error.to_string())?;
     let contents = format!(
         "{header}\n{}{}",
@@ -170,12 +210,7 @@ fn self_signed(path: &Path, addresses: &[IpAddr]) -> Result<TlsIdentity, String>
         made.signing_key.serialize_pem()
     );
     if let Some(directory) = path.parent() {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(directory)
-            .map_err(|error| format!("creating {}: {error}", directory.display()))?;
+        tundns_host::journal::private_directory(directory).map_err(|error| error.to_string())?;
     }
     tundns_host::atomic_file::write_atomically(path, contents.as_bytes(), 0o600)
         .map_err(|error| error.to_string())?;
@@ -239,11 +274,8 @@ mod tests {
         .unwrap();
         assert_ne!(other.pin, made.pin, "made for other addresses: replaced");
 
-        std::fs::write(
-            &file,
-            format!("{}\ngarbage\n", header(&["10.30.30.31".parse().unwrap()])),
-        )
-        .unwrap();
+        let names = names(&["10.30.30.31".parse().unwrap()]);
+        std::fs::write(&file, format!("{}\ngarbage\n", header(&names))).unwrap();
         let remade = TlsIdentity::load(
             &settings(&["10.30.30.31"]),
             Path::new("wg0.conf"),
@@ -252,6 +284,20 @@ mod tests {
         )
         .unwrap();
         assert_ne!(remade.pin, other.pin, "unreadable: replaced");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let exposed = TlsIdentity::load(
+            &settings(&["10.30.30.31"]),
+            Path::new("wg0.conf"),
+            "wg0",
+            state,
+        )
+        .unwrap();
+        assert_ne!(exposed.pin, remade.pin, "readable by others: replaced");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

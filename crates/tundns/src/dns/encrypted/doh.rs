@@ -38,12 +38,7 @@ where
         hyper::service::service_fn(move |request| {
             let proxy = proxy.clone();
             let activity = activity.clone();
-            async move {
-                activity.begin();
-                let response = answer(request, peer, &proxy, bounds).await;
-                activity.end();
-                Ok::<_, Infallible>(response)
-            }
+            async move { Ok::<_, Infallible>(answer(request, peer, &proxy, bounds, &activity).await) }
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -57,7 +52,10 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_IN_FLIGHT_PER_CONNECTION as u32)
         .max_header_list_size(16 * 1024)
-        .max_send_buf_size(64 * 1024);
+        .max_send_buf_size(64 * 1024)
+        // A query is at most 64 KiB: no client needs more in flight to send one.
+        .initial_stream_window_size(MAX_MESSAGE_LEN as u32)
+        .initial_connection_window_size(4 * MAX_MESSAGE_LEN as u32);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     loop {
@@ -103,14 +101,10 @@ impl Activity {
         }
     }
 
-    fn begin(&self) {
+    /// A whole query in hand until the guard goes, answered or cancelled.
+    fn begin(&self) -> InHand<'_> {
         self.in_hand.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn end(&self) {
-        let since_origin = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_end_ms.store(since_origin, Ordering::Relaxed);
-        self.in_hand.fetch_sub(1, Ordering::Relaxed);
+        InHand(self)
     }
 
     /// When the connection became idle (its start, or the end of its last request);
@@ -121,12 +115,25 @@ impl Activity {
     }
 }
 
+/// One query being answered.
+struct InHand<'a>(&'a Activity);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        let activity = self.0;
+        let since_origin = u64::try_from(activity.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_end_ms.store(since_origin, Ordering::Relaxed);
+        activity.in_hand.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The response to one request.
 async fn answer(
     request: Request<Incoming>,
     peer: SocketAddr,
     proxy: &Arc<DnsProxy>,
     bounds: Bounds,
+    activity: &Activity,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != PATH {
         return status(
@@ -175,6 +182,8 @@ async fn answer(
             return response;
         }
     };
+    // A whole query: from here the connection is busy, not idle.
+    let _in_hand = activity.begin();
     let mut out = vec![0u8; MAX_MESSAGE_LEN];
     let answer = match proxy.accept_from(Some(peer), &query, Transport::Https, &mut out) {
         Verdict::Answered(len) => {
@@ -182,10 +191,10 @@ async fn answer(
             out
         }
         Verdict::Forward(forward) => forward.resolve().await,
-        Verdict::Drop => Vec::new(),
+        Verdict::Drop => return status(StatusCode::BAD_REQUEST, "not a DNS query"),
     };
     if answer.is_empty() {
-        return status(StatusCode::BAD_REQUEST, "not a DNS query");
+        return status(StatusCode::BAD_GATEWAY, "no answer");
     }
     let max_age = max_age(&answer);
     Response::builder()

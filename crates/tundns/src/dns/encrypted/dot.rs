@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tundns_dns::MAX_MESSAGE_LEN;
 use tundns_dns::tcp::{FrameDecoder, length_prefix};
@@ -16,6 +16,13 @@ use crate::dns::proxy::{DnsProxy, Verdict};
 
 /// Largest query accepted; real ones are a few hundred bytes.
 const MAX_QUERY: usize = 16 * 1024;
+/// Answers gathered into one TLS write, at most (beyond one answer).
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// An answer to write, with the query's place among those in flight: given back only once
+/// the answer is written, so a client that does not read holds at most
+/// [`MAX_IN_FLIGHT_PER_CONNECTION`] answers.
+type Outgoing = (Vec<u8>, OwnedSemaphorePermit);
 
 /// Serves the queries of one connection until the client closes it, idles, sends what
 /// is not DNS framing, or stops reading its answers.
@@ -29,7 +36,7 @@ where
     // client stops taking answers; either way the reader then stops at its next send.
     tokio::join!(
         read_queries(reader, peer, proxy, bounds, answers),
-        write_answers(writer, outbox)
+        write_answers(writer, outbox, bounds)
     );
 }
 
@@ -38,7 +45,7 @@ async fn read_queries<R: AsyncRead>(
     peer: SocketAddr,
     proxy: &Arc<DnsProxy>,
     bounds: Bounds,
-    answers: mpsc::Sender<Vec<u8>>,
+    answers: mpsc::Sender<Outgoing>,
 ) {
     tokio::pin!(reader);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
@@ -64,7 +71,7 @@ async fn read_queries<R: AsyncRead>(
             match proxy.accept_from(Some(peer), query, Transport::Tls, &mut out) {
                 Verdict::Drop => {}
                 Verdict::Answered(len) => {
-                    if answers.send(out[..len].to_vec()).await.is_err() {
+                    if answers.send((out[..len].to_vec(), permit)).await.is_err() {
                         return;
                     }
                 }
@@ -72,8 +79,7 @@ async fn read_queries<R: AsyncRead>(
                     let answers = answers.clone();
                     tokio::spawn(async move {
                         let answer = forward.resolve().await;
-                        let _ = answers.send(answer).await;
-                        drop(permit);
+                        let _ = answers.send((answer, permit)).await;
                     });
                 }
             }
@@ -97,21 +103,35 @@ async fn read_queries<R: AsyncRead>(
 }
 
 /// Writes the answers as they come, framed; those that came together go in one TLS
-/// flush.
-async fn write_answers<W: AsyncWrite>(writer: W, mut outbox: mpsc::Receiver<Vec<u8>>) {
+/// flush. A client that takes no answer for `bounds.idle` is closed.
+async fn write_answers<W: AsyncWrite>(
+    writer: W,
+    mut outbox: mpsc::Receiver<Outgoing>,
+    bounds: Bounds,
+) {
     tokio::pin!(writer);
     let mut framed = Vec::new();
-    while let Some(answer) = outbox.recv().await {
+    let mut places = Vec::new();
+    while let Some((answer, place)) = outbox.recv().await {
         frame(&mut framed, &answer);
-        while let Ok(answer) = outbox.try_recv() {
+        places.push(place);
+        while framed.len() < WRITE_BATCH
+            && let Ok((answer, place)) = outbox.try_recv()
+        {
             frame(&mut framed, &answer);
+            places.push(place);
         }
-        if writer.write_all(&framed).await.is_err() || writer.flush().await.is_err() {
+        let written = async {
+            writer.write_all(&framed).await?;
+            writer.flush().await
+        };
+        if !matches!(tokio::time::timeout(bounds.idle, written).await, Ok(Ok(()))) {
             return;
         }
         framed.clear();
+        places.clear();
     }
-    let _ = writer.shutdown().await;
+    let _ = tokio::time::timeout(bounds.idle, writer.shutdown()).await;
 }
 
 /// Appends `answer` with its length prefix; nothing for an empty one (a query dropped

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tundns_config::{DnsProxyConfig, EncryptedDns};
 use tundns_filter::{SourcePolicy, TunWriter, VirtualHost};
@@ -77,7 +77,7 @@ impl EncryptedServers {
         let every_endpoint: Vec<SocketAddr> = settings
             .encrypted
             .iter()
-            .flat_map(|p| endpoints(*p))
+            .flat_map(|protocol| endpoints(*protocol))
             .collect();
         let limits = Limits {
             max_connections: settings.max_tcp_connections,
@@ -127,27 +127,24 @@ impl EncryptedServers {
             tracing::info!(
                 protocol = protocol.name(),
                 port = protocol.port(),
-                pin = %identity.pin,
                 "serving encrypted DNS on the virtual IPs"
             );
         }
-        let status =
-            EncryptedStatus {
-                endpoints: settings
-                    .encrypted
-                    .iter()
-                    .flat_map(|protocol| endpoints(*protocol))
-                    .zip(settings.encrypted.iter().flat_map(|protocol| {
-                        std::iter::repeat_n(*protocol, settings.addresses.len())
-                    }))
-                    .map(|(endpoint, protocol)| endpoint_url(protocol, endpoint.ip()))
-                    .collect(),
-                pin: identity.pin.clone(),
-                self_signed: match &identity.source {
-                    IdentitySource::SelfSigned(path) => Some(path.clone()),
-                    IdentitySource::Configured => None,
-                },
-            };
+        let urls = |protocol: &EncryptedDns| {
+            let protocol = *protocol;
+            settings
+                .addresses
+                .iter()
+                .map(move |ip| endpoint_url(protocol, *ip))
+        };
+        let status = EncryptedStatus {
+            endpoints: settings.encrypted.iter().flat_map(urls).collect(),
+            pin: identity.pin.clone(),
+            self_signed: match &identity.source {
+                IdentitySource::SelfSigned(path) => Some(path.clone()),
+                IdentitySource::Configured => None,
+            },
+        };
         Some(Self {
             listeners,
             tasks,
@@ -214,18 +211,31 @@ struct Server {
 }
 
 impl Server {
+    /// Serves every connection accepted, each in a task of its own; they all end with
+    /// this one (aborted at shutdown).
     async fn accept(self, mut accepted: mpsc::Receiver<Accepted>) {
         let server = Arc::new(self);
-        while let Some(connection) = accepted.recv().await {
-            let Some(share) = server.quota.take(connection.peer.ip()) else {
-                tracing::debug!(peer = %connection.peer, "encrypted DNS: this client holds its share of connections");
-                continue;
-            };
-            let server = server.clone();
-            tokio::spawn(async move {
-                let _share = share;
-                server.serve(connection).await;
-            });
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                connection = accepted.recv() => {
+                    let Some(connection) = connection else { return };
+                    let Some(share) = server.quota.take(connection.peer.ip()) else {
+                        tracing::debug!(
+                            peer = %connection.peer,
+                            "encrypted DNS: this client holds its share of connections"
+                        );
+                        connection.stream.reset();
+                        continue;
+                    };
+                    let server = server.clone();
+                    connections.spawn(async move {
+                        let _share = share;
+                        server.serve(connection).await;
+                    });
+                }
+                Some(_) = connections.join_next() => {}
+            }
         }
     }
 
