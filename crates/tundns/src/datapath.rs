@@ -14,6 +14,9 @@
 //!                 │      host sockets ─► the answer is written into the TUN
 //!                 ├ TCP 53: TcpDns (dns::tcp): smoltcp (tundns-netstack) in one task,
 //!                 │      queries through the same DnsProxy, segments back into the TUN
+//!                 ├ TCP 853 and 443: EncryptedServers (dns::encrypted): a stack of their
+//!                 │      own; rustls, then DoT framing or hyper's HTTP/2 (DoH), queries
+//!                 │      through the same DnsProxy
 //!                 └ the proxies' ports (proxy::on_virtual_ip), from this host only:
 //!                        a stack of their own; what they open goes out through the
 //!                        proxies' stack on the interface address, straight into
