@@ -13,6 +13,7 @@ packages=(
     openssh-client openssh-server  # ssh through the SOCKS5 proxy (nc -X 5), to a lab sshd
     nftables                       # full tunnels' anti-spoofing and mark rules, as wg-quick
     systemd                        # systemd-analyze verifies packaging/tundns@.service
+    g++                            # libFuzzer, for the fuzzing smoke run
 )
 
 missing=()
@@ -32,3 +33,6 @@ if command -v systemctl >/dev/null 2>&1; then
 fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+# The fuzzing smoke run (scripts/fuzz-smoke.sh); libfuzzer-sys builds libFuzzer with g++.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -31,7 +31,8 @@ fuzz_target!(|bytes: &[u8]| {
     }
     if let Ok(uri) = Uri::try_from(bytes) {
         for method in [Method::CONNECT, Method::GET] {
-            if let Ok(proxy_http::Target::Forward { path, .. }) = proxy_http::target(&method, &uri) {
+            if let Ok(proxy_http::Target::Forward { path, .. }) = proxy_http::target(&method, &uri)
+            {
                 assert!(path.starts_with('/'));
             }
         }

@@ -58,6 +58,18 @@ fn default_qtype() -> String {
     "A".into()
 }
 
+/// Reads one request line as the server does, its newline included or not: `None` for a
+/// blank line, which gets no reply; otherwise the request, or the error reply's message (a
+/// line that is not UTF-8 is bad JSON). The length limit, [`MAX_REQUEST_LINE`], is the
+/// caller's to enforce before, as it ends the connection.
+pub fn read_request(line: &[u8]) -> Option<Result<Request, String>> {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Some(Err("bad JSON: not UTF-8".into()));
+    };
+    let text = text.trim();
+    (!text.is_empty()).then(|| parse_request(text))
+}
+
 /// Parses one request line; the error is the reply's message.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     let value: serde_json::Value =
@@ -281,6 +293,19 @@ mod tests {
         let error = parse_request(r#"{"command":7}"#).unwrap_err();
         assert!(error.contains("must be a string"), "{error}");
         assert!(parse_request("[]").is_err());
+    }
+
+    #[test]
+    fn lines_are_read_as_the_server_reads_them() {
+        assert_eq!(read_request(b"  \r\n"), None);
+        assert_eq!(
+            read_request(b"{\"command\":\"flush\"}\r\n"),
+            Some(Ok(Request::Flush))
+        );
+        assert_eq!(
+            read_request(b"{\"command\":\"\xff\"}\n"),
+            Some(Err("bad JSON: not UTF-8".into()))
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::dns::counters::Transport;
 
 use crate::control::protocol::{
     AnsweredBy, CacheStatus, Done, EncryptedStatus, GroupStatus, MAX_REQUEST_LINE, PeerStatus,
-    ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, parse_request,
+    ProxyStatus, QueryReport, Reply, Request, Status, UpstreamStatus, read_request,
 };
 use crate::dns::config as dns_config;
 use crate::dns::proxy::{DnsProxy, Verdict};
@@ -259,13 +259,10 @@ async fn serve_connection(stream: UnixStream, state: &State) -> io::Result<()> {
             writer.write_all(reply.to_line().as_bytes()).await?;
             return Ok(());
         }
-        let reply = match std::str::from_utf8(&line) {
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => match parse_request(text.trim()) {
-                Ok(request) => handle(state, request).await,
-                Err(message) => Reply::Error(message),
-            },
-            Err(_) => Reply::Error("bad JSON: not UTF-8".into()),
+        let reply = match read_request(&line) {
+            None => continue,
+            Some(Ok(request)) => handle(state, request).await,
+            Some(Err(message)) => Reply::Error(message),
         };
         writer.write_all(reply.to_line().as_bytes()).await?;
     }
