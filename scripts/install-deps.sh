@@ -7,7 +7,7 @@ packages=(
     wireguard-go wireguard-tools   # the real peer, and `wg` for UAPI
     unbound                        # the real upstream resolver
     dnsutils knot-dnsutils         # dig, kdig
-    dnsperf iperf3 dnsdist         # benchmarks
+    dnsperf iperf3 dnsdist nghttp2-client   # benchmarks (h2load: DoH throughput)
     iproute2 iputils-ping tcpdump netcat-openbsd procps openssl python3
     curl                           # the proxies' real client
     openssh-client openssh-server  # ssh through the SOCKS5 proxy (nc -X 5), to a lab sshd
