@@ -15,6 +15,8 @@ use std::net::IpAddr;
 use crate::local::LocalDataBuilder;
 use crate::names::{RecordError, Wildcard, parse_name};
 
+/// The special-use domain of DDR, never forwarded.
+pub const RESOLVER_ARPA: &str = "resolver.arpa";
 /// The name DDR clients ask for, SVCB (RFC 9462 §4).
 pub const DESIGNATED_RESOLVER_NAME: &str = "_dns.resolver.arpa";
 /// Firefox's canary domain: NXDOMAIN turns its own DoH off.
@@ -22,6 +24,8 @@ pub const CANARY_DOMAIN: &str = "use-application-dns.net";
 /// The SVCB TargetName of the designations, and a name of the self-signed identity.
 pub const RESOLVER_NAME: &str = "dns.tundns.internal";
 
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
 const TYPE_SVCB: u16 = 64;
 /// How long clients may keep the designations.
 const DESIGNATION_TTL: u32 = 300;
@@ -43,7 +47,8 @@ pub enum EncryptedEndpoint {
 
 impl LocalDataBuilder {
     /// Designates `endpoints`, served on `addresses`, for `_dns.resolver.arpa`: one SVCB
-    /// record each, in the order given (its SvcPriority).
+    /// record each, in the order given (its SvcPriority), and the target name's addresses,
+    /// so that a client that looks the target up finds them here.
     pub fn add_designated_resolvers(
         &mut self,
         endpoints: &[EncryptedEndpoint],
@@ -57,7 +62,20 @@ impl LocalDataBuilder {
             let rdata = svcb_rdata(priority, &target, endpoint, addresses);
             self.insert_record(owner.clone(), TYPE_SVCB, DESIGNATION_TTL, rdata)?;
         }
+        for address in addresses {
+            let (rtype, rdata) = match address {
+                IpAddr::V4(v4) => (TYPE_A, v4.octets().to_vec()),
+                IpAddr::V6(v6) => (TYPE_AAAA, v6.octets().to_vec()),
+            };
+            self.insert_record(target.clone(), rtype, DESIGNATION_TTL, rdata)?;
+        }
         Ok(())
+    }
+
+    /// Answers `resolver.arpa` (RFC 9462 §6.4) from local data alone: another resolver's
+    /// designations say nothing about this one, so its names are never forwarded.
+    pub fn add_resolver_arpa(&mut self) -> Result<(), RecordError> {
+        self.add_local_zone(RESOLVER_ARPA)
     }
 
     /// Answers Firefox's canary domain NXDOMAIN, unless a record gives it data.
@@ -155,7 +173,15 @@ mod tests {
             )
             .unwrap();
         builder.add_canary().unwrap();
+        builder.add_resolver_arpa().unwrap();
         let local = builder.build();
+
+        let target = answer(&local, RESOLVER_NAME, Rtype::A);
+        let target = Message::from_octets(target.as_slice()).unwrap();
+        assert_eq!(target.header_counts().ancount(), 1, "the target's address");
+        let other = answer(&local, "other.resolver.arpa", Rtype::A);
+        let other = Message::from_octets(other.as_slice()).unwrap();
+        assert_eq!(other.header().rcode(), Rcode::NXDOMAIN, "never forwarded");
 
         let bytes = answer(&local, "_DNS.resolver.arpa", Rtype::SVCB);
         let message = Message::from_octets(bytes.as_slice()).unwrap();

@@ -301,7 +301,6 @@ impl LocalDataBuilder {
         Ok(())
     }
 
-    /// Adds a record that passed [`check_insert`](Self::check_insert).
     /// Answers `name` NXDOMAIN for every type, unless data is added for it.
     pub(crate) fn add_nonexistent(&mut self, name: &str) -> Result<(), RecordError> {
         self.nonexistent
@@ -323,6 +322,7 @@ impl LocalDataBuilder {
         Ok(())
     }
 
+    /// Adds a record that passed [`check_insert`](Self::check_insert).
     fn insert(&mut self, owner: Vec<u8>, rtype: u16, ttl: u32, rdata: Vec<u8>) {
         let sets = self.names.entry(owner).or_default();
         let set = match sets.iter().position(|set| set.rtype == rtype) {

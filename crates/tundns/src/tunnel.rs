@@ -418,12 +418,18 @@ impl Tunnel {
     }
 }
 
+/// Whether the virtual IPs serve encrypted DNS.
+fn serves_encrypted_dns(config: &Config) -> bool {
+    let settings = &config.dns_proxy;
+    settings.enabled && !settings.addresses.is_empty() && !settings.encrypted.is_empty()
+}
+
 /// The identity encrypted DNS presents, when the virtual IPs serve it.
 fn tls_identity(config: &Config, path: &Path) -> Result<Option<TlsIdentity>, TunnelError> {
-    let settings = &config.dns_proxy;
-    if !settings.enabled || settings.addresses.is_empty() || settings.encrypted.is_empty() {
+    if !serves_encrypted_dns(config) {
         return Ok(None);
     }
+    let settings = &config.dns_proxy;
     let state = tundns_host::paths::state_directory();
     let identity = TlsIdentity::load(settings, path, &config.interface_name, &state)?;
     if let IdentitySource::SelfSigned(file) = &identity.source {
@@ -480,6 +486,8 @@ pub fn check(config: &Config, path: &Path) -> Result<(), TunnelError> {
     observability::check(config, path)?;
     if config.dns_proxy.enabled {
         dns_config::resolver_parts(config, path, None)?;
+    }
+    if serves_encrypted_dns(config) {
         TlsIdentity::check_configured(&config.dns_proxy, path)?;
     }
     Ok(())

@@ -294,6 +294,13 @@ fn a_key_that_is_not_the_certificates_stops_up_with_the_line() {
         run.stderr.contains("the key is not the certificate's"),
         "{run}"
     );
+    // `check` says the same, before anything is changed.
+    let check = tundns(&lab, &["check", &path.display().to_string()]);
+    assert!(!check.succeeded(), "{check}");
+    assert!(
+        check.stderr.contains(&expected),
+        "{expected:?} missing:\n{check}"
+    );
 }
 
 #[test]
@@ -317,12 +324,12 @@ fn ddr_designates_the_encrypted_endpoints_and_kdig_reads_them() {
     let followed = lab.kdig(c, PROXY_V6, &["+tls", &pin, WWW_NAME, "A", "+short"]);
     assert_eq!(followed.assert_success().stdout.trim(), WWW_A, "{followed}");
 
-    // With Encrypted = off there is nothing to designate: the name is not local, and goes
-    // upstream like any other.
+    // With Encrypted = off there is nothing to designate; resolver.arpa is still this
+    // resolver's own (RFC 9462), answered locally and never forwarded.
     drop(_tundns);
     let lab = lab!(LabOptions::resolver());
     let _tundns = start(&lab, &["Encrypted = off"]);
     let none = lab.kdig(&lab.client_ns, PROXY_V4, &["_dns.resolver.arpa", "SVCB"]);
     assert!(!none.stdout.contains("alpn="), "{none}");
-    assert!(!none.stdout.contains("flags: qr aa"), "{none}");
+    assert!(none.stdout.contains("Flags: qr aa"), "{none}");
 }

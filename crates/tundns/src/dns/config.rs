@@ -98,10 +98,7 @@ fn local_data(config: &Config, path: &Path) -> Result<(LocalData, LocalSource), 
         })?;
     }
     let source = LocalSource::from_config(config, hosts_lines);
-    source
-        .about_itself()
-        .add_to(&mut builder)
-        .map_err(|error| ConfigError::for_file(path, error.0))?;
+    source.about_itself().add_to(&mut builder);
     Ok((builder.build(), source))
 }
 

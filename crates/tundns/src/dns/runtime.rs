@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tundns_config::{Config, EncryptedDns, Upstream};
 use tundns_dns::discovery::EncryptedEndpoint;
-use tundns_dns::{LocalData, LocalDataBuilder, RecordError, Routes};
+use tundns_dns::{LocalData, LocalDataBuilder, Routes};
 use tundns_host::system_dns::DnsPlan;
 use tundns_upstream::{Tunnel, UpstreamPool};
 
@@ -89,15 +89,22 @@ impl AboutItself {
         }
     }
 
-    /// Adds it to `builder`, after the config's own data, which wins.
-    pub fn add_to(&self, builder: &mut LocalDataBuilder) -> Result<(), RecordError> {
-        if !self.designated.is_empty() {
-            builder.add_designated_resolvers(&self.designated, &self.addresses)?;
+    /// Adds it to `builder`, after the config's own data, which wins: a designation that
+    /// clashes with a record (a CNAME at `_dns.resolver.arpa`) is left out, with a warning.
+    pub fn add_to(&self, builder: &mut LocalDataBuilder) {
+        if self.addresses.is_empty() {
+            return;
         }
-        if self.canary {
-            builder.add_canary()?;
+        let mut added = builder.add_resolver_arpa();
+        if added.is_ok() && !self.designated.is_empty() {
+            added = builder.add_designated_resolvers(&self.designated, &self.addresses);
         }
-        Ok(())
+        if let Err(error) = added {
+            tracing::warn!(%error, "the local records leave no room for the DDR designations");
+        }
+        if self.canary && builder.add_canary().is_err() {
+            tracing::warn!("the Firefox canary domain cannot be answered");
+        }
     }
 }
 
@@ -146,9 +153,7 @@ impl LocalSource {
                 .add_hosts_line(line)
                 .map_err(|error| error.to_string())?;
         }
-        self.about_itself
-            .add_to(&mut builder)
-            .map_err(|error| error.to_string())?;
+        self.about_itself.add_to(&mut builder);
         Ok(builder.build())
     }
 

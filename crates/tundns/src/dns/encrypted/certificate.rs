@@ -49,9 +49,6 @@ pub enum IdentityError {
 }
 
 impl TlsIdentity {
-    /// The configured certificate and key, or else the self-signed identity for
-    /// `addresses` kept as `<state_directory>/<interface>.dns-identity.pem`, made when
-    /// missing, unreadable or made for other addresses.
     /// Checks the configured certificate and key, if any, as [`load`](Self::load) would;
     /// makes nothing.
     pub fn check_configured(
@@ -64,6 +61,9 @@ impl TlsIdentity {
         Ok(())
     }
 
+    /// The configured certificate and key, or else the self-signed identity for
+    /// `addresses` kept as `<state_directory>/<interface>.dns-identity.pem`, made when
+    /// missing, unreadable or made for other addresses.
     pub fn load(
         settings: &DnsProxyConfig,
         config_path: &Path,
@@ -171,7 +171,7 @@ fn read_kept(path: &Path) -> Option<Vec<u8>> {
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .ok()?;
     let metadata = file.metadata().ok()?;

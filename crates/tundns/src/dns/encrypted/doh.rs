@@ -190,8 +190,8 @@ async fn answer(
     };
     // A whole query: from here the connection is busy, not idle.
     let _in_hand = activity.begin();
-    // Answered from memory into this thread's buffer, copied out at its length: a fresh
-    // 64 KiB buffer per request cost more than the answer.
+    // Answered from memory into this thread's buffer, copied out at its length, rather than
+    // into a fresh 64 KiB buffer per request.
     let verdict = ANSWER.with_borrow_mut(|out| {
         match proxy.accept_from(Some(peer), &query, Transport::Https, out) {
             Verdict::Answered(len) => Ok(Bytes::copy_from_slice(&out[..len])),

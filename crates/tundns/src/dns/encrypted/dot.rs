@@ -63,6 +63,10 @@ async fn read_queries<R: AsyncRead>(
                     return;
                 }
             };
+            // The writer gave up on a client that does not read: nothing more is asked.
+            if answers.is_closed() {
+                return;
+            }
             // A whole query: the one thing from the client that keeps it open.
             deadline = Instant::now() + bounds.idle;
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -85,7 +89,11 @@ async fn read_queries<R: AsyncRead>(
             }
         }
         let room = decoder.room().min(chunk.len());
-        match tokio::time::timeout_at(deadline, reader.read(&mut chunk[..room])).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, reader.read(&mut chunk[..room])) => read,
+            () = answers.closed() => return,
+        };
+        match read {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(read)) => {
                 decoder.push(&chunk[..read]);
