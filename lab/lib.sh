@@ -71,6 +71,9 @@ lab_teardown() {
     ip netns del "$LAB_C" 2>/dev/null || true
     ip netns del "$LAB_N" 2>/dev/null || true
     rm -rf "/etc/netns/$LAB_C" "/etc/netns/$LAB_N"
+    # tundns's files for the client namespace: its state (the self-signed identity of
+    # encrypted DNS included) and its sockets, which outlive a namespace that is gone.
+    rm -rf "/var/lib/tundns/netns/$LAB_C" "/run/tundns/netns/$LAB_C"
     for i in "${LAB_IFACES[@]}"; do
         rm -f "/var/run/wireguard/$i.sock"
     done
