@@ -14,6 +14,7 @@ use std::net::IpAddr;
 
 use crate::local::LocalDataBuilder;
 use crate::names::{RecordError, Wildcard, parse_name};
+use crate::synth::{TYPE_A, TYPE_AAAA};
 
 /// The special-use domain of DDR, never forwarded.
 pub const RESOLVER_ARPA: &str = "resolver.arpa";
@@ -24,8 +25,6 @@ pub const CANARY_DOMAIN: &str = "use-application-dns.net";
 /// The SVCB TargetName of the designations, and a name of the self-signed identity.
 pub const RESOLVER_NAME: &str = "dns.tundns.internal";
 
-const TYPE_A: u16 = 1;
-const TYPE_AAAA: u16 = 28;
 const TYPE_SVCB: u16 = 64;
 /// How long clients may keep the designations.
 const DESIGNATION_TTL: u32 = 300;
@@ -101,27 +100,17 @@ fn svcb_rdata(
     alpn_value.extend_from_slice(alpn);
     push_param(&mut rdata, KEY_ALPN, &alpn_value);
     push_param(&mut rdata, KEY_PORT, &port.to_be_bytes());
-    let v4: Vec<u8> = addresses
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4.octets()),
-            IpAddr::V6(_) => None,
-        })
-        .flatten()
-        .collect();
-    if !v4.is_empty() {
-        push_param(&mut rdata, KEY_IPV4HINT, &v4);
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for address in addresses {
+        match address {
+            IpAddr::V4(address) => v4.extend_from_slice(&address.octets()),
+            IpAddr::V6(address) => v6.extend_from_slice(&address.octets()),
+        }
     }
-    let v6: Vec<u8> = addresses
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V6(v6) => Some(v6.octets()),
-            IpAddr::V4(_) => None,
-        })
-        .flatten()
-        .collect();
-    if !v6.is_empty() {
-        push_param(&mut rdata, KEY_IPV6HINT, &v6);
+    for (key, hint) in [(KEY_IPV4HINT, v4), (KEY_IPV6HINT, v6)] {
+        if !hint.is_empty() {
+            push_param(&mut rdata, key, &hint);
+        }
     }
     if let Some(path) = doh_path {
         push_param(&mut rdata, KEY_DOHPATH, path.as_bytes());

@@ -36,6 +36,18 @@ pub fn length_prefix(len: usize) -> Option<[u8; 2]> {
     }
 }
 
+/// Appends `message` to `framed` with its length prefix. Nothing is appended, and the
+/// result is false, for an empty message (a query dropped unanswered has nothing to say,
+/// which is not a zero-length message) or one that does not fit in 16 bits.
+pub fn append_framed(framed: &mut Vec<u8>, message: &[u8]) -> bool {
+    let Some(prefix) = length_prefix(message.len()) else {
+        return false;
+    };
+    framed.extend_from_slice(&prefix);
+    framed.extend_from_slice(message);
+    true
+}
+
 /// A bounded decoder turning a byte stream into whole DNS messages.
 ///
 /// Memory is fixed at construction: one frame (prefix + `max_message_len`).
@@ -136,6 +148,11 @@ mod tests {
         assert_eq!(length_prefix(1), Some([0, 1]));
         assert_eq!(length_prefix(65535), Some([0xff, 0xff]));
         assert_eq!(length_prefix(65536), None);
+        let mut framed = vec![9];
+        assert!(append_framed(&mut framed, b"ab"));
+        assert!(!append_framed(&mut framed, b""));
+        assert!(!append_framed(&mut framed, &[0; 65536]));
+        assert_eq!(framed, [9, 0, 2, b'a', b'b']);
     }
 
     #[test]

@@ -516,12 +516,7 @@ impl TcpStack {
     /// stale at once and no [`Event::Closed`] follows. Unknown ids are ignored.
     pub fn close(&mut self, id: ConnectionId) {
         let deadline = self.deadline(self.now);
-        let Some(connection) = self
-            .slots
-            .get_mut(id.index)
-            .filter(|slot| slot.generation == id.generation)
-            .and_then(|slot| slot.connection.as_mut())
-        else {
+        let Some(connection) = live_connection(&mut self.slots, id) else {
             return;
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(connection.socket);
@@ -540,12 +535,7 @@ impl TcpStack {
     /// Unknown ids are ignored.
     pub fn reset(&mut self, id: ConnectionId) {
         let deadline = self.deadline(self.now);
-        let Some(connection) = self
-            .slots
-            .get_mut(id.index)
-            .filter(|slot| slot.generation == id.generation)
-            .and_then(|slot| slot.connection.as_mut())
-        else {
+        let Some(connection) = live_connection(&mut self.slots, id) else {
             return;
         };
         self.sockets
@@ -945,12 +935,17 @@ fn deadline_after(since: SmolInstant, timeout: Duration) -> SmolInstant {
 
 /// The connection behind `id` if the caller still owns it.
 fn open_connection(slots: &mut [Slot], id: ConnectionId) -> Result<&mut Connection, Error> {
+    live_connection(slots, id)
+        .filter(|connection| matches!(connection.phase, Phase::Open))
+        .ok_or(Error::UnknownConnection)
+}
+
+/// The connection `id` names, in whatever phase, unless its slot went to another since.
+fn live_connection(slots: &mut [Slot], id: ConnectionId) -> Option<&mut Connection> {
     slots
         .get_mut(id.index)
         .filter(|slot| slot.generation == id.generation)
         .and_then(|slot| slot.connection.as_mut())
-        .filter(|connection| matches!(connection.phase, Phase::Open))
-        .ok_or(Error::UnknownConnection)
 }
 
 /// A connected socket's (local, remote) endpoints; `None` while unconnected.

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tundns_config::{Config, ConfigError};
 use tundns_dns::MAX_MESSAGE_LEN;
-use tundns_dns::tcp::{FrameDecoder, length_prefix};
+use tundns_dns::tcp::{FrameDecoder, append_framed};
 
 use crate::dns::proxy::{DnsProxy, Verdict};
 
@@ -218,13 +218,10 @@ async fn serve_connection(
 /// Writes one answer with its length; a client that does not read it within `timeout`
 /// loses the connection rather than holding its slot.
 async fn write_framed(stream: &mut TcpStream, answer: &[u8], timeout: Duration) -> io::Result<()> {
-    // Nothing to say (a query dropped unanswered) is not a zero-length message.
-    let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) else {
-        return Ok(());
-    };
     let mut framed = Vec::with_capacity(2 + answer.len());
-    framed.extend_from_slice(&prefix);
-    framed.extend_from_slice(answer);
+    if !append_framed(&mut framed, answer) {
+        return Ok(());
+    }
     tokio::time::timeout(timeout, stream.write_all(&framed))
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?

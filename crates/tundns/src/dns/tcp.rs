@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tundns_dns::tcp::{FrameDecoder, length_prefix};
+use tundns_dns::tcp::{FrameDecoder, append_framed};
 use tundns_filter::{Service, TunWriter};
 use tundns_netstack::{ConnectionId, Event, IdleReset, Limits, TcpStack};
 
@@ -316,17 +316,14 @@ impl StackTask {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        // Nothing to say (a query dropped unanswered) is not a zero-length message.
-        let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) else {
-            return;
-        };
         if connection.pending.len() + answer.len() > MAX_PENDING_ANSWERS {
             self.remove(id);
             self.stack.close(id);
             return;
         }
-        connection.pending.extend_from_slice(&prefix);
-        connection.pending.extend_from_slice(answer);
+        if !append_framed(&mut connection.pending, answer) {
+            return;
+        }
         // A whole answer out: the connection is doing what it is for.
         self.stack.keep_alive(id);
         self.flush(id);

@@ -236,17 +236,16 @@ mod tests {
         settings
     }
 
+    /// The self-signed identity of `wg0` for `address`, kept in `state`.
+    fn self_signed_in(state: &Path, address: &str) -> TlsIdentity {
+        TlsIdentity::load(&settings(&[address]), Path::new("wg0.conf"), "wg0", state).unwrap()
+    }
+
     #[test]
     fn the_self_signed_identity_is_made_once_and_kept_for_the_same_addresses() {
         let directory = tempfile::tempdir().unwrap();
         let state = directory.path();
-        let made = TlsIdentity::load(
-            &settings(&["10.30.30.30"]),
-            Path::new("wg0.conf"),
-            "wg0",
-            state,
-        )
-        .unwrap();
+        let made = self_signed_in(state, "10.30.30.30");
         let file = state.join("wg0.dns-identity.pem");
         assert_eq!(made.source, IdentitySource::SelfSigned(file.clone()));
         use std::os::unix::fs::PermissionsExt as _;
@@ -256,43 +255,19 @@ mod tests {
         );
         assert_eq!(made.pin.len(), 44, "base64 of 32 bytes: {}", made.pin);
 
-        let again = TlsIdentity::load(
-            &settings(&["10.30.30.30"]),
-            Path::new("wg0.conf"),
-            "wg0",
-            state,
-        )
-        .unwrap();
+        let again = self_signed_in(state, "10.30.30.30");
         assert_eq!(again.pin, made.pin);
 
-        let other = TlsIdentity::load(
-            &settings(&["10.30.30.31"]),
-            Path::new("wg0.conf"),
-            "wg0",
-            state,
-        )
-        .unwrap();
+        let other = self_signed_in(state, "10.30.30.31");
         assert_ne!(other.pin, made.pin, "made for other addresses: replaced");
 
         let names = names(&["10.30.30.31".parse().unwrap()]);
         std::fs::write(&file, format!("{}\ngarbage\n", header(&names))).unwrap();
-        let remade = TlsIdentity::load(
-            &settings(&["10.30.30.31"]),
-            Path::new("wg0.conf"),
-            "wg0",
-            state,
-        )
-        .unwrap();
+        let remade = self_signed_in(state, "10.30.30.31");
         assert_ne!(remade.pin, other.pin, "unreadable: replaced");
 
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let exposed = TlsIdentity::load(
-            &settings(&["10.30.30.31"]),
-            Path::new("wg0.conf"),
-            "wg0",
-            state,
-        )
-        .unwrap();
+        let exposed = self_signed_in(state, "10.30.30.31");
         assert_ne!(exposed.pin, remade.pin, "readable by others: replaced");
         assert_eq!(
             std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tundns_dns::MAX_MESSAGE_LEN;
-use tundns_dns::tcp::{FrameDecoder, length_prefix};
+use tundns_dns::tcp::{FrameDecoder, append_framed};
 
 use super::{Bounds, MAX_IN_FLIGHT_PER_CONNECTION};
 use crate::dns::counters::Transport;
@@ -121,12 +121,12 @@ async fn write_answers<W: AsyncWrite>(
     let mut framed = Vec::new();
     let mut places = Vec::new();
     while let Some((answer, place)) = outbox.recv().await {
-        frame(&mut framed, &answer);
+        append_framed(&mut framed, &answer);
         places.push(place);
         while framed.len() < WRITE_BATCH
             && let Ok((answer, place)) = outbox.try_recv()
         {
-            frame(&mut framed, &answer);
+            append_framed(&mut framed, &answer);
             places.push(place);
         }
         let written = async {
@@ -140,13 +140,4 @@ async fn write_answers<W: AsyncWrite>(
         places.clear();
     }
     let _ = tokio::time::timeout(bounds.idle, writer.shutdown()).await;
-}
-
-/// Appends `answer` with its length prefix; nothing for an empty one (a query dropped
-/// unanswered).
-fn frame(framed: &mut Vec<u8>, answer: &[u8]) {
-    if let Some(prefix) = length_prefix(answer.len()).filter(|_| !answer.is_empty()) {
-        framed.extend_from_slice(&prefix);
-        framed.extend_from_slice(answer);
-    }
 }
