@@ -170,18 +170,25 @@ pub enum EncryptedDns {
     Tls,
     /// `https`: DNS over HTTPS (RFC 8484) on TCP port 443.
     Https,
+    /// `quic`: DNS over QUIC (RFC 9250) on UDP port 853.
+    Quic,
 }
 
 impl EncryptedDns {
     /// Every protocol, as `Encrypted` names them.
-    pub const ALL: [EncryptedDns; 2] = [EncryptedDns::Tls, EncryptedDns::Https];
+    pub const ALL: [EncryptedDns; 3] = [EncryptedDns::Tls, EncryptedDns::Https, EncryptedDns::Quic];
 
     /// The port it is served on.
     pub const fn port(self) -> u16 {
         match self {
-            EncryptedDns::Tls => DOT_PORT,
+            EncryptedDns::Tls | EncryptedDns::Quic => DOT_PORT,
             EncryptedDns::Https => DOH_PORT,
         }
+    }
+
+    /// Whether it is served over TCP (else over UDP).
+    pub const fn is_tcp(self) -> bool {
+        matches!(self, EncryptedDns::Tls | EncryptedDns::Https)
     }
 
     /// Its name in `Encrypted`.
@@ -189,6 +196,7 @@ impl EncryptedDns {
         match self {
             EncryptedDns::Tls => "tls",
             EncryptedDns::Https => "https",
+            EncryptedDns::Quic => "quic",
         }
     }
 }

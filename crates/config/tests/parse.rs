@@ -1350,7 +1350,7 @@ fn rate_limit_defaults_to_a_thousand_and_can_be_turned_off() {
 }
 
 #[test]
-fn encrypted_dns_defaults_to_tls_and_https_and_takes_its_certificate_in_pairs() {
+fn encrypted_dns_defaults_to_tls_https_and_quic_and_takes_its_certificate_in_pairs() {
     let config = parse(&minimal()).unwrap();
     assert_eq!(config.dns_proxy.encrypted, EncryptedDns::ALL);
     assert_eq!(config.dns_proxy.tls_certificate, None);
@@ -1369,13 +1369,18 @@ fn encrypted_dns_defaults_to_tls_and_https_and_takes_its_certificate_in_pairs() 
 
     let off = format!("{}[DNSProxy]\nEncrypted = off\n", minimal());
     assert!(parse(&off).unwrap().dns_proxy.encrypted.is_empty());
+    let quic = format!("{}[DNSProxy]\nEncrypted = QUIC\n", minimal());
+    assert_eq!(
+        parse(&quic).unwrap().dns_proxy.encrypted,
+        [EncryptedDns::Quic]
+    );
 
     assert_eq!(
         parse_err(&format!(
             "{}[DNSProxy]\nEncrypted = tls, quick\n",
             minimal()
         )),
-        r#"wg0.conf:4: Encrypted: expected tls, https or off, found "quick""#
+        r#"wg0.conf:4: Encrypted: expected tls, https, quic or off, found "quick""#
     );
     assert_eq!(
         parse_err(&format!(
@@ -1400,6 +1405,12 @@ fn a_proxy_cannot_take_the_port_encrypted_dns_serves() {
     );
     let text = format!(
         "{}[DNSProxy]\nEncrypted = tls\n[Proxy]\nHTTP = 10.30.30.30:443\n",
+        minimal()
+    );
+    assert!(parse(&text).is_ok());
+    // DNS over QUIC takes UDP 853 only: the proxies listen on TCP.
+    let text = format!(
+        "{}[DNSProxy]\nEncrypted = quic\n[Proxy]\nSOCKS5 = 10.30.30.30:853\n",
         minimal()
     );
     assert!(parse(&text).is_ok());

@@ -42,6 +42,8 @@ pub enum EncryptedEndpoint {
     Tls { port: u16 },
     /// DNS over HTTPS on `port` at `path`: ALPN `h2`, and `dohpath` `path{?dns}`.
     Https { port: u16, path: String },
+    /// DNS over QUIC on UDP `port`: ALPN `doq` (RFC 9250 §4.1.1).
+    Quic { port: u16 },
 }
 
 impl LocalDataBuilder {
@@ -95,6 +97,7 @@ fn svcb_rdata(
     let (alpn, port, doh_path): (&[u8], u16, Option<String>) = match endpoint {
         EncryptedEndpoint::Tls { port } => (b"dot", *port, None),
         EncryptedEndpoint::Https { port, path } => (b"h2", *port, Some(format!("{path}{{?dns}}"))),
+        EncryptedEndpoint::Quic { port } => (crate::doq::ALPN, *port, None),
     };
     let mut alpn_value = vec![alpn.len() as u8];
     alpn_value.extend_from_slice(alpn);
@@ -154,6 +157,7 @@ mod tests {
                         port: 443,
                         path: "/dns-query".into(),
                     },
+                    EncryptedEndpoint::Quic { port: 853 },
                 ],
                 &[
                     "10.30.30.30".parse().unwrap(),
@@ -186,6 +190,7 @@ mod tests {
             [
                 "1 dns.tundns.internal. alpn=dot port=853 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30",
                 "2 dns.tundns.internal. alpn=h2 port=443 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30 dohpath=/dns-query{?dns}",
+                "3 dns.tundns.internal. alpn=doq port=853 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30",
             ]
         );
 

@@ -8,8 +8,9 @@
 //! ([`write_error_response`], [`write_truncated`] at whole RRsets); matching an
 //! upstream answer to its question ([`response_matches`]) and adapting it to
 //! each client ([`adapt_response`]); the client's UDP size limit; RFC 7766
-//! TCP framing ([`tcp::FrameDecoder`]); the DNS in a DoH request ([`doh`]); and
-//! what the proxy says about itself ([`discovery`]: DDR, the Firefox canary).
+//! TCP framing ([`tcp::FrameDecoder`]); the DNS in a DoH request ([`doh`]) and a
+//! DoQ stream ([`doq`]); and what the proxy says about itself ([`discovery`]: DDR,
+//! the Firefox canary).
 //!
 //! It must never do I/O: no sockets, no clocks (callers pass `Instant`s), no
 //! async, no threads. Functions on the per-packet path do not allocate, and no
@@ -31,6 +32,7 @@ pub mod cache;
 mod chain;
 pub mod discovery;
 pub mod doh;
+pub mod doq;
 mod local;
 mod names;
 mod query;

@@ -1,5 +1,7 @@
-//! What the workspace's tests and benchmarks share: DNS queries and answers ([`dns`]) and
-//! IPv4/IPv6 packets with UDP, TCP or ICMP echo inside ([`packet`]).
+//! What the workspace's tests and benchmarks share: DNS queries and answers ([`dns`]),
+//! IPv4/IPv6 packets with UDP, TCP or ICMP echo inside ([`packet`]), and TLS clients that
+//! trust a server by its pin ([`tls`]). The `doq-latency` binary times DNS over QUIC for
+//! the benchmarks.
 //!
 //! Every byte here is written by independent implementations (`domain` for DNS, `etherparse`
 //! for IP), so a test that reads them back with tundns's own code checks that code against
@@ -11,3 +13,4 @@
 
 pub mod dns;
 pub mod packet;
+pub mod tls;

@@ -1,8 +1,9 @@
 //! End-to-end tests of encrypted DNS served on the virtual IPs (issue 14 §1): DNS over TLS
-//! on 853 and DNS over HTTPS on 443, asked by kdig, dig and curl inside the client
-//! namespace, through the same resolver as UDP 53 (unbound in N behind it); the
-//! self-signed identity and its pin as `tundns status` prints them, a configured
-//! certificate verified against its CA, and what bad input and idle clients get.
+//! on TCP 853, DNS over HTTPS on 443 and DNS over QUIC on UDP 853, asked by kdig, dig, curl
+//! and hickory's DoQ client inside the client namespace, through the same resolver as UDP
+//! 53 (unbound in N behind it); the self-signed identity and its pin as `tundns status`
+//! prints them, a configured certificate verified against its CA, and what bad input and
+//! idle clients get.
 //!
 //! Run as root: `TUNDNS_E2E=1 cargo test -p tundns --test encrypted_dns`. Without root or
 //! the lab tools the tests print "skipped: ..." and pass, unless `TUNDNS_E2E=1`.
@@ -59,6 +60,7 @@ fn dot_and_doh_answer_kdig_dig_and_curl_on_both_virtual_ips_with_the_printed_pin
     let status = tundns(&lab, &["status", &lab.tundns_iface]).stdout;
     for expected in [
         "encrypted: tls://10.30.30.30, tls://[fd30:30:30::30], https://10.30.30.30/dns-query",
+        "quic://10.30.30.30, quic://[fd30:30:30::30]",
         "certificate: self-signed, /var/lib/tundns/netns/",
     ] {
         assert!(status.contains(expected), "{expected:?} missing:\n{status}");
@@ -81,6 +83,22 @@ fn dot_and_doh_answer_kdig_dig_and_curl_on_both_virtual_ips_with_the_printed_pin
         &["+https-get", &pinned, WWW_NAME, "A", "+short"],
     );
     assert_eq!(doh_get.assert_success().stdout.trim(), WWW_A, "{doh_get}");
+    // kdig 3.2.6 crashes (SIGSEGV in its GnuTLS verify callback) whenever it is asked to
+    // verify a QUIC server, by pin or by CA, against any server: its DoQ is asked
+    // unverified, and hickory's DoQ client checks the pin.
+    let doq = lab.kdig(c, PROXY_V4, &["+quic", WWW_NAME, "A", "+short"]);
+    assert_eq!(doq.assert_success().stdout.trim(), WWW_A, "{doq}");
+    let doq_v6 = lab.kdig(c, PROXY_V6, &["+quic", WWW_NAME, "AAAA", "+short"]);
+    assert_eq!(doq_v6.assert_success().stdout.trim(), WWW_AAAA, "{doq_v6}");
+    doq_probe::run_in(c, async || {
+        for server in [PROXY_V4, PROXY_V6] {
+            let answer = doq_probe::hickory_query(server, Some(pin.as_str()), WWW_NAME).await;
+            assert_eq!(answer.as_deref(), Ok(WWW_A), "hickory over DoQ to {server}");
+        }
+        let wrong = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let refused = doq_probe::hickory_query(PROXY_V4, Some(wrong), WWW_NAME).await;
+        assert!(refused.is_err(), "another key's pin: {refused:?}");
+    });
 
     // Another key's pin: kdig refuses the server, so the pin above is what it checked.
     let wrong = "+tls-pin=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
@@ -315,6 +333,7 @@ fn ddr_designates_the_encrypted_endpoints_and_kdig_reads_them() {
             "1 dns.tundns.internal. alpn=dot port=853 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30",
             // Knot 3.2's kdig shows dohpath (key 7, RFC 9461) by number.
             "2 dns.tundns.internal. alpn=h2 port=443 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30 key7=\"/dns-query{?dns}\"",
+            "3 dns.tundns.internal. alpn=doq port=853 ipv4hint=10.30.30.30 ipv6hint=fd30:30:30::30",
         ],
         "{ddr}"
     );
@@ -332,4 +351,224 @@ fn ddr_designates_the_encrypted_endpoints_and_kdig_reads_them() {
     let none = lab.kdig(&lab.client_ns, PROXY_V4, &["_dns.resolver.arpa", "SVCB"]);
     assert!(!none.stdout.contains("alpn="), "{none}");
     assert!(none.stdout.contains("Flags: qr aa"), "{none}");
+}
+
+/// DNS over QUIC clients on a thread in the client namespace: hickory's, and one of the
+/// tests' own (quinn) for what no client sends.
+mod doq_probe {
+    use std::fs::File;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use nix::sched::{CloneFlags, setns};
+    use quinn::crypto::rustls::QuicClientConfig;
+    use tundns_test_support::tls::pinned_client_config;
+
+    /// Runs `body` on a thread that entered `namespace`, on a runtime of its own.
+    pub fn run_in<T: Send>(namespace: &str, body: impl AsyncFnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = File::open(format!("/run/netns/{namespace}"))
+                        .expect("the namespace's file");
+                    setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the namespace");
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime")
+                        .block_on(body())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// A connection to `server` port 853 with ALPN `doq`.
+    pub async fn connect(server: &str) -> Result<quinn::Connection, quinn::ConnectionError> {
+        let ip: std::net::IpAddr = server.parse().expect("an IP");
+        let local: SocketAddr = if ip.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let mut endpoint = quinn::Endpoint::client(local).expect("a client endpoint");
+        let mut tls = pinned_client_config(None);
+        tls.alpn_protocols = vec![b"doq".to_vec()];
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(tls).unwrap(),
+        )));
+        endpoint
+            .connect(SocketAddr::new(ip, 853), "dns.tundns.internal")
+            .expect("a connection attempt")
+            .await
+    }
+
+    /// hickory's DoQ client's answer from `server` for `name` A: the first address, or why
+    /// there is none.
+    pub async fn hickory_query(
+        server: &str,
+        pin: Option<&str>,
+        name: &str,
+    ) -> Result<String, String> {
+        use futures::StreamExt as _;
+        use hickory_proto::op::{Message, Query};
+        use hickory_proto::quic::QuicClientStream;
+        use hickory_proto::rr::{Name, RData, RecordType};
+        use hickory_proto::xfer::{DnsRequest, DnsRequestOptions, DnsRequestSender as _};
+
+        let address = SocketAddr::new(server.parse().expect("an IP"), 853);
+        let mut builder = QuicClientStream::builder();
+        builder.crypto_config(pinned_client_config(pin));
+        let mut stream = builder
+            .build(address, "dns.tundns.internal".to_string())
+            .await
+            .map_err(|error| error.to_string())?;
+        let name = Name::from_ascii(name).expect("a name");
+        let mut message = Message::new();
+        message
+            .add_query(Query::query(name, RecordType::A))
+            .set_recursion_desired(true);
+        let request = DnsRequest::new(message, DnsRequestOptions::default());
+        let response = stream
+            .send_message(request)
+            .next()
+            .await
+            .ok_or("no response")?
+            .map_err(|error| error.to_string())?;
+        response
+            .answers()
+            .iter()
+            .find_map(|record| match record.data() {
+                RData::A(address) => Some(address.to_string()),
+                _ => None,
+            })
+            .ok_or_else(|| format!("no address in {response:?}"))
+    }
+
+    /// Sends `bytes` on a new stream and ends it; what came back before the stream ended.
+    pub async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(bytes).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(70_000).await.map_err(|e| e.to_string())
+    }
+
+    /// `message` with its 2-byte length in front.
+    pub fn framed(message: &[u8]) -> Vec<u8> {
+        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(message);
+        framed
+    }
+
+    /// The application error code the connection was closed with.
+    pub async fn closed_with(connection: &quinn::Connection) -> Option<u64> {
+        match connection.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// RFC 9250 §4.3.3's DOQ_PROTOCOL_ERROR and §4.2's DOQ_NO_ERROR.
+const DOQ_PROTOCOL_ERROR: u64 = 0x2;
+const DOQ_NO_ERROR: u64 = 0x0;
+
+#[test]
+fn doq_closes_what_breaks_the_protocol_idles_or_exceeds_its_share_and_goes_on() {
+    use domain::base::iana::Rtype;
+    use doq_probe::{closed_with, connect, exchange, framed};
+    use tundns_test_support::dns::Query;
+
+    let (lab, mut tundns) = lab_with_tundns!(
+        LabOptions::resolver(),
+        resolver_config(&["TcpIdleTimeout = 2s", "MaxTcpConnections = 8"])
+    );
+    let c = &lab.client_ns;
+    // Datagrams that are not QUIC, a long header's size and a short one's.
+    let garbage = format!(
+        "for i in $(seq 1 20); do head -c 1200 /dev/urandom > /dev/udp/{PROXY_V4}/853; \
+         head -c 40 /dev/urandom > /dev/udp/{PROXY_V4}/853; done"
+    );
+    lab.exec_in(c, &["bash", "-c", &garbage]).assert_success();
+
+    doq_probe::run_in(c, async || {
+        let query = Query::new(WWW_NAME, Rtype::A).id(0).build();
+        let connection = connect(PROXY_V4).await.expect("a DoQ connection");
+        let answer = exchange(&connection, &framed(&query))
+            .await
+            .expect("an answer");
+        let length = usize::from(u16::from_be_bytes([answer[0], answer[1]]));
+        assert_eq!(length, answer.len() - 2, "one framed answer");
+        let message = domain::base::Message::from_octets(&answer[2..]).expect("DNS");
+        assert_eq!(message.header().id(), 0, "RFC 9250 §4.2.1");
+        assert_eq!(message.header_counts().ancount(), 1);
+
+        // A second query on the same connection, its idle time restarted by the first.
+        let again = exchange(&connection, &framed(&query))
+            .await
+            .expect("an answer");
+        assert_eq!(again.len(), answer.len());
+
+        // Each breach of RFC 9250 §4.3.3 closes its connection with DOQ_PROTOCOL_ERROR.
+        let mut nonzero_id = query.clone();
+        nonzero_id[1] = 7;
+        let mut two_messages = framed(&query);
+        two_messages.extend_from_slice(&framed(&query));
+        let cut = framed(&query)[..10].to_vec();
+        for (breach, stream) in [
+            ("a non-zero ID", framed(&nonzero_id)),
+            ("two messages", two_messages),
+            ("a cut message", cut),
+            ("not DNS", framed(b"hello")),
+        ] {
+            let connection = connect(PROXY_V4).await.expect("a DoQ connection");
+            let _ = exchange(&connection, &stream).await;
+            assert_eq!(
+                closed_with(&connection).await,
+                Some(DOQ_PROTOCOL_ERROR),
+                "{breach}"
+            );
+        }
+
+        // Idle, and a stream trickling a query a byte at a time: closed after about 2 s.
+        let idle = connect(PROXY_V6).await.expect("a DoQ connection");
+        let trickling = connect(PROXY_V4).await.expect("a DoQ connection");
+        let started = std::time::Instant::now();
+        let (mut send, _recv) = trickling.open_bi().await.expect("a stream");
+        let trickle = async {
+            for byte in framed(&query) {
+                if send.write_all(&[byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let (idle_code, trickled_code, ()) =
+            tokio::join!(closed_with(&idle), closed_with(&trickling), trickle);
+        let held = started.elapsed();
+        assert_eq!(idle_code, Some(DOQ_NO_ERROR));
+        assert_eq!(trickled_code, Some(DOQ_NO_ERROR));
+        assert!(
+            held > Duration::from_millis(1500) && held < Duration::from_secs(6),
+            "held {held:?}"
+        );
+
+        // A quarter of MaxTcpConnections per client address: the third is refused.
+        let first = connect(PROXY_V4).await.expect("a DoQ connection");
+        let second = connect(PROXY_V4).await.expect("a DoQ connection");
+        let third = connect(PROXY_V4).await;
+        assert!(
+            matches!(third, Err(quinn::ConnectionError::ConnectionClosed(_))),
+            "the third connection: {third:?}"
+        );
+        // Closed, they give their shares back (kdig below needs one).
+        for connection in [first, second] {
+            connection.close(quinn::VarInt::from_u32(0), b"done");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+
+    let doq = lab.kdig(c, PROXY_V4, &["+quic", WWW_NAME, "A", "+short"]);
+    assert_eq!(doq.assert_success().stdout.trim(), WWW_A, "{doq}");
+    assert!(tundns.is_running(), "{}", tundns.output());
 }

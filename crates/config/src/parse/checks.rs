@@ -281,7 +281,7 @@ fn check_proxy(
         if let Some(encrypted) = dns_proxy
             .encrypted
             .iter()
-            .find(|encrypted| on_virtual_ip && encrypted.port() == port)
+            .find(|encrypted| on_virtual_ip && encrypted.is_tcp() && encrypted.port() == port)
         {
             return Err(ConfigError::at(
                 path,

@@ -316,7 +316,7 @@ impl Parser<'_> {
                         .find(|protocol| item.eq_ignore_ascii_case(protocol.name()))
                         .ok_or_else(|| {
                             format!(
-                                "Encrypted: expected tls, https or off, found {}",
+                                "Encrypted: expected tls, https, quic or off, found {}",
                                 shown(item)
                             )
                         })?;

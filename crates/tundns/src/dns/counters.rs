@@ -47,14 +47,17 @@ pub enum Transport {
     Tls,
     /// DNS over HTTPS (RFC 8484).
     Https,
+    /// DNS over QUIC (RFC 9250).
+    Quic,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 4] = [
+    pub const ALL: [Transport; 5] = [
         Transport::Udp,
         Transport::Tcp,
         Transport::Tls,
         Transport::Https,
+        Transport::Quic,
     ];
 
     /// What the resolver needs to know of it: a datagram, whose answer must fit the
@@ -62,7 +65,7 @@ impl Transport {
     pub fn protocol(self) -> Protocol {
         match self {
             Transport::Udp => Protocol::Udp,
-            Transport::Tcp | Transport::Tls | Transport::Https => Protocol::Tcp,
+            Transport::Tcp | Transport::Tls | Transport::Https | Transport::Quic => Protocol::Tcp,
         }
     }
 
@@ -72,6 +75,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Https => "https",
+            Transport::Quic => "quic",
         }
     }
 }

@@ -79,6 +79,9 @@ impl AboutItself {
                         port: protocol.port(),
                         path: tundns_dns::doh::PATH.to_string(),
                     },
+                    EncryptedDns::Quic => EncryptedEndpoint::Quic {
+                        port: protocol.port(),
+                    },
                 })
                 .collect()
         };

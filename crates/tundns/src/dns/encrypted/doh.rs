@@ -7,8 +7,6 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -22,7 +20,7 @@ use tokio::time::Instant;
 use tundns_dns::MAX_MESSAGE_LEN;
 use tundns_dns::doh::{MEDIA_TYPE, PATH, max_age, query_from_get};
 
-use super::{Bounds, MAX_IN_FLIGHT_PER_CONNECTION};
+use super::{Activity, Bounds, MAX_IN_FLIGHT_PER_CONNECTION};
 use crate::dns::counters::Transport;
 use crate::dns::proxy::{DnsProxy, Verdict};
 
@@ -86,50 +84,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// Requests being answered, and when the last one finished: a connection idles only with
-/// none in hand, and only whole requests count (a client trickling bytes keeps nothing).
-struct Activity {
-    origin: Instant,
-    in_hand: AtomicU64,
-    /// Milliseconds from `origin` to the end of the last request.
-    last_end_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            in_hand: AtomicU64::new(0),
-            last_end_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// A whole query in hand until the guard goes, answered or cancelled.
-    fn begin(&self) -> InHand<'_> {
-        self.in_hand.fetch_add(1, Ordering::Relaxed);
-        InHand(self)
-    }
-
-    /// When the connection became idle (its start, or the end of its last request);
-    /// `None` while a request is in hand.
-    fn idle_since(&self) -> Option<Instant> {
-        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
-        (self.in_hand.load(Ordering::Relaxed) == 0).then(|| self.origin + last_end)
-    }
-}
-
-/// One query being answered.
-struct InHand<'a>(&'a Activity);
-
-impl Drop for InHand<'_> {
-    fn drop(&mut self) {
-        let activity = self.0;
-        let since_origin = u64::try_from(activity.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.last_end_ms.store(since_origin, Ordering::Relaxed);
-        activity.in_hand.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,8 +1,10 @@
-//! Encrypted DNS on the virtual IPs: DNS over TLS (RFC 7858) on TCP 853 and DNS over
-//! HTTPS (RFC 8484) on TCP 443, through the same [`DnsProxy`] as UDP and TCP 53.
+//! Encrypted DNS on the virtual IPs: DNS over TLS (RFC 7858) on TCP 853, DNS over HTTPS
+//! (RFC 8484) on TCP 443 and DNS over QUIC (RFC 9250) on UDP 853, through the same
+//! [`DnsProxy`] as UDP and TCP 53.
 //!
-//! Their TCP is a userspace stack of their own ([`StackListeners`]), fed from the TUN for
-//! the sources the virtual IPs admit; TLS is rustls with the identity of [`certificate`].
+//! Their TCP is a userspace stack of their own ([`StackListeners`]), and their QUIC is
+//! quinn over a socket that is the TUN ([`quic`]), both fed from the TUN for the sources
+//! the virtual IPs admit; TLS is rustls with the identity of [`certificate`].
 //! Everything a client can hold is bounded: connections (`MaxTcpConnections`, and a
 //! quarter of them per client address), the handshake's time, queries or streams in
 //! flight per connection, and idle time, which only a whole query restarts, as for DNS over
@@ -11,14 +13,17 @@
 pub mod certificate;
 mod doh;
 mod dot;
+mod quic;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tundns_config::{DnsProxyConfig, EncryptedDns};
 use tundns_filter::{SourcePolicy, TunWriter, VirtualHost};
@@ -47,7 +52,10 @@ pub(crate) struct Bounds {
 
 /// The encrypted DNS servers of the virtual IPs; dropping them stops them.
 pub struct EncryptedServers {
-    listeners: StackListeners,
+    /// The TCP of DoT and DoH, when either is served.
+    listeners: Option<StackListeners>,
+    /// UDP 853, when DoQ is served.
+    quic: Option<Arc<quic::QuicPort>>,
     tasks: Vec<JoinHandle<()>>,
     status: EncryptedStatus,
 }
@@ -74,10 +82,14 @@ impl EncryptedServers {
                 .map(|ip| SocketAddr::new(*ip, port))
                 .collect()
         };
-        let every_endpoint: Vec<SocketAddr> = settings
+        let over_tcp: Vec<OverTcp> = settings
             .encrypted
             .iter()
-            .flat_map(|protocol| endpoints(*protocol))
+            .filter_map(|protocol| OverTcp::of(*protocol))
+            .collect();
+        let every_tcp_endpoint: Vec<SocketAddr> = over_tcp
+            .iter()
+            .flat_map(|protocol| endpoints(protocol.protocol()))
             .collect();
         let limits = Limits {
             max_connections: settings.max_tcp_connections,
@@ -90,25 +102,28 @@ impl EncryptedServers {
             mtu: usize::from(mtu),
             ..Limits::default()
         };
-        let listeners = StackListeners::new(
-            "encrypted DNS on the virtual IPs",
-            &every_endpoint,
-            limits,
-            tun,
-            admits,
-        );
+        let listeners = (!over_tcp.is_empty()).then(|| {
+            StackListeners::new(
+                "encrypted DNS on the virtual IPs",
+                &every_tcp_endpoint,
+                limits,
+                tun.clone(),
+                admits,
+            )
+        });
         let quota = Arc::new(SourceQuota::new(
             (settings.max_tcp_connections / CONNECTIONS_PER_SOURCE_DIVISOR).max(1),
         ));
         let bounds = Bounds {
             idle: settings.tcp_idle_timeout,
         };
-        let tasks = settings
-            .encrypted
+        let mut tasks: Vec<JoinHandle<()>> = over_tcp
             .iter()
-            .map(|protocol| {
-                let accepted = listeners.listen(&endpoints(*protocol));
-                let acceptor = TlsAcceptor::from(Arc::new(server_config(identity, *protocol)));
+            .zip(std::iter::repeat(listeners.as_ref()).flatten())
+            .map(|(protocol, listeners)| {
+                let accepted = listeners.listen(&endpoints(protocol.protocol()));
+                let acceptor =
+                    TlsAcceptor::from(Arc::new(server_config(identity, protocol.protocol())));
                 let server = Server {
                     protocol: *protocol,
                     proxy: proxy.clone(),
@@ -117,12 +132,31 @@ impl EncryptedServers {
                     bounds,
                 };
                 let name = match protocol {
-                    EncryptedDns::Tls => "DNS over TLS on the virtual IPs",
-                    EncryptedDns::Https => "DNS over HTTPS on the virtual IPs",
+                    OverTcp::Tls => "DNS over TLS on the virtual IPs",
+                    OverTcp::Https => "DNS over HTTPS on the virtual IPs",
                 };
                 crate::supervise::spawn_essential(name, server.accept(accepted))
             })
             .collect();
+        let quic = settings
+            .encrypted
+            .contains(&EncryptedDns::Quic)
+            .then(|| quic::QuicPort::new(&settings.addresses, tun));
+        if let Some(port) = &quic {
+            let config =
+                quic::server_config(server_config(identity, EncryptedDns::Quic), bounds, mtu);
+            tasks.push(crate::supervise::spawn_essential(
+                "DNS over QUIC on the virtual IPs",
+                quic::serve(
+                    port.clone(),
+                    config,
+                    proxy.clone(),
+                    quota,
+                    settings.max_tcp_connections,
+                    bounds,
+                ),
+            ));
+        }
         for protocol in &settings.encrypted {
             tracing::info!(
                 protocol = protocol.name(),
@@ -147,6 +181,7 @@ impl EncryptedServers {
         };
         Some(Self {
             listeners,
+            quic,
             tasks,
             status,
         })
@@ -158,8 +193,14 @@ impl EncryptedServers {
     }
 
     /// `host` with the encrypted DNS ports opened.
-    pub fn open_ports(&self, host: VirtualHost) -> VirtualHost {
-        self.listeners.open_ports(host)
+    pub fn open_ports(&self, mut host: VirtualHost) -> VirtualHost {
+        if let Some(listeners) = &self.listeners {
+            host = listeners.open_ports(host);
+        }
+        if let Some(port) = &self.quic {
+            host = host.with_udp(EncryptedDns::Quic.port(), port.clone());
+        }
+        host
     }
 }
 
@@ -180,16 +221,21 @@ fn endpoint_url(protocol: EncryptedDns, ip: IpAddr) -> String {
     match protocol {
         EncryptedDns::Tls => format!("tls://{host}"),
         EncryptedDns::Https => format!("https://{host}{}", tundns_dns::doh::PATH),
+        EncryptedDns::Quic => format!("quic://{host}"),
     }
 }
 
 /// rustls's server side with `identity`, offering the ALPN of `protocol`: `dot` (RFC
-/// 7858 §3.2), or `h2` and `http/1.1` for DoH.
+/// 7858 §3.2), `h2` and `http/1.1` for DoH, or `doq` over TLS 1.3 alone, as QUIC has it.
 fn server_config(identity: &TlsIdentity, protocol: EncryptedDns) -> rustls::ServerConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match protocol {
+        EncryptedDns::Quic => &[&rustls::version::TLS13],
+        EncryptedDns::Tls | EncryptedDns::Https => rustls::DEFAULT_VERSIONS,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default versions")
+        .with_protocol_versions(versions)
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
             identity.certified.clone(),
@@ -197,13 +243,38 @@ fn server_config(identity: &TlsIdentity, protocol: EncryptedDns) -> rustls::Serv
     config.alpn_protocols = match protocol {
         EncryptedDns::Tls => vec![b"dot".to_vec()],
         EncryptedDns::Https => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        EncryptedDns::Quic => vec![tundns_dns::doq::ALPN.to_vec()],
     };
     config
 }
 
+/// The encrypted DNS served over the TCP of [`StackListeners`].
+#[derive(Clone, Copy, Debug)]
+enum OverTcp {
+    Tls,
+    Https,
+}
+
+impl OverTcp {
+    fn of(protocol: EncryptedDns) -> Option<Self> {
+        match protocol {
+            EncryptedDns::Tls => Some(OverTcp::Tls),
+            EncryptedDns::Https => Some(OverTcp::Https),
+            EncryptedDns::Quic => None,
+        }
+    }
+
+    fn protocol(self) -> EncryptedDns {
+        match self {
+            OverTcp::Tls => EncryptedDns::Tls,
+            OverTcp::Https => EncryptedDns::Https,
+        }
+    }
+}
+
 /// One protocol's accepting side.
 struct Server {
-    protocol: EncryptedDns,
+    protocol: OverTcp,
     proxy: Arc<DnsProxy>,
     acceptor: TlsAcceptor,
     quota: Arc<SourceQuota>,
@@ -254,9 +325,54 @@ impl Server {
             }
         };
         match self.protocol {
-            EncryptedDns::Tls => dot::serve(stream, peer, &self.proxy, self.bounds).await,
-            EncryptedDns::Https => doh::serve(stream, peer, &self.proxy, self.bounds).await,
+            OverTcp::Tls => dot::serve(stream, peer, &self.proxy, self.bounds).await,
+            OverTcp::Https => doh::serve(stream, peer, &self.proxy, self.bounds).await,
         }
+    }
+}
+
+/// Queries being answered on one connection, and when the last one finished: a connection
+/// idles only with none in hand, and only whole queries count (a client trickling bytes
+/// keeps nothing).
+pub(crate) struct Activity {
+    origin: Instant,
+    in_hand: AtomicU64,
+    /// Milliseconds from `origin` to the end of the last request.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            in_hand: AtomicU64::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A whole query in hand until the guard goes, answered or cancelled.
+    pub(crate) fn begin(&self) -> InHand<'_> {
+        self.in_hand.fetch_add(1, Ordering::Relaxed);
+        InHand(self)
+    }
+
+    /// When the connection became idle (its start, or the end of its last request);
+    /// `None` while a request is in hand.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        (self.in_hand.load(Ordering::Relaxed) == 0).then(|| self.origin + last_end)
+    }
+}
+
+/// One query being answered.
+pub(crate) struct InHand<'a>(&'a Activity);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        let activity = self.0;
+        let since_origin = u64::try_from(activity.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_end_ms.store(since_origin, Ordering::Relaxed);
+        activity.in_hand.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
