@@ -147,7 +147,7 @@ fn client_endpoint(
             Arc::new(TokioRuntime),
         )
     };
-    open().map_err(AttemptError::LocalShortage)
+    Ok(open()?)
 }
 
 /// What the server made of the 0-RTT data of a resumed connection.
