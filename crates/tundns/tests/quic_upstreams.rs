@@ -102,6 +102,16 @@ fn a_black_holed_doq_upstream_fails_over_to_h3_fast() {
         );
     }
     assert_eq!(lab.quic_upstream_answers("h3"), 3);
+
+    // `tundns status` names both by their URLs, with the pool's view of each.
+    let status = lab.exec_in(&lab.client_ns, &[tundns_bin(), "status", &lab.tundns_iface]);
+    let shown = &status.assert_success().stdout;
+    let doq_line = format!("    quic://{TLS_NAME}@{DEAD_SILENT}:{DOQ_PORT}: ");
+    let h3_line = format!("    {}: up, rtt ", lab.h3_upstream());
+    assert!(
+        shown.contains(&doq_line) && shown.contains(&h3_line),
+        "{status}"
+    );
 }
 
 /// The server closes connections after 300 ms without packets; tundns keeps the session
