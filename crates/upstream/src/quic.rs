@@ -94,10 +94,13 @@ impl QuicEndpoint {
             let (connection, early) = match connecting {
                 Ok((connection, accepted)) => {
                     let (tell, early) = tokio::sync::watch::channel(EarlyData::Pending);
+                    let handshaking = connection.clone();
                     tokio::spawn(async move {
                         let outcome = if accepted.await {
                             bump(&counters.zero_rtt_accepted);
                             EarlyData::Accepted
+                        } else if handshaking.close_reason().is_some() {
+                            EarlyData::Lost
                         } else {
                             bump(&counters.zero_rtt_rejected);
                             early_data_refused.store(true, Ordering::Relaxed);
@@ -156,6 +159,8 @@ pub enum EarlyData {
     Pending,
     Accepted,
     Rejected,
+    /// The connection ended before its handshake did: the attempt fails as it would have.
+    Lost,
 }
 
 /// One QUIC connection to an upstream.

@@ -626,3 +626,51 @@ async fn asks_again_when_0rtt_is_refused(
         (0, 1, 0)
     );
 }
+
+/// A resumed connection that fails its handshake (the restarted server's certificate is
+/// from another CA) is a failed attempt, not a refused 0-RTT.
+#[tokio::test]
+async fn a_failed_resumed_handshake_is_not_a_refused_0rtt() {
+    let pki = TestPki::new("doq-0rtt-lost");
+    let (first, _) = doq_server_at(&pki, any_port(), marked);
+    let address = first.local_addr().unwrap();
+    let pool = configured(
+        vec![quic(address)],
+        PoolConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..pki.pool_config(TIMEOUT)
+        },
+    );
+    resolve_example(&pool).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.close(0u32.into(), b"restart");
+    tokio::time::timeout(TIMEOUT, first.wait_idle())
+        .await
+        .unwrap();
+    drop(first);
+    let free = wait_until_async(TIMEOUT, || std::net::UdpSocket::bind(address).is_ok()).await;
+    assert!(free, "{address} stayed in use");
+    let other_ca = TestPki::new("doq-0rtt-lost-other");
+    let (_second, second_log) = doq_server_at(&other_ca, address, marked);
+
+    let error = pool
+        .resolve(&query(1, "example.com"), Protocol::Udp)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ResolveError::AllFailed { .. }), "{error:?}");
+    // The 0-RTT outcome is known once the handshake has failed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = pool.stats();
+    assert_eq!(
+        (
+            stats.zero_rtt_accepted,
+            stats.zero_rtt_rejected,
+            stats.failures
+        ),
+        (0, 0, 1)
+    );
+    assert!(
+        second_log.ids().len() <= 1,
+        "0-RTT data may arrive, no more"
+    );
+}
