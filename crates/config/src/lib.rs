@@ -88,9 +88,11 @@
 //! TCP retry on truncation, as is `udp://ip[:port]`; `tcp://ip[:port]` is TCP only;
 //! `tls://name@ip[:port]` is DNS over TLS (port 853), `tls://ip` using the IP as the
 //! server name; `https://name@ip[:port]/path` is DNS over HTTPS (port 443, path
-//! `/dns-query` if none), `https://ip/path` using the IP as the server name. Host
-//! names are never resolved, so `name@ip` gives the bootstrap address. In a URL an
-//! IPv6 address is bracketed.
+//! `/dns-query` if none), `https://ip/path` using the IP as the server name;
+//! `quic://name@ip[:port]` is DNS over QUIC (UDP port 853) and `h3://name@ip[:port]/path`
+//! DNS over HTTPS over HTTP/3 (UDP port 443, the same path default). Host names are never
+//! resolved, so `name@ip` gives the bootstrap address. In a URL an IPv6 address is
+//! bracketed.
 //!
 //! A domain may be routed by one `[DNSRoute]` only. Names no route matches go to
 //! `[DNSProxy] Upstream`, which therefore cannot be set together with a `.` route.
@@ -151,7 +153,7 @@ use zeroize::Zeroizing;
 
 pub use error::{ConfigError, ConfigWarning};
 pub use key::{KEY_LEN, PublicKey, SecretKey};
-pub use upstream::{DEFAULT_DOH_PATH, DNS_PORT, DOH_PORT, DOT_PORT, Upstream};
+pub use upstream::{DEFAULT_DOH_PATH, DNS_PORT, DOH_PORT, DOQ_PORT, DOT_PORT, Upstream};
 
 /// MTU used when `[Interface]` has no `MTU`, as wg-quick's usual value.
 pub const DEFAULT_MTU: u16 = 1420;

@@ -1,4 +1,5 @@
-//! Upstream resolver URLs: `ip[:port]`, `udp://`, `tcp://`, `tls://` and `https://`.
+//! Upstream resolver URLs: `ip[:port]`, `udp://`, `tcp://`, `tls://`, `https://`, `quic://`
+//! and `h3://`.
 //!
 //! Host names are never resolved: an encrypted upstream names its server with
 //! `name@ip`, where the IP is the bootstrap address and the name is what the
@@ -13,8 +14,10 @@ use crate::values::{is_domain_name, looks_like_ip, shown, unusable_unicast};
 pub const DNS_PORT: u16 = 53;
 /// Port of DNS over TLS (RFC 7858).
 pub const DOT_PORT: u16 = 853;
-/// Port of DNS over HTTPS (RFC 8484).
+/// Port of DNS over HTTPS (RFC 8484), over HTTP/2 and HTTP/3 alike.
 pub const DOH_PORT: u16 = 443;
+/// Port of DNS over QUIC (RFC 9250 §4.1.1): UDP, the number DoT has on TCP.
+pub const DOQ_PORT: u16 = 853;
 /// Path of a DNS-over-HTTPS URL written without one.
 pub const DEFAULT_DOH_PATH: &str = "/dns-query";
 
@@ -48,6 +51,24 @@ pub enum Upstream {
         /// The request path, starting with `/` (a query part is kept).
         path: String,
     },
+    /// `quic://name@ip[:port]` (UDP port 853): DNS over QUIC (RFC 9250). `quic://ip`
+    /// uses the IP's text as the server name.
+    Quic {
+        /// The name the certificate must match, as for [`Upstream::Tls`].
+        server_name: String,
+        /// The bootstrap address connected to.
+        address: SocketAddr,
+    },
+    /// `h3://name@ip[:port]/path` (UDP port 443): DNS over HTTPS over HTTP/3 (RFC 8484
+    /// on RFC 9114), with the defaults of [`Upstream::Https`].
+    H3 {
+        /// The name the certificate must match and the HTTP authority.
+        server_name: String,
+        /// The bootstrap address connected to.
+        address: SocketAddr,
+        /// The request path, starting with `/` (a query part is kept).
+        path: String,
+    },
 }
 
 impl Upstream {
@@ -55,7 +76,10 @@ impl Upstream {
     pub fn address(&self) -> SocketAddr {
         match self {
             Upstream::Udp(address) | Upstream::Tcp(address) => *address,
-            Upstream::Tls { address, .. } | Upstream::Https { address, .. } => *address,
+            Upstream::Tls { address, .. }
+            | Upstream::Https { address, .. }
+            | Upstream::Quic { address, .. }
+            | Upstream::H3 { address, .. } => *address,
         }
     }
 }
@@ -78,6 +102,15 @@ impl Upstream {
                 address,
                 path,
             } => format!("https://{server_name}@{address}{path}"),
+            Upstream::Quic {
+                server_name,
+                address,
+            } => format!("quic://{server_name}@{address}"),
+            Upstream::H3 {
+                server_name,
+                address,
+                path,
+            } => format!("h3://{server_name}@{address}{path}"),
         }
     }
 }
@@ -106,6 +139,19 @@ impl fmt::Display for Upstream {
             } => write!(
                 f,
                 "https://{}{address}{path}",
+                name_prefix(server_name, *address)
+            ),
+            Upstream::Quic {
+                server_name,
+                address,
+            } => write!(f, "quic://{}{address}", name_prefix(server_name, *address)),
+            Upstream::H3 {
+                server_name,
+                address,
+                path,
+            } => write!(
+                f,
+                "h3://{}{address}{path}",
                 name_prefix(server_name, *address)
             ),
         }
@@ -176,7 +222,8 @@ fn is_host_name(name: &str) -> bool {
             })
 }
 
-/// The server name of `tls://` and `https://`, and the address, from `[name@]ip[:port]`.
+/// The server name of `tls://`, `https://`, `quic://` and `h3://`, and the address, from
+/// `[name@]ip[:port]`.
 fn named_address(
     authority: &str,
     default_port: u16,
@@ -193,10 +240,9 @@ fn named_address(
             .rsplit_once(':')
             .map_or(address_text, |(host, _)| host);
         if is_host_name(host) {
-            let example = if scheme == "https" {
-                "https://name@ip/path"
-            } else {
-                "tls://name@ip"
+            let example = match scheme {
+                "https" | "h3" => format!("{scheme}://name@ip/path"),
+                _ => format!("{scheme}://name@ip"),
             };
             return Err(format!(
                 "upstream {} needs a bootstrap address: {example} (host names are not resolved)",
@@ -265,7 +311,7 @@ pub(crate) fn parse_upstream(value: &str) -> Result<Upstream, String> {
             value,
             DNS_PORT,
             value,
-            "an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL \
+            "an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls://, https://, quic:// or h3:// URL \
              (host names are not resolved)",
             false,
         )
@@ -276,7 +322,7 @@ pub(crate) fn parse_upstream(value: &str) -> Result<Upstream, String> {
         "udp" | "tcp" => {
             if rest.contains('@') {
                 return Err(format!(
-                    "a server name (name@) goes only with tls:// and https://, found {}",
+                    "a server name (name@) goes only with tls://, https://, quic:// and h3://, found {}",
                     shown(value)
                 ));
             }
@@ -288,21 +334,34 @@ pub(crate) fn parse_upstream(value: &str) -> Result<Upstream, String> {
                 Upstream::Tcp(address)
             })
         }
-        "tls" => {
-            let usage = "tls://name@ip[:port], tls://name@[ipv6][:port] or tls://ip[:port]";
-            let (server_name, address) = named_address(rest, DOT_PORT, value, "tls", usage)?;
-            Ok(Upstream::Tls {
-                server_name,
-                address,
+        "tls" | "quic" => {
+            let usage = format!(
+                "{scheme}://name@ip[:port], {scheme}://name@[ipv6][:port] or {scheme}://ip[:port]"
+            );
+            let default_port = if scheme == "tls" { DOT_PORT } else { DOQ_PORT };
+            let (server_name, address) = named_address(rest, default_port, value, &scheme, &usage)?;
+            Ok(if scheme == "tls" {
+                Upstream::Tls {
+                    server_name,
+                    address,
+                }
+            } else {
+                Upstream::Quic {
+                    server_name,
+                    address,
+                }
             })
         }
-        "https" => {
+        "https" | "h3" => {
             let (authority, path) = match rest.find('/') {
                 Some(slash) => rest.split_at(slash),
                 None => (rest, DEFAULT_DOH_PATH),
             };
-            let usage = "https://name@ip[:port]/path, https://name@[ipv6][:port]/path or https://ip[:port]/path";
-            let (server_name, address) = named_address(authority, DOH_PORT, value, "https", usage)?;
+            let usage = format!(
+                "{scheme}://name@ip[:port]/path, {scheme}://name@[ipv6][:port]/path or {scheme}://ip[:port]/path"
+            );
+            let (server_name, address) =
+                named_address(authority, DOH_PORT, value, &scheme, &usage)?;
             if !is_http_path(path) {
                 return Err(format!(
                     "invalid path {} in upstream {}",
@@ -310,14 +369,23 @@ pub(crate) fn parse_upstream(value: &str) -> Result<Upstream, String> {
                     shown(value)
                 ));
             }
-            Ok(Upstream::Https {
-                server_name,
-                address,
-                path: path.to_string(),
+            let path = path.to_string();
+            Ok(if scheme == "https" {
+                Upstream::Https {
+                    server_name,
+                    address,
+                    path,
+                }
+            } else {
+                Upstream::H3 {
+                    server_name,
+                    address,
+                    path,
+                }
             })
         }
         _ => Err(format!(
-            "unknown upstream scheme in {}: expected udp://, tcp://, tls:// or https://",
+            "unknown upstream scheme in {}: expected udp://, tcp://, tls://, https://, quic:// or h3://",
             shown(value)
         )),
     }
@@ -340,6 +408,48 @@ mod tests {
         assert_eq!(
             parse("https://dns.lab.test@192.0.2.53"),
             "https://dns.lab.test@192.0.2.53:443/dns-query"
+        );
+        assert_eq!(
+            parse("quic://192.0.2.53"),
+            "quic://192.0.2.53@192.0.2.53:853"
+        );
+        assert_eq!(
+            parse("h3://dns.lab.test@[2001:db8::53]"),
+            "h3://dns.lab.test@[2001:db8::53]:443/dns-query"
+        );
+    }
+
+    #[test]
+    fn quic_and_h3_with_default_ports() {
+        assert_eq!(
+            parse_upstream("QUIC://Dns.Lab.Test.@192.0.2.53"),
+            Ok(Upstream::Quic {
+                server_name: "dns.lab.test".into(),
+                address: sock("192.0.2.53:853"),
+            })
+        );
+        assert_eq!(
+            parse_upstream("quic://[2001:db8::53]:8853"),
+            Ok(Upstream::Quic {
+                server_name: "2001:db8::53".into(),
+                address: sock("[2001:db8::53]:8853"),
+            })
+        );
+        assert_eq!(
+            parse_upstream("h3://dns.lab.test@192.0.2.53/resolve?ct=1"),
+            Ok(Upstream::H3 {
+                server_name: "dns.lab.test".into(),
+                address: sock("192.0.2.53:443"),
+                path: "/resolve?ct=1".into(),
+            })
+        );
+        assert_eq!(
+            parse_upstream("h3://192.0.2.53:8443"),
+            Ok(Upstream::H3 {
+                server_name: "192.0.2.53".into(),
+                address: sock("192.0.2.53:8443"),
+                path: DEFAULT_DOH_PATH.into(),
+            })
         );
     }
 
@@ -429,10 +539,19 @@ mod tests {
             "tls://dns.lab.test@[2001:db8::53]",
             "https://[2001:db8::53]/q",
             "https://dns.lab.test@192.0.2.53:8443/dns-query",
+            "quic://192.0.2.53",
+            "quic://dns.lab.test@[2001:db8::53]:8853",
+            "h3://[2001:db8::53]/q",
+            "h3://dns.lab.test@192.0.2.53:8443/dns-query",
         ] {
             let upstream = parse_upstream(text).unwrap();
             assert_eq!(
                 parse_upstream(&upstream.to_string()),
+                Ok(upstream.clone()),
+                "{text}"
+            );
+            assert_eq!(
+                parse_upstream(&upstream.url()),
                 Ok(upstream.clone()),
                 "{text}"
             );
@@ -454,11 +573,11 @@ mod tests {
         for (text, expected) in [
             (
                 "dns.google",
-                "expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL (host names are not resolved), found \"dns.google\"",
+                "expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls://, https://, quic:// or h3:// URL (host names are not resolved), found \"dns.google\"",
             ),
             (
                 "[::1",
-                "expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL (host names are not resolved), found \"[::1\"",
+                "expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls://, https://, quic:// or h3:// URL (host names are not resolved), found \"[::1\"",
             ),
             ("0.0.0.0", "upstream 0.0.0.0 is unspecified"),
             ("tcp://224.0.0.1", "upstream 224.0.0.1 is multicast"),
@@ -476,11 +595,39 @@ mod tests {
             ),
             (
                 "udp://dns.lab.test@192.0.2.53",
-                "a server name (name@) goes only with tls:// and https://, found \"udp://dns.lab.test@192.0.2.53\"",
+                "a server name (name@) goes only with tls://, https://, quic:// and h3://, found \"udp://dns.lab.test@192.0.2.53\"",
             ),
             (
-                "quic://192.0.2.53",
-                "unknown upstream scheme in \"quic://192.0.2.53\": expected udp://, tcp://, tls:// or https://",
+                "doq://192.0.2.53",
+                "unknown upstream scheme in \"doq://192.0.2.53\": expected udp://, tcp://, tls://, https://, quic:// or h3://",
+            ),
+            (
+                "quic://dns.lab.test",
+                "upstream \"quic://dns.lab.test\" needs a bootstrap address: quic://name@ip (host names are not resolved)",
+            ),
+            (
+                "h3://dns.lab.test/dns-query",
+                "upstream \"h3://dns.lab.test/dns-query\" needs a bootstrap address: h3://name@ip/path (host names are not resolved)",
+            ),
+            (
+                "quic://192.0.2.53/dns-query",
+                "expected quic://name@ip[:port], quic://name@[ipv6][:port] or quic://ip[:port], found \"quic://192.0.2.53/dns-query\"",
+            ),
+            (
+                "quic://bad_name@192.0.2.53",
+                "invalid server name \"bad_name\" in upstream \"quic://bad_name@192.0.2.53\" (expected a host name or an IP address)",
+            ),
+            (
+                "h3://dns.lab.test@192.0.2.53:0/q",
+                "upstream port must be 1..=65535, found \"h3://dns.lab.test@192.0.2.53:0/q\"",
+            ),
+            (
+                "h3://dns.lab.test@192.0.2.53/a b",
+                "invalid path \"/a b\" in upstream \"h3://dns.lab.test@192.0.2.53/a b\"",
+            ),
+            (
+                "h3://2001:db8::53/q",
+                "an IPv6 address in a URL must be in brackets ([ipv6] or [ipv6]:port), found \"h3://2001:db8::53/q\"",
             ),
             (
                 "https://dns.lab.test/dns-query",

@@ -66,7 +66,7 @@ Timeout = 500ms
 MaxInFlight = 64
 TcpIdleTimeout = 30s
 MaxTcpConnections = 16
-Upstream = tcp://192.0.2.54, tls://dns.lab.test@192.0.2.53:853, https://dns.lab.test@[2001:db8::53]/dns-query
+Upstream = tcp://192.0.2.54, tls://dns.lab.test@192.0.2.53:853, https://dns.lab.test@[2001:db8::53]/dns-query, quic://dns.lab.test@192.0.2.53, h3://dns.lab.test@[2001:db8::53]:8443/q
 CAFile = /etc/tundns/lab-ca.pem
 Cache = on
 CacheSize = 64MiB
@@ -231,6 +231,15 @@ fn realistic_file_with_every_key() {
                     server_name: "dns.lab.test".into(),
                     address: sock("[2001:db8::53]:443"),
                     path: "/dns-query".into(),
+                },
+                Upstream::Quic {
+                    server_name: "dns.lab.test".into(),
+                    address: sock("192.0.2.53:853"),
+                },
+                Upstream::H3 {
+                    server_name: "dns.lab.test".into(),
+                    address: sock("[2001:db8::53]:8443"),
+                    path: "/q".into(),
                 },
             ],
             upstream_timeout: Duration::from_millis(500),
@@ -565,7 +574,7 @@ fn routes_with_the_proxy_disabled_warn() {
             "{}[DNSProxy]\nEnabled = false\n[DNSRoute]\nDomain = corp.internal\nUpstream = dns.corp\n",
             minimal()
         )),
-        "wg0.conf:7: expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL (host names are not resolved), found \"dns.corp\""
+        "wg0.conf:7: expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls://, https://, quic:// or h3:// URL (host names are not resolved), found \"dns.corp\""
     );
 }
 
@@ -824,7 +833,7 @@ fn error_cases() -> Vec<(String, String)> {
         ),
         (
             format!("{m}[DNSProxy]\nUpstream = dns.google\n"),
-            "wg0.conf:4: expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls:// or https:// URL (host names are not resolved), found \"dns.google\"",
+            "wg0.conf:4: expected an IP, ip:port, [ipv6]:port or a udp://, tcp://, tls://, https://, quic:// or h3:// URL (host names are not resolved), found \"dns.google\"",
         ),
         (
             format!("{m}[DNSProxy]\nUpstream = 192.0.2.53:0\n"),
@@ -868,8 +877,16 @@ fn error_cases() -> Vec<(String, String)> {
             "wg0.conf:5: upstream \"tls://dns.lab.test\" needs a bootstrap address: tls://name@ip (host names are not resolved)",
         ),
         (
-            format!("{m}[DNSProxy]\nUpstream = quic://192.0.2.53\n"),
-            "wg0.conf:4: unknown upstream scheme in \"quic://192.0.2.53\": expected udp://, tcp://, tls:// or https://",
+            format!("{m}[DNSProxy]\nUpstream = doq://192.0.2.53\n"),
+            "wg0.conf:4: unknown upstream scheme in \"doq://192.0.2.53\": expected udp://, tcp://, tls://, https://, quic:// or h3://",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = 192.0.2.53\nUpstream = quic://dns.lab.test\n"),
+            "wg0.conf:5: upstream \"quic://dns.lab.test\" needs a bootstrap address: quic://name@ip (host names are not resolved)",
+        ),
+        (
+            format!("{m}[DNSProxy]\nUpstream = h3://dns.lab.test@192.0.2.53/a%zz\n"),
+            "wg0.conf:4: invalid path \"/a%zz\" in upstream \"h3://dns.lab.test@192.0.2.53/a%zz\"",
         ),
         (
             format!("{m}[DNSProxy]\nUpstream = tcp://2001:db8::53\n"),

@@ -7,7 +7,8 @@
 //! The same config file works in both modes: keys that would change the host are refused,
 //! naming their line ([`refuse_privileged`]); the virtual IPs, which have no TUN to be
 //! served from, are left out with one log line. `ThroughTunnel` routes go through the
-//! proxies' stack, which carries plain DNS only: a DoT or DoH upstream there is refused.
+//! proxies' stack, which carries plain DNS only: an encrypted upstream (DoT, DoH, DoQ,
+//! HTTP/3) there is refused.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};

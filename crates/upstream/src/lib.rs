@@ -1,23 +1,27 @@
 //! Executing upstream DNS requests: the only DNS code in tundns that touches sockets.
 //!
 //! Owns the transports — UDP, TCP (RFC 7766), DNS over TLS (RFC 7858: one persistent,
-//! pipelined connection per upstream) and DNS over HTTPS (RFC 8484: one HTTP/2
-//! connection with concurrent streams) — and [`UpstreamPool`], the thin driver that runs
-//! one group's [`tundns_resolver::pool::Pool`]: it makes the attempts the pool asks for,
-//! bounds each by the attempt timeout, reports each outcome with the time, and wakes the
-//! pool for hedging. Which upstream is asked, when to hedge, when an upstream is dead and
-//! when a truncated answer is asked again over TCP are the pool's decisions, not this
-//! crate's.
+//! pipelined connection per upstream), DNS over HTTPS (RFC 8484: one HTTP/2 connection
+//! with concurrent streams), DNS over QUIC (RFC 9250: one QUIC connection per upstream,
+//! a stream per query) and DNS over HTTPS over HTTP/3 (one QUIC connection, a request
+//! stream per query) — and [`UpstreamPool`], the thin driver that runs one group's
+//! [`tundns_resolver::pool::Pool`]: it makes the attempts the pool asks for, bounds each
+//! by the attempt timeout, reports each outcome with the time, and wakes the pool for
+//! hedging. Which upstream is asked, when to hedge, when an upstream is dead and when a
+//! truncated answer is asked again over TCP are the pool's decisions, not this crate's.
 //!
 //! Every answer must match before it is accepted: for UDP a random ID per attempt on a
 //! connected socket with a random port (sockets are shared by the queries in flight and
 //! retired after a few seconds, see `udp_sockets`), the upstream's address and the
 //! question; for TCP a fresh random ID on a fresh connection and the question; for DoT a
-//! random ID unique on the connection and the question; for DoH (ID 0 on the wire, RFC
-//! 8484 §4.1) the HTTP stream and the question. Anything else is ignored and counted. TLS
-//! certificates are always verified, against the system roots plus an optional CA file;
-//! there is no way to turn verification off. Sockets carry the configured `SO_MARK` and
-//! source address, so policy routing decides whether DNS goes around the tunnel or
+//! random ID unique on the connection and the question; for DoH, DoQ and HTTP/3 (ID 0 on
+//! the wire, RFC 8484 §4.1 and RFC 9250 §4.2.1) the stream and the question. Anything
+//! else is ignored and counted. TLS certificates are always verified, against the system
+//! roots plus an optional CA file; there is no way to turn verification off. The QUIC
+//! transports keep TLS session tickets and send a resumed connection's first queries in
+//! 0-RTT (queries are idempotent, RFC 9250 §4.5); a query whose 0-RTT data the server
+//! refused is asked again after the handshake. Sockets carry the configured `SO_MARK`
+//! and source address, so policy routing decides whether DNS goes around the tunnel or
 //! through it; without a TUN, a pool given a [`Tunnel`] sends through it instead (UDP and
 //! TCP, with the same matching).
 //!
@@ -30,7 +34,9 @@
 
 mod doh;
 mod dot;
+mod h3;
 mod pool;
+mod quic;
 mod shared_connection;
 mod tls;
 mod transport;
@@ -64,12 +70,12 @@ pub struct PoolConfig {
     /// it to the interface address (and no fwmark). Its family must match every
     /// upstream's.
     pub bind_address: Option<IpAddr>,
-    /// Extra PEM trust anchors for DoT and DoH, added to the system's roots.
+    /// Extra PEM trust anchors for DoT, DoH, DoQ and HTTP/3, added to the system's roots.
     pub ca_file: Option<PathBuf>,
     /// Send to the next upstream too when the current one has not answered
     /// within a delay derived from its RTT (the first valid answer wins).
     pub hedge: bool,
-    /// An idle DoT or DoH connection (nothing in flight) is closed after this long.
+    /// An idle DoT, DoH, DoQ or HTTP/3 connection (nothing in flight) is closed after this long.
     pub idle_timeout: Duration,
     /// Send every query through this userspace tunnel instead of the host's sockets
     /// (the rootless mode's `ThroughTunnel` groups); plain UDP and TCP only.
@@ -130,6 +136,9 @@ pub struct UpstreamHealth {
 #[derive(Default)]
 struct Counters {
     mismatched_ignored: AtomicU64,
+    /// Resumed QUIC connections whose 0-RTT data the server took, or refused.
+    zero_rtt_accepted: AtomicU64,
+    zero_rtt_rejected: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -142,6 +151,8 @@ enum Link {
     Tcp,
     Tls(dot::DotClient),
     Https(doh::DohClient),
+    Quic(quic::DoqClient),
+    H3(h3::H3Client),
     /// Through a userspace tunnel; over UDP first when `datagram`, else over TCP.
     Tunnel {
         tunnel: tunnel::Tunnel,

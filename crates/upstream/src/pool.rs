@@ -22,8 +22,8 @@ use tundns_resolver::pool::{
 
 use crate::transport::{self, AttemptError};
 use crate::{
-    Context, Link, PoolConfig, PoolError, PoolStats, Upstream, UpstreamHealth, doh, dot,
-    missing_tls, tls, tunnel, udp_sockets,
+    Context, Link, PoolConfig, PoolError, PoolStats, Upstream, UpstreamHealth, doh, dot, h3,
+    missing_tls, quic, tls, tunnel, udp_sockets,
 };
 
 /// What an exchange's waiter is told.
@@ -69,7 +69,7 @@ impl UpstreamPool {
         let needs_tls = config.ca_file.is_some()
             || upstreams
                 .iter()
-                .any(|upstream| matches!(upstream, Upstream::Tls { .. } | Upstream::Https { .. }));
+                .any(|upstream| !matches!(upstream, Upstream::Udp(_) | Upstream::Tcp(_)));
         let tls = if needs_tls {
             Some(tls::ClientConfigs::new(config.ca_file.as_deref())?)
         } else {
@@ -91,7 +91,13 @@ impl UpstreamPool {
                     tunnel: tunnel.clone(),
                     datagram: false,
                 },
-                (Upstream::Tls { .. } | Upstream::Https { .. }, Some(_)) => {
+                (
+                    Upstream::Tls { .. }
+                    | Upstream::Https { .. }
+                    | Upstream::Quic { .. }
+                    | Upstream::H3 { .. },
+                    Some(_),
+                ) => {
                     return Err(PoolError::EncryptedThroughTunnel(upstream));
                 }
                 (Upstream::Udp(address), None) => Link::Udp(udp_sockets::UdpSockets::new(*address)),
@@ -120,6 +126,36 @@ impl UpstreamPool {
                         server_name,
                         path,
                         tls.doh.clone(),
+                    )?)
+                }
+                (
+                    Upstream::Quic {
+                        server_name,
+                        address,
+                    },
+                    None,
+                ) => {
+                    let tls = tls.as_ref().ok_or_else(missing_tls)?;
+                    Link::Quic(quic::DoqClient::new(
+                        *address,
+                        server_name,
+                        tls.doq.clone(),
+                    )?)
+                }
+                (
+                    Upstream::H3 {
+                        server_name,
+                        address,
+                        path,
+                    },
+                    None,
+                ) => {
+                    let tls = tls.as_ref().ok_or_else(missing_tls)?;
+                    Link::H3(h3::H3Client::new(
+                        *address,
+                        server_name,
+                        path,
+                        tls.h3.clone(),
                     )?)
                 }
             };
@@ -213,12 +249,10 @@ impl UpstreamPool {
 
     pub fn stats(&self) -> PoolStats {
         let mut stats = self.inner.lock().pool.stats();
-        stats.mismatched_ignored = self
-            .inner
-            .context
-            .counters
-            .mismatched_ignored
-            .load(Ordering::Relaxed);
+        let counters = &self.inner.context.counters;
+        stats.mismatched_ignored = counters.mismatched_ignored.load(Ordering::Relaxed);
+        stats.zero_rtt_accepted = counters.zero_rtt_accepted.load(Ordering::Relaxed);
+        stats.zero_rtt_rejected = counters.zero_rtt_rejected.load(Ordering::Relaxed);
         stats
     }
 
@@ -405,6 +439,8 @@ impl Link {
             }
             (Link::Tls(client), _) => client.exchange(query, question, context).await,
             (Link::Https(client), _) => client.exchange(query, question, context).await,
+            (Link::Quic(client), _) => client.exchange(query, question, context).await,
+            (Link::H3(client), _) => client.exchange(query, question, context).await,
             (
                 Link::Tunnel {
                     tunnel,
@@ -423,6 +459,8 @@ impl Link {
         match self {
             Link::Tls(client) => client.drop_connection(),
             Link::Https(client) => client.drop_connection(),
+            Link::Quic(client) => client.drop_connection(),
+            Link::H3(client) => client.drop_connection(),
             Link::Udp(sockets) => sockets.retire_all(),
             Link::Tcp | Link::Tunnel { .. } => {}
         }

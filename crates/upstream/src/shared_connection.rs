@@ -1,4 +1,4 @@
-//! The one persistent connection of a DoT or DoH upstream, and how it is
+//! The one persistent connection of a DoT, DoH, DoQ or HTTP/3 upstream, and how it is
 //! opened: by a background task bounded by the attempt timeout, whose outcome
 //! every query that asked meanwhile shares.
 //!
@@ -99,7 +99,8 @@ impl<C: Persistent> SharedConnection<C> {
 
     /// `exchange` on the open connection or a new one (see [`Self::get`]). The server
     /// may have closed an idle connection we had not noticed yet: when a reused one
-    /// turns out closed, once more on a fresh one.
+    /// turns out closed, once more on a fresh one; so too when the server refused a
+    /// resumed QUIC connection's 0-RTT data and that connection cannot go on.
     pub async fn exchange<F, E, T>(
         &self,
         timeout: Duration,
@@ -112,7 +113,10 @@ impl<C: Persistent> SharedConnection<C> {
     {
         let (connection, reused) = self.get(timeout, &connect).await?;
         match exchange(connection).await {
-            Err(AttemptError::Closed) if reused => {
+            Err(error)
+                if matches!(error, AttemptError::EarlyDataRejected)
+                    || (reused && matches!(error, AttemptError::Closed)) =>
+            {
                 let (connection, _) = self.get(timeout, &connect).await?;
                 exchange(connection).await
             }

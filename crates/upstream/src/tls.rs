@@ -1,4 +1,4 @@
-//! TLS client settings for DoT and DoH: aws-lc-rs (the provider gotatun
+//! TLS client settings for DoT, DoH, DoQ and DoH over HTTP/3: aws-lc-rs (the provider gotatun
 //! uses: one provider per binary, never ring), the system's trust anchors
 //! plus an optional CA file, and no way to skip verification.
 //!
@@ -23,6 +23,10 @@ pub struct ClientConfigs {
     pub dot: Arc<ClientConfig>,
     /// DoH: ALPN "h2".
     pub doh: Arc<ClientConfig>,
+    /// DoQ: TLS 1.3 only (QUIC has no other), ALPN "doq" (RFC 9250 §4.1), early data on.
+    pub doq: Arc<ClientConfig>,
+    /// DoH over HTTP/3: TLS 1.3 only, ALPN "h3", early data on.
+    pub h3: Arc<ClientConfig>,
 }
 
 impl ClientConfigs {
@@ -35,28 +39,39 @@ impl ClientConfigs {
         }
         if roots.is_empty() {
             tracing::warn!(
-                "no TLS trust anchors: every DoT and DoH upstream will fail verification"
+                "no TLS trust anchors: every DoT, DoH, DoQ and HTTP/3 upstream will fail verification"
             );
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let dot = client_config(provider.clone(), roots.clone(), Vec::new())?;
-        let doh = client_config(provider, roots, vec![b"h2".to_vec()])?;
+        let all_versions = rustls::DEFAULT_VERSIONS;
+        let tls13 = &[&rustls::version::TLS13];
+        let dot = client_config(&provider, all_versions, &roots, Vec::new())?;
+        let doh = client_config(&provider, all_versions, &roots, vec![b"h2".to_vec()])?;
+        let mut doq = client_config(&provider, tls13, &roots, vec![b"doq".to_vec()])?;
+        let mut h3 = client_config(&provider, tls13, &roots, vec![b"h3".to_vec()])?;
+        // Queries are idempotent, so they may go in 0-RTT (RFC 9250 §4.5) when a
+        // resumption ticket allows it; the default session store keeps the tickets.
+        doq.enable_early_data = true;
+        h3.enable_early_data = true;
         Ok(ClientConfigs {
             dot: Arc::new(dot),
             doh: Arc::new(doh),
+            doq: Arc::new(doq),
+            h3: Arc::new(h3),
         })
     }
 }
 
 fn client_config(
-    provider: Arc<CryptoProvider>,
-    roots: RootCertStore,
+    provider: &Arc<CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    roots: &RootCertStore,
     alpn: Vec<Vec<u8>>,
 ) -> Result<ClientConfig, PoolError> {
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
         .map_err(|error| PoolError::Tls(error.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots.clone())
         .with_no_client_auth();
     config.alpn_protocols = alpn;
     Ok(config)

@@ -43,6 +43,12 @@ pub enum AttemptError {
     ConnectFailed,
     #[error("HTTP: {0}")]
     Http(String),
+    #[error("QUIC: {0}")]
+    Quic(String),
+    /// The server refused the 0-RTT data of a resumed QUIC connection: the query is
+    /// asked again once the handshake is over.
+    #[error("the server refused 0-RTT data")]
+    EarlyDataRejected,
     /// tundns's side could not make the attempt: no local port, too many connections.
     #[error("no local resources: {0}")]
     LocalShortage(io::Error),

@@ -41,6 +41,10 @@ pub struct PoolStats {
     pub tcp_retries: u64,
     /// Probes of dead upstreams.
     pub probes: u64,
+    /// Resumed QUIC connections (DoQ, HTTP/3) whose 0-RTT data the server accepted, or
+    /// refused (the query was asked again after the handshake). Counted by the transports.
+    pub zero_rtt_accepted: u64,
+    pub zero_rtt_rejected: u64,
 }
 
 /// What one upstream has seen since the pool was created.

@@ -626,8 +626,14 @@ mod tests {
         };
         let outside = add("10.99.0.53", false).expect("refused");
         assert!(outside.contains("inside AllowedIPs"), "{outside}");
-        let encrypted = add("tls://dns.corp@10.99.0.53", true).expect("refused");
-        assert!(encrypted.contains("only plain DNS"), "{encrypted}");
+        for encrypted in [
+            "tls://dns.corp@10.99.0.53",
+            "quic://dns.corp@10.99.0.53",
+            "h3://dns.corp@10.99.0.53/dns-query",
+        ] {
+            let refusal = add(encrypted, true).expect("refused");
+            assert!(refusal.contains("only plain DNS"), "{refusal}");
+        }
         assert_eq!(add("10.99.0.53", true), None);
         assert_eq!(add("tcp://10.99.0.53", true), None);
         assert_eq!(add("192.0.2.53", false), None);

@@ -372,6 +372,8 @@ fn encode_upstreams(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::R
             ("hedged", stats.hedged),
             ("tcp_retries", stats.tcp_retries),
             ("probes", stats.probes),
+            ("zero_rtt_accepted", stats.zero_rtt_accepted),
+            ("zero_rtt_rejected", stats.zero_rtt_rejected),
         ]
         .map(move |(event, count)| {
             (
@@ -383,7 +385,7 @@ fn encode_upstreams(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::R
     family(
         encoder,
         "tundns_dns_upstream_group_events",
-        "Per upstream group: queries sent, queries every upstream failed, forged or late answers ignored, hedged attempts, TCP retries of truncated answers, probes of dead upstreams.",
+        "Per upstream group: queries sent, queries every upstream failed, forged or late answers ignored, hedged attempts, TCP retries of truncated answers, probes of dead upstreams, resumed QUIC connections whose 0-RTT the upstream accepted or refused.",
         MetricType::Counter,
         pool_counters,
     )

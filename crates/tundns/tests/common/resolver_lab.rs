@@ -32,6 +32,13 @@ pub const CORP_DB_A: &str = "10.99.0.80";
 pub const CORP_DB_AAAA: &str = "fd99::80";
 /// dnsdist in N, forwarding to unbound.
 pub const DNSDIST_V4: &str = "192.0.2.55";
+/// The DoQ and HTTP/3 server in N (`examples/lab_quic_upstream.rs`), forwarding to unbound:
+/// its own address, so unbound's log tells the queries it forwarded by their source.
+pub const QUIC_UPSTREAM_V4: &str = "192.0.2.56";
+/// DoQ's port (RFC 9250), on UDP.
+pub const DOQ_PORT: u16 = 853;
+/// DoH over HTTP/3's port, on UDP.
+pub const H3_PORT: u16 = 443;
 pub(crate) const DNSDIST_V4_CIDR: &str = "192.0.2.55/24";
 
 const RESOLVER_ZONE: &str = concat!(
@@ -166,6 +173,75 @@ impl Lab {
     /// `https://dns.lab.test@192.0.2.53/dns-query`
     pub fn doh_upstream(&self) -> String {
         format!("https://{TLS_NAME}@{UNBOUND_V4}{DOH_PATH}")
+    }
+
+    /// `quic://dns.lab.test@192.0.2.56:853`
+    pub fn doq_upstream(&self) -> String {
+        format!("quic://{TLS_NAME}@{QUIC_UPSTREAM_V4}:{DOQ_PORT}")
+    }
+
+    /// `h3://dns.lab.test@192.0.2.56:443/dns-query`
+    pub fn h3_upstream(&self) -> String {
+        format!("h3://{TLS_NAME}@{QUIC_UPSTREAM_V4}:{H3_PORT}{DOH_PATH}")
+    }
+
+    /// Starts `examples/lab_quic_upstream` in N on 192.0.2.56: DoQ on UDP 853 and DoH over
+    /// HTTP/3 on UDP 443, with unbound's certificate (so it needs `encrypted_upstream`),
+    /// forwarding to unbound. It closes a connection after `idle_timeout` without packets.
+    /// Waits until both are bound.
+    pub fn start_quic_upstream(&self, idle_timeout: Duration) {
+        assert!(
+            self.options.encrypted_upstream,
+            "needs LabOptions::encrypted (the lab CA)"
+        );
+        let ns = &self.network_ns;
+        let veth = format!("{}p", self.id);
+        let cidr = format!("{QUIC_UPSTREAM_V4}/24");
+        self.exec_in(ns, &["ip", "addr", "add", &cidr, "dev", &veth, "nodad"])
+            .assert_success();
+        let (cert, key) = self.server_certificate();
+        let doq = format!("{QUIC_UPSTREAM_V4}:{DOQ_PORT}");
+        let h3 = format!("{QUIC_UPSTREAM_V4}:{H3_PORT}");
+        let forward = format!("{UNBOUND_V4}:53");
+        let idle = idle_timeout.as_millis().to_string();
+        let program = quic_upstream_program();
+        self.spawn_daemon_in(
+            ns,
+            "quic upstream",
+            &[
+                &program,
+                "--cert",
+                path_str(&cert),
+                "--key",
+                path_str(&key),
+                "--doq",
+                &doq,
+                "--h3",
+                &h3,
+                "--forward",
+                &forward,
+                "--idle-timeout-ms",
+                &idle,
+            ],
+        );
+        let listening = wait_until(DAEMON_START_TIMEOUT, || {
+            let output = self.daemon_output("quic upstream");
+            output.contains("listening doq") && output.contains("listening h3")
+        });
+        assert!(
+            listening,
+            "the QUIC upstream did not start:\n{}",
+            self.daemon_output("quic upstream")
+        );
+    }
+
+    /// How many queries the QUIC upstream answered over `protocol` ("doq" or "h3").
+    pub fn quic_upstream_answers(&self, protocol: &str) -> usize {
+        let line = format!("{protocol} answered");
+        self.daemon_output("quic upstream")
+            .lines()
+            .filter(|l| *l == line)
+            .count()
     }
 
     /// Stops the outside unbound (SIGTERM, bounded); [`Lab::start_unbound`] brings it back
@@ -399,6 +475,22 @@ openssl verify -CAfile lab-ca.pem server.pem
             ],
         );
     }
+}
+
+/// `examples/lab_quic_upstream`, which `cargo test` builds next to the binaries (alone:
+/// `cargo build [--release] -p tundns --example lab_quic_upstream`).
+fn quic_upstream_program() -> String {
+    let program = Path::new(tundns_bin())
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join("lab_quic_upstream");
+    assert!(
+        program.exists(),
+        "{} not built: cargo build -p tundns --example lab_quic_upstream",
+        program.display()
+    );
+    program.to_string_lossy().into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
