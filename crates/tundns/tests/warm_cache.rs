@@ -195,6 +195,12 @@ fn prefetch_refreshes_a_name_near_the_end_of_its_ttl_without_the_client_waiting(
         lab.unbound_log()
     );
 
+    let status = lab.exec_in(&lab.client_ns, &[tundns_bin(), "status", &lab.tundns_iface]);
+    assert!(
+        status.assert_success().stdout.contains("prefetched 1"),
+        "{status}"
+    );
+
     // After the old entry's end: the refreshed one answers, nobody asks unbound again.
     thread::sleep(Duration::from_millis(21_000).saturating_sub(learned.elapsed()));
     let after = single_answer(&ask(&lab, &[PREFETCH_NAME, "A"]), PREFETCH_A);
