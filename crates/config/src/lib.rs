@@ -57,6 +57,8 @@
 //! MaxTcpConnections = 256        # default 256
 //! CAFile = /etc/tundns/lab-ca.pem     # extra trust anchors for tls:// and https://
 //! Cache = on                     # default on
+//! CacheFile = on                 # keep the cache across restarts; default on
+//! Prefetch = on                  # refresh popular answers before they expire; default on
 //! CacheSize = 32MiB              # bytes, KiB, MiB or GiB; 64KiB..=1GiB; default 32MiB
 //! CacheMinTTL = 0s               # s, m, h or d; 0s..=7d; default 0s
 //! CacheMaxTTL = 1d               # 1s..=7d, not below CacheMinTTL; default 1d
@@ -412,6 +414,10 @@ pub struct DnsProxyConfig {
     pub ca_file: Option<Spanned<PathBuf>>,
     /// `Cache`, default true.
     pub cache: bool,
+    /// `CacheFile`, default true: the cache is kept in the state directory across restarts.
+    pub cache_file: bool,
+    /// `Prefetch`, default true: a hit in the last tenth of an answer's TTL refreshes it.
+    pub prefetch: bool,
     /// `CacheSize`: the cache's bound in bytes, [`MIN_CACHE_SIZE`]..=[`MAX_CACHE_SIZE`].
     pub cache_size: usize,
     /// `CacheMinTTL`: cached TTLs are raised to at least this.
@@ -551,6 +557,8 @@ impl Default for DnsProxyConfig {
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
             ca_file: None,
             cache: true,
+            cache_file: true,
+            prefetch: true,
             cache_size: DEFAULT_CACHE_SIZE,
             cache_min_ttl: DEFAULT_CACHE_MIN_TTL,
             cache_max_ttl: DEFAULT_CACHE_MAX_TTL,

@@ -249,6 +249,8 @@ fn realistic_file_with_every_key() {
             max_tcp_connections: 16,
             ca_file: Some(spanned("/etc/tundns/lab-ca.pem", 44)),
             cache: true,
+            cache_file: true,
+            prefetch: true,
             cache_size: 64 << 20,
             cache_min_ttl: Duration::from_secs(30),
             cache_max_ttl: Duration::from_secs(12 * 3600),
@@ -505,6 +507,14 @@ fn resolver_key_variants() {
         vec![spanned("a.lab.internal A 10.0.0.1", 14)]
     );
 
+    let kept = parse(&format!(
+        "{}[DNSProxy]\nCacheFile = off\nPrefetch = no\n",
+        minimal()
+    ))
+    .unwrap();
+    assert!(!kept.dns_proxy.cache_file && !kept.dns_proxy.prefetch);
+    let defaults = parse(&format!("{}[DNSProxy]\n", minimal())).unwrap();
+    assert!(defaults.dns_proxy.cache_file && defaults.dns_proxy.prefetch);
     let stale_off = parse(&format!("{}[DNSProxy]\nServeStale = off\n", minimal())).unwrap();
     assert_eq!(stale_off.dns_proxy.serve_stale, None);
     let equal_ttls = parse(&format!(

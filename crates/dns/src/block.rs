@@ -14,6 +14,7 @@ use std::net::IpAddr;
 
 use crate::names::{self, NameSet, RecordError, Wildcard, error, parse_name};
 use crate::query::{Query, Question};
+use crate::response::ExtendedError;
 use crate::sections::{Records, Section};
 use crate::synth::{
     self, CLASS_ANY, CLASS_IN, QUESTION_NAME, RCODE_NOERROR, RCODE_NXDOMAIN, Reply, TYPE_A,
@@ -25,8 +26,15 @@ use crate::wire::{self, NameBuf, NameCase};
 /// point into the question, or one address record.
 const BLOCKED_BODY_LEN: usize = 64;
 
-/// A buffer this long always holds a whole blocked answer.
-pub const MAX_BLOCKED_LEN: usize = crate::MAX_SYNTHESIZED_LEN + BLOCKED_BODY_LEN;
+/// A buffer this long always holds a whole blocked answer, its extended error included.
+pub const MAX_BLOCKED_LEN: usize = crate::MAX_SYNTHESIZED_LEN + BLOCKED_BODY_LEN + 6;
+
+/// The Extended DNS Error of every blocked answer (RFC 8914): Blocked (15), because the
+/// lists are the operator's policy, not a filter the client asked for (Filtered, 17).
+const BLOCKED: ExtendedError<'static> = ExtendedError {
+    code: ExtendedError::BLOCKED,
+    text: "",
+};
 
 /// How a blocked name is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,6 +246,7 @@ impl BlockList {
                 rcode: RCODE_NOERROR,
                 ancount: 1,
                 nscount: 0,
+                explained: Some(BLOCKED),
             }
         } else {
             // The blocked domain is a suffix of the question name: point into it.
@@ -269,6 +278,7 @@ impl BlockList {
                 rcode,
                 ancount: 0,
                 nscount: 1,
+                explained: Some(BLOCKED),
             }
         };
         synth::write_reply(query, reply, &body[..len], out)

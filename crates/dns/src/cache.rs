@@ -19,7 +19,16 @@
 //! Entries are stored with ID 0, a lowercase question, AA cleared and no OPT
 //! record; a hit gets an OPT that mirrors the client's (see
 //! [`adapt_response`](crate::adapt_response)). Expired entries stay until
-//! evicted, so [`Cache::lookup_stale`] can serve them when every upstream fails.
+//! evicted, so [`Cache::lookup_stale`] can serve them when every upstream fails,
+//! with Extended DNS Error 3 (Stale Answer) for a client that sent EDNS.
+//!
+//! Prefetch (as unbound's `prefetch: yes`): a hit in the last tenth of an entry's
+//! lifetime says so ([`Hit::prefetch`]), so that the driver refreshes it in the
+//! background while the client is answered at once. Entries that live less than
+//! [`PREFETCH_MIN_LIFETIME`] are never prefetched.
+//!
+//! The cache outlives a restart through [`Cache::save`] and [`Cache::load`]
+//! (the `persist` module): the file format, its bounds and its checks.
 
 use core::fmt;
 use core::hash::BuildHasher;
@@ -27,9 +36,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod persist;
+pub use persist::{CACHE_FILE_MAGIC, CACHE_FILE_VERSION, LoadError, Loaded, fingerprint};
+
 use quick_cache::{DefaultHashBuilder, Weighter};
 
 use crate::query::{Query, Question};
+use crate::response::{ExtendedError, append_extended_error};
 use crate::rewrite::{append_client_opt, patch_for_client};
 use crate::routes::Routes;
 use crate::sections::{self, Record, Records, Section, effective_ttl};
@@ -38,6 +51,16 @@ use crate::wire::{self, FLAGS_AA, HEADER_LEN};
 
 /// TTL of a stale answer (RFC 8767 §5 recommends 30 seconds).
 pub const STALE_TTL: u32 = 30;
+
+/// Entries that live less than this many seconds are never prefetched: refreshing them
+/// would cost an upstream query every few seconds per popular name.
+pub const PREFETCH_MIN_LIFETIME: u32 = 10;
+
+/// What a stale answer says about itself to a client that sent EDNS.
+const STALE_ANSWER: ExtendedError<'static> = ExtendedError {
+    code: ExtendedError::STALE_ANSWER,
+    text: "",
+};
 
 const RCODE_MASK: u8 = 0x0f;
 const RCODE_NOERROR: u8 = 0;
@@ -73,6 +96,8 @@ pub struct CacheConfig {
     pub serve_stale: Duration,
     /// How long a SERVFAIL is remembered; zero means never.
     pub servfail_ttl: Duration,
+    /// Whether a hit in the last tenth of an entry's lifetime asks for a refresh.
+    pub prefetch: bool,
 }
 
 impl Default for CacheConfig {
@@ -84,6 +109,7 @@ impl Default for CacheConfig {
             max_negative_ttl: Duration::from_secs(3600),
             serve_stale: Duration::from_secs(86_400),
             servfail_ttl: Duration::from_secs(5),
+            prefetch: true,
         }
     }
 }
@@ -132,12 +158,22 @@ impl Entry {
         (age, age.as_secs() < u64::from(self.lifetime))
     }
 
-    /// Writes the answer to `query` into `out`, every TTL mapped by `ttl`.
+    /// Whether a fresh entry `elapsed` seconds old is in the last tenth of its lifetime,
+    /// and lives long enough to be worth refreshing.
+    fn due_for_prefetch(&self, elapsed: u32) -> bool {
+        !self.servfail
+            && self.lifetime >= PREFETCH_MIN_LIFETIME
+            && elapsed >= self.lifetime - self.lifetime / 10
+    }
+
+    /// Writes the answer to `query` into `out`, every TTL mapped by `ttl`, with
+    /// `explained` in the OPT record of a client that sent EDNS.
     fn write_answer(
         &self,
         query: &Query<'_>,
         out: &mut [u8],
         ttl: impl Fn(u32) -> u32,
+        explained: Option<ExtendedError<'_>>,
     ) -> Option<usize> {
         let message = self.message();
         let len = message.len();
@@ -149,7 +185,11 @@ impl Entry {
             let stored = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
             field.copy_from_slice(&ttl(stored).to_be_bytes());
         }
-        append_client_opt(query, 0, out, len)
+        let len = append_client_opt(query, 0, out, len)?;
+        match explained {
+            Some(error) if query.edns().is_some() => append_extended_error(out, len, error),
+            _ => Some(len),
+        }
     }
 }
 
@@ -172,6 +212,18 @@ pub struct Cache {
     hits: AtomicU64,
     misses: AtomicU64,
     stale_hits: AtomicU64,
+    /// Counts every change to the entries, so that a saver knows whether there is news.
+    changes: AtomicU64,
+}
+
+/// A fresh answer [`Cache::lookup_hit`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// Its length.
+    pub len: usize,
+    /// The entry is in the last tenth of its lifetime: ask upstream again in the
+    /// background, so that the next client finds it fresh (see the module doc).
+    pub prefetch: bool,
 }
 
 impl Cache {
@@ -189,6 +241,7 @@ impl Cache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stale_hits: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -203,6 +256,12 @@ impl Cache {
     /// `None` (a miss) when there is no fresh entry or it does not fit in `out`.
     /// Does not allocate.
     pub fn lookup(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
+        self.lookup_hit(query, now, out).map(|hit| hit.len)
+    }
+
+    /// [`lookup`](Self::lookup), also saying whether the entry is due for a prefetch
+    /// (never when [`CacheConfig::prefetch`] is off). Does not allocate.
+    pub fn lookup_hit(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<Hit> {
         let answer = self.fresh_answer(query, now, out);
         let counter = if answer.is_some() {
             &self.hits
@@ -217,7 +276,7 @@ impl Cache {
     /// an identical query may have filled the entry: a hit moves the query from the
     /// misses to the hits, a miss counts nothing, so each query counts once.
     pub fn lookup_again(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
-        let answer = self.fresh_answer(query, now, out)?;
+        let answer = self.fresh_answer(query, now, out)?.len;
         self.hits.fetch_add(1, Ordering::Relaxed);
         // Saturating: a caller that skipped `lookup` must not wrap the count.
         let _ = self
@@ -228,28 +287,34 @@ impl Cache {
         Some(answer)
     }
 
-    fn fresh_answer(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
+    fn fresh_answer(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<Hit> {
         let entry = self.find(query)?;
         let (age, fresh) = entry.age(now);
+        if !fresh {
+            return None;
+        }
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        fresh.then(|| entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed)))?
+        let len = entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed), None)?;
+        let prefetch = self.config.prefetch && entry.due_for_prefetch(elapsed);
+        Some(Hit { len, prefetch })
     }
 
     /// RFC 8767: an expired entry no more than [`CacheConfig::serve_stale`] past
     /// its expiry, written like [`lookup`](Self::lookup) but with every TTL set
-    /// to [`STALE_TTL`]. For when every upstream failed; a fresh entry is served
-    /// as `lookup` would, a SERVFAIL entry never.
+    /// to [`STALE_TTL`] and, for a client that sent EDNS, Extended DNS Error 3 (Stale
+    /// Answer). For when every upstream failed; a fresh entry is served as `lookup`
+    /// would, a SERVFAIL entry never.
     pub fn lookup_stale(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> Option<usize> {
         let entry = self.find(query).filter(|entry| !entry.servfail)?;
         let (age, fresh) = entry.age(now);
         if fresh {
             let elapsed = age.as_secs() as u32;
-            return entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed));
+            return entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed), None);
         }
         if !self.servable_stale(&entry, age) {
             return None;
         }
-        let len = entry.write_answer(query, out, |_| STALE_TTL)?;
+        let len = entry.write_answer(query, out, |_| STALE_TTL, Some(STALE_ANSWER))?;
         self.stale_hits.fetch_add(1, Ordering::Relaxed);
         Some(len)
     }
@@ -273,7 +338,7 @@ impl Cache {
             let at = usize::from(u16::from_be_bytes([at[0], at[1]]));
             clamped[at..at + 4].copy_from_slice(&prepared.stored[at..at + 4]);
         }
-        self.store(query, prepared, now);
+        self.store(query.question(), key_flags(query), prepared, now);
         Some(clamped)
     }
 
@@ -281,17 +346,16 @@ impl Cache {
     /// kept and for how long). Returns whether it was stored.
     pub fn insert(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {
         prepare(&self.config, query.question(), response)
-            .is_some_and(|prepared| self.store(query, prepared, now))
+            .is_some_and(|prepared| self.store(query.question(), key_flags(query), prepared, now))
     }
 
     /// Stores `prepared`, unless it is a SERVFAIL and a servable answer is kept, or it
     /// would not fit a shard. Returns whether it was stored.
-    fn store(&self, query: &Query<'_>, prepared: Prepared, now: Instant) -> bool {
-        let key_flags = key_flags(query);
-        let key = self.key(query.question(), key_flags);
+    fn store(&self, question: &Question, key_flags: u8, prepared: Prepared, now: Instant) -> bool {
+        let key = self.key(question, key_flags);
         if prepared.servfail
             && let Some(existing) = self.entries.get(&key)
-            && existing.answers(query.question(), key_flags)
+            && existing.answers(question, key_flags)
             && !existing.servfail
         {
             let (age, fresh) = existing.age(now);
@@ -311,11 +375,19 @@ impl Cache {
             return false;
         }
         self.entries.insert(key, entry);
+        self.changes.fetch_add(1, Ordering::Relaxed);
         true
     }
 
     pub fn clear(&self) {
         self.entries.clear();
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A number that grows whenever an entry is stored or forgotten: equal numbers mean
+    /// nothing was (entries evicted to make room are part of a store).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// Forgets every entry for a name at or under one of `domains` (`"."` is every
@@ -337,6 +409,7 @@ impl Cache {
             }
             keep
         });
+        self.changes.fetch_add(1, Ordering::Relaxed);
         forgotten.get()
     }
 

@@ -2,10 +2,12 @@
 //!
 //! Owns everything the proxy decides about a DNS message by looking at its
 //! bytes: validating a client query ([`parse_query`]); the answer cache
-//! ([`cache::Cache`]: TTLs counted down in place, negative caching, serve-stale);
+//! ([`cache::Cache`]: TTLs counted down in place, negative caching, serve-stale,
+//! prefetch hints, and the cache file's encoding, checked on reading);
 //! local authoritative data ([`LocalData`]), blocklists ([`BlockList`]) and
 //! split-DNS routes ([`Routes`]); the responses the proxy writes itself
-//! ([`write_error_response`], [`write_truncated`] at whole RRsets); matching an
+//! ([`write_error_response`], [`write_truncated`] at whole RRsets), with an Extended DNS
+//! Error ([`ExtendedError`], RFC 8914) saying why when tundns answers itself; matching an
 //! upstream answer to its question ([`response_matches`]) and adapting it to
 //! each client ([`adapt_response`]); the client's UDP size limit; RFC 7766
 //! TCP framing ([`tcp::FrameDecoder`]); the DNS in a DoH request ([`doh`]) and a

@@ -37,6 +37,7 @@ use crate::names::{
     self, NameMap, NameSet, RecordError, WILDCARD_LABEL, Wildcard, error, parse_name,
 };
 use crate::query::Query;
+use crate::response::ExtendedError;
 use crate::synth::{
     self, CLASS_ANY, CLASS_IN, QUESTION_NAME, RCODE_NOERROR, RCODE_NXDOMAIN, Reply, TYPE_A,
     TYPE_AAAA, TYPE_ANY, TYPE_CNAME, TYPE_PTR, TYPE_SOA, TYPE_TXT,
@@ -496,6 +497,13 @@ enum Resolved<'a> {
     NotLocal,
 }
 
+/// The Extended DNS Error of every local answer: Synthesized (29), since tundns made it
+/// from its own records rather than an authoritative server's.
+const SYNTHESIZED: ExtendedError<'static> = ExtendedError {
+    code: ExtendedError::SYNTHESIZED,
+    text: "",
+};
+
 /// A precomputed answer: header fields and the records after the question.
 #[derive(Debug)]
 struct Answer {
@@ -513,6 +521,7 @@ impl Answer {
                 rcode,
                 ancount,
                 nscount,
+                explained: Some(SYNTHESIZED),
             },
             body: body.into(),
             chain: None,

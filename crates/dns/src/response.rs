@@ -120,12 +120,28 @@ pub struct ExtendedError<'a> {
 }
 
 impl ExtendedError<'_> {
+    /// INFO-CODE 3: an expired answer, served because every upstream failed (RFC 8767).
+    pub const STALE_ANSWER: u16 = 3;
+    /// INFO-CODE 15: the blocklist answered. tundns's lists are the operator's policy,
+    /// not a filter the client asked for (that would be 17, Filtered).
+    pub const BLOCKED: u16 = 15;
     /// INFO-CODE 22: no upstream could be reached, or none gave a usable answer.
     pub const NO_REACHABLE_AUTHORITY: u16 = 22;
+    /// INFO-CODE 29 (IANA registry, expert review after RFC 8914): the answer was made
+    /// by the resolver, not taken from an authoritative server: local records and zones.
+    pub const SYNTHESIZED: u16 = 29;
+
+    /// The bytes the option takes in an OPT record's RDATA.
+    pub fn option_len(&self) -> usize {
+        EXTENDED_ERROR_HEADER_LEN + self.text.len()
+    }
 }
 
 /// The EDNS option code of an Extended DNS Error.
 const OPTION_EXTENDED_ERROR: u16 = 15;
+
+/// OPTION-CODE, OPTION-LENGTH and INFO-CODE, before the EXTRA-TEXT.
+const EXTENDED_ERROR_HEADER_LEN: usize = 6;
 
 /// [`write_error_response`], with `error` in its OPT record. A client that sent no EDNS
 /// gets no OPT record (RFC 6891), so no extended error either.
@@ -136,23 +152,33 @@ pub fn write_error_response_explained(
     buf: &mut [u8],
 ) -> usize {
     let len = write_error_response(query_bytes, rcode, buf);
-    let option_len = 6 + error.text.len();
     // The OPT record, when written, is the message's last and only additional record.
-    if len < HEADER_LEN || wire::read_u16(buf, 10) != Some(1) || buf.len() < len + option_len {
+    if len < HEADER_LEN || wire::read_u16(buf, 10) != Some(1) {
         return len;
     }
-    let (Ok(rdlen), Ok(data_len)) = (u16::try_from(option_len), u16::try_from(option_len - 4))
-    else {
-        return len;
-    };
-    let option = &mut buf[len..len + option_len];
+    append_extended_error(buf, len, error).unwrap_or(len)
+}
+
+/// Appends `error` to the OPT record that ends `buf[..len]`, an OPT this crate wrote
+/// with no options (its RDLENGTH, 0, is the message's last two bytes). Returns the new
+/// length; `None`, changing nothing, when it does not fit. Does not allocate.
+pub(crate) fn append_extended_error(
+    buf: &mut [u8],
+    len: usize,
+    error: ExtendedError<'_>,
+) -> Option<usize> {
+    let option_len = error.option_len();
+    let rdlen = u16::try_from(option_len).ok()?;
+    if len < OPT_RECORD_LEN || wire::read_u16(buf, len - 2) != Some(0) {
+        return None;
+    }
+    let option = buf.get_mut(len..len + option_len)?;
     wire::write_u16(option, 0, OPTION_EXTENDED_ERROR);
-    wire::write_u16(option, 2, data_len);
+    wire::write_u16(option, 2, rdlen - 4);
     wire::write_u16(option, 4, error.code);
-    option[6..].copy_from_slice(error.text.as_bytes());
-    // The OPT's RDLEN is its last two bytes.
+    option[EXTENDED_ERROR_HEADER_LEN..].copy_from_slice(error.text.as_bytes());
     wire::write_u16(buf, len - 2, rdlen);
-    len + option_len
+    Some(len + option_len)
 }
 
 /// The TTL field of an OPT record: extended rcode, version 0, the DO flag.

@@ -1,6 +1,7 @@
 //! Writing the answers that local data and blocklists make themselves: a header,
 //! the client's question in its own spelling, a precomputed body, and an OPT
-//! record when the client sent EDNS (as [`write_error_response`] does).
+//! record when the client sent EDNS (as [`write_error_response`] does), carrying the
+//! reply's Extended DNS Error (RFC 8914) if it has one.
 //!
 //! Bodies refer to the question name with the pointer [`QUESTION_NAME`]
 //! (offset 12), so one body serves every spelling of a name and every name a
@@ -9,7 +10,9 @@
 //! [`write_error_response`]: crate::write_error_response
 
 use crate::query::Query;
-use crate::response::{ADVERTISED_UDP_PAYLOAD, opt_ttl, write_empty_opt};
+use crate::response::{
+    ADVERTISED_UDP_PAYLOAD, ExtendedError, append_extended_error, opt_ttl, write_empty_opt,
+};
 use crate::wire::{self, FLAGS_AA, HEADER_LEN, MAX_MESSAGE_LEN, OPT_RECORD_LEN};
 
 pub(crate) const CLASS_IN: u16 = 1;
@@ -39,6 +42,8 @@ pub(crate) struct Reply {
     pub rcode: u8,
     pub ancount: u16,
     pub nscount: u16,
+    /// Why tundns answered itself, told to clients that sent EDNS.
+    pub explained: Option<ExtendedError<'static>>,
 }
 
 /// Writes the answer to `query` into `out` and returns its length.
@@ -63,7 +68,7 @@ pub(crate) fn write_reply(query: &Query<'_>, reply: Reply, body: &[u8], out: &mu
     };
     let question_len = name.len() + 4;
     let opt_len = if query.edns().is_some() {
-        OPT_RECORD_LEN
+        OPT_RECORD_LEN + reply.explained.map_or(0, |error| error.option_len())
     } else {
         0
     };
@@ -103,6 +108,9 @@ pub(crate) fn write_reply(query: &Query<'_>, reply: Reply, body: &[u8], out: &mu
             &mut out[len..],
         );
         wire::write_u16(out, 10, 1);
+        if let Some(error) = reply.explained {
+            len = append_extended_error(out, len, error).unwrap_or(len);
+        }
     }
     len
 }

@@ -240,8 +240,29 @@ impl<C, G: Clone> Forwarding<C, G> {
             return Admission::Waiting { collapsed: true };
         }
         let asked = target.unwrap_or_else(|| query.bytes().to_vec());
-        self.ask(resolver, key, asked, waiter);
+        self.ask(resolver, key, asked, protocol, vec![waiter]);
         Admission::Waiting { collapsed: false }
+    }
+
+    /// Refreshes the cache entry that answered `query` inline, due for prefetch
+    /// ([`Answered::prefetch`](crate::Answered::prefetch)): one upstream request that no
+    /// client waits for, whose answer only the cache learns. Nothing is asked when an
+    /// identical query is in flight already (at most one refresh per entry), or when as
+    /// many requests are in flight as clients may wait: prefetch never crowds out a
+    /// client. Returns whether a request was queued.
+    pub fn prefetch(&mut self, resolver: &Resolver<G>, query: &Query<'_>) -> bool {
+        let key = CollapseKey::of(query, Protocol::Udp);
+        if self.in_flight.len() >= self.max_waiting || self.in_flight.contains_key(&key) {
+            return false;
+        }
+        self.ask(
+            resolver,
+            key,
+            query.bytes().to_vec(),
+            Protocol::Udp,
+            Vec::new(),
+        );
+        true
     }
 
     /// The next request to execute.
@@ -268,7 +289,14 @@ impl<C, G: Clone> Forwarding<C, G> {
         })
     }
 
-    fn ask(&mut self, resolver: &Resolver<G>, key: CollapseKey, asked: Vec<u8>, waiter: Waiter<C>) {
+    fn ask(
+        &mut self,
+        resolver: &Resolver<G>,
+        key: CollapseKey,
+        asked: Vec<u8>,
+        protocol: Protocol,
+        waiters: Vec<Waiter<C>>,
+    ) {
         self.next_id += 1;
         let id = RequestId(self.next_id);
         let mut query = asked.clone();
@@ -278,16 +306,10 @@ impl<C, G: Clone> Forwarding<C, G> {
             id,
             group,
             query,
-            protocol: waiter.protocol,
+            protocol,
         });
         self.requests.insert(id, key.clone());
-        self.in_flight.insert(
-            key,
-            InFlight {
-                asked,
-                waiters: vec![waiter],
-            },
-        );
+        self.in_flight.insert(key, InFlight { asked, waiters });
     }
 }
 

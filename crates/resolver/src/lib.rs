@@ -7,8 +7,9 @@
 //!   target memory knows. It also holds the split-DNS routes that pick an upstream group.
 //! - [`Forwarding`]: the queries memory could not answer: a bound on how many wait at
 //!   once, one upstream request for identical queries in flight, a late look in the
-//!   cache, CNAME cloaking, chains finished with their target's answer, and the fallback
-//!   when every upstream fails (serve-stale, then the upstream's own error, then SERVFAIL).
+//!   cache, CNAME cloaking, chains finished with their target's answer, the fallback
+//!   when every upstream fails (serve-stale, then the upstream's own error, then SERVFAIL),
+//!   and prefetch: one background refresh of a cache entry hit in its last tenth of life.
 //! - [`pool::Pool`]: within one group, which upstream is asked and when: health, probes
 //!   of dead upstreams, hedging after an RTT-derived delay, the TCP retry of a truncated
 //!   UDP answer.

@@ -58,6 +58,9 @@ pub struct Answered<'q> {
     pub path: AnswerPath,
     /// The query it answers, when it parsed.
     pub query: Option<Query<'q>>,
+    /// A cache hit in the last tenth of its entry's lifetime: hand the query to
+    /// [`Forwarding::prefetch`](crate::Forwarding::prefetch) to refresh the entry.
+    pub prefetch: bool,
 }
 
 /// A query memory could not answer.
@@ -77,8 +80,8 @@ impl<'q> Miss<'q> {
 
 /// What memory knows about a query.
 enum FromMemory {
-    /// The answer is written, `len` bytes.
-    Answered(usize, AnswerPath),
+    /// The answer is written, `len` bytes; `bool`: a cache hit due for prefetch.
+    Answered(usize, AnswerPath, bool),
     /// A local CNAME chain that leads out of local data, written alone (`len` bytes).
     Chain(usize, Arc<CnameChain>),
     /// Nothing: ask upstream.
@@ -114,13 +117,13 @@ impl<G> Resolver<G> {
             Err(QueryError::Drop) => return Inline::Dropped,
             Err(QueryError::Answer(rcode)) => {
                 let len = tundns_dns::write_error_response(query, rcode, out);
-                return answered(len, AnswerPath::Formerr, None);
+                return answered(len, AnswerPath::Formerr, None, false);
             }
         };
         match self.answer_from_memory(&parsed, now, out) {
-            FromMemory::Answered(len, path) => {
+            FromMemory::Answered(len, path, prefetch) => {
                 let len = fit_for_client(&parsed, protocol, out, len);
-                answered(len, path, Some(parsed))
+                answered(len, path, Some(parsed), prefetch)
             }
             FromMemory::Chain(chain_len, chain) => {
                 if let Some((answer, path)) = self.chain_from_memory(&parsed, &chain, now)
@@ -128,7 +131,7 @@ impl<G> Resolver<G> {
                 {
                     written.copy_from_slice(&answer);
                     let len = fit_for_client(&parsed, protocol, out, answer.len());
-                    return answered(len, path, Some(parsed));
+                    return answered(len, path, Some(parsed), false);
                 }
                 Inline::Miss(Miss {
                     query: parsed,
@@ -189,17 +192,21 @@ impl<G> Resolver<G> {
     /// Blocklist, then local data, then the cache: the first that knows writes the answer.
     fn answer_from_memory(&self, query: &Query<'_>, now: Instant, out: &mut [u8]) -> FromMemory {
         if let Some(len) = self.blocklist.load().answer(query, out) {
-            return FromMemory::Answered(len, AnswerPath::Blocked);
+            return FromMemory::Answered(len, AnswerPath::Blocked, false);
         }
         match self.local.load().answer(query, out) {
             Some(LocalAnswer::Complete(len)) => {
-                return FromMemory::Answered(len, AnswerPath::Local);
+                return FromMemory::Answered(len, AnswerPath::Local, false);
             }
             Some(LocalAnswer::Chain(len, chain)) => return FromMemory::Chain(len, chain),
             None => {}
         }
-        match self.cache.as_ref().and_then(|c| c.lookup(query, now, out)) {
-            Some(len) => FromMemory::Answered(len, AnswerPath::Cache),
+        match self
+            .cache
+            .as_ref()
+            .and_then(|c| c.lookup_hit(query, now, out))
+        {
+            Some(hit) => FromMemory::Answered(hit.len, AnswerPath::Cache, hit.prefetch),
             None => FromMemory::Unknown,
         }
     }
@@ -216,7 +223,7 @@ impl<G> Resolver<G> {
         let asked = chain.target_query(query);
         let target = tundns_dns::parse_query(&asked).ok()?;
         let mut memory = vec![0; CHAIN_TARGET_BUFFER];
-        let FromMemory::Answered(len, path) = self.answer_from_memory(&target, now, &mut memory)
+        let FromMemory::Answered(len, path, _) = self.answer_from_memory(&target, now, &mut memory)
         else {
             return None;
         };
@@ -243,11 +250,21 @@ impl<G> Resolver<G> {
     }
 }
 
-fn answered<'q>(len: usize, path: AnswerPath, query: Option<Query<'q>>) -> Inline<'q> {
+fn answered<'q>(
+    len: usize,
+    path: AnswerPath,
+    query: Option<Query<'q>>,
+    prefetch: bool,
+) -> Inline<'q> {
     if len == 0 {
         Inline::Dropped
     } else {
-        Inline::Answered(Answered { len, path, query })
+        Inline::Answered(Answered {
+            len,
+            path,
+            query,
+            prefetch,
+        })
     }
 }
 

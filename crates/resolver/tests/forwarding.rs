@@ -559,3 +559,94 @@ fn the_first_forwarded_answer_carries_the_ttls_the_cache_will_serve() {
         assert!(matches!(hit, Err((_, AnswerPath::Cache))));
     }
 }
+
+/// Sends `query` inline, expecting a cache hit, and says whether it is due for prefetch.
+fn hit_due_for_prefetch(resolver: &Resolver<Group>, query: &[u8], now: std::time::Instant) -> bool {
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    match resolver.answer_inline(query, Protocol::Udp, now, &mut out) {
+        Inline::Answered(answered) => {
+            assert_eq!(answered.path, AnswerPath::Cache);
+            answered.prefetch
+        }
+        _ => panic!("a cache hit expected"),
+    }
+}
+
+#[test]
+fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut forwarding = Forwarding::new(64);
+    let asked = asked_upstream(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(1, "popular.lab.test"),
+        clock.at_millis(0),
+    );
+    settle(
+        &mut forwarding,
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 1, 100),
+        clock.at_millis(0),
+    );
+    assert!(!hit_due_for_prefetch(
+        &resolver,
+        &query(2, "popular.lab.test"),
+        clock.at_millis(89_000)
+    ));
+
+    // In the last tenth: the client is answered from the cache, and one refresh is asked.
+    let late = clock.at_millis(95_000);
+    let second = query(3, "POPULAR.lab.test");
+    assert!(hit_due_for_prefetch(&resolver, &second, late));
+    let parsed = tundns_dns::parse_query(&second).unwrap();
+    assert!(forwarding.prefetch(&resolver, &parsed));
+    assert!(
+        !forwarding.prefetch(&resolver, &parsed),
+        "one refresh in flight per entry"
+    );
+    let refresh = requests(&mut forwarding);
+    assert_eq!(refresh.len(), 1);
+    assert_eq!(refresh[0].group, "public");
+    assert_eq!(forwarding.waiting().0, 0, "no client waits for it");
+
+    // Its answer goes to the cache alone: a fresh entry, no longer due.
+    let answers = settle(
+        &mut forwarding,
+        &resolver,
+        refresh[0].id,
+        upstream_answer(&refresh[0], 2, 100),
+        late,
+    );
+    assert!(answers.is_empty());
+    let fourth = query(4, "popular.lab.test");
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    let Inline::Answered(answered) =
+        resolver.answer_inline(&fourth, Protocol::Udp, clock.at_millis(150_000), &mut out)
+    else {
+        panic!("the refreshed entry is still fresh after the old one expired");
+    };
+    assert!(!answered.prefetch);
+    assert_eq!(marker_of(&out[..answered.len]), 2);
+}
+
+#[test]
+fn prefetch_never_takes_the_slots_clients_wait_in() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut forwarding = Forwarding::new(1);
+    let waiting = asked_upstream(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(1, "slow.lab.test"),
+        clock.at_millis(0),
+    );
+    assert_eq!(waiting.len(), 1);
+    let other = query(2, "other.lab.test");
+    let parsed = tundns_dns::parse_query(&other).unwrap();
+    assert!(!forwarding.prefetch(&resolver, &parsed));
+    assert!(requests(&mut forwarding).is_empty());
+}

@@ -21,6 +21,7 @@ use tundns_host::system_dns::{AppliedDns, DnsPlan, DnsRestore, DnsTakeover, Syst
 
 use crate::control::{ControlError, ControlServer};
 use crate::datapath::{self, WireGuard};
+use crate::dns::cache_file::{CacheFile, CacheSaver};
 use crate::dns::config as dns_config;
 use crate::dns::encrypted::EncryptedServers;
 use crate::dns::encrypted::certificate::{IdentityError, IdentitySource, TlsIdentity};
@@ -109,6 +110,8 @@ pub struct Tunnel {
     dns_sockets: Option<RunningDnsSockets>,
     /// DNS over TLS and HTTPS on the virtual IPs, stopped with the tunnel.
     encrypted_dns: Option<EncryptedServers>,
+    /// Saves the DNS cache while running, and once more at shutdown.
+    cache_saver: Option<CacheSaver>,
     /// The nftables tables that keep forwarded packets off the proxies' listeners on the
     /// virtual IPs, deleted at shutdown (replaced at the next start if a crash left them).
     listener_guards: Vec<FirewallTable>,
@@ -140,6 +143,10 @@ impl Tunnel {
             .enabled
             .then(|| dns_config::resolver_parts(config, path, None))
             .transpose()?;
+        // Warm before the first query can arrive.
+        let cache_file = resolver
+            .as_ref()
+            .and_then(|(parts, _)| warm_cache(config, parts));
         // Read (or made) before any change, so a bad certificate leaves nothing behind.
         let identity = tls_identity(config, path)?;
         // Claimed before any change, so an address in use leaves nothing behind.
@@ -249,6 +256,9 @@ impl Tunnel {
             proxies: None,
             dns_sockets: proxy.as_ref().map(|proxy| dns_sockets.serve(proxy, config)),
             encrypted_dns,
+            cache_saver: cache_file
+                .zip(proxy.clone())
+                .and_then(|(file, proxy)| CacheSaver::start(file, proxy)),
             listener_guards: Vec::new(),
         };
         if let Some(claimed) = &proxies {
@@ -399,6 +409,9 @@ impl Tunnel {
         drop(self.proxies.take());
         drop(self.dns_sockets.take());
         drop(self.encrypted_dns.take());
+        if let Some(saver) = self.cache_saver.take() {
+            saver.stop();
+        }
         for table in std::mem::take(&mut self.listener_guards) {
             if let Err(error) = table.delete().await {
                 tracing::warn!(%error, table = %table.name, "deleting the listeners' table");
@@ -416,6 +429,18 @@ impl Tunnel {
         }
         tracing::info!(interface = %self.name, "tunnel down");
     }
+}
+
+/// The interface's cache file, once its entries are in `parts`' cache; `None` when the
+/// cache or the file is off.
+fn warm_cache(config: &Config, parts: &crate::dns::proxy::ResolverParts) -> Option<CacheFile> {
+    let cache = parts.cache.as_ref()?;
+    if !config.dns_proxy.cache_file {
+        return None;
+    }
+    let file = CacheFile::of_interface(&config.interface_name, parts.cache_fingerprint);
+    file.load_into(cache);
+    Some(file)
 }
 
 /// Whether the virtual IPs serve encrypted DNS.

@@ -249,6 +249,8 @@ impl Parser<'_> {
                 config.ca_file = Some(Spanned::new(values::parse_path(key, value)?, line));
             }
             "Cache" => config.cache = values::parse_bool(value)?,
+            "CacheFile" => config.cache_file = values::parse_bool(value)?,
+            "Prefetch" => config.prefetch = values::parse_bool(value)?,
             "CacheSize" => config.cache_size = values::parse_cache_size(value)?,
             "CacheMinTTL" => config.cache_min_ttl = values::parse_ttl(value, true)?,
             "CacheMaxTTL" => config.cache_max_ttl = values::parse_ttl(value, false)?,

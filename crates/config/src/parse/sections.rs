@@ -62,6 +62,8 @@ impl Section {
                 ("MaxTcpConnections", Once),
                 ("CAFile", Once),
                 ("Cache", Once),
+                ("CacheFile", Once),
+                ("Prefetch", Once),
                 ("CacheSize", Once),
                 ("CacheMinTTL", Once),
                 ("CacheMaxTTL", Once),

@@ -522,6 +522,10 @@ fn proxy_status(config: &Config, dns: &Dns, encrypted: Option<EncryptedStatus>) 
             "collapsed",
             stats.collapsed.load(std::sync::atomic::Ordering::Relaxed),
         ),
+        (
+            "prefetched",
+            stats.prefetches.load(std::sync::atomic::Ordering::Relaxed),
+        ),
         ("stale", by_path(AnswerPath::Stale)),
         ("servfail", by_path(AnswerPath::Servfail)),
         ("refused_overload", by_path(AnswerPath::Refused)),

@@ -65,15 +65,53 @@ pub fn resolver_parts(
                 max_ttl: settings.cache_max_ttl,
                 max_negative_ttl: settings.cache_max_negative_ttl,
                 serve_stale: settings.serve_stale.unwrap_or_default(),
+                prefetch: settings.prefetch,
                 ..CacheConfig::default()
             })
         }),
+        cache_fingerprint: cache_fingerprint(config, path),
         routes,
         groups,
         max_in_flight: settings.max_in_flight,
         rate_limit: settings.rate_limit,
     };
     Ok((parts, local_source))
+}
+
+/// The fingerprint of everything that decides what the cache holds: the upstreams and
+/// routes, local data, blocklists (the files' lines as they are now) and the TTL bounds.
+/// A cache file saved under another is ignored (see [`tundns_dns::cache::fingerprint`]).
+/// A list file that does not read here has already failed the caller.
+fn cache_fingerprint(config: &Config, path: &Path) -> u64 {
+    let settings = &config.dns_proxy;
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(settings.upstreams.iter().map(ToString::to_string));
+    for route in &settings.routes {
+        parts.push(format!(
+            "route {} {}",
+            route.domains.join(" "),
+            route.through_tunnel
+        ));
+        parts.extend(route.upstreams.iter().map(ToString::to_string));
+    }
+    parts.extend(settings.records.iter().map(|record| record.value.clone()));
+    parts.extend(settings.local_zones.iter().map(|zone| zone.value.clone()));
+    parts.extend(settings.blocked.iter().cloned());
+    parts.push(format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?}",
+        settings.block_mode,
+        settings.block_ttl,
+        settings.cache_min_ttl,
+        settings.cache_max_ttl,
+        settings.cache_max_negative_ttl,
+        settings.addresses,
+    ));
+    let directory = path.parent().unwrap_or(Path::new(""));
+    for file in settings.hosts_files.iter().chain(&settings.block_lists) {
+        let text = std::fs::read_to_string(directory.join(&file.value)).unwrap_or_default();
+        parts.push(text);
+    }
+    tundns_dns::cache::fingerprint(&parts)
 }
 
 /// The local data, and what it was built from, kept for changes through the control socket.

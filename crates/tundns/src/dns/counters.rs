@@ -15,6 +15,8 @@ pub struct DnsStats {
     pub queries: QueryCounters,
     /// Joined an identical query already in flight instead of asking again.
     pub collapsed: AtomicU64,
+    /// Background refreshes of cache entries hit in their last tenth of life (prefetch).
+    pub prefetches: AtomicU64,
     /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
     pub tcp_connections: AtomicU64,
     /// UDP queries over the rate limit: slipped (an empty truncated answer) or dropped.

@@ -6,10 +6,12 @@
 //! - [`encrypted`]: DNS over TLS and over HTTPS on the virtual IPs, with their identity;
 //! - [`host_sockets`]: DNS over UDP and TCP on host addresses (`Address = ip:port`);
 //! - [`config`]: the resolver's parts, built from the config;
+//! - [`cache_file`]: the cache kept across restarts in the state directory;
 //! - [`groups`]: upstream groups (pools) built from upstream lists;
 //! - [`runtime`]: the local records and split-DNS routes that change at run time;
 //! - [`counters`] and [`query_log`]: what every answer is counted and logged as.
 
+pub mod cache_file;
 pub mod config;
 pub mod counters;
 pub mod encrypted;

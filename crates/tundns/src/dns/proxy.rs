@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 #[cfg(test)]
 use std::time::Duration;
@@ -54,6 +54,8 @@ pub struct ResolverParts {
     pub max_in_flight: usize,
     /// UDP answers a second to one client network other than this host; `None` is off.
     pub rate_limit: Option<NonZeroU32>,
+    /// The fingerprint of the DNS config, for the cache file (see `cache_file`).
+    pub cache_fingerprint: u64,
 }
 
 /// Where a waiting client's answer goes.
@@ -83,6 +85,10 @@ pub struct DnsProxy {
     rate_limit: Option<Mutex<RateLimiter>>,
     /// Who is exempt from the rate limit beside loopback: this host's own addresses.
     this_host: OnceLock<Arc<dyn SourcePolicy>>,
+    /// The fingerprint of the DNS config this proxy was built from.
+    cache_fingerprint: u64,
+    /// Set once the routes change through the control socket.
+    routes_changed: AtomicBool,
 }
 
 /// What to do with one client query. `W` is what the caller holds while the query
@@ -113,7 +119,21 @@ impl DnsProxy {
                 .rate_limit
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
             this_host: OnceLock::new(),
+            cache_fingerprint: parts.cache_fingerprint,
+            routes_changed: AtomicBool::new(false),
         })
+    }
+
+    /// The fingerprint of the DNS config this proxy was built from, which its cache file
+    /// carries.
+    pub fn cache_fingerprint(&self) -> u64 {
+        self.cache_fingerprint
+    }
+
+    /// Whether the routes changed through the control socket since the start: the cache
+    /// may hold answers from upstreams the config does not route to.
+    pub fn routes_changed(&self) -> bool {
+        self.routes_changed.load(Ordering::Relaxed)
     }
 
     /// Exempts `this_host`'s addresses from the rate limit, as loopback is: answers to this
@@ -190,6 +210,7 @@ impl DnsProxy {
     /// Puts `upstreams` in use for queries from now on; queries already asking keep theirs.
     pub fn set_upstreams(&self, upstreams: Upstreams) {
         self.resolver.set_upstreams(upstreams);
+        self.routes_changed.store(true, Ordering::Relaxed);
     }
 
     /// Answers `query` from memory into `out` if it can, or hands back a [`Forward`].
@@ -257,6 +278,11 @@ impl DnsProxy {
                 let question = answered.query.as_ref().map(|query| query.question());
                 let answer = &out[..answered.len];
                 self.observe(&arrival, question, answered.path, answer, None);
+                if answered.prefetch
+                    && let Some(query) = &answered.query
+                {
+                    self.prefetch(query);
+                }
                 return Verdict::Answered(answered.len);
             }
             Inline::Miss(miss) => miss,
@@ -281,6 +307,19 @@ impl DnsProxy {
                 }
                 Verdict::Forward(waiter)
             }
+        }
+    }
+
+    /// Refreshes the cache entry that just answered `query` in its last tenth of life, in
+    /// a task of its own (see [`Forwarding::prefetch`]).
+    fn prefetch(self: &Arc<Self>, query: &tundns_dns::Query<'_>) {
+        let mut forwarding = self.forwarding();
+        if !forwarding.prefetch(&self.resolver, query) {
+            return;
+        }
+        self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
+        while let Some(request) = forwarding.poll_request() {
+            tokio::spawn(self.clone().ask_upstream(request));
         }
     }
 
@@ -530,6 +569,7 @@ mod tests {
             groups: vec![pool],
             max_in_flight: 8,
             rate_limit: None,
+            cache_fingerprint: 0,
         }
     }
 
@@ -749,6 +789,7 @@ mod tests {
                 groups: vec![pool],
                 max_in_flight: 8,
                 rate_limit: None,
+                cache_fingerprint: 0,
             });
             let mut out = vec![0; MAX_MESSAGE_LEN];
             let Verdict::Forward(forward) =

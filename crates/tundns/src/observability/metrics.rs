@@ -202,6 +202,13 @@ fn encode_resolver(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::Re
     )?;
     single(
         encoder,
+        "tundns_dns_prefetches",
+        "Cache entries refreshed in the background, hit in their last tenth of life.",
+        MetricType::Counter,
+        Count(load(&stats.prefetches)),
+    )?;
+    single(
+        encoder,
         "tundns_dns_rate_limited_queries",
         "UDP queries over RateLimit from one client network: slipped (TC=1) or dropped.",
         MetricType::Counter,

@@ -1,0 +1,239 @@
+//! The cache file's I/O: `<state directory>/<interface>.dns-cache` (under the network
+//! namespace's directory when tundns runs in one), read before the first query is
+//! served, written atomically (mode 0600) every [`SAVE_INTERVAL`] while the cache
+//! changed, and on a clean stop. What is in it, and every check on reading it, is
+//! [`tundns_dns::cache`]'s: here are only files and clocks.
+//!
+//! A file that is missing is a cold start; one that is not a private file of this user's,
+//! or that the cache refuses (another version, another DNS config, corrupt, too large),
+//! is ignored with one log line, and tundns starts cold all the same.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tundns_dns::cache::Cache;
+
+use crate::dns::proxy::DnsProxy;
+
+/// How often a running tundns saves a changed cache: a crash loses at most this much.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Where one interface's cache is kept, and the fingerprint of the DNS config it belongs to.
+#[derive(Clone, Debug)]
+pub struct CacheFile {
+    path: PathBuf,
+    fingerprint: u64,
+}
+
+impl CacheFile {
+    /// The cache file of `interface` in tundns's state directory.
+    pub fn of_interface(interface: &str, fingerprint: u64) -> Self {
+        let directory = tundns_host::paths::state_directory();
+        Self::in_directory(&directory, interface, fingerprint)
+    }
+
+    /// The cache file of `interface` in `directory`.
+    pub fn in_directory(directory: &Path, interface: &str, fingerprint: u64) -> Self {
+        Self {
+            path: directory.join(format!("{interface}.dns-cache")),
+            fingerprint,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fills `cache` from the file, if there is a good one; logs what happened in one line.
+    pub fn load_into(&self, cache: &Cache) {
+        let started = Instant::now();
+        let limit = cache.config().max_bytes + 64;
+        let bytes = match read_private(&self.path, limit) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(why) => {
+                tracing::warn!(path = %self.path.display(), "cache file ignored: {why}");
+                return;
+            }
+        };
+        match cache.load(&bytes, Instant::now(), SystemTime::now(), self.fingerprint) {
+            Ok(loaded) => tracing::info!(
+                path = %self.path.display(),
+                fresh = loaded.fresh,
+                stale = loaded.stale,
+                expired = loaded.expired,
+                micros = started.elapsed().as_micros() as u64,
+                "cache loaded"
+            ),
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), "cache file ignored: {error}");
+            }
+        }
+    }
+
+    /// Writes `cache` to the file, whole or not at all. Returns the bytes written.
+    pub fn save(&self, cache: &Cache) -> Result<usize, String> {
+        let bytes = cache.save(Instant::now(), SystemTime::now(), self.fingerprint);
+        if let Some(directory) = self.path.parent() {
+            tundns_host::journal::private_directory(directory).map_err(|e| e.to_string())?;
+        }
+        tundns_host::atomic_file::write_atomically(&self.path, &bytes, 0o600)
+            .map_err(|error| error.to_string())?;
+        Ok(bytes.len())
+    }
+}
+
+/// The file's bytes if it is a private regular file of this user's (not a link, no
+/// access for others) of at most `limit` bytes; `None` when there is none. Others could
+/// have planted answers in it.
+fn read_private(path: &Path, limit: usize) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    };
+    let metadata = file.metadata().map_err(|error| error.to_string())?;
+    if !metadata.is_file()
+        || metadata.uid() != nix::unistd::geteuid().as_raw()
+        || metadata.mode() & 0o077 != 0
+    {
+        return Err("not a private file of this user's (tundns writes it mode 0600)".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    if bytes.len() > limit {
+        return Err(format!("larger than the cache holds ({limit} bytes)"));
+    }
+    Ok(Some(bytes))
+}
+
+/// Saves a running proxy's cache every [`SAVE_INTERVAL`] while it changed, and once more
+/// when stopped.
+pub struct CacheSaver {
+    file: Arc<CacheFile>,
+    proxy: Arc<DnsProxy>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CacheSaver {
+    /// Starts saving `proxy`'s cache to `file`; nothing when the proxy has no cache.
+    pub fn start(file: CacheFile, proxy: Arc<DnsProxy>) -> Option<Self> {
+        proxy.cache()?;
+        let file = Arc::new(file);
+        let task = tokio::spawn(save_periodically(file.clone(), proxy.clone()));
+        Some(Self { file, proxy, task })
+    }
+
+    /// Stops the periodic saves and saves once more (a clean stop).
+    pub fn stop(self) {
+        self.task.abort();
+        save_now(&self.file, &self.proxy);
+    }
+}
+
+async fn save_periodically(file: Arc<CacheFile>, proxy: Arc<DnsProxy>) {
+    let mut saved_changes = proxy.cache().map_or(0, Cache::changes);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + SAVE_INTERVAL, SAVE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let changes = proxy.cache().map_or(0, Cache::changes);
+        if changes == saved_changes {
+            continue;
+        }
+        saved_changes = changes;
+        let (file, proxy) = (file.clone(), proxy.clone());
+        // Encoding and fsync take a while on a large cache: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || save_now(&file, &proxy)).await;
+    }
+}
+
+/// Saves the cache, unless this run's routes changed through the control socket: its
+/// answers may then come from upstreams the next start will not route to.
+fn save_now(file: &CacheFile, proxy: &DnsProxy) {
+    let Some(cache) = proxy.cache() else {
+        return;
+    };
+    if proxy.routes_changed() {
+        tracing::info!(
+            path = %file.path().display(),
+            "cache not saved: the DNS routes changed at run time"
+        );
+        return;
+    }
+    match file.save(cache) {
+        Ok(bytes) => tracing::debug!(path = %file.path().display(), bytes, "cache saved"),
+        Err(error) => tracing::warn!(path = %file.path().display(), "saving the cache: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+    use tundns_dns::cache::CacheConfig;
+
+    fn directory(name: &str) -> PathBuf {
+        let directory =
+            std::env::temp_dir().join(format!("tundns-cache-file-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        directory
+    }
+
+    fn filled() -> Cache {
+        let cache = Cache::new(CacheConfig::default());
+        let query = [
+            0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', b'w', 4, b't', b'e', b's', b't', 0,
+            0, 1, 0, 1,
+        ];
+        let mut answer = query.to_vec();
+        answer[2] = 0x81;
+        answer[3] = 0x80;
+        answer[7] = 1;
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 1]);
+        let parsed = tundns_dns::parse_query(&query).unwrap();
+        assert!(cache.insert(&parsed, &answer, Instant::now()));
+        cache
+    }
+
+    #[test]
+    fn the_file_is_private_and_read_back_only_when_it_is() {
+        let directory = directory("private");
+        let file = CacheFile::in_directory(&directory, "wg0", 7);
+        file.save(&filled()).unwrap();
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(&directory).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+
+        let loaded = Cache::new(CacheConfig::default());
+        file.load_into(&loaded);
+        assert_eq!(loaded.len(), 1);
+
+        // Another config's file, a readable-by-others file, garbage: ignored, no panic.
+        let other = Cache::new(CacheConfig::default());
+        CacheFile::in_directory(&directory, "wg0", 8).load_into(&other);
+        assert!(other.is_empty());
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        file.load_into(&other);
+        assert!(other.is_empty());
+        std::fs::write(file.path(), b"garbage").unwrap();
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        file.load_into(&other);
+        assert!(other.is_empty());
+        // None at all: a cold start.
+        CacheFile::in_directory(&directory, "wg1", 7).load_into(&other);
+        assert!(other.is_empty());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
