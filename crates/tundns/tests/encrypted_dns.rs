@@ -530,6 +530,34 @@ fn doq_closes_what_breaks_the_protocol_idles_or_exceeds_its_share_and_goes_on() 
             );
         }
 
+        // A stream that never brings its whole query is reset after about 2 s of its own,
+        // though whole queries on other streams keep its connection open.
+        let (mut partial_send, mut partial_recv) = connection.open_bi().await.expect("a stream");
+        partial_send
+            .write_all(&framed(&query)[..5])
+            .await
+            .expect("written");
+        let started = std::time::Instant::now();
+        let partial = async {
+            let read = partial_recv.read_to_end(100).await;
+            (read, started.elapsed())
+        };
+        let keep_busy = async {
+            for _ in 0..8 {
+                exchange(&connection, &framed(&query))
+                    .await
+                    .expect("an answer while the partial stream waits");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let ((partial, given_up_after), ()) = tokio::join!(partial, keep_busy);
+        assert!(partial.is_err(), "the partial stream: {partial:?}");
+        assert!(
+            given_up_after > Duration::from_millis(1500) && given_up_after < Duration::from_secs(4),
+            "given up after {given_up_after:?}"
+        );
+        connection.close(quinn::VarInt::from_u32(0), b"done");
+
         // Idle, and a stream trickling a query a byte at a time: closed after about 2 s.
         let idle = connect(PROXY_V6).await.expect("a DoQ connection");
         let trickling = connect(PROXY_V4).await.expect("a DoQ connection");

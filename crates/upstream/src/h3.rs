@@ -22,6 +22,8 @@ use crate::transport::{self, AttemptError};
 use crate::{Context, PoolError};
 
 const DNS_MESSAGE: &str = "application/dns-message";
+/// The largest header section a server's response may carry: a DoH response has a few.
+const MAX_FIELD_SECTION: u64 = 16 * 1024;
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
@@ -38,7 +40,8 @@ impl H3Client {
         path: &str,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, PoolError> {
-        let endpoint = QuicEndpoint::new(address, server_name, tls, H3_NO_ERROR)?;
+        // HTTP/3's control and two QPACK streams, and room for a server's grease streams.
+        let endpoint = QuicEndpoint::new(address, server_name, tls, H3_NO_ERROR, 8)?;
         if !path.starts_with('/') {
             return Err(PoolError::DohPath(path.to_owned()));
         }
@@ -71,10 +74,11 @@ impl H3Client {
             let upstream = self.endpoint.address;
             async move {
                 let quic = connecting.await?;
-                let (mut driver, sender) =
-                    h3::client::new(h3_quinn::Connection::new(quic.connection.clone()))
-                        .await
-                        .map_err(|error| AttemptError::Http(error.to_string()))?;
+                let (mut driver, sender) = h3::client::builder()
+                    .max_field_section_size(MAX_FIELD_SECTION)
+                    .build(h3_quinn::Connection::new(quic.connection.clone()))
+                    .await
+                    .map_err(|error| AttemptError::Http(error.to_string()))?;
                 tokio::spawn(async move {
                     let error = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
                     if !error.is_h3_no_error() {
@@ -120,7 +124,18 @@ impl H3Client {
             .body(())
             .map_err(|error| AttemptError::Http(error.to_string()))?;
         let mut sender = connection.sender.clone();
-        let mut stream = sender.send_request(request).await.map_err(stream_error)?;
+        let mut stream = match sender.send_request(request).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                let error = stream_error(error);
+                // After a GOAWAY the connection takes nothing new: closed, so the next
+                // query opens another.
+                if matches!(error, AttemptError::Closed) {
+                    connection.quic.close();
+                }
+                return Err(error);
+            }
+        };
         stream
             .send_data(Bytes::from(body))
             .await
@@ -161,7 +176,9 @@ fn stream_error(error: h3::error::StreamError) -> AttemptError {
         AttemptError::Closed
     } else {
         match error {
-            h3::error::StreamError::ConnectionError { .. } => AttemptError::Closed,
+            // A GOAWAY: the server takes no new requests on this connection.
+            h3::error::StreamError::ConnectionError { .. }
+            | h3::error::StreamError::RemoteClosing { .. } => AttemptError::Closed,
             other => AttemptError::Http(other.to_string()),
         }
     }

@@ -51,15 +51,18 @@ impl QuicEndpoint {
         server_name: &str,
         tls: Arc<rustls::ClientConfig>,
         no_error: u32,
+        server_streams: u32,
     ) -> Result<Self, PoolError> {
         ServerName::try_from(server_name)
             .map_err(|_| PoolError::ServerName(server_name.to_owned()))?;
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|error| PoolError::Tls(error.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(bounded_transport(server_streams)));
         Ok(QuicEndpoint {
             address,
             server_name: server_name.to_owned(),
-            client: quinn::ClientConfig::new(Arc::new(crypto)),
+            client,
             no_error: VarInt::from_u32(no_error),
             early_data_refused: Arc::default(),
         })
@@ -288,7 +291,7 @@ impl DoqClient {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, PoolError> {
         Ok(DoqClient {
-            endpoint: QuicEndpoint::new(address, server_name, tls, DOQ_NO_ERROR)?,
+            endpoint: QuicEndpoint::new(address, server_name, tls, DOQ_NO_ERROR, 0)?,
             connection: SharedConnection::new(),
         })
     }
@@ -402,6 +405,20 @@ fn read_error(error: quinn::ReadToEndError) -> AttemptError {
         quinn::ReadToEndError::TooLong => AttemptError::Framing,
         other => AttemptError::Quic(other.to_string()),
     }
+}
+
+/// What a server can make tundns hold: no bidirectional streams of its own, at most
+/// `server_streams` unidirectional ones (HTTP/3's control and QPACK streams), no DATAGRAM
+/// frames, and windows of one answer per stream and 1 MiB per connection.
+fn bounded_transport(server_streams: u32) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(server_streams))
+        .datagram_receive_buffer_size(None)
+        .stream_receive_window(VarInt::from_u32(2 + MAX_MESSAGE_LEN as u32))
+        .receive_window(VarInt::from_u32(1 << 20));
+    transport
 }
 
 #[cfg(test)]

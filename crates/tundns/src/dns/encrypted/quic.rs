@@ -3,9 +3,11 @@
 //! ID 0, then the stream's end; the answer goes back the same way. A stream that breaks
 //! this closes its connection with `DOQ_PROTOCOL_ERROR` (RFC 9250 §4.3.3).
 //!
-//! Bounds as for DoT: connections (`MaxTcpConnections`, a quarter per client address, the
-//! rest refused), the handshake's time, [`MAX_IN_FLIGHT_PER_CONNECTION`] streams at once
-//! (QUIC's own stream credit), and idle time that only a whole query restarts.
+//! Bounds as for DoT: connections (`MaxTcpConnections` of its own, and a quarter per client
+//! address shared with DoT and DoH, the rest refused), the handshake's time,
+//! [`MAX_IN_FLIGHT_PER_CONNECTION`] streams at once (QUIC's own stream credit), each given
+//! `TcpIdleTimeout` to bring its whole query, no DATAGRAM frames, and idle time that only a
+//! whole query restarts.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -192,6 +194,8 @@ pub(super) fn server_config(
     transport
         .max_concurrent_bidi_streams(streams)
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // DNS over QUIC has no use for DATAGRAM frames: none may sit in a buffer.
+        .datagram_receive_buffer_size(None)
         .stream_receive_window(VarInt::from_u32(MAX_QUERY_STREAM as u32))
         .receive_window(VarInt::from_u32(4 * MAX_QUERY_STREAM as u32))
         .send_window(4 * MAX_MESSAGE_LEN as u64)
@@ -333,7 +337,16 @@ impl QueryStream {
     /// Reads the stream's query, answers it on the same stream, and ends the stream.
     async fn serve(self, mut send: SendStream, mut recv: RecvStream) {
         let peer = self.peer;
-        let stream = match recv.read_to_end(MAX_QUERY_STREAM).await {
+        // Whole queries on other streams keep the connection; a stream that never ends is
+        // given up on its own, so that partial queries cannot pile up.
+        let read = tokio::time::timeout(self.bounds.idle, recv.read_to_end(MAX_QUERY_STREAM));
+        let Ok(read) = read.await else {
+            tracing::debug!(%peer, "DNS over QUIC: a query stream idled, reset");
+            let _ = recv.stop(VarInt::from_u32(error_code::REQUEST_CANCELLED));
+            let _ = send.reset(VarInt::from_u32(error_code::REQUEST_CANCELLED));
+            return;
+        };
+        let stream = match read {
             Ok(stream) => stream,
             Err(quinn::ReadToEndError::TooLong) => {
                 tracing::debug!(%peer, "DNS over QUIC: a query stream too long, closing");
