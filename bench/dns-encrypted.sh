@@ -3,7 +3,9 @@
 # run, cache warmed:
 #   latency:    dnsperf -q 1 -v, one connection reused (DoT, DoH) and one query outstanding:
 #               per-query times of SPARSE cache hits over udp, tcp, dot and doh; the goal is
-#               a DoT and DoH p50 at most 2x UDP's
+#               a DoT and DoH p50 at most 2x UDP's. DoQ (dnsperf has none) from
+#               doq-latency (crates/test-support, hickory's UDP and DoQ clients): one reused
+#               QUIC connection, with its own UDP run as the same-tool baseline
 #   throughput: for RUN_SECONDS each, cached answers on 8 connections: UDP and DoT from
 #               dnsperf (-c 8 -q 64), DoH from h2load (-c 8 -m 64; dnsperf 2.11's DoH client
 #               stalls with more than one query outstanding, against dnsdist as against
@@ -14,7 +16,8 @@
 # Everything runs in throwaway namespaces (lab/lib.sh); tundns serves its self-signed
 # identity, which dnsperf does not verify.
 #
-# Usage: bench/dns-encrypted.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns)
+# Usage: bench/dns-encrypted.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns;
+#        doq-latency from $DOQ_LATENCY_BIN, built when missing)
 # Env:   SPARSE (queries per transport, default 300, at most 2000), RUN_SECONDS (throughput run,
 #        default 10, at most 60)
 set -euo pipefail
@@ -28,6 +31,11 @@ SECONDS_EACH=${RUN_SECONDS:-10}
 ((SPARSE >= 50 && SPARSE <= 2000)) || lab_die "SPARSE must be 50..2000"
 ((SECONDS_EACH >= 2 && SECONDS_EACH <= 60)) || lab_die "RUN_SECONDS must be 2..60"
 
+DOQ_LATENCY_BIN=${DOQ_LATENCY_BIN:-$ROOT/target/release/doq-latency}
+[[ -x $DOQ_LATENCY_BIN ]] || {
+    lab_log "building doq-latency (crates/test-support)"
+    cargo build --release -q -p tundns-test-support --bin doq-latency >&2
+}
 bench_lab tde h2load dnsdist
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
 bench_start_tundns "$TUNDNS_BIN" on
@@ -86,6 +94,14 @@ h2load_rate() {
 
 lab_log "latency: $SPARSE cache hits per transport, one outstanding"
 for mode in udp tcp dot doh; do latency "$mode"; done
+timeout 120 ip netns exec "$LAB_C" "$DOQ_LATENCY_BIN" "$LAB_PROXY_V4" www.lab.test "$SPARSE" \
+    >"$LAB_DIR/doq-latency.txt" 2>&1 || lab_die "doq-latency failed: $(tail -3 "$LAB_DIR/doq-latency.txt")"
+# "udp n=300 p50=41 p99=88" and "doq ...": P50[hickory-udp], P50[doq], and their p99s.
+while read -r transport _ p50 p99; do
+    key=$([[ $transport == udp ]] && echo hickory-udp || echo "$transport")
+    P50[$key]=${p50#p50=} P99[$key]=${p99#p99=}
+    printf '  %-11s p50=%s us p99=%s us\n' "$key" "${P50[$key]}" "${P99[$key]}" >&2
+done <"$LAB_DIR/doq-latency.txt"
 lab_log "throughput: $SECONDS_EACH s each, 8 connections, 64 outstanding each"
 dnsperf_rate udp udp "$LAB_TUNDNS_PID"
 dnsperf_rate dot dot "$LAB_TUNDNS_PID"
@@ -116,6 +132,14 @@ done
 printf 'goal: DoT and DoH p50 <= 2x UDP: dot %s, doh %s\n' \
     "$(bench_verdict "$(bench_ratio "${P50[dot]}" "${P50[udp]}")" '<=' 2)" \
     "$(bench_verdict "$(bench_ratio "${P50[doh]}" "${P50[udp]}")" '<=' 2)"
+printf '\nhickory clients (doq-latency, %d queries each, one QUIC connection reused)\n' "$SPARSE"
+printf '%-11s %8s %8s %12s\n' transport p50 p99 "p50 / udp"
+for key in hickory-udp doq; do
+    printf '%-11s %8s %8s %12s\n' "$key" "${P50[$key]}" "${P99[$key]}" \
+        "$(bench_ratio "${P50[$key]}" "${P50[hickory-udp]}")"
+done
+printf 'goal: DoQ p50 <= 2x UDP (same client): %s\n' \
+    "$(bench_verdict "$(bench_ratio "${P50[doq]}" "${P50[hickory-udp]}")" '<=' 2)"
 printf '\ncached throughput, 8 connections x 64 outstanding, %d s each\n' "$SECONDS_EACH"
 printf '%-22s %10s %24s\n' server qps "server CPU ms/1000 ans"
 for key in udp dot doh dnsdist-doh; do

@@ -19,7 +19,7 @@
 # Usage: bench/dns-warm.sh   (as root, after cargo build --release -p tundns --bin tundns)
 # Env:   DURATION (seconds per trace replay, default 120, 25..600), RATE (queries/s, default
 #        200, 10..5000), PREFETCH_NAMES (default 1000, 10..10000), NAMES (trace names for (b), default 10000, 100..50000), ROUNDS (for
-#        (b), default 3, 1..9)
+#        (b), default 3, 1..9), PARTS (default ab; b alone skips the prefetch replay)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,6 +53,7 @@ lab_log "(a) $(wc -l <"$trace") queries over $PREFETCH_NAMES names (TTL 20 s), a
 
 declare -A UPSTREAM CPU PREFETCHED
 for prefetch in off on; do
+    [[ ${PARTS:-ab} == *a* ]] || break
     # No cache file: each run starts cold, not from the one before.
     LAB_DNSPROXY_EXTRA=$'CacheFile = off\nPrefetch = '"$prefetch" lab_start_resolver_tundns "$TUNDNS_BIN"
     before=$(lab_unbound_stat total.num.queries)
@@ -63,7 +64,7 @@ for prefetch in off on; do
     lab_stop "$LAB_TUNDNS_PID"
     lab_log "prefetch $prefetch: ${UPSTREAM[$prefetch]} queries reached unbound, ${PREFETCHED[$prefetch]:-?} prefetches"
 done
-added=$(awk -v on="${UPSTREAM[on]}" -v off="${UPSTREAM[off]}" 'BEGIN { if (off > 0) printf "%.1f", (on - off) * 100 / off; else print "n/a" }')
+added=$(awk -v on="${UPSTREAM[on]:-0}" -v off="${UPSTREAM[off]:-0}" 'BEGIN { if (off > 0) printf "%.1f", (on - off) * 100 / off; else print "n/a" }')
 
 # ---- (b) start to the first cache hit ----
 
@@ -129,12 +130,14 @@ done
 warm_median=$(printf '%s\n' "${WARM[@]}" | bench_median)
 cold_median=$(printf '%s\n' "${COLD[@]}" | bench_median)
 
-printf '\n(a) prefetch over a replayed trace (%s queries/s for %s s, %s names, TTL 20 s)\n' "$RATE" "$DURATION" "$PREFETCH_NAMES"
-printf '%-14s %18s %12s %22s\n' prefetch "queries at unbound" prefetches "tundns CPU us/answer"
-for prefetch in off on; do
-    printf '%-14s %18s %12s %22s\n' "$prefetch" "${UPSTREAM[$prefetch]}" "${PREFETCHED[$prefetch]:-?}" "${CPU[$prefetch]}"
-done
-printf 'added by prefetch: %s %% (goal <= 10 %%: %s)\n' "$added" "$(bench_verdict "$added" "<=" 10)"
+if [[ ${PARTS:-ab} == *a* ]]; then
+    printf '\n(a) prefetch over a replayed trace (%s queries/s for %s s, %s names, TTL 20 s)\n' "$RATE" "$DURATION" "$PREFETCH_NAMES"
+    printf '%-14s %18s %12s %22s\n' prefetch "queries at unbound" prefetches "tundns CPU us/answer"
+    for prefetch in off on; do
+        printf '%-14s %18s %12s %22s\n' "$prefetch" "${UPSTREAM[$prefetch]}" "${PREFETCHED[$prefetch]:-?}" "${CPU[$prefetch]}"
+    done
+    printf 'added by prefetch: %s %% (goal <= 10 %%: %s)\n' "$added" "$(bench_verdict "$added" "<=" 10)"
+fi
 printf '\n(b) start to first answer, ms (%d rounds, %d names in the cache file)\n' "$ROUNDS" "$NAMES"
 printf 'first local answer (baseline): %s   median %s\n' "${COLD[*]}" "$cold_median"
 printf 'first cache hit:               %s   median %s (goal <= 100 ms: %s)\n' "${WARM[*]}" "$warm_median" \
