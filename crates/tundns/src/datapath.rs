@@ -17,6 +17,9 @@
 //!                 ├ TCP 853 and 443: EncryptedServers (dns::encrypted): a stack of their
 //!                 │      own; rustls, then DoT framing or hyper's HTTP/2 (DoH), queries
 //!                 │      through the same DnsProxy
+//!                 ├ UDP 853: the same servers' QuicPort, the socket of quinn's endpoint:
+//!                 │      a stream per DoQ query through the same DnsProxy, datagrams
+//!                 │      back into the TUN
 //!                 └ the proxies' ports (proxy::on_virtual_ip), from this host only:
 //!                        a stack of their own; what they open goes out through the
 //!                        proxies' stack on the interface address, straight into
