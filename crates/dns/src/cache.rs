@@ -24,20 +24,22 @@
 //!
 //! Prefetch (as unbound's `prefetch: yes`): a hit in the last tenth of an entry's
 //! lifetime says so ([`Hit::prefetch`]), so that the driver refreshes it in the
-//! background while the client is answered at once. Entries that live less than
-//! [`PREFETCH_MIN_LIFETIME`] are never prefetched.
+//! background while the client is answered at once. Only the first such hit on a
+//! stored entry says so: an entry asks for one refresh at most, whether it succeeds
+//! (a new entry replaces it) or not (it expires as if never prefetched). Entries that
+//! live less than [`PREFETCH_MIN_LIFETIME`] are never prefetched.
 //!
 //! The cache outlives a restart through [`Cache::save`] and [`Cache::load`]
 //! (the `persist` module): the file format, its bounds and its checks.
 
 use core::fmt;
 use core::hash::BuildHasher;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod persist;
-pub use persist::{CACHE_FILE_MAGIC, CACHE_FILE_VERSION, LoadError, Loaded, fingerprint};
+pub use persist::{CACHE_FILE_MAGIC, CACHE_FILE_VERSION, LoadError, Loaded, checksum, fingerprint};
 
 use quick_cache::{DefaultHashBuilder, Weighter};
 
@@ -127,6 +129,9 @@ struct Entry {
     /// `KEY_*` bits of the queries it answers.
     key_flags: u8,
     servfail: bool,
+    /// Set by the one hit that asked for this entry's refresh; shared by the copies the
+    /// map hands out.
+    prefetch_claimed: Arc<AtomicBool>,
 }
 
 impl Entry {
@@ -164,6 +169,16 @@ impl Entry {
         !self.servfail
             && self.lifetime >= PREFETCH_MIN_LIFETIME
             && elapsed >= self.lifetime - self.lifetime / 10
+    }
+
+    /// [`due_for_prefetch`](Self::due_for_prefetch), for the first hit that asks only:
+    /// one refresh per stored entry, however many hits race for it.
+    fn claim_prefetch(&self, elapsed: u32) -> bool {
+        self.due_for_prefetch(elapsed)
+            && self
+                .prefetch_claimed
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Writes the answer to `query` into `out`, every TTL mapped by `ttl`, with
@@ -221,8 +236,9 @@ pub struct Cache {
 pub struct Hit {
     /// Its length.
     pub len: usize,
-    /// The entry is in the last tenth of its lifetime: ask upstream again in the
-    /// background, so that the next client finds it fresh (see the module doc).
+    /// The entry is in the last tenth of its lifetime and no hit before asked for its
+    /// refresh: ask upstream again in the background, so that the next client finds it
+    /// fresh (see the module doc).
     pub prefetch: bool,
 }
 
@@ -295,7 +311,7 @@ impl Cache {
         }
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
         let len = entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed), None)?;
-        let prefetch = self.config.prefetch && entry.due_for_prefetch(elapsed);
+        let prefetch = self.config.prefetch && entry.claim_prefetch(elapsed);
         Some(Hit { len, prefetch })
     }
 
@@ -370,6 +386,7 @@ impl Cache {
             message_len: prepared.message_len,
             key_flags,
             servfail: prepared.servfail,
+            prefetch_claimed: Arc::new(AtomicBool::new(false)),
         };
         if EntryWeighter.weight(&key, &entry) > self.entries.shard_capacity() {
             return false;

@@ -1,12 +1,13 @@
 //! The cache file (`Cache::save`, `Cache::load`), prefetch hits and the stale answer's
 //! Extended DNS Error, checked through `domain`.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domain::base::Message;
 use domain::base::iana::{Rcode, Rtype};
 use tundns_dns::cache::{
-    CACHE_FILE_MAGIC, CACHE_FILE_VERSION, Cache, CacheConfig, LoadError, Loaded, fingerprint,
+    CACHE_FILE_MAGIC, CACHE_FILE_VERSION, Cache, CacheConfig, LoadError, Loaded, checksum,
+    fingerprint,
 };
 use tundns_dns::parse_query;
 use tundns_test_support::dns::{self, Answer, Data, Edns};
@@ -98,6 +99,20 @@ fn minutes(minutes: u64) -> Duration {
     Duration::from_secs(60 * minutes)
 }
 
+/// A whole second of wall-clock time, so that rounding does not blur the tests' ages.
+fn whole_second_now() -> SystemTime {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    UNIX_EPOCH + Duration::from_secs(since.as_secs())
+}
+
+/// `file` with its checksum made right again after a test changed it.
+fn resealed(mut file: Vec<u8>) -> Vec<u8> {
+    let body = file.len() - 4;
+    let sum = checksum(&file[..body]);
+    file[body..].copy_from_slice(&sum.to_be_bytes());
+    file
+}
+
 /// A cache with a fresh entry (300 s), a negative one (60 s), a DO-keyed one and a
 /// SERVFAIL, saved 10 s after they were stored.
 fn saved(config: CacheConfig) -> (Vec<u8>, SystemTime, [Vec<u8>; 4]) {
@@ -118,7 +133,7 @@ fn saved(config: CacheConfig) -> (Vec<u8>, SystemTime, [Vec<u8>; 4]) {
     insert(&cache, &requests[1], &nxdomain(&requests[1], 60), t0);
     insert(&cache, &requests[2], &positive(&requests[2], &[300]), t0);
     insert(&cache, &requests[3], &servfail(&requests[3]), t0);
-    let wall = SystemTime::now();
+    let wall = whole_second_now();
     let file = cache.save(t0 + Duration::from_secs(10), wall, PRINT);
     (file, wall, requests)
 }
@@ -206,14 +221,20 @@ fn a_wrong_file_is_refused_whole_and_changes_nothing() {
     assert_eq!(refused(&file[..12], wall), LoadError::Truncated);
     let mut version = file.clone();
     version[8..10].copy_from_slice(&(CACHE_FILE_VERSION + 1).to_be_bytes());
-    assert_eq!(refused(&version, wall), LoadError::Version(2));
+    assert_eq!(
+        refused(&version, wall),
+        LoadError::Version(CACHE_FILE_VERSION + 1)
+    );
     let other = Cache::new(CacheConfig::default())
         .load(&file, Instant::now(), wall, PRINT + 1)
         .unwrap_err();
     assert_eq!(other, LoadError::OtherConfig);
     let mut trailing = file.clone();
     trailing.push(0);
-    assert_eq!(refused(&trailing, wall), LoadError::TrailingBytes);
+    assert_eq!(refused(&trailing, wall), LoadError::Checksum);
+    let mut trailing = file[..file.len() - 4].to_vec();
+    trailing.extend_from_slice(&[0, 0, 0, 0, 0]);
+    assert_eq!(refused(&resealed(trailing), wall), LoadError::TrailingBytes);
     assert_eq!(
         refused(&file, wall - Duration::from_secs(3600)),
         LoadError::SavedInTheFuture
@@ -222,10 +243,7 @@ fn a_wrong_file_is_refused_whole_and_changes_nothing() {
     for len in 0..file.len() {
         let error = refused(&file[..len], wall);
         assert!(
-            matches!(
-                error,
-                LoadError::Truncated | LoadError::Foreign | LoadError::BadEntry(_)
-            ),
+            matches!(error, LoadError::Truncated | LoadError::Foreign),
             "{len}: {error}"
         );
     }
@@ -233,36 +251,91 @@ fn a_wrong_file_is_refused_whole_and_changes_nothing() {
     let mut count = file.clone();
     count[29] += 1;
     assert_eq!(refused(&count, wall), LoadError::Truncated);
+    assert_eq!(refused(&resealed(count), wall), LoadError::Truncated);
     // An entry whose flags the cache never sets.
     let mut flags = file.clone();
     flags[30] = 0x80;
-    assert_eq!(refused(&flags, wall), LoadError::BadEntry(0));
+    assert_eq!(refused(&resealed(flags), wall), LoadError::BadEntry(0));
     // An entry that is a query, not an answer.
     let mut query_bit = file.clone();
     query_bit[30 + 7 + 2] &= !0x80;
-    assert_eq!(refused(&query_bit, wall), LoadError::BadEntry(0));
+    assert_eq!(refused(&resealed(query_bit), wall), LoadError::BadEntry(0));
 }
 
 #[test]
-fn any_byte_changed_is_refused_or_loads_entries_that_answer_their_own_question() {
-    let (file, wall, requests) = saved(CacheConfig::default());
+fn a_count_no_body_could_hold_is_refused_before_anything_is_allocated() {
+    let (file, wall, _) = saved(CacheConfig::default());
+    // As many entries as the cache's size would allow, in a file of three.
+    let mut count = file.clone();
+    count[26..30].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(refused(&resealed(count.clone()), wall), LoadError::TooLarge);
+    let huge = Cache::new(CacheConfig {
+        max_bytes: usize::MAX / 2,
+        ..CacheConfig::default()
+    });
+    assert_eq!(
+        huge.load(&resealed(count), Instant::now(), wall, PRINT),
+        Err(LoadError::Truncated)
+    );
+    assert!(huge.is_empty());
+}
+
+#[test]
+fn ages_and_the_time_that_passed_are_rounded_up_never_down() {
+    let cache = Cache::new(CacheConfig::default());
+    let t0 = Instant::now();
+    let request = query(1, "www.example", false, false);
+    insert(&cache, &request, &positive(&request, &[300]), t0);
+    // Saved 10.5 s after storing, at x.9 s on the wall clock; loaded 0.05 s later,
+    // still in second x: 10.55 s old, so at most 289 s of the 300 may be left.
+    let wall = whole_second_now() + Duration::from_millis(900);
+    let file = cache.save(t0 + Duration::from_millis(10_500), wall, PRINT);
+    let loaded = Cache::new(CacheConfig::default());
+    let now = Instant::now();
+    loaded
+        .load(&file, now, wall + Duration::from_millis(50), PRINT)
+        .unwrap();
+    let hit = lookup(&loaded, &request, now).unwrap();
+    assert!(ttls(&hit)[0] <= 289, "{:?}", ttls(&hit));
+    // Rounding up costs at most a second each way.
+    assert!(ttls(&hit)[0] >= 287, "{:?}", ttls(&hit));
+}
+
+#[test]
+fn any_byte_changed_is_refused() {
+    assert_eq!(
+        checksum(b"123456789"),
+        0xcbf4_3926,
+        "CRC-32/ISO-HDLC check value"
+    );
+    let (file, wall, _) = saved(CacheConfig::default());
     for at in 0..file.len() {
         for flip in [0x01, 0x20, 0x80, 0xff] {
             let mut changed = file.clone();
             changed[at] ^= flip;
             let cache = Cache::new(CacheConfig::default());
-            let now = Instant::now();
-            if cache.load(&changed, now, wall, PRINT).is_ok() {
-                for request in &requests {
-                    if let Some(hit) = lookup(&cache, request, now) {
-                        let hit = Message::from_octets(hit).unwrap();
-                        let asked = Message::from_octets(request.as_slice()).unwrap();
-                        assert_eq!(hit.sole_question().unwrap(), asked.sole_question().unwrap());
-                    }
-                }
-            }
+            let result = cache.load(&changed, Instant::now(), wall, PRINT);
+            assert!(result.is_err(), "byte {at} ^ {flip:#04x} loaded");
+            assert!(cache.is_empty());
         }
     }
+}
+
+#[test]
+fn a_changed_entry_that_still_reads_as_an_answer_is_refused() {
+    // A flipped bit in a TTL or an address reads back as a good answer: only the
+    // checksum tells it from the real one.
+    let (file, wall, _) = saved(CacheConfig::default());
+    let address = file.len() - 4 - 1;
+    let mut changed = file.clone();
+    changed[address] ^= 0x01;
+    assert_eq!(refused(&changed, wall), LoadError::Checksum);
+    // Resealed, the same change loads: the checksum is what refused it.
+    assert!(
+        Cache::new(CacheConfig::default())
+            .load(&resealed(changed), Instant::now(), wall, PRINT)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -283,7 +356,7 @@ fn the_file_is_bounded_by_the_caches_size() {
     }
     let wall = SystemTime::now();
     let file = cache.save(now, wall, PRINT);
-    assert!(file.len() <= (64 << 10) + 30, "{} bytes", file.len());
+    assert!(file.len() <= (64 << 10) + 30 + 4, "{} bytes", file.len());
     let loaded = Cache::new(config.clone())
         .load(&file, now, wall, PRINT)
         .unwrap();
@@ -325,7 +398,9 @@ fn a_hit_in_the_last_tenth_of_the_lifetime_asks_for_a_prefetch() {
     assert_eq!(hit(&long, 0), Some(false));
     assert_eq!(hit(&long, 89), Some(false));
     assert_eq!(hit(&long, 90), Some(true));
-    assert_eq!(hit(&long, 99), Some(true));
+    // Asked once: a refresh that failed is not asked again on every hit.
+    assert_eq!(hit(&long, 95), Some(false));
+    assert_eq!(hit(&long, 99), Some(false));
     assert_eq!(hit(&long, 100), None, "expired");
     // Under 10 s of life: never prefetched.
     assert_eq!(hit(&short, 8), Some(false));
@@ -338,6 +413,46 @@ fn a_hit_in_the_last_tenth_of_the_lifetime_asks_for_a_prefetch() {
     let query = parse_query(&long).unwrap();
     let hit = off.lookup_hit(&query, t0 + Duration::from_secs(95), &mut out);
     assert_eq!(hit.map(|hit| hit.prefetch), Some(false));
+}
+
+#[test]
+fn a_stored_entry_asks_for_one_refresh_however_many_hits_race() {
+    let cache = Cache::new(CacheConfig::default());
+    let t0 = Instant::now();
+    let request = query(1, "popular.example", false, false);
+    insert(&cache, &request, &positive(&request, &[100]), t0);
+    let due = t0 + Duration::from_secs(95);
+    let asked = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let query = parse_query(&request).unwrap();
+                    let mut out = vec![0; 4096];
+                    (0..100)
+                        .filter(|_| cache.lookup_hit(&query, due, &mut out).unwrap().prefetch)
+                        .count()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .sum::<usize>()
+    });
+    assert_eq!(asked, 1);
+    // The refreshed entry is a new one: it asks again in its own last tenth.
+    insert(&cache, &request, &positive(&request, &[100]), due);
+    let query = parse_query(&request).unwrap();
+    let mut out = vec![0; 4096];
+    let later = |secs| {
+        cache
+            .lookup_hit(&query, due + Duration::from_secs(secs), &mut vec![0; 4096])
+            .map(|hit| hit.prefetch)
+    };
+    assert_eq!(later(50), Some(false));
+    assert_eq!(later(91), Some(true));
+    assert_eq!(later(92), Some(false));
+    assert!(cache.lookup(&query, due, &mut out).is_some());
 }
 
 #[test]

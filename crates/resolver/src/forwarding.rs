@@ -246,8 +246,9 @@ impl<C, G: Clone> Forwarding<C, G> {
 
     /// Refreshes the cache entry that answered `query` inline, due for prefetch
     /// ([`Answered::prefetch`](crate::Answered::prefetch)): one upstream request that no
-    /// client waits for, whose answer only the cache learns. Nothing is asked when an
-    /// identical query is in flight already (at most one refresh per entry), or when as
+    /// client waits for, whose answer only the cache learns. The cache says so on one hit
+    /// per stored entry only, so a refresh that fails is not asked again. Nothing is
+    /// asked when an identical query is in flight already, or when as
     /// many requests are in flight as clients may wait: prefetch never crowds out a
     /// client. Returns whether a request was queued.
     pub fn prefetch(&mut self, resolver: &Resolver<G>, query: &Query<'_>) -> bool {

@@ -633,6 +633,51 @@ fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() 
 }
 
 #[test]
+fn a_refresh_that_failed_is_not_asked_again_on_every_hit() {
+    let clock = Clock::new();
+    let resolver = resolver(true);
+    let mut forwarding = Forwarding::new(64);
+    let asked = asked_upstream(
+        &resolver,
+        &mut forwarding,
+        1,
+        &query(1, "popular.lab.test"),
+        clock.at_millis(0),
+    );
+    settle(
+        &mut forwarding,
+        &resolver,
+        asked[0].id,
+        upstream_answer(&asked[0], 1, 100),
+        clock.at_millis(0),
+    );
+    let late = clock.at_millis(95_000);
+    let second = query(2, "popular.lab.test");
+    assert!(hit_due_for_prefetch(&resolver, &second, late));
+    let parsed = tundns_dns::parse_query(&second).unwrap();
+    assert!(forwarding.prefetch(&resolver, &parsed));
+    let refresh = requests(&mut forwarding);
+    assert!(
+        settle(
+            &mut forwarding,
+            &resolver,
+            refresh[0].id,
+            all_failed(),
+            late
+        )
+        .is_empty()
+    );
+    // The old entry still answers, and asks no more: it expires as if never prefetched.
+    for (id, millis) in [(3, 96_000), (4, 99_000)] {
+        assert!(!hit_due_for_prefetch(
+            &resolver,
+            &query(id, "popular.lab.test"),
+            clock.at_millis(millis)
+        ));
+    }
+}
+
+#[test]
 fn prefetch_never_takes_the_slots_clients_wait_in() {
     let clock = Clock::new();
     let resolver = resolver(true);

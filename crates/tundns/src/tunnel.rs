@@ -410,7 +410,7 @@ impl Tunnel {
         drop(self.dns_sockets.take());
         drop(self.encrypted_dns.take());
         if let Some(saver) = self.cache_saver.take() {
-            saver.stop();
+            saver.stop().await;
         }
         for table in std::mem::take(&mut self.listener_guards) {
             if let Err(error) = table.delete().await {

@@ -9,17 +9,21 @@
 //! | fingerprint of the DNS config that filled the cache ([`fingerprint`]) | 8 |
 //! | wall-clock time of saving, UNIX seconds | 8 |
 //! | entry count | 4 |
-//! | each entry: key flags (1), age in seconds when saved (4), length (2), message | 7 + length |
+//! | each entry: key flags (1), age in seconds when saved, rounded up (4), length (2), message | 7 + length |
+//! | CRC-32 (IEEE, [`checksum`]) of every byte before it | 4 |
 //!
 //! A message is the entry as the cache keeps it: ID 0, lowercase question, TTLs as
 //! served when it was stored, no OPT record. SERVFAIL entries are not saved.
 //!
 //! Loading trusts nothing: a file with another magic, version or fingerprint, one
-//! larger than the cache could hold, one that is cut short or has bytes past its last
+//! whose checksum does not match (a flipped bit in a TTL or an address would
+//! otherwise be served as real data), one larger than the cache could hold, one
+//! claiming more entries than its bytes could hold, one that is cut short or has bytes past its last
 //! entry, or one with any entry that does not read back as an answer the cache would
 //! store for its own question, is refused whole, leaving the cache as it was. Each
 //! entry's age grows by the wall-clock time since saving (the cache's own clock,
-//! `Instant`, does not survive a restart); a file saved "in the future" is refused,
+//! `Instant`, does not survive a restart), both rounded up to whole seconds so that an
+//! entry is never loaded younger than it is; a file saved "in the future" is refused,
 //! since the time that passed is unknown. An entry loaded expired is kept only while
 //! inside the serve-stale window, so it is only ever served stale.
 
@@ -34,13 +38,46 @@ use crate::wire;
 pub const CACHE_FILE_MAGIC: [u8; 8] = *b"tundnsC\n";
 
 /// The layout's version; a file of another version is ignored.
-pub const CACHE_FILE_VERSION: u16 = 1;
+pub const CACHE_FILE_VERSION: u16 = 2;
 
 /// Magic, version, fingerprint, saving time, count.
 const FILE_HEADER_LEN: usize = 8 + 2 + 8 + 8 + 4;
 
+/// The checksum that ends the file.
+const FILE_TRAILER_LEN: usize = 4;
+
 /// Key flags, age, length.
 const ENTRY_HEADER_LEN: usize = 1 + 4 + 2;
+
+/// The smallest entry: its header, a DNS header and a question for the root.
+const MIN_ENTRY_LEN: usize = ENTRY_HEADER_LEN + wire::HEADER_LEN + 1 + 4;
+
+/// The CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`) of `bytes`: the last four
+/// bytes of a cache file hold it for every byte before them.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u32;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    };
+    !bytes.iter().fold(!0u32, |crc, &byte| {
+        TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
+    })
+}
 
 /// Why a cache file was not loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,8 +90,10 @@ pub enum LoadError {
     OtherConfig,
     /// Larger, or with more entries, than this cache holds.
     TooLarge,
-    /// Ends inside its header or an entry.
+    /// Ends inside its header or an entry, or claims more entries than its bytes hold.
     Truncated,
+    /// Its checksum does not match its bytes: corrupt.
+    Checksum,
     /// Bytes follow its last entry.
     TrailingBytes,
     /// Entry `n` (from 0) is not an answer the cache would keep.
@@ -74,6 +113,7 @@ impl fmt::Display for LoadError {
             LoadError::OtherConfig => f.write_str("saved under another DNS configuration"),
             LoadError::TooLarge => f.write_str("larger than the cache holds"),
             LoadError::Truncated => f.write_str("cut short"),
+            LoadError::Checksum => f.write_str("checksum mismatch (corrupt)"),
             LoadError::TrailingBytes => f.write_str("bytes after the last entry"),
             LoadError::BadEntry(index) => write!(f, "entry {index} is not a cacheable answer"),
             LoadError::SavedInTheFuture => f.write_str("saved later than now (clock moved back)"),
@@ -113,12 +153,26 @@ pub fn fingerprint<P: AsRef<[u8]>>(parts: impl IntoIterator<Item = P>) -> u64 {
 /// The largest file a cache of `max_bytes` is read from: every entry costs the cache
 /// more than it takes in the file.
 fn max_file_len(max_bytes: usize) -> usize {
-    FILE_HEADER_LEN + max_bytes
+    FILE_HEADER_LEN + max_bytes + FILE_TRAILER_LEN
 }
 
+/// `wall` in whole UNIX seconds, rounded down: the saving time, so that the time
+/// reckoned to have passed since is never less than did.
 fn unix_seconds(wall: SystemTime) -> u64 {
     wall.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+/// `wall` in whole UNIX seconds, rounded up: the loading time.
+fn unix_seconds_up(wall: SystemTime) -> u64 {
+    wall.duration_since(UNIX_EPOCH).map_or(0, seconds_up)
+}
+
+/// `duration` in whole seconds, rounded up.
+fn seconds_up(duration: Duration) -> u64 {
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 /// One entry read back and checked, ready to store.
@@ -134,15 +188,17 @@ impl Cache {
     /// Every entry that can still be served, fresh or stale, as a cache file (see the
     /// module doc); SERVFAIL entries are left out. `now` and `wall` are the same
     /// moment on the cache's clock and the wall clock. The result is never larger than
-    /// [`CacheConfig::max_bytes`](super::CacheConfig::max_bytes) plus a header.
+    /// [`CacheConfig::max_bytes`](super::CacheConfig::max_bytes) plus a header and
+    /// the checksum.
     pub fn save(&self, now: Instant, wall: SystemTime, fingerprint: u64) -> Vec<u8> {
-        let mut file = Vec::with_capacity(FILE_HEADER_LEN + self.weight() as usize);
+        let mut file =
+            Vec::with_capacity(FILE_HEADER_LEN + self.weight() as usize + FILE_TRAILER_LEN);
         file.extend_from_slice(&CACHE_FILE_MAGIC);
         file.extend_from_slice(&CACHE_FILE_VERSION.to_be_bytes());
         file.extend_from_slice(&fingerprint.to_be_bytes());
         file.extend_from_slice(&unix_seconds(wall).to_be_bytes());
         file.extend_from_slice(&0u32.to_be_bytes());
-        let limit = max_file_len(self.config.max_bytes);
+        let limit = FILE_HEADER_LEN + self.config.max_bytes;
         let mut count: u32 = 0;
         for (_, entry) in self.entries.iter() {
             let (age, fresh) = entry.age(now);
@@ -153,7 +209,8 @@ impl Cache {
             if file.len() + ENTRY_HEADER_LEN + message.len() > limit {
                 break;
             }
-            let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+            // Rounded up: a loaded entry is never younger than it is.
+            let age = u32::try_from(seconds_up(age)).unwrap_or(u32::MAX);
             file.push(entry.key_flags);
             file.extend_from_slice(&age.to_be_bytes());
             file.extend_from_slice(&entry.message_len.to_be_bytes());
@@ -161,6 +218,8 @@ impl Cache {
             count += 1;
         }
         file[FILE_HEADER_LEN - 4..FILE_HEADER_LEN].copy_from_slice(&count.to_be_bytes());
+        let sum = checksum(&file);
+        file.extend_from_slice(&sum.to_be_bytes());
         file
     }
 
@@ -179,27 +238,47 @@ impl Cache {
         if file.get(..CACHE_FILE_MAGIC.len()) != Some(&CACHE_FILE_MAGIC[..]) {
             return Err(LoadError::Foreign);
         }
-        if file.len() < FILE_HEADER_LEN {
+        if file.len() < 10 {
             return Err(LoadError::Truncated);
         }
         let version = wire::read_u16(file, 8).unwrap_or_default();
         if version != CACHE_FILE_VERSION {
             return Err(LoadError::Version(version));
         }
+        if file.len() < FILE_HEADER_LEN + FILE_TRAILER_LEN {
+            return Err(LoadError::Truncated);
+        }
+        if file.len() > max_file_len(self.config.max_bytes) {
+            return Err(LoadError::TooLarge);
+        }
+        let (file, sum) = file.split_at(file.len() - FILE_TRAILER_LEN);
+        if checksum(file) != read_u32(sum, 0) {
+            // Cut short, or changed: say which when the entries' lengths tell.
+            let count = read_u32(file, 26) as usize;
+            return Err(if runs_out(&file[FILE_HEADER_LEN..], count) {
+                LoadError::Truncated
+            } else {
+                LoadError::Checksum
+            });
+        }
         if read_u64(file, 10) != fingerprint {
             return Err(LoadError::OtherConfig);
         }
         let saved_at = read_u64(file, 18);
         let count = read_u32(file, 26) as usize;
-        if file.len() > max_file_len(self.config.max_bytes)
-            || count > self.config.max_bytes / ENTRY_OVERHEAD
-        {
+        if count > self.config.max_bytes / ENTRY_OVERHEAD {
             return Err(LoadError::TooLarge);
         }
-        let elapsed = unix_seconds(wall)
+        let body = &file[FILE_HEADER_LEN..];
+        // Before anything is allocated for them: the count is only a claim.
+        if count > body.len() / MIN_ENTRY_LEN {
+            return Err(LoadError::Truncated);
+        }
+        // Rounded up, as the ages are: a loaded entry is never younger than it is.
+        let elapsed = unix_seconds_up(wall)
             .checked_sub(saved_at)
             .ok_or(LoadError::SavedInTheFuture)?;
-        let entries = self.read_entries(&file[FILE_HEADER_LEN..], count, elapsed)?;
+        let entries = self.read_entries(body, count, elapsed)?;
         let mut loaded = Loaded::default();
         for restored in entries {
             match self.rebased(restored, now) {
@@ -225,13 +304,14 @@ impl Cache {
     }
 
     /// The `count` entries of `body`, each checked, `elapsed` seconds older than saved.
+    /// `count` is at most `body.len() / MIN_ENTRY_LEN`.
     fn read_entries(
         &self,
         mut body: &[u8],
         count: usize,
         elapsed: u64,
     ) -> Result<Vec<Restored>, LoadError> {
-        let mut entries = Vec::with_capacity(count);
+        let mut entries = Vec::with_capacity(count.min(body.len() / MIN_ENTRY_LEN));
         for index in 0..count {
             let header = body.get(..ENTRY_HEADER_LEN).ok_or(LoadError::Truncated)?;
             let key_flags = header[0];
@@ -307,6 +387,22 @@ fn restore(cache: &Cache, key_flags: u8, message: &[u8], age: u64) -> Option<Res
         prepared,
         age,
     })
+}
+
+/// Whether `body` ends before `count` entries, by their lengths alone (nothing in them
+/// is trusted: this only names the error of a file whose checksum failed).
+fn runs_out(mut body: &[u8], count: usize) -> bool {
+    for _ in 0..count {
+        let Some(header) = body.get(..ENTRY_HEADER_LEN) else {
+            return true;
+        };
+        let len = ENTRY_HEADER_LEN + usize::from(wire::read_u16(header, 5).unwrap_or_default());
+        let Some(rest) = body.get(len..) else {
+            return true;
+        };
+        body = rest;
+    }
+    false
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> u32 {

@@ -363,9 +363,16 @@ async fn reload_blocklist(state: &State, dns: &Dns) -> Result<Reply, String> {
     // Lists run to hundreds of thousands of lines: read them, and compare them with the
     // list in use (which decides whether the cache is emptied), off the runtime's workers.
     let domains = tokio::task::spawn_blocking(move || {
+        // Before the lists are read: should a file change in between, the fingerprint is
+        // of the older text, and the next start discards the file rather than keep answers
+        // filled under another list.
+        let fingerprint = dns_config::cache_fingerprint(&config, &path);
         let blocklist = dns_config::blocklist(&config, &path)?;
         let domains = blocklist.len();
         proxy.set_blocklist(blocklist);
+        // The cache file is saved under the config now in use, which the next start
+        // computes afresh from the same files.
+        proxy.set_cache_fingerprint(fingerprint);
         Ok::<_, tundns_config::ConfigError>(domains)
     })
     .await

@@ -82,7 +82,7 @@ pub fn resolver_parts(
 /// routes, local data, blocklists (the files' lines as they are now) and the TTL bounds.
 /// A cache file saved under another is ignored (see [`tundns_dns::cache::fingerprint`]).
 /// A list file that does not read here has already failed the caller.
-fn cache_fingerprint(config: &Config, path: &Path) -> u64 {
+pub(crate) fn cache_fingerprint(config: &Config, path: &Path) -> u64 {
     let settings = &config.dns_proxy;
     let mut parts: Vec<String> = Vec::new();
     parts.extend(settings.upstreams.iter().map(ToString::to_string));

@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 #[cfg(test)]
 use std::time::Duration;
@@ -85,8 +85,9 @@ pub struct DnsProxy {
     rate_limit: Option<Mutex<RateLimiter>>,
     /// Who is exempt from the rate limit beside loopback: this host's own addresses.
     this_host: OnceLock<Arc<dyn SourcePolicy>>,
-    /// The fingerprint of the DNS config this proxy was built from.
-    cache_fingerprint: u64,
+    /// The fingerprint of the DNS config this proxy was built from, or of the blocklist
+    /// reloaded since.
+    cache_fingerprint: AtomicU64,
     /// Set once the routes change through the control socket.
     routes_changed: AtomicBool,
 }
@@ -119,15 +120,21 @@ impl DnsProxy {
                 .rate_limit
                 .map(|rate| Mutex::new(RateLimiter::new(rate))),
             this_host: OnceLock::new(),
-            cache_fingerprint: parts.cache_fingerprint,
+            cache_fingerprint: AtomicU64::new(parts.cache_fingerprint),
             routes_changed: AtomicBool::new(false),
         })
     }
 
-    /// The fingerprint of the DNS config this proxy was built from, which its cache file
-    /// carries.
+    /// The fingerprint of the DNS config this proxy was built from, or last reloaded
+    /// (the blocklist), which its cache file carries.
     pub fn cache_fingerprint(&self) -> u64 {
-        self.cache_fingerprint
+        self.cache_fingerprint.load(Ordering::Relaxed)
+    }
+
+    /// The fingerprint of the DNS config now in use, after a reload: the cache file is
+    /// saved under it, so that the next start, which computes it afresh, keeps the file.
+    pub fn set_cache_fingerprint(&self, fingerprint: u64) {
+        self.cache_fingerprint.store(fingerprint, Ordering::Relaxed);
     }
 
     /// Whether the routes changed through the control socket since the start: the cache
@@ -311,9 +318,15 @@ impl DnsProxy {
     }
 
     /// Refreshes the cache entry that just answered `query` in its last tenth of life, in
-    /// a task of its own (see [`Forwarding::prefetch`]).
+    /// a task of its own (see [`Forwarding::prefetch`]). A client answered from the cache
+    /// never waits for the forwarding table: when it is busy the refresh is left out, and
+    /// the entry expires as if never prefetched (the cache asks once per entry).
     fn prefetch(self: &Arc<Self>, query: &tundns_dns::Query<'_>) {
-        let mut forwarding = self.forwarding();
+        let mut forwarding = match self.forwarding.try_lock() {
+            Ok(forwarding) => forwarding,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if !forwarding.prefetch(&self.resolver, query) {
             return;
         }
@@ -575,6 +588,41 @@ mod tests {
 
     fn rcode(answer: &[u8]) -> u8 {
         answer[3] & 0x0f
+    }
+
+    #[tokio::test]
+    async fn a_hit_due_for_prefetch_never_waits_for_the_forwarding_table() {
+        let (upstream, seen) = fake_upstream(1).await;
+        let proxy = proxy(upstream, 8, true);
+        let request = query(1, "popular.lab.test");
+        let answer = Answer::to(&request).a(100, [192, 0, 2, 1]).build();
+        let Some(stored_at) = Instant::now().checked_sub(Duration::from_secs(95)) else {
+            return; // Too soon after boot to date an entry back.
+        };
+        let parsed = tundns_dns::parse_query(&request).unwrap();
+        assert!(proxy.cache().unwrap().insert(&parsed, &answer, stored_at));
+        // Someone holds the table (a slow upstream answer being settled, say).
+        let held = proxy.forwarding();
+        let (done, answered) = std::sync::mpsc::channel();
+        let client = {
+            let (proxy, runtime) = (proxy.clone(), tokio::runtime::Handle::current());
+            std::thread::spawn(move || {
+                let _runtime = runtime.enter();
+                let mut out = vec![0; MAX_MESSAGE_LEN];
+                let verdict = proxy.accept(&query(2, "popular.lab.test"), Transport::Udp, &mut out);
+                let _ = done.send(matches!(verdict, Verdict::Answered(_)));
+            })
+        };
+        let verdict = answered.recv_timeout(Duration::from_secs(2));
+        drop(held);
+        client.join().unwrap();
+        assert_eq!(verdict, Ok(true), "answered from the cache without waiting");
+        // The refresh was left out; a later hit on the same entry asks no more.
+        let mut out = vec![0; MAX_MESSAGE_LEN];
+        let verdict = proxy.accept(&query(3, "popular.lab.test"), Transport::Udp, &mut out);
+        assert!(matches!(verdict, Verdict::Answered(_)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
