@@ -55,28 +55,7 @@ const MIN_ENTRY_LEN: usize = ENTRY_HEADER_LEN + wire::HEADER_LEN + 1 + 4;
 /// The CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`) of `bytes`: the last four
 /// bytes of a cache file hold it for every byte before them.
 pub fn checksum(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut crc = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-                bit += 1;
-            }
-            table[i] = crc;
-            i += 1;
-        }
-        table
-    };
-    !bytes.iter().fold(!0u32, |crc, &byte| {
-        TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
-    })
+    crc32fast::hash(bytes)
 }
 
 /// Why a cache file was not loaded.
