@@ -22,6 +22,7 @@ max_len() {
         hosts_file) echo 4096 ;;
         blocklist_file) echo 4096 ;;
         control_request) echo 1024 ;;
+        cache_file) echo 8192 ;;
         *) echo "fuzz-smoke: no max_len for target $1: add it here and to fuzz/README.md" >&2; return 1 ;;
     esac
 }
