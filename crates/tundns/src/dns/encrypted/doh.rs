@@ -3,7 +3,6 @@
 //! chose. Each request is a query through the proxy; the answer is the response body,
 //! with a `Cache-Control` `max-age` of its lowest TTL.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,18 +15,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tundns_dns::MAX_MESSAGE_LEN;
 use tundns_dns::doh::{MEDIA_TYPE, PATH, max_age, query_from_get};
 
-use super::{Activity, Bounds, MAX_IN_FLIGHT_PER_CONNECTION};
+use super::{Activity, Bounds, MAX_IN_FLIGHT_PER_CONNECTION, Reply, reply};
 use crate::dns::counters::Transport;
-use crate::dns::proxy::{DnsProxy, Verdict};
-
-thread_local! {
-    /// Where answers from memory are written.
-    static ANSWER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MESSAGE_LEN]);
-}
+use crate::dns::proxy::DnsProxy;
 
 /// Serves one connection's requests until the client closes it or it idles: no request
 /// for `bounds.idle` while none is being answered.
@@ -63,7 +56,7 @@ where
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     loop {
-        let idle_until = activity.idle_since().map_or(Instant::now(), |since| since) + bounds.idle;
+        let idle_until = activity.idle_deadline(bounds.idle);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -72,10 +65,7 @@ where
                 return;
             }
             () = tokio::time::sleep_until(idle_until) => {
-                let idle = activity
-                    .idle_since()
-                    .is_some_and(|since| since + bounds.idle <= Instant::now());
-                if idle {
+                if activity.has_idled(bounds.idle) {
                     tracing::debug!(%peer, "DNS over HTTPS: idle, closing");
                     connection.as_mut().graceful_shutdown();
                     // Whatever the client does now, the connection ends in bounded time.
@@ -144,19 +134,16 @@ async fn answer(
     };
     // A whole query: from here the connection is busy, not idle.
     let _in_hand = activity.begin();
-    // Answered from memory into this thread's buffer, copied out at its length, rather than
-    // into a fresh 64 KiB buffer per request.
-    let verdict = ANSWER.with_borrow_mut(|out| {
-        match proxy.accept_from(Some(peer), &query, Transport::Https, out) {
-            Verdict::Answered(len) => Ok(Bytes::copy_from_slice(&out[..len])),
-            Verdict::Forward(forward) => Err(Some(forward)),
-            Verdict::Drop => Err(None),
-        }
-    });
-    let answer = match verdict {
-        Ok(answer) => answer,
-        Err(Some(forward)) => Bytes::from(forward.resolve().await),
-        Err(None) => return status(StatusCode::BAD_REQUEST, "not a DNS query"),
+    let answer = match reply(
+        proxy,
+        peer,
+        &query,
+        Transport::Https,
+        Bytes::copy_from_slice,
+    ) {
+        Reply::Ready(answer) => answer,
+        Reply::Forward(forward) => Bytes::from(forward.resolve().await),
+        Reply::Dropped => return status(StatusCode::BAD_REQUEST, "not a DNS query"),
     };
     if answer.is_empty() {
         return status(StatusCode::BAD_GATEWAY, "no answer");

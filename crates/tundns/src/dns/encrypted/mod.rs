@@ -15,6 +15,7 @@ mod doh;
 mod dot;
 mod quic;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,10 @@ use tundns_filter::{SourcePolicy, TunWriter, VirtualHost};
 use tundns_netstack::{IdleReset, Limits};
 
 use crate::control::protocol::EncryptedStatus;
-use crate::dns::proxy::DnsProxy;
+use tundns_dns::MAX_MESSAGE_LEN;
+
+use crate::dns::counters::Transport;
+use crate::dns::proxy::{DnsProxy, Forward, Verdict};
 use crate::proxy::on_virtual_ip::StackListeners;
 use crate::proxy::stack::Accepted;
 use certificate::{IdentitySource, TlsIdentity};
@@ -358,10 +362,54 @@ impl Activity {
 
     /// When the connection became idle (its start, or the end of its last request);
     /// `None` while a request is in hand.
-    pub(crate) fn idle_since(&self) -> Option<Instant> {
+    fn idle_since(&self) -> Option<Instant> {
         let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
         (self.in_hand.load(Ordering::Relaxed) == 0).then(|| self.origin + last_end)
     }
+
+    /// When to look again whether the connection has idled for `idle`.
+    pub(crate) fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.idle_since().unwrap_or_else(Instant::now) + idle
+    }
+
+    /// Whether nothing was in hand, and no query ended, for `idle`.
+    pub(crate) fn has_idled(&self, idle: Duration) -> bool {
+        self.idle_since()
+            .is_some_and(|since| since + idle <= Instant::now())
+    }
+}
+
+thread_local! {
+    /// Where answers from memory are written: one buffer per thread, not 64 KiB per query.
+    static ANSWER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MESSAGE_LEN]);
+}
+
+/// What a query gets from the proxy when its answer need not stay in place.
+pub(crate) enum Reply<T> {
+    /// Answered from memory; what `take` made of the answer.
+    Ready(T),
+    /// Sent on to the upstreams.
+    Forward(Forward),
+    /// Not a query: nothing.
+    Dropped,
+}
+
+/// [`DnsProxy::accept_from`] for a query from `peer` over `transport`, its answer from
+/// memory written into this thread's buffer and handed to `take`.
+pub(crate) fn reply<T>(
+    proxy: &Arc<DnsProxy>,
+    peer: SocketAddr,
+    query: &[u8],
+    transport: Transport,
+    take: impl FnOnce(&[u8]) -> T,
+) -> Reply<T> {
+    ANSWER.with_borrow_mut(
+        |out| match proxy.accept_from(Some(peer), query, transport, out) {
+            Verdict::Answered(len) => Reply::Ready(take(&out[..len])),
+            Verdict::Forward(forward) => Reply::Forward(forward),
+            Verdict::Drop => Reply::Dropped,
+        },
+    )
 }
 
 /// One query being answered.

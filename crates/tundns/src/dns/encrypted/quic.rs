@@ -9,7 +9,6 @@
 //! `TcpIdleTimeout` to bring its whole query, no DATAGRAM frames, and idle time that only a
 //! whole query restarts.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -31,9 +30,11 @@ use tundns_dns::doq::{StreamError, error_code, query_from_stream};
 use tundns_dns::tcp::append_framed;
 use tundns_filter::{Datagram, TunWriter, UdpService};
 
-use super::{Activity, Bounds, HANDSHAKE_TIMEOUT, MAX_IN_FLIGHT_PER_CONNECTION, SourceQuota};
+use super::{
+    Activity, Bounds, HANDSHAKE_TIMEOUT, MAX_IN_FLIGHT_PER_CONNECTION, Reply, SourceQuota, reply,
+};
 use crate::dns::counters::Transport;
-use crate::dns::proxy::{DnsProxy, Verdict};
+use crate::dns::proxy::DnsProxy;
 
 /// Largest query stream accepted, prefix included; real queries are a few hundred bytes.
 const MAX_QUERY_STREAM: usize = 2 + 16 * 1024;
@@ -44,11 +45,6 @@ const MAX_QUEUED_DATAGRAMS: usize = 1024;
 const IP_AND_UDP_HEADERS: u16 = 40 + 8;
 /// The smallest datagram QUIC allows (RFC 9000 §14).
 const QUIC_MIN_DATAGRAM: u16 = 1200;
-
-thread_local! {
-    /// Where answers from memory are written.
-    static ANSWER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MESSAGE_LEN]);
-}
 
 /// A datagram for the endpoint: its sender, the virtual IP it was sent to, its payload.
 type Received = (SocketAddr, IpAddr, Vec<u8>);
@@ -286,7 +282,7 @@ async fn serve_connection(
     let mut established = std::pin::pin!(established);
     let mut handshaken = false;
     loop {
-        let idle_until = activity.idle_since().unwrap_or_else(Instant::now) + bounds.idle;
+        let idle_until = activity.idle_deadline(bounds.idle);
         tokio::select! {
             stream = connection.accept_bi() => {
                 let Ok((send, recv)) = stream else { return };
@@ -307,10 +303,7 @@ async fn serve_connection(
                 return;
             }
             () = tokio::time::sleep_until(idle_until) => {
-                let idle = activity
-                    .idle_since()
-                    .is_some_and(|since| since + bounds.idle <= Instant::now());
-                if idle {
+                if activity.has_idled(bounds.idle) {
                     tracing::debug!(%peer, "DNS over QUIC: idle, closing");
                     close(&connection, error_code::NO_ERROR, "idle");
                     return;
@@ -371,20 +364,8 @@ impl QueryStream {
         // A whole query: from here the connection is busy, not idle.
         let _in_hand = self.activity.begin();
         let mut framed = Vec::new();
-        let forward = ANSWER.with_borrow_mut(|out| {
-            match self
-                .proxy
-                .accept_from(Some(peer), query, Transport::Quic, out)
-            {
-                Verdict::Answered(len) => {
-                    append_framed(&mut framed, &out[..len]);
-                    None
-                }
-                Verdict::Forward(forward) => Some(forward),
-                Verdict::Drop => None,
-            }
-        });
-        if let Some(forward) = forward {
+        let framing = |answer: &[u8]| append_framed(&mut framed, answer);
+        if let Reply::Forward(forward) = reply(&self.proxy, peer, query, Transport::Quic, framing) {
             append_framed(&mut framed, &forward.resolve().await);
         }
         // A query dropped unanswered (a response, say, or over the rate limit): the
