@@ -36,6 +36,28 @@ pub struct DohClient {
     connection: SharedConnection<Connection>,
 }
 
+/// The URI a DoH request goes to, over HTTP/2 or HTTP/3: `server_name` (an IPv6 literal in
+/// brackets), the port unless it is 443, and `path`, which must start with `/`.
+pub(crate) fn request_uri(
+    address: SocketAddr,
+    server_name: &str,
+    path: &str,
+) -> Result<Uri, PoolError> {
+    if !path.starts_with('/') {
+        return Err(PoolError::DohPath(path.to_owned()));
+    }
+    let host = match server_name.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => server_name.to_owned(),
+    };
+    let authority = match address.port() {
+        443 => host,
+        port => format!("{host}:{port}"),
+    };
+    Uri::try_from(format!("https://{authority}{path}"))
+        .map_err(|_| PoolError::DohPath(path.to_owned()))
+}
+
 impl DohClient {
     pub fn new(
         address: SocketAddr,
@@ -44,19 +66,7 @@ impl DohClient {
         tls: Arc<ClientConfig>,
     ) -> Result<Self, PoolError> {
         let endpoint = TlsEndpoint::new(address, server_name, tls)?;
-        if !path.starts_with('/') {
-            return Err(PoolError::DohPath(path.to_owned()));
-        }
-        let host = match server_name.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
-            _ => server_name.to_owned(),
-        };
-        let authority = match address.port() {
-            443 => host,
-            port => format!("{host}:{port}"),
-        };
-        let uri = Uri::try_from(format!("https://{authority}{path}"))
-            .map_err(|_| PoolError::DohPath(path.to_owned()))?;
+        let uri = request_uri(address, server_name, path)?;
         Ok(DohClient {
             endpoint,
             uri,

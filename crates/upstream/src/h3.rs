@@ -7,7 +7,7 @@
 //! early data the server refused has lost its HTTP/3 control streams with it: it is
 //! closed, and the query asked again on a new one.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,6 +16,7 @@ use http::{Request, StatusCode, Uri};
 use tundns_dns::tcp::MAX_MESSAGE_LEN;
 use tundns_dns::{Question, response_matches, set_message_id};
 
+use crate::doh::request_uri;
 use crate::quic::{H3_NO_ERROR, QuicConnection, QuicEndpoint};
 use crate::shared_connection::{Persistent, SharedConnection};
 use crate::transport::{self, AttemptError};
@@ -42,19 +43,7 @@ impl H3Client {
     ) -> Result<Self, PoolError> {
         // HTTP/3's control and two QPACK streams, and room for a server's grease streams.
         let endpoint = QuicEndpoint::new(address, server_name, tls, H3_NO_ERROR, 8)?;
-        if !path.starts_with('/') {
-            return Err(PoolError::DohPath(path.to_owned()));
-        }
-        let host = match server_name.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
-            _ => server_name.to_owned(),
-        };
-        let authority = match address.port() {
-            443 => host,
-            port => format!("{host}:{port}"),
-        };
-        let uri = Uri::try_from(format!("https://{authority}{path}"))
-            .map_err(|_| PoolError::DohPath(path.to_owned()))?;
+        let uri = request_uri(address, server_name, path)?;
         Ok(H3Client {
             endpoint,
             uri,
