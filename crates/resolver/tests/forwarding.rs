@@ -572,8 +572,9 @@ fn hit_due_for_prefetch(resolver: &Resolver<Group>, query: &[u8], now: std::time
     }
 }
 
-#[test]
-fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() {
+/// A resolver whose cache holds `popular.lab.test` A, answered at 0 ms with a TTL of
+/// 100 s (marker 1), and its forwarding with nothing in flight.
+fn popular_name_cached_for_100_seconds() -> (Clock, Resolver<Group>, Forwarding<u32, Group>) {
     let clock = Clock::new();
     let resolver = resolver(true);
     let mut forwarding = Forwarding::new(64);
@@ -591,6 +592,12 @@ fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() 
         upstream_answer(&asked[0], 1, 100),
         clock.at_millis(0),
     );
+    (clock, resolver, forwarding)
+}
+
+#[test]
+fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() {
+    let (clock, resolver, mut forwarding) = popular_name_cached_for_100_seconds();
     assert!(!hit_due_for_prefetch(
         &resolver,
         &query(2, "popular.lab.test"),
@@ -634,23 +641,7 @@ fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() 
 
 #[test]
 fn a_refresh_that_failed_is_not_asked_again_on_every_hit() {
-    let clock = Clock::new();
-    let resolver = resolver(true);
-    let mut forwarding = Forwarding::new(64);
-    let asked = asked_upstream(
-        &resolver,
-        &mut forwarding,
-        1,
-        &query(1, "popular.lab.test"),
-        clock.at_millis(0),
-    );
-    settle(
-        &mut forwarding,
-        &resolver,
-        asked[0].id,
-        upstream_answer(&asked[0], 1, 100),
-        clock.at_millis(0),
-    );
+    let (clock, resolver, mut forwarding) = popular_name_cached_for_100_seconds();
     let late = clock.at_millis(95_000);
     let second = query(2, "popular.lab.test");
     assert!(hit_due_for_prefetch(&resolver, &second, late));
