@@ -790,21 +790,26 @@ fn the_rootless_mode_resolves_through_the_tunnel() {
     };
     let rootless = Rootless::new(&lab, &lab.client_config(&options));
     let mut tundns = rootless.start(&lab);
-    let resolve = |transport: &str, name: &str, qtype: &str| {
-        let run = lab.dig(
+    let dig = |transport: &str, name: &str, qtype: &str| {
+        lab.dig(
             &lab.client_ns,
             "127.0.0.1",
             &["-p", "5353", transport, "+short", name, qtype],
-        );
+        )
+    };
+    let resolve = |transport: &str, name: &str, qtype: &str| {
+        let run = dig(transport, name, qtype);
         run.assert_success();
         run.stdout.trim().to_owned()
     };
     // The lab asked the tunnel resolver itself when it started it: count from here.
     let asked = |name: &str, qtype: &str| lab.tunnel_resolver_queries(name, Some(qtype));
     let db_before = asked(CORP_DB_NAME, "A");
-    // The first query waits for WireGuard's handshake, and may be asked again meanwhile.
+    // The first query may come before tundns listens (refused), and waits for WireGuard's
+    // handshake, so it may be asked again meanwhile.
     let up = wait_until(std::time::Duration::from_secs(15), || {
-        resolve("+notcp", "corp.internal", "SOA").contains("ns.corp.internal")
+        let run = dig("+notcp", "corp.internal", "SOA");
+        run.succeeded() && run.stdout.contains("ns.corp.internal")
     });
     assert!(
         up,
