@@ -203,6 +203,34 @@ fn bad_http_tls_and_dns_input_gets_an_error_and_the_service_goes_on() {
         ),
         "400"
     );
+    // A body larger than a DNS message, over HTTP/2 (curl's choice) and HTTP/1.1, in
+    // DATA frames beyond the first.
+    let large = lab.write_file("large-body", &"x".repeat(70_000));
+    let large = format!("@{}", large.display());
+    for version in ["--http2", "--http1.1"] {
+        assert_eq!(
+            http_status(
+                &lab,
+                &[
+                    version,
+                    "-H",
+                    "content-type: application/dns-message",
+                    "--data-binary",
+                    &large,
+                    &format!("{base}/dns-query")
+                ]
+            ),
+            "413",
+            "{version}"
+        );
+    }
+    // HTTP/2 that breaks the protocol after a good preface: a DATA frame on stream 0.
+    let broken_http2 = format!(
+        r"printf 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\000\000\000\004\000\000\000\000\000\000\000\004\000\001\000\000\000\000abcd' | timeout 5 openssl s_client -quiet -alpn h2 -connect {PROXY_V4}:443"
+    );
+    // s_client -quiet waits past its input for the server to close: tundns does at once.
+    let broken = lab.exec_in(c, &["bash", "-c", &broken_http2]);
+    assert!(broken.elapsed < Duration::from_secs(4), "{broken}");
     // Bytes that are not TLS, on both ports, and a DoT frame that is not DNS.
     for port in [853, 443] {
         let garbage = format!("head -c 4000 /dev/urandom > /dev/tcp/{PROXY_V4}/{port}");

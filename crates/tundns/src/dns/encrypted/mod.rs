@@ -330,7 +330,10 @@ impl Server {
         };
         match self.protocol {
             OverTcp::Tls => dot::serve(stream, peer, &self.proxy, self.bounds).await,
-            OverTcp::Https => doh::serve(stream, peer, &self.proxy, self.bounds).await,
+            OverTcp::Https => {
+                let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                doh::serve(stream, http2, peer, &self.proxy, self.bounds).await;
+            }
         }
     }
 }
