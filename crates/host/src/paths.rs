@@ -71,6 +71,19 @@ pub fn state_directory() -> PathBuf {
     scoped(STATE_DIRECTORY)
 }
 
+/// The rootless mode's state directory, this user's: `$XDG_STATE_HOME/tundns`, else
+/// `$HOME/.local/state/tundns` (the XDG base directory default); `None` without either.
+pub fn user_state_directory() -> Option<PathBuf> {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+    };
+    let state_home = absolute("XDG_STATE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))?;
+    Some(state_home.join("tundns"))
+}
+
 /// Where gotatun, like wireguard-go, puts the UAPI sockets, as `wg` expects them.
 pub const UAPI_DIRECTORY: &str = "/var/run/wireguard";
 

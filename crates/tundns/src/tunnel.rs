@@ -144,9 +144,9 @@ impl Tunnel {
             .then(|| dns_config::resolver_parts(config, path, None))
             .transpose()?;
         // Warm before the first query can arrive.
-        let cache_file = resolver
-            .as_ref()
-            .and_then(|(parts, _)| warm_cache(config, parts));
+        let cache_file = resolver.as_ref().and_then(|(parts, _)| {
+            CacheFile::warm(&tundns_host::paths::state_directory(), config, parts)
+        });
         // Read (or made) before any change, so a bad certificate leaves nothing behind.
         let identity = tls_identity(config, path)?;
         // Claimed before any change, so an address in use leaves nothing behind.
@@ -429,18 +429,6 @@ impl Tunnel {
         }
         tracing::info!(interface = %self.name, "tunnel down");
     }
-}
-
-/// The interface's cache file, once its entries are in `parts`' cache; `None` when the
-/// cache or the file is off.
-fn warm_cache(config: &Config, parts: &crate::dns::proxy::ResolverParts) -> Option<CacheFile> {
-    let cache = parts.cache.as_ref()?;
-    if !config.dns_proxy.cache_file {
-        return None;
-    }
-    let file = CacheFile::of_interface(&config.interface_name, parts.cache_fingerprint);
-    file.load_into(cache);
-    Some(file)
 }
 
 /// Whether the virtual IPs serve encrypted DNS.

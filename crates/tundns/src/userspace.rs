@@ -2,7 +2,7 @@
 //! resolver; WireGuard runs over an ordinary UDP socket, the proxies' userspace stack is
 //! the only thing inside the tunnel, the proxies listen on host addresses and the DNS proxy
 //! on the host sockets of `[DNSProxy] Address`. The control and UAPI sockets live under
-//! `$XDG_RUNTIME_DIR/tundns`.
+//! `$XDG_RUNTIME_DIR/tundns`, the cache file under `$XDG_STATE_HOME/tundns`.
 //!
 //! The same config file works in both modes: keys that would change the host are refused,
 //! naming their line ([`refuse_privileged`]); the virtual IPs, which have no TUN to be
@@ -21,11 +21,12 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 use tundns_config::{Config, ConfigError, RouteTable};
 use tundns_filter::FilterStats;
-use tundns_host::paths::SocketDirectories;
+use tundns_host::paths::{SocketDirectories, user_state_directory};
 use tundns_host::system_dns::DnsTakeover;
 
 use crate::control::ControlServer;
 use crate::datapath::{self, UserspaceWireGuard};
+use crate::dns::cache_file::{CacheFile, CacheSaver};
 use crate::dns::config as dns_config;
 use crate::dns::host_sockets::{ClaimedDnsSockets, RunningDnsSockets};
 use crate::observability::{self, Observability};
@@ -42,6 +43,8 @@ pub struct UserspaceTunnel {
     observability: Option<Observability>,
     proxies: Option<RunningProxies>,
     dns_sockets: Option<RunningDnsSockets>,
+    /// Saves the DNS cache, in this user's state directory, while running and at shutdown.
+    cache_saver: Option<CacheSaver>,
 }
 
 impl UserspaceTunnel {
@@ -76,6 +79,11 @@ impl UserspaceTunnel {
             .enabled
             .then(|| dns_config::resolver_parts(config, path, Some(&tunnel_way)))
             .transpose()?;
+        // Warm before the first query can arrive.
+        let cache_file = resolver
+            .as_ref()
+            .zip(user_state_directory())
+            .and_then(|((parts, _), directory)| CacheFile::warm(&directory, config, parts));
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;
         let dns_sockets = ClaimedDnsSockets::bind(config, path).await?;
@@ -111,6 +119,9 @@ impl UserspaceTunnel {
                 .as_ref()
                 .map(|resolver| dns_sockets.serve(resolver, config)),
             proxies: proxies.map(|claimed| claimed.serve(config, stack, resolver.clone())),
+            cache_saver: cache_file
+                .zip(resolver.clone())
+                .and_then(|(file, proxy)| CacheSaver::start(file, proxy)),
             sockets,
         };
         let stats = Arc::new(FilterStats::default());
@@ -145,6 +156,9 @@ impl UserspaceTunnel {
         }
         drop(self.proxies.take());
         drop(self.dns_sockets.take());
+        if let Some(saver) = self.cache_saver.take() {
+            saver.stop().await;
+        }
         drop(self.observability.take());
         self.device.stop().await;
         self.uapi.abort();

@@ -14,6 +14,8 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt as _;
+
 use common::resolver_lab::{
     CORP_DB_A, CORP_DB_AAAA, CORP_DB_NAME, TUNNEL_RESOLVER_V4, TUNNEL_RESOLVER_V6,
 };
@@ -823,6 +825,27 @@ fn the_rootless_mode_resolves_through_the_tunnel() {
     assert_eq!(resolve("+tcp", "wiki.corp.internal", "A"), "10.99.0.81");
     assert_eq!(asked("wiki.corp.internal", "A"), 1);
 
+    // The cache outlives a restart, kept in this user's state directory.
+    tundns.stop_cleanly(std::time::Duration::from_secs(10));
+    let saved = rootless
+        .state_home
+        .join("tundns")
+        .join(format!("{}.dns-cache", lab.tundns_iface));
+    let metadata = std::fs::metadata(&saved).expect("the cache file after a clean stop");
+    assert_eq!((metadata.uid(), metadata.mode() & 0o777), (65534, 0o600));
+    let mut tundns = rootless.start(&lab);
+    let db_before = asked(CORP_DB_NAME, "A");
+    let warm = wait_until(std::time::Duration::from_secs(5), || {
+        let run = dig("+notcp", CORP_DB_NAME, "A");
+        run.succeeded() && run.stdout.trim() == CORP_DB_A
+    });
+    assert!(warm, "no answer after the restart:\n{}", tundns.output());
+    assert_eq!(
+        asked(CORP_DB_NAME, "A"),
+        db_before,
+        "answered from the saved cache"
+    );
+
     let control = |args: &[&str]| {
         let command: Vec<&str> = [tundns_bin(), "dns"].iter().chain(args).copied().collect();
         let run = rootless.run(&lab, &command);
@@ -842,30 +865,37 @@ fn the_rootless_mode_resolves_through_the_tunnel() {
     tundns.stop_cleanly(std::time::Duration::from_secs(10));
 }
 
-/// tundns in the rootless mode as `nobody`, with no capabilities, its config and
-/// `$XDG_RUNTIME_DIR` in the lab's directory.
+/// tundns in the rootless mode as `nobody`, with no capabilities, its config,
+/// `$XDG_RUNTIME_DIR` and `$XDG_STATE_HOME` in the lab's directory.
 struct Rootless {
     config: std::path::PathBuf,
     runtime_dir: std::path::PathBuf,
+    state_home: std::path::PathBuf,
 }
 
 impl Rootless {
     fn new(lab: &Lab, config: &str) -> Self {
         let config = lab.write_client_config(config);
-        let runtime_dir = config.parent().expect("the lab directory").join("xdg");
-        std::fs::create_dir(&runtime_dir).expect("create the runtime directory");
-        for owned in [&config, &runtime_dir] {
+        let lab_dir = config.parent().expect("the lab directory");
+        let runtime_dir = lab_dir.join("xdg");
+        let state_home = lab_dir.join("xdg-state");
+        for directory in [&runtime_dir, &state_home] {
+            std::fs::create_dir(directory).expect("create an XDG directory");
+        }
+        for owned in [&config, &runtime_dir, &state_home] {
             std::os::unix::fs::chown(owned, Some(65534), Some(65534)).expect("chown to nobody");
         }
         Self {
             config,
             runtime_dir,
+            state_home,
         }
     }
 
-    /// `command` as run by `nobody`, with this `XDG_RUNTIME_DIR`.
+    /// `command` as run by `nobody`, with these XDG directories.
     fn as_nobody(&self, command: &[&str]) -> Vec<String> {
-        let xdg = format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display());
+        let runtime = format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display());
+        let state = format!("XDG_STATE_HOME={}", self.state_home.display());
         [
             "setpriv",
             "--reuid=nobody",
@@ -873,7 +903,8 @@ impl Rootless {
             "--clear-groups",
             "--inh-caps=-all",
             "env",
-            &xdg,
+            &runtime,
+            &state,
         ]
         .iter()
         .chain(command)

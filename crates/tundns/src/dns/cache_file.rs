@@ -1,5 +1,5 @@
 //! The cache file's I/O: `<state directory>/<interface>.dns-cache` (under the network
-//! namespace's directory when tundns runs in one), read before the first query is
+//! namespace's directory when tundns runs in one; the user's own in the rootless mode), read before the first query is
 //! served, written atomically (mode 0600) every [`SAVE_INTERVAL`] while the cache
 //! changed, and on a clean stop. Saves run one at a time, the stop's after any still
 //! running, and a stop waits at most [`STOP_SAVE_WAIT`] for its save. What is in it, and every check on reading it, is
@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tundns_dns::cache::Cache;
 
-use crate::dns::proxy::DnsProxy;
+use tundns_config::Config;
+
+use crate::dns::proxy::{DnsProxy, ResolverParts};
 
 /// How often a running tundns saves a changed cache: a crash loses at most this much.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(300);
@@ -33,10 +35,16 @@ pub struct CacheFile {
 }
 
 impl CacheFile {
-    /// The cache file of `interface` in tundns's state directory.
-    pub fn of_interface(interface: &str, fingerprint: u64) -> Self {
-        let directory = tundns_host::paths::state_directory();
-        Self::in_directory(&directory, interface, fingerprint)
+    /// The interface's cache file in `directory`, once its entries are in `parts`'
+    /// cache; `None` when the cache or the file is off.
+    pub fn warm(directory: &Path, config: &Config, parts: &ResolverParts) -> Option<Self> {
+        let cache = parts.cache.as_ref()?;
+        if !config.dns_proxy.cache_file {
+            return None;
+        }
+        let file = Self::in_directory(directory, &config.interface_name, parts.cache_fingerprint);
+        file.load_into(cache);
+        Some(file)
     }
 
     /// The cache file of `interface` in `directory`.
