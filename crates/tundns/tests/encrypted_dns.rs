@@ -205,7 +205,7 @@ fn bad_http_tls_and_dns_input_gets_an_error_and_the_service_goes_on() {
     );
     // A body larger than a DNS message, over HTTP/2 (curl's choice) and HTTP/1.1, in
     // DATA frames beyond the first.
-    let large = lab.write_file("large-body", &"x".repeat(70_000));
+    let large = lab.write_file("large-body", "x".repeat(70_000));
     let large = format!("@{}", large.display());
     for version in ["--http2", "--http1.1"] {
         assert_eq!(
