@@ -154,7 +154,51 @@ fn dot_and_doh_answer_kdig_dig_and_curl_on_both_virtual_ips_with_the_printed_pin
             headers.contains("cache-control: max-age="),
             "{version}: {headers}"
         );
+        assert!(headers.contains("\ndate: "), "{version}: {headers}");
     }
+}
+
+/// Many requests in flight on each HTTP/2 connection, as a browser or a stub resolver
+/// pipelines them: `GET`s answered from the cache as they are read, in batches, and
+/// `POST`s whose bodies come after their headers; every one gets its answer.
+#[test]
+fn every_request_in_flight_on_http2_connections_gets_its_answer() {
+    let (lab, mut tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&[]));
+    let c = &lab.client_ns;
+    // www.lab.test A, base64url (RFC 8484 GET), and as a POST body.
+    let query = "AAABAAABAAAAAAAAA3d3dwNsYWIEdGVzdAAAAQAB";
+    let body = lab.write_file(
+        "query.bin",
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, query)
+            .expect("base64url"),
+    );
+    let url = format!("https://{PROXY_V4}/dns-query");
+    let body = body.to_str().expect("a UTF-8 path");
+    for (method, extra) in [
+        ("GET", vec![format!("{url}?dns={query}")]),
+        (
+            "POST",
+            vec![
+                "-d".to_owned(),
+                body.to_owned(),
+                "-H".to_owned(),
+                "content-type: application/dns-message".to_owned(),
+                url.clone(),
+            ],
+        ),
+    ] {
+        let mut command = vec!["h2load", "-n", "3000", "-c", "3", "-m", "64"];
+        command.extend(extra.iter().map(String::as_str));
+        let run = lab.exec_in(c, &command);
+        run.assert_success();
+        assert!(
+            run.stdout
+                .contains("3000 succeeded, 0 failed, 0 errored, 0 timeout")
+                && run.stdout.contains("status codes: 3000 2xx"),
+            "{method}: {run}"
+        );
+    }
+    assert!(tundns.is_running(), "{}", tundns.output());
 }
 
 #[test]

@@ -331,8 +331,8 @@ impl Server {
         match self.protocol {
             OverTcp::Tls => dot::serve(stream, peer, &self.proxy, self.bounds).await,
             OverTcp::Https => {
-                let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                doh::serve(stream, http2, peer, &self.proxy, self.bounds).await;
+                let version = doh::HttpVersion::of_alpn(stream.get_ref().1.alpn_protocol());
+                doh::serve(stream, version, peer, &self.proxy, self.bounds).await;
             }
         }
     }
