@@ -72,7 +72,8 @@ pub fn state_directory() -> PathBuf {
 }
 
 /// The rootless mode's state directory, this user's: `$XDG_STATE_HOME/tundns`, else
-/// `$HOME/.local/state/tundns` (the XDG base directory default); `None` without either.
+/// `$HOME/.local/state/tundns` (the XDG base directory default); `None` when neither is
+/// an absolute path.
 pub fn user_state_directory() -> Option<PathBuf> {
     let absolute = |name: &str| {
         std::env::var_os(name)

@@ -80,9 +80,15 @@ impl UserspaceTunnel {
             .then(|| dns_config::resolver_parts(config, path, Some(&tunnel_way)))
             .transpose()?;
         // Warm before the first query can arrive.
+        let state_directory = user_state_directory();
+        if state_directory.is_none() && config.dns_proxy.cache_file {
+            tracing::info!(
+                "CacheFile: neither $XDG_STATE_HOME nor $HOME is set; the cache is not kept"
+            );
+        }
         let cache_file = resolver
             .as_ref()
-            .zip(user_state_directory())
+            .zip(state_directory)
             .and_then(|((parts, _), directory)| CacheFile::warm(&directory, config, parts));
         let observability = observability::Claimed::new(config, path)?;
         let proxies = ClaimedProxies::claim(config, path).await?;

@@ -1,9 +1,10 @@
 //! The cache file's I/O: `<state directory>/<interface>.dns-cache` (under the network
-//! namespace's directory when tundns runs in one; the user's own in the rootless mode), read before the first query is
-//! served, written atomically (mode 0600) every [`SAVE_INTERVAL`] while the cache
-//! changed, and on a clean stop. Saves run one at a time, the stop's after any still
-//! running, and a stop waits at most [`STOP_SAVE_WAIT`] for its save. What is in it, and every check on reading it, is
-//! [`tundns_dns::cache`]'s: here are only files and clocks.
+//! namespace's directory when tundns runs in one; the user's own in the rootless mode),
+//! read before the first query is served, written atomically (mode 0600) every
+//! [`SAVE_INTERVAL`] while the cache changed, and on a clean stop. Saves run one at a time,
+//! the stop's after any still running, and a stop waits at most [`STOP_SAVE_WAIT`] for its
+//! save. What is in it, and every check on reading it, is [`tundns_dns::cache`]'s: here
+//! are only files and clocks.
 //!
 //! A file that is missing is a cold start; one that is not a private file of this user's,
 //! or that the cache refuses (another version, another DNS config, corrupt, too large),
