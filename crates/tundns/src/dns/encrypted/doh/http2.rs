@@ -3,8 +3,9 @@
 //! inline rule for UDP has it). Only a forwarded query, or a `POST` body still on its way,
 //! waits, beside the connection in the same task.
 //!
-//! What one read of the connection brings is answered as a batch under a [`Cork`], so
-//! that its answers leave in one TLS record and one TCP write rather than one each.
+//! The requests already read when the connection is polled are answered as a batch under
+//! a [`Cork`], so that their answers leave in one TLS record and one TCP write rather than
+//! one each.
 
 use std::cell::RefCell;
 use std::io;
@@ -26,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tundns_dns::MAX_MESSAGE_LEN;
 
-use super::{Answer, Asked, Refusal, answer, asked, forwarded, query_from_body, respond_to_query};
+use super::{Asked, Refusal, answer_or_forward, asked, forwarded, query_of_body, respond_to_query};
 use crate::dns::encrypted::{Activity, Bounds, InHand, MAX_IN_FLIGHT_PER_CONNECTION};
 use crate::dns::proxy::{DnsProxy, Forward};
 
@@ -34,6 +35,9 @@ use crate::dns::proxy::{DnsProxy, Forward};
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// What a cork holds before it writes anyway: one TLS record's plaintext.
 const CORK_LIMIT: usize = 16 * 1024;
+/// The most requests one batch takes before its answers are written: streams answered in
+/// the batch let new ones in, and the first answer should not wait on all of them.
+const MAX_BATCH: usize = 64;
 
 /// Serves one connection's requests until the client closes it, breaks the protocol or
 /// idles.
@@ -61,7 +65,8 @@ where
         }
     };
     let activity = Activity::new();
-    // Requests that wait on a forward or a body; a stream the client resets leaves.
+    // Requests that wait on a forward or a body, reset by the client or not: a reset frees
+    // a stream, not the query's place among the upstreams' (see `respond_later`).
     let mut waiting = FuturesUnordered::new();
     // Once idle, the client is told to go (GOAWAY) and given `bounds.idle` to finish.
     let mut closing_by = None;
@@ -75,6 +80,10 @@ where
                 let mut taken = 0;
                 while let Some(accepted) = next.take() {
                     match accepted {
+                        // Its share of waiting taken by streams it reset: no more now.
+                        Some(Ok((_, mut respond))) if waiting.len() >= MAX_IN_FLIGHT_PER_CONNECTION => {
+                            send(&mut respond, Refusal::TOO_MANY_WAITING.response());
+                        }
                         Some(Ok((request, mut respond))) => {
                             if let Some(rest) =
                                 respond_now(request, &mut respond, peer, proxy, &activity)
@@ -91,7 +100,7 @@ where
                         None => return,
                     }
                     taken += 1;
-                    if taken < MAX_IN_FLIGHT_PER_CONNECTION {
+                    if taken < MAX_BATCH {
                         next = connection.accept().now_or_never();
                     }
                 }
@@ -143,18 +152,18 @@ fn respond_now<'a>(
             return None;
         }
     };
-    let in_hand = activity.begin();
-    match answer(&query, peer, proxy) {
-        Answer::Now(response) => {
+    match answer_or_forward(&query, peer, proxy, activity) {
+        Ok(response) => {
             send(respond, response);
             None
         }
-        Answer::Later(forward) => Some(Rest::Forward(forward, in_hand)),
+        Err((forward, in_hand)) => Some(Rest::Forward(forward, in_hand)),
     }
 }
 
-/// Finishes what [`respond_now`] left, unless the client resets the stream first: then
-/// the wait ends with it, so that a client cannot hold more queries than streams.
+/// Finishes what [`respond_now`] left. A client that resets the stream gets nothing, but
+/// its query keeps its place in `waiting` until the upstreams answer: HTTP/2 no longer
+/// counts the stream, and the upstreams would still be asked.
 async fn respond_later(
     rest: Rest<'_>,
     mut respond: SendResponse<Bytes>,
@@ -163,14 +172,18 @@ async fn respond_later(
     bounds: Bounds,
     activity: &Activity,
 ) {
-    let response = tokio::select! {
-        response = response_later(rest, peer, proxy, bounds, activity) => response,
-        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
-    };
-    send(&mut respond, response);
+    let response = waited_response(rest, peer, proxy, bounds, activity);
+    tokio::pin!(response);
+    tokio::select! {
+        response = &mut response => send(&mut respond, response),
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+            response.await;
+        }
+    }
 }
 
-async fn response_later(
+/// The response to what [`respond_now`] left, once its body is in and its forward answered.
+async fn waited_response(
     rest: Rest<'_>,
     peer: SocketAddr,
     proxy: &Arc<DnsProxy>,
@@ -179,16 +192,10 @@ async fn response_later(
 ) -> Response<Bytes> {
     match rest {
         Rest::Forward(forward, _in_hand) => forwarded(forward).await,
-        Rest::Body { body, is_dns } => {
-            let body = tokio::time::timeout(bounds.idle, read_body(body)).await;
-            let query = body
-                .unwrap_or(Err(Refusal::BODY_TOO_SLOW))
-                .and_then(|body| query_from_body(body, is_dns));
-            match query {
-                Ok(query) => respond_to_query(&query, peer, proxy, activity).await,
-                Err(refusal) => refusal.response(),
-            }
-        }
+        Rest::Body { body, is_dns } => match query_of_body(read_body(body), is_dns, bounds).await {
+            Ok(query) => respond_to_query(&query, peer, proxy, activity).await,
+            Err(refusal) => refusal.response(),
+        },
     }
 }
 
@@ -228,14 +235,15 @@ thread_local! {
 }
 
 fn date_now() -> HeaderValue {
-    let now = SystemTime::now();
-    let second = now
+    // A clock before 1970 says 1970: an HTTP date cannot be earlier.
+    let second = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
     THIS_SECONDS_DATE.with_borrow_mut(|(made_in, date)| {
         if *made_in != second {
-            *date = HeaderValue::try_from(httpdate::fmt_http_date(now))
+            let this_second = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            *date = HeaderValue::try_from(httpdate::fmt_http_date(this_second))
                 .expect("an HTTP date is a header value");
             *made_in = second;
         }
@@ -243,7 +251,8 @@ fn date_now() -> HeaderValue {
     })
 }
 
-/// Whether a [`Corked`] stream holds its writes, shared with the task that decides.
+/// Whether a [`Corked`] stream holds its writes; an `Arc` only so that the connection's
+/// future stays `Send` (the cork is held and released by the task that polls it).
 #[derive(Clone, Default)]
 struct Cork(Arc<AtomicBool>);
 
@@ -276,7 +285,7 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
     fn new(stream: S, cork: Cork) -> Self {
         Self {
             stream,
-            gathered: Vec::with_capacity(CORK_LIMIT),
+            gathered: Vec::new(),
             written: 0,
             cork,
         }
@@ -297,13 +306,22 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Corked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = ready!(Pin::new(&mut self.stream).poll_read(cx, buf));
+        // A client that stopped sending (EOF, or TCP closed without TLS's close_notify)
+        // ends the connection without another flush: the batch's answers go now.
+        if (read.is_err() || buf.filled().len() == before)
+            && let Poll::Ready(Ok(())) = self.poll_write_gathered(cx)
+        {
+            let _ = Pin::new(&mut self.stream).poll_flush(cx);
+        }
+        Poll::Ready(read)
     }
 }
 

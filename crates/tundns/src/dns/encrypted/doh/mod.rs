@@ -23,12 +23,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tundns_dns::MAX_MESSAGE_LEN;
 use tundns_dns::doh::{MEDIA_TYPE, PATH, max_age, query_from_get};
 
-use super::{Activity, Bounds, Reply, reply};
+use super::{Activity, Bounds, InHand, Reply, reply};
 use crate::dns::counters::Transport;
 use crate::dns::proxy::{DnsProxy, Forward};
 
 /// The HTTP a connection speaks, as ALPN chose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(super) enum HttpVersion {
     /// ALPN `h2`.
     Http2,
@@ -122,11 +122,11 @@ async fn answer_http1(
         Ok(Asked::Query(query)) => Ok(query),
         Ok(Asked::Body { is_dns }) => {
             let body = Limited::new(request.into_body(), MAX_MESSAGE_LEN).collect();
-            match tokio::time::timeout(bounds.idle, body).await {
-                Ok(Ok(body)) => query_from_body(body.to_bytes(), is_dns),
-                Ok(Err(_)) => Err(Refusal::BODY_TOO_LARGE),
-                Err(_) => Err(Refusal::BODY_TOO_SLOW),
-            }
+            let body = async {
+                let body = body.await.map_err(|_| Refusal::BODY_TOO_LARGE)?;
+                Ok(body.to_bytes())
+            };
+            query_of_body(body, is_dns, bounds).await
         }
         Err(refusal) => Err(refusal),
     };
@@ -171,8 +171,15 @@ fn asked<B>(request: &Request<B>) -> Result<Asked, Refusal> {
     }
 }
 
-/// A `POST`'s query, once its body is in.
-fn query_from_body(body: Bytes, is_dns: bool) -> Result<Vec<u8>, Refusal> {
+/// A `POST`'s query: its `body`, read whole within `bounds.idle`.
+async fn query_of_body(
+    body: impl Future<Output = Result<Bytes, Refusal>>,
+    is_dns: bool,
+    bounds: Bounds,
+) -> Result<Vec<u8>, Refusal> {
+    let body = tokio::time::timeout(bounds.idle, body)
+        .await
+        .unwrap_or(Err(Refusal::BODY_TOO_SLOW))?;
     if is_dns {
         Ok(body.into())
     } else {
@@ -191,28 +198,25 @@ async fn respond_to_query(
     proxy: &Arc<DnsProxy>,
     activity: &Activity,
 ) -> Response<Bytes> {
-    let _in_hand = activity.begin();
-    match answer(query, peer, proxy) {
-        Answer::Now(response) => response,
-        Answer::Later(forward) => forwarded(forward).await,
+    match answer_or_forward(query, peer, proxy, activity) {
+        Ok(response) => response,
+        Err((forward, _in_hand)) => forwarded(forward).await,
     }
 }
 
-/// What the proxy makes of a query.
-enum Answer {
-    /// Answered from memory, or refused.
-    Now(Response<Bytes>),
-    /// Sent on to the upstreams.
-    Later(Forward),
-}
-
-fn answer(query: &[u8], peer: SocketAddr, proxy: &Arc<DnsProxy>) -> Answer {
+/// The response to `query` from memory, or its forward, with the connection busy until it
+/// is answered.
+fn answer_or_forward<'a>(
+    query: &[u8],
+    peer: SocketAddr,
+    proxy: &Arc<DnsProxy>,
+    activity: &'a Activity,
+) -> Result<Response<Bytes>, (Forward, InHand<'a>)> {
+    let in_hand = activity.begin();
     match reply(proxy, peer, query, Transport::Https, Bytes::copy_from_slice) {
-        Reply::Ready(answer) => Answer::Now(answer_response(answer)),
-        Reply::Forward(forward) => Answer::Later(forward),
-        Reply::Dropped => {
-            Answer::Now(Refusal::new(StatusCode::BAD_REQUEST, "not a DNS query").response())
-        }
+        Reply::Ready(answer) => Ok(answer_response(answer)),
+        Reply::Forward(forward) => Err((forward, in_hand)),
+        Reply::Dropped => Ok(Refusal::new(StatusCode::BAD_REQUEST, "not a DNS query").response()),
     }
 }
 
@@ -249,6 +253,10 @@ impl Refusal {
     const BODY_TOO_SLOW: Self = Self {
         status: StatusCode::REQUEST_TIMEOUT,
         why: Cow::Borrowed("the body came too slowly"),
+    };
+    const TOO_MANY_WAITING: Self = Self {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        why: Cow::Borrowed("too many queries of this connection wait on the upstreams"),
     };
 
     fn new(status: StatusCode, why: impl Into<Cow<'static, str>>) -> Self {
