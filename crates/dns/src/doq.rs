@@ -2,10 +2,18 @@
 //! the 2-byte length prefix of DNS over TCP and a message ID of 0.
 //!
 //! The QUIC itself (streams, their ends, connection errors) is the server's; this module
-//! only reads what is DNS in a stream and names the protocol's error codes.
+//! only reads what is DNS in a stream, names the protocol's error codes, and keeps
+//! edns-tcp-keepalive out of DoQ queries (§5.5.2).
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use domain::base::iana::OptionCode;
+use domain::base::opt::{Opt, UnknownOptData};
 
 use crate::response::message_id;
-use crate::wire::HEADER_LEN;
+use crate::sections;
+use crate::wire::{self, HEADER_LEN};
 
 /// The ALPN token of DNS over QUIC (RFC 9250 §4.1.1).
 pub const ALPN: &[u8] = b"doq";
@@ -65,8 +73,78 @@ pub fn query_from_stream(stream: &[u8]) -> Result<&[u8], StreamError> {
     }
 }
 
+/// A message whose records or EDNS options do not parse, so whether it carries
+/// edns-tcp-keepalive cannot be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the message's records or EDNS options do not parse")]
+pub struct UnreadableEdns;
+
+/// Whether `query` carries the edns-tcp-keepalive option (RFC 7828), which a DoQ server
+/// must treat as a protocol error (RFC 9250 §5.5.2).
+pub fn carries_tcp_keepalive(query: &[u8]) -> Result<bool, UnreadableEdns> {
+    Ok(opt_with_tcp_keepalive(query)?.is_some())
+}
+
+/// `query` as a DoQ client may send it: without its edns-tcp-keepalive options (RFC 9250
+/// §5.5.2), its OPT record's RDLENGTH fixed, every other byte as it was. Borrowed when
+/// there is none to remove.
+pub fn without_tcp_keepalive(query: &[u8]) -> Result<Cow<'_, [u8]>, UnreadableEdns> {
+    let Some(opt) = opt_with_tcp_keepalive(query)? else {
+        return Ok(Cow::Borrowed(query));
+    };
+    let options = &query[opt.clone()];
+    let mut kept = query[..opt.start].to_vec();
+    for (code, range) in edns_options(options)? {
+        if code != OptionCode::TCP_KEEPALIVE {
+            kept.extend_from_slice(&options[range]);
+        }
+    }
+    let rdlength = u16::try_from(kept.len() - opt.start).map_err(|_| UnreadableEdns)?;
+    // RDLENGTH is the last field before the RDATA.
+    wire::write_u16(&mut kept, opt.start - 2, rdlength);
+    kept.extend_from_slice(&query[opt.end..]);
+    Ok(Cow::Owned(kept))
+}
+
+/// Where the RDATA of `message`'s OPT record is, when it carries edns-tcp-keepalive.
+fn opt_with_tcp_keepalive(message: &[u8]) -> Result<Option<Range<usize>>, UnreadableEdns> {
+    let walk = sections::walk(message).ok_or(UnreadableEdns)?;
+    let Some(opt) = walk.opt else {
+        return Ok(None);
+    };
+    let rdata = opt.record.rdata_start()..opt.record.end;
+    let carries =
+        edns_options(&message[rdata.clone()])?.any(|(code, _)| code == OptionCode::TCP_KEEPALIVE);
+    Ok(carries.then_some(rdata))
+}
+
+/// An EDNS option's code and length fields, before its data.
+const OPTION_HEADER_LEN: usize = 4;
+
+/// The options in an OPT record's RDATA: each one's code and where it is in `rdata`,
+/// its code and length fields included.
+fn edns_options(
+    rdata: &[u8],
+) -> Result<impl Iterator<Item = (OptionCode, Range<usize>)> + '_, UnreadableEdns> {
+    let options = Opt::from_slice(rdata).map_err(|_| UnreadableEdns)?;
+    let mut start = 0;
+    // `from_slice` checked every option's length, so reading one never fails.
+    Ok(options
+        .iter::<UnknownOptData<&[u8]>>()
+        .map_while(Result::ok)
+        .map(move |option| {
+            let end = start + OPTION_HEADER_LEN + option.as_slice().len();
+            let range = start..end;
+            start = end;
+            (option.code(), range)
+        }))
+}
+
 #[cfg(test)]
 mod tests {
+    use domain::base::iana::Rtype;
+    use tundns_test_support::dns::{Edns, Query};
+
     use super::*;
 
     fn framed(message: &[u8]) -> Vec<u8> {
@@ -108,5 +186,81 @@ mod tests {
             Err(StreamError::NoHeader)
         );
         assert_eq!(query_from_stream(&[0, 0]), Err(StreamError::NoHeader));
+    }
+
+    const COOKIE: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+
+    fn query_with(options: &[(OptionCode, &[u8])]) -> Vec<u8> {
+        let edns = options.iter().fold(Edns::new(1232), |edns, (code, data)| {
+            edns.option(*code, data)
+        });
+        Query::new("example.com", Rtype::A).edns(edns).build()
+    }
+
+    /// `message` with an A record appended to its additional section, after its OPT.
+    fn with_record_after_opt(mut message: Vec<u8>) -> Vec<u8> {
+        message[11] += 1;
+        message.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        message
+    }
+
+    #[test]
+    fn keepalive_is_removed_and_every_other_byte_kept() {
+        let keepalive = (OptionCode::TCP_KEEPALIVE, &[0, 100][..]);
+        let cookie = (OptionCode::COOKIE, COOKIE);
+        let padding = (OptionCode::PADDING, &[0; 5][..]);
+        let cases = [
+            (vec![keepalive], vec![]),
+            (vec![(OptionCode::TCP_KEEPALIVE, &[][..])], vec![]),
+            (vec![cookie, keepalive, padding], vec![cookie, padding]),
+            (vec![keepalive, cookie, keepalive], vec![cookie]),
+        ];
+        for (sent, kept) in cases {
+            let query = query_with(&sent);
+            let expected = query_with(&kept);
+            assert_eq!(carries_tcp_keepalive(&query), Ok(true));
+            assert_eq!(without_tcp_keepalive(&query).as_deref(), Ok(&expected[..]));
+            assert_eq!(carries_tcp_keepalive(&expected), Ok(false));
+            assert_eq!(
+                without_tcp_keepalive(&with_record_after_opt(query)).as_deref(),
+                Ok(&with_record_after_opt(expected)[..]),
+                "a record after the OPT stays"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_without_keepalive_is_borrowed_as_it_is() {
+        let plain = Query::new("example.com", Rtype::A).build();
+        let with_cookie = query_with(&[(OptionCode::COOKIE, COOKIE)]);
+        for query in [plain, query_with(&[]), with_cookie] {
+            assert_eq!(carries_tcp_keepalive(&query), Ok(false));
+            let sent = without_tcp_keepalive(&query).unwrap();
+            assert!(matches!(sent, Cow::Borrowed(_)));
+            assert_eq!(*sent, query[..]);
+        }
+    }
+
+    #[test]
+    fn unreadable_options_or_records_are_refused() {
+        let query = query_with(&[
+            (OptionCode::TCP_KEEPALIVE, &[]),
+            (OptionCode::COOKIE, COOKIE),
+        ]);
+        // The cookie's OPTION-LENGTH, the message's last option, now runs past the RDATA.
+        let mut overlong = query.clone();
+        let cookie_len_at = overlong.len() - COOKIE.len() - 1;
+        overlong[cookie_len_at] = 9;
+        // RDLENGTH cuts the cookie inside its code and length fields.
+        let mut cut = query.clone();
+        let rdlength_low_byte_at = cut.len() - COOKIE.len() - 9;
+        cut[rdlength_low_byte_at] = 6;
+        cut.truncate(cut.len() - COOKIE.len() - 2);
+        let mut records_cut = query.clone();
+        records_cut.pop();
+        for bad in [overlong, cut, records_cut, vec![0; 5]] {
+            assert_eq!(carries_tcp_keepalive(&bad), Err(UnreadableEdns), "{bad:?}");
+            assert_eq!(without_tcp_keepalive(&bad), Err(UnreadableEdns), "{bad:?}");
+        }
     }
 }
