@@ -375,7 +375,7 @@ async fn answer_to_another_question_fails_over(
 #[tokio::test]
 async fn malformed_doq_answers_fail_the_attempt_without_harm() {
     let pki = TestPki::new("doq-malformed");
-    let (endpoint, _) = doq_upstream(&pki, any_port(), |query| {
+    let (endpoint, log) = doq_upstream(&pki, any_port(), |query| {
         let reply = match first_label(query).as_str() {
             // A length that promises more than comes.
             "short" => vec![0, 40, 1, 2, 3],
@@ -388,7 +388,13 @@ async fn malformed_doq_answers_fail_the_attempt_without_harm() {
         (Duration::ZERO, reply)
     });
     let address = endpoint.local_addr().unwrap();
-    let pool = sequential(vec![quic(address)], TIMEOUT);
+    let pool = configured(
+        vec![quic(address)],
+        PoolConfig {
+            hedge: false,
+            ..pki.pool_config(TIMEOUT)
+        },
+    );
     for name in ["short.example", "twice.example", "empty.example"] {
         let error = pool
             .resolve(&query(1, name), Protocol::Udp)
@@ -402,6 +408,7 @@ async fn malformed_doq_answers_fail_the_attempt_without_harm() {
     let pool = configured(vec![quic(address)], pki.pool_config(TIMEOUT));
     let response = resolve_example(&pool).await;
     assert_eq!(marker_of(&response), 7);
+    assert_eq!(log.ids().len(), 4, "the server saw every query");
 }
 
 /// `example.com A` with ID 0x4242 and an OPT record carrying `options`.
