@@ -12,7 +12,7 @@ use domain::base::iana::OptionCode;
 use domain::base::opt::{Opt, UnknownOptData};
 
 use crate::response::message_id;
-use crate::sections;
+use crate::sections::{self, OptInfo};
 use crate::wire::{self, HEADER_LEN};
 
 /// The ALPN token of DNS over QUIC (RFC 9250 §4.1.1).
@@ -73,49 +73,59 @@ pub fn query_from_stream(stream: &[u8]) -> Result<&[u8], StreamError> {
     }
 }
 
-/// A message whose records or EDNS options do not parse, so whether it carries
-/// edns-tcp-keepalive cannot be told.
+/// Why edns-tcp-keepalive cannot be told apart or taken out of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the message's records or EDNS options do not parse")]
-pub struct UnreadableEdns;
+pub enum KeepaliveError {
+    #[error("the message's records or EDNS options do not parse")]
+    Unreadable,
+    /// Taking bytes out of the OPT record would break the records after it: a TSIG or
+    /// SIG(0) signs the message, and a name there may point past the bytes taken out.
+    #[error("records follow the OPT record")]
+    RecordsAfterOpt,
+}
 
 /// Whether `query` carries the edns-tcp-keepalive option (RFC 7828), which a DoQ server
-/// must treat as a protocol error (RFC 9250 §5.5.2).
-pub fn carries_tcp_keepalive(query: &[u8]) -> Result<bool, UnreadableEdns> {
+/// must treat as a protocol error (RFC 9250 §5.5.2). Fails only as `Unreadable`.
+pub fn carries_tcp_keepalive(query: &[u8]) -> Result<bool, KeepaliveError> {
     Ok(opt_with_tcp_keepalive(query)?.is_some())
 }
 
 /// `query` as a DoQ client may send it: without its edns-tcp-keepalive options (RFC 9250
 /// §5.5.2), its OPT record's RDLENGTH fixed, every other byte as it was. Borrowed when
 /// there is none to remove.
-pub fn without_tcp_keepalive(query: &[u8]) -> Result<Cow<'_, [u8]>, UnreadableEdns> {
+pub fn without_tcp_keepalive(query: &[u8]) -> Result<Cow<'_, [u8]>, KeepaliveError> {
     let Some(opt) = opt_with_tcp_keepalive(query)? else {
         return Ok(Cow::Borrowed(query));
     };
-    let options = &query[opt.clone()];
-    let mut kept = query[..opt.start].to_vec();
+    if !opt.is_last {
+        return Err(KeepaliveError::RecordsAfterOpt);
+    }
+    let rdata = opt.record.rdata_start()..opt.record.end;
+    let options = &query[rdata.clone()];
+    let mut kept = query[..rdata.start].to_vec();
     for (code, range) in edns_options(options)? {
         if code != OptionCode::TCP_KEEPALIVE {
             kept.extend_from_slice(&options[range]);
         }
     }
-    let rdlength = u16::try_from(kept.len() - opt.start).map_err(|_| UnreadableEdns)?;
+    let rdlength =
+        u16::try_from(kept.len() - rdata.start).map_err(|_| KeepaliveError::Unreadable)?;
     // RDLENGTH is the last field before the RDATA.
-    wire::write_u16(&mut kept, opt.start - 2, rdlength);
-    kept.extend_from_slice(&query[opt.end..]);
+    wire::write_u16(&mut kept, rdata.start - 2, rdlength);
+    // Only bytes that are no record (trailing garbage) follow a last OPT.
+    kept.extend_from_slice(&query[rdata.end..]);
     Ok(Cow::Owned(kept))
 }
 
-/// Where the RDATA of `message`'s OPT record is, when it carries edns-tcp-keepalive.
-fn opt_with_tcp_keepalive(message: &[u8]) -> Result<Option<Range<usize>>, UnreadableEdns> {
-    let walk = sections::walk(message).ok_or(UnreadableEdns)?;
+/// `message`'s OPT record, when it carries edns-tcp-keepalive.
+fn opt_with_tcp_keepalive(message: &[u8]) -> Result<Option<OptInfo>, KeepaliveError> {
+    let walk = sections::walk(message).ok_or(KeepaliveError::Unreadable)?;
     let Some(opt) = walk.opt else {
         return Ok(None);
     };
-    let rdata = opt.record.rdata_start()..opt.record.end;
-    let carries =
-        edns_options(&message[rdata.clone()])?.any(|(code, _)| code == OptionCode::TCP_KEEPALIVE);
-    Ok(carries.then_some(rdata))
+    let rdata = &message[opt.record.rdata_start()..opt.record.end];
+    let carries = edns_options(rdata)?.any(|(code, _)| code == OptionCode::TCP_KEEPALIVE);
+    Ok(carries.then_some(opt))
 }
 
 /// An EDNS option's code and length fields, before its data.
@@ -125,8 +135,8 @@ const OPTION_HEADER_LEN: usize = 4;
 /// its code and length fields included.
 fn edns_options(
     rdata: &[u8],
-) -> Result<impl Iterator<Item = (OptionCode, Range<usize>)> + '_, UnreadableEdns> {
-    let options = Opt::from_slice(rdata).map_err(|_| UnreadableEdns)?;
+) -> Result<impl Iterator<Item = (OptionCode, Range<usize>)> + '_, KeepaliveError> {
+    let options = Opt::from_slice(rdata).map_err(|_| KeepaliveError::Unreadable)?;
     let mut start = 0;
     // `from_slice` checked every option's length, so reading one never fails.
     Ok(options
@@ -197,7 +207,8 @@ mod tests {
         Query::new("example.com", Rtype::A).edns(edns).build()
     }
 
-    /// `message` with an A record appended to its additional section, after its OPT.
+    /// `message` with an A record appended to its additional section, after its OPT, as a
+    /// TSIG would be.
     fn with_record_after_opt(mut message: Vec<u8>) -> Vec<u8> {
         message[11] += 1;
         message.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
@@ -221,12 +232,32 @@ mod tests {
             assert_eq!(carries_tcp_keepalive(&query), Ok(true));
             assert_eq!(without_tcp_keepalive(&query).as_deref(), Ok(&expected[..]));
             assert_eq!(carries_tcp_keepalive(&expected), Ok(false));
+            let mut trailing = query.clone();
+            trailing.push(0xff);
+            let mut expected_trailing = expected;
+            expected_trailing.push(0xff);
             assert_eq!(
-                without_tcp_keepalive(&with_record_after_opt(query)).as_deref(),
-                Ok(&with_record_after_opt(expected)[..]),
-                "a record after the OPT stays"
+                without_tcp_keepalive(&trailing).as_deref(),
+                Ok(&expected_trailing[..]),
+                "bytes after the last record stay"
             );
         }
+    }
+
+    #[test]
+    fn keepalive_is_not_taken_out_from_before_other_records() {
+        let query = query_with(&[(OptionCode::TCP_KEEPALIVE, &[])]);
+        let signed = with_record_after_opt(query);
+        assert_eq!(carries_tcp_keepalive(&signed), Ok(true));
+        assert_eq!(
+            without_tcp_keepalive(&signed),
+            Err(KeepaliveError::RecordsAfterOpt)
+        );
+        let without_keepalive = with_record_after_opt(query_with(&[]));
+        assert!(matches!(
+            without_tcp_keepalive(&without_keepalive),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
@@ -259,8 +290,9 @@ mod tests {
         let mut records_cut = query.clone();
         records_cut.pop();
         for bad in [overlong, cut, records_cut, vec![0; 5]] {
-            assert_eq!(carries_tcp_keepalive(&bad), Err(UnreadableEdns), "{bad:?}");
-            assert_eq!(without_tcp_keepalive(&bad), Err(UnreadableEdns), "{bad:?}");
+            let unreadable = KeepaliveError::Unreadable;
+            assert_eq!(carries_tcp_keepalive(&bad), Err(unreadable), "{bad:?}");
+            assert_eq!(without_tcp_keepalive(&bad), Err(unreadable), "{bad:?}");
         }
     }
 }
