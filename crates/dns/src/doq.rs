@@ -13,7 +13,7 @@ use domain::base::opt::{Opt, UnknownOptData};
 
 use crate::response::message_id;
 use crate::sections::{self, OptInfo};
-use crate::wire::{self, HEADER_LEN};
+use crate::wire::{self, HEADER_LEN, NameBuf, NameCase};
 
 /// The ALPN token of DNS over QUIC (RFC 9250 §4.1.1).
 pub const ALPN: &[u8] = b"doq";
@@ -73,15 +73,14 @@ pub fn query_from_stream(stream: &[u8]) -> Result<&[u8], StreamError> {
     }
 }
 
-/// Why edns-tcp-keepalive cannot be told apart or taken out of a message.
+/// Why edns-tcp-keepalive cannot be looked for in a message, or taken out of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeepaliveError {
     #[error("the message's records or EDNS options do not parse")]
     Unreadable,
-    /// Taking bytes out of the OPT record would break the records after it: a TSIG or
-    /// SIG(0) signs the message, and a name there may point past the bytes taken out.
-    #[error("records follow the OPT record")]
-    RecordsAfterOpt,
+    /// Taking bytes out of the OPT record could change what the rest of the message says.
+    #[error("the message is more than a question and its OPT record")]
+    Unremovable,
 }
 
 /// Whether `query` carries the edns-tcp-keepalive option (RFC 7828), which a DoQ server
@@ -93,12 +92,17 @@ pub fn carries_tcp_keepalive(query: &[u8]) -> Result<bool, KeepaliveError> {
 /// `query` as a DoQ client may send it: without its edns-tcp-keepalive options (RFC 9250
 /// §5.5.2), its OPT record's RDLENGTH fixed, every other byte as it was. Borrowed when
 /// there is none to remove.
+///
+/// Taken out only of a query shaped as clients send one: a question, then the OPT with a
+/// root owner as the only record. Elsewhere the bytes taken out could change the rest of
+/// the message (a name pointing past them, a TSIG or SIG(0) signing them): `Unremovable`.
 pub fn without_tcp_keepalive(query: &[u8]) -> Result<Cow<'_, [u8]>, KeepaliveError> {
     let Some(opt) = opt_with_tcp_keepalive(query)? else {
         return Ok(Cow::Borrowed(query));
     };
-    if !opt.is_last {
-        return Err(KeepaliveError::RecordsAfterOpt);
+    let alone = wire::counts(query) == Some([1, 0, 0, 1]) && query[opt.record.start] == 0;
+    if !alone {
+        return Err(KeepaliveError::Unremovable);
     }
     let rdata = opt.record.rdata_start()..opt.record.end;
     let options = &query[rdata.clone()];
@@ -112,9 +116,21 @@ pub fn without_tcp_keepalive(query: &[u8]) -> Result<Cow<'_, [u8]>, KeepaliveErr
         u16::try_from(kept.len() - rdata.start).map_err(|_| KeepaliveError::Unreadable)?;
     // RDLENGTH is the last field before the RDATA.
     wire::write_u16(&mut kept, rdata.start - 2, rdlength);
-    // Only bytes that are no record (trailing garbage) follow a last OPT.
+    // Only bytes that are no record (trailing garbage) follow the last record.
     kept.extend_from_slice(&query[rdata.end..]);
+    // A compressed question name can still read the options: a pointer's target may run
+    // on past the pointer.
+    if !same_question_name(query, &kept) {
+        return Err(KeepaliveError::Unremovable);
+    }
     Ok(Cow::Owned(kept))
+}
+
+fn same_question_name(before: &[u8], after: &[u8]) -> bool {
+    let (mut name_before, mut name_after) = (NameBuf::new(), NameBuf::new());
+    let end_before = wire::copy_name(before, HEADER_LEN, NameCase::Verbatim, &mut name_before);
+    let end_after = wire::copy_name(after, HEADER_LEN, NameCase::Verbatim, &mut name_after);
+    end_before == end_after && name_before.as_slice() == name_after.as_slice()
 }
 
 /// `message`'s OPT record, when it carries edns-tcp-keepalive.
@@ -245,13 +261,24 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_is_not_taken_out_from_before_other_records() {
+    fn keepalive_is_taken_out_only_of_a_question_and_its_opt() {
         let query = query_with(&[(OptionCode::TCP_KEEPALIVE, &[])]);
         let signed = with_record_after_opt(query);
         assert_eq!(carries_tcp_keepalive(&signed), Ok(true));
         assert_eq!(
             without_tcp_keepalive(&signed),
-            Err(KeepaliveError::RecordsAfterOpt)
+            Err(KeepaliveError::Unremovable)
+        );
+        // Found by the doq_stream fuzz target: the question name is a label, then a
+        // pointer to offset 2, where a 39-byte label runs on into the OPT's keepalive.
+        let name_reads_options = [
+            0, 0, 39, 0, 0, 1, 0, 0, 0, 0, 0, 1, 3, 119, 0, 0, 192, 2, 4, 0, 1, 4, 1, 1, 0, 0, 41,
+            4, 208, 0, 0, 0, 0, 0, 4, 0, 11, 0, 0, 3, 119, 0, 1, 0, 0, 1,
+        ];
+        assert_eq!(carries_tcp_keepalive(&name_reads_options), Ok(true));
+        assert_eq!(
+            without_tcp_keepalive(&name_reads_options),
+            Err(KeepaliveError::Unremovable)
         );
         let without_keepalive = with_record_after_opt(query_with(&[]));
         assert!(matches!(
