@@ -23,6 +23,7 @@ max_len() {
         blocklist_file) echo 4096 ;;
         control_request) echo 1024 ;;
         cache_file) echo 8192 ;;
+        doq_stream) echo 1024 ;;
         *) echo "fuzz-smoke: no max_len for target $1: add it here and to fuzz/README.md" >&2; return 1 ;;
     esac
 }

@@ -146,3 +146,31 @@ write("proxy_request", "socks5-udp-datagram", b"\x00\x00\x00\x01\x0a\x1e\x1e\x1e
 write("proxy_request", "http-absolute-uri", b"http://example.com:8080/path/to?x=1&y=2")
 write("proxy_request", "http-authority", b"example.com:443")
 write("proxy_request", "http-basic", b"Basic YWxpY2U6c2VjcmV0")
+
+# doq_stream: what a DNS over QUIC client sends on one stream (RFC 9250): a query with ID 0
+# and its 2-byte length, some with edns-tcp-keepalive (option 11), which DoQ forbids.
+def framed(message):
+    return struct.pack("!H", len(message)) + message
+
+
+def option(code, data=b""):
+    return struct.pack("!HH", code, len(data)) + data
+
+
+KEEPALIVE, COOKIE, PADDING = 11, 10, 12
+doq_a = query(0, "www.example", A)
+write("doq_stream", "a", framed(doq_a))
+write("doq_stream", "aaaa-edns-do", framed(query(0, "www.example", AAAA, opt(do=True))))
+write("doq_stream", "a-cookie", framed(query(0, "www.example", A, opt(options=option(COOKIE, b"\x01" * 8)))))
+write("doq_stream", "a-keepalive", framed(query(0, "www.example", A, opt(options=option(KEEPALIVE)))))
+write("doq_stream", "a-keepalive-timeout-among-others",
+      framed(query(0, "www.example", A,
+                   opt(options=option(COOKIE, b"\x01" * 8) + option(KEEPALIVE, b"\x00\x64") + option(PADDING, bytes(6))))))
+write("doq_stream", "a-keepalive-before-record",
+      framed(header(0, 0, ar=2) + name("www.example") + struct.pack("!HH", A, 1)
+             + opt(options=option(KEEPALIVE)) + rr(name("www.example"), A, 60, bytes([192, 0, 2, 1]))))
+write("doq_stream", "a-keepalive-cut-option",
+      framed(query(0, "www.example", A, opt(options=option(KEEPALIVE) + option(COOKIE, b"\x01" * 8)[:6]))))
+write("doq_stream", "a-id-set", framed(query(0x4242, "www.example", A)))
+write("doq_stream", "two-queries", framed(doq_a) * 2)
+write("doq_stream", "cut", framed(doq_a)[:-3])

@@ -3,7 +3,8 @@
 //! ticket allows it) and when it is closed (idle for `idle_timeout`).
 //!
 //! A DoQ query takes one bidirectional stream of the upstream's one connection: the
-//! query with ID 0 and a 2-byte length prefix, then the end of the stream (§4.2); the
+//! query with ID 0, without edns-tcp-keepalive (§5.5.2: a server closes the connection
+//! over it) and with a 2-byte length prefix, then the end of the stream (§4.2); the
 //! answer is the one length-prefixed message the server sends before its end. Streams
 //! are independent, so answers come in any order and a slow one holds up no other. A
 //! query given up on stops its stream with DOQ_REQUEST_CANCELLED (§4.3).
@@ -20,6 +21,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, EndpointConfig, RecvStream, TokioRuntime, VarInt};
 use rustls_pki_types::ServerName;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tundns_dns::doq::without_tcp_keepalive;
 use tundns_dns::tcp::MAX_MESSAGE_LEN;
 use tundns_dns::{Question, response_matches};
 
@@ -302,6 +304,7 @@ impl DoqClient {
         question: &Question,
         context: &Context,
     ) -> Result<Vec<u8>, AttemptError> {
+        let query = &*without_tcp_keepalive(query)?;
         let connect = || {
             let connecting = self.endpoint.connect(&context.config, &context.counters);
             async move { Ok(Arc::new(connecting.await?)) }

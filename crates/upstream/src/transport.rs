@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tundns_dns::doq::KeepaliveError;
 use tundns_dns::tcp::length_prefix;
 use tundns_dns::{Question, response_matches, set_message_id};
 
@@ -52,6 +53,10 @@ pub enum AttemptError {
     /// tundns's side could not make the attempt: no local port, too many connections.
     #[error("no local resources: {0}")]
     LocalShortage(io::Error),
+    /// DoQ must take the edns-tcp-keepalive option out of the query (RFC 9250 §5.5.2), and
+    /// could not: the query is not sent rather than risk the connection.
+    #[error("DoQ query not sent, its edns-tcp-keepalive could not be taken out: {0}")]
+    KeepaliveNotRemoved(#[from] KeepaliveError),
     #[error("{0}")]
     Io(io::Error),
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use common::*;
+use domain::base::iana::{OptionCode, Rtype};
 use quinn::crypto::rustls::QuicServerConfig;
+use tundns_test_support::dns::{Edns, Query};
 use tundns_upstream::{PoolConfig, Protocol, ResolveError, Upstream, UpstreamPool};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -373,7 +375,7 @@ async fn answer_to_another_question_fails_over(
 #[tokio::test]
 async fn malformed_doq_answers_fail_the_attempt_without_harm() {
     let pki = TestPki::new("doq-malformed");
-    let (endpoint, _) = doq_upstream(&pki, any_port(), |query| {
+    let (endpoint, log) = doq_upstream(&pki, any_port(), |query| {
         let reply = match first_label(query).as_str() {
             // A length that promises more than comes.
             "short" => vec![0, 40, 1, 2, 3],
@@ -386,7 +388,13 @@ async fn malformed_doq_answers_fail_the_attempt_without_harm() {
         (Duration::ZERO, reply)
     });
     let address = endpoint.local_addr().unwrap();
-    let pool = sequential(vec![quic(address)], TIMEOUT);
+    let pool = configured(
+        vec![quic(address)],
+        PoolConfig {
+            hedge: false,
+            ..pki.pool_config(TIMEOUT)
+        },
+    );
     for name in ["short.example", "twice.example", "empty.example"] {
         let error = pool
             .resolve(&query(1, name), Protocol::Udp)
@@ -400,6 +408,51 @@ async fn malformed_doq_answers_fail_the_attempt_without_harm() {
     let pool = configured(vec![quic(address)], pki.pool_config(TIMEOUT));
     let response = resolve_example(&pool).await;
     assert_eq!(marker_of(&response), 7);
+    assert_eq!(log.ids().len(), 4, "the server saw every query");
+}
+
+/// `example.com A` with ID 0x4242 and an OPT record carrying `options`.
+fn query_with_options(options: &[(OptionCode, &[u8])]) -> Vec<u8> {
+    let edns = options.iter().fold(Edns::new(1232), |edns, (code, data)| {
+        edns.option(*code, data)
+    });
+    Query::new("example.com", Rtype::A)
+        .id(0x4242)
+        .edns(edns)
+        .build()
+}
+
+#[tokio::test]
+async fn doq_takes_edns_tcp_keepalive_out_of_the_query() {
+    let pki = TestPki::new("doq-keepalive");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let server_received = received.clone();
+    let (endpoint, _) = doq_upstream(&pki, any_port(), move |query| {
+        server_received.lock().unwrap().push(query.to_vec());
+        (Duration::ZERO, framed(answer(query, 1, 4)))
+    });
+    let address = endpoint.local_addr().unwrap();
+    let pool = configured(vec![quic(address)], pki.pool_config(TIMEOUT));
+    let cookie = (OptionCode::COOKIE, &[1, 2, 3, 4, 5, 6, 7, 8][..]);
+    let keepalive = (OptionCode::TCP_KEEPALIVE, &[][..]);
+    let response = pool
+        .resolve(&query_with_options(&[keepalive, cookie]), Protocol::Udp)
+        .await
+        .unwrap();
+    assert_eq!((id_of(&response), marker_of(&response)), (0x4242, 4));
+    let without_keepalive = with_id(query_with_options(&[cookie]), 0);
+    assert_eq!(*received.lock().unwrap(), [without_keepalive]);
+
+    // Options that do not parse could hide one: such a query is not sent.
+    let mut unreadable = query_with_options(&[keepalive, cookie]);
+    let cookie_len_low_byte = unreadable.len() - 9;
+    unreadable[cookie_len_low_byte] = 9;
+    let error = pool.resolve(&unreadable, Protocol::Udp).await.unwrap_err();
+    assert!(
+        matches!(error, ResolveError::AllFailed { attempts: 1, .. }),
+        "{error:?}"
+    );
+    assert_eq!(received.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
