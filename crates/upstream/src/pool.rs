@@ -474,7 +474,10 @@ impl AttemptError {
             AttemptError::Timeout => AttemptFailure::Timeout,
             AttemptError::Refused => AttemptFailure::Refused,
             AttemptError::ConnectFailed => AttemptFailure::SharedConnectFailed,
-            AttemptError::LocalShortage(_) => AttemptFailure::LocalShortage,
+            // A client's query DoQ cannot carry says nothing of the upstream either.
+            AttemptError::LocalShortage(_) | AttemptError::KeepaliveNotRemoved(_) => {
+                AttemptFailure::LocalShortage
+            }
             _ => AttemptFailure::Failed,
         }
     }

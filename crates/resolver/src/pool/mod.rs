@@ -73,7 +73,8 @@ pub enum AttemptFailure {
     /// against the upstream's health, this one does not.
     SharedConnectFailed,
     /// tundns's own side could not make the attempt (no local port free, too many
-    /// connections): not the upstream's fault, and not counted against its health.
+    /// connections, a query the transport cannot carry): not the upstream's fault, and not
+    /// counted against its health.
     LocalShortage,
 }
 
