@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use futures::FutureExt as _;
 use futures::task::AtomicWaker;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{
@@ -293,7 +294,14 @@ async fn serve_connection(
                     bounds,
                     activity: activity.clone(),
                 };
-                streams.spawn(stream.serve(send, recv));
+                // A query usually comes whole with its stream and is answered from memory:
+                // served here, with no task to spawn and wake. One that has to wait (for the
+                // rest of its query, an upstream, the client's window) goes on in a task of
+                // its own from where it stopped.
+                let mut serving = Box::pin(stream.serve(send, recv));
+                if serving.as_mut().now_or_never().is_none() {
+                    streams.spawn(serving);
+                }
             }
             Some(_) = streams.join_next() => {}
             _ = &mut established, if !handshaken => handshaken = true,
