@@ -391,7 +391,8 @@ async fn serve_connection(
                 // A query usually comes whole with its stream and is answered from memory:
                 // served here, with no task to spawn and wake. One that has to wait (for the
                 // rest of its query, an upstream, the client's window) goes on in a task of
-                // its own from where it stopped.
+                // its own from where it stopped; the task's first poll registers its waker
+                // wherever this one (a no-op) was left.
                 let mut serving = Box::pin(stream.serve(send, recv));
                 if serving.as_mut().now_or_never().is_none() {
                     streams.spawn(serving);
