@@ -541,6 +541,84 @@ mod doq_probe {
     }
 }
 
+/// A query stream is answered where it is accepted when the whole query is there, and in a
+/// task of its own when part of it is still to come: both paths answer every stream of one
+/// connection with its own question, one after another, all at once, and split across
+/// packets.
+#[test]
+fn doq_answers_every_stream_of_a_connection_whole_at_once_or_split() {
+    use domain::base::iana::Rtype;
+    use doq_probe::{connect, exchange, framed};
+    use tundns_test_support::dns::Query;
+
+    let (lab, mut tundns) = lab_with_tundns!(LabOptions::resolver(), resolver_config(&[]));
+    doq_probe::run_in(&lab.client_ns, async || {
+        let query = |rtype| framed(&Query::new(WWW_NAME, rtype).id(0).build());
+        /// The type of the question `answer` (a framed DNS message) answers, and its
+        /// answer count.
+        fn answered(answer: &[u8]) -> (Rtype, u16) {
+            let length = usize::from(u16::from_be_bytes([answer[0], answer[1]]));
+            assert_eq!(length, answer.len() - 2, "one framed answer");
+            let message = domain::base::Message::from_octets(&answer[2..]).expect("DNS");
+            assert_eq!(message.header().id(), 0, "RFC 9250 §4.2.1");
+            let question = message.sole_question().expect("one question");
+            (question.qtype(), message.header_counts().ancount())
+        }
+        let connection = connect(PROXY_V4).await.expect("a DoQ connection");
+        // Misses first: they wait for the upstream in a task of their own.
+        for rtype in [Rtype::A, Rtype::AAAA] {
+            let answer = exchange(&connection, &query(rtype))
+                .await
+                .expect("an answer");
+            assert_eq!(answered(&answer), (rtype, 1));
+        }
+
+        for round in 0..200 {
+            let rtype = if round % 2 == 0 {
+                Rtype::A
+            } else {
+                Rtype::AAAA
+            };
+            let answer = exchange(&connection, &query(rtype))
+                .await
+                .expect("an answer");
+            assert_eq!(answered(&answer), (rtype, 1), "query {round}");
+        }
+
+        // Up to the stream credit at once, some of them waiting for it.
+        let at_once = (0..100).map(|index| {
+            let rtype = if index % 3 == 0 {
+                Rtype::AAAA
+            } else {
+                Rtype::A
+            };
+            let connection = &connection;
+            async move { (rtype, exchange(connection, &query(rtype)).await) }
+        });
+        for (rtype, answer) in futures::future::join_all(at_once).await {
+            assert_eq!(answered(&answer.expect("an answer")), (rtype, 1));
+        }
+
+        // The first bytes alone, then the rest with the stream's end: nothing lost or read
+        // twice between the two paths.
+        let whole = query(Rtype::AAAA);
+        for split_at in [1, 2, 5, whole.len() - 1] {
+            let (mut send, mut recv) = connection.open_bi().await.expect("a stream");
+            send.write_all(&whole[..split_at]).await.expect("written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            send.write_all(&whole[split_at..]).await.expect("written");
+            send.finish().expect("finished");
+            let answer = recv.read_to_end(70_000).await.expect("an answer");
+            assert_eq!(answered(&answer), (Rtype::AAAA, 1), "split at {split_at}");
+        }
+        assert!(
+            connection.close_reason().is_none(),
+            "the connection stays open"
+        );
+    });
+    assert!(tundns.is_running(), "{}", tundns.output());
+}
+
 /// RFC 9250 §4.3.3's DOQ_PROTOCOL_ERROR and §4.2's DOQ_NO_ERROR.
 const DOQ_PROTOCOL_ERROR: u64 = 0x2;
 const DOQ_NO_ERROR: u64 = 0x0;

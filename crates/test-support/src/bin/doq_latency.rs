@@ -1,10 +1,11 @@
-//! `doq-latency SERVER NAME COUNT`: times COUNT queries for NAME A, one at a time, over UDP
-//! and over one reused DNS over QUIC connection (port 853), both from hickory's clients, and
-//! prints each transport's p50 and p99 in microseconds:
+//! `doq-latency SERVER NAME COUNT [SERVER_PID]`: times COUNT queries for NAME A, one at a
+//! time, over UDP and over one reused DNS over QUIC connection (port 853), both from hickory's
+//! clients, and prints each transport's p50 and p99 in microseconds; given the server's
+//! process id, also the CPU time it spent per answer, in microseconds:
 //!
 //! ```text
-//! udp n=300 p50=41 p99=88
-//! doq n=300 p50=63 p99=120
+//! udp n=300 p50=41 p99=88 cpu=9.8
+//! doq n=300 p50=63 p99=120 cpu=31.2
 //! ```
 //!
 //! For `bench/dns-encrypted.sh`: dnsperf 2.11 has no DoQ, and kdig opens a connection per
@@ -29,9 +30,17 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [server, name, count] = args.as_slice() else {
-        exit("usage: doq-latency SERVER NAME COUNT");
+    let (server, name, count, server_pid) = match args.as_slice() {
+        [server, name, count] => (server, name, count, None),
+        [server, name, count, pid] => (server, name, count, Some(pid)),
+        _ => exit("usage: doq-latency SERVER NAME COUNT [SERVER_PID]"),
     };
+    let server_pid = server_pid.map(|pid| {
+        pid.parse::<u32>()
+            .ok()
+            .filter(|pid| server_cpu_ns(*pid).is_some())
+            .unwrap_or_else(|| exit("SERVER_PID is a running process's id"))
+    });
     let server: IpAddr = server
         .parse()
         .unwrap_or_else(|_| exit("SERVER is an IP address"));
@@ -52,7 +61,7 @@ fn main() {
                 .build()
                 .await
                 .unwrap_or_else(|error| exit(&format!("UDP: {error}")));
-        report("udp", time_queries(udp, &name, count).await);
+        report("udp", server_pid, time_queries(udp, &name, count)).await;
 
         let mut builder = QuicClientStream::builder();
         builder.crypto_config(pinned_client_config(None));
@@ -63,7 +72,7 @@ fn main() {
             )
             .await
             .unwrap_or_else(|error| exit(&format!("DoQ: {error}")));
-        report("doq", time_queries(doq, &name, count).await);
+        report("doq", server_pid, time_queries(doq, &name, count)).await;
     });
 }
 
@@ -89,14 +98,36 @@ async fn time_queries(mut sender: impl DnsRequestSender, name: &Name, count: usi
     times
 }
 
-fn report(transport: &str, times: Vec<u64>) {
+/// Runs `timing` and prints its quantiles, and the CPU time `server_pid` spent meanwhile per
+/// answer.
+async fn report(transport: &str, server_pid: Option<u32>, timing: impl Future<Output = Vec<u64>>) {
+    let cpu_before = server_pid.and_then(server_cpu_ns);
+    let times = timing.await;
     let at = |quantile: f64| times[((times.len() - 1) as f64 * quantile) as usize];
-    println!(
+    let mut line = format!(
         "{transport} n={} p50={} p99={}",
         times.len(),
         at(0.5),
         at(0.99)
     );
+    if let (Some(before), Some(after)) = (cpu_before, server_pid.and_then(server_cpu_ns)) {
+        let per_answer_us = after.saturating_sub(before) as f64 / 1e3 / times.len() as f64;
+        line += &format!(" cpu={per_answer_us:.1}");
+    }
+    println!("{line}");
+}
+
+/// The CPU time of `pid`'s threads so far, in nanoseconds (the first field of each thread's
+/// `schedstat`: /proc/PID/stat counts clock ticks, too coarse for a few thousand answers). A
+/// thread that ends between two reads takes its time with it; tundns's threads live as long as
+/// it does.
+fn server_cpu_ns(pid: u32) -> Option<u64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let on_cpu = threads.flatten().filter_map(|thread| {
+        let schedstat = std::fs::read_to_string(thread.path().join("schedstat")).ok()?;
+        schedstat.split_whitespace().next()?.parse::<u64>().ok()
+    });
+    Some(on_cpu.sum())
 }
 
 fn exit(why: &str) -> ! {

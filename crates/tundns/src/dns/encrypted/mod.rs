@@ -58,8 +58,8 @@ pub(crate) struct Bounds {
 pub struct EncryptedServers {
     /// The TCP of DoT and DoH, when either is served.
     listeners: Option<StackListeners>,
-    /// UDP 853, when DoQ is served.
-    quic: Option<Arc<quic::QuicPort>>,
+    /// UDP 853 and the server on it, when DoQ is served.
+    quic: Option<quic::QuicServer>,
     tasks: Vec<JoinHandle<()>>,
     status: EncryptedStatus,
 }
@@ -121,7 +121,7 @@ impl EncryptedServers {
         let bounds = Bounds {
             idle: settings.tcp_idle_timeout,
         };
-        let mut tasks: Vec<JoinHandle<()>> = over_tcp
+        let tasks: Vec<JoinHandle<()>> = over_tcp
             .iter()
             .zip(std::iter::repeat(listeners.as_ref()).flatten())
             .map(|(protocol, listeners)| {
@@ -142,25 +142,18 @@ impl EncryptedServers {
                 crate::supervise::spawn_essential(name, server.accept(accepted))
             })
             .collect();
-        let quic = settings
-            .encrypted
-            .contains(&EncryptedDns::Quic)
-            .then(|| quic::QuicPort::new(&settings.addresses, tun));
-        if let Some(port) = &quic {
+        let quic = settings.encrypted.contains(&EncryptedDns::Quic).then(|| {
             let config =
                 quic::server_config(server_config(identity, EncryptedDns::Quic), bounds, mtu);
-            tasks.push(crate::supervise::spawn_essential(
-                "DNS over QUIC on the virtual IPs",
-                quic::serve(
-                    port.clone(),
-                    config,
-                    proxy.clone(),
-                    quota,
-                    settings.max_tcp_connections,
-                    bounds,
-                ),
-            ));
-        }
+            quic::QuicServer::spawn(
+                quic::QuicPort::new(&settings.addresses, tun),
+                config,
+                proxy.clone(),
+                quota,
+                settings.max_tcp_connections,
+                bounds,
+            )
+        });
         for protocol in &settings.encrypted {
             tracing::info!(
                 protocol = protocol.name(),
@@ -201,8 +194,8 @@ impl EncryptedServers {
         if let Some(listeners) = &self.listeners {
             host = listeners.open_ports(host);
         }
-        if let Some(port) = &self.quic {
-            host = host.with_udp(EncryptedDns::Quic.port(), port.clone());
+        if let Some(quic) = &self.quic {
+            host = host.with_udp(EncryptedDns::Quic.port(), quic.port().clone());
         }
         host
     }

@@ -3,6 +3,8 @@
 //! ID 0, then the stream's end; the answer goes back the same way. A stream that breaks
 //! this closes its connection with `DOQ_PROTOCOL_ERROR` (RFC 9250 §4.3.3).
 //!
+//! It runs on a thread of its own ([`QuicServer`]), apart from tundns's runtime.
+//!
 //! Bounds as for DoT: connections (`MaxTcpConnections` of its own, and a quarter per client
 //! address shared with DoT and DoH, the rest refused), the handshake's time,
 //! [`MAX_IN_FLIGHT_PER_CONNECTION`] streams at once (QUIC's own stream credit), each given
@@ -15,13 +17,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::thread::JoinHandle;
 
+use futures::FutureExt as _;
 use futures::task::AtomicWaker;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{
     AsyncUdpSocket, Connection, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
     RecvStream, SendStream, TokioRuntime, TransportConfig, UdpPoller, VarInt,
 };
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tundns_config::EncryptedDns;
@@ -35,12 +41,15 @@ use super::{
 };
 use crate::dns::counters::Transport;
 use crate::dns::proxy::DnsProxy;
+use crate::supervise::{self, TaskFailure};
 
 /// Largest query stream accepted, prefix included; real queries are a few hundred bytes.
 const MAX_QUERY_STREAM: usize = 2 + 16 * 1024;
 /// Datagrams waiting for the endpoint; beyond this they are dropped, as a full socket
 /// buffer would, and QUIC resends.
 const MAX_QUEUED_DATAGRAMS: usize = 1024;
+/// What the server is called where it fails.
+const TASK: &str = "DNS over QUIC on the virtual IPs";
 /// The IP and UDP headers a QUIC packet travels under, at most (IPv6).
 const IP_AND_UDP_HEADERS: u16 = 40 + 8;
 /// The smallest datagram QUIC allows (RFC 9000 §14).
@@ -175,6 +184,88 @@ impl UdpPoller for AlwaysWritable {
     }
 }
 
+/// DNS over QUIC served on a thread of its own, on a single-threaded runtime: quinn's
+/// endpoint, its connections and their streams. On tundns's multi-threaded runtime each
+/// datagram from the TUN reader woke two workers (the one woken wakes another to look for
+/// more work), and quinn's tasks passed it between them; here it wakes one thread, which
+/// takes it from the endpoint to the answer. Upstream work stays on tundns's runtime.
+/// Dropping it stops the server and waits for its thread.
+pub(super) struct QuicServer {
+    port: Arc<QuicPort>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl QuicServer {
+    /// Serves `config` on `port` (see [`serve`]); called on tundns's runtime, which the
+    /// server's queries are forwarded on. A thread or runtime that cannot start is
+    /// reported as the server failing.
+    pub(super) fn spawn(
+        port: Arc<QuicPort>,
+        config: quinn::ServerConfig,
+        proxy: Arc<DnsProxy>,
+        quota: Arc<SourceQuota>,
+        max_connections: usize,
+        bounds: Bounds,
+    ) -> Self {
+        let upstreams = Handle::current();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = serve(
+            port.clone(),
+            config,
+            proxy,
+            quota,
+            max_connections,
+            bounds,
+            upstreams,
+        );
+        let thread = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .and_then(|runtime| {
+                std::thread::Builder::new()
+                    .name("doq".into())
+                    .spawn(move || {
+                        runtime.block_on(async {
+                            let server = supervise::spawn_essential(TASK, server);
+                            // Stopped, the runtime goes and the server's tasks with it.
+                            tokio::select! {
+                                _ = stopped => {}
+                                _ = server => {}
+                            }
+                        });
+                    })
+            });
+        let thread = thread
+            .inspect_err(|error| {
+                supervise::report(TaskFailure {
+                    task: TASK,
+                    reason: format!("its thread did not start: {error}"),
+                });
+            })
+            .ok();
+        Self {
+            port,
+            stop: Some(stop),
+            thread,
+        }
+    }
+
+    /// UDP 853 of the virtual IPs, for the TUN to hand datagrams to.
+    pub(super) fn port(&self) -> &Arc<QuicPort> {
+        &self.port
+    }
+}
+
+impl Drop for QuicServer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// quinn's server settings: `tls` (ALPN `doq`, 0-RTT allowed: a query is safe to replay,
 /// RFC 9250 §4.5) and the transport's bounds.
 pub(super) fn server_config(
@@ -209,14 +300,16 @@ pub(super) fn server_config(
     config
 }
 
-/// Serves DNS over QUIC on `port` until aborted (at shutdown).
-pub(super) async fn serve(
+/// Serves DNS over QUIC on `port` until dropped (at shutdown), forwarding queries on
+/// `upstreams`.
+async fn serve(
     port: Arc<QuicPort>,
     config: quinn::ServerConfig,
     proxy: Arc<DnsProxy>,
     quota: Arc<SourceQuota>,
     max_connections: usize,
     bounds: Bounds,
+    upstreams: Handle,
 ) {
     let endpoint = match Endpoint::new_with_abstract_socket(
         EndpointConfig::default(),
@@ -244,7 +337,7 @@ pub(super) async fn serve(
                     incoming.refuse();
                     continue;
                 };
-                let proxy = proxy.clone();
+                let (proxy, upstreams) = (proxy.clone(), upstreams.clone());
                 connections.spawn(async move {
                     let _share = share;
                     let connecting = match incoming.accept() {
@@ -259,7 +352,7 @@ pub(super) async fn serve(
                     let Ok((connection, established)) = connecting.into_0rtt() else {
                         return;
                     };
-                    serve_connection(connection, established, proxy, bounds).await;
+                    serve_connection(connection, established, proxy, bounds, upstreams).await;
                 });
             }
             Some(_) = connections.join_next() => {}
@@ -274,6 +367,7 @@ async fn serve_connection(
     established: quinn::ZeroRttAccepted,
     proxy: Arc<DnsProxy>,
     bounds: Bounds,
+    upstreams: Handle,
 ) {
     let peer = connection.remote_address();
     let activity = Arc::new(Activity::new());
@@ -292,8 +386,17 @@ async fn serve_connection(
                     proxy: proxy.clone(),
                     bounds,
                     activity: activity.clone(),
+                    upstreams: upstreams.clone(),
                 };
-                streams.spawn(stream.serve(send, recv));
+                // A query usually comes whole with its stream and is answered from memory:
+                // served here, with no task to spawn and wake. One that has to wait (for the
+                // rest of its query, an upstream, the client's window) goes on in a task of
+                // its own from where it stopped; the task's first poll registers its waker
+                // wherever this one (a no-op) was left.
+                let mut serving = Box::pin(stream.serve(send, recv));
+                if serving.as_mut().now_or_never().is_none() {
+                    streams.spawn(serving);
+                }
             }
             Some(_) = streams.join_next() => {}
             _ = &mut established, if !handshaken => handshaken = true,
@@ -324,6 +427,7 @@ struct QueryStream {
     proxy: Arc<DnsProxy>,
     bounds: Bounds,
     activity: Arc<Activity>,
+    upstreams: Handle,
 }
 
 impl QueryStream {
@@ -365,7 +469,13 @@ impl QueryStream {
         let _in_hand = self.activity.begin();
         let mut framed = Vec::new();
         let framing = |answer: &[u8]| append_framed(&mut framed, answer);
-        if let Reply::Forward(forward) = reply(&self.proxy, peer, query, Transport::Quic, framing) {
+        // A miss's upstream request is a task on tundns's runtime: other clients may wait
+        // for the same request, which must outlive this thread's runtime.
+        let replied = {
+            let _upstreams = self.upstreams.enter();
+            reply(&self.proxy, peer, query, Transport::Quic, framing)
+        };
+        if let Reply::Forward(forward) = replied {
             append_framed(&mut framed, &forward.resolve().await);
         }
         // A query dropped unanswered (a response, say, or over the rate limit): the
