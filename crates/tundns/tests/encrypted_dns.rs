@@ -665,11 +665,20 @@ fn doq_closes_what_breaks_the_protocol_idles_or_exceeds_its_share_and_goes_on() 
         let mut two_messages = framed(&query);
         two_messages.extend_from_slice(&framed(&query));
         let cut = framed(&query)[..10].to_vec();
+        // RFC 9250 §5.5.2: edns-tcp-keepalive (option 11) is an error on DoQ.
+        let keepalive = Query::new(WWW_NAME, Rtype::A)
+            .id(0)
+            .edns(
+                tundns_test_support::dns::Edns::new(1232)
+                    .option(domain::base::iana::OptionCode::TCP_KEEPALIVE, &[]),
+            )
+            .build();
         for (breach, stream) in [
             ("a non-zero ID", framed(&nonzero_id)),
             ("two messages", two_messages),
             ("a cut message", cut),
             ("not DNS", framed(b"hello")),
+            ("edns-tcp-keepalive", framed(&keepalive)),
         ] {
             let connection = connect(PROXY_V4).await.expect("a DoQ connection");
             let _ = exchange(&connection, &stream).await;

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tundns_config::EncryptedDns;
 use tundns_dns::MAX_MESSAGE_LEN;
-use tundns_dns::doq::{StreamError, error_code, query_from_stream};
+use tundns_dns::doq::{StreamError, carries_tcp_keepalive, error_code, query_from_stream};
 use tundns_dns::tcp::append_framed;
 use tundns_filter::{Datagram, TunWriter, UdpService};
 
@@ -465,6 +465,15 @@ impl QueryStream {
                 return;
             }
         };
+        if carries_tcp_keepalive(query) == Ok(true) {
+            tracing::debug!(%peer, "DNS over QUIC: edns-tcp-keepalive in a query, closing");
+            close(
+                &self.connection,
+                error_code::PROTOCOL_ERROR,
+                "edns-tcp-keepalive in a query (RFC 9250 §5.5.2)",
+            );
+            return;
+        }
         // A whole query: from here the connection is busy, not idle.
         let _in_hand = self.activity.begin();
         let mut framed = Vec::new();
