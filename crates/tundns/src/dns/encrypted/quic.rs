@@ -431,6 +431,12 @@ struct QueryStream {
 }
 
 impl QueryStream {
+    /// Closes the connection for a breach of RFC 9250 (§4.3.3).
+    fn protocol_error(&self, why: &'static str) {
+        tracing::debug!(peer = %self.peer, why, "DNS over QUIC: protocol error, closing");
+        close(&self.connection, error_code::PROTOCOL_ERROR, why);
+    }
+
     /// Reads the stream's query, answers it on the same stream, and ends the stream.
     async fn serve(self, mut send: SendStream, mut recv: RecvStream) {
         let peer = self.peer;
@@ -445,35 +451,17 @@ impl QueryStream {
         };
         let stream = match read {
             Ok(stream) => stream,
-            Err(quinn::ReadToEndError::TooLong) => {
-                tracing::debug!(%peer, "DNS over QUIC: a query stream too long, closing");
-                close(
-                    &self.connection,
-                    error_code::PROTOCOL_ERROR,
-                    "query too long",
-                );
-                return;
-            }
+            Err(quinn::ReadToEndError::TooLong) => return self.protocol_error("query too long"),
             // Reset by the client, or the connection went.
             Err(quinn::ReadToEndError::Read(_)) => return,
         };
         let query = match query_from_stream(&stream) {
-            Ok(query) => query,
-            Err(error) => {
-                tracing::debug!(%peer, %error, "DNS over QUIC: protocol error, closing");
-                close(&self.connection, error_code::PROTOCOL_ERROR, reason(error));
-                return;
+            Ok(query) if carries_tcp_keepalive(query) == Ok(true) => {
+                return self.protocol_error("edns-tcp-keepalive in a query (RFC 9250 §5.5.2)");
             }
+            Ok(query) => query,
+            Err(error) => return self.protocol_error(reason(error)),
         };
-        if carries_tcp_keepalive(query) == Ok(true) {
-            tracing::debug!(%peer, "DNS over QUIC: edns-tcp-keepalive in a query, closing");
-            close(
-                &self.connection,
-                error_code::PROTOCOL_ERROR,
-                "edns-tcp-keepalive in a query (RFC 9250 §5.5.2)",
-            );
-            return;
-        }
         // A whole query: from here the connection is busy, not idle.
         let _in_hand = self.activity.begin();
         let mut framed = Vec::new();
