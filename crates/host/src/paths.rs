@@ -75,14 +75,17 @@ pub fn state_directory() -> PathBuf {
 /// `$HOME/.local/state/tundns` (the XDG base directory default); `None` when neither is
 /// an absolute path.
 pub fn user_state_directory() -> Option<PathBuf> {
-    let absolute = |name: &str| {
-        std::env::var_os(name)
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_absolute())
-    };
-    let state_home = absolute("XDG_STATE_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))?;
+    let state_home = absolute_directory("XDG_STATE_HOME")
+        .or_else(|| absolute_directory("HOME").map(|home| home.join(".local").join("state")))?;
     Some(state_home.join("tundns"))
+}
+
+/// The directory the environment variable `name` holds, when it is an absolute path (the
+/// XDG base directory rule: a relative one is ignored).
+fn absolute_directory(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
 }
 
 /// Where gotatun, like wireguard-go, puts the UAPI sockets, as `wg` expects them.
@@ -153,9 +156,7 @@ impl SocketDirectories {
     /// `$XDG_RUNTIME_DIR/tundns` and its `wireguard` subdirectory; `None` without
     /// `XDG_RUNTIME_DIR`.
     pub fn user() -> Option<Self> {
-        let runtime =
-            std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| Path::new(dir).is_absolute())?;
-        let control = Path::new(&runtime).join("tundns");
+        let control = absolute_directory("XDG_RUNTIME_DIR")?.join("tundns");
         Some(Self {
             uapi: control.join("wireguard"),
             control,
