@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Encrypted DNS on the virtual IPs (issue 14), against UDP 53 of the same tundns in the same
-# run, cache warmed:
-#   latency:    dnsperf -q 1 -v, one connection reused (DoT, DoH) and one query outstanding:
-#               per-query times of SPARSE cache hits over udp, tcp, dot and doh; the goal is
-#               a DoT and DoH p50 at most 2x UDP's. DoQ (dnsperf has none) from
-#               doq-latency (crates/test-support, hickory's UDP and DoQ clients): one reused
-#               QUIC connection, with its own UDP run as the same-tool baseline, and tundns's
-#               CPU time per answer over each
+# run, cache warmed, and dnsdist (UDP, DoT and DoH with a packet cache, on C's loopback, in
+# front of the same unbound) as the reference server in the same run:
+#   latency:    per-query times of SPARSE cache hits, one connection reused and one query
+#               outstanding; the goal is a DoT, DoH and DoQ p50 at most 2x UDP's from the same
+#               client. Two clients: dnsperf -q 1 -v (udp, tcp, dot, doh), and dns-latency
+#               (crates/test-support, hickory's clients: udp, dot, doh and doq, which dnsperf
+#               lacks) with each server's CPU time per answer, back to back and again with
+#               GAP_MS between queries (each then finds the server idle, as sporadic queries
+#               do; dnsperf -q 1 itself waits 100 ms after an answer slower than it polls
+#               for, so its rows mix the two). dnsdist's own ratios, from the same clients,
+#               show what the client and the protocol cost a server that crosses no TUN.
 #   throughput: for RUN_SECONDS each, cached answers on 8 connections: UDP and DoT from
 #               dnsperf (-c 8 -q 64), DoH from h2load (-c 8 -m 64; dnsperf 2.11's DoH client
 #               stalls with more than one query outstanding, against dnsdist as against
@@ -18,10 +22,11 @@
 # identity, which dnsperf does not verify.
 #
 # Usage: bench/dns-encrypted.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns;
-#        doq-latency from $DOQ_LATENCY_BIN, built when missing)
+#        dns-latency from $DNS_LATENCY_BIN, built when missing)
 # Env:   SPARSE (queries per transport, default 300, at most 2000), RUN_SECONDS (throughput run,
-#        default 10, at most 60), PARTS (default lqt: l the dnsperf latencies, q DoQ's, t the
-#        throughput; PARTS=q alone times DoQ against hickory's UDP)
+#        default 10, at most 60), PARTS (default lht: l the dnsperf latencies, h hickory's, t the
+#        throughput), GAP_MS (hickory's idle gap, default 20, at most 100; SPARSE is cut to
+#        fit 30 s per transport)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,32 +37,77 @@ SPARSE=${SPARSE:-300}
 SECONDS_EACH=${RUN_SECONDS:-10}
 ((SPARSE >= 50 && SPARSE <= 2000)) || lab_die "SPARSE must be 50..2000"
 ((SECONDS_EACH >= 2 && SECONDS_EACH <= 60)) || lab_die "RUN_SECONDS must be 2..60"
-PARTS=${PARTS:-lqt}
-[[ $PARTS =~ ^[lqt]+$ ]] || lab_die "PARTS is made of l, q and t"
+GAP_MS=${GAP_MS:-20}
+((GAP_MS >= 1 && GAP_MS <= 100)) || lab_die "GAP_MS must be 1..100"
+SPARSE_IDLE=$((SPARSE < 30000 / GAP_MS ? SPARSE : 30000 / GAP_MS))
+PARTS=${PARTS:-lht}
+[[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 
-DOQ_LATENCY_BIN=${DOQ_LATENCY_BIN:-$ROOT/target/release/doq-latency}
-[[ -x $DOQ_LATENCY_BIN ]] || {
-    lab_log "building doq-latency (crates/test-support)"
-    cargo build --release -q -p tundns-test-support --bin doq-latency >&2
+DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
+[[ -x $DNS_LATENCY_BIN ]] || {
+    lab_log "building dns-latency (crates/test-support)"
+    cargo build --release -q -p tundns-test-support --bin dns-latency >&2
 }
 bench_lab tde h2load dnsdist
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
 bench_start_tundns "$TUNDNS_BIN" on
 lab_in_c dig +time=1 +tries=1 +short "@$LAB_PROXY_V4" www.lab.test A >/dev/null # fills the cache
 
+# dnsdist's UDP, DoT and DoH with a packet cache, presenting tundns's own identity, on C's
+# loopback (its traffic crosses no TUN: the comparison favours it).
+DNSDIST=127.0.0.2
+identity=$(ls "/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
+cat >"$LAB_DIR/dnsdist-encrypted.conf" <<CONF
+setLocal("$DNSDIST:53")
+addTLSLocal("$DNSDIST:853", "$identity", "$identity")
+addDOHLocal("$DNSDIST:443", "$identity", "$identity", "/dns-query")
+newServer({address="$LAB_UNBOUND_V4:53"})
+setSecurityPollSuffix("")
+getPool(""):setCache(newPacketCache(10000))
+CONF
+lab_spawn "$LAB_C" dnsdist-encrypted dnsdist --supervised --disable-syslog -C "$LAB_DIR/dnsdist-encrypted.conf"
+dnsdist_pid=$LAB_LAST_PID
+lab_wait 10 ip netns exec "$LAB_C" curl -sk -o /dev/null --max-time 2 \
+    "https://$DNSDIST/dns-query?dns=AAABAAABAAAAAAAAA3d3dwNsYWIEdGVzdAAAAQAB" ||
+    lab_die "dnsdist's DoH did not answer: $(cat "$LAB_DIR/dnsdist-encrypted.log")"
+lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A >/dev/null # fills its cache
+
 declare -A P50 P99 QPS CPU
-# latency MODE: dnsperf -q 1 -v over MODE; sets P50[MODE] and P99[MODE] (microseconds).
+# latency SERVER MODE: dnsperf -q 1 -v over MODE against SERVER (tundns or dnsdist); sets
+# P50[SERVER-MODE] and P99[SERVER-MODE] (microseconds).
 latency() {
-    local mode=$1 report="$LAB_DIR/dnsperf-latency-$1.txt"
-    timeout 120 ip netns exec "$LAB_C" dnsperf -m "$mode" -s "$LAB_PROXY_V4" \
+    local server=$1 mode=$2 report="$LAB_DIR/dnsperf-latency-$1-$2.txt" address=$LAB_PROXY_V4
+    [[ $server == tundns ]] || address=$DNSDIST
+    timeout 120 ip netns exec "$LAB_C" dnsperf -m "$mode" -s "$address" \
         -d "$LAB_DIR/one-query.txt" -n "$SPARSE" -l 90 -q 1 -t 2 -v >"$report" 2>&1 ||
         lab_die "dnsperf -m $mode failed: $(tail -5 "$report")"
     ! awk '$1 == ">" && $2 != "NOERROR" { bad = 1 } END { exit !bad }' "$report" ||
         lab_die "$mode gave answers other than NOERROR: $(grep -m3 '^>' "$report")"
-    read -r "P50[$mode]" "P99[$mode]" < <(awk '$1 == ">" { print $NF * 1e6 }' "$report" | sort -g |
+    read -r "P50[$server-$mode]" "P99[$server-$mode]" < <(awk '$1 == ">" { print $NF * 1e6 }' "$report" | sort -g |
         awk '{ v[NR] = $1 } END { if (NR) printf "%.0f %.0f\n", v[int(0.5 * (NR - 1)) + 1], v[int(0.99 * (NR - 1)) + 1]; else print "n/a n/a" }')
-    printf '  %-5s n=%s p50=%s us p99=%s us\n' "$mode" "$(grep -c '^>' "$report" || true)" \
-        "${P50[$mode]}" "${P99[$mode]}" >&2
+    printf '  %-7s %-5s n=%s p50=%s us p99=%s us\n' "$server" "$mode" "$(grep -c '^>' "$report" || true)" \
+        "${P50[$server-$mode]}" "${P99[$server-$mode]}" >&2
+}
+
+# hickory_latency SERVER TRANSPORTS [GAP_MS]: dns-latency over TRANSPORTS (a comma list)
+# against SERVER (tundns or dnsdist), back to back or GAP_MS apart; sets P50, P99 and CPU (the
+# server's microseconds per answer) under SERVER-hickory-TRANSPORT, or SERVER-idle-TRANSPORT.
+hickory_latency() {
+    local server=$1 transports=$2 gap=${3:-0} address=$LAB_PROXY_V4 pid=$LAB_TUNDNS_PID
+    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu key kind=hickory
+    local count=$SPARSE
+    [[ $server == tundns ]] || { address=$DNSDIST; pid=$dnsdist_pid; }
+    ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
+    timeout 300 ip netns exec "$LAB_C" "$DNS_LATENCY_BIN" "--gap-ms=$gap" "$address" \
+        www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
+        lab_die "dns-latency against $server failed: $(tail -3 "$report")"
+    # "udp n=300 p50=41 p99=88 cpu=9.8", one line per transport.
+    while read -r transport _ p50 p99 cpu; do
+        key=$server-$kind-$transport
+        P50[$key]=${p50#p50=} P99[$key]=${p99#p99=} CPU[$key]=${cpu#cpu=}
+        printf '  %-7s %-7s %-4s p50=%s us p99=%s us, server CPU %s us per answer\n' "$server" \
+            "$kind" "$transport" "${P50[$key]}" "${P99[$key]}" "${CPU[$key]}" >&2
+    done <"$report"
 }
 
 # cpu_per_1000 TICKS ANSWERS: CPU milliseconds per 1000 answers.
@@ -97,67 +147,54 @@ h2load_rate() {
 }
 
 if [[ $PARTS == *l* ]]; then
-    lab_log "latency: $SPARSE cache hits per transport, one outstanding"
-    for mode in udp tcp dot doh; do latency "$mode"; done
+    lab_log "latency: $SPARSE cache hits per transport, one outstanding (dnsperf)"
+    for mode in udp tcp dot doh; do latency tundns "$mode"; done
+    for mode in udp dot doh; do latency dnsdist "$mode"; done
 fi
-if [[ $PARTS == *q* ]]; then
-    lab_log "DoQ latency: $SPARSE cache hits over hickory's UDP, then DoQ, one outstanding"
-    timeout 120 ip netns exec "$LAB_C" "$DOQ_LATENCY_BIN" "$LAB_PROXY_V4" www.lab.test "$SPARSE" \
-        "$LAB_TUNDNS_PID" >"$LAB_DIR/doq-latency.txt" 2>&1 ||
-        lab_die "doq-latency failed: $(tail -3 "$LAB_DIR/doq-latency.txt")"
-    # "udp n=300 p50=41 p99=88 cpu=9.8" and "doq ...": P50[hickory-udp], P50[doq], their p99s
-    # and tundns's CPU microseconds per answer.
-    while read -r transport _ p50 p99 cpu; do
-        key=$([[ $transport == udp ]] && echo hickory-udp || echo "$transport")
-        P50[$key]=${p50#p50=} P99[$key]=${p99#p99=} CPU[$key]=${cpu#cpu=}
-        printf '  %-11s p50=%s us p99=%s us, tundns CPU %s us per answer\n' "$key" "${P50[$key]}" \
-            "${P99[$key]}" "${CPU[$key]}" >&2
-    done <"$LAB_DIR/doq-latency.txt"
+if [[ $PARTS == *h* ]]; then
+    lab_log "latency: $SPARSE cache hits per transport, one outstanding (hickory's clients)"
+    hickory_latency tundns udp,dot,doh,doq
+    hickory_latency dnsdist udp,dot,doh # dnsdist 1.7 serves no DoQ
+    lab_log "latency: $SPARSE_IDLE cache hits per transport, $GAP_MS ms apart (hickory's clients)"
+    hickory_latency tundns udp,dot,doh,doq "$GAP_MS"
+    hickory_latency dnsdist udp,dot,doh "$GAP_MS"
 fi
 if [[ $PARTS == *t* ]]; then
     lab_log "throughput: $SECONDS_EACH s each, 8 connections, 64 outstanding each"
     dnsperf_rate udp udp "$LAB_TUNDNS_PID"
     dnsperf_rate dot dot "$LAB_TUNDNS_PID"
     h2load_rate doh "$LAB_PROXY_V4" "$LAB_TUNDNS_PID"
-    # dnsdist's DoH frontend with a packet cache, presenting tundns's own identity, on C's
-    # loopback (its traffic crosses no TUN: the comparison favours it).
-    identity=$(ls "/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
-    cat >"$LAB_DIR/dnsdist-doh.conf" <<CONF
-addDOHLocal("127.0.0.2:443", "$identity", "$identity", "/dns-query")
-newServer({address="$LAB_UNBOUND_V4:53"})
-setSecurityPollSuffix("")
-getPool(""):setCache(newPacketCache(10000))
-CONF
-    lab_spawn "$LAB_C" dnsdist-doh dnsdist --supervised --disable-syslog -C "$LAB_DIR/dnsdist-doh.conf"
-    dnsdist_pid=$LAB_LAST_PID
-    lab_wait 10 ip netns exec "$LAB_C" curl -sk -o /dev/null --max-time 2 \
-        "https://127.0.0.2/dns-query?dns=AAABAAABAAAAAAAAA3d3dwNsYWIEdGVzdAAAAQAB" ||
-        lab_die "dnsdist's DoH did not answer: $(cat "$LAB_DIR/dnsdist-doh.log")"
-    h2load_rate dnsdist-doh 127.0.0.2 "$dnsdist_pid"
-    lab_stop "$dnsdist_pid"
+    h2load_rate dnsdist-doh "$DNSDIST" "$dnsdist_pid"
 fi
+lab_stop "$dnsdist_pid"
 lab_stop "$LAB_TUNDNS_PID"
 
-if [[ $PARTS == *l* ]]; then
-    printf '\ncache hits on 10.30.30.30, microseconds (dnsperf -q 1 -v, %d queries each)\n' "$SPARSE"
-    printf '%-6s %8s %8s %12s\n' transport p50 p99 "p50 / udp"
-    for mode in udp tcp dot doh; do
-        printf '%-6s %8s %8s %12s\n' "$mode" "${P50[$mode]}" "${P99[$mode]}" "$(bench_ratio "${P50[$mode]}" "${P50[udp]}")"
+# latency_table CLIENT PREFIX TRANSPORTS...: each server's p50, p99, ratio to its own UDP and
+# CPU per answer over TRANSPORTS, from the keys SERVER-PREFIXTRANSPORT, then the goal's verdicts.
+latency_table() {
+    local client=$1 prefix=$2 server transport key verdicts=''
+    shift 2
+    printf '\ncache hits, microseconds (%s, one connection reused)\n' "$client"
+    printf '%-8s %-9s %8s %8s %10s %18s\n' server transport p50 p99 "p50 / udp" "server CPU us/ans"
+    for server in tundns dnsdist; do
+        for transport in "$@"; do
+            key=$server-$prefix$transport
+            [[ -n ${P50[$key]:-} ]] || continue
+            printf '%-8s %-9s %8s %8s %10s %18s\n' "$server" "$transport" "${P50[$key]}" \
+                "${P99[$key]}" "$(bench_ratio "${P50[$key]}" "${P50[$server-${prefix}udp]}")" \
+                "${CPU[$key]:-}"
+        done
     done
-    printf 'goal: DoT and DoH p50 <= 2x UDP: dot %s, doh %s\n' \
-        "$(bench_verdict "$(bench_ratio "${P50[dot]}" "${P50[udp]}")" '<=' 2)" \
-        "$(bench_verdict "$(bench_ratio "${P50[doh]}" "${P50[udp]}")" '<=' 2)"
-fi
-if [[ $PARTS == *q* ]]; then
-    printf '\nhickory clients (doq-latency, %d queries each, one QUIC connection reused)\n' "$SPARSE"
-    printf '%-11s %8s %8s %12s %22s\n' transport p50 p99 "p50 / udp" "tundns CPU us/answer"
-    for key in hickory-udp doq; do
-        printf '%-11s %8s %8s %12s %22s\n' "$key" "${P50[$key]}" "${P99[$key]}" \
-            "$(bench_ratio "${P50[$key]}" "${P50[hickory-udp]}")" "${CPU[$key]}"
+    for transport in "$@"; do
+        [[ $transport != udp && $transport != tcp ]] || continue
+        key=tundns-$prefix$transport
+        verdicts+=" $transport $(bench_verdict "$(bench_ratio "${P50[$key]}" "${P50[tundns-${prefix}udp]}")" '<=' 2)"
     done
-    printf 'goal: DoQ p50 <= 2x UDP (same client): %s\n' \
-        "$(bench_verdict "$(bench_ratio "${P50[doq]}" "${P50[hickory-udp]}")" '<=' 2)"
-fi
+    printf 'goal: tundns p50 <= 2x its UDP (%s):%s\n' "$client" "$verdicts"
+}
+[[ $PARTS != *l* ]] || latency_table dnsperf '' udp tcp dot doh
+[[ $PARTS != *h* ]] || latency_table "hickory, back to back" hickory- udp dot doh doq
+[[ $PARTS != *h* ]] || latency_table "hickory, $GAP_MS ms apart" idle- udp dot doh doq
 if [[ $PARTS == *t* ]]; then
     printf '\ncached throughput, 8 connections x 64 outstanding, %d s each\n' "$SECONDS_EACH"
     printf '%-22s %10s %24s\n' server qps "server CPU ms/1000 ans"

@@ -1,0 +1,282 @@
+//! `dns-latency [--gap-ms=N] SERVER NAME COUNT TRANSPORTS [SERVER_PID]`: times COUNT queries
+//! for NAME A, one at a time, over each of TRANSPORTS (a comma-separated list of `udp`,
+//! `dot`, `doh` and `doq`), each over one reused connection, all from hickory's clients, and
+//! prints each transport's p50 and p99 in microseconds; given the server's process id, also
+//! the CPU time it spent per answer, in microseconds. Queries go back to back, or N
+//! milliseconds apart (at most 1000), so that each finds the server idle, as a browser's or
+//! a phone's sporadic queries do:
+//!
+//! ```text
+//! udp n=300 p50=41 p99=88 cpu=9.8
+//! doq n=300 p50=63 p99=120 cpu=31.2
+//! ```
+//!
+//! For `bench/dns-encrypted.sh`: one client for every transport, so that the ratio to UDP is
+//! the server's and the protocol's, not a difference between tools (dnsperf 2.11 has no DoQ,
+//! and kdig opens a connection per query). DoT is on port 853, DoH on 443 at `/dns-query`
+//! (POST, as hickory asks), DoQ on UDP 853. The server is trusted whatever its certificate:
+//! the benchmark measures time, and the tests check the pin. Run it inside the benchmark's
+//! namespace; COUNT is at most 10,000, and each query times out after 2 s.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt as _};
+use hickory_proto::ProtoError;
+use hickory_proto::h2::HttpsClientStreamBuilder;
+use hickory_proto::op::{Message, Query};
+use hickory_proto::quic::QuicClientStream;
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::runtime::{TokioRuntimeProvider, TokioTime};
+use hickory_proto::rustls::tls_client_connect;
+use hickory_proto::udp::UdpClientStream;
+use hickory_proto::xfer::{
+    DnsExchange, DnsHandle as _, DnsMultiplexer, DnsRequest, DnsRequestOptions,
+    DnsRequestSender as _, DnsResponse,
+};
+use tundns_test_support::tls::pinned_client_config;
+
+const MAX_COUNT: usize = 10_000;
+const MAX_GAP_MS: u64 = 1000;
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The name the TLS clients ask for; the server is trusted whatever it presents.
+const SERVER_NAME: &str = "dns.tundns.internal";
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let gap = match args
+        .first()
+        .and_then(|first| first.strip_prefix("--gap-ms="))
+    {
+        Some(gap) => {
+            let gap = gap
+                .parse::<u64>()
+                .ok()
+                .filter(|gap| *gap <= MAX_GAP_MS)
+                .unwrap_or_else(|| exit("--gap-ms is 0..=1000"));
+            args.remove(0);
+            Duration::from_millis(gap)
+        }
+        None => Duration::ZERO,
+    };
+    let (server, name, count, transports, server_pid) = match args.as_slice() {
+        [server, name, count, transports] => (server, name, count, transports, None),
+        [server, name, count, transports, pid] => (server, name, count, transports, Some(pid)),
+        _ => exit("usage: dns-latency [--gap-ms=N] SERVER NAME COUNT TRANSPORTS [SERVER_PID]"),
+    };
+    let server_pid = server_pid.map(|pid| {
+        pid.parse::<u32>()
+            .ok()
+            .filter(|pid| server_cpu_ns(*pid).is_some())
+            .unwrap_or_else(|| exit("SERVER_PID is a running process's id"))
+    });
+    let server: IpAddr = server
+        .parse()
+        .unwrap_or_else(|_| exit("SERVER is an IP address"));
+    let name = Name::from_ascii(name).unwrap_or_else(|_| exit("NAME is a domain name"));
+    let count = count
+        .parse::<usize>()
+        .ok()
+        .filter(|count| (1..=MAX_COUNT).contains(count))
+        .unwrap_or_else(|| exit("COUNT is 1..=10000"));
+    let transports: Vec<Transport> = transports
+        .split(',')
+        .map(|transport| {
+            Transport::of(transport)
+                .unwrap_or_else(|| exit("TRANSPORTS is a list of udp, dot, doh and doq"))
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        for transport in transports {
+            let timed = transport.time(server, &name, count, gap, server_pid).await;
+            report(transport.label(), &timed);
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+enum Transport {
+    Udp,
+    Tls,
+    Https,
+    Quic,
+}
+
+impl Transport {
+    fn of(label: &str) -> Option<Self> {
+        Some(match label {
+            "udp" => Self::Udp,
+            "dot" => Self::Tls,
+            "doh" => Self::Https,
+            "doq" => Self::Quic,
+            _ => return None,
+        })
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tls => "dot",
+            Self::Https => "doh",
+            Self::Quic => "doq",
+        }
+    }
+
+    /// Connects (outside the timing), then times `count` queries.
+    async fn time(
+        self,
+        server: IpAddr,
+        name: &Name,
+        count: usize,
+        gap: Duration,
+        server_pid: Option<u32>,
+    ) -> Timed {
+        let label = self.label();
+        let provider = TokioRuntimeProvider::default();
+        let tls = || Arc::new(pinned_client_config(None));
+        match self {
+            Self::Udp => {
+                let mut udp = UdpClientStream::builder(SocketAddr::new(server, 53), provider)
+                    .with_timeout(Some(QUERY_TIMEOUT))
+                    .build()
+                    .await
+                    .unwrap_or_else(|error| exit(&format!("{label}: {error}")));
+                time_queries(server_pid, name, count, gap, |request| {
+                    udp.send_message(request)
+                })
+                .await
+            }
+            Self::Tls => {
+                let (connect, handle) = tls_client_connect(
+                    SocketAddr::new(server, 853),
+                    SERVER_NAME.into(),
+                    tls(),
+                    provider,
+                );
+                let multiplexer = DnsMultiplexer::new(connect, handle, None);
+                let (exchange, background) = DnsExchange::connect::<_, _, TokioTime>(multiplexer)
+                    .await
+                    .unwrap_or_else(|error| exit(&format!("{label}: {error}")));
+                tokio::spawn(background);
+                time_queries(server_pid, name, count, gap, |request| {
+                    exchange.send(request)
+                })
+                .await
+            }
+            Self::Https => {
+                let mut https = HttpsClientStreamBuilder::with_client_config(tls(), provider)
+                    .build(
+                        SocketAddr::new(server, 443),
+                        SERVER_NAME.into(),
+                        "/dns-query".into(),
+                    )
+                    .await
+                    .unwrap_or_else(|error| exit(&format!("{label}: {error}")));
+                time_queries(server_pid, name, count, gap, |request| {
+                    https.send_message(request)
+                })
+                .await
+            }
+            Self::Quic => {
+                let mut builder = QuicClientStream::builder();
+                builder.crypto_config(pinned_client_config(None));
+                let mut quic = builder
+                    .build(SocketAddr::new(server, 853), SERVER_NAME.into())
+                    .await
+                    .unwrap_or_else(|error| exit(&format!("{label}: {error}")));
+                time_queries(server_pid, name, count, gap, |request| {
+                    quic.send_message(request)
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Each query's time from send to answer, in microseconds, sorted, and what the server spent.
+struct Timed {
+    times: Vec<u64>,
+    server_cpu_ns: Option<u64>,
+}
+
+/// Times `count` queries for `name` A sent one after another by `send`, and the CPU time
+/// `server_pid` spent meanwhile.
+async fn time_queries<S>(
+    server_pid: Option<u32>,
+    name: &Name,
+    count: usize,
+    gap: Duration,
+    mut send: impl FnMut(DnsRequest) -> S,
+) -> Timed
+where
+    S: Stream<Item = Result<DnsResponse, ProtoError>> + Unpin,
+{
+    let cpu_before = server_pid.and_then(server_cpu_ns);
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        let mut message = Message::new();
+        message
+            .add_query(Query::query(name.clone(), RecordType::A))
+            .set_recursion_desired(true);
+        let request = DnsRequest::new(message, DnsRequestOptions::default());
+        let started = Instant::now();
+        let answer = tokio::time::timeout(QUERY_TIMEOUT, send(request).next()).await;
+        match answer {
+            Ok(Some(Ok(response))) if !response.answers().is_empty() => {
+                times.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+            other => exit(&format!("a query failed: {other:?}")),
+        }
+    }
+    let server_cpu_ns = cpu_before
+        .zip(server_pid.and_then(server_cpu_ns))
+        .map(|(before, after)| after.saturating_sub(before));
+    times.sort_unstable();
+    Timed {
+        times,
+        server_cpu_ns,
+    }
+}
+
+/// Prints one transport's quantiles, and the server's CPU time per answer when known.
+fn report(transport: &str, timed: &Timed) {
+    let times = &timed.times;
+    let at = |quantile: f64| times[((times.len() - 1) as f64 * quantile) as usize];
+    let mut line = format!(
+        "{transport} n={} p50={} p99={}",
+        times.len(),
+        at(0.5),
+        at(0.99)
+    );
+    if let Some(spent) = timed.server_cpu_ns {
+        let per_answer_us = spent as f64 / 1e3 / times.len() as f64;
+        line += &format!(" cpu={per_answer_us:.1}");
+    }
+    println!("{line}");
+}
+
+/// The CPU time of `pid`'s threads so far, in nanoseconds (the first field of each thread's
+/// `schedstat`: /proc/PID/stat counts clock ticks, too coarse for a few thousand answers). A
+/// thread that ends between two reads takes its time with it; the servers' threads live as
+/// long as they do.
+fn server_cpu_ns(pid: u32) -> Option<u64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let on_cpu = threads.flatten().filter_map(|thread| {
+        let schedstat = std::fs::read_to_string(thread.path().join("schedstat")).ok()?;
+        schedstat.split_whitespace().next()?.parse::<u64>().ok()
+    });
+    Some(on_cpu.sum())
+}
+
+fn exit(why: &str) -> ! {
+    eprintln!("dns-latency: {why}");
+    std::process::exit(2)
+}
