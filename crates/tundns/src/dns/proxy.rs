@@ -90,6 +90,10 @@ pub struct DnsProxy {
     cache_fingerprint: AtomicU64,
     /// Set once the routes change through the control socket.
     routes_changed: AtomicBool,
+    /// Where upstream requests run: the runtime the proxy was made on, whichever thread
+    /// took the query (the TUN reader, the encrypted DNS servers' thread). Other clients
+    /// may wait on the same request, so it must outlive any one front end.
+    upstream_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What to do with one client query. `W` is what the caller holds while the query
@@ -122,6 +126,7 @@ impl DnsProxy {
             this_host: OnceLock::new(),
             cache_fingerprint: AtomicU64::new(parts.cache_fingerprint),
             routes_changed: AtomicBool::new(false),
+            upstream_runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -310,7 +315,7 @@ impl DnsProxy {
                     self.stats.collapsed.fetch_add(1, Ordering::Relaxed);
                 }
                 while let Some(request) = forwarding.poll_request() {
-                    tokio::spawn(self.clone().ask_upstream(request));
+                    self.spawn_upstream(request);
                 }
                 Verdict::Forward(waiter)
             }
@@ -332,7 +337,16 @@ impl DnsProxy {
         }
         self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
         while let Some(request) = forwarding.poll_request() {
-            tokio::spawn(self.clone().ask_upstream(request));
+            self.spawn_upstream(request);
+        }
+    }
+
+    /// Runs `request` on the upstream runtime (the caller's, for a proxy made outside one).
+    fn spawn_upstream(self: &Arc<Self>, request: UpstreamRequest<UpstreamPool>) {
+        let asking = self.clone().ask_upstream(request);
+        match &self.upstream_runtime {
+            Some(runtime) => drop(runtime.spawn(asking)),
+            None => drop(tokio::spawn(asking)),
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Their TCP is a userspace stack of their own ([`StackListeners`]), and their QUIC is
 //! quinn over a socket that is the TUN ([`quic`]), both fed from the TUN for the sources
-//! the virtual IPs admit; TLS is rustls with the identity of [`certificate`].
+//! the virtual IPs admit; TLS is rustls with the identity of [`certificate`]. All of it
+//! runs on one thread of its own ([`ServerThread`]).
 //! Everything a client can hold is bounded: connections (`MaxTcpConnections`, and a
 //! quarter of them per client address), the handshake's time, queries or streams in
 //! flight per connection, and idle time, which only a whole query restarts, as for DNS over
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -58,9 +59,11 @@ pub(crate) struct Bounds {
 pub struct EncryptedServers {
     /// The TCP of DoT and DoH, when either is served.
     listeners: Option<StackListeners>,
-    /// UDP 853 and the server on it, when DoQ is served.
-    quic: Option<quic::QuicServer>,
+    /// UDP 853, when DoQ is served.
+    quic: Option<Arc<quic::QuicPort>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Where the servers run; `None` only if it could not start (which is reported).
+    thread: Option<ServerThread>,
     status: EncryptedStatus,
 }
 
@@ -106,53 +109,61 @@ impl EncryptedServers {
             mtu: usize::from(mtu),
             ..Limits::default()
         };
-        let listeners = (!over_tcp.is_empty()).then(|| {
-            StackListeners::new(
-                "encrypted DNS on the virtual IPs",
-                &every_tcp_endpoint,
-                limits,
-                tun.clone(),
-                admits,
-            )
-        });
         let quota = Arc::new(SourceQuota::new(
             (settings.max_tcp_connections / CONNECTIONS_PER_SOURCE_DIVISOR).max(1),
         ));
         let bounds = Bounds {
             idle: settings.tcp_idle_timeout,
         };
-        let tasks: Vec<JoinHandle<()>> = over_tcp
-            .iter()
-            .zip(std::iter::repeat(listeners.as_ref()).flatten())
-            .map(|(protocol, listeners)| {
-                let accepted = listeners.listen(&endpoints(protocol.protocol()));
-                let acceptor =
-                    TlsAcceptor::from(Arc::new(server_config(identity, protocol.protocol())));
-                let server = Server {
-                    protocol: *protocol,
-                    proxy: proxy.clone(),
-                    acceptor,
-                    quota: quota.clone(),
+        let quic = settings
+            .encrypted
+            .contains(&EncryptedDns::Quic)
+            .then(|| quic::QuicPort::new(&settings.addresses, tun.clone()));
+        let ((listeners, tasks), thread) = ServerThread::start(|| {
+            let listeners = (!over_tcp.is_empty()).then(|| {
+                StackListeners::new(
+                    "encrypted DNS on the virtual IPs",
+                    &every_tcp_endpoint,
+                    limits,
+                    tun.clone(),
+                    admits,
+                )
+            });
+            let mut tasks: Vec<JoinHandle<()>> = over_tcp
+                .iter()
+                .zip(std::iter::repeat(listeners.as_ref()).flatten())
+                .map(|(protocol, listeners)| {
+                    let accepted = listeners.listen(&endpoints(protocol.protocol()));
+                    let acceptor =
+                        TlsAcceptor::from(Arc::new(server_config(identity, protocol.protocol())));
+                    let server = Server {
+                        protocol: *protocol,
+                        proxy: proxy.clone(),
+                        acceptor,
+                        quota: quota.clone(),
+                        bounds,
+                    };
+                    let name = match protocol {
+                        OverTcp::Tls => "DNS over TLS on the virtual IPs",
+                        OverTcp::Https => "DNS over HTTPS on the virtual IPs",
+                    };
+                    crate::supervise::spawn_essential(name, server.accept(accepted))
+                })
+                .collect();
+            if let Some(port) = &quic {
+                let config =
+                    quic::server_config(server_config(identity, EncryptedDns::Quic), bounds, mtu);
+                let server = quic::serve(
+                    port.clone(),
+                    config,
+                    proxy.clone(),
+                    quota.clone(),
+                    settings.max_tcp_connections,
                     bounds,
-                };
-                let name = match protocol {
-                    OverTcp::Tls => "DNS over TLS on the virtual IPs",
-                    OverTcp::Https => "DNS over HTTPS on the virtual IPs",
-                };
-                crate::supervise::spawn_essential(name, server.accept(accepted))
-            })
-            .collect();
-        let quic = settings.encrypted.contains(&EncryptedDns::Quic).then(|| {
-            let config =
-                quic::server_config(server_config(identity, EncryptedDns::Quic), bounds, mtu);
-            quic::QuicServer::spawn(
-                quic::QuicPort::new(&settings.addresses, tun),
-                config,
-                proxy.clone(),
-                quota,
-                settings.max_tcp_connections,
-                bounds,
-            )
+                );
+                tasks.push(crate::supervise::spawn_essential(quic::TASK, server));
+            }
+            (listeners, tasks)
         });
         for protocol in &settings.encrypted {
             tracing::info!(
@@ -180,6 +191,7 @@ impl EncryptedServers {
             listeners,
             quic,
             tasks,
+            thread,
             status,
         })
     }
@@ -195,7 +207,7 @@ impl EncryptedServers {
             host = listeners.open_ports(host);
         }
         if let Some(quic) = &self.quic {
-            host = host.with_udp(EncryptedDns::Quic.port(), quic.port().clone());
+            host = host.with_udp(EncryptedDns::Quic.port(), quic.clone());
         }
         host
     }
@@ -205,6 +217,75 @@ impl Drop for EncryptedServers {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        drop(self.thread.take());
+    }
+}
+
+/// The thread the encrypted DNS servers run on, with a single-threaded runtime: their TCP
+/// stack, TLS, HTTP/2 and QUIC, from the segment or datagram the TUN reader hands over to
+/// the answer written back into the TUN. On tundns's multi-threaded runtime a query reaching
+/// an idle process woke a worker, which woke the other to look for more work, and the two
+/// took turns on one CPU several times per query (`sched_switch` traces: about 250 us per
+/// DoH query). Here the TUN reader wakes one thread. Upstream requests still run on
+/// tundns's runtime (see [`DnsProxy`]). Dropping it stops the servers and waits for the
+/// thread.
+struct ServerThread {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// What the servers are called where they fail.
+    const TASK: &str = "the encrypted DNS servers' thread";
+
+    /// Runs `setup` in the thread's runtime, so that what it spawns runs on the thread, then
+    /// starts the thread. If the runtime cannot be made, `setup` spawns on the caller's; if
+    /// the thread cannot start, the servers fail as an essential task does.
+    fn start<T>(setup: impl FnOnce() -> T) -> (T, Option<Self>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::warn!(%error, "encrypted DNS: no runtime of its own, sharing tundns's");
+                return (setup(), None);
+            }
+        };
+        let made = {
+            let _spawns_here = runtime.enter();
+            setup()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("encrypted-dns".into())
+            // Stopped, the runtime goes and the servers' tasks with it.
+            .spawn(move || drop(runtime.block_on(stopped)));
+        match thread {
+            Ok(thread) => (
+                made,
+                Some(Self {
+                    stop: Some(stop),
+                    thread: Some(thread),
+                }),
+            ),
+            Err(error) => {
+                crate::supervise::report(crate::supervise::TaskFailure {
+                    task: Self::TASK,
+                    reason: format!("its thread did not start: {error}"),
+                });
+                (made, None)
+            }
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -470,6 +551,37 @@ impl Drop for QuotaShare {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_tasks_run_on_their_thread_and_stop_with_it() {
+        /// Tells the test when the runtime holding it drops it.
+        struct Dropped(std::sync::mpsc::Sender<&'static str>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send("dropped");
+            }
+        }
+        let (events, seen) = std::sync::mpsc::channel();
+        let ((), thread) = ServerThread::start(|| {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let dropped = Dropped(events.clone());
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = events.send(if name.as_deref() == Some("encrypted-dns") {
+                    "on its thread"
+                } else {
+                    "elsewhere"
+                });
+                std::future::pending::<()>().await;
+                drop(dropped);
+            });
+        });
+        let thread = thread.expect("the thread starts");
+        let wait = Duration::from_secs(5);
+        assert_eq!(seen.recv_timeout(wait), Ok("on its thread"));
+        drop(thread);
+        assert_eq!(seen.recv_timeout(wait), Ok("dropped"));
+    }
 
     #[test]
     fn a_source_holds_at_most_its_share_and_gets_it_back() {

@@ -3,7 +3,7 @@
 //! ID 0, then the stream's end; the answer goes back the same way. A stream that breaks
 //! this closes its connection with `DOQ_PROTOCOL_ERROR` (RFC 9250 §4.3.3).
 //!
-//! It runs on a thread of its own ([`QuicServer`]), apart from tundns's runtime.
+//! It runs on the encrypted DNS servers' thread (see [`super::ServerThread`]).
 //!
 //! Bounds as for DoT: connections (`MaxTcpConnections` of its own, and a quarter per client
 //! address shared with DoT and DoH, the rest refused), the handshake's time,
@@ -17,7 +17,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 
 use futures::FutureExt as _;
 use futures::task::AtomicWaker;
@@ -26,8 +25,6 @@ use quinn::{
     AsyncUdpSocket, Connection, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
     RecvStream, SendStream, TokioRuntime, TransportConfig, UdpPoller, VarInt,
 };
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tundns_config::EncryptedDns;
@@ -41,7 +38,6 @@ use super::{
 };
 use crate::dns::counters::Transport;
 use crate::dns::proxy::DnsProxy;
-use crate::supervise::{self, TaskFailure};
 
 /// Largest query stream accepted, prefix included; real queries are a few hundred bytes.
 const MAX_QUERY_STREAM: usize = 2 + 16 * 1024;
@@ -49,7 +45,7 @@ const MAX_QUERY_STREAM: usize = 2 + 16 * 1024;
 /// buffer would, and QUIC resends.
 const MAX_QUEUED_DATAGRAMS: usize = 1024;
 /// What the server is called where it fails.
-const TASK: &str = "DNS over QUIC on the virtual IPs";
+pub(super) const TASK: &str = "DNS over QUIC on the virtual IPs";
 /// The IP and UDP headers a QUIC packet travels under, at most (IPv6).
 const IP_AND_UDP_HEADERS: u16 = 40 + 8;
 /// The smallest datagram QUIC allows (RFC 9000 §14).
@@ -184,88 +180,6 @@ impl UdpPoller for AlwaysWritable {
     }
 }
 
-/// DNS over QUIC served on a thread of its own, on a single-threaded runtime: quinn's
-/// endpoint, its connections and their streams. On tundns's multi-threaded runtime each
-/// datagram from the TUN reader woke two workers (the one woken wakes another to look for
-/// more work), and quinn's tasks passed it between them; here it wakes one thread, which
-/// takes it from the endpoint to the answer. Upstream work stays on tundns's runtime.
-/// Dropping it stops the server and waits for its thread.
-pub(super) struct QuicServer {
-    port: Arc<QuicPort>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl QuicServer {
-    /// Serves `config` on `port` (see [`serve`]); called on tundns's runtime, which the
-    /// server's queries are forwarded on. A thread or runtime that cannot start is
-    /// reported as the server failing.
-    pub(super) fn spawn(
-        port: Arc<QuicPort>,
-        config: quinn::ServerConfig,
-        proxy: Arc<DnsProxy>,
-        quota: Arc<SourceQuota>,
-        max_connections: usize,
-        bounds: Bounds,
-    ) -> Self {
-        let upstreams = Handle::current();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = serve(
-            port.clone(),
-            config,
-            proxy,
-            quota,
-            max_connections,
-            bounds,
-            upstreams,
-        );
-        let thread = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .and_then(|runtime| {
-                std::thread::Builder::new()
-                    .name("doq".into())
-                    .spawn(move || {
-                        runtime.block_on(async {
-                            let server = supervise::spawn_essential(TASK, server);
-                            // Stopped, the runtime goes and the server's tasks with it.
-                            tokio::select! {
-                                _ = stopped => {}
-                                _ = server => {}
-                            }
-                        });
-                    })
-            });
-        let thread = thread
-            .inspect_err(|error| {
-                supervise::report(TaskFailure {
-                    task: TASK,
-                    reason: format!("its thread did not start: {error}"),
-                });
-            })
-            .ok();
-        Self {
-            port,
-            stop: Some(stop),
-            thread,
-        }
-    }
-
-    /// UDP 853 of the virtual IPs, for the TUN to hand datagrams to.
-    pub(super) fn port(&self) -> &Arc<QuicPort> {
-        &self.port
-    }
-}
-
-impl Drop for QuicServer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// quinn's server settings: `tls` (ALPN `doq`, 0-RTT allowed: a query is safe to replay,
 /// RFC 9250 §4.5) and the transport's bounds.
 pub(super) fn server_config(
@@ -300,16 +214,14 @@ pub(super) fn server_config(
     config
 }
 
-/// Serves DNS over QUIC on `port` until dropped (at shutdown), forwarding queries on
-/// `upstreams`.
-async fn serve(
+/// Serves DNS over QUIC on `port` until dropped (at shutdown).
+pub(super) async fn serve(
     port: Arc<QuicPort>,
     config: quinn::ServerConfig,
     proxy: Arc<DnsProxy>,
     quota: Arc<SourceQuota>,
     max_connections: usize,
     bounds: Bounds,
-    upstreams: Handle,
 ) {
     let endpoint = match Endpoint::new_with_abstract_socket(
         EndpointConfig::default(),
@@ -337,7 +249,7 @@ async fn serve(
                     incoming.refuse();
                     continue;
                 };
-                let (proxy, upstreams) = (proxy.clone(), upstreams.clone());
+                let proxy = proxy.clone();
                 connections.spawn(async move {
                     let _share = share;
                     let connecting = match incoming.accept() {
@@ -352,7 +264,7 @@ async fn serve(
                     let Ok((connection, established)) = connecting.into_0rtt() else {
                         return;
                     };
-                    serve_connection(connection, established, proxy, bounds, upstreams).await;
+                    serve_connection(connection, established, proxy, bounds).await;
                 });
             }
             Some(_) = connections.join_next() => {}
@@ -367,7 +279,6 @@ async fn serve_connection(
     established: quinn::ZeroRttAccepted,
     proxy: Arc<DnsProxy>,
     bounds: Bounds,
-    upstreams: Handle,
 ) {
     let peer = connection.remote_address();
     let activity = Arc::new(Activity::new());
@@ -386,7 +297,6 @@ async fn serve_connection(
                     proxy: proxy.clone(),
                     bounds,
                     activity: activity.clone(),
-                    upstreams: upstreams.clone(),
                 };
                 // A query usually comes whole with its stream and is answered from memory:
                 // served here, with no task to spawn and wake. One that has to wait (for the
@@ -427,7 +337,6 @@ struct QueryStream {
     proxy: Arc<DnsProxy>,
     bounds: Bounds,
     activity: Arc<Activity>,
-    upstreams: Handle,
 }
 
 impl QueryStream {
@@ -466,12 +375,7 @@ impl QueryStream {
         let _in_hand = self.activity.begin();
         let mut framed = Vec::new();
         let framing = |answer: &[u8]| append_framed(&mut framed, answer);
-        // A miss's upstream request is a task on tundns's runtime: other clients may wait
-        // for the same request, which must outlive this thread's runtime.
-        let replied = {
-            let _upstreams = self.upstreams.enter();
-            reply(&self.proxy, peer, query, Transport::Quic, framing)
-        };
+        let replied = reply(&self.proxy, peer, query, Transport::Quic, framing);
         if let Reply::Forward(forward) = replied {
             append_framed(&mut framed, &forward.resolve().await);
         }
