@@ -44,11 +44,13 @@ PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
-[[ -x $DNS_LATENCY_BIN ]] || {
+if [[ $PARTS == *h* && ! -x $DNS_LATENCY_BIN ]]; then
+    [[ $DNS_LATENCY_BIN == "$ROOT/target/release/dns-latency" ]] ||
+        lab_die "DNS_LATENCY_BIN=$DNS_LATENCY_BIN is not an executable"
     lab_log "building dns-latency (crates/test-support)"
     cargo build --release -q -p tundns-test-support --bin dns-latency >&2
-}
-bench_lab tde h2load dnsdist
+fi
+bench_lab tde h2load dnsdist curl
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
 bench_start_tundns "$TUNDNS_BIN" on
 lab_in_c dig +time=1 +tries=1 +short "@$LAB_PROXY_V4" www.lab.test A >/dev/null # fills the cache
@@ -56,7 +58,10 @@ lab_in_c dig +time=1 +tries=1 +short "@$LAB_PROXY_V4" www.lab.test A >/dev/null 
 # dnsdist's UDP, DoT and DoH with a packet cache, presenting tundns's own identity, on C's
 # loopback (its traffic crosses no TUN: the comparison favours it).
 DNSDIST=127.0.0.2
-identity=$(ls "/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
+identities=("/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
+[[ ${#identities[@]} -eq 1 && -r ${identities[0]} ]] ||
+    lab_die "expected one identity of tundns's in /var/lib/tundns/netns/$LAB_C: ${identities[*]}"
+identity=${identities[0]}
 cat >"$LAB_DIR/dnsdist-encrypted.conf" <<CONF
 setLocal("$DNSDIST:53")
 addTLSLocal("$DNSDIST:853", "$identity", "$identity")
@@ -70,7 +75,8 @@ dnsdist_pid=$LAB_LAST_PID
 lab_wait 10 ip netns exec "$LAB_C" curl -sk -o /dev/null --max-time 2 \
     "https://$DNSDIST/dns-query?dns=AAABAAABAAAAAAAAA3d3dwNsYWIEdGVzdAAAAQAB" ||
     lab_die "dnsdist's DoH did not answer: $(cat "$LAB_DIR/dnsdist-encrypted.log")"
-lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A >/dev/null # fills its cache
+lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A >/dev/null ||
+    lab_die "dnsdist did not answer over UDP" # the query fills its cache
 
 declare -A P50 P99 QPS CPU
 # latency SERVER MODE: dnsperf -q 1 -v over MODE against SERVER (tundns or dnsdist); sets
@@ -83,6 +89,7 @@ latency() {
         lab_die "dnsperf -m $mode failed: $(tail -5 "$report")"
     ! awk '$1 == ">" && $2 != "NOERROR" { bad = 1 } END { exit !bad }' "$report" ||
         lab_die "$mode gave answers other than NOERROR: $(grep -m3 '^>' "$report")"
+    grep -q '^>' "$report" || lab_die "dnsperf -m $mode against $server got no answer"
     read -r "P50[$server-$mode]" "P99[$server-$mode]" < <(awk '$1 == ">" { print $NF * 1e6 }' "$report" | sort -g |
         awk '{ v[NR] = $1 } END { if (NR) printf "%.0f %.0f\n", v[int(0.5 * (NR - 1)) + 1], v[int(0.99 * (NR - 1)) + 1]; else print "n/a n/a" }')
     printf '  %-7s %-5s n=%s p50=%s us p99=%s us\n' "$server" "$mode" "$(grep -c '^>' "$report" || true)" \

@@ -258,19 +258,30 @@ impl ServerThread {
             setup()
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        // The runtime is handed over once the thread runs: a closure that failed to start
+        // would drop it here, inside tundns's runtime, which tokio does not allow.
+        let (hand_over, handed) = std::sync::mpsc::channel::<tokio::runtime::Runtime>();
         let thread = std::thread::Builder::new()
             .name("encrypted-dns".into())
-            // Stopped, the runtime goes and the servers' tasks with it.
-            .spawn(move || drop(runtime.block_on(stopped)));
+            .spawn(move || {
+                if let Ok(runtime) = handed.recv() {
+                    // Stopped, the runtime goes and the servers' tasks with it.
+                    drop(runtime.block_on(stopped));
+                }
+            });
         match thread {
-            Ok(thread) => (
-                made,
-                Some(Self {
-                    stop: Some(stop),
-                    thread: Some(thread),
-                }),
-            ),
+            Ok(thread) => {
+                let _ = hand_over.send(runtime);
+                (
+                    made,
+                    Some(Self {
+                        stop: Some(stop),
+                        thread: Some(thread),
+                    }),
+                )
+            }
             Err(error) => {
+                runtime.shutdown_background();
                 crate::supervise::report(crate::supervise::TaskFailure {
                     task: Self::TASK,
                     reason: format!("its thread did not start: {error}"),
