@@ -8,9 +8,12 @@
 #               (crates/test-support, hickory's clients: udp, dot, doh and doq, which dnsperf
 #               lacks) with each server's CPU time per answer, back to back and again with
 #               GAP_MS between queries (each then finds the server idle, as sporadic queries
-#               do; dnsperf -q 1 itself waits 100 ms after an answer slower than it polls
-#               for, so its rows mix the two). dnsdist's own ratios, from the same clients,
-#               show what the client and the protocol cost a server that crosses no TUN.
+#               do). dnsperf -q 1 paces itself: tcpdump shows it sending tundns's UDP and DoH
+#               queries 100 ms apart and dnsdist's DoH back to back, so its rows mix idle and
+#               busy servers. dnsdist's own ratios, from the same clients, show what the
+#               client and the protocol cost a server that crosses no TUN; for DoQ, which
+#               dnsdist 1.7 lacks, doq-reference (crates/test-support: quinn answering from
+#               memory) stands in, against dnsdist's UDP.
 #   throughput: for RUN_SECONDS each, cached answers on 8 connections: UDP and DoT from
 #               dnsperf (-c 8 -q 64), DoH from h2load (-c 8 -m 64; dnsperf 2.11's DoH client
 #               stalls with more than one query outstanding, against dnsdist as against
@@ -44,11 +47,12 @@ PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
-if [[ $PARTS == *h* && ! -x $DNS_LATENCY_BIN ]]; then
+DOQ_REFERENCE_BIN=$ROOT/target/release/doq-reference
+if [[ $PARTS == *h* && ! ( -x $DNS_LATENCY_BIN && -x $DOQ_REFERENCE_BIN ) ]]; then
     [[ $DNS_LATENCY_BIN == "$ROOT/target/release/dns-latency" ]] ||
         lab_die "DNS_LATENCY_BIN=$DNS_LATENCY_BIN is not an executable"
-    lab_log "building dns-latency (crates/test-support)"
-    cargo build --release -q -p tundns-test-support --bin dns-latency >&2
+    lab_log "building dns-latency and doq-reference (crates/test-support)"
+    cargo build --release -q -p tundns-test-support --bin dns-latency --bin doq-reference >&2
 fi
 bench_lab tde h2load dnsdist curl
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
@@ -103,7 +107,10 @@ hickory_latency() {
     local server=$1 transports=$2 gap=${3:-0} address=$LAB_PROXY_V4 pid=$LAB_TUNDNS_PID
     local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu key kind=hickory
     local count=$SPARSE
-    [[ $server == tundns ]] || { address=$DNSDIST; pid=$dnsdist_pid; }
+    case $server in
+    dnsdist) address=$DNSDIST pid=$dnsdist_pid ;;
+    reference) address=$DOQ_REFERENCE pid=$doq_reference_pid ;;
+    esac
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
     timeout 300 ip netns exec "$LAB_C" "$DNS_LATENCY_BIN" "--gap-ms=$gap" "$address" \
         www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
@@ -160,11 +167,17 @@ if [[ $PARTS == *l* ]]; then
 fi
 if [[ $PARTS == *h* ]]; then
     lab_log "latency: $SPARSE cache hits per transport, one outstanding (hickory's clients)"
+    DOQ_REFERENCE=127.0.0.3
+    lab_spawn "$LAB_C" doq-reference "$DOQ_REFERENCE_BIN" "$DOQ_REFERENCE:853" "$identity"
+    doq_reference_pid=$LAB_LAST_PID
     hickory_latency tundns udp,dot,doh,doq
     hickory_latency dnsdist udp,dot,doh # dnsdist 1.7 serves no DoQ
+    hickory_latency reference doq
     lab_log "latency: $SPARSE_IDLE cache hits per transport, $GAP_MS ms apart (hickory's clients)"
     hickory_latency tundns udp,dot,doh,doq "$GAP_MS"
     hickory_latency dnsdist udp,dot,doh "$GAP_MS"
+    hickory_latency reference doq "$GAP_MS"
+    lab_stop "$doq_reference_pid"
 fi
 if [[ $PARTS == *t* ]]; then
     lab_log "throughput: $SECONDS_EACH s each, 8 connections, 64 outstanding each"
@@ -182,13 +195,16 @@ latency_table() {
     local client=$1 prefix=$2 server transport key verdicts=''
     shift 2
     printf '\ncache hits, microseconds (%s, one connection reused)\n' "$client"
-    printf '%-8s %-9s %8s %8s %10s %18s\n' server transport p50 p99 "p50 / udp" "server CPU us/ans"
-    for server in tundns dnsdist; do
+    printf '%-9s %-9s %8s %8s %10s %18s\n' server transport p50 p99 "p50 / udp" "server CPU us/ans"
+    for server in tundns dnsdist reference; do
+        # doq-reference serves DoQ alone: its ratio is to dnsdist's UDP.
+        local baseline=$server
+        [[ $server != reference ]] || baseline=dnsdist
         for transport in "$@"; do
             key=$server-$prefix$transport
             [[ -n ${P50[$key]:-} ]] || continue
-            printf '%-8s %-9s %8s %8s %10s %18s\n' "$server" "$transport" "${P50[$key]}" \
-                "${P99[$key]}" "$(bench_ratio "${P50[$key]}" "${P50[$server-${prefix}udp]}")" \
+            printf '%-9s %-9s %8s %8s %10s %18s\n' "$server" "$transport" "${P50[$key]}" \
+                "${P99[$key]}" "$(bench_ratio "${P50[$key]}" "${P50[$baseline-${prefix}udp]}")" \
                 "${CPU[$key]:-}"
         done
     done
