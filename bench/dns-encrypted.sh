@@ -25,7 +25,8 @@
 # identity, which dnsperf does not verify.
 #
 # Usage: bench/dns-encrypted.sh   (as root; tundns from $TUNDNS_BIN, default target/release/tundns;
-#        dns-latency from $DNS_LATENCY_BIN, built when missing)
+#        dns-latency and doq-reference from $DNS_LATENCY_BIN and $DOQ_REFERENCE_BIN, by default
+#        under target/release/, built there when missing)
 # Env:   SPARSE (queries per transport, default 300, at most 2000), RUN_SECONDS (throughput run,
 #        default 10, at most 60), PARTS (default lht: l the dnsperf latencies, h hickory's, t the
 #        throughput), GAP_MS (hickory's idle gap, default 20, at most 100; SPARSE is cut to
@@ -47,12 +48,14 @@ PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
-DOQ_REFERENCE_BIN=$ROOT/target/release/doq-reference
-if [[ $PARTS == *h* && ! ( -x $DNS_LATENCY_BIN && -x $DOQ_REFERENCE_BIN ) ]]; then
-    [[ $DNS_LATENCY_BIN == "$ROOT/target/release/dns-latency" ]] ||
-        lab_die "DNS_LATENCY_BIN=$DNS_LATENCY_BIN is not an executable"
-    lab_log "building dns-latency and doq-reference (crates/test-support)"
-    cargo build --release -q -p tundns-test-support --bin dns-latency --bin doq-reference >&2
+DOQ_REFERENCE_BIN=${DOQ_REFERENCE_BIN:-$ROOT/target/release/doq-reference}
+if [[ $PARTS == *h* ]]; then
+    for bin in DNS_LATENCY_BIN DOQ_REFERENCE_BIN; do
+        [[ -x ${!bin} ]] && continue
+        [[ ${!bin} == "$ROOT/target/release/"* ]] || lab_die "$bin=${!bin} is not an executable"
+        lab_log "building ${!bin##*/} (crates/test-support)"
+        cargo build --release -q -p tundns-test-support --bin "${!bin##*/}" >&2
+    done
 fi
 bench_lab tde h2load dnsdist curl
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
@@ -108,8 +111,10 @@ hickory_latency() {
     local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu key kind=hickory
     local count=$SPARSE
     case $server in
+    tundns) ;;
     dnsdist) address=$DNSDIST pid=$dnsdist_pid ;;
     reference) address=$DOQ_REFERENCE pid=$doq_reference_pid ;;
+    *) lab_die "no server $server" ;;
     esac
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
     timeout 300 ip netns exec "$LAB_C" "$DNS_LATENCY_BIN" "--gap-ms=$gap" "$address" \
@@ -170,6 +175,8 @@ if [[ $PARTS == *h* ]]; then
     DOQ_REFERENCE=127.0.0.3
     lab_spawn "$LAB_C" doq-reference "$DOQ_REFERENCE_BIN" "$DOQ_REFERENCE:853" "$identity"
     doq_reference_pid=$LAB_LAST_PID
+    lab_wait 10 ip netns exec "$LAB_C" sh -c "ss -Hlun src $DOQ_REFERENCE:853 | grep -q ." ||
+        lab_die "doq-reference did not start: $(cat "$LAB_DIR/doq-reference.log")"
     hickory_latency tundns udp,dot,doh,doq
     hickory_latency dnsdist udp,dot,doh # dnsdist 1.7 serves no DoQ
     hickory_latency reference doq

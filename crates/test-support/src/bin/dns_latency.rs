@@ -213,16 +213,18 @@ async fn connected_udp(server: SocketAddr) -> UdpSocket {
     socket
 }
 
-/// Sends `request` on `udp` and takes the first datagram that answers its ID.
+/// Sends `request` on `udp` and takes the first datagram that parses as the answer to its
+/// ID. Its buffer is on the stack, as a stub resolver's is: no allocation beyond the answer's
+/// own, as for the other transports.
 async fn ask_over_udp(udp: &UdpSocket, request: DnsRequest) -> Result<DnsResponse, ProtoError> {
     let id = request.id();
     udp.send(&request.to_vec()?).await?;
-    let mut buffer = vec![0; 65_535];
+    let mut buffer = [0u8; 4096];
     loop {
         let len = udp.recv(&mut buffer).await?;
-        let response = DnsResponse::from_buffer(buffer[..len].to_vec())?;
-        if response.id() == id {
-            return Ok(response);
+        match DnsResponse::from_buffer(buffer[..len].to_vec()) {
+            Ok(response) if response.id() == id => return Ok(response),
+            _ => continue,
         }
     }
 }
