@@ -86,11 +86,22 @@ lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A >/dev/null ||
     lab_die "dnsdist did not answer over UDP" # the query fills its cache
 
 declare -A P50 P99 QPS CPU
+DOQ_REFERENCE=127.0.0.3
+# server_address SERVER: where SERVER (tundns, dnsdist or reference) answers.
+server_address() {
+    case $1 in
+    tundns) echo "$LAB_PROXY_V4" ;;
+    dnsdist) echo "$DNSDIST" ;;
+    reference) echo "$DOQ_REFERENCE" ;;
+    *) return 1 ;;
+    esac
+}
+
 # latency SERVER MODE: dnsperf -q 1 -v over MODE against SERVER (tundns or dnsdist); sets
 # P50[SERVER-MODE] and P99[SERVER-MODE] (microseconds).
 latency() {
-    local server=$1 mode=$2 report="$LAB_DIR/dnsperf-latency-$1-$2.txt" address=$LAB_PROXY_V4
-    [[ $server == tundns ]] || address=$DNSDIST
+    local server=$1 mode=$2 report="$LAB_DIR/dnsperf-latency-$1-$2.txt" address
+    address=$(server_address "$server") || lab_die "no server $server"
     timeout 120 ip netns exec "$LAB_C" dnsperf -m "$mode" -s "$address" \
         -d "$LAB_DIR/one-query.txt" -n "$SPARSE" -l 90 -q 1 -t 2 -v >"$report" 2>&1 ||
         lab_die "dnsperf -m $mode failed: $(tail -5 "$report")"
@@ -104,18 +115,16 @@ latency() {
 }
 
 # hickory_latency SERVER TRANSPORTS [GAP_MS]: dns-latency over TRANSPORTS (a comma list)
-# against SERVER (tundns or dnsdist), back to back or GAP_MS apart; sets P50, P99 and CPU (the
-# server's microseconds per answer) under SERVER-hickory-TRANSPORT, or SERVER-idle-TRANSPORT.
+# against SERVER (tundns, dnsdist or reference), back to back or GAP_MS apart; sets P50, P99
+# and CPU (the server's microseconds per answer) under SERVER-hickory-TRANSPORT, or
+# SERVER-idle-TRANSPORT.
 hickory_latency() {
-    local server=$1 transports=$2 gap=${3:-0} address=$LAB_PROXY_V4 pid=$LAB_TUNDNS_PID
+    local server=$1 transports=$2 gap=${3:-0} address pid=$LAB_TUNDNS_PID
     local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu key kind=hickory
     local count=$SPARSE
-    case $server in
-    tundns) ;;
-    dnsdist) address=$DNSDIST pid=$dnsdist_pid ;;
-    reference) address=$DOQ_REFERENCE pid=$doq_reference_pid ;;
-    *) lab_die "no server $server" ;;
-    esac
+    address=$(server_address "$server") || lab_die "no server $server"
+    [[ $server != dnsdist ]] || pid=$dnsdist_pid
+    [[ $server != reference ]] || pid=$doq_reference_pid
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
     timeout 300 ip netns exec "$LAB_C" "$DNS_LATENCY_BIN" "--gap-ms=$gap" "$address" \
         www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
@@ -172,7 +181,6 @@ if [[ $PARTS == *l* ]]; then
 fi
 if [[ $PARTS == *h* ]]; then
     lab_log "latency: $SPARSE cache hits per transport, one outstanding (hickory's clients)"
-    DOQ_REFERENCE=127.0.0.3
     lab_spawn "$LAB_C" doq-reference "$DOQ_REFERENCE_BIN" "$DOQ_REFERENCE:853" "$identity"
     doq_reference_pid=$LAB_LAST_PID
     lab_wait 10 ip netns exec "$LAB_C" sh -c "ss -Hlun src $DOQ_REFERENCE:853 | grep -q ." ||

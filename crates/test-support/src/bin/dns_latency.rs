@@ -1,9 +1,10 @@
 //! `dns-latency [--gap-ms=N] SERVER NAME COUNT TRANSPORTS [SERVER_PID]`: times COUNT queries
 //! for NAME A, one at a time, over each of TRANSPORTS (a comma-separated list of `udp`,
-//! `dot`, `doh` and `doq`), each over one reused connection, all from hickory's clients, and
-//! prints each transport's p50 and p99 in microseconds (UDP from one connected socket: hickory's
-//! own UDP client binds a socket per query, which would weigh on the baseline); given the server's process id, also
-//! the CPU time it spent per answer, in microseconds. Queries go back to back, or N
+//! `dot`, `doh` and `doq`), each over one reused connection, all from hickory's clients (UDP
+//! from one connected socket: hickory's own UDP client binds a socket per query, which would
+//! weigh on the baseline), and prints each transport's p50 and p99 in microseconds; given the
+//! server's process id, also the CPU time it spent per answer, in microseconds. Queries go
+//! back to back, or N
 //! milliseconds apart (at most 1000), so that each finds the server idle, as a browser's or
 //! a phone's sporadic queries do:
 //!

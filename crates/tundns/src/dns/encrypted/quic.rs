@@ -375,8 +375,7 @@ impl QueryStream {
         let _in_hand = self.activity.begin();
         let mut framed = Vec::new();
         let framing = |answer: &[u8]| append_framed(&mut framed, answer);
-        let replied = reply(&self.proxy, peer, query, Transport::Quic, framing);
-        if let Reply::Forward(forward) = replied {
+        if let Reply::Forward(forward) = reply(&self.proxy, peer, query, Transport::Quic, framing) {
             append_framed(&mut framed, &forward.resolve().await);
         }
         // A query dropped unanswered (a response, say, or over the rate limit): the
