@@ -31,7 +31,7 @@ pub const MAX_BLOCKED_LEN: usize = crate::MAX_SYNTHESIZED_LEN + BLOCKED_BODY_LEN
 
 /// The Extended DNS Error of every blocked answer (RFC 8914): Blocked (15), because the
 /// lists are the operator's policy, not a filter the client asked for (Filtered, 17).
-const BLOCKED: ExtendedError<'static> = ExtendedError {
+pub(crate) const BLOCKED: ExtendedError<'static> = ExtendedError {
     code: ExtendedError::BLOCKED,
     text: "",
 };

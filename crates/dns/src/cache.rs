@@ -22,6 +22,10 @@
 //! evicted, so [`Cache::lookup_stale`] can serve them when every upstream fails,
 //! with Extended DNS Error 3 (Stale Answer) for a client that sent EDNS.
 //!
+//! A blocked answer stored in place of an upstream's ([`Cache::insert_blocked`]: its
+//! CNAME chain led to a blocked name) keeps, on every fresh hit, the Extended DNS Error
+//! 15 (Blocked) the blocklist's own answers carry.
+//!
 //! Prefetch (as unbound's `prefetch: yes`): a hit in the last tenth of an entry's
 //! lifetime says so ([`Hit::prefetch`]), so that the driver refreshes it in the
 //! background while the client is answered at once. Only the first such hit on a
@@ -43,6 +47,7 @@ pub use persist::{CACHE_FILE_MAGIC, CACHE_FILE_VERSION, LoadError, Loaded, check
 
 use quick_cache::{DefaultHashBuilder, Weighter};
 
+use crate::block::BLOCKED;
 use crate::query::{Query, Question};
 use crate::response::{ExtendedError, append_extended_error};
 use crate::rewrite::{append_client_opt, patch_for_client};
@@ -129,6 +134,8 @@ struct Entry {
     /// `KEY_*` bits of the queries it answers.
     key_flags: u8,
     servfail: bool,
+    /// The blocklist's answer in place of an upstream's.
+    blocked: bool,
     /// Set by the one hit that asked for this entry's refresh; shared by the copies the
     /// map hands out.
     prefetch_claimed: Arc<AtomicBool>,
@@ -143,6 +150,11 @@ impl Entry {
         self.stored[usize::from(self.message_len)..]
             .chunks_exact(2)
             .map(|pair| usize::from(u16::from_be_bytes([pair[0], pair[1]])))
+    }
+
+    /// The Extended DNS Error a fresh hit carries: Blocked for a blocked answer.
+    fn explanation(&self) -> Option<ExtendedError<'static>> {
+        self.blocked.then_some(BLOCKED)
     }
 
     /// Whether this entry was stored for `question` and these key flags (keys
@@ -310,7 +322,12 @@ impl Cache {
             return None;
         }
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        let len = entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed), None)?;
+        let len = entry.write_answer(
+            query,
+            out,
+            |ttl| ttl.saturating_sub(elapsed),
+            entry.explanation(),
+        )?;
         let prefetch = self.config.prefetch && entry.claim_prefetch(elapsed);
         Some(Hit { len, prefetch })
     }
@@ -325,7 +342,12 @@ impl Cache {
         let (age, fresh) = entry.age(now);
         if fresh {
             let elapsed = age.as_secs() as u32;
-            return entry.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed), None);
+            return entry.write_answer(
+                query,
+                out,
+                |ttl| ttl.saturating_sub(elapsed),
+                entry.explanation(),
+            );
         }
         if !self.servable_stale(&entry, age) {
             return None;
@@ -365,6 +387,19 @@ impl Cache {
             .is_some_and(|prepared| self.store(query.question(), key_flags(query), prepared, now))
     }
 
+    /// [`insert`](Self::insert)s the blocklist's `response` in place of an upstream's
+    /// answer to `query`: its fresh hits carry Extended DNS Error 15 (Blocked), as the
+    /// blocklist's own answers do.
+    pub fn insert_blocked(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {
+        prepare(&self.config, query.question(), response).is_some_and(|prepared| {
+            let prepared = Prepared {
+                blocked: true,
+                ..prepared
+            };
+            self.store(query.question(), key_flags(query), prepared, now)
+        })
+    }
+
     /// Stores `prepared`, unless it is a SERVFAIL and a servable answer is kept, or it
     /// would not fit a shard. Returns whether it was stored.
     fn store(&self, question: &Question, key_flags: u8, prepared: Prepared, now: Instant) -> bool {
@@ -386,6 +421,7 @@ impl Cache {
             message_len: prepared.message_len,
             key_flags,
             servfail: prepared.servfail,
+            blocked: prepared.blocked,
             prefetch_claimed: Arc::new(AtomicBool::new(false)),
         };
         if EntryWeighter.weight(&key, &entry) > self.entries.shard_capacity() {
@@ -509,6 +545,8 @@ struct Prepared {
     message_len: u16,
     lifetime: u32,
     servfail: bool,
+    /// See [`Entry::blocked`].
+    blocked: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -613,6 +651,7 @@ fn prepare(config: &CacheConfig, question: &Question, response: &[u8]) -> Option
         message_len: u16::try_from(message_len).ok()?,
         lifetime,
         servfail: kind == Kind::ServFail,
+        blocked: false,
     })
 }
 

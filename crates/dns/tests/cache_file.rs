@@ -254,7 +254,7 @@ fn a_wrong_file_is_refused_whole_and_changes_nothing() {
     assert_eq!(refused(&resealed(count), wall), LoadError::Truncated);
     // An entry whose flags the cache never sets.
     let mut flags = file.clone();
-    flags[30] = 0x80;
+    flags[30] = 0x40;
     assert_eq!(refused(&resealed(flags), wall), LoadError::BadEntry(0));
     // An entry that is a query, not an answer.
     let mut query_bit = file.clone();
@@ -471,4 +471,31 @@ fn a_stale_answer_says_so_only_to_a_client_with_edns() {
     // A fresh hit carries none.
     let fresh = lookup(&cache, &with, t0).unwrap();
     assert!(extended_errors(&fresh).is_empty());
+}
+
+#[test]
+fn a_blocked_answer_in_place_of_an_upstreams_keeps_its_blocked_error_across_a_restart() {
+    let cache = Cache::new(CacheConfig::default());
+    let t0 = Instant::now();
+    let with = query(1, "cloaked.example", true, false);
+    let blocked = nxdomain(&with, 60);
+    assert!(cache.insert_blocked(&parse_query(&with).unwrap(), &blocked, t0));
+    let plain = query(2, "plain.example", true, false);
+    insert(&cache, &plain, &nxdomain(&plain, 60), t0);
+    assert_eq!(extended_errors(&lookup(&cache, &with, t0).unwrap()), [15]);
+    let without = query(3, "cloaked.example", false, false);
+    let bare = lookup(&cache, &without, t0).unwrap();
+    assert!(Message::from_octets(&bare[..]).unwrap().opt().is_none());
+    assert!(extended_errors(&lookup(&cache, &plain, t0).unwrap()).is_empty());
+
+    let wall = whole_second_now();
+    let file = cache.save(t0, wall, PRINT);
+    let restarted = Cache::new(CacheConfig::default());
+    let now = Instant::now();
+    restarted.load(&file, now, wall, PRINT).unwrap();
+    assert_eq!(
+        extended_errors(&lookup(&restarted, &with, now).unwrap()),
+        [15]
+    );
+    assert!(extended_errors(&lookup(&restarted, &plain, now).unwrap()).is_empty());
 }

@@ -364,10 +364,10 @@ fn learn<G>(
             let len = blocklist.answer_cloaked(&parsed, &mut out);
             out.truncate(len);
             let blocked = Bytes::from(out);
-            (
-                UpstreamAnswer::Cloaked(blocked.clone(), answer.upstream),
-                Some(blocked),
-            )
+            if let Some(cache) = resolver.cache() {
+                cache.insert_blocked(&parsed, &blocked, now);
+            }
+            (UpstreamAnswer::Cloaked(blocked, answer.upstream), None)
         }
         Ok(answer) => {
             // Cached here, and every client sees the TTLs the cache will serve, the first

@@ -301,6 +301,14 @@ fn a_stale_answer_is_served_only_when_every_upstream_fails() {
 }
 
 /// The first EDE option of `message`'s OPT record: its INFO-CODE and EXTRA-TEXT.
+/// A query for `name` A with EDNS.
+fn edns_query(id: u16, name: &str) -> Vec<u8> {
+    tundns_test_support::dns::Query::new(name, domain::base::iana::Rtype::A)
+        .id(id)
+        .edns(tundns_test_support::dns::Edns::new(1232))
+        .build()
+}
+
 fn extended_error(message: &[u8]) -> Option<(u16, String)> {
     let message = domain::base::Message::from_octets(message).unwrap();
     let opt = message.opt()?;
@@ -327,12 +335,6 @@ fn every_upstream_failing_with_an_error_gives_servfail_that_says_why() {
     let clock = Clock::new();
     let resolver = resolver(false);
     let now = clock.at_millis(0);
-    let edns_query = |id: u16, name: &str| {
-        tundns_test_support::dns::Query::new(name, domain::base::iana::Rtype::A)
-            .id(id)
-            .edns(tundns_test_support::dns::Edns::new(1232))
-            .build()
-    };
     for (rcode, expected_text) in [
         (5, Some("no upstream answered; the last said REFUSED")),
         (4, Some("no upstream answered; the last said NOTIMP")),
@@ -409,6 +411,19 @@ fn a_cname_into_a_blocked_domain_is_answered_as_blocked_and_cached_so() {
     assert!(
         matches!(again, Err((_, AnswerPath::Cache))),
         "answered from memory next time"
+    );
+    // Answered from memory, it still says why, as the blocklist's own answers do.
+    let mut out = vec![0; MAX_MESSAGE_LEN];
+    let with_edns = edns_query(8, "metrics.lab.test");
+    let Inline::Answered(hit) = resolver.answer_inline(&with_edns, Protocol::Udp, now, &mut out)
+    else {
+        panic!("a cache hit");
+    };
+    assert_eq!(rcode_of(&out[..hit.len]), 3, "NXDOMAIN");
+    assert_eq!(
+        extended_error(&out[..hit.len]),
+        Some((15, String::new())),
+        "Blocked"
     );
 }
 

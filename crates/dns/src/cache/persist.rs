@@ -9,7 +9,7 @@
 //! | fingerprint of the DNS config that filled the cache ([`fingerprint`]) | 8 |
 //! | wall-clock time of saving, UNIX seconds | 8 |
 //! | entry count | 4 |
-//! | each entry: key flags (1), age in seconds when saved, rounded up (4), length (2), message | 7 + length |
+//! | each entry: flags (1: its key flags, and [`FLAG_BLOCKED`] for a blocked answer), age in seconds when saved, rounded up (4), length (2), message | 7 + length |
 //! | CRC-32 (IEEE, [`checksum`]) of every byte before it | 4 |
 //!
 //! A message is the entry as the cache keeps it: ID 0, lowercase question, TTLs as
@@ -40,13 +40,18 @@ pub const CACHE_FILE_MAGIC: [u8; 8] = *b"tundnsC\n";
 /// The layout's version; a file of another version is ignored.
 pub const CACHE_FILE_VERSION: u16 = 2;
 
+/// The bit of an entry's flags that marks a blocked answer
+/// ([`Cache::insert_blocked`]); the others are its key flags. A file of an earlier build
+/// never sets it.
+const FLAG_BLOCKED: u8 = 0x80;
+
 /// Magic, version, fingerprint, saving time, count.
 const FILE_HEADER_LEN: usize = 8 + 2 + 8 + 8 + 4;
 
 /// The checksum that ends the file.
 const FILE_TRAILER_LEN: usize = 4;
 
-/// Key flags, age, length.
+/// Flags, age, length.
 const ENTRY_HEADER_LEN: usize = 1 + 4 + 2;
 
 /// The smallest entry: its header, a DNS header and a question for the root.
@@ -190,7 +195,8 @@ impl Cache {
             }
             // Rounded up: a loaded entry is never younger than it is.
             let age = u32::try_from(seconds_up(age)).unwrap_or(u32::MAX);
-            file.push(entry.key_flags);
+            let blocked = if entry.blocked { FLAG_BLOCKED } else { 0 };
+            file.push(entry.key_flags | blocked);
             file.extend_from_slice(&age.to_be_bytes());
             file.extend_from_slice(&entry.message_len.to_be_bytes());
             file.extend_from_slice(message);
@@ -293,14 +299,14 @@ impl Cache {
         let mut entries = Vec::with_capacity(count.min(body.len() / MIN_ENTRY_LEN));
         for index in 0..count {
             let header = body.get(..ENTRY_HEADER_LEN).ok_or(LoadError::Truncated)?;
-            let key_flags = header[0];
+            let flags = header[0];
             let age = u64::from(read_u32(header, 1));
             let len = usize::from(wire::read_u16(header, 5).unwrap_or_default());
             let message = body
                 .get(ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + len)
                 .ok_or(LoadError::Truncated)?;
             body = &body[ENTRY_HEADER_LEN + len..];
-            let restored = restore(self, key_flags, message, age.saturating_add(elapsed))
+            let restored = restore(self, flags, message, age.saturating_add(elapsed))
                 .ok_or(LoadError::BadEntry(index))?;
             entries.push(restored);
         }
@@ -350,12 +356,14 @@ impl Cache {
 /// One saved entry, checked as the cache checks an upstream answer: its question
 /// read from the message itself, so the key it is stored under is the question it
 /// answers.
-fn restore(cache: &Cache, key_flags: u8, message: &[u8], age: u64) -> Option<Restored> {
+fn restore(cache: &Cache, flags: u8, message: &[u8], age: u64) -> Option<Restored> {
+    let key_flags = flags & !FLAG_BLOCKED;
     if key_flags & !(KEY_DNSSEC_OK | KEY_CHECKING_DISABLED) != 0 {
         return None;
     }
     let (question, _) = Question::read(message, wire::HEADER_LEN)?;
-    let prepared = prepare(&cache.config, &question, message)?;
+    let mut prepared = prepare(&cache.config, &question, message)?;
+    prepared.blocked = flags & FLAG_BLOCKED != 0;
     // Saved messages are stored ones: no OPT record, and never a SERVFAIL.
     if prepared.servfail || usize::from(prepared.message_len) != message.len() {
         return None;
