@@ -6,7 +6,9 @@
 #               outstanding; the goal is a DoT, DoH and DoQ p50 at most 2x UDP's from the same
 #               client. Two clients: dnsperf -q 1 -v (udp, tcp, dot, doh), and dns-latency
 #               (crates/test-support, hickory's clients: udp, dot, doh and doq, which dnsperf
-#               lacks) with each server's CPU time per answer, back to back and again with
+#               lacks; and dot1, DoT with each query in one TLS record as stub resolvers write
+#               it, where hickory writes the length prefix in a record of its own) with each
+#               server's CPU time per answer, back to back and again with
 #               GAP_MS between queries (each then finds the server idle, as sporadic queries
 #               do). dnsperf -q 1 paces itself: tcpdump shows it sending tundns's UDP and DoH
 #               queries 100 ms apart and dnsdist's DoH back to back, so its rows mix idle and
@@ -185,12 +187,12 @@ if [[ $PARTS == *h* ]]; then
     doq_reference_pid=$LAB_LAST_PID
     lab_wait 10 ip netns exec "$LAB_C" sh -c "ss -Hlun src $DOQ_REFERENCE:853 | grep -q ." ||
         lab_die "doq-reference did not start: $(cat "$LAB_DIR/doq-reference.log")"
-    hickory_latency tundns udp,dot,doh,doq
-    hickory_latency dnsdist udp,dot,doh # dnsdist 1.7 serves no DoQ
+    hickory_latency tundns udp,dot,dot1,doh,doq
+    hickory_latency dnsdist udp,dot,dot1,doh # dnsdist 1.7 serves no DoQ
     hickory_latency reference doq
     lab_log "latency: $SPARSE_IDLE cache hits per transport, $GAP_MS ms apart (hickory's clients)"
-    hickory_latency tundns udp,dot,doh,doq "$GAP_MS"
-    hickory_latency dnsdist udp,dot,doh "$GAP_MS"
+    hickory_latency tundns udp,dot,dot1,doh,doq "$GAP_MS"
+    hickory_latency dnsdist udp,dot,dot1,doh "$GAP_MS"
     hickory_latency reference doq "$GAP_MS"
     lab_stop "$doq_reference_pid"
 fi
@@ -231,8 +233,8 @@ latency_table() {
     printf 'goal: tundns p50 <= 2x its UDP (%s):%s\n' "$client" "$verdicts"
 }
 [[ $PARTS != *l* ]] || latency_table dnsperf '' udp tcp dot doh
-[[ $PARTS != *h* ]] || latency_table "hickory, back to back" hickory- udp dot doh doq
-[[ $PARTS != *h* ]] || latency_table "hickory, $GAP_MS ms apart" idle- udp dot doh doq
+[[ $PARTS != *h* ]] || latency_table "hickory, back to back" hickory- udp dot dot1 doh doq
+[[ $PARTS != *h* ]] || latency_table "hickory, $GAP_MS ms apart" idle- udp dot dot1 doh doq
 if [[ $PARTS == *t* ]]; then
     printf '\ncached throughput, 8 connections x 64 outstanding, %d s each\n' "$SECONDS_EACH"
     printf '%-22s %10s %24s\n' server qps "server CPU ms/1000 ans"

@@ -1,8 +1,8 @@
 //! `dns-latency [--gap-ms=N] SERVER NAME COUNT TRANSPORTS [SERVER_PID]`: times COUNT queries
 //! for NAME A, one at a time, over each of TRANSPORTS (a comma-separated list of `udp`,
-//! `dot`, `doh` and `doq`), each over one reused connection, all from hickory's clients (UDP
-//! from one connected socket: hickory's own UDP client binds a socket per query, which would
-//! weigh on the baseline), and prints each transport's p50 and p99 in microseconds; given the
+//! `dot`, `dot1`, `doh` and `doq`), each over one reused connection, all from hickory's
+//! clients (UDP from one connected socket: hickory's own UDP client binds a socket per query,
+//! which would weigh on the baseline), and prints each transport's p50 and p99 in microseconds; given the
 //! server's process id, also the CPU time it spent per answer, in microseconds. Queries go
 //! back to back, or N
 //! milliseconds apart (at most 1000), so that each finds the server idle, as a browser's or
@@ -12,6 +12,11 @@
 //! udp n=300 p50=41 p99=88 cpu=9.8
 //! doq n=300 p50=63 p99=120 cpu=31.2
 //! ```
+//!
+//! hickory's DoT client writes each query's length prefix in a TLS record of its own, so
+//! that a query reaches the server as two segments. Stub resolvers (systemd-resolved,
+//! Android, unbound) write the prefix and the query in one record; `dot1` does so, from
+//! rustls directly, over the same TLS configuration.
 //!
 //! For `bench/dns-encrypted.sh`: one client for every transport, so that the ratio to UDP is
 //! the server's and the protocol's, not a difference between tools (dnsperf 2.11 has no DoQ,
@@ -36,7 +41,12 @@ use hickory_proto::xfer::{
     DnsExchange, DnsHandle as _, DnsMultiplexer, DnsRequest, DnsRequestOptions,
     DnsRequestSender as _, DnsResponse,
 };
-use tokio::net::UdpSocket;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tundns_test_support::tls::pinned_client_config;
 
 const MAX_COUNT: usize = 10_000;
@@ -86,7 +96,7 @@ fn main() {
         .split(',')
         .map(|transport| {
             Transport::of(transport)
-                .unwrap_or_else(|| exit("TRANSPORTS is a list of udp, dot, doh and doq"))
+                .unwrap_or_else(|| exit("TRANSPORTS is a list of udp, dot, dot1, doh and doq"))
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,6 +115,8 @@ fn main() {
 enum Transport {
     Udp,
     Tls,
+    /// DoT with each query in one TLS record.
+    TlsOneRecord,
     Https,
     Quic,
 }
@@ -114,6 +126,7 @@ impl Transport {
         Some(match label {
             "udp" => Self::Udp,
             "dot" => Self::Tls,
+            "dot1" => Self::TlsOneRecord,
             "doh" => Self::Https,
             "doq" => Self::Quic,
             _ => return None,
@@ -124,6 +137,7 @@ impl Transport {
         match self {
             Self::Udp => "udp",
             Self::Tls => "dot",
+            Self::TlsOneRecord => "dot1",
             Self::Https => "doh",
             Self::Quic => "doq",
         }
@@ -164,6 +178,16 @@ impl Transport {
                 tokio::spawn(background);
                 time_queries(server_pid, name, count, gap, |request| {
                     exchange.send(request)
+                })
+                .await
+            }
+            Self::TlsOneRecord => {
+                let stream = Mutex::new(tls_one_record_connect(server, tls()).await);
+                let stream = &stream;
+                time_queries(server_pid, name, count, gap, |request| {
+                    Box::pin(futures::stream::once(async move {
+                        ask_in_one_record(&mut *stream.lock().await, request).await
+                    }))
                 })
                 .await
             }
@@ -224,6 +248,48 @@ async fn ask_over_udp(udp: &UdpSocket, request: DnsRequest) -> Result<DnsRespons
     loop {
         let len = udp.recv(&mut buffer).await?;
         match DnsResponse::from_buffer(buffer[..len].to_vec()) {
+            Ok(response) if response.id() == id => return Ok(response),
+            _ => continue,
+        }
+    }
+}
+
+/// A TLS connection to DoT on `server`, with Nagle's delay off, as stub resolvers set it.
+async fn tls_one_record_connect(
+    server: IpAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> TlsStream<TcpStream> {
+    let connect = async {
+        let tcp = TcpStream::connect(SocketAddr::new(server, 853)).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(SERVER_NAME).expect("a valid server name");
+        TlsConnector::from(config).connect(name, tcp).await
+    };
+    connect
+        .await
+        .unwrap_or_else(|error| exit(&format!("dot1: {error}")))
+}
+
+/// Sends `request` with its length prefix in one write (one TLS record) and reads the
+/// answer that follows.
+async fn ask_in_one_record(
+    stream: &mut TlsStream<TcpStream>,
+    request: DnsRequest,
+) -> Result<DnsResponse, ProtoError> {
+    let id = request.id();
+    let message = request.to_vec()?;
+    let length = u16::try_from(message.len()).expect("a query under 64 KiB");
+    let mut framed = Vec::with_capacity(2 + message.len());
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(&message);
+    stream.write_all(&framed).await?;
+    stream.flush().await?;
+    loop {
+        let mut prefix = [0u8; 2];
+        stream.read_exact(&mut prefix).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+        stream.read_exact(&mut answer).await?;
+        match DnsResponse::from_buffer(answer) {
             Ok(response) if response.id() == id => return Ok(response),
             _ => continue,
         }
