@@ -15,8 +15,10 @@
 //!                 ├ TCP 53: TcpDns (dns::tcp): smoltcp (tundns-netstack) in one task,
 //!                 │      queries through the same DnsProxy, segments back into the TUN
 //!                 ├ TCP 853 and 443: EncryptedServers (dns::encrypted): a stack of their
-//!                 │      own; rustls, then DoT framing or hyper's HTTP/2 (DoH), queries
-//!                 │      through the same DnsProxy
+//!                 │      own, settled on the TUN reader; rustls, then DoT framing or h2
+//!                 │      (DoH), queries through the same DnsProxy; an established
+//!                 │      connection runs on the reader when its client's segment wakes it
+//!                 │      (inline), the rest on the servers' thread
 //!                 ├ UDP 853: the same servers' QuicPort, the socket of quinn's endpoint:
 //!                 │      a stream per DoQ query through the same DnsProxy, datagrams
 //!                 │      back into the TUN

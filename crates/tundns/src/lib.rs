@@ -4,6 +4,7 @@
 //! - [`datapath`]: the whole packet path, wired and documented in one file;
 //! - [`dns`]: the drivers that run the sans-IO `tundns-resolver` on the TUN reader and in
 //!   tasks, and build it from the config;
+//! - `inline`: connection tasks that the TUN reader runs itself when its packets wake them;
 //! - [`control`]: the control socket's server, client and protocol;
 //! - [`observability`]: the metrics endpoint and the query log's lifecycle;
 //! - [`proxy`]: the SOCKS5 and HTTP proxies, whose connections leave through the tunnel
@@ -21,6 +22,7 @@
 pub mod control;
 pub mod datapath;
 pub mod dns;
+mod inline;
 pub mod observability;
 pub mod proxy;
 pub mod supervise;

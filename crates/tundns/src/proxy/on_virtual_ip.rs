@@ -32,6 +32,16 @@ type RelayDatagram = (SocketAddr, Vec<u8>);
 /// The bound relay sockets, by address.
 type RelaySockets = HashMap<SocketAddr, mpsc::Sender<RelayDatagram>>;
 
+/// Where the TUN reader's segments for [`StackListeners`] are handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// Queued for the stack's task, on its runtime.
+    ToTask,
+    /// On the reader: it settles the stack itself and runs the connection tasks that
+    /// allow it (the `inline` module) before it reads on.
+    OnReader,
+}
+
 /// A userspace stack of its own accepting TCP connections on ports of the virtual IPs.
 pub struct StackListeners {
     stack: UserStack,
@@ -42,7 +52,7 @@ pub struct StackListeners {
 impl StackListeners {
     /// A stack named `name` for listeners on `addresses` (which the caller then
     /// [`listen`]s on), answering through `tun`, taking the segments of the sources
-    /// `admits` takes.
+    /// `admits` takes, handed over as `handover` says.
     ///
     /// [`listen`]: Self::listen
     pub fn new(
@@ -51,6 +61,7 @@ impl StackListeners {
         limits: Limits,
         tun: TunWriter,
         admits: Arc<dyn SourcePolicy>,
+        handover: Handover,
     ) -> Self {
         let (inbound_tx, inbound) = UserStack::inbound_channel();
         let stack = UserStack::spawn(
@@ -67,11 +78,13 @@ impl StackListeners {
         tcp_ports.sort_unstable();
         tcp_ports.dedup();
         Self {
-            stack,
             tcp: Arc::new(AdmittedTcp {
+                stack: stack.clone(),
                 inbound: inbound_tx,
+                handover,
                 admits,
             }),
+            stack,
             tcp_ports,
         }
     }
@@ -112,6 +125,7 @@ impl VirtualListeners {
             proxy_limits(mtu),
             tun.clone(),
             Arc::new(ThisHostOnly(local.clone())),
+            Handover::ToTask,
         );
         Self {
             tcp,
@@ -162,7 +176,11 @@ impl PacketSink for TunBatch {
 
 /// The listeners' TCP ports: segments from admitted sources go to the stack.
 struct AdmittedTcp {
+    stack: UserStack,
+    /// The stack's task's queue; with [`Handover::OnReader`], held only so that the task
+    /// runs on (for timers and the streams' writes) while the listeners exist.
     inbound: mpsc::Sender<Vec<u8>>,
+    handover: Handover,
     admits: Arc<dyn SourcePolicy>,
 }
 
@@ -173,8 +191,14 @@ impl Service for AdmittedTcp {
             tracing::trace!("dropped a segment from a source these listeners do not serve");
             return;
         }
-        // Dropped when the stack's task lags this far behind; TCP resends it.
-        let _ = self.inbound.try_send(packet.to_vec());
+        match self.handover {
+            // Dropped when the stack's task lags this far behind; TCP resends it.
+            Handover::ToTask => drop(self.inbound.try_send(packet.to_vec())),
+            Handover::OnReader => {
+                self.stack.receive_here(packet);
+                crate::inline::run_here(|| self.stack.settle());
+            }
+        }
     }
 
     fn name(&self) -> &str {

@@ -97,6 +97,9 @@ struct State {
     outbound: Box<dyn PacketSink>,
     /// The stack's events, reused.
     events: Vec<Event>,
+    /// When the task's timer next fires, as the task last armed it (`None`: it waits for
+    /// work alone). A settling elsewhere wakes the task only for an earlier deadline.
+    armed: Option<Instant>,
 }
 
 /// A connection a listener of the stack accepted.
@@ -174,6 +177,7 @@ impl UserStack {
                 accepted: HashMap::new(),
                 outbound: io.outbound,
                 events: Vec::new(),
+                armed: None,
             }),
             work: Arc::new(Notify::new()),
             local_ips,
@@ -263,14 +267,50 @@ impl UserStack {
         })
     }
 
-    /// The channel the task drains: the virtual IPs' listeners fill it; the tunnel's tap
-    /// only holds its sender.
+    /// Hands a packet for one of the stack's connections or listeners to the stack, on the
+    /// caller's thread, as the tunnel's tap does; [`settle`](Self::settle) follows.
+    pub fn receive_here(&self, packet: &[u8]) {
+        self.shared.receive_here(packet);
+    }
+
+    /// Settles the stack on the caller's thread: what the packets handed over moved wakes
+    /// its streams, and what the stack sends goes out through its sink.
+    pub fn settle(&self) {
+        self.shared.settle_here();
+    }
+
+    /// The channel the task drains: the virtual IPs' listeners fill it (unless they hand
+    /// their packets over themselves); the tunnel's tap only holds its sender.
     pub fn inbound_channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
         mpsc::channel(INBOUND_QUEUE)
     }
 }
 
 impl Shared {
+    /// Hands `packet` to the stack on the caller's thread.
+    fn receive_here(self: &Arc<Self>, packet: &[u8]) {
+        let mut state = self.lock();
+        // A batch can hold more packets than the stack's queue: what is queued goes first.
+        if state.stack.receive_queue_is_full() {
+            state.settle(self, Instant::now());
+        }
+        state.stack.receive(packet, Instant::now());
+    }
+
+    /// Settles the stack on the caller's thread. The task is woken only when the stack now
+    /// wants it sooner than it is armed for: a timer it sleeps past would fire late, one
+    /// that fires early finds nothing due and re-arms.
+    fn settle_here(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let wanted = state.settle(self, now).map(|delay| now + delay);
+        let sooner = wanted.is_some_and(|wanted| state.armed.is_none_or(|armed| wanted < armed));
+        drop(state);
+        if sooner {
+            self.work.notify_one();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The stack stays consistent even if a holder panicked.
         self.state
@@ -484,6 +524,7 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut inbound: mpsc::Recei
             state.stack.receive(&packet, now);
         }
         delay = state.settle(&shared, now);
+        state.armed = delay.map(|delay| now + delay);
     }
 }
 
@@ -525,22 +566,14 @@ impl InboundTap for StackTap {
         if !ours {
             return false;
         }
-        let mut state = self.shared.lock();
-        // A batch can hold more packets than the stack's queue: what is queued goes first.
-        if state.stack.receive_queue_is_full() {
-            state.settle(&self.shared, Instant::now());
-        }
-        state.stack.receive(packet, Instant::now());
-        drop(state);
+        self.shared.receive_here(packet);
         self.received.store(true, Ordering::Relaxed);
         true
     }
 
     fn flush(&self) {
         if self.received.swap(false, Ordering::Relaxed) {
-            self.shared.lock().settle(&self.shared, Instant::now());
-            // Its timers may have moved.
-            self.shared.work.notify_one();
+            self.shared.settle_here();
         }
     }
 }
@@ -575,7 +608,8 @@ impl StackStream {
         let mut state = self.shared.lock();
         let (result, wake) = act(&mut state, cx);
         drop(state);
-        if wake {
+        // On the reader, the stack is settled once the task has run.
+        if wake && !crate::inline::is_running_here() {
             self.shared.work.notify_one();
         }
         result

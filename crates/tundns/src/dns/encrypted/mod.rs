@@ -4,8 +4,10 @@
 //!
 //! Their TCP is a userspace stack of their own ([`StackListeners`]), and their QUIC is
 //! quinn over a socket that is the TUN ([`quic`]), both fed from the TUN for the sources
-//! the virtual IPs admit; TLS is rustls with the identity of [`certificate`]. All of it
-//! runs on one thread of its own ([`ServerThread`]).
+//! the virtual IPs admit; TLS is rustls with the identity of [`certificate`]. An
+//! established DoT or DoH connection runs on the TUN reader when a client's segment wakes
+//! it (`crate::inline`); the rest (handshakes, timers, DoQ, connections an upstream's
+//! answer wakes) runs on one thread of its own ([`ServerThread`]).
 //! Everything a client can hold is bounded: connections (`MaxTcpConnections`, and a
 //! quarter of them per client address), the handshake's time, queries or streams in
 //! flight per connection, and idle time, which only a whole query restarts, as for DNS over
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tundns_config::{DnsProxyConfig, EncryptedDns};
@@ -36,7 +38,8 @@ use tundns_dns::MAX_MESSAGE_LEN;
 
 use crate::dns::counters::Transport;
 use crate::dns::proxy::{DnsProxy, Forward, Verdict};
-use crate::proxy::on_virtual_ip::StackListeners;
+use crate::inline::{OnReader, Spawner};
+use crate::proxy::on_virtual_ip::{Handover, StackListeners};
 use crate::proxy::stack::Accepted;
 use certificate::{IdentitySource, TlsIdentity};
 
@@ -127,8 +130,10 @@ impl EncryptedServers {
                     limits,
                     tun.clone(),
                     admits,
+                    Handover::OnReader,
                 )
             });
+            let spawner = Spawner::start();
             let mut tasks: Vec<JoinHandle<()>> = over_tcp
                 .iter()
                 .zip(std::iter::repeat(listeners.as_ref()).flatten())
@@ -142,6 +147,7 @@ impl EncryptedServers {
                         acceptor,
                         quota: quota.clone(),
                         bounds,
+                        spawner: spawner.clone(),
                     };
                     let name = match protocol {
                         OverTcp::Tls => "DNS over TLS on the virtual IPs",
@@ -223,13 +229,13 @@ impl Drop for EncryptedServers {
 }
 
 /// The thread the encrypted DNS servers run on, with a single-threaded runtime: their TCP
-/// stack, TLS, HTTP/2 and QUIC, from the segment or datagram the TUN reader hands over to
-/// the answer written back into the TUN. On tundns's multi-threaded runtime a query reaching
-/// an idle process woke a worker, which woke the other to look for more work, and the two
-/// took turns on one CPU several times per query (`sched_switch` traces: about 250 us per
-/// DoH query). Here the TUN reader wakes one thread. Upstream requests still run on
-/// tundns's runtime (see [`DnsProxy`]). Dropping it stops the servers and waits for the
-/// thread.
+/// stack's timers, TLS handshakes, QUIC, and whatever a client's segment did not wake (an
+/// upstream's answer, a timeout); an established DoT or DoH connection woken by its client
+/// runs on the TUN reader instead (`crate::inline`). On tundns's multi-threaded runtime a
+/// query reaching an idle process woke a worker, which woke the other to look for more work,
+/// and the two took turns on one CPU several times per query (`sched_switch` traces: about
+/// 250 us per DoH query). Upstream requests still run on tundns's runtime (see
+/// [`DnsProxy`]). Dropping it stops the servers and waits for the thread.
 struct ServerThread {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -368,42 +374,47 @@ struct Server {
     acceptor: TlsAcceptor,
     quota: Arc<SourceQuota>,
     bounds: Bounds,
+    /// Where connections run: on the TUN reader once established (see `crate::inline`).
+    spawner: Spawner,
 }
 
 impl Server {
     /// Serves every connection accepted, each in a task of its own; they all end with
-    /// this one (aborted at shutdown).
+    /// this one (aborted at shutdown), which drops their handles.
     async fn accept(self, mut accepted: mpsc::Receiver<Accepted>) {
         let server = Arc::new(self);
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                connection = accepted.recv() => {
-                    let Some(connection) = connection else { return };
-                    let Some(share) = server.quota.take(connection.peer.ip()) else {
-                        tracing::debug!(
-                            peer = %connection.peer,
-                            "encrypted DNS: this client holds its share of connections"
-                        );
-                        connection.stream.reset();
-                        continue;
-                    };
-                    let server = server.clone();
-                    connections.spawn(async move {
-                        let _share = share;
-                        server.serve(connection).await;
-                    });
+        let mut connections = Vec::new();
+        while let Some(connection) = accepted.recv().await {
+            let Some(share) = server.quota.take(connection.peer.ip()) else {
+                tracing::debug!(
+                    peer = %connection.peer,
+                    "encrypted DNS: this client holds its share of connections"
+                );
+                connection.stream.reset();
+                continue;
+            };
+            // At most MaxTcpConnections are held, so the sweep stays short.
+            connections.retain(|task: &async_task::Task<()>| !task.is_finished());
+            let task = server.spawner.spawn(|on_reader| {
+                let server = server.clone();
+                async move {
+                    let _share = share;
+                    server.serve(connection, on_reader).await;
                 }
-                Some(_) = connections.join_next() => {}
-            }
+            });
+            connections.push(task);
         }
     }
 
-    async fn serve(&self, connection: Accepted) {
+    async fn serve(&self, connection: Accepted, on_reader: OnReader) {
         let peer = connection.peer;
         let handshake = self.acceptor.accept(connection.stream);
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(stream)) => {
+                // Established: its queries are answered on the reader that hands them over.
+                on_reader.allow();
+                stream
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%peer, %error, "encrypted DNS: TLS handshake failed");
                 return;
