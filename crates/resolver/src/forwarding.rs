@@ -151,6 +151,17 @@ enum UpstreamAnswer {
     Failed(Option<Bytes>),
 }
 
+/// What [`Forwarding::prefetch`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// A refresh is queued ([`Forwarding::poll_request`]).
+    Asked,
+    /// An identical query is in flight already; its answer refreshes the entry.
+    InFlight,
+    /// As many requests are in flight as clients may wait: the refresh is left out.
+    Full,
+}
+
 /// The queries waiting for upstreams. See the module documentation.
 pub struct Forwarding<C, G> {
     in_flight: HashMap<CollapseKey, InFlight<C>>,
@@ -250,11 +261,14 @@ impl<C, G: Clone> Forwarding<C, G> {
     /// per stored entry only, so a refresh that fails is not asked again. Nothing is
     /// asked when an identical query is in flight already, or when as
     /// many requests are in flight as clients may wait: prefetch never crowds out a
-    /// client. Returns whether a request was queued.
-    pub fn prefetch(&mut self, resolver: &Resolver<G>, query: &Query<'_>) -> bool {
+    /// client.
+    pub fn prefetch(&mut self, resolver: &Resolver<G>, query: &Query<'_>) -> Prefetch {
         let key = CollapseKey::of(query, Protocol::Udp);
-        if self.in_flight.len() >= self.max_waiting || self.in_flight.contains_key(&key) {
-            return false;
+        if self.in_flight.contains_key(&key) {
+            return Prefetch::InFlight;
+        }
+        if self.in_flight.len() >= self.max_waiting {
+            return Prefetch::Full;
         }
         self.ask(
             resolver,
@@ -263,7 +277,7 @@ impl<C, G: Clone> Forwarding<C, G> {
             Protocol::Udp,
             Vec::new(),
         );
-        true
+        Prefetch::Asked
     }
 
     /// The next request to execute.

@@ -24,7 +24,9 @@ mod forwarding;
 pub mod pool;
 mod resolver;
 
-pub use forwarding::{Admission, Finished, Forwarding, RequestId, Settled, UpstreamRequest};
+pub use forwarding::{
+    Admission, Finished, Forwarding, Prefetch, RequestId, Settled, UpstreamRequest,
+};
 pub use resolver::{Answered, Inline, Miss, Resolver, Upstreams};
 
 /// How a client query reached the proxy, and so how a datagram upstream is asked.

@@ -11,7 +11,7 @@ use tundns_dns::cache::{Cache, CacheConfig};
 use tundns_dns::{BlockList, BlockMode, LocalDataBuilder, MAX_MESSAGE_LEN, Routes};
 use tundns_resolver::pool::{Answer, ResolveError};
 use tundns_resolver::{
-    Admission, AnswerPath, Finished, Forwarding, Inline, Protocol, RequestId, Resolver,
+    Admission, AnswerPath, Finished, Forwarding, Inline, Prefetch, Protocol, RequestId, Resolver,
     UpstreamRequest, Upstreams,
 };
 use tundns_test_support::dns::{Answer as CannedAnswer, Data};
@@ -624,9 +624,10 @@ fn a_hit_near_expiry_is_answered_at_once_and_refreshed_once_in_the_background() 
     let second = query(3, "POPULAR.lab.test");
     assert!(hit_due_for_prefetch(&resolver, &second, late));
     let parsed = tundns_dns::parse_query(&second).unwrap();
-    assert!(forwarding.prefetch(&resolver, &parsed));
-    assert!(
-        !forwarding.prefetch(&resolver, &parsed),
+    assert_eq!(forwarding.prefetch(&resolver, &parsed), Prefetch::Asked);
+    assert_eq!(
+        forwarding.prefetch(&resolver, &parsed),
+        Prefetch::InFlight,
         "one refresh in flight per entry"
     );
     let refresh = requests(&mut forwarding);
@@ -661,7 +662,7 @@ fn a_refresh_that_failed_is_not_asked_again_on_every_hit() {
     let second = query(2, "popular.lab.test");
     assert!(hit_due_for_prefetch(&resolver, &second, late));
     let parsed = tundns_dns::parse_query(&second).unwrap();
-    assert!(forwarding.prefetch(&resolver, &parsed));
+    assert_eq!(forwarding.prefetch(&resolver, &parsed), Prefetch::Asked);
     let refresh = requests(&mut forwarding);
     assert!(
         settle(
@@ -698,6 +699,6 @@ fn prefetch_never_takes_the_slots_clients_wait_in() {
     assert_eq!(waiting.len(), 1);
     let other = query(2, "other.lab.test");
     let parsed = tundns_dns::parse_query(&other).unwrap();
-    assert!(!forwarding.prefetch(&resolver, &parsed));
+    assert_eq!(forwarding.prefetch(&resolver, &parsed), Prefetch::Full);
     assert!(requests(&mut forwarding).is_empty());
 }

@@ -154,6 +154,11 @@ fn metrics_and_query_log_follow_a_miss_a_hit_a_block_and_a_tcp_query() {
     // The two forwarded queries missed the cache (at least once each).
     assert!(moved(&before, &after, "tundns_dns_cache_misses_total") >= 2.0);
     assert!(value(&after, "tundns_dns_cache_entries") >= 2.0);
+    assert_eq!(
+        after.get("tundns_dns_prefetches_skipped_total"),
+        Some(&0.0),
+        "nothing was due for prefetch"
+    );
     assert!(value(&after, "tundns_dns_cache_bytes") > 0.0);
     assert_eq!(
         value(&after, "tundns_dns_cache_capacity_bytes"),

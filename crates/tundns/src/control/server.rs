@@ -533,6 +533,12 @@ fn proxy_status(config: &Config, dns: &Dns, encrypted: Option<EncryptedStatus>) 
             "prefetched",
             stats.prefetches.load(std::sync::atomic::Ordering::Relaxed),
         ),
+        (
+            "prefetch_skipped",
+            stats
+                .prefetches_skipped
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
         ("stale", by_path(AnswerPath::Stale)),
         ("servfail", by_path(AnswerPath::Servfail)),
         ("refused_overload", by_path(AnswerPath::Refused)),

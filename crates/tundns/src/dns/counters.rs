@@ -17,6 +17,9 @@ pub struct DnsStats {
     pub collapsed: AtomicU64,
     /// Background refreshes of cache entries hit in their last tenth of life (prefetch).
     pub prefetches: AtomicU64,
+    /// Refreshes left out because the forwarding table was busy or full: those entries
+    /// expire as if never prefetched.
+    pub prefetches_skipped: AtomicU64,
     /// Open DNS-over-TCP client connections, as the TCP front end last counted them.
     pub tcp_connections: AtomicU64,
     /// UDP queries over the rate limit: slipped (an empty truncated answer) or dropped.

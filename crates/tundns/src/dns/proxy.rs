@@ -26,7 +26,8 @@ use tundns_dns::{BlockList, LocalData, MAX_MESSAGE_LEN, Question, Routes};
 use tundns_filter::{Datagram, SourcePolicy, TunWriter, UdpService};
 use tundns_resolver::pool::{Answer, ResolveError};
 use tundns_resolver::{
-    Admission, AnswerPath, Finished, Forwarding, Inline, RequestId, Resolver, UpstreamRequest,
+    Admission, AnswerPath, Finished, Forwarding, Inline, Prefetch, RequestId, Resolver,
+    UpstreamRequest,
 };
 use tundns_upstream::UpstreamPool;
 
@@ -324,16 +325,30 @@ impl DnsProxy {
 
     /// Refreshes the cache entry that just answered `query` in its last tenth of life, in
     /// a task of its own (see [`Forwarding::prefetch`]). A client answered from the cache
-    /// never waits for the forwarding table: when it is busy the refresh is left out, and
-    /// the entry expires as if never prefetched (the cache asks once per entry).
+    /// never waits for the forwarding table: when it is busy or full the refresh is left
+    /// out (and counted), and the entry expires as if never prefetched (the cache asks
+    /// once per entry).
     fn prefetch(self: &Arc<Self>, query: &tundns_dns::Query<'_>) {
+        let skipped = || {
+            self.stats
+                .prefetches_skipped
+                .fetch_add(1, Ordering::Relaxed)
+        };
         let mut forwarding = match self.forwarding.try_lock() {
             Ok(forwarding) => forwarding,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                skipped();
+                return;
+            }
         };
-        if !forwarding.prefetch(&self.resolver, query) {
-            return;
+        match forwarding.prefetch(&self.resolver, query) {
+            Prefetch::Asked => {}
+            Prefetch::InFlight => return,
+            Prefetch::Full => {
+                skipped();
+                return;
+            }
         }
         self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
         while let Some(request) = forwarding.poll_request() {
@@ -631,7 +646,8 @@ mod tests {
         drop(held);
         client.join().unwrap();
         assert_eq!(verdict, Ok(true), "answered from the cache without waiting");
-        // The refresh was left out; a later hit on the same entry asks no more.
+        // The refresh was left out, and counted; a later hit on the same entry asks no more.
+        assert_eq!(proxy.stats.prefetches_skipped.load(Ordering::Relaxed), 1);
         let mut out = vec![0; MAX_MESSAGE_LEN];
         let verdict = proxy.accept(&query(3, "popular.lab.test"), Transport::Udp, &mut out);
         assert!(matches!(verdict, Verdict::Answered(_)));

@@ -209,6 +209,13 @@ fn encode_resolver(proxy: &DnsProxy, encoder: &mut DescriptorEncoder) -> fmt::Re
     )?;
     single(
         encoder,
+        "tundns_dns_prefetches_skipped",
+        "Prefetch refreshes left out because the forwarding table was busy or full.",
+        MetricType::Counter,
+        Count(load(&stats.prefetches_skipped)),
+    )?;
+    single(
+        encoder,
         "tundns_dns_rate_limited_queries",
         "UDP queries over RateLimit from one client network: slipped (TC=1) or dropped.",
         MetricType::Counter,
