@@ -14,15 +14,23 @@
 //!
 //! A task runs on the reader only once it [`OnReader::allow`]s it: a TLS handshake signs
 //! with the server's key, work the tunnel's packets must not wait behind, so connections
-//! shake hands on their own thread and move once established.
+//! shake hands on their own thread and move once established. Wherever it runs, a task runs
+//! inside its own runtime's context: what it spawns and the timers it sets live there, not
+//! on the reader's runtime or tundns's. A task that panics is dropped with an error line;
+//! the reader and the other tasks go on.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use async_task::{Runnable, Task};
+use futures::FutureExt as _;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 /// Runs of tasks one [`run_here`] makes at most: a task that keeps waking itself goes on
@@ -39,18 +47,25 @@ thread_local! {
 #[derive(Clone)]
 pub(crate) struct Spawner {
     elsewhere: mpsc::UnboundedSender<Runnable>,
+    runtime: Handle,
 }
 
 impl Spawner {
-    /// Starts the runner of the tasks woken elsewhere, on the current runtime.
-    pub(crate) fn start() -> Self {
+    /// Starts the runner of the tasks woken elsewhere, on the current runtime, as the
+    /// essential task `name`: it ends only with the runtime.
+    pub(crate) fn start(name: &'static str) -> Self {
         let (elsewhere, mut woken) = mpsc::unbounded_channel::<Runnable>();
-        tokio::spawn(async move {
+        let keep_open = elsewhere.clone();
+        crate::supervise::spawn_essential(name, async move {
+            let _keep_open = keep_open;
             while let Some(runnable) = woken.recv().await {
                 runnable.run();
             }
         });
-        Self { elsewhere }
+        Self {
+            elsewhere,
+            runtime: Handle::current(),
+        }
     }
 
     /// Spawns the future `task` makes; it runs on the reader once it allows it
@@ -60,11 +75,20 @@ impl Spawner {
         F: Future<Output = ()> + Send + 'static,
     {
         let allowed = Arc::new(AtomicBool::new(false));
+        let future = task(OnReader(allowed.clone()));
+        let future = async move {
+            if AssertUnwindSafe(future).catch_unwind().await.is_err() {
+                tracing::error!("a connection's task panicked; the connection is dropped");
+            }
+        };
         // Unconstrained: tokio's cooperative budget is that of the task polling, which on the
         // reader is gotatun's reading task; spent there, tokio defers the wake-up to the
         // reader's runtime, which sits blocked in `read`, and the task hangs. These tasks
         // yield on their own I/O, bounded by the stack's buffers and their channels.
-        let future = tokio::task::unconstrained(task(OnReader(allowed.clone())));
+        let future = InRuntime {
+            runtime: self.runtime.clone(),
+            future: Box::pin(tokio::task::unconstrained(future)),
+        };
         let elsewhere = self.elsewhere.clone();
         let schedule = move |runnable: Runnable| {
             let runnable = if allowed.load(Ordering::Relaxed) {
@@ -84,6 +108,21 @@ impl Spawner {
     }
 }
 
+/// A future polled inside `runtime`'s context, whichever thread polls it.
+struct InRuntime<F> {
+    runtime: Handle,
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _inside = self.runtime.enter();
+        self.future.as_mut().poll(cx)
+    }
+}
+
 /// A task's consent to run on the reader.
 pub(crate) struct OnReader(Arc<AtomicBool>);
 
@@ -94,25 +133,43 @@ impl OnReader {
     }
 }
 
-/// Queues `runnable` to run on this thread, if a [`run_here`] is running here.
+/// Queues `runnable` to run on this thread, if a [`run_here`] is running here. A wake-up
+/// while the thread's locals are torn down finds none.
 fn wake_here(runnable: Runnable) -> Result<(), Runnable> {
-    WOKEN_HERE.with(|woken| match woken.borrow_mut().as_mut() {
-        Some(queue) => {
-            queue.push_back(runnable);
-            Ok(())
+    let mut runnable = Some(runnable);
+    let _ = WOKEN_HERE.try_with(|woken| {
+        if let Some(queue) = woken.borrow_mut().as_mut() {
+            queue.extend(runnable.take());
         }
-        None => Err(runnable),
-    })
+    });
+    runnable.map_or(Ok(()), Err)
 }
 
 /// Whether a [`run_here`] is running on this thread, which settles the stack after the
 /// tasks it runs: what they write needs no other wake-up to go out.
 pub(crate) fn is_running_here() -> bool {
-    WOKEN_HERE.with(|woken| woken.borrow().is_some())
+    WOKEN_HERE
+        .try_with(|woken| woken.borrow().is_some())
+        .unwrap_or(false)
 }
 
 fn next_woken_here() -> Option<Runnable> {
     WOKEN_HERE.with(|woken| woken.borrow_mut().as_mut()?.pop_front())
+}
+
+/// Ends the outermost [`run_here`], however it ends (a `settle` that panics included): no
+/// task is left queued where nothing will run it, and the thread stops counting as
+/// running here.
+struct LeaveHere;
+
+impl Drop for LeaveHere {
+    fn drop(&mut self) {
+        let left = WOKEN_HERE.with(|woken| woken.borrow_mut().take().unwrap_or_default());
+        for runnable in left {
+            // Nothing runs here any more: to the task's own thread.
+            runnable.schedule();
+        }
+    }
 }
 
 /// Calls `settle`, then runs on this thread every allowed task it woke, calling `settle`
@@ -126,10 +183,12 @@ pub(crate) fn run_here(mut settle: impl FnMut()) {
         woken.get_or_insert_with(VecDeque::new);
         outermost
     });
-    settle();
     if !outermost {
+        settle();
         return;
     }
+    let _leave = LeaveHere;
+    settle();
     let mut runs = 0;
     while runs < MAX_RUNS_HERE {
         let mut ran = false;
@@ -145,22 +204,18 @@ pub(crate) fn run_here(mut settle: impl FnMut()) {
         }
         settle();
     }
-    let left = WOKEN_HERE.with(|woken| woken.borrow_mut().take().unwrap_or_default());
-    for runnable in left {
-        // Nothing runs here any more: to the task's own thread.
-        runnable.schedule();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::thread::ThreadId;
 
-    /// Records the thread each poll of a task ran on, and is woken from outside.
+    /// Records the thread of each step of a task, and wakes it from outside.
     #[derive(Default)]
     struct Probe {
-        threads: Mutex<Vec<std::thread::ThreadId>>,
+        threads: Mutex<Vec<ThreadId>>,
         waker: Mutex<Option<std::task::Waker>>,
     }
 
@@ -171,82 +226,92 @@ mod tests {
             }
         }
 
-        fn threads(&self) -> Vec<std::thread::ThreadId> {
+        fn threads(&self) -> Vec<ThreadId> {
             self.threads.lock().unwrap().clone()
         }
     }
 
-    /// A task that records each poll and waits to be woken again, `polls` times.
-    async fn probed(probe: Arc<Probe>, on_reader: OnReader, allow_after: usize, polls: usize) {
-        for poll in 0..polls {
-            if poll == allow_after {
-                on_reader.allow();
-            }
+    /// A task that takes `steps` steps, each recorded and then waiting for a wake-up; it
+    /// allows running on the reader from the start, or never.
+    async fn probed(probe: Arc<Probe>, on_reader: OnReader, allowed: bool, steps: usize) {
+        if allowed {
+            on_reader.allow();
+        }
+        for _ in 0..steps {
+            probe
+                .threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            let mut waited = false;
             std::future::poll_fn(|cx| {
-                probe
-                    .threads
-                    .lock()
-                    .unwrap()
-                    .push(std::thread::current().id());
+                if waited {
+                    return Poll::Ready(());
+                }
+                waited = true;
                 *probe.waker.lock().unwrap() = Some(cx.waker().clone());
-                std::task::Poll::Pending::<()>
+                Poll::Pending
             })
             .await;
         }
     }
 
-    #[test]
-    fn an_allowed_task_woken_inside_run_here_runs_there_and_elsewhere_on_its_thread() {
+    fn runtime_and_spawner() -> (tokio::runtime::Runtime, Spawner) {
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
-        let spawner = runtime.block_on(async { Spawner::start() });
+        let spawner = runtime.block_on(async { Spawner::start("test tasks") });
+        (runtime, spawner)
+    }
+
+    /// Runs `settle` inside `run_here` on a thread of its own; returns that thread's id.
+    fn on_a_reader(settle: impl FnMut() + Send + 'static) -> ThreadId {
+        std::thread::spawn(move || {
+            run_here(settle);
+            assert!(
+                !is_running_here(),
+                "the reader no longer counts as running here"
+            );
+            std::thread::current().id()
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn an_allowed_task_woken_inside_run_here_runs_there_and_elsewhere_on_its_thread() {
+        let (runtime, spawner) = runtime_and_spawner();
         let probe = Arc::new(Probe::default());
-        let task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, 0, 4));
-        // The first poll, from the spawn: on the runtime's thread.
+        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, true, 4));
+        // The first step, from the spawn: on the runtime's thread.
         runtime.block_on(tokio::task::yield_now());
         let here = std::thread::current().id();
         assert_eq!(probe.threads(), [here], "run by the runtime, driven here");
 
-        // Woken inside run_here on another thread: it runs there.
-        let reader = std::thread::spawn({
-            let probe = probe.clone();
-            move || {
-                let mut segment = Some(());
-                run_here(|| {
-                    if segment.take().is_some() {
-                        probe.wake();
-                    }
-                });
-                std::thread::current().id()
+        // Woken once inside run_here on another thread: it runs there, once.
+        let mut segment = Some(probe.clone());
+        let reader = on_a_reader(move || {
+            if let Some(probe) = segment.take() {
+                probe.wake();
             }
-        })
-        .join()
-        .unwrap();
+        });
         assert_eq!(probe.threads(), [here, reader]);
 
         // Woken outside run_here: on the runtime's thread again.
         probe.wake();
         runtime.block_on(tokio::task::yield_now());
         assert_eq!(probe.threads(), [here, reader, here]);
-        drop(task);
     }
 
     #[test]
     fn a_task_not_yet_allowed_is_never_run_by_run_here() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let spawner = runtime.block_on(async { Spawner::start() });
+        let (runtime, spawner) = runtime_and_spawner();
         let probe = Arc::new(Probe::default());
-        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, usize::MAX, 3));
+        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, false, 3));
         runtime.block_on(tokio::task::yield_now());
-        std::thread::spawn({
-            let probe = probe.clone();
-            move || run_here(|| probe.wake())
-        })
-        .join()
-        .unwrap();
+        let waker = probe.clone();
+        on_a_reader(move || waker.wake());
         assert_eq!(
             probe.threads().len(),
             1,
@@ -259,28 +324,67 @@ mod tests {
 
     #[test]
     fn a_task_woken_by_every_settling_leaves_the_reader_after_the_bound() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let spawner = runtime.block_on(async { Spawner::start() });
+        let (runtime, spawner) = runtime_and_spawner();
         let probe = Arc::new(Probe::default());
-        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, 0, usize::MAX));
+        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, true, usize::MAX));
         runtime.block_on(tokio::task::yield_now());
-        let reader = std::thread::spawn({
-            let probe = probe.clone();
-            move || {
-                run_here(|| probe.wake());
-                std::thread::current().id()
-            }
-        })
-        .join()
-        .unwrap();
+        let waker = probe.clone();
+        let reader = on_a_reader(move || waker.wake());
         let on_reader = probe.threads().iter().filter(|id| **id == reader).count();
         assert_eq!(on_reader, MAX_RUNS_HERE);
-        // The wake left over went to the task's own thread.
+        // The wake-up left over went to the task's own thread.
         runtime.block_on(tokio::task::yield_now());
         let here = std::thread::current().id();
         assert_eq!(probe.threads().last(), Some(&here));
         assert_eq!(probe.threads().len(), 1 + MAX_RUNS_HERE + 1);
+    }
+
+    #[test]
+    fn a_task_that_panics_on_the_reader_is_dropped_and_the_reader_goes_on() {
+        let (runtime, spawner) = runtime_and_spawner();
+        let probe = Arc::new(Probe::default());
+        let doomed = spawner.spawn(|on_reader| {
+            let probe = probe.clone();
+            async move {
+                probed(probe, on_reader, true, 1).await;
+                panic!("a bug in a connection's task");
+            }
+        });
+        runtime.block_on(tokio::task::yield_now());
+        let waker = probe.clone();
+        on_a_reader(move || waker.wake());
+        assert!(doomed.is_finished(), "ended by its panic, on the reader");
+        // What it spawns runs in its runtime, wherever it runs: this one still serves.
+        let survivor = Arc::new(Probe::default());
+        let _task = spawner.spawn(|on_reader| probed(survivor.clone(), on_reader, true, 2));
+        runtime.block_on(tokio::task::yield_now());
+        assert_eq!(survivor.threads().len(), 1);
+    }
+
+    #[test]
+    fn a_task_spawns_and_sets_timers_in_its_own_runtime_even_on_the_reader() {
+        let (runtime, spawner) = runtime_and_spawner();
+        let (spawned_on, spawned) = std::sync::mpsc::channel();
+        let probe = Arc::new(Probe::default());
+        let _task = spawner.spawn(|on_reader| {
+            let probe = probe.clone();
+            async move {
+                probed(probe, on_reader, true, 1).await;
+                // On the reader now: a task spawned here must run on the runtime's thread.
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    let _ = spawned_on.send(std::thread::current().id());
+                });
+            }
+        });
+        runtime.block_on(tokio::task::yield_now());
+        let waker = probe.clone();
+        on_a_reader(move || waker.wake());
+        runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(20)).await });
+        assert_eq!(
+            spawned.try_recv(),
+            Ok(std::thread::current().id()),
+            "spawned into, and timed by, the spawner's runtime"
+        );
     }
 }

@@ -10,7 +10,11 @@
 //! The tunnel's packets are handed to the stack by its tap, on the tunnel's writer, which
 //! settles the stack once per batch: polls it, wakes the streams whose connection moved,
 //! and hands what the stack sends to its [`PacketSink`]. A task does the same for the
-//! virtual IPs' packets (queued by the filter), for the streams' writes, and for timers.
+//! virtual IPs' packets queued by the filter, for the streams' writes, and for timers; the
+//! encrypted DNS listeners' packets are handed over and settled on the TUN reader instead
+//! ([`UserStack::receive_here`]), which then runs the connections they woke (the `inline`
+//! module), and those connections' writes go out with the reader's next settling. A
+//! settling outside the task wakes it only when its timers must fire sooner.
 //! A [`StackStream`] reads and writes the stack's buffers directly, under the stack's
 //! lock, so its buffers are the only ones and a slow reader closes the TCP window rather
 //! than growing memory.
@@ -36,6 +40,9 @@ use tundns_packet::{IpView, Transport};
 
 use super::ports::{LOCAL_PORTS, PortSet};
 use super::udp_relay::UdpRelay;
+
+/// tokio's timer resolution: deadlines closer than this are one.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 /// Packets waiting for the stack's task.
 const INBOUND_QUEUE: usize = 4096;
@@ -79,8 +86,8 @@ pub struct UserStack {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the task: a stream wrote or closed, a connection was opened, or the tap
-    /// settled the stack (its timers may have moved).
+    /// Wakes the task: a stream wrote or closed, a connection was opened, or a settling
+    /// elsewhere (the tap's, the reader's) moved its timers sooner.
     work: Arc<Notify>,
     local_ips: Vec<IpAddr>,
     /// The local ports the stack's connections hold, which the tap takes packets for.
@@ -298,13 +305,19 @@ impl Shared {
     }
 
     /// Settles the stack on the caller's thread. The task is woken only when the stack now
-    /// wants it sooner than it is armed for: a timer it sleeps past would fire late, one
-    /// that fires early finds nothing due and re-arms.
+    /// wants it sooner than it is armed for, by more than tokio's timer resolution: a timer
+    /// it sleeps past would fire late, one that fires early finds nothing due and re-arms.
+    /// (The first answer after an idle spell arms a retransmission timer sooner than the
+    /// idle one, and wakes it once.)
     fn settle_here(self: &Arc<Self>) {
         let mut state = self.lock();
         let now = Instant::now();
         let wanted = state.settle(self, now).map(|delay| now + delay);
-        let sooner = wanted.is_some_and(|wanted| state.armed.is_none_or(|armed| wanted < armed));
+        let sooner = wanted.is_some_and(|wanted| {
+            state
+                .armed
+                .is_none_or(|armed| wanted + TIMER_RESOLUTION < armed)
+        });
         drop(state);
         if sooner {
             self.work.notify_one();
@@ -541,7 +554,7 @@ async fn sleep(delay: Option<Duration>) {
 ///
 /// It hands them to the stack itself, on the tunnel's writer, and settles the stack once
 /// per batch ([`InboundTap::flush`]): the bytes reach the relays with no hand-over to the
-/// stack's task, which is then woken once per batch to re-arm its timers.
+/// stack's task, which is woken only when its timers must fire sooner.
 struct StackTap {
     shared: Arc<Shared>,
     /// Whether the stack received packets since the last flush.
@@ -608,7 +621,8 @@ impl StackStream {
         let mut state = self.shared.lock();
         let (result, wake) = act(&mut state, cx);
         drop(state);
-        // On the reader, the stack is settled once the task has run.
+        // On the reader, the stack is settled once the task has run (only the encrypted
+        // listeners' connections run there, and theirs is the stack the reader settles).
         if wake && !crate::inline::is_running_here() {
             self.shared.work.notify_one();
         }
@@ -677,7 +691,8 @@ impl AsyncWrite for StackStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Written bytes are the task's to send, at once.
+        // Written bytes go out at once: the task sends them, or on the reader the settling
+        // that follows the run.
         Poll::Ready(Ok(()))
     }
 

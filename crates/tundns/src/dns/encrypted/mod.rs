@@ -133,7 +133,7 @@ impl EncryptedServers {
                     Handover::OnReader,
                 )
             });
-            let spawner = Spawner::start();
+            let spawner = Spawner::start("the encrypted DNS connections");
             let mut tasks: Vec<JoinHandle<()>> = over_tcp
                 .iter()
                 .zip(std::iter::repeat(listeners.as_ref()).flatten())
