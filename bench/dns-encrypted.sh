@@ -32,7 +32,9 @@
 # Env:   SPARSE (queries per transport, default 300, at most 2000), RUN_SECONDS (throughput run,
 #        default 10, at most 60), PARTS (default lht: l the dnsperf latencies, h hickory's, t the
 #        throughput), GAP_MS (hickory's idle gap, default 20, at most 100; SPARSE is cut to
-#        fit 30 s per transport)
+#        fit 30 s per transport), BUSY (hickory's back-to-back queries per transport, default
+#        SPARSE, at most 10000: the first few hundred include the scheduler placing the
+#        threads)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +48,8 @@ SECONDS_EACH=${RUN_SECONDS:-10}
 GAP_MS=${GAP_MS:-20}
 ((GAP_MS >= 1 && GAP_MS <= 100)) || lab_die "GAP_MS must be 1..100"
 SPARSE_IDLE=$((SPARSE < 30000 / GAP_MS ? SPARSE : 30000 / GAP_MS))
+BUSY=${BUSY:-$SPARSE}
+((BUSY >= 50 && BUSY <= 10000)) || lab_die "BUSY must be 50..10000"
 PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 
@@ -123,7 +127,7 @@ latency() {
 hickory_latency() {
     local server=$1 transports=$2 gap=${3:-0} address pid=$LAB_TUNDNS_PID
     local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu key kind=hickory
-    local count=$SPARSE
+    local count=$BUSY
     address=$(server_address "$server") || lab_die "no server $server"
     [[ $server != dnsdist ]] || pid=$dnsdist_pid
     [[ $server != reference ]] || pid=$doq_reference_pid
@@ -182,7 +186,7 @@ if [[ $PARTS == *l* ]]; then
     for mode in udp dot doh; do latency dnsdist "$mode"; done
 fi
 if [[ $PARTS == *h* ]]; then
-    lab_log "latency: $SPARSE cache hits per transport, one outstanding (hickory's clients)"
+    lab_log "latency: $BUSY cache hits per transport back to back (hickory's clients)"
     lab_spawn "$LAB_C" doq-reference "$DOQ_REFERENCE_BIN" "$DOQ_REFERENCE:853" "$identity"
     doq_reference_pid=$LAB_LAST_PID
     lab_wait 10 ip netns exec "$LAB_C" sh -c "ss -Hlun src $DOQ_REFERENCE:853 | grep -q ." ||
