@@ -152,9 +152,11 @@ impl Entry {
             .map(|pair| usize::from(u16::from_be_bytes([pair[0], pair[1]])))
     }
 
-    /// The Extended DNS Error a fresh hit carries: Blocked for a blocked answer.
-    fn explanation(&self) -> Option<ExtendedError<'static>> {
-        self.blocked.then_some(BLOCKED)
+    /// Writes the answer to `query` as a fresh hit `elapsed` seconds after storing: every
+    /// TTL counted down, and a blocked answer's Extended DNS Error 15 (Blocked).
+    fn write_fresh(&self, query: &Query<'_>, out: &mut [u8], elapsed: u32) -> Option<usize> {
+        let explained = self.blocked.then_some(BLOCKED);
+        self.write_answer(query, out, |ttl| ttl.saturating_sub(elapsed), explained)
     }
 
     /// Whether this entry was stored for `question` and these key flags (keys
@@ -322,12 +324,7 @@ impl Cache {
             return None;
         }
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        let len = entry.write_answer(
-            query,
-            out,
-            |ttl| ttl.saturating_sub(elapsed),
-            entry.explanation(),
-        )?;
+        let len = entry.write_fresh(query, out, elapsed)?;
         let prefetch = self.config.prefetch && entry.claim_prefetch(elapsed);
         Some(Hit { len, prefetch })
     }
@@ -342,12 +339,7 @@ impl Cache {
         let (age, fresh) = entry.age(now);
         if fresh {
             let elapsed = age.as_secs() as u32;
-            return entry.write_answer(
-                query,
-                out,
-                |ttl| ttl.saturating_sub(elapsed),
-                entry.explanation(),
-            );
+            return entry.write_fresh(query, out, elapsed);
         }
         if !self.servable_stale(&entry, age) {
             return None;
@@ -383,19 +375,19 @@ impl Cache {
     /// Stores an upstream `response` to `query` (see the module doc for what is
     /// kept and for how long). Returns whether it was stored.
     pub fn insert(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {
-        prepare(&self.config, query.question(), response)
-            .is_some_and(|prepared| self.store(query.question(), key_flags(query), prepared, now))
+        self.insert_as(query, response, false, now)
     }
 
     /// [`insert`](Self::insert)s the blocklist's `response` in place of an upstream's
     /// answer to `query`: its fresh hits carry Extended DNS Error 15 (Blocked), as the
     /// blocklist's own answers do.
     pub fn insert_blocked(&self, query: &Query<'_>, response: &[u8], now: Instant) -> bool {
-        prepare(&self.config, query.question(), response).is_some_and(|prepared| {
-            let prepared = Prepared {
-                blocked: true,
-                ..prepared
-            };
+        self.insert_as(query, response, true, now)
+    }
+
+    fn insert_as(&self, query: &Query<'_>, response: &[u8], blocked: bool, now: Instant) -> bool {
+        prepare(&self.config, query.question(), response).is_some_and(|mut prepared| {
+            prepared.blocked = blocked;
             self.store(query.question(), key_flags(query), prepared, now)
         })
     }
