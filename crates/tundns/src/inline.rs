@@ -91,16 +91,15 @@ impl Spawner {
         };
         let elsewhere = self.elsewhere.clone();
         let schedule = move |runnable: Runnable| {
-            let runnable = if allowed.load(Ordering::Relaxed) {
-                match wake_here(runnable) {
-                    Ok(()) => return,
-                    Err(runnable) => runnable,
-                }
+            let not_here = if allowed.load(Ordering::Relaxed) {
+                wake_here(runnable).err()
             } else {
-                runnable
+                Some(runnable)
             };
-            // The runner is gone only at shutdown: the task is dropped with it.
-            let _ = elsewhere.send(runnable);
+            if let Some(runnable) = not_here {
+                // The runner is gone only at shutdown: the task is dropped with it.
+                let _ = elsewhere.send(runnable);
+            }
         };
         let (runnable, task) = async_task::spawn(future, schedule);
         runnable.schedule();
@@ -191,15 +190,14 @@ pub(crate) fn run_here(mut settle: impl FnMut()) {
     settle();
     let mut runs = 0;
     while runs < MAX_RUNS_HERE {
-        let mut ran = false;
+        let round_started_at = runs;
         while runs < MAX_RUNS_HERE
             && let Some(runnable) = next_woken_here()
         {
             runnable.run();
             runs += 1;
-            ran = true;
         }
-        if !ran {
+        if runs == round_started_at {
             break;
         }
         settle();
@@ -265,6 +263,15 @@ mod tests {
         (runtime, spawner)
     }
 
+    /// A runtime with one probed task spawned on it, its first step taken there.
+    fn probed_task(allowed: bool, steps: usize) -> (tokio::runtime::Runtime, Arc<Probe>, Task<()>) {
+        let (runtime, spawner) = runtime_and_spawner();
+        let probe = Arc::new(Probe::default());
+        let task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, allowed, steps));
+        runtime.block_on(tokio::task::yield_now());
+        (runtime, probe, task)
+    }
+
     /// Runs `settle` inside `run_here` on a thread of its own; returns that thread's id.
     fn on_a_reader(settle: impl FnMut() + Send + 'static) -> ThreadId {
         std::thread::spawn(move || {
@@ -281,11 +288,8 @@ mod tests {
 
     #[test]
     fn an_allowed_task_woken_inside_run_here_runs_there_and_elsewhere_on_its_thread() {
-        let (runtime, spawner) = runtime_and_spawner();
-        let probe = Arc::new(Probe::default());
-        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, true, 4));
+        let (runtime, probe, _task) = probed_task(true, 4);
         // The first step, from the spawn: on the runtime's thread.
-        runtime.block_on(tokio::task::yield_now());
         let here = std::thread::current().id();
         assert_eq!(probe.threads(), [here], "run by the runtime, driven here");
 
@@ -306,10 +310,7 @@ mod tests {
 
     #[test]
     fn a_task_not_yet_allowed_is_never_run_by_run_here() {
-        let (runtime, spawner) = runtime_and_spawner();
-        let probe = Arc::new(Probe::default());
-        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, false, 3));
-        runtime.block_on(tokio::task::yield_now());
+        let (runtime, probe, _task) = probed_task(false, 3);
         let waker = probe.clone();
         on_a_reader(move || waker.wake());
         assert_eq!(
@@ -324,10 +325,7 @@ mod tests {
 
     #[test]
     fn a_task_woken_by_every_settling_leaves_the_reader_after_the_bound() {
-        let (runtime, spawner) = runtime_and_spawner();
-        let probe = Arc::new(Probe::default());
-        let _task = spawner.spawn(|on_reader| probed(probe.clone(), on_reader, true, usize::MAX));
-        runtime.block_on(tokio::task::yield_now());
+        let (runtime, probe, _task) = probed_task(true, usize::MAX);
         let waker = probe.clone();
         let reader = on_a_reader(move || waker.wake());
         let on_reader = probe.threads().iter().filter(|id| **id == reader).count();
