@@ -2,11 +2,10 @@
 //! for NAME A, one at a time, over each of TRANSPORTS (a comma-separated list of `udp`,
 //! `dot`, `dot1`, `doh` and `doq`), each over one reused connection, all from hickory's
 //! clients (UDP from one connected socket: hickory's own UDP client binds a socket per query,
-//! which would weigh on the baseline), and prints each transport's p50 and p99 in microseconds; given the
-//! server's process id, also the CPU time it spent per answer, in microseconds. Queries go
-//! back to back, or N
-//! milliseconds apart (at most 1000), so that each finds the server idle, as a browser's or
-//! a phone's sporadic queries do:
+//! which would weigh on the baseline), and prints each transport's p50 and p99 in
+//! microseconds; given the server's process id, also the CPU time it spent per answer, in
+//! microseconds. Queries go back to back, or N milliseconds apart (at most 1000), so that
+//! each finds the server idle, as a browser's or a phone's sporadic queries do:
 //!
 //! ```text
 //! udp n=300 p50=41 p99=88 cpu=9.8
@@ -247,9 +246,8 @@ async fn ask_over_udp(udp: &UdpSocket, request: DnsRequest) -> Result<DnsRespons
     let mut buffer = [0u8; 4096];
     loop {
         let len = udp.recv(&mut buffer).await?;
-        match DnsResponse::from_buffer(buffer[..len].to_vec()) {
-            Ok(response) if response.id() == id => return Ok(response),
-            _ => continue,
+        if let Some(response) = answer_to(id, buffer[..len].to_vec()) {
+            return Ok(response);
         }
     }
 }
@@ -289,11 +287,17 @@ async fn ask_in_one_record(
         stream.read_exact(&mut prefix).await?;
         let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
         stream.read_exact(&mut answer).await?;
-        match DnsResponse::from_buffer(answer) {
-            Ok(response) if response.id() == id => return Ok(response),
-            _ => continue,
+        if let Some(response) = answer_to(id, answer) {
+            return Ok(response);
         }
     }
+}
+
+/// `message` as the answer to query `id`; `None` for anything else, which the caller skips.
+fn answer_to(id: u16, message: Vec<u8>) -> Option<DnsResponse> {
+    DnsResponse::from_buffer(message)
+        .ok()
+        .filter(|response| response.id() == id)
 }
 
 /// Each query's time from send to answer, in microseconds, sorted, and what the server spent.
