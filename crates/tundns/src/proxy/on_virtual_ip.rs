@@ -196,7 +196,9 @@ impl Service for AdmittedTcp {
             Handover::ToTask => drop(self.inbound.try_send(packet.to_vec())),
             Handover::OnReader => {
                 self.stack.receive_here(packet);
-                crate::inline::run_here(|| self.stack.settle());
+                let mut wanted = None;
+                crate::inline::run_here(|| wanted = self.stack.settle());
+                self.stack.wake_for(wanted);
             }
         }
     }

@@ -281,9 +281,17 @@ impl UserStack {
     }
 
     /// Settles the stack on the caller's thread: what the packets handed over moved wakes
-    /// its streams, and what the stack sends goes out through its sink.
-    pub fn settle(&self) {
-        self.shared.settle_here();
+    /// its streams, and what the stack sends goes out through its sink. Returns when the
+    /// stack next wants settling; the caller hands the last of its settlings' deadlines
+    /// to [`wake_for`](Self::wake_for).
+    pub fn settle(&self) -> Option<Instant> {
+        self.shared.settle_here()
+    }
+
+    /// Wakes the stack's task when `wanted`, the deadline of the caller's last settling,
+    /// is sooner than the task's timer.
+    pub fn wake_for(&self, wanted: Option<Instant>) {
+        self.shared.wake_for(wanted);
     }
 
     /// The channel the task drains: the virtual IPs' listeners fill it (unless they hand
@@ -304,21 +312,24 @@ impl Shared {
         state.stack.receive(packet, Instant::now());
     }
 
-    /// Settles the stack on the caller's thread. The task is woken only when the stack now
-    /// wants it sooner than it is armed for, by more than tokio's timer resolution: a timer
-    /// it sleeps past would fire late, one that fires early finds nothing due and re-arms.
-    /// (The first answer after an idle spell arms a retransmission timer sooner than the
-    /// idle one, and wakes it once.)
-    fn settle_here(self: &Arc<Self>) {
+    /// Settles the stack on the caller's thread; returns when it next wants settling.
+    fn settle_here(self: &Arc<Self>) -> Option<Instant> {
         let mut state = self.lock();
         let now = Instant::now();
-        let wanted = state.settle(self, now).map(|delay| now + delay);
+        state.settle(self, now).map(|delay| now + delay)
+    }
+
+    /// Wakes the task only when the stack wants it sooner than it is armed for, by more
+    /// than tokio's timer resolution: a timer it sleeps past would fire late, one that
+    /// fires early finds nothing due and re-arms. Only the deadline of the last of a run
+    /// of settlings counts: one taken between a query's arrival and its answer wants the
+    /// delayed ACK that the answer then carries.
+    fn wake_for(&self, wanted: Option<Instant>) {
         let sooner = wanted.is_some_and(|wanted| {
-            state
+            self.lock()
                 .armed
                 .is_none_or(|armed| wanted + TIMER_RESOLUTION < armed)
         });
-        drop(state);
         if sooner {
             self.work.notify_one();
         }
@@ -586,7 +597,8 @@ impl InboundTap for StackTap {
 
     fn flush(&self) {
         if self.received.swap(false, Ordering::Relaxed) {
-            self.shared.settle_here();
+            let wanted = self.shared.settle_here();
+            self.shared.wake_for(wanted);
         }
     }
 }
