@@ -34,7 +34,11 @@
 #        throughput), GAP_MS (hickory's idle gap, default 20, at most 100; SPARSE is cut to
 #        fit 30 s per transport), BUSY (hickory's back-to-back queries per transport, default
 #        SPARSE, at most 10000: the first few hundred include the scheduler placing the
-#        threads)
+#        threads), PIN (hickory's runs only: unset, the scheduler places the threads; `same`
+#        puts the server's threads and the client on CPU 0, `split` the server on CPU 0 and
+#        the client on CPU 1. On these VMs an idle vCPU halts at once, so whether a query's
+#        hand-overs cross CPUs decides a back-to-back p50 more than the server's work does,
+#        and the scheduler settles UDP and TLS differently from run to run)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,6 +56,14 @@ BUSY=${BUSY:-$SPARSE}
 ((BUSY >= 50 && BUSY <= 10000)) || lab_die "BUSY must be 50..10000"
 PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
+PIN=${PIN:-}
+case $PIN in
+'') CLIENT_CPUS=0-$(($(nproc) - 1)) ;;
+same) CLIENT_CPUS=0 ;;
+split) CLIENT_CPUS=1 ;;
+*) lab_die "PIN is same, split or unset" ;;
+esac
+[[ -z $PIN ]] || (($(nproc) >= 2)) || lab_die "PIN needs two CPUs"
 
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
 DOQ_REFERENCE_BIN=${DOQ_REFERENCE_BIN:-$ROOT/target/release/doq-reference}
@@ -63,7 +75,7 @@ if [[ $PARTS == *h* ]]; then
         cargo build --release -q -p tundns-test-support --bin "${!bin##*/}" >&2
     done
 fi
-bench_lab tde h2load dnsdist curl
+bench_lab tde h2load dnsdist curl taskset
 printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
 bench_start_tundns "$TUNDNS_BIN" on
 lab_in_c dig +time=1 +tries=1 +short "@$LAB_PROXY_V4" www.lab.test A >/dev/null # fills the cache
@@ -91,7 +103,7 @@ lab_wait 10 ip netns exec "$LAB_C" curl -sk -o /dev/null --max-time 2 \
 lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A >/dev/null ||
     lab_die "dnsdist did not answer over UDP" # the query fills its cache
 
-declare -A P50 P99 QPS CPU
+declare -A P50 P99 QPS CPU RUNS
 DOQ_REFERENCE=127.0.0.3
 # server_address SERVER: where SERVER (tundns, dnsdist or reference) answers.
 server_address() {
@@ -121,26 +133,28 @@ latency() {
 }
 
 # hickory_latency SERVER TRANSPORTS [GAP_MS]: dns-latency over TRANSPORTS (a comma list)
-# against SERVER (tundns, dnsdist or reference), back to back or GAP_MS apart; sets P50, P99
-# and CPU (the server's microseconds per answer) under SERVER-hickory-TRANSPORT, or
-# SERVER-idle-TRANSPORT.
+# against SERVER (tundns, dnsdist or reference), back to back or GAP_MS apart, placed as PIN
+# says; sets P50, P99, CPU (the server's microseconds per answer) and RUNS (its threads' runs
+# per answer) under SERVER-hickory-TRANSPORT, or SERVER-idle-TRANSPORT.
 hickory_latency() {
     local server=$1 transports=$2 gap=${3:-0} address pid=$LAB_TUNDNS_PID
-    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu key kind=hickory
+    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu runs key kind=hickory
     local count=$BUSY
     address=$(server_address "$server") || lab_die "no server $server"
     [[ $server != dnsdist ]] || pid=$dnsdist_pid
     [[ $server != reference ]] || pid=$doq_reference_pid
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
-    timeout 300 ip netns exec "$LAB_C" "$DNS_LATENCY_BIN" "--gap-ms=$gap" "$address" \
-        www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
+    [[ -z $PIN ]] || taskset -a -p -c 0 "$pid" >/dev/null
+    timeout 300 ip netns exec "$LAB_C" taskset -c "$CLIENT_CPUS" "$DNS_LATENCY_BIN" \
+        "--gap-ms=$gap" "$address" www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
         lab_die "dns-latency against $server failed: $(tail -3 "$report")"
-    # "udp n=300 p50=41 p99=88 cpu=9.8", one line per transport.
-    while read -r transport _ p50 p99 cpu; do
+    [[ -z $PIN ]] || taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null
+    # "udp n=300 p50=41 p99=88 cpu=9.8 runs=1.02", one line per transport.
+    while read -r transport _ p50 p99 cpu runs; do
         key=$server-$kind-$transport
-        P50[$key]=${p50#p50=} P99[$key]=${p99#p99=} CPU[$key]=${cpu#cpu=}
-        printf '  %-7s %-7s %-4s p50=%s us p99=%s us, server CPU %s us per answer\n' "$server" \
-            "$kind" "$transport" "${P50[$key]}" "${P99[$key]}" "${CPU[$key]}" >&2
+        P50[$key]=${p50#p50=} P99[$key]=${p99#p99=} CPU[$key]=${cpu#cpu=} RUNS[$key]=${runs#runs=}
+        printf '  %-7s %-7s %-4s p50=%s us p99=%s us, server CPU %s us and %s thread runs per answer\n' \
+            "$server" "$kind" "$transport" "${P50[$key]}" "${P99[$key]}" "${CPU[$key]}" "${RUNS[$key]}" >&2
     done <"$report"
 }
 
@@ -210,13 +224,15 @@ fi
 lab_stop "$dnsdist_pid"
 lab_stop "$LAB_TUNDNS_PID"
 
-# latency_table CLIENT PREFIX TRANSPORTS...: each server's p50, p99, ratio to its own UDP and
-# CPU per answer over TRANSPORTS, from the keys SERVER-PREFIXTRANSPORT, then the goal's verdicts.
+# latency_table CLIENT PREFIX TRANSPORTS...: each server's p50, p99, ratio to its own UDP, CPU
+# and thread runs per answer over TRANSPORTS, from the keys SERVER-PREFIXTRANSPORT, then the
+# goal's verdicts.
 latency_table() {
     local client=$1 prefix=$2 server transport key verdicts=''
     shift 2
     printf '\ncache hits, microseconds (%s, one connection reused)\n' "$client"
-    printf '%-9s %-9s %8s %8s %10s %18s\n' server transport p50 p99 "p50 / udp" "server CPU us/ans"
+    printf '%-9s %-9s %8s %8s %10s %18s %9s\n' server transport p50 p99 "p50 / udp" \
+        "server CPU us/ans" "runs/ans"
     for server in tundns dnsdist reference; do
         # doq-reference serves DoQ alone: its ratio is to dnsdist's UDP.
         local baseline=$server
@@ -224,9 +240,9 @@ latency_table() {
         for transport in "$@"; do
             key=$server-$prefix$transport
             [[ -n ${P50[$key]:-} ]] || continue
-            printf '%-9s %-9s %8s %8s %10s %18s\n' "$server" "$transport" "${P50[$key]}" \
+            printf '%-9s %-9s %8s %8s %10s %18s %9s\n' "$server" "$transport" "${P50[$key]}" \
                 "${P99[$key]}" "$(bench_ratio "${P50[$key]}" "${P50[$baseline-${prefix}udp]}")" \
-                "${CPU[$key]:-}"
+                "${CPU[$key]:-}" "${RUNS[$key]:-}"
         done
     done
     for transport in "$@"; do
@@ -237,8 +253,9 @@ latency_table() {
     printf 'goal: tundns p50 <= 2x its UDP (%s):%s\n' "$client" "$verdicts"
 }
 [[ $PARTS != *l* ]] || latency_table dnsperf '' udp tcp dot doh
-[[ $PARTS != *h* ]] || latency_table "hickory, back to back" hickory- udp dot dot1 doh doq
-[[ $PARTS != *h* ]] || latency_table "hickory, $GAP_MS ms apart" idle- udp dot dot1 doh doq
+placed=${PIN:+, pinned: $PIN}
+[[ $PARTS != *h* ]] || latency_table "hickory, back to back$placed" hickory- udp dot dot1 doh doq
+[[ $PARTS != *h* ]] || latency_table "hickory, $GAP_MS ms apart$placed" idle- udp dot dot1 doh doq
 if [[ $PARTS == *t* ]]; then
     printf '\ncached throughput, 8 connections x 64 outstanding, %d s each\n' "$SECONDS_EACH"
     printf '%-22s %10s %24s\n' server qps "server CPU ms/1000 ans"

@@ -4,12 +4,12 @@
 //! clients (UDP from one connected socket: hickory's own UDP client binds a socket per query,
 //! which would weigh on the baseline), and prints each transport's p50 and p99 in
 //! microseconds; given the server's process id, also the CPU time it spent per answer, in
-//! microseconds. Queries go back to back, or N milliseconds apart (at most 1000), so that
+//! microseconds, and how many times per answer one of its threads was put on a CPU. Queries go back to back, or N milliseconds apart (at most 1000), so that
 //! each finds the server idle, as a browser's or a phone's sporadic queries do:
 //!
 //! ```text
-//! udp n=300 p50=41 p99=88 cpu=9.8
-//! doq n=300 p50=63 p99=120 cpu=31.2
+//! udp n=300 p50=41 p99=88 cpu=9.8 runs=1.02
+//! doq n=300 p50=63 p99=120 cpu=31.2 runs=2.10
 //! ```
 //!
 //! hickory's DoT client writes each query's length prefix in a TLS record of its own, so
@@ -79,7 +79,7 @@ fn main() {
     let server_pid = server_pid.map(|pid| {
         pid.parse::<u32>()
             .ok()
-            .filter(|pid| server_cpu_ns(*pid).is_some())
+            .filter(|pid| server_use(*pid).is_some())
             .unwrap_or_else(|| exit("SERVER_PID is a running process's id"))
     });
     let server: IpAddr = server
@@ -303,7 +303,16 @@ fn answer_to(id: u16, message: Vec<u8>) -> Option<DnsResponse> {
 /// Each query's time from send to answer, in microseconds, sorted, and what the server spent.
 struct Timed {
     times: Vec<u64>,
-    server_cpu_ns: Option<u64>,
+    server: Option<ServerUse>,
+}
+
+/// What a server's threads used: CPU time, and how many times one was put on a CPU (a
+/// wake-up, or a return after preemption). Each run beyond the one a query needs is a
+/// hand-over between threads, which on an idle machine also wakes a CPU.
+#[derive(Clone, Copy)]
+struct ServerUse {
+    cpu_ns: u64,
+    runs: u64,
 }
 
 /// Times `count` queries for `name` A sent one after another by `send`, and the CPU time
@@ -318,7 +327,7 @@ async fn time_queries<S>(
 where
     S: Stream<Item = Result<DnsResponse, ProtoError>> + Unpin,
 {
-    let cpu_before = server_pid.and_then(server_cpu_ns);
+    let before = server_pid.and_then(server_use);
     let mut times = Vec::with_capacity(count);
     for sent in 0..count {
         if !gap.is_zero() {
@@ -339,17 +348,18 @@ where
             other => exit(&format!("a query failed: {other:?}")),
         }
     }
-    let server_cpu_ns = cpu_before
-        .zip(server_pid.and_then(server_cpu_ns))
-        .map(|(before, after)| after.saturating_sub(before));
+    let server = before
+        .zip(server_pid.and_then(server_use))
+        .map(|(before, after)| ServerUse {
+            cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
+            runs: after.runs.saturating_sub(before.runs),
+        });
     times.sort_unstable();
-    Timed {
-        times,
-        server_cpu_ns,
-    }
+    Timed { times, server }
 }
 
-/// Prints one transport's quantiles, and the server's CPU time per answer when known.
+/// Prints one transport's quantiles, and the server's CPU time (microseconds) and thread
+/// runs per answer when known.
 fn report(transport: &str, timed: &Timed) {
     let times = &timed.times;
     let at = |quantile: f64| times[((times.len() - 1) as f64 * quantile) as usize];
@@ -359,24 +369,36 @@ fn report(transport: &str, timed: &Timed) {
         at(0.5),
         at(0.99)
     );
-    if let Some(spent) = timed.server_cpu_ns {
-        let per_answer_us = spent as f64 / 1e3 / times.len() as f64;
-        line += &format!(" cpu={per_answer_us:.1}");
+    if let Some(spent) = timed.server {
+        let answers = times.len() as f64;
+        let cpu_us = spent.cpu_ns as f64 / 1e3 / answers;
+        let runs = spent.runs as f64 / answers;
+        line += &format!(" cpu={cpu_us:.1} runs={runs:.2}");
     }
     println!("{line}");
 }
 
-/// The CPU time of `pid`'s threads so far, in nanoseconds (the first field of each thread's
-/// `schedstat`: /proc/PID/stat counts clock ticks, too coarse for a few thousand answers). A
-/// thread that ends between two reads takes its time with it; the servers' threads live as
-/// long as they do.
-fn server_cpu_ns(pid: u32) -> Option<u64> {
+/// What `pid`'s threads used so far: each thread's `schedstat` holds its time on a CPU in
+/// nanoseconds (/proc/PID/stat counts clock ticks, too coarse for a few thousand answers) and
+/// its count of runs. A thread that ends between two reads takes its share with it; the
+/// servers' threads live as long as they do.
+fn server_use(pid: u32) -> Option<ServerUse> {
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let on_cpu = threads.flatten().filter_map(|thread| {
+    let per_thread = threads.flatten().filter_map(|thread| {
         let schedstat = std::fs::read_to_string(thread.path().join("schedstat")).ok()?;
-        schedstat.split_whitespace().next()?.parse::<u64>().ok()
+        let mut fields = schedstat.split_whitespace().map(str::parse::<u64>);
+        let cpu_ns = fields.next()?.ok()?;
+        let runs = fields.nth(1)?.ok()?;
+        Some(ServerUse { cpu_ns, runs })
     });
-    Some(on_cpu.sum())
+    Some(
+        per_thread.fold(ServerUse { cpu_ns: 0, runs: 0 }, |total, thread| {
+            ServerUse {
+                cpu_ns: total.cpu_ns + thread.cpu_ns,
+                runs: total.runs + thread.runs,
+            }
+        }),
+    )
 }
 
 fn exit(why: &str) -> ! {
