@@ -57,13 +57,14 @@ BUSY=${BUSY:-$SPARSE}
 PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 PIN=${PIN:-}
+CLIENT_PIN=() # the client's command prefix
 case $PIN in
-'') CLIENT_CPUS=0-$(($(nproc) - 1)) ;;
-same) CLIENT_CPUS=0 ;;
-split) CLIENT_CPUS=1 ;;
+'') ;;
+same) CLIENT_PIN=(taskset -c 0) ;;
+split) CLIENT_PIN=(taskset -c 1) ;;
 *) lab_die "PIN is same, split or unset" ;;
 esac
-[[ -z $PIN ]] || (($(nproc) >= 2)) || lab_die "PIN needs two CPUs"
+[[ $PIN != split ]] || taskset -c 1 true 2>/dev/null || lab_die "PIN=split needs CPUs 0 and 1"
 
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
 DOQ_REFERENCE_BIN=${DOQ_REFERENCE_BIN:-$ROOT/target/release/doq-reference}
@@ -138,17 +139,21 @@ latency() {
 # per answer) under SERVER-hickory-TRANSPORT, or SERVER-idle-TRANSPORT.
 hickory_latency() {
     local server=$1 transports=$2 gap=${3:-0} address pid=$LAB_TUNDNS_PID
-    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu runs key kind=hickory
+    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu runs key kind=hickory mask
     local count=$BUSY
     address=$(server_address "$server") || lab_die "no server $server"
     [[ $server != dnsdist ]] || pid=$dnsdist_pid
     [[ $server != reference ]] || pid=$doq_reference_pid
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
-    [[ -z $PIN ]] || taskset -a -p -c 0 "$pid" >/dev/null
-    timeout 300 ip netns exec "$LAB_C" taskset -c "$CLIENT_CPUS" "$DNS_LATENCY_BIN" \
+    if [[ -n $PIN ]]; then
+        # taskset -p prints "pid N's current affinity mask: MASK".
+        mask=$(taskset -p "$pid" | awk '{ print $NF }')
+        taskset -a -p -c 0 "$pid" >/dev/null || lab_die "cannot pin $server to CPU 0"
+    fi
+    timeout 300 ip netns exec "$LAB_C" "${CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" \
         "--gap-ms=$gap" "$address" www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
         lab_die "dns-latency against $server failed: $(tail -3 "$report")"
-    [[ -z $PIN ]] || taskset -a -p -c "0-$(($(nproc) - 1))" "$pid" >/dev/null
+    [[ -z $PIN ]] || taskset -a -p "$mask" "$pid" >/dev/null || lab_die "cannot unpin $server"
     # "udp n=300 p50=41 p99=88 cpu=9.8 runs=1.02", one line per transport.
     while read -r transport _ p50 p99 cpu runs; do
         key=$server-$kind-$transport

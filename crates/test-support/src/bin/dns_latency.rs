@@ -4,8 +4,10 @@
 //! clients (UDP from one connected socket: hickory's own UDP client binds a socket per query,
 //! which would weigh on the baseline), and prints each transport's p50 and p99 in
 //! microseconds; given the server's process id, also the CPU time it spent per answer, in
-//! microseconds, and how many times per answer one of its threads was put on a CPU. Queries go back to back, or N milliseconds apart (at most 1000), so that
-//! each finds the server idle, as a browser's or a phone's sporadic queries do:
+//! microseconds, and how many times per answer one of its threads was put on a CPU (its
+//! periodic timers included, which weigh when queries are far apart). Queries go back to
+//! back, or N milliseconds apart (at most 1000), so that each finds the server idle, as a
+//! browser's or a phone's sporadic queries do:
 //!
 //! ```text
 //! udp n=300 p50=41 p99=88 cpu=9.8 runs=1.02

@@ -13,8 +13,9 @@
 //! virtual IPs' packets queued by the filter, for the streams' writes, and for timers; the
 //! encrypted DNS listeners' packets are handed over and settled on the TUN reader instead
 //! ([`UserStack::receive_here`]), which then runs the connections they woke (the `inline`
-//! module), and those connections' writes go out with the reader's next settling. A
-//! settling outside the task wakes it only when its timers must fire sooner.
+//! module), and those connections' writes go out with the reader's next settling. Whoever
+//! settles outside the task wakes it afterwards only when the last settling's deadline is
+//! sooner than its timer ([`UserStack::wake_for`]).
 //! A [`StackStream`] reads and writes the stack's buffers directly, under the stack's
 //! lock, so its buffers are the only ones and a slow reader closes the TCP window rather
 //! than growing memory.
@@ -87,7 +88,7 @@ pub struct UserStack {
 struct Shared {
     state: Mutex<State>,
     /// Wakes the task: a stream wrote or closed, a connection was opened, or a settling
-    /// elsewhere (the tap's, the reader's) moved its timers sooner.
+    /// elsewhere (the tap's, the reader's) left a deadline sooner than its timer.
     work: Arc<Notify>,
     local_ips: Vec<IpAddr>,
     /// The local ports the stack's connections hold, which the tap takes packets for.
@@ -105,7 +106,7 @@ struct State {
     /// The stack's events, reused.
     events: Vec<Event>,
     /// When the task's timer next fires, as the task last armed it (`None`: it waits for
-    /// work alone). A settling elsewhere wakes the task only for an earlier deadline.
+    /// work alone). [`Shared::wake_for`] wakes the task only for an earlier deadline.
     armed: Option<Instant>,
 }
 
@@ -275,7 +276,8 @@ impl UserStack {
     }
 
     /// Hands a packet for one of the stack's connections or listeners to the stack, on the
-    /// caller's thread, as the tunnel's tap does; [`settle`](Self::settle) follows.
+    /// caller's thread, as the tunnel's tap does; [`settle`](Self::settle) follows, then
+    /// [`wake_for`](Self::wake_for) with the last settling's deadline.
     pub fn receive_here(&self, packet: &[u8]) {
         self.shared.receive_here(packet);
     }
@@ -284,6 +286,7 @@ impl UserStack {
     /// its streams, and what the stack sends goes out through its sink. Returns when the
     /// stack next wants settling; the caller hands the last of its settlings' deadlines
     /// to [`wake_for`](Self::wake_for).
+    #[must_use = "the task sleeps through this deadline unless it goes to wake_for"]
     pub fn settle(&self) -> Option<Instant> {
         self.shared.settle_here()
     }
@@ -523,7 +526,7 @@ impl Drop for PendingConnect<'_> {
 /// handle to the stack is gone, or when `inbound`'s senders are (the tunnel or the TUN is).
 async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut inbound: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
-    let mut delay = None;
+    let mut deadline = None;
     loop {
         let notified = work.notified();
         tokio::select! {
@@ -537,7 +540,7 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut inbound: mpsc::Recei
                 }
             }
             () = notified => {}
-            () = sleep(delay) => {}
+            () = sleep_until(deadline) => {}
         }
         let Some(shared) = shared.upgrade() else {
             return;
@@ -547,14 +550,15 @@ async fn drive(shared: Weak<Shared>, work: Arc<Notify>, mut inbound: mpsc::Recei
         for packet in batch.drain(..) {
             state.stack.receive(&packet, now);
         }
-        delay = state.settle(&shared, now);
-        state.armed = delay.map(|delay| now + delay);
+        // The timer fires at the very instant `wake_for` compares against.
+        deadline = state.settle(&shared, now).map(|delay| now + delay);
+        state.armed = deadline;
     }
 }
 
-async fn sleep(delay: Option<Duration>) {
-    match delay {
-        Some(delay) => tokio::time::sleep(delay).await,
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
 }
