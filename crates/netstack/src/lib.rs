@@ -52,7 +52,7 @@ use smoltcp::iface::{
     Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
 };
 use smoltcp::socket::tcp;
-use smoltcp::time::Instant as SmolInstant;
+use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{HardwareAddress, IpEndpoint};
 use tundns_packet::{IpView, Transport, ipv4, ipv6, protocol};
 
@@ -80,6 +80,11 @@ pub struct Limits {
     /// How long a connection opened with [`TcpStack::connect`] may take to be
     /// established before it fails with [`ConnectFailure::TimedOut`].
     pub connect_timeout: Duration,
+    /// How long an ACK may wait for data to ride with (smoltcp's 10 ms by default);
+    /// `None` sends it with the next [`TcpStack::poll`]. An owner that answers between
+    /// [`TcpStack::poll_received`] and that poll gets its ACKs carried by its answers
+    /// without a timer, and a lone ACK without waiting on one.
+    pub ack_delay: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -92,6 +97,7 @@ impl Default for Limits {
             tx_buffer: 16 * 1024,
             mtu: 1420,
             connect_timeout: Duration::from_secs(10),
+            ack_delay: Some(Duration::from_millis(10)),
         }
     }
 }
@@ -420,6 +426,16 @@ impl TcpStack {
     /// appends what happened to `events`. Call it after `receive` and
     /// whenever [`TcpStack::poll_delay`] says so.
     pub fn poll(&mut self, now: Instant, events: &mut Vec<Event>) {
+        self.poll_received(now, events);
+        self.flush();
+        self.sweep_closing(events);
+        self.reconcile_listeners();
+    }
+
+    /// The first half of [`poll`](Self::poll): processes the received packets and
+    /// reports what they changed, but sends nothing, not even an ACK. What the owner
+    /// writes before the next `poll` leaves with the ACKs, in the same segments.
+    pub fn poll_received(&mut self, now: Instant, events: &mut Vec<Event>) {
         let now = self.advance_clock(now);
         self.iface.poll_maintenance(now);
         // One packet at a time, so that a listener that just took a SYN is
@@ -435,9 +451,6 @@ impl TcpStack {
             self.reconcile_listeners();
         }
         self.report_and_expire(events);
-        self.flush();
-        self.sweep_closing(events);
-        self.reconcile_listeners();
     }
 
     /// Reads buffered bytes of `id` into `buf`; returns how many, 0 when none
@@ -925,6 +938,7 @@ fn new_socket(limits: &Limits) -> tcp::Socket<'static> {
     // DNS answers are written whole; waiting for the ACK of the previous answer
     // would stall pipelined queries. A proxy relays what it has at once.
     socket.set_nagle_enabled(false);
+    socket.set_ack_delay(limits.ack_delay.map(SmolDuration::from));
     socket
 }
 

@@ -368,6 +368,73 @@ fn syn_to_unlistened_port_is_reset() {
     assert_eq!(tcp.acknowledgment_number(), 1001);
 }
 
+/// The TCP payload lengths of what the stack sends now, which then reaches the client.
+fn sent_payloads(harness: &mut Harness) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let to_client = &mut harness.client_device.rx;
+    harness.stack.drain_transmit(|packet| {
+        to_client.push_back(packet.to_vec());
+        let sliced = SlicedPacket::from_ip(packet).unwrap();
+        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+            panic!("expected TCP, got {sliced:?}");
+        };
+        assert!(tcp.ack(), "every segment after the handshake acknowledges");
+        lengths.push(tcp.payload().len());
+    });
+    harness.deliver();
+    lengths
+}
+
+/// With no ACK delay, an answer written between `poll_received` and `poll` carries the
+/// query's ACK in its one segment (a `poll` in place of `poll_received` sends a lone ACK
+/// first), and half a query is acknowledged by the next `poll` itself, leaving no
+/// delayed-ACK timer behind.
+#[test]
+fn without_an_ack_delay_answers_carry_the_ack_and_a_lone_ack_needs_no_timer() {
+    let mut harness = Harness::new(Limits {
+        ack_delay: None,
+        ..Limits::default()
+    });
+    let mut server = FramedEcho::default();
+    let client = harness.connect(V4_SERVICE);
+    harness.establish(&mut server, client);
+    harness.settle(&mut server);
+    assert_eq!(sent_payloads(&mut harness), []);
+
+    let query = frame(b"a whole query");
+    harness.client_socket(client).send_slice(&query).unwrap();
+    harness.client_to_stack();
+    let now = harness.now();
+    let mut events = Vec::new();
+    harness.stack.poll_received(now, &mut events);
+    server.handle(&mut harness.stack, &events);
+    events.clear();
+    harness.stack.poll(now, &mut events);
+    assert_eq!(
+        sent_payloads(&mut harness),
+        [query.len()],
+        "one segment: the answer, with the ACK"
+    );
+
+    harness
+        .client_socket(client)
+        .send_slice(&query[..1])
+        .unwrap();
+    harness.client_to_stack();
+    let now = harness.now();
+    events.clear();
+    harness.stack.poll_received(now, &mut events);
+    server.handle(&mut harness.stack, &events);
+    events.clear();
+    harness.stack.poll(now, &mut events);
+    assert_eq!(sent_payloads(&mut harness), [0], "a lone ACK, at once");
+    let next = harness.stack.poll_delay(now).expect("the idle timer");
+    assert!(
+        next > Duration::from_secs(1),
+        "no delayed-ACK timer: {next:?}"
+    );
+}
+
 #[test]
 fn packets_to_unlistened_ips_or_other_protocols_are_dropped() {
     let mut stack = TcpStack::new(Limits::default());

@@ -7,8 +7,9 @@
 //! TCP work itself. So a connection's task is an [`async_task`] task whose wake-ups choose
 //! where it runs:
 //!
-//! - woken inside [`run_here`] (the reader settling the stack with a client's segment), it
-//!   runs right there, on the reader, before the reader reads on;
+//! - woken inside [`run_here`] (the reader handing the stack a client's segment), it runs
+//!   right there, on the reader, before the stack is settled and the reader reads on, so
+//!   that its answer leaves with the segment's ACK;
 //! - woken anywhere else (a timer, an upstream's answer to a query that missed the cache,
 //!   the stack's own task), it runs on the thread of the [`Spawner`]'s runtime.
 //!
@@ -171,11 +172,12 @@ impl Drop for LeaveHere {
     }
 }
 
-/// Calls `settle`, then runs on this thread every allowed task it woke, calling `settle`
-/// again after each round so that what they wrote goes out and what that moves runs too.
-/// Whatever is left after [`MAX_RUNS_HERE`] runs goes to the tasks' own thread. Called
-/// from inside a `run_here`, it only settles.
-pub(crate) fn run_here(mut settle: impl FnMut()) {
+/// Calls `receive`, runs on this thread every allowed task it woke, then calls `settle`,
+/// and again runs what that woke and settles, until a round wakes nothing: what the tasks
+/// wrote goes out with the first settling, and what that moves runs too. Whatever is left
+/// after [`MAX_RUNS_HERE`] runs goes to the tasks' own thread. Called from inside a
+/// `run_here`, it only receives and settles.
+pub(crate) fn run_here(receive: impl FnOnce(), mut settle: impl FnMut()) {
     let outermost = WOKEN_HERE.with(|woken| {
         let mut woken = woken.borrow_mut();
         let outermost = woken.is_none();
@@ -183,25 +185,34 @@ pub(crate) fn run_here(mut settle: impl FnMut()) {
         outermost
     });
     if !outermost {
+        receive();
         settle();
         return;
     }
     let _leave = LeaveHere;
+    receive();
+    let mut runs = run_woken_here(0);
     settle();
-    let mut runs = 0;
     while runs < MAX_RUNS_HERE {
         let round_started_at = runs;
-        while runs < MAX_RUNS_HERE
-            && let Some(runnable) = next_woken_here()
-        {
-            runnable.run();
-            runs += 1;
-        }
+        runs = run_woken_here(runs);
         if runs == round_started_at {
             break;
         }
         settle();
     }
+}
+
+/// Runs the tasks woken here until none is left or `runs` reaches [`MAX_RUNS_HERE`];
+/// returns the runs made so far.
+fn run_woken_here(mut runs: usize) -> usize {
+    while runs < MAX_RUNS_HERE
+        && let Some(runnable) = next_woken_here()
+    {
+        runnable.run();
+        runs += 1;
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -272,10 +283,14 @@ mod tests {
         (runtime, probe, task)
     }
 
-    /// Runs `settle` inside `run_here` on a thread of its own; returns that thread's id.
-    fn on_a_reader(settle: impl FnMut() + Send + 'static) -> ThreadId {
+    /// Runs `receive` and `settle` inside `run_here` on a thread of its own; returns that
+    /// thread's id.
+    fn on_a_reader(
+        receive: impl FnOnce() + Send + 'static,
+        settle: impl FnMut() + Send + 'static,
+    ) -> ThreadId {
         std::thread::spawn(move || {
-            run_here(settle);
+            run_here(receive, settle);
             assert!(
                 !is_running_here(),
                 "the reader no longer counts as running here"
@@ -294,12 +309,8 @@ mod tests {
         assert_eq!(probe.threads(), [here], "run by the runtime, driven here");
 
         // Woken once inside run_here on another thread: it runs there, once.
-        let mut segment = Some(probe.clone());
-        let reader = on_a_reader(move || {
-            if let Some(probe) = segment.take() {
-                probe.wake();
-            }
-        });
+        let waker = probe.clone();
+        let reader = on_a_reader(move || waker.wake(), || {});
         assert_eq!(probe.threads(), [here, reader]);
 
         // Woken outside run_here: on the runtime's thread again.
@@ -312,7 +323,7 @@ mod tests {
     fn a_task_not_yet_allowed_is_never_run_by_run_here() {
         let (runtime, probe, _task) = probed_task(false, 3);
         let waker = probe.clone();
-        on_a_reader(move || waker.wake());
+        on_a_reader(move || waker.wake(), || {});
         assert_eq!(
             probe.threads().len(),
             1,
@@ -324,10 +335,25 @@ mod tests {
     }
 
     #[test]
+    fn a_task_woken_by_the_segment_runs_before_the_first_settling() {
+        let (_runtime, probe, _task) = probed_task(true, 4);
+        let waker = probe.clone();
+        let watcher = probe.clone();
+        let seen_by_settlings = Arc::new(Mutex::new(Vec::new()));
+        let seen = seen_by_settlings.clone();
+        on_a_reader(
+            move || waker.wake(),
+            move || seen.lock().unwrap().push(watcher.threads().len()),
+        );
+        // The spawn's step and the reader's: what the task wrote goes with that settling.
+        assert_eq!(*seen_by_settlings.lock().unwrap(), [2]);
+    }
+
+    #[test]
     fn a_task_woken_by_every_settling_leaves_the_reader_after_the_bound() {
         let (runtime, probe, _task) = probed_task(true, usize::MAX);
-        let waker = probe.clone();
-        let reader = on_a_reader(move || waker.wake());
+        let (by_segment, by_settling) = (probe.clone(), probe.clone());
+        let reader = on_a_reader(move || by_segment.wake(), move || by_settling.wake());
         let on_reader = probe.threads().iter().filter(|id| **id == reader).count();
         assert_eq!(on_reader, MAX_RUNS_HERE);
         // The wake-up left over went to the task's own thread.
@@ -350,7 +376,7 @@ mod tests {
         });
         runtime.block_on(tokio::task::yield_now());
         let waker = probe.clone();
-        on_a_reader(move || waker.wake());
+        on_a_reader(move || waker.wake(), || {});
         assert!(doomed.is_finished(), "ended by its panic, on the reader");
         // What it spawns runs in its runtime, wherever it runs: this one still serves.
         let survivor = Arc::new(Probe::default());
@@ -377,7 +403,7 @@ mod tests {
         });
         runtime.block_on(tokio::task::yield_now());
         let waker = probe.clone();
-        on_a_reader(move || waker.wake());
+        on_a_reader(move || waker.wake(), || {});
         runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(20)).await });
         assert_eq!(
             spawned.try_recv(),

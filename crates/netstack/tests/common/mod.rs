@@ -140,9 +140,8 @@ impl Harness {
         self.client_sockets.get_mut::<tcp::Socket>(handle)
     }
 
-    /// One round trip of the wire: client out, stack in, stack out, client in.
-    /// Returns the events the stack reported in this step.
-    pub fn step(&mut self) -> Vec<Event> {
+    /// Runs the client and hands what it sent to the stack, which has not yet polled.
+    pub fn client_to_stack(&mut self) {
         let client_now = self.client_now();
         self.client.poll(
             client_now,
@@ -153,6 +152,13 @@ impl Harness {
         while let Some(packet) = self.client_device.tx.pop_front() {
             self.stack.receive(&packet, now);
         }
+    }
+
+    /// One round trip of the wire: client out, stack in, stack out, client in.
+    /// Returns the events the stack reported in this step.
+    pub fn step(&mut self) -> Vec<Event> {
+        self.client_to_stack();
+        let now = self.now();
         let mut events = Vec::new();
         self.stack.poll(now, &mut events);
         self.events.extend_from_slice(&events);

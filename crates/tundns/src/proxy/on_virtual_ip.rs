@@ -195,9 +195,14 @@ impl Service for AdmittedTcp {
             // Dropped when the stack's task lags this far behind; TCP resends it.
             Handover::ToTask => drop(self.inbound.try_send(packet.to_vec())),
             Handover::OnReader => {
-                self.stack.receive_here(packet);
                 let mut wanted = None;
-                crate::inline::run_here(|| wanted = self.stack.settle());
+                crate::inline::run_here(
+                    || {
+                        self.stack.receive_here(packet);
+                        self.stack.deliver_here();
+                    },
+                    || wanted = self.stack.settle(),
+                );
                 self.stack.wake_for(wanted);
             }
         }

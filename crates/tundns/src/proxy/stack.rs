@@ -11,9 +11,10 @@
 //! settles the stack once per batch: polls it, wakes the streams whose connection moved,
 //! and hands what the stack sends to its [`PacketSink`]. A task does the same for the
 //! virtual IPs' packets queued by the filter, for the streams' writes, and for timers; the
-//! encrypted DNS listeners' packets are handed over and settled on the TUN reader instead
-//! ([`UserStack::receive_here`]), which then runs the connections they woke (the `inline`
-//! module), and those connections' writes go out with the reader's next settling. Whoever
+//! encrypted DNS listeners' packets are handed over and processed on the TUN reader instead
+//! ([`UserStack::receive_here`], [`UserStack::deliver_here`]), which then runs the
+//! connections they woke (the `inline` module), and those connections' writes go out with
+//! the reader's next settling, with the ACKs. Whoever
 //! settles outside the task wakes it afterwards only when the last settling's deadline is
 //! sooner than its timer ([`UserStack::wake_for`]).
 //! A [`StackStream`] reads and writes the stack's buffers directly, under the stack's
@@ -64,6 +65,7 @@ pub fn proxy_limits(mtu: u16) -> Limits {
         tx_buffer: 256 * 1024,
         mtu: usize::from(mtu),
         connect_timeout: Duration::from_secs(10),
+        ..Limits::default()
     }
 }
 
@@ -276,10 +278,19 @@ impl UserStack {
     }
 
     /// Hands a packet for one of the stack's connections or listeners to the stack, on the
-    /// caller's thread, as the tunnel's tap does; [`settle`](Self::settle) follows, then
-    /// [`wake_for`](Self::wake_for) with the last settling's deadline.
+    /// caller's thread, as the tunnel's tap does; [`deliver_here`](Self::deliver_here) or
+    /// [`settle`](Self::settle) follows, and then [`wake_for`](Self::wake_for) with the last
+    /// settling's deadline.
     pub fn receive_here(&self, packet: &[u8]) {
         self.shared.receive_here(packet);
+    }
+
+    /// Processes the packets handed over on the caller's thread and wakes the streams they
+    /// moved, sending nothing: what those streams write before the [`settle`](Self::settle)
+    /// that follows leaves with the ACKs, in the same segments.
+    pub fn deliver_here(&self) {
+        let mut state = self.shared.lock();
+        state.deliver(&self.shared, Instant::now());
     }
 
     /// Settles the stack on the caller's thread: what the packets handed over moved wakes
@@ -421,6 +432,23 @@ impl State {
     fn settle(&mut self, shared: &Arc<Shared>, now: Instant) -> Option<Duration> {
         let mut events = std::mem::take(&mut self.events);
         self.stack.poll(now, &mut events);
+        self.take_events(shared, events);
+        self.stack
+            .drain_transmit(|packet| self.outbound.send(packet));
+        self.outbound.flush();
+        self.stack.poll_delay(now)
+    }
+
+    /// Processes what the stack received, queuing accepted connections and waking streams,
+    /// and sends nothing.
+    fn deliver(&mut self, shared: &Arc<Shared>, now: Instant) {
+        let mut events = std::mem::take(&mut self.events);
+        self.stack.poll_received(now, &mut events);
+        self.take_events(shared, events);
+    }
+
+    /// Acts on the stack's `events`, and keeps their buffer for the next poll.
+    fn take_events(&mut self, shared: &Arc<Shared>, mut events: Vec<Event>) {
         for event in events.drain(..) {
             if let Event::Accepted { id, peer, local } = event {
                 self.accept(shared, id, peer, local);
@@ -428,10 +456,6 @@ impl State {
             self.apply(event, &shared.ports);
         }
         self.events = events;
-        self.stack
-            .drain_transmit(|packet| self.outbound.send(packet));
-        self.outbound.flush();
-        self.stack.poll_delay(now)
     }
 
     /// Marks every connection gone and wakes whoever waits on one.

@@ -110,6 +110,12 @@ impl EncryptedServers {
             rx_buffer: 16 * 1024,
             tx_buffer: 64 * 1024,
             mtu: usize::from(mtu),
+            // The TUN reader answers a query before it settles the stack, so the answer
+            // carries the ACK; a segment that brings no whole query (a client that writes
+            // the length prefix in a TLS record of its own, a miss waiting on an upstream)
+            // is acknowledged at once instead of arming a timer, whose every change wakes
+            // the stack's task on another thread.
+            ack_delay: None,
             ..Limits::default()
         };
         let quota = Arc::new(SourceQuota::new(
