@@ -1072,6 +1072,14 @@ fn error_cases() -> Vec<(String, String)> {
             format!("{m}[DNSRoute]\nDomain = .\nDomain = .\n"),
             "wg0.conf:5: Domain \".\" is already routed on line 4",
         ),
+        // A private key pasted as a label twice is not echoed (found by fuzz/config_file).
+        (
+            format!(
+                "{m}[DNSRoute]\nDomain = {key}.example\nDomain = {key}.example\n",
+                key = "s".repeat(44)
+            ),
+            "wg0.conf:5: Domain a value that looks like key material (not shown) is already routed on line 4",
+        ),
         (
             format!("{m}[DNSRoute]\nDomain = corp.internal\nUpstream = 10.30.30.30\n"),
             "wg0.conf:5: upstream 10.30.30.30:53 is a virtual address of the DNS proxy: queries would loop",

@@ -9,7 +9,9 @@
 //! [`Event`]s. It is sans-IO: the caller feeds the raw IP packets meant for it
 //! (diverted from the TUN, or from the tunnel) into [`TcpStack::receive`],
 //! drives time through [`TcpStack::poll`] and sends what
-//! [`TcpStack::drain_transmit`] hands back.
+//! [`TcpStack::drain_transmit`] hands back. With the ACK delay off
+//! ([`Limits::ack_delay`]), [`TcpStack::poll_received`] takes the place of the
+//! first `poll`, so that answers written after it carry the ACKs.
 //!
 //! It must never touch a socket, a clock, a thread or an async runtime, never
 //! know which protocol runs over its streams, and never panic on any input.
@@ -81,8 +83,9 @@ pub struct Limits {
     /// established before it fails with [`ConnectFailure::TimedOut`].
     pub connect_timeout: Duration,
     /// How long an ACK may wait for data to ride with (smoltcp's 10 ms by default);
-    /// `None` sends it with the next [`TcpStack::poll`]. An owner that answers between
-    /// [`TcpStack::poll_received`] and that poll gets its ACKs carried by its answers
+    /// `None` sends it with the next [`TcpStack::poll`] or
+    /// [`TcpStack::drain_transmit`]. An owner that answers between
+    /// [`TcpStack::poll_received`] and those gets its ACKs carried by its answers
     /// without a timer, and a lone ACK without waiting on one.
     pub ack_delay: Option<Duration>,
 }
@@ -394,7 +397,7 @@ impl TcpStack {
     }
 
     /// Queues an inbound IP packet (from the TUN, or the tunnel);
-    /// [`TcpStack::poll`] processes it.
+    /// [`TcpStack::poll`] (or [`TcpStack::poll_received`]) processes it.
     ///
     /// Only TCP packets addressed to a listened IP or to a local IP of
     /// [`TcpStack::connect`] are kept (IPv6 ones with extension headers are
@@ -433,8 +436,10 @@ impl TcpStack {
     }
 
     /// The first half of [`poll`](Self::poll): processes the received packets and
-    /// reports what they changed, but sends nothing, not even an ACK. What the owner
-    /// writes before the next `poll` leaves with the ACKs, in the same segments.
+    /// reports what they changed, and lets the sockets send nothing: what the owner
+    /// writes before the next `poll` leaves with the ACKs, in the same segments. Only
+    /// smoltcp's own replies to odd segments (a RST to an unlistened port, the ACK of an
+    /// out-of-order, duplicate or out-of-window one) are queued at once.
     pub fn poll_received(&mut self, now: Instant, events: &mut Vec<Event>) {
         let now = self.advance_clock(now);
         self.iface.poll_maintenance(now);
@@ -938,7 +943,9 @@ fn new_socket(limits: &Limits) -> tcp::Socket<'static> {
     // DNS answers are written whole; waiting for the ACK of the previous answer
     // would stall pipelined queries. A proxy relays what it has at once.
     socket.set_nagle_enabled(false);
-    socket.set_ack_delay(limits.ack_delay.map(SmolDuration::from));
+    socket.set_ack_delay(limits.ack_delay.map(|delay| {
+        SmolDuration::from_micros(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX))
+    }));
     socket
 }
 

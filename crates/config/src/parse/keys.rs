@@ -380,7 +380,8 @@ impl Parser<'_> {
                         values::parse_domain(item, true).map_err(|why| format!("Domain: {why}"))?;
                     if let Some(first) = self.routed_domains.get(&domain) {
                         return Err(format!(
-                            "Domain {domain:?} is already routed on line {first}"
+                            "Domain {} is already routed on line {first}",
+                            values::shown(&domain)
                         ));
                     }
                     self.routed_domains.insert(domain.clone(), line);

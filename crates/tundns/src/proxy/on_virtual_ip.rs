@@ -197,10 +197,7 @@ impl Service for AdmittedTcp {
             Handover::OnReader => {
                 let mut wanted = None;
                 crate::inline::run_here(
-                    || {
-                        self.stack.receive_here(packet);
-                        self.stack.deliver_here();
-                    },
+                    || self.stack.deliver_here(packet),
                     || wanted = self.stack.settle(),
                 );
                 self.stack.wake_for(wanted);

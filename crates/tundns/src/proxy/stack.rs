@@ -12,9 +12,9 @@
 //! and hands what the stack sends to its [`PacketSink`]. A task does the same for the
 //! virtual IPs' packets queued by the filter, for the streams' writes, and for timers; the
 //! encrypted DNS listeners' packets are handed over and processed on the TUN reader instead
-//! ([`UserStack::receive_here`], [`UserStack::deliver_here`]), which then runs the
-//! connections they woke (the `inline` module), and those connections' writes go out with
-//! the reader's next settling, with the ACKs. Whoever
+//! ([`UserStack::deliver_here`]), which then runs the connections they woke (the `inline`
+//! module), and those connections' writes go out with the reader's next settling, with the
+//! ACKs. Whoever
 //! settles outside the task wakes it afterwards only when the last settling's deadline is
 //! sooner than its timer ([`UserStack::wake_for`]).
 //! A [`StackStream`] reads and writes the stack's buffers directly, under the stack's
@@ -277,20 +277,17 @@ impl UserStack {
         })
     }
 
-    /// Hands a packet for one of the stack's connections or listeners to the stack, on the
-    /// caller's thread, as the tunnel's tap does; [`deliver_here`](Self::deliver_here) or
-    /// [`settle`](Self::settle) follows, and then [`wake_for`](Self::wake_for) with the last
-    /// settling's deadline.
-    pub fn receive_here(&self, packet: &[u8]) {
-        self.shared.receive_here(packet);
-    }
-
-    /// Processes the packets handed over on the caller's thread and wakes the streams they
-    /// moved, sending nothing: what those streams write before the [`settle`](Self::settle)
-    /// that follows leaves with the ACKs, in the same segments.
-    pub fn deliver_here(&self) {
+    /// Hands `packet`, for one of the stack's connections or listeners, to the stack on the
+    /// caller's thread and processes it: the streams it moved are woken, and nothing is
+    /// sent, so that what they write before the [`settle`](Self::settle) that must follow
+    /// leaves with the ACK, in the same segments. [`wake_for`](Self::wake_for) then takes
+    /// the last settling's deadline.
+    pub fn deliver_here(&self, packet: &[u8]) {
         let mut state = self.shared.lock();
-        state.deliver(&self.shared, Instant::now());
+        let now = Instant::now();
+        state.make_room(&self.shared, now);
+        state.stack.receive(packet, now);
+        state.deliver(&self.shared, now);
     }
 
     /// Settles the stack on the caller's thread: what the packets handed over moved wakes
@@ -319,11 +316,9 @@ impl Shared {
     /// Hands `packet` to the stack on the caller's thread.
     fn receive_here(self: &Arc<Self>, packet: &[u8]) {
         let mut state = self.lock();
-        // A batch can hold more packets than the stack's queue: what is queued goes first.
-        if state.stack.receive_queue_is_full() {
-            state.settle(self, Instant::now());
-        }
-        state.stack.receive(packet, Instant::now());
+        let now = Instant::now();
+        state.make_room(self, now);
+        state.stack.receive(packet, now);
     }
 
     /// Settles the stack on the caller's thread; returns when it next wants settling.
@@ -336,8 +331,8 @@ impl Shared {
     /// Wakes the task only when the stack wants it sooner than it is armed for, by more
     /// than tokio's timer resolution: a timer it sleeps past would fire late, one that
     /// fires early finds nothing due and re-arms. Only the deadline of the last of a run
-    /// of settlings counts: one taken between a query's arrival and its answer wants the
-    /// delayed ACK that the answer then carries.
+    /// of settlings counts: an earlier one can want a timer (a delayed ACK on the tunnel's
+    /// side) that what followed made needless.
     fn wake_for(&self, wanted: Option<Instant>) {
         let sooner = wanted.is_some_and(|wanted| {
             self.lock()
@@ -437,6 +432,13 @@ impl State {
             .drain_transmit(|packet| self.outbound.send(packet));
         self.outbound.flush();
         self.stack.poll_delay(now)
+    }
+
+    /// A batch can hold more packets than the stack's queue: what is queued goes first.
+    fn make_room(&mut self, shared: &Arc<Shared>, now: Instant) {
+        if self.stack.receive_queue_is_full() {
+            self.settle(shared, now);
+        }
     }
 
     /// Processes what the stack received, queuing accepted connections and waking streams,
