@@ -57,14 +57,7 @@ BUSY=${BUSY:-$SPARSE}
 PARTS=${PARTS:-lht}
 [[ $PARTS =~ ^[lht]+$ ]] || lab_die "PARTS is made of l, h and t"
 PIN=${PIN:-}
-CLIENT_PIN=() # the client's command prefix
-case $PIN in
-'') ;;
-same) CLIENT_PIN=(taskset -c 0) ;;
-split) CLIENT_PIN=(taskset -c 1) ;;
-*) lab_die "PIN is same, split or unset" ;;
-esac
-[[ $PIN != split ]] || taskset -c 1 true 2>/dev/null || lab_die "PIN=split needs CPUs 0 and 1"
+bench_client_pin "$PIN"
 
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
 DOQ_REFERENCE_BIN=${DOQ_REFERENCE_BIN:-$ROOT/target/release/doq-reference}
@@ -81,28 +74,7 @@ printf 'www.lab.test A\n' >"$LAB_DIR/one-query.txt"
 bench_start_tundns "$TUNDNS_BIN" on
 lab_in_c dig +time=1 +tries=1 +short "@$LAB_PROXY_V4" www.lab.test A >/dev/null # fills the cache
 
-# dnsdist's UDP, DoT and DoH with a packet cache, presenting tundns's own identity, on C's
-# loopback (its traffic crosses no TUN: the comparison favours it).
-DNSDIST=127.0.0.2
-identities=("/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
-[[ ${#identities[@]} -eq 1 && -r ${identities[0]} ]] ||
-    lab_die "expected one identity of tundns's in /var/lib/tundns/netns/$LAB_C: ${identities[*]}"
-identity=${identities[0]}
-cat >"$LAB_DIR/dnsdist-encrypted.conf" <<CONF
-setLocal("$DNSDIST:53")
-addTLSLocal("$DNSDIST:853", "$identity", "$identity")
-addDOHLocal("$DNSDIST:443", "$identity", "$identity", "/dns-query")
-newServer({address="$LAB_UNBOUND_V4:53"})
-setSecurityPollSuffix("")
-getPool(""):setCache(newPacketCache(10000))
-CONF
-lab_spawn "$LAB_C" dnsdist-encrypted dnsdist --supervised --disable-syslog -C "$LAB_DIR/dnsdist-encrypted.conf"
-dnsdist_pid=$LAB_LAST_PID
-lab_wait 10 ip netns exec "$LAB_C" curl -sk -o /dev/null --max-time 2 \
-    "https://$DNSDIST/dns-query?dns=AAABAAABAAAAAAAAA3d3dwNsYWIEdGVzdAAAAQAB" ||
-    lab_die "dnsdist's DoH did not answer: $(cat "$LAB_DIR/dnsdist-encrypted.log")"
-lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A >/dev/null ||
-    lab_die "dnsdist did not answer over UDP" # the query fills its cache
+bench_start_encrypted_dnsdist
 
 declare -A P50 P99 QPS CPU RUNS
 DOQ_REFERENCE=127.0.0.3
@@ -110,7 +82,7 @@ DOQ_REFERENCE=127.0.0.3
 server_address() {
     case $1 in
     tundns) echo "$LAB_PROXY_V4" ;;
-    dnsdist) echo "$DNSDIST" ;;
+    dnsdist) echo "$BENCH_DNSDIST" ;;
     reference) echo "$DOQ_REFERENCE" ;;
     *) return 1 ;;
     esac
@@ -142,7 +114,7 @@ hickory_latency() {
     local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu runs key kind=hickory mask
     local count=$BUSY
     address=$(server_address "$server") || lab_die "no server $server"
-    [[ $server != dnsdist ]] || pid=$dnsdist_pid
+    [[ $server != dnsdist ]] || pid=$BENCH_DNSDIST_PID
     [[ $server != reference ]] || pid=$doq_reference_pid
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
     if [[ -n $PIN ]]; then
@@ -150,7 +122,7 @@ hickory_latency() {
         mask=$(taskset -p "$pid" | awk '{ print $NF }')
         taskset -a -p -c 0 "$pid" >/dev/null || lab_die "cannot pin $server to CPU 0"
     fi
-    timeout 300 ip netns exec "$LAB_C" "${CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" \
+    timeout 300 ip netns exec "$LAB_C" "${BENCH_CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" \
         "--gap-ms=$gap" "$address" www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
         lab_die "dns-latency against $server failed: $(tail -3 "$report")"
     [[ -z $PIN ]] || taskset -a -p "$mask" "$pid" >/dev/null || lab_die "cannot unpin $server"
@@ -206,7 +178,7 @@ if [[ $PARTS == *l* ]]; then
 fi
 if [[ $PARTS == *h* ]]; then
     lab_log "latency: $BUSY cache hits per transport back to back (hickory's clients)"
-    lab_spawn "$LAB_C" doq-reference "$DOQ_REFERENCE_BIN" "$DOQ_REFERENCE:853" "$identity"
+    lab_spawn "$LAB_C" doq-reference "$DOQ_REFERENCE_BIN" "$DOQ_REFERENCE:853" "$BENCH_IDENTITY"
     doq_reference_pid=$LAB_LAST_PID
     lab_wait 10 ip netns exec "$LAB_C" sh -c "ss -Hlun src $DOQ_REFERENCE:853 | grep -q ." ||
         lab_die "doq-reference did not start: $(cat "$LAB_DIR/doq-reference.log")"
@@ -224,9 +196,9 @@ if [[ $PARTS == *t* ]]; then
     dnsperf_rate udp udp "$LAB_TUNDNS_PID"
     dnsperf_rate dot dot "$LAB_TUNDNS_PID"
     h2load_rate doh "$LAB_PROXY_V4" "$LAB_TUNDNS_PID"
-    h2load_rate dnsdist-doh "$DNSDIST" "$dnsdist_pid"
+    h2load_rate dnsdist-doh "$BENCH_DNSDIST" "$BENCH_DNSDIST_PID"
 fi
-lab_stop "$dnsdist_pid"
+lab_stop "$BENCH_DNSDIST_PID"
 lab_stop "$LAB_TUNDNS_PID"
 
 # latency_table CLIENT PREFIX TRANSPORTS...: each server's p50, p99, ratio to its own UDP, CPU

@@ -28,34 +28,14 @@ PIN=${PIN:-}
 ((COUNT >= 10 && COUNT <= 10000)) || lab_die "COUNT must be 10..10000"
 ((GAP_MS >= 0 && GAP_MS <= 100)) || lab_die "GAP_MS must be 0..100"
 ((COUNT * GAP_MS <= 60000)) || lab_die "COUNT x GAP_MS must fit in 60 s"
-CLIENT_PIN=()
-case $PIN in
-'') ;;
-same) CLIENT_PIN=(taskset -c 0) ;;
-split) CLIENT_PIN=(taskset -c 1) ;;
-*) lab_die "PIN is same, split or unset" ;;
-esac
+bench_client_pin "$PIN"
 DNS_LATENCY_BIN=${DNS_LATENCY_BIN:-$ROOT/target/release/dns-latency}
 [[ -x $DNS_LATENCY_BIN ]] || lab_die "no dns-latency at $DNS_LATENCY_BIN (cargo build --release -p tundns-test-support --bin dns-latency)"
 
-bench_lab tdt dnsdist taskset
+bench_lab tdt dnsdist curl taskset
 bench_start_tundns "$TUNDNS_BIN" on
 lab_in_c dig +time=1 +tries=1 +short "@$LAB_PROXY_V4" www.lab.test A >/dev/null # fills the cache
-DNSDIST=127.0.0.2
-identities=("/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
-[[ ${#identities[@]} -eq 1 && -r ${identities[0]} ]] || lab_die "expected one identity of tundns's"
-cat >"$LAB_DIR/dnsdist-threads.conf" <<CONF
-setLocal("$DNSDIST:53")
-addTLSLocal("$DNSDIST:853", "${identities[0]}", "${identities[0]}")
-addDOHLocal("$DNSDIST:443", "${identities[0]}", "${identities[0]}", "/dns-query")
-newServer({address="$LAB_UNBOUND_V4:53"})
-setSecurityPollSuffix("")
-getPool(""):setCache(newPacketCache(10000))
-CONF
-lab_spawn "$LAB_C" dnsdist-threads dnsdist --supervised --disable-syslog -C "$LAB_DIR/dnsdist-threads.conf"
-dnsdist_pid=$LAB_LAST_PID
-lab_wait 10 lab_in_c dig +time=1 +tries=1 +short "@$DNSDIST" www.lab.test A ||
-    lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist-threads.log")"
+bench_start_encrypted_dnsdist
 
 # switches PID: "TID NAME VOLUNTARY INVOLUNTARY" per thread, sorted by TID.
 switches() {
@@ -82,16 +62,17 @@ measure() {
     fi
     switches "$pid" >"$LAB_DIR/switches-before"
     tun_before=$(tun_packets)
-    timeout 120 ip netns exec "$LAB_C" "${CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" "--gap-ms=$GAP_MS" \
+    timeout 120 ip netns exec "$LAB_C" "${BENCH_CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" "--gap-ms=$GAP_MS" \
         "$address" www.lab.test "$COUNT" "$mode" "$pid" >"$LAB_DIR/latency.txt" 2>&1 ||
         lab_die "dns-latency $mode against $name failed: $(tail -3 "$LAB_DIR/latency.txt")"
     tun_after=$(tun_packets)
     switches "$pid" >"$LAB_DIR/switches-after"
     [[ -z $PIN ]] || taskset -a -p "$mask" "$pid" >/dev/null || lab_die "cannot unpin $name"
     printf '%-7s %s\n' "$name" "$(cat "$LAB_DIR/latency.txt")"
-    # Threads that switched at least once per 100 queries.
+    # Threads that switched at least once per 100 queries; join gives "TID NAME VOLUNTARY
+    # INVOLUNTARY NAME VOLUNTARY INVOLUNTARY", before then after.
     join "$LAB_DIR/switches-before" "$LAB_DIR/switches-after" | awk -v n="$COUNT" '
-        { voluntary = ($5 - $3) / n; involuntary = ($6 - $4) / n }
+        { voluntary = ($6 - $3) / n; involuntary = ($7 - $4) / n }
         voluntary + involuntary >= 0.01 {
             printf "          %-16s %5.2f voluntary, %5.2f involuntary switches per query\n", $2, voluntary, involuntary
         }'
@@ -106,7 +87,7 @@ measure() {
 lab_log "$COUNT queries per transport, ${GAP_MS} ms apart${PIN:+, pinned: $PIN}"
 for mode in $MODES; do
     measure tundns "$LAB_PROXY_V4" "$LAB_TUNDNS_PID" "$mode"
-    [[ $mode == doq ]] || measure dnsdist "$DNSDIST" "$dnsdist_pid" "$mode"
+    [[ $mode == doq ]] || measure dnsdist "$BENCH_DNSDIST" "$BENCH_DNSDIST_PID" "$mode"
 done
-lab_stop "$dnsdist_pid"
+lab_stop "$BENCH_DNSDIST_PID"
 lab_stop "$LAB_TUNDNS_PID"

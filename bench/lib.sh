@@ -153,6 +153,49 @@ CONF
         lab_die "dnsdist did not answer: $(cat "$LAB_DIR/dnsdist-bench.log")"
 }
 
+# bench_start_encrypted_dnsdist: the reference for encrypted DNS, dnsdist in C on
+# $BENCH_DNSDIST (127.0.0.2, C's loopback: its traffic crosses no TUN, which favours it) with
+# UDP 53, DoT 853 and DoH 443 at /dns-query and a packet cache, in front of N's unbound,
+# presenting tundns's own identity ($BENCH_IDENTITY; tundns must be up). Returns once its DoH
+# and UDP answer, the UDP query filling its cache. Its pid is $BENCH_DNSDIST_PID.
+bench_start_encrypted_dnsdist() {
+    local identities=("/var/lib/tundns/netns/$LAB_C/"*.dns-identity.pem)
+    [[ ${#identities[@]} -eq 1 && -r ${identities[0]} ]] ||
+        lab_die "expected one identity of tundns's in /var/lib/tundns/netns/$LAB_C: ${identities[*]}"
+    BENCH_IDENTITY=${identities[0]}
+    BENCH_DNSDIST=127.0.0.2
+    cat >"$LAB_DIR/dnsdist-encrypted.conf" <<CONF
+setLocal("$BENCH_DNSDIST:53")
+addTLSLocal("$BENCH_DNSDIST:853", "$BENCH_IDENTITY", "$BENCH_IDENTITY")
+addDOHLocal("$BENCH_DNSDIST:443", "$BENCH_IDENTITY", "$BENCH_IDENTITY", "/dns-query")
+newServer({address="$LAB_UNBOUND_V4:53"})
+setSecurityPollSuffix("")
+getPool(""):setCache(newPacketCache(10000))
+CONF
+    lab_spawn "$LAB_C" dnsdist-encrypted dnsdist --supervised --disable-syslog \
+        -C "$LAB_DIR/dnsdist-encrypted.conf"
+    BENCH_DNSDIST_PID=$LAB_LAST_PID
+    lab_wait 10 ip netns exec "$LAB_C" curl -sk -o /dev/null --max-time 2 \
+        "https://$BENCH_DNSDIST/dns-query?dns=AAABAAABAAAAAAAAA3d3dwNsYWIEdGVzdAAAAQAB" ||
+        lab_die "dnsdist's DoH did not answer: $(cat "$LAB_DIR/dnsdist-encrypted.log")"
+    lab_in_c dig +time=1 +tries=1 +short "@$BENCH_DNSDIST" www.lab.test A >/dev/null ||
+        lab_die "dnsdist did not answer over UDP"
+}
+
+# bench_client_pin PIN: sets BENCH_CLIENT_PIN, the command prefix that places a client as
+# PIN says: unset (the scheduler places it), `same` (CPU 0, where the caller pins the server)
+# or `split` (CPU 1).
+bench_client_pin() {
+    BENCH_CLIENT_PIN=()
+    case $1 in
+    '') ;;
+    same) BENCH_CLIENT_PIN=(taskset -c 0) ;;
+    split) BENCH_CLIENT_PIN=(taskset -c 1) ;;
+    *) lab_die "PIN is same, split or unset" ;;
+    esac
+    [[ $1 != split ]] || taskset -c 1 true 2>/dev/null || lab_die "PIN=split needs CPUs 0 and 1"
+}
+
 # bench_proxy_lab PREFIX [TOOL...]: the lab the proxy benchmarks start from: C and N with
 # N's wireguard-go (with PEER=tundns, tundns in its place) and unbound, and tundns ($TUNDNS_BIN) in C serving SOCKS5 on 127.0.0.1:1080
 # and on the virtual IP (10.30.30.30:1080), and the HTTP proxy on 127.0.0.1:3128.

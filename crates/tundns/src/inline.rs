@@ -145,9 +145,9 @@ fn wake_here(runnable: Runnable) -> Result<(), Runnable> {
     runnable.map_or(Ok(()), Err)
 }
 
-/// Whether a [`run_here`] is running on this thread, which settles the stack after the
-/// tasks it runs: what they write needs no other wake-up to go out.
-pub(crate) fn is_running_here() -> bool {
+/// Whether a [`run_here`] is running on this thread.
+#[cfg(test)]
+fn is_running_here() -> bool {
     WOKEN_HERE
         .try_with(|woken| woken.borrow().is_some())
         .unwrap_or(false)

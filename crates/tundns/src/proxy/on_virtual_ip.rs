@@ -194,14 +194,7 @@ impl Service for AdmittedTcp {
         match self.handover {
             // Dropped when the stack's task lags this far behind; TCP resends it.
             Handover::ToTask => drop(self.inbound.try_send(packet.to_vec())),
-            Handover::OnReader => {
-                let mut wanted = None;
-                crate::inline::run_here(
-                    || self.stack.deliver_here(packet),
-                    || wanted = self.stack.settle(),
-                );
-                self.stack.wake_for(wanted);
-            }
+            Handover::OnReader => self.stack.deliver_and_run_here(packet),
         }
     }
 

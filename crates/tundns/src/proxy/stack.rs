@@ -12,11 +12,10 @@
 //! and hands what the stack sends to its [`PacketSink`]. A task does the same for the
 //! virtual IPs' packets queued by the filter, for the streams' writes, and for timers; the
 //! encrypted DNS listeners' packets are handed over and processed on the TUN reader instead
-//! ([`UserStack::deliver_here`]), which then runs the connections they woke (the `inline`
-//! module), and those connections' writes go out with the reader's next settling, with the
-//! ACKs. Whoever
-//! settles outside the task wakes it afterwards only when the last settling's deadline is
-//! sooner than its timer ([`UserStack::wake_for`]).
+//! ([`UserStack::deliver_and_run_here`]), which then runs the connections they woke (the
+//! `inline` module) and settles the stack, so that their writes go out with the ACKs.
+//! Whoever settles outside the task wakes it afterwards only when the last settling's
+//! deadline is sooner than its timer.
 //! A [`StackStream`] reads and writes the stack's buffers directly, under the stack's
 //! lock, so its buffers are the only ones and a slow reader closes the TCP window rather
 //! than growing memory.
@@ -278,30 +277,23 @@ impl UserStack {
     }
 
     /// Hands `packet`, for one of the stack's connections or listeners, to the stack on the
-    /// caller's thread and processes it: the streams it moved are woken, and nothing is
-    /// sent, so that what they write before the [`settle`](Self::settle) that must follow
-    /// leaves with the ACK, in the same segments. [`wake_for`](Self::wake_for) then takes
-    /// the last settling's deadline.
-    pub fn deliver_here(&self, packet: &[u8]) {
-        let mut state = self.shared.lock();
-        let now = Instant::now();
-        state.make_room(&self.shared, now);
-        state.stack.receive(packet, now);
-        state.deliver(&self.shared, now);
-    }
-
-    /// Settles the stack on the caller's thread: what the packets handed over moved wakes
-    /// its streams, and what the stack sends goes out through its sink. Returns when the
-    /// stack next wants settling; the caller hands the last of its settlings' deadlines
-    /// to [`wake_for`](Self::wake_for).
-    #[must_use = "the task sleeps through this deadline unless it goes to wake_for"]
-    pub fn settle(&self) -> Option<Instant> {
-        self.shared.settle_here()
-    }
-
-    /// Wakes the stack's task when `wanted`, the deadline of the caller's last settling,
-    /// is sooner than the task's timer.
-    pub fn wake_for(&self, wanted: Option<Instant>) {
+    /// caller's thread (the TUN reader) and processes it, sending nothing; runs there the
+    /// connections' tasks it woke (`inline::run_here`); then settles the stack, so that
+    /// what they wrote leaves with the ACK, in the same segments. The stack's task is woken
+    /// only for what is left sooner than its timer.
+    pub fn deliver_and_run_here(&self, packet: &[u8]) {
+        let _settling = SettlingHere::enter(&self.shared);
+        let mut wanted = None;
+        crate::inline::run_here(
+            || {
+                let mut state = self.shared.lock();
+                let now = Instant::now();
+                state.make_room(&self.shared, now);
+                state.stack.receive(packet, now);
+                state.deliver(&self.shared, now);
+            },
+            || wanted = self.shared.settle_here(),
+        );
         self.shared.wake_for(wanted);
     }
 
@@ -321,7 +313,9 @@ impl Shared {
         state.stack.receive(packet, now);
     }
 
-    /// Settles the stack on the caller's thread; returns when it next wants settling.
+    /// Settles the stack on the caller's thread; returns when it next wants settling, which
+    /// [`wake_for`](Self::wake_for) must see once the caller's settlings end.
+    #[must_use = "the task sleeps through this deadline unless it goes to wake_for"]
     fn settle_here(self: &Arc<Self>) -> Option<Instant> {
         let mut state = self.lock();
         let now = Instant::now();
@@ -589,6 +583,33 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+thread_local! {
+    /// The stack whose segment this thread is handing over
+    /// ([`UserStack::deliver_and_run_here`]), and settles once the tasks it woke have run.
+    static SETTLING_HERE: std::cell::Cell<*const Shared> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Marks a stack as [`SETTLING_HERE`] while it lives, and restores what was marked before.
+struct SettlingHere(*const Shared);
+
+impl SettlingHere {
+    fn enter(shared: &Arc<Shared>) -> Self {
+        Self(SETTLING_HERE.replace(Arc::as_ptr(shared)))
+    }
+
+    /// Whether this thread settles `shared` after the tasks it runs.
+    fn is(shared: &Arc<Shared>) -> bool {
+        SETTLING_HERE.get() == Arc::as_ptr(shared)
+    }
+}
+
+impl Drop for SettlingHere {
+    fn drop(&mut self) {
+        SETTLING_HERE.set(self.0);
+    }
+}
+
 /// Takes the tunnel's packets for the stack's connections: TCP to an interface address
 /// and a local port one of them holds, and ICMP errors about such segments. The host's
 /// own connections from the interface address, and its listeners, keep theirs.
@@ -663,9 +684,8 @@ impl StackStream {
         let mut state = self.shared.lock();
         let (result, wake) = act(&mut state, cx);
         drop(state);
-        // On the reader, the stack is settled once the task has run (only the encrypted
-        // listeners' connections run there, and theirs is the stack the reader settles).
-        if wake && !crate::inline::is_running_here() {
+        // A thread handing this stack a segment settles it once the tasks have run.
+        if wake && !SettlingHere::is(&self.shared) {
             self.shared.work.notify_one();
         }
         result

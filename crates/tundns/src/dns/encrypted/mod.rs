@@ -172,6 +172,7 @@ impl EncryptedServers {
                     quota.clone(),
                     settings.max_tcp_connections,
                     bounds,
+                    spawner.clone(),
                 );
                 tasks.push(crate::supervise::spawn_essential(quic::TASK, server));
             }

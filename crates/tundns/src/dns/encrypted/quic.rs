@@ -3,7 +3,11 @@
 //! ID 0, then the stream's end; the answer goes back the same way. A stream that breaks
 //! this closes its connection with `DOQ_PROTOCOL_ERROR` (RFC 9250 §4.3.3).
 //!
-//! It runs on the encrypted DNS servers' thread (see [`super::ServerThread`]).
+//! It runs in the encrypted DNS servers' runtime (see [`super::ServerThread`]). quinn's
+//! endpoint and connection drivers, and each connection's task once its handshake is done,
+//! are `inline` tasks: a datagram the TUN reader hands over runs what it wakes right there,
+//! up to the answer's write into the TUN, as DoT and DoH connections do. Handshakes, which
+//! sign with the server's key, stay on the servers' thread.
 //!
 //! Bounds as for DoT: connections (`MaxTcpConnections` of its own, and a quarter per client
 //! address shared with DoT and DoH, the rest refused), the handshake's time,
@@ -12,6 +16,7 @@
 //! whole query restarts.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -22,8 +27,9 @@ use futures::FutureExt as _;
 use futures::task::AtomicWaker;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{
-    AsyncUdpSocket, Connection, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig,
-    RecvStream, SendStream, TokioRuntime, TransportConfig, UdpPoller, VarInt,
+    AsyncTimer, AsyncUdpSocket, Connection, Endpoint, EndpointConfig, IdleTimeout,
+    MtuDiscoveryConfig, RecvStream, Runtime, SendStream, TokioRuntime, TransportConfig, UdpPoller,
+    VarInt,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -38,6 +44,7 @@ use super::{
 };
 use crate::dns::counters::Transport;
 use crate::dns::proxy::DnsProxy;
+use crate::inline::{OnReader, Spawner};
 
 /// Largest query stream accepted, prefix included; real queries are a few hundred bytes.
 const MAX_QUERY_STREAM: usize = 2 + 16 * 1024;
@@ -90,10 +97,18 @@ impl std::fmt::Debug for QuicPort {
     }
 }
 
-/// The sources the virtual host admits reach it; it runs on the TUN reader, so it only
-/// queues.
+/// The sources the virtual host admits reach it, on the TUN reader: it queues the datagram
+/// for the endpoint and runs there what that wakes (the endpoint's driver, the connection's,
+/// the connection's task), which answer into the TUN before the reader reads on.
 impl UdpService for QuicPort {
     fn on_datagram(&self, datagram: Datagram<'_>, _tun: &TunWriter) {
+        crate::inline::run_here(|| self.hand_over(datagram), || {});
+    }
+}
+
+impl QuicPort {
+    /// Queues `datagram` for the endpoint and wakes its driver.
+    fn hand_over(&self, datagram: Datagram<'_>) {
         {
             let mut queue = self.queue();
             if queue.len() >= MAX_QUEUED_DATAGRAMS {
@@ -170,6 +185,40 @@ impl AsyncUdpSocket for QuicPort {
     }
 }
 
+/// quinn on tokio, but with its endpoint and connection drivers spawned as `inline` tasks,
+/// which the TUN reader runs when a datagram it hands over wakes them. They do no
+/// handshake's signing: that happens in `Incoming::accept`, in a connection's own task.
+struct OnTheReader(Spawner);
+
+impl std::fmt::Debug for OnTheReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnTheReader")
+    }
+}
+
+impl Runtime for OnTheReader {
+    fn new_timer(&self, deadline: std::time::Instant) -> Pin<Box<dyn AsyncTimer>> {
+        TokioRuntime.new_timer(deadline)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.0
+            .spawn(|on_reader| {
+                on_reader.allow();
+                future
+            })
+            .detach();
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        TokioRuntime.wrap_udp_socket(socket)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        TokioRuntime.now()
+    }
+}
+
 /// Writes into the TUN never wait: a full TUN drops the packet, and QUIC resends.
 #[derive(Debug)]
 struct AlwaysWritable;
@@ -214,7 +263,8 @@ pub(super) fn server_config(
     config
 }
 
-/// Serves DNS over QUIC on `port` until dropped (at shutdown).
+/// Serves DNS over QUIC on `port` until dropped (at shutdown), which drops every
+/// connection's task; `spawner` runs quinn's drivers and the established connections.
 pub(super) async fn serve(
     port: Arc<QuicPort>,
     config: quinn::ServerConfig,
@@ -222,12 +272,13 @@ pub(super) async fn serve(
     quota: Arc<SourceQuota>,
     max_connections: usize,
     bounds: Bounds,
+    spawner: Spawner,
 ) {
     let endpoint = match Endpoint::new_with_abstract_socket(
         EndpointConfig::default(),
         Some(config),
         port,
-        Arc::new(TokioRuntime),
+        Arc::new(OnTheReader(spawner.clone())),
     ) {
         Ok(endpoint) => endpoint,
         Err(error) => {
@@ -235,48 +286,49 @@ pub(super) async fn serve(
             return;
         }
     };
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { return };
-                let peer = incoming.remote_address();
-                let share = (connections.len() < max_connections)
-                    .then(|| quota.take(peer.ip()))
-                    .flatten();
-                let Some(share) = share else {
-                    tracing::debug!(%peer, "DNS over QUIC: over the connection limits, refused");
-                    incoming.refuse();
-                    continue;
-                };
-                let proxy = proxy.clone();
-                connections.spawn(async move {
-                    let _share = share;
-                    let connecting = match incoming.accept() {
-                        Ok(connecting) => connecting,
-                        Err(error) => {
-                            tracing::debug!(%peer, %error, "DNS over QUIC: connection failed");
-                            return;
-                        }
-                    };
-                    // A server's 0.5-RTT: queries sent in 0-RTT are answered before the
-                    // handshake ends.
-                    let Ok((connection, established)) = connecting.into_0rtt() else {
-                        return;
-                    };
-                    serve_connection(connection, established, proxy, bounds).await;
-                });
-            }
-            Some(_) = connections.join_next() => {}
-        }
+    let mut connections: Vec<async_task::Task<()>> = Vec::new();
+    while let Some(incoming) = endpoint.accept().await {
+        let peer = incoming.remote_address();
+        // At most max_connections are held, so the sweep stays short.
+        connections.retain(|task| !task.is_finished());
+        let share = (connections.len() < max_connections)
+            .then(|| quota.take(peer.ip()))
+            .flatten();
+        let Some(share) = share else {
+            tracing::debug!(%peer, "DNS over QUIC: over the connection limits, refused");
+            incoming.refuse();
+            continue;
+        };
+        let proxy = proxy.clone();
+        let task = spawner.spawn(|on_reader| async move {
+            let _share = share;
+            // The handshake's signing happens here, off the reader: the task is not
+            // allowed there yet.
+            let connecting = match incoming.accept() {
+                Ok(connecting) => connecting,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "DNS over QUIC: connection failed");
+                    return;
+                }
+            };
+            // A server's 0.5-RTT: queries sent in 0-RTT are answered before the
+            // handshake ends.
+            let Ok((connection, established)) = connecting.into_0rtt() else {
+                return;
+            };
+            serve_connection(connection, established, on_reader, proxy, bounds).await;
+        });
+        connections.push(task);
     }
 }
 
 /// Serves one connection's streams until the client closes it, breaks the protocol,
-/// does not finish its handshake in time, or idles.
+/// does not finish its handshake in time, or idles. Once the handshake is done it runs on
+/// the reader that hands its datagrams over.
 async fn serve_connection(
     connection: Connection,
     established: quinn::ZeroRttAccepted,
+    on_reader: OnReader,
     proxy: Arc<DnsProxy>,
     bounds: Bounds,
 ) {
@@ -309,7 +361,10 @@ async fn serve_connection(
                 }
             }
             Some(_) = streams.join_next() => {}
-            _ = &mut established, if !handshaken => handshaken = true,
+            _ = &mut established, if !handshaken => {
+                handshaken = true;
+                on_reader.allow();
+            }
             () = tokio::time::sleep_until(handshake_deadline), if !handshaken => {
                 tracing::debug!(%peer, "DNS over QUIC: handshake timed out");
                 close(&connection, error_code::NO_ERROR, "handshake timed out");
