@@ -15,7 +15,8 @@
 //!
 //! A task runs on the reader only once it [`OnReader::allow`]s it: a TLS handshake signs
 //! with the server's key, work the tunnel's packets must not wait behind, so connections
-//! shake hands on their own thread and move once established. Wherever it runs, a task runs
+//! (and quinn's connection drivers) shake hands on their own thread and move once
+//! established; quinn's endpoint driver, which signs nothing, is allowed at once. Wherever it runs, a task runs
 //! inside its own runtime's context: what it spawns and the timers it sets live there, not
 //! on the reader's runtime or tundns's. A task that panics is dropped with an error line;
 //! the reader and the other tasks go on.
@@ -79,7 +80,7 @@ impl Spawner {
         let future = task(OnReader(allowed.clone()));
         let future = async move {
             if AssertUnwindSafe(future).catch_unwind().await.is_err() {
-                tracing::error!("a connection's task panicked; the connection is dropped");
+                tracing::error!("an encrypted DNS task panicked and is dropped");
             }
         };
         // Unconstrained: tokio's cooperative budget is that of the task polling, which on the
@@ -97,9 +98,13 @@ impl Spawner {
             } else {
                 Some(runnable)
             };
-            if let Some(runnable) = not_here {
-                // The runner is gone only at shutdown: the task is dropped with it.
-                let _ = elsewhere.send(runnable);
+            if let Some(runnable) = not_here
+                && let Err(gone) = elsewhere.send(runnable)
+            {
+                // The runner is gone only at shutdown. Dropping the task here would drop
+                // its future inside the wake-up, where the waker may hold a lock the
+                // future's drop takes (quinn's drivers do): it is leaked instead.
+                std::mem::forget(gone.0);
             }
         };
         let (runnable, task) = async_task::spawn(future, schedule);
@@ -332,6 +337,39 @@ mod tests {
         runtime.block_on(tokio::task::yield_now());
         let here = std::thread::current().id();
         assert_eq!(probe.threads(), [here, here]);
+    }
+
+    #[test]
+    fn a_task_woken_after_its_runner_is_gone_is_not_dropped_inside_the_wake() {
+        struct DropFlag(Arc<AtomicBool>);
+        impl Drop for DropFlag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (runtime, spawner) = runtime_and_spawner();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let (wakers, waker) = std::sync::mpsc::channel();
+        spawner
+            .spawn(move |_| async move {
+                let _flag = flag;
+                std::future::poll_fn(|cx| {
+                    let _ = wakers.send(cx.waker().clone());
+                    Poll::<()>::Pending
+                })
+                .await;
+            })
+            .detach();
+        runtime.block_on(tokio::task::yield_now());
+        let waker = waker.try_recv().expect("the task ran once");
+        // The runner, and its channel, go with the runtime.
+        drop(runtime);
+        waker.wake();
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "dropped inside the wake-up"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! Their TCP is a userspace stack of their own ([`StackListeners`]), and their QUIC is
 //! quinn over a socket that is the TUN ([`quic`]), both fed from the TUN for the sources
 //! the virtual IPs admit; TLS is rustls with the identity of [`certificate`]. An
-//! established DoT or DoH connection runs on the TUN reader when a client's segment wakes
-//! it (`crate::inline`); the rest (handshakes, timers, DoQ, connections an upstream's
-//! answer wakes) runs on one thread of its own ([`ServerThread`]).
+//! established DoT, DoH or DoQ connection runs on the TUN reader when a client's segment or
+//! datagram wakes it (`crate::inline`); the rest (handshakes, timers, connections an
+//! upstream's answer wakes) runs on one thread of its own ([`ServerThread`]).
 //! Everything a client can hold is bounded: connections (`MaxTcpConnections`, and a
 //! quarter of them per client address), the handshake's time, queries or streams in
 //! flight per connection, and idle time, which only a whole query restarts, as for DNS over
@@ -236,9 +236,9 @@ impl Drop for EncryptedServers {
 }
 
 /// The thread the encrypted DNS servers run on, with a single-threaded runtime: their TCP
-/// stack's timers, TLS handshakes, QUIC, and whatever a client's segment did not wake (an
-/// upstream's answer, a timeout); an established DoT or DoH connection woken by its client
-/// runs on the TUN reader instead (`crate::inline`). On tundns's multi-threaded runtime a
+/// stack's timers, TLS and QUIC handshakes, and whatever a client's packet did not wake (an
+/// upstream's answer, a timeout); an established DoT, DoH or DoQ connection woken by its
+/// client runs on the TUN reader instead (`crate::inline`). On tundns's multi-threaded runtime a
 /// query reaching an idle process woke a worker, which woke the other to look for more work,
 /// and the two took turns on one CPU several times per query (`sched_switch` traces: about
 /// 250 us per DoH query). Upstream requests still run on tundns's runtime (see

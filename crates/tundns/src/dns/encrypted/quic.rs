@@ -4,10 +4,12 @@
 //! this closes its connection with `DOQ_PROTOCOL_ERROR` (RFC 9250 §4.3.3).
 //!
 //! It runs in the encrypted DNS servers' runtime (see [`super::ServerThread`]). quinn's
-//! endpoint and connection drivers, and each connection's task once its handshake is done,
-//! are `inline` tasks: a datagram the TUN reader hands over runs what it wakes right there,
-//! up to the answer's write into the TUN, as DoT and DoH connections do. Handshakes, which
-//! sign with the server's key, stay on the servers' thread.
+//! endpoint and connection drivers, and each connection's task, are `inline` tasks: a
+//! datagram the TUN reader hands over runs what it wakes right there, up to the answer's
+//! write into the TUN, as DoT and DoH connections do. A connection and its driver move to
+//! the reader only once its handshake is done, and while a handshake is being signed (under
+//! the endpoint's lock) the reader leaves the endpoint to its own thread: signing with the
+//! server's key is work the tunnel's packets must not wait behind.
 //!
 //! Bounds as for DoT: connections (`MaxTcpConnections` of its own, and a quarter per client
 //! address shared with DoT and DoH, the rest refused), the handshake's time,
@@ -15,11 +17,13 @@
 //! `TcpIdleTimeout` to bring its whole query, no DATAGRAM frames, and idle time that only a
 //! whole query restarts.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -68,6 +72,8 @@ pub(super) struct QuicPort {
     endpoint_waiting: AtomicWaker,
     tun: TunWriter,
     local: SocketAddr,
+    /// Handshakes being accepted, each holding the endpoint's lock while it signs.
+    accepting: AtomicUsize,
 }
 
 impl QuicPort {
@@ -79,6 +85,7 @@ impl QuicPort {
             endpoint_waiting: AtomicWaker::new(),
             tun,
             local: SocketAddr::new(addresses[0], port),
+            accepting: AtomicUsize::new(0),
         })
     }
 
@@ -102,7 +109,12 @@ impl std::fmt::Debug for QuicPort {
 /// the connection's task), which answer into the TUN before the reader reads on.
 impl UdpService for QuicPort {
     fn on_datagram(&self, datagram: Datagram<'_>, _tun: &TunWriter) {
-        crate::inline::run_here(|| self.hand_over(datagram), || {});
+        if self.accepting.load(Ordering::Relaxed) == 0 {
+            crate::inline::run_here(|| self.hand_over(datagram), || {});
+        } else {
+            // The endpoint's driver would wait on the signing's lock: to its own thread.
+            self.hand_over(datagram);
+        }
     }
 }
 
@@ -185,9 +197,17 @@ impl AsyncUdpSocket for QuicPort {
     }
 }
 
+thread_local! {
+    /// While this thread runs `Incoming::accept` ([`accept`]): the consent of the connection
+    /// driver quinn spawns meanwhile, kept for the connection's task to give with its own
+    /// once the handshake is done (a ClientHello split over two datagrams is signed by the
+    /// driver).
+    static DRIVERS_ACCEPTED_HERE: RefCell<Option<Vec<OnReader>>> = const { RefCell::new(None) };
+}
+
 /// quinn on tokio, but with its endpoint and connection drivers spawned as `inline` tasks,
-/// which the TUN reader runs when a datagram it hands over wakes them. They do no
-/// handshake's signing: that happens in `Incoming::accept`, in a connection's own task.
+/// which the TUN reader runs when a datagram it hands over wakes them: the endpoint's at
+/// once, a connection's once its handshake is done.
 struct OnTheReader(Spawner);
 
 impl std::fmt::Debug for OnTheReader {
@@ -204,7 +224,17 @@ impl Runtime for OnTheReader {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
         self.0
             .spawn(|on_reader| {
-                on_reader.allow();
+                let endpoints_driver =
+                    DRIVERS_ACCEPTED_HERE.with(|accepted| match accepted.borrow_mut().as_mut() {
+                        Some(drivers) => {
+                            drivers.push(on_reader);
+                            None
+                        }
+                        None => Some(on_reader),
+                    });
+                if let Some(on_reader) = endpoints_driver {
+                    on_reader.allow();
+                }
                 future
             })
             .detach();
@@ -217,6 +247,35 @@ impl Runtime for OnTheReader {
     fn now(&self) -> std::time::Instant {
         TokioRuntime.now()
     }
+}
+
+/// Accepts `incoming` on this thread, which signs the handshake under quinn's endpoint lock;
+/// meanwhile the reader leaves the endpoint to its own thread rather than wait on that lock.
+/// Returns the connection, and the consent of the driver quinn spawned for it.
+fn accept(
+    port: &QuicPort,
+    incoming: quinn::Incoming,
+) -> (
+    Result<quinn::Connecting, quinn::ConnectionError>,
+    Vec<OnReader>,
+) {
+    /// Ends the accepting however `accept` ends.
+    struct Accepting<'a>(&'a QuicPort);
+    impl Drop for Accepting<'_> {
+        fn drop(&mut self) {
+            DRIVERS_ACCEPTED_HERE.with(|accepted| accepted.borrow_mut().take());
+            self.0.accepting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    port.accepting.fetch_add(1, Ordering::Relaxed);
+    DRIVERS_ACCEPTED_HERE.with(|accepted| *accepted.borrow_mut() = Some(Vec::new()));
+    let accepting = Accepting(port);
+    let connecting = incoming.accept();
+    let drivers = DRIVERS_ACCEPTED_HERE
+        .with(|accepted| accepted.borrow_mut().take())
+        .unwrap_or_default();
+    drop(accepting);
+    (connecting, drivers)
 }
 
 /// Writes into the TUN never wait: a full TUN drops the packet, and QUIC resends.
@@ -277,7 +336,7 @@ pub(super) async fn serve(
     let endpoint = match Endpoint::new_with_abstract_socket(
         EndpointConfig::default(),
         Some(config),
-        port,
+        port.clone(),
         Arc::new(OnTheReader(spawner.clone())),
     ) {
         Ok(endpoint) => endpoint,
@@ -300,11 +359,13 @@ pub(super) async fn serve(
             continue;
         };
         let proxy = proxy.clone();
+        let port = port.clone();
         let task = spawner.spawn(|on_reader| async move {
             let _share = share;
             // The handshake's signing happens here, off the reader: the task is not
             // allowed there yet.
-            let connecting = match incoming.accept() {
+            let (connecting, drivers) = accept(&port, incoming);
+            let connecting = match connecting {
                 Ok(connecting) => connecting,
                 Err(error) => {
                     tracing::debug!(%peer, %error, "DNS over QUIC: connection failed");
@@ -316,6 +377,7 @@ pub(super) async fn serve(
             let Ok((connection, established)) = connecting.into_0rtt() else {
                 return;
             };
+            let on_reader = [on_reader].into_iter().chain(drivers).collect();
             serve_connection(connection, established, on_reader, proxy, bounds).await;
         });
         connections.push(task);
@@ -323,12 +385,12 @@ pub(super) async fn serve(
 }
 
 /// Serves one connection's streams until the client closes it, breaks the protocol,
-/// does not finish its handshake in time, or idles. Once the handshake is done it runs on
-/// the reader that hands its datagrams over.
+/// does not finish its handshake in time, or idles. Once the handshake is done it and its
+/// driver (`on_reader`) run on the reader that hands its datagrams over.
 async fn serve_connection(
     connection: Connection,
     established: quinn::ZeroRttAccepted,
-    on_reader: OnReader,
+    on_reader: Vec<OnReader>,
     proxy: Arc<DnsProxy>,
     bounds: Bounds,
 ) {
@@ -363,7 +425,7 @@ async fn serve_connection(
             Some(_) = streams.join_next() => {}
             _ = &mut established, if !handshaken => {
                 handshaken = true;
-                on_reader.allow();
+                on_reader.iter().for_each(OnReader::allow);
             }
             () = tokio::time::sleep_until(handshake_deadline), if !handshaken => {
                 tracing::debug!(%peer, "DNS over QUIC: handshake timed out");
