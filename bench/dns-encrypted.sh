@@ -111,21 +111,15 @@ latency() {
 # per answer) under SERVER-hickory-TRANSPORT, or SERVER-idle-TRANSPORT.
 hickory_latency() {
     local server=$1 transports=$2 gap=${3:-0} address pid=$LAB_TUNDNS_PID
-    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu runs key kind=hickory mask
+    local report="$LAB_DIR/dns-latency-$1-$gap.txt" transport p50 p99 cpu runs key kind=hickory
     local count=$BUSY
     address=$(server_address "$server") || lab_die "no server $server"
     [[ $server != dnsdist ]] || pid=$BENCH_DNSDIST_PID
     [[ $server != reference ]] || pid=$doq_reference_pid
     ((gap == 0)) || { kind=idle; count=$SPARSE_IDLE; }
-    if [[ -n $PIN ]]; then
-        # taskset -p prints "pid N's current affinity mask: MASK".
-        mask=$(taskset -p "$pid" | awk '{ print $NF }')
-        taskset -a -p -c 0 "$pid" >/dev/null || lab_die "cannot pin $server to CPU 0"
-    fi
-    timeout 300 ip netns exec "$LAB_C" "${BENCH_CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" \
-        "--gap-ms=$gap" "$address" www.lab.test "$count" "$transports" "$pid" >"$report" 2>&1 ||
+    bench_placed "$PIN" "$pid" 300 "$DNS_LATENCY_BIN" "--gap-ms=$gap" "$address" www.lab.test \
+        "$count" "$transports" "$pid" >"$report" 2>&1 ||
         lab_die "dns-latency against $server failed: $(tail -3 "$report")"
-    [[ -z $PIN ]] || taskset -a -p "$mask" "$pid" >/dev/null || lab_die "cannot unpin $server"
     # "udp n=300 p50=41 p99=88 cpu=9.8 runs=1.02", one line per transport.
     while read -r transport _ p50 p99 cpu runs; do
         key=$server-$kind-$transport

@@ -55,19 +55,14 @@ tun_packets() {
 
 # measure NAME ADDRESS PID MODE: one dns-latency run, and the per-query figures around it.
 measure() {
-    local name=$1 address=$2 pid=$3 mode=$4 mask tun_before tun_after
-    if [[ -n $PIN ]]; then
-        mask=$(taskset -p "$pid" | awk '{ print $NF }')
-        taskset -a -p -c 0 "$pid" >/dev/null || lab_die "cannot pin $name"
-    fi
+    local name=$1 address=$2 pid=$3 mode=$4 tun_before tun_after
     switches "$pid" >"$LAB_DIR/switches-before"
     tun_before=$(tun_packets)
-    timeout 120 ip netns exec "$LAB_C" "${BENCH_CLIENT_PIN[@]}" "$DNS_LATENCY_BIN" "--gap-ms=$GAP_MS" \
-        "$address" www.lab.test "$COUNT" "$mode" "$pid" >"$LAB_DIR/latency.txt" 2>&1 ||
+    bench_placed "$PIN" "$pid" 120 "$DNS_LATENCY_BIN" "--gap-ms=$GAP_MS" "$address" www.lab.test \
+        "$COUNT" "$mode" "$pid" >"$LAB_DIR/latency.txt" 2>&1 ||
         lab_die "dns-latency $mode against $name failed: $(tail -3 "$LAB_DIR/latency.txt")"
     tun_after=$(tun_packets)
     switches "$pid" >"$LAB_DIR/switches-after"
-    [[ -z $PIN ]] || taskset -a -p "$mask" "$pid" >/dev/null || lab_die "cannot unpin $name"
     printf '%-7s %s\n' "$name" "$(cat "$LAB_DIR/latency.txt")"
     # Threads that switched at least once per 100 queries; join gives "TID NAME VOLUNTARY
     # INVOLUNTARY NAME VOLUNTARY INVOLUNTARY", before then after.

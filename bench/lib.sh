@@ -183,8 +183,8 @@ CONF
 }
 
 # bench_client_pin PIN: sets BENCH_CLIENT_PIN, the command prefix that places a client as
-# PIN says: unset (the scheduler places it), `same` (CPU 0, where the caller pins the server)
-# or `split` (CPU 1).
+# PIN says: unset (the scheduler places it), `same` (CPU 0, where bench_placed pins the
+# server) or `split` (CPU 1).
 bench_client_pin() {
     BENCH_CLIENT_PIN=()
     case $1 in
@@ -194,6 +194,22 @@ bench_client_pin() {
     *) lab_die "PIN is same, split or unset" ;;
     esac
     [[ $1 != split ]] || taskset -c 1 true 2>/dev/null || lab_die "PIN=split needs CPUs 0 and 1"
+}
+
+# bench_placed PIN PID SECONDS CMD...: runs CMD in C, bounded by SECONDS, placed as PIN says
+# (bench_client_pin PIN first), with PID's threads on CPU 0 meanwhile when PIN is set and
+# their own mask restored after. Returns CMD's status.
+bench_placed() {
+    local pin=$1 pid=$2 seconds=$3 mask status=0
+    shift 3
+    if [[ -n $pin ]]; then
+        # taskset -p prints "pid N's current affinity mask: MASK".
+        mask=$(taskset -p "$pid" | awk '{ print $NF }')
+        taskset -a -p -c 0 "$pid" >/dev/null || lab_die "cannot pin process $pid to CPU 0"
+    fi
+    timeout "$seconds" ip netns exec "$LAB_C" "${BENCH_CLIENT_PIN[@]}" "$@" || status=$?
+    [[ -z $pin ]] || taskset -a -p "$mask" "$pid" >/dev/null || lab_die "cannot unpin process $pid"
+    return "$status"
 }
 
 # bench_proxy_lab PREFIX [TOOL...]: the lab the proxy benchmarks start from: C and N with

@@ -288,8 +288,7 @@ impl UserStack {
             || {
                 let mut state = self.shared.lock();
                 let now = Instant::now();
-                state.make_room(&self.shared, now);
-                state.stack.receive(packet, now);
+                state.receive(&self.shared, packet, now);
                 state.deliver(&self.shared, now);
             },
             || wanted = self.shared.settle_here(),
@@ -307,10 +306,7 @@ impl UserStack {
 impl Shared {
     /// Hands `packet` to the stack on the caller's thread.
     fn receive_here(self: &Arc<Self>, packet: &[u8]) {
-        let mut state = self.lock();
-        let now = Instant::now();
-        state.make_room(self, now);
-        state.stack.receive(packet, now);
+        self.lock().receive(self, packet, Instant::now());
     }
 
     /// Settles the stack on the caller's thread; returns when it next wants settling, which
@@ -428,11 +424,13 @@ impl State {
         self.stack.poll_delay(now)
     }
 
-    /// A batch can hold more packets than the stack's queue: what is queued goes first.
-    fn make_room(&mut self, shared: &Arc<Shared>, now: Instant) {
+    /// Queues `packet` for the stack. A batch can hold more packets than the stack's queue:
+    /// what is queued goes first.
+    fn receive(&mut self, shared: &Arc<Shared>, packet: &[u8], now: Instant) {
         if self.stack.receive_queue_is_full() {
             self.settle(shared, now);
         }
+        self.stack.receive(packet, now);
     }
 
     /// Processes what the stack received, queuing accepted connections and waking streams,
